@@ -1,0 +1,225 @@
+import { z } from 'zod';
+import { parseDuration, parseSize } from './duration.js';
+
+/**
+ * The whole of config.yaml as one zod schema (DESIGN.md, "Configuration").
+ * The seed's file (providers with base_url/api_key_env, models with
+ * provider/physical_name/costs) loads unchanged; everything else is optional
+ * with defaults. Objects are strict so that a misspelt key is reported by
+ * path rather than ignored. Secrets are never held here: `api_key_env` names
+ * the environment variable that holds the key.
+ */
+const positiveInt = z.number().int().positive();
+const nonNegative = z.number().nonnegative();
+
+export const durationMs = z
+  .union([z.number(), z.string()])
+  .transform((value, context) => {
+    const parsed = parseDuration(value);
+    if (parsed === undefined) {
+      context.addIssue({ code: z.ZodIssueCode.custom, message: `not a duration: ${JSON.stringify(value)} (use e.g. 500ms, 30s, 5m, 12h, 30d)` });
+      return z.NEVER;
+    }
+    return parsed;
+  });
+
+export const sizeBytes = z
+  .union([z.number(), z.string()])
+  .transform((value, context) => {
+    const parsed = parseSize(value);
+    if (parsed === undefined) {
+      context.addIssue({ code: z.ZodIssueCode.custom, message: `not a size: ${JSON.stringify(value)} (use e.g. 1GiB, 512MB, or -1 for unlimited)` });
+      return z.NEVER;
+    }
+    return parsed;
+  });
+
+const envName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name');
+
+export const PROVIDER_TYPES = ['openai', 'ollama'] as const;
+export type ProviderType = (typeof PROVIDER_TYPES)[number];
+
+export const providerSchema = z
+  .object({
+    type: z.enum(PROVIDER_TYPES).optional(),
+    base_url: z.string().url(),
+    api_key_env: envName.optional(),
+    /** Extra, non-secret HTTP headers sent with every call (e.g. OpenAI-Organization). */
+    headers: z.record(z.string()).optional(),
+    /** Deadline for one call to this provider, end to end. */
+    timeout_ms: positiveInt.optional(),
+    connect_timeout_ms: positiveInt.default(5_000),
+    /** How long to wait for the response headers (time to first byte). */
+    headers_timeout_ms: positiveInt.optional(),
+    /** Longest silence allowed between two body reads. */
+    body_timeout_ms: positiveInt.optional(),
+    /** Size of this provider's keep-alive connection pool. */
+    max_connections: positiveInt.default(128),
+  })
+  .strict();
+
+export const ROUTING_STRATEGIES = ['weighted', 'least-in-flight', 'lowest-latency'] as const;
+export type RoutingStrategy = (typeof ROUTING_STRATEGIES)[number];
+
+export const deploymentSchema = z
+  .object({
+    provider: z.string().min(1),
+    physical_name: z.string().min(1),
+    weight: nonNegative.default(1),
+    timeout_ms: positiveInt.optional(),
+  })
+  .strict();
+
+export const modelSchema = z
+  .object({
+    provider: z.string().min(1).optional(),
+    physical_name: z.string().min(1).optional(),
+    deployments: z.array(deploymentSchema).min(1).optional(),
+    cost_per_1k_prompt: nonNegative.default(0),
+    cost_per_1k_completion: nonNegative.default(0),
+    timeout_ms: positiveInt.optional(),
+    fallbacks: z.array(z.string().min(1)).default([]),
+    context_fallbacks: z.array(z.string().min(1)).default([]),
+    routing: z.object({ strategy: z.enum(ROUTING_STRATEGIES) }).strict().optional(),
+    /** Completion tokens assumed for reservations when a request sets no max_tokens. */
+    default_max_tokens: positiveInt.optional(),
+  })
+  .strict()
+  .superRefine((model, context) => {
+    if (model.deployments === undefined && model.provider === undefined) {
+      context.addIssue({ code: z.ZodIssueCode.custom, message: 'needs "provider" (and "physical_name") or "deployments"' });
+    }
+    if (model.deployments !== undefined && model.provider !== undefined) {
+      context.addIssue({ code: z.ZodIssueCode.custom, message: 'give either "provider"/"physical_name" or "deployments", not both' });
+    }
+  });
+
+export const retrySchema = z
+  .object({
+    /** Total tries per deployment group, the first one included. */
+    attempts: positiveInt.default(3),
+    base_backoff_ms: nonNegative.default(100),
+    max_backoff_ms: nonNegative.default(5_000),
+    /** Fraction of the backoff randomised (0 = none, 1 = full jitter). */
+    jitter: z.number().min(0).max(1).default(0.2),
+  })
+  .strict();
+
+export const cooldownSchema = z
+  .object({
+    failures: positiveInt.default(3),
+    window_ms: positiveInt.default(60_000),
+    duration_ms: positiveInt.default(30_000),
+  })
+  .strict();
+
+export const routingSchema = z
+  .object({
+    strategy: z.enum(ROUTING_STRATEGIES).default('weighted'),
+    retry: retrySchema.default({}),
+    cooldown: cooldownSchema.default({}),
+    /** lowest-latency: share of requests sent to a random deployment to re-measure it. */
+    exploration: z.number().min(0).max(1).default(0.05),
+  })
+  .strict();
+
+export const workerSchema = z
+  .object({
+    /** Requests a worker works on at once; above it, it stops taking work (the queue group sends it elsewhere). */
+    max_in_flight: positiveInt.default(256),
+    /** Deadline of a request that sets no timeout_ms, and no provider/model timeout applies. */
+    default_timeout_ms: positiveInt.default(120_000),
+    /** Heartbeat interval on a stream while the upstream is silent. */
+    heartbeat_ms: positiveInt.default(1_000),
+    /** How long SIGTERM waits for requests in flight before giving up on them. */
+    drain_timeout_ms: positiveInt.default(30_000),
+    /** Largest request body accepted; defaults to the server's max_payload. */
+    max_request_bytes: positiveInt.optional(),
+  })
+  .strict();
+
+export const usageStreamSchema = z
+  .object({
+    name: z.string().regex(/^[A-Za-z0-9_-]+$/).default('LLM_USAGE'),
+    /** How long raw events are kept (0 = forever). */
+    max_age: durationMs.default('90d'),
+    /** Largest size of the stream (-1 = unlimited); the oldest events go first. */
+    max_bytes: sizeBytes.default(-1),
+    max_msgs: z.number().int().min(-1).default(-1),
+    replicas: z.number().int().min(1).max(5).default(1),
+    storage: z.enum(['file', 'memory']).default('file'),
+    /** Window within which a re-published event (same request id) is stored once. */
+    duplicate_window: durationMs.default('2m'),
+  })
+  .strict();
+
+export const natsSchema = z
+  .object({
+    subject_prefix: z.string().regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/).default('llm'),
+    usage_stream: usageStreamSchema.default({}),
+    /** Environment variables holding NATS credentials (read at start, never logged). */
+    user_env: envName.optional(),
+    password_env: envName.optional(),
+    token_env: envName.optional(),
+    nkey_seed_env: envName.optional(),
+    creds_file: z.string().min(1).optional(),
+    tls: z
+      .object({ ca_file: z.string().optional(), cert_file: z.string().optional(), key_file: z.string().optional() })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
+export const loggingSchema = z
+  .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+  .strict();
+
+export const cacheSchema = z
+  .object({
+    enabled: z.boolean().default(true),
+    max_entries: positiveInt.default(1_000),
+    ttl_ms: positiveInt.default(300_000),
+  })
+  .strict();
+
+export const configSchema = z
+  .object({
+    providers: z.record(z.string().min(1), providerSchema),
+    models: z.record(z.string().min(1), modelSchema),
+    routing: routingSchema.default({}),
+    worker: workerSchema.default({}),
+    nats: natsSchema.default({}),
+    logging: loggingSchema.default({}),
+    cache: cacheSchema.default({}),
+  })
+  .strict()
+  .superRefine((config, context) => {
+    for (const [modelName, model] of Object.entries(config.models)) {
+      const deployments = model.deployments ?? (model.provider === undefined ? [] : [{ provider: model.provider }]);
+      deployments.forEach((deployment, index) => {
+        if (!(deployment.provider in config.providers)) {
+          const path = model.deployments === undefined ? ['models', modelName, 'provider'] : ['models', modelName, 'deployments', index, 'provider'];
+          context.addIssue({ code: z.ZodIssueCode.custom, path, message: `unknown provider "${deployment.provider}"` });
+        }
+      });
+      for (const key of ['fallbacks', 'context_fallbacks'] as const) {
+        model[key].forEach((target, index) => {
+          if (!(target in config.models)) {
+            context.addIssue({ code: z.ZodIssueCode.custom, path: ['models', modelName, key, index], message: `unknown model "${target}"` });
+          } else if (target === modelName) {
+            context.addIssue({ code: z.ZodIssueCode.custom, path: ['models', modelName, key, index], message: 'a model cannot fall back to itself' });
+          }
+        });
+      }
+    }
+  });
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type Config = z.infer<typeof configSchema>;
+export type ProviderConfig = z.infer<typeof providerSchema>;
+export type ModelConfig = z.infer<typeof modelSchema>;
+export type DeploymentConfig = z.infer<typeof deploymentSchema>;
+export type RoutingConfig = z.infer<typeof routingSchema>;
+export type WorkerConfig = z.infer<typeof workerSchema>;
+export type NatsConfig = z.infer<typeof natsSchema>;
+export type UsageStreamConfig = z.infer<typeof usageStreamSchema>;

@@ -1,0 +1,134 @@
+import { z } from 'zod';
+import { ProxyError } from './errors.js';
+
+/**
+ * The request body of `llm.proxy.request` (DESIGN.md, "Request"): OpenAI's
+ * chat-completions parameters plus our own. Unknown top-level fields are
+ * refused by name so that a typo (`max_token`) never silently does nothing.
+ * Nested objects (tools, response_format, provider_options) are passed through
+ * to providers as given: they belong to the provider's API, not to us.
+ */
+const textPart = z.object({ type: z.literal('text'), text: z.string() }).passthrough();
+const imagePart = z
+  .object({
+    type: z.literal('image_url'),
+    image_url: z.object({ url: z.string().min(1), detail: z.enum(['auto', 'low', 'high']).optional() }).passthrough(),
+  })
+  .passthrough();
+const otherPart = z.object({ type: z.string().min(1) }).passthrough();
+export const contentPartSchema = z.union([textPart, imagePart, otherPart]);
+
+const toolCallSchema = z
+  .object({
+    id: z.string(),
+    type: z.literal('function'),
+    function: z.object({ name: z.string(), arguments: z.string() }).passthrough(),
+  })
+  .passthrough();
+
+const messageSchema = z
+  .object({
+    role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
+    content: z.union([z.string(), z.array(contentPartSchema), z.null()]).optional(),
+    name: z.string().optional(),
+    tool_calls: z.array(toolCallSchema).optional(),
+    tool_call_id: z.string().optional(),
+    reasoning_content: z.string().optional(),
+  })
+  .passthrough()
+  .superRefine((message, context) => {
+    if (message.role === 'tool' && message.tool_call_id === undefined) {
+      context.addIssue({ code: z.ZodIssueCode.custom, message: 'a tool message needs tool_call_id', path: ['tool_call_id'] });
+    }
+    const hasContent = message.content !== undefined && message.content !== null;
+    if (!hasContent && !(message.role === 'assistant' && message.tool_calls !== undefined)) {
+      context.addIssue({ code: z.ZodIssueCode.custom, message: 'content is required', path: ['content'] });
+    }
+  });
+
+const metadataSchema = z
+  .object({
+    agent_id: z.string().min(1).max(256).optional(),
+    microdao_id: z.string().min(1).max(256).optional(),
+    channel_id: z.string().min(1).max(256).optional(),
+  })
+  .catchall(z.string().max(1024));
+
+const toolSchema = z
+  .object({
+    type: z.literal('function'),
+    function: z
+      .object({ name: z.string().min(1), description: z.string().optional(), parameters: z.record(z.unknown()).optional() })
+      .passthrough(),
+  })
+  .passthrough();
+
+const toolChoiceSchema = z.union([
+  z.enum(['none', 'auto', 'required']),
+  z.object({ type: z.literal('function'), function: z.object({ name: z.string() }) }).passthrough(),
+]);
+
+const responseFormatSchema = z
+  .object({ type: z.enum(['text', 'json_object', 'json_schema']) })
+  .passthrough();
+
+export const chatRequestSchema = z
+  .object({
+    model: z.string().min(1).max(256),
+    messages: z.array(messageSchema).min(1, 'messages must not be empty'),
+    max_tokens: z.number().int().positive().optional(),
+    max_completion_tokens: z.number().int().positive().optional(),
+    temperature: z.number().min(0).max(2).optional(),
+    top_p: z.number().min(0).max(1).optional(),
+    stop: z.union([z.string(), z.array(z.string()).max(4)]).optional(),
+    seed: z.number().int().optional(),
+    n: z.literal(1, { errorMap: () => ({ message: 'only n = 1 is supported' }) }).optional(),
+    presence_penalty: z.number().min(-2).max(2).optional(),
+    frequency_penalty: z.number().min(-2).max(2).optional(),
+    logit_bias: z.record(z.number()).optional(),
+    logprobs: z.boolean().optional(),
+    top_logprobs: z.number().int().min(0).max(20).optional(),
+    user: z.string().optional(),
+    tools: z.array(toolSchema).optional(),
+    tool_choice: toolChoiceSchema.optional(),
+    parallel_tool_calls: z.boolean().optional(),
+    response_format: responseFormatSchema.optional(),
+    stream: z.boolean().optional(),
+    stream_options: z.object({ include_usage: z.boolean().optional() }).passthrough().optional(),
+    reasoning_effort: z.enum(['minimal', 'low', 'medium', 'high']).optional(),
+    metadata: metadataSchema.optional(),
+    request_id: z.string().min(1).max(128).optional(),
+    timeout_ms: z.number().int().positive().max(3_600_000).optional(),
+    cache: z.enum(['auto', 'bypass']).optional(),
+    provider_options: z.record(z.unknown()).optional(),
+  })
+  .strict();
+
+export type ChatRequest = z.infer<typeof chatRequestSchema>;
+export type ChatMessage = ChatRequest['messages'][number];
+export type ToolCall = z.infer<typeof toolCallSchema>;
+export type RequestMetadata = z.infer<typeof metadataSchema>;
+
+/** One line per problem, each naming the field: `messages.0.role: Invalid enum value…`. */
+export function describeZodIssues(error: z.ZodError): string {
+  return error.issues
+    .map((issue) => {
+      const path = issue.path.join('.');
+      if (issue.code === z.ZodIssueCode.unrecognized_keys) {
+        const where = path === '' ? '' : `${path}: `;
+        return `${where}unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((key) => `"${key}"`).join(', ')}`;
+      }
+      return path === '' ? issue.message : `${path}: ${issue.message}`;
+    })
+    .join('; ');
+}
+
+/** Validate a decoded JSON body; throws `invalid_request` naming every field at fault. */
+export function parseChatRequest(body: unknown): ChatRequest {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw new ProxyError('invalid_request', 'request body must be a JSON object');
+  }
+  const result = chatRequestSchema.safeParse(body);
+  if (!result.success) throw new ProxyError('invalid_request', describeZodIssues(result.error));
+  return result.data;
+}

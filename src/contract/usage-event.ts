@@ -1,0 +1,48 @@
+import { z } from 'zod';
+
+/** The usage event published on `llm.usage.<agent-token>` (DESIGN.md, "Usage event"), version 1. */
+export const USAGE_STATUSES = ['ok', 'error', 'rejected', 'cancelled'] as const;
+export type UsageStatus = (typeof USAGE_STATUSES)[number];
+
+export const usageEventSchema = z
+  .object({
+    v: z.literal(1),
+    request_id: z.string().min(1),
+    ts: z.string(),
+    agent_id: z.string().nullable(),
+    microdao_id: z.string().nullable(),
+    channel_id: z.string().nullable(),
+    model: z.string().nullable(),
+    provider: z.string().nullable(),
+    model_resolved: z.string().nullable(),
+    status: z.enum(USAGE_STATUSES),
+    error_code: z.string().nullable(),
+    prompt_tokens: z.number().int().nonnegative(),
+    completion_tokens: z.number().int().nonnegative(),
+    total_tokens: z.number().int().nonnegative(),
+    tokens_estimated: z.boolean(),
+    cost_usd: z.number().nonnegative(),
+    latency_ms: z.number().nonnegative(),
+    ttft_ms: z.number().nonnegative().nullable(),
+    stream: z.boolean(),
+    cached: z.boolean(),
+    attempts: z.number().int().nonnegative(),
+    worker_id: z.string(),
+    claimed_agent_id: z.string().optional(),
+    attempt_details: z
+      .array(
+        z.object({
+          provider: z.string(),
+          model_resolved: z.string(),
+          error_code: z.string().nullable(),
+          latency_ms: z.number(),
+          prompt_tokens: z.number().optional(),
+          completion_tokens: z.number().optional(),
+        }),
+      )
+      .optional(),
+    tags: z.record(z.string()).optional(),
+  })
+  .passthrough();
+
+export type UsageEvent = z.infer<typeof usageEventSchema>;

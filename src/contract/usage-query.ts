@@ -1,0 +1,41 @@
+import { z } from 'zod';
+
+/** `llm.proxy.usage` request and reply (DESIGN.md, "Usage query"). */
+export const USAGE_GROUP_KEYS = ['agent', 'microdao', 'model', 'provider', 'day', 'hour'] as const;
+export type UsageGroupKey = (typeof USAGE_GROUP_KEYS)[number];
+
+export const usageQuerySchema = z
+  .object({
+    agent_id: z.string().min(1).optional(),
+    microdao_id: z.string().min(1).optional(),
+    model: z.string().min(1).optional(),
+    provider: z.string().min(1).optional(),
+    /** ISO-8601 timestamp or a relative span such as `7d`, `24h`, `30m`. */
+    since: z.string().min(1).optional(),
+    until: z.string().min(1).optional(),
+    group_by: z.union([z.enum(USAGE_GROUP_KEYS), z.array(z.enum(USAGE_GROUP_KEYS))]).optional(),
+  })
+  .strict();
+
+export type UsageQuery = z.infer<typeof usageQuerySchema>;
+
+export interface UsageTotals {
+  total_requests: number;
+  total_tokens: number;
+  avg_latency_ms: number;
+  success_rate: number;
+  prompt_tokens: number;
+  completion_tokens: number;
+  cost_usd: number;
+  errors: number;
+  rejected: number;
+  cached: number;
+}
+
+export interface UsageGroup extends UsageTotals {
+  key: Partial<Record<UsageGroupKey, string>>;
+}
+
+export interface UsageQueryReply extends UsageTotals {
+  groups: UsageGroup[];
+}

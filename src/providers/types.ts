@@ -1,0 +1,60 @@
+import type { Dispatcher } from 'undici';
+import type { ChatRequest, ToolCall } from '../contract/request.js';
+import type { FinishReason, ToolCallDelta } from '../contract/reply.js';
+import type { ProviderType } from '../config/schema.js';
+
+/**
+ * What a provider adapter needs to know, handed in by whoever builds it.
+ * A provider knows nothing of NATS, logging setup or config files.
+ */
+export interface ProviderSettings {
+  /** The name the provider has in config.yaml (`openai`, `local`…). */
+  name: string;
+  type: ProviderType;
+  baseUrl: string;
+  /** Never logged, never put in an error message. */
+  apiKey?: string | undefined;
+  headers?: Record<string, string> | undefined;
+  /** The undici pool for this provider (one per provider, keep-alive). */
+  dispatcher: Dispatcher;
+}
+
+/** One call to one deployment. */
+export interface ProviderCall {
+  /** The provider's own model name (`physical_name`). */
+  model: string;
+  /** The validated request; our own fields (metadata, request_id…) are not sent upstream. */
+  request: ChatRequest;
+  /** Aborted on deadline, client cancel or worker shutdown. */
+  signal: AbortSignal;
+}
+
+export interface ProviderUsage {
+  promptTokens: number;
+  completionTokens: number;
+}
+
+export interface ProviderResponse {
+  content: string | null;
+  toolCalls?: ToolCall[];
+  reasoningContent?: string;
+  finishReason: FinishReason;
+  /** Undefined when the provider reported no usage (the caller then estimates). */
+  usage?: ProviderUsage;
+  /** The model name the provider says it used (falls back to the requested one). */
+  modelResolved: string;
+}
+
+/** What a streaming call yields, in order. Errors are thrown as ProxyError. */
+export type ProviderStreamEvent =
+  | { type: 'delta'; content?: string; reasoningContent?: string; toolCalls?: ToolCallDelta[] }
+  | { type: 'finish'; finishReason: FinishReason }
+  | { type: 'usage'; usage: ProviderUsage }
+  | { type: 'model'; modelResolved: string };
+
+export interface Provider {
+  readonly name: string;
+  readonly type: ProviderType;
+  chat(call: ProviderCall): Promise<ProviderResponse>;
+  stream(call: ProviderCall): AsyncIterable<ProviderStreamEvent>;
+}

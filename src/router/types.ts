@@ -1,0 +1,47 @@
+import type { AttemptRecord } from '../contract/reply.js';
+import type { ChatRequest } from '../contract/request.js';
+import type { ModelInfo } from '../contract/models.js';
+import type { ProviderResponse, ProviderStreamEvent } from '../providers/types.js';
+
+/** One routed request: the router owns retries, fallbacks and the deadline. */
+export interface RoutedCall {
+  request: ChatRequest;
+  /** Client cancel or worker shutdown. */
+  signal: AbortSignal;
+  /** Epoch ms by which everything (all retries and fallbacks) must be done. */
+  deadlineAt: number;
+}
+
+/** Where a request was finally served. */
+export interface RouteTarget {
+  /** The logical model that served it (the requested one, or a fallback). */
+  model: string;
+  provider: string;
+  physicalName: string;
+}
+
+export interface RoutedResponse extends ProviderResponse {
+  target: RouteTarget;
+  /** Every deployment tried, in order, the successful one last. */
+  attempts: AttemptRecord[];
+}
+
+export interface RoutedStream {
+  target: RouteTarget;
+  /** Attempts made before this stream started (the successful one last). */
+  attempts: AttemptRecord[];
+  /**
+   * The events of the deployment that answered. The first event has already
+   * arrived when `stream()` resolves: retries and fallbacks happen only before
+   * it; a failure after it is thrown from this iterable as a ProxyError.
+   */
+  events: AsyncIterable<ProviderStreamEvent>;
+}
+
+export interface ChatRouter {
+  hasModel(name: string): boolean;
+  listModels(): ModelInfo[];
+  /** Throws ProxyError (model_not_found, upstream_*, no_provider_available…) with `attempts` set. */
+  chat(call: RoutedCall): Promise<RoutedResponse>;
+  stream(call: RoutedCall): Promise<RoutedStream>;
+}
