@@ -28,6 +28,8 @@ export interface Subjects {
   readonly request: string;
   readonly models: string;
   readonly usageQuery: string;
+  /** Non-queue subject every worker listens on: `{"request_id": "…"}` cancels that request. */
+  readonly cancel: string;
   /** `llm.usage.>`: what the LLM_USAGE stream captures. */
   readonly usageAll: string;
   usageFor(agentToken: string): string;
@@ -39,6 +41,7 @@ export function subjectsFor(prefix: string = DEFAULT_SUBJECT_PREFIX): Subjects {
     request: `${prefix}.proxy.request`,
     models: `${prefix}.proxy.models`,
     usageQuery: `${prefix}.proxy.usage`,
+    cancel: `${prefix}.proxy.cancel`,
     usageAll: `${prefix}.usage.>`,
     usageFor: (agentToken: string) => `${prefix}.usage.${agentToken}`,
   };
