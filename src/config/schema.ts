@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { parseDuration, parseSize } from './duration.js';
+import { aggregatorSchema } from './aggregator-schema.js';
 
 /**
  * The whole of config.yaml as one zod schema (DESIGN.md, "Configuration").
@@ -191,6 +192,7 @@ export const configSchema = z
     nats: natsSchema.default({}),
     logging: loggingSchema.default({}),
     cache: cacheSchema.default({}),
+    aggregator: aggregatorSchema.default({}),
   })
   .strict()
   .superRefine((config, context) => {
