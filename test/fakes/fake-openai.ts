@@ -1,0 +1,228 @@
+/**
+ * A fake OpenAI-compatible provider: a real HTTP server on 127.0.0.1 speaking
+ * OpenAI's chat-completions wire format, with scripted faults.
+ *
+ * ```ts
+ * import { startFakeOpenAI, fakeBehaviours } from '../test/fakes/index.js';
+ * const fake = await startFakeOpenAI({ requireApiKey: 'sk-test' }); // options optional
+ * // config: providers: { openai: { type: 'openai', base_url: fake.baseUrl, api_key_env: … } }
+ * fake.enqueue(fakeBehaviours.rateLimited(2), { kind: 'ok', content: 'hi' }); // next two chat requests
+ * fake.setDefault({ kind: 'ok' });                                           // after the queue
+ * …
+ * fake.requests[0].body.model; fake.requests[0].authorization; // 'Bearer sk-test'
+ * await fake.waitForClosedByClient(1);                          // an abort reached the upstream
+ * await fake.close();                                           // destroys open sockets
+ * ```
+ *
+ * Routes: `POST /v1/chat/completions` (JSON, or SSE when the body has `stream: true`), `GET /v1/models`.
+ * `fake.baseUrl` is `http://127.0.0.1:<port>/v1`.
+ *
+ * Default answer: `echo: <last user message>` with usage estimated from the request (~4 chars a token).
+ * JSON replies have OpenAI's exact shape (id, object, created, model, system_fingerprint,
+ * choices[{index, message{role, content, tool_calls?, reasoning_content?, refusal}, logprobs, finish_reason}],
+ * usage{prompt_tokens, completion_tokens, total_tokens}).
+ * Streams: `data: {chat.completion.chunk}` events (reasoning deltas first, then content with `role` in the
+ * first, then tool-call deltas: id/name first, arguments in two pieces), a last chunk with an empty delta and
+ * the finish_reason, a usage-only chunk (`choices: []`) when the request set `stream_options.include_usage`
+ * and the behaviour's usage is not `null`, then `data: [DONE]`. One "chunk" in `afterChunks` is one event
+ * before the finish chunk; the failure kinds never get further than the last such event.
+ *
+ * Behaviours: see `FakeBehaviour` in behaviour.ts (ok, status, malformed-json, empty-body, hang, reset,
+ * stream-cut, stream-stall, stream-error, stream-end-early; `delayMs` and `headers` on all; `quirks` on
+ * streams) and the ready-made `fakeBehaviours`. Errors from `status` without `body`, and 401s from
+ * `requireApiKey`, use OpenAI's shape `{"error":{"message","type","param","code"}}`; the 401 message echoes
+ * the key received (as OpenAI does, partly), so that tests can prove it is redacted downstream.
+ */
+import type { ReplyShape } from './behaviour.js';
+import {
+  estimateCompletionTokens,
+  estimatePromptTokens,
+  lastUserText,
+  sendJson,
+  splitContent,
+  startFakeProvider,
+  type FakeDialect,
+  type FakeExchange,
+  type FakeProvider,
+  type FakeProviderOptions,
+} from './fake-server.js';
+
+export type FakeOpenAI = FakeProvider;
+export type FakeOpenAIOptions = FakeProviderOptions;
+
+let completionCounter = 0;
+
+interface BuiltReply {
+  id: string;
+  created: number;
+  model: string;
+  content: string | null;
+  reasoningContent: string | undefined;
+  toolCalls: Array<{ id: string; type: 'function'; function: { name: string; arguments: string } }> | undefined;
+  finishReason: string;
+  usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number } | undefined;
+}
+
+function buildReply(shape: ReplyShape, body: any): BuiltReply {
+  completionCounter += 1;
+  const content = shape.content === undefined ? `echo: ${lastUserText(body)}` : shape.content;
+  const toolCalls = shape.toolCalls?.map((call, index) => ({
+    id: call.id ?? `call_fake_${completionCounter}_${index}`,
+    type: 'function' as const,
+    function: { name: call.name, arguments: typeof call.arguments === 'string' ? call.arguments : JSON.stringify(call.arguments) },
+  }));
+  const promptTokens = shape.usage?.promptTokens ?? estimatePromptTokens(body);
+  const completionTokens =
+    shape.usage?.completionTokens ??
+    estimateCompletionTokens((content ?? '') + (shape.reasoningContent ?? '') + JSON.stringify(toolCalls ?? ''));
+  return {
+    id: `chatcmpl-fake${completionCounter}`,
+    created: Math.floor(Date.now() / 1000),
+    model: shape.model ?? (typeof body?.model === 'string' ? body.model : 'fake-model'),
+    content,
+    reasoningContent: shape.reasoningContent,
+    toolCalls,
+    finishReason: shape.finishReason ?? (toolCalls !== undefined && toolCalls.length > 0 ? 'tool_calls' : 'stop'),
+    usage:
+      shape.usage === null
+        ? undefined
+        : { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens },
+  };
+}
+
+function completionJson(reply: BuiltReply): object {
+  const message: Record<string, unknown> = { role: 'assistant', content: reply.content, refusal: null };
+  if (reply.reasoningContent !== undefined) message.reasoning_content = reply.reasoningContent;
+  if (reply.toolCalls !== undefined) message.tool_calls = reply.toolCalls;
+  const json: Record<string, unknown> = {
+    id: reply.id,
+    object: 'chat.completion',
+    created: reply.created,
+    model: reply.model,
+    system_fingerprint: 'fp_fake',
+    choices: [{ index: 0, message, logprobs: null, finish_reason: reply.finishReason }],
+  };
+  if (reply.usage !== undefined) json.usage = reply.usage;
+  return json;
+}
+
+function sseEvent(data: unknown): string {
+  return `data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`;
+}
+
+/** The events before the finish chunk, and the events from it to `[DONE]`. */
+function streamFrames(reply: BuiltReply, shape: ReplyShape, includeUsage: boolean): { body: string[]; tail: string[] } {
+  const chunk = (choices: unknown[], extra: Record<string, unknown> = {}): string =>
+    sseEvent({
+      id: reply.id,
+      object: 'chat.completion.chunk',
+      created: reply.created,
+      model: reply.model,
+      system_fingerprint: 'fp_fake',
+      choices,
+      ...(includeUsage ? { usage: null } : {}),
+      ...extra,
+    });
+  const deltaChunk = (delta: Record<string, unknown>): string => chunk([{ index: 0, delta, logprobs: null, finish_reason: null }]);
+
+  const body: string[] = [];
+  let first = true;
+  const withRole = (delta: Record<string, unknown>): Record<string, unknown> => {
+    if (!first) return delta;
+    first = false;
+    return { role: 'assistant', ...delta };
+  };
+  for (const piece of splitContent(reply.reasoningContent ?? '', undefined)) body.push(deltaChunk(withRole({ reasoning_content: piece })));
+  for (const piece of splitContent(reply.content ?? '', shape.chunks)) body.push(deltaChunk(withRole({ content: piece })));
+  reply.toolCalls?.forEach((call, index) => {
+    body.push(deltaChunk(withRole({ tool_calls: [{ index, id: call.id, type: 'function', function: { name: call.function.name, arguments: '' } }] })));
+    const half = Math.ceil(call.function.arguments.length / 2);
+    for (const piece of [call.function.arguments.slice(0, half), call.function.arguments.slice(half)]) {
+      if (piece !== '') body.push(deltaChunk({ tool_calls: [{ index, function: { arguments: piece } }] }));
+    }
+  });
+  if (first) body.push(deltaChunk(withRole({ content: '' })));
+
+  const tail: string[] = [chunk([{ index: 0, delta: {}, logprobs: null, finish_reason: reply.finishReason }])];
+  if (includeUsage && reply.usage !== undefined) tail.push(chunk([], { usage: reply.usage }));
+  tail.push(sseEvent('[DONE]'));
+  return { body, tail };
+}
+
+function openAIErrorBody(message: string, status: number): object {
+  const type = status === 401 ? 'invalid_request_error' : status === 429 ? 'requests' : status >= 500 ? 'server_error' : 'invalid_request_error';
+  const code = status === 401 ? 'invalid_api_key' : status === 404 ? 'model_not_found' : null;
+  return { error: { message, type, param: null, code } };
+}
+
+const openAIDialect: FakeDialect = {
+  basePath: '/v1',
+  chatPath: '/v1/chat/completions',
+  errorBody: openAIErrorBody,
+  get(path, options) {
+    if (path !== '/v1/models') return undefined;
+    const names = options.models ?? ['fake-model'];
+    return { object: 'list', data: names.map((id) => ({ id, object: 'model', created: 1_700_000_000, owned_by: 'fake' })) };
+  },
+  async reply(exchange: FakeExchange, behaviour) {
+    const body = exchange.record.body;
+    const reply = buildReply(behaviour, body);
+    const extraHeaders = behaviour.headers ?? {};
+    const response = exchange.response;
+
+    if (body?.stream !== true) {
+      const json = JSON.stringify(completionJson(reply));
+      if (behaviour.kind === 'ok') {
+        sendJson(response, 200, JSON.parse(json), extraHeaders);
+        return;
+      }
+      if (behaviour.kind === 'stream-error') {
+        sendJson(response, 500, openAIErrorBody(behaviour.message ?? 'The server had an error while processing your request.', 500), extraHeaders);
+        return;
+      }
+      response.writeHead(200, { 'content-type': 'application/json', ...extraHeaders });
+      response.write(json.slice(0, Math.floor(json.length / 2)));
+      if (behaviour.kind === 'stream-cut') {
+        await exchange.sleep(20);
+        exchange.destroy();
+      } else if (behaviour.kind === 'stream-end-early') {
+        response.end();
+      }
+      return;
+    }
+
+    const includeUsage = body?.stream_options?.include_usage === true;
+    const { body: bodyFrames, tail } = streamFrames(reply, behaviour, includeUsage);
+    response.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', ...extraHeaders });
+    const writeOptions = { format: 'sse' as const, intervalMs: behaviour.chunkIntervalMs ?? 0, quirks: behaviour.quirks ?? [] };
+
+    if (behaviour.kind === 'ok') {
+      if (await exchange.writeFrames([...bodyFrames, ...tail], writeOptions)) response.end();
+      return;
+    }
+    const sent = bodyFrames.slice(0, Math.max(0, Math.min(behaviour.afterChunks, bodyFrames.length)));
+    if (!(await exchange.writeFrames(sent, writeOptions))) return;
+    switch (behaviour.kind) {
+      case 'stream-cut':
+        // Let the written events leave before the reset, so that the client sees them first.
+        await exchange.sleep(20);
+        exchange.destroy();
+        return;
+      case 'stream-stall':
+        return;
+      case 'stream-error': {
+        const error = { error: { message: behaviour.message ?? 'The server had an error while processing your request.', type: 'server_error', param: null, code: null } };
+        if (await exchange.writeFrames([sseEvent(error)], { ...writeOptions, intervalMs: 0 })) response.end();
+        return;
+      }
+      case 'stream-end-early':
+        response.end();
+        return;
+    }
+  },
+};
+
+/** Starts a fake OpenAI-compatible server on 127.0.0.1 (a free port). */
+export function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<FakeOpenAI> {
+  return startFakeProvider(openAIDialect, options);
+}
