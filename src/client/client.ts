@@ -1,0 +1,217 @@
+/**
+ * The typed client agents use instead of hand-rolling NATS inboxes, timeouts
+ * and error headers: `chat` for one reply, `stream` for chunks as the model
+ * produces them. Every failure is an `LlmProxyError`.
+ */
+import { connect, type NatsConnection, type NodeConnectionOptions } from '@nats-io/transport-node';
+import { DEFAULT_SUBJECT_PREFIX, HEADERS, isErrorReply, subjectsFor, type ChatReply, type ChatRequest, type Subjects } from '../contract/index.js';
+import { LlmProxyError, errorFromBody, errorFromNats, errorFromServiceHeaders } from './errors.js';
+import { assertFitsMaxPayload, buildEnvelope, publishCancel, type Envelope } from './request-envelope.js';
+import { startChatStream, type ChatStream } from './stream.js';
+
+/** Matches the worker's default deadline (`worker.default_timeout_ms`). */
+export const DEFAULT_TIMEOUT_MS = 120_000;
+/** More than 3 × the worker's default heartbeat (`worker.heartbeat_ms`, 1 s). */
+export const DEFAULT_IDLE_TIMEOUT_MS = 5_000;
+/** Validation, limits and routing happen before the first chunk or heartbeat. */
+export const DEFAULT_FIRST_MESSAGE_TIMEOUT_MS = 10_000;
+
+export interface ClientOptions {
+  /** NATS server URL(s); the client then owns the connection and `close()` closes it. */
+  servers?: string | string[];
+  /** An existing connection; `close()` leaves it open. */
+  connection?: NatsConnection;
+  /** Other connection options (credentials, TLS…) when the client connects itself. */
+  connectOptions?: Omit<NodeConnectionOptions, 'servers' | 'name'>;
+  /** Sent as `X-Internal-Secret` (the worker's `LLM_PROXY_SECRET`). */
+  secret?: string;
+  /** Default deadline of a call; sent to the worker as `timeout_ms` when the request sets none. */
+  timeoutMs?: number;
+  /** Longest silence between two stream messages before the worker is deemed gone. */
+  idleTimeoutMs?: number;
+  /** How long a stream may wait for its first message (chunk, heartbeat or end). */
+  firstMessageTimeoutMs?: number;
+  /** Subject prefix (`llm` by default: `llm.proxy.request`). */
+  subjectPrefix?: string;
+  /** Connection name shown by `nats server report connections`. */
+  name?: string;
+  /** Prefix of stream inboxes, for accounts whose permissions restrict `_INBOX.>`. */
+  inboxPrefix?: string;
+}
+
+export interface CallOptions {
+  signal?: AbortSignal;
+  /** Deadline of this call (overrides the client's `timeoutMs`). */
+  timeoutMs?: number;
+  /** Extra NATS headers (e.g. `tracestate`); the secret and `traceparent` are set by the client. */
+  headers?: Record<string, string>;
+}
+
+export interface StreamOptions extends CallOptions {
+  idleTimeoutMs?: number;
+  firstMessageTimeoutMs?: number;
+}
+
+export interface LlmProxyClient {
+  /** One request, one reply. Throws `LlmProxyError`. */
+  chat(request: ChatRequest, options?: CallOptions): Promise<ChatReply>;
+  /** A streamed reply: iterate the chunks, then `await stream.final`. Never throws synchronously. */
+  stream(request: ChatRequest, options?: StreamOptions): ChatStream;
+  /** The subjects in use (from `subjectPrefix`). */
+  readonly subjects: Subjects;
+  /** The NATS connection (owned or borrowed). */
+  readonly connection: NatsConnection;
+  /** Closes the connection only if the client opened it. */
+  close(): Promise<void>;
+}
+
+function positive(name: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isFinite(value) || value <= 0) throw new TypeError(`${name} must be a positive number of milliseconds, got ${value}`);
+  return value;
+}
+
+/** Connects (unless given a connection) and returns a client. */
+export async function createClient(options: ClientOptions): Promise<LlmProxyClient> {
+  const timeoutMs = positive('timeoutMs', options.timeoutMs, DEFAULT_TIMEOUT_MS);
+  const idleTimeoutMs = positive('idleTimeoutMs', options.idleTimeoutMs, DEFAULT_IDLE_TIMEOUT_MS);
+  const firstMessageTimeoutMs = positive('firstMessageTimeoutMs', options.firstMessageTimeoutMs, DEFAULT_FIRST_MESSAGE_TIMEOUT_MS);
+  let connection: NatsConnection;
+  let ownsConnection: boolean;
+  if (options.connection !== undefined) {
+    connection = options.connection;
+    ownsConnection = false;
+  } else {
+    if (options.servers === undefined) throw new TypeError('createClient needs `servers` or `connection`');
+    connection = await connect({
+      ...options.connectOptions,
+      servers: options.servers,
+      name: options.name ?? 'llm-proxy-client',
+      ...(options.inboxPrefix !== undefined ? { inboxPrefix: options.inboxPrefix } : {}),
+    });
+    ownsConnection = true;
+  }
+  return new NatsLlmProxyClient({
+    connection,
+    ownsConnection,
+    subjects: subjectsFor(options.subjectPrefix ?? DEFAULT_SUBJECT_PREFIX),
+    secret: options.secret,
+    timeoutMs,
+    idleTimeoutMs,
+    firstMessageTimeoutMs,
+    inboxPrefix: options.inboxPrefix,
+  });
+}
+
+interface ClientSettings {
+  connection: NatsConnection;
+  ownsConnection: boolean;
+  subjects: Subjects;
+  secret: string | undefined;
+  timeoutMs: number;
+  idleTimeoutMs: number;
+  firstMessageTimeoutMs: number;
+  inboxPrefix: string | undefined;
+}
+
+class NatsLlmProxyClient implements LlmProxyClient {
+  readonly #settings: ClientSettings;
+
+  constructor(settings: ClientSettings) {
+    this.#settings = settings;
+  }
+
+  get subjects(): Subjects {
+    return this.#settings.subjects;
+  }
+
+  get connection(): NatsConnection {
+    return this.#settings.connection;
+  }
+
+  async chat(request: ChatRequest, options: CallOptions = {}): Promise<ChatReply> {
+    const { connection, subjects } = this.#settings;
+    const envelope = this.#envelope(request, false, options);
+    if (envelope instanceof LlmProxyError) throw envelope;
+    const { requestId, timeoutMs } = envelope;
+    const signal = options.signal;
+    if (signal?.aborted === true) throw new LlmProxyError('cancelled', 'cancelled before sending', { requestId, cause: signal.reason });
+    assertFitsMaxPayload(connection, envelope);
+
+    // nats.js requests take no AbortSignal: race the reply against the abort, and
+    // tell the worker so it stops the upstream call. The late reply is dropped.
+    let onAbort: (() => void) | undefined;
+    const aborted = new Promise<never>((_, reject) => {
+      if (signal === undefined) return;
+      onAbort = () => {
+        publishCancel(this.#settings.connection, this.#settings.subjects, this.#settings.secret, requestId);
+        reject(new LlmProxyError('cancelled', 'cancelled by the client', { requestId, cause: signal.reason }));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+    let message;
+    try {
+      message = await Promise.race([connection.request(subjects.request, envelope.body, { timeout: timeoutMs, headers: envelope.headers }), aborted]);
+    } catch (error) {
+      const failure = errorFromNats(error, { subject: subjects.request, timeoutMs, requestId });
+      if (failure.code === 'upstream_timeout') publishCancel(this.#settings.connection, this.#settings.subjects, this.#settings.secret, requestId);
+      throw failure;
+    } finally {
+      if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort);
+    }
+
+    let body: unknown;
+    try {
+      body = message.json();
+    } catch {
+      const status = message.headers?.get(HEADERS.serviceErrorCode) ?? '';
+      if (status !== '') throw errorFromServiceHeaders(status, message.headers?.get(HEADERS.serviceError) ?? '', requestId);
+      throw new LlmProxyError('upstream_error', 'worker sent a reply that is not JSON', { requestId });
+    }
+    if (isErrorReply(body)) throw errorFromBody(body.error, requestId);
+    if (typeof body !== 'object' || body === null) throw new LlmProxyError('upstream_error', 'worker sent a reply that is not an object', { requestId });
+    return body as ChatReply;
+  }
+
+  stream(request: ChatRequest, options: StreamOptions = {}): ChatStream {
+    const settings = this.#settings;
+    const envelope = this.#envelope(request, true, options);
+    const requestId = envelope instanceof LlmProxyError ? (envelope.requestId ?? request.request_id ?? '') : envelope.requestId;
+    const totalMs = envelope instanceof LlmProxyError ? 1 : envelope.timeoutMs;
+    return startChatStream({
+      connection: settings.connection,
+      subjects: settings.subjects,
+      envelope,
+      requestId,
+      secret: settings.secret,
+      signal: options.signal,
+      inboxPrefix: settings.inboxPrefix,
+      timeouts: {
+        firstMessageMs: options.firstMessageTimeoutMs ?? settings.firstMessageTimeoutMs,
+        idleMs: options.idleTimeoutMs ?? settings.idleTimeoutMs,
+        totalMs,
+      },
+    });
+  }
+
+  async close(): Promise<void> {
+    if (!this.#settings.ownsConnection || this.#settings.connection.isClosed()) return;
+    await this.#settings.connection.close();
+  }
+
+  #envelope(request: ChatRequest, stream: boolean, options: CallOptions): Envelope | LlmProxyError {
+    try {
+      return buildEnvelope({
+        request,
+        stream,
+        callTimeoutMs: options.timeoutMs,
+        clientTimeoutMs: this.#settings.timeoutMs,
+        secret: this.#settings.secret,
+        extraHeaders: options.headers,
+      });
+    } catch (error) {
+      if (error instanceof LlmProxyError) return error;
+      throw error;
+    }
+  }
+}
