@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { parseDuration, parseSize } from './duration.js';
 import { aggregatorSchema } from './aggregator-schema.js';
+import { limitsSchema } from './limits-schema.js';
 
 /**
  * The whole of config.yaml as one zod schema (DESIGN.md, "Configuration").
@@ -193,6 +194,7 @@ export const configSchema = z
     logging: loggingSchema.default({}),
     cache: cacheSchema.default({}),
     aggregator: aggregatorSchema.default({}),
+    limits: limitsSchema.default({}),
   })
   .strict()
   .superRefine((config, context) => {
@@ -225,3 +227,4 @@ export type RoutingConfig = z.infer<typeof routingSchema>;
 export type WorkerConfig = z.infer<typeof workerSchema>;
 export type NatsConfig = z.infer<typeof natsSchema>;
 export type UsageStreamConfig = z.infer<typeof usageStreamSchema>;
+export type { LimitsConfig, LimitSetConfig, LimitBackend, LimitStorePolicy } from './limits-schema.js';
