@@ -45,3 +45,29 @@ export interface ChatRouter {
   chat(call: RoutedCall): Promise<RoutedResponse>;
   stream(call: RoutedCall): Promise<RoutedStream>;
 }
+
+/** One deployment's state, for `llm-proxy models --health` (one row per model and deployment). */
+export interface DeploymentHealth {
+  model: string;
+  provider: string;
+  physical_name: string;
+  weight: number;
+  state: 'healthy' | 'cooling_down';
+  /** ISO time the cooldown ends, or null when healthy. */
+  cooldown_until: string | null;
+  /** Calls to this upstream (provider + physical name) running now, over every model that routes to it. */
+  in_flight: number;
+  /** Exponentially weighted latency of recent calls (time to first event for streams); null before any. */
+  ewma_latency_ms: number | null;
+  /** Failures inside the cooldown window since the last success. */
+  recent_failures: number;
+}
+
+export interface Router extends ChatRouter {
+  health(): DeploymentHealth[];
+  /**
+   * Epoch ms by which a request received at `receivedAt` must be done: its own `timeout_ms`
+   * when set, else the longest of `worker.default_timeout_ms` and its model's per-attempt timeouts.
+   */
+  deadlineFor(request: ChatRequest, receivedAt: number): number;
+}
