@@ -1,0 +1,105 @@
+import { asProxyError, ProxyError } from '../contract/errors.js';
+import type { AttemptRecord } from '../contract/reply.js';
+import type { ProviderStreamEvent } from '../providers/types.js';
+import type { AttemptSignal } from './attempt-signal.js';
+import type { DeploymentState } from './deployment-state.js';
+
+/** A provider stream opened by the router, read up to its first content event. */
+export interface OpenedStream {
+  iterator: AsyncIterator<ProviderStreamEvent>;
+  /** Events read before the router handed the stream over, in order. */
+  buffered: ProviderStreamEvent[];
+  /** The provider's stream ended within `buffered`. */
+  ended: boolean;
+  modelResolved: string | undefined;
+}
+
+export interface RelayContext {
+  signal: AttemptSignal;
+  state: DeploymentState;
+  /** The successful attempt's record: tokens are filled in from the usage event. */
+  record: AttemptRecord;
+  attempts: AttemptRecord[];
+  now: () => number;
+}
+
+/**
+ * The events of the deployment that answered: the buffered ones, then the
+ * rest from the provider. A failure after the hand-over is thrown from here
+ * as a ProxyError carrying the attempts; there is no switch to another
+ * deployment, because the agent may already have part of the answer. The
+ * attempt's signal, timer and in-flight count are released whichever way
+ * the stream ends (done, error, or `return()` by a consumer that stops early),
+ * even when the consumer never started reading.
+ */
+export class RelayedStream implements AsyncIterableIterator<ProviderStreamEvent> {
+  private index = 0;
+  private finished = false;
+
+  constructor(
+    private readonly opened: OpenedStream,
+    private readonly context: RelayContext,
+  ) {}
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  async next(): Promise<IteratorResult<ProviderStreamEvent>> {
+    if (this.finished) return { done: true, value: undefined };
+    const buffered = this.opened.buffered;
+    if (this.index < buffered.length) return this.relay(buffered[this.index++] as ProviderStreamEvent);
+    if (this.opened.ended) {
+      this.finish();
+      return { done: true, value: undefined };
+    }
+    let next: IteratorResult<ProviderStreamEvent>;
+    try {
+      next = await this.opened.iterator.next();
+    } catch (thrown) {
+      throw this.fail(thrown);
+    }
+    if (next.done === true) {
+      this.finish();
+      return next;
+    }
+    return this.relay(next.value);
+  }
+
+  /** The consumer stops early (the agent went away): abort the upstream call. */
+  async return(): Promise<IteratorResult<ProviderStreamEvent>> {
+    if (!this.finished) {
+      this.finish();
+      this.context.signal.abort(new ProxyError('cancelled', 'the stream was closed before its end'));
+      await this.opened.iterator.return?.().catch(() => undefined);
+    }
+    return { done: true, value: undefined };
+  }
+
+  private relay(event: ProviderStreamEvent): IteratorResult<ProviderStreamEvent> {
+    if (event.type === 'usage') {
+      this.context.record.prompt_tokens = event.usage.promptTokens;
+      this.context.record.completion_tokens = event.usage.completionTokens;
+    }
+    return { done: false, value: event };
+  }
+
+  private fail(thrown: unknown): ProxyError {
+    const error = asProxyError(thrown);
+    const aborted = this.context.signal.signal.aborted;
+    this.finish();
+    this.context.record.error_code = error.code;
+    if (error.retryable && error.code !== 'cancelled' && !(aborted && error.code !== 'upstream_timeout')) {
+      this.context.state.recordFailure(this.context.now(), error);
+    }
+    error.attempts = this.context.attempts;
+    return error;
+  }
+
+  private finish(): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.context.signal.release();
+    this.context.state.inFlight--;
+  }
+}
