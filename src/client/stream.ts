@@ -216,8 +216,7 @@ class NatsChatStream implements ChatStream {
       return;
     }
     const idleMs = this.#start.timeouts.idleMs;
-    const received = this.#expectedSeq;
-    this.#armSilenceTimer(idleMs, () => `stream silent for ${idleMs} ms after ${received} chunk(s): the worker stopped sending`);
+    this.#armSilenceTimer(idleMs, () => `stream silent for ${idleMs} ms after ${this.#expectedSeq} chunk(s): the worker stopped sending`);
 
     // Heartbeats come as requests (the worker learns from no-responders that we left); they are never answered.
     const mark = message.headers?.get(HEADERS.stream) ?? '';
