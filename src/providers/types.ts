@@ -14,6 +14,11 @@ export interface ProviderSettings {
   baseUrl: string;
   /** Never logged, never put in an error message. */
   apiKey?: string | undefined;
+  /**
+   * The environment variable that should hold the key (`api_key_env`). When it is named but unset,
+   * calls fail with `upstream_error` naming the variable instead of reaching the provider unauthenticated.
+   */
+  apiKeyEnv?: string | undefined;
   headers?: Record<string, string> | undefined;
   /** The undici pool for this provider (one per provider, keep-alive). */
   dispatcher: Dispatcher;
