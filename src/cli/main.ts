@@ -5,6 +5,7 @@ import { UsageError } from './command.js';
 /** The command table: name → module. Loaded lazily so `--help` and small commands start fast. */
 const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   // worker, chat, models, tail, check-config, dev, limits, usage, aggregator register here.
+  chat: () => import('./commands/chat.js'),
 };
 
 function printOverview(): void {
