@@ -9,21 +9,29 @@ export function callerAbortReason(signal: AbortSignal): ProxyError {
 /**
  * The AbortSignal of one attempt: fires with the caller's reason when the
  * caller aborts, and with an `upstream_timeout` ProxyError at the attempt's
- * deadline. `release()` must be called when the attempt is over, so that no
- * timer or listener outlives it.
+ * deadline (the deployment's own timeout, or the request's deadline when that
+ * comes first). `release()` must be called when the attempt is over, so that
+ * no timer or listener outlives it.
  */
 export class AttemptSignal {
   private readonly controller = new AbortController();
   private timer: NodeJS.Timeout | undefined;
   private listening = false;
+  /** Why the attempt was aborted, if it was. */
+  abortedBy: 'caller' | 'timeout' | 'router' | undefined;
 
+  /**
+   * @param deploymentLabel `openai/gpt-4o`, for the timeout message.
+   * @param requestBudgetMs the request's whole deadline when it, not the deployment's timeout, bounds this attempt; else -1.
+   */
   constructor(
     private readonly callerSignal: AbortSignal,
-    timeoutMs: number,
-    /** What ran out, for the error message: `openai/gpt-4o (30000 ms)` or `the request's deadline`. */
-    private readonly timeoutLabel: string,
+    private readonly timeoutMs: number,
+    private readonly deploymentLabel: string,
+    private readonly requestBudgetMs: number,
   ) {
     if (callerSignal.aborted) {
+      this.abortedBy = 'caller';
       this.controller.abort(callerAbortReason(callerSignal));
       return;
     }
@@ -36,10 +44,23 @@ export class AttemptSignal {
     return this.controller.signal;
   }
 
-  /** Abort the attempt now (e.g. a stream its consumer left). */
+  /**
+   * Whether a failure of this attempt says something about the deployment: not
+   * when the caller went away, and not when the request's own (maybe very short)
+   * deadline cut it, or one client's tight timeout could take a deployment out for everyone.
+   */
+  get blamesDeployment(): boolean {
+    if (this.abortedBy === undefined) return true;
+    return this.abortedBy === 'timeout' && this.requestBudgetMs < 0;
+  }
+
+  /** Abort the attempt now (e.g. a stream whose consumer left). */
   abort(reason: ProxyError): void {
     this.release();
-    if (!this.controller.signal.aborted) this.controller.abort(reason);
+    if (!this.controller.signal.aborted) {
+      this.abortedBy = 'router';
+      this.controller.abort(reason);
+    }
   }
 
   release(): void {
@@ -55,13 +76,19 @@ export class AttemptSignal {
 
   private readonly onCallerAbort = (): void => {
     this.release();
+    this.abortedBy = 'caller';
     this.controller.abort(callerAbortReason(this.callerSignal));
   };
 
   private readonly onTimeout = (): void => {
     this.timer = undefined;
     this.release();
-    this.controller.abort(new ProxyError('upstream_timeout', `no answer within ${this.timeoutLabel}`));
+    this.abortedBy = 'timeout';
+    const message =
+      this.requestBudgetMs >= 0
+        ? `${this.deploymentLabel}: no answer within the request's deadline (${Math.round(this.requestBudgetMs)} ms)`
+        : `${this.deploymentLabel}: no answer within its timeout (${this.timeoutMs} ms)`;
+    this.controller.abort(new ProxyError('upstream_timeout', message));
   };
 }
 

@@ -86,10 +86,9 @@ export class RelayedStream implements AsyncIterableIterator<ProviderStreamEvent>
 
   private fail(thrown: unknown): ProxyError {
     const error = asProxyError(thrown);
-    const aborted = this.context.signal.signal.aborted;
     this.finish();
     this.context.record.error_code = error.code;
-    if (error.retryable && error.code !== 'cancelled' && !(aborted && error.code !== 'upstream_timeout')) {
+    if (error.retryable && error.code !== 'cancelled' && this.context.signal.blamesDeployment) {
       this.context.state.recordFailure(this.context.now(), error);
     }
     error.attempts = this.context.attempts;

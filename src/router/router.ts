@@ -20,7 +20,8 @@ export interface RouteEntry extends Candidate {
   physicalName: string;
   /** Deadline of one attempt: deployment, else model, else provider `timeout_ms`, else `worker.default_timeout_ms`. */
   timeoutMs: number;
-  timeoutLabel: string;
+  /** `provider/physical_name`, for messages. */
+  label: string;
   target: RouteTarget;
 }
 
@@ -125,7 +126,7 @@ export class ChatRouterImpl implements Router {
           usable: provider !== undefined,
           state,
           timeoutMs,
-          timeoutLabel: `${timeoutMs} ms (${deployment.provider}/${deployment.physical_name})`,
+          label: `${deployment.provider}/${deployment.physical_name}`,
           target: { model: name, provider: deployment.provider, physicalName: deployment.physical_name },
         });
       }
@@ -332,7 +333,8 @@ export class ChatRouterImpl implements Router {
     const signal = new AttemptSignal(
       routing.call.signal,
       requestDeadlineFirst ? untilRequestDeadline : entry.timeoutMs,
-      requestDeadlineFirst ? `the request's deadline (${Math.round(routing.budgetMs)} ms)` : entry.timeoutLabel,
+      entry.label,
+      requestDeadlineFirst ? routing.budgetMs : -1,
     );
     const record: AttemptRecord = { provider: entry.providerName, model_resolved: entry.physicalName, error_code: null, latency_ms: 0 };
     routing.attempts.push(record);
@@ -348,9 +350,12 @@ export class ChatRouterImpl implements Router {
       const latencyMs = performance.now() - startedAt;
       record.error_code = error.code;
       record.latency_ms = roundLatency(latencyMs);
-      if (error.code === 'upstream_timeout') entry.state.recordLatency(latencyMs);
-      // A cancelled call says nothing about the deployment; nor does a request it cannot serve.
-      if (error.retryable && error.code !== 'cancelled' && !routing.call.signal.aborted) entry.state.recordFailure(this.now(), error);
+      // A cancelled call, or one cut by the request's own deadline, says nothing about the
+      // deployment; nor does a request it cannot serve (non-retryable).
+      if (error.retryable && error.code !== 'cancelled' && signal.blamesDeployment) {
+        if (error.code === 'upstream_timeout') entry.state.recordLatency(latencyMs);
+        entry.state.recordFailure(this.now(), error);
+      }
       throw error;
     }
   }
