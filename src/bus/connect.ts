@@ -1,0 +1,88 @@
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { connect, type NatsConnection, type NodeConnectionOptions } from '@nats-io/transport-node';
+import { credsAuthenticator, nkeyAuthenticator, type Authenticator } from '@nats-io/nats-core';
+import type { NatsConfig } from '../config/schema.js';
+
+/** Where NATS is when nothing says otherwise: a local server on the default port. */
+export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
+
+export function natsUrlFromEnv(env: NodeJS.ProcessEnv = process.env): string {
+  return env.NATS_URL || DEFAULT_NATS_URL;
+}
+
+export interface ConnectionSettings {
+  /** Comma-separated URLs are accepted, as `nats` CLI users expect. */
+  servers?: string | string[];
+  /** Shown by `nats server report connections`; defaults to `llm-proxy-<role>@<host>`. */
+  name?: string;
+  /** The `nats` section of config.yaml (credential variable names, creds file, TLS). */
+  nats?: Partial<NatsConfig>;
+  env?: NodeJS.ProcessEnv;
+}
+
+function splitServers(servers: string | string[]): string[] {
+  const list = Array.isArray(servers) ? servers : servers.split(',');
+  return list.map((server) => server.trim()).filter((server) => server !== '');
+}
+
+/**
+ * Connection options from config + environment. Credentials come from the
+ * variables the config names (`nats.user_env`…), else from the usual
+ * `NATS_USER`/`NATS_PASSWORD`/`NATS_TOKEN`/`NATS_NKEY_SEED`/`NATS_CREDS`.
+ * A worker reconnects forever: a NATS restart must never end it.
+ */
+export function connectionOptions(settings: ConnectionSettings = {}): NodeConnectionOptions {
+  const env = settings.env ?? process.env;
+  const nats = settings.nats ?? {};
+  const pick = (configured: string | undefined, fallback: string) => (configured === undefined ? env[fallback] : env[configured]) || undefined;
+
+  const options: NodeConnectionOptions = {
+    servers: splitServers(settings.servers ?? natsUrlFromEnv(env)),
+    name: settings.name ?? `llm-proxy@${hostname()}`,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 1_000,
+    // Spread reconnects of many workers after a server restart.
+    reconnectJitter: 500,
+    reconnectJitterTLS: 1_000,
+    waitOnFirstConnect: true,
+    pingInterval: 20_000,
+  };
+
+  const user = pick(nats.user_env, 'NATS_USER');
+  const password = pick(nats.password_env, 'NATS_PASSWORD');
+  const token = pick(nats.token_env, 'NATS_TOKEN');
+  if (user !== undefined) {
+    options.user = user;
+    if (password !== undefined) options.pass = password;
+  }
+  if (token !== undefined) options.token = token;
+
+  const authenticators: Authenticator[] = [];
+  const seed = pick(nats.nkey_seed_env, 'NATS_NKEY_SEED');
+  if (seed !== undefined) authenticators.push(nkeyAuthenticator(new TextEncoder().encode(seed)));
+  const credsFile = nats.creds_file ?? (env.NATS_CREDS || undefined);
+  if (credsFile !== undefined) {
+    // Read at every (re)connect so that a rotated creds file is picked up.
+    authenticators.push(credsAuthenticator(() => readFileSync(credsFile)));
+  }
+  if (authenticators.length > 0) options.authenticator = authenticators.length === 1 ? authenticators[0] : authenticators;
+
+  if (nats.tls !== undefined) {
+    options.tls = {
+      ...(nats.tls.ca_file !== undefined ? { caFile: nats.tls.ca_file } : {}),
+      ...(nats.tls.cert_file !== undefined ? { certFile: nats.tls.cert_file } : {}),
+      ...(nats.tls.key_file !== undefined ? { keyFile: nats.tls.key_file } : {}),
+    };
+  }
+  return options;
+}
+
+export function connectToNats(settings: ConnectionSettings = {}): Promise<NatsConnection> {
+  return connect(connectionOptions(settings));
+}
+
+/** A short connect for CLI tools: fail fast instead of waiting forever for a server. */
+export function connectOnce(settings: ConnectionSettings = {}): Promise<NatsConnection> {
+  return connect({ ...connectionOptions(settings), waitOnFirstConnect: false, maxReconnectAttempts: 0, timeout: 3_000 });
+}

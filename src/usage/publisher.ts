@@ -1,0 +1,280 @@
+import { nanos, type NatsConnection } from '@nats-io/nats-core';
+import {
+  jetstream,
+  jetstreamManager,
+  JetStreamApiCodes,
+  JetStreamApiError,
+  StorageType,
+  type JetStreamClient,
+  type StreamConfig,
+} from '@nats-io/jetstream';
+import type { UsageStreamConfig } from '../config/schema.js';
+import type { UsageEvent } from '../contract/usage-event.js';
+import type { Logger } from '../telemetry/logger.js';
+import type { BuiltUsageEvent } from './event.js';
+
+/**
+ * Publishes usage events to JetStream and never drops one silently.
+ *
+ * Each event is published with `msgID` = request id and its ack awaited, so a
+ * retried publish is stored once (within the stream's duplicate window). An
+ * event that cannot be published (NATS down, stream missing, ack timeout) is
+ * kept in memory and retried with backoff, oldest first, until acked. The
+ * queue is bounded generously; past the bound the oldest event is dropped
+ * with an error log carrying the whole event, so it can still be recovered
+ * from the logs. `flush()` is for shutdown: it waits for the queue to empty,
+ * and logs in full whatever it could not publish in time.
+ */
+export interface UsagePublisherOptions {
+  connection: NatsConnection;
+  /** Subjects the stream captures: `<prefix>.usage.>`. */
+  streamSubject: string;
+  /** Prefix of event subjects: `<prefix>.usage`. */
+  subjectFor: (token: string) => string;
+  stream: UsageStreamConfig;
+  logger: Logger;
+  /** Events held in memory at most before the oldest is dropped (loudly). Default 100 000. */
+  maxQueued?: number;
+  /** Wait for one ack. Default 5 s. */
+  ackTimeoutMs?: number;
+  /** Retry backoff bounds. Defaults 100 ms … 5 s. */
+  retryBaseMs?: number;
+  retryMaxMs?: number;
+}
+
+export interface UsagePublisherCounters {
+  /** Events acked by the stream (duplicates included). */
+  published: number;
+  /** Acks that said the stream already had this request id. */
+  duplicates: number;
+  /** Publish attempts that failed (each retry counts). */
+  failedAttempts: number;
+  /** Events waiting to be published right now. */
+  pending: number;
+  /** Events dropped because the queue was full (each logged in full). */
+  dropped: number;
+}
+
+interface QueuedEvent {
+  subject: string;
+  event: UsageEvent;
+  payload: string;
+  tries: number;
+}
+
+function streamSettingsDiffer(current: StreamConfig, wanted: Partial<StreamConfig>): string[] {
+  const differing: string[] = [];
+  for (const key of ['max_age', 'max_bytes', 'max_msgs', 'num_replicas', 'duplicate_window'] as const) {
+    if (wanted[key] !== undefined && current[key] !== wanted[key]) differing.push(key);
+  }
+  const subjects = new Set(current.subjects ?? []);
+  if (wanted.subjects?.some((subject) => !subjects.has(subject))) differing.push('subjects');
+  return differing;
+}
+
+export class UsagePublisher {
+  readonly #options: UsagePublisherOptions;
+  readonly #js: JetStreamClient;
+  readonly #queue: QueuedEvent[] = [];
+  readonly #maxQueued: number;
+  #inFlight = 0;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #retrying = false;
+  #closed = false;
+  #streamReady = false;
+  #idleWaiters: Array<() => void> = [];
+  readonly counters: UsagePublisherCounters = { published: 0, duplicates: 0, failedAttempts: 0, pending: 0, dropped: 0 };
+
+  constructor(options: UsagePublisherOptions) {
+    this.#options = options;
+    this.#js = jetstream(options.connection);
+    this.#maxQueued = options.maxQueued ?? 100_000;
+  }
+
+  /** The stream's wanted settings, from `nats.usage_stream`. */
+  streamConfig(): Partial<StreamConfig> & { name: string } {
+    const settings = this.#options.stream;
+    const config: Partial<StreamConfig> & { name: string } = {
+      name: settings.name,
+      subjects: [this.#options.streamSubject],
+      max_age: nanos(settings.max_age),
+      max_bytes: settings.max_bytes,
+      max_msgs: settings.max_msgs,
+      num_replicas: settings.replicas,
+      storage: settings.storage === 'memory' ? StorageType.Memory : StorageType.File,
+      // The server refuses a duplicate window longer than max_age.
+      duplicate_window: nanos(settings.max_age > 0 ? Math.min(settings.duplicate_window, settings.max_age) : settings.duplicate_window),
+    };
+    return config;
+  }
+
+  /** Create the stream if missing, update it if its settings differ. Throws if NATS refuses. */
+  async ensureStream(): Promise<void> {
+    const manager = await jetstreamManager(this.#options.connection, { timeout: this.#options.ackTimeoutMs ?? 5_000 });
+    const wanted = this.streamConfig();
+    try {
+      const info = await manager.streams.info(wanted.name);
+      const differing = streamSettingsDiffer(info.config, wanted);
+      if (info.config.storage !== wanted.storage) {
+        this.#options.logger.warn({ stream: wanted.name, current: info.config.storage, wanted: wanted.storage }, 'usage stream storage differs from config; storage cannot be changed in place, keeping it');
+      }
+      if (differing.length > 0) {
+        const subjects = [...new Set([...(info.config.subjects ?? []), ...(wanted.subjects ?? [])])];
+        const { storage: _storage, ...updatable } = wanted;
+        await manager.streams.update(wanted.name, { ...updatable, subjects });
+        this.#options.logger.info({ stream: wanted.name, changed: differing }, 'usage stream settings updated');
+      }
+    } catch (error) {
+      if (!(error instanceof JetStreamApiError && error.code === JetStreamApiCodes.StreamNotFound)) throw error;
+      await manager.streams.add(wanted);
+      this.#options.logger.info({ stream: wanted.name, subjects: wanted.subjects }, 'usage stream created');
+    }
+    this.#streamReady = true;
+  }
+
+  /**
+   * Queue one event for publishing. Returns at once; the publish and its
+   * retries happen in the background (off the reply's critical path).
+   */
+  publish(built: BuiltUsageEvent): void {
+    const item: QueuedEvent = {
+      subject: this.#options.subjectFor(built.token),
+      event: built.event,
+      payload: JSON.stringify(built.event),
+      tries: 0,
+    };
+    this.counters.pending++;
+    // While earlier events wait for a retry, join the queue rather than overtake a known failure.
+    if (this.#closed || this.#queue.length > 0 || !this.#streamReady) {
+      this.#enqueue(item);
+      return;
+    }
+    this.#inFlight++;
+    void this.#attempt(item).then((published) => {
+      this.#inFlight--;
+      if (!published) this.#enqueue(item);
+      this.#notifyIfIdle();
+    });
+  }
+
+  /** Publish one event and await its ack; true when the stream has it. */
+  async #attempt(item: QueuedEvent): Promise<boolean> {
+    item.tries++;
+    try {
+      const ack = await this.#js.publish(item.subject, item.payload, {
+        msgID: item.event.request_id,
+        timeout: this.#options.ackTimeoutMs ?? 5_000,
+      });
+      this.counters.published++;
+      this.counters.pending--;
+      if (ack.duplicate) this.counters.duplicates++;
+      return true;
+    } catch (error) {
+      this.counters.failedAttempts++;
+      const log = item.tries === 1 ? this.#options.logger.warn.bind(this.#options.logger) : this.#options.logger.debug.bind(this.#options.logger);
+      log({ request_id: item.event.request_id, subject: item.subject, tries: item.tries, err: error }, 'usage event not published yet; kept for retry');
+      return false;
+    }
+  }
+
+  #enqueue(item: QueuedEvent): void {
+    this.#queue.push(item);
+    while (this.#queue.length > this.#maxQueued) {
+      const dropped = this.#queue.shift()!;
+      this.counters.dropped++;
+      this.counters.pending--;
+      this.#options.logger.error(
+        { usage_event: dropped.event, subject: dropped.subject, queued: this.#queue.length },
+        'usage event queue is full: the oldest event is dropped here and logged in full',
+      );
+    }
+    this.#scheduleRetry();
+  }
+
+  #scheduleRetry(delayMs?: number): void {
+    if (this.#retryTimer !== undefined || this.#retrying || this.#queue.length === 0) return;
+    const head = this.#queue[0]!;
+    const base = this.#options.retryBaseMs ?? 100;
+    const max = this.#options.retryMaxMs ?? 5_000;
+    const backoff = Math.min(max, base * 2 ** Math.min(head.tries, 16));
+    const delay = delayMs ?? (head.tries === 0 ? 0 : backoff * (0.5 + Math.random() * 0.5));
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined;
+      void this.#drainQueue();
+    }, delay);
+    // A pending retry must not keep a finished process alive; flush() is the way to wait for it.
+    this.#retryTimer.unref();
+  }
+
+  async #drainQueue(): Promise<void> {
+    if (this.#retrying) return;
+    this.#retrying = true;
+    try {
+      while (this.#queue.length > 0 && !this.#options.connection.isClosed()) {
+        const head = this.#queue[0]!;
+        if (!this.#streamReady || head.tries > 0) {
+          // The stream may be missing (deleted, or NATS lost its store): make sure it exists.
+          try {
+            await this.ensureStream();
+          } catch (error) {
+            this.#options.logger.debug({ err: error }, 'usage stream not reachable yet');
+          }
+        }
+        const published = await this.#attempt(head);
+        if (!published) break;
+        this.#queue.shift();
+        if (this.#queue.length === 0) this.#options.logger.info('usage event queue drained');
+      }
+    } finally {
+      this.#retrying = false;
+      this.#notifyIfIdle();
+      if (this.#queue.length > 0 && !this.#options.connection.isClosed()) this.#scheduleRetry();
+    }
+  }
+
+  #notifyIfIdle(): void {
+    if (this.#queue.length > 0 || this.#inFlight > 0) return;
+    const waiters = this.#idleWaiters;
+    this.#idleWaiters = [];
+    for (const resolve of waiters) resolve();
+  }
+
+  /** Events not yet acked (queued or being published). */
+  get pending(): number {
+    return this.counters.pending;
+  }
+
+  /**
+   * Wait until every event is acked, at most `timeoutMs`. Returns the number
+   * still unpublished; those are logged in full (never silently lost).
+   */
+  async flush(timeoutMs: number): Promise<number> {
+    if (this.#queue.length > 0 && !this.#retrying) {
+      if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
+      this.#retryTimer = undefined;
+      void this.#drainQueue();
+    }
+    if (this.#queue.length > 0 || this.#inFlight > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        new Promise<void>((resolve) => this.#idleWaiters.push(resolve)),
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, timeoutMs);
+        }),
+      ]);
+      clearTimeout(timer);
+    }
+    return this.counters.pending;
+  }
+
+  /** Stop retrying; whatever is still queued is logged in full. */
+  close(): void {
+    this.#closed = true;
+    if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    for (const item of this.#queue) {
+      this.#options.logger.error({ usage_event: item.event, subject: item.subject }, 'usage event could not be published before shutdown; logged in full');
+    }
+    this.#queue.length = 0;
+  }
+}

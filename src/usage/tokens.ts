@@ -1,0 +1,60 @@
+import { countTokens } from 'gpt-tokenizer/encoding/o200k_base';
+import type { ChatMessage, ChatRequest } from '../contract/request.js';
+import type { ToolCall } from '../contract/request.js';
+
+/**
+ * Token estimates for when a provider reports no usage. One encoding
+ * (o200k_base, GPT-4o/4.1's) loaded once at import; for other model families
+ * it is an estimate, and the event says so with `tokens_estimated: true`.
+ * The per-message overhead follows OpenAI's published counting recipe:
+ * 3 tokens per message, 1 more for a name, 3 to prime the reply.
+ */
+const TOKENS_PER_MESSAGE = 3;
+const TOKENS_PER_NAME = 1;
+const REPLY_PRIMING_TOKENS = 3;
+
+function contentText(content: ChatMessage['content']): string {
+  if (content === undefined || content === null) return '';
+  if (typeof content === 'string') return content;
+  return content
+    .map((part) => {
+      if (part.type === 'text' && typeof (part as { text?: unknown }).text === 'string') return (part as { text: string }).text;
+      return '';
+    })
+    .join('');
+}
+
+/** Images and other non-text parts: a flat allowance rather than nothing. */
+const NON_TEXT_PART_TOKENS = 85;
+
+function nonTextParts(content: ChatMessage['content']): number {
+  if (!Array.isArray(content)) return 0;
+  return content.filter((part) => part.type !== 'text').length;
+}
+
+export function countTextTokens(text: string): number {
+  return text === '' ? 0 : countTokens(text);
+}
+
+function toolCallsText(toolCalls: ToolCall[] | undefined): string {
+  if (toolCalls === undefined) return '';
+  return toolCalls.map((call) => `${call.function.name}${call.function.arguments}`).join('');
+}
+
+export function estimatePromptTokens(request: Pick<ChatRequest, 'messages' | 'tools'>): number {
+  let total = REPLY_PRIMING_TOKENS;
+  for (const message of request.messages) {
+    total += TOKENS_PER_MESSAGE;
+    total += countTextTokens(message.role);
+    total += countTextTokens(contentText(message.content));
+    total += nonTextParts(message.content) * NON_TEXT_PART_TOKENS;
+    total += countTextTokens(toolCallsText(message.tool_calls));
+    if (message.name !== undefined) total += TOKENS_PER_NAME + countTextTokens(message.name);
+  }
+  if (request.tools !== undefined && request.tools.length > 0) total += countTextTokens(JSON.stringify(request.tools));
+  return total;
+}
+
+export function estimateCompletionTokens(output: { content?: string | null; reasoningContent?: string | undefined; toolCalls?: ToolCall[] | undefined }): number {
+  return countTextTokens(output.content ?? '') + countTextTokens(output.reasoningContent ?? '') + countTextTokens(toolCallsText(output.toolCalls));
+}

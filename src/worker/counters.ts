@@ -1,0 +1,63 @@
+import type { ErrorCode } from '../contract/errors.js';
+
+/**
+ * The worker's own counters. The service framework times only the
+ * synchronous part of a handler and counts only thrown errors, so it cannot
+ * see an LLM call; these are what `$SRV.STATS` reports in each endpoint's
+ * `data` and what `Worker.stats()` returns.
+ */
+export interface WorkerStats {
+  worker_id: string;
+  started: string;
+  /** Requests received on the request subject (chat and streams, refused ones included). */
+  requests: number;
+  /** Requests answered with a reply (not an error). */
+  ok: number;
+  /** Requests answered with an error reply (any code). */
+  errors: number;
+  /** Error replies by code. */
+  by_code: Partial<Record<ErrorCode, number>>;
+  streams: number;
+  cache_hits: number;
+  in_flight: number;
+  /** The highest in_flight seen since start. */
+  in_flight_peak: number;
+  max_in_flight: number;
+  /** True while the worker has stopped taking requests (at max_in_flight, or shutting down). */
+  paused: boolean;
+  /** Times the worker stopped taking requests because it was full. */
+  pauses: number;
+  models_requests: number;
+  cancels: number;
+  usage_events: { published: number; duplicates: number; failed_attempts: number; pending: number; dropped: number };
+}
+
+export class WorkerCounters {
+  requests = 0;
+  ok = 0;
+  errors = 0;
+  byCode: Partial<Record<ErrorCode, number>> = {};
+  streams = 0;
+  cacheHits = 0;
+  inFlight = 0;
+  inFlightPeak = 0;
+  pauses = 0;
+  modelsRequests = 0;
+  cancels = 0;
+
+  started(): void {
+    this.requests++;
+    this.inFlight++;
+    if (this.inFlight > this.inFlightPeak) this.inFlightPeak = this.inFlight;
+  }
+
+  finished(errorCode: ErrorCode | undefined): void {
+    this.inFlight--;
+    if (errorCode === undefined) {
+      this.ok++;
+      return;
+    }
+    this.errors++;
+    this.byCode[errorCode] = (this.byCode[errorCode] ?? 0) + 1;
+  }
+}

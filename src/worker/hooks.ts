@@ -1,0 +1,53 @@
+import type { ChatRequest } from '../contract/request.js';
+import type { UsageStatus } from '../contract/usage-event.js';
+import type { Logger } from '../telemetry/logger.js';
+
+/**
+ * The seam where admission control (rate limits, budgets: the limits module)
+ * plugs into the request pipeline. The pipeline is:
+ *
+ *   size → JSON → auth → validate → model known → beforeRoute → cache → router → reply → afterRoute → usage event
+ *
+ * - `beforeRoute(context)` runs for every valid, authorized request of a known
+ *   model, before the cache and the router. To refuse, throw a ProxyError
+ *   (`rate_limited` with `retryAfterMs`, `budget_exceeded`…): the client gets
+ *   that error reply and the usage event says `status: "rejected"`. It may
+ *   keep per-request state (a reservation) in `context.state`.
+ * - `afterRoute(context, outcome)` runs once per request that passed
+ *   `beforeRoute`, whatever happened next (served, cached, failed,
+ *   cancelled), after the reply was sent and before the usage event is
+ *   published: the place to settle a reservation with the real tokens/cost.
+ *   Its errors are logged, never sent to the client.
+ *
+ * Hooks are awaited, so keep them to one round trip (Redis, KV).
+ */
+export interface RequestContext {
+  requestId: string;
+  request: ChatRequest;
+  agentId: string | undefined;
+  /** Epoch ms the worker received the request. */
+  receivedAt: number;
+  /** Epoch ms by which the request must be done. */
+  deadlineAt: number;
+  stream: boolean;
+  logger: Logger;
+  /** Free space for hooks (e.g. a reservation id), per request. */
+  state: Record<string, unknown>;
+}
+
+export interface RequestOutcome {
+  status: UsageStatus;
+  errorCode: string | null;
+  /** The logical model that served the request (or the requested one). */
+  model: string;
+  promptTokens: number;
+  completionTokens: number;
+  tokensEstimated: boolean;
+  costUsd: number;
+  cached: boolean;
+}
+
+export interface RequestHooks {
+  beforeRoute?(context: RequestContext): Promise<void> | void;
+  afterRoute?(context: RequestContext, outcome: RequestOutcome): Promise<void> | void;
+}

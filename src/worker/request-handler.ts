@@ -1,0 +1,543 @@
+import { randomUUID } from 'node:crypto';
+import { headers as createHeaders, type Msg, type NatsConnection } from '@nats-io/nats-core';
+import type { ResolvedConfig } from '../config/load.js';
+import { asProxyError, ProxyError, toErrorReply, type ErrorCode } from '../contract/errors.js';
+import type { AttemptRecord, ChatReply, FinishReason } from '../contract/reply.js';
+import { parseChatRequest, type ChatRequest, type RequestMetadata, type ToolCall } from '../contract/request.js';
+import { HEADERS, STREAM_MARKS } from '../contract/subjects.js';
+import type { UsageStatus } from '../contract/usage-event.js';
+import type { ProviderUsage } from '../providers/types.js';
+import type { Router } from '../router/types.js';
+import { endRequestSpan, startRequestSpan } from '../telemetry/tracing.js';
+import { requestLogger, type Logger } from '../telemetry/logger.js';
+import { buildUsageEvent } from '../usage/event.js';
+import type { UsagePublisher } from '../usage/publisher.js';
+import { countTokens, requestCost, ToolCallAssembler, type TokenCount } from './accounting.js';
+import type { SecretCheck } from './auth.js';
+import type { WorkerCounters } from './counters.js';
+import type { RequestContext, RequestHooks, RequestOutcome } from './hooks.js';
+import { cacheKey, isCacheable, type ResponseCache } from './response-cache.js';
+import { headerSafe, StreamWriter } from './stream-writer.js';
+
+export interface PipelineDependencies {
+  connection: NatsConnection;
+  config: ResolvedConfig;
+  router: Router;
+  publisher: UsagePublisher;
+  secret: SecretCheck;
+  cache: ResponseCache | undefined;
+  hooks: RequestHooks;
+  counters: WorkerCounters;
+  logger: Logger;
+  workerId: string;
+  maxRequestBytes: number;
+  heartbeatMs: number;
+}
+
+/** What becomes the usage event; filled in as the request goes through the pipeline. */
+interface Accounting {
+  requestId: string;
+  metadata: RequestMetadata | undefined;
+  unauthenticated: boolean;
+  requestedModel: string | null;
+  /** The logical model that served the request (a fallback, maybe), else the requested one. */
+  model: string | null;
+  provider: string | null;
+  modelResolved: string | null;
+  /** Passed every refusal check: from here on a failure is `error`, not `rejected`. */
+  accepted: boolean;
+  tokens: TokenCount;
+  costUsd: number;
+  ttftMs: number | null;
+  stream: boolean;
+  cached: boolean;
+  attempts: AttemptRecord[];
+}
+
+/** One request in progress, for explicit cancels and shutdown. */
+interface ActiveRequest {
+  requestId: string;
+  controller: AbortController;
+}
+
+const roundMs = (value: number) => Math.round(value * 10) / 10;
+
+function errorHeaders(status: number, message: string, stream: boolean) {
+  const headers = createHeaders();
+  // A client waiting for a stream reads the terminal mark; a plain request ignores it.
+  if (stream) headers.set(HEADERS.stream, STREAM_MARKS.error);
+  headers.set(HEADERS.serviceError, headerSafe(message));
+  headers.set(HEADERS.serviceErrorCode, String(status));
+  return headers;
+}
+
+/** Reads what it can from a body that failed validation, so the error reply and event still carry ids. */
+function lenientIds(body: unknown): { requestId?: string; metadata?: RequestMetadata; model?: string; stream?: boolean } {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) return {};
+  const record = body as Record<string, unknown>;
+  const ids: { requestId?: string; metadata?: RequestMetadata; model?: string; stream?: boolean } = {};
+  if (typeof record.request_id === 'string' && record.request_id.length > 0 && record.request_id.length <= 128) ids.requestId = record.request_id;
+  if (typeof record.model === 'string' && record.model.length <= 256) ids.model = record.model;
+  if (record.stream === true) ids.stream = true;
+  if (typeof record.metadata === 'object' && record.metadata !== null && !Array.isArray(record.metadata)) {
+    const metadata: Record<string, string> = {};
+    for (const [key, value] of Object.entries(record.metadata as Record<string, unknown>)) {
+      if (typeof value === 'string' && value.length <= 1024) metadata[key] = value;
+    }
+    ids.metadata = metadata as RequestMetadata;
+  }
+  return ids;
+}
+
+function usageStatus(accounting: Accounting, code: ErrorCode | undefined): UsageStatus {
+  if (code === undefined) return 'ok';
+  if (code === 'cancelled') return 'cancelled';
+  return accounting.accepted ? 'error' : 'rejected';
+}
+
+/**
+ * The request pipeline (see hooks.ts for the order and the seam for limits).
+ * Every path ends in exactly one reply (or one terminal stream message) and
+ * one usage event; nothing throws out of `handle`.
+ */
+export class RequestPipeline {
+  readonly #deps: PipelineDependencies;
+  readonly #active = new Set<ActiveRequest>();
+
+  constructor(dependencies: PipelineDependencies) {
+    this.#deps = dependencies;
+  }
+
+  /** Requests being worked on now. */
+  get inFlight(): number {
+    return this.#deps.counters.inFlight;
+  }
+
+  /** Explicit cancel (`llm.proxy.cancel`): aborts every active request with this id. */
+  cancel(requestId: string): number {
+    let found = 0;
+    for (const active of this.#active) {
+      if (active.requestId !== requestId) continue;
+      active.controller.abort(new ProxyError('cancelled', `request ${requestId} was cancelled by the client`));
+      found++;
+    }
+    return found;
+  }
+
+  /** Shutdown past the drain timeout: abort what is still running (each still gets a reply and an event). */
+  abortAll(reason: ProxyError): void {
+    for (const active of this.#active) active.controller.abort(reason);
+  }
+
+  async handle(message: Msg): Promise<void> {
+    const deps = this.#deps;
+    const receivedAt = Date.now();
+    const started = performance.now();
+    deps.counters.started();
+    const span = startRequestSpan(message.subject, message.headers);
+    const accounting: Accounting = {
+      requestId: '',
+      metadata: undefined,
+      unauthenticated: false,
+      requestedModel: null,
+      model: null,
+      provider: null,
+      modelResolved: null,
+      accepted: false,
+      tokens: { promptTokens: 0, completionTokens: 0, estimated: false },
+      costUsd: 0,
+      ttftMs: null,
+      stream: false,
+      cached: false,
+      attempts: [],
+    };
+    let logger = deps.logger;
+    let errorCode: ErrorCode | undefined;
+    let context: RequestContext | undefined;
+    try {
+      const outcome = await this.#run(message, accounting, receivedAt, started, (child) => (logger = child), (built) => (context = built));
+      errorCode = outcome;
+    } catch (error) {
+      // #run answers its own errors; reaching here is a bug, still answered.
+      const proxyError = asProxyError(error);
+      errorCode = proxyError.code;
+      logger.error({ err: error }, 'request pipeline failed');
+      this.#replyError(message, proxyError, accounting.requestId || undefined, logger);
+    } finally {
+      if (accounting.requestId === '') accounting.requestId = randomUUID();
+      const latencyMs = performance.now() - started;
+      deps.counters.finished(errorCode);
+      const status = usageStatus(accounting, errorCode);
+      if (context !== undefined && deps.hooks.afterRoute !== undefined) {
+        await this.#afterRoute(context, {
+          status,
+          errorCode: errorCode ?? null,
+          model: accounting.model ?? accounting.requestedModel ?? '',
+          promptTokens: accounting.tokens.promptTokens,
+          completionTokens: accounting.tokens.completionTokens,
+          tokensEstimated: accounting.tokens.estimated,
+          costUsd: accounting.costUsd,
+          cached: accounting.cached,
+        }, logger);
+      }
+      deps.publisher.publish(
+        buildUsageEvent({
+          requestId: accounting.requestId,
+          metadata: accounting.metadata,
+          unauthenticated: accounting.unauthenticated,
+          model: accounting.model ?? accounting.requestedModel,
+          provider: accounting.provider,
+          modelResolved: accounting.modelResolved,
+          status,
+          errorCode: errorCode ?? null,
+          promptTokens: accounting.tokens.promptTokens,
+          completionTokens: accounting.tokens.completionTokens,
+          tokensEstimated: accounting.tokens.estimated,
+          costUsd: accounting.costUsd,
+          latencyMs,
+          ttftMs: accounting.ttftMs,
+          stream: accounting.stream,
+          cached: accounting.cached,
+          attempts: accounting.attempts,
+          workerId: deps.workerId,
+        }),
+      );
+      endRequestSpan(span, { requestId: accounting.requestId, model: accounting.requestedModel ?? undefined, errorCode });
+      const line = { code: errorCode ?? 'ok', status, model: accounting.model ?? accounting.requestedModel, latency_ms: roundMs(latencyMs), stream: accounting.stream, cached: accounting.cached };
+      if (errorCode === undefined || errorCode === 'cancelled') logger.info(line, 'request done');
+      else logger.warn(line, 'request failed');
+    }
+  }
+
+  async #afterRoute(context: RequestContext, outcome: RequestOutcome, logger: Logger): Promise<void> {
+    try {
+      await this.#deps.hooks.afterRoute!(context, outcome);
+    } catch (error) {
+      logger.error({ err: error }, 'afterRoute hook failed');
+    }
+  }
+
+  /** Returns the error code the request ended with, or undefined when it was served. */
+  async #run(
+    message: Msg,
+    accounting: Accounting,
+    receivedAt: number,
+    started: number,
+    setLogger: (logger: Logger) => void,
+    setContext: (context: RequestContext) => void,
+  ): Promise<ErrorCode | undefined> {
+    const deps = this.#deps;
+    let logger = deps.logger;
+    const refuse = (error: ProxyError): ErrorCode => {
+      if (accounting.requestId === '') accounting.requestId = randomUUID();
+      this.#replyError(message, error, accounting.requestId, logger, accounting.stream);
+      return error.code;
+    };
+
+    // 1. Size, before anything reads the body.
+    if (message.data.length > deps.maxRequestBytes) {
+      return refuse(new ProxyError('payload_too_large', `request body is ${message.data.length} bytes; the limit is ${deps.maxRequestBytes}`));
+    }
+    // 2. JSON.
+    let body: unknown;
+    try {
+      body = JSON.parse(message.string());
+    } catch {
+      return refuse(new ProxyError('invalid_request', 'request body is not valid JSON'));
+    }
+    const ids = lenientIds(body);
+    accounting.requestId = ids.requestId ?? randomUUID();
+    accounting.metadata = ids.metadata;
+    accounting.requestedModel = ids.model ?? null;
+    accounting.stream = ids.stream ?? false;
+    logger = requestLogger(deps.logger, accounting.requestId, ids.metadata?.agent_id);
+    setLogger(logger);
+
+    // 3. Auth: a refused request is not attributed to the agent it names.
+    if (!deps.secret.allows(message.headers)) {
+      accounting.unauthenticated = true;
+      return refuse(new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`));
+    }
+    // 4. Validation (names every field at fault).
+    let request: ChatRequest;
+    try {
+      request = parseChatRequest(body);
+    } catch (error) {
+      return refuse(asProxyError(error));
+    }
+    accounting.stream = request.stream === true;
+    if (!deps.router.hasModel(request.model)) {
+      return refuse(new ProxyError('model_not_found', `unknown model "${request.model}"`));
+    }
+    if (message.reply === undefined || message.reply === '') {
+      return refuse(new ProxyError('invalid_request', 'the message has no reply subject: send it as a NATS request'));
+    }
+
+    const context: RequestContext = {
+      requestId: accounting.requestId,
+      request,
+      agentId: request.metadata?.agent_id,
+      receivedAt,
+      deadlineAt: deps.router.deadlineFor(request, receivedAt),
+      stream: accounting.stream,
+      logger,
+      state: {},
+    };
+    // 5. Admission (limits module): may refuse with rate_limited / budget_exceeded.
+    if (deps.hooks.beforeRoute !== undefined) {
+      try {
+        await deps.hooks.beforeRoute(context);
+      } catch (error) {
+        setContext(context);
+        return refuse(asProxyError(error));
+      }
+    }
+    setContext(context);
+
+    // 6. Cache.
+    const cacheable = deps.cache !== undefined && isCacheable(request);
+    const key = cacheable ? cacheKey(request) : undefined;
+    if (key !== undefined) {
+      const hit = deps.cache!.get(key);
+      if (hit !== undefined) {
+        deps.counters.cacheHits++;
+        accounting.accepted = true;
+        accounting.cached = true;
+        accounting.model = hit.model;
+        accounting.provider = hit.provider;
+        accounting.modelResolved = hit.model_resolved;
+        accounting.tokens = { promptTokens: hit.usage.prompt_tokens, completionTokens: hit.usage.completion_tokens, estimated: hit.tokens_estimated === true };
+        accounting.costUsd = 0;
+        const reply: ChatReply = { ...hit, latency_ms: roundMs(performance.now() - started), request_id: accounting.requestId, cost_usd: 0, cached: true };
+        delete reply.attempts;
+        return this.#respond(message, reply, accounting, logger);
+      }
+    }
+
+    // 7. Route.
+    accounting.accepted = true;
+    const controller = new AbortController();
+    const active: ActiveRequest = { requestId: accounting.requestId, controller };
+    this.#active.add(active);
+    const remainingMs = Math.max(0, context.deadlineAt - Date.now());
+    const deadlineTimer = setTimeout(
+      () => controller.abort(new ProxyError('upstream_timeout', `no complete answer within ${context.deadlineAt - receivedAt} ms`)),
+      remainingMs,
+    );
+    try {
+      if (accounting.stream) {
+        deps.counters.streams++;
+        return await this.#stream(message, request, context, controller, accounting, started, logger);
+      }
+      return await this.#chat(message, request, context, controller, accounting, started, logger, key);
+    } finally {
+      clearTimeout(deadlineTimer);
+      this.#active.delete(active);
+    }
+  }
+
+  async #chat(
+    message: Msg,
+    request: ChatRequest,
+    context: RequestContext,
+    controller: AbortController,
+    accounting: Accounting,
+    started: number,
+    logger: Logger,
+    key: string | undefined,
+  ): Promise<ErrorCode | undefined> {
+    const deps = this.#deps;
+    try {
+      const response = await deps.router.chat({ request, signal: controller.signal, deadlineAt: context.deadlineAt });
+      accounting.attempts = response.attempts;
+      accounting.model = response.target.model;
+      accounting.provider = response.target.provider;
+      accounting.modelResolved = response.modelResolved;
+      accounting.tokens = countTokens(request, response.usage, response);
+      accounting.costUsd = requestCost(deps.config, response.target.model, accounting.tokens, response.attempts, request.model);
+      const reply = this.#buildReply(accounting, {
+        content: response.content,
+        finishReason: response.finishReason,
+        toolCalls: response.toolCalls,
+        reasoningContent: response.reasoningContent,
+        latencyMs: performance.now() - started,
+      });
+      const code = this.#respond(message, reply, accounting, logger);
+      if (code === undefined && key !== undefined && reply.finish_reason !== 'error') deps.cache!.set(key, reply);
+      return code;
+    } catch (error) {
+      const proxyError = asProxyError(error);
+      this.#recordFailure(proxyError, accounting, request.model, undefined);
+      if (proxyError.code === 'internal') logger.error({ err: error }, 'unexpected error while routing');
+      this.#replyError(message, proxyError, accounting.requestId, logger);
+      return proxyError.code;
+    }
+  }
+
+  async #stream(
+    message: Msg,
+    request: ChatRequest,
+    context: RequestContext,
+    controller: AbortController,
+    accounting: Accounting,
+    started: number,
+    logger: Logger,
+  ): Promise<ErrorCode | undefined> {
+    const deps = this.#deps;
+    const writer = new StreamWriter({
+      connection: deps.connection,
+      inbox: message.reply!,
+      heartbeatMs: deps.heartbeatMs,
+      logger,
+      onClientGone: () => controller.abort(new ProxyError('cancelled', 'the client stopped listening')),
+    });
+    writer.startHeartbeats();
+    let content = '';
+    let reasoning = '';
+    const toolCalls = new ToolCallAssembler();
+    let finishReason: FinishReason | undefined;
+    let usage: ProviderUsage | undefined;
+    const produced = (): { content: string; reasoningContent: string; toolCalls: ToolCall[] } => ({ content, reasoningContent: reasoning, toolCalls: toolCalls.calls() });
+    try {
+      const routed = await deps.router.stream({ request, signal: controller.signal, deadlineAt: context.deadlineAt });
+      accounting.attempts = routed.attempts;
+      accounting.model = routed.target.model;
+      accounting.provider = routed.target.provider;
+      accounting.modelResolved = routed.target.physicalName;
+      for await (const event of routed.events) {
+        if (event.type === 'delta') {
+          const delta = event.content ?? '';
+          const hasTools = event.toolCalls !== undefined && event.toolCalls.length > 0;
+          if (delta === '' && (event.reasoningContent ?? '') === '' && !hasTools) continue;
+          if (accounting.ttftMs === null) accounting.ttftMs = performance.now() - started;
+          content += delta;
+          if (event.reasoningContent !== undefined) reasoning += event.reasoningContent;
+          if (hasTools) toolCalls.add(event.toolCalls!);
+          writer.chunk({
+            delta,
+            ...(event.reasoningContent !== undefined && event.reasoningContent !== '' ? { reasoning_delta: event.reasoningContent } : {}),
+            ...(hasTools ? { tool_calls: event.toolCalls } : {}),
+          });
+        } else if (event.type === 'finish') {
+          finishReason = event.finishReason;
+        } else if (event.type === 'usage') {
+          usage = event.usage;
+        } else if (event.type === 'model') {
+          accounting.modelResolved = event.modelResolved;
+        }
+        // A provider that keeps yielding after an abort must not keep us streaming.
+        if (controller.signal.aborted) throw controller.signal.reason;
+      }
+      if (controller.signal.aborted) throw controller.signal.reason;
+      if (finishReason === undefined) {
+        throw new ProxyError('upstream_error', 'the upstream stream ended before it said it was finished');
+      }
+      const output = produced();
+      accounting.tokens = countTokens(request, usage, output);
+      accounting.costUsd = requestCost(deps.config, accounting.model ?? undefined, accounting.tokens, accounting.attempts, request.model);
+      const reply = this.#buildReply(accounting, {
+        content: output.content === '' && toolCalls.size > 0 ? null : output.content,
+        finishReason,
+        toolCalls: toolCalls.size > 0 ? output.toolCalls : undefined,
+        reasoningContent: reasoning === '' ? undefined : reasoning,
+        latencyMs: performance.now() - started,
+      });
+      reply.done = true;
+      reply.ttft_ms = accounting.ttftMs === null ? null : roundMs(accounting.ttftMs);
+      writer.end(reply);
+      return undefined;
+    } catch (error) {
+      const proxyError = asProxyError(controller.signal.aborted && isProxyAbort(controller.signal.reason) ? controller.signal.reason : error);
+      this.#recordFailure(proxyError, accounting, request.model, { request, usage, output: produced() });
+      if (proxyError.code === 'internal') logger.error({ err: error }, 'unexpected error while streaming');
+      if (writer.clientGone) logger.info({ chunks: writer.chunks }, 'stream client went away; upstream call aborted');
+      writer.error(toErrorReply(proxyError, accounting.requestId));
+      return proxyError.code;
+    } finally {
+      writer.stop();
+    }
+  }
+
+  /** Accounting for a failed request: tokens already consumed (stream output, attempts) are kept and priced. */
+  #recordFailure(
+    error: ProxyError,
+    accounting: Accounting,
+    requestedModel: string,
+    streamed: { request: ChatRequest; usage: ProviderUsage | undefined; output: { content: string; reasoningContent: string; toolCalls: ToolCall[] } } | undefined,
+  ): void {
+    if (error.attempts !== undefined && error.attempts.length > 0) accounting.attempts = error.attempts;
+    const last = accounting.attempts[accounting.attempts.length - 1];
+    if (accounting.provider === null && last !== undefined) {
+      accounting.provider = last.provider;
+      accounting.modelResolved = last.model_resolved;
+    }
+    const produced = streamed !== undefined && (streamed.usage !== undefined || streamed.output.content !== '' || streamed.output.reasoningContent !== '' || streamed.output.toolCalls.length > 0);
+    if (produced) {
+      accounting.tokens = countTokens(streamed.request, streamed.usage, streamed.output);
+      accounting.costUsd = requestCost(this.#deps.config, accounting.model ?? undefined, accounting.tokens, accounting.attempts, requestedModel);
+      return;
+    }
+    let promptTokens = 0;
+    let completionTokens = 0;
+    for (const attempt of accounting.attempts) {
+      promptTokens += attempt.prompt_tokens ?? 0;
+      completionTokens += attempt.completion_tokens ?? 0;
+    }
+    accounting.tokens = { promptTokens, completionTokens, estimated: false };
+    accounting.costUsd = requestCost(this.#deps.config, undefined, undefined, accounting.attempts, requestedModel);
+  }
+
+  #buildReply(
+    accounting: Accounting,
+    output: { content: string | null; finishReason: FinishReason; toolCalls: ToolCall[] | undefined; reasoningContent: string | undefined; latencyMs: number },
+  ): ChatReply {
+    const reply: ChatReply = {
+      content: output.content,
+      usage: {
+        prompt_tokens: accounting.tokens.promptTokens,
+        completion_tokens: accounting.tokens.completionTokens,
+        total_tokens: accounting.tokens.promptTokens + accounting.tokens.completionTokens,
+      },
+      provider: accounting.provider ?? '',
+      model_resolved: accounting.modelResolved ?? '',
+      latency_ms: roundMs(output.latencyMs),
+      model: accounting.model ?? '',
+      request_id: accounting.requestId,
+      finish_reason: output.finishReason,
+      cost_usd: accounting.costUsd,
+      cached: accounting.cached,
+    };
+    if (accounting.tokens.estimated) reply.tokens_estimated = true;
+    if (output.toolCalls !== undefined && output.toolCalls.length > 0) reply.tool_calls = output.toolCalls;
+    if (output.reasoningContent !== undefined && output.reasoningContent !== '') reply.reasoning_content = output.reasoningContent;
+    if (accounting.attempts.length > 1) reply.attempts = accounting.attempts;
+    return reply;
+  }
+
+  /** Sends a reply; one too large for the server's max_payload becomes a payload_too_large error. */
+  #respond(message: Msg, reply: ChatReply, accounting: Accounting, logger: Logger): ErrorCode | undefined {
+    try {
+      message.respond(JSON.stringify(reply));
+      return undefined;
+    } catch (error) {
+      logger.warn({ err: error }, 'reply could not be sent');
+      const tooLarge = new ProxyError('payload_too_large', `the reply is larger than the NATS server's max_payload (${this.#deps.connection.info?.max_payload ?? '?'} bytes)`);
+      this.#replyError(message, tooLarge, accounting.requestId, logger);
+      return tooLarge.code;
+    }
+  }
+
+  #replyError(message: Msg, error: ProxyError, requestId: string | undefined, logger: Logger, stream = false): void {
+    if (message.reply === undefined || message.reply === '') return;
+    const body = toErrorReply(error, requestId);
+    try {
+      message.respond(JSON.stringify(body), { headers: errorHeaders(body.error.status, body.error.message, stream) });
+    } catch (sendError) {
+      logger.warn({ err: sendError }, 'error reply could not be sent');
+    }
+  }
+}
+
+function isProxyAbort(reason: unknown): reason is ProxyError {
+  return reason instanceof ProxyError;
+}
