@@ -1,0 +1,339 @@
+import { hostname } from 'node:os';
+import {
+  AckPolicy,
+  DeliverPolicy,
+  JetStreamApiCodes,
+  JetStreamApiError,
+  jetstream,
+  jetstreamManager,
+  type ConsumerMessages,
+  type JetStreamManager,
+  type StreamInfo,
+} from '@nats-io/jetstream';
+import { nanos, type NatsConnection } from '@nats-io/nats-core';
+import { Svcm, type Service, type ServiceMsg } from '@nats-io/services';
+import type { Logger } from 'pino';
+import type { AggregatorConfig } from '../config/aggregator-schema.js';
+import type { UsageStreamConfig } from '../config/schema.js';
+import { ProxyError, toErrorReply } from '../contract/errors.js';
+import { QUEUE_GROUPS, subjectsFor } from '../contract/subjects.js';
+import { ensureUsageStream } from '../usage/stream.js';
+import { parseUsageQuery, runUsageQuery, type AggregatedReply } from './query.js';
+import { UsageRollups } from './rollups.js';
+import { SnapshotStore, type LoadedSnapshot, type SnapshotManifest } from './snapshot-store.js';
+
+/** Name under which aggregators register with the NATS micro-service framework (`nats micro ls`). */
+export const AGGREGATOR_SERVICE_NAME = 'llm-usage';
+export const AGGREGATOR_VERSION = '0.1.0';
+
+type AggregatorLogger = Pick<Logger, 'info' | 'warn' | 'error'>;
+
+const silentLogger: AggregatorLogger = {
+  info: () => undefined,
+  warn: () => undefined,
+  error: () => undefined,
+} as unknown as AggregatorLogger;
+
+export interface AggregatorOptions {
+  connection: NatsConnection;
+  subjectPrefix: string;
+  usageStream: UsageStreamConfig;
+  aggregator: AggregatorConfig;
+  logger?: AggregatorLogger;
+  /** Clock for relative `since`/`until` in queries. */
+  now?: () => number;
+  /** Upper bound of a snapshot chunk (tests use it to force several chunks). */
+  snapshotChunkBytes?: number;
+}
+
+/** Where this run started from: the snapshot used (if any) and the first stream sequence consumed. */
+export interface StartPoint {
+  snapshot: 'own' | 'adopted' | 'none';
+  snapshotInstance: string | null;
+  snapshotSeq: number;
+  /** First stream sequence this run asked the server for. */
+  startSeq: number;
+}
+
+/** A host name made into a durable-name/KV-key token. */
+export function defaultInstanceId(host: string = hostname()): string {
+  return host.replace(/[^A-Za-z0-9_-]/g, '-') || 'aggregator';
+}
+
+export function durableNameFor(config: AggregatorConfig, instanceId: string): string {
+  return config.durable_name ?? `llm-usage-${instanceId}`;
+}
+
+/**
+ * One aggregator: a durable pull consumer on LLM_USAGE that applies every
+ * event to in-memory rollups (acknowledged after it is applied), snapshots
+ * them to KV, and answers `llm.proxy.usage` in the `llm-usage` queue group.
+ *
+ * Why the durable is re-created at every start: acks say what was applied in
+ * memory, and memory since the last snapshot is gone after a crash, so the
+ * server's ack floor can be ahead of what the snapshot holds. The snapshot's
+ * sequence is the truth; the durable is positioned just after it. While the
+ * process runs, the durable gives flow control, redelivery of a lost ack and
+ * a visible lag (`nats consumer info LLM_USAGE llm-usage-<instance>`).
+ */
+export class UsageAggregator {
+  readonly instanceId: string;
+  readonly durableName: string;
+  startPoint: StartPoint = { snapshot: 'none', snapshotInstance: null, snapshotSeq: 0, startSeq: 1 };
+  lastSnapshot: SnapshotManifest | undefined;
+
+  private rollups: UsageRollups;
+  private stream: StreamInfo | undefined;
+  private store: SnapshotStore | undefined;
+  private messages: ConsumerMessages | undefined;
+  private consuming: Promise<void> = Promise.resolve();
+  private service: Service | undefined;
+  private snapshotTimer: NodeJS.Timeout | undefined;
+  private saving: Promise<unknown> = Promise.resolve();
+  private stopped = false;
+  private readonly logger: AggregatorLogger;
+  private readonly now: () => number;
+
+  private constructor(private readonly options: AggregatorOptions) {
+    this.instanceId = options.aggregator.instance_id ?? defaultInstanceId();
+    this.durableName = durableNameFor(options.aggregator, this.instanceId);
+    this.logger = options.logger ?? silentLogger;
+    this.now = options.now ?? Date.now;
+    this.rollups = new UsageRollups(options.aggregator.dedup_horizon);
+  }
+
+  static async start(options: AggregatorOptions): Promise<UsageAggregator> {
+    const aggregator = new UsageAggregator(options);
+    await aggregator.begin();
+    return aggregator;
+  }
+
+  private async begin(): Promise<void> {
+    const { connection, usageStream, aggregator } = this.options;
+    const manager = await jetstreamManager(connection);
+    this.stream = await ensureUsageStream(manager, usageStream, this.options.subjectPrefix);
+    this.store = await SnapshotStore.open(connection, aggregator.snapshot_bucket, this.options.snapshotChunkBytes);
+
+    const loaded = await this.loadSnapshot(this.store);
+    const startSeq = this.restore(loaded, this.stream);
+    await this.positionDurable(manager, startSeq);
+
+    const consumer = await jetstream(connection).consumers.get(usageStream.name, this.durableName);
+    const messages = await consumer.consume({ max_messages: 512 });
+    this.messages = messages;
+    this.consuming = this.consume(messages);
+    void this.watchStatus(messages);
+
+    this.snapshotTimer = setInterval(() => void this.snapshot().catch((error: unknown) => this.logger.warn({ err: error }, 'snapshot failed')), aggregator.snapshot_interval_ms);
+    this.snapshotTimer.unref();
+    // A connection closed under us (crash simulation, fatal error) ends the timers too.
+    void connection.closed().then(() => this.halt());
+
+    this.service = await this.startService(connection);
+    this.logger.info(
+      { instance: this.instanceId, durable: this.durableName, ...this.startPoint, stream_last_seq: this.stream.state.last_seq },
+      'aggregator started',
+    );
+  }
+
+  /** Own snapshot first; else the most advanced snapshot of another aggregator (same result, less replay); else none. */
+  private async loadSnapshot(store: SnapshotStore): Promise<{ loaded: LoadedSnapshot; adopted: boolean } | undefined> {
+    const own = await store.load(this.instanceId).catch((error: unknown) => {
+      this.logger.warn({ err: error }, 'own snapshot unreadable; looking for another');
+      return undefined;
+    });
+    if (own !== undefined) return { loaded: own, adopted: false };
+    for (const manifest of await store.manifests()) {
+      const other = await store.load(manifest.instance).catch(() => undefined);
+      if (other !== undefined) return { loaded: other, adopted: true };
+    }
+    return undefined;
+  }
+
+  /** Install the snapshot's state and decide the first sequence to consume. */
+  private restore(found: { loaded: LoadedSnapshot; adopted: boolean } | undefined, stream: StreamInfo): number {
+    const firstSeq = Math.max(1, stream.state.first_seq);
+    if (found === undefined) {
+      if (firstSeq > 1) this.logger.warn({ first_seq: firstSeq }, 'no snapshot and the stream has dropped its oldest events: rollups start at its first retained event');
+      this.startPoint = { snapshot: 'none', snapshotInstance: null, snapshotSeq: 0, startSeq: firstSeq };
+      return firstSeq;
+    }
+    const { manifest, snapshot } = found.loaded;
+    this.rollups = UsageRollups.fromSnapshot(snapshot, this.options.aggregator.dedup_horizon);
+    let startSeq = snapshot.seq + 1;
+    if (manifest.stream_created !== stream.created || snapshot.seq > stream.state.last_seq) {
+      // The stream was deleted and recreated: sequences restarted. Keep the history, read the new stream
+      // from its start; request ids still guard against counting an event twice.
+      this.logger.warn({ snapshot_stream_created: manifest.stream_created, stream_created: stream.created }, 'usage stream was recreated since the snapshot');
+      this.rollups.appliedSeq = 0;
+      startSeq = firstSeq;
+    } else if (firstSeq > startSeq) {
+      this.logger.warn({ lost: firstSeq - startSeq, from_seq: startSeq }, 'events expired from the stream before this snapshot covered them');
+      startSeq = firstSeq;
+    }
+    this.startPoint = {
+      snapshot: found.adopted ? 'adopted' : 'own',
+      snapshotInstance: manifest.instance,
+      snapshotSeq: snapshot.seq,
+      startSeq,
+    };
+    return startSeq;
+  }
+
+  private async positionDurable(manager: JetStreamManager, startSeq: number): Promise<void> {
+    const { usageStream, aggregator, subjectPrefix } = this.options;
+    try {
+      await manager.consumers.delete(usageStream.name, this.durableName);
+    } catch (error) {
+      if (!(error instanceof JetStreamApiError && error.code === JetStreamApiCodes.ConsumerNotFound)) throw error;
+    }
+    await manager.consumers.add(usageStream.name, {
+      durable_name: this.durableName,
+      description: `llm-proxy usage aggregator ${this.instanceId}`,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: startSeq,
+      filter_subject: subjectsFor(subjectPrefix).usageAll,
+      ack_wait: nanos(60_000),
+      max_ack_pending: 4_096,
+      inactive_threshold: nanos(aggregator.consumer_inactive_threshold),
+    });
+  }
+
+  private async consume(messages: ConsumerMessages): Promise<void> {
+    try {
+      for await (const message of messages) {
+        const result = this.rollups.apply({ seq: message.seq, data: message.data, storedAtMs: Number(message.timestampNanos / 1_000_000n) });
+        if (result.outcome === 'invalid') {
+          this.logger.warn({ seq: message.seq, subject: message.subject, problem: result.problem }, 'skipped a message that is not a usage event');
+        }
+        // Acknowledged only once applied; a crash before this point replays it from the snapshot.
+        message.ack();
+      }
+    } catch (error) {
+      if (!this.stopped) this.logger.error({ err: error }, 'consuming the usage stream stopped');
+    }
+  }
+
+  private async watchStatus(messages: ConsumerMessages): Promise<void> {
+    try {
+      for await (const status of messages.status()) {
+        if (status.type === 'consumer_deleted' || status.type === 'consumer_not_found') {
+          this.logger.error({ durable: this.durableName, status: status.type }, 'the durable consumer is gone (another aggregator with the same instance id?)');
+        }
+      }
+    } catch {
+      // The iterator ends with the consumer.
+    }
+  }
+
+  private async startService(connection: NatsConnection): Promise<Service> {
+    const service = await new Svcm(connection).add({
+      name: AGGREGATOR_SERVICE_NAME,
+      version: AGGREGATOR_VERSION,
+      description: 'llm-proxy usage rollups',
+      queue: QUEUE_GROUPS.aggregators,
+      metadata: { instance: this.instanceId, durable: this.durableName },
+      statsHandler: () => Promise.resolve(this.status()),
+    });
+    service.addEndpoint('usage', {
+      subject: subjectsFor(this.options.subjectPrefix).usageQuery,
+      queue: QUEUE_GROUPS.aggregators,
+      handler: (error, message) => {
+        if (error !== null) {
+          this.logger.error({ err: error }, 'usage endpoint failed');
+          return;
+        }
+        this.answer(message);
+      },
+    });
+    return service;
+  }
+
+  private answer(message: ServiceMsg): void {
+    try {
+      const text = message.string().trim();
+      let body: unknown = {};
+      if (text !== '') {
+        try {
+          body = JSON.parse(text);
+        } catch {
+          throw new ProxyError('invalid_request', 'the query is not JSON', { retryable: false });
+        }
+      }
+      const encoded = new TextEncoder().encode(JSON.stringify(this.query(body)));
+      const maxPayload = this.options.connection.info?.max_payload;
+      if (maxPayload !== undefined && encoded.length > maxPayload) {
+        throw new ProxyError('payload_too_large', `the reply (${encoded.length} bytes) exceeds max_payload: narrow the range or group by fewer keys`, { retryable: false });
+      }
+      message.respond(encoded);
+    } catch (error) {
+      const reply = toErrorReply(error);
+      if (!(error instanceof ProxyError)) this.logger.error({ err: error }, 'usage query failed');
+      message.respondError(reply.error.status, reply.error.message, JSON.stringify(reply));
+    }
+  }
+
+  /** Answer a query body in process (what `llm.proxy.usage` replies). Throws ProxyError on a bad query. */
+  query(body: unknown): AggregatedReply {
+    return runUsageQuery(this.rollups, parseUsageQuery(body, this.now()));
+  }
+
+  appliedSeq(): number {
+    return this.rollups.appliedSeq;
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      instance: this.instanceId,
+      durable: this.durableName,
+      applied_seq: this.rollups.appliedSeq,
+      ...this.rollups.stats,
+      remembered_ids: this.rollups.rememberedIds(),
+      start_seq: this.startPoint.startSeq,
+      start_snapshot: this.startPoint.snapshot,
+      snapshot_seq: this.lastSnapshot?.seq ?? this.startPoint.snapshotSeq,
+    };
+  }
+
+  /** Resolves once every stream sequence up to `seq` is applied (or rejects after `timeoutMs`). */
+  async waitForSeq(seq: number, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.rollups.appliedSeq < seq) {
+      if (Date.now() > deadline) throw new Error(`aggregator ${this.instanceId} at seq ${this.rollups.appliedSeq}, waited for ${seq}`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+
+  /** Save the rollups now (serialised with the periodic save). */
+  snapshot(): Promise<SnapshotManifest> {
+    const next = this.saving.catch(() => undefined).then(async () => {
+      const store = this.store;
+      const stream = this.stream;
+      if (store === undefined || stream === undefined) throw new Error('aggregator not started');
+      // Taken synchronously: a consistent cut between two applied events.
+      const snapshot = this.rollups.toSnapshot();
+      const manifest = await store.save(this.instanceId, snapshot, { name: stream.config.name, created: stream.created });
+      this.lastSnapshot = manifest;
+      return manifest;
+    });
+    this.saving = next;
+    return next;
+  }
+
+  private halt(): void {
+    this.stopped = true;
+    if (this.snapshotTimer !== undefined) clearInterval(this.snapshotTimer);
+    this.snapshotTimer = undefined;
+  }
+
+  /** Graceful stop: leave the queue group, stop consuming, save a last snapshot. The connection stays open. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.halt();
+    await this.service?.stop().catch(() => undefined);
+    await this.messages?.close().catch(() => undefined);
+    await this.consuming;
+    await this.snapshot();
+  }
+}

@@ -1,0 +1,354 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect } from '@nats-io/transport-node';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { Svcm } from '@nats-io/services';
+import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
+import { UsageAggregator } from '../src/aggregator/aggregator.js';
+import { aggregatorSchema } from '../src/config/aggregator-schema.js';
+import { usageStreamSchema } from '../src/config/schema.js';
+import { agentToken, subjectsFor } from '../src/contract/subjects.js';
+import type { UsageEvent, UsageStatus } from '../src/contract/usage-event.js';
+import type { UsageGroupKey } from '../src/contract/usage-query.js';
+import { ensureUsageStream } from '../src/usage/stream.js';
+
+/**
+ * The aggregator's proof over a real nats-server: 10,000 events from three
+ * concurrent publishers with duplicates of both kinds, a crash and restart,
+ * a late second aggregator, and every total checked against a hand
+ * computation over the same events.
+ */
+
+const HOUR = 3_600_000;
+const BASE = Date.UTC(2026, 10, 24, 0, 0, 0);
+/** The aggregators' clock for relative spans: three days after BASE, mid-hour. */
+const NOW = BASE + 72 * HOUR + 17 * 60_000;
+const subjects = subjectsFor('llm');
+const usageStream = usageStreamSchema.parse({});
+
+function random(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let value = state;
+    value = Math.imul(value ^ (value >>> 15), value | 1);
+    value ^= value + Math.imul(value ^ (value >>> 7), value | 61);
+    return ((value ^ (value >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const AGENTS = ['agent:sofia', 'agent:helion', 'agent:a.b', null] as const;
+const MICRODAOS = ['microdao:7', 'microdao:9', null] as const;
+const MODELS = [
+  { model: 'gpt-4.1-mini', provider: 'openai', prompt: 0.01, completion: 0.03 },
+  { model: 'deepseek-chat', provider: 'deepseek', prompt: 0.00027, completion: 0.0011 },
+  { model: 'llama3', provider: 'local', prompt: 0, completion: 0 },
+  { model: 'gpt-4o-mini', provider: 'openai', prompt: 0.00015, completion: 0.0006 },
+] as const;
+
+function makeEvents(count: number): UsageEvent[] {
+  const next = random(42);
+  const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)] as T;
+  const events: UsageEvent[] = [];
+  for (let index = 0; index < count; index += 1) {
+    const route = pick(MODELS);
+    const roll = next();
+    const status: UsageStatus = roll < 0.8 ? 'ok' : roll < 0.88 ? 'error' : roll < 0.95 ? 'rejected' : 'cancelled';
+    const prompt = status === 'rejected' ? 0 : Math.floor(next() * 2_000);
+    const completion = status === 'ok' ? Math.floor(next() * 800) : 0;
+    const cached = status === 'ok' && next() < 0.1;
+    const agent = pick(AGENTS);
+    events.push({
+      v: 1,
+      request_id: `req-${index.toString().padStart(5, '0')}-${Math.floor(next() * 1e9).toString(36)}`,
+      ts: new Date(BASE + Math.floor(next() * 72 * HOUR)).toISOString(),
+      agent_id: agent,
+      microdao_id: pick(MICRODAOS),
+      channel_id: 'c-1',
+      model: route.model,
+      provider: status === 'rejected' ? null : route.provider,
+      model_resolved: route.model,
+      status,
+      error_code: status === 'ok' ? null : status === 'rejected' ? 'rate_limited' : status === 'cancelled' ? 'cancelled' : 'upstream_error',
+      prompt_tokens: prompt,
+      completion_tokens: completion,
+      total_tokens: prompt + completion,
+      tokens_estimated: next() < 0.05,
+      cost_usd: cached ? 0 : (prompt / 1000) * route.prompt + (completion / 1000) * route.completion,
+      latency_ms: Math.round(next() * 3_000_000) / 1000,
+      ttft_ms: null,
+      stream: false,
+      cached,
+      attempts: 1,
+      worker_id: `worker-${index % 3}`,
+    });
+  }
+  return events;
+}
+
+interface HandQuery {
+  agent_id?: string;
+  microdao_id?: string;
+  model?: string;
+  provider?: string;
+  sinceMs?: number;
+  untilMs?: number;
+  group_by?: UsageGroupKey[];
+}
+
+/** An independent, naive computation of a query's answer over the events themselves. */
+function handCompute(events: UsageEvent[], query: HandQuery) {
+  const sinceHour = query.sinceMs === undefined ? undefined : Math.floor(query.sinceMs / HOUR);
+  const untilHour = query.untilMs === undefined ? undefined : Math.ceil(query.untilMs / HOUR);
+  const selected = events.filter((event) => {
+    const hour = Math.floor(Date.parse(event.ts) / HOUR);
+    return (
+      (query.agent_id === undefined || event.agent_id === query.agent_id) &&
+      (query.microdao_id === undefined || event.microdao_id === query.microdao_id) &&
+      (query.model === undefined || event.model === query.model) &&
+      (query.provider === undefined || event.provider === query.provider) &&
+      (sinceHour === undefined || hour >= sinceHour) &&
+      (untilHour === undefined || hour < untilHour)
+    );
+  });
+  const totals = (list: UsageEvent[]) => {
+    const count = (status: UsageStatus) => list.filter((event) => event.status === status).length;
+    const sum = (pick: (event: UsageEvent) => number) => list.reduce((total, event) => total + pick(event), 0);
+    const nano = list.reduce((total, event) => total + BigInt(Math.round(event.cost_usd * 1e9)), 0n);
+    const micros = sum((event) => Math.round(event.latency_ms * 1000));
+    return {
+      total_requests: list.length,
+      total_tokens: sum((event) => event.total_tokens),
+      avg_latency_ms: list.length === 0 ? 0 : Math.round(micros / list.length) / 1000,
+      success_rate: list.length === 0 ? 0 : count('ok') / list.length,
+      prompt_tokens: sum((event) => event.prompt_tokens),
+      completion_tokens: sum((event) => event.completion_tokens),
+      cost_usd: Number(nano) / 1e9,
+      ok: count('ok'),
+      errors: count('error'),
+      rejected: count('rejected'),
+      cancelled: count('cancelled'),
+      cached: list.filter((event) => event.cached).length,
+      tokens_estimated: list.filter((event) => event.tokens_estimated).length,
+    };
+  };
+  const label = (key: UsageGroupKey, event: UsageEvent): string => {
+    const hourStart = new Date(Math.floor(Date.parse(event.ts) / HOUR) * HOUR).toISOString();
+    switch (key) {
+      case 'agent':
+        return event.agent_id ?? '(none)';
+      case 'microdao':
+        return event.microdao_id ?? '(none)';
+      case 'model':
+        return event.model ?? '(none)';
+      case 'provider':
+        return event.provider ?? '(none)';
+      case 'day':
+        return hourStart.slice(0, 10);
+      case 'hour':
+        return `${hourStart.slice(0, 13)}:00Z`;
+    }
+  };
+  const groupBy = query.group_by ?? [];
+  const groups = new Map<string, { values: string[]; events: UsageEvent[] }>();
+  if (groupBy.length > 0) {
+    for (const event of selected) {
+      const values = groupBy.map((key) => label(key, event));
+      const id = values.join('\u0000');
+      const group = groups.get(id) ?? { values, events: [] };
+      group.events.push(event);
+      groups.set(id, group);
+    }
+  }
+  const ordered = [...groups.values()].sort((left, right) => {
+    for (let index = 0; index < groupBy.length; index += 1) {
+      const a = left.values[index] as string;
+      const b = right.values[index] as string;
+      if (a !== b) return a < b ? -1 : 1;
+    }
+    return 0;
+  });
+  return {
+    ...totals(selected),
+    since: sinceHour === undefined ? null : new Date(sinceHour * HOUR).toISOString(),
+    until: untilHour === undefined ? null : new Date(untilHour * HOUR).toISOString(),
+    groups: ordered.map((group) => ({
+      key: Object.fromEntries(groupBy.map((key, index) => [key, group.values[index]])),
+      ...totals(group.events),
+    })),
+    /** Cost summed as plain dollars, to check the reply to the cent independently of the nano-dollar rule. */
+    cents: Math.round(selected.reduce((total, event) => total + event.cost_usd, 0) * 100),
+  };
+}
+
+/** Query bodies sent to llm.proxy.usage, with the hand computation each must equal. */
+const QUERIES: Array<{ body: Record<string, unknown>; hand: HandQuery }> = [
+  { body: {}, hand: {} },
+  { body: { agent_id: 'agent:sofia' }, hand: { agent_id: 'agent:sofia' } },
+  { body: { microdao_id: 'microdao:7', since: '7d', group_by: 'model' }, hand: { microdao_id: 'microdao:7', sinceMs: NOW - 7 * 24 * HOUR, group_by: ['model'] } },
+  { body: { model: 'deepseek-chat', group_by: ['provider', 'day'] }, hand: { model: 'deepseek-chat', group_by: ['provider', 'day'] } },
+  { body: { provider: 'openai', group_by: 'agent' }, hand: { provider: 'openai', group_by: ['agent'] } },
+  { body: { since: '24h', group_by: ['microdao', 'agent'] }, hand: { sinceMs: NOW - 24 * HOUR, group_by: ['microdao', 'agent'] } },
+  {
+    body: { since: '2026-11-25T05:30:00Z', until: '2026-11-25T20:10:00.000Z', group_by: 'hour' },
+    hand: { sinceMs: Date.parse('2026-11-25T05:30:00Z'), untilMs: Date.parse('2026-11-25T20:10:00Z'), group_by: ['hour'] },
+  },
+  { body: { agent_id: 'agent:helion', microdao_id: 'microdao:9', until: '30m', group_by: ['day', 'model'] }, hand: { agent_id: 'agent:helion', microdao_id: 'microdao:9', untilMs: NOW - 30 * 60_000, group_by: ['day', 'model'] } },
+];
+
+function assertMatchesHand(reply: Record<string, unknown>, expected: ReturnType<typeof handCompute>, label: string): void {
+  const { cents, ...exact } = expected;
+  assert.deepEqual(reply, exact, label);
+  assert.equal(Math.round((reply.cost_usd as number) * 100), cents, `${label}: to the cent`);
+}
+
+async function publishAll(connection: NatsConnection, items: Array<{ event: UsageEvent; msgID: string }>, batch = 200): Promise<{ stored: number; duplicates: number }> {
+  const js = jetstream(connection);
+  let stored = 0;
+  let duplicates = 0;
+  for (let start = 0; start < items.length; start += batch) {
+    const acks = await Promise.all(
+      items.slice(start, start + batch).map(({ event, msgID }) => js.publish(subjects.usageFor(agentToken(event.agent_id)), JSON.stringify(event), { msgID })),
+    );
+    for (const ack of acks) {
+      if (ack.duplicate) duplicates += 1;
+      else stored += 1;
+    }
+  }
+  return { stored, duplicates };
+}
+
+/** Three "workers", each publishing its share of the events concurrently (and its deliberate duplicates). */
+async function publishFromWorkers(workers: NatsConnection[], events: UsageEvent[], options: { sameIdEvery: number; newIdEvery: number }) {
+  const results = await Promise.all(
+    workers.map((worker, workerIndex) => {
+      const mine = events.filter((_, index) => index % workers.length === workerIndex);
+      const items: Array<{ event: UsageEvent; msgID: string }> = [];
+      mine.forEach((event, index) => {
+        items.push({ event, msgID: event.request_id });
+        // A retried publish inside the duplicate window: the stream itself drops it.
+        if (index % options.sameIdEvery === 0) items.push({ event, msgID: event.request_id });
+        // A second copy the stream cannot recognise (as after the window): the aggregator must drop it.
+        if (index % options.newIdEvery === 0) items.push({ event, msgID: `${event.request_id}#again` });
+      });
+      return publishAll(worker, items);
+    }),
+  );
+  return results.reduce((sum, result) => ({ stored: sum.stored + result.stored, duplicates: sum.duplicates + result.duplicates }), { stored: 0, duplicates: 0 });
+}
+
+async function lastSeq(connection: NatsConnection): Promise<number> {
+  const manager = await jetstreamManager(connection);
+  return (await manager.streams.info(usageStream.name)).state.last_seq;
+}
+
+async function startAggregator(server: NatsServerHandle, settings: Record<string, unknown>, connections: NatsConnection[]) {
+  const connection = await connect({ servers: server.url, name: `aggregator-${String(settings.instance_id)}` });
+  connections.push(connection);
+  const aggregator = await UsageAggregator.start({
+    connection,
+    subjectPrefix: 'llm',
+    usageStream,
+    aggregator: aggregatorSchema.parse({ snapshot_interval_ms: '10m', ...settings }),
+    now: () => NOW,
+    snapshotChunkBytes: 16 * 1024,
+  });
+  return { connection, aggregator };
+}
+
+async function askUsage(connection: NatsConnection, body: unknown) {
+  const reply = await connection.request(subjects.usageQuery, typeof body === 'string' ? body : JSON.stringify(body), { timeout: 10_000 });
+  return { reply, body: reply.json<Record<string, unknown>>() };
+}
+
+test('10,000 events, 3 publishers, duplicates, a crash and a late second aggregator: every total matches', { timeout: 120_000 }, async () => {
+  const server = await startNatsServer();
+  const connections: NatsConnection[] = [];
+  const open = async (name: string) => {
+    const connection = await connect({ servers: server.url, name });
+    connections.push(connection);
+    return connection;
+  };
+  try {
+    const workers = await Promise.all([open('worker-1'), open('worker-2'), open('worker-3')]);
+    const client = await open('client');
+    await ensureUsageStream(await jetstreamManager(client), usageStream, 'llm');
+    const events = makeEvents(10_000);
+    const phase = (from: number, to: number) => events.slice(from, to);
+
+    // Phase 1: aggregator A counts 4,000 events, then saves a snapshot.
+    let a = await startAggregator(server, { instance_id: 'a' }, connections);
+    assert.equal(a.aggregator.startPoint.snapshot, 'none');
+    assert.equal(a.aggregator.startPoint.startSeq, 1);
+    const first = await publishFromWorkers(workers, phase(0, 4_000), { sameIdEvery: 40, newIdEvery: 50 });
+    assert.ok(first.duplicates > 0, 'some publishes were dropped by the duplicate window');
+    await a.aggregator.waitForSeq(await lastSeq(client));
+    const snapshot = await a.aggregator.snapshot();
+    assert.ok(snapshot.chunks > 1, `the snapshot is chunked (${snapshot.bytes} bytes in ${snapshot.chunks} chunks)`);
+
+    // Phase 2: A applies 2,000 more (acked, not snapshotted), then dies hard: its connection closes, no last snapshot.
+    await publishFromWorkers(workers, phase(4_000, 6_000), { sameIdEvery: 40, newIdEvery: 50 });
+    const appliedBeforeCrash = await lastSeq(client);
+    await a.aggregator.waitForSeq(appliedBeforeCrash);
+    await a.connection.close();
+
+    // While A is down: 2,000 new events, and second copies of phase-1 events under new message ids.
+    await publishFromWorkers(workers, phase(6_000, 8_000), { sameIdEvery: 40, newIdEvery: 50 });
+    await publishAll(workers[0] as NatsConnection, phase(0, 4_000).filter((_, index) => index % 97 === 0).map((event) => ({ event, msgID: `${event.request_id}#late` })));
+
+    // A returns: it starts from its snapshot, replays what it had applied but not saved, and catches up.
+    a = await startAggregator(server, { instance_id: 'a' }, connections);
+    assert.equal(a.aggregator.startPoint.snapshot, 'own');
+    assert.equal(a.aggregator.startPoint.snapshotSeq, snapshot.seq);
+    assert.equal(a.aggregator.startPoint.startSeq, snapshot.seq + 1, 'consumption resumes right after the snapshot');
+    assert.ok(a.aggregator.startPoint.startSeq <= appliedBeforeCrash, 'events applied after the snapshot are replayed');
+
+    // Phase 3: the last 2,000 events while a second aggregator B, with no snapshot of its own, starts late.
+    const [, b] = await Promise.all([
+      publishFromWorkers(workers, phase(8_000, 10_000), { sameIdEvery: 40, newIdEvery: 50 }),
+      (async () => {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        return startAggregator(server, { instance_id: 'b', snapshot_bucket: 'LLM_USAGE_SNAPSHOTS_B' }, connections);
+      })(),
+    ]);
+    assert.equal(b.aggregator.startPoint.snapshot, 'none');
+    assert.equal(b.aggregator.startPoint.startSeq, 1, 'without a snapshot the stream is read from its start');
+
+    const finalSeq = await lastSeq(client);
+    assert.ok(finalSeq > 10_000, 'the stream holds second copies the aggregators must drop');
+    await Promise.all([a.aggregator.waitForSeq(finalSeq), b.aggregator.waitForSeq(finalSeq)]);
+
+    for (const instance of [a.aggregator, b.aggregator]) {
+      const status = instance.status();
+      assert.equal(status.events, 10_000, `${instance.instanceId} counted each request once`);
+      assert.equal(status.duplicates, finalSeq - 10_000, `${instance.instanceId} dropped every second copy`);
+      assert.equal(status.invalid, 0);
+    }
+
+    // Each aggregator has the full picture, and both match the hand computation, through the wire and in process.
+    for (const { body, hand } of QUERIES) {
+      const expected = handCompute(events, hand);
+      const label = JSON.stringify(body);
+      assertMatchesHand(a.aggregator.query(body) as unknown as Record<string, unknown>, expected, `a ${label}`);
+      assertMatchesHand(b.aggregator.query(body) as unknown as Record<string, unknown>, expected, `b ${label}`);
+      const { reply, body: answer } = await askUsage(client, body);
+      assert.equal(reply.headers?.get('Nats-Service-Error-Code') ?? '', '');
+      assertMatchesHand(answer, expected, `wire ${label}`);
+      if (hand.group_by !== undefined) assert.ok((answer.groups as unknown[]).length > 1, `${label} has several groups`);
+    }
+    const seedFields = Object.keys((await askUsage(client, {})).body).slice(0, 4);
+    assert.deepEqual(seedFields, ['total_requests', 'total_tokens', 'avg_latency_ms', 'success_rate'], "the seed's fields come first");
+
+    // Both are discoverable as one micro-service.
+    const pings = await new Svcm(client).client().ping('llm-usage');
+    const ids: string[] = [];
+    for await (const ping of pings) ids.push(ping.id);
+    assert.equal(ids.length, 2);
+
+    await Promise.all([a.aggregator.stop(), b.aggregator.stop()]);
+  } finally {
+    await Promise.all(connections.map((connection) => connection.close().catch(() => undefined)));
+    await server.dispose();
+  }
+});
