@@ -35,9 +35,10 @@ export class AttemptSignal {
       this.controller.abort(callerAbortReason(callerSignal));
       return;
     }
-    callerSignal.addEventListener('abort', this.onCallerAbort, { once: true });
+    // The object itself is the listener, and the timer gets it as an argument: no closure per attempt.
+    callerSignal.addEventListener('abort', this, { once: true });
     this.listening = true;
-    this.timer = setTimeout(this.onTimeout, Math.max(0, timeoutMs));
+    this.timer = setTimeout(fireTimeout, Math.max(0, timeoutMs), this);
   }
 
   get signal(): AbortSignal {
@@ -69,18 +70,20 @@ export class AttemptSignal {
       this.timer = undefined;
     }
     if (this.listening) {
-      this.callerSignal.removeEventListener('abort', this.onCallerAbort);
+      this.callerSignal.removeEventListener('abort', this);
       this.listening = false;
     }
   }
 
-  private readonly onCallerAbort = (): void => {
+  /** The caller's signal aborted. */
+  handleEvent(): void {
     this.release();
     this.abortedBy = 'caller';
     this.controller.abort(callerAbortReason(this.callerSignal));
-  };
+  }
 
-  private readonly onTimeout = (): void => {
+  /** @internal The attempt's deadline passed. */
+  timeout(): void {
     this.timer = undefined;
     this.release();
     this.abortedBy = 'timeout';
@@ -89,7 +92,11 @@ export class AttemptSignal {
         ? `${this.deploymentLabel}: no answer within the request's deadline (${Math.round(this.requestBudgetMs)} ms)`
         : `${this.deploymentLabel}: no answer within its timeout (${this.timeoutMs} ms)`;
     this.controller.abort(new ProxyError('upstream_timeout', message));
-  };
+  }
+}
+
+function fireTimeout(signal: AttemptSignal): void {
+  signal.timeout();
 }
 
 /** Wait `ms`, or reject with the caller's reason as soon as `signal` aborts. */

@@ -8,7 +8,7 @@ import type { Provider, ProviderCall, ProviderResponse, ProviderStreamEvent } fr
 import { AttemptSignal, callerAbortReason, sleep } from './attempt-signal.js';
 import { fitsBeforeDeadline, retryDelayMs, type BackoffPolicy } from './backoff.js';
 import { DeploymentState, type CooldownPolicy } from './deployment-state.js';
-import { pickDeployment, type Candidate } from './pick.js';
+import { pickDeployment, type Candidate, type PickOptions } from './pick.js';
 import { RelayedStream, type OpenedStream } from './relayed-stream.js';
 import type { DeploymentHealth, RoutedCall, RoutedResponse, RoutedStream, RouteTarget, Router } from './types.js';
 
@@ -76,10 +76,11 @@ export class ChatRouterImpl implements Router {
   private readonly models = new Map<string, CompiledModel>();
   private readonly states = new Map<string, DeploymentState>();
   private readonly backoff: BackoffPolicy;
-  private readonly exploration: number;
   private readonly defaultTimeoutMs: number;
   private readonly now: () => number;
   private readonly random: () => number;
+  /** Reused for every pick (filled in just before the synchronous call), to allocate nothing per attempt. */
+  private readonly pickOptions: PickOptions;
 
   constructor(options: RouterOptions) {
     const { config, providers } = options;
@@ -87,7 +88,7 @@ export class ChatRouterImpl implements Router {
     this.random = options.random ?? Math.random;
     const routing = config.routing;
     this.backoff = { baseMs: routing.retry.base_backoff_ms, maxMs: routing.retry.max_backoff_ms, jitter: routing.retry.jitter };
-    this.exploration = routing.exploration;
+    this.pickOptions = { strategy: routing.strategy, now: 0, random: this.random, exploration: routing.exploration, tried: undefined };
     this.defaultTimeoutMs = config.worker.default_timeout_ms;
     const cooldown: CooldownPolicy = {
       failures: routing.cooldown.failures,
@@ -268,13 +269,11 @@ export class ChatRouterImpl implements Router {
     while (tries < model.maxTries) {
       let now = this.now();
       if (now >= routing.deadlineAt) throw this.deadlineError(model, routing);
-      const entry = pickDeployment(model.entries, {
-        strategy: model.strategy,
-        now,
-        random: this.random,
-        exploration: this.exploration,
-        tried,
-      });
+      const pickOptions = this.pickOptions;
+      pickOptions.strategy = model.strategy;
+      pickOptions.now = now;
+      pickOptions.tried = tried;
+      const entry = pickDeployment(model.entries, pickOptions);
       if (entry === undefined) break;
       if (tried !== undefined && tried.has(entry)) {
         // Every deployment available has failed once already: back off before trying one again.
