@@ -1,0 +1,86 @@
+import type { ToolCall } from '../contract/request.js';
+import type { ToolCallDelta } from '../contract/reply.js';
+import { mapOpenAIFinishReason } from './map-openai-finish-reason.js';
+import type { OpenAIChunk, OpenAICompletion } from './openai-response-schema.js';
+import type { ProviderResponse, ProviderStreamEvent } from './types.js';
+
+export function convertOpenAICompletion(completion: OpenAICompletion, requestedModel: string): ProviderResponse {
+  // The schema guarantees at least one choice; we ask for n = 1.
+  const choice = completion.choices[0]!;
+  const toolCalls: ToolCall[] | undefined = choice.message.tool_calls?.map((call) => ({
+    id: call.id,
+    type: 'function',
+    function: { name: call.function.name, arguments: call.function.arguments ?? '' },
+  }));
+  const hasToolCalls = toolCalls !== undefined && toolCalls.length > 0;
+  const response: ProviderResponse = {
+    content: choice.message.content ?? null,
+    finishReason: mapOpenAIFinishReason(choice.finish_reason, hasToolCalls),
+    modelResolved: completion.model ?? requestedModel,
+  };
+  if (hasToolCalls) response.toolCalls = toolCalls;
+  if (choice.message.reasoning_content !== undefined && choice.message.reasoning_content !== null) {
+    response.reasoningContent = choice.message.reasoning_content;
+  }
+  if (completion.usage !== undefined && completion.usage !== null) {
+    response.usage = { promptTokens: completion.usage.prompt_tokens, completionTokens: completion.usage.completion_tokens };
+  }
+  return response;
+}
+
+/** What the stream converter remembers between chunks. */
+export interface OpenAIStreamState {
+  modelSent: boolean;
+  sawToolCalls: boolean;
+  finished: boolean;
+}
+
+export function createOpenAIStreamState(): OpenAIStreamState {
+  return { modelSent: false, sawToolCalls: false, finished: false };
+}
+
+function convertToolCallDeltas(deltas: NonNullable<NonNullable<NonNullable<OpenAIChunk['choices']>[number]['delta']>['tool_calls']>): ToolCallDelta[] {
+  return deltas.map((delta) => {
+    const converted: ToolCallDelta = { index: delta.index };
+    if (delta.id !== undefined && delta.id !== null) converted.id = delta.id;
+    if (delta.type !== undefined && delta.type !== null) converted.type = delta.type;
+    if (delta.function !== undefined && delta.function !== null) {
+      const fn: { name?: string; arguments?: string } = {};
+      if (delta.function.name !== undefined && delta.function.name !== null) fn.name = delta.function.name;
+      if (delta.function.arguments !== undefined && delta.function.arguments !== null) fn.arguments = delta.function.arguments;
+      converted.function = fn;
+    }
+    return converted;
+  });
+}
+
+/** One `chat.completion.chunk` to our events: model (once), delta, finish, usage, in that order. */
+export function convertOpenAIChunk(chunk: OpenAIChunk, state: OpenAIStreamState): ProviderStreamEvent[] {
+  const events: ProviderStreamEvent[] = [];
+  if (!state.modelSent && chunk.model !== undefined && chunk.model !== null && chunk.model !== '') {
+    state.modelSent = true;
+    events.push({ type: 'model', modelResolved: chunk.model });
+  }
+  const choice = chunk.choices?.[0];
+  const delta = choice?.delta;
+  if (delta !== undefined && delta !== null) {
+    const event: Extract<ProviderStreamEvent, { type: 'delta' }> = { type: 'delta' };
+    if (delta.content !== undefined && delta.content !== null && delta.content !== '') event.content = delta.content;
+    if (delta.reasoning_content !== undefined && delta.reasoning_content !== null && delta.reasoning_content !== '') {
+      event.reasoningContent = delta.reasoning_content;
+    }
+    if (delta.tool_calls !== undefined && delta.tool_calls !== null && delta.tool_calls.length > 0) {
+      event.toolCalls = convertToolCallDeltas(delta.tool_calls);
+      state.sawToolCalls = true;
+    }
+    if (event.content !== undefined || event.reasoningContent !== undefined || event.toolCalls !== undefined) events.push(event);
+  }
+  if (choice?.finish_reason !== undefined && choice.finish_reason !== null && !state.finished) {
+    state.finished = true;
+    events.push({ type: 'finish', finishReason: mapOpenAIFinishReason(choice.finish_reason, state.sawToolCalls) });
+  }
+  if (chunk.usage !== undefined && chunk.usage !== null) {
+    events.push({ type: 'usage', usage: { promptTokens: chunk.usage.prompt_tokens, completionTokens: chunk.usage.completion_tokens } });
+  }
+  return events;
+}

@@ -1,0 +1,162 @@
+/**
+ * The one place that talks HTTP to providers (undici, through the provider's
+ * own pool). Every failure leaves here as a ProxyError: transport errors by
+ * their code, non-2xx answers by their status (provider-error.ts), and an
+ * aborted signal as its reason.
+ */
+import type { Dispatcher } from 'undici';
+import { ProxyError } from '../contract/errors.js';
+import { errorFromStatus, errorFromTransport, malformedResponse } from './provider-error.js';
+import type { ProviderSettings } from './types.js';
+
+/** Longest error body read (an error page can be large; the message is cut to 500 characters anyway). */
+const MAX_ERROR_BODY_BYTES = 64 * 1024;
+
+const SECRET_HEADER_PATTERN = /authorization|api[-_]?key|token|secret|key$/i;
+
+/** What must never appear in an error message: the API key and the values of secret-looking configured headers. */
+export function providerSecrets(settings: ProviderSettings): string[] {
+  const secrets: string[] = [];
+  if (settings.apiKey !== undefined) secrets.push(settings.apiKey);
+  for (const [name, value] of Object.entries(settings.headers ?? {})) {
+    if (SECRET_HEADER_PATTERN.test(name)) secrets.push(value, value.replace(/^Bearer\s+/i, ''));
+  }
+  return secrets;
+}
+
+/** `http://host:11434` + `/api/chat`, `https://api.openai.com/v1` + `/chat/completions`. */
+export function resolveEndpoint(baseUrl: string, path: string): { origin: string; path: string } {
+  const url = new URL(baseUrl);
+  const prefix = url.pathname.replace(/\/+$/, '');
+  return { origin: url.origin, path: `${prefix}${path}${url.search}` };
+}
+
+export interface ProviderPost {
+  settings: ProviderSettings;
+  /** Path under the base URL, e.g. `/chat/completions`. */
+  path: string;
+  body: unknown;
+  signal: AbortSignal;
+  accept: string;
+  /** Extra headers of the adapter (the configured ones and the key are added here). */
+  headers?: Record<string, string>;
+}
+
+export type ProviderResponseBody = Dispatcher.ResponseData['body'];
+
+export interface ProviderHttpResponse {
+  statusCode: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: ProviderResponseBody;
+}
+
+function requestHeaders(post: ProviderPost): Record<string, string> {
+  const headers: Record<string, string> = {
+    'content-type': 'application/json',
+    accept: post.accept,
+    ...(post.settings.headers ?? {}),
+    ...(post.headers ?? {}),
+  };
+  if (post.settings.apiKey !== undefined) headers.authorization = `Bearer ${post.settings.apiKey}`;
+  return headers;
+}
+
+async function readLimitedText(body: ProviderResponseBody, limit: number): Promise<string> {
+  const pieces: Buffer[] = [];
+  let size = 0;
+  for await (const piece of body) {
+    const buffer = Buffer.isBuffer(piece) ? piece : Buffer.from(piece as Uint8Array);
+    pieces.push(buffer);
+    size += buffer.length;
+    if (size >= limit) {
+      body.destroy();
+      break;
+    }
+  }
+  return Buffer.concat(pieces).toString('utf8');
+}
+
+/**
+ * POSTs JSON and resolves with a 2xx response whose body is still to be read.
+ * Throws a ProxyError for everything else.
+ */
+export async function postToProvider(post: ProviderPost): Promise<ProviderHttpResponse> {
+  const { settings, signal } = post;
+  if (signal.aborted) throw errorFromTransport(settings.name, signal.reason, signal);
+  if (settings.apiKeyEnv !== undefined && settings.apiKey === undefined) {
+    // Our configuration is at fault, not the agent: a 502, and no use retrying this deployment.
+    throw new ProxyError('upstream_error', `${settings.name}: no API key (environment variable ${settings.apiKeyEnv} is not set)`, {
+      retryable: false,
+    });
+  }
+  const endpoint = resolveEndpoint(settings.baseUrl, post.path);
+  let response: Dispatcher.ResponseData;
+  try {
+    response = await settings.dispatcher.request({
+      origin: endpoint.origin,
+      path: endpoint.path,
+      method: 'POST',
+      headers: requestHeaders(post),
+      body: JSON.stringify(post.body),
+      signal,
+    });
+  } catch (error) {
+    throw errorFromTransport(settings.name, error, signal);
+  }
+  if (response.statusCode >= 200 && response.statusCode < 300) {
+    return { statusCode: response.statusCode, headers: response.headers, body: response.body };
+  }
+  let bodyText = '';
+  try {
+    bodyText = await readLimitedText(response.body, MAX_ERROR_BODY_BYTES);
+  } catch (error) {
+    // The status says enough; a body lost on the way only costs us the provider's wording, unless we were aborted.
+    if (signal.aborted) throw errorFromTransport(settings.name, error, signal);
+  }
+  throw errorFromStatus({
+    provider: settings.name,
+    status: response.statusCode,
+    headers: response.headers,
+    bodyText,
+    secrets: providerSecrets(settings),
+  });
+}
+
+/** Reads a whole JSON body; malformed or empty JSON is an `upstream_error`. */
+export async function readJsonBody(settings: ProviderSettings, response: ProviderHttpResponse, signal: AbortSignal): Promise<unknown> {
+  let text: string;
+  try {
+    text = await response.body.text();
+  } catch (error) {
+    throw errorFromTransport(settings.name, error, signal);
+  }
+  if (text.trim() === '') throw malformedResponse(settings.name, 'empty response body', response.statusCode);
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw malformedResponse(settings.name, 'malformed JSON in response', response.statusCode);
+  }
+}
+
+/**
+ * The body as decoded text pieces, as they arrive (multi-byte characters split across reads are
+ * kept whole). Leaving the loop early destroys the body, which closes the connection: the
+ * provider sees the abort and stops generating.
+ */
+export async function* readTextPieces(settings: ProviderSettings, response: ProviderHttpResponse, signal: AbortSignal): AsyncGenerator<string> {
+  const decoder = new TextDecoder('utf-8');
+  let finished = false;
+  try {
+    for await (const piece of response.body) {
+      const text = decoder.decode(piece as Uint8Array, { stream: true });
+      if (text !== '') yield text;
+    }
+    const rest = decoder.decode();
+    if (rest !== '') yield rest;
+    finished = true;
+  } catch (error) {
+    throw errorFromTransport(settings.name, error, signal);
+  } finally {
+    if (!finished && !response.body.destroyed) response.body.destroy();
+  }
+}

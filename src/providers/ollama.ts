@@ -1,0 +1,86 @@
+/**
+ * Ollama's native API: `POST {base_url}/api/chat`, one JSON object, or NDJSON
+ * lines when streaming (the last one `done: true` with the token counts).
+ */
+import type { z } from 'zod';
+import { convertOllamaChat, convertOllamaChunk, createOllamaStreamState, type OllamaStreamState } from './convert-ollama-response.js';
+import { convertToOllamaRequest } from './convert-to-ollama-request.js';
+import { postToProvider, providerSecrets, readJsonBody, readTextPieces } from './http.js';
+import { NdjsonParser, NdjsonSyntaxError } from './ndjson.js';
+import { ollamaChatSchema } from './ollama-response-schema.js';
+import { errorFromStreamPayload, malformedResponse, streamEndedEarly } from './provider-error.js';
+import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from './types.js';
+
+const CHAT_PATH = '/api/chat';
+
+function describeIssues(error: z.ZodError): string {
+  return error.issues
+    .slice(0, 3)
+    .map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`)
+    .join('; ');
+}
+
+function isErrorPayload(value: unknown): value is { error: unknown } {
+  return typeof value === 'object' && value !== null && 'error' in value && (value as { error: unknown }).error != null;
+}
+
+function parseChat(settings: ProviderSettings, json: unknown): ReturnType<typeof ollamaChatSchema.parse> {
+  if (isErrorPayload(json)) throw errorFromStreamPayload(settings.name, json, providerSecrets(settings));
+  const parsed = ollamaChatSchema.safeParse(json);
+  if (!parsed.success) throw malformedResponse(settings.name, `unexpected response (${describeIssues(parsed.error)})`, 200);
+  return parsed.data;
+}
+
+function convertLines(settings: ProviderSettings, values: unknown[], state: OllamaStreamState): ProviderStreamEvent[] {
+  const events: ProviderStreamEvent[] = [];
+  for (const value of values) {
+    // Lines after `done: true` would be a server bug; ignore them rather than fail a finished answer.
+    if (state.done) continue;
+    events.push(...convertOllamaChunk(parseChat(settings, value), state));
+  }
+  return events;
+}
+
+async function* streamChat(settings: ProviderSettings, call: ProviderCall): AsyncGenerator<ProviderStreamEvent> {
+  const response = await postToProvider({
+    settings,
+    path: CHAT_PATH,
+    body: convertToOllamaRequest(call.model, call.request, true),
+    signal: call.signal,
+    accept: 'application/x-ndjson',
+  });
+  const parser = new NdjsonParser();
+  const state = createOllamaStreamState();
+  try {
+    for await (const text of readTextPieces(settings, response, call.signal)) {
+      yield* convertLines(settings, parser.push(text), state);
+    }
+    yield* convertLines(settings, parser.finish(), state);
+  } catch (error) {
+    if (error instanceof NdjsonSyntaxError) throw malformedResponse(settings.name, 'malformed JSON in stream', 200);
+    throw error;
+  }
+  if (!state.done) throw streamEndedEarly(settings.name);
+}
+
+export function createOllamaProvider(settings: ProviderSettings): Provider {
+  return {
+    name: settings.name,
+    type: settings.type,
+    async chat(call: ProviderCall): Promise<ProviderResponse> {
+      const response = await postToProvider({
+        settings,
+        path: CHAT_PATH,
+        body: convertToOllamaRequest(call.model, call.request, false),
+        signal: call.signal,
+        accept: 'application/json',
+      });
+      const chat = parseChat(settings, await readJsonBody(settings, response, call.signal));
+      if (chat.done === false) throw malformedResponse(settings.name, 'incomplete response (done: false)', 200);
+      return convertOllamaChat(chat, call.model);
+    },
+    stream(call: ProviderCall): AsyncIterable<ProviderStreamEvent> {
+      return streamChat(settings, call);
+    },
+  };
+}

@@ -1,0 +1,121 @@
+/**
+ * Any OpenAI-compatible chat-completions API: OpenAI, DeepSeek, vLLM,
+ * llama.cpp server, LM Studio. `POST {base_url}/chat/completions`, JSON or SSE.
+ */
+import { convertOpenAIChunk, convertOpenAICompletion, createOpenAIStreamState, type OpenAIStreamState } from './convert-openai-response.js';
+import { convertToOpenAIRequest } from './convert-to-openai-request.js';
+import { postToProvider, providerSecrets, readJsonBody, readTextPieces, type ProviderHttpResponse } from './http.js';
+import { openAIChunkSchema, openAICompletionSchema } from './openai-response-schema.js';
+import { errorFromStreamPayload, malformedResponse, streamEndedEarly } from './provider-error.js';
+import { SseParser, type SseEvent } from './sse.js';
+import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from './types.js';
+import type { z } from 'zod';
+
+const CHAT_PATH = '/chat/completions';
+
+function describeIssues(error: z.ZodError): string {
+  return error.issues
+    .slice(0, 3)
+    .map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`)
+    .join('; ');
+}
+
+function isErrorPayload(value: unknown): value is { error: unknown } {
+  return typeof value === 'object' && value !== null && 'error' in value && (value as { error: unknown }).error != null;
+}
+
+function parseCompletion(settings: ProviderSettings, json: unknown, model: string): ProviderResponse {
+  // Some compatible servers answer 200 with an error body.
+  if (isErrorPayload(json)) throw errorFromStreamPayload(settings.name, json, providerSecrets(settings));
+  const parsed = openAICompletionSchema.safeParse(json);
+  if (!parsed.success) throw malformedResponse(settings.name, `unexpected response (${describeIssues(parsed.error)})`, 200);
+  return convertOpenAICompletion(parsed.data, model);
+}
+
+/** A whole reply as stream events, for a server that ignored `stream: true` and answered JSON. */
+function completionAsEvents(response: ProviderResponse): ProviderStreamEvent[] {
+  const events: ProviderStreamEvent[] = [{ type: 'model', modelResolved: response.modelResolved }];
+  const delta: Extract<ProviderStreamEvent, { type: 'delta' }> = { type: 'delta' };
+  if (response.content !== null && response.content !== '') delta.content = response.content;
+  if (response.reasoningContent !== undefined) delta.reasoningContent = response.reasoningContent;
+  if (response.toolCalls !== undefined) {
+    delta.toolCalls = response.toolCalls.map((call, index) => ({ index, id: call.id, type: 'function', function: { ...call.function } }));
+  }
+  if (delta.content !== undefined || delta.reasoningContent !== undefined || delta.toolCalls !== undefined) events.push(delta);
+  events.push({ type: 'finish', finishReason: response.finishReason });
+  if (response.usage !== undefined) events.push({ type: 'usage', usage: response.usage });
+  return events;
+}
+
+/** One SSE event to our events; `'done'` for `[DONE]`. */
+function convertSseEvent(settings: ProviderSettings, event: SseEvent, state: OpenAIStreamState): ProviderStreamEvent[] | 'done' {
+  const data = event.data.trim();
+  if (data === '[DONE]') return 'done';
+  let json: unknown;
+  try {
+    json = JSON.parse(data);
+  } catch {
+    throw malformedResponse(settings.name, 'malformed JSON in stream', 200);
+  }
+  if (event.event === 'error' || isErrorPayload(json)) throw errorFromStreamPayload(settings.name, json, providerSecrets(settings));
+  const parsed = openAIChunkSchema.safeParse(json);
+  if (!parsed.success) throw malformedResponse(settings.name, `unexpected stream chunk (${describeIssues(parsed.error)})`, 200);
+  return convertOpenAIChunk(parsed.data, state);
+}
+
+async function* streamChat(settings: ProviderSettings, call: ProviderCall): AsyncGenerator<ProviderStreamEvent> {
+  const response: ProviderHttpResponse = await postToProvider({
+    settings,
+    path: CHAT_PATH,
+    body: convertToOpenAIRequest(call.model, call.request, true),
+    signal: call.signal,
+    accept: 'text/event-stream',
+  });
+  const contentType = String(response.headers['content-type'] ?? '');
+  if (contentType.includes('application/json')) {
+    yield* completionAsEvents(parseCompletion(settings, await readJsonBody(settings, response, call.signal), call.model));
+    return;
+  }
+
+  const parser = new SseParser();
+  const state = createOpenAIStreamState();
+  let done = false;
+  const handle = (events: SseEvent[]): ProviderStreamEvent[] => {
+    const out: ProviderStreamEvent[] = [];
+    for (const event of events) {
+      // After [DONE] we only read on so that the connection ends cleanly and goes back to the pool.
+      if (done) continue;
+      const converted = convertSseEvent(settings, event, state);
+      if (converted === 'done') done = true;
+      else out.push(...converted);
+    }
+    return out;
+  };
+  for await (const text of readTextPieces(settings, response, call.signal)) {
+    yield* handle(parser.push(text));
+  }
+  yield* handle(parser.finish());
+  // A finish reason without [DONE] is a complete answer (some servers omit [DONE]); neither is a cut stream.
+  if (!done && !state.finished) throw streamEndedEarly(settings.name);
+}
+
+export function createOpenAICompatibleProvider(settings: ProviderSettings): Provider {
+  return {
+    name: settings.name,
+    type: settings.type,
+    async chat(call: ProviderCall): Promise<ProviderResponse> {
+      const response = await postToProvider({
+        settings,
+        path: CHAT_PATH,
+        body: convertToOpenAIRequest(call.model, call.request, false),
+        signal: call.signal,
+        accept: 'application/json',
+      });
+      return parseCompletion(settings, await readJsonBody(settings, response, call.signal), call.model);
+    },
+    stream(call: ProviderCall): AsyncIterable<ProviderStreamEvent> {
+      return streamChat(settings, call);
+    },
+  };
+}
+

@@ -1,0 +1,63 @@
+import { z } from 'zod';
+
+/**
+ * OpenAI's chat-completion response and stream chunk, limited to the fields we
+ * use. Compatible servers send `null` where OpenAI omits a field, hence `nullish`.
+ */
+const openAIUsageSchema = z.object({
+  prompt_tokens: z.number().nonnegative(),
+  completion_tokens: z.number().nonnegative(),
+});
+
+const openAIToolCallSchema = z.object({
+  id: z.string(),
+  function: z.object({ name: z.string(), arguments: z.string().nullish() }),
+});
+
+export const openAICompletionSchema = z.object({
+  model: z.string().nullish(),
+  choices: z
+    .array(
+      z.object({
+        message: z.object({
+          content: z.string().nullish(),
+          // DeepSeek-R1's chain of thought.
+          reasoning_content: z.string().nullish(),
+          tool_calls: z.array(openAIToolCallSchema).nullish(),
+        }),
+        finish_reason: z.string().nullish(),
+      }),
+    )
+    .min(1, 'no choices'),
+  usage: openAIUsageSchema.nullish(),
+});
+
+export type OpenAICompletion = z.infer<typeof openAICompletionSchema>;
+
+const openAIToolCallDeltaSchema = z.object({
+  index: z.number().int().nonnegative(),
+  id: z.string().nullish(),
+  type: z.literal('function').nullish(),
+  function: z.object({ name: z.string().nullish(), arguments: z.string().nullish() }).nullish(),
+});
+
+export const openAIChunkSchema = z.object({
+  model: z.string().nullish(),
+  choices: z
+    .array(
+      z.object({
+        delta: z
+          .object({
+            content: z.string().nullish(),
+            reasoning_content: z.string().nullish(),
+            tool_calls: z.array(openAIToolCallDeltaSchema).nullish(),
+          })
+          .nullish(),
+        finish_reason: z.string().nullish(),
+      }),
+    )
+    .nullish(),
+  usage: openAIUsageSchema.nullish(),
+});
+
+export type OpenAIChunk = z.infer<typeof openAIChunkSchema>;
