@@ -6,9 +6,10 @@ import { subjectsFor } from '../contract/subjects.js';
 /**
  * Creates the usage stream (DESIGN.md "Usage event": `LLM_USAGE`, subjects
  * `<prefix>.usage.>`) or brings an existing one to the configured limits.
- * Shared by whoever publishes (workers) and whoever consumes (aggregators), so
- * that either can start first: a JetStream publish that no stream captures
- * fails, and a consumer needs its stream.
+ * The aggregator uses it so that it runs without any worker; the worker's
+ * `UsagePublisher.ensureStream()` applies the same settings, so either can
+ * start first (a JetStream publish that no stream captures fails, and a
+ * consumer needs its stream).
  *
  * The limits are `nats.usage_stream` in config.yaml: `max_age` (0 = forever),
  * `max_bytes`/`max_msgs` (-1 = unlimited; the oldest events are dropped first)
@@ -23,7 +24,9 @@ export async function ensureUsageStream(manager: JetStreamManager, settings: Usa
     max_bytes: settings.max_bytes,
     max_msgs: settings.max_msgs,
     num_replicas: settings.replicas,
-    duplicate_window: nanos(settings.duplicate_window),
+    // The server refuses a duplicate window longer than max_age (same rule as UsagePublisher.ensureStream,
+    // so that a worker and an aggregator converge on the same settings instead of undoing each other).
+    duplicate_window: nanos(settings.max_age > 0 ? Math.min(settings.duplicate_window, settings.max_age) : settings.duplicate_window),
   };
   let existing: StreamInfo | undefined;
   try {
