@@ -17,6 +17,8 @@ export interface PickOptions {
   exploration: number;
   /** Deployments already tried for this request: avoided while another one is available. */
   tried?: ReadonlySet<Candidate> | undefined;
+  /** Deployments that must not be tried again for this request (they refused it for a reason of their own: a bad key…). */
+  excluded?: ReadonlySet<Candidate> | undefined;
 }
 
 /*
@@ -30,6 +32,7 @@ const PASSES = [0, ALLOW_STANDBY, ALLOW_TRIED, ALLOW_TRIED | ALLOW_STANDBY] as c
 
 function isEligible(candidate: Candidate, options: PickOptions, pass: number): boolean {
   if (!candidate.usable || candidate.state.cooldownUntil > options.now) return false;
+  if (options.excluded !== undefined && options.excluded.has(candidate)) return false;
   if ((pass & ALLOW_STANDBY) === 0 && candidate.weight <= 0) return false;
   if ((pass & ALLOW_TRIED) === 0 && options.tried !== undefined && options.tried.has(candidate)) return false;
   return true;
@@ -39,7 +42,7 @@ function isEligible(candidate: Candidate, options: PickOptions, pass: number): b
 export function pickDeployment<T extends Candidate>(candidates: readonly T[], options: PickOptions): T | undefined {
   if (candidates.length === 1) {
     const only = candidates[0] as T;
-    return only.usable && only.state.cooldownUntil <= options.now ? only : undefined;
+    return isEligible(only, options, ALLOW_TRIED | ALLOW_STANDBY) ? only : undefined;
   }
   for (const pass of PASSES) {
     if ((pass & ALLOW_TRIED) !== 0 && options.tried === undefined) continue;

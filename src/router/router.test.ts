@@ -212,6 +212,22 @@ describe('router: retries', () => {
     assert.equal(provider('c').calls.length, 0);
   });
 
+  it('a deployment that refuses for its own reason (401) is not tried again, but another deployment or a fallback is', async () => {
+    const unauthorized = (): ProxyError => new ProxyError('upstream_error', 'a: Incorrect API key', { upstreamStatus: 401, retryable: false });
+    const { router, provider } = setup({
+      m: { deployments: [{ provider: 'a', physical_name: 'pa', weight: 1_000_000 }, { provider: 'b', physical_name: 'pb', weight: 1 }], fallbacks: ['n'] },
+      n: { provider: 'c', physical_name: 'pc' },
+    }, { retry: { attempts: 5 } });
+    provider('a').defaultStep = { kind: 'fail', error: unauthorized };
+    const response = await router.chat(call('m'));
+    assert.deepEqual(response.attempts.map((attempt) => [attempt.provider, attempt.error_code]), [['a', 'upstream_error'], ['b', null]]);
+    provider('b').defaultStep = { kind: 'fail', error: unauthorized };
+    const fallback = await router.chat(call('m'));
+    assert.equal(fallback.target.model, 'n');
+    assert.equal(fallback.attempts.filter((attempt) => attempt.provider === 'a').length, 1);
+    assert.ok((router.health()[0]?.recent_failures ?? 0) >= 1);
+  });
+
   it('does not sleep past the deadline for a Retry-After: fails at once with the upstream error', async () => {
     const { router, provider } = setup({ m: { provider: 'a', physical_name: 'pa' } });
     provider('a').defaultStep = { kind: 'fail', error: () => new ProxyError('upstream_error', '503', { upstreamStatus: 503, retryAfterMs: 60_000 }) };

@@ -88,7 +88,7 @@ export class ChatRouterImpl implements Router {
     this.random = options.random ?? Math.random;
     const routing = config.routing;
     this.backoff = { baseMs: routing.retry.base_backoff_ms, maxMs: routing.retry.max_backoff_ms, jitter: routing.retry.jitter };
-    this.pickOptions = { strategy: routing.strategy, now: 0, random: this.random, exploration: routing.exploration, tried: undefined };
+    this.pickOptions = { strategy: routing.strategy, now: 0, random: this.random, exploration: routing.exploration, tried: undefined, excluded: undefined };
     this.defaultTimeoutMs = config.worker.default_timeout_ms;
     const cooldown: CooldownPolicy = {
       failures: routing.cooldown.failures,
@@ -265,6 +265,7 @@ export class ChatRouterImpl implements Router {
   private async routeModel<T>(model: CompiledModel, routing: Routing, execute: Execute<T>): Promise<Success<T> | undefined> {
     const call = routing.call;
     let tried: Set<RouteEntry> | undefined;
+    let excluded: Set<RouteEntry> | undefined;
     let tries = 0;
     while (tries < model.maxTries) {
       let now = this.now();
@@ -273,6 +274,7 @@ export class ChatRouterImpl implements Router {
       pickOptions.strategy = model.strategy;
       pickOptions.now = now;
       pickOptions.tried = tried;
+      pickOptions.excluded = excluded;
       const entry = pickDeployment(model.entries, pickOptions);
       if (entry === undefined) break;
       if (tried !== undefined && tried.has(entry)) {
@@ -299,7 +301,13 @@ export class ChatRouterImpl implements Router {
           if (fallback !== undefined) return fallback;
           throw withAttempts(routing.lastError ?? error, routing.attempts);
         }
-        if (!error.retryable) throw withAttempts(error, routing.attempts);
+        if (!error.retryable) {
+          if (!isDeploymentFault(error)) throw withAttempts(error, routing.attempts);
+          // The deployment refused for a reason of its own (bad key, unknown model name, no credit):
+          // never again for this request, but another deployment or a fallback may serve it.
+          (excluded ??= new Set()).add(entry);
+          continue;
+        }
         (tried ??= new Set()).add(entry);
       }
     }
@@ -350,8 +358,8 @@ export class ChatRouterImpl implements Router {
       record.error_code = error.code;
       record.latency_ms = roundLatency(latencyMs);
       // A cancelled call, or one cut by the request's own deadline, says nothing about the
-      // deployment; nor does a request it cannot serve (non-retryable).
-      if (error.retryable && error.code !== 'cancelled' && signal.blamesDeployment) {
+      // deployment; nor does a request that no deployment could serve (invalid_request…).
+      if ((error.retryable || isDeploymentFault(error)) && error.code !== 'cancelled' && signal.blamesDeployment) {
         if (error.code === 'upstream_timeout') entry.state.recordLatency(latencyMs);
         entry.state.recordFailure(this.now(), error);
       }
@@ -405,6 +413,15 @@ const executeStream: Execute<OpenedStream> = async (entry, providerCall) => {
     throw error;
   }
 };
+
+/**
+ * A non-retryable error that is the deployment's fault rather than the request's: the providers
+ * layer gives 401/403/404/402… `upstream_error` (a 502 for the agent) and the request's own faults
+ * (400, 413, 422) `invalid_request` / `payload_too_large`.
+ */
+export function isDeploymentFault(error: ProxyError): boolean {
+  return error.code === 'upstream_error';
+}
 
 function stateName(entry: RouteEntry, now: number): string {
   if (!entry.usable) return 'unconfigured';
