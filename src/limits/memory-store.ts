@@ -1,0 +1,37 @@
+import { adjustScope, evaluateScope, type Adjustment, type Charge, type Refusal, type ScopePlan, type ScopeState } from './policy.js';
+import type { AdmitOutcome, LimitStore } from './types.js';
+
+/**
+ * One worker's limits, in process. Admission is synchronous (evaluate every
+ * scope, then write every scope), so concurrent requests in one process are
+ * exact; with several workers each would admit the full limit: use `nats` or
+ * `redis` there.
+ */
+export function createMemoryStore(): LimitStore {
+  const states = new Map<string, ScopeState>();
+  return {
+    async admit(plans: ScopePlan[], charge: Charge, now: number): Promise<AdmitOutcome> {
+      const refusals: Refusal[] = [];
+      const nextStates: ScopeState[] = [];
+      plans.forEach((plan, index) => {
+        const evaluation = evaluateScope(states.get(plan.scope.key) ?? {}, plan.limits, charge, now, index);
+        refusals.push(...evaluation.refusals);
+        nextStates.push(evaluation.next);
+      });
+      if (refusals.length > 0) return { admitted: false, refusals };
+      plans.forEach((plan, index) => states.set(plan.scope.key, nextStates[index] as ScopeState));
+      return { admitted: true };
+    },
+    async adjust(plans: ScopePlan[], adjustment: Adjustment, now: number): Promise<void> {
+      for (const plan of plans) {
+        states.set(plan.scope.key, adjustScope(states.get(plan.scope.key) ?? {}, plan.limits, adjustment, now));
+      }
+    },
+    async read(plans: ScopePlan[]): Promise<ScopeState[]> {
+      return plans.map((plan) => states.get(plan.scope.key) ?? {});
+    },
+    async close(): Promise<void> {
+      states.clear();
+    },
+  };
+}

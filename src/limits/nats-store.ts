@@ -1,0 +1,159 @@
+import type { NatsConnection } from '@nats-io/nats-core';
+import { JetStreamApiCodes, JetStreamApiError, jetstream } from '@nats-io/jetstream';
+import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
+import { adjustScope, evaluateScope, type Adjustment, type Charge, type Refusal, type ScopeLimits, type ScopePlan, type ScopeState } from './policy.js';
+import { LimitStoreError, type AdmitOutcome, type LimitStore } from './types.js';
+
+/**
+ * Limits shared by every worker through a JetStream KV bucket (no second
+ * system to run). One key per scope holds the whole record (policy.ts) as
+ * JSON, changed only by compare-and-swap: read the key and its revision,
+ * apply the rules, `update(key, value, revision)` (or `create` for a new
+ * key); a conflict means another worker wrote first, so read again and
+ * re-decide. Each scope's own limits are therefore exact.
+ *
+ * A request touching several scopes (agent, microDAO, model) charges them
+ * one after another and, when a later one refuses, rolls back what was
+ * charged. That never admits too much: every scope checked its own limit
+ * atomically. The price is that, for the few milliseconds between a charge
+ * and its rollback, another request on the same scope can be refused for
+ * room that is then given back (a false refusal, never a false admission).
+ *
+ * Server 2.9 has no per-key TTL: budgets live in windows named inside the
+ * record (a new day starts from zero), and the bucket's max age (35 days,
+ * longer than any window) removes the records of scopes gone quiet.
+ */
+export const NATS_BUCKET_MAX_AGE_MS = 35 * 24 * 3_600_000;
+/** Conflicts tolerated on one key before giving up; contention of hundreds of writers on one key still fits. */
+const MAX_CAS_ATTEMPTS = 500;
+
+export interface NatsStoreOptions {
+  connection: NatsConnection;
+  bucket: string;
+  timeoutMs: number;
+  onConflict?: () => void;
+  /** A rollback that could not be written (counted by the limiter; the charge stays, which only admits less). */
+  onRollbackFailure?: (error: unknown) => void;
+}
+
+function isConflict(error: unknown): boolean {
+  return (
+    error instanceof JetStreamApiError &&
+    (error.code === JetStreamApiCodes.StreamWrongLastSequence || error.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
+  );
+}
+
+function decode(entry: KvEntry | null): ScopeState {
+  if (entry === null || entry.operation !== 'PUT' || entry.length === 0) return {};
+  return entry.json<ScopeState>();
+}
+
+/** Random, growing pause after a conflict so that writers on one key spread out. */
+function backoff(attempt: number): Promise<void> {
+  const ceiling = Math.min(20, 1 + attempt);
+  return new Promise((resolve) => setTimeout(resolve, Math.random() * ceiling));
+}
+
+export async function createNatsStore(options: NatsStoreOptions): Promise<LimitStore> {
+  let kv: KV;
+  try {
+    kv = await new Kvm(jetstream(options.connection, { timeout: options.timeoutMs })).create(options.bucket, {
+      history: 1,
+      ttl: NATS_BUCKET_MAX_AGE_MS,
+      timeout: options.timeoutMs,
+    });
+  } catch (error) {
+    throw new LimitStoreError(`cannot open the NATS KV bucket "${options.bucket}"`, { cause: error });
+  }
+
+  /**
+   * Read-decide-write one key until the write lands. `decide` returns the
+   * new state, or a refusal list to stop without writing.
+   */
+  async function swap(key: string, decide: (state: ScopeState) => ScopeState | Refusal[]): Promise<Refusal[]> {
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt += 1) {
+      let entry: KvEntry | null;
+      try {
+        entry = await kv.get(key);
+      } catch (error) {
+        throw new LimitStoreError('NATS KV read failed', { cause: error });
+      }
+      const decision = decide(decode(entry));
+      if (Array.isArray(decision)) return decision;
+      const value = JSON.stringify(decision);
+      try {
+        if (entry === null) await kv.create(key, value);
+        else await kv.update(key, value, entry.revision);
+        return [];
+      } catch (error) {
+        // `create` on a key another worker just created fails with the same wrong-last-sequence code.
+        if (!isConflict(error)) throw new LimitStoreError('NATS KV write failed', { cause: error });
+        options.onConflict?.();
+        await backoff(attempt);
+      }
+    }
+    throw new LimitStoreError(`NATS KV key ${key} stayed contended for ${MAX_CAS_ATTEMPTS} attempts`);
+  }
+
+  async function adjustOne(key: string, limits: ScopeLimits, adjustment: Adjustment, now: () => number): Promise<void> {
+    await swap(key, (state) => adjustScope(state, limits, adjustment, now()));
+  }
+
+  return {
+    async admit(plans: ScopePlan[], charge: Charge, now: number): Promise<AdmitOutcome> {
+      const charged: ScopePlan[] = [];
+      let refusals: Refusal[] = [];
+      try {
+        for (const [index, plan] of plans.entries()) {
+          refusals = await swap(plan.scope.key, (state) => {
+            const evaluation = evaluateScope(state, plan.limits, charge, now, index);
+            return evaluation.refusals.length > 0 ? evaluation.refusals : evaluation.next;
+          });
+          if (refusals.length > 0) break;
+          charged.push(plan);
+        }
+      } catch (error) {
+        await rollBack(charged, charge, now);
+        throw error;
+      }
+      if (refusals.length === 0) return { admitted: true };
+      await rollBack(charged, charge, now);
+      return { admitted: false, refusals };
+    },
+
+    async adjust(plans: ScopePlan[], adjustment: Adjustment, now: number): Promise<void> {
+      for (const plan of plans) await adjustOne(plan.scope.key, plan.limits, adjustment, () => now);
+    },
+
+    async read(plans: ScopePlan[]): Promise<ScopeState[]> {
+      try {
+        return await Promise.all(plans.map(async (plan) => decode(await kv.get(plan.scope.key))));
+      } catch (error) {
+        throw new LimitStoreError('NATS KV read failed', { cause: error });
+      }
+    },
+
+    async close(): Promise<void> {
+      // The connection belongs to the caller.
+    },
+  };
+
+  /** Undo the charges of an admission that a later scope refused (best effort when the store fails). */
+  async function rollBack(charged: ScopePlan[], charge: Charge, now: number): Promise<void> {
+    const undo: Adjustment = {
+      requestsDelta: -1,
+      tokensDelta: -charge.tokens,
+      microUsdDelta: -charge.microUsd,
+      day: charge.windows.day,
+      month: charge.windows.month,
+      releaseRequestId: charge.requestId,
+    };
+    for (const plan of charged.reverse()) {
+      try {
+        await adjustOne(plan.scope.key, plan.limits, undo, () => now);
+      } catch (error) {
+        options.onRollbackFailure?.(error);
+      }
+    }
+  }
+}
