@@ -18,6 +18,8 @@ export function parseRetryAfterMs(headers: Record<string, HeaderValue>, now: num
   const retryAfter = firstValue(headers['retry-after']);
   if (retryAfter === undefined) return undefined;
   if (/^\d+(\.\d+)?$/.test(retryAfter)) return Math.max(0, Number(retryAfter) * 1000);
+  // An HTTP date names its month; without that check Date.parse would take "-3" for a year.
+  if (!/[A-Za-z]{3}/.test(retryAfter)) return undefined;
   const date = Date.parse(retryAfter);
   if (Number.isNaN(date)) return undefined;
   return Math.max(0, date - now);
