@@ -6,6 +6,11 @@ import { UsageError } from './command.js';
 const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   // worker, chat, models, tail, check-config, dev, limits, usage, aggregator register here.
   chat: () => import('./commands/chat.js'),
+  worker: () => import('./commands/worker.js'),
+  dev: () => import('./commands/dev.js'),
+  models: () => import('./commands/models.js'),
+  tail: () => import('./commands/tail.js'),
+  'check-config': () => import('./commands/check-config.js'),
 };
 
 function printOverview(): void {

@@ -1,0 +1,71 @@
+/**
+ * `llm-proxy dev`: the one-command start for a new user. Uses the NATS
+ * server at NATS_URL when one answers; otherwise starts `nats-server -js`
+ * as a child process (store in .llm-proxy/nats) when it is installed, or says
+ * exactly how to install it. Then runs one worker in the foreground.
+ */
+import { parseArgs } from 'node:util';
+import type { Command } from '../command.js';
+import { UsageError } from '../command.js';
+import { configPathFromEnv } from '../../config/index.js';
+import { findOnPath, isNatsReachable, NATS_INSTALL_HELP, startDevNatsServer, type DevNatsServer } from '../../bus/dev-server.js';
+import { natsUrlFromEnv } from '../../bus/connect.js';
+import { loadConfigOrExplain, runWorkerUntilSignal } from './worker.js';
+
+const help = `Usage: llm-proxy dev [--config FILE] [--nats URL] [--store DIR]
+
+Starts everything needed to try llm-proxy on one machine:
+  1. NATS: uses the server at --nats / $NATS_URL (default nats://127.0.0.1:4222) when one
+     answers; otherwise starts \`nats-server -js\` there as a child process (JetStream store in
+     --store, default .llm-proxy/nats) and stops it on exit. When nats-server is not installed,
+     prints how to install it and exits 1.
+  2. One worker with the config file, in the foreground (Ctrl-C drains and exits).
+
+Options:
+  --config FILE   config file (default: $LLM_PROXY_CONFIG, else config.yaml)
+  --nats URL      where NATS is or should be started (default: $NATS_URL, else nats://127.0.0.1:4222)
+  --store DIR     JetStream store of a server started here (default: .llm-proxy/nats)
+
+Example:
+  OPENAI_API_KEY=sk-... llm-proxy dev
+  # then, in another shell:  llm-proxy chat --model gpt-4.1-mini "Hello!"
+`;
+
+export const command: Command = {
+  name: 'dev',
+  summary: 'start NATS (if none is running) and one worker: the quick start',
+  help,
+  async run(argv) {
+    let values;
+    try {
+      ({ values } = parseArgs({
+        args: argv,
+        options: { config: { type: 'string' }, nats: { type: 'string' }, store: { type: 'string' } },
+        allowPositionals: false,
+      }));
+    } catch (error) {
+      throw new UsageError((error as Error).message);
+    }
+    const config = loadConfigOrExplain(values.config ?? configPathFromEnv());
+    if (config === undefined) return 1;
+    const url = values.nats ?? natsUrlFromEnv();
+
+    let devServer: DevNatsServer | undefined;
+    if (await isNatsReachable(url)) {
+      process.stderr.write(`llm-proxy dev: using the NATS server at ${url}\n`);
+    } else {
+      const executable = findOnPath('nats-server');
+      if (executable === undefined) {
+        process.stderr.write(`${NATS_INSTALL_HELP}\n`);
+        return 1;
+      }
+      devServer = await startDevNatsServer({ url, executable, ...(values.store !== undefined ? { storeDir: values.store } : {}) });
+      process.stderr.write(`llm-proxy dev: no NATS answered at ${url}; started nats-server (pid ${devServer.pid}, JetStream store ${devServer.storeDir}); it stops when this command does\n`);
+    }
+    try {
+      return await runWorkerUntilSignal(config, devServer?.url ?? url);
+    } finally {
+      await devServer?.stop();
+    }
+  },
+};

@@ -1,0 +1,93 @@
+/**
+ * `llm-proxy worker`: one worker, until SIGTERM/SIGINT. The first signal
+ * drains (stop taking requests, finish those in flight, flush usage events,
+ * exit 0); a second one exits at once with 130.
+ */
+import { parseArgs } from 'node:util';
+import type { Command } from '../command.js';
+import { UsageError } from '../command.js';
+import { ConfigError, configPathFromEnv, loadConfigFile, missingApiKeys, type ResolvedConfig } from '../../config/index.js';
+import { natsUrlFromEnv } from '../../bus/connect.js';
+import { createLogger } from '../../telemetry/logger.js';
+import { startWorker } from '../../worker/index.js';
+
+const help = `Usage: llm-proxy worker [--config FILE] [--nats URL]
+
+Starts one llm-proxy worker: it answers chat requests on llm.proxy.request
+(queue group "llm-proxy"; start as many as you like), llm.proxy.models and
+$SRV.PING/INFO/STATS, and publishes one usage event per request to the
+LLM_USAGE JetStream stream. Logs are JSON lines on stdout.
+SIGTERM/SIGINT: stop taking requests, finish those in flight, publish their
+usage events, exit 0.
+
+Options:
+  --config FILE   config file (default: $LLM_PROXY_CONFIG, else config.yaml)
+  --nats URL      NATS server URL(s), comma-separated (default: $NATS_URL, else nats://127.0.0.1:4222)
+
+Environment:
+  NATS_URL, LLM_PROXY_CONFIG, LLM_PROXY_SECRET (require X-Internal-Secret on requests),
+  the providers' key variables named by api_key_env (e.g. OPENAI_API_KEY),
+  NATS credentials: NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_NKEY_SEED, NATS_CREDS
+  (or the variables named in the config's nats section).
+
+Example:
+  OPENAI_API_KEY=sk-... NATS_URL=nats://127.0.0.1:4222 llm-proxy worker --config config.yaml
+`;
+
+export function loadConfigOrExplain(path: string): ResolvedConfig | undefined {
+  try {
+    return loadConfigFile(path);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`llm-proxy: ${error.message}\n`);
+      return undefined;
+    }
+    throw error;
+  }
+}
+
+/** Runs a worker until a signal; returns the exit code. Shared with `llm-proxy dev`. */
+export async function runWorkerUntilSignal(config: ResolvedConfig, servers: string): Promise<number> {
+  const logger = createLogger({ level: config.logging.level });
+  for (const { provider, env } of missingApiKeys(config)) {
+    logger.warn({ provider, env }, `provider "${provider}": ${env} is not set; its calls will fail until it is`);
+  }
+  const worker = await startWorker({ config, servers, logger });
+  let signalled = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (signalled) {
+      logger.warn({ signal }, 'second signal: exiting now');
+      process.exit(130);
+    }
+    signalled = true;
+    logger.info({ signal }, 'signal received: draining');
+    void worker.stop();
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  await worker.stopped;
+  process.off('SIGTERM', onSignal);
+  process.off('SIGINT', onSignal);
+  // A stop we did not ask for (the connection closed for good) is a failure.
+  const code = signalled ? 0 : 1;
+  // Should a library keep a handle open, do not hang: exit anyway, a moment later.
+  setTimeout(() => process.exit(code), 3_000).unref();
+  return code;
+}
+
+export const command: Command = {
+  name: 'worker',
+  summary: 'start one worker (answers llm.proxy.request in queue group llm-proxy)',
+  help,
+  async run(argv) {
+    let values;
+    try {
+      ({ values } = parseArgs({ args: argv, options: { config: { type: 'string' }, nats: { type: 'string' } }, allowPositionals: false }));
+    } catch (error) {
+      throw new UsageError((error as Error).message);
+    }
+    const config = loadConfigOrExplain(values.config ?? configPathFromEnv());
+    if (config === undefined) return 1;
+    return runWorkerUntilSignal(config, values.nats ?? natsUrlFromEnv());
+  },
+};
