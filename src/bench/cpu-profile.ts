@@ -1,0 +1,128 @@
+/**
+ * Reads a V8 `.cpuprofile` (what `node --cpu-prof` writes) and sums self time
+ * per function (name + script + line), so the bench can print where the
+ * worker spends its CPU without opening a flame-graph viewer.
+ */
+
+export interface CpuProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number; columnNumber?: number };
+  hitCount?: number;
+  children?: number[];
+}
+
+export interface CpuProfile {
+  nodes: CpuProfileNode[];
+  startTime: number;
+  endTime: number;
+  samples?: number[];
+  timeDeltas?: number[];
+}
+
+export interface SelfTimeEntry {
+  functionName: string;
+  url: string;
+  lineNumber: number;
+  selfMs: number;
+  /** Share of the sampled time, idle excluded. */
+  percentOfBusy: number;
+}
+
+export interface ProfileSummary {
+  totalMs: number;
+  idleMs: number;
+  busyMs: number;
+  entries: SelfTimeEntry[];
+}
+
+const IDLE = '(idle)';
+
+/** Makes node_modules and dist paths short enough to read in a table. */
+export function shortenUrl(url: string): string {
+  const withoutScheme = url.replace(/^file:\/\//, '');
+  const nodeModules = withoutScheme.lastIndexOf('/node_modules/');
+  if (nodeModules >= 0) return withoutScheme.slice(nodeModules + '/node_modules/'.length);
+  const dist = withoutScheme.lastIndexOf('/dist/');
+  if (dist >= 0) return withoutScheme.slice(dist + 1);
+  return withoutScheme;
+}
+
+/**
+ * Self time per function. Time comes from `samples`/`timeDeltas` (each delta is
+ * the time up to that sample, charged to the sampled node); profiles without
+ * them fall back to hit counts spread evenly over the profile's duration.
+ */
+export function summarizeProfile(profile: CpuProfile, top = 15): ProfileSummary {
+  const selfMicrosByNode = new Map<number, number>();
+  const samples = profile.samples ?? [];
+  const deltas = profile.timeDeltas ?? [];
+  if (samples.length > 0 && deltas.length === samples.length) {
+    // Charge each interval to the sample that ends it, except the first (its delta precedes any sample).
+    for (let index = 0; index < samples.length; index++) {
+      const nodeId = samples[index]!;
+      const delta = index + 1 < deltas.length ? deltas[index + 1]! : 0;
+      selfMicrosByNode.set(nodeId, (selfMicrosByNode.get(nodeId) ?? 0) + Math.max(0, delta));
+    }
+  } else {
+    const totalHits = profile.nodes.reduce((sum, node) => sum + (node.hitCount ?? 0), 0);
+    const perHit = totalHits === 0 ? 0 : (profile.endTime - profile.startTime) / totalHits;
+    for (const node of profile.nodes) selfMicrosByNode.set(node.id, (node.hitCount ?? 0) * perHit);
+  }
+
+  const byFunction = new Map<string, { functionName: string; url: string; lineNumber: number; micros: number }>();
+  let totalMicros = 0;
+  let idleMicros = 0;
+  for (const node of profile.nodes) {
+    const micros = selfMicrosByNode.get(node.id) ?? 0;
+    if (micros === 0) continue;
+    totalMicros += micros;
+    const functionName = node.callFrame.functionName === '' ? '(anonymous)' : node.callFrame.functionName;
+    if (functionName === IDLE) idleMicros += micros;
+    const key = `${functionName}\u0000${node.callFrame.url}\u0000${node.callFrame.lineNumber}`;
+    const entry = byFunction.get(key);
+    if (entry === undefined) {
+      byFunction.set(key, { functionName, url: node.callFrame.url, lineNumber: node.callFrame.lineNumber, micros });
+    } else {
+      entry.micros += micros;
+    }
+  }
+  const busyMicros = totalMicros - idleMicros;
+  const entries = [...byFunction.values()]
+    .filter((entry) => entry.functionName !== IDLE)
+    .sort((left, right) => right.micros - left.micros || left.functionName.localeCompare(right.functionName))
+    .slice(0, top)
+    .map((entry) => ({
+      functionName: entry.functionName,
+      url: shortenUrl(entry.url),
+      // V8 line numbers are zero-based.
+      lineNumber: entry.lineNumber + 1,
+      selfMs: entry.micros / 1000,
+      percentOfBusy: busyMicros === 0 ? 0 : (entry.micros / busyMicros) * 100,
+    }));
+  return { totalMs: totalMicros / 1000, idleMs: idleMicros / 1000, busyMs: busyMicros / 1000, entries };
+}
+
+/** Sums several profiles (one per worker process) into one summary. */
+export function mergeProfiles(profiles: CpuProfile[]): CpuProfile {
+  const nodes: CpuProfileNode[] = [];
+  const samples: number[] = [];
+  const timeDeltas: number[] = [];
+  let offset = 0;
+  let startTime = Number.POSITIVE_INFINITY;
+  let endTime = 0;
+  for (const profile of profiles) {
+    const maxId = profile.nodes.reduce((max, node) => Math.max(max, node.id), 0);
+    for (const node of profile.nodes) nodes.push({ ...node, id: node.id + offset, children: node.children?.map((child) => child + offset) });
+    const profileSamples = profile.samples ?? [];
+    const profileDeltas = profile.timeDeltas ?? [];
+    // Each profile's first delta precedes its samples; keep the pairing by pushing a zero delta in front.
+    for (let index = 0; index < profileSamples.length; index++) {
+      samples.push(profileSamples[index]! + offset);
+      timeDeltas.push(index === 0 ? 0 : profileDeltas[index] ?? 0);
+    }
+    startTime = Math.min(startTime, profile.startTime);
+    endTime = Math.max(endTime, profile.endTime);
+    offset += maxId + 1;
+  }
+  return { nodes, samples, timeDeltas, startTime: Number.isFinite(startTime) ? startTime : 0, endTime };
+}

@@ -1,0 +1,97 @@
+/**
+ * How the load generator talks to llm-proxy: through the project's client
+ * when it exists, else raw NATS request/reply (the same bytes on the wire).
+ */
+import { createInbox, type NatsConnection } from '@nats-io/transport-node';
+import { DEFAULT_SUBJECT_PREFIX, HEADERS, STREAM_MARKS, subjectsFor } from '../contract/subjects.js';
+import { benchRequestBody } from './bench-config.js';
+import type { StreamTiming } from './load-protocol.js';
+import { FAKE_CONTENT } from './upstream.js';
+
+export interface GatewayCaller {
+  kind: 'llm-proxy client' | 'raw nc.request';
+  chat(model: string): Promise<void>;
+  stream(model: string): Promise<StreamTiming>;
+  close(): Promise<void>;
+}
+
+export interface GatewayCallerOptions {
+  connection: NatsConnection;
+  natsUrl: string;
+  timeoutMs: number;
+}
+
+class GatewayCallError extends Error {
+  constructor(readonly code: string) {
+    super(code);
+    this.name = 'CallError';
+  }
+}
+
+export async function createGatewayCaller(options: GatewayCallerOptions): Promise<GatewayCaller> {
+  return createRawCaller(options);
+}
+
+function createRawCaller({ connection, timeoutMs }: GatewayCallerOptions): GatewayCaller {
+  const subject = subjectsFor(DEFAULT_SUBJECT_PREFIX).request;
+  const encoder = new TextEncoder();
+  const bodies = new Map<string, Uint8Array>();
+  const streamBodies = new Map<string, Uint8Array>();
+  const bodyFor = (cache: Map<string, Uint8Array>, model: string, stream: boolean): Uint8Array => {
+    let body = cache.get(model);
+    if (body === undefined) {
+      body = encoder.encode(JSON.stringify(benchRequestBody(model, stream)));
+      cache.set(model, body);
+    }
+    return body;
+  };
+  return {
+    kind: 'raw nc.request',
+    async chat(model) {
+      const reply = await connection.request(subject, bodyFor(bodies, model, false), { timeout: timeoutMs });
+      const parsed = reply.json<{ content?: string; error?: { code?: string } }>();
+      if (parsed.error !== undefined) throw new GatewayCallError(parsed.error.code ?? 'error');
+      if (parsed.content !== FAKE_CONTENT) throw new GatewayCallError('bad_content');
+    },
+    stream(model) {
+      const inbox = createInbox();
+      const start = performance.now();
+      return new Promise<StreamTiming>((resolve, reject) => {
+        let ttftMs = Number.NaN;
+        let last = 0;
+        let chunks = 0;
+        const gapsMs: number[] = [];
+        const finish = (error?: Error): void => {
+          clearTimeout(timer);
+          subscription.unsubscribe();
+          if (error !== undefined) reject(error);
+          else resolve({ ttftMs, gapsMs, chunks });
+        };
+        const timer = setTimeout(() => finish(new GatewayCallError('timeout')), timeoutMs);
+        const subscription = connection.subscribe(inbox, {
+          callback: (error, message) => {
+            if (error !== null) return finish(error);
+            const mark = message.headers?.get(HEADERS.stream);
+            if (mark === STREAM_MARKS.chunk) {
+              const chunk = message.json<{ delta?: string }>();
+              if (chunk.delta === undefined || chunk.delta === '') return;
+              const now = performance.now();
+              if (chunks === 0) ttftMs = now - start;
+              else gapsMs.push(now - last);
+              last = now;
+              chunks++;
+            } else if (mark === STREAM_MARKS.end) {
+              finish(chunks === 0 ? new GatewayCallError('no_chunks') : undefined);
+            } else if (mark === STREAM_MARKS.error) {
+              const parsed = message.json<{ error?: { code?: string } }>();
+              finish(new GatewayCallError(parsed.error?.code ?? 'error'));
+            }
+            // Heartbeats need no answer: our subscription existing is what tells the worker we are here.
+          },
+        });
+        connection.publish(subject, bodyFor(streamBodies, model, true), { reply: inbox });
+      });
+    },
+    async close() {},
+  };
+}

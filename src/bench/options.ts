@@ -1,0 +1,130 @@
+/** Command-line options of `npm run bench` (run.ts). */
+import { parseArgs } from 'node:util';
+import { TARGETS, type Target } from './load-protocol.js';
+
+export const SECTIONS = ['closed', 'open', 'stream', 'memory', 'soak'] as const;
+export type Section = (typeof SECTIONS)[number];
+
+export const LAYOUTS = ['split', 'worker-alone', 'none'] as const;
+export type Layout = (typeof LAYOUTS)[number];
+
+export interface BenchOptions {
+  quick: boolean;
+  sections: Section[];
+  targets: Target[];
+  durationMs: number;
+  warmupMs: number;
+  concurrencies: number[];
+  rates: number[];
+  soakSeconds: number;
+  soakRate: number;
+  streamCount: number;
+  inFlight: number;
+  workers: number;
+  layout: Layout;
+  cpuProf: boolean;
+  outDir: string;
+  chartPath: string | undefined;
+  help: boolean;
+}
+
+export const HELP = `npm run bench -- [options]
+
+Runs nats-server, the llm-proxy worker, a fake OpenAI upstream, three floors
+(direct HTTP, NATS echo, bare forwarder) and a load generator as separate
+processes, and measures them back to back.
+
+Options:
+  --quick                 short smoke run (~1 minute)
+  --only <sections>       comma list of: ${SECTIONS.join(', ')} (default: all)
+  --targets <targets>     comma list of: ${TARGETS.join(', ')} (default: all)
+  --duration-ms <n>       length of each measured run (default 5000; quick 1000)
+  --warmup-ms <n>         unmeasured warm-up before each run (default 1000; quick 300)
+  --concurrency <list>    closed-loop concurrencies (default 1,16,64,256; quick 1,64)
+  --rates <list>          open-loop request rates per second (default 500,1000,2000,3000; quick 500,1000)
+  --soak-seconds <n>      soak length (default 60; quick 10)
+  --soak-rate <n>         soak request rate per second (default 500)
+  --stream-count <n>      streams per streaming run (default 200; quick 50)
+  --in-flight <n>         requests held in flight for the memory section (default 1000)
+  --workers <n>           llm-proxy worker processes (default 1)
+  --layout <layout>       CPU pinning: split (worker + nats-server on core 0, load generator +
+                          upstream on core 1), worker-alone (worker on core 0, the rest on core 1),
+                          none (default split)
+  --cpu-prof              profile the worker (--cpu-prof into <out>/prof) and print its top self-time
+  --out <dir>             results directory (default bench-results)
+  --chart <path>          SVG chart path (default docs/bench/latency.svg; "none" to skip)
+  --help                  this text
+`;
+
+function parseList(text: string, name: string): number[] {
+  const values = text.split(',').map((part) => Number(part.trim()));
+  if (values.length === 0 || values.some((value) => !Number.isFinite(value) || value <= 0)) {
+    throw new Error(`--${name} wants a comma list of positive numbers, got "${text}"`);
+  }
+  return values;
+}
+
+function parsePositive(text: string | undefined, name: string, fallback: number): number {
+  if (text === undefined) return fallback;
+  const value = Number(text);
+  if (!Number.isFinite(value) || value <= 0) throw new Error(`--${name} wants a positive number, got "${text}"`);
+  return value;
+}
+
+function parseNames<T extends string>(text: string | undefined, allowed: readonly T[], name: string): T[] {
+  if (text === undefined) return [...allowed];
+  const names = text.split(',').map((part) => part.trim()).filter((part) => part !== '');
+  for (const entry of names) {
+    if (!(allowed as readonly string[]).includes(entry)) throw new Error(`--${name}: unknown "${entry}" (choose from ${allowed.join(', ')})`);
+  }
+  return names as T[];
+}
+
+export function parseBenchOptions(argv: string[]): BenchOptions {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      quick: { type: 'boolean', default: false },
+      only: { type: 'string' },
+      targets: { type: 'string' },
+      'duration-ms': { type: 'string' },
+      'warmup-ms': { type: 'string' },
+      concurrency: { type: 'string' },
+      rates: { type: 'string' },
+      'soak-seconds': { type: 'string' },
+      'soak-rate': { type: 'string' },
+      'stream-count': { type: 'string' },
+      'in-flight': { type: 'string' },
+      workers: { type: 'string' },
+      layout: { type: 'string' },
+      'cpu-prof': { type: 'boolean', default: false },
+      out: { type: 'string' },
+      chart: { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+  });
+  const quick = values.quick === true;
+  const layout = values.layout ?? 'split';
+  if (!(LAYOUTS as readonly string[]).includes(layout)) throw new Error(`--layout: unknown "${layout}" (choose from ${LAYOUTS.join(', ')})`);
+  const chart = values.chart ?? 'docs/bench/latency.svg';
+  return {
+    quick,
+    sections: parseNames(values.only, SECTIONS, 'only'),
+    targets: parseNames(values.targets, TARGETS, 'targets'),
+    durationMs: parsePositive(values['duration-ms'], 'duration-ms', quick ? 1_000 : 5_000),
+    warmupMs: values['warmup-ms'] === '0' ? 0 : parsePositive(values['warmup-ms'], 'warmup-ms', quick ? 300 : 1_000),
+    concurrencies: values.concurrency === undefined ? (quick ? [1, 64] : [1, 16, 64, 256]) : parseList(values.concurrency, 'concurrency'),
+    rates: values.rates === undefined ? (quick ? [500, 1000] : [500, 1000, 2000, 3000]) : parseList(values.rates, 'rates'),
+    soakSeconds: parsePositive(values['soak-seconds'], 'soak-seconds', quick ? 10 : 60),
+    soakRate: parsePositive(values['soak-rate'], 'soak-rate', 500),
+    streamCount: parsePositive(values['stream-count'], 'stream-count', quick ? 50 : 200),
+    inFlight: parsePositive(values['in-flight'], 'in-flight', 1_000),
+    workers: parsePositive(values.workers, 'workers', 1),
+    layout: layout as Layout,
+    cpuProf: values['cpu-prof'] === true,
+    outDir: values.out ?? 'bench-results',
+    chartPath: chart === 'none' ? undefined : chart,
+    help: values.help === true,
+  };
+}

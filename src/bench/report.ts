@@ -1,0 +1,367 @@
+/**
+ * The bench's results (what results.json holds), the figures derived from
+ * them (gateway minus floors, throughput ratio, goals), the Markdown report
+ * and the chart's panels. Pure: no I/O.
+ */
+import type { ProfileSummary } from './cpu-profile.js';
+import type { LoadResult, Target } from './load-protocol.js';
+import type { ProcessUsage } from './proc-stats.js';
+import type { ChartPanel, ChartSeries } from './svg-chart.js';
+
+export interface RunRecord {
+  target: Target;
+  model: string;
+  concurrency?: number;
+  rate?: number;
+  result: LoadResult;
+  /** CPU and RSS of every process during the run, by role (worker, nats-server, upstream, load, echo, bare). */
+  processes: Record<string, ProcessUsage>;
+}
+
+export interface MemoryRecord {
+  target: Target;
+  inFlight: number;
+  rssIdleBytes: number;
+  rssPeakBytes: number;
+  rssAfterBytes: number;
+  result: LoadResult;
+}
+
+export interface SoakRecord {
+  seconds: number;
+  rate: number;
+  errorRate: number;
+  result: LoadResult;
+  rssStartBytes: number;
+  rssEndBytes: number;
+  rssMaxBytes: number;
+  /** Least-squares RSS slope over the second half of the soak. */
+  rssSlopeMiBPerMinute: number;
+  /** RSS every second: [seconds since start, bytes]. */
+  rssSeries: Array<[number, number]>;
+}
+
+export interface BenchResults {
+  startedAt: string;
+  finishedAt: string;
+  machine: { cpus: number; cpuModel: string; node: string; natsServer: string; memoryGiB: number };
+  layout: { name: string; pinned: boolean; cpus: Record<string, string> };
+  options: Record<string, unknown>;
+  gatewayClient: string;
+  closed: RunRecord[];
+  open: RunRecord[];
+  stream: RunRecord[];
+  memory: MemoryRecord[];
+  soak?: SoakRecord;
+  profile?: ProfileSummary & { files: string[] };
+}
+
+export const TARGET_LABELS: Record<Target, string> = {
+  direct: 'direct HTTP (floor 1)',
+  echo: 'NATS echo (floor 2)',
+  bare: 'bare forwarder (floor 3)',
+  gateway: 'llm-proxy',
+};
+
+/** The process that serves each target, whose CPU and RSS the tables show. */
+export const SERVING_PROCESS: Record<Target, string> = {
+  direct: 'upstream',
+  echo: 'echo',
+  bare: 'bare',
+  gateway: 'worker',
+};
+
+const TARGET_COLORS: Record<Target, string> = { direct: '#2ca02c', echo: '#7f7f7f', bare: '#1f77b4', gateway: '#d62728' };
+
+export interface Goals {
+  /** Peak gateway throughput / peak bare-forwarder throughput, zero-delay upstream, closed loop. */
+  throughputRatio: number | undefined;
+  gatewayPeak: number | undefined;
+  barePeak: number | undefined;
+  /** Open loop at the rate nearest 1,000 req/s: gateway minus bare forwarder. */
+  rateForAdded: number | undefined;
+  addedP50Ms: number | undefined;
+  addedP99Ms: number | undefined;
+}
+
+function peakThroughput(records: RunRecord[], target: Target): number | undefined {
+  const values = records.filter((record) => record.target === target).map((record) => record.result.throughput);
+  return values.length === 0 ? undefined : Math.max(...values);
+}
+
+export function computeGoals(results: Pick<BenchResults, 'closed' | 'open'>): Goals {
+  const gatewayPeak = peakThroughput(results.closed, 'gateway');
+  const barePeak = peakThroughput(results.closed, 'bare');
+  const rates = [...new Set(results.open.map((record) => record.rate ?? 0))];
+  const rateForAdded = rates.length === 0 ? undefined : rates.reduce((best, rate) => (Math.abs(rate - 1000) < Math.abs(best - 1000) ? rate : best));
+  const atRate = (target: Target): RunRecord | undefined => results.open.find((record) => record.target === target && record.rate === rateForAdded);
+  const gateway = atRate('gateway');
+  const bare = atRate('bare');
+  return {
+    throughputRatio: gatewayPeak !== undefined && barePeak !== undefined && barePeak > 0 ? gatewayPeak / barePeak : undefined,
+    gatewayPeak,
+    barePeak,
+    rateForAdded,
+    addedP50Ms: gateway !== undefined && bare !== undefined ? gateway.result.latency.p50 - bare.result.latency.p50 : undefined,
+    addedP99Ms: gateway !== undefined && bare !== undefined ? gateway.result.latency.p99 - bare.result.latency.p99 : undefined,
+  };
+}
+
+export function formatMs(value: number | undefined): string {
+  if (value === undefined || !Number.isFinite(value)) return '–';
+  const absolute = Math.abs(value);
+  if (absolute >= 100) return value.toFixed(0);
+  if (absolute >= 10) return value.toFixed(1);
+  if (absolute >= 1) return value.toFixed(2);
+  return value.toFixed(3);
+}
+
+function formatRate(value: number | undefined): string {
+  return value === undefined || !Number.isFinite(value) ? '–' : Math.round(value).toLocaleString('en-US');
+}
+
+function formatMiB(bytes: number | undefined): string {
+  return bytes === undefined || !Number.isFinite(bytes) ? '–' : (bytes / 1024 / 1024).toFixed(1);
+}
+
+function formatPercent(value: number | undefined): string {
+  return value === undefined || !Number.isFinite(value) ? '–' : `${value.toFixed(0)}%`;
+}
+
+function formatErrors(result: LoadResult): string {
+  const entries = Object.entries(result.errors);
+  if (entries.length === 0) return '0';
+  return entries.map(([code, count]) => `${count} ${code}`).join(', ');
+}
+
+function table(header: string[], rows: string[][]): string {
+  const lines = [`| ${header.join(' | ')} |`, `|${header.map((cell, index) => (index === 0 ? ' --- ' : ' ---: ')).join('|')}|`];
+  for (const row of rows) lines.push(`| ${row.join(' | ')} |`);
+  return lines.join('\n');
+}
+
+function serving(record: RunRecord): ProcessUsage | undefined {
+  return record.processes[SERVING_PROCESS[record.target]];
+}
+
+export function renderMarkdown(results: BenchResults): string {
+  const parts: string[] = [];
+  const goals = computeGoals(results);
+  parts.push(`## llm-proxy bench (${results.startedAt})`);
+  parts.push(
+    `Machine: ${results.machine.cpus} × ${results.machine.cpuModel}, ${results.machine.memoryGiB.toFixed(0)} GiB, Node ${results.machine.node}, ${results.machine.natsServer}. ` +
+      `Layout: ${results.layout.name}${results.layout.pinned ? '' : ' (not pinned)'}: ${Object.entries(results.layout.cpus)
+        .map(([role, cpus]) => `${role} → cpu ${cpus}`)
+        .join(', ')}. Gateway called through: ${results.gatewayClient}.`,
+  );
+  parts.push(
+    'Latencies in ms. Closed loop: each of N callers sends its next request when the previous answer arrives. ' +
+      'Open loop: requests sent on a fixed clock; latency counts from the intended send time, so queueing shows. ' +
+      '"CPU" and "RSS" are those of the process serving the target (upstream, echo replier, bare forwarder, worker); CPU 100% = one core.',
+  );
+
+  if (results.closed.length > 0) {
+    parts.push('### Closed loop (zero-delay upstream)');
+    parts.push(
+      table(
+        ['target', 'conc.', 'req/s', 'p50', 'p90', 'p99', 'max', 'errors', 'CPU', 'RSS MiB', 'nats CPU'],
+        results.closed.map((record) => [
+          TARGET_LABELS[record.target],
+          String(record.concurrency ?? ''),
+          formatRate(record.result.throughput),
+          formatMs(record.result.latency.p50),
+          formatMs(record.result.latency.p90),
+          formatMs(record.result.latency.p99),
+          formatMs(record.result.latency.max),
+          formatErrors(record.result),
+          formatPercent(serving(record)?.cpuPercent),
+          formatMiB(serving(record)?.rssMaxBytes),
+          formatPercent(record.processes['nats-server']?.cpuPercent),
+        ]),
+      ),
+    );
+  }
+
+  if (results.open.length > 0) {
+    parts.push('### Open loop (zero-delay upstream)');
+    parts.push(
+      table(
+        ['target', 'offered/s', 'done/s', 'p50', 'p90', 'p99', 'max', 'errors', 'CPU', 'RSS MiB', 'send lag p99'],
+        results.open.map((record) => [
+          TARGET_LABELS[record.target],
+          formatRate(record.rate),
+          formatRate(record.result.throughput),
+          formatMs(record.result.latency.p50),
+          formatMs(record.result.latency.p90),
+          formatMs(record.result.latency.p99),
+          formatMs(record.result.latency.max),
+          formatErrors(record.result),
+          formatPercent(serving(record)?.cpuPercent),
+          formatMiB(serving(record)?.rssMaxBytes),
+          formatMs(record.result.sendLag?.p99),
+        ]),
+      ),
+    );
+    const rates = [...new Set(results.open.map((record) => record.rate ?? 0))];
+    const find = (target: Target, rate: number): RunRecord | undefined => results.open.find((record) => record.target === target && record.rate === rate);
+    const rows: string[][] = [];
+    for (const rate of rates) {
+      const gateway = find('gateway', rate);
+      if (gateway === undefined) continue;
+      for (const floor of ['bare', 'echo', 'direct'] as const) {
+        const floorRecord = find(floor, rate);
+        if (floorRecord === undefined) continue;
+        rows.push([
+          `${formatRate(rate)} req/s`,
+          TARGET_LABELS[floor],
+          formatMs(gateway.result.latency.p50 - floorRecord.result.latency.p50),
+          formatMs(gateway.result.latency.p90 - floorRecord.result.latency.p90),
+          formatMs(gateway.result.latency.p99 - floorRecord.result.latency.p99),
+        ]);
+      }
+    }
+    if (rows.length > 0) {
+      parts.push('### Added latency: llm-proxy minus each floor (open loop)');
+      parts.push(table(['rate', 'floor', 'Δp50', 'Δp90', 'Δp99'], rows));
+    }
+  }
+
+  if (results.stream.length > 0) {
+    parts.push('### Streaming (20 chunks, 10 ms apart, from the upstream)');
+    parts.push(
+      table(
+        ['target', 'concurrency', 'streams', 'TTFT p50', 'TTFT p99', 'gap p50', 'gap p99', 'gap max', 'whole p50', 'chunks/stream', 'errors'],
+        results.stream.map((record) => [
+          TARGET_LABELS[record.target],
+          String(record.concurrency ?? ''),
+          String(record.result.ok),
+          formatMs(record.result.ttft?.p50),
+          formatMs(record.result.ttft?.p99),
+          formatMs(record.result.chunkGap?.p50),
+          formatMs(record.result.chunkGap?.p99),
+          formatMs(record.result.chunkGap?.max),
+          formatMs(record.result.latency.p50),
+          (record.result.chunksPerStream ?? 0).toFixed(1),
+          formatErrors(record.result),
+        ]),
+      ),
+    );
+  }
+
+  if (results.memory.length > 0) {
+    parts.push('### Memory with requests in flight (upstream answers after 2 s)');
+    parts.push(
+      table(
+        ['target', 'in flight', 'RSS idle MiB', 'RSS peak MiB', 'RSS after MiB', 'ok', 'errors', 'p50'],
+        results.memory.map((record) => [
+          TARGET_LABELS[record.target],
+          String(record.inFlight),
+          formatMiB(record.rssIdleBytes),
+          formatMiB(record.rssPeakBytes),
+          formatMiB(record.rssAfterBytes),
+          String(record.result.ok),
+          formatErrors(record.result),
+          formatMs(record.result.latency.p50),
+        ]),
+      ),
+    );
+  }
+
+  if (results.soak !== undefined) {
+    const soak = results.soak;
+    parts.push(`### Soak: llm-proxy, ${soak.seconds} s at ${soak.rate} req/s, ${(soak.errorRate * 100).toFixed(0)}% upstream 500s`);
+    parts.push(
+      table(
+        ['ok', 'errors', 'p50', 'p99', 'RSS start MiB', 'RSS end MiB', 'RSS max MiB', 'RSS slope (2nd half)'],
+        [
+          [
+            String(soak.result.ok),
+            formatErrors(soak.result),
+            formatMs(soak.result.latency.p50),
+            formatMs(soak.result.latency.p99),
+            formatMiB(soak.rssStartBytes),
+            formatMiB(soak.rssEndBytes),
+            formatMiB(soak.rssMaxBytes),
+            Number.isFinite(soak.rssSlopeMiBPerMinute) ? `${soak.rssSlopeMiBPerMinute.toFixed(2)} MiB/min` : '–',
+          ],
+        ],
+      ),
+    );
+  }
+
+  const goalLines: string[] = [];
+  if (goals.throughputRatio !== undefined) {
+    goalLines.push(
+      `- Throughput, zero-delay upstream: llm-proxy peak ${formatRate(goals.gatewayPeak)} req/s vs bare forwarder ${formatRate(goals.barePeak)} req/s = ` +
+        `**${(goals.throughputRatio * 100).toFixed(0)}%** (goal ≥ 85%: ${goals.throughputRatio >= 0.85 ? 'met' : 'not met'}).`,
+    );
+  }
+  if (goals.addedP50Ms !== undefined && goals.addedP99Ms !== undefined) {
+    goalLines.push(
+      `- Added latency at ${formatRate(goals.rateForAdded)} req/s (llm-proxy minus bare forwarder): p50 **${formatMs(goals.addedP50Ms)} ms** (goal ≤ 0.1: ${goals.addedP50Ms <= 0.1 ? 'met' : 'not met'}), ` +
+        `p99 **${formatMs(goals.addedP99Ms)} ms** (goal ≤ 0.5: ${goals.addedP99Ms <= 0.5 ? 'met' : 'not met'}).`,
+    );
+  }
+  if (goalLines.length > 0) {
+    parts.push('### Goals (issue 7)');
+    parts.push(goalLines.join('\n'));
+  }
+
+  if (results.profile !== undefined) {
+    const profile = results.profile;
+    parts.push(`### Worker CPU profile: top self time (${formatMs(profile.busyMs)} ms busy of ${formatMs(profile.totalMs)} ms sampled)`);
+    parts.push(
+      table(
+        ['function', 'where', 'self ms', '% of busy'],
+        profile.entries.map((entry) => [
+          `\`${entry.functionName}\``,
+          entry.url === '' ? '(native)' : `${entry.url}:${entry.lineNumber}`,
+          formatMs(entry.selfMs),
+          `${entry.percentOfBusy.toFixed(1)}%`,
+        ]),
+      ),
+    );
+  }
+  return parts.join('\n\n') + '\n';
+}
+
+/** Two panels: open-loop p50/p99 against offered rate, closed-loop p50 against achieved throughput. */
+export function chartPanels(results: Pick<BenchResults, 'closed' | 'open'>): ChartPanel[] {
+  const targets = [...new Set([...results.open, ...results.closed].map((record) => record.target))];
+  const openSeries: ChartSeries[] = [];
+  const closedSeries: ChartSeries[] = [];
+  for (const target of targets) {
+    const open = results.open.filter((record) => record.target === target).sort((left, right) => (left.rate ?? 0) - (right.rate ?? 0));
+    if (open.length > 0) {
+      openSeries.push({ name: `${TARGET_LABELS[target]} p50`, color: TARGET_COLORS[target], points: open.map((record) => ({ x: record.rate ?? 0, y: record.result.latency.p50 })) });
+      openSeries.push({
+        name: `${TARGET_LABELS[target]} p99`,
+        color: TARGET_COLORS[target],
+        dashed: true,
+        points: open.map((record) => ({ x: record.rate ?? 0, y: record.result.latency.p99 })),
+      });
+    }
+    const closed = results.closed.filter((record) => record.target === target).sort((left, right) => (left.concurrency ?? 0) - (right.concurrency ?? 0));
+    if (closed.length > 0) {
+      closedSeries.push({
+        name: `${TARGET_LABELS[target]} p50`,
+        color: TARGET_COLORS[target],
+        points: closed.map((record) => ({ x: record.result.throughput, y: record.result.latency.p50 })),
+      });
+    }
+  }
+  const panels: ChartPanel[] = [];
+  if (openSeries.length > 0) {
+    panels.push({ title: 'Open loop: latency vs offered load', xLabel: 'offered load (requests/s)', yLabel: 'latency (ms, log)', yScale: 'log', series: openSeries });
+  }
+  if (closedSeries.length > 0) {
+    panels.push({
+      title: 'Closed loop: p50 vs throughput (points: concurrency)',
+      xLabel: 'throughput (requests/s)',
+      yLabel: 'p50 latency (ms, log)',
+      yScale: 'log',
+      series: closedSeries,
+    });
+  }
+  return panels;
+}
