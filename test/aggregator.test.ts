@@ -352,3 +352,90 @@ test('10,000 events, 3 publishers, duplicates, a crash and a late second aggrega
     await server.dispose();
   }
 });
+
+test('a stopped aggregator resumes from its snapshot, counts what was sent meanwhile, and a new one adopts the snapshot', { timeout: 60_000 }, async () => {
+  const server = await startNatsServer();
+  const connections: NatsConnection[] = [];
+  try {
+    const worker = await connect({ servers: server.url, name: 'worker' });
+    connections.push(worker);
+    await ensureUsageStream(await jetstreamManager(worker), usageStream, 'llm');
+    const events = makeEvents(600);
+    const publish = (list: UsageEvent[]) => publishAll(worker, list.map((event) => ({ event, msgID: event.request_id })));
+
+    let first = await startAggregator(server, { instance_id: 'solo' }, connections);
+    await publish(events.slice(0, 300));
+    await first.aggregator.waitForSeq(300);
+    await first.aggregator.stop();
+    assert.equal(first.aggregator.lastSnapshot?.seq, 300, 'a graceful stop saves a snapshot covering everything applied');
+
+    // Down for a while: these events wait in the stream.
+    await publish(events.slice(300, 600));
+    // Second copies of already-counted events, stored by the stream (new message ids): remembered through the snapshot.
+    await publishAll(worker, events.slice(0, 20).map((event) => ({ event, msgID: `${event.request_id}#retry` })));
+
+    first = await startAggregator(server, { instance_id: 'solo' }, connections);
+    assert.deepEqual(first.aggregator.startPoint, { snapshot: 'own', snapshotInstance: 'solo', snapshotSeq: 300, startSeq: 301 }, 'no replay of what the snapshot holds');
+    assert.equal(first.aggregator.appliedSeq() >= 300, true);
+    await first.aggregator.waitForSeq(620);
+    assert.equal(first.aggregator.status().events, 600);
+    assert.equal(first.aggregator.status().duplicates, 20);
+    assertMatchesHand(first.aggregator.query({ group_by: ['agent', 'model'] }) as unknown as Record<string, unknown>, handCompute(events, { group_by: ['agent', 'model'] }), 'after the gap');
+    const saved = await first.aggregator.snapshot();
+    assert.equal(saved.seq, 620);
+
+    // A new instance, no snapshot of its own, same bucket: it takes the most advanced snapshot instead of replaying.
+    const late = await startAggregator(server, { instance_id: 'newcomer' }, connections);
+    assert.deepEqual(late.aggregator.startPoint, { snapshot: 'adopted', snapshotInstance: 'solo', snapshotSeq: 620, startSeq: 621 });
+    assert.deepEqual(late.aggregator.query({ group_by: 'hour' }), first.aggregator.query({ group_by: 'hour' }));
+
+    // The durable consumer carries the instance's name and resumes after the snapshot.
+    const manager = await jetstreamManager(worker);
+    const info = await manager.consumers.info(usageStream.name, 'llm-usage-newcomer');
+    assert.equal(info.config.opt_start_seq, 621);
+    assert.equal(info.config.ack_policy, 'explicit');
+
+    await Promise.all([first.aggregator.stop(), late.aggregator.stop()]);
+  } finally {
+    await Promise.all(connections.map((connection) => connection.close().catch(() => undefined)));
+    await server.dispose();
+  }
+});
+
+test('bad queries get invalid_request naming the field, with the service error headers', { timeout: 60_000 }, async () => {
+  const server = await startNatsServer();
+  const connections: NatsConnection[] = [];
+  try {
+    const client = await connect({ servers: server.url, name: 'client' });
+    connections.push(client);
+    const { aggregator } = await startAggregator(server, { instance_id: 'q' }, connections);
+    const cases: Array<{ body: unknown; field: string }> = [
+      { body: { group_by: 'week' }, field: 'group_by' },
+      { body: { group_by: ['model', 'moon'] }, field: 'group_by' },
+      { body: { since: 'yesterday' }, field: 'since' },
+      { body: { until: '2026-13-45' }, field: 'until' },
+      { body: { since: '1d', until: '2d' }, field: 'since' },
+      { body: { agent: 'agent:sofia' }, field: '"agent"' },
+      { body: { agent_id: 7 }, field: 'agent_id' },
+      { body: '{"since": ', field: 'JSON' },
+      { body: '[1,2]', field: 'JSON object' },
+    ];
+    for (const { body, field } of cases) {
+      const { reply, body: answer } = await askUsage(client, body);
+      const error = (answer as { error?: { code: string; status: number; message: string } }).error;
+      assert.equal(error?.code, 'invalid_request', JSON.stringify(body));
+      assert.equal(error?.status, 400);
+      assert.ok(error?.message.includes(field), `${JSON.stringify(body)} → ${error?.message}`);
+      assert.equal(reply.headers?.get('Nats-Service-Error-Code'), '400');
+      assert.equal(reply.headers?.get('Nats-Service-Error'), error?.message);
+    }
+    // An empty body is the all-time totals.
+    const { body: empty } = await askUsage(client, '');
+    assert.equal(empty.total_requests, 0);
+    assert.deepEqual(empty.groups, []);
+    await aggregator.stop();
+  } finally {
+    await Promise.all(connections.map((connection) => connection.close().catch(() => undefined)));
+    await server.dispose();
+  }
+});

@@ -247,6 +247,8 @@ export class UsageAggregator {
         this.answer(message);
       },
     });
+    // Once the server has our subscription, a query sent right after start finds a responder.
+    await connection.flush();
     return service;
   }
 

@@ -1,0 +1,87 @@
+/**
+ * `llm-proxy aggregator`: the usage aggregator. Consumes LLM_USAGE, keeps the
+ * rollups (snapshotted to KV) and answers `llm.proxy.usage` in the
+ * `llm-usage` queue group. Run as many as you like; each has the full picture.
+ */
+import { hostname } from 'node:os';
+import { parseArgs } from 'node:util';
+import type { Command } from '../command.js';
+import { UsageError } from '../command.js';
+import { connectToNats } from '../../bus/connect.js';
+import { configPathFromEnv, loadConfigFile } from '../../config/index.js';
+import { createLogger } from '../../telemetry/logger.js';
+import { UsageAggregator } from '../../aggregator/aggregator.js';
+
+const help = `Usage: llm-proxy aggregator [--config config.yaml]
+
+Consumes the usage stream (nats.usage_stream, default LLM_USAGE) through a
+durable consumer of its own, counts every request once (by request_id), keeps
+rollups per agent, microDAO, model, provider and hour, snapshots them to a KV
+bucket, and answers usage queries on <prefix>.proxy.usage (queue group
+llm-usage; discoverable with \`nats micro ls\`).
+
+Options:
+  --config PATH   config file (default: $LLM_PROXY_CONFIG, else config.yaml)
+
+config.yaml, section "aggregator" (all optional):
+  instance_id                  stable id of this instance (default: the host name)
+  durable_name                 its durable consumer (default: llm-usage-<instance_id>)
+  snapshot_bucket              KV bucket of snapshots (default: LLM_USAGE_SNAPSHOTS)
+  snapshot_interval_ms         how often to snapshot, e.g. 60s (default), also on shutdown
+  dedup_horizon                how long request ids are remembered (default: 24h)
+  consumer_inactive_threshold  an unused durable is removed after (default: 7d)
+
+Every instance needs its own instance_id (two processes with one id would
+take each other's durable consumer). SIGTERM/SIGINT: leave the queue group,
+save a last snapshot, exit.
+
+Environment: NATS_URL, NATS credentials (see nats.* in config.yaml), LLM_PROXY_CONFIG.
+`;
+
+async function run(argv: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({ args: argv, allowPositionals: false, strict: true, options: { config: { type: 'string' } } }));
+  } catch (error) {
+    throw new UsageError(error instanceof Error ? error.message : String(error));
+  }
+  const config = loadConfigFile(values.config ?? configPathFromEnv());
+  const logger = createLogger({ level: config.logging.level, base: { role: 'aggregator' } });
+  const connection = await connectToNats({ nats: config.nats, name: `llm-proxy-aggregator@${hostname()}` });
+  const aggregator = await UsageAggregator.start({
+    connection,
+    subjectPrefix: config.nats.subject_prefix,
+    usageStream: config.nats.usage_stream,
+    aggregator: config.aggregator,
+    logger,
+  });
+
+  const stopped = new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      logger.info({ signal }, 'aggregator stopping');
+      aggregator
+        .stop()
+        .then(() => connection.drain())
+        .then(
+          () => resolve(0),
+          (error: unknown) => {
+            logger.error({ err: error }, 'aggregator did not stop cleanly');
+            resolve(1);
+          },
+        );
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  return stopped;
+}
+
+export const command: Command = {
+  name: 'aggregator',
+  summary: 'run a usage aggregator (rollups, snapshots, llm.proxy.usage)',
+  help,
+  run,
+};
