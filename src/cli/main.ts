@@ -11,6 +11,8 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   models: () => import('./commands/models.js'),
   tail: () => import('./commands/tail.js'),
   'check-config': () => import('./commands/check-config.js'),
+  aggregator: () => import('./commands/aggregator.js'),
+  usage: () => import('./commands/usage.js'),
 };
 
 function printOverview(): void {
