@@ -67,18 +67,25 @@ async function connectRedis(url: string, timeoutMs: number): Promise<Redis> {
   });
   // Connection errors surface as failed commands (counted there); without a listener ioredis prints each retry.
   client.on('error', () => undefined);
-  if (client.status !== 'ready') {
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(done, timeoutMs);
-      function done() {
-        clearTimeout(timer);
-        client.off('ready', done);
-        resolve();
-      }
-      client.once('ready', done);
-    });
-  }
   return client;
+}
+
+/**
+ * Give a connecting client up to `timeoutMs` to be ready, so that the first
+ * admissions are not failed by a connection still being set up. A Redis that
+ * is down does not stop the worker: the store policy covers it.
+ */
+async function awaitReady(client: Redis, timeoutMs: number): Promise<void> {
+  if (client.status === 'ready') return;
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(done, timeoutMs);
+    function done() {
+      clearTimeout(timer);
+      client.off('ready', done);
+      resolve();
+    }
+    client.once('ready', done);
+  });
 }
 
 function scopeName(scope: Scope): string {
@@ -176,6 +183,7 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
       break;
     case 'redis': {
       const client = deps.redis ?? (await connectRedis(redisUrlFor(config, deps.env), config.store_timeout_ms));
+      await awaitReady(client, config.store_timeout_ms);
       store = createRedisStore({ client, keyPrefix: config.redis_key_prefix, ownsClient: deps.redis === undefined });
       break;
     }
