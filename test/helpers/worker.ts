@@ -56,7 +56,7 @@ export function testConfig(urls: { openai?: string; ollama?: string }, overrides
     ...overrides,
     providers: { ...providers, ...(overrides.providers ?? {}) },
     models: { ...models, ...(overrides.models ?? {}) },
-    routing: { retry: { attempts: 1 }, ...(overrides.routing ?? {}) },
+    routing: { retry: { attempts: 1 }, cooldown: { failures: 1_000 }, ...(overrides.routing ?? {}) },
     worker: { heartbeat_ms: 200, drain_timeout_ms: 10_000, ...(overrides.worker ?? {}) },
     logging: { level: 'info', ...(overrides.logging ?? {}) },
   };
