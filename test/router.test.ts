@@ -192,6 +192,27 @@ describe('router over HTTP', () => {
     assert.ok(Math.abs((counts.alpha ?? 0) - 750) <= 40, JSON.stringify(counts));
   });
 
+  it('lowest-latency prefers the faster deployment and, exploring, notices when the other recovers', async () => {
+    const { router } = makeRouter(
+      { m: { deployments: [{ provider: 'alpha', physical_name: 'a' }, { provider: 'beta', physical_name: 'b' }], routing: { strategy: 'lowest-latency' } } },
+      { exploration: 0.2 },
+      5,
+    );
+    fake('alpha').setDefault(fakeBehaviours.slowHeaders(120));
+    let alphaServed = 0;
+    for (let index = 0; index < 40; index++) if ((await router.chat(call('m'))).target.provider === 'alpha') alphaServed++;
+    assert.ok(alphaServed <= 12, `the slow one serves little (${alphaServed}/40)`);
+    fake('alpha').setDefault(fakeBehaviours.ok());
+    fake('beta').setDefault(fakeBehaviours.slowHeaders(120));
+    let lastTen = 0;
+    for (let index = 0; index < 60; index++) {
+      const served = (await router.chat(call('m'))).target.provider;
+      if (index >= 50 && served === 'alpha') lastTen++;
+    }
+    assert.ok(lastTen >= 7, `alpha, fast again, is found (${lastTen}/10 of the last requests)`);
+    assert.ok((router.health()[0]?.ewma_latency_ms ?? Infinity) < (router.health()[1]?.ewma_latency_ms ?? 0));
+  });
+
   it('the request deadline wins over retries and fallbacks', async () => {
     const { router } = makeRouter(
       { m: { provider: 'alpha', physical_name: 'a', fallbacks: ['n'] }, n: { provider: 'beta', physical_name: 'b' } },

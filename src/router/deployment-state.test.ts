@@ -48,6 +48,13 @@ describe('DeploymentState cooldown', () => {
     assert.equal(long.cooldownUntil, 61_000);
   });
 
+  it('a cooldown forgets the latency average, so that the deployment is measured anew', () => {
+    const state = new DeploymentState('p', 'm', policy);
+    state.recordSuccess(100);
+    state.recordFailure(1_000, new ProxyError('rate_limited', 'x'));
+    assert.equal(state.ewmaLatencyMs, undefined);
+  });
+
   it('a later, shorter cooldown does not shorten one running', () => {
     const state = new DeploymentState('p', 'm', policy);
     state.recordFailure(1_000, new ProxyError('rate_limited', 'x', { retryAfterMs: 100_000 }));

@@ -76,7 +76,9 @@ export class DeploymentState {
   private startCooldown(now: number, durationMs: number): void {
     // Never shorten a cooldown already running (a later, shorter Retry-After).
     this.cooldownUntil = Math.max(this.cooldownUntil, now + durationMs);
-    // After the cooldown the deployment starts afresh: one more failure must not take it out again.
+    // After the cooldown the deployment starts afresh: one more failure must not take it out again,
+    // and its old latency (likely of timeouts) must not keep lowest-latency from measuring it anew.
     this.failureTimes.length = 0;
+    this.ewmaLatencyMs = undefined;
   }
 }

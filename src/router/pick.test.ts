@@ -117,6 +117,15 @@ describe('lowest-latency', () => {
     assert.deepEqual(counts, { slow: 0, fast: 100 });
   });
 
+  it('probes an unmeasured deployment with one request at a time', () => {
+    const known = candidate('known');
+    const fresh = candidate('fresh');
+    known.state.recordSuccess(100);
+    assert.equal(pickDeployment([known, fresh], options({ strategy: 'lowest-latency' }))?.name, 'fresh');
+    fresh.state.inFlight = 1;
+    assert.equal(pickDeployment([known, fresh], options({ strategy: 'lowest-latency' }))?.name, 'known');
+  });
+
   it('explores: a slow (or recovered) deployment still gets about the exploration share', () => {
     const fast = candidate('fast');
     const slow = candidate('slow');

@@ -112,13 +112,19 @@ function pickLeastInFlight<T extends Candidate>(candidates: readonly T[], option
   return best;
 }
 
-/** Lowest average latency; a deployment never measured goes first, so that every one gets measured. */
+/**
+ * Lowest average latency. A deployment never measured (new, or back from a
+ * cooldown, which forgets the old average) goes first so that it gets measured,
+ * but only one request at a time probes it: while the probe is in flight it
+ * ranks last, so a deployment that is still slow does not draw a burst.
+ */
 function pickLowestLatency<T extends Candidate>(candidates: readonly T[], options: PickOptions, pass: number): T | undefined {
   let best: T | undefined;
   let bestLatency = Infinity;
   for (const candidate of candidates) {
     if (!isEligible(candidate, options, pass)) continue;
-    const latency = candidate.state.ewmaLatencyMs ?? -1;
+    const measured = candidate.state.ewmaLatencyMs;
+    const latency = measured ?? (candidate.state.inFlight === 0 ? -1 : Infinity);
     if (best === undefined || latency < bestLatency) {
       best = candidate;
       bestLatency = latency;
