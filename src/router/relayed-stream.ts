@@ -29,8 +29,9 @@ export interface RelayContext {
  * as a ProxyError carrying the attempts; there is no switch to another
  * deployment, because the agent may already have part of the answer. The
  * attempt's signal, timer and in-flight count are released whichever way
- * the stream ends (done, error, or `return()` by a consumer that stops early),
- * even when the consumer never started reading.
+ * the stream ends (done, error, or `return()` by a consumer that stops early,
+ * which works even before the first `next()`). A consumer must read it to the
+ * end or call `return()`: until then the deployment counts the call in flight.
  */
 export class RelayedStream implements AsyncIterableIterator<ProviderStreamEvent> {
   private index = 0;
