@@ -43,6 +43,10 @@ test('ndjson: a last line without newline still counts', () => {
 
 test('ndjson: a line that is not JSON throws NdjsonSyntaxError', () => {
   const parser = new NdjsonParser();
-  assert.throws(() => parser.push('{"a":1}\nnot json\n'), NdjsonSyntaxError);
+  const values: unknown[] = [];
+  assert.throws(() => {
+    for (const value of parser.push('{"a":1}\nnot json\n')) values.push(value);
+  }, NdjsonSyntaxError);
+  assert.deepEqual(values, [{ a: 1 }], 'the good line before the bad one is delivered first');
   assert.throws(() => parseAll(['{"a":']), NdjsonSyntaxError);
 });

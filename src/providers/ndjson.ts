@@ -24,18 +24,20 @@ function parseLine(raw: string): { value: unknown } | undefined {
 export class NdjsonParser {
   private buffer = '';
 
-  /** Feeds a piece of the stream; returns the values of the lines it completed. */
-  push(text: string): unknown[] {
+  /**
+   * Feeds a piece of the stream; yields the values of the lines it completed, one by one, so that
+   * the lines before a bad one are delivered before the error is thrown.
+   */
+  *push(text: string): Generator<unknown> {
     this.buffer += text;
-    const values: unknown[] = [];
     let newline = this.buffer.indexOf('\n');
     while (newline !== -1) {
-      const parsed = parseLine(this.buffer.slice(0, newline));
+      const line = this.buffer.slice(0, newline);
       this.buffer = this.buffer.slice(newline + 1);
-      if (parsed !== undefined) values.push(parsed.value);
+      const parsed = parseLine(line);
+      if (parsed !== undefined) yield parsed.value;
       newline = this.buffer.indexOf('\n');
     }
-    return values;
   }
 
   /** The stream has ended: a last line without a newline still counts. */

@@ -31,14 +31,13 @@ function parseChat(settings: ProviderSettings, json: unknown): ReturnType<typeof
   return parsed.data;
 }
 
-function convertLines(settings: ProviderSettings, values: unknown[], state: OllamaStreamState): ProviderStreamEvent[] {
-  const events: ProviderStreamEvent[] = [];
+/** A generator, so that events before a failing line in the same read still reach the caller first. */
+function* convertLines(settings: ProviderSettings, values: Iterable<unknown>, state: OllamaStreamState): Generator<ProviderStreamEvent> {
   for (const value of values) {
     // Lines after `done: true` would be a server bug; ignore them rather than fail a finished answer.
     if (state.done) continue;
-    events.push(...convertOllamaChunk(parseChat(settings, value), state));
+    yield* convertOllamaChunk(parseChat(settings, value), state);
   }
-  return events;
 }
 
 async function* streamChat(settings: ProviderSettings, call: ProviderCall): AsyncGenerator<ProviderStreamEvent> {

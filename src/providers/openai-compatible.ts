@@ -80,17 +80,16 @@ async function* streamChat(settings: ProviderSettings, call: ProviderCall): Asyn
   const parser = new SseParser();
   const state = createOpenAIStreamState();
   let done = false;
-  const handle = (events: SseEvent[]): ProviderStreamEvent[] => {
-    const out: ProviderStreamEvent[] = [];
+  // A generator, so that events before a failing one in the same read still reach the caller first.
+  function* handle(events: SseEvent[]): Generator<ProviderStreamEvent> {
     for (const event of events) {
       // After [DONE] we only read on so that the connection ends cleanly and goes back to the pool.
       if (done) continue;
       const converted = convertSseEvent(settings, event, state);
       if (converted === 'done') done = true;
-      else out.push(...converted);
+      else yield* converted;
     }
-    return out;
-  };
+  }
   for await (const text of readTextPieces(settings, response, call.signal)) {
     yield* handle(parser.push(text));
   }
