@@ -18,7 +18,7 @@ type Step =
   | { kind: 'fail'; error: () => ProxyError }
   | { kind: 'hang' }
   /** Streams: yields `before` deltas, then throws `error`. */
-  | { kind: 'stream-fail'; before: number; error: () => ProxyError };
+  | { kind: 'stream-fail'; before: number; error: () => ProxyError; emptyFirst?: boolean };
 
 function abortReason(signal: AbortSignal): unknown {
   return signal.reason instanceof ProxyError ? signal.reason : new ProxyError('cancelled', 'cancelled');
@@ -72,6 +72,7 @@ class ScriptedProvider implements Provider {
     if (step.kind === 'fail') throw step.error();
     if (step.kind === 'hang') await waitOrAbort(Infinity, call.signal);
     if (step.kind === 'stream-fail') {
+      if (step.emptyFirst === true) yield { type: 'delta', content: '' };
       for (let index = 0; index < step.before; index++) yield { type: 'delta', content: `${this.name}-${index} ` };
       throw step.error();
     }
@@ -431,6 +432,14 @@ describe('router: streaming', () => {
     assert.equal(stream.attempts[1]?.model_resolved, 'pb-resolved');
     assert.equal(stream.attempts[1]?.completion_tokens, 2);
     assert.equal(router.health()[1]?.in_flight, 0);
+  });
+
+  it('an empty delta (a role-only chunk) does not end the time for fallbacks', async () => {
+    const { router, provider } = setup({ m: { provider: 'a', physical_name: 'pa', fallbacks: ['n'] }, n: { provider: 'b', physical_name: 'pb' } }, { retry: { attempts: 1 } });
+    provider('a').then({ kind: 'stream-fail', before: 0, emptyFirst: true, error: serverError });
+    const stream = await router.stream(call('m'));
+    assert.equal(stream.target.model, 'n');
+    assert.equal(await collect(stream.events), 'b streams');
   });
 
   it('after the first delta a failure is thrown from the iterable, never a switch', async () => {

@@ -406,7 +406,7 @@ const executeStream: Execute<OpenedStream> = async (entry, providerCall) => {
       const event = next.value;
       if (event.type === 'model') modelResolved = event.modelResolved;
       (buffered ??= []).push(event);
-      if (event.type === 'delta') return { iterator, buffered, ended: false, modelResolved };
+      if (event.type === 'delta' && carriesContent(event)) return { iterator, buffered, ended: false, modelResolved };
     }
   } catch (error) {
     await iterator.return?.().catch(() => undefined);
@@ -421,6 +421,11 @@ const executeStream: Execute<OpenedStream> = async (entry, providerCall) => {
  */
 export function isDeploymentFault(error: ProxyError): boolean {
   return error.code === 'upstream_error';
+}
+
+/** An empty delta (a role-only chunk) sends the agent nothing, so it does not end the time for retries. */
+function carriesContent(event: Extract<ProviderStreamEvent, { type: 'delta' }>): boolean {
+  return (event.content ?? '') !== '' || (event.reasoningContent ?? '') !== '' || (event.toolCalls?.length ?? 0) > 0;
 }
 
 function stateName(entry: RouteEntry, now: number): string {
