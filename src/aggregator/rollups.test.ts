@@ -1,0 +1,103 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { UsageEvent } from '../contract/usage-event.js';
+import { counter, UsageRollups, rollupSnapshotSchema, usdToNano } from './rollups.js';
+import { HOUR_MS } from './time-buckets.js';
+
+const T0 = Date.parse('2026-11-27T10:00:00Z');
+const encoder = new TextEncoder();
+
+function event(requestId: string, overrides: Partial<UsageEvent> = {}): UsageEvent {
+  return {
+    v: 1, request_id: requestId, ts: new Date(T0 + 60_000).toISOString(),
+    agent_id: 'agent:sofia', microdao_id: 'microdao:7', channel_id: null,
+    model: 'gpt-4.1-mini', provider: 'openai', model_resolved: 'gpt-4-1106-preview',
+    status: 'ok', error_code: null, prompt_tokens: 25, completion_tokens: 10, total_tokens: 35, tokens_estimated: false,
+    cost_usd: 0.00055, latency_ms: 1234.5, ttft_ms: null, stream: false, cached: false, attempts: 1, worker_id: 'w1',
+    ...overrides,
+  };
+}
+
+function message(seq: number, body: unknown, storedAtMs = T0 + seq * 1000) {
+  return { seq, data: encoder.encode(typeof body === 'string' ? body : JSON.stringify(body)), storedAtMs };
+}
+
+function onlyCell(rollups: UsageRollups) {
+  const cells = [...rollups.hours.values()].flatMap((hour) => [...hour.values()]);
+  assert.equal(cells.length, 1);
+  return cells[0]!;
+}
+
+test('an event is counted once per request id; a replayed sequence is ignored', () => {
+  const rollups = new UsageRollups(24 * HOUR_MS);
+  assert.equal(rollups.apply(message(1, event('r1'))).outcome, 'counted');
+  assert.equal(rollups.apply(message(2, event('r1'))).outcome, 'duplicate');
+  assert.equal(rollups.apply(message(2, event('r2'))).outcome, 'already-applied');
+  assert.equal(rollups.apply(message(3, event('r2', { status: 'error', cached: true, tokens_estimated: true }))).outcome, 'counted');
+  const cell = onlyCell(rollups);
+  assert.equal(counter(cell, 'requests'), 2);
+  assert.equal(counter(cell, 'ok'), 1);
+  assert.equal(counter(cell, 'error'), 1);
+  assert.equal(counter(cell, 'cached'), 1);
+  assert.equal(counter(cell, 'tokens_estimated'), 1);
+  assert.equal(counter(cell, 'total_tokens'), 70);
+  assert.equal(counter(cell, 'cost_nanousd'), 1_100_000);
+  assert.equal(counter(cell, 'latency_us'), 2_469_000);
+  assert.deepEqual(rollups.stats, { events: 2, duplicates: 1, invalid: 0 });
+  assert.equal(rollups.appliedSeq, 3);
+});
+
+test('costs are summed in integer nano-dollars, exactly', () => {
+  assert.equal(usdToNano(0.1) + usdToNano(0.2), usdToNano(0.3));
+  assert.equal(usdToNano(0.00055), 550_000);
+  assert.equal(usdToNano(1.5e-7), 150);
+});
+
+test('request ids are remembered for the dedup horizon of stream time, then forgotten', () => {
+  const rollups = new UsageRollups(2 * HOUR_MS);
+  rollups.apply(message(1, event('r1'), T0));
+  // 1h59m later (stream time): still caught.
+  assert.equal(rollups.apply(message(2, event('r1'), T0 + 2 * HOUR_MS - 60_000)).outcome, 'duplicate');
+  // A later message moves stream time on by 4h: r1's hour is forgotten, its copy would now count.
+  rollups.apply(message(3, event('r3'), T0 + 4 * HOUR_MS));
+  assert.equal(rollups.rememberedIds(), 1);
+  assert.equal(rollups.apply(message(4, event('r1'), T0 + 4 * HOUR_MS)).outcome, 'counted');
+});
+
+test('messages that are not usage events are skipped and counted as invalid', () => {
+  const rollups = new UsageRollups(HOUR_MS);
+  assert.deepEqual(rollups.apply(message(1, 'not json')), { outcome: 'invalid', problem: 'not JSON' });
+  const result = rollups.apply(message(2, { ...event('r1'), prompt_tokens: -1 }));
+  assert.equal(result.outcome, 'invalid');
+  assert.match(result.problem ?? '', /^prompt_tokens: /);
+  assert.equal(rollups.appliedSeq, 2);
+  assert.equal(rollups.stats.invalid, 2);
+});
+
+test('an event whose ts is unreadable is counted at the time the server stored it', () => {
+  const rollups = new UsageRollups(HOUR_MS);
+  rollups.apply(message(1, event('r1', { ts: 'garbage' }), T0 + 5 * HOUR_MS + 5));
+  assert.deepEqual([...rollups.hours.keys()], [T0 / HOUR_MS + 5]);
+});
+
+test('a snapshot restores the same state, seen ids included', () => {
+  const rollups = new UsageRollups(24 * HOUR_MS);
+  rollups.apply(message(1, event('r1')));
+  rollups.apply(message(2, event('r2', { agent_id: null, provider: null, status: 'rejected' })));
+  const snapshot = rollupSnapshotSchema.parse(JSON.parse(JSON.stringify(rollups.toSnapshot())));
+  const restored = UsageRollups.fromSnapshot(snapshot, 24 * HOUR_MS);
+  assert.deepEqual(restored.toSnapshot(), rollups.toSnapshot());
+  assert.equal(restored.apply(message(3, event('r1'))).outcome, 'duplicate');
+  assert.equal(restored.apply(message(2, event('r9'))).outcome, 'already-applied');
+});
+
+test('a snapshot with counters in another order (or missing ones) loads by name', () => {
+  const rollups = UsageRollups.fromSnapshot(
+    { v: 1, seq: 7, dedup_horizon_ms: HOUR_MS, counters: ['total_tokens', 'requests'], cells: [[100, 'a', null, 'm', 'p', 35, 2]], seen: [], stats: { events: 2, duplicates: 0, invalid: 0 } },
+    HOUR_MS,
+  );
+  const cell = onlyCell(rollups);
+  assert.equal(counter(cell, 'requests'), 2);
+  assert.equal(counter(cell, 'total_tokens'), 35);
+  assert.equal(counter(cell, 'ok'), 0);
+});
