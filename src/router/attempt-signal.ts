@@ -23,12 +23,14 @@ export class AttemptSignal {
   /**
    * @param deploymentLabel `openai/gpt-4o`, for the timeout message.
    * @param requestBudgetMs the request's whole deadline when it, not the deployment's timeout, bounds this attempt; else -1.
+   * @param timeoutBlamesDeployment whether running out of time counts as the deployment's failure.
    */
   constructor(
     private readonly callerSignal: AbortSignal,
     private readonly timeoutMs: number,
     private readonly deploymentLabel: string,
     private readonly requestBudgetMs: number,
+    private readonly timeoutBlamesDeployment: boolean,
   ) {
     if (callerSignal.aborted) {
       this.abortedBy = 'caller';
@@ -45,14 +47,10 @@ export class AttemptSignal {
     return this.controller.signal;
   }
 
-  /**
-   * Whether a failure of this attempt says something about the deployment: not
-   * when the caller went away, and not when the request's own (maybe very short)
-   * deadline cut it, or one client's tight timeout could take a deployment out for everyone.
-   */
+  /** Whether a failure of this attempt says something about the deployment: not when the caller went away or the router cut it. */
   get blamesDeployment(): boolean {
     if (this.abortedBy === undefined) return true;
-    return this.abortedBy === 'timeout' && this.requestBudgetMs < 0;
+    return this.abortedBy === 'timeout' && this.timeoutBlamesDeployment;
   }
 
   /** Abort the attempt now (e.g. a stream whose consumer left). */

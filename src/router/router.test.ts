@@ -312,6 +312,12 @@ describe('router: cooldown', () => {
     assert.equal(router.health()[0]?.state, 'healthy');
     assert.equal(router.health()[0]?.recent_failures, 0);
   });
+  it('a hang that uses up a deadline the request did not choose counts against the deployment', async () => {
+    const { router, provider } = setup({ m: { provider: 'a', physical_name: 'pa' } }, { cooldown: { failures: 1, window_ms: 10_000, duration_ms: 30_000 } });
+    provider('a').then({ kind: 'hang' });
+    assert.equal((await rejected(router.chat(call('m', {}, 100)))).code, 'upstream_timeout');
+    assert.equal(router.health()[0]?.state, 'cooling_down');
+  });
 });
 
 describe('router: fallbacks', () => {

@@ -337,11 +337,16 @@ export class ChatRouterImpl implements Router {
     const now = this.now();
     const untilRequestDeadline = routing.deadlineAt - now;
     const requestDeadlineFirst = untilRequestDeadline <= entry.timeoutMs;
+    // A timeout is the deployment's failure when it had its full allowance, or the request set no
+    // timeout of its own; not when a client's short timeout_ms cut it, or one client's tight
+    // deadline could take a deployment out for everyone.
+    const timeoutBlamesDeployment = !requestDeadlineFirst || routing.call.request.timeout_ms === undefined || untilRequestDeadline >= entry.timeoutMs;
     const signal = new AttemptSignal(
       routing.call.signal,
       requestDeadlineFirst ? untilRequestDeadline : entry.timeoutMs,
       entry.label,
       requestDeadlineFirst ? routing.budgetMs : -1,
+      timeoutBlamesDeployment,
     );
     const record: AttemptRecord = { provider: entry.providerName, model_resolved: entry.physicalName, error_code: null, latency_ms: 0 };
     routing.attempts.push(record);
