@@ -79,8 +79,8 @@ function assertProxyError(
   if ('upstreamStatus' in expected) assert.equal(error.upstreamStatus, expected.upstreamStatus);
   if (expected.retryAfterMs !== undefined) {
     assert.ok(error.retryAfterMs !== undefined, 'retryAfterMs is set');
-    // An HTTP date has one-second resolution and the clock moves on: allow that much.
-    assert.ok(Math.abs(error.retryAfterMs - expected.retryAfterMs) <= 2_000, `retryAfterMs ${error.retryAfterMs}`);
+    // An HTTP date has one-second resolution and the clock moves on (more so on a loaded machine).
+    assert.ok(Math.abs(error.retryAfterMs - expected.retryAfterMs) <= 3_000, `retryAfterMs ${error.retryAfterMs}`);
   }
   if (expected.contextLengthExceeded !== undefined) assert.equal(error.contextLengthExceeded, expected.contextLengthExceeded);
   assert.ok(!error.message.includes(API_KEY), `the key leaked into: ${error.message}`);
@@ -163,10 +163,10 @@ for (const kind of KINDS) {
     });
 
     test('chat: HTTP failures map to the right code, status, retryable and retryAfterMs', async () => {
-      const inSevenSeconds = new Date(Date.now() + 7_000);
+      const inThirtySeconds = new Date(Date.now() + 30_000);
       const cases: Array<[string, Parameters<FakeProvider['enqueue']>[0], Parameters<typeof assertProxyError>[1]]> = [
         ['429 with seconds', fakeBehaviours.rateLimited(3), { code: 'rate_limited', retryable: true, upstreamStatus: 429, retryAfterMs: 3_000 }],
-        ['429 with a date', fakeBehaviours.rateLimited(inSevenSeconds), { code: 'rate_limited', retryable: true, upstreamStatus: 429, retryAfterMs: 7_000 }],
+        ['429 with a date', fakeBehaviours.rateLimited(inThirtySeconds), { code: 'rate_limited', retryable: true, upstreamStatus: 429, retryAfterMs: 30_000 }],
         ['429 with retry-after-ms', { kind: 'status', status: 429, headers: { 'retry-after-ms': '1500' } }, { code: 'rate_limited', retryable: true, retryAfterMs: 1_500 }],
         ['500', fakeBehaviours.serverError(500), { code: 'upstream_error', retryable: true, upstreamStatus: 500 }],
         ['503', fakeBehaviours.serverError(503), { code: 'upstream_error', retryable: true, upstreamStatus: 503 }],
@@ -271,7 +271,7 @@ for (const kind of KINDS) {
     test('stream: quirks of real streams give the same result', async () => {
       const content = 'Héllo 🌍, ça va? Ünïcödé splits everywhere.';
       const expected = await collect((fake.enqueue({ kind: 'ok', content }), provider.stream(call(chatRequest({ stream: true })))));
-      const quirkSets: StreamQuirk[][] = [['split-writes'], ['coalesce'], ['comments'], ['crlf'], ['empty-data'], ['split-writes', 'coalesce', 'comments', 'crlf', 'empty-data']];
+      const quirkSets: StreamQuirk[][] = [['split-writes'], ['coalesce'], ['comments'], ['crlf'], ['empty-data'], ['no-space'], ['split-writes', 'coalesce', 'comments', 'crlf', 'empty-data', 'no-space']];
       for (const quirks of quirkSets) {
         fake.enqueue({ kind: 'ok', content, quirks });
         const events = await collect(provider.stream(call(chatRequest({ stream: true }))));

@@ -25,9 +25,10 @@ export interface FakeToolCall {
  * - `coalesce`: all events of the stream sent in one write (several events per read);
  * - `comments`: a `: keep-alive` comment before every event (SSE); a blank line for NDJSON;
  * - `crlf`: `\r\n` line ends instead of `\n`;
- * - `empty-data`: an empty `data:` event before every event (SSE); a whitespace-only line for NDJSON.
+ * - `empty-data`: an empty `data:` event before every event (SSE); a whitespace-only line for NDJSON;
+ * - `no-space`: `data:{…}` without the space after the colon (SSE only; some servers write it so).
  */
-export type StreamQuirk = 'split-writes' | 'coalesce' | 'comments' | 'crlf' | 'empty-data';
+export type StreamQuirk = 'split-writes' | 'coalesce' | 'comments' | 'crlf' | 'empty-data' | 'no-space';
 
 interface CommonBehaviour {
   /** Milliseconds to wait before answering at all (before the status line). */

@@ -126,6 +126,7 @@ const SPLIT_SIZES = [1, 2, 5, 3, 7, 1, 11, 4, 13, 2];
 
 function applyLineQuirks(frame: string, format: 'sse' | 'ndjson', quirks: ReadonlySet<StreamQuirk>): string {
   let text = frame;
+  if (quirks.has('no-space') && format === 'sse') text = text.replace(/^data: /gm, 'data:');
   if (quirks.has('empty-data')) text = (format === 'sse' ? 'data:\n\n' : '   \n') + text;
   if (quirks.has('comments')) text = (format === 'sse' ? ': keep-alive\n\n' : '\n') + text;
   if (quirks.has('crlf')) text = text.replace(/\n/g, '\r\n');
