@@ -1,0 +1,99 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { startNatsServer } from './helpers/nats-server.js';
+import { waitForUsageEvents } from './helpers/worker.js';
+import { connectionOptions } from '../src/bus/connect.js';
+import { usageStreamSchema } from '../src/config/schema.js';
+import { subjectsFor } from '../src/contract/subjects.js';
+import { createLogger } from '../src/telemetry/logger.js';
+import { buildUsageEvent } from '../src/usage/event.js';
+import { UsagePublisher } from '../src/usage/publisher.js';
+
+const event = (requestId: string) =>
+  buildUsageEvent({
+    requestId,
+    metadata: { agent_id: 'agent:sofia' },
+    model: 'gpt-test',
+    provider: 'openai',
+    modelResolved: 'gpt-4o-mini',
+    status: 'ok',
+    errorCode: null,
+    promptTokens: 10,
+    completionTokens: 5,
+    tokensEstimated: false,
+    costUsd: 0.001,
+    latencyMs: 12.3,
+    ttftMs: null,
+    stream: false,
+    cached: false,
+    attempts: [],
+    workerId: 'test',
+  });
+
+test('usage events published while NATS is down are kept, retried, and land once it is back', async () => {
+  const nats = await startNatsServer();
+  const lines: string[] = [];
+  const connection = await connect({ ...connectionOptions({ servers: nats.url }), reconnectTimeWait: 200, reconnectJitter: 50 });
+  const subjects = subjectsFor('llm');
+  const publisher = new UsagePublisher({
+    connection,
+    streamSubject: subjects.usageAll,
+    subjectFor: subjects.usageFor,
+    stream: usageStreamSchema.parse({}),
+    logger: createLogger({ level: 'debug', destination: { write: (line: string) => lines.push(line) } }),
+    ackTimeoutMs: 500,
+    retryBaseMs: 50,
+    retryMaxMs: 300,
+  });
+  try {
+    await publisher.ensureStream();
+    publisher.publish(event('before-outage'));
+    assert.equal(await publisher.flush(5_000), 0);
+
+    await nats.stop();
+    for (let index = 0; index < 5; index++) publisher.publish(event(`during-outage-${index}`));
+    // The same event twice (a retried publish from the worker's point of view) must be stored once.
+    publisher.publish(event('during-outage-0'));
+    await new Promise((resolve) => setTimeout(resolve, 800));
+    assert.equal(publisher.pending, 6, 'all held while NATS is down');
+    await nats.restart();
+
+    assert.equal(await publisher.flush(15_000), 0, 'everything published after the restart');
+    assert.ok(publisher.counters.failedAttempts >= 1);
+    const checker = await connect({ servers: nats.url });
+    const events = await waitForUsageEvents(checker, 6);
+    assert.deepEqual(events.map((stored) => stored.request_id).sort(), ['before-outage', 'during-outage-0', 'during-outage-1', 'during-outage-2', 'during-outage-3', 'during-outage-4']);
+    assert.ok(publisher.counters.duplicates >= 1);
+    await checker.close();
+  } finally {
+    publisher.close();
+    await connection.close();
+    await nats.dispose();
+  }
+});
+
+test('ensureStream creates the stream with the configured settings and updates it when they change', async () => {
+  const nats = await startNatsServer();
+  const connection = await connect({ servers: nats.url });
+  const subjects = subjectsFor('llm');
+  const logger = createLogger({ level: 'silent' });
+  try {
+    const first = new UsagePublisher({ connection, streamSubject: subjects.usageAll, subjectFor: subjects.usageFor, stream: usageStreamSchema.parse({ max_age: '30d' }), logger });
+    await first.ensureStream();
+    const manager = await jetstreamManager(connection);
+    let info = await manager.streams.info('LLM_USAGE');
+    assert.deepEqual(info.config.subjects, ['llm.usage.>']);
+    assert.equal(info.config.max_age, 30 * 86_400 * 1e9);
+    assert.equal(info.config.duplicate_window, 120 * 1e9);
+    const second = new UsagePublisher({ connection, streamSubject: subjects.usageAll, subjectFor: subjects.usageFor, stream: usageStreamSchema.parse({ max_age: '7d', max_msgs: 1000 }), logger });
+    await second.ensureStream();
+    info = await manager.streams.info('LLM_USAGE');
+    assert.equal(info.config.max_age, 7 * 86_400 * 1e9);
+    assert.equal(info.config.max_msgs, 1000);
+  } finally {
+    await connection.close();
+    await nats.dispose();
+  }
+});
