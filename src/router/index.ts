@@ -1,6 +1,6 @@
 import type { ResolvedConfig } from '../config/load.js';
 import type { Provider } from '../providers/types.js';
-import { ChatRouterImpl, type RouterOptions } from './router.js';
+import { DeploymentRouter, type RouterOptions } from './router.js';
 import type { Router } from './types.js';
 
 export type { ChatRouter, DeploymentHealth, RoutedCall, RoutedResponse, RoutedStream, RouteTarget, Router } from './types.js';
@@ -11,5 +11,5 @@ export type { RouterOptions } from './router.js';
  * fallbacks, cooldowns and deadlines. All config lookups happen here, once.
  */
 export function createRouter(options: { config: ResolvedConfig; providers: Map<string, Provider> } & Partial<RouterOptions>): Router {
-  return new ChatRouterImpl(options);
+  return new DeploymentRouter(options);
 }

@@ -1,3 +1,19 @@
+/**
+ * Logical model → deployments, with retries, fallbacks, cooldowns and deadlines.
+ *
+ * For one request: pick a deployment of the model by its strategy (never one
+ * cooling down, an untried one first); on a retryable error try another, and
+ * only when every available one has failed once, retry one after a backoff
+ * (or the provider's Retry-After when longer), never sleeping past the
+ * request's deadline; up to `routing.retry.attempts` tries per model, at least
+ * one per deployment. Then the `fallbacks` in order (each with its own tries
+ * and fallbacks, cycles skipped); `context_fallbacks` instead when the provider
+ * said the prompt is too long. A non-retryable error ends the request, except
+ * one that is the deployment's own (401/403/404…: `upstream_error`), which only
+ * rules that deployment out. The request's deadline bounds everything and
+ * ends it as `upstream_timeout`; with nothing available at all the answer is
+ * `no_provider_available` at once, with `retryAfterMs` until the first cooldown ends.
+ */
 import type { ResolvedConfig, ResolvedModel } from '../config/load.js';
 import type { RoutingStrategy } from '../config/schema.js';
 import { asProxyError, ProxyError } from '../contract/errors.js';
@@ -72,7 +88,7 @@ export interface RouterOptions {
   random?: () => number;
 }
 
-export class ChatRouterImpl implements Router {
+export class DeploymentRouter implements Router {
   private readonly models = new Map<string, CompiledModel>();
   private readonly states = new Map<string, DeploymentState>();
   private readonly backoff: BackoffPolicy;
