@@ -44,7 +44,8 @@ export interface WorkerConfigOptions {
 /**
  * The worker's config.yaml for the bench: production settings (info logs, JetStream
  * usage events on file storage) except what would measure something else: the cache
- * is off (every request must reach the upstream), and cooldown is out of reach so
+ * is off (every request must reach the upstream), limits are off (the seed's default
+ * of 10 requests a minute per agent would refuse the load), and cooldown is out of reach so
  * that the soak's injected 500s exercise retries rather than parking the deployment.
  */
 export function buildWorkerConfig(options: WorkerConfigOptions): string {
@@ -64,6 +65,7 @@ export function buildWorkerConfig(options: WorkerConfigOptions): string {
     routing: { retry: { attempts: 2, base_backoff_ms: 5, max_backoff_ms: 20 }, cooldown: { failures: 1_000_000_000 } },
     worker: { max_in_flight: options.maxInFlight, default_timeout_ms: 60_000 },
     cache: { enabled: false },
+    limits: { enabled: false },
     logging: { level: 'info' },
   };
   return stringify(config);

@@ -1,8 +1,12 @@
 /**
  * How the load generator talks to llm-proxy: through the project's client
- * when it exists, else raw NATS request/reply (the same bytes on the wire).
+ * (`createClient`, what an agent would use), or, with `--gateway-via raw`,
+ * raw NATS request/reply with a pre-encoded body, which tells the client's
+ * own cost apart from the worker's.
  */
 import { createInbox, type NatsConnection } from '@nats-io/transport-node';
+import { createClient } from '../client/index.js';
+import type { ChatRequest } from '../contract/index.js';
 import { DEFAULT_SUBJECT_PREFIX, HEADERS, STREAM_MARKS, subjectsFor } from '../contract/subjects.js';
 import { benchRequestBody } from './bench-config.js';
 import type { StreamTiming } from './load-protocol.js';
@@ -15,10 +19,12 @@ export interface GatewayCaller {
   close(): Promise<void>;
 }
 
+export type GatewayVia = 'client' | 'raw';
+
 export interface GatewayCallerOptions {
   connection: NatsConnection;
-  natsUrl: string;
   timeoutMs: number;
+  via: GatewayVia;
 }
 
 class GatewayCallError extends Error {
@@ -29,7 +35,57 @@ class GatewayCallError extends Error {
 }
 
 export async function createGatewayCaller(options: GatewayCallerOptions): Promise<GatewayCaller> {
-  return createRawCaller(options);
+  return options.via === 'raw' ? createRawCaller(options) : createClientCaller(options);
+}
+
+async function createClientCaller({ connection, timeoutMs }: GatewayCallerOptions): Promise<GatewayCaller> {
+  const client = await createClient({ connection, timeoutMs, firstMessageTimeoutMs: timeoutMs, idleTimeoutMs: timeoutMs });
+  const requests = new Map<string, { chat: ChatRequest; stream: ChatRequest }>();
+  const requestsFor = (model: string): { chat: ChatRequest; stream: ChatRequest } => {
+    let entry = requests.get(model);
+    if (entry === undefined) {
+      // The client adds request_id and timeout_ms to a copy, so one object serves every call.
+      entry = { chat: benchRequestBody(model) as unknown as ChatRequest, stream: benchRequestBody(model, true) as unknown as ChatRequest };
+      requests.set(model, entry);
+    }
+    return entry;
+  };
+  return {
+    kind: 'llm-proxy client',
+    async chat(model) {
+      let reply;
+      try {
+        reply = await client.chat(requestsFor(model).chat);
+      } catch (error) {
+        throw new GatewayCallError((error as { code?: string }).code ?? 'error');
+      }
+      if (reply.content !== FAKE_CONTENT) throw new GatewayCallError('bad_content');
+    },
+    async stream(model) {
+      const start = performance.now();
+      let ttftMs = Number.NaN;
+      let last = 0;
+      let chunks = 0;
+      const gapsMs: number[] = [];
+      const stream = client.stream(requestsFor(model).stream);
+      try {
+        for await (const chunk of stream) {
+          if (chunk.delta === '') continue;
+          const now = performance.now();
+          if (chunks === 0) ttftMs = now - start;
+          else gapsMs.push(now - last);
+          last = now;
+          chunks++;
+        }
+        await stream.final;
+      } catch (error) {
+        throw new GatewayCallError((error as { code?: string }).code ?? 'error');
+      }
+      if (chunks === 0) throw new GatewayCallError('no_chunks');
+      return { ttftMs, gapsMs, chunks };
+    },
+    close: () => client.close(),
+  };
 }
 
 function createRawCaller({ connection, timeoutMs }: GatewayCallerOptions): GatewayCaller {

@@ -296,6 +296,7 @@ async function main(): Promise<void> {
       'nats-url': { type: 'string' },
       upstream: { type: 'string' },
       'timeout-ms': { type: 'string', default: '30000' },
+      'gateway-via': { type: 'string', default: 'client' },
     },
   });
   const send = (message: FromLoadGenerator): void => {
@@ -306,7 +307,7 @@ async function main(): Promise<void> {
   // noAsyncTraces: nats.js otherwise captures a stack trace per request, which would charge the generator's CPU.
   const connection = await connect({ servers: natsUrl, noAsyncTraces: true });
   const pool = new Pool(values.upstream!, { connections: UPSTREAM_CONNECTIONS, keepAliveTimeout: 60_000 });
-  const gateway = await createGatewayCaller({ connection, natsUrl, timeoutMs });
+  const gateway = await createGatewayCaller({ connection, timeoutMs, via: values['gateway-via'] === 'raw' ? 'raw' : 'client' });
   const callers = buildCallers(connection, pool, gateway, timeoutMs);
 
   process.on('message', (raw: ToLoadGenerator) => {

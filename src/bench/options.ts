@@ -23,6 +23,7 @@ export interface BenchOptions {
   workers: number;
   layout: Layout;
   cpuProf: boolean;
+  gatewayVia: 'client' | 'raw';
   outDir: string;
   chartPath: string | undefined;
   help: boolean;
@@ -50,6 +51,8 @@ Options:
   --layout <layout>       CPU pinning: split (worker + nats-server on core 0, load generator +
                           upstream on core 1), worker-alone (worker on core 0, the rest on core 1),
                           none (default split)
+  --gateway-via <how>     client (default: the project's createClient) or raw (pre-encoded
+                          nc.request, to tell the client's cost from the worker's)
   --cpu-prof              profile the worker (--cpu-prof into <out>/prof) and print its top self-time
   --out <dir>             results directory (default bench-results)
   --chart <path>          SVG chart path (default docs/bench/latency.svg; "none" to skip)
@@ -99,6 +102,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
       workers: { type: 'string' },
       layout: { type: 'string' },
       'cpu-prof': { type: 'boolean', default: false },
+      'gateway-via': { type: 'string' },
       out: { type: 'string' },
       chart: { type: 'string' },
       help: { type: 'boolean', default: false },
@@ -108,6 +112,8 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
   const layout = values.layout ?? 'split';
   if (!(LAYOUTS as readonly string[]).includes(layout)) throw new Error(`--layout: unknown "${layout}" (choose from ${LAYOUTS.join(', ')})`);
   const chart = values.chart ?? 'docs/bench/latency.svg';
+  const gatewayVia = values['gateway-via'] ?? 'client';
+  if (gatewayVia !== 'client' && gatewayVia !== 'raw') throw new Error(`--gateway-via: unknown "${gatewayVia}" (choose from client, raw)`);
   return {
     quick,
     sections: parseNames(values.only, SECTIONS, 'only'),
@@ -123,6 +129,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     workers: parsePositive(values.workers, 'workers', 1),
     layout: layout as Layout,
     cpuProf: values['cpu-prof'] === true,
+    gatewayVia,
     outDir: values.out ?? 'bench-results',
     chartPath: chart === 'none' ? undefined : chart,
     help: values.help === true,

@@ -172,7 +172,7 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
     const loadStart = await spawnManaged({
       name: 'load',
       command: node,
-      args: [join(benchDir, 'load.js'), '--nats-url', nats.url, '--upstream', upstreamOrigin],
+      args: [join(benchDir, 'load.js'), '--nats-url', nats.url, '--upstream', upstreamOrigin, '--gateway-via', options.gatewayVia],
       cpus: cpus.load,
       logDir,
       env,

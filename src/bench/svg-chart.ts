@@ -47,13 +47,13 @@ function coordinate(value: number): string {
   return String(Object.is(rounded, -0) ? 0 : rounded);
 }
 
-/** A "nice" step (1, 2 or 5 × 10^n) giving about `target` intervals over the span. */
+/** A "nice" step (1, 2 or 5 × 10^n) giving about `target` intervals over the span (the nearest, not the next larger). */
 export function niceStep(span: number, target: number): number {
   if (!(span > 0) || !Number.isFinite(span)) return 1;
   const raw = span / Math.max(1, target);
   const magnitude = 10 ** Math.floor(Math.log10(raw));
   const fraction = raw / magnitude;
-  const nice = fraction <= 1 ? 1 : fraction <= 2 ? 2 : fraction <= 5 ? 5 : 10;
+  const nice = fraction < 1.5 ? 1 : fraction < 3 ? 2 : fraction < 7 ? 5 : 10;
   return nice * magnitude;
 }
 

@@ -53,7 +53,14 @@ export function splitContent(content: string, count: number): string[] {
   return pieces;
 }
 
-const behaviourCache = new Map<string, UpstreamBehaviour>();
+/** Per behaviour spec, so that one path's error share is not skewed by the traffic on others. */
+interface BehaviourState {
+  behaviour: UpstreamBehaviour;
+  requests: number;
+  errors: number;
+}
+
+const behaviourStates = new Map<string, BehaviourState>();
 
 function main(): void {
   const { values } = parseArgs({
@@ -75,15 +82,14 @@ function main(): void {
   let errorCount = 0;
   let servedCount = 0;
 
-  const behaviourFor = (url: string): UpstreamBehaviour => {
-    if (!url.startsWith('/fake/')) return defaults;
-    const spec = url.slice('/fake/'.length, url.indexOf('/', '/fake/'.length));
-    let behaviour = behaviourCache.get(spec);
-    if (behaviour === undefined) {
-      behaviour = parseBehaviour(spec, defaults);
-      behaviourCache.set(spec, behaviour);
+  const stateFor = (url: string): BehaviourState => {
+    const spec = url.startsWith('/fake/') ? url.slice('/fake/'.length, url.indexOf('/', '/fake/'.length)) : '';
+    let state = behaviourStates.get(spec);
+    if (state === undefined) {
+      state = { behaviour: parseBehaviour(spec, defaults), requests: 0, errors: 0 };
+      behaviourStates.set(spec, state);
     }
-    return behaviour;
+    return state;
   };
 
   const answer = (request: IncomingMessage, response: ServerResponse, rawBody: string): void => {
@@ -98,10 +104,10 @@ function main(): void {
       response.end('{"error":{"message":"not found","type":"invalid_request_error"}}');
       return;
     }
-    let behaviour: UpstreamBehaviour;
+    let state: BehaviourState;
     let body: { model?: unknown; stream?: unknown; stream_options?: { include_usage?: unknown } };
     try {
-      behaviour = behaviourFor(url);
+      state = stateFor(url);
       body = JSON.parse(rawBody) as typeof body;
     } catch (error) {
       response.writeHead(400, { 'content-type': 'application/json' });
@@ -109,8 +115,11 @@ function main(): void {
       return;
     }
     requestCount++;
-    // Deterministic error share: fail whenever the failures so far fall behind the configured fraction.
-    const fail = behaviour.errorRate > 0 && errorCount < Math.floor(requestCount * behaviour.errorRate);
+    state.requests++;
+    const behaviour = state.behaviour;
+    // Deterministic error share: fail whenever this path's failures fall behind the configured fraction.
+    const fail = behaviour.errorRate > 0 && state.errors < Math.floor(state.requests * behaviour.errorRate);
+    if (fail) state.errors++;
     const model = typeof body.model === 'string' ? body.model : 'fake';
     const id = `chatcmpl-bench-${requestCount}`;
     const respond = (): void => {

@@ -1,0 +1,294 @@
+/**
+ * The bench's pure parts on known inputs: percentiles and summaries, the SVG
+ * writer, the CPU-profile summary, /proc parsing, flags, the goals. The
+ * benchmark itself is run with `npm run bench`, not here.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { summarizeProfile, mergeProfiles, shortenUrl, type CpuProfile } from '../src/bench/cpu-profile.js';
+import { buildWorkerConfig, bareForwarderRoutes, BENCH_MODELS } from '../src/bench/bench-config.js';
+import { parseBenchOptions } from '../src/bench/options.js';
+import { parseStatCpuTicks, parseStatusRssBytes, usageFromSamples } from '../src/bench/proc-stats.js';
+import { computeGoals, chartPanels, renderMarkdown, type BenchResults, type RunRecord } from '../src/bench/report.js';
+import { linearSlope, percentile, summarize } from '../src/bench/stats.js';
+import { escapeXml, linearTicks, logTicks, niceStep, renderChart } from '../src/bench/svg-chart.js';
+import { FAKE_CONTENT, parseBehaviour, splitContent } from '../src/bench/upstream.js';
+import { parseConfigText } from '../src/config/index.js';
+import type { LoadResult } from '../src/bench/load-protocol.js';
+
+describe('bench statistics', () => {
+  it('takes nearest-rank percentiles of 1..100', () => {
+    const sorted = Array.from({ length: 100 }, (_, index) => index + 1);
+    assert.equal(percentile(sorted, 50), 50);
+    assert.equal(percentile(sorted, 90), 90);
+    assert.equal(percentile(sorted, 99), 99);
+    assert.equal(percentile(sorted, 99.9), 100);
+    assert.equal(percentile(sorted, 100), 100);
+    assert.equal(percentile(sorted, 0), 1);
+  });
+
+  it('takes percentiles of small and empty sets, and refuses out-of-range ranks', () => {
+    assert.equal(percentile([7], 99), 7);
+    assert.equal(percentile([1, 2], 50), 1);
+    assert.equal(percentile([1, 2], 51), 2);
+    assert.ok(Number.isNaN(percentile([], 50)));
+    assert.throws(() => percentile([1], 101), RangeError);
+  });
+
+  it('summarises unsorted samples numerically, not as strings', () => {
+    const summary = summarize([10, 9, 100, 2, 1, 3, 8, 7, 6, 5, 4]);
+    assert.equal(summary.count, 11);
+    assert.equal(summary.min, 1);
+    assert.equal(summary.max, 100);
+    assert.equal(summary.p50, 6);
+    assert.equal(summary.p90, 10);
+    assert.equal(summary.p99, 100);
+    assert.equal(summary.mean, 155 / 11);
+  });
+
+  it('summarises nothing as NaN', () => {
+    const summary = summarize([]);
+    assert.equal(summary.count, 0);
+    assert.ok(Number.isNaN(summary.p50));
+  });
+
+  it('fits a slope by least squares', () => {
+    assert.equal(linearSlope([{ x: 0, y: 1 }, { x: 1, y: 3 }, { x: 2, y: 5 }]), 2);
+    assert.equal(linearSlope([{ x: 0, y: 4 }, { x: 1, y: 4 }, { x: 2, y: 4 }]), 0);
+    assert.ok(Number.isNaN(linearSlope([{ x: 1, y: 1 }])));
+    assert.ok(Number.isNaN(linearSlope([{ x: 1, y: 1 }, { x: 1, y: 2 }])));
+  });
+});
+
+describe('bench SVG writer', () => {
+  it('picks 1-2-5 steps and ticks that cover the range', () => {
+    assert.equal(niceStep(10, 5), 2);
+    assert.equal(niceStep(3000, 5), 500);
+    assert.equal(niceStep(0.7, 5), 0.1);
+    assert.equal(niceStep(0.9, 5), 0.2);
+    assert.deepEqual(linearTicks(0, 3000), [0, 500, 1000, 1500, 2000, 2500, 3000]);
+    assert.deepEqual(logTicks(0.1, 10), [0.1, 0.2, 0.5, 1, 2, 5, 10]);
+    assert.deepEqual(logTicks(0.01, 1000), [0.01, 0.1, 1, 10, 100, 1000]);
+  });
+
+  it('draws one polyline per series with every point, escapes text, and is deterministic', () => {
+    const panels = [
+      {
+        title: 'latency <p50> & p99',
+        xLabel: 'rate',
+        yLabel: 'ms',
+        yScale: 'log' as const,
+        series: [
+          { name: 'gateway "p50"', color: '#d62728', points: [{ x: 500, y: 0.5 }, { x: 1000, y: 0.8 }, { x: 2000, y: 4 }] },
+          { name: 'bare', color: '#1f77b4', dashed: true, points: [{ x: 500, y: 0.4 }, { x: 1000, y: Number.NaN }, { x: 2000, y: 2 }] },
+        ],
+      },
+    ];
+    const svg = renderChart(panels, { title: 'A & B' });
+    assert.ok(svg.startsWith('<svg xmlns="http://www.w3.org/2000/svg"'));
+    assert.ok(svg.trimEnd().endsWith('</svg>'));
+    const polylines = [...svg.matchAll(/<polyline [^>]*points="([^"]+)"/g)].map((match) => match[1]!.split(' ').length);
+    // The NaN point is left out, not drawn at 0.
+    assert.deepEqual(polylines, [3, 2]);
+    assert.equal((svg.match(/stroke-dasharray="6 4"/g) ?? []).length, 2, 'the dashed series and its legend entry');
+    assert.ok(svg.includes('latency &#60;p50&#62; &#38; p99'));
+    assert.ok(svg.includes('gateway &#34;p50&#34;'));
+    assert.ok(!svg.includes('NaN'));
+    assert.equal(renderChart(panels, { title: 'A & B' }), svg);
+    assert.equal(escapeXml(`<a href='x'>`), '&#60;a href=&#39;x&#39;&#62;');
+  });
+
+  it('puts a higher value higher up on a log axis', () => {
+    const svg = renderChart(
+      [{ title: 't', xLabel: 'x', yLabel: 'y', yScale: 'log', series: [{ name: 's', color: '#000', points: [{ x: 1, y: 1 }, { x: 2, y: 100 }] }] }],
+      { title: 'T' },
+    );
+    const circles = [...svg.matchAll(/<circle cx="([\d.]+)" cy="([\d.]+)"/g)].map((match) => ({ x: Number(match[1]), y: Number(match[2]) }));
+    assert.equal(circles.length, 2);
+    assert.ok(circles[1]!.x > circles[0]!.x);
+    assert.ok(circles[1]!.y < circles[0]!.y, 'SVG y grows downwards');
+  });
+});
+
+describe('bench CPU profile summary', () => {
+  const profile: CpuProfile = {
+    startTime: 0,
+    endTime: 10_000,
+    nodes: [
+      { id: 1, callFrame: { functionName: '(root)', url: '', lineNumber: -1 }, children: [2, 3, 4, 5] },
+      { id: 2, callFrame: { functionName: '(idle)', url: '', lineNumber: -1 } },
+      { id: 3, callFrame: { functionName: 'parse', url: 'file:///app/node_modules/zod/lib/types.js', lineNumber: 9 } },
+      { id: 4, callFrame: { functionName: 'handle', url: 'file:///app/dist/worker/request-handler.js', lineNumber: 41 } },
+      // Same function reached by another path: summed with node 3.
+      { id: 5, callFrame: { functionName: 'parse', url: 'file:///app/node_modules/zod/lib/types.js', lineNumber: 9 } },
+    ],
+    // Each delta is the time up to that sample; the interval after a sample is charged to it.
+    samples: [2, 3, 4, 5, 2],
+    timeDeltas: [0, 5_000, 3_000, 1_000, 1_000],
+  };
+
+  it('sums self time per function, leaves idle out of the ranking, and ranks by self time', () => {
+    const summary = summarizeProfile(profile, 15);
+    assert.equal(summary.totalMs, 10);
+    assert.equal(summary.idleMs, 5);
+    assert.equal(summary.busyMs, 5);
+    assert.deepEqual(
+      summary.entries.map((entry) => [entry.functionName, entry.url, entry.lineNumber, entry.selfMs]),
+      [
+        ['parse', 'zod/lib/types.js', 10, 4],
+        ['handle', 'dist/worker/request-handler.js', 42, 1],
+      ],
+    );
+    assert.equal(summary.entries[0]!.percentOfBusy, 80);
+    assert.equal(summarizeProfile(profile, 1).entries.length, 1);
+  });
+
+  it('merges profiles without mixing their node ids', () => {
+    const merged = summarizeProfile(mergeProfiles([profile, profile]), 15);
+    assert.equal(merged.busyMs, 10);
+    assert.equal(merged.entries[0]!.selfMs, 8);
+  });
+
+  it('shortens script URLs', () => {
+    assert.equal(shortenUrl('file:///work/main/node_modules/@nats-io/nats-core/lib/protocol.js'), '@nats-io/nats-core/lib/protocol.js');
+    assert.equal(shortenUrl('node:internal/streams/readable'), 'node:internal/streams/readable');
+  });
+});
+
+describe('bench /proc parsing', () => {
+  it('reads utime + stime after a command name holding spaces and parentheses', () => {
+    const line = '4242 (node (bench) x) S 1 4242 4242 0 -1 4194304 1000 0 0 0 250 50 0 0 20 0 11 0 100 1000000 2500 18446744073709551615';
+    assert.equal(parseStatCpuTicks(line), 300);
+  });
+
+  it('reads VmRSS in bytes', () => {
+    assert.equal(parseStatusRssBytes('Name:\tnode\nVmHWM:\t  200 kB\nVmRSS:\t  123456 kB\nThreads:\t11\n'), 123456 * 1024);
+    assert.throws(() => parseStatusRssBytes('Name:\tnode\n'));
+  });
+
+  it('turns samples into CPU share and RSS', () => {
+    const usage = usageFromSamples([
+      { atMs: 0, rssBytes: 100, cpuMs: 1000 },
+      { atMs: 500, rssBytes: 300, cpuMs: 1200 },
+      { atMs: 1000, rssBytes: 200, cpuMs: 1500 },
+    ]);
+    assert.deepEqual(usage, { cpuPercent: 50, rssStartBytes: 100, rssEndBytes: 200, rssMaxBytes: 300 });
+    assert.equal(usageFromSamples([]), undefined);
+  });
+});
+
+describe('bench flags and config', () => {
+  it('has defaults, a quick mode and strict validation', () => {
+    const defaults = parseBenchOptions([]);
+    assert.deepEqual(defaults.concurrencies, [1, 16, 64, 256]);
+    assert.deepEqual(defaults.rates, [500, 1000, 2000, 3000]);
+    assert.equal(defaults.soakSeconds, 60);
+    assert.equal(defaults.layout, 'split');
+    assert.equal(defaults.chartPath, 'docs/bench/latency.svg');
+    const quick = parseBenchOptions(['--quick', '--only', 'closed,soak', '--duration-ms', '2000', '--cpu-prof', '--chart', 'none']);
+    assert.deepEqual(quick.sections, ['closed', 'soak']);
+    assert.equal(quick.durationMs, 2000);
+    assert.equal(quick.soakSeconds, 10);
+    assert.equal(quick.cpuProf, true);
+    assert.equal(quick.chartPath, undefined);
+    assert.throws(() => parseBenchOptions(['--only', 'closd']), /unknown "closd"/);
+    assert.throws(() => parseBenchOptions(['--rates', '500,x']), /positive numbers/);
+    assert.throws(() => parseBenchOptions(['--layout', 'diagonal']), /layout/);
+    assert.throws(() => parseBenchOptions(['--duration']), /duration/);
+  });
+
+  it('generates a worker config the project loader accepts, with limits and cache off', () => {
+    const text = buildWorkerConfig({ upstreamOrigin: 'http://127.0.0.1:9999', maxInFlight: 2048 });
+    const config = parseConfigText(text, 'bench.yaml');
+    assert.equal(config.worker.max_in_flight, 2048);
+    assert.equal(config.cache.enabled, false);
+    assert.equal(config.limits.enabled, false);
+    assert.equal(config.logging.level, 'info');
+    assert.equal(config.models.get(BENCH_MODELS.slow.name)?.deployments[0]?.physical_name, 'fake-slow');
+    assert.ok(text.includes('http://127.0.0.1:9999/fake/delay=2000/v1'));
+    assert.ok(bareForwarderRoutes().includes('bench-slow=fake-slow@/fake/delay=2000/v1'));
+  });
+
+  it('parses upstream behaviours and splits the answer into chunks that join back', () => {
+    const defaults = { delayMs: 0, chunks: 8, gapMs: 0, errorRate: 0 };
+    assert.deepEqual(parseBehaviour('delay=2000,chunks=20,gap=10,error=0.05', defaults), { delayMs: 2000, chunks: 20, gapMs: 10, errorRate: 0.05 });
+    assert.deepEqual(parseBehaviour('', defaults), defaults);
+    assert.throws(() => parseBehaviour('speed=3', defaults), /unknown/);
+    assert.equal(splitContent(FAKE_CONTENT, 3).join(''), FAKE_CONTENT);
+    assert.equal(splitContent(FAKE_CONTENT, 3).length, 3);
+    assert.equal(splitContent(FAKE_CONTENT, 20).length, 20);
+    assert.ok(splitContent(FAKE_CONTENT, 20).join('').startsWith(FAKE_CONTENT));
+  });
+});
+
+describe('bench report', () => {
+  const result = (throughput: number, p50: number, p99: number): LoadResult => ({
+    ok: 100,
+    errors: {},
+    elapsedMs: 1000,
+    throughput,
+    latency: { count: 100, min: p50 / 2, mean: p50, p50, p90: p50 * 2, p99, p999: p99, max: p99 * 2 },
+  });
+  const record = (target: RunRecord['target'], fields: Partial<RunRecord>, loadResult: LoadResult): RunRecord => ({
+    target,
+    model: 'bench-fast',
+    result: loadResult,
+    processes: { worker: { cpuPercent: 95, rssStartBytes: 1, rssEndBytes: 1, rssMaxBytes: 100 * 2 ** 20 } },
+    ...fields,
+  });
+  const results: BenchResults = {
+    startedAt: '2026-11-27T22:00:00.000Z',
+    finishedAt: '2026-11-27T22:05:00.000Z',
+    machine: { cpus: 2, cpuModel: 'Test CPU', node: 'v20', natsServer: 'nats-server: v2.9.10', memoryGiB: 24 },
+    layout: { name: 'split', pinned: true, cpus: { worker: '0', load: '1' } },
+    options: {},
+    gatewayClient: 'llm-proxy client',
+    closed: [
+      record('bare', { concurrency: 64 }, result(4000, 10, 20)),
+      record('bare', { concurrency: 256 }, result(3800, 40, 90)),
+      record('gateway', { concurrency: 64 }, result(3500, 12, 25)),
+    ],
+    open: [
+      record('bare', { rate: 500 }, result(500, 0.5, 1)),
+      record('gateway', { rate: 500 }, result(500, 0.6, 1.3)),
+      record('bare', { rate: 1000 }, result(1000, 0.6, 1.5)),
+      record('gateway', { rate: 1000 }, result(1000, 0.65, 1.9)),
+    ],
+    stream: [],
+    memory: [],
+  };
+
+  it('compares peak throughputs and the added latency at the rate nearest 1,000/s', () => {
+    const goals = computeGoals(results);
+    assert.equal(goals.throughputRatio, 3500 / 4000);
+    assert.equal(goals.rateForAdded, 1000);
+    assert.ok(Math.abs(goals.addedP50Ms! - 0.05) < 1e-9);
+    assert.ok(Math.abs(goals.addedP99Ms! - 0.4) < 1e-9);
+  });
+
+  it('renders the tables and the goals', () => {
+    const markdown = renderMarkdown(results);
+    assert.match(markdown, /\| llm-proxy \| 64 \| 3,500 \| 12\.0 \|/);
+    assert.match(markdown, /= \*\*88%\*\* \(goal ≥ 85%: met\)/);
+    assert.match(markdown, /p50 \*\*0\.050 ms\*\* \(goal ≤ 0\.1: met\)/);
+    assert.match(markdown, /\| 1,000 req\/s \| bare forwarder \(floor 3\) \| 0\.050 \|/);
+  });
+
+  it('charts open-loop p50 and p99 per target and closed-loop p50 against throughput', () => {
+    const panels = chartPanels(results);
+    assert.equal(panels.length, 2);
+    assert.deepEqual(
+      panels[0]!.series.map((series) => [series.name, series.points.length, series.dashed === true]),
+      [
+        ['bare forwarder (floor 3) p50', 2, false],
+        ['bare forwarder (floor 3) p99', 2, true],
+        ['llm-proxy p50', 2, false],
+        ['llm-proxy p99', 2, true],
+      ],
+    );
+    assert.deepEqual(panels[1]!.series.find((series) => series.name === 'bare forwarder (floor 3) p50')?.points, [
+      { x: 4000, y: 10 },
+      { x: 3800, y: 40 },
+    ]);
+  });
+});
