@@ -1,0 +1,91 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { headers as createHeaders } from '@nats-io/nats-core';
+import { parseChatRequest } from '../contract/request.js';
+import { resolveConfig } from '../config/load.js';
+import { SecretCheck } from './auth.js';
+import { requestCost, ToolCallAssembler } from './accounting.js';
+import { cacheKey, isCacheable, ResponseCache } from './response-cache.js';
+import type { ChatReply } from '../contract/reply.js';
+
+test('secret check: constant-time on digests; no secret configured allows all', () => {
+  const check = new SecretCheck('s3cret');
+  const with_ = (value: string | undefined) => {
+    const headers = createHeaders();
+    if (value !== undefined) headers.set('X-Internal-Secret', value);
+    return headers;
+  };
+  assert.equal(check.enabled, true);
+  assert.equal(check.allows(with_('s3cret')), true);
+  assert.equal(check.allows(with_('s3cre')), false);
+  assert.equal(check.allows(with_('S3cret')), false);
+  assert.equal(check.allows(with_('')), false);
+  assert.equal(check.allows(with_(undefined)), false);
+  assert.equal(check.allows(undefined), false);
+  assert.equal(new SecretCheck(undefined).allows(undefined), true);
+  assert.equal(new SecretCheck('').enabled, false);
+});
+
+const request = (extra: object) => parseChatRequest({ model: 'm', messages: [{ role: 'user', content: 'hi' }], ...extra });
+
+test('cacheable: deterministic (temperature 0 or a seed), not streamed, no tools, not bypassed', () => {
+  assert.equal(isCacheable(request({ temperature: 0 })), true);
+  assert.equal(isCacheable(request({ seed: 7, temperature: 0.9 })), true);
+  assert.equal(isCacheable(request({})), false);
+  assert.equal(isCacheable(request({ temperature: 0, stream: true })), false);
+  assert.equal(isCacheable(request({ temperature: 0, cache: 'bypass' })), false);
+  assert.equal(isCacheable(request({ temperature: 0, tools: [{ type: 'function', function: { name: 'f' } }] })), false);
+});
+
+test('cache key ignores our own fields and key order, not what the provider sees', () => {
+  const key = cacheKey(request({ temperature: 0, request_id: 'a', metadata: { agent_id: 'x' }, timeout_ms: 5 }));
+  assert.equal(key, cacheKey(request({ request_id: 'b', temperature: 0 })));
+  assert.notEqual(key, cacheKey(request({ temperature: 0, max_tokens: 5 })));
+  assert.notEqual(key, cacheKey(parseChatRequest({ model: 'm', messages: [{ role: 'user', content: 'hi!' }], temperature: 0 })));
+});
+
+test('LRU: least recently used goes first; entries expire', () => {
+  const cache = new ResponseCache({ maxEntries: 2, ttlMs: 1_000 });
+  const reply = (content: string) => ({ content }) as ChatReply;
+  cache.set('a', reply('a'), 0);
+  cache.set('b', reply('b'), 0);
+  assert.equal(cache.get('a', 10)?.content, 'a');
+  cache.set('c', reply('c'), 10);
+  assert.equal(cache.get('b', 10), undefined);
+  assert.equal(cache.get('a', 10)?.content, 'a');
+  assert.equal(cache.get('a', 2_000), undefined);
+  assert.equal(cache.size, 1);
+});
+
+test('tool-call deltas assemble by index', () => {
+  const assembler = new ToolCallAssembler();
+  assembler.add([{ index: 1, id: 'call_b', type: 'function', function: { name: 'second', arguments: '' } }]);
+  assembler.add([{ index: 0, id: 'call_a', type: 'function', function: { name: 'first', arguments: '{"x"' } }]);
+  assembler.add([{ index: 0, function: { arguments: ':1}' } }]);
+  assembler.add([{ index: 1, function: { arguments: '{}' } }]);
+  assert.deepEqual(assembler.calls(), [
+    { id: 'call_a', type: 'function', function: { name: 'first', arguments: '{"x":1}' } },
+    { id: 'call_b', type: 'function', function: { name: 'second', arguments: '{}' } },
+  ]);
+});
+
+test('request cost: the serving model\'s prices plus what failed attempts consumed, priced by their model', () => {
+  const config = resolveConfig(
+    {
+      providers: { a: { base_url: 'http://a.example/v1' }, b: { base_url: 'http://b.example/v1' } },
+      models: {
+        main: { provider: 'a', physical_name: 'big', cost_per_1k_prompt: 1, cost_per_1k_completion: 2, fallbacks: ['spare'] },
+        spare: { provider: 'b', physical_name: 'small', cost_per_1k_prompt: 0.1, cost_per_1k_completion: 0.2 },
+      },
+    },
+    'test',
+    {},
+  );
+  const attempts = [
+    { provider: 'a', model_resolved: 'big', error_code: 'upstream_error', latency_ms: 1, prompt_tokens: 100, completion_tokens: 50 },
+    { provider: 'b', model_resolved: 'small', error_code: null, latency_ms: 1 },
+  ];
+  // spare: 1000 prompt × 0.1/1k + 500 × 0.2/1k = 0.2; failed attempt on main: 100 × 1/1k + 50 × 2/1k = 0.2
+  assert.equal(requestCost(config, 'spare', { promptTokens: 1000, completionTokens: 500 }, attempts, 'main'), 0.4);
+  assert.equal(requestCost(config, undefined, undefined, attempts, 'main'), 0.2);
+});
