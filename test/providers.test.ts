@@ -435,3 +435,37 @@ describe('connection failures and configuration', () => {
     }
   });
 });
+
+describe('connection reuse', () => {
+  for (const kind of KINDS) {
+    test(`${kind.type}: keep-alive reuses connections, after JSON replies and after whole streams, within max_connections`, async () => {
+      const fake = await kind.start();
+      const { provider, pool } = makeProvider(kind, fake.baseUrl);
+      try {
+        for (let index = 0; index < 5; index += 1) {
+          await provider.chat({ model: 'm', request: chatRequest(), signal: neverAborted() });
+          await collect(provider.stream({ model: 'm', request: chatRequest({ stream: true }), signal: neverAborted() }));
+        }
+        const sequentialPorts = new Set(fake.requests.map((record) => record.remotePort));
+        // undici frees a connection a moment after its body has been read, so a call made right after may take a
+        // second one; what matters is that ten calls do not open ten (or even three) connections.
+        assert.ok(sequentialPorts.size <= 2, `ten calls one after the other reuse their connections (saw ${sequentialPorts.size})`);
+
+        fake.setDefault({ kind: 'ok', chunkIntervalMs: 5 });
+        await Promise.all(
+          Array.from({ length: 40 }, (_, index) =>
+            index % 2 === 0
+              ? provider.chat({ model: 'm', request: chatRequest(), signal: neverAborted() })
+              : collect(provider.stream({ model: 'm', request: chatRequest({ stream: true }), signal: neverAborted() })),
+          ),
+        );
+        const allPorts = new Set(fake.requests.map((record) => record.remotePort));
+        assert.ok(allPorts.size <= 8, `at most max_connections (8) connections, saw ${allPorts.size}`);
+        assert.equal(fake.requests.length, 50);
+      } finally {
+        await pool.destroy();
+        await fake.close();
+      }
+    });
+  }
+});

@@ -25,6 +25,8 @@ export interface RecordedRequest {
   behaviour: FakeBehaviourKind | undefined;
   /** Set when the client closed the connection before the response ended. */
   closedByClient: boolean;
+  /** The client's TCP port: requests with the same port came over the same (kept-alive) connection. */
+  remotePort: number | undefined;
 }
 
 export interface FakeProviderOptions {
@@ -177,6 +179,7 @@ export async function startFakeProvider(dialect: FakeDialect, options: FakeProvi
       time: Date.now(),
       behaviour: undefined,
       closedByClient: false,
+      remotePort: request.socket.remotePort,
     };
     inFlight += 1;
     let destroyedByFake = false;
