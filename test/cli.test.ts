@@ -1,0 +1,176 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { connect } from '@nats-io/transport-node';
+import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
+import { freePort } from './helpers/ports.js';
+import { startFakeOpenAI, type FakeOpenAI } from './fakes/index.js';
+import { REPO_ROOT, startInProcessWorker, testConfig, TEST_API_KEY, type InProcessWorker } from './helpers/worker.js';
+import { isNatsReachable } from '../src/bus/dev-server.js';
+
+interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function startCli(args: string[], env: Record<string, string> = {}): { child: ChildProcess; output: () => RunResult; done: Promise<RunResult> } {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), ...args], {
+    cwd: REPO_ROOT,
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const done = new Promise<RunResult>((resolve) => child.once('exit', (code) => resolve({ code, stdout, stderr })));
+  return { child, output: () => ({ code: child.exitCode, stdout, stderr }), done };
+}
+
+const runCli = (args: string[], env: Record<string, string> = {}) => startCli(args, env).done;
+
+async function waitForOutput(read: () => RunResult, text: string, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(read().stdout + read().stderr).includes(text)) {
+    if (Date.now() > deadline) throw new Error(`no "${text}" in time; got: ${read().stdout.slice(-1500)} ${read().stderr.slice(-1500)}`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+describe('CLI: worker, dev, models, tail, check-config', () => {
+  let dir: string;
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'llm-proxy-cli-'));
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  test('--help on each command prints usage and a working example', async () => {
+    for (const name of ['worker', 'dev', 'models', 'tail', 'check-config']) {
+      const result = await runCli([name, '--help']);
+      assert.equal(result.code, 0, result.stderr);
+      assert.match(result.stdout, new RegExp(`Usage: llm-proxy ${name}`));
+      assert.match(result.stdout, /Example:\n {2}\S/);
+    }
+  });
+
+  test('check-config: a good file prints a summary; a bad one lists every problem by path and exits 1', async () => {
+    const good = await runCli(['check-config', join(REPO_ROOT, 'config.yaml')], { OPENAI_API_KEY: 'x' });
+    assert.equal(good.code, 0, good.stderr);
+    assert.match(good.stdout, /config\.yaml: OK/);
+    assert.match(good.stdout, /gpt-4\.1-mini → openai\/gpt-4\.1-mini/);
+    assert.match(good.stderr, /DEEPSEEK_API_KEY, which is not set/);
+    const badPath = join(dir, 'bad.yaml');
+    writeFileSync(badPath, stringify({ providers: { openai: { base_url: 'not a url' } }, models: { a: { provider: 'opnai' }, b: { provider: 'openai', cost_per_1k_prompt: -1 } }, worker: { max_in_flite: 3 } }));
+    const bad = await runCli(['check-config', badPath]);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /providers\.openai\.base_url: /);
+    assert.match(bad.stderr, /models\.a\.provider: unknown provider "opnai"/);
+    assert.match(bad.stderr, /models\.b\.cost_per_1k_prompt: /);
+    assert.match(bad.stderr, /worker: unknown key "max_in_flite"/);
+    const worker = await runCli(['worker', '--config', badPath], { NATS_URL: 'nats://127.0.0.1:1' });
+    assert.equal(worker.code, 1, 'a bad config stops the worker before it starts');
+    assert.match(worker.stderr, /models\.a\.provider: unknown provider "opnai"/);
+  });
+
+  describe('against a running worker', () => {
+    let nats: NatsServerHandle;
+    let openai: FakeOpenAI;
+    let worker: InProcessWorker;
+    before(async () => {
+      nats = await startNatsServer();
+      openai = await startFakeOpenAI();
+      worker = await startInProcessWorker({ natsUrl: nats.url, config: testConfig({ openai: openai.baseUrl }) });
+    });
+    after(async () => {
+      await worker?.stop();
+      await openai?.close();
+      await nats?.dispose();
+    });
+
+    test('models lists the models; --health adds deployment states; --json prints the reply', async () => {
+      const plain = await runCli(['models'], { NATS_URL: nats.url });
+      assert.equal(plain.code, 0, plain.stderr);
+      assert.match(plain.stdout, /gpt-test {2}prompt \$0\.15\/1k, completion \$0\.6\/1k/);
+      assert.match(plain.stdout, /- openai\/gpt-4o-mini/);
+      const health = await runCli(['models', '--health'], { NATS_URL: nats.url });
+      assert.match(health.stdout, /healthy {2}in flight 0/);
+      const json = await runCli(['models', '--json', '--health'], { NATS_URL: nats.url });
+      const reply = JSON.parse(json.stdout);
+      assert.equal(reply.worker_id, worker.worker.id);
+      assert.ok(Array.isArray(reply.health));
+    });
+
+    test('models with no worker says so and exits 1', async () => {
+      const empty = await startNatsServer();
+      try {
+        const result = await runCli(['models'], { NATS_URL: empty.url });
+        assert.equal(result.code, 1);
+        assert.match(result.stderr, /no worker is listening on llm\.proxy\.models/);
+      } finally {
+        await empty.dispose();
+      }
+    });
+
+    test('tail prints each usage event as it arrives (--agent filters, --json prints the event)', async () => {
+      const plain = startCli(['tail', '--agent', 'agent:tail'], { NATS_URL: nats.url });
+      const json = startCli(['tail', '--json'], { NATS_URL: nats.url });
+      try {
+        await waitForOutput(plain.output, 'listening on llm.usage.agent:tail');
+        await waitForOutput(json.output, 'listening on llm.usage.>');
+        const client = await connect({ servers: nats.url });
+        const request = (id: string, agent: string) =>
+          client.request('llm.proxy.request', JSON.stringify({ model: 'gpt-test', messages: [{ role: 'user', content: 'hi' }], request_id: id, metadata: { agent_id: agent } }), { timeout: 5_000 });
+        await request('tail-other', 'agent:other');
+        await request('tail-1', 'agent:tail');
+        await client.close();
+        await waitForOutput(plain.output, 'tail-1');
+        await waitForOutput(json.output, 'tail-1');
+        assert.ok(!plain.output().stdout.includes('tail-other'), 'filtered by agent');
+        assert.match(plain.output().stdout, /ok +gpt-test +openai\/gpt-4o-mini {2}agent:tail {2}\d+\+\d+ tok {2}\$0\.\d{6} {2}\d+ ms {2}tail-1/);
+        const events = json.output().stdout.trim().split('\n').map((line) => JSON.parse(line));
+        assert.deepEqual(events.map((event) => event.request_id), ['tail-other', 'tail-1']);
+      } finally {
+        plain.child.kill('SIGINT');
+        json.child.kill('SIGINT');
+        assert.equal((await plain.done).code, 0);
+        await json.done;
+      }
+    });
+  });
+
+  test('dev: without NATS and without nats-server on PATH, it says how to install it and exits 1', async () => {
+    const port = await freePort();
+    const result = await runCli(['dev', '--config', join(REPO_ROOT, 'config.yaml')], { NATS_URL: `nats://127.0.0.1:${port}`, PATH: dir });
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /apt-get install -y nats-server/);
+    assert.match(result.stderr, /go install github\.com\/nats-io\/nats-server/);
+  });
+
+  test('dev: without NATS it starts nats-server and a worker that answers; Ctrl-C stops both and exits 0', async () => {
+    const openai = await startFakeOpenAI();
+    const port = await freePort();
+    const url = `nats://127.0.0.1:${port}`;
+    const configPath = join(dir, 'dev.yaml');
+    writeFileSync(configPath, stringify(testConfig({ openai: openai.baseUrl })));
+    const dev = startCli(['dev', '--config', configPath, '--store', join(dir, 'store')], { NATS_URL: url, FAKE_OPENAI_KEY: TEST_API_KEY });
+    try {
+      await waitForOutput(dev.output, 'started nats-server');
+      await waitForOutput(dev.output, '"worker started"');
+      const client = await connect({ servers: url });
+      const reply = (await client.request('llm.proxy.request', JSON.stringify({ model: 'gpt-test', messages: [{ role: 'user', content: 'dev!' }] }), { timeout: 5_000 })).json() as { content: string };
+      assert.equal(reply.content, 'echo: dev!');
+      await client.close();
+    } finally {
+      dev.child.kill('SIGINT');
+      const result = await dev.done;
+      await openai.close();
+      assert.equal(result.code, 0, result.stderr);
+    }
+    assert.equal(await isNatsReachable(url, 500), false, 'the nats-server it started is gone');
+  });
+});
