@@ -235,7 +235,7 @@ describe('worker: chat requests over NATS', () => {
   });
 
   test('$SRV.PING, INFO and STATS answer, with our own counters in STATS', async () => {
-    const services = new Svcm(client).client({ maxWait: 1_000 });
+    const services = new Svcm(client).client({ strategy: 'timer', maxWait: 1_000 });
     const pings = (await collect(await services.ping('llm-proxy'))) as ServiceIdentity[];
     assert.equal(pings.length, 1);
     assert.equal(pings[0]!.id, worker.worker.id);
