@@ -280,3 +280,34 @@ test('bad queries get invalid_request naming the field, with the service error h
     await server.dispose();
   }
 });
+
+test('messages missing from the delivery are read from the stream, so nothing is skipped', { timeout: 60_000 }, async () => {
+  const server = await startNatsServer();
+  const connections: NatsConnection[] = [];
+  try {
+    const worker = await connect({ servers: server.url, name: 'worker' });
+    connections.push(worker);
+    const manager = await jetstreamManager(worker);
+    await ensureUsageStream(manager, usageStream, 'llm');
+    const events = makeEvents(200);
+    const publish = (list: UsageEvent[]) => publishAll(worker, list.map((event) => ({ event, msgID: event.request_id })));
+
+    const { aggregator } = await startAggregator(server, { instance_id: 'holes' }, connections);
+    await publish(events.slice(0, 100));
+    await aggregator.waitForSeq(100);
+
+    // The durable is replaced by one that starts at 151: 101..150 are never delivered (as if lost in flight).
+    const durable = await manager.consumers.info(usageStream.name, aggregator.durableName);
+    await manager.consumers.delete(usageStream.name, aggregator.durableName);
+    await publish(events.slice(100, 200));
+    await manager.consumers.add(usageStream.name, { ...durable.config, opt_start_seq: 151 });
+
+    await aggregator.waitForSeq(200, 45_000);
+    assert.equal(aggregator.status().events, 200);
+    assertMatchesHand(aggregator.query({ group_by: 'model' }) as unknown as Record<string, unknown>, handCompute(events, { group_by: ['model'] }), 'after the hole');
+    await aggregator.stop();
+  } finally {
+    await Promise.all(connections.map((connection) => connection.close().catch(() => undefined)));
+    await server.dispose();
+  }
+});

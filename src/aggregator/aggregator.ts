@@ -26,6 +26,9 @@ import { SnapshotStore, type LoadedSnapshot, type SnapshotManifest } from './sna
 export const AGGREGATOR_SERVICE_NAME = 'llm-usage';
 export const AGGREGATOR_VERSION = '0.1.0';
 
+/** Beyond this many missing sequences, ask the stream where it starts before reading them one by one. */
+const GAP_READ_LIMIT = 1_000;
+
 type AggregatorLogger = Pick<Logger, 'info' | 'warn' | 'error'>;
 
 const silentLogger: AggregatorLogger = {
@@ -83,6 +86,7 @@ export class UsageAggregator {
   lastSnapshot: SnapshotManifest | undefined;
 
   private rollups: UsageRollups;
+  private manager: JetStreamManager | undefined;
   private stream: StreamInfo | undefined;
   private store: SnapshotStore | undefined;
   private messages: ConsumerMessages | undefined;
@@ -111,15 +115,19 @@ export class UsageAggregator {
   private async begin(): Promise<void> {
     const { connection, usageStream, aggregator } = this.options;
     const manager = await jetstreamManager(connection);
+    this.manager = manager;
     this.stream = await ensureUsageStream(manager, usageStream, this.options.subjectPrefix);
     this.store = await SnapshotStore.open(connection, aggregator.snapshot_bucket, this.options.snapshotChunkBytes);
 
-    const loaded = await this.loadSnapshot(this.store);
+    const loaded = await this.loadSnapshot(this.store, this.stream.created);
     const startSeq = this.restore(loaded, this.stream);
+    // What lies before the start (expired, or in the snapshot) is settled: the next message expected is startSeq.
+    this.rollups.appliedSeq = Math.max(this.rollups.appliedSeq, startSeq - 1);
     await this.positionDurable(manager, startSeq);
 
     const consumer = await jetstream(connection).consumers.get(usageStream.name, this.durableName);
-    const messages = await consumer.consume({ max_messages: 512 });
+    // Short pull expiry: a replaced or recreated durable is noticed within seconds.
+    const messages = await consumer.consume({ max_messages: 512, expires: 5_000 });
     this.messages = messages;
     this.consuming = this.consume(messages);
     void this.watchStatus(messages);
@@ -137,13 +145,15 @@ export class UsageAggregator {
   }
 
   /** Own snapshot first; else the most advanced snapshot of another aggregator (same result, less replay); else none. */
-  private async loadSnapshot(store: SnapshotStore): Promise<{ loaded: LoadedSnapshot; adopted: boolean } | undefined> {
+  private async loadSnapshot(store: SnapshotStore, streamCreated: string): Promise<{ loaded: LoadedSnapshot; adopted: boolean } | undefined> {
     const own = await store.load(this.instanceId).catch((error: unknown) => {
       this.logger.warn({ err: error }, 'own snapshot unreadable; looking for another');
       return undefined;
     });
     if (own !== undefined) return { loaded: own, adopted: false };
-    for (const manifest of await store.manifests()) {
+    // Snapshots of the stream as it is now come first (one of a deleted and recreated stream would mean a full replay).
+    const manifests = (await store.manifests()).sort((left, right) => Number(left.stream_created !== streamCreated) - Number(right.stream_created !== streamCreated));
+    for (const manifest of manifests) {
       const other = await store.load(manifest.instance).catch(() => undefined);
       if (other !== undefined) return { loaded: other, adopted: true };
     }
@@ -203,16 +213,56 @@ export class UsageAggregator {
   private async consume(messages: ConsumerMessages): Promise<void> {
     try {
       for await (const message of messages) {
-        const result = this.rollups.apply({ seq: message.seq, data: message.data, storedAtMs: Number(message.timestampNanos / 1_000_000n) });
-        if (result.outcome === 'invalid') {
-          this.logger.warn({ seq: message.seq, subject: message.subject, problem: result.problem }, 'skipped a message that is not a usage event');
+        if (message.seq > this.rollups.appliedSeq + 1) {
+          try {
+            await this.fillGap(message.seq);
+          } catch (error) {
+            // Not applied, not acknowledged: it comes back, and the gap is tried again before it.
+            this.logger.warn({ err: error, seq: message.seq }, 'could not read the messages before this one; retrying later');
+            message.nak(1_000);
+            continue;
+          }
         }
+        this.applyLogged(message.seq, message.subject, message.data, Number(message.timestampNanos / 1_000_000n));
         // Acknowledged only once applied; a crash before this point replays it from the snapshot.
         message.ack();
       }
     } catch (error) {
       if (!this.stopped) this.logger.error({ err: error }, 'consuming the usage stream stopped');
     }
+  }
+
+  private applyLogged(seq: number, subject: string, data: Uint8Array, storedAtMs: number): void {
+    const result = this.rollups.apply({ seq, data, storedAtMs });
+    if (result.outcome === 'invalid') this.logger.warn({ seq, subject, problem: result.problem }, 'skipped a message that is not a usage event');
+  }
+
+  /**
+   * The rollups must see the stream in order, without holes: a message
+   * delivered while the connection was down is lost in flight and only
+   * redelivered after ack_wait, when later ones have been applied. So a
+   * message that arrives ahead of the next expected sequence first makes us
+   * read the missing ones directly from the stream (those deleted or expired
+   * are skipped). Their late redeliveries are then recognised as applied.
+   */
+  private async fillGap(nextSeq: number): Promise<void> {
+    const manager = this.manager;
+    const stream = this.options.usageStream.name;
+    if (manager === undefined) throw new Error('aggregator not started');
+    let seq = this.rollups.appliedSeq + 1;
+    if (nextSeq - seq > GAP_READ_LIMIT) {
+      // A long gap is usually retention at work: start at the first message the stream still has.
+      seq = Math.max(seq, (await manager.streams.info(stream)).state.first_seq);
+    }
+    const usagePrefix = `${this.options.subjectPrefix}.usage.`;
+    let recovered = 0;
+    for (; seq < nextSeq; seq += 1) {
+      const stored = await manager.streams.getMessage(stream, { seq });
+      if (stored === null || !stored.subject.startsWith(usagePrefix)) continue;
+      this.applyLogged(stored.seq, stored.subject, stored.data, stored.time.getTime());
+      recovered += 1;
+    }
+    if (recovered > 0) this.logger.warn({ recovered, before_seq: nextSeq }, 'read messages missing from the delivery directly from the stream');
   }
 
   private async watchStatus(messages: ConsumerMessages): Promise<void> {
