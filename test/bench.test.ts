@@ -9,7 +9,7 @@ import { summarizeProfile, mergeProfiles, shortenUrl, type CpuProfile } from '..
 import { buildWorkerConfig, bareForwarderRoutes, BENCH_MODELS } from '../src/bench/bench-config.js';
 import { parseBenchOptions } from '../src/bench/options.js';
 import { parseStatCpuTicks, parseStatusRssBytes, usageFromSamples } from '../src/bench/proc-stats.js';
-import { computeGoals, chartPanels, renderMarkdown, type BenchResults, type RunRecord } from '../src/bench/report.js';
+import { computeGoals, chartPanels, cpuMicrosPerRequest, renderMarkdown, type BenchResults, type RunRecord } from '../src/bench/report.js';
 import { linearSlope, percentile, summarize } from '../src/bench/stats.js';
 import { escapeXml, linearTicks, logTicks, niceStep, renderChart } from '../src/bench/svg-chart.js';
 import { FAKE_CONTENT, parseBehaviour, splitContent } from '../src/bench/upstream.js';
@@ -233,7 +233,10 @@ describe('bench report', () => {
     target,
     model: 'bench-fast',
     result: loadResult,
-    processes: { worker: { cpuPercent: 95, rssStartBytes: 1, rssEndBytes: 1, rssMaxBytes: 100 * 2 ** 20 } },
+    processes: {
+      worker: { cpuPercent: 95, rssStartBytes: 1, rssEndBytes: 1, rssMaxBytes: 100 * 2 ** 20 },
+      bare: { cpuPercent: 40, rssStartBytes: 1, rssEndBytes: 1, rssMaxBytes: 50 * 2 ** 20 },
+    },
     ...fields,
   });
   const results: BenchResults = {
@@ -264,6 +267,10 @@ describe('bench report', () => {
     assert.equal(goals.rateForAdded, 1000);
     assert.ok(Math.abs(goals.addedP50Ms! - 0.05) < 1e-9);
     assert.ok(Math.abs(goals.addedP99Ms! - 0.4) < 1e-9);
+    // 95% of a core over 1,000 answers a second is 950 µs each; the bare forwarder's 40% is 400 µs.
+    assert.ok(Math.abs(goals.gatewayCpuMicros! - 950) < 1e-9);
+    assert.ok(Math.abs(goals.bareCpuMicros! - 400) < 1e-9);
+    assert.equal(cpuMicrosPerRequest({ ...results.closed[0]!, processes: {} }), undefined);
   });
 
   it('renders the tables and the goals', () => {

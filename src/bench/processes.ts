@@ -4,7 +4,7 @@
  * real process's and /proc sampling sees it), its output in a log file.
  */
 import { execFileSync, spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { createWriteStream, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, createWriteStream, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -54,16 +54,23 @@ function waitForExit(child: ChildProcess, timeoutMs: number): Promise<boolean> {
 
 export async function spawnManaged(options: SpawnOptions): Promise<{ process: ManagedProcess; ready: Record<string, unknown> }> {
   mkdirSync(options.logDir, { recursive: true });
-  const log = createWriteStream(join(options.logDir, `${options.name}.log`));
+  const logPath = join(options.logDir, `${options.name}.log`);
   const [command, args] = options.cpus === undefined ? [options.command, options.args] : ['taskset', ['-c', options.cpus, options.command, ...options.args]];
-  const stdio: StdioOptions = options.ipc === true ? ['ignore', 'pipe', 'pipe', 'ipc'] : ['ignore', 'pipe', 'pipe'];
+  // Without a ready line to read, the process writes its log straight to the file (as a
+  // production worker would), not through a pipe that this process has to keep emptying.
+  const direct = options.waitForReadyLine !== true;
+  const logFd = direct ? openSync(logPath, 'w') : undefined;
+  const output = logFd ?? 'pipe';
+  const stdio: StdioOptions = options.ipc === true ? ['ignore', output, output, 'ipc'] : ['ignore', output, output];
   const child = spawn(command, args, { stdio, env: options.env ?? process.env });
-  child.stderr?.pipe(log, { end: false });
+  if (logFd !== undefined) closeSync(logFd);
+  const log = direct ? undefined : createWriteStream(logPath);
+  if (log !== undefined) child.stderr?.pipe(log, { end: false });
   let ready: Record<string, unknown> = {};
-  if (options.waitForReadyLine === true) {
+  if (log !== undefined) {
     ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
       let buffered = '';
-      const timer = setTimeout(() => reject(new Error(`${options.name} did not report ready (see ${options.logDir}/${options.name}.log)`)), options.readyTimeoutMs ?? 20_000);
+      const timer = setTimeout(() => reject(new Error(`${options.name} did not report ready (see ${logPath})`)), options.readyTimeoutMs ?? 20_000);
       const onData = (chunk: Buffer): void => {
         buffered += chunk.toString('utf8');
         const newline = buffered.indexOf('\n');
@@ -82,11 +89,9 @@ export async function spawnManaged(options: SpawnOptions): Promise<{ process: Ma
       child.stdout?.on('data', onData);
       child.once('exit', (code) => {
         clearTimeout(timer);
-        reject(new Error(`${options.name} exited (${code}) before it was ready (see ${options.logDir}/${options.name}.log)`));
+        reject(new Error(`${options.name} exited (${code}) before it was ready (see ${logPath})`));
       });
     });
-  } else {
-    child.stdout?.pipe(log, { end: false });
   }
   if (child.pid === undefined) throw new Error(`${options.name} did not start`);
   const managed: ManagedProcess = {
@@ -101,7 +106,7 @@ export async function spawnManaged(options: SpawnOptions): Promise<{ process: Ma
           await waitForExit(child, 5_000);
         }
       }
-      log.end();
+      log?.end();
     },
   };
   return { process: managed, ready };

@@ -82,6 +82,9 @@ export interface Goals {
   rateForAdded: number | undefined;
   addedP50Ms: number | undefined;
   addedP99Ms: number | undefined;
+  /** Open loop at that rate: CPU µs per request of the worker and of the bare forwarder. */
+  gatewayCpuMicros: number | undefined;
+  bareCpuMicros: number | undefined;
 }
 
 function peakThroughput(records: RunRecord[], target: Target): number | undefined {
@@ -104,6 +107,8 @@ export function computeGoals(results: Pick<BenchResults, 'closed' | 'open'>): Go
     rateForAdded,
     addedP50Ms: gateway !== undefined && bare !== undefined ? gateway.result.latency.p50 - bare.result.latency.p50 : undefined,
     addedP99Ms: gateway !== undefined && bare !== undefined ? gateway.result.latency.p99 - bare.result.latency.p99 : undefined,
+    gatewayCpuMicros: gateway === undefined ? undefined : cpuMicrosPerRequest(gateway),
+    bareCpuMicros: bare === undefined ? undefined : cpuMicrosPerRequest(bare),
   };
 }
 
@@ -144,6 +149,17 @@ function serving(record: RunRecord): ProcessUsage | undefined {
   return record.processes[SERVING_PROCESS[record.target]];
 }
 
+/** CPU time the serving process spent per answered request, in microseconds. */
+export function cpuMicrosPerRequest(record: RunRecord): number | undefined {
+  const usage = serving(record);
+  if (usage === undefined || !(record.result.throughput > 0)) return undefined;
+  return ((usage.cpuPercent / 100) * 1_000_000) / record.result.throughput;
+}
+
+function formatMicros(value: number | undefined): string {
+  return value === undefined || !Number.isFinite(value) ? '–' : value.toFixed(0);
+}
+
 export function renderMarkdown(results: BenchResults): string {
   const parts: string[] = [];
   const goals = computeGoals(results);
@@ -164,7 +180,7 @@ export function renderMarkdown(results: BenchResults): string {
     parts.push('### Closed loop (zero-delay upstream)');
     parts.push(
       table(
-        ['target', 'conc.', 'req/s', 'p50', 'p90', 'p99', 'max', 'errors', 'CPU', 'RSS MiB', 'nats CPU'],
+        ['target', 'conc.', 'req/s', 'p50', 'p90', 'p99', 'max', 'errors', 'CPU', 'CPU µs/req', 'RSS MiB', 'nats CPU'],
         results.closed.map((record) => [
           TARGET_LABELS[record.target],
           String(record.concurrency ?? ''),
@@ -175,6 +191,7 @@ export function renderMarkdown(results: BenchResults): string {
           formatMs(record.result.latency.max),
           formatErrors(record.result),
           formatPercent(serving(record)?.cpuPercent),
+          formatMicros(cpuMicrosPerRequest(record)),
           formatMiB(serving(record)?.rssMaxBytes),
           formatPercent(record.processes['nats-server']?.cpuPercent),
         ]),
@@ -186,7 +203,7 @@ export function renderMarkdown(results: BenchResults): string {
     parts.push('### Open loop (zero-delay upstream)');
     parts.push(
       table(
-        ['target', 'offered/s', 'done/s', 'p50', 'p90', 'p99', 'max', 'errors', 'CPU', 'RSS MiB', 'send lag p99'],
+        ['target', 'offered/s', 'done/s', 'p50', 'p90', 'p99', 'max', 'errors', 'CPU', 'CPU µs/req', 'RSS MiB', 'send lag p99'],
         results.open.map((record) => [
           TARGET_LABELS[record.target],
           formatRate(record.rate),
@@ -197,6 +214,7 @@ export function renderMarkdown(results: BenchResults): string {
           formatMs(record.result.latency.max),
           formatErrors(record.result),
           formatPercent(serving(record)?.cpuPercent),
+          formatMicros(cpuMicrosPerRequest(record)),
           formatMiB(serving(record)?.rssMaxBytes),
           formatMs(record.result.sendLag?.p99),
         ]),
@@ -300,6 +318,12 @@ export function renderMarkdown(results: BenchResults): string {
     goalLines.push(
       `- Added latency at ${formatRate(goals.rateForAdded)} req/s (llm-proxy minus bare forwarder): p50 **${formatMs(goals.addedP50Ms)} ms** (goal ≤ 0.1: ${goals.addedP50Ms <= 0.1 ? 'met' : 'not met'}), ` +
         `p99 **${formatMs(goals.addedP99Ms)} ms** (goal ≤ 0.5: ${goals.addedP99Ms <= 0.5 ? 'met' : 'not met'}).`,
+    );
+  }
+  if (goals.gatewayCpuMicros !== undefined && goals.bareCpuMicros !== undefined) {
+    goalLines.push(
+      `- CPU per request at ${formatRate(goals.rateForAdded)} req/s: llm-proxy worker ${formatMicros(goals.gatewayCpuMicros)} µs, bare forwarder ${formatMicros(goals.bareCpuMicros)} µs ` +
+        `(the throughput a core can give is about 10⁶ / these).`,
     );
   }
   if (goalLines.length > 0) {
