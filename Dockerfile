@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# The llm-proxy worker image. Build: docker build -t llm-proxy .
+# Run:   docker run --rm -e NATS_URL=nats://nats:4222 -e OPENAI_API_KEY llm-proxy
+# (the image holds the repo's config.yaml; mount your own at /app/config.yaml or set LLM_PROXY_CONFIG)
+
+FROM node:20-slim AS build
+WORKDIR /app
+# Dependencies first: this layer is reused until package*.json change.
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY src ./src
+RUN npm run build && npm prune --omit=dev
+
+FROM node:20-slim
+ENV NODE_ENV=production \
+    LLM_PROXY_CONFIG=/app/config.yaml \
+    NATS_URL=nats://nats:4222
+WORKDIR /app
+# Files stay owned by root and read-only to the runtime user.
+COPY --from=build /app/node_modules ./node_modules
+COPY --from=build /app/dist ./dist
+COPY package.json config.yaml ./
+# The base image's unprivileged user.
+USER node
+# Exec form: node is PID 1 and receives SIGTERM itself (the worker drains, then exits 0).
+# Give it time: `docker stop -t 40` / compose stop_grace_period ≥ worker.drain_timeout_ms + a few seconds.
+CMD ["node", "dist/cli/main.js", "worker"]
