@@ -469,3 +469,62 @@ describe('connection reuse', () => {
     });
   }
 });
+
+describe('raw streams the fakes do not script', () => {
+  /** A one-off loopback server that answers every request with the given body pieces, then ends. */
+  async function rawServer(contentType: string, pieces: string[]): Promise<{ url: string; close: () => Promise<void> }> {
+    const { createServer } = await import('node:http');
+    const server = createServer((request, response) => {
+      request.resume();
+      request.on('end', () => {
+        response.writeHead(200, { 'content-type': contentType });
+        for (const piece of pieces) response.write(piece);
+        response.end();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+    const port = (server.address() as { port: number }).port;
+    return {
+      url: `http://127.0.0.1:${port}`,
+      close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    };
+  }
+
+  const cases: Array<{ kind: Kind; contentType: string; path: string; halfEvent: string[]; badEvent: string[] }> = [
+    {
+      kind: KINDS[0]!,
+      contentType: 'text/event-stream',
+      path: '/v1',
+      halfEvent: ['data: {"model":"m","choices":[{"delta":{"content":"a"},"finish_reason":null}]}\n\n', 'data: {"model":"m","choi'],
+      badEvent: ['data: {"model":"m","choices":[{"delta":{"content":"a"},"finish_reason":null}]}\n\n', 'data: {not json}\n\n', 'data: [DONE]\n\n'],
+    },
+    {
+      kind: KINDS[1]!,
+      contentType: 'application/x-ndjson',
+      path: '',
+      halfEvent: ['{"model":"m","message":{"role":"assistant","content":"a"},"done":false}\n', '{"model":"m","mess'],
+      badEvent: ['{"model":"m","message":{"role":"assistant","content":"a"},"done":false}\n', '{not json}\n', '{"done":true}\n'],
+    },
+  ];
+
+  for (const { kind, contentType, path, halfEvent, badEvent } of cases) {
+    test(`${kind.type}: a body that ends inside an event is "stream ended early"; a bad event is malformed JSON`, async () => {
+      for (const [pieces, expected] of [
+        [halfEvent, /stream ended early/],
+        [badEvent, /malformed JSON in stream/],
+      ] as const) {
+        const server = await rawServer(contentType, [...pieces]);
+        const { provider, pool } = makeProvider(kind, server.url + path);
+        try {
+          const { events, error } = await collectUntilError(provider.stream({ model: 'm', request: chatRequest({ stream: true }), signal: neverAborted() }));
+          assertProxyError(error, { code: 'upstream_error', retryable: true });
+          assert.match(error.message, expected);
+          assert.equal(contentOf(events), 'a', 'what came before the failure was delivered');
+        } finally {
+          await pool.destroy();
+          await server.close();
+        }
+      }
+    });
+  }
+});

@@ -54,11 +54,18 @@ async function* streamChat(settings: ProviderSettings, call: ProviderCall): Asyn
     for await (const text of readTextPieces(settings, response, call.signal)) {
       yield* convertLines(settings, parser.push(text), state);
     }
-    yield* convertLines(settings, parser.finish(), state);
   } catch (error) {
     if (error instanceof NdjsonSyntaxError) throw malformedResponse(settings.name, 'malformed JSON in stream', 200);
     throw error;
   }
+  let rest: unknown[];
+  try {
+    rest = parser.finish();
+  } catch {
+    // Half a line when the body ended: the stream was cut, the JSON was not wrong.
+    throw streamEndedEarly(settings.name);
+  }
+  yield* convertLines(settings, rest, state);
   if (!state.done) throw streamEndedEarly(settings.name);
 }
 

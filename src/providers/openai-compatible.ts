@@ -2,6 +2,7 @@
  * Any OpenAI-compatible chat-completions API: OpenAI, DeepSeek, vLLM,
  * llama.cpp server, LM Studio. `POST {base_url}/chat/completions`, JSON or SSE.
  */
+import type { z } from 'zod';
 import { convertOpenAIChunk, convertOpenAICompletion, createOpenAIStreamState, type OpenAIStreamState } from './convert-openai-response.js';
 import { convertToOpenAIRequest } from './convert-to-openai-request.js';
 import { postToProvider, providerSecrets, readJsonBody, readTextPieces, type ProviderHttpResponse } from './http.js';
@@ -9,7 +10,6 @@ import { openAIChunkSchema, openAICompletionSchema } from './openai-response-sch
 import { errorFromStreamPayload, malformedResponse, streamEndedEarly } from './provider-error.js';
 import { SseParser, type SseEvent } from './sse.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from './types.js';
-import type { z } from 'zod';
 
 const CHAT_PATH = '/chat/completions';
 
@@ -48,14 +48,15 @@ function completionAsEvents(response: ProviderResponse): ProviderStreamEvent[] {
 }
 
 /** One SSE event to our events; `'done'` for `[DONE]`. */
-function convertSseEvent(settings: ProviderSettings, event: SseEvent, state: OpenAIStreamState): ProviderStreamEvent[] | 'done' {
+function convertSseEvent(settings: ProviderSettings, event: SseEvent, state: OpenAIStreamState, atEnd: boolean): ProviderStreamEvent[] | 'done' {
   const data = event.data.trim();
   if (data === '[DONE]') return 'done';
   let json: unknown;
   try {
     json = JSON.parse(data);
   } catch {
-    throw malformedResponse(settings.name, 'malformed JSON in stream', 200);
+    // Half an event when the body ended: the stream was cut, the JSON was not wrong.
+    throw atEnd ? streamEndedEarly(settings.name) : malformedResponse(settings.name, 'malformed JSON in stream', 200);
   }
   if (event.event === 'error' || isErrorPayload(json)) throw errorFromStreamPayload(settings.name, json, providerSecrets(settings));
   const parsed = openAIChunkSchema.safeParse(json);
@@ -81,11 +82,11 @@ async function* streamChat(settings: ProviderSettings, call: ProviderCall): Asyn
   const state = createOpenAIStreamState();
   let done = false;
   // A generator, so that events before a failing one in the same read still reach the caller first.
-  function* handle(events: SseEvent[]): Generator<ProviderStreamEvent> {
+  function* handle(events: SseEvent[], atEnd = false): Generator<ProviderStreamEvent> {
     for (const event of events) {
       // After [DONE] we only read on so that the connection ends cleanly and goes back to the pool.
       if (done) continue;
-      const converted = convertSseEvent(settings, event, state);
+      const converted = convertSseEvent(settings, event, state, atEnd);
       if (converted === 'done') done = true;
       else yield* converted;
     }
@@ -93,7 +94,7 @@ async function* streamChat(settings: ProviderSettings, call: ProviderCall): Asyn
   for await (const text of readTextPieces(settings, response, call.signal)) {
     yield* handle(parser.push(text));
   }
-  yield* handle(parser.finish());
+  yield* handle(parser.finish(), true);
   // A finish reason without [DONE] is a complete answer (some servers omit [DONE]); neither is a cut stream.
   if (!done && !state.finished) throw streamEndedEarly(settings.name);
 }
