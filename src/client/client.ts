@@ -71,36 +71,32 @@ function positive(name: string, value: number | undefined, fallback: number): nu
   return value;
 }
 
-/** Connects (unless given a connection) and returns a client. */
-export async function createClient(options: ClientOptions): Promise<LlmProxyClient> {
-  const timeoutMs = positive('timeoutMs', options.timeoutMs, DEFAULT_TIMEOUT_MS);
-  const idleTimeoutMs = positive('idleTimeoutMs', options.idleTimeoutMs, DEFAULT_IDLE_TIMEOUT_MS);
-  const firstMessageTimeoutMs = positive('firstMessageTimeoutMs', options.firstMessageTimeoutMs, DEFAULT_FIRST_MESSAGE_TIMEOUT_MS);
-  let connection: NatsConnection;
-  let ownsConnection: boolean;
-  if (options.connection !== undefined) {
-    connection = options.connection;
-    ownsConnection = false;
-  } else {
-    if (options.servers === undefined) throw new TypeError('createClient needs `servers` or `connection`');
-    connection = await connect({
-      ...options.connectOptions,
-      servers: options.servers,
-      name: options.name ?? 'llm-proxy-client',
-      ...(options.inboxPrefix !== undefined ? { inboxPrefix: options.inboxPrefix } : {}),
-    });
-    ownsConnection = true;
-  }
-  return new NatsLlmProxyClient({
-    connection,
-    ownsConnection,
+/**
+ * A client over an existing connection is ready at once; one that connects
+ * itself resolves once connected. (`await` suits both.)
+ */
+export function createClient(options: ClientOptions & { connection: NatsConnection }): LlmProxyClient;
+export function createClient(options: ClientOptions): Promise<LlmProxyClient>;
+export function createClient(options: ClientOptions): LlmProxyClient | Promise<LlmProxyClient> {
+  const settings = {
     subjects: subjectsFor(options.subjectPrefix ?? DEFAULT_SUBJECT_PREFIX),
     secret: options.secret,
-    timeoutMs,
-    idleTimeoutMs,
-    firstMessageTimeoutMs,
+    timeoutMs: positive('timeoutMs', options.timeoutMs, DEFAULT_TIMEOUT_MS),
+    idleTimeoutMs: positive('idleTimeoutMs', options.idleTimeoutMs, DEFAULT_IDLE_TIMEOUT_MS),
+    firstMessageTimeoutMs: positive('firstMessageTimeoutMs', options.firstMessageTimeoutMs, DEFAULT_FIRST_MESSAGE_TIMEOUT_MS),
     inboxPrefix: options.inboxPrefix,
-  });
+  };
+  if (options.connection !== undefined) {
+    return new NatsLlmProxyClient({ ...settings, connection: options.connection, ownsConnection: false });
+  }
+  const servers = options.servers;
+  if (servers === undefined) throw new TypeError('createClient needs `servers` or `connection`');
+  return connect({
+    ...options.connectOptions,
+    servers,
+    name: options.name ?? 'llm-proxy-client',
+    ...(options.inboxPrefix !== undefined ? { inboxPrefix: options.inboxPrefix } : {}),
+  }).then((connection) => new NatsLlmProxyClient({ ...settings, connection, ownsConnection: true }));
 }
 
 interface ClientSettings {
