@@ -50,8 +50,10 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
   after(() => rmSync(dir, { recursive: true, force: true }));
 
   test('--help on each command prints usage and a working example', async () => {
-    for (const name of ['worker', 'dev', 'models', 'tail', 'check-config']) {
-      const result = await runCli([name, '--help']);
+    const names = ['worker', 'dev', 'models', 'tail', 'check-config'];
+    const results = await Promise.all(names.map((name) => runCli([name, '--help'])));
+    for (const [index, name] of names.entries()) {
+      const result = results[index]!;
       assert.equal(result.code, 0, result.stderr);
       assert.match(result.stdout, new RegExp(`Usage: llm-proxy ${name}`));
       assert.match(result.stdout, /Example:\n {2}\S/);
@@ -59,20 +61,23 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
   });
 
   test('check-config: a good file prints a summary; a bad one lists every problem by path and exits 1', async () => {
-    const good = await runCli(['check-config', join(REPO_ROOT, 'config.yaml')], { OPENAI_API_KEY: 'x' });
+    const badPath = join(dir, 'bad.yaml');
+    writeFileSync(badPath, stringify({ providers: { openai: { base_url: 'not a url' } }, models: { a: { provider: 'opnai' }, b: { provider: 'openai', cost_per_1k_prompt: -1 } }, worker: { max_in_flite: 3 } }));
+    const [good, bad, worker] = await Promise.all([
+      runCli(['check-config', join(REPO_ROOT, 'config.yaml')], { OPENAI_API_KEY: 'x' }),
+      runCli(['check-config', badPath]),
+      runCli(['worker', '--config', badPath], { NATS_URL: 'nats://127.0.0.1:1' }),
+    ]);
     assert.equal(good.code, 0, good.stderr);
     assert.match(good.stdout, /config\.yaml: OK/);
     assert.match(good.stdout, /gpt-4\.1-mini → openai\/gpt-4\.1-mini/);
     assert.match(good.stderr, /DEEPSEEK_API_KEY, which is not set/);
-    const badPath = join(dir, 'bad.yaml');
-    writeFileSync(badPath, stringify({ providers: { openai: { base_url: 'not a url' } }, models: { a: { provider: 'opnai' }, b: { provider: 'openai', cost_per_1k_prompt: -1 } }, worker: { max_in_flite: 3 } }));
-    const bad = await runCli(['check-config', badPath]);
+
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /providers\.openai\.base_url: /);
     assert.match(bad.stderr, /models\.a\.provider: unknown provider "opnai"/);
     assert.match(bad.stderr, /models\.b\.cost_per_1k_prompt: /);
     assert.match(bad.stderr, /worker: unknown key "max_in_flite"/);
-    const worker = await runCli(['worker', '--config', badPath], { NATS_URL: 'nats://127.0.0.1:1' });
     assert.equal(worker.code, 1, 'a bad config stops the worker before it starts');
     assert.match(worker.stderr, /models\.a\.provider: unknown provider "opnai"/);
   });
@@ -93,13 +98,15 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
     });
 
     test('models lists the models; --health adds deployment states; --json prints the reply', async () => {
-      const plain = await runCli(['models'], { NATS_URL: nats.url });
+      const [plain, health, json] = await Promise.all([
+        runCli(['models'], { NATS_URL: nats.url }),
+        runCli(['models', '--health'], { NATS_URL: nats.url }),
+        runCli(['models', '--json', '--health'], { NATS_URL: nats.url }),
+      ]);
       assert.equal(plain.code, 0, plain.stderr);
       assert.match(plain.stdout, /gpt-test {2}prompt \$0\.15\/1k, completion \$0\.6\/1k/);
       assert.match(plain.stdout, /- openai\/gpt-4o-mini/);
-      const health = await runCli(['models', '--health'], { NATS_URL: nats.url });
       assert.match(health.stdout, /healthy {2}in flight 0/);
-      const json = await runCli(['models', '--json', '--health'], { NATS_URL: nats.url });
       const reply = JSON.parse(json.stdout);
       assert.equal(reply.worker_id, worker.worker.id);
       assert.ok(Array.isArray(reply.health));
