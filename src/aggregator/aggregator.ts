@@ -35,7 +35,7 @@ const silentLogger: AggregatorLogger = {
   info: () => undefined,
   warn: () => undefined,
   error: () => undefined,
-} as unknown as AggregatorLogger;
+};
 
 export interface AggregatorOptions {
   connection: NatsConnection;
@@ -322,7 +322,8 @@ export class UsageAggregator {
     } catch (error) {
       const reply = toErrorReply(error);
       if (!(error instanceof ProxyError)) this.logger.error({ err: error }, 'usage query failed');
-      message.respondError(reply.error.status, reply.error.message, JSON.stringify(reply));
+      // A header value cannot hold a line break (a field name from the query could).
+      message.respondError(reply.error.status, reply.error.message.replace(/[\r\n]+/g, ' '), JSON.stringify(reply));
     }
   }
 
