@@ -180,4 +180,43 @@ describe('llm-proxy chat', () => {
       responder.subscription.unsubscribe();
     }
   });
+  test('Ctrl-C during --stream cancels the request (a cancel message names it) and exits 130', async () => {
+    const cancels: string[] = [];
+    const cancelSubscription = worker.subscribe(subjects.cancel, {
+      callback: (_error, message) => {
+        cancels.push(message.json<{ request_id: string }>().request_id);
+      },
+    });
+    const responder = await respond((_body, message) => {
+      publishMarked(message, STREAM_MARKS.chunk, { seq: 0, delta: 'first words' });
+    });
+    try {
+      const child = spawn(process.execPath, ['--import', 'tsx', MAIN, 'chat', '--stream', '--model', 'm', 'hi'], {
+        env: { ...process.env, NATS_URL: server.url, LLM_PROXY_SECRET: SECRET },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let stdout = '';
+      let stderr = '';
+      child.stderr.on('data', (data: Buffer) => (stderr += data.toString()));
+      const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+      const killer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+      await new Promise<void>((resolve) =>
+        child.stdout.on('data', (data: Buffer) => {
+          stdout += data.toString();
+          if (stdout.includes('first words')) resolve();
+        }),
+      );
+      child.kill('SIGINT');
+      const code = await exited;
+      clearTimeout(killer);
+      // The cancel left the child before it exited; give the bus a bounded moment to deliver it.
+      for (let wait = 0; wait < 50 && cancels.length === 0; wait += 1) await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.equal(code, 130, stderr);
+      assert.match(stderr, /^error cancelled \(499\): cancelled by the client\n$/);
+      assert.deepEqual(cancels, [responder.seen[0]?.body.request_id]);
+    } finally {
+      cancelSubscription.unsubscribe();
+      responder.subscription.unsubscribe();
+    }
+  });
 });
