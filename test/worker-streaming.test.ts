@@ -110,7 +110,8 @@ describe('worker: streamed replies', () => {
   test('a long stream arrives whole and in order, then one terminal reply with done and ttft_ms', async () => {
     const words = Array.from({ length: 300 }, (_, index) => `word${index}`);
     const pieces = words.map((word, index) => (index < words.length - 1 ? `${word} ` : word));
-    openai.enqueue({ kind: 'ok', content: words.join(' '), chunks: pieces, quirks: ['comments', 'crlf'] });
+    // Spread over several heartbeat periods, so that some chunks go out as liveness probes (requests) among plain publishes.
+    openai.enqueue({ kind: 'ok', content: words.join(' '), chunks: pieces, chunkIntervalMs: 3, quirks: ['comments', 'crlf'] });
     const result = await readStream(client, request('long-1'));
     assert.equal(result.mark, 'end');
     assert.equal(result.chunks.length, 300);

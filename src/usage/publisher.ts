@@ -143,9 +143,14 @@ export class UsagePublisher {
       payload: JSON.stringify(built.event),
       tries: 0,
     };
+    if (this.#closed) {
+      this.counters.dropped++;
+      this.#options.logger.error({ usage_event: item.event, subject: item.subject }, 'usage event after the publisher closed; logged in full');
+      return;
+    }
     this.counters.pending++;
     // While earlier events wait for a retry, join the queue rather than overtake a known failure.
-    if (this.#closed || this.#queue.length > 0 || !this.#streamReady) {
+    if (this.#queue.length > 0 || !this.#streamReady) {
       this.#enqueue(item);
       return;
     }

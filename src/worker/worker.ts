@@ -87,6 +87,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const env = options.env ?? process.env;
   const logger = options.logger ?? createLogger({ level: config.logging.level });
   const ownsConnection = options.connection === undefined;
+  if (ownsConnection) logger.info({ servers: options.servers ?? env.NATS_URL ?? 'nats://127.0.0.1:4222' }, 'connecting to NATS (retrying until it answers)');
   const connection =
     options.connection ??
     (await connectToNats({ servers: options.servers, nats: config.nats, env, name: `${SERVICE_NAME}-worker` }));
