@@ -21,6 +21,9 @@ test('the deadline travels as timeout_ms, a grace shorter than the client waits'
   const fromCall = envelope({ callTimeoutMs: 5_000 });
   assert.equal(fromCall.timeoutMs, 5_000);
   assert.equal(fromCall.sent.timeout_ms, 4_500);
+  // Never above what the request schema accepts (an hour), however long the client waits.
+  assert.equal(envelope({ callTimeoutMs: 7_200_000 }).sent.timeout_ms, 3_600_000);
+  assert.equal(envelope({ callTimeoutMs: 1.5 }).sent.timeout_ms, 1);
 });
 
 test("a request's own timeout_ms is kept and the client waits a second longer for the worker's answer", () => {

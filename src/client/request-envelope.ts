@@ -18,6 +18,13 @@ export function deadlineGraceMs(timeoutMs: number): number {
   return Math.min(1_000, Math.floor(timeoutMs / 10));
 }
 
+/** The largest `timeout_ms` the request schema accepts. */
+const MAX_REQUEST_TIMEOUT_MS = 3_600_000;
+
+function workerDeadline(timeoutMs: number): number {
+  return Math.min(MAX_REQUEST_TIMEOUT_MS, Math.max(1, Math.floor(timeoutMs - deadlineGraceMs(timeoutMs))));
+}
+
 export interface EnvelopeInput {
   request: ChatRequest;
   stream: boolean;
@@ -72,12 +79,12 @@ export function buildEnvelope(input: EnvelopeInput): Envelope {
   let timeoutMs: number;
   if (input.callTimeoutMs !== undefined) {
     timeoutMs = input.callTimeoutMs;
-    if (request.timeout_ms === undefined) outgoing.timeout_ms = Math.max(1, timeoutMs - deadlineGraceMs(timeoutMs));
+    if (request.timeout_ms === undefined) outgoing.timeout_ms = workerDeadline(timeoutMs);
   } else if (request.timeout_ms !== undefined) {
     timeoutMs = request.timeout_ms + Math.max(1_000, deadlineGraceMs(request.timeout_ms));
   } else {
     timeoutMs = input.clientTimeoutMs;
-    outgoing.timeout_ms = Math.max(1, timeoutMs - deadlineGraceMs(timeoutMs));
+    outgoing.timeout_ms = workerDeadline(timeoutMs);
   }
   if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
     throw new LlmProxyError('invalid_request', `timeoutMs must be a positive number, got ${timeoutMs}`, { requestId });
