@@ -117,7 +117,10 @@ export class UsageAggregator {
     const manager = await jetstreamManager(connection);
     this.manager = manager;
     this.stream = await ensureUsageStream(manager, usageStream, this.options.subjectPrefix);
-    this.store = await SnapshotStore.open(connection, aggregator.snapshot_bucket, this.options.snapshotChunkBytes);
+    this.store = await SnapshotStore.open(connection, aggregator.snapshot_bucket, {
+      replicas: usageStream.replicas,
+      ...(this.options.snapshotChunkBytes === undefined ? {} : { chunkBytes: this.options.snapshotChunkBytes }),
+    });
 
     const loaded = await this.loadSnapshot(this.store, this.stream.created);
     const startSeq = this.restore(loaded, this.stream);

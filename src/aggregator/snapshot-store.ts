@@ -52,10 +52,11 @@ export class SnapshotStore {
     readonly chunkBytes: number,
   ) {}
 
-  static async open(connection: NatsConnection, bucket: string, chunkBytes?: number): Promise<SnapshotStore> {
-    const kv = await new Kvm(connection).create(bucket, { history: 1 });
+  /** `replicas`: as many as the usage stream has, so the snapshots are as safe as the events. */
+  static async open(connection: NatsConnection, bucket: string, options: { chunkBytes?: number; replicas?: number } = {}): Promise<SnapshotStore> {
+    const kv = await new Kvm(connection).create(bucket, { history: 1, replicas: options.replicas ?? 1 });
     const maxPayload = connection.info?.max_payload ?? 1024 * 1024;
-    const size = Math.max(1024, Math.min(chunkBytes ?? Number.POSITIVE_INFINITY, maxPayload - HEADER_ALLOWANCE));
+    const size = Math.max(1024, Math.min(options.chunkBytes ?? Number.POSITIVE_INFINITY, maxPayload - HEADER_ALLOWANCE));
     return new SnapshotStore(kv, bucket, size);
   }
 
