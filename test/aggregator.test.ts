@@ -275,6 +275,15 @@ test('bad queries get invalid_request naming the field, with the service error h
     const { body: empty } = await askUsage(client, '');
     assert.equal(empty.total_requests, 0);
     assert.deepEqual(empty.groups, []);
+
+    // Ops see each instance's progress in `nats micro stats llm-usage`.
+    const stats = await new Svcm(client).client().stats('llm-usage');
+    const endpoints = [];
+    for await (const stat of stats) endpoints.push(...(stat.endpoints ?? []));
+    assert.equal(endpoints.length, 1);
+    assert.equal(endpoints[0]?.subject, 'llm.proxy.usage');
+    assert.equal(endpoints[0]?.queue_group, 'llm-usage');
+    assert.deepEqual(endpoints[0]?.data, { instance: 'q', durable: 'llm-usage-q', applied_seq: 0, events: 0, duplicates: 0, invalid: 0, remembered_ids: 0, start_seq: 1, start_snapshot: 'none', snapshot_seq: 0 });
     await aggregator.stop();
   } finally {
     await Promise.all(connections.map((connection) => connection.close().catch(() => undefined)));
