@@ -1,0 +1,47 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { propagation, trace, type Context, type TextMapGetter, type TextMapPropagator } from '@opentelemetry/api';
+import { headers as createHeaders } from '@nats-io/nats-core';
+import { createLogger, requestLogger } from './logger.js';
+import { extractTraceContext, startRequestSpan } from './tracing.js';
+
+test('trace context is read from NATS headers through the registered propagator', () => {
+  const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
+  // A minimal W3C reader, enough to prove the getter hands the header through.
+  const propagator: TextMapPropagator = {
+    inject: () => undefined,
+    fields: () => ['traceparent'],
+    extract(context: Context, carrier: unknown, getter: TextMapGetter) {
+      const value = getter.get(carrier, 'traceparent');
+      const parts = (Array.isArray(value) ? value[0] : value)?.split('-');
+      if (parts === undefined || parts.length !== 4) return context;
+      return trace.setSpanContext(context, { traceId: parts[1]!, spanId: parts[2]!, traceFlags: Number.parseInt(parts[3]!, 16), isRemote: true });
+    },
+  };
+  propagation.setGlobalPropagator(propagator);
+  try {
+    const headers = createHeaders();
+    headers.set('traceparent', `00-${traceId}-00f067aa0ba902b7-01`);
+    assert.equal(trace.getSpanContext(extractTraceContext(headers))?.traceId, traceId);
+    assert.equal(trace.getSpanContext(extractTraceContext(undefined)), undefined);
+    // No SDK registered: the span is OTel's no-op, and cheap to end.
+    startRequestSpan('llm.proxy.request', headers).end();
+  } finally {
+    propagation.disable();
+  }
+});
+
+test('the logger redacts keys and secrets wherever they appear; request loggers carry the ids', () => {
+  const lines: string[] = [];
+  const logger = createLogger({ destination: { write: (line: string) => lines.push(line) } });
+  requestLogger(logger, 'r-1', 'agent:sofia').info(
+    { apiKey: 'sk-1', provider: { apiKey: 'sk-2', headers: { authorization: 'Bearer sk-3', 'x-internal-secret': 'sec-4' } }, headers: { 'X-Internal-Secret': 'sec-5' } },
+    'hello',
+  );
+  const text = lines.join('');
+  for (const secret of ['sk-1', 'sk-2', 'sk-3', 'sec-4', 'sec-5']) assert.ok(!text.includes(secret), `${secret} leaked: ${text}`);
+  const record = JSON.parse(lines[0]!);
+  assert.equal(record.request_id, 'r-1');
+  assert.equal(record.agent_id, 'agent:sofia');
+  assert.equal(record.level, 'info');
+});
