@@ -8,3 +8,4 @@ export type { ActualUsage, AdmissionRequest, Limiter, LimiterCounters, Reservati
 export { LimitStoreError } from './types.js';
 export type { Dimension, DimensionStanding, ScopeKind } from './policy.js';
 export { encodeKeyToken, RATE_WINDOW_MS } from './policy.js';
+export { createLimitHooks, maxCostUsd, type LimitHooks, type LimitHooksOptions, type LimitHookContext, type LimitHookOutcome, type PricedModel } from './hooks.js';

@@ -1,0 +1,125 @@
+import type { ChatRequest } from '../contract/request.js';
+import { ProxyError } from '../contract/errors.js';
+import type { LimitsConfig } from '../config/limits-schema.js';
+import { reservedCompletionTokens } from './limiter.js';
+import type { Limiter, Reservation } from './types.js';
+
+/**
+ * The limiter as the worker's request hooks (`beforeRoute` / `afterRoute`).
+ * The shapes below are the parts of the worker's RequestContext and
+ * RequestOutcome used here, written out so that limits does not import the
+ * worker (dependencies point down); the worker's types satisfy them.
+ */
+export interface LimitHookContext {
+  requestId: string;
+  request: ChatRequest;
+  agentId: string | undefined;
+  /** Epoch ms by which the request must be done: the concurrency lease outlives it a little. */
+  deadlineAt: number;
+  logger: LimitHookLogger;
+  state: Record<string, unknown>;
+}
+
+export interface LimitHookOutcome {
+  promptTokens: number;
+  completionTokens: number;
+  costUsd: number;
+  cached: boolean;
+}
+
+export interface LimitHookLogger {
+  warn(details: object, message: string): void;
+  error(details: object, message: string): void;
+}
+
+/** Prices and fallbacks of a logical model (a ResolvedModel satisfies it). */
+export interface PricedModel {
+  cost_per_1k_prompt: number;
+  cost_per_1k_completion: number;
+  default_max_tokens?: number | undefined;
+  fallbacks: string[];
+  context_fallbacks: string[];
+}
+
+export interface LimitHooksOptions {
+  /** `config.models` of the ResolvedConfig. */
+  models: ReadonlyMap<string, PricedModel>;
+  limits: Pick<LimitsConfig, 'default_max_tokens'>;
+  /** The worker's prompt tokenizer (usage/tokens.ts `estimatePromptTokens`). */
+  estimatePromptTokens: (request: ChatRequest) => number;
+}
+
+export interface LimitHooks {
+  beforeRoute(context: LimitHookContext): Promise<void>;
+  afterRoute(context: LimitHookContext, outcome: LimitHookOutcome): Promise<void>;
+}
+
+const RESERVATION = 'limits.reservation';
+/** The lease outlives the request's deadline by this much, for the reply and the settle to happen. */
+const LEASE_MARGIN_MS = 30_000;
+
+/**
+ * The most a request can cost: its prompt and max completion at the dearest
+ * prices among the model and the models it may fall back to. Retries of
+ * failed attempts that were billed are settled afterwards, not reserved.
+ */
+export function maxCostUsd(models: ReadonlyMap<string, PricedModel>, modelName: string, promptTokens: number, completionTokens: number): number {
+  const model = models.get(modelName);
+  if (model === undefined) return 0;
+  let highest = 0;
+  for (const name of [modelName, ...model.fallbacks, ...model.context_fallbacks]) {
+    const candidate = models.get(name);
+    if (candidate === undefined) continue;
+    highest = Math.max(highest, (promptTokens * candidate.cost_per_1k_prompt + completionTokens * candidate.cost_per_1k_completion) / 1000);
+  }
+  return highest;
+}
+
+export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): LimitHooks {
+  return {
+    async beforeRoute(context: LimitHookContext): Promise<void> {
+      const request = context.request;
+      const promptTokens = options.estimatePromptTokens(request);
+      const completionTokens = reservedCompletionTokens(
+        options.limits,
+        request.max_completion_tokens ?? request.max_tokens,
+        options.models.get(request.model)?.default_max_tokens,
+      );
+      let reservation: Reservation;
+      try {
+        reservation = await limiter.admit({
+          requestId: context.requestId,
+          agentId: context.agentId,
+          microdaoId: request.metadata?.microdao_id,
+          model: request.model,
+          estimatedPromptTokens: promptTokens,
+          maxCompletionTokens: completionTokens,
+          estimatedMaxCostUsd: maxCostUsd(options.models, request.model, promptTokens, completionTokens),
+          leaseMs: Math.max(0, context.deadlineAt - Date.now()) + LEASE_MARGIN_MS,
+        });
+      } catch (error) {
+        // A refusal is the client's business; a store that is down (fail_closed) is the operator's.
+        if (error instanceof ProxyError && error.code === 'internal') {
+          context.logger.error({ err: error.cause ?? error, backend: limiter.backend }, 'limits store unreachable: request refused (fail_closed)');
+        }
+        throw error;
+      }
+      if (reservation.failedOpen) {
+        context.logger.warn({ err: reservation.storeError, backend: limiter.backend }, 'limits store unreachable: request admitted uncounted (fail_open)');
+      }
+      context.state[RESERVATION] = reservation;
+    },
+
+    async afterRoute(context: LimitHookContext, outcome: LimitHookOutcome): Promise<void> {
+      const reservation = context.state[RESERVATION] as Reservation | undefined;
+      if (reservation === undefined) return;
+      // A cached reply used no upstream tokens and cost nothing: only its place in requests/minute stays.
+      const result = outcome.cached
+        ? await reservation.cancel()
+        : await reservation.settle({ promptTokens: outcome.promptTokens, completionTokens: outcome.completionTokens, costUsd: outcome.costUsd });
+      if (!result.stored) {
+        context.logger.warn({ err: result.error, backend: limiter.backend }, 'limits store unreachable: reservation not settled (it stays charged)');
+      }
+    },
+  };
+}
