@@ -59,6 +59,36 @@ describe('workers in a queue group', () => {
     }
   });
 
+  test('a lone worker at max_in_flight leaves the queue group: extra requests get "no responders" at once, then it comes back', async () => {
+    const nats = await startNatsServer();
+    const openai = await startFakeOpenAI();
+    openai.setDefault({ kind: 'ok', delayMs: 800 });
+    const worker = await startInProcessWorker({ natsUrl: nats.url, config: testConfig({ openai: openai.baseUrl }, { worker: { max_in_flight: 1 } }) });
+    const client = await connect({ servers: nats.url });
+    try {
+      const first = ask(client, 'lone-1');
+      const deadline = Date.now() + 5_000;
+      while (!worker.worker.stats().paused && Date.now() < deadline) await sleep(5);
+      await client.flush();
+      assert.equal(worker.worker.stats().paused, true);
+      const started = performance.now();
+      await assert.rejects(client.request('llm.proxy.request', body('lone-2'), { timeout: 5_000 }), (error: Error) => /no responders|503/i.test(`${error.message} ${String(error.cause)}`));
+      assert.ok(performance.now() - started < 2_000, 'refused at once, not after the timeout');
+      assert.equal((await first).content, 'echo: hello lone-1');
+      const resumeDeadline = Date.now() + 5_000;
+      while (worker.worker.stats().paused && Date.now() < resumeDeadline) await sleep(5);
+      await worker.worker.connection.flush();
+      openai.setDefault({ kind: 'ok' });
+      assert.equal((await ask(client, 'lone-3')).content, 'echo: hello lone-3');
+      assert.ok(worker.logs.lines.some((line) => line.includes('at max_in_flight')));
+    } finally {
+      await client.close();
+      await worker.stop();
+      await openai.close();
+      await nats.dispose();
+    }
+  });
+
   test('SIGTERM: the worker stops taking requests, answers those in flight, publishes their events, exits 0', async () => {
     const nats = await startNatsServer();
     const openai = await startFakeOpenAI();
