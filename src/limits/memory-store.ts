@@ -1,4 +1,4 @@
-import { adjustScope, evaluateScope, type Adjustment, type Charge, type Refusal, type ScopePlan, type ScopeState } from './policy.js';
+import { adjustScope, evaluateScope, isIdle, type Adjustment, type Charge, type Refusal, type ScopePlan, type ScopeState } from './policy.js';
 import type { AdmitOutcome, LimitStore } from './types.js';
 
 /**
@@ -7,10 +7,19 @@ import type { AdmitOutcome, LimitStore } from './types.js';
  * exact; with several workers each would admit the full limit: use `nats` or
  * `redis` there.
  */
+/** Admissions between two sweeps of idle records (so that agents seen once do not stay forever). */
+const SWEEP_EVERY = 10_000;
+
 export function createMemoryStore(): LimitStore {
   const states = new Map<string, ScopeState>();
+  let sinceSweep = 0;
   return {
     async admit(plans: ScopePlan[], charge: Charge, now: number): Promise<AdmitOutcome> {
+      sinceSweep += 1;
+      if (sinceSweep >= SWEEP_EVERY) {
+        sinceSweep = 0;
+        for (const [key, state] of states) if (isIdle(state, now)) states.delete(key);
+      }
       const refusals: Refusal[] = [];
       const nextStates: ScopeState[] = [];
       plans.forEach((plan, index) => {

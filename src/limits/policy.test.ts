@@ -8,6 +8,7 @@ import {
   describeScope,
   encodeKeyToken,
   evaluateScope,
+  isIdle,
   plansFor,
   toMicroUsd,
   type Charge,
@@ -134,4 +135,12 @@ test('the decisive refusal: a budget before a rate, a never-fitting one before a
   assert.equal(decisiveRefusal([rate, longer]), longer);
   assert.equal(decisiveRefusal([rate, budget, longer]), budget);
   assert.equal(decisiveRefusal([]), undefined);
+});
+
+test('a record is idle once its rates have caught up, its leases expired and its budget windows passed', () => {
+  const busy = evaluateScope({}, { rpm: 10, concurrent: 1, dailyMicroUsd: 5_000 }, charge({ leaseUntil: NOW + 120_000 }), NOW, 0).next;
+  assert.equal(isIdle(busy, NOW), false);
+  assert.equal(isIdle(busy, NOW + 130_000), false); // today's spending still counts
+  assert.equal(isIdle(busy, NOW + 86_400_000 * 40), true);
+  assert.equal(isIdle({}, NOW), true);
 });

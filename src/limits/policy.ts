@@ -292,6 +292,14 @@ export function evaluateScope(
   return { refusals, next };
 }
 
+/** Nothing in the record matters any more: it is the same as no record (the memory store drops it). */
+export function isIdle(state: ScopeState, now: number): boolean {
+  if ((state.rpm_tat ?? 0) > now || (state.tpm_tat ?? 0) > now) return false;
+  if (Object.values(state.leases ?? {}).some((expiresAt) => expiresAt > now)) return false;
+  const windows = budgetWindows(now);
+  return state.day !== windows.day && state.month !== windows.month;
+}
+
 /** Apply a settle / cancel / rollback to a scope's state; never refuses. */
 export function adjustScope(state: ScopeState, limits: ScopeLimits, adjustment: Adjustment, now: number): ScopeState {
   const next: ScopeState = { ...state };
