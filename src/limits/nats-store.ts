@@ -26,6 +26,8 @@ import { LimitStoreError, type AdmitOutcome, type LimitStore } from './types.js'
 export const NATS_BUCKET_MAX_AGE_MS = 35 * 24 * 3_600_000;
 /** Conflicts tolerated on one key before giving up; contention of hundreds of writers on one key still fits. */
 const MAX_CAS_ATTEMPTS = 500;
+/** Keys whose last revision is remembered (see `known`). */
+const KNOWN_KEYS = 10_000;
 
 export interface NatsStoreOptions {
   connection: NatsConnection;
@@ -67,29 +69,65 @@ export async function createNatsStore(options: NatsStoreOptions): Promise<LimitS
   }
 
   /**
+   * The last revision of a key this store read or wrote, with its state. A
+   * write based on it skips the read (one round trip instead of two: a
+   * settle after this worker's own admission, an agent that comes back to
+   * the same worker). Being stale costs nothing but a conflict: the revision
+   * check refuses the write and the key is read afresh. A refusal is never
+   * based on it, since a stale record may hold usage refunded since.
+   */
+  const known = new Map<string, { revision: number; state: ScopeState }>();
+  const remember = (key: string, revision: number, state: ScopeState) => {
+    known.delete(key);
+    known.set(key, { revision, state });
+    if (known.size > KNOWN_KEYS) known.delete(known.keys().next().value as string);
+  };
+
+  /**
    * Read-decide-write one key until the write lands. `decide` returns the
    * new state, or a refusal list to stop without writing.
    */
   async function swap(key: string, decide: (state: ScopeState) => ScopeState | Refusal[]): Promise<Refusal[]> {
+    let cached = known.get(key);
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt += 1) {
-      let entry: KvEntry | null;
-      try {
-        entry = await kv.get(key);
-      } catch (error) {
-        throw new LimitStoreError('NATS KV read failed', { cause: error });
+      let revision: number | undefined;
+      let state: ScopeState;
+      const fromCache = cached !== undefined;
+      if (cached !== undefined) {
+        ({ revision, state } = cached);
+        cached = undefined;
+      } else {
+        let entry: KvEntry | null;
+        try {
+          entry = await kv.get(key);
+        } catch (error) {
+          throw new LimitStoreError('NATS KV read failed', { cause: error });
+        }
+        revision = entry?.revision;
+        state = decode(entry);
+        if (entry !== null) remember(key, entry.revision, state);
       }
-      const decision = decide(decode(entry));
-      if (Array.isArray(decision)) return decision;
+      const decision = decide(state);
+      if (Array.isArray(decision)) {
+        if (fromCache) continue;
+        return decision;
+      }
       const value = JSON.stringify(decision);
       try {
-        if (entry === null) await kv.create(key, value);
-        else await kv.update(key, value, entry.revision);
+        const written = revision === undefined ? await kv.create(key, value) : await kv.update(key, value, revision);
+        remember(key, written, decision);
         return [];
       } catch (error) {
         // `create` on a key another worker just created fails with the same wrong-last-sequence code.
-        if (!isConflict(error)) throw new LimitStoreError('NATS KV write failed', { cause: error });
-        options.onConflict?.();
-        await backoff(attempt);
+        if (!isConflict(error)) {
+          known.delete(key);
+          throw new LimitStoreError('NATS KV write failed', { cause: error });
+        }
+        known.delete(key);
+        if (!fromCache) {
+          options.onConflict?.();
+          await backoff(attempt);
+        }
       }
     }
     throw new LimitStoreError(`NATS KV key ${key} stayed contended for ${MAX_CAS_ATTEMPTS} attempts`);
