@@ -14,6 +14,7 @@ export interface BenchOptions {
   targets: Target[];
   durationMs: number;
   warmupMs: number;
+  repeat: number;
   concurrencies: number[];
   rates: number[];
   soakSeconds: number;
@@ -41,6 +42,8 @@ Options:
   --targets <targets>     comma list of: ${TARGETS.join(', ')} (default: all)
   --duration-ms <n>       length of each measured run (default 5000; quick 1000)
   --warmup-ms <n>         unmeasured warm-up before each run (default 1000; quick 300)
+  --repeat <n>            measure each closed/open point n times, interleaved, and keep the median
+                          round (a shared machine's noise hits one round, not one target) (default 1)
   --concurrency <list>    closed-loop concurrencies (default 1,16,64,256; quick 1,64)
   --rates <list>          open-loop request rates per second (default 500,1000,2000,3000; quick 500,1000)
   --soak-seconds <n>      soak length (default 60; quick 10)
@@ -93,6 +96,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
       targets: { type: 'string' },
       'duration-ms': { type: 'string' },
       'warmup-ms': { type: 'string' },
+      repeat: { type: 'string' },
       concurrency: { type: 'string' },
       rates: { type: 'string' },
       'soak-seconds': { type: 'string' },
@@ -120,6 +124,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     targets: parseNames(values.targets, TARGETS, 'targets'),
     durationMs: parsePositive(values['duration-ms'], 'duration-ms', quick ? 1_000 : 5_000),
     warmupMs: values['warmup-ms'] === '0' ? 0 : parsePositive(values['warmup-ms'], 'warmup-ms', quick ? 300 : 1_000),
+    repeat: Math.round(parsePositive(values.repeat, 'repeat', 1)),
     concurrencies: values.concurrency === undefined ? (quick ? [1, 64] : [1, 16, 64, 256]) : parseList(values.concurrency, 'concurrency'),
     rates: values.rates === undefined ? (quick ? [500, 1000] : [500, 1000, 2000, 3000]) : parseList(values.rates, 'rates'),
     soakSeconds: parsePositive(values['soak-seconds'], 'soak-seconds', quick ? 10 : 60),

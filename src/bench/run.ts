@@ -268,32 +268,69 @@ async function checkTargets(fleet: Fleet, targets: Target[]): Promise<void> {
   }
 }
 
-async function runClosed(fleet: Fleet, options: BenchOptions, targets: Target[]): Promise<RunRecord[]> {
+/**
+ * Measures each point `repeat` times, the rounds interleaved (every target once per
+ * round) so that a burst of outside load hurts one round rather than one target, and
+ * keeps the median round by `rank` (the others stay in the record's `repeats`).
+ */
+async function runPoints(
+  fleet: Fleet,
+  options: BenchOptions,
+  targets: Target[],
+  points: Array<{ job: (target: Target) => LoadJob; label: string; fields: Pick<RunRecord, 'concurrency' | 'rate'> }>,
+  rank: (result: LoadResult) => number,
+): Promise<RunRecord[]> {
   const records: RunRecord[] = [];
-  for (const concurrency of options.concurrencies) {
+  for (const point of points) {
+    const rounds = new Map<Target, RunRecord[]>();
+    for (let round = 0; round < options.repeat; round++) {
+      for (const target of targets) {
+        const job = point.job(target);
+        if (options.warmupMs > 0) await fleet.load.run({ ...job, durationMs: options.warmupMs } as LoadJob);
+        const { result, processes } = await measure(fleet, job);
+        log(`${point.label} ${target}${options.repeat > 1 ? ` (round ${round + 1}/${options.repeat})` : ''}: ${describe(result)}`);
+        const list = rounds.get(target) ?? [];
+        list.push({ target, model: BENCH_MODELS.fast.name, ...point.fields, result, processes });
+        rounds.set(target, list);
+      }
+    }
     for (const target of targets) {
-      const base = { kind: 'closed' as const, target, model: 'fast' as BenchModelKey, concurrency, warmupMs: 0 };
-      if (options.warmupMs > 0) await fleet.load.run({ ...base, durationMs: options.warmupMs });
-      const { result, processes } = await measure(fleet, { ...base, durationMs: options.durationMs });
-      log(`closed ${target} c=${concurrency}: ${describe(result)}`);
-      records.push({ target, model: BENCH_MODELS.fast.name, concurrency, result, processes });
+      const list = [...(rounds.get(target) ?? [])].sort((left, right) => rank(left.result) - rank(right.result));
+      const median = list[Math.floor((list.length - 1) / 2)];
+      if (median === undefined) continue;
+      if (list.length > 1) median.repeats = list.map((entry) => ({ throughput: entry.result.throughput, p50: entry.result.latency.p50, p99: entry.result.latency.p99 }));
+      records.push(median);
     }
   }
   return records;
 }
 
-async function runOpen(fleet: Fleet, options: BenchOptions, targets: Target[]): Promise<RunRecord[]> {
-  const records: RunRecord[] = [];
-  for (const rate of options.rates) {
-    for (const target of targets) {
-      const base = { kind: 'open' as const, target, model: 'fast' as BenchModelKey, rate, warmupMs: 0 };
-      if (options.warmupMs > 0) await fleet.load.run({ ...base, durationMs: options.warmupMs });
-      const { result, processes } = await measure(fleet, { ...base, durationMs: options.durationMs });
-      log(`open ${target} ${rate}/s: ${describe(result)}`);
-      records.push({ target, model: BENCH_MODELS.fast.name, rate, result, processes });
-    }
-  }
-  return records;
+function runClosed(fleet: Fleet, options: BenchOptions, targets: Target[]): Promise<RunRecord[]> {
+  return runPoints(
+    fleet,
+    options,
+    targets,
+    options.concurrencies.map((concurrency) => ({
+      label: `closed c=${concurrency}`,
+      fields: { concurrency },
+      job: (target) => ({ kind: 'closed', target, model: 'fast', concurrency, durationMs: options.durationMs, warmupMs: 0 }),
+    })),
+    (result) => result.throughput,
+  );
+}
+
+function runOpen(fleet: Fleet, options: BenchOptions, targets: Target[]): Promise<RunRecord[]> {
+  return runPoints(
+    fleet,
+    options,
+    targets,
+    options.rates.map((rate) => ({
+      label: `open ${rate}/s`,
+      fields: { rate },
+      job: (target) => ({ kind: 'open', target, model: 'fast', rate, durationMs: options.durationMs, warmupMs: 0 }),
+    })),
+    (result) => result.latency.p50,
+  );
 }
 
 async function runStreams(fleet: Fleet, options: BenchOptions, targets: Target[]): Promise<RunRecord[]> {
@@ -421,10 +458,11 @@ async function main(): Promise<number> {
   let failure: unknown;
   try {
     await checkTargets(fleet, targets);
+    // Memory first, while the worker's heap has only seen the checks: its baseline is then a fresh worker's.
+    if (options.sections.includes('memory')) results.memory = await runMemory(fleet, options, targets);
     if (options.sections.includes('closed')) results.closed = await runClosed(fleet, options, targets);
     if (options.sections.includes('open')) results.open = await runOpen(fleet, options, targets);
     if (options.sections.includes('stream')) results.stream = await runStreams(fleet, options, targets);
-    if (options.sections.includes('memory')) results.memory = await runMemory(fleet, options, targets);
     if (options.sections.includes('soak') && targets.includes('gateway')) results.soak = await runSoak(fleet, options);
   } catch (error) {
     failure = error;
