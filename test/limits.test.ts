@@ -254,6 +254,20 @@ function exactnessSuite(backend: Backend, workers: number): void {
       await close();
     }
   });
+  test('refused by several limits at once: the budget is the refusal the client hears', async () => {
+    const clock = frozenClock();
+    const { limiters, close } = await startWorkers(backend, workers, { default: { rpm: 1 }, microdaos: { 'microdao:7': { daily_usd: 0.001 } } }, clock.now);
+    try {
+      await limiters[0]!.admit(admission({ microdaoId: 'microdao:7' }));
+      await assert.rejects(limiters[workers - 1]!.admit(admission({ microdaoId: 'microdao:7' })), (error: ProxyError) => {
+        assert.equal(error.code, 'budget_exceeded');
+        assert.match(error.message, /^microDAO microdao:7 is over its daily budget of \$0\.001/);
+        return true;
+      });
+    } finally {
+      await close();
+    }
+  });
 }
 
 describe('limits: memory backend (one worker)', () => {

@@ -133,6 +133,14 @@ export async function createNatsStore(options: NatsStoreOptions): Promise<LimitS
     throw new LimitStoreError(`NATS KV key ${key} stayed contended for ${MAX_CAS_ATTEMPTS} attempts`);
   }
 
+  async function readStates(plans: ScopePlan[]): Promise<ScopeState[]> {
+    try {
+      return await Promise.all(plans.map(async (plan) => decode(await kv.get(plan.scope.key))));
+    } catch (error) {
+      throw new LimitStoreError('NATS KV read failed', { cause: error });
+    }
+  }
+
   async function adjustOne(key: string, limits: ScopeLimits, adjustment: Adjustment, now: () => number): Promise<void> {
     await swap(key, (state) => adjustScope(state, limits, adjustment, now()));
   }
@@ -156,6 +164,16 @@ export async function createNatsStore(options: NatsStoreOptions): Promise<LimitS
       }
       if (refusals.length === 0) return { admitted: true };
       await rollBack(charged, charge, now);
+      // The scopes after the refusing one were not looked at: their refusals too, so that the
+      // decisive one (a budget before a rate) is the same as with the other stores.
+      const unchecked = plans.slice(charged.length + 1);
+      if (unchecked.length > 0) {
+        const states = await readStates(unchecked).catch((): ScopeState[] => []);
+        states.forEach((state, offset) => {
+          const index = charged.length + 1 + offset;
+          refusals.push(...evaluateScope(state, (plans[index] as ScopePlan).limits, charge, now, index).refusals);
+        });
+      }
       return { admitted: false, refusals };
     },
 
@@ -163,13 +181,7 @@ export async function createNatsStore(options: NatsStoreOptions): Promise<LimitS
       for (const plan of plans) await adjustOne(plan.scope.key, plan.limits, adjustment, () => now);
     },
 
-    async read(plans: ScopePlan[]): Promise<ScopeState[]> {
-      try {
-        return await Promise.all(plans.map(async (plan) => decode(await kv.get(plan.scope.key))));
-      } catch (error) {
-        throw new LimitStoreError('NATS KV read failed', { cause: error });
-      }
-    },
+    read: readStates,
 
     async close(): Promise<void> {
       // The connection belongs to the caller.
