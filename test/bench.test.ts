@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { summarizeProfile, mergeProfiles, shortenUrl, type CpuProfile } from '../src/bench/cpu-profile.js';
+import { bucketOf, summarizeProfile, mergeProfiles, shortenUrl, type CpuProfile } from '../src/bench/cpu-profile.js';
 import { buildWorkerConfig, bareForwarderRoutes, BENCH_MODELS } from '../src/bench/bench-config.js';
 import { parseBenchOptions } from '../src/bench/options.js';
 import { parseStatCpuTicks, parseStatusRssBytes, usageFromSamples } from '../src/bench/proc-stats.js';
@@ -140,6 +140,10 @@ describe('bench CPU profile summary', () => {
       ],
     );
     assert.equal(summary.entries[0]!.percentOfBusy, 80);
+    assert.deepEqual(summary.buckets, [
+      { bucket: 'zod', selfMs: 4, percentOfBusy: 80 },
+      { bucket: 'llm-proxy/worker', selfMs: 1, percentOfBusy: 20 },
+    ]);
     assert.equal(summarizeProfile(profile, 1).entries.length, 1);
   });
 
@@ -147,6 +151,15 @@ describe('bench CPU profile summary', () => {
     const merged = summarizeProfile(mergeProfiles([profile, profile]), 15);
     assert.equal(merged.busyMs, 10);
     assert.equal(merged.entries[0]!.selfMs, 8);
+  });
+
+  it('buckets functions by package, project folder, Node and native frames', () => {
+    assert.equal(bucketOf('request', 'file:///w/node_modules/@nats-io/nats-core/lib/nats.js'), '@nats-io/nats-core');
+    assert.equal(bucketOf('_parse', 'file:///w/node_modules/zod/v3/types.js'), 'zod');
+    assert.equal(bucketOf('handle', 'file:///w/dist/worker/request-handler.js'), 'llm-proxy/worker');
+    assert.equal(bucketOf('emit', 'node:events'), 'node');
+    assert.equal(bucketOf('(garbage collector)', ''), '(garbage collector)');
+    assert.equal(bucketOf('writeBuffer', ''), 'native');
   });
 
   it('shortens script URLs', () => {

@@ -33,6 +33,27 @@ export interface ProfileSummary {
   idleMs: number;
   busyMs: number;
   entries: SelfTimeEntry[];
+  /** Self time per package or project folder (see `bucketOf`), largest first. */
+  buckets: Array<{ bucket: string; selfMs: number; percentOfBusy: number }>;
+}
+
+/**
+ * Where a function lives, coarsely: the npm package (`@nats-io/nats-core`, `pino`),
+ * the project folder (`llm-proxy/worker`), `node` for Node's own JavaScript, and
+ * for native frames their V8 name (GC, program) or `native` (syscalls and builtins).
+ */
+export function bucketOf(functionName: string, url: string): string {
+  if (url === '') return functionName === '(garbage collector)' || functionName === '(program)' ? functionName : 'native';
+  const withoutScheme = url.replace(/^file:\/\//, '');
+  const nodeModules = withoutScheme.lastIndexOf('/node_modules/');
+  if (nodeModules >= 0) {
+    const parts = withoutScheme.slice(nodeModules + '/node_modules/'.length).split('/');
+    return parts[0]!.startsWith('@') ? `${parts[0]}/${parts[1]}` : parts[0]!;
+  }
+  if (withoutScheme.startsWith('node:')) return 'node';
+  const dist = withoutScheme.lastIndexOf('/dist/');
+  if (dist >= 0) return `llm-proxy/${withoutScheme.slice(dist + '/dist/'.length).split('/')[0]}`;
+  return 'other';
 }
 
 const IDLE = '(idle)';
@@ -87,6 +108,15 @@ export function summarizeProfile(profile: CpuProfile, top = 15): ProfileSummary 
     }
   }
   const busyMicros = totalMicros - idleMicros;
+  const bucketMicros = new Map<string, number>();
+  for (const entry of byFunction.values()) {
+    if (entry.functionName === IDLE) continue;
+    const bucket = bucketOf(entry.functionName, entry.url);
+    bucketMicros.set(bucket, (bucketMicros.get(bucket) ?? 0) + entry.micros);
+  }
+  const buckets = [...bucketMicros.entries()]
+    .sort((left, right) => right[1] - left[1] || left[0].localeCompare(right[0]))
+    .map(([bucket, micros]) => ({ bucket, selfMs: micros / 1000, percentOfBusy: busyMicros === 0 ? 0 : (micros / busyMicros) * 100 }));
   const entries = [...byFunction.values()]
     .filter((entry) => entry.functionName !== IDLE)
     .sort((left, right) => right.micros - left.micros || left.functionName.localeCompare(right.functionName))
@@ -99,7 +129,7 @@ export function summarizeProfile(profile: CpuProfile, top = 15): ProfileSummary 
       selfMs: entry.micros / 1000,
       percentOfBusy: busyMicros === 0 ? 0 : (entry.micros / busyMicros) * 100,
     }));
-  return { totalMs: totalMicros / 1000, idleMs: idleMicros / 1000, busyMs: busyMicros / 1000, entries };
+  return { totalMs: totalMicros / 1000, idleMs: idleMicros / 1000, busyMs: busyMicros / 1000, entries, buckets };
 }
 
 /** Sums several profiles (one per worker process) into one summary. */

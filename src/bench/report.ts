@@ -56,6 +56,8 @@ export interface BenchResults {
   memory: MemoryRecord[];
   soak?: SoakRecord;
   profile?: ProfileSummary & { files: string[] };
+  /** The bare forwarder's profile over the same run, for comparison. */
+  bareProfile?: ProfileSummary & { files: string[] };
 }
 
 export const TARGET_LABELS: Record<Target, string> = {
@@ -340,9 +342,8 @@ export function renderMarkdown(results: BenchResults): string {
     parts.push(goalLines.join('\n'));
   }
 
-  if (results.profile !== undefined) {
-    const profile = results.profile;
-    parts.push(`### Worker CPU profile: top self time (${formatMs(profile.busyMs)} ms busy of ${formatMs(profile.totalMs)} ms sampled)`);
+  const profileTable = (title: string, profile: ProfileSummary): void => {
+    parts.push(`### ${title}: top self time (${formatMs(profile.busyMs)} ms busy of ${formatMs(profile.totalMs)} ms sampled)`);
     parts.push(
       table(
         ['function', 'where', 'self ms', '% of busy'],
@@ -354,7 +355,18 @@ export function renderMarkdown(results: BenchResults): string {
         ]),
       ),
     );
+  };
+  if (results.profile !== undefined) {
+    profileTable('Worker CPU profile', results.profile);
+    parts.push(
+      '**Worker self time by package / project folder:** ' +
+        results.profile.buckets
+          .filter((bucket) => bucket.percentOfBusy >= 0.5)
+          .map((bucket) => `${bucket.bucket} ${bucket.percentOfBusy.toFixed(1)}%`)
+          .join(', '),
+    );
   }
+  if (results.bareProfile !== undefined) profileTable('Bare forwarder CPU profile (same run)', results.bareProfile);
   return parts.join('\n\n') + '\n';
 }
 

@@ -134,7 +134,16 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
         await spawnManaged({
           name: 'bare',
           command: node,
-          args: [join(benchDir, 'bare-forwarder.js'), '--nats-url', nats.url, '--upstream', upstreamOrigin, ...bareForwarderRoutes()],
+          // Profiled too with --cpu-prof: what the worker does beyond it is the price of its features.
+          args: [
+            ...(options.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${resolve(options.outDir, 'prof', 'bare')}`] : []),
+            join(benchDir, 'bare-forwarder.js'),
+            '--nats-url',
+            nats.url,
+            '--upstream',
+            upstreamOrigin,
+            ...bareForwarderRoutes(),
+          ],
           cpus: cpus.bare,
           logDir,
           env,
@@ -148,7 +157,7 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
     if (targets.includes('gateway')) {
       const configPath = resolve(options.outDir, 'worker-config.yaml');
       writeFileSync(configPath, buildWorkerConfig({ upstreamOrigin, maxInFlight: Math.max(2_048, options.inFlight * 2) }));
-      const profileArgs = options.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${resolve(options.outDir, 'prof')}`] : [];
+      const profileArgs = options.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${resolve(options.outDir, 'prof', 'worker')}`] : [];
       for (let index = 0; index < options.workers; index++) {
         const worker = (
           await spawnManaged({
@@ -471,9 +480,11 @@ async function main(): Promise<number> {
   }
   results.finishedAt = new Date().toISOString();
   if (options.cpuProf) {
-    const profiles = readProfiles(profileDir);
-    if (profiles === undefined) log(`no .cpuprofile in ${profileDir}: did the worker exit cleanly on SIGTERM?`);
-    else results.profile = { ...summarizeProfile(profiles.profile, 15), files: profiles.files };
+    const workerProfiles = readProfiles(join(profileDir, 'worker'));
+    if (workerProfiles === undefined) log(`no .cpuprofile in ${profileDir}/worker: did the worker exit cleanly on SIGTERM?`);
+    else results.profile = { ...summarizeProfile(workerProfiles.profile, 15), files: workerProfiles.files };
+    const bareProfiles = readProfiles(join(profileDir, 'bare'));
+    if (bareProfiles !== undefined) results.bareProfile = { ...summarizeProfile(bareProfiles.profile, 10), files: bareProfiles.files };
   }
   const markdown = renderMarkdown(results);
   writeFileSync(join(options.outDir, 'results.json'), JSON.stringify(results, null, 2) + '\n');
