@@ -30,6 +30,8 @@ export interface WorkerStats {
   models_requests: number;
   cancels: number;
   usage_events: { published: number; duplicates: number; failed_attempts: number; pending: number; dropped: number };
+  /** Present when limits are on: admissions, refusals and store errors (fail-open/closed decisions). */
+  limits?: { backend: string; admitted: number; refused: number; storeErrors: number; failedOpen: number; failedClosed: number; conflicts: number };
 }
 
 export class WorkerCounters {

@@ -5,11 +5,13 @@ import type { ResolvedConfig } from '../config/load.js';
 import { ProxyError } from '../contract/errors.js';
 import type { ModelsReply } from '../contract/models.js';
 import { QUEUE_GROUPS, subjectsFor, type Subjects } from '../contract/subjects.js';
+import { createLimiter, createLimitHooks, type Limiter } from '../limits/index.js';
 import { createProviders, type ProviderSet } from '../providers/registry.js';
 import { createRouter } from '../router/index.js';
 import type { DeploymentHealth, Router } from '../router/types.js';
 import { connectToNats } from '../bus/connect.js';
 import { createLogger, type Logger } from '../telemetry/logger.js';
+import { estimatePromptTokens } from '../usage/tokens.js';
 import { UsagePublisher } from '../usage/publisher.js';
 import { SecretCheck } from './auth.js';
 import { WorkerCounters, type WorkerStats } from './counters.js';
@@ -40,7 +42,7 @@ export interface WorkerOptions {
   logger?: Logger;
   /** `X-Internal-Secret` value required on requests; default `LLM_PROXY_SECRET`; `null` = none. */
   secret?: string | null;
-  /** Admission/settlement hooks (the limits module). */
+  /** Admission/settlement hooks; default: the limits of `config.limits` (none when `limits.enabled` is false). */
   hooks?: RequestHooks;
   /** Default: `createProviders(config)`; closed on stop only when the worker made them. */
   providers?: ProviderSet;
@@ -114,6 +116,15 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     logger.error({ err: error, stream: config.nats.usage_stream.name }, 'usage stream could not be checked or created; events will be held and retried');
   }
 
+  // Limits are on unless switched off: with them off no hook runs at all (nothing on the hot path).
+  let limiter: Limiter | undefined;
+  let hooks: RequestHooks = options.hooks ?? {};
+  if (options.hooks === undefined && config.limits.enabled) {
+    limiter = await createLimiter(config.limits, { nats: connection, env });
+    hooks = createLimitHooks(limiter, { models: config.models, limits: config.limits, estimatePromptTokens });
+    logger.info({ backend: limiter.backend }, 'limits enabled');
+  }
+
   let stats: () => WorkerStats = () => {
     throw new Error('not started');
   };
@@ -136,7 +147,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     publisher,
     secret,
     cache: config.cache.enabled ? new ResponseCache({ maxEntries: config.cache.max_entries, ttlMs: config.cache.ttl_ms }) : undefined,
-    hooks: options.hooks ?? {},
+    hooks,
     counters,
     logger: workerLogger,
     workerId,
@@ -188,6 +199,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
       pending: publisher.counters.pending,
       dropped: publisher.counters.dropped,
     },
+    ...(limiter === undefined ? {} : { limits: { backend: limiter.backend, ...limiter.counters() } }),
   });
 
   service.addEndpoint('models', {
@@ -300,6 +312,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
       if (!cancelSubscription.isClosed()) cancelSubscription.unsubscribe();
       const unpublishedEvents = connection.isClosed() ? publisher.pending : await publisher.flush(10_000);
       publisher.close();
+      await limiter?.close().catch((error: unknown) => workerLogger.warn({ err: error }, 'closing the limiter failed'));
       if (ownsProviders) await providerSet.close().catch((error: unknown) => workerLogger.warn({ err: error }, 'closing provider pools failed'));
       if (ownsConnection && !connection.isClosed()) await connection.drain().catch(() => undefined);
       const report: ShutdownReport = { inFlightAtStop, aborted, unpublishedEvents };

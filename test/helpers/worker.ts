@@ -59,6 +59,8 @@ export function testConfig(urls: { openai?: string; ollama?: string }, overrides
     routing: { retry: { attempts: 1 }, cooldown: { failures: 1_000 }, ...(overrides.routing ?? {}) },
     worker: { heartbeat_ms: 200, drain_timeout_ms: 10_000, ...(overrides.worker ?? {}) },
     logging: { level: 'info', ...(overrides.logging ?? {}) },
+    // The seed's default (10 requests/minute per agent) would throttle most suites; limits tests set their own.
+    limits: overrides.limits ?? { enabled: false },
   };
 }
 
