@@ -2,29 +2,34 @@
  * `llm-proxy dev`: the one-command start for a new user. Uses the NATS
  * server at NATS_URL when one answers; otherwise starts `nats-server -js`
  * as a child process (store in .llm-proxy/nats) when it is installed, or says
- * exactly how to install it. Then runs one worker in the foreground.
+ * exactly how to install it. Then runs one usage aggregator (so that
+ * `llm-proxy usage` answers) and one worker in the foreground.
  */
 import { parseArgs } from 'node:util';
 import type { Command } from '../command.js';
 import { UsageError } from '../command.js';
 import { configPathFromEnv } from '../../config/index.js';
 import { findOnPath, isNatsReachable, NATS_INSTALL_HELP, startDevNatsServer, type DevNatsServer } from '../../bus/dev-server.js';
-import { natsUrlFromEnv } from '../../bus/connect.js';
+import { connectToNats, natsUrlFromEnv } from '../../bus/connect.js';
+import { UsageAggregator } from '../../aggregator/aggregator.js';
+import { createLogger } from '../../telemetry/logger.js';
 import { loadConfigOrExplain, runWorkerUntilSignal } from './worker.js';
 
-const help = `Usage: llm-proxy dev [--config FILE] [--nats URL] [--store DIR]
+const help = `Usage: llm-proxy dev [--config FILE] [--nats URL] [--store DIR] [--no-aggregator]
 
 Starts everything needed to try llm-proxy on one machine:
   1. NATS: uses the server at --nats / $NATS_URL (default nats://127.0.0.1:4222) when one
      answers; otherwise starts \`nats-server -js\` there as a child process (JetStream store in
      --store, default .llm-proxy/nats) and stops it on exit. When nats-server is not installed,
      prints how to install it and exits 1.
-  2. One worker with the config file, in the foreground (Ctrl-C drains and exits).
+  2. One usage aggregator (answers \`llm-proxy usage\`), unless --no-aggregator.
+  3. One worker with the config file, in the foreground (Ctrl-C drains and exits).
 
 Options:
   --config FILE   config file (default: $LLM_PROXY_CONFIG, else config.yaml)
   --nats URL      where NATS is or should be started (default: $NATS_URL, else nats://127.0.0.1:4222)
   --store DIR     JetStream store of a server started here (default: .llm-proxy/nats)
+  --no-aggregator do not start the usage aggregator
 
 Example:
   OPENAI_API_KEY=sk-... llm-proxy dev
@@ -40,7 +45,7 @@ export const command: Command = {
     try {
       ({ values } = parseArgs({
         args: argv,
-        options: { config: { type: 'string' }, nats: { type: 'string' }, store: { type: 'string' } },
+        options: { config: { type: 'string' }, nats: { type: 'string' }, store: { type: 'string' }, 'no-aggregator': { type: 'boolean' } },
         allowPositionals: false,
       }));
     } catch (error) {
@@ -62,10 +67,33 @@ export const command: Command = {
       devServer = await startDevNatsServer({ url, executable, ...(values.store !== undefined ? { storeDir: values.store } : {}) });
       process.stderr.write(`llm-proxy dev: no NATS answered at ${url}; started nats-server (pid ${devServer.pid}, JetStream store ${devServer.storeDir}); it stops when this command does\n`);
     }
+    const servers = devServer?.url ?? url;
+    let aggregator: { stop(): Promise<void> } | undefined;
     try {
-      return await runWorkerUntilSignal(config, devServer?.url ?? url);
+      if (values['no-aggregator'] !== true) aggregator = await startAggregator(config, servers);
+      return await runWorkerUntilSignal(config, servers);
     } finally {
+      await aggregator?.stop();
       await devServer?.stop();
     }
   },
 };
+
+/** The aggregator beside the dev worker, on a connection of its own (stopped after the worker drained). */
+async function startAggregator(config: NonNullable<ReturnType<typeof loadConfigOrExplain>>, servers: string): Promise<{ stop(): Promise<void> }> {
+  const logger = createLogger({ level: config.logging.level, base: { role: 'aggregator' } });
+  const connection = await connectToNats({ servers, nats: config.nats, name: 'llm-proxy-dev-aggregator' });
+  const aggregator = await UsageAggregator.start({
+    connection,
+    subjectPrefix: config.nats.subject_prefix,
+    usageStream: config.nats.usage_stream,
+    aggregator: config.aggregator,
+    logger,
+  });
+  return {
+    async stop() {
+      await aggregator.stop().catch((error: unknown) => logger.error({ err: error }, 'aggregator did not stop cleanly'));
+      await connection.drain().catch(() => undefined);
+    },
+  };
+}
