@@ -38,7 +38,7 @@ Example:
 
 export const command: Command = {
   name: 'dev',
-  summary: 'start NATS (if none is running) and one worker: the quick start',
+  summary: 'start NATS (if none is running), a usage aggregator and one worker: the quick start',
   help,
   async run(argv) {
     let values;
