@@ -1,6 +1,6 @@
 /**
  * `llm-proxy/client`: what an agent needs to call llm-proxy over NATS.
- * See PROTOCOL.md beside this file for the wire protocol it speaks.
+ * The wire protocol it speaks is in README.md ("Calling llm-proxy from an agent").
  */
 export {
   createClient,
