@@ -158,7 +158,7 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
     assert.match(result.stderr, /go install github\.com\/nats-io\/nats-server/);
   });
 
-  test('dev: without NATS it starts nats-server and a worker that answers; Ctrl-C stops both and exits 0', async () => {
+  test('dev: without NATS it starts nats-server, an aggregator and a worker that answer; Ctrl-C stops them and exits 0', async () => {
     const openai = await startFakeOpenAI();
     const port = await freePort();
     const url = `nats://127.0.0.1:${port}`;
@@ -171,6 +171,13 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
       const client = await connect({ servers: url });
       const reply = (await client.request('llm.proxy.request', JSON.stringify({ model: 'gpt-test', messages: [{ role: 'user', content: 'dev!' }] }), { timeout: 5_000 })).json() as { content: string };
       assert.equal(reply.content, 'echo: dev!');
+      // The aggregator started beside the worker counts that request.
+      let totals = { total_requests: 0 };
+      for (let tries = 0; tries < 100 && totals.total_requests < 1; tries++) {
+        totals = (await client.request('llm.proxy.usage', '{}', { timeout: 5_000 })).json() as { total_requests: number };
+        if (totals.total_requests < 1) await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      assert.equal(totals.total_requests, 1);
       await client.close();
     } finally {
       dev.child.kill('SIGINT');

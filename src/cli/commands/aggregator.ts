@@ -4,12 +4,11 @@
  * `llm-usage` queue group. Run as many as you like; each has the full picture.
  */
 import { hostname } from 'node:os';
-import { parseArgs } from 'node:util';
 import type { Command } from '../command.js';
-import { UsageError } from '../command.js';
+import { parseCommandLine, UsageError } from '../command.js';
 import { connectToNats } from '../../bus/connect.js';
-import { configPathFromEnv, loadConfigFile } from '../../config/index.js';
-import { createLogger } from '../../telemetry/logger.js';
+import { configPathFromEnv, loadConfigFile, type ResolvedConfig } from '../../config/index.js';
+import { createLogger, type Logger } from '../../telemetry/logger.js';
 import { UsageAggregator } from '../../aggregator/aggregator.js';
 
 const help = `Usage: llm-proxy aggregator [--config config.yaml]
@@ -38,16 +37,16 @@ save a last snapshot, exit.
 Environment: NATS_URL, NATS credentials (see nats.* in config.yaml), LLM_PROXY_CONFIG.
 `;
 
-async function run(argv: string[]): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({ args: argv, allowPositionals: false, strict: true, options: { config: { type: 'string' } } }));
-  } catch (error) {
-    throw new UsageError(error instanceof Error ? error.message : String(error));
-  }
-  const config = loadConfigFile(values.config ?? configPathFromEnv());
+export interface RunningAggregator {
+  logger: Logger;
+  /** Leave the queue group, save a last snapshot, drain the connection. */
+  stop(): Promise<void>;
+}
+
+/** An aggregator on a connection of its own (used by `aggregator` and by `dev`). */
+export async function startUsageAggregator(config: ResolvedConfig, servers?: string): Promise<RunningAggregator> {
   const logger = createLogger({ level: config.logging.level, base: { role: 'aggregator' } });
-  const connection = await connectToNats({ nats: config.nats, name: `llm-proxy-aggregator@${hostname()}` });
+  const connection = await connectToNats({ servers, nats: config.nats, name: `llm-proxy-aggregator@${hostname()}` });
   const aggregator = await UsageAggregator.start({
     connection,
     subjectPrefix: config.nats.subject_prefix,
@@ -55,28 +54,36 @@ async function run(argv: string[]): Promise<number> {
     aggregator: config.aggregator,
     logger,
   });
+  return {
+    logger,
+    async stop() {
+      await aggregator.stop();
+      await connection.drain();
+    },
+  };
+}
 
-  const stopped = new Promise<number>((resolve) => {
+async function run(argv: string[]): Promise<number> {
+  const { values } = parseCommandLine({ args: argv, allowPositionals: false, strict: true, options: { config: { type: 'string' } } });
+  const config = loadConfigFile(values.config ?? configPathFromEnv());
+  const running = await startUsageAggregator(config);
+  return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) return;
       stopping = true;
-      logger.info({ signal }, 'aggregator stopping');
-      aggregator
-        .stop()
-        .then(() => connection.drain())
-        .then(
-          () => resolve(0),
-          (error: unknown) => {
-            logger.error({ err: error }, 'aggregator did not stop cleanly');
-            resolve(1);
-          },
-        );
+      running.logger.info({ signal }, 'aggregator stopping');
+      running.stop().then(
+        () => resolve(0),
+        (error: unknown) => {
+          running.logger.error({ err: error }, 'aggregator did not stop cleanly');
+          resolve(1);
+        },
+      );
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
-  return stopped;
 }
 
 export const command: Command = {

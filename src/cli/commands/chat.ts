@@ -3,10 +3,9 @@
  * (or the streamed tokens) goes to stdout and the usage line to stderr, so
  * that `llm-proxy chat "…" > answer.txt` keeps only the answer.
  */
-import { parseArgs } from 'node:util';
 import { text } from 'node:stream/consumers';
 import type { Command } from '../command.js';
-import { UsageError } from '../command.js';
+import { parseCommandLine, UsageError } from '../command.js';
 import { createClient, LlmProxyError, type ChatReply, type ChatRequest, type LlmProxyClient } from '../../client/index.js';
 import type { ModelsReply } from '../../contract/index.js';
 
@@ -56,26 +55,21 @@ function parseNumber(flag: string, value: string | undefined, check: (number: nu
 }
 
 function parseChatArguments(argv: string[]): ChatArguments {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        model: { type: 'string' },
-        stream: { type: 'boolean', default: false },
-        system: { type: 'string' },
-        'max-tokens': { type: 'string' },
-        temperature: { type: 'string' },
-        agent: { type: 'string' },
-        json: { type: 'boolean', default: false },
-        'timeout-ms': { type: 'string' },
-      },
-    });
-  } catch (error) {
-    throw new UsageError(error instanceof Error ? error.message : String(error));
-  }
+  const parsed = parseCommandLine({
+    args: argv,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      model: { type: 'string' },
+      stream: { type: 'boolean', default: false },
+      system: { type: 'string' },
+      'max-tokens': { type: 'string' },
+      temperature: { type: 'string' },
+      agent: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      'timeout-ms': { type: 'string' },
+    },
+  });
   const { values, positionals } = parsed;
   return {
     model: values.model ?? (process.env.LLM_PROXY_MODEL || undefined),

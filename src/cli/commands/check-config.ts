@@ -1,7 +1,6 @@
 /** `llm-proxy check-config`: validate a config file and say what it sets up. */
-import { parseArgs } from 'node:util';
 import type { Command } from '../command.js';
-import { UsageError } from '../command.js';
+import { parseCommandLine, UsageError } from '../command.js';
 import { ConfigError, configPathFromEnv, loadConfigFile, missingApiKeys, type ResolvedConfig } from '../../config/index.js';
 
 const help = `Usage: llm-proxy check-config [FILE]
@@ -50,12 +49,7 @@ export const command: Command = {
   summary: 'validate a config file; list every problem by path',
   help,
   async run(argv) {
-    let positionals;
-    try {
-      ({ positionals } = parseArgs({ args: argv, options: {}, allowPositionals: true }));
-    } catch (error) {
-      throw new UsageError((error as Error).message);
-    }
+    const { positionals } = parseCommandLine({ args: argv, options: {}, allowPositionals: true });
     if (positionals.length > 1) throw new UsageError('give one config file');
     const path = positionals[0] ?? configPathFromEnv();
     let config: ResolvedConfig;

@@ -5,14 +5,12 @@
  * exactly how to install it. Then runs one usage aggregator (so that
  * `llm-proxy usage` answers) and one worker in the foreground.
  */
-import { parseArgs } from 'node:util';
 import type { Command } from '../command.js';
-import { UsageError } from '../command.js';
+import { parseCommandLine, UsageError } from '../command.js';
 import { configPathFromEnv } from '../../config/index.js';
 import { findOnPath, isNatsReachable, NATS_INSTALL_HELP, startDevNatsServer, type DevNatsServer } from '../../bus/dev-server.js';
-import { connectToNats, natsUrlFromEnv } from '../../bus/connect.js';
-import { UsageAggregator } from '../../aggregator/aggregator.js';
-import { createLogger } from '../../telemetry/logger.js';
+import { natsUrlFromEnv } from '../../bus/connect.js';
+import { startUsageAggregator, type RunningAggregator } from './aggregator.js';
 import { loadConfigOrExplain, runWorkerUntilSignal } from './worker.js';
 
 const help = `Usage: llm-proxy dev [--config FILE] [--nats URL] [--store DIR] [--no-aggregator]
@@ -41,16 +39,11 @@ export const command: Command = {
   summary: 'start NATS (if none is running), a usage aggregator and one worker: the quick start',
   help,
   async run(argv) {
-    let values;
-    try {
-      ({ values } = parseArgs({
-        args: argv,
-        options: { config: { type: 'string' }, nats: { type: 'string' }, store: { type: 'string' }, 'no-aggregator': { type: 'boolean' } },
-        allowPositionals: false,
-      }));
-    } catch (error) {
-      throw new UsageError((error as Error).message);
-    }
+    const { values } = parseCommandLine({
+      args: argv,
+      options: { config: { type: 'string' }, nats: { type: 'string' }, store: { type: 'string' }, 'no-aggregator': { type: 'boolean' } },
+      allowPositionals: false,
+    });
     const config = loadConfigOrExplain(values.config ?? configPathFromEnv());
     if (config === undefined) return 1;
     const url = values.nats ?? natsUrlFromEnv();
@@ -68,32 +61,14 @@ export const command: Command = {
       process.stderr.write(`llm-proxy dev: no NATS answered at ${url}; started nats-server (pid ${devServer.pid}, JetStream store ${devServer.storeDir}); it stops when this command does\n`);
     }
     const servers = devServer?.url ?? url;
-    let aggregator: { stop(): Promise<void> } | undefined;
+    let aggregator: RunningAggregator | undefined;
     try {
-      if (values['no-aggregator'] !== true) aggregator = await startAggregator(config, servers);
+      if (values['no-aggregator'] !== true) aggregator = await startUsageAggregator(config, servers);
       return await runWorkerUntilSignal(config, servers);
     } finally {
-      await aggregator?.stop();
+      await aggregator?.stop().catch((error: unknown) => aggregator?.logger.error({ err: error }, 'aggregator did not stop cleanly'));
       await devServer?.stop();
     }
   },
 };
 
-/** The aggregator beside the dev worker, on a connection of its own (stopped after the worker drained). */
-async function startAggregator(config: NonNullable<ReturnType<typeof loadConfigOrExplain>>, servers: string): Promise<{ stop(): Promise<void> }> {
-  const logger = createLogger({ level: config.logging.level, base: { role: 'aggregator' } });
-  const connection = await connectToNats({ servers, nats: config.nats, name: 'llm-proxy-dev-aggregator' });
-  const aggregator = await UsageAggregator.start({
-    connection,
-    subjectPrefix: config.nats.subject_prefix,
-    usageStream: config.nats.usage_stream,
-    aggregator: config.aggregator,
-    logger,
-  });
-  return {
-    async stop() {
-      await aggregator.stop().catch((error: unknown) => logger.error({ err: error }, 'aggregator did not stop cleanly'));
-      await connection.drain().catch(() => undefined);
-    },
-  };
-}

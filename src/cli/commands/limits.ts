@@ -4,10 +4,9 @@
  * workers' config, so it shows what every worker together has counted.
  */
 import { existsSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Command } from '../command.js';
-import { UsageError } from '../command.js';
+import { parseCommandLine, UsageError } from '../command.js';
 import { connectOnce, natsUrlFromEnv } from '../../bus/connect.js';
 import { configPathFromEnv, DEFAULT_CONFIG_PATH, loadConfigFile, type ResolvedConfig } from '../../config/index.js';
 import { createLimiter, redactRedisUrl, redisUrlFor, type Dimension, type DimensionStanding, type ScopeStanding } from '../../limits/index.js';
@@ -44,23 +43,18 @@ interface LimitsArguments {
 }
 
 export function parseLimitsArguments(argv: string[], env: NodeJS.ProcessEnv = process.env): LimitsArguments {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      allowPositionals: false,
-      strict: true,
-      options: {
-        agent: { type: 'string' },
-        microdao: { type: 'string' },
-        model: { type: 'string' },
-        json: { type: 'boolean', default: false },
-        config: { type: 'string' },
-      },
-    }));
-  } catch (error) {
-    throw new UsageError(error instanceof Error ? error.message : String(error));
-  }
+  const { values } = parseCommandLine({
+    args: argv,
+    allowPositionals: false,
+    strict: true,
+    options: {
+      agent: { type: 'string' },
+      microdao: { type: 'string' },
+      model: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      config: { type: 'string' },
+    },
+  });
   if (values.agent === undefined || values.agent === '') throw new UsageError('--agent is required, e.g. --agent agent:sofia');
   const configPath = values.config ?? configPathFromEnv(env);
   if (values.config === undefined && !env.LLM_PROXY_CONFIG && !existsSync(DEFAULT_CONFIG_PATH)) {

@@ -1,8 +1,7 @@
 /** `llm-proxy models`: ask the workers (`llm.proxy.models`) which models they route, and in what state. */
-import { parseArgs } from 'node:util';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Command } from '../command.js';
-import { UsageError } from '../command.js';
+import { parseCommandLine, UsageError } from '../command.js';
 import { DEFAULT_SUBJECT_PREFIX, subjectsFor } from '../../contract/subjects.js';
 import { connectOnce, natsUrlFromEnv } from '../../bus/connect.js';
 import { ConfigError, loadConfigFile } from '../../config/index.js';
@@ -82,22 +81,17 @@ export const command: Command = {
   summary: 'list the models the workers route (--health: deployment states)',
   help,
   async run(argv) {
-    let values;
-    try {
-      ({ values } = parseArgs({
-        args: argv,
-        options: {
-          health: { type: 'boolean', default: false },
-          json: { type: 'boolean', default: false },
-          nats: { type: 'string' },
-          config: { type: 'string' },
-          'timeout-ms': { type: 'string' },
-        },
-        allowPositionals: false,
-      }));
-    } catch (error) {
-      throw new UsageError((error as Error).message);
-    }
+    const { values } = parseCommandLine({
+      args: argv,
+      options: {
+        health: { type: 'boolean', default: false },
+        json: { type: 'boolean', default: false },
+        nats: { type: 'string' },
+        config: { type: 'string' },
+        'timeout-ms': { type: 'string' },
+      },
+      allowPositionals: false,
+    });
     const timeoutMs = values['timeout-ms'] === undefined ? 5_000 : Number(values['timeout-ms']);
     if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new UsageError(`--timeout-ms must be a positive integer, got "${values['timeout-ms']}"`);
     const { connection, prefix } = await connectForCommand(values);

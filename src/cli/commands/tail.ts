@@ -1,7 +1,6 @@
 /** `llm-proxy tail`: print usage events as they are published. */
-import { parseArgs } from 'node:util';
 import type { Command } from '../command.js';
-import { UsageError } from '../command.js';
+import { parseCommandLine, UsageError } from '../command.js';
 import { agentToken, subjectsFor } from '../../contract/subjects.js';
 import type { UsageEvent } from '../../contract/usage-event.js';
 import { connectForCommand } from './models.js';
@@ -50,16 +49,11 @@ export const command: Command = {
   summary: 'print usage events as they arrive (--agent X to filter)',
   help,
   async run(argv) {
-    let values;
-    try {
-      ({ values } = parseArgs({
-        args: argv,
-        options: { agent: { type: 'string' }, json: { type: 'boolean', default: false }, nats: { type: 'string' }, config: { type: 'string' } },
-        allowPositionals: false,
-      }));
-    } catch (error) {
-      throw new UsageError((error as Error).message);
-    }
+    const { values } = parseCommandLine({
+      args: argv,
+      options: { agent: { type: 'string' }, json: { type: 'boolean', default: false }, nats: { type: 'string' }, config: { type: 'string' } },
+      allowPositionals: false,
+    });
     const { connection, prefix } = await connectForCommand(values);
     const subjects = subjectsFor(prefix);
     const subject = values.agent === undefined ? subjects.usageAll : subjects.usageFor(agentToken(values.agent));

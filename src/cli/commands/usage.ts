@@ -3,10 +3,9 @@
  * statistics and prints them as a table, JSON or CSV (billing exports).
  */
 import { existsSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { RequestError, type NatsConnection } from '@nats-io/nats-core';
 import type { Command } from '../command.js';
-import { UsageError } from '../command.js';
+import { parseCommandLine, UsageError } from '../command.js';
 import { connectOnce, natsUrlFromEnv } from '../../bus/connect.js';
 import { configPathFromEnv, DEFAULT_CONFIG_PATH, loadConfigFile, type NatsConfig } from '../../config/index.js';
 import { DEFAULT_SUBJECT_PREFIX, HEADERS, subjectsFor } from '../../contract/subjects.js';
@@ -53,29 +52,24 @@ interface UsageArguments {
 }
 
 export function parseUsageArguments(argv: string[], env: NodeJS.ProcessEnv = process.env): UsageArguments {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      allowPositionals: false,
-      strict: true,
-      options: {
-        agent: { type: 'string' },
-        microdao: { type: 'string' },
-        model: { type: 'string' },
-        provider: { type: 'string' },
-        since: { type: 'string' },
-        until: { type: 'string' },
-        'group-by': { type: 'string' },
-        json: { type: 'boolean', default: false },
-        csv: { type: 'boolean', default: false },
-        config: { type: 'string' },
-        'timeout-ms': { type: 'string' },
-      },
-    }));
-  } catch (error) {
-    throw new UsageError(error instanceof Error ? error.message : String(error));
-  }
+  const { values } = parseCommandLine({
+    args: argv,
+    allowPositionals: false,
+    strict: true,
+    options: {
+      agent: { type: 'string' },
+      microdao: { type: 'string' },
+      model: { type: 'string' },
+      provider: { type: 'string' },
+      since: { type: 'string' },
+      until: { type: 'string' },
+      'group-by': { type: 'string' },
+      json: { type: 'boolean', default: false },
+      csv: { type: 'boolean', default: false },
+      config: { type: 'string' },
+      'timeout-ms': { type: 'string' },
+    },
+  });
   if (values.json && values.csv) throw new UsageError('choose one of --json and --csv');
   const query: UsageQuery = {};
   if (values.agent !== undefined) query.agent_id = values.agent;

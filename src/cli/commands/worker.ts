@@ -3,9 +3,8 @@
  * drains (stop taking requests, finish those in flight, flush usage events,
  * exit 0); a second one exits at once with 130.
  */
-import { parseArgs } from 'node:util';
 import type { Command } from '../command.js';
-import { UsageError } from '../command.js';
+import { parseCommandLine, UsageError } from '../command.js';
 import { ConfigError, configPathFromEnv, loadConfigFile, missingApiKeys, type ResolvedConfig } from '../../config/index.js';
 import { natsUrlFromEnv } from '../../bus/connect.js';
 import { createLogger } from '../../telemetry/logger.js';
@@ -80,12 +79,7 @@ export const command: Command = {
   summary: 'start one worker (answers llm.proxy.request in queue group llm-proxy)',
   help,
   async run(argv) {
-    let values;
-    try {
-      ({ values } = parseArgs({ args: argv, options: { config: { type: 'string' }, nats: { type: 'string' } }, allowPositionals: false }));
-    } catch (error) {
-      throw new UsageError((error as Error).message);
-    }
+    const { values } = parseCommandLine({ args: argv, options: { config: { type: 'string' }, nats: { type: 'string' } }, allowPositionals: false });
     const config = loadConfigOrExplain(values.config ?? configPathFromEnv());
     if (config === undefined) return 1;
     return runWorkerUntilSignal(config, values.nats ?? natsUrlFromEnv());
