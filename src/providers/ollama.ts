@@ -2,33 +2,20 @@
  * Ollama's native API: `POST {base_url}/api/chat`, one JSON object, or NDJSON
  * lines when streaming (the last one `done: true` with the token counts).
  */
-import type { z } from 'zod';
 import { convertOllamaChat, convertOllamaChunk, createOllamaStreamState, type OllamaStreamState } from './convert-ollama-response.js';
 import { convertToOllamaRequest } from './convert-to-ollama-request.js';
-import { postToProvider, providerSecrets, readJsonBody, readTextPieces } from './http.js';
+import { postToProvider, readJsonBody, readTextPieces } from './http.js';
 import { NdjsonParser, NdjsonSyntaxError } from './ndjson.js';
 import { ollamaChatSchema } from './ollama-response-schema.js';
-import { errorFromStreamPayload, malformedResponse, streamEndedEarly } from './provider-error.js';
+import { malformedResponse, streamEndedEarly } from './provider-error.js';
+import { parseProviderPayload } from './parse-provider-payload.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from './types.js';
 
 const CHAT_PATH = '/api/chat';
 
-function describeIssues(error: z.ZodError): string {
-  return error.issues
-    .slice(0, 3)
-    .map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`)
-    .join('; ');
-}
-
-function isErrorPayload(value: unknown): value is { error: unknown } {
-  return typeof value === 'object' && value !== null && 'error' in value && (value as { error: unknown }).error != null;
-}
 
 function parseChat(settings: ProviderSettings, json: unknown): ReturnType<typeof ollamaChatSchema.parse> {
-  if (isErrorPayload(json)) throw errorFromStreamPayload(settings.name, json, providerSecrets(settings));
-  const parsed = ollamaChatSchema.safeParse(json);
-  if (!parsed.success) throw malformedResponse(settings.name, `unexpected response (${describeIssues(parsed.error)})`, 200);
-  return parsed.data;
+  return parseProviderPayload(settings, json, ollamaChatSchema, 'response');
 }
 
 /** A generator, so that events before a failing line in the same read still reach the caller first. */

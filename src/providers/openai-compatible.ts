@@ -2,34 +2,20 @@
  * Any OpenAI-compatible chat-completions API: OpenAI, DeepSeek, vLLM,
  * llama.cpp server, LM Studio. `POST {base_url}/chat/completions`, JSON or SSE.
  */
-import type { z } from 'zod';
 import { convertOpenAIChunk, convertOpenAICompletion, createOpenAIStreamState, type OpenAIStreamState } from './convert-openai-response.js';
 import { convertToOpenAIRequest } from './convert-to-openai-request.js';
-import { postToProvider, providerSecrets, readJsonBody, readTextPieces, type ProviderHttpResponse } from './http.js';
+import { postToProvider, readJsonBody, readTextPieces, type ProviderHttpResponse } from './http.js';
 import { openAIChunkSchema, openAICompletionSchema } from './openai-response-schema.js';
-import { errorFromStreamPayload, malformedResponse, streamEndedEarly } from './provider-error.js';
+import { malformedResponse, streamEndedEarly } from './provider-error.js';
 import { SseParser, type SseEvent } from './sse.js';
+import { parseProviderPayload } from './parse-provider-payload.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from './types.js';
 
 const CHAT_PATH = '/chat/completions';
 
-function describeIssues(error: z.ZodError): string {
-  return error.issues
-    .slice(0, 3)
-    .map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`)
-    .join('; ');
-}
-
-function isErrorPayload(value: unknown): value is { error: unknown } {
-  return typeof value === 'object' && value !== null && 'error' in value && (value as { error: unknown }).error != null;
-}
 
 function parseCompletion(settings: ProviderSettings, json: unknown, model: string): ProviderResponse {
-  // Some compatible servers answer 200 with an error body.
-  if (isErrorPayload(json)) throw errorFromStreamPayload(settings.name, json, providerSecrets(settings));
-  const parsed = openAICompletionSchema.safeParse(json);
-  if (!parsed.success) throw malformedResponse(settings.name, `unexpected response (${describeIssues(parsed.error)})`, 200);
-  return convertOpenAICompletion(parsed.data, model);
+  return convertOpenAICompletion(parseProviderPayload(settings, json, openAICompletionSchema, 'response'), model);
 }
 
 /** A whole reply as stream events, for a server that ignored `stream: true` and answered JSON. */
@@ -58,10 +44,7 @@ function convertSseEvent(settings: ProviderSettings, event: SseEvent, state: Ope
     // Half an event when the body ended: the stream was cut, the JSON was not wrong.
     throw atEnd ? streamEndedEarly(settings.name) : malformedResponse(settings.name, 'malformed JSON in stream', 200);
   }
-  if (event.event === 'error' || isErrorPayload(json)) throw errorFromStreamPayload(settings.name, json, providerSecrets(settings));
-  const parsed = openAIChunkSchema.safeParse(json);
-  if (!parsed.success) throw malformedResponse(settings.name, `unexpected stream chunk (${describeIssues(parsed.error)})`, 200);
-  return convertOpenAIChunk(parsed.data, state);
+  return convertOpenAIChunk(parseProviderPayload(settings, json, openAIChunkSchema, 'stream chunk', event.event === 'error'), state);
 }
 
 async function* streamChat(settings: ProviderSettings, call: ProviderCall): AsyncGenerator<ProviderStreamEvent> {
