@@ -426,6 +426,23 @@ describe('stream()', () => {
     responder.stop();
   });
 
+  test('a stream whose last chunk was lost is an upstream_error, not a clean end', async () => {
+    const prefix = freshPrefix();
+    const responder = await respond(prefix, ({ body, message }) => {
+      const writer = streamWriter(message);
+      writer.chunk(0, 'ab');
+      // chunk 1 ("cd") never arrives; the end message does.
+      writer.end(replyFor(body, 'abcd'));
+    });
+    await withClient(prefix, {}, async (client) => {
+      const stream = client.stream(request());
+      const { chunks, error } = await collect(stream);
+      assert.deepEqual(chunks.map((chunk) => chunk.delta), ['ab']);
+      assertProxyError(error, 'upstream_error', /2 of 4 characters/);
+    });
+    responder.stop();
+  });
+
   test('a repeated (out-of-order) chunk is an upstream_error', async () => {
     const prefix = freshPrefix();
     const responder = await respond(prefix, ({ body, message }) => {

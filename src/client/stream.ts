@@ -86,6 +86,8 @@ class NatsChatStream implements ChatStream {
   #waiter: Waiter | undefined;
   #iterated = false;
   #expectedSeq = 0;
+  /** Characters of content received in chunks, to tell a complete stream from one that lost its last chunks. */
+  #deltaLength = 0;
   #subscription: Subscription | undefined;
   #silenceTimer: NodeJS.Timeout | undefined;
   #totalTimer: NodeJS.Timeout | undefined;
@@ -241,7 +243,16 @@ class NatsChatStream implements ChatStream {
       return;
     }
     if (mark === STREAM_MARKS.end || (typeof body === 'object' && body !== null && 'content' in body)) {
-      this.#succeed(body as ChatReply);
+      const reply = body as ChatReply;
+      // Sequence numbers catch a gap only before a later chunk; a lost last chunk shows here.
+      if (typeof reply.content === 'string' && reply.content.length !== this.#deltaLength) {
+        this.#fail(
+          new LlmProxyError('upstream_error', `stream ended with ${this.#deltaLength} of ${reply.content.length} characters received: chunk(s) missing before the end`, { requestId }),
+          { tellWorker: false },
+        );
+        return;
+      }
+      this.#succeed(reply);
       return;
     }
     this.#fail(new LlmProxyError('upstream_error', `worker sent an unexpected stream message (${mark || 'no LLM-Stream header'})`, { requestId }), {
@@ -268,6 +279,7 @@ class NatsChatStream implements ChatStream {
     this.#expectedSeq += 1;
     const chunk = body as StreamChunk;
     if (typeof chunk.delta !== 'string') chunk.delta = '';
+    this.#deltaLength += chunk.delta.length;
     const waiter = this.#waiter;
     if (waiter !== undefined) {
       this.#waiter = undefined;
