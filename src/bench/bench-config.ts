@@ -39,6 +39,7 @@ export const UPSTREAM_CONNECTIONS = 1_100;
 export interface WorkerConfigOptions {
   upstreamOrigin: string;
   maxInFlight: number;
+  logLevel?: string;
 }
 
 /**
@@ -66,7 +67,7 @@ export function buildWorkerConfig(options: WorkerConfigOptions): string {
     worker: { max_in_flight: options.maxInFlight, default_timeout_ms: 60_000 },
     cache: { enabled: false },
     limits: { enabled: false },
-    logging: { level: 'info' },
+    logging: { level: options.logLevel ?? 'info' },
   };
   return stringify(config);
 }

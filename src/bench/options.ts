@@ -22,11 +22,15 @@ export interface BenchOptions {
   streamCount: number;
   inFlight: number;
   workers: number;
+  /** The worker's logging.level (production: info). */
+  logLevel: string;
   layout: Layout;
   cpuProf: boolean;
   gatewayVia: 'client' | 'raw';
   outDir: string;
   chartPath: string | undefined;
+  /** Re-render the report and chart of an earlier results.json instead of running. */
+  from: string | undefined;
   help: boolean;
 }
 
@@ -51,6 +55,8 @@ Options:
   --stream-count <n>      streams per streaming run (default 200; quick 50)
   --in-flight <n>         requests held in flight for the memory section (default 1000)
   --workers <n>           llm-proxy worker processes (default 1)
+  --log-level <level>     the worker's logging.level (default info, as in production; warn shows
+                          what the per-request info line costs)
   --layout <layout>       CPU pinning: split (worker + nats-server on core 0, load generator +
                           upstream on core 1), worker-alone (worker on core 0, the rest on core 1),
                           none (default split)
@@ -59,6 +65,7 @@ Options:
   --cpu-prof              profile the worker (--cpu-prof into <out>/prof) and print its top self-time
   --out <dir>             results directory (default bench-results)
   --chart <path>          SVG chart path (default docs/bench/latency.svg; "none" to skip)
+  --from <results.json>   print the report and redraw the chart of an earlier run (runs nothing)
   --help                  this text
 `;
 
@@ -104,11 +111,13 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
       'stream-count': { type: 'string' },
       'in-flight': { type: 'string' },
       workers: { type: 'string' },
+      'log-level': { type: 'string' },
       layout: { type: 'string' },
       'cpu-prof': { type: 'boolean', default: false },
       'gateway-via': { type: 'string' },
       out: { type: 'string' },
       chart: { type: 'string' },
+      from: { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -117,6 +126,8 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
   if (!(LAYOUTS as readonly string[]).includes(layout)) throw new Error(`--layout: unknown "${layout}" (choose from ${LAYOUTS.join(', ')})`);
   const chart = values.chart ?? 'docs/bench/latency.svg';
   const gatewayVia = values['gateway-via'] ?? 'client';
+  const logLevel = values['log-level'] ?? 'info';
+  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) throw new Error(`--log-level: unknown "${logLevel}"`);
   if (gatewayVia !== 'client' && gatewayVia !== 'raw') throw new Error(`--gateway-via: unknown "${gatewayVia}" (choose from client, raw)`);
   return {
     quick,
@@ -132,11 +143,13 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     streamCount: parsePositive(values['stream-count'], 'stream-count', quick ? 50 : 200),
     inFlight: parsePositive(values['in-flight'], 'in-flight', 1_000),
     workers: parsePositive(values.workers, 'workers', 1),
+    logLevel,
     layout: layout as Layout,
     cpuProf: values['cpu-prof'] === true,
     gatewayVia,
     outDir: values.out ?? 'bench-results',
     chartPath: chart === 'none' ? undefined : chart,
+    from: values.from,
     help: values.help === true,
   };
 }

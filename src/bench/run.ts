@@ -156,7 +156,7 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
     const workers: ManagedProcess[] = [];
     if (targets.includes('gateway')) {
       const configPath = resolve(options.outDir, 'worker-config.yaml');
-      writeFileSync(configPath, buildWorkerConfig({ upstreamOrigin, maxInFlight: Math.max(2_048, options.inFlight * 2) }));
+      writeFileSync(configPath, buildWorkerConfig({ upstreamOrigin, maxInFlight: Math.max(2_048, options.inFlight * 2), logLevel: options.logLevel }));
       const profileArgs = options.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${resolve(options.outDir, 'prof', 'worker')}`] : [];
       for (let index = 0; index < options.workers; index++) {
         const worker = (
@@ -414,6 +414,26 @@ function readProfiles(directory: string): { profile: CpuProfile; files: string[]
   return { profile: profiles.length === 1 ? profiles[0]! : mergeProfiles(profiles), files: files.map((file) => join(directory, file)) };
 }
 
+function writeChart(results: BenchResults, chartPath: string | undefined): void {
+  const panels = chartPanels(results);
+  if (chartPath === undefined || panels.length === 0) return;
+  mkdirSync(dirname(chartPath), { recursive: true });
+  const repeat = Number(results.options.repeat ?? 1);
+  const subtitle =
+    `${results.machine.cpus} × ${results.machine.cpuModel}, Node ${results.machine.node}, layout ${results.layout.name}, ` +
+    `${String(results.options.durationMs)} ms per point${repeat > 1 ? ` (median of ${repeat} rounds)` : ''}, ${results.startedAt.slice(0, 16).replace('T', ' ')} UTC`;
+  writeFileSync(chartPath, renderChart(panels, { title: 'llm-proxy vs floors: latency under load', subtitle }));
+  log(`chart written to ${chartPath}`);
+}
+
+/** `--from results.json`: the report and chart of an earlier run, without running anything. */
+function renderFrom(path: string, options: BenchOptions): number {
+  const results = JSON.parse(readFileSync(path, 'utf8')) as BenchResults;
+  process.stdout.write(renderMarkdown(results));
+  writeChart(results, options.chartPath);
+  return 0;
+}
+
 async function main(): Promise<number> {
   let options: BenchOptions;
   try {
@@ -426,6 +446,7 @@ async function main(): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
+  if (options.from !== undefined) return renderFrom(options.from, options);
   let targets = options.targets;
   if (targets.includes('gateway') && !workerAvailable()) {
     log('the worker is not built yet (no dist/cli/commands/worker.js): measuring the floors only');
@@ -490,13 +511,7 @@ async function main(): Promise<number> {
   writeFileSync(join(options.outDir, 'results.json'), JSON.stringify(results, null, 2) + '\n');
   writeFileSync(join(options.outDir, 'results.md'), markdown);
   process.stdout.write(markdown);
-  const panels = chartPanels(results);
-  if (options.chartPath !== undefined && panels.length > 0) {
-    mkdirSync(dirname(options.chartPath), { recursive: true });
-    const subtitle = `${results.machine.cpus} × ${results.machine.cpuModel}, Node ${results.machine.node}, layout ${layoutName}, ${options.durationMs} ms per point, ${startedAt.slice(0, 16).replace('T', ' ')} UTC`;
-    writeFileSync(options.chartPath, renderChart(panels, { title: 'llm-proxy vs floors: latency under load', subtitle }));
-    log(`chart written to ${options.chartPath}`);
-  }
+  writeChart(results, options.chartPath);
   log(`results in ${join(options.outDir, 'results.json')}`);
   if (failure !== undefined) {
     log(`stopped early: ${failure instanceof Error ? failure.stack ?? failure.message : String(failure)}`);
