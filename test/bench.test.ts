@@ -9,7 +9,7 @@ import { bucketOf, summarizeProfile, mergeProfiles, shortenUrl, type CpuProfile 
 import { buildWorkerConfig, bareForwarderRoutes, BENCH_MODELS } from '../src/bench/bench-config.js';
 import { parseBenchOptions } from '../src/bench/options.js';
 import { parseStatCpuTicks, parseStatusRssBytes, usageFromSamples } from '../src/bench/proc-stats.js';
-import { computeGoals, chartPanels, cpuMicrosPerRequest, renderMarkdown, type BenchResults, type RunRecord } from '../src/bench/report.js';
+import { computeGoals, chartPanels, cpuMicrosPerRequest, medianOfRounds, renderMarkdown, type BenchResults, type RunRecord } from '../src/bench/report.js';
 import { linearSlope, percentile, summarize } from '../src/bench/stats.js';
 import { escapeXml, linearTicks, logTicks, niceStep, renderChart } from '../src/bench/svg-chart.js';
 import { FAKE_CONTENT, parseBehaviour, splitContent } from '../src/bench/upstream.js';
@@ -284,6 +284,25 @@ describe('bench report', () => {
     assert.ok(Math.abs(goals.gatewayCpuMicros! - 950) < 1e-9);
     assert.ok(Math.abs(goals.bareCpuMicros! - 400) < 1e-9);
     assert.equal(cpuMicrosPerRequest({ ...results.closed[0]!, processes: {} }), undefined);
+  });
+
+  it('takes each figure of several rounds as its own median, and sums their errors', () => {
+    const rounds = [
+      record('gateway', { rate: 1000 }, { ...result(1000, 1.7, 87), errors: { timeout: 1 } }),
+      record('gateway', { rate: 1000 }, result(990, 2.1, 11)),
+      record('gateway', { rate: 1000 }, { ...result(1000, 1.6, 39), errors: { timeout: 2 } }),
+    ];
+    rounds[1]!.processes.worker!.cpuPercent = 80;
+    const combined = medianOfRounds(rounds);
+    // The round with the median p50 (1.7) has the worst p99; the figure reported is the median p99.
+    assert.equal(combined.result.latency.p50, 1.7);
+    assert.equal(combined.result.latency.p99, 39);
+    assert.equal(combined.result.throughput, 1000);
+    assert.deepEqual(combined.result.errors, { timeout: 3 });
+    assert.equal(combined.processes.worker!.cpuPercent, 95);
+    assert.deepEqual(combined.repeats?.map((round) => round.p99), [87, 11, 39]);
+    assert.equal(medianOfRounds([rounds[0]!]), rounds[0]);
+    assert.throws(() => medianOfRounds([]));
   });
 
   it('renders the tables and the goals', () => {

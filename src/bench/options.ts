@@ -46,8 +46,8 @@ Options:
   --targets <targets>     comma list of: ${TARGETS.join(', ')} (default: all)
   --duration-ms <n>       length of each measured run (default 5000; quick 1000)
   --warmup-ms <n>         unmeasured warm-up before each run (default 1000; quick 300)
-  --repeat <n>            measure each closed/open point n times, interleaved, and keep the median
-                          round (a shared machine's noise hits one round, not one target) (default 1)
+  --repeat <n>            measure each closed/open point n times, interleaved, and report each figure's
+                          median (a shared machine's noise hits one round, not one target) (default 1)
   --concurrency <list>    closed-loop concurrencies (default 1,16,64,256; quick 1,64)
   --rates <list>          open-loop request rates per second (default 500,1000,2000,3000; quick 500,1000)
   --soak-seconds <n>      soak length (default 60; quick 10)

@@ -5,6 +5,7 @@
  */
 import type { ProfileSummary } from './cpu-profile.js';
 import type { LoadResult, Target } from './load-protocol.js';
+import type { LatencySummary } from './stats.js';
 import type { ProcessUsage } from './proc-stats.js';
 import type { ChartPanel, ChartSeries } from './svg-chart.js';
 
@@ -16,7 +17,7 @@ export interface RunRecord {
   result: LoadResult;
   /** CPU and RSS of every process during the run, by role (worker, nats-server, upstream, load, echo, bare). */
   processes: Record<string, ProcessUsage>;
-  /** With --repeat: every round's headline figures (the record itself is the median round). */
+  /** With --repeat: every round's headline figures (the record's figures are medians over them). */
   repeats?: Array<{ throughput: number; p50: number; p99: number }>;
 }
 
@@ -58,6 +59,63 @@ export interface BenchResults {
   profile?: ProfileSummary & { files: string[] };
   /** The bare forwarder's profile over the same run, for comparison. */
   bareProfile?: ProfileSummary & { files: string[] };
+}
+
+function median(values: number[]): number {
+  const sorted = values.filter((value) => typeof value === 'number' && !Number.isNaN(value)).sort((left, right) => left - right);
+  if (sorted.length === 0) return Number.NaN;
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
+
+function medianSummary(summaries: LatencySummary[]): LatencySummary {
+  const pick = (key: keyof LatencySummary): number => median(summaries.map((summary) => summary[key]));
+  return { count: pick('count'), min: pick('min'), mean: pick('mean'), p50: pick('p50'), p90: pick('p90'), p99: pick('p99'), p999: pick('p999'), max: pick('max') };
+}
+
+/**
+ * Several rounds of one point as one record: every figure (throughput, each
+ * percentile, CPU, RSS) is the median of that figure over the rounds, errors are
+ * summed, and `repeats` keeps each round's headline figures.
+ */
+export function medianOfRounds(rounds: RunRecord[]): RunRecord {
+  const first = rounds[0];
+  if (first === undefined) throw new Error('medianOfRounds needs at least one round');
+  if (rounds.length === 1) return first;
+  const results = rounds.map((round) => round.result);
+  const errors: Record<string, number> = {};
+  for (const result of results) for (const [code, count] of Object.entries(result.errors)) errors[code] = (errors[code] ?? 0) + count;
+  const optional = (key: 'serviceLatency' | 'sendLag' | 'ttft' | 'chunkGap'): LatencySummary | undefined => {
+    const present = results.map((result) => result[key]).filter((summary): summary is LatencySummary => summary !== undefined);
+    return present.length === 0 ? undefined : medianSummary(present);
+  };
+  const result: LoadResult = {
+    ok: median(results.map((entry) => entry.ok)),
+    errors,
+    elapsedMs: median(results.map((entry) => entry.elapsedMs)),
+    throughput: median(results.map((entry) => entry.throughput)),
+    latency: medianSummary(results.map((entry) => entry.latency)),
+  };
+  for (const key of ['serviceLatency', 'sendLag', 'ttft', 'chunkGap'] as const) {
+    const summary = optional(key);
+    if (summary !== undefined) result[key] = summary;
+  }
+  const processes: Record<string, ProcessUsage> = {};
+  for (const name of new Set(rounds.flatMap((round) => Object.keys(round.processes)))) {
+    const usages = rounds.map((round) => round.processes[name]).filter((usage): usage is ProcessUsage => usage !== undefined);
+    processes[name] = {
+      cpuPercent: median(usages.map((usage) => usage.cpuPercent)),
+      rssStartBytes: median(usages.map((usage) => usage.rssStartBytes)),
+      rssEndBytes: median(usages.map((usage) => usage.rssEndBytes)),
+      rssMaxBytes: median(usages.map((usage) => usage.rssMaxBytes)),
+    };
+  }
+  return {
+    ...first,
+    result,
+    processes,
+    repeats: results.map((entry) => ({ throughput: entry.throughput, p50: entry.latency.p50, p99: entry.latency.p99 })),
+  };
 }
 
 export const TARGET_LABELS: Record<Target, string> = {
@@ -183,7 +241,7 @@ export function renderMarkdown(results: BenchResults): string {
   parts.push(
     'Latencies in ms. Closed loop: each of N callers sends its next request when the previous answer arrives. ' +
       'Open loop: requests sent on a fixed clock; latency counts from the intended send time, so queueing shows. ' +
-      (Number(results.options.repeat ?? 1) > 1 ? `Each closed/open point is the median of ${String(results.options.repeat)} interleaved rounds. ` : '') +
+      (Number(results.options.repeat ?? 1) > 1 ? `Closed/open points: ${String(results.options.repeat)} interleaved rounds, each figure the median of its rounds. ` : '') +
       '"CPU" and "RSS" are those of the process serving the target (upstream, echo replier, bare forwarder, worker); CPU 100% = one core.',
   );
 

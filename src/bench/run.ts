@@ -17,7 +17,7 @@ import type { FromLoadGenerator, LoadJob, LoadResult, Target, ToLoadGenerator } 
 import { parseBenchOptions, HELP, type BenchOptions, type Layout } from './options.js';
 import { ProcessSampler, sampleProcess, usageFromSamples, type ProcessSample, type ProcessUsage } from './proc-stats.js';
 import { spawnManaged, startNatsServer, tasksetAvailable, type ManagedProcess } from './processes.js';
-import { chartPanels, renderMarkdown, type BenchResults, type MemoryRecord, type RunRecord, type SoakRecord } from './report.js';
+import { chartPanels, medianOfRounds, renderMarkdown, type BenchResults, type MemoryRecord, type RunRecord, type SoakRecord } from './report.js';
 import { linearSlope } from './stats.js';
 import { renderChart } from './svg-chart.js';
 
@@ -279,15 +279,14 @@ async function checkTargets(fleet: Fleet, targets: Target[]): Promise<void> {
 
 /**
  * Measures each point `repeat` times, the rounds interleaved (every target once per
- * round) so that a burst of outside load hurts one round rather than one target, and
- * keeps the median round by `rank` (the others stay in the record's `repeats`).
+ * round) so that a burst of outside load hurts one round rather than one target;
+ * each reported figure is the median of that figure over the rounds.
  */
 async function runPoints(
   fleet: Fleet,
   options: BenchOptions,
   targets: Target[],
   points: Array<{ job: (target: Target) => LoadJob; label: string; fields: Pick<RunRecord, 'concurrency' | 'rate'> }>,
-  rank: (result: LoadResult) => number,
 ): Promise<RunRecord[]> {
   const records: RunRecord[] = [];
   for (const point of points) {
@@ -304,11 +303,8 @@ async function runPoints(
       }
     }
     for (const target of targets) {
-      const list = [...(rounds.get(target) ?? [])].sort((left, right) => rank(left.result) - rank(right.result));
-      const median = list[Math.floor((list.length - 1) / 2)];
-      if (median === undefined) continue;
-      if (list.length > 1) median.repeats = list.map((entry) => ({ throughput: entry.result.throughput, p50: entry.result.latency.p50, p99: entry.result.latency.p99 }));
-      records.push(median);
+      const list = rounds.get(target) ?? [];
+      if (list.length > 0) records.push(medianOfRounds(list));
     }
   }
   return records;
@@ -324,7 +320,6 @@ function runClosed(fleet: Fleet, options: BenchOptions, targets: Target[]): Prom
       fields: { concurrency },
       job: (target) => ({ kind: 'closed', target, model: 'fast', concurrency, durationMs: options.durationMs, warmupMs: 0 }),
     })),
-    (result) => result.throughput,
   );
 }
 
@@ -338,7 +333,6 @@ function runOpen(fleet: Fleet, options: BenchOptions, targets: Target[]): Promis
       fields: { rate },
       job: (target) => ({ kind: 'open', target, model: 'fast', rate, durationMs: options.durationMs, warmupMs: 0 }),
     })),
-    (result) => result.latency.p50,
   );
 }
 
