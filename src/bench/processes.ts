@@ -32,6 +32,12 @@ export interface SpawnOptions {
   readyTimeoutMs?: number;
 }
 
+/** Children still running: killed if the bench itself exits early (a crash, a timeout), so none is left behind. */
+const liveChildren = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of liveChildren) child.kill('SIGKILL');
+});
+
 export function tasksetAvailable(): boolean {
   try {
     execFileSync('taskset', ['-p', String(process.pid)], { stdio: 'ignore' });
@@ -64,6 +70,8 @@ export async function spawnManaged(options: SpawnOptions): Promise<{ process: Ma
   const stdio: StdioOptions = options.ipc === true ? ['ignore', output, output, 'ipc'] : ['ignore', output, output];
   const child = spawn(command, args, { stdio, env: options.env ?? process.env });
   if (logFd !== undefined) closeSync(logFd);
+  liveChildren.add(child);
+  child.once('exit', () => liveChildren.delete(child));
   const log = direct ? undefined : createWriteStream(logPath);
   if (log !== undefined) child.stderr?.pipe(log, { end: false });
   let ready: Record<string, unknown> = {};
