@@ -196,7 +196,7 @@ describe('bench flags and config', () => {
     assert.deepEqual(defaults.concurrencies, [1, 16, 64, 256]);
     assert.deepEqual(defaults.rates, [500, 1000, 2000, 3000]);
     assert.equal(defaults.soakSeconds, 60);
-    assert.equal(defaults.layout, 'split');
+    assert.equal(defaults.layout, 'worker-alone');
     assert.equal(defaults.chartPath, 'docs/bench/latency.svg');
     const quick = parseBenchOptions(['--quick', '--only', 'closed,soak', '--duration-ms', '2000', '--cpu-prof', '--chart', 'none']);
     assert.deepEqual(quick.sections, ['closed', 'soak']);

@@ -5,7 +5,7 @@ import { TARGETS, type Target } from './load-protocol.js';
 export const SECTIONS = ['closed', 'open', 'stream', 'memory', 'soak'] as const;
 export type Section = (typeof SECTIONS)[number];
 
-export const LAYOUTS = ['split', 'worker-alone', 'none'] as const;
+export const LAYOUTS = ['worker-alone', 'split', 'none'] as const;
 export type Layout = (typeof LAYOUTS)[number];
 
 export interface BenchOptions {
@@ -57,9 +57,11 @@ Options:
   --workers <n>           llm-proxy worker processes (default 1)
   --log-level <level>     the worker's logging.level (default info, as in production; warn shows
                           what the per-request info line costs)
-  --layout <layout>       CPU pinning: split (worker + nats-server on core 0, load generator +
-                          upstream on core 1), worker-alone (worker on core 0, the rest on core 1),
-                          none (default split)
+  --layout <layout>       CPU pinning: worker-alone (the worker, or the floor under test, alone on
+                          core 0; nats-server, load generator and upstream on core 1), split
+                          (worker + nats-server on core 0, load generator + upstream on core 1),
+                          none (default worker-alone: measured fastest for both llm-proxy and
+                          the bare forwarder)
   --gateway-via <how>     client (default: the project's createClient) or raw (pre-encoded
                           nc.request, to tell the client's cost from the worker's)
   --cpu-prof              profile the worker (--cpu-prof into <out>/prof) and print its top self-time
@@ -122,7 +124,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     },
   });
   const quick = values.quick === true;
-  const layout = values.layout ?? 'split';
+  const layout = values.layout ?? 'worker-alone';
   if (!(LAYOUTS as readonly string[]).includes(layout)) throw new Error(`--layout: unknown "${layout}" (choose from ${LAYOUTS.join(', ')})`);
   const chart = values.chart ?? 'docs/bench/latency.svg';
   const gatewayVia = values['gateway-via'] ?? 'client';
