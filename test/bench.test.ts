@@ -197,7 +197,8 @@ describe('bench flags and config', () => {
     assert.deepEqual(defaults.rates, [500, 1000, 2000, 3000]);
     assert.equal(defaults.soakSeconds, 60);
     assert.equal(defaults.layout, 'worker-alone');
-    assert.equal(defaults.chartPath, 'docs/bench/latency.svg');
+    assert.equal(defaults.chartPath, 'bench-results/latency.svg');
+    assert.equal(parseBenchOptions(['--out', '/tmp/b']).chartPath, '/tmp/b/latency.svg');
     const quick = parseBenchOptions(['--quick', '--only', 'closed,soak', '--duration-ms', '2000', '--cpu-prof', '--chart', 'none']);
     assert.deepEqual(quick.sections, ['closed', 'soak']);
     assert.equal(quick.durationMs, 2000);
