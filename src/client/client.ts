@@ -92,6 +92,8 @@ export function createClient(options: ClientOptions): LlmProxyClient | Promise<L
   const servers = options.servers;
   if (servers === undefined) throw new TypeError('createClient needs `servers` or `connection`');
   return connect({
+    // No async stack traces per request (two Error objects each): the caller's options may still ask for them.
+    noAsyncTraces: true,
     ...options.connectOptions,
     servers,
     name: options.name ?? 'llm-proxy-client',

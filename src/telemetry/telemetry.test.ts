@@ -38,8 +38,14 @@ test('the logger redacts keys and secrets wherever they appear; request loggers 
     { apiKey: 'sk-1', provider: { apiKey: 'sk-2', headers: { authorization: 'Bearer sk-3', 'x-internal-secret': 'sec-4' } }, headers: { 'X-Internal-Secret': 'sec-5' } },
     'hello',
   );
+  const cause = Object.assign(new Error('upstream said: Incorrect API key provided: abc-6'), { options: { headers: { Authorization: 'Bearer tok-7' } } });
+  logger.error({ err: new Error('call failed with Bearer tok-8', { cause }), deep: [{ api_key: 'k-9' }], apiKey: null }, 'failed');
   const text = lines.join('');
-  for (const secret of ['sk-1', 'sk-2', 'sk-3', 'sec-4', 'sec-5']) assert.ok(!text.includes(secret), `${secret} leaked: ${text}`);
+  for (const secret of ['sk-1', 'sk-2', 'sk-3', 'sec-4', 'sec-5', 'abc-6', 'tok-7', 'tok-8', 'k-9']) assert.ok(!text.includes(secret), `${secret} leaked: ${text}`);
+  const failed = JSON.parse(lines[1]!);
+  assert.equal(failed.err.type, 'Error');
+  assert.match(failed.err.message, /call failed with Bearer \[redacted\]/);
+  assert.equal(failed.err.cause.options.headers.Authorization, '[redacted]');
   const record = JSON.parse(lines[0]!);
   assert.equal(record.request_id, 'r-1');
   assert.equal(record.agent_id, 'agent:sofia');
