@@ -97,3 +97,36 @@ test('ensureStream creates the stream with the configured settings and updates i
     await nats.dispose();
   }
 });
+
+test('events published after the stream was deleted are refused (503), held, and land once the publisher recreates it', async () => {
+  const nats = await startNatsServer();
+  const connection = await connect({ ...connectionOptions({ servers: nats.url }) });
+  const subjects = subjectsFor('llm');
+  const stream = usageStreamSchema.parse({});
+  const publisher = new UsagePublisher({
+    connection,
+    streamSubject: subjects.usageAll,
+    subjectFor: subjects.usageFor,
+    stream,
+    logger: createLogger({ level: 'silent', destination: { write: () => undefined } }),
+    ackTimeoutMs: 500,
+    retryBaseMs: 20,
+    retryMaxMs: 100,
+  });
+  try {
+    await publisher.ensureStream();
+    const manager = await jetstreamManager(connection);
+    await manager.streams.delete(stream.name);
+    for (let index = 0; index < 3; index++) publisher.publish(event(`orphan-${index}`));
+    assert.equal(await publisher.flush(10_000), 0, 'held, then published once the stream was back');
+    assert.ok(publisher.counters.failedAttempts >= 1, 'the first attempt was refused');
+    const events = await waitForUsageEvents(connection, 3);
+    assert.deepEqual(events.map((stored) => stored.request_id).sort(), ['orphan-0', 'orphan-1', 'orphan-2']);
+    const info = await manager.streams.info(stream.name);
+    assert.equal(info.state.messages, 3);
+  } finally {
+    publisher.close();
+    await connection.close();
+    await nats.dispose();
+  }
+});

@@ -1,16 +1,15 @@
 import { nanos, type NatsConnection } from '@nats-io/nats-core';
 import {
-  jetstream,
   jetstreamManager,
   JetStreamApiCodes,
   JetStreamApiError,
   StorageType,
-  type JetStreamClient,
   type StreamConfig,
 } from '@nats-io/jetstream';
 import type { UsageStreamConfig } from '../config/schema.js';
 import type { UsageEvent } from '../contract/usage-event.js';
 import type { Logger } from '../telemetry/logger.js';
+import { AckInbox } from './ack-inbox.js';
 import type { BuiltUsageEvent } from './event.js';
 
 /**
@@ -74,7 +73,7 @@ function streamSettingsDiffer(current: StreamConfig, wanted: Partial<StreamConfi
 
 export class UsagePublisher {
   readonly #options: UsagePublisherOptions;
-  readonly #js: JetStreamClient;
+  readonly #acks: AckInbox;
   readonly #queue: QueuedEvent[] = [];
   readonly #maxQueued: number;
   #inFlight = 0;
@@ -87,7 +86,7 @@ export class UsagePublisher {
 
   constructor(options: UsagePublisherOptions) {
     this.#options = options;
-    this.#js = jetstream(options.connection);
+    this.#acks = new AckInbox(options.connection, options.ackTimeoutMs ?? 5_000);
     this.#maxQueued = options.maxQueued ?? 100_000;
   }
 
@@ -166,10 +165,7 @@ export class UsagePublisher {
   async #attempt(item: QueuedEvent): Promise<boolean> {
     item.tries++;
     try {
-      const ack = await this.#js.publish(item.subject, item.payload, {
-        msgID: item.event.request_id,
-        timeout: this.#options.ackTimeoutMs ?? 5_000,
-      });
+      const ack = await this.#acks.publish(item.subject, item.payload, item.event.request_id);
       this.counters.published++;
       this.counters.pending--;
       if (ack.duplicate) this.counters.duplicates++;
@@ -183,6 +179,13 @@ export class UsagePublisher {
   }
 
   #enqueue(item: QueuedEvent): void {
+    if (this.#closed) {
+      // An ack still outstanding when the publisher closed: it may or may not be stored; keep it in the log.
+      this.counters.dropped++;
+      this.counters.pending--;
+      this.#options.logger.error({ usage_event: item.event, subject: item.subject }, 'usage event not acknowledged before shutdown; logged in full');
+      return;
+    }
     this.#queue.push(item);
     while (this.#queue.length > this.#maxQueued) {
       const dropped = this.#queue.shift()!;
@@ -275,6 +278,7 @@ export class UsagePublisher {
   /** Stop retrying; whatever is still queued is logged in full. */
   close(): void {
     this.#closed = true;
+    this.#acks.close();
     if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
     this.#retryTimer = undefined;
     for (const item of this.#queue) {
