@@ -1,10 +1,10 @@
-import { countTokens } from 'gpt-tokenizer/encoding/o200k_base';
+import { createRequire } from 'node:module';
 import type { ChatMessage, ChatRequest } from '../contract/request.js';
 import type { ToolCall } from '../contract/request.js';
 
 /**
  * Token estimates for when a provider reports no usage. One encoding
- * (o200k_base, GPT-4o/4.1's) loaded once at import; for other model families
+ * (o200k_base, GPT-4o/4.1's) loaded on first use; for other model families
  * it is an estimate, and the event says so with `tokens_estimated: true`.
  * The per-message overhead follows OpenAI's published counting recipe:
  * 3 tokens per message, 1 more for a name, 3 to prime the reply.
@@ -30,6 +30,19 @@ const NON_TEXT_PART_TOKENS = 85;
 function nonTextParts(content: ChatMessage['content']): number {
   if (!Array.isArray(content)) return 0;
   return content.filter((part) => part.type !== 'text').length;
+}
+
+type CountTokens = (text: string) => number;
+let encodingCount: CountTokens | undefined;
+
+/**
+ * The encoding is about 35 MB of heap. Loaded (synchronously, once) when first
+ * needed, so that a worker whose providers report usage never holds it: every
+ * full GC would otherwise walk it, which the benchmark showed in the tail.
+ */
+function countTokens(text: string): number {
+  encodingCount ??= (createRequire(import.meta.url)('gpt-tokenizer/encoding/o200k_base') as { countTokens: CountTokens }).countTokens;
+  return encodingCount(text);
 }
 
 export function countTextTokens(text: string): number {
