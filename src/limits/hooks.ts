@@ -44,7 +44,7 @@ export interface PricedModel {
 export interface LimitHooksOptions {
   /** `config.models` of the ResolvedConfig. */
   models: ReadonlyMap<string, PricedModel>;
-  limits: Pick<LimitsConfig, 'default_max_tokens'>;
+  limits: Pick<LimitsConfig, 'default_max_tokens'> & Partial<Pick<LimitsConfig, 'default' | 'agents' | 'microdaos' | 'models'>>;
   /** The worker's prompt tokenizer (usage/tokens.ts `estimatePromptTokens`). */
   estimatePromptTokens: (request: ChatRequest) => number;
 }
@@ -75,11 +75,20 @@ export function maxCostUsd(models: ReadonlyMap<string, PricedModel>, modelName: 
   return highest;
 }
 
+/** True when some scope limits tokens or spending: only then does a request's prompt need tokenizing. */
+export function countsTokens(limits: LimitHooksOptions['limits']): boolean {
+  if (limits.default === undefined) return true; // not told: assume it does
+  const sets = [limits.default, ...Object.values(limits.agents ?? {}), ...Object.values(limits.microdaos ?? {}), ...Object.values(limits.models ?? {})];
+  return sets.some((set) => set.tpm != null || set.daily_usd != null || set.monthly_usd != null);
+}
+
 export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): LimitHooks {
+  // With only request-rate and concurrency limits, the prompt is not tokenized at all (decided once).
+  const estimatePromptTokens = countsTokens(options.limits) ? options.estimatePromptTokens : () => 0;
   return {
     async beforeRoute(context: LimitHookContext): Promise<void> {
       const request = context.request;
-      const promptTokens = options.estimatePromptTokens(request);
+      const promptTokens = estimatePromptTokens(request);
       const completionTokens = reservedCompletionTokens(
         options.limits,
         request.max_completion_tokens ?? request.max_tokens,
