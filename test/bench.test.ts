@@ -221,6 +221,13 @@ describe('bench flags and config', () => {
     assert.equal(config.models.get(BENCH_MODELS.slow.name)?.deployments[0]?.physical_name, 'fake-slow');
     assert.ok(text.includes('http://127.0.0.1:9999/fake/delay=2000/v1'));
     assert.ok(bareForwarderRoutes().includes('bench-slow=fake-slow@/fake/delay=2000/v1'));
+    // --limits nats: every dimension on, on the shared backend, none within reach.
+    const limited = parseConfigText(buildWorkerConfig({ upstreamOrigin: 'http://127.0.0.1:9999', maxInFlight: 2048, limits: 'nats' }), 'bench.yaml');
+    assert.equal(limited.limits.enabled, true);
+    assert.equal(limited.limits.backend, 'nats');
+    assert.ok((limited.limits.default.tpm ?? 0) > 1e9 && (limited.limits.default.daily_usd ?? 0) > 1e6);
+    assert.equal(parseBenchOptions(['--limits', 'redis', '--agents', '1000']).limits, 'redis');
+    assert.throws(() => parseBenchOptions(['--limits', 'postgres']), /--limits/);
   });
 
   it('parses upstream behaviours and splits the answer into chunks that join back', () => {

@@ -40,6 +40,8 @@ export interface WorkerConfigOptions {
   upstreamOrigin: string;
   maxInFlight: number;
   logLevel?: string;
+  /** Limits backend with every dimension on (out of reach), or off. */
+  limits?: 'off' | 'memory' | 'nats' | 'redis';
 }
 
 /**
@@ -66,7 +68,11 @@ export function buildWorkerConfig(options: WorkerConfigOptions): string {
     routing: { retry: { attempts: 2, base_backoff_ms: 5, max_backoff_ms: 20 }, cooldown: { failures: 1_000_000_000 } },
     worker: { max_in_flight: options.maxInFlight, default_timeout_ms: 60_000 },
     cache: { enabled: false },
-    limits: { enabled: false },
+    limits:
+      options.limits === undefined || options.limits === 'off'
+        ? { enabled: false }
+        : // Every dimension counted (so every store operation happens), none ever reached.
+          { backend: options.limits, nats_bucket: 'LLM_LIMITS_BENCH', redis_key_prefix: `llm-limits-bench:${process.pid}:`, default: { rpm: 1_000_000_000, tpm: 1_000_000_000_000, concurrent: 1_000_000, daily_usd: 1_000_000_000, monthly_usd: 1_000_000_000 } },
     logging: { level: options.logLevel ?? 'info' },
   };
   return stringify(config);

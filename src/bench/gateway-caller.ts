@@ -25,6 +25,8 @@ export interface GatewayCallerOptions {
   connection: NatsConnection;
   timeoutMs: number;
   via: GatewayVia;
+  /** Requests are spread over this many agent ids (agent:bench-0 …); 1 = the seed body's agent. */
+  agents?: number;
 }
 
 class GatewayCallError extends Error {
@@ -38,7 +40,14 @@ export async function createGatewayCaller(options: GatewayCallerOptions): Promis
   return options.via === 'raw' ? createRawCaller(options) : createClientCaller(options);
 }
 
-async function createClientCaller({ connection, timeoutMs }: GatewayCallerOptions): Promise<GatewayCaller> {
+let nextAgent = 0;
+/** With several agents, each call names the next one (a copy of the body; the generator's cost, not the worker's). */
+function withAgent(request: ChatRequest, agents: number): ChatRequest {
+  if (agents <= 1) return request;
+  return { ...request, metadata: { ...request.metadata, agent_id: `agent:bench-${nextAgent++ % agents}` } };
+}
+
+async function createClientCaller({ connection, timeoutMs, agents = 1 }: GatewayCallerOptions): Promise<GatewayCaller> {
   const client = await createClient({ connection, timeoutMs, firstMessageTimeoutMs: timeoutMs, idleTimeoutMs: timeoutMs });
   const requests = new Map<string, { chat: ChatRequest; stream: ChatRequest }>();
   const requestsFor = (model: string): { chat: ChatRequest; stream: ChatRequest } => {
@@ -55,7 +64,7 @@ async function createClientCaller({ connection, timeoutMs }: GatewayCallerOption
     async chat(model) {
       let reply;
       try {
-        reply = await client.chat(requestsFor(model).chat);
+        reply = await client.chat(withAgent(requestsFor(model).chat, agents));
       } catch (error) {
         throw new GatewayCallError((error as { code?: string }).code ?? 'error');
       }

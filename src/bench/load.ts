@@ -297,6 +297,7 @@ async function main(): Promise<void> {
       upstream: { type: 'string' },
       'timeout-ms': { type: 'string', default: '30000' },
       'gateway-via': { type: 'string', default: 'client' },
+      agents: { type: 'string', default: '1' },
     },
   });
   const send = (message: FromLoadGenerator): void => {
@@ -307,7 +308,7 @@ async function main(): Promise<void> {
   // noAsyncTraces: nats.js otherwise captures a stack trace per request, which would charge the generator's CPU.
   const connection = await connect({ servers: natsUrl, noAsyncTraces: true });
   const pool = new Pool(values.upstream!, { connections: UPSTREAM_CONNECTIONS, keepAliveTimeout: 60_000 });
-  const gateway = await createGatewayCaller({ connection, timeoutMs, via: values['gateway-via'] === 'raw' ? 'raw' : 'client' });
+  const gateway = await createGatewayCaller({ connection, timeoutMs, via: values['gateway-via'] === 'raw' ? 'raw' : 'client', agents: Math.max(1, Number(values.agents) || 1) });
   const callers = buildCallers(connection, pool, gateway, timeoutMs);
 
   process.on('message', (raw: ToLoadGenerator) => {

@@ -28,6 +28,10 @@ export interface BenchOptions {
   layout: Layout;
   cpuProf: boolean;
   gatewayVia: 'client' | 'raw';
+  /** The worker's limits: off (default), or every dimension on (set out of reach) with this backend. */
+  limits: 'off' | 'memory' | 'nats' | 'redis';
+  /** Distinct agent ids the load generator spreads its requests over. */
+  agents: number;
   outDir: string;
   chartPath: string | undefined;
   /** Re-render the report and chart of an earlier results.json instead of running. */
@@ -65,6 +69,10 @@ Options:
                           the bare forwarder)
   --gateway-via <how>     client (default: the project's createClient) or raw (pre-encoded
                           nc.request, to tell the client's cost from the worker's)
+  --limits <backend>      off (default), memory, nats or redis: the worker runs with every limit
+                          (rpm, tpm, concurrent, daily and monthly budgets) on, set out of reach, on
+                          that backend, to measure what limiting costs per request
+  --agents <n>            distinct agent ids the requests are spread over (default 1; use 1000 with --limits)
   --cpu-prof              profile the worker (--cpu-prof into <out>/prof) and print its top self-time
   --out <dir>             results directory (default bench-results)
   --chart <path>          SVG chart path (default <out>/latency.svg; "none" to skip; the chart README
@@ -119,6 +127,8 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
       layout: { type: 'string' },
       'cpu-prof': { type: 'boolean', default: false },
       'gateway-via': { type: 'string' },
+      limits: { type: 'string' },
+      agents: { type: 'string' },
       out: { type: 'string' },
       chart: { type: 'string' },
       from: { type: 'string' },
@@ -135,6 +145,8 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
   const logLevel = values['log-level'] ?? 'info';
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) throw new Error(`--log-level: unknown "${logLevel}"`);
   if (gatewayVia !== 'client' && gatewayVia !== 'raw') throw new Error(`--gateway-via: unknown "${gatewayVia}" (choose from client, raw)`);
+  const limits = values.limits ?? 'off';
+  if (!['off', 'memory', 'nats', 'redis'].includes(limits)) throw new Error(`--limits: unknown "${limits}" (choose from off, memory, nats, redis)`);
   return {
     quick,
     sections: parseNames(values.only, SECTIONS, 'only'),
@@ -153,6 +165,8 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     layout: layout as Layout,
     cpuProf: values['cpu-prof'] === true,
     gatewayVia,
+    limits: limits as BenchOptions['limits'],
+    agents: Math.round(parsePositive(values.agents, 'agents', 1)),
     outDir,
     chartPath: chart === 'none' ? undefined : chart,
     from: values.from,

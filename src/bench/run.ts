@@ -156,7 +156,7 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
     const workers: ManagedProcess[] = [];
     if (targets.includes('gateway')) {
       const configPath = resolve(options.outDir, 'worker-config.yaml');
-      writeFileSync(configPath, buildWorkerConfig({ upstreamOrigin, maxInFlight: Math.max(2_048, options.inFlight * 2), logLevel: options.logLevel }));
+      writeFileSync(configPath, buildWorkerConfig({ upstreamOrigin, maxInFlight: Math.max(2_048, options.inFlight * 2), logLevel: options.logLevel, limits: options.limits }));
       const profileArgs = options.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${resolve(options.outDir, 'prof', 'worker')}`] : [];
       for (let index = 0; index < options.workers; index++) {
         const worker = (
@@ -181,7 +181,7 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
     const loadStart = await spawnManaged({
       name: 'load',
       command: node,
-      args: [join(benchDir, 'load.js'), '--nats-url', nats.url, '--upstream', upstreamOrigin, '--gateway-via', options.gatewayVia],
+      args: [join(benchDir, 'load.js'), '--nats-url', nats.url, '--upstream', upstreamOrigin, '--gateway-via', options.gatewayVia, '--agents', String(options.agents)],
       cpus: cpus.load,
       logDir,
       env,
