@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import { z } from 'zod/v4';
 import { ProxyError } from './errors.js';
 
 /**
@@ -38,11 +38,11 @@ const messageSchema = z
   .passthrough()
   .superRefine((message, context) => {
     if (message.role === 'tool' && message.tool_call_id === undefined) {
-      context.addIssue({ code: z.ZodIssueCode.custom, message: 'a tool message needs tool_call_id', path: ['tool_call_id'] });
+      context.addIssue({ code: 'custom', message: 'a tool message needs tool_call_id', path: ['tool_call_id'] });
     }
     const hasContent = message.content !== undefined && message.content !== null;
     if (!hasContent && !(message.role === 'assistant' && message.tool_calls !== undefined)) {
-      context.addIssue({ code: z.ZodIssueCode.custom, message: 'content is required', path: ['content'] });
+      context.addIssue({ code: 'custom', message: 'content is required', path: ['content'] });
     }
   });
 
@@ -58,7 +58,7 @@ const toolSchema = z
   .object({
     type: z.literal('function'),
     function: z
-      .object({ name: z.string().min(1), description: z.string().optional(), parameters: z.record(z.unknown()).optional() })
+      .object({ name: z.string().min(1), description: z.string().optional(), parameters: z.record(z.string(), z.unknown()).optional() })
       .passthrough(),
   })
   .passthrough();
@@ -82,10 +82,10 @@ export const chatRequestSchema = z
     top_p: z.number().min(0).max(1).optional(),
     stop: z.union([z.string(), z.array(z.string()).max(4)]).optional(),
     seed: z.number().int().optional(),
-    n: z.literal(1, { errorMap: () => ({ message: 'only n = 1 is supported' }) }).optional(),
+    n: z.literal(1, { error: 'only n = 1 is supported' }).optional(),
     presence_penalty: z.number().min(-2).max(2).optional(),
     frequency_penalty: z.number().min(-2).max(2).optional(),
-    logit_bias: z.record(z.number()).optional(),
+    logit_bias: z.record(z.string(), z.number()).optional(),
     logprobs: z.boolean().optional(),
     top_logprobs: z.number().int().min(0).max(20).optional(),
     user: z.string().optional(),
@@ -100,7 +100,7 @@ export const chatRequestSchema = z
     request_id: z.string().min(1).max(128).optional(),
     timeout_ms: z.number().int().positive().max(3_600_000).optional(),
     cache: z.enum(['auto', 'bypass']).optional(),
-    provider_options: z.record(z.unknown()).optional(),
+    provider_options: z.record(z.string(), z.unknown()).optional(),
   })
   .strict();
 
@@ -113,8 +113,8 @@ export type RequestMetadata = z.infer<typeof metadataSchema>;
 export function describeZodIssues(error: z.ZodError): string {
   return error.issues
     .map((issue) => {
-      const path = issue.path.join('.');
-      if (issue.code === z.ZodIssueCode.unrecognized_keys) {
+      const path = issue.path.map(String).join('.');
+      if (issue.code === 'unrecognized_keys') {
         const where = path === '' ? '' : `${path}: `;
         return `${where}unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((key) => `"${key}"`).join(', ')}`;
       }
