@@ -1,11 +1,11 @@
-import { z } from 'zod';
+import { z } from 'zod/v4';
 
 /** Ollama's `/api/chat` reply and stream line, limited to the fields we use. */
 const ollamaToolCallSchema = z.object({
   function: z.object({
     name: z.string(),
     // An object on the wire; a string tolerated from look-alike servers.
-    arguments: z.union([z.record(z.unknown()), z.string()]).nullish(),
+    arguments: z.union([z.record(z.string(), z.unknown()), z.string()]).nullish(),
   }),
 });
 

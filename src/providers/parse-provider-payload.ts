@@ -1,4 +1,4 @@
-import type { z } from 'zod';
+import type { z } from 'zod/v4';
 import { providerSecrets } from './http.js';
 import { errorFromStreamPayload, malformedResponse } from './provider-error.js';
 import type { ProviderSettings } from './types.js';
@@ -6,7 +6,7 @@ import type { ProviderSettings } from './types.js';
 function describeIssues(error: z.ZodError): string {
   return error.issues
     .slice(0, 3)
-    .map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`)
+    .map((issue) => `${issue.path.map(String).join('.') || '(root)'}: ${issue.message}`)
     .join('; ');
 }
 
@@ -23,7 +23,7 @@ function isErrorPayload(value: unknown): value is { error: unknown } {
 export function parseProviderPayload<Output>(
   settings: ProviderSettings,
   json: unknown,
-  schema: z.ZodType<Output, z.ZodTypeDef, unknown>,
+  schema: z.ZodType<Output>,
   what: string,
   isError = false,
 ): Output {
