@@ -5,7 +5,7 @@
  */
 import { text } from 'node:stream/consumers';
 import type { Command } from '../command.js';
-import { parseCommandLine, UsageError } from '../command.js';
+import { isPositiveInteger, parseCommandLine, parseNumberFlag, UsageError } from '../command.js';
 import { createClient, LlmProxyError, type ChatReply, type ChatRequest, type LlmProxyClient } from '../../client/index.js';
 import type { ModelsReply } from '../../contract/index.js';
 
@@ -47,13 +47,6 @@ interface ChatArguments {
   message: string | undefined;
 }
 
-function parseNumber(flag: string, value: string | undefined, check: (number: number) => boolean, expected: string): number | undefined {
-  if (value === undefined) return undefined;
-  const number = Number(value);
-  if (value.trim() === '' || !Number.isFinite(number) || !check(number)) throw new UsageError(`${flag} must be ${expected}, got "${value}"`);
-  return number;
-}
-
 function parseChatArguments(argv: string[]): ChatArguments {
   const parsed = parseCommandLine({
     args: argv,
@@ -75,11 +68,11 @@ function parseChatArguments(argv: string[]): ChatArguments {
     model: values.model ?? (process.env.LLM_PROXY_MODEL || undefined),
     stream: values.stream === true,
     system: values.system,
-    maxTokens: parseNumber('--max-tokens', values['max-tokens'], (n) => Number.isInteger(n) && n > 0, 'a positive integer'),
-    temperature: parseNumber('--temperature', values.temperature, (n) => n >= 0 && n <= 2, 'a number from 0 to 2'),
+    maxTokens: parseNumberFlag('--max-tokens', values['max-tokens'], isPositiveInteger, 'a positive integer'),
+    temperature: parseNumberFlag('--temperature', values.temperature, (n) => n >= 0 && n <= 2, 'a number from 0 to 2'),
     agent: values.agent,
     json: values.json === true,
-    timeoutMs: parseNumber('--timeout-ms', values['timeout-ms'], (n) => Number.isInteger(n) && n > 0, 'a positive integer'),
+    timeoutMs: parseNumberFlag('--timeout-ms', values['timeout-ms'], isPositiveInteger, 'a positive integer'),
     message: positionals.length > 0 ? positionals.join(' ') : undefined,
   };
 }

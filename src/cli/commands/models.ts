@@ -1,7 +1,7 @@
 /** `llm-proxy models`: ask the workers (`llm.proxy.models`) which models they route, and in what state. */
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Command } from '../command.js';
-import { parseCommandLine, UsageError } from '../command.js';
+import { isPositiveInteger, parseCommandLine, parseNumberFlag, UsageError } from '../command.js';
 import { DEFAULT_SUBJECT_PREFIX, subjectsFor } from '../../contract/subjects.js';
 import { connectOnce, natsUrlFromEnv } from '../../bus/connect.js';
 import { ConfigError, loadConfigFile } from '../../config/index.js';
@@ -92,8 +92,7 @@ export const command: Command = {
       },
       allowPositionals: false,
     });
-    const timeoutMs = values['timeout-ms'] === undefined ? 5_000 : Number(values['timeout-ms']);
-    if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new UsageError(`--timeout-ms must be a positive integer, got "${values['timeout-ms']}"`);
+    const timeoutMs = parseNumberFlag('--timeout-ms', values['timeout-ms'], isPositiveInteger, 'a positive integer') ?? 5_000;
     const { connection, prefix } = await connectForCommand(values);
     const subject = subjectsFor(prefix).models;
     try {

@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import { RequestError, type NatsConnection } from '@nats-io/nats-core';
 import type { Command } from '../command.js';
-import { parseCommandLine, UsageError } from '../command.js';
+import { isPositiveInteger, parseCommandLine, parseNumberFlag, UsageError } from '../command.js';
 import { connectOnce, natsUrlFromEnv } from '../../bus/connect.js';
 import { configPathFromEnv, DEFAULT_CONFIG_PATH, loadConfigFile, type NatsConfig } from '../../config/index.js';
 import { DEFAULT_SUBJECT_PREFIX, HEADERS, subjectsFor } from '../../contract/subjects.js';
@@ -85,11 +85,7 @@ export function parseUsageArguments(argv: string[], env: NodeJS.ProcessEnv = pro
     }
     if (keys.length > 0) query.group_by = keys as UsageGroupKey[];
   }
-  let timeoutMs = 10_000;
-  if (values['timeout-ms'] !== undefined) {
-    timeoutMs = Number(values['timeout-ms']);
-    if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new UsageError(`--timeout-ms must be a positive integer, got "${values['timeout-ms']}"`);
-  }
+  const timeoutMs = parseNumberFlag('--timeout-ms', values['timeout-ms'], isPositiveInteger, 'a positive integer') ?? 10_000;
   // A config file is optional here: only its subject prefix and credential settings are used.
   const configPath = values.config ?? (env.LLM_PROXY_CONFIG || (existsSync(DEFAULT_CONFIG_PATH) ? configPathFromEnv(env) : undefined));
   return { query, output: values.json ? 'json' : values.csv ? 'csv' : 'table', configPath, timeoutMs };
