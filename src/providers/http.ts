@@ -61,6 +61,31 @@ function requestHeaders(post: ProviderPost): Record<string, string> {
   return headers;
 }
 
+interface PreparedTarget {
+  origin: string;
+  path: string;
+  headers: Record<string, string>;
+}
+
+/**
+ * Endpoint and headers depend only on the provider, the adapter's path and
+ * the accepted type: worked out once per combination rather than per call
+ * (a URL parse and a header object on every request otherwise). undici copies
+ * the headers it is given, so one object serves every call.
+ */
+const preparedTargets = new WeakMap<ProviderSettings, Map<string, PreparedTarget>>();
+
+function preparedTarget(post: ProviderPost): PreparedTarget {
+  const prepare = (): PreparedTarget => ({ ...resolveEndpoint(post.settings.baseUrl, post.path), headers: requestHeaders(post) });
+  if (post.headers !== undefined) return prepare();
+  let targets = preparedTargets.get(post.settings);
+  if (targets === undefined) preparedTargets.set(post.settings, (targets = new Map()));
+  const key = `${post.path} ${post.accept}`;
+  let target = targets.get(key);
+  if (target === undefined) targets.set(key, (target = prepare()));
+  return target;
+}
+
 async function readLimitedText(body: ProviderResponseBody, limit: number): Promise<string> {
   const pieces: Buffer[] = [];
   let size = 0;
@@ -89,14 +114,14 @@ export async function postToProvider(post: ProviderPost): Promise<ProviderHttpRe
       retryable: false,
     });
   }
-  const endpoint = resolveEndpoint(settings.baseUrl, post.path);
+  const target = preparedTarget(post);
   let response: Dispatcher.ResponseData;
   try {
     response = await settings.dispatcher.request({
-      origin: endpoint.origin,
-      path: endpoint.path,
+      origin: target.origin,
+      path: target.path,
       method: 'POST',
-      headers: requestHeaders(post),
+      headers: target.headers,
       body: JSON.stringify(post.body),
       signal,
     });
