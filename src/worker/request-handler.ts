@@ -52,6 +52,12 @@ interface Accounting {
   stream: boolean;
   cached: boolean;
   attempts: AttemptRecord[];
+  /** `performance.now()` when the request arrived. */
+  started: number;
+  /** Set once the request passed the size/JSON/auth/validation checks: afterRoute runs for it. */
+  context: RequestContext | undefined;
+  /** The usage event went out. */
+  published: boolean;
 }
 
 /** One request in progress, for explicit cancels and shutdown. */
@@ -136,6 +142,9 @@ export class RequestPipeline {
     deps.counters.started();
     const span = startRequestSpan(message.subject, message.headers);
     const accounting: Accounting = {
+      started,
+      context: undefined,
+      published: false,
       requestId: '',
       metadata: undefined,
       unauthenticated: false,
@@ -153,21 +162,18 @@ export class RequestPipeline {
     };
     let logger = deps.logger;
     let errorCode: ErrorCode | undefined;
-    let context: RequestContext | undefined;
     try {
-      const outcome = await this.#run(message, accounting, receivedAt, started, (child) => (logger = child), (built) => (context = built));
-      errorCode = outcome;
+      errorCode = await this.#run(message, accounting, receivedAt, started, (child) => (logger = child));
     } catch (error) {
       // #run answers its own errors; reaching here is a bug, still answered.
       const proxyError = asProxyError(error);
       errorCode = proxyError.code;
       logger.error({ err: error }, 'request pipeline failed');
-      this.#replyError(message, proxyError, accounting.requestId || undefined, logger);
+      this.#replyError(message, proxyError, accounting, logger);
     } finally {
-      if (accounting.requestId === '') accounting.requestId = randomUUID();
-      const latencyMs = performance.now() - started;
       deps.counters.finished(errorCode);
       const status = usageStatus(accounting, errorCode);
+      const context = accounting.context;
       if (context !== undefined && deps.hooks.afterRoute !== undefined) {
         await this.#afterRoute(context, {
           status,
@@ -180,33 +186,55 @@ export class RequestPipeline {
           cached: accounting.cached,
         }, logger);
       }
-      deps.publisher.publish(
-        buildUsageEvent({
-          requestId: accounting.requestId,
-          metadata: accounting.metadata,
-          unauthenticated: accounting.unauthenticated,
-          model: accounting.model ?? accounting.requestedModel,
-          provider: accounting.provider,
-          modelResolved: accounting.modelResolved,
-          status,
-          errorCode: errorCode ?? null,
-          promptTokens: accounting.tokens.promptTokens,
-          completionTokens: accounting.tokens.completionTokens,
-          tokensEstimated: accounting.tokens.estimated,
-          costUsd: accounting.costUsd,
-          latencyMs,
-          ttftMs: accounting.ttftMs,
-          stream: accounting.stream,
-          cached: accounting.cached,
-          attempts: accounting.attempts,
-          workerId: deps.workerId,
-        }),
-      );
+      // Usually out already, with the reply (see #replied); here for the paths that end without one.
+      if (!accounting.published) this.#publishUsage(accounting, errorCode);
       endRequestSpan(span, { requestId: accounting.requestId, model: accounting.requestedModel ?? undefined, errorCode });
-      const line = { code: errorCode ?? 'ok', status, model: accounting.model ?? accounting.requestedModel, latency_ms: roundMs(latencyMs), stream: accounting.stream, cached: accounting.cached };
+      const line = { code: errorCode ?? 'ok', status, model: accounting.model ?? accounting.requestedModel, latency_ms: roundMs(performance.now() - started), stream: accounting.stream, cached: accounting.cached };
       if (errorCode === undefined || errorCode === 'cancelled') logger.info(line, 'request done');
       else logger.warn(line, 'request failed');
     }
+  }
+
+  /**
+   * The reply (or the stream's terminal message) was handed to NATS. When no
+   * afterRoute hook has to run first, the usage event is published now, in
+   * the same synchronous stretch: nats.js writes what was queued in one
+   * microtask, so reply and event leave in one socket write instead of two.
+   * With a hook (limits), the event waits for it, so that whoever sees the
+   * event sees the reservation settled.
+   */
+  #replied(accounting: Accounting, code: ErrorCode | undefined): void {
+    if (accounting.context !== undefined && this.#deps.hooks.afterRoute !== undefined) return;
+    this.#publishUsage(accounting, code);
+  }
+
+  /** Exactly one usage event per request. */
+  #publishUsage(accounting: Accounting, code: ErrorCode | undefined): void {
+    if (accounting.published) return;
+    accounting.published = true;
+    if (accounting.requestId === '') accounting.requestId = randomUUID();
+    this.#deps.publisher.publish(
+      buildUsageEvent({
+        requestId: accounting.requestId,
+        metadata: accounting.metadata,
+        unauthenticated: accounting.unauthenticated,
+        model: accounting.model ?? accounting.requestedModel,
+        provider: accounting.provider,
+        modelResolved: accounting.modelResolved,
+        status: usageStatus(accounting, code),
+        errorCode: code ?? null,
+        promptTokens: accounting.tokens.promptTokens,
+        completionTokens: accounting.tokens.completionTokens,
+        tokensEstimated: accounting.tokens.estimated,
+        costUsd: accounting.costUsd,
+        latencyMs: performance.now() - accounting.started,
+        ttftMs: accounting.ttftMs,
+        stream: accounting.stream,
+        cached: accounting.cached,
+        attempts: accounting.attempts,
+        workerId: this.#deps.workerId,
+      }),
+    );
   }
 
   async #afterRoute(context: RequestContext, outcome: RequestOutcome, logger: Logger): Promise<void> {
@@ -224,13 +252,11 @@ export class RequestPipeline {
     receivedAt: number,
     started: number,
     setLogger: (logger: Logger) => void,
-    setContext: (context: RequestContext) => void,
   ): Promise<ErrorCode | undefined> {
     const deps = this.#deps;
     let logger = deps.logger;
     const refuse = (error: ProxyError): ErrorCode => {
-      if (accounting.requestId === '') accounting.requestId = randomUUID();
-      this.#replyError(message, error, accounting.requestId, logger, accounting.stream);
+      this.#replyError(message, error, accounting, logger, accounting.stream);
       return error.code;
     };
 
@@ -288,11 +314,11 @@ export class RequestPipeline {
       try {
         await deps.hooks.beforeRoute(context);
       } catch (error) {
-        setContext(context);
+        accounting.context = context;
         return refuse(asProxyError(error));
       }
     }
-    setContext(context);
+    accounting.context = context;
 
     // 6. Cache.
     const cacheable = deps.cache !== undefined && isCacheable(request);
@@ -369,7 +395,7 @@ export class RequestPipeline {
       const proxyError = asProxyError(error);
       this.#recordFailure(proxyError, accounting, request.model, undefined);
       if (proxyError.code === 'internal') logger.error({ err: error }, 'unexpected error while routing');
-      this.#replyError(message, proxyError, accounting.requestId, logger);
+      this.#replyError(message, proxyError, accounting, logger);
       return proxyError.code;
     }
   }
@@ -445,6 +471,7 @@ export class RequestPipeline {
       reply.done = true;
       reply.ttft_ms = accounting.ttftMs === null ? null : roundMs(accounting.ttftMs);
       writer.end(reply);
+      this.#replied(accounting, undefined);
       return undefined;
     } catch (error) {
       const proxyError = asProxyError(controller.signal.aborted && isProxyAbort(controller.signal.reason) ? controller.signal.reason : error);
@@ -452,6 +479,7 @@ export class RequestPipeline {
       if (proxyError.code === 'internal') logger.error({ err: error }, 'unexpected error while streaming');
       if (writer.clientGone) logger.info({ chunks: writer.chunks }, 'stream client went away; upstream call aborted');
       writer.error(toErrorReply(proxyError, accounting.requestId));
+      this.#replied(accounting, proxyError.code);
       return proxyError.code;
     } finally {
       writer.stop();
@@ -518,24 +546,29 @@ export class RequestPipeline {
   #respond(message: Msg, reply: ChatReply, accounting: Accounting, logger: Logger): ErrorCode | undefined {
     try {
       message.respond(JSON.stringify(reply));
+      this.#replied(accounting, undefined);
       return undefined;
     } catch (error) {
       logger.warn({ err: error }, 'reply could not be sent');
       const tooLarge = new ProxyError('payload_too_large', `the reply is larger than the NATS server's max_payload (${this.#deps.connection.info?.max_payload ?? '?'} bytes)`);
-      this.#replyError(message, tooLarge, accounting.requestId, logger);
+      this.#replyError(message, tooLarge, accounting, logger);
       return tooLarge.code;
     }
   }
 
-  #replyError(message: Msg, error: ProxyError, requestId: string | undefined, logger: Logger, stream = false): void {
-    if (message.reply === undefined || message.reply === '') return;
-    const body = toErrorReply(error, requestId);
-    try {
-      message.respond(JSON.stringify(body), { headers: errorHeaders(body.error.status, body.error.message, stream) });
-    } catch (sendError) {
-      logger.warn({ err: sendError }, 'error reply could not be sent');
+  #replyError(message: Msg, error: ProxyError, accounting: Accounting, logger: Logger, stream = false): void {
+    if (accounting.requestId === '') accounting.requestId = randomUUID();
+    if (message.reply !== undefined && message.reply !== '') {
+      const body = toErrorReply(error, accounting.requestId);
+      try {
+        message.respond(JSON.stringify(body), { headers: errorHeaders(body.error.status, body.error.message, stream) });
+      } catch (sendError) {
+        logger.warn({ err: sendError }, 'error reply could not be sent');
+      }
     }
+    this.#replied(accounting, error.code);
   }
+
 }
 
 function isProxyAbort(reason: unknown): reason is ProxyError {
