@@ -40,7 +40,8 @@ describe('worker: refused requests and provider failures', () => {
             'dead-model': { provider: 'nowhere', physical_name: 'gpt-4o-mini' },
             'badkey-model': { provider: 'badkey', physical_name: 'gpt-4o-mini' },
           },
-          logging: { level: 'debug' },
+          // A line for every request too, so that the served ones are searched as well.
+          logging: { level: 'debug', requests: 'all' },
         },
       ),
     });

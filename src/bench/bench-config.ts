@@ -40,6 +40,7 @@ export interface WorkerConfigOptions {
   upstreamOrigin: string;
   maxInFlight: number;
   logLevel?: string;
+  logRequests?: 'all' | 'errors' | 'none';
   /** Limits backend with every dimension on (out of reach), or off. */
   limits?: 'off' | 'memory' | 'nats' | 'redis';
 }
@@ -73,7 +74,7 @@ export function buildWorkerConfig(options: WorkerConfigOptions): string {
         ? { enabled: false }
         : // Every dimension counted (so every store operation happens), none ever reached.
           { backend: options.limits, nats_bucket: 'LLM_LIMITS_BENCH', redis_key_prefix: `llm-limits-bench:${process.pid}:`, default: { rpm: 1_000_000_000, tpm: 1_000_000_000_000, concurrent: 1_000_000, daily_usd: 1_000_000_000, monthly_usd: 1_000_000_000 } },
-    logging: { level: options.logLevel ?? 'info' },
+    logging: { level: options.logLevel ?? 'info', requests: options.logRequests ?? 'errors' },
   };
   return stringify(config);
 }

@@ -25,8 +25,12 @@ export interface BenchOptions {
   workers: number;
   /** The worker's logging.level (production: info). */
   logLevel: string;
+  /** The worker's logging.requests (default: the config default, errors). */
+  logRequests: 'all' | 'errors' | 'none';
   layout: Layout;
   cpuProf: boolean;
+  /** Extra node flags for the processes under test (worker, bare forwarder, echo replier) alike. */
+  nodeFlags: string[];
   gatewayVia: 'client' | 'raw';
   /** The worker's limits: off (default), or every dimension on (set out of reach) with this backend. */
   limits: 'off' | 'memory' | 'nats' | 'redis';
@@ -62,6 +66,8 @@ Options:
   --workers <n>           llm-proxy worker processes (default 1)
   --log-level <level>     the worker's logging.level (default info, as in production; warn shows
                           what the per-request info line costs)
+  --log-requests <which>  the worker's logging.requests: errors (default, as in production), all (a
+                          line per request: shows what an access log costs) or none
   --layout <layout>       CPU pinning: worker-alone (the worker, or the floor under test, alone on
                           core 0; nats-server, load generator and upstream on core 1), split
                           (worker + nats-server on core 0, load generator + upstream on core 1),
@@ -74,12 +80,21 @@ Options:
                           that backend, to measure what limiting costs per request
   --agents <n>            distinct agent ids the requests are spread over (default 1; use 1000 with --limits)
   --cpu-prof              profile the worker (--cpu-prof into <out>/prof) and print its top self-time
+  --node-flags "<flags>"  extra node/V8 flags for every process under test (worker, bare forwarder,
+                          echo replier) alike, e.g. "--max-semi-space-size=32"
   --out <dir>             results directory (default bench-results)
   --chart <path>          SVG chart path (default <out>/latency.svg; "none" to skip; the chart README
                           shows is refreshed with --chart docs/bench/latency.svg)
   --from <results.json>   print the report and redraw the chart of an earlier run (runs nothing)
   --help                  this text
 `;
+
+function parseNodeFlags(text: string | undefined): string[] {
+  const flags = (text ?? '').split(/\s+/).filter((flag) => flag !== '');
+  const bad = flags.find((flag) => !flag.startsWith('--'));
+  if (bad !== undefined) throw new Error(`--node-flags wants flags that start with "--", got "${bad}"`);
+  return flags;
+}
 
 function parseList(text: string, name: string): number[] {
   const values = text.split(',').map((part) => Number(part.trim()));
@@ -124,8 +139,10 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
       'in-flight': { type: 'string' },
       workers: { type: 'string' },
       'log-level': { type: 'string' },
+      'log-requests': { type: 'string' },
       layout: { type: 'string' },
       'cpu-prof': { type: 'boolean', default: false },
+      'node-flags': { type: 'string' },
       'gateway-via': { type: 'string' },
       limits: { type: 'string' },
       agents: { type: 'string' },
@@ -145,6 +162,8 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
   const logLevel = values['log-level'] ?? 'info';
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) throw new Error(`--log-level: unknown "${logLevel}"`);
   if (gatewayVia !== 'client' && gatewayVia !== 'raw') throw new Error(`--gateway-via: unknown "${gatewayVia}" (choose from client, raw)`);
+  const logRequests = values['log-requests'] ?? 'errors';
+  if (logRequests !== 'all' && logRequests !== 'errors' && logRequests !== 'none') throw new Error(`--log-requests: unknown "${logRequests}" (choose from all, errors, none)`);
   const limits = values.limits ?? 'off';
   if (!['off', 'memory', 'nats', 'redis'].includes(limits)) throw new Error(`--limits: unknown "${limits}" (choose from off, memory, nats, redis)`);
   return {
@@ -162,8 +181,10 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     inFlight: parsePositive(values['in-flight'], 'in-flight', 1_000),
     workers: parsePositive(values.workers, 'workers', 1),
     logLevel,
+    logRequests,
     layout: layout as Layout,
     cpuProf: values['cpu-prof'] === true,
+    nodeFlags: parseNodeFlags(values['node-flags']),
     gatewayVia,
     limits: limits as BenchOptions['limits'],
     agents: Math.round(parsePositive(values.agents, 'agents', 1)),

@@ -236,7 +236,9 @@ export function renderMarkdown(results: BenchResults): string {
     `Machine: ${results.machine.cpus} × ${results.machine.cpuModel}, ${results.machine.memoryGiB.toFixed(0)} GiB, Node ${results.machine.node}, ${results.machine.natsServer}. ` +
       `Layout: ${results.layout.name}${results.layout.pinned ? '' : ' (not pinned)'}: ${Object.entries(results.layout.cpus)
         .map(([role, cpus]) => `${role} → cpu ${cpus}`)
-        .join(', ')}. Gateway called through: ${results.gatewayClient}.`,
+        .join(', ')}. Gateway called through: ${results.gatewayClient}. ` +
+      `Worker: logging.level ${String(results.options.logLevel ?? 'info')}, logging.requests ${String(results.options.logRequests ?? 'errors')}, limits ${String(results.options.limits ?? 'off')}` +
+      `${Array.isArray(results.options.nodeFlags) && results.options.nodeFlags.length > 0 ? `, node flags ${results.options.nodeFlags.join(' ')}` : ''}.`,
   );
   parts.push(
     'Latencies in ms. Closed loop: each of N callers sends its next request when the previous answer arrives. ' +

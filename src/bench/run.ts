@@ -125,7 +125,7 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
     log(`fake upstream ${upstreamOrigin}`);
     let echo: ManagedProcess | undefined;
     if (targets.includes('echo')) {
-      echo = (await spawnManaged({ name: 'echo', command: node, args: [join(benchDir, 'echo-replier.js'), '--nats-url', nats.url], cpus: cpus.echo, logDir, env, waitForReadyLine: true })).process;
+      echo = (await spawnManaged({ name: 'echo', command: node, args: [...options.nodeFlags, join(benchDir, 'echo-replier.js'), '--nats-url', nats.url], cpus: cpus.echo, logDir, env, waitForReadyLine: true })).process;
       started.push(echo);
     }
     let bare: ManagedProcess | undefined;
@@ -136,6 +136,7 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
           command: node,
           // Profiled too with --cpu-prof: what the worker does beyond it is the price of its features.
           args: [
+            ...options.nodeFlags,
             ...(options.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${resolve(options.outDir, 'prof', 'bare')}`] : []),
             join(benchDir, 'bare-forwarder.js'),
             '--nats-url',
@@ -156,14 +157,14 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
     const workers: ManagedProcess[] = [];
     if (targets.includes('gateway')) {
       const configPath = resolve(options.outDir, 'worker-config.yaml');
-      writeFileSync(configPath, buildWorkerConfig({ upstreamOrigin, maxInFlight: Math.max(2_048, options.inFlight * 2), logLevel: options.logLevel, limits: options.limits }));
+      writeFileSync(configPath, buildWorkerConfig({ upstreamOrigin, maxInFlight: Math.max(2_048, options.inFlight * 2), logLevel: options.logLevel, logRequests: options.logRequests, limits: options.limits }));
       const profileArgs = options.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${resolve(options.outDir, 'prof', 'worker')}`] : [];
       for (let index = 0; index < options.workers; index++) {
         const worker = (
           await spawnManaged({
             name: `worker-${index}`,
             command: node,
-            args: [...profileArgs, cliMain, 'worker'],
+            args: [...options.nodeFlags, ...profileArgs, cliMain, 'worker'],
             cpus: cpus.worker,
             logDir,
             env: { ...env, LLM_PROXY_CONFIG: configPath, NATS_URL: nats.url },

@@ -173,7 +173,14 @@ export const natsSchema = z
   .strict();
 
 export const loggingSchema = z
-  .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+  .object({
+    level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    /**
+     * A line per request: `all` (`request done` at info, `request failed` at warn), `errors` (only
+     * `request failed`) or `none`. Every request has its usage event anyway (`llm-proxy tail`).
+     */
+    requests: z.enum(['all', 'errors', 'none']).default('errors'),
+  })
   .strict();
 
 export const cacheSchema = z

@@ -189,9 +189,13 @@ export class RequestPipeline {
       // Usually out already, with the reply (see #replied); here for the paths that end without one.
       if (!accounting.published) this.#publishUsage(accounting, errorCode);
       endRequestSpan(span, { requestId: accounting.requestId, model: accounting.requestedModel ?? undefined, errorCode });
-      const line = { code: errorCode ?? 'ok', status, model: accounting.model ?? accounting.requestedModel, latency_ms: roundMs(performance.now() - started), stream: accounting.stream, cached: accounting.cached };
-      if (errorCode === undefined || errorCode === 'cancelled') logger.info(line, 'request done');
-      else logger.warn(line, 'request failed');
+      const served = errorCode === undefined || errorCode === 'cancelled';
+      const logRequests = deps.config.logging.requests;
+      if (logRequests === 'all' || (logRequests === 'errors' && !served)) {
+        const line = { code: errorCode ?? 'ok', status, model: accounting.model ?? accounting.requestedModel, latency_ms: roundMs(performance.now() - started), stream: accounting.stream, cached: accounting.cached };
+        if (served) logger.info(line, 'request done');
+        else logger.warn(line, 'request failed');
+      }
     }
   }
 
