@@ -7,6 +7,7 @@
 import type { Dispatcher } from 'undici';
 import { ProxyError } from '../contract/errors.js';
 import { errorFromStatus, errorFromTransport, malformedResponse } from './provider-error.js';
+import type { CancelSignal } from './cancellation.js';
 import type { ProviderSettings } from './types.js';
 
 /** Longest error body read (an error page can be large; the message is cut to 500 characters anyway). */
@@ -36,7 +37,7 @@ export interface ProviderPost {
   /** Path under the base URL, e.g. `/chat/completions`. */
   path: string;
   body: unknown;
-  signal: AbortSignal;
+  signal: CancelSignal;
   accept: string;
   /** Extra headers of the adapter (the configured ones and the key are added here). */
   headers?: Record<string, string>;
@@ -123,7 +124,9 @@ export async function postToProvider(post: ProviderPost): Promise<ProviderHttpRe
       method: 'POST',
       headers: target.headers,
       body: JSON.stringify(post.body),
-      signal,
+      // undici takes any object with addEventListener/removeEventListener, `aborted` and `reason`
+      // (it checks for addEventListener, and types the option as AbortSignal | EventEmitter).
+      signal: signal as AbortSignal,
     });
   } catch (error) {
     throw errorFromTransport(settings.name, error, signal);
@@ -148,7 +151,7 @@ export async function postToProvider(post: ProviderPost): Promise<ProviderHttpRe
 }
 
 /** Reads a whole JSON body; malformed or empty JSON is an `upstream_error`. */
-export async function readJsonBody(settings: ProviderSettings, response: ProviderHttpResponse, signal: AbortSignal): Promise<unknown> {
+export async function readJsonBody(settings: ProviderSettings, response: ProviderHttpResponse, signal: CancelSignal): Promise<unknown> {
   let text: string;
   try {
     text = await response.body.text();
@@ -168,7 +171,7 @@ export async function readJsonBody(settings: ProviderSettings, response: Provide
  * kept whole). Leaving the loop early destroys the body, which closes the connection: the
  * provider sees the abort and stops generating.
  */
-export async function* readTextPieces(settings: ProviderSettings, response: ProviderHttpResponse, signal: AbortSignal): AsyncGenerator<string> {
+export async function* readTextPieces(settings: ProviderSettings, response: ProviderHttpResponse, signal: CancelSignal): AsyncGenerator<string> {
   const decoder = new TextDecoder('utf-8');
   let finished = false;
   try {

@@ -6,6 +6,7 @@
 import { ProxyError, type ErrorCode } from '../contract/errors.js';
 import { redact } from './redact.js';
 import { parseRetryAfterMs } from './retry-after.js';
+import type { CancelSignal } from './cancellation.js';
 
 type HeaderValue = string | string[] | undefined;
 
@@ -124,7 +125,7 @@ export function errorFromStatus(input: HttpErrorInput): ProxyError {
 }
 
 /** What a call whose signal was aborted throws: the reason when it is a ProxyError (deadline, cancel), else `cancelled`. */
-export function abortError(signal: AbortSignal): ProxyError {
+export function abortError(signal: CancelSignal): ProxyError {
   const reason: unknown = signal.reason;
   if (reason instanceof ProxyError) return reason;
   return new ProxyError('cancelled', 'the request was cancelled', { retryable: false, cause: reason });
@@ -172,7 +173,7 @@ function findErrorCode(error: unknown, depth = 0): string | undefined {
 }
 
 /** Any failure of the HTTP exchange itself (no usable status), mapped by its code. */
-export function errorFromTransport(provider: string, error: unknown, signal?: AbortSignal): ProxyError {
+export function errorFromTransport(provider: string, error: unknown, signal?: CancelSignal): ProxyError {
   if (signal?.aborted) return abortError(signal);
   if (error instanceof ProxyError) return error;
   const code = findErrorCode(error);

@@ -2,6 +2,7 @@ import type { Dispatcher } from 'undici';
 import type { ChatRequest, ToolCall } from '../contract/request.js';
 import type { FinishReason, ToolCallDelta } from '../contract/reply.js';
 import type { ProviderType } from '../config/schema.js';
+import type { CancelSignal } from './cancellation.js';
 
 /**
  * What a provider adapter needs to know, handed in by whoever builds it.
@@ -31,7 +32,7 @@ export interface ProviderCall {
   /** The validated request; our own fields (metadata, request_id…) are not sent upstream. */
   request: ChatRequest;
   /** Aborted on deadline, client cancel or worker shutdown. */
-  signal: AbortSignal;
+  signal: CancelSignal;
 }
 
 export interface ProviderUsage {

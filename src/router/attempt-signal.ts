@@ -1,20 +1,21 @@
 import { ProxyError } from '../contract/errors.js';
+import { Cancellation, type CancelSignal } from '../providers/cancellation.js';
 
 /** The reason to abort with when the caller's signal fires: its own reason when a ProxyError, else `cancelled`. */
-export function callerAbortReason(signal: AbortSignal): ProxyError {
+export function callerAbortReason(signal: CancelSignal): ProxyError {
   const reason: unknown = signal.reason;
   return reason instanceof ProxyError ? reason : new ProxyError('cancelled', 'the request was cancelled', { cause: reason });
 }
 
 /**
- * The AbortSignal of one attempt: fires with the caller's reason when the
+ * The cancel signal of one attempt: fires with the caller's reason when the
  * caller aborts, and with an `upstream_timeout` ProxyError at the attempt's
  * deadline (the deployment's own timeout, or the request's deadline when that
  * comes first). `release()` must be called when the attempt is over, so that
  * no timer or listener outlives it.
  */
 export class AttemptSignal {
-  private readonly controller = new AbortController();
+  private readonly controller = new Cancellation();
   private timer: NodeJS.Timeout | undefined;
   private listening = false;
   /** Why the attempt was aborted, if it was. */
@@ -26,7 +27,7 @@ export class AttemptSignal {
    * @param timeoutBlamesDeployment whether running out of time counts as the deployment's failure.
    */
   constructor(
-    private readonly callerSignal: AbortSignal,
+    private readonly callerSignal: CancelSignal,
     private readonly timeoutMs: number,
     private readonly deploymentLabel: string,
     private readonly requestBudgetMs: number,
@@ -43,7 +44,7 @@ export class AttemptSignal {
     this.timer = setTimeout(fireTimeout, Math.max(0, timeoutMs), this);
   }
 
-  get signal(): AbortSignal {
+  get signal(): CancelSignal {
     return this.controller.signal;
   }
 
@@ -98,7 +99,7 @@ function fireTimeout(signal: AttemptSignal): void {
 }
 
 /** Wait `ms`, or reject with the caller's reason as soon as `signal` aborts. */
-export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+export function sleep(ms: number, signal: CancelSignal): Promise<void> {
   if (signal.aborted) return Promise.reject(callerAbortReason(signal));
   return new Promise((resolve, reject) => {
     const onAbort = (): void => {

@@ -7,6 +7,7 @@ import type { ChatRequest } from '../contract/request.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderStreamEvent } from '../providers/types.js';
 import { createRouter } from './index.js';
 import type { RoutedCall } from './types.js';
+import type { CancelSignal } from '../providers/cancellation.js';
 
 /*
  * Routing logic over small in-process providers (no HTTP here: test/router.test.ts
@@ -20,11 +21,11 @@ type Step =
   /** Streams: yields `before` deltas, then throws `error`. */
   | { kind: 'stream-fail'; before: number; error: () => ProxyError; emptyFirst?: boolean };
 
-function abortReason(signal: AbortSignal): unknown {
+function abortReason(signal: CancelSignal): unknown {
   return signal.reason instanceof ProxyError ? signal.reason : new ProxyError('cancelled', 'cancelled');
 }
 
-function waitOrAbort(ms: number, signal: AbortSignal): Promise<void> {
+function waitOrAbort(ms: number, signal: CancelSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal.aborted) return reject(abortReason(signal));
     const timer = ms === Infinity ? undefined : setTimeout(resolve, ms);

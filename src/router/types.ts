@@ -1,13 +1,14 @@
 import type { AttemptRecord } from '../contract/reply.js';
 import type { ChatRequest } from '../contract/request.js';
 import type { ModelInfo } from '../contract/models.js';
+import type { CancelSignal } from '../providers/cancellation.js';
 import type { ProviderResponse, ProviderStreamEvent } from '../providers/types.js';
 
 /** One routed request: the router owns retries, fallbacks and the deadline. */
 export interface RoutedCall {
   request: ChatRequest;
-  /** Client cancel or worker shutdown. */
-  signal: AbortSignal;
+  /** Client cancel or worker shutdown (an AbortSignal will do, or the cheaper Cancellation). */
+  signal: CancelSignal;
   /** Epoch ms by which everything (all retries and fallbacks) must be done. */
   deadlineAt: number;
 }

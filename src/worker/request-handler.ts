@@ -6,6 +6,7 @@ import type { AttemptRecord, ChatReply, FinishReason } from '../contract/reply.j
 import { parseChatRequest, type ChatRequest, type RequestMetadata, type ToolCall } from '../contract/request.js';
 import { HEADERS, STREAM_MARKS } from '../contract/subjects.js';
 import type { UsageStatus } from '../contract/usage-event.js';
+import { Cancellation } from '../providers/cancellation.js';
 import type { ProviderUsage } from '../providers/types.js';
 import type { Router } from '../router/types.js';
 import { endRequestSpan, startRequestSpan } from '../telemetry/tracing.js';
@@ -63,7 +64,7 @@ interface Accounting {
 /** One request in progress, for explicit cancels and shutdown. */
 interface ActiveRequest {
   requestId: string;
-  controller: AbortController;
+  controller: Cancellation;
 }
 
 const roundMs = (value: number) => Math.round(value * 10) / 10;
@@ -346,7 +347,7 @@ export class RequestPipeline {
 
     // 7. Route.
     accounting.accepted = true;
-    const controller = new AbortController();
+    const controller = new Cancellation();
     const active: ActiveRequest = { requestId: accounting.requestId, controller };
     this.#active.add(active);
     const remainingMs = Math.max(0, context.deadlineAt - Date.now());
@@ -370,7 +371,7 @@ export class RequestPipeline {
     message: Msg,
     request: ChatRequest,
     context: RequestContext,
-    controller: AbortController,
+    controller: Cancellation,
     accounting: Accounting,
     started: number,
     logger: Logger,
@@ -408,7 +409,7 @@ export class RequestPipeline {
     message: Msg,
     request: ChatRequest,
     context: RequestContext,
-    controller: AbortController,
+    controller: Cancellation,
     accounting: Accounting,
     started: number,
     logger: Logger,
