@@ -108,6 +108,9 @@ interface Fleet {
   connection: NatsConnection;
 }
 
+/** The V8 setting `llm-proxy worker` applies to itself (src/cli/v8-tuning.ts), given to the floors too, so both run alike. */
+const FLOOR_V8_FLAGS = ['--no-allocation-site-pretenuring'];
+
 async function startFleet(options: BenchOptions, targets: Target[], cpus: Record<Role, string | undefined>): Promise<Fleet> {
   const logDir = join(options.outDir, 'logs');
   const env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'production' };
@@ -125,7 +128,7 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
     log(`fake upstream ${upstreamOrigin}`);
     let echo: ManagedProcess | undefined;
     if (targets.includes('echo')) {
-      echo = (await spawnManaged({ name: 'echo', command: node, args: [...options.nodeFlags, join(benchDir, 'echo-replier.js'), '--nats-url', nats.url], cpus: cpus.echo, logDir, env, waitForReadyLine: true })).process;
+      echo = (await spawnManaged({ name: 'echo', command: node, args: [...FLOOR_V8_FLAGS, ...options.nodeFlags, join(benchDir, 'echo-replier.js'), '--nats-url', nats.url], cpus: cpus.echo, logDir, env, waitForReadyLine: true })).process;
       started.push(echo);
     }
     let bare: ManagedProcess | undefined;
@@ -136,6 +139,7 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
           command: node,
           // Profiled too with --cpu-prof: what the worker does beyond it is the price of its features.
           args: [
+            ...FLOOR_V8_FLAGS,
             ...options.nodeFlags,
             ...(options.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${resolve(options.outDir, 'prof', 'bare')}`] : []),
             join(benchDir, 'bare-forwarder.js'),

@@ -9,6 +9,7 @@ import { ConfigError, configPathFromEnv, loadConfigFile, missingApiKeys, type Re
 import { natsUrlFromEnv } from '../../bus/connect.js';
 import { createLogger } from '../../telemetry/logger.js';
 import { startWorker } from '../../worker/index.js';
+import { tuneV8ForWorker } from '../v8-tuning.js';
 
 const help = `Usage: llm-proxy worker [--config FILE] [--nats URL]
 
@@ -47,7 +48,9 @@ export function loadConfigOrExplain(path: string): ResolvedConfig | undefined {
 
 /** Runs a worker until a signal; returns the exit code. Shared with `llm-proxy dev`. */
 export async function runWorkerUntilSignal(config: ResolvedConfig, servers: string): Promise<number> {
+  const v8Flags = tuneV8ForWorker();
   const logger = createLogger({ level: config.logging.level });
+  if (v8Flags.length > 0) logger.debug({ v8_flags: v8Flags }, 'V8 flags set for a long-running worker');
   for (const { provider, env } of missingApiKeys(config)) {
     logger.warn({ provider, env }, `provider "${provider}": ${env} is not set; its calls will fail until it is`);
   }
