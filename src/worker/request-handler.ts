@@ -551,14 +551,15 @@ export class RequestPipeline {
   #respond(message: Msg, reply: ChatReply, accounting: Accounting, logger: Logger): ErrorCode | undefined {
     try {
       message.respond(JSON.stringify(reply));
-      this.#replied(accounting, undefined);
-      return undefined;
     } catch (error) {
       logger.warn({ err: error }, 'reply could not be sent');
       const tooLarge = new ProxyError('payload_too_large', `the reply is larger than the NATS server's max_payload (${this.#deps.connection.info?.max_payload ?? '?'} bytes)`);
       this.#replyError(message, tooLarge, accounting, logger);
       return tooLarge.code;
     }
+    // Outside the try: only a failed send may turn into an error reply.
+    this.#replied(accounting, undefined);
+    return undefined;
   }
 
   #replyError(message: Msg, error: ProxyError, accounting: Accounting, logger: Logger, stream = false): void {
