@@ -1,6 +1,7 @@
 /**
  * Floor 3: the fastest a Node worker can be here. Takes the request off NATS,
- * posts it to the upstream through one undici Pool, answers with the content.
+ * posts it to the upstream through one undici Pool (dispatch, as the worker does for whole
+ * answers), answers with the content.
  * No validation, routing, limits, accounting or logging: the gap between this
  * and llm-proxy is the price of those features.
  * `node dist/bench/bare-forwarder.js --nats-url URL --upstream ORIGIN --route MODEL=PHYSICAL@PATH …`
@@ -39,23 +40,47 @@ interface UpstreamReply {
   usage?: unknown;
 }
 
+/**
+ * POST and collect the whole answer with undici's dispatch handler (no body stream per
+ * response): the technique llm-proxy's providers use for whole answers, so that the floor
+ * is not slower than the worker for a reason that has nothing to do with features.
+ */
+function post(path: string, body: string): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    let status = 0;
+    const chunks: Buffer[] = [];
+    pool.dispatch(
+      { method: 'POST', path, headers, body },
+      {
+        // Its presence tells undici this handler speaks the current (non-deprecated) handler API.
+        onRequestStart: () => {},
+        onResponseStart: (_controller, statusCode) => {
+          status = statusCode;
+        },
+        onResponseData: (_controller, chunk) => {
+          chunks.push(chunk);
+        },
+        onResponseEnd: () => resolve({ status, text: Buffer.concat(chunks).toString('utf8') }),
+        onResponseError: (_controller, error) => reject(error),
+      },
+    );
+  });
+}
+
 async function forward(message: Msg): Promise<void> {
   try {
     const request = message.json<IncomingRequest>();
     const route = routes.get(request.model);
     if (route === undefined) throw new Error(`unknown model ${request.model}`);
-    const response = await pool.request({
-      method: 'POST',
-      path: route.path,
-      headers,
-      body: JSON.stringify({ model: route.physical, messages: request.messages, max_tokens: request.max_tokens, temperature: request.temperature }),
-    });
-    if (response.statusCode !== 200) {
-      await response.body.dump();
-      message.respond(JSON.stringify({ error: { code: 'upstream_error', status: 502, message: `upstream answered ${response.statusCode}` } }));
+    const response = await post(
+      route.path,
+      JSON.stringify({ model: route.physical, messages: request.messages, max_tokens: request.max_tokens, temperature: request.temperature }),
+    );
+    if (response.status !== 200) {
+      message.respond(JSON.stringify({ error: { code: 'upstream_error', status: 502, message: `upstream answered ${response.status}` } }));
       return;
     }
-    const reply = (await response.body.json()) as UpstreamReply;
+    const reply = JSON.parse(response.text) as UpstreamReply;
     const choice = reply.choices[0];
     message.respond(JSON.stringify({ content: choice?.message.content ?? null, usage: reply.usage, model: request.model, finish_reason: choice?.finish_reason }));
   } catch (error) {

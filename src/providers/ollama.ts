@@ -4,7 +4,7 @@
  */
 import { convertOllamaChat, convertOllamaChunk, createOllamaStreamState, type OllamaStreamState } from './convert-ollama-response.js';
 import { convertToOllamaRequest } from './convert-to-ollama-request.js';
-import { postToProvider, readJsonBody, readTextPieces } from './http.js';
+import { postForJson, postToProvider, readTextPieces } from './http.js';
 import { NdjsonParser, NdjsonSyntaxError } from './ndjson.js';
 import { ollamaChatSchema } from './ollama-response-schema.js';
 import { malformedResponse, streamEndedEarly } from './provider-error.js';
@@ -61,14 +61,14 @@ export function createOllamaProvider(settings: ProviderSettings): Provider {
     name: settings.name,
     type: settings.type,
     async chat(call: ProviderCall): Promise<ProviderResponse> {
-      const response = await postToProvider({
+      const json = await postForJson({
         settings,
         path: CHAT_PATH,
         body: convertToOllamaRequest(call.model, call.request, false),
         signal: call.signal,
         accept: 'application/json',
       });
-      const chat = parseChat(settings, await readJsonBody(settings, response, call.signal));
+      const chat = parseChat(settings, json);
       if (chat.done === false) throw malformedResponse(settings.name, 'incomplete response (done: false)', 200);
       return convertOllamaChat(chat, call.model);
     },

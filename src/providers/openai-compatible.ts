@@ -4,7 +4,7 @@
  */
 import { convertOpenAIChunk, convertOpenAICompletion, createOpenAIStreamState, type OpenAIStreamState } from './convert-openai-response.js';
 import { convertToOpenAIRequest } from './convert-to-openai-request.js';
-import { postToProvider, readJsonBody, readTextPieces, type ProviderHttpResponse } from './http.js';
+import { postForJson, postToProvider, readJsonBody, readTextPieces, type ProviderHttpResponse } from './http.js';
 import { openAIChunkSchema, openAICompletionSchema } from './openai-response-schema.js';
 import { malformedResponse, streamEndedEarly } from './provider-error.js';
 import { SseParser, type SseEvent } from './sse.js';
@@ -87,14 +87,14 @@ export function createOpenAICompatibleProvider(settings: ProviderSettings): Prov
     name: settings.name,
     type: settings.type,
     async chat(call: ProviderCall): Promise<ProviderResponse> {
-      const response = await postToProvider({
+      const json = await postForJson({
         settings,
         path: CHAT_PATH,
         body: convertToOpenAIRequest(call.model, call.request, false),
         signal: call.signal,
         accept: 'application/json',
       });
-      return parseCompletion(settings, await readJsonBody(settings, response, call.signal), call.model);
+      return parseCompletion(settings, json, call.model);
     },
     stream(call: ProviderCall): AsyncIterable<ProviderStreamEvent> {
       return streamChat(settings, call);
