@@ -194,6 +194,18 @@ for (const kind of KINDS) {
       }
     });
 
+    test('chat: a 1 MB error page is read only in part (the message is cut), and the next call on the pool works', async () => {
+      fake.enqueue({ kind: 'status', status: 503, body: `<html>${'Service Unavailable '.repeat(50_000)}</html>` });
+      const error = await provider.chat(call()).then(
+        () => assert.fail('expected a failure'),
+        (caught: unknown) => caught,
+      );
+      const mapped = assertProxyError(error, { code: 'upstream_error', retryable: true, upstreamStatus: 503 });
+      assert.ok(mapped.message.length < 1_000, `message of ${mapped.message.length} characters`);
+      const response = await provider.chat(call());
+      assert.ok(response.content !== null && response.content.length > 0);
+    });
+
     test('chat: the provider message is kept', async () => {
       fake.enqueue({ kind: 'status', status: 400, message: 'temperature is out of range' });
       await assert.rejects(provider.chat(call()), { message: `fake-${kind.type}: temperature is out of range` });

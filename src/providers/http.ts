@@ -231,15 +231,11 @@ class JsonResponseHandler implements Dispatcher.DispatchHandler {
       this.#fail(errorFromStatus({ provider: name, status: this.#statusCode, headers: this.#headers, bodyText: text, secrets: providerSecrets(this.settings) }));
       return;
     }
-    if (text.trim() === '') {
-      this.#fail(malformedResponse(name, 'empty response body', this.#statusCode));
-      return;
-    }
     let json: unknown;
     try {
-      json = JSON.parse(text);
-    } catch {
-      this.#fail(malformedResponse(name, 'malformed JSON in response', this.#statusCode));
+      json = parseJsonText(name, text, this.#statusCode);
+    } catch (error) {
+      this.#fail(error as ProxyError);
       return;
     }
     this.#settled = true;
@@ -282,11 +278,16 @@ export async function readJsonBody(settings: ProviderSettings, response: Provide
   } catch (error) {
     throw errorFromTransport(settings.name, error, signal);
   }
-  if (text.trim() === '') throw malformedResponse(settings.name, 'empty response body', response.statusCode);
+  return parseJsonText(settings.name, text, response.statusCode);
+}
+
+/** A whole 2xx body as JSON; empty or malformed is an `upstream_error` (`malformedResponse`). */
+function parseJsonText(provider: string, text: string, status: number): unknown {
+  if (text.trim() === '') throw malformedResponse(provider, 'empty response body', status);
   try {
-    return JSON.parse(text);
+    return JSON.parse(text) as unknown;
   } catch {
-    throw malformedResponse(settings.name, 'malformed JSON in response', response.statusCode);
+    throw malformedResponse(provider, 'malformed JSON in response', status);
   }
 }
 
