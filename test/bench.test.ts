@@ -294,6 +294,22 @@ describe('bench report', () => {
     assert.equal(cpuMicrosPerRequest({ ...results.closed[0]!, processes: {} }), undefined);
   });
 
+  it('pairs the rounds of the gateway and the forwarder to show how far the added latency moves', () => {
+    assert.deepEqual(computeGoals(results).addedP50PerRound, [], 'one round: nothing to pair');
+    const withRounds = (record: RunRecord, rounds: Array<[number, number]>): RunRecord => ({
+      ...record,
+      repeats: rounds.map(([p50, p99]) => ({ throughput: 1000, p50, p99 })),
+    });
+    const open = [
+      withRounds(record('bare', { rate: 1000 }, result(1000, 0.6, 1.5)), [[0.6, 1.5], [0.5, 3], [0.7, 1]]),
+      withRounds(record('gateway', { rate: 1000 }, result(1000, 0.65, 1.9)), [[0.65, 1.9], [0.9, 2], [0.7, 2]]),
+    ];
+    const goals = computeGoals({ closed: results.closed, open });
+    assert.deepEqual(goals.addedP50PerRound.map((value) => Math.round(value * 100) / 100), [0.05, 0.4, 0]);
+    assert.deepEqual(goals.addedP99PerRound.map((value) => Math.round(value * 100) / 100), [0.4, -1, 1]);
+    assert.match(renderMarkdown({ ...results, open }), /Round by round: p50 0\.050, 0\.400, 0\.000 ms; p99 0\.400, -1\.00, 1\.00 ms\./);
+  });
+
   it('takes each figure of several rounds as its own median, and sums their errors', () => {
     const rounds = [
       record('gateway', { rate: 1000 }, { ...result(1000, 1.7, 87), errors: { timeout: 1 } }),

@@ -144,6 +144,12 @@ export interface Goals {
   rateForAdded: number | undefined;
   addedP50Ms: number | undefined;
   addedP99Ms: number | undefined;
+  /**
+   * The same differences round by round (with --repeat: round i of the gateway ran right after
+   * round i of the forwarder, so each pair saw the same machine), to show how far they move.
+   */
+  addedP50PerRound: number[];
+  addedP99PerRound: number[];
   /** Open loop at that rate: CPU µs per request of the worker and of the bare forwarder. */
   gatewayCpuMicros: number | undefined;
   bareCpuMicros: number | undefined;
@@ -152,6 +158,13 @@ export interface Goals {
 function peakThroughput(records: RunRecord[], target: Target): number | undefined {
   const values = records.filter((record) => record.target === target).map((record) => record.result.throughput);
   return values.length === 0 ? undefined : Math.max(...values);
+}
+
+function perRoundDifference(gateway: RunRecord | undefined, bare: RunRecord | undefined, key: 'p50' | 'p99'): number[] {
+  const gatewayRounds = gateway?.repeats ?? [];
+  const bareRounds = bare?.repeats ?? [];
+  if (gatewayRounds.length < 2 || gatewayRounds.length !== bareRounds.length) return [];
+  return gatewayRounds.map((round, index) => round[key] - bareRounds[index]![key]);
 }
 
 export function computeGoals(results: Pick<BenchResults, 'closed' | 'open'>): Goals {
@@ -169,6 +182,8 @@ export function computeGoals(results: Pick<BenchResults, 'closed' | 'open'>): Go
     rateForAdded,
     addedP50Ms: gateway !== undefined && bare !== undefined ? gateway.result.latency.p50 - bare.result.latency.p50 : undefined,
     addedP99Ms: gateway !== undefined && bare !== undefined ? gateway.result.latency.p99 - bare.result.latency.p99 : undefined,
+    addedP50PerRound: perRoundDifference(gateway, bare, 'p50'),
+    addedP99PerRound: perRoundDifference(gateway, bare, 'p99'),
     gatewayCpuMicros: gateway === undefined ? undefined : cpuMicrosPerRequest(gateway),
     bareCpuMicros: bare === undefined ? undefined : cpuMicrosPerRequest(bare),
   };
@@ -388,7 +403,10 @@ export function renderMarkdown(results: BenchResults): string {
   if (goals.addedP50Ms !== undefined && goals.addedP99Ms !== undefined) {
     goalLines.push(
       `- Added latency at ${formatRate(goals.rateForAdded)} req/s (llm-proxy minus bare forwarder): p50 **${formatMs(goals.addedP50Ms)} ms** (goal ≤ 0.1: ${verdict(goals.addedP50Ms, 0.1)}), ` +
-        `p99 **${formatMs(goals.addedP99Ms)} ms** (goal ≤ 0.5: ${verdict(goals.addedP99Ms, 0.5)}).`,
+        `p99 **${formatMs(goals.addedP99Ms)} ms** (goal ≤ 0.5: ${verdict(goals.addedP99Ms, 0.5)}).` +
+        (goals.addedP50PerRound.length > 0
+          ? ` Round by round: p50 ${goals.addedP50PerRound.map((value) => formatMs(value)).join(', ')} ms; p99 ${goals.addedP99PerRound.map((value) => formatMs(value)).join(', ')} ms.`
+          : ''),
     );
   }
   if (goals.gatewayCpuMicros !== undefined && goals.bareCpuMicros !== undefined) {
