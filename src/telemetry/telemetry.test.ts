@@ -51,3 +51,35 @@ test('the logger redacts keys and secrets wherever they appear; request loggers 
   assert.equal(record.agent_id, 'agent:sofia');
   assert.equal(record.level, 'info');
 });
+
+test('stdout lines are batched, yet a lone line of a quiet process shows within the flush period, and the rest at exit', async () => {
+  const { spawn } = await import('node:child_process');
+  const { fileURLToPath } = await import('node:url');
+  const loggerModule = fileURLToPath(new URL('./logger.ts', import.meta.url));
+  // One line, then nothing for 1.5 s (far below the 4 KiB batch), then one more line and a normal exit.
+  const script = `
+    const { createLogger } = await import(${JSON.stringify(loggerModule)});
+    const logger = createLogger({ level: 'info' });
+    logger.info('first');
+    setTimeout(() => logger.info('last'), 1500);
+  `;
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const started = Date.now();
+  const seen: Array<{ msg: string; atMs: number }> = [];
+  let buffered = '';
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (text: string) => {
+    buffered += text;
+    let newline: number;
+    while ((newline = buffered.indexOf('\n')) !== -1) {
+      const line = buffered.slice(0, newline);
+      buffered = buffered.slice(newline + 1);
+      seen.push({ msg: (JSON.parse(line) as { msg: string }).msg, atMs: Date.now() - started });
+    }
+  });
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  assert.equal(code, 0);
+  assert.deepEqual(seen.map((line) => line.msg), ['first', 'last']);
+  // "first" came out with the periodic flush, long before the process logged again.
+  assert.ok(seen[1]!.atMs - seen[0]!.atMs > 1_000, JSON.stringify(seen));
+});
