@@ -9,7 +9,7 @@ import { bucketOf, summarizeProfile, mergeProfiles, shortenUrl, type CpuProfile 
 import { buildWorkerConfig, bareForwarderRoutes, BENCH_MODELS } from '../src/bench/bench-config.js';
 import { parseBenchOptions } from '../src/bench/options.js';
 import { parseStatCpuTicks, parseStatusRssBytes, usageFromSamples } from '../src/bench/proc-stats.js';
-import { computeGoals, chartPanels, cpuMicrosPerRequest, medianOfRounds, renderMarkdown, type BenchResults, type RunRecord } from '../src/bench/report.js';
+import { computeGoals, chartPanels, cpuMicrosPerChunk, cpuMicrosPerRequest, medianOfRounds, renderMarkdown, type BenchResults, type RunRecord } from '../src/bench/report.js';
 import { linearSlope, percentile, summarize } from '../src/bench/stats.js';
 import { escapeXml, linearTicks, logTicks, niceStep, renderChart } from '../src/bench/svg-chart.js';
 import { FAKE_CONTENT, parseBehaviour, splitContent } from '../src/bench/upstream.js';
@@ -292,6 +292,15 @@ describe('bench report', () => {
     assert.ok(Math.abs(goals.gatewayCpuMicros! - 950) < 1e-9);
     assert.ok(Math.abs(goals.bareCpuMicros! - 400) < 1e-9);
     assert.equal(cpuMicrosPerRequest({ ...results.closed[0]!, processes: {} }), undefined);
+  });
+
+  it('prices a streamed chunk: the serving process CPU per stream over the chunks in it', () => {
+    // 100 streams a second of 20 chunks at 40% of a core: 4,000 µs a stream, 200 µs a chunk.
+    const stream = record('gateway', { concurrency: 32 }, { ...result(100, 1, 2), chunksPerStream: 20 });
+    stream.processes.worker!.cpuPercent = 40;
+    assert.ok(Math.abs(cpuMicrosPerChunk(stream)! - 200) < 1e-9);
+    assert.equal(cpuMicrosPerChunk(record('gateway', { concurrency: 32 }, result(100, 1, 2))), undefined, 'no chunk count, no figure');
+    assert.match(renderMarkdown({ ...results, stream: [stream] }), /\| llm-proxy \| 32 \| .* \| 20\.0 \| 0 \| 200 \|/);
   });
 
   it('pairs the rounds of the gateway and the forwarder to show how far the added latency moves', () => {

@@ -233,6 +233,14 @@ export function cpuMicrosPerRequest(record: RunRecord): number | undefined {
   return ((usage.cpuPercent / 100) * 1_000_000) / record.result.throughput;
 }
 
+/** CPU time the serving process spent per streamed chunk (the upstream's for direct, the worker's through llm-proxy). */
+export function cpuMicrosPerChunk(record: RunRecord): number | undefined {
+  const perStream = cpuMicrosPerRequest(record);
+  const chunks = record.result.chunksPerStream;
+  if (perStream === undefined || chunks === undefined || !(chunks > 0)) return undefined;
+  return perStream / chunks;
+}
+
 function formatMicros(value: number | undefined): string {
   return value === undefined || !Number.isFinite(value) ? '–' : value.toFixed(0);
 }
@@ -334,7 +342,7 @@ export function renderMarkdown(results: BenchResults): string {
     parts.push('### Streaming (20 chunks, 10 ms apart, from the upstream)');
     parts.push(
       table(
-        ['target', 'concurrency', 'streams', 'TTFT p50', 'TTFT p99', 'gap p50', 'gap p99', 'gap max', 'whole p50', 'chunks/stream', 'errors'],
+        ['target', 'concurrency', 'streams', 'TTFT p50', 'TTFT p99', 'gap p50', 'gap p99', 'gap max', 'whole p50', 'chunks/stream', 'errors', 'CPU µs/chunk'],
         results.stream.map((record) => [
           TARGET_LABELS[record.target],
           String(record.concurrency ?? ''),
@@ -347,6 +355,7 @@ export function renderMarkdown(results: BenchResults): string {
           formatMs(record.result.latency.p50),
           (record.result.chunksPerStream ?? 0).toFixed(1),
           formatErrors(record.result),
+          formatMicros(cpuMicrosPerChunk(record)),
         ]),
       ),
     );
