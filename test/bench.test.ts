@@ -207,6 +207,11 @@ describe('bench flags and config', () => {
     assert.equal(quick.chartPath, undefined);
     assert.throws(() => parseBenchOptions(['--only', 'closd']), /unknown "closd"/);
     assert.throws(() => parseBenchOptions(['--rates', '500,x']), /positive numbers/);
+    assert.deepEqual(parseBenchOptions([]).nodeFlags, []);
+    assert.deepEqual(parseBenchOptions(['--node-flags=--max-semi-space-size=32  --trace-gc']).nodeFlags, ['--max-semi-space-size=32', '--trace-gc']);
+    assert.throws(() => parseBenchOptions(['--node-flags=trace-gc']), /start with "--"/);
+    assert.equal(parseBenchOptions(['--log-requests', 'all']).logRequests, 'all');
+    assert.throws(() => parseBenchOptions(['--log-requests', 'some']), /unknown "some"/);
     assert.throws(() => parseBenchOptions(['--layout', 'diagonal']), /layout/);
     assert.throws(() => parseBenchOptions(['--duration']), /duration/);
   });

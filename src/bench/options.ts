@@ -80,7 +80,7 @@ Options:
                           that backend, to measure what limiting costs per request
   --agents <n>            distinct agent ids the requests are spread over (default 1; use 1000 with --limits)
   --cpu-prof              profile the worker (--cpu-prof into <out>/prof) and print its top self-time
-  --node-flags "<flags>"  extra node/V8 flags for every process under test (worker, bare forwarder,
+  --node-flags="<flags>" extra node/V8 flags for every process under test (worker, bare forwarder,
                           echo replier) alike, e.g. "--max-semi-space-size=32"
   --out <dir>             results directory (default bench-results)
   --chart <path>          SVG chart path (default <out>/latency.svg; "none" to skip; the chart README

@@ -10,6 +10,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync
 import { cpus as cpuList, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { WORKER_V8_FLAGS } from '../cli/v8-tuning.js';
 import { subjectsFor } from '../contract/subjects.js';
 import { BENCH_MODELS, bareForwarderRoutes, buildWorkerConfig, type BenchModelKey } from './bench-config.js';
 import { mergeProfiles, summarizeProfile, type CpuProfile } from './cpu-profile.js';
@@ -108,9 +109,6 @@ interface Fleet {
   connection: NatsConnection;
 }
 
-/** The V8 setting `llm-proxy worker` applies to itself (src/cli/v8-tuning.ts), given to the floors too, so both run alike. */
-const FLOOR_V8_FLAGS = ['--no-allocation-site-pretenuring'];
-
 async function startFleet(options: BenchOptions, targets: Target[], cpus: Record<Role, string | undefined>): Promise<Fleet> {
   const logDir = join(options.outDir, 'logs');
   const env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'production' };
@@ -128,7 +126,7 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
     log(`fake upstream ${upstreamOrigin}`);
     let echo: ManagedProcess | undefined;
     if (targets.includes('echo')) {
-      echo = (await spawnManaged({ name: 'echo', command: node, args: [...FLOOR_V8_FLAGS, ...options.nodeFlags, join(benchDir, 'echo-replier.js'), '--nats-url', nats.url], cpus: cpus.echo, logDir, env, waitForReadyLine: true })).process;
+      echo = (await spawnManaged({ name: 'echo', command: node, args: [...WORKER_V8_FLAGS, ...options.nodeFlags, join(benchDir, 'echo-replier.js'), '--nats-url', nats.url], cpus: cpus.echo, logDir, env, waitForReadyLine: true })).process;
       started.push(echo);
     }
     let bare: ManagedProcess | undefined;
@@ -138,8 +136,9 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
           name: 'bare',
           command: node,
           // Profiled too with --cpu-prof: what the worker does beyond it is the price of its features.
+          // The floors get the V8 settings `llm-proxy worker` gives itself, so both run alike.
           args: [
-            ...FLOOR_V8_FLAGS,
+            ...WORKER_V8_FLAGS,
             ...options.nodeFlags,
             ...(options.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${resolve(options.outDir, 'prof', 'bare')}`] : []),
             join(benchDir, 'bare-forwarder.js'),

@@ -28,10 +28,16 @@ export function pretenuringChosenByOperator(execArgv: readonly string[], nodeOpt
   return flags.some((flag) => flag.replace(/_/g, '-').includes(PRETENURING_FLAG));
 }
 
+/** What a worker sets (the benchmark gives its floors the same). */
+export const WORKER_V8_FLAGS: readonly string[] = [`--no-${PRETENURING_FLAG}`];
+
 /** Returns the flags it set (none when the operator chose already). */
-export function tuneV8ForWorker(execArgv: readonly string[] = process.execArgv, nodeOptions: string | undefined = process.env.NODE_OPTIONS): string[] {
+export function tuneV8ForWorker(
+  execArgv: readonly string[] = process.execArgv,
+  nodeOptions: string | undefined = process.env.NODE_OPTIONS,
+  setFlags: (flag: string) => void = setFlagsFromString,
+): string[] {
   if (pretenuringChosenByOperator(execArgv, nodeOptions)) return [];
-  const flag = `--no-${PRETENURING_FLAG}`;
-  setFlagsFromString(flag);
-  return [flag];
+  for (const flag of WORKER_V8_FLAGS) setFlags(flag);
+  return [...WORKER_V8_FLAGS];
 }

@@ -102,10 +102,6 @@ async function readLimitedText(body: ProviderResponseBody, limit: number): Promi
   return Buffer.concat(pieces).toString('utf8');
 }
 
-/**
- * POSTs JSON and resolves with a 2xx response whose body is still to be read.
- * Throws a ProxyError for everything else.
- */
 /** Why a call must not even start (aborted already, no API key), or undefined. */
 function refusedBeforeSending(post: ProviderPost): ProxyError | undefined {
   const { settings, signal } = post;
@@ -119,6 +115,10 @@ function refusedBeforeSending(post: ProviderPost): ProxyError | undefined {
   return undefined;
 }
 
+/**
+ * POSTs JSON and resolves with a 2xx response whose body is still to be read (streams).
+ * Throws a ProxyError for everything else.
+ */
 export async function postToProvider(post: ProviderPost): Promise<ProviderHttpResponse> {
   const { settings, signal } = post;
   const refused = refusedBeforeSending(post);

@@ -164,7 +164,7 @@ export class RequestPipeline {
     let logger = deps.logger;
     let errorCode: ErrorCode | undefined;
     try {
-      errorCode = await this.#run(message, accounting, receivedAt, started, (child) => (logger = child));
+      errorCode = await this.#run(message, accounting, receivedAt, (child) => (logger = child));
     } catch (error) {
       // #run answers its own errors; reaching here is a bug, still answered.
       const proxyError = asProxyError(error);
@@ -255,7 +255,6 @@ export class RequestPipeline {
     message: Msg,
     accounting: Accounting,
     receivedAt: number,
-    started: number,
     setLogger: (logger: Logger) => void,
   ): Promise<ErrorCode | undefined> {
     const deps = this.#deps;
@@ -339,7 +338,7 @@ export class RequestPipeline {
         accounting.modelResolved = hit.model_resolved;
         accounting.tokens = { promptTokens: hit.usage.prompt_tokens, completionTokens: hit.usage.completion_tokens, estimated: hit.tokens_estimated === true };
         accounting.costUsd = 0;
-        const reply: ChatReply = { ...hit, latency_ms: roundMs(performance.now() - started), request_id: accounting.requestId, cost_usd: 0, cached: true };
+        const reply: ChatReply = { ...hit, latency_ms: roundMs(performance.now() - accounting.started), request_id: accounting.requestId, cost_usd: 0, cached: true };
         delete reply.attempts;
         return this.#respond(message, reply, accounting, logger);
       }
@@ -358,9 +357,9 @@ export class RequestPipeline {
     try {
       if (accounting.stream) {
         deps.counters.streams++;
-        return await this.#stream(message, request, context, controller, accounting, started, logger);
+        return await this.#stream(message, request, context, controller, accounting, logger);
       }
-      return await this.#chat(message, request, context, controller, accounting, started, logger, key);
+      return await this.#chat(message, request, context, controller, accounting, logger, key);
     } finally {
       clearTimeout(deadlineTimer);
       this.#active.delete(active);
@@ -373,7 +372,6 @@ export class RequestPipeline {
     context: RequestContext,
     controller: Cancellation,
     accounting: Accounting,
-    started: number,
     logger: Logger,
     key: string | undefined,
   ): Promise<ErrorCode | undefined> {
@@ -391,7 +389,7 @@ export class RequestPipeline {
         finishReason: response.finishReason,
         toolCalls: response.toolCalls,
         reasoningContent: response.reasoningContent,
-        latencyMs: performance.now() - started,
+        latencyMs: performance.now() - accounting.started,
       });
       const code = this.#respond(message, reply, accounting, logger);
       if (code === undefined && key !== undefined && reply.finish_reason !== 'error') deps.cache!.set(key, reply);
@@ -411,7 +409,6 @@ export class RequestPipeline {
     context: RequestContext,
     controller: Cancellation,
     accounting: Accounting,
-    started: number,
     logger: Logger,
   ): Promise<ErrorCode | undefined> {
     const deps = this.#deps;
@@ -440,7 +437,7 @@ export class RequestPipeline {
           const delta = event.content ?? '';
           const hasTools = event.toolCalls !== undefined && event.toolCalls.length > 0;
           if (delta === '' && (event.reasoningContent ?? '') === '' && !hasTools) continue;
-          if (accounting.ttftMs === null) accounting.ttftMs = performance.now() - started;
+          if (accounting.ttftMs === null) accounting.ttftMs = performance.now() - accounting.started;
           content += delta;
           if (event.reasoningContent !== undefined) reasoning += event.reasoningContent;
           if (hasTools) toolCalls.add(event.toolCalls!);
@@ -471,7 +468,7 @@ export class RequestPipeline {
         finishReason,
         toolCalls: toolCalls.size > 0 ? output.toolCalls : undefined,
         reasoningContent: reasoning === '' ? undefined : reasoning,
-        latencyMs: performance.now() - started,
+        latencyMs: performance.now() - accounting.started,
       });
       reply.done = true;
       reply.ttft_ms = accounting.ttftMs === null ? null : roundMs(accounting.ttftMs);
