@@ -17,3 +17,15 @@ test('the harness starts, restarts and stops a real nats-server with JetStream',
     await server.dispose();
   }
 });
+
+test('the harness refuses a port another nats-server holds instead of using that server', async () => {
+  const first = await startNatsServer({ jetstream: false });
+  try {
+    await assert.rejects(startNatsServer({ port: first.port }), /held by another nats-server|nats-server exited/);
+    const connection = await connect({ servers: first.url });
+    assert.match(connection.info?.server_name ?? '', /^llm-proxy-test-/);
+    await connection.close();
+  } finally {
+    await first.dispose();
+  }
+});

@@ -302,6 +302,37 @@ describe('limits: nats backend (JetStream KV, 4 workers)', () => {
     }
   });
 
+  test('workers started together on a fresh server all open the bucket (the create race)', async () => {
+    const server = await startNatsServer();
+    const connections = await Promise.all(Array.from({ length: 6 }, () => connect({ servers: server.url })));
+    try {
+      const config = limitsSchema.parse({ backend: 'nats', nats_bucket: 'together', default: { rpm: 3 } });
+      const limiters = await Promise.all(connections.map((nats) => createLimiter(config, { nats })));
+      const { admitted, refused } = await admitAtOnce(limiters, 12);
+      assert.deepEqual([admitted.length, refused.length], [3, 9]);
+    } finally {
+      await Promise.all(connections.map((connection) => connection.close()));
+      await server.dispose();
+    }
+  });
+
+  test('no JetStream on the server: opening the bucket fails with the bucket and the reason named', async () => {
+    const server = await startNatsServer({ jetstream: false });
+    const connection = await connect({ servers: server.url });
+    try {
+      const config = limitsSchema.parse({ backend: 'nats', nats_bucket: 'nowhere', store_timeout_ms: 300 });
+      await assert.rejects(createLimiter(config, { nats: connection }), (error: Error) => {
+        assert.equal(error.name, 'LimitStoreError');
+        assert.match(error.message, /^cannot open the NATS KV bucket "nowhere": \S/);
+        assert.ok(error.cause instanceof Error);
+        return true;
+      });
+    } finally {
+      await connection.close();
+      await server.dispose();
+    }
+  });
+
   test('store down: rate limits fail open, budgets fail closed; both counted', async () => {
     const server = await startNatsServer();
     const connection = await connect({ servers: server.url, reconnectTimeWait: 100 });

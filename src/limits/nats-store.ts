@@ -56,17 +56,34 @@ function backoff(attempt: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, Math.random() * ceiling));
 }
 
-export async function createNatsStore(options: NatsStoreOptions): Promise<LimitStore> {
-  let kv: KV;
-  try {
-    kv = await new Kvm(jetstream(options.connection, { timeout: options.timeoutMs })).create(options.bucket, {
-      history: 1,
-      ttl: NATS_BUCKET_MAX_AGE_MS,
-      timeout: options.timeoutMs,
-    });
-  } catch (error) {
-    throw new LimitStoreError(`cannot open the NATS KV bucket "${options.bucket}"`, { cause: error });
+/**
+ * Open the bucket, creating it if it is missing. Workers started together
+ * race here: the client asks for the stream's info, then adds it, and the
+ * loser of two adds, or a JetStream still electing its leader after a
+ * restart, fails where a second try a moment later finds the bucket. So a
+ * failure is tried again, up to OPEN_ATTEMPTS times, before the worker is
+ * told; the last error is named in the message, the whole one is the cause.
+ */
+const OPEN_ATTEMPTS = 3;
+const OPEN_RETRY_PAUSE_MS = 200;
+
+async function openBucket(options: NatsStoreOptions): Promise<KV> {
+  const kvm = new Kvm(jetstream(options.connection, { timeout: options.timeoutMs }));
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await kvm.create(options.bucket, { history: 1, ttl: NATS_BUCKET_MAX_AGE_MS, timeout: options.timeoutMs });
+    } catch (error) {
+      if (attempt >= OPEN_ATTEMPTS || options.connection.isClosed()) {
+        const reason = error instanceof Error ? error.message : String(error);
+        throw new LimitStoreError(`cannot open the NATS KV bucket "${options.bucket}": ${reason}`, { cause: error });
+      }
+      await new Promise((resolve) => setTimeout(resolve, OPEN_RETRY_PAUSE_MS * attempt));
+    }
   }
+}
+
+export async function createNatsStore(options: NatsStoreOptions): Promise<LimitStore> {
+  const kv = await openBucket(options);
 
   /**
    * The last revision of a key this store read or wrote, with its state. A

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { connect as netConnect } from 'node:net';
 import { freePort } from './ports.js';
 
@@ -27,14 +27,23 @@ export interface NatsServerOptions {
   extraConfig?: string;
 }
 
-function waitForPort(port: number, timeoutMs: number): Promise<void> {
+/**
+ * Resolves when the server on `port` greets with its INFO and that INFO
+ * carries `name`: a port handed out by freePort can be taken by another
+ * suite's server in the meantime, and a test must fail rather than talk to it.
+ */
+function waitForServer(port: number, name: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   return new Promise((resolve, reject) => {
     const attempt = () => {
       const socket = netConnect(port, '127.0.0.1');
-      socket.once('data', () => {
+      let greeting = '';
+      socket.on('data', (chunk: Buffer) => {
+        greeting += chunk.toString();
+        if (!greeting.includes('\r\n')) return;
         socket.destroy();
-        resolve();
+        if (greeting.includes(`"server_name":"${name}"`)) resolve();
+        else reject(new Error(`port ${port} is held by another nats-server (${greeting.slice(0, 200).trim()})`));
       });
       socket.once('error', () => {
         socket.destroy();
@@ -53,14 +62,17 @@ function waitForExit(child: ChildProcess): Promise<void> {
 
 /** Starts a real `nats-server` on a free port, JetStream in a temp dir, for one suite. */
 export async function startNatsServer(options: NatsServerOptions = {}): Promise<NatsServerHandle> {
-  const port = options.port ?? (await freePort());
+  let port = options.port ?? (await freePort());
   const storeDir = mkdtempSync(join(tmpdir(), 'llm-proxy-nats-'));
   const configPath = join(storeDir, 'server.conf');
-  const lines = [`listen: "127.0.0.1:${port}"`];
-  if (options.jetstream ?? true) lines.push(`jetstream { store_dir: "${join(storeDir, 'js')}" }`);
-  if (options.maxPayload !== undefined) lines.push(`max_payload: ${options.maxPayload}`);
-  if (options.extraConfig !== undefined) lines.push(options.extraConfig);
-  writeFileSync(configPath, lines.join('\n') + '\n');
+  const name = `llm-proxy-test-${basename(storeDir)}`;
+  const writeServerConfig = () => {
+    const lines = [`listen: "127.0.0.1:${port}"`, `server_name: "${name}"`];
+    if (options.jetstream ?? true) lines.push(`jetstream { store_dir: "${join(storeDir, 'js')}" }`);
+    if (options.maxPayload !== undefined) lines.push(`max_payload: ${options.maxPayload}`);
+    if (options.extraConfig !== undefined) lines.push(options.extraConfig);
+    writeFileSync(configPath, lines.join('\n') + '\n');
+  };
 
   let child: ChildProcess;
   const launch = async () => {
@@ -73,9 +85,28 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
       child.once('exit', (code) => reject(new Error(`nats-server exited (${code}): ${stderr.slice(-2000)}`))),
     );
     exited.catch(() => undefined);
-    await Promise.race([waitForPort(port, 10_000), exited]);
+    try {
+      await Promise.race([waitForServer(port, name, 10_000), exited]);
+    } catch (error) {
+      child.kill('SIGKILL');
+      await waitForExit(child);
+      throw error;
+    }
   };
-  await launch();
+  // A free port can be taken before the server binds it (suites run side by side): then try another.
+  for (let attempt = 1; ; attempt += 1) {
+    writeServerConfig();
+    try {
+      await launch();
+      break;
+    } catch (error) {
+      if (options.port !== undefined || attempt >= 3) {
+        rmSync(storeDir, { recursive: true, force: true });
+        throw error;
+      }
+      port = await freePort();
+    }
+  }
 
   const handle: NatsServerHandle = {
     url: `nats://127.0.0.1:${port}`,
