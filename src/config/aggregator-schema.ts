@@ -26,14 +26,14 @@ export const aggregatorSchema = z
     /** JetStream KV bucket holding the snapshots of every aggregator. */
     snapshot_bucket: nameToken.default('LLM_USAGE_SNAPSHOTS'),
     /** How often the rollups are saved (also on shutdown). */
-    snapshot_interval_ms: duration.default('60s'),
+    snapshot_interval_ms: duration.prefault('60s'),
     /**
      * How long a request id is remembered (in stream time) to drop a second
      * copy of the same event; far longer than the stream's duplicate window.
      */
-    dedup_horizon: duration.default('24h'),
+    dedup_horizon: duration.prefault('24h'),
     /** A durable unused this long is removed by the server (a departed instance). */
-    consumer_inactive_threshold: duration.default('7d'),
+    consumer_inactive_threshold: duration.prefault('7d'),
   })
   .strict();
 

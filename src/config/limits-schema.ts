@@ -59,15 +59,15 @@ export const limitsSchema = z
         budget: z.enum(LIMIT_STORE_POLICIES).default('fail_closed'),
       })
       .strict()
-      .default({}),
+      .prefault({}),
     /** Limits of every agent (the seed: 10 requests a minute). */
-    default: limitSetSchema.extend({ rpm: rate.default(10) }).default({}),
+    default: limitSetSchema.extend({ rpm: rate.default(10) }).prefault({}),
     /** Per agent id, overriding `default` limit by limit. */
-    agents: z.record(z.string().min(1), limitSetSchema).default({}),
+    agents: z.record(z.string().min(1), limitSetSchema).prefault({}),
     /** Per microDAO: shared by all of its agents together. */
-    microdaos: z.record(z.string().min(1), limitSetSchema).default({}),
+    microdaos: z.record(z.string().min(1), limitSetSchema).prefault({}),
     /** Per logical model: shared by every agent calling it. */
-    models: z.record(z.string().min(1), limitSetSchema).default({}),
+    models: z.record(z.string().min(1), limitSetSchema).prefault({}),
   })
   .strict();
 

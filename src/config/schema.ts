@@ -47,7 +47,7 @@ export const providerSchema = z
     base_url: z.string().url(),
     api_key_env: envName.optional(),
     /** Extra, non-secret HTTP headers sent with every call (e.g. OpenAI-Organization). */
-    headers: z.record(z.string()).optional(),
+    headers: z.record(z.string(), z.string()).optional(),
     /** Deadline for one call to this provider, end to end. */
     timeout_ms: positiveInt.optional(),
     connect_timeout_ms: positiveInt.default(5_000),
@@ -118,8 +118,8 @@ export const cooldownSchema = z
 export const routingSchema = z
   .object({
     strategy: z.enum(ROUTING_STRATEGIES).default('weighted'),
-    retry: retrySchema.default({}),
-    cooldown: cooldownSchema.default({}),
+    retry: retrySchema.prefault({}),
+    cooldown: cooldownSchema.prefault({}),
     /** lowest-latency: share of requests sent to a random deployment to re-measure it. */
     exploration: z.number().min(0).max(1).default(0.05),
   })
@@ -144,21 +144,21 @@ export const usageStreamSchema = z
   .object({
     name: z.string().regex(/^[A-Za-z0-9_-]+$/).default('LLM_USAGE'),
     /** How long raw events are kept (0 = forever). */
-    max_age: durationMs.default('90d'),
+    max_age: durationMs.prefault('90d'),
     /** Largest size of the stream (-1 = unlimited); the oldest events go first. */
     max_bytes: sizeBytes.default(-1),
     max_msgs: z.number().int().min(-1).default(-1),
     replicas: z.number().int().min(1).max(5).default(1),
     storage: z.enum(['file', 'memory']).default('file'),
     /** Window within which a re-published event (same request id) is stored once. */
-    duplicate_window: durationMs.default('2m'),
+    duplicate_window: durationMs.prefault('2m'),
   })
   .strict();
 
 export const natsSchema = z
   .object({
     subject_prefix: z.string().regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/).default('llm'),
-    usage_stream: usageStreamSchema.default({}),
+    usage_stream: usageStreamSchema.prefault({}),
     /** Environment variables holding NATS credentials (read at start, never logged). */
     user_env: envName.optional(),
     password_env: envName.optional(),
@@ -195,13 +195,13 @@ export const configSchema = z
   .object({
     providers: z.record(z.string().min(1), providerSchema),
     models: z.record(z.string().min(1), modelSchema),
-    routing: routingSchema.default({}),
-    worker: workerSchema.default({}),
-    nats: natsSchema.default({}),
-    logging: loggingSchema.default({}),
-    cache: cacheSchema.default({}),
-    aggregator: aggregatorSchema.default({}),
-    limits: limitsSchema.default({}),
+    routing: routingSchema.prefault({}),
+    worker: workerSchema.prefault({}),
+    nats: natsSchema.prefault({}),
+    logging: loggingSchema.prefault({}),
+    cache: cacheSchema.prefault({}),
+    aggregator: aggregatorSchema.prefault({}),
+    limits: limitsSchema.prefault({}),
   })
   .strict()
   .superRefine((config, context) => {

@@ -41,7 +41,7 @@ export const usageEventSchema = z
         }),
       )
       .optional(),
-    tags: z.record(z.string()).optional(),
+    tags: z.record(z.string(), z.string()).optional(),
   })
   .passthrough();
 

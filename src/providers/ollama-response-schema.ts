@@ -1,4 +1,4 @@
-import { z } from 'zod/v4';
+import { z } from 'zod';
 
 /** Ollama's `/api/chat` reply and stream line, limited to the fields we use. */
 const ollamaToolCallSchema = z.object({

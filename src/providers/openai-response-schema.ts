@@ -1,4 +1,4 @@
-import { z } from 'zod/v4';
+import { z } from 'zod';
 
 /**
  * OpenAI's chat-completion response and stream chunk, limited to the fields we

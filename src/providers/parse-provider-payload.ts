@@ -1,4 +1,4 @@
-import type { z } from 'zod/v4';
+import type { z } from 'zod';
 import { providerSecrets } from './http.js';
 import { errorFromStreamPayload, malformedResponse } from './provider-error.js';
 import type { ProviderSettings } from './types.js';
