@@ -79,19 +79,28 @@ export async function spawnManaged(options: SpawnOptions): Promise<{ process: Ma
     ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
       let buffered = '';
       const timer = setTimeout(() => reject(new Error(`${options.name} did not report ready (see ${logPath})`)), options.readyTimeoutMs ?? 20_000);
+      // Lines before the ready line (V8's --trace-gc output under --node-flags, say) go to the log.
       const onData = (chunk: Buffer): void => {
         buffered += chunk.toString('utf8');
-        const newline = buffered.indexOf('\n');
-        if (newline < 0) return;
-        child.stdout?.off('data', onData);
-        clearTimeout(timer);
-        const rest = buffered.slice(newline + 1);
-        if (rest !== '') log.write(rest);
-        child.stdout?.pipe(log, { end: false });
-        try {
-          resolve(JSON.parse(buffered.slice(0, newline)) as Record<string, unknown>);
-        } catch {
-          reject(new Error(`${options.name} wrote "${buffered.slice(0, newline)}" instead of its ready line`));
+        for (let newline = buffered.indexOf('\n'); newline >= 0; newline = buffered.indexOf('\n')) {
+          const line = buffered.slice(0, newline);
+          buffered = buffered.slice(newline + 1);
+          let parsed: unknown;
+          try {
+            parsed = line.startsWith('{') ? JSON.parse(line) : undefined;
+          } catch {
+            parsed = undefined;
+          }
+          if (typeof parsed !== 'object' || parsed === null || (parsed as { ready?: unknown }).ready !== true) {
+            log.write(line + '\n');
+            continue;
+          }
+          child.stdout?.off('data', onData);
+          clearTimeout(timer);
+          if (buffered !== '') log.write(buffered);
+          child.stdout?.pipe(log, { end: false });
+          resolve(parsed as Record<string, unknown>);
+          return;
         }
       };
       child.stdout?.on('data', onData);
