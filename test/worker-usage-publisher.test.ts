@@ -130,3 +130,57 @@ test('events published after the stream was deleted are refused (503), held, and
     await nats.dispose();
   }
 });
+
+test('events wait for the batch window and go out together; flush sends a waiting batch at once; close logs an unsent one', async () => {
+  const nats = await startNatsServer();
+  const connection = await connect({ ...connectionOptions({ servers: nats.url }) });
+  const subjects = subjectsFor('llm');
+  const lines: string[] = [];
+  const make = (batchWindowMs: number) =>
+    new UsagePublisher({
+      connection,
+      streamSubject: subjects.usageAll,
+      subjectFor: subjects.usageFor,
+      stream: usageStreamSchema.parse({}),
+      logger: createLogger({ level: 'info', destination: { write: (line: string) => lines.push(line) } }),
+      batchWindowMs,
+    });
+  const stored = async () => (await (await jetstreamManager(connection)).streams.info(usageStreamSchema.parse({}).name)).state.messages;
+  const hour = 3_600_000;
+  const waiting = make(hour);
+  const closing = make(hour);
+  const windowed = make(50);
+  try {
+    await waiting.ensureStream();
+    await closing.ensureStream();
+    await windowed.ensureStream();
+
+    // A window of an hour: nothing goes out until flush() sends the batch.
+    for (let index = 0; index < 3; index++) waiting.publish(event(`batched-${index}`));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(await stored(), 0, 'held for the window');
+    assert.equal(waiting.pending, 3);
+    assert.equal(await waiting.flush(5_000), 0);
+    assert.equal(await stored(), 3);
+
+    // A short window: out without anyone asking.
+    windowed.publish(event('windowed-0'));
+    windowed.publish(event('windowed-1'));
+    const events = await waitForUsageEvents(connection, 5);
+    assert.deepEqual(events.map((item) => item.request_id).sort(), ['batched-0', 'batched-1', 'batched-2', 'windowed-0', 'windowed-1']);
+    assert.equal(windowed.pending, 0);
+
+    // Closed before its window ended: the event is logged in full, not lost silently.
+    closing.publish(event('never-sent'));
+    closing.close();
+    const logged = lines.map((line) => JSON.parse(line) as { msg: string; usage_event?: { request_id: string } }).filter((line) => line.usage_event !== undefined);
+    assert.deepEqual(logged.map((line) => [line.usage_event!.request_id, line.msg]), [['never-sent', 'usage event could not be published before shutdown; logged in full']]);
+    assert.equal(await stored(), 5);
+  } finally {
+    waiting.close();
+    windowed.close();
+    closing.close();
+    await connection.close();
+    await nats.dispose();
+  }
+});

@@ -202,11 +202,10 @@ export class RequestPipeline {
 
   /**
    * The reply (or the stream's terminal message) was handed to NATS. When no
-   * afterRoute hook has to run first, the usage event is published now, in
-   * the same synchronous stretch: nats.js writes what was queued in one
-   * microtask, so reply and event leave in one socket write instead of two.
-   * With a hook (limits), the event waits for it, so that whoever sees the
-   * event sees the reservation settled.
+   * afterRoute hook has to run first, the usage event is handed to the
+   * publisher now (which sends it with the others of its batch window, a few
+   * ms). With a hook (limits), the event waits for it, so that whoever sees
+   * the event sees the reservation settled.
    */
   #replied(accounting: Accounting, code: ErrorCode | undefined): void {
     if (accounting.context !== undefined && this.#deps.hooks.afterRoute !== undefined) return;
