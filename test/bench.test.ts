@@ -1,10 +1,15 @@
 /**
  * The bench's pure parts on known inputs: percentiles and summaries, the SVG
- * writer, the CPU-profile summary, /proc parsing, flags, the goals. The
+ * writer, the CPU-profile summary, /proc parsing, flags, the goals, the
+ * ready-line handshake with a child process. The
  * benchmark itself is run with `npm run bench`, not here.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { spawnManaged } from '../src/bench/processes.js';
 import { bucketOf, summarizeProfile, mergeProfiles, shortenUrl, type CpuProfile } from '../src/bench/cpu-profile.js';
 import { buildWorkerConfig, bareForwarderRoutes, BENCH_MODELS } from '../src/bench/bench-config.js';
 import { parseBenchOptions } from '../src/bench/options.js';
@@ -367,5 +372,39 @@ describe('bench report', () => {
       { x: 4000, y: 10 },
       { x: 3800, y: 40 },
     ]);
+  });
+});
+
+describe('bench processes', () => {
+  it('lines a child prints before its ready line (V8 traces, say) go to its log; the ready line is read', async () => {
+    const logDir = mkdtempSync(join(tmpdir(), 'llm-proxy-bench-spawn-'));
+    try {
+      const script = [
+        "process.stdout.write('[1234:0x1]  12 ms: pause=0.6 gc=s\\n{\"not\":\"ready\"}\\n');",
+        "setTimeout(() => process.stdout.write(JSON.stringify({ ready: true, port: 7 }) + '\\nafter\\n'), 20);",
+        'setTimeout(() => {}, 60_000);',
+      ].join('\n');
+      const { process: child, ready } = await spawnManaged({ name: 'chatty', command: process.execPath, args: ['-e', script], logDir, waitForReadyLine: true, readyTimeoutMs: 10_000 });
+      assert.deepEqual(ready, { ready: true, port: 7 });
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await child.stop(2_000);
+      const log = readFileSync(join(logDir, 'chatty.log'), 'utf8');
+      assert.match(log, /pause=0\.6 gc=s\n\{"not":"ready"\}\n/);
+      assert.match(log, /after\n/);
+    } finally {
+      rmSync(logDir, { recursive: true, force: true });
+    }
+  });
+
+  it('a child that exits without a ready line is reported with its log', async () => {
+    const logDir = mkdtempSync(join(tmpdir(), 'llm-proxy-bench-spawn-'));
+    try {
+      await assert.rejects(
+        spawnManaged({ name: 'quitter', command: process.execPath, args: ['-e', "process.stdout.write('no ready here\\n'); process.exit(3)"], logDir, waitForReadyLine: true, readyTimeoutMs: 10_000 }),
+        /quitter exited \(3\) before it was ready/,
+      );
+    } finally {
+      rmSync(logDir, { recursive: true, force: true });
+    }
   });
 });
