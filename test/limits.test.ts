@@ -286,6 +286,31 @@ describe('limits: memory backend (one worker)', () => {
     await admitAtOnce([limiter], 5);
     assert.deepEqual(limiter.counters(), { admitted: 2, refused: 3, storeErrors: 0, failedOpen: 0, failedClosed: 0, conflicts: 0 });
   });
+
+  test('a limiter running past midnight UTC starts the new day and, on the 1st, the new month', async () => {
+    let now = Date.UTC(2026, 10, 30, 23, 59, 58);
+    const limiter = await createLimiter(limitsSchema.parse({ default: { rpm: null, daily_usd: 0.002, monthly_usd: 0.003 } }), { now: () => now });
+    const spend = () => limiter.admit(admission({ estimatedMaxCostUsd: 0.001 }));
+    await spend();
+    await spend();
+    await assert.rejects(spend(), { code: 'budget_exceeded', message: /day/ });
+    now = Date.UTC(2026, 11, 1, 0, 0, 1); // the next day, and the next month
+    await spend();
+    await spend();
+    await assert.rejects(spend(), { code: 'budget_exceeded', message: /day/ });
+    now = Date.UTC(2026, 11, 2, 0, 0, 1);
+    await spend();
+    await assert.rejects(spend(), { code: 'budget_exceeded', message: /month/ });
+  });
+
+  test('agents with their own limits keep them when they come back (the scopes are worked out once each)', async () => {
+    const limiter = await createLimiter(limitsSchema.parse({ default: { rpm: 1 }, agents: { 'agent:batch': { rpm: 3 } } }));
+    const results = [];
+    for (const agentId of ['agent:batch', 'agent:sofia', 'agent:batch', 'agent:sofia', 'agent:batch', 'agent:batch']) {
+      results.push(await limiter.admit(admission({ agentId })).then(() => 'ok', (error: ProxyError) => error.code));
+    }
+    assert.deepEqual(results, ['ok', 'ok', 'ok', 'rate_limited', 'ok', 'rate_limited']);
+  });
 });
 
 describe('limits: nats backend (JetStream KV, 4 workers)', () => {

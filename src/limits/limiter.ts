@@ -148,9 +148,37 @@ function asError(value: unknown): Error {
   return value instanceof Error ? value : new Error(String(value));
 }
 
+/** Distinct (agent, microDAO, model) combinations whose scopes are remembered (see `plansOf`). */
+const KNOWN_PLANS = 10_000;
+
 export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}): Promise<Limiter> {
   const counters: LimiterCounters = { admitted: 0, refused: 0, storeErrors: 0, failedOpen: 0, failedClosed: 0, conflicts: 0 };
   const clock = deps.now ?? Date.now;
+
+  /**
+   * The scopes and limits of a combination depend on the config only, which
+   * does not change while the limiter lives: worked out once per combination
+   * (merging `default` with the agent's overrides, encoding the store keys)
+   * instead of on every request. Plans are never modified after this.
+   */
+  const knownPlans = new Map<string, ScopePlan[]>();
+  const plansOf = (agentId: string | undefined, microdaoId: string | undefined, model: string | undefined): ScopePlan[] => {
+    const key = `${agentId ?? ''}\u0000${microdaoId ?? '\u0001'}\u0000${model ?? '\u0001'}`;
+    let plans = knownPlans.get(key);
+    if (plans === undefined) {
+      plans = plansFor(config, { agentId, microdaoId, model });
+      if (knownPlans.size >= KNOWN_PLANS) knownPlans.delete(knownPlans.keys().next().value as string);
+      knownPlans.set(key, plans);
+    }
+    return plans;
+  };
+
+  /** Budget windows change at midnight UTC (a month too begins at one): worked out once a day. */
+  let windows = budgetWindows(clock());
+  const windowsAt = (now: number) => {
+    if (now >= windows.dayEndsAt || now < windows.dayEndsAt - 86_400_000) windows = budgetWindows(now);
+    return windows;
+  };
 
   if (!config.enabled) {
     return {
@@ -235,7 +263,7 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
     backend: config.backend,
 
     async admit(request: AdmissionRequest): Promise<Reservation> {
-      const plans = plansFor(config, { agentId: request.agentId, microdaoId: request.microdaoId, model: request.model });
+      const plans = plansOf(request.agentId, request.microdaoId, request.model);
       if (plans.length === 0) return noReservation(request.requestId);
       const now = clock();
       const promptTokens = Math.max(0, Math.ceil(request.estimatedPromptTokens || 0));
@@ -244,7 +272,7 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
         tokens: promptTokens + reservedCompletionTokens(config, request.maxCompletionTokens),
         microUsd: toMicroUsd(request.estimatedMaxCostUsd, 'up'),
         leaseUntil: now + (request.leaseMs ?? config.concurrency_lease_ms),
-        windows: budgetWindows(now),
+        windows: windowsAt(now),
       };
 
       let outcome;
