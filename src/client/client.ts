@@ -139,17 +139,20 @@ class NatsLlmProxyClient implements LlmProxyClient {
     // nats.js requests take no AbortSignal: race the reply against the abort, and
     // tell the worker so it stops the upstream call. The late reply is dropped.
     let onAbort: (() => void) | undefined;
-    const aborted = new Promise<never>((_, reject) => {
-      if (signal === undefined) return;
-      onAbort = () => {
-        publishCancel(this.#settings.connection, this.#settings.subjects, this.#settings.secret, requestId);
-        reject(new LlmProxyError('cancelled', 'cancelled by the client', { requestId, cause: signal.reason }));
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-    });
+    const aborted =
+      signal === undefined
+        ? undefined
+        : new Promise<never>((_, reject) => {
+            onAbort = () => {
+              publishCancel(this.#settings.connection, this.#settings.subjects, this.#settings.secret, requestId);
+              reject(new LlmProxyError('cancelled', 'cancelled by the client', { requestId, cause: signal.reason }));
+            };
+            signal.addEventListener('abort', onAbort, { once: true });
+          });
     let message;
     try {
-      message = await Promise.race([connection.request(subjects.request, envelope.body, { timeout: timeoutMs, headers: envelope.headers }), aborted]);
+      const reply = connection.request(subjects.request, envelope.body, { timeout: timeoutMs, headers: envelope.headers });
+      message = await (aborted === undefined ? reply : Promise.race([reply, aborted]));
     } catch (error) {
       const failure = errorFromNats(error, { subject: subjects.request, timeoutMs, requestId });
       if (failure.code === 'upstream_timeout') publishCancel(this.#settings.connection, this.#settings.subjects, this.#settings.secret, requestId);

@@ -40,7 +40,8 @@ export interface Envelope {
   /** How long the client waits for the (last) reply. */
   timeoutMs: number;
   body: Uint8Array;
-  headers: MsgHdrs;
+  /** Undefined when there is nothing to say (no secret, no extra headers, no trace context). */
+  headers: MsgHdrs | undefined;
 }
 
 const headerSetter: TextMapSetter<MsgHdrs> = {
@@ -49,13 +50,17 @@ const headerSetter: TextMapSetter<MsgHdrs> = {
   },
 };
 
-export function buildHeaders(secret: string | undefined, extraHeaders?: Record<string, string>): MsgHdrs {
+/**
+ * The request's headers, or undefined when there are none: an empty header
+ * block would still be sent (as HPUB) and decoded by the worker on every request.
+ */
+export function buildHeaders(secret: string | undefined, extraHeaders?: Record<string, string>): MsgHdrs | undefined {
   const result = natsHeaders();
-  for (const [name, value] of Object.entries(extraHeaders ?? {})) result.set(name, value);
+  if (extraHeaders !== undefined) for (const [name, value] of Object.entries(extraHeaders)) result.set(name, value);
   if (secret !== undefined && secret !== '') result.set(HEADERS.secret, secret);
   // A no-op without an OpenTelemetry SDK; with one, the worker's span joins the caller's trace.
   propagation.inject(context.active(), result, headerSetter);
-  return result;
+  return result.keys().length === 0 ? undefined : result;
 }
 
 /**
