@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { spawnManaged } from '../src/bench/processes.js';
 import { bucketOf, summarizeProfile, mergeProfiles, shortenUrl, type CpuProfile } from '../src/bench/cpu-profile.js';
 import { buildWorkerConfig, bareForwarderRoutes, BENCH_MODELS } from '../src/bench/bench-config.js';
+import { callTree, renderFlameGraph } from '../src/bench/flame-graph.js';
 import { parseBenchOptions } from '../src/bench/options.js';
 import { parseStatCpuTicks, parseStatusRssBytes, usageFromSamples } from '../src/bench/proc-stats.js';
 import { computeGoals, chartPanels, cpuMicrosPerChunk, cpuMicrosPerRequest, medianOfRounds, renderMarkdown, type BenchResults, type RunRecord } from '../src/bench/report.js';
@@ -406,5 +407,65 @@ describe('bench processes', () => {
     } finally {
       rmSync(logDir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('bench flame graph', () => {
+  // root → handle (self 2 ms) → parse (self 6 ms); root → handle again by another path (merged) → parse
+  // (self 1 ms); root → <tiny> (0.001 ms, dropped); root → (idle) (left out).
+  const frame = (id: number, functionName: string, url: string, children: number[] = []) => ({ id, callFrame: { functionName, url, lineNumber: 0 }, children });
+  const profile: CpuProfile = {
+    startTime: 0,
+    endTime: 20_000,
+    nodes: [
+      frame(1, '(root)', '', [2, 3, 5, 7, 8]),
+      frame(2, 'handle', 'file:///app/dist/worker/request-handler.js', [4]),
+      frame(3, 'handle', 'file:///app/dist/worker/request-handler.js', [6]),
+      frame(4, 'parse', 'file:///app/node_modules/zod/lib/types.js'),
+      frame(5, '(idle)', ''),
+      frame(6, 'parse', 'file:///app/node_modules/zod/lib/types.js'),
+      frame(7, 'tiny<&>', 'file:///app/dist/router/router.js'),
+      frame(8, '(garbage collector)', ''),
+    ],
+    samples: [5, 2, 4, 6, 7, 8, 5],
+    // The interval after a sample is charged to it: idle 10 ms, handle 2, parse 6 + 1, tiny 0.001, GC 1.
+    timeDeltas: [0, 10_000, 2_000, 6_000, 1_000, 1, 1_000],
+  };
+
+  it('builds the call tree with inclusive times, merges the same function under one parent, leaves idle out', () => {
+    const root = callTree(profile);
+    assert.equal(root.totalMicros, 2_000 + 6_000 + 1_000 + 1 + 1_000);
+    assert.deepEqual(
+      root.children.map((child) => [child.name, child.totalMicros]),
+      [
+        ['handle', 9_000],
+        ['(garbage collector)', 1_000],
+        ['tiny<&>', 1],
+      ],
+    );
+    assert.deepEqual(root.children[0]!.children.map((child) => [child.name, child.totalMicros, child.bucket]), [['parse', 7_000, 'zod']]);
+  });
+
+  it('draws one box per call path as wide as its share, callers under callees, tiny paths dropped', () => {
+    const svg = renderFlameGraph(profile, { title: 'worker <test>', width: 1000, minShare: 0.001 });
+    const boxes = [...svg.matchAll(/<title>([^<]*)<\/title><rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)"/g)].map((match) => ({
+      title: match[1]!,
+      x: Number(match[2]),
+      y: Number(match[3]),
+      width: Number(match[4]),
+    }));
+    assert.deepEqual(
+      boxes.map((box) => box.title.split(' ')[0]),
+      ['(root)', 'handle', 'parse', '(garbage'],
+    );
+    const [root, handle, parse, gc] = boxes;
+    assert.ok(Math.abs(handle!.width - 900) < 1, `handle is 90 % wide: ${handle!.width}`);
+    assert.ok(Math.abs(parse!.width - 700) < 1);
+    assert.ok(Math.abs(gc!.x - (9_000 / 10_001) * 1000) < 0.01, 'siblings side by side');
+    assert.ok(root!.y > handle!.y && handle!.y > parse!.y, 'the root at the bottom, callees above');
+    assert.match(svg, /worker &#60;test&#62;/, 'text is escaped');
+    assert.ok(!svg.includes('tiny'), 'a path under minShare is not drawn');
+    assert.ok(!svg.includes('(idle)'));
+    assert.match(parse!.title, /zod\/lib\/types\.js:1 \(zod\): 7\.0 ms, 69\.99 %/);
   });
 });

@@ -1,7 +1,7 @@
 /**
  * Reads a V8 `.cpuprofile` (what `node --cpu-prof` writes) and sums self time
  * per function (name + script + line), so the bench can print where the
- * worker spends its CPU without opening a flame-graph viewer.
+ * worker spends its CPU (flame-graph.ts draws the whole call tree).
  */
 
 export interface CpuProfileNode {
@@ -69,12 +69,13 @@ export function shortenUrl(url: string): string {
 }
 
 /**
- * Self time per function. Time comes from `samples`/`timeDeltas` (each delta is
- * the time up to that sample, charged to the sampled node); profiles without
- * them fall back to hit counts spread evenly over the profile's duration.
+ * Self time of each node of the profile's call tree, in µs. Time comes from
+ * `samples`/`timeDeltas` (each delta is the time up to that sample, charged to
+ * the sampled node); profiles without them fall back to hit counts spread
+ * evenly over the profile's duration.
  */
-export function summarizeProfile(profile: CpuProfile, top = 15): ProfileSummary {
-  const selfMicrosByNode = new Map<number, number>();
+export function selfMicrosByNode(profile: CpuProfile): Map<number, number> {
+  const selfMicros = new Map<number, number>();
   const samples = profile.samples ?? [];
   const deltas = profile.timeDeltas ?? [];
   if (samples.length > 0 && deltas.length === samples.length) {
@@ -82,19 +83,25 @@ export function summarizeProfile(profile: CpuProfile, top = 15): ProfileSummary 
     for (let index = 0; index < samples.length; index++) {
       const nodeId = samples[index]!;
       const delta = index + 1 < deltas.length ? deltas[index + 1]! : 0;
-      selfMicrosByNode.set(nodeId, (selfMicrosByNode.get(nodeId) ?? 0) + Math.max(0, delta));
+      selfMicros.set(nodeId, (selfMicros.get(nodeId) ?? 0) + Math.max(0, delta));
     }
   } else {
     const totalHits = profile.nodes.reduce((sum, node) => sum + (node.hitCount ?? 0), 0);
     const perHit = totalHits === 0 ? 0 : (profile.endTime - profile.startTime) / totalHits;
-    for (const node of profile.nodes) selfMicrosByNode.set(node.id, (node.hitCount ?? 0) * perHit);
+    for (const node of profile.nodes) selfMicros.set(node.id, (node.hitCount ?? 0) * perHit);
   }
+  return selfMicros;
+}
+
+/** Self time per function (the `top` largest) and per package / project folder. */
+export function summarizeProfile(profile: CpuProfile, top = 15): ProfileSummary {
+  const selfMicrosByNodeId = selfMicrosByNode(profile);
 
   const byFunction = new Map<string, { functionName: string; url: string; lineNumber: number; micros: number }>();
   let totalMicros = 0;
   let idleMicros = 0;
   for (const node of profile.nodes) {
-    const micros = selfMicrosByNode.get(node.id) ?? 0;
+    const micros = selfMicrosByNodeId.get(node.id) ?? 0;
     if (micros === 0) continue;
     totalMicros += micros;
     const functionName = node.callFrame.functionName === '' ? '(anonymous)' : node.callFrame.functionName;

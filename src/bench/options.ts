@@ -79,7 +79,8 @@ Options:
                           (rpm, tpm, concurrent, daily and monthly budgets) on, set out of reach, on
                           that backend, to measure what limiting costs per request
   --agents <n>            distinct agent ids the requests are spread over (default 1; use 1000 with --limits)
-  --cpu-prof              profile the worker (--cpu-prof into <out>/prof) and print its top self-time
+  --cpu-prof              profile the worker (--cpu-prof into <out>/prof), print its top self-time
+                          functions, and draw flame graphs (<out>/prof/worker-flame.svg, bare-flame.svg)
   --node-flags="<flags>" extra node/V8 flags for every process under test (worker, bare forwarder,
                           echo replier) alike, e.g. "--max-semi-space-size=32"
   --out <dir>             results directory (default bench-results)

@@ -56,9 +56,10 @@ export interface BenchResults {
   stream: RunRecord[];
   memory: MemoryRecord[];
   soak?: SoakRecord;
-  profile?: ProfileSummary & { files: string[] };
+  /** `flameGraph`: the SVG drawn from the profile (flame-graph.ts). */
+  profile?: ProfileSummary & { files: string[]; flameGraph?: string };
   /** The bare forwarder's profile over the same run, for comparison. */
-  bareProfile?: ProfileSummary & { files: string[] };
+  bareProfile?: ProfileSummary & { files: string[]; flameGraph?: string };
 }
 
 function median(values: number[]): number {
@@ -429,7 +430,7 @@ export function renderMarkdown(results: BenchResults): string {
     parts.push(goalLines.join('\n'));
   }
 
-  const profileTable = (title: string, profile: ProfileSummary): void => {
+  const profileTable = (title: string, profile: ProfileSummary & { flameGraph?: string }): void => {
     parts.push(`### ${title}: top self time (${formatMs(profile.busyMs)} ms busy of ${formatMs(profile.totalMs)} ms sampled)`);
     parts.push(
       table(
@@ -442,6 +443,7 @@ export function renderMarkdown(results: BenchResults): string {
         ]),
       ),
     );
+    if (profile.flameGraph !== undefined) parts.push(`Flame graph: \`${profile.flameGraph}\``);
   };
   if (results.profile !== undefined) {
     profileTable('Worker CPU profile', results.profile);

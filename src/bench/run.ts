@@ -14,6 +14,7 @@ import { WORKER_V8_FLAGS } from '../cli/v8-tuning.js';
 import { subjectsFor } from '../contract/subjects.js';
 import { BENCH_MODELS, bareForwarderRoutes, buildWorkerConfig, type BenchModelKey } from './bench-config.js';
 import { mergeProfiles, summarizeProfile, type CpuProfile } from './cpu-profile.js';
+import { renderFlameGraph } from './flame-graph.js';
 import type { FromLoadGenerator, LoadJob, LoadResult, Target, ToLoadGenerator } from './load-protocol.js';
 import { parseBenchOptions, HELP, type BenchOptions, type Layout } from './options.js';
 import { ProcessSampler, sampleProcess, usageFromSamples, type ProcessSample, type ProcessUsage } from './proc-stats.js';
@@ -412,6 +413,12 @@ function readProfiles(directory: string): { profile: CpuProfile; files: string[]
   return { profile: profiles.length === 1 ? profiles[0]! : mergeProfiles(profiles), files: files.map((file) => join(directory, file)) };
 }
 
+function writeFlameGraph(profile: CpuProfile, path: string, title: string): string {
+  writeFileSync(path, renderFlameGraph(profile, { title }));
+  log(`flame graph written to ${path}`);
+  return path;
+}
+
 function writeChart(results: BenchResults, chartPath: string | undefined): void {
   const panels = chartPanels(results);
   if (chartPath === undefined || panels.length === 0) return;
@@ -501,9 +508,15 @@ async function main(): Promise<number> {
   if (options.cpuProf) {
     const workerProfiles = readProfiles(join(profileDir, 'worker'));
     if (workerProfiles === undefined) log(`no .cpuprofile in ${profileDir}/worker: did the worker exit cleanly on SIGTERM?`);
-    else results.profile = { ...summarizeProfile(workerProfiles.profile, 15), files: workerProfiles.files };
+    else {
+      const flameGraph = writeFlameGraph(workerProfiles.profile, join(profileDir, 'worker-flame.svg'), 'llm-proxy worker: CPU by call path');
+      results.profile = { ...summarizeProfile(workerProfiles.profile, 15), files: workerProfiles.files, flameGraph };
+    }
     const bareProfiles = readProfiles(join(profileDir, 'bare'));
-    if (bareProfiles !== undefined) results.bareProfile = { ...summarizeProfile(bareProfiles.profile, 10), files: bareProfiles.files };
+    if (bareProfiles !== undefined) {
+      const flameGraph = writeFlameGraph(bareProfiles.profile, join(profileDir, 'bare-flame.svg'), 'bare forwarder: CPU by call path');
+      results.bareProfile = { ...summarizeProfile(bareProfiles.profile, 10), files: bareProfiles.files, flameGraph };
+    }
   }
   const markdown = renderMarkdown(results);
   writeFileSync(join(options.outDir, 'results.json'), JSON.stringify(results, null, 2) + '\n');
