@@ -149,11 +149,10 @@ export class UsagePublisher {
    * retries happen in the background (off the reply's critical path).
    *
    * Events wait up to `batchWindowMs` (5 ms) for each other and then go out
-   * together: one socket write for the batch, and their acks come back
-   * together, so the worker wakes once for a batch's acks rather than once
-   * per request. At 1,000 requests a second that is about one write and one
-   * wake-up per five events instead of one ack wake-up per request. Each
-   * event is still its own JetStream message with its own ack and retries.
+   * together: one socket write for the batch, and nats-server stores them and
+   * sends their acks in a burst (measured: 2-4 % more requests a second at
+   * saturation, nats-server's CPU a point lower; no change at 1,000 req/s).
+   * Each event is still its own JetStream message with its own ack and retries.
    */
   publish(built: BuiltUsageEvent): void {
     const item: QueuedEvent = {
