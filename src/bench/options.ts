@@ -61,7 +61,8 @@ Options:
   --rates <list>          open-loop request rates per second (default 500,1000,2000,3000; quick 500,1000)
   --soak-seconds <n>      soak length (default 60; quick 10)
   --soak-rate <n>         soak request rate per second (default 500)
-  --stream-count <n>      streams per streaming run (default 200; quick 50)
+  --stream-count <n>      streams in the 32-at-once run (default 800, about 5 s; quick 100); the
+                          one-at-a-time run does a sixteenth of them (at least 5)
   --in-flight <n>         requests held in flight for the memory section (default 1000)
   --workers <n>           llm-proxy worker processes (default 1)
   --log-level <level>     the worker's logging.level (default info, as in production; warn shows
@@ -178,7 +179,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     rates: values.rates === undefined ? (quick ? [500, 1000] : [500, 1000, 2000, 3000]) : parseList(values.rates, 'rates'),
     soakSeconds: parsePositive(values['soak-seconds'], 'soak-seconds', quick ? 10 : 60),
     soakRate: parsePositive(values['soak-rate'], 'soak-rate', 500),
-    streamCount: parsePositive(values['stream-count'], 'stream-count', quick ? 50 : 200),
+    streamCount: parsePositive(values['stream-count'], 'stream-count', quick ? 100 : 800),
     inFlight: parsePositive(values['in-flight'], 'in-flight', 1_000),
     workers: parsePositive(values.workers, 'workers', 1),
     logLevel,
