@@ -89,48 +89,48 @@ function format(micros: number): string {
   return micros >= 1000 ? `${(micros / 1000).toFixed(1)} ms` : `${Math.round(micros)} µs`;
 }
 
+interface PlacedBox {
+  frame: Frame;
+  depth: number;
+  x: number;
+  width: number;
+}
+
 export function renderFlameGraph(profile: CpuProfile, options: FlameGraphOptions): string {
   const width = options.width ?? 1200;
   const minShare = options.minShare ?? 0.001;
   const maxDepth = options.maxDepth ?? 50;
   const root = callTree(profile);
   const busy = root.totalMicros;
-  const boxes: string[] = [];
-  let deepest = 0;
+  const placed: PlacedBox[] = [];
   const place = (frame: Frame, depth: number, x: number): void => {
     if (depth > maxDepth || busy === 0 || frame.totalMicros / busy < minShare) return;
-    deepest = Math.max(deepest, depth);
-    boxes.push(box(frame, depth, x));
+    placed.push({ frame, depth, x, width: (frame.totalMicros / busy) * width });
     let childX = x;
     for (const child of frame.children) {
       place(child, depth + 1, childX);
       childX += (child.totalMicros / busy) * width;
     }
   };
-  // The label and box of one frame; y is filled in once the height is known.
-  const box = (frame: Frame, depth: number, x: number): string => {
-    const boxWidth = (frame.totalMicros / busy) * width;
+  place(root, 0, 0);
+  const deepest = placed.reduce((max, box) => Math.max(max, box.depth), 0);
+  const height = HEADER_HEIGHT + (deepest + 1) * ROW_HEIGHT + 8;
+  const boxes = placed.map(({ frame, depth, x, width: boxWidth }) => {
+    const y = height - 8 - (depth + 1) * ROW_HEIGHT;
     const share = ((frame.totalMicros / busy) * 100).toFixed(2);
     const where = frame.url === '' ? '' : ` ${shortenUrl(frame.url)}:${frame.lineNumber}`;
     const tooltip = escapeXml(`${frame.name}${where} (${frame.bucket}): ${format(frame.totalMicros)}, ${share} %`);
     const fits = Math.floor((boxWidth - 6) / CHAR_WIDTH);
     const label = fits >= 3 ? escapeXml(frame.name.length <= fits ? frame.name : `${frame.name.slice(0, fits - 1)}…`) : '';
-    return `DEPTH${depth}|<g><title>${tooltip}</title><rect x="${round(x)}" y="Y" width="${round(Math.max(0.5, boxWidth - 0.5))}" height="${ROW_HEIGHT - 1}" fill="${colourOf(frame.bucket)}"/>${label === '' ? '' : `<text x="${round(x + 3)}" y="TY">${label}</text>`}</g>`;
-  };
-  place(root, 0, 0);
-  const height = HEADER_HEIGHT + (deepest + 1) * ROW_HEIGHT + 8;
-  const rows = boxes.map((entry) => {
-    const bar = entry.indexOf('|');
-    const depth = Number(entry.slice('DEPTH'.length, bar));
-    const y = height - 8 - (depth + 1) * ROW_HEIGHT;
-    return entry.slice(bar + 1).replace('y="Y"', `y="${y}"`).replace('y="TY"', `y="${y + ROW_HEIGHT - 5}"`);
+    const text = label === '' ? '' : `<text x="${round(x + 3)}" y="${y + ROW_HEIGHT - 5}">${label}</text>`;
+    return `<g><title>${tooltip}</title><rect x="${round(x)}" y="${y}" width="${round(Math.max(0.5, boxWidth - 0.5))}" height="${ROW_HEIGHT - 1}" fill="${colourOf(frame.bucket)}"/>${text}</g>`;
   });
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="monospace" font-size="11">`,
     `<rect width="100%" height="100%" fill="#fff"/>`,
     `<text x="4" y="16" font-size="14">${escapeXml(options.title)}</text>`,
     `<text x="4" y="32" fill="#555">${escapeXml(`busy ${format(busy)}; width = CPU time in a function and below it; callers under callees; hover a box for its time`)}</text>`,
-    ...rows,
+    ...boxes,
     '</svg>',
     '',
   ].join('\n');
