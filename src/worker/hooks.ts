@@ -8,8 +8,6 @@ import type { Logger } from '../telemetry/logger.js';
  *
  *   size → JSON → auth → validate → model known → beforeRoute → cache → router → reply → afterRoute → usage event
  *
- * (With no afterRoute hook the usage event is queued as soon as the reply is sent.)
- *
  * - `beforeRoute(context)` runs for every valid, authorized request of a known
  *   model, before the cache and the router. To refuse, throw a ProxyError
  *   (`rate_limited` with `retryAfterMs`, `budget_exceeded`…): the client gets

@@ -57,8 +57,6 @@ interface Accounting {
   started: number;
   /** Set once the request passed the size/JSON/auth/validation checks: afterRoute runs for it. */
   context: RequestContext | undefined;
-  /** The usage event went out. */
-  published: boolean;
 }
 
 /** One request in progress, for explicit cancels and shutdown. */
@@ -145,7 +143,6 @@ export class RequestPipeline {
     const accounting: Accounting = {
       started,
       context: undefined,
-      published: false,
       requestId: '',
       metadata: undefined,
       unauthenticated: false,
@@ -187,8 +184,8 @@ export class RequestPipeline {
           cached: accounting.cached,
         }, logger);
       }
-      // Usually out already, with the reply (see #replied); here for the paths that end without one.
-      if (!accounting.published) this.#publishUsage(accounting, errorCode);
+      // After the reply and after afterRoute: whoever sees the event sees the limits settled.
+      this.#publishUsage(accounting, errorCode, status);
       endRequestSpan(span, { requestId: accounting.requestId, model: accounting.requestedModel ?? undefined, errorCode });
       const served = errorCode === undefined || errorCode === 'cancelled';
       const logRequests = deps.config.logging.requests;
@@ -200,22 +197,8 @@ export class RequestPipeline {
     }
   }
 
-  /**
-   * The reply (or the stream's terminal message) was handed to NATS. When no
-   * afterRoute hook has to run first, the usage event is handed to the
-   * publisher now (which sends it with the others of its batch window, a few
-   * ms). With a hook (limits), the event waits for it, so that whoever sees
-   * the event sees the reservation settled.
-   */
-  #replied(accounting: Accounting, code: ErrorCode | undefined): void {
-    if (accounting.context !== undefined && this.#deps.hooks.afterRoute !== undefined) return;
-    this.#publishUsage(accounting, code);
-  }
-
-  /** Exactly one usage event per request. */
-  #publishUsage(accounting: Accounting, code: ErrorCode | undefined): void {
-    if (accounting.published) return;
-    accounting.published = true;
+  /** The request's one usage event (the publisher sends it with the others of its batch window). */
+  #publishUsage(accounting: Accounting, code: ErrorCode | undefined, status: UsageStatus): void {
     if (accounting.requestId === '') accounting.requestId = randomUUID();
     this.#deps.publisher.publish(
       buildUsageEvent({
@@ -225,7 +208,7 @@ export class RequestPipeline {
         model: accounting.model ?? accounting.requestedModel,
         provider: accounting.provider,
         modelResolved: accounting.modelResolved,
-        status: usageStatus(accounting, code),
+        status,
         errorCode: code ?? null,
         promptTokens: accounting.tokens.promptTokens,
         completionTokens: accounting.tokens.completionTokens,
@@ -472,7 +455,6 @@ export class RequestPipeline {
       reply.done = true;
       reply.ttft_ms = accounting.ttftMs === null ? null : roundMs(accounting.ttftMs);
       writer.end(reply);
-      this.#replied(accounting, undefined);
       return undefined;
     } catch (error) {
       const proxyError = asProxyError(controller.signal.aborted && isProxyAbort(controller.signal.reason) ? controller.signal.reason : error);
@@ -480,7 +462,6 @@ export class RequestPipeline {
       if (proxyError.code === 'internal') logger.error({ err: error }, 'unexpected error while streaming');
       if (writer.clientGone) logger.info({ chunks: writer.chunks }, 'stream client went away; upstream call aborted');
       writer.error(toErrorReply(proxyError, accounting.requestId));
-      this.#replied(accounting, proxyError.code);
       return proxyError.code;
     } finally {
       writer.stop();
@@ -547,15 +528,13 @@ export class RequestPipeline {
   #respond(message: Msg, reply: ChatReply, accounting: Accounting, logger: Logger): ErrorCode | undefined {
     try {
       message.respond(JSON.stringify(reply));
+      return undefined;
     } catch (error) {
       logger.warn({ err: error }, 'reply could not be sent');
       const tooLarge = new ProxyError('payload_too_large', `the reply is larger than the NATS server's max_payload (${this.#deps.connection.info?.max_payload ?? '?'} bytes)`);
       this.#replyError(message, tooLarge, accounting, logger);
       return tooLarge.code;
     }
-    // Outside the try: only a failed send may turn into an error reply.
-    this.#replied(accounting, undefined);
-    return undefined;
   }
 
   #replyError(message: Msg, error: ProxyError, accounting: Accounting, logger: Logger, stream = false): void {
@@ -568,9 +547,7 @@ export class RequestPipeline {
         logger.warn({ err: sendError }, 'error reply could not be sent');
       }
     }
-    this.#replied(accounting, error.code);
   }
-
 }
 
 function isProxyAbort(reason: unknown): reason is ProxyError {
