@@ -155,6 +155,16 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
   const counters: LimiterCounters = { admitted: 0, refused: 0, storeErrors: 0, failedOpen: 0, failedClosed: 0, conflicts: 0 };
   const clock = deps.now ?? Date.now;
 
+  if (!config.enabled) {
+    return {
+      backend: 'disabled',
+      admit: async (request) => noReservation(request.requestId),
+      standing: async () => [],
+      counters: () => ({ ...counters }),
+      close: async () => undefined,
+    };
+  }
+
   /**
    * The scopes and limits of a combination depend on the config only, which
    * does not change while the limiter lives: worked out once per combination
@@ -179,16 +189,6 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
     if (now >= windows.dayEndsAt || now < windows.dayEndsAt - 86_400_000) windows = budgetWindows(now);
     return windows;
   };
-
-  if (!config.enabled) {
-    return {
-      backend: 'disabled',
-      admit: async (request) => noReservation(request.requestId),
-      standing: async () => [],
-      counters: () => ({ ...counters }),
-      close: async () => undefined,
-    };
-  }
 
   let store: LimitStore;
   switch (config.backend) {

@@ -39,10 +39,7 @@ export interface UsagePublisherOptions {
   /** Retry backoff bounds. Defaults 100 ms … 5 s. */
   retryBaseMs?: number;
   retryMaxMs?: number;
-  /**
-   * How long an event may wait for others to go out with it (default 5 ms;
-   * 0 sends each at once). See `publish`.
-   */
+  /** How long an event may wait for others to go out with it (default 5 ms). See `publish`. */
   batchWindowMs?: number;
 }
 
@@ -170,10 +167,6 @@ export class UsagePublisher {
     // While earlier events wait for a retry, join the queue rather than overtake a known failure.
     if (this.#queue.length > 0 || !this.#streamReady) {
       this.#enqueue(item);
-      return;
-    }
-    if (this.#batchWindowMs <= 0) {
-      this.#send(item);
       return;
     }
     this.#batch.push(item);
