@@ -15,8 +15,8 @@ import { buildWorkerConfig, bareForwarderRoutes, BENCH_MODELS } from '../src/ben
 import { callTree, renderFlameGraph } from '../src/bench/flame-graph.js';
 import { parseBenchOptions } from '../src/bench/options.js';
 import { parseStatCpuTicks, parseStatusRssBytes, usageFromSamples } from '../src/bench/proc-stats.js';
-import { computeGoals, chartPanels, cpuMicrosPerChunk, cpuMicrosPerRequest, medianOfRounds, renderMarkdown, type BenchResults, type RunRecord } from '../src/bench/report.js';
-import { linearSlope, percentile, summarize } from '../src/bench/stats.js';
+import { computeGoals, chartPanels, cpuMicrosPerChunk, cpuMicrosPerRequest, medianOfRounds, renderMarkdown, verdict, type BenchResults, type RunRecord } from '../src/bench/report.js';
+import { linearSlope, medianInterval, percentile, summarize } from '../src/bench/stats.js';
 import { escapeXml, linearTicks, logTicks, niceStep, renderChart } from '../src/bench/svg-chart.js';
 import { FAKE_CONTENT, parseBehaviour, splitContent } from '../src/bench/upstream.js';
 import { parseConfigText } from '../src/config/index.js';
@@ -63,6 +63,23 @@ describe('bench statistics', () => {
     assert.equal(linearSlope([{ x: 0, y: 4 }, { x: 1, y: 4 }, { x: 2, y: 4 }]), 0);
     assert.ok(Number.isNaN(linearSlope([{ x: 1, y: 1 }])));
     assert.ok(Number.isNaN(linearSlope([{ x: 1, y: 1 }, { x: 1, y: 2 }])));
+  });
+
+  it('gives the sign-test interval of a median: ranks from the binomial, none for too few values', () => {
+    // Ten values: P(B ≤ 1) = 11/1024 ≤ 2.5 % < P(B ≤ 2) = 56/1024, so the 2nd smallest and the 2nd largest.
+    const ten = medianInterval([0.9, -0.2, 0.1, 0.3, 0.05, 0.2, 0.15, 0.6, 0.12, 0.08])!;
+    assert.equal(ten.low, 0.05);
+    assert.equal(ten.high, 0.6);
+    assert.ok(Math.abs(ten.median - 0.135) < 1e-12);
+    assert.ok(Math.abs(ten.coverage - (1 - 22 / 1024)) < 1e-12);
+    // Six values: P(B = 0) = 1/64 ≤ 2.5 %: smallest to largest, 96.9 %.
+    const six = medianInterval([3, 1, 2, 6, 5, 4])!;
+    assert.deepEqual([six.low, six.high, six.median], [1, 6, 3.5]);
+    assert.ok(Math.abs(six.coverage - 62 / 64) < 1e-12);
+    // Five values: even min..max covers only 1 − 2/32 = 93.75 %.
+    assert.equal(medianInterval([1, 2, 3, 4, 5]), undefined);
+    assert.equal(medianInterval([]), undefined);
+    assert.ok(medianInterval([1, 2, 3, 4, 5], 0.9) !== undefined, 'a lower level needs fewer values');
   });
 });
 
@@ -330,6 +347,28 @@ describe('bench report', () => {
     assert.match(renderMarkdown({ ...results, open }), /Round by round: p50 0\.050, 0\.400, 0\.000 ms; p99 0\.400, -1\.00, 1\.00 ms\./);
   });
 
+  it('judges the latency goals by the interval of the paired rounds when there are enough of them', () => {
+    const interval = (low: number, high: number) => ({ median: (low + high) / 2, low, high, coverage: 0.98 });
+    assert.match(verdict(0.08, 0.1, interval(0.02, 0.09)), /^met, 95% interval of the round-by-round median 0\.020 to 0\.090 ms$/);
+    assert.match(verdict(0.08, 0.1, interval(0.11, 0.3)), /^not met, /);
+    assert.match(verdict(0.08, 0.1, interval(0.02, 0.3)), /^undecided at this machine's noise, /);
+    assert.match(verdict(0.08, 0.1, undefined), /^met by the point estimate; 6 or more rounds give an interval$/);
+    assert.match(verdict(-0.01, 0.1, undefined), /^inconclusive/);
+
+    // Ten paired rounds: gateway p50 = bare p50 + 0 … 0.45 ms, p99 + 0 … 0.09 ms.
+    const rounds = (offset: (index: number) => number): Array<{ throughput: number; p50: number; p99: number }> =>
+      Array.from({ length: 10 }, (_, index) => ({ throughput: 1000, p50: 1 + offset(index), p99: 3 + offset(index) / 5 }));
+    const open = [
+      { ...record('bare', { rate: 1000 }, result(1000, 1, 3)), repeats: rounds(() => 0) },
+      { ...record('gateway', { rate: 1000 }, result(1000, 1.25, 3.05)), repeats: rounds((index) => 0.05 * index) },
+    ];
+    const goals = computeGoals({ closed: results.closed, open });
+    assert.ok(Math.abs(goals.addedP50Interval!.low - 0.05) < 1e-9 && Math.abs(goals.addedP50Interval!.high - 0.4) < 1e-9);
+    const markdown = renderMarkdown({ ...results, open });
+    assert.match(markdown, /p50 \*\*0\.250 ms\*\* \(goal ≤ 0\.1: undecided at this machine's noise, 95% interval of the round-by-round median 0\.050 to 0\.400 ms\)/);
+    assert.match(markdown, /p99 \*\*0\.050 ms\*\* \(goal ≤ 0\.5: met, 95% interval of the round-by-round median 0\.010 to 0\.080 ms\)/);
+  });
+
   it('takes each figure of several rounds as its own median, and sums their errors', () => {
     const rounds = [
       record('gateway', { rate: 1000 }, { ...result(1000, 1.7, 87), errors: { timeout: 1 } }),
@@ -353,7 +392,7 @@ describe('bench report', () => {
     const markdown = renderMarkdown(results);
     assert.match(markdown, /\| llm-proxy \| 64 \| 3,500 \| 12\.0 \|/);
     assert.match(markdown, /= \*\*88%\*\* \(goal ≥ 85%: met\)/);
-    assert.match(markdown, /p50 \*\*0\.050 ms\*\* \(goal ≤ 0\.1: met\)/);
+    assert.match(markdown, /p50 \*\*0\.050 ms\*\* \(goal ≤ 0\.1: met by the point estimate; 6 or more rounds give an interval\)/);
     assert.match(markdown, /\| 1,000 req\/s \| bare forwarder \(floor 3\) \| 0\.050 \|/);
   });
 

@@ -5,7 +5,7 @@
  */
 import type { ProfileSummary } from './cpu-profile.js';
 import type { LoadResult, Target } from './load-protocol.js';
-import type { LatencySummary } from './stats.js';
+import { medianInterval, type LatencySummary, type MedianInterval } from './stats.js';
 import type { ProcessUsage } from './proc-stats.js';
 import type { ChartPanel, ChartSeries } from './svg-chart.js';
 
@@ -151,6 +151,13 @@ export interface Goals {
    */
   addedP50PerRound: number[];
   addedP99PerRound: number[];
+  /**
+   * 95 % interval of the median of those round-by-round differences (`medianInterval`), when
+   * there are enough rounds (6 or more): what the goals' verdicts go by, since one difference of
+   * two medians moves by as much as the goal between runs on this machine.
+   */
+  addedP50Interval: MedianInterval | undefined;
+  addedP99Interval: MedianInterval | undefined;
   /** Open loop at that rate: CPU µs per request of the worker and of the bare forwarder. */
   gatewayCpuMicros: number | undefined;
   bareCpuMicros: number | undefined;
@@ -176,6 +183,8 @@ export function computeGoals(results: Pick<BenchResults, 'closed' | 'open'>): Go
   const atRate = (target: Target): RunRecord | undefined => results.open.find((record) => record.target === target && record.rate === rateForAdded);
   const gateway = atRate('gateway');
   const bare = atRate('bare');
+  const p50PerRound = perRoundDifference(gateway, bare, 'p50');
+  const p99PerRound = perRoundDifference(gateway, bare, 'p99');
   return {
     throughputRatio: gatewayPeak !== undefined && barePeak !== undefined && barePeak > 0 ? gatewayPeak / barePeak : undefined,
     gatewayPeak,
@@ -183,8 +192,10 @@ export function computeGoals(results: Pick<BenchResults, 'closed' | 'open'>): Go
     rateForAdded,
     addedP50Ms: gateway !== undefined && bare !== undefined ? gateway.result.latency.p50 - bare.result.latency.p50 : undefined,
     addedP99Ms: gateway !== undefined && bare !== undefined ? gateway.result.latency.p99 - bare.result.latency.p99 : undefined,
-    addedP50PerRound: perRoundDifference(gateway, bare, 'p50'),
-    addedP99PerRound: perRoundDifference(gateway, bare, 'p99'),
+    addedP50PerRound: p50PerRound,
+    addedP99PerRound: p99PerRound,
+    addedP50Interval: medianInterval(p50PerRound),
+    addedP99Interval: medianInterval(p99PerRound),
     gatewayCpuMicros: gateway === undefined ? undefined : cpuMicrosPerRequest(gateway),
     bareCpuMicros: bare === undefined ? undefined : cpuMicrosPerRequest(bare),
   };
@@ -247,9 +258,21 @@ function formatMicros(value: number | undefined): string {
 }
 
 /** A negative difference means the floor's run was the noisier one: it proves nothing either way. */
-function verdict(added: number, limit: number): string {
+/**
+ * Met, not met, or undecided. With enough paired rounds the verdict goes by the 95 % interval of
+ * their median difference: met when all of it is within the goal, not met when all of it is
+ * beyond, undecided when it straddles the goal (the machine's noise is larger than the question).
+ * With fewer rounds only the point estimate is there, and the verdict says so.
+ */
+export function verdict(added: number, limit: number, interval: MedianInterval | undefined): string {
+  if (interval !== undefined) {
+    const range = `95% interval of the round-by-round median ${formatMs(interval.low)} to ${formatMs(interval.high)} ms`;
+    if (interval.high <= limit) return `met, ${range}`;
+    if (interval.low > limit) return `not met, ${range}`;
+    return `undecided at this machine's noise, ${range}`;
+  }
   if (added < 0) return 'inconclusive: negative, the floor was the noisier run';
-  return added <= limit ? 'met' : 'not met';
+  return `${added <= limit ? 'met' : 'not met'} by the point estimate; 6 or more rounds give an interval`;
 }
 
 export function renderMarkdown(results: BenchResults): string {
@@ -412,8 +435,8 @@ export function renderMarkdown(results: BenchResults): string {
   }
   if (goals.addedP50Ms !== undefined && goals.addedP99Ms !== undefined) {
     goalLines.push(
-      `- Added latency at ${formatRate(goals.rateForAdded)} req/s (llm-proxy minus bare forwarder): p50 **${formatMs(goals.addedP50Ms)} ms** (goal ≤ 0.1: ${verdict(goals.addedP50Ms, 0.1)}), ` +
-        `p99 **${formatMs(goals.addedP99Ms)} ms** (goal ≤ 0.5: ${verdict(goals.addedP99Ms, 0.5)}).` +
+      `- Added latency at ${formatRate(goals.rateForAdded)} req/s (llm-proxy minus bare forwarder): p50 **${formatMs(goals.addedP50Ms)} ms** (goal ≤ 0.1: ${verdict(goals.addedP50Ms, 0.1, goals.addedP50Interval)}), ` +
+        `p99 **${formatMs(goals.addedP99Ms)} ms** (goal ≤ 0.5: ${verdict(goals.addedP99Ms, 0.5, goals.addedP99Interval)}).` +
         (goals.addedP50PerRound.length > 0
           ? ` Round by round: p50 ${goals.addedP50PerRound.map((value) => formatMs(value)).join(', ')} ms; p99 ${goals.addedP99PerRound.map((value) => formatMs(value)).join(', ')} ms.`
           : ''),

@@ -81,3 +81,39 @@ export function addedLatency(gateway: number | undefined, floor: number | undefi
   if (gateway === undefined || floor === undefined) return Number.NaN;
   return gateway - floor;
 }
+
+export interface MedianInterval {
+  /** Median of the values. */
+  median: number;
+  low: number;
+  high: number;
+  /** The interval's actual coverage (order statistics give steps, not exactly the level asked for). */
+  coverage: number;
+}
+
+/**
+ * A distribution-free confidence interval for the median of `values` (the sign-test interval):
+ * the k-th smallest and k-th largest value, with k the largest rank such that a Binomial(n, ½)
+ * falls below k with probability at most (1 − level)/2. It assumes nothing about the shape of
+ * the noise, only that the values are independent: round-by-round differences of paired bench
+ * rounds are. Undefined when there are too few values for the level (fewer than 6 at 95 %).
+ */
+export function medianInterval(values: readonly number[], level = 0.95): MedianInterval | undefined {
+  const count = values.length;
+  if (count === 0) return undefined;
+  const sorted = sortedCopy(values);
+  const tail = (1 - level) / 2;
+  // P(B ≤ j) for B ~ Binomial(count, ½), summed term by term (count is a handful of rounds).
+  let term = 0.5 ** count;
+  let below = 0;
+  let rank = 0;
+  for (let j = 0; j < count; j++) {
+    if (below + term > tail) break;
+    below += term;
+    rank = j + 1;
+    term = (term * (count - j)) / (j + 1);
+  }
+  if (rank === 0) return undefined;
+  const middle = count % 2 === 1 ? sorted[(count - 1) / 2]! : (sorted[count / 2 - 1]! + sorted[count / 2]!) / 2;
+  return { median: middle, low: sorted[rank - 1]!, high: sorted[count - rank]!, coverage: 1 - 2 * below };
+}
