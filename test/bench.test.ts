@@ -218,7 +218,7 @@ describe('bench flags and config', () => {
     const defaults = parseBenchOptions([]);
     assert.deepEqual(defaults.concurrencies, [1, 16, 64, 256]);
     assert.deepEqual(defaults.rates, [500, 1000, 2000, 3000]);
-    assert.equal(defaults.soakSeconds, 60);
+    assert.equal(defaults.soakSeconds, 180);
     assert.equal(defaults.layout, 'worker-alone');
     assert.equal(defaults.chartPath, 'bench-results/latency.svg');
     assert.equal(parseBenchOptions(['--out', '/tmp/b']).chartPath, '/tmp/b/latency.svg');

@@ -59,7 +59,7 @@ Options:
                           median (a shared machine's noise hits one round, not one target) (default 1)
   --concurrency <list>    closed-loop concurrencies (default 1,16,64,256; quick 1,64)
   --rates <list>          open-loop request rates per second (default 500,1000,2000,3000; quick 500,1000)
-  --soak-seconds <n>      soak length (default 60; quick 10)
+  --soak-seconds <n>      soak length (default 180, "a few minutes"; quick 10)
   --soak-rate <n>         soak request rate per second (default 500)
   --stream-count <n>      streams in the 32-at-once run (default 800, about 5 s; quick 100); the
                           one-at-a-time run does a sixteenth of them (at least 5)
@@ -177,7 +177,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     repeat: Math.round(parsePositive(values.repeat, 'repeat', 1)),
     concurrencies: values.concurrency === undefined ? (quick ? [1, 64] : [1, 16, 64, 256]) : parseList(values.concurrency, 'concurrency'),
     rates: values.rates === undefined ? (quick ? [500, 1000] : [500, 1000, 2000, 3000]) : parseList(values.rates, 'rates'),
-    soakSeconds: parsePositive(values['soak-seconds'], 'soak-seconds', quick ? 10 : 60),
+    soakSeconds: parsePositive(values['soak-seconds'], 'soak-seconds', quick ? 10 : 180),
     soakRate: parsePositive(values['soak-rate'], 'soak-rate', 500),
     streamCount: parsePositive(values['stream-count'], 'stream-count', quick ? 100 : 800),
     inFlight: parsePositive(values['in-flight'], 'in-flight', 1_000),
