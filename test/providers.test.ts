@@ -354,6 +354,36 @@ for (const kind of KINDS) {
       await fake.waitForClosedByClient(closedBefore + 1);
     });
 
+    test('stream: a consumer that falls behind gets every event in order (reading pauses and resumes)', async () => {
+      // 3,000 chunks at once, read only after they have all been sent: more than the 1,024 unread
+      // events at which the adapter stops reading from the socket, so reading must resume.
+      const words = Array.from({ length: 3_000 }, (_, index) => `w${index} `).join('');
+      fake.enqueue({ kind: 'ok', content: words, chunkIntervalMs: 0 });
+      const iterator = provider.stream(call(chatRequest({ stream: true })))[Symbol.asyncIterator]();
+      const first = await iterator.next();
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      const events = [first.value as ProviderStreamEvent];
+      for (let next = await iterator.next(); next.done !== true; next = await iterator.next()) events.push(next.value);
+      assert.equal(contentOf(events), words);
+      assert.equal(events.filter((event) => event.type === 'delta').length, 3_000);
+      assert.deepEqual(events.at(-2), { type: 'finish', finishReason: 'stop' });
+    });
+
+    test('stream: return() before the first next() ends it at once, closes what was sent, and the pool goes on working', async () => {
+      const requestsBefore = fake.chatRequests.length;
+      const closedBefore = fake.closedByClient;
+      fake.enqueue({ kind: 'ok', content: 'never read', chunkIntervalMs: 50 });
+      const iterator = provider.stream(call(chatRequest({ stream: true })))[Symbol.asyncIterator]();
+      assert.deepEqual(await iterator.return!(), { done: true, value: undefined });
+      assert.deepEqual(await iterator.next(), { done: true, value: undefined });
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      // Over a warm connection the request is on the wire before return() runs: then the connection closes.
+      if (fake.chatRequests.length > requestsBefore) await fake.waitForClosedByClient(closedBefore + 1);
+      fake.clearQueue();
+      fake.enqueue({ kind: 'ok', content: 'after that', chunkIntervalMs: 0 });
+      assert.equal(contentOf(await collect(provider.stream(call(chatRequest({ stream: true }))))), 'after that');
+    });
+
     test('a wrong key gives a 401 upstream_error that does not repeat the key', async () => {
       const wrongKey = 'sk-wrong-key-fedcba9876543210';
       const { provider: wrong, pool: wrongPool } = makeProvider(kind, fake.baseUrl, {}, wrongKey);

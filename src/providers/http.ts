@@ -4,8 +4,9 @@
  * their code, non-2xx answers by their status (provider-error.ts), and an
  * aborted signal as its reason.
  */
+import { TextDecoder } from 'node:util';
 import type { Dispatcher } from 'undici';
-import { ProxyError } from '../contract/errors.js';
+import { asProxyError, ProxyError } from '../contract/errors.js';
 import { errorFromStatus, errorFromTransport, malformedResponse } from './provider-error.js';
 import type { CancelSignal } from './cancellation.js';
 import type { ProviderSettings } from './types.js';
@@ -41,14 +42,6 @@ export interface ProviderPost {
   accept: string;
   /** Extra headers of the adapter (the configured ones and the key are added here). */
   headers?: Record<string, string>;
-}
-
-export type ProviderResponseBody = Dispatcher.ResponseData['body'];
-
-export interface ProviderHttpResponse {
-  statusCode: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: ProviderResponseBody;
 }
 
 function requestHeaders(post: ProviderPost): Record<string, string> {
@@ -87,21 +80,6 @@ function preparedTarget(post: ProviderPost): PreparedTarget {
   return target;
 }
 
-async function readLimitedText(body: ProviderResponseBody, limit: number): Promise<string> {
-  const pieces: Buffer[] = [];
-  let size = 0;
-  for await (const piece of body) {
-    const buffer = Buffer.isBuffer(piece) ? piece : Buffer.from(piece as Uint8Array);
-    pieces.push(buffer);
-    size += buffer.length;
-    if (size >= limit) {
-      body.destroy();
-      break;
-    }
-  }
-  return Buffer.concat(pieces).toString('utf8');
-}
-
 /** Why a call must not even start (aborted already, no API key), or undefined. */
 function refusedBeforeSending(post: ProviderPost): ProxyError | undefined {
   const { settings, signal } = post;
@@ -116,86 +94,39 @@ function refusedBeforeSending(post: ProviderPost): ProxyError | undefined {
 }
 
 /**
- * POSTs JSON and resolves with a 2xx response whose body is still to be read (streams).
- * Throws a ProxyError for everything else.
+ * What the two kinds of call share: the caller's signal aborts the request, a non-2xx answer is
+ * read up to MAX_ERROR_BODY_BYTES and becomes a ProxyError by its status, a transport failure by
+ * its code. Subclasses take the 2xx body. One object per call serves as undici's handler and as the
+ * signal's listener (no closures per call).
  */
-export async function postToProvider(post: ProviderPost): Promise<ProviderHttpResponse> {
-  const { settings, signal } = post;
-  const refused = refusedBeforeSending(post);
-  if (refused !== undefined) throw refused;
-  const target = preparedTarget(post);
-  let response: Dispatcher.ResponseData;
-  try {
-    response = await settings.dispatcher.request({
-      origin: target.origin,
-      path: target.path,
-      method: 'POST',
-      headers: target.headers,
-      body: JSON.stringify(post.body),
-      // undici takes any object with addEventListener/removeEventListener, `aborted` and `reason`
-      // (it checks for addEventListener, and types the option as AbortSignal | EventEmitter).
-      signal: signal as AbortSignal,
-    });
-  } catch (error) {
-    throw errorFromTransport(settings.name, error, signal);
-  }
-  if (response.statusCode >= 200 && response.statusCode < 300) {
-    return { statusCode: response.statusCode, headers: response.headers, body: response.body };
-  }
-  let bodyText = '';
-  try {
-    bodyText = await readLimitedText(response.body, MAX_ERROR_BODY_BYTES);
-  } catch (error) {
-    // The status says enough; a body lost on the way only costs us the provider's wording, unless we were aborted.
-    if (signal.aborted) throw errorFromTransport(settings.name, error, signal);
-  }
-  throw errorFromStatus({
-    provider: settings.name,
-    status: response.statusCode,
-    headers: response.headers,
-    bodyText,
-    secrets: providerSecrets(settings),
-  });
-}
-
-/**
- * POSTs JSON and resolves with the whole JSON answer of a 2xx response; everything else
- * is a ProxyError, as from `postToProvider` + `readJsonBody`. For whole (non-streamed)
- * answers this takes undici's dispatch handler rather than `request()`: the body is
- * collected as it arrives, with no Readable stream per response and its event
- * machinery (about 5 µs less per call in a microbenchmark, see docs/bench/results.md).
- */
-export function postForJson(post: ProviderPost): Promise<unknown> {
-  const refused = refusedBeforeSending(post);
-  if (refused !== undefined) return Promise.reject(refused);
-  const target = preparedTarget(post);
-  return new Promise((resolve, reject) => {
-    post.settings.dispatcher.dispatch(
-      { origin: target.origin, path: target.path, method: 'POST', headers: target.headers, body: JSON.stringify(post.body) },
-      new JsonResponseHandler(post.settings, post.signal, resolve, reject),
-    );
-  });
-}
-
-/** Collects one response for `postForJson`; settles its promise exactly once. */
-class JsonResponseHandler implements Dispatcher.DispatchHandler {
-  #controller: Dispatcher.DispatchController | undefined;
+abstract class ProviderResponseHandler implements Dispatcher.DispatchHandler {
+  protected controller: Dispatcher.DispatchController | undefined;
   #listening = false;
-  #settled = false;
   #statusCode = 0;
   #headers: Record<string, string | string[] | undefined> = {};
-  #chunks: Buffer[] = [];
-  #size = 0;
+  #errorChunks: Buffer[] = [];
+  #errorSize = 0;
 
   constructor(
-    private readonly settings: ProviderSettings,
-    private readonly signal: CancelSignal,
-    private readonly resolve: (value: unknown) => void,
-    private readonly reject: (error: ProxyError) => void,
+    protected readonly settings: ProviderSettings,
+    protected readonly signal: CancelSignal,
   ) {}
 
+  /** The 2xx response started (status and headers known). */
+  protected abstract okStart(headers: Record<string, string | string[] | undefined>): void;
+  /** A piece of a 2xx body. */
+  protected abstract okData(chunk: Buffer): void;
+  /** A 2xx body ended. */
+  protected abstract okEnd(): void;
+  /** The call failed: a non-2xx status, a transport error or an abort. */
+  protected abstract failed(error: ProxyError): void;
+
+  get statusCode(): number {
+    return this.#statusCode;
+  }
+
   onRequestStart(controller: Dispatcher.DispatchController): void {
-    this.#controller = controller;
+    this.controller = controller;
     if (this.signal.aborted) {
       controller.abort(this.#abortReason());
       return;
@@ -208,43 +139,46 @@ class JsonResponseHandler implements Dispatcher.DispatchHandler {
 
   /** The caller's signal aborted: stop the request; undici answers with onResponseError. */
   handleEvent(): void {
-    this.#controller?.abort(this.#abortReason());
+    this.controller?.abort(this.#abortReason());
   }
 
   onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     this.#statusCode = statusCode;
     this.#headers = headers;
+    if (this.#ok()) this.okStart(headers);
   }
 
   onResponseData(_controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#ok()) {
+      this.okData(chunk);
+      return;
+    }
     // An error page is read up to MAX_ERROR_BODY_BYTES (the message is cut anyway); the rest is drained.
-    if (!this.#ok() && this.#size >= MAX_ERROR_BODY_BYTES) return;
-    this.#chunks.push(chunk);
-    this.#size += chunk.length;
+    if (this.#errorSize >= MAX_ERROR_BODY_BYTES) return;
+    this.#errorChunks.push(chunk);
+    this.#errorSize += chunk.length;
   }
 
   onResponseEnd(): void {
-    this.#release();
-    const text = this.#chunks.length === 1 ? this.#chunks[0]!.toString('utf8') : Buffer.concat(this.#chunks, this.#size).toString('utf8');
-    const name = this.settings.name;
-    if (!this.#ok()) {
-      this.#fail(errorFromStatus({ provider: name, status: this.#statusCode, headers: this.#headers, bodyText: text, secrets: providerSecrets(this.settings) }));
+    this.release();
+    if (this.#ok()) {
+      this.okEnd();
       return;
     }
-    let json: unknown;
-    try {
-      json = parseJsonText(name, text, this.#statusCode);
-    } catch (error) {
-      this.#fail(error as ProxyError);
-      return;
-    }
-    this.#settled = true;
-    this.resolve(json);
+    const bodyText = Buffer.concat(this.#errorChunks, this.#errorSize).toString('utf8');
+    this.failed(errorFromStatus({ provider: this.settings.name, status: this.#statusCode, headers: this.#headers, bodyText, secrets: providerSecrets(this.settings) }));
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
-    this.#release();
-    this.#fail(errorFromTransport(this.settings.name, error, this.signal));
+    this.release();
+    this.failed(errorFromTransport(this.settings.name, error, this.signal));
+  }
+
+  /** Stop listening to the caller's signal (the call is over). */
+  protected release(): void {
+    if (!this.#listening) return;
+    this.signal.removeEventListener('abort', this);
+    this.#listening = false;
   }
 
   #ok(): boolean {
@@ -256,33 +190,71 @@ class JsonResponseHandler implements Dispatcher.DispatchHandler {
     const reason: unknown = this.signal.reason;
     return reason instanceof Error ? reason : new Error('the request was aborted');
   }
+}
 
-  #fail(error: ProxyError): void {
+function dispatchPost(post: ProviderPost, handler: Dispatcher.DispatchHandler): void {
+  const target = preparedTarget(post);
+  post.settings.dispatcher.dispatch({ origin: target.origin, path: target.path, method: 'POST', headers: target.headers, body: JSON.stringify(post.body) }, handler);
+}
+
+/**
+ * POSTs JSON and resolves with the whole JSON answer of a 2xx response; everything else is a
+ * ProxyError. The body is collected by undici's dispatch handler as it arrives, with no Readable
+ * stream per response and its event machinery (about 5 µs less per call in a microbenchmark, see
+ * docs/bench/results.md).
+ */
+export function postForJson(post: ProviderPost): Promise<unknown> {
+  const refused = refusedBeforeSending(post);
+  if (refused !== undefined) return Promise.reject(refused);
+  return new Promise((resolve, reject) => {
+    dispatchPost(post, new JsonResponseHandler(post.settings, post.signal, resolve, reject));
+  });
+}
+
+/** Collects one response for `postForJson`; settles its promise exactly once. */
+class JsonResponseHandler extends ProviderResponseHandler {
+  #settled = false;
+  #chunks: Buffer[] = [];
+  #size = 0;
+
+  constructor(
+    settings: ProviderSettings,
+    signal: CancelSignal,
+    private readonly resolve: (value: unknown) => void,
+    private readonly reject: (error: ProxyError) => void,
+  ) {
+    super(settings, signal);
+  }
+
+  protected okStart(): void {}
+
+  protected okData(chunk: Buffer): void {
+    this.#chunks.push(chunk);
+    this.#size += chunk.length;
+  }
+
+  protected okEnd(): void {
+    const text = this.#chunks.length === 1 ? this.#chunks[0]!.toString('utf8') : Buffer.concat(this.#chunks, this.#size).toString('utf8');
+    let json: unknown;
+    try {
+      json = parseJsonText(this.settings.name, text, this.statusCode);
+    } catch (error) {
+      this.failed(error as ProxyError);
+      return;
+    }
+    this.#settled = true;
+    this.resolve(json);
+  }
+
+  protected failed(error: ProxyError): void {
     if (this.#settled) return;
     this.#settled = true;
     this.reject(error);
   }
-
-  #release(): void {
-    if (!this.#listening) return;
-    this.signal.removeEventListener('abort', this);
-    this.#listening = false;
-  }
-}
-
-/** Reads a whole JSON body; malformed or empty JSON is an `upstream_error`. */
-export async function readJsonBody(settings: ProviderSettings, response: ProviderHttpResponse, signal: CancelSignal): Promise<unknown> {
-  let text: string;
-  try {
-    text = await response.body.text();
-  } catch (error) {
-    throw errorFromTransport(settings.name, error, signal);
-  }
-  return parseJsonText(settings.name, text, response.statusCode);
 }
 
 /** A whole 2xx body as JSON; empty or malformed is an `upstream_error` (`malformedResponse`). */
-function parseJsonText(provider: string, text: string, status: number): unknown {
+export function parseJsonText(provider: string, text: string, status: number): unknown {
   if (text.trim() === '') throw malformedResponse(provider, 'empty response body', status);
   try {
     return JSON.parse(text) as unknown;
@@ -292,24 +264,178 @@ function parseJsonText(provider: string, text: string, status: number): unknown 
 }
 
 /**
- * The body as decoded text pieces, as they arrive (multi-byte characters split across reads are
- * kept whole). Leaving the loop early destroys the body, which closes the connection: the
- * provider sees the abort and stops generating.
+ * Turns a provider's streamed body into events: decoded text goes in as it arrives, in pieces of any
+ * size (multi-byte characters split across reads are kept whole), and the events it completes come out.
  */
-export async function* readTextPieces(settings: ProviderSettings, response: ProviderHttpResponse, signal: CancelSignal): AsyncGenerator<string> {
-  const decoder = new TextDecoder('utf-8');
-  let finished = false;
-  try {
-    for await (const piece of response.body) {
-      const text = decoder.decode(piece as Uint8Array, { stream: true });
-      if (text !== '') yield text;
+export interface StreamDecoder<E> {
+  /** Appends to `out` the events `text` completes. Throws a ProxyError for a malformed stream; events appended before the throw still reach the caller, first. */
+  push(text: string, out: E[]): void;
+  /** The body ended: appends the last events, or throws (a stream cut short). */
+  end(out: E[]): void;
+}
+
+/** Picks the decoder for a 2xx answer from its headers (content type) and status. */
+export type DecoderFor<E> = (headers: Record<string, string | string[] | undefined>, statusCode: number) => StreamDecoder<E>;
+
+/** Unread events past which reading from the provider pauses until the consumer catches up (TCP then holds the provider back). */
+const PAUSE_AT_EVENTS = 1024;
+const RESUME_AT_EVENTS = 256;
+
+/**
+ * POSTs JSON and iterates the events of a streamed 2xx answer, decoded by the decoder that
+ * `decoderFor` picks from the response headers (SSE, NDJSON, or a JSON body from a server that
+ * ignored `stream: true`). A non-2xx status, a transport failure, an abort or a decoder's error is
+ * thrown from `next()` as a ProxyError, after the events that came before it. `return()` (a consumer
+ * that stops early) aborts the call, which closes the connection: the provider sees it and stops
+ * generating.
+ *
+ * Push-based underneath: undici hands each network read to the decoder at once, and `next()` takes
+ * from the queue of events. Before, a read went through undici's Readable body, its async iterator
+ * and two async generators before a consumer saw an event (see docs/bench/results.md).
+ */
+export function postForEvents<E>(post: ProviderPost, decoderFor: DecoderFor<E>): AsyncIterableIterator<E> {
+  const stream = new ProviderEventStream<E>(post.settings, post.signal, decoderFor);
+  const refused = refusedBeforeSending(post);
+  if (refused !== undefined) stream.refuse(refused);
+  else dispatchPost(post, stream);
+  return stream;
+}
+
+interface Waiter<E> {
+  resolve: (result: IteratorResult<E>) => void;
+  reject: (error: ProxyError) => void;
+}
+
+class ProviderEventStream<E> extends ProviderResponseHandler implements AsyncIterableIterator<E> {
+  #decoder: StreamDecoder<E> | undefined;
+  #text: TextDecoder | undefined;
+  /** Events decoded and not yet taken; `#head` is the next one. */
+  #queue: E[] = [];
+  #head = 0;
+  #failure: ProxyError | undefined;
+  /** The provider's body ended cleanly: once the queue is empty, the iteration is done. */
+  #ended = false;
+  /** The consumer is done with it: a failure thrown, or `return()` called. */
+  #closed = false;
+  #waiter: Waiter<E> | undefined;
+
+  constructor(
+    settings: ProviderSettings,
+    signal: CancelSignal,
+    private readonly decoderFor: DecoderFor<E>,
+  ) {
+    super(settings, signal);
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  /** The call could not even start: the first `next()` throws this. */
+  refuse(error: ProxyError): void {
+    this.#failure = error;
+  }
+
+  next(): Promise<IteratorResult<E>> {
+    if (this.#head < this.#queue.length) return Promise.resolve({ done: false, value: this.#take() });
+    if (this.#closed || this.#ended) return Promise.resolve({ done: true, value: undefined });
+    if (this.#failure !== undefined) {
+      this.#closed = true;
+      return Promise.reject(this.#failure);
     }
-    const rest = decoder.decode();
-    if (rest !== '') yield rest;
-    finished = true;
-  } catch (error) {
-    throw errorFromTransport(settings.name, error, signal);
-  } finally {
-    if (!finished && !response.body.destroyed) response.body.destroy();
+    return new Promise((resolve, reject) => {
+      this.#waiter = { resolve, reject };
+    });
+  }
+
+  /** The consumer stops early: abort the call if it is still under way. */
+  return(): Promise<IteratorResult<E>> {
+    if (!this.#closed) {
+      this.#closed = true;
+      this.#queue = [];
+      this.#head = 0;
+      if (!this.#ended && this.#failure === undefined) this.controller?.abort(new Error('the stream was closed before its end'));
+      this.release();
+      this.#waiter?.resolve({ done: true, value: undefined });
+      this.#waiter = undefined;
+    }
+    return Promise.resolve({ done: true, value: undefined });
+  }
+
+  override onRequestStart(controller: Dispatcher.DispatchController): void {
+    // return() came before undici started the request: do not send it.
+    if (this.#closed) {
+      controller.abort(new Error('the stream was closed before its end'));
+      return;
+    }
+    super.onRequestStart(controller);
+  }
+
+  protected okStart(headers: Record<string, string | string[] | undefined>): void {
+    this.#decoder = this.decoderFor(headers, this.statusCode);
+    this.#text = new TextDecoder('utf-8');
+  }
+
+  protected okData(chunk: Buffer): void {
+    if (this.#closed || this.#failure !== undefined) return;
+    try {
+      const text = this.#text!.decode(chunk, { stream: true });
+      if (text !== '') this.#decoder!.push(text, this.#queue);
+    } catch (error) {
+      // A malformed stream: stop reading (the connection closes, the provider stops generating).
+      this.failed(asProxyError(error));
+      this.controller?.abort(error instanceof Error ? error : new Error(String(error)));
+      return;
+    }
+    if (this.#queue.length - this.#head >= PAUSE_AT_EVENTS && this.controller?.paused === false) this.controller.pause();
+    this.#wake();
+  }
+
+  protected okEnd(): void {
+    if (this.#closed || this.#failure !== undefined) return;
+    try {
+      const rest = this.#text!.decode();
+      if (rest !== '') this.#decoder!.push(rest, this.#queue);
+      this.#decoder!.end(this.#queue);
+    } catch (error) {
+      this.failed(asProxyError(error));
+      return;
+    }
+    this.#ended = true;
+    this.#wake();
+  }
+
+  protected failed(error: ProxyError): void {
+    if (this.#closed || this.#failure !== undefined || this.#ended) return;
+    this.#failure = error;
+    this.#wake();
+  }
+
+  #take(): E {
+    const value = this.#queue[this.#head]!;
+    this.#head++;
+    if (this.#head === this.#queue.length) {
+      this.#queue.length = 0;
+      this.#head = 0;
+    }
+    if (this.controller?.paused === true && this.#queue.length - this.#head <= RESUME_AT_EVENTS) this.controller.resume();
+    return value;
+  }
+
+  /** Hand a waiting `next()` what there is now: an event, the failure, or the end. */
+  #wake(): void {
+    const waiter = this.#waiter;
+    if (waiter === undefined) return;
+    if (this.#head < this.#queue.length) {
+      this.#waiter = undefined;
+      waiter.resolve({ done: false, value: this.#take() });
+    } else if (this.#failure !== undefined) {
+      this.#waiter = undefined;
+      this.#closed = true;
+      waiter.reject(this.#failure);
+    } else if (this.#ended) {
+      this.#waiter = undefined;
+      waiter.resolve({ done: true, value: undefined });
+    }
   }
 }

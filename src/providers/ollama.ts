@@ -4,7 +4,7 @@
  */
 import { convertOllamaChat, convertOllamaChunk, createOllamaStreamState, type OllamaStreamState } from './convert-ollama-response.js';
 import { convertToOllamaRequest } from './convert-to-ollama-request.js';
-import { postForJson, postToProvider, readTextPieces } from './http.js';
+import { postForEvents, postForJson, type StreamDecoder } from './http.js';
 import { NdjsonParser, NdjsonSyntaxError } from './ndjson.js';
 import { ollamaChatSchema } from './ollama-response-schema.js';
 import { malformedResponse, streamEndedEarly } from './provider-error.js';
@@ -18,42 +18,47 @@ function parseChat(settings: ProviderSettings, json: unknown): ReturnType<typeof
   return parseProviderPayload(settings, json, ollamaChatSchema, 'response');
 }
 
-/** A generator, so that events before a failing line in the same read still reach the caller first. */
-function* convertLines(settings: ProviderSettings, values: Iterable<unknown>, state: OllamaStreamState): Generator<ProviderStreamEvent> {
-  for (const value of values) {
+/** NDJSON from Ollama: one JSON object per line, the last one `done: true` with the token counts. */
+class NdjsonDecoder implements StreamDecoder<ProviderStreamEvent> {
+  readonly #parser = new NdjsonParser();
+  readonly #state: OllamaStreamState = createOllamaStreamState();
+
+  constructor(private readonly settings: ProviderSettings) {}
+
+  push(text: string, out: ProviderStreamEvent[]): void {
+    try {
+      // Lines before a bad one are converted (and reach the caller) before the error is thrown.
+      for (const value of this.#parser.push(text)) this.#convert(value, out);
+    } catch (error) {
+      if (error instanceof NdjsonSyntaxError) throw malformedResponse(this.settings.name, 'malformed JSON in stream', 200);
+      throw error;
+    }
+  }
+
+  end(out: ProviderStreamEvent[]): void {
+    let rest: unknown[];
+    try {
+      rest = this.#parser.finish();
+    } catch {
+      // Half a line when the body ended: the stream was cut, the JSON was not wrong.
+      throw streamEndedEarly(this.settings.name);
+    }
+    for (const value of rest) this.#convert(value, out);
+    if (!this.#state.done) throw streamEndedEarly(this.settings.name);
+  }
+
+  #convert(value: unknown, out: ProviderStreamEvent[]): void {
     // Lines after `done: true` would be a server bug; ignore them rather than fail a finished answer.
-    if (state.done) continue;
-    yield* convertOllamaChunk(parseChat(settings, value), state);
+    if (this.#state.done) return;
+    for (const event of convertOllamaChunk(parseChat(this.settings, value), this.#state)) out.push(event);
   }
 }
 
-async function* streamChat(settings: ProviderSettings, call: ProviderCall): AsyncGenerator<ProviderStreamEvent> {
-  const response = await postToProvider({
-    settings,
-    path: CHAT_PATH,
-    body: convertToOllamaRequest(call.model, call.request, true),
-    signal: call.signal,
-    accept: 'application/x-ndjson',
-  });
-  const parser = new NdjsonParser();
-  const state = createOllamaStreamState();
-  try {
-    for await (const text of readTextPieces(settings, response, call.signal)) {
-      yield* convertLines(settings, parser.push(text), state);
-    }
-  } catch (error) {
-    if (error instanceof NdjsonSyntaxError) throw malformedResponse(settings.name, 'malformed JSON in stream', 200);
-    throw error;
-  }
-  let rest: unknown[];
-  try {
-    rest = parser.finish();
-  } catch {
-    // Half a line when the body ended: the stream was cut, the JSON was not wrong.
-    throw streamEndedEarly(settings.name);
-  }
-  yield* convertLines(settings, rest, state);
-  if (!state.done) throw streamEndedEarly(settings.name);
+function streamChat(settings: ProviderSettings, call: ProviderCall): AsyncIterableIterator<ProviderStreamEvent> {
+  return postForEvents<ProviderStreamEvent>(
+    { settings, path: CHAT_PATH, body: convertToOllamaRequest(call.model, call.request, true), signal: call.signal, accept: 'application/x-ndjson' },
+    () => new NdjsonDecoder(settings),
+  );
 }
 
 export function createOllamaProvider(settings: ProviderSettings): Provider {

@@ -4,7 +4,7 @@
  */
 import { convertOpenAIChunk, convertOpenAICompletion, createOpenAIStreamState, type OpenAIStreamState } from './convert-openai-response.js';
 import { convertToOpenAIRequest } from './convert-to-openai-request.js';
-import { postForJson, postToProvider, readJsonBody, readTextPieces, type ProviderHttpResponse } from './http.js';
+import { parseJsonText, postForEvents, postForJson, type StreamDecoder } from './http.js';
 import { openAIChunkSchema, openAICompletionSchema } from './openai-response-schema.js';
 import { malformedResponse, streamEndedEarly } from './provider-error.js';
 import { SseParser, type SseEvent } from './sse.js';
@@ -47,39 +47,61 @@ function convertSseEvent(settings: ProviderSettings, event: SseEvent, state: Ope
   return convertOpenAIChunk(parseProviderPayload(settings, json, openAIChunkSchema, 'stream chunk', event.event === 'error'), state);
 }
 
-async function* streamChat(settings: ProviderSettings, call: ProviderCall): AsyncGenerator<ProviderStreamEvent> {
-  const response: ProviderHttpResponse = await postToProvider({
-    settings,
-    path: CHAT_PATH,
-    body: convertToOpenAIRequest(call.model, call.request, true),
-    signal: call.signal,
-    accept: 'text/event-stream',
-  });
-  const contentType = String(response.headers['content-type'] ?? '');
-  if (contentType.includes('application/json')) {
-    yield* completionAsEvents(parseCompletion(settings, await readJsonBody(settings, response, call.signal), call.model));
-    return;
+/** SSE from the provider: `data:` events of JSON chunks, up to `[DONE]`. */
+class SseDecoder implements StreamDecoder<ProviderStreamEvent> {
+  readonly #parser = new SseParser();
+  readonly #state: OpenAIStreamState = createOpenAIStreamState();
+  #done = false;
+
+  constructor(private readonly settings: ProviderSettings) {}
+
+  push(text: string, out: ProviderStreamEvent[]): void {
+    this.#convert(this.#parser.push(text), out, false);
   }
 
-  const parser = new SseParser();
-  const state = createOpenAIStreamState();
-  let done = false;
-  // A generator, so that events before a failing one in the same read still reach the caller first.
-  function* handle(events: SseEvent[], atEnd = false): Generator<ProviderStreamEvent> {
+  end(out: ProviderStreamEvent[]): void {
+    this.#convert(this.#parser.finish(), out, true);
+    // A finish reason without [DONE] is a complete answer (some servers omit [DONE]); neither is a cut stream.
+    if (!this.#done && !this.#state.finished) throw streamEndedEarly(this.settings.name);
+  }
+
+  #convert(events: SseEvent[], out: ProviderStreamEvent[], atEnd: boolean): void {
     for (const event of events) {
-      // After [DONE] we only read on so that the connection ends cleanly and goes back to the pool.
-      if (done) continue;
-      const converted = convertSseEvent(settings, event, state, atEnd);
-      if (converted === 'done') done = true;
-      else yield* converted;
+      // After [DONE] the body is only read on so that the connection ends cleanly and goes back to the pool.
+      if (this.#done) continue;
+      const converted = convertSseEvent(this.settings, event, this.#state, atEnd);
+      if (converted === 'done') this.#done = true;
+      else for (const item of converted) out.push(item);
     }
   }
-  for await (const text of readTextPieces(settings, response, call.signal)) {
-    yield* handle(parser.push(text));
+}
+
+/** A server that ignored `stream: true` and answered one JSON completion: its events once the body is whole. */
+class WholeAnswerDecoder implements StreamDecoder<ProviderStreamEvent> {
+  #text = '';
+
+  constructor(
+    private readonly settings: ProviderSettings,
+    private readonly model: string,
+    private readonly statusCode: number,
+  ) {}
+
+  push(text: string): void {
+    this.#text += text;
   }
-  yield* handle(parser.finish(), true);
-  // A finish reason without [DONE] is a complete answer (some servers omit [DONE]); neither is a cut stream.
-  if (!done && !state.finished) throw streamEndedEarly(settings.name);
+
+  end(out: ProviderStreamEvent[]): void {
+    const json = parseJsonText(this.settings.name, this.#text, this.statusCode);
+    for (const event of completionAsEvents(parseCompletion(this.settings, json, this.model))) out.push(event);
+  }
+}
+
+function streamChat(settings: ProviderSettings, call: ProviderCall): AsyncIterableIterator<ProviderStreamEvent> {
+  return postForEvents<ProviderStreamEvent>(
+    { settings, path: CHAT_PATH, body: convertToOpenAIRequest(call.model, call.request, true), signal: call.signal, accept: 'text/event-stream' },
+    (headers, statusCode) =>
+      String(headers['content-type'] ?? '').includes('application/json') ? new WholeAnswerDecoder(settings, call.model, statusCode) : new SseDecoder(settings),
+  );
 }
 
 export function createOpenAICompatibleProvider(settings: ProviderSettings): Provider {
