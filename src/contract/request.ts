@@ -1,6 +1,6 @@
-import { Ajv, type ValidateFunction } from 'ajv';
 import { z } from 'zod';
 import { ProxyError } from './errors.js';
+import { fastCheck } from './fast-check.js';
 
 /**
  * The request body of `llm.proxy.request` (DESIGN.md, "Request"): OpenAI's
@@ -132,27 +132,11 @@ export function describeZodIssues(error: z.ZodError): string {
 }
 
 /**
- * The request schema as one compiled check that allocates nothing on success: ajv's code for
- * the JSON Schema that zod itself derives from `chatRequestSchema` (so there is one definition),
- * plus the message rule a JSON Schema cannot express. zod's compiled check of the same request
- * visits every one of the schema's 30 keys, present or not, and copies what it accepts: the
- * largest single allocation of a request (about 7 KB of 42). String lengths count code points in
- * both (zod 4.6 and ajv's default alike: an emoji is one). A request the fast check refuses goes through zod, which
- * names the fields at fault and has the last word; test/request-check.test.ts holds the two to
- * the same answers over thousands of generated requests. A refinement added to the request schema
- * (which a JSON Schema cannot carry) needs its rule in `passesFastCheck` too; that test fails until
- * it has one. Compiled on first use (about 60 ms).
+ * The request's fast check (contract/fast-check.ts): ajv over zod's JSON Schema of the request, plus
+ * the message rule a JSON Schema cannot say. Exported for the equivalence test.
  */
-let fastCheck: ValidateFunction | undefined;
-
-function compileFastCheck(): ValidateFunction {
-  const jsonSchema = z.toJSONSchema(chatRequestSchema, { io: 'input', unrepresentable: 'any', target: 'draft-07' });
-  return new Ajv({ logger: false, strict: false, allErrors: false }).compile(jsonSchema);
-}
-
-/** True when the fast check alone accepts the body (exported for the equivalence test). */
 export function passesFastCheck(body: unknown): boolean {
-  return (fastCheck ??= compileFastCheck())(body) && (body as ChatRequest).messages.every(messageIsComplete);
+  return fastCheck(chatRequestSchema)(body) && (body as ChatRequest).messages.every(messageIsComplete);
 }
 
 /**

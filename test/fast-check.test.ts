@@ -1,14 +1,21 @@
 /**
- * The request's fast check (ajv over the JSON Schema zod derives from the request schema, plus the
- * message rule) must accept exactly what zod accepts: a body it let through that zod refuses would
- * reach a provider unchecked. Thousands of requests made by mutating valid ones (a seeded generator,
- * so a failure repeats) go through both; where both accept, zod's copy equals the body itself,
- * which is what the fast path returns.
+ * The fast checks (contract/fast-check.ts: ajv over the JSON Schema zod derives from each schema)
+ * must accept exactly what zod accepts: a request it let through that zod refuses would reach a
+ * provider unchecked, a provider answer would reach the converters unchecked. Thousands of values
+ * made by mutating valid ones (a seeded generator, so a failure repeats) go through both. Where
+ * both accept, the fast path's result (the value itself) must serve as well as zod's copy: equal
+ * to it for the request, converted to the same events and replies for provider payloads.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import type { z } from 'zod';
 import { chatRequestSchema, parseChatRequest, passesFastCheck } from '../src/contract/request.js';
 import { ProxyError } from '../src/contract/errors.js';
+import { fastCheck } from '../src/contract/fast-check.js';
+import { convertOllamaChat, convertOllamaChunk, createOllamaStreamState } from '../src/providers/convert-ollama-response.js';
+import { convertOpenAIChunk, convertOpenAICompletion, createOpenAIStreamState } from '../src/providers/convert-openai-response.js';
+import { ollamaChatSchema } from '../src/providers/ollama-response-schema.js';
+import { openAIChunkSchema, openAICompletionSchema } from '../src/providers/openai-response-schema.js';
 
 /** mulberry32: a small seeded PRNG. */
 function random(seed: number): () => number {
@@ -94,16 +101,16 @@ function slots(value: Json, into: Array<{ parent: Record<string, Json> | Json[];
   return into;
 }
 
-const TOP_LEVEL_KEYS = Object.keys(chatRequestSchema.shape);
-const NESTED_KEYS = ['role', 'content', 'name', 'tool_calls', 'tool_call_id', 'reasoning_content', 'type', 'text', 'image_url', 'url', 'detail', 'id', 'function', 'arguments', 'description', 'parameters', 'include_usage', 'agent_id', 'microdao_id', 'channel_id', 'unknown_field'];
+const REQUEST_KEYS = { top: [...Object.keys(chatRequestSchema.shape), 'max_token', 'functions'], nested: ['role', 'content', 'name', 'tool_calls', 'tool_call_id', 'reasoning_content', 'type', 'text', 'image_url', 'url', 'detail', 'id', 'function', 'arguments', 'description', 'parameters', 'include_usage', 'agent_id', 'microdao_id', 'channel_id', 'unknown_field'] };
 
-function mutate(body: Record<string, Json>, next: () => number): void {
+/** Changes a value in place: a top-level key set, any slot replaced or removed, a nested key added. */
+function mutate(body: Record<string, Json>, next: () => number, keys: { top: string[]; nested: string[] }): void {
   const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)]!;
   const value = (): Json => structuredClone(pick(VALUES));
   const choice = next();
   if (choice < 0.25) {
     // A top-level field (known or not) set to some value.
-    body[pick([...TOP_LEVEL_KEYS, 'max_token', 'functions'])] = value();
+    body[pick(keys.top)] = value();
     return;
   }
   const all = slots(body);
@@ -117,7 +124,7 @@ function mutate(body: Record<string, Json>, next: () => number): void {
   } else {
     // A nested key added to an object somewhere.
     const objects = all.map((entry) => (entry.parent as Record<string | number, Json>)[entry.key]).filter((item) => typeof item === 'object' && item !== null && !Array.isArray(item));
-    if (objects.length > 0) (pick(objects) as Record<string, Json>)[pick(NESTED_KEYS)] = value();
+    if (objects.length > 0) (pick(objects) as Record<string, Json>)[pick(keys.nested)] = value();
   }
 }
 
@@ -128,7 +135,7 @@ describe('request fast check', () => {
     for (let round = 0; round < 20_000; round++) {
       const body = structuredClone(SEEDS[round % SEEDS.length]!);
       const mutations = 1 + Math.floor(next() * 3);
-      for (let index = 0; index < mutations; index++) mutate(body, next);
+      for (let index = 0; index < mutations; index++) mutate(body, next, REQUEST_KEYS);
       const fast = passesFastCheck(body);
       const zod = chatRequestSchema.safeParse(body);
       assert.equal(fast, zod.success, `fast check ${fast ? 'accepts' : 'refuses'} what zod ${zod.success ? 'accepts' : 'refuses'}: ${JSON.stringify(body)}`);
@@ -162,4 +169,71 @@ describe('request fast check', () => {
     assert.equal(parseChatRequest({ model: '😀'.repeat(256), messages: [{ role: 'user', content: 'x' }] }).model.length, 512);
     assert.throws(() => parseChatRequest({ model: '😀'.repeat(257), messages: [{ role: 'user', content: 'x' }] }), /model: /);
   });
+
+  const PAYLOADS: Array<{ name: string; schema: z.ZodType; seeds: Array<Record<string, Json>>; keys: { top: string[]; nested: string[] }; convert: (value: never) => unknown }> = [
+    {
+      name: 'OpenAI completion',
+      schema: openAICompletionSchema,
+      seeds: [
+        { id: 'c1', object: 'chat.completion', created: 1, model: 'gpt-4o', choices: [{ index: 0, message: { role: 'assistant', content: 'Hi' }, finish_reason: 'stop', logprobs: null }], usage: { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 } },
+        { model: null, choices: [{ message: { content: null, reasoning_content: 'think', tool_calls: [{ id: 't1', type: 'function', function: { name: 'f', arguments: '{}' } }] }, finish_reason: 'tool_calls' }], usage: null },
+      ],
+      keys: { top: ['id', 'object', 'model', 'choices', 'usage', 'system_fingerprint'], nested: ['message', 'content', 'reasoning_content', 'tool_calls', 'finish_reason', 'prompt_tokens', 'completion_tokens', 'id', 'function', 'name', 'arguments', 'extra'] },
+      convert: (value: never) => convertOpenAICompletion(value, 'requested'),
+    },
+    {
+      name: 'OpenAI stream chunk',
+      schema: openAIChunkSchema,
+      seeds: [
+        { id: 'c1', object: 'chat.completion.chunk', model: 'gpt-4o', choices: [{ index: 0, delta: { role: 'assistant', content: 'Hel' }, finish_reason: null }] },
+        { model: 'deepseek-reasoner', choices: [{ index: 0, delta: { reasoning_content: 'r', tool_calls: [{ index: 0, id: 't', type: 'function', function: { name: 'f', arguments: '{' } }] }, finish_reason: 'tool_calls' }], usage: { prompt_tokens: 1, completion_tokens: 2 } },
+        { choices: [], usage: { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 } },
+      ],
+      keys: { top: ['id', 'model', 'choices', 'usage', 'object'], nested: ['delta', 'content', 'reasoning_content', 'tool_calls', 'finish_reason', 'index', 'id', 'type', 'function', 'name', 'arguments', 'prompt_tokens', 'completion_tokens', 'extra'] },
+      convert: (value: never) => convertOpenAIChunk(value, createOpenAIStreamState()),
+    },
+    {
+      name: 'Ollama chat and stream line',
+      schema: ollamaChatSchema,
+      seeds: [
+        { model: 'llama3', created_at: 't', message: { role: 'assistant', content: 'Hi' }, done: true, done_reason: 'stop', prompt_eval_count: 5, eval_count: 2, total_duration: 1 },
+        { model: 'qwen', message: { role: 'assistant', content: '', thinking: 'hm', tool_calls: [{ function: { name: 'f', arguments: { city: 'Oslo' } } }] }, done: false },
+        { model: 'x', message: { content: 'y', tool_calls: [{ function: { name: 'g', arguments: '{"a":1}' } }] }, done: true, done_reason: 'length', prompt_eval_count: 0, eval_count: 0 },
+      ],
+      keys: { top: ['model', 'message', 'done', 'done_reason', 'prompt_eval_count', 'eval_count', 'created_at'], nested: ['content', 'thinking', 'tool_calls', 'function', 'name', 'arguments', 'role', 'extra'] },
+      convert: (value: never) => [convertOllamaChat(value, 'requested'), convertOllamaChunk(value, createOllamaStreamState())],
+    },
+  ];
+
+  for (const payload of PAYLOADS) {
+    it(`${payload.name}: accepts what zod accepts, and converts the same as zod's copy`, () => {
+      const next = random(7 + payload.name.length);
+      const check = fastCheck(payload.schema);
+      let accepted = 0;
+      for (let round = 0; round < 10_000; round++) {
+        const value = structuredClone(payload.seeds[round % payload.seeds.length]!);
+        const mutations = 1 + Math.floor(next() * 3);
+        for (let index = 0; index < mutations; index++) mutate(value, next, payload.keys);
+        const fast = check(value);
+        const zod = payload.schema.safeParse(value);
+        assert.equal(fast, zod.success, `fast check ${fast ? 'accepts' : 'refuses'} what zod ${zod.success ? 'accepts' : 'refuses'}: ${JSON.stringify(value)}`);
+        if (!zod.success) continue;
+        accepted++;
+        let fromZod: unknown;
+        let fromValue: unknown;
+        try {
+          fromZod = payload.convert(zod.data as never);
+        } catch (error) {
+          fromZod = { threw: String(error) };
+        }
+        try {
+          fromValue = payload.convert(value as never);
+        } catch (error) {
+          fromValue = { threw: String(error) };
+        }
+        assert.deepEqual(fromValue, fromZod, JSON.stringify(value));
+      }
+      assert.ok(accepted > 1_000 && accepted < 9_000, `accepted ${accepted} of 10,000`);
+    });
+  }
 });
