@@ -140,6 +140,21 @@ describe('worker: refused requests and provider failures', () => {
     });
   }
 
+  test('a refused request with odd metadata: the event keeps the agent and the string tags, drops the rest', async () => {
+    const { body } = await ask(okBody('odd-metadata', { messages: [], metadata: { agent_id: 'agent:odd', task: 'sum', count: 3, long: 'y'.repeat(1025) } }));
+    assert.equal(body.error.code, 'invalid_request');
+    const deadline = Date.now() + 5_000;
+    let event = (await waitForUsageEvents(client, 1)).find((candidate) => candidate.request_id === 'odd-metadata');
+    while (event === undefined && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      event = (await waitForUsageEvents(client, 1)).find((candidate) => candidate.request_id === 'odd-metadata');
+    }
+    assert.ok(event, 'an event for odd-metadata');
+    assert.equal(event.status, 'rejected');
+    assert.equal(event.agent_id, 'agent:odd');
+    assert.deepEqual(event.tags, { task: 'sum' });
+  });
+
   const failures: Array<{ name: string; behaviour?: FakeBehaviour; model?: string; extra?: object; code: string; retryable: boolean; mentions?: string }> = [
     { name: 'a 400 from the provider', behaviour: fakeBehaviours.contextLengthExceeded(), code: 'invalid_request', retryable: false, mentions: 'maximum context length' },
     { name: 'a 500', behaviour: fakeBehaviours.serverError(500), code: 'upstream_error', retryable: true },

@@ -46,26 +46,39 @@ export class RelayedStream implements AsyncIterableIterator<ProviderStreamEvent>
     return this;
   }
 
-  async next(): Promise<IteratorResult<ProviderStreamEvent>> {
-    if (this.finished) return { done: true, value: undefined };
+  /**
+   * Not an async method: an event already read is handed over with one resolved promise, and the
+   * provider's next event with one `then` on its promise (handlers made once, in the fields below),
+   * per streamed chunk.
+   */
+  next(): Promise<IteratorResult<ProviderStreamEvent>> {
+    if (this.finished) return Promise.resolve({ done: true, value: undefined });
     const buffered = this.opened.buffered;
-    if (this.index < buffered.length) return this.relay(buffered[this.index++] as ProviderStreamEvent);
+    if (this.index < buffered.length) return Promise.resolve(this.relay(buffered[this.index++] as ProviderStreamEvent));
     if (this.opened.ended) {
       this.finish();
-      return { done: true, value: undefined };
+      return Promise.resolve({ done: true, value: undefined });
     }
-    let next: IteratorResult<ProviderStreamEvent>;
+    let pending: Promise<IteratorResult<ProviderStreamEvent>>;
     try {
-      next = await this.opened.iterator.next();
+      pending = this.opened.iterator.next();
     } catch (thrown) {
-      throw this.fail(thrown);
+      return Promise.reject(this.fail(thrown));
     }
+    return pending.then(this.onNext, this.onError);
+  }
+
+  private readonly onNext = (next: IteratorResult<ProviderStreamEvent>): IteratorResult<ProviderStreamEvent> => {
     if (next.done === true) {
       this.finish();
       return next;
     }
     return this.relay(next.value);
-  }
+  };
+
+  private readonly onError = (thrown: unknown): never => {
+    throw this.fail(thrown);
+  };
 
   /** The consumer stops early (the agent went away): abort the upstream call. */
   async return(): Promise<IteratorResult<ProviderStreamEvent>> {

@@ -71,11 +71,12 @@ export function buildUsageEvent(input: UsageEventInput): BuiltUsageEvent {
   if (unauthenticated && metadata.agent_id !== undefined) event.claimed_agent_id = metadata.agent_id;
   if (input.attempts.length > 1) event.attempt_details = input.attempts;
   if (!unauthenticated) {
-    const tags: Record<string, string> = {};
-    for (const [key, value] of Object.entries(metadata)) {
-      if (!METADATA_FIELDS.has(key) && typeof value === 'string') tags[key] = value;
+    let tags: Record<string, string> | undefined;
+    for (const key in metadata) {
+      const value: unknown = metadata[key];
+      if (Object.hasOwn(metadata, key) && !METADATA_FIELDS.has(key) && typeof value === 'string') (tags ??= {})[key] = value;
     }
-    if (Object.keys(tags).length > 0) event.tags = tags;
+    if (tags !== undefined) event.tags = tags;
   }
   return { token: unauthenticated ? UNAUTHENTICATED_TOKEN : agentToken(metadata.agent_id), event };
 }

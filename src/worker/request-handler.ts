@@ -85,13 +85,25 @@ function lenientIds(body: unknown): { requestId?: string; metadata?: RequestMeta
   if (typeof record.model === 'string' && record.model.length <= 256) ids.model = record.model;
   if (record.stream === true) ids.stream = true;
   if (typeof record.metadata === 'object' && record.metadata !== null && !Array.isArray(record.metadata)) {
-    const metadata: Record<string, string> = {};
-    for (const [key, value] of Object.entries(record.metadata as Record<string, unknown>)) {
-      if (typeof value === 'string' && value.length <= 1024) metadata[key] = value;
-    }
-    ids.metadata = metadata as RequestMetadata;
+    ids.metadata = stringEntries(record.metadata as Record<string, unknown>) as RequestMetadata;
   }
   return ids;
+}
+
+const isMetadataValue = (value: unknown): value is string => typeof value === 'string' && value.length <= 1024;
+
+/** The object itself when every value is a string of at most 1,024 characters (as in a valid request), else a copy of those that are. */
+function stringEntries(metadata: Record<string, unknown>): Record<string, string> {
+  for (const key in metadata) {
+    if (!Object.hasOwn(metadata, key) || isMetadataValue(metadata[key])) continue;
+    const copy: Record<string, string> = {};
+    for (const name in metadata) {
+      const value = metadata[name];
+      if (Object.hasOwn(metadata, name) && isMetadataValue(value)) copy[name] = value;
+    }
+    return copy;
+  }
+  return metadata as Record<string, string>;
 }
 
 function usageStatus(accounting: Accounting, code: ErrorCode | undefined): UsageStatus {
