@@ -16,18 +16,8 @@ import { convertOllamaChat, convertOllamaChunk, createOllamaStreamState } from '
 import { convertOpenAIChunk, convertOpenAICompletion, createOpenAIStreamState } from '../src/providers/convert-openai-response.js';
 import { ollamaChatSchema } from '../src/providers/ollama-response-schema.js';
 import { openAIChunkSchema, openAICompletionSchema } from '../src/providers/openai-response-schema.js';
+import { seededRandom } from './helpers/seeded-random.js';
 
-/** mulberry32: a small seeded PRNG. */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const SEEDS: Array<Record<string, unknown>> = [
   { model: 'm', messages: [{ role: 'user', content: 'Hello!' }] },
@@ -130,7 +120,7 @@ function mutate(body: Record<string, Json>, next: () => number, keys: { top: str
 
 describe('request fast check', () => {
   it('accepts exactly what zod accepts, over 20,000 mutated requests, and returns the body itself', () => {
-    const next = random(20261129);
+    const next = seededRandom(20261129);
     let accepted = 0;
     for (let round = 0; round < 20_000; round++) {
       const body = structuredClone(SEEDS[round % SEEDS.length]!);
@@ -207,7 +197,7 @@ describe('request fast check', () => {
 
   for (const payload of PAYLOADS) {
     it(`${payload.name}: accepts what zod accepts, and converts the same as zod's copy`, () => {
-      const next = random(7 + payload.name.length);
+      const next = seededRandom(7 + payload.name.length);
       const check = fastCheck(payload.schema);
       let accepted = 0;
       for (let round = 0; round < 10_000; round++) {

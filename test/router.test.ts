@@ -12,6 +12,7 @@ import { createProviders, type ProviderSet } from '../src/providers/registry.js'
 import { createRouter, type Router, type RoutedCall } from '../src/router/index.js';
 import { fakeBehaviours, startFakeOpenAI, type FakeOpenAI } from './fakes/index.js';
 import { freePort } from './helpers/ports.js';
+import { seededRandom } from './helpers/seeded-random.js';
 
 const FAKE_NAMES = ['alpha', 'beta', 'gamma'] as const;
 type FakeName = (typeof FAKE_NAMES)[number];
@@ -41,17 +42,6 @@ function fake(name: FakeName): FakeOpenAI {
   return fakes.get(name) as FakeOpenAI;
 }
 
-/** A deterministic random source (mulberry32). */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let value = state;
-    value = Math.imul(value ^ (value >>> 15), value | 1);
-    value ^= value + Math.imul(value ^ (value >>> 7), value | 61);
-    return ((value ^ (value >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
 
 /** A router over every fake (providers named after them) plus `dead`, a port nobody listens on. */
 function makeRouter(models: ConfigInput['models'], routing: ConfigInput['routing'] = {}, seed?: number): { router: Router; config: ResolvedConfig } {

@@ -1,5 +1,6 @@
 import type { UsageEvent, UsageStatus } from '../../src/contract/usage-event.js';
 import type { UsageGroupKey } from '../../src/contract/usage-query.js';
+import { seededRandom } from './seeded-random.js';
 
 /**
  * Usage events for the aggregator's tests, generated deterministically, and
@@ -10,16 +11,6 @@ export const BASE = Date.UTC(2026, 10, 24, 0, 0, 0);
 /** The aggregators' clock for relative spans: three days after BASE, mid-hour. */
 export const NOW = BASE + 72 * HOUR + 17 * 60_000;
 
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let value = state;
-    value = Math.imul(value ^ (value >>> 15), value | 1);
-    value ^= value + Math.imul(value ^ (value >>> 7), value | 61);
-    return ((value ^ (value >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const AGENTS = ['agent:sofia', 'agent:helion', 'agent:a.b', null] as const;
 const MICRODAOS = ['microdao:7', 'microdao:9', null] as const;
@@ -31,7 +22,7 @@ const MODELS = [
 ] as const;
 
 export function makeEvents(count: number): UsageEvent[] {
-  const next = random(42);
+  const next = seededRandom(42);
   const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)] as T;
   const events: UsageEvent[] = [];
   for (let index = 0; index < count; index += 1) {
