@@ -104,7 +104,7 @@ abstract class ProviderResponseHandler implements Dispatcher.DispatchHandler {
   #listening = false;
   #statusCode = 0;
   #headers: Record<string, string | string[] | undefined> = {};
-  #errorChunks: Buffer[] = [];
+  #errorChunks: Buffer[] | undefined;
   #errorSize = 0;
 
   constructor(
@@ -155,7 +155,7 @@ abstract class ProviderResponseHandler implements Dispatcher.DispatchHandler {
     }
     // An error page is read up to MAX_ERROR_BODY_BYTES (the message is cut anyway); the rest is drained.
     if (this.#errorSize >= MAX_ERROR_BODY_BYTES) return;
-    this.#errorChunks.push(chunk);
+    (this.#errorChunks ??= []).push(chunk);
     this.#errorSize += chunk.length;
   }
 
@@ -165,7 +165,7 @@ abstract class ProviderResponseHandler implements Dispatcher.DispatchHandler {
       this.okEnd();
       return;
     }
-    const bodyText = Buffer.concat(this.#errorChunks, this.#errorSize).toString('utf8');
+    const bodyText = this.#errorChunks === undefined ? '' : Buffer.concat(this.#errorChunks, this.#errorSize).toString('utf8');
     this.failed(errorFromStatus({ provider: this.settings.name, status: this.#statusCode, headers: this.#headers, bodyText, secrets: providerSecrets(this.settings) }));
   }
 
