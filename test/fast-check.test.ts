@@ -7,6 +7,7 @@
  * to it for the request, converted to the same events and replies for provider payloads.
  */
 import { describe, it } from 'node:test';
+import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import type { z } from 'zod';
 import { chatRequestSchema, parseChatRequest, passesFastCheck } from '../src/contract/request.js';
@@ -226,4 +227,20 @@ describe('request fast check', () => {
       assert.ok(accepted > 1_000 && accepted < 9_000, `accepted ${accepted} of 10,000`);
     });
   }
+
+  it('the client does not load ajv (it imports the contract, never checks a request); the worker side does', () => {
+    const script = [
+      "const Module = require('node:module');",
+      "const loaded = () => Object.keys(Module._cache).some((path) => path.includes('/node_modules/ajv/'));",
+      "(async () => {",
+      "  await import('./src/client/index.ts');",
+      "  const client = loaded();",
+      "  (await import('./src/contract/request.ts')).prepareRequestCheck();",
+      "  console.log(JSON.stringify({ client, worker: loaded() }));",
+      "})();",
+    ].join('\n');
+    const result = spawnSync(process.execPath, ['--import', 'tsx', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(result.status, 0, result.stderr);
+    assert.deepEqual(JSON.parse(result.stdout.trim().split('\n').at(-1)!), { client: false, worker: true });
+  });
 });

@@ -1,4 +1,5 @@
-import { Ajv, type ValidateFunction } from 'ajv';
+import { createRequire } from 'node:module';
+import type { Ajv, ValidateFunction } from 'ajv';
 import { z } from 'zod';
 
 /**
@@ -17,16 +18,19 @@ import { z } from 'zod';
  * (test/fast-check.test.ts, thousands of generated values through both) fail until it has one.
  * String lengths count code points in both (zod 4.6 and ajv's default alike).
  *
- * Compiled on first use of each schema (tens of ms; ajv and the compiled code add about 8 MiB of
- * RSS to a worker).
+ * Compiled on first use of each schema (tens of ms; the worker and the provider adapters ask for
+ * theirs when they are made, so no request waits for it). ajv itself is loaded then too, not when
+ * the contract is imported: the client imports the contract and never checks a request. ajv and
+ * the compiled code add about 8 MiB of RSS to a worker.
  */
+const requireModule = createRequire(import.meta.url);
 let ajv: Ajv | undefined;
 const compiled = new WeakMap<z.ZodType, ValidateFunction>();
 
 export function fastCheck(schema: z.ZodType): (value: unknown) => boolean {
   let validate = compiled.get(schema);
   if (validate === undefined) {
-    ajv ??= new Ajv({ logger: false, strict: false, allErrors: false });
+    ajv ??= new (requireModule('ajv') as typeof import('ajv')).Ajv({ logger: false, strict: false, allErrors: false });
     validate = ajv.compile(z.toJSONSchema(schema, { io: 'input', unrepresentable: 'any', target: 'draft-07' }));
     compiled.set(schema, validate);
   }

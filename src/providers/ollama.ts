@@ -8,6 +8,7 @@ import { postForEvents, postForJson, type StreamDecoder } from './http.js';
 import { NdjsonParser, NdjsonSyntaxError } from './ndjson.js';
 import { ollamaChatSchema } from './ollama-response-schema.js';
 import { malformedResponse, streamEndedEarly } from './provider-error.js';
+import { fastCheck } from '../contract/fast-check.js';
 import { parseProviderPayload } from './parse-provider-payload.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from './types.js';
 
@@ -62,6 +63,8 @@ function streamChat(settings: ProviderSettings, call: ProviderCall): AsyncIterab
 }
 
 export function createOllamaProvider(settings: ProviderSettings): Provider {
+  // The payload check is compiled now, not on the first answer (contract/fast-check.ts).
+  fastCheck(ollamaChatSchema);
   return {
     name: settings.name,
     type: settings.type,

@@ -8,6 +8,7 @@ import { parseJsonText, postForEvents, postForJson, type StreamDecoder } from '.
 import { openAIChunkSchema, openAICompletionSchema } from './openai-response-schema.js';
 import { malformedResponse, streamEndedEarly } from './provider-error.js';
 import { SseParser, type SseEvent } from './sse.js';
+import { fastCheck } from '../contract/fast-check.js';
 import { parseProviderPayload } from './parse-provider-payload.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from './types.js';
 
@@ -105,6 +106,9 @@ function streamChat(settings: ProviderSettings, call: ProviderCall): AsyncIterab
 }
 
 export function createOpenAICompatibleProvider(settings: ProviderSettings): Provider {
+  // The payload checks are compiled now, not on the first answer (contract/fast-check.ts).
+  fastCheck(openAICompletionSchema);
+  fastCheck(openAIChunkSchema);
   return {
     name: settings.name,
     type: settings.type,

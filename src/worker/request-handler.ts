@@ -3,7 +3,7 @@ import { headers as createHeaders, type Msg, type NatsConnection } from '@nats-i
 import type { ResolvedConfig } from '../config/load.js';
 import { asProxyError, ProxyError, toErrorReply, type ErrorCode } from '../contract/errors.js';
 import type { AttemptRecord, ChatReply, FinishReason } from '../contract/reply.js';
-import { parseChatRequest, type ChatRequest, type RequestMetadata, type ToolCall } from '../contract/request.js';
+import { parseChatRequest, prepareRequestCheck, type ChatRequest, type RequestMetadata, type ToolCall } from '../contract/request.js';
 import { HEADERS, STREAM_MARKS } from '../contract/subjects.js';
 import type { UsageStatus } from '../contract/usage-event.js';
 import { Cancellation } from '../providers/cancellation.js';
@@ -123,6 +123,8 @@ export class RequestPipeline {
 
   constructor(dependencies: PipelineDependencies) {
     this.#deps = dependencies;
+    // Compiled now, so that the first request does not wait for it (tens of ms).
+    prepareRequestCheck();
   }
 
   /** Requests being worked on now. */
