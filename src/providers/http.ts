@@ -290,7 +290,8 @@ const RESUME_AT_EVENTS = 256;
  * generating.
  *
  * Push-based underneath: undici hands each network read to the decoder at once, and `next()` takes
- * from the queue of events. Before, a read went through undici's Readable body, its async iterator
+ * from the queue of events. One `next()` at a time, as `for await` does (a second call before the
+ * first settled would replace its waiter). Before, a read went through undici's Readable body, its async iterator
  * and two async generators before a consumer saw an event (see docs/bench/results.md).
  */
 export function postForEvents<E>(post: ProviderPost, decoderFor: DecoderFor<E>): AsyncIterableIterator<E> {
