@@ -369,6 +369,26 @@ describe('bench report', () => {
     assert.match(markdown, /p99 \*\*0\.050 ms\*\* \(goal ≤ 0\.5: met, 95% interval of the round-by-round median 0\.010 to 0\.080 ms\)/);
   });
 
+  it("pairs the closed-loop rounds at the forwarder's peak concurrency and judges the throughput share by their interval", () => {
+    const withThroughputs = (base: RunRecord, throughputs: number[]): RunRecord => ({ ...base, repeats: throughputs.map((throughput) => ({ throughput, p50: 1, p99: 2 })) });
+    const closed = (bare: number[], gateway: number[]): RunRecord[] => [
+      withThroughputs(record('bare', { concurrency: 16 }, result(3000, 5, 10)), bare.map((value) => value * 0.75)),
+      withThroughputs(record('bare', { concurrency: 64 }, result(10000, 10, 20)), bare),
+      withThroughputs(record('gateway', { concurrency: 16 }, result(2900, 5, 10)), gateway.map((value) => value * 0.75)),
+      withThroughputs(record('gateway', { concurrency: 64 }, result(8000, 12, 25)), gateway),
+    ];
+    const six = computeGoals({ closed: closed([10000, 10000, 10000, 10000, 10000, 10000], [8000, 8200, 7900, 8100, 8300, 7800]), open: [] });
+    assert.equal(six.peakConcurrency, 64);
+    assert.deepEqual(six.ratioPerRound.map((ratio) => Math.round(ratio * 100)), [80, 82, 79, 81, 83, 78]);
+    assert.ok(Math.abs(six.ratioInterval!.low - 0.78) < 1e-9 && Math.abs(six.ratioInterval!.high - 0.83) < 1e-9);
+    const markdown = renderMarkdown({ ...results, closed: closed([10000, 10000, 10000, 10000, 10000, 10000], [8000, 8200, 7900, 8100, 8300, 7800]) });
+    assert.match(markdown, /= \*\*80%\*\* \(goal ≥ 85%: not met, 95% interval of the round-by-round median 78 to 83%\)\. Round by round at 64 callers \(the forwarder's peak\): 80%, 82%, 79%, 81%, 83%, 78%\./);
+    const straddles = renderMarkdown({ ...results, closed: closed([10000, 10000, 10000, 10000, 10000, 10000], [8000, 9000, 7900, 8800, 8700, 9100]) });
+    assert.match(straddles, /goal ≥ 85%: undecided at this machine's noise, 95% interval of the round-by-round median 79 to 91%/);
+    const three = renderMarkdown({ ...results, closed: closed([10000, 10000, 10000], [8000, 8200, 7900]) });
+    assert.match(three, /goal ≥ 85%: not met by the point estimate\)\. Round by round at 64 callers/);
+  });
+
   it('takes each figure of several rounds as its own median, and sums their errors', () => {
     const rounds = [
       record('gateway', { rate: 1000 }, { ...result(1000, 1.7, 87), errors: { timeout: 1 } }),

@@ -141,6 +141,10 @@ export interface Goals {
   throughputRatio: number | undefined;
   gatewayPeak: number | undefined;
   barePeak: number | undefined;
+  /** The closed-loop concurrency of the forwarder's peak, and llm-proxy's share of its throughput there, round by round (paired, as for latency). */
+  peakConcurrency: number | undefined;
+  ratioPerRound: number[];
+  ratioInterval: MedianInterval | undefined;
   /** Open loop at the rate nearest 1,000 req/s: gateway minus bare forwarder. */
   rateForAdded: number | undefined;
   addedP50Ms: number | undefined;
@@ -168,6 +172,13 @@ function peakThroughput(records: RunRecord[], target: Target): number | undefine
   return values.length === 0 ? undefined : Math.max(...values);
 }
 
+function perRoundRatio(gateway: RunRecord | undefined, bare: RunRecord | undefined): number[] {
+  const gatewayRounds = gateway?.repeats ?? [];
+  const bareRounds = bare?.repeats ?? [];
+  if (gatewayRounds.length < 2 || gatewayRounds.length !== bareRounds.length) return [];
+  return gatewayRounds.map((round, index) => round.throughput / bareRounds[index]!.throughput);
+}
+
 function perRoundDifference(gateway: RunRecord | undefined, bare: RunRecord | undefined, key: 'p50' | 'p99'): number[] {
   const gatewayRounds = gateway?.repeats ?? [];
   const bareRounds = bare?.repeats ?? [];
@@ -183,12 +194,18 @@ export function computeGoals(results: Pick<BenchResults, 'closed' | 'open'>): Go
   const atRate = (target: Target): RunRecord | undefined => results.open.find((record) => record.target === target && record.rate === rateForAdded);
   const gateway = atRate('gateway');
   const bare = atRate('bare');
+  const bareAtPeak = results.closed.filter((record) => record.target === 'bare').reduce<RunRecord | undefined>((best, record) => (best === undefined || record.result.throughput > best.result.throughput ? record : best), undefined);
+  const gatewayAtPeak = results.closed.find((record) => record.target === 'gateway' && record.concurrency === bareAtPeak?.concurrency);
+  const ratioPerRound = perRoundRatio(gatewayAtPeak, bareAtPeak);
   const p50PerRound = perRoundDifference(gateway, bare, 'p50');
   const p99PerRound = perRoundDifference(gateway, bare, 'p99');
   return {
     throughputRatio: gatewayPeak !== undefined && barePeak !== undefined && barePeak > 0 ? gatewayPeak / barePeak : undefined,
     gatewayPeak,
     barePeak,
+    peakConcurrency: bareAtPeak?.concurrency,
+    ratioPerRound,
+    ratioInterval: medianInterval(ratioPerRound),
     rateForAdded,
     addedP50Ms: gateway !== undefined && bare !== undefined ? gateway.result.latency.p50 - bare.result.latency.p50 : undefined,
     addedP99Ms: gateway !== undefined && bare !== undefined ? gateway.result.latency.p99 - bare.result.latency.p99 : undefined,
@@ -273,6 +290,16 @@ export function verdict(added: number, limit: number, interval: MedianInterval |
   }
   if (added < 0) return 'inconclusive: negative, the floor was the noisier run';
   return `${added <= limit ? 'met' : 'not met'} by the point estimate; 6 or more rounds give an interval`;
+}
+
+/** As `verdict`, for a share that must be at least 85 %: by the interval of the paired rounds' ratios when there are 6 or more. */
+function ratioVerdict(goals: Goals): string {
+  const interval = goals.ratioInterval;
+  if (interval === undefined) return `${goals.throughputRatio! >= 0.85 ? 'met' : 'not met'}${goals.ratioPerRound.length > 0 ? ' by the point estimate' : ''}`;
+  const range = `95% interval of the round-by-round median ${(interval.low * 100).toFixed(0)} to ${(interval.high * 100).toFixed(0)}%`;
+  if (interval.low >= 0.85) return `met, ${range}`;
+  if (interval.high < 0.85) return `not met, ${range}`;
+  return `undecided at this machine's noise, ${range}`;
 }
 
 export function renderMarkdown(results: BenchResults): string {
@@ -430,7 +457,10 @@ export function renderMarkdown(results: BenchResults): string {
   if (goals.throughputRatio !== undefined) {
     goalLines.push(
       `- Throughput, zero-delay upstream: llm-proxy peak ${formatRate(goals.gatewayPeak)} req/s vs bare forwarder ${formatRate(goals.barePeak)} req/s = ` +
-        `**${(goals.throughputRatio * 100).toFixed(0)}%** (goal ≥ 85%: ${goals.throughputRatio >= 0.85 ? 'met' : 'not met'}).`,
+        `**${(goals.throughputRatio * 100).toFixed(0)}%** (goal ≥ 85%: ${ratioVerdict(goals)}).` +
+        (goals.ratioPerRound.length > 0
+          ? ` Round by round at ${String(goals.peakConcurrency)} callers (the forwarder's peak): ${goals.ratioPerRound.map((ratio) => `${(ratio * 100).toFixed(0)}%`).join(', ')}.`
+          : ''),
     );
   }
   if (goals.addedP50Ms !== undefined && goals.addedP99Ms !== undefined) {
