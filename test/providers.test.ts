@@ -12,7 +12,7 @@ import { createPool, createProviders } from '../src/providers/registry.js';
 import { createOllamaProvider } from '../src/providers/ollama.js';
 import { createOpenAICompatibleProvider } from '../src/providers/openai-compatible.js';
 import type { Provider, ProviderResponse, ProviderStreamEvent } from '../src/providers/types.js';
-import { fakeBehaviours, startFakeOllama, startFakeOpenAI, type FakeProvider, type StreamQuirk } from './fakes/index.js';
+import { fakeBehaviours, startFakeOllama, startFakeOpenAI, type FakeBehaviour, type FakeProvider, type StreamQuirk } from './fakes/index.js';
 import { freePort } from './helpers/ports.js';
 
 const API_KEY = 'sk-test-0123456789abcdef';
@@ -204,6 +204,17 @@ for (const kind of KINDS) {
       assert.ok(mapped.message.length < 1_000, `message of ${mapped.message.length} characters`);
       const response = await provider.chat(call());
       assert.ok(response.content !== null && response.content.length > 0);
+    });
+
+    test('an error page cut short still maps by its status: a 429 stays rate_limited with its Retry-After, for chat and stream', async () => {
+      const cut = { ...(fakeBehaviours.rateLimited(2) as Extract<FakeBehaviour, { kind: 'status' }>), cutBody: true };
+      fake.enqueue(cut, cut);
+      await assert.rejects(provider.chat(call(chatRequest())), (error: unknown) => {
+        assertProxyError(error, { code: 'rate_limited', retryable: true, upstreamStatus: 429, retryAfterMs: 2_000 });
+        return true;
+      });
+      const { error } = await collectUntilError(provider.stream(call(chatRequest({ stream: true }))));
+      assertProxyError(error, { code: 'rate_limited', retryable: true, upstreamStatus: 429, retryAfterMs: 2_000 });
     });
 
     test('chat: the provider message is kept', async () => {

@@ -167,38 +167,38 @@ export interface Goals {
   bareCpuMicros: number | undefined;
 }
 
-function peakThroughput(records: RunRecord[], target: Target): number | undefined {
-  const values = records.filter((record) => record.target === target).map((record) => record.result.throughput);
-  return values.length === 0 ? undefined : Math.max(...values);
+/** The closed-loop record where a target peaked. */
+function peakRecord(records: RunRecord[], target: Target): RunRecord | undefined {
+  let peak: RunRecord | undefined;
+  for (const record of records) {
+    if (record.target === target && (peak === undefined || record.result.throughput > peak.result.throughput)) peak = record;
+  }
+  return peak;
 }
 
-function perRoundRatio(gateway: RunRecord | undefined, bare: RunRecord | undefined): number[] {
+type Round = NonNullable<RunRecord['repeats']>[number];
+
+/** The gateway's rounds set against the forwarder's, pair by pair (round i of each ran back to back); none without 2 or more pairs. */
+function pairedRounds(gateway: RunRecord | undefined, bare: RunRecord | undefined, compare: (gateway: Round, bare: Round) => number): number[] {
   const gatewayRounds = gateway?.repeats ?? [];
   const bareRounds = bare?.repeats ?? [];
   if (gatewayRounds.length < 2 || gatewayRounds.length !== bareRounds.length) return [];
-  return gatewayRounds.map((round, index) => round.throughput / bareRounds[index]!.throughput);
-}
-
-function perRoundDifference(gateway: RunRecord | undefined, bare: RunRecord | undefined, key: 'p50' | 'p99'): number[] {
-  const gatewayRounds = gateway?.repeats ?? [];
-  const bareRounds = bare?.repeats ?? [];
-  if (gatewayRounds.length < 2 || gatewayRounds.length !== bareRounds.length) return [];
-  return gatewayRounds.map((round, index) => round[key] - bareRounds[index]![key]);
+  return gatewayRounds.map((round, index) => compare(round, bareRounds[index]!));
 }
 
 export function computeGoals(results: Pick<BenchResults, 'closed' | 'open'>): Goals {
-  const gatewayPeak = peakThroughput(results.closed, 'gateway');
-  const barePeak = peakThroughput(results.closed, 'bare');
+  const bareAtPeak = peakRecord(results.closed, 'bare');
+  const gatewayPeak = peakRecord(results.closed, 'gateway')?.result.throughput;
+  const barePeak = bareAtPeak?.result.throughput;
   const rates = [...new Set(results.open.map((record) => record.rate ?? 0))];
   const rateForAdded = rates.length === 0 ? undefined : rates.reduce((best, rate) => (Math.abs(rate - 1000) < Math.abs(best - 1000) ? rate : best));
   const atRate = (target: Target): RunRecord | undefined => results.open.find((record) => record.target === target && record.rate === rateForAdded);
   const gateway = atRate('gateway');
   const bare = atRate('bare');
-  const bareAtPeak = results.closed.filter((record) => record.target === 'bare').reduce<RunRecord | undefined>((best, record) => (best === undefined || record.result.throughput > best.result.throughput ? record : best), undefined);
   const gatewayAtPeak = results.closed.find((record) => record.target === 'gateway' && record.concurrency === bareAtPeak?.concurrency);
-  const ratioPerRound = perRoundRatio(gatewayAtPeak, bareAtPeak);
-  const p50PerRound = perRoundDifference(gateway, bare, 'p50');
-  const p99PerRound = perRoundDifference(gateway, bare, 'p99');
+  const ratioPerRound = pairedRounds(gatewayAtPeak, bareAtPeak, (ours, floor) => ours.throughput / floor.throughput);
+  const p50PerRound = pairedRounds(gateway, bare, (ours, floor) => ours.p50 - floor.p50);
+  const p99PerRound = pairedRounds(gateway, bare, (ours, floor) => ours.p99 - floor.p99);
   return {
     throughputRatio: gatewayPeak !== undefined && barePeak !== undefined && barePeak > 0 ? gatewayPeak / barePeak : undefined,
     gatewayPeak,
@@ -274,32 +274,30 @@ function formatMicros(value: number | undefined): string {
   return value === undefined || !Number.isFinite(value) ? '–' : value.toFixed(0);
 }
 
-/** A negative difference means the floor's run was the noisier one: it proves nothing either way. */
+/** Met, not met or undecided, by where the interval lies against the goal: `ceiling` for at most, else at least. */
+function byInterval(interval: MedianInterval, goal: number, ceiling: boolean, range: string): string {
+  const met = ceiling ? interval.high <= goal : interval.low >= goal;
+  const missed = ceiling ? interval.low > goal : interval.high < goal;
+  return `${met ? 'met' : missed ? 'not met' : "undecided at this machine's noise"}, 95% interval of the round-by-round median ${range}`;
+}
+
 /**
- * Met, not met, or undecided. With enough paired rounds the verdict goes by the 95 % interval of
- * their median difference: met when all of it is within the goal, not met when all of it is
- * beyond, undecided when it straddles the goal (the machine's noise is larger than the question).
- * With fewer rounds only the point estimate is there, and the verdict says so.
+ * An added latency against its ceiling. With enough paired rounds the verdict goes by the 95 %
+ * interval of their median difference (`byInterval`); with fewer only the point estimate is there,
+ * and the verdict says so. A negative point estimate means the floor's run was the noisier one: it
+ * proves nothing either way.
  */
 export function verdict(added: number, limit: number, interval: MedianInterval | undefined): string {
-  if (interval !== undefined) {
-    const range = `95% interval of the round-by-round median ${formatMs(interval.low)} to ${formatMs(interval.high)} ms`;
-    if (interval.high <= limit) return `met, ${range}`;
-    if (interval.low > limit) return `not met, ${range}`;
-    return `undecided at this machine's noise, ${range}`;
-  }
+  if (interval !== undefined) return byInterval(interval, limit, true, `${formatMs(interval.low)} to ${formatMs(interval.high)} ms`);
   if (added < 0) return 'inconclusive: negative, the floor was the noisier run';
   return `${added <= limit ? 'met' : 'not met'} by the point estimate; 6 or more rounds give an interval`;
 }
 
-/** As `verdict`, for a share that must be at least 85 %: by the interval of the paired rounds' ratios when there are 6 or more. */
+/** The throughput share against its 85 % floor, the same way (by the paired rounds' ratios when there are 6 or more). */
 function ratioVerdict(goals: Goals): string {
   const interval = goals.ratioInterval;
-  if (interval === undefined) return `${goals.throughputRatio! >= 0.85 ? 'met' : 'not met'}${goals.ratioPerRound.length > 0 ? ' by the point estimate' : ''}`;
-  const range = `95% interval of the round-by-round median ${(interval.low * 100).toFixed(0)} to ${(interval.high * 100).toFixed(0)}%`;
-  if (interval.low >= 0.85) return `met, ${range}`;
-  if (interval.high < 0.85) return `not met, ${range}`;
-  return `undecided at this machine's noise, ${range}`;
+  if (interval !== undefined) return byInterval(interval, 0.85, false, `${(interval.low * 100).toFixed(0)} to ${(interval.high * 100).toFixed(0)}%`);
+  return `${goals.throughputRatio! >= 0.85 ? 'met' : 'not met'}${goals.ratioPerRound.length > 0 ? ' by the point estimate' : ''}`;
 }
 
 export function renderMarkdown(results: BenchResults): string {

@@ -161,17 +161,21 @@ abstract class ProviderResponseHandler implements Dispatcher.DispatchHandler {
 
   onResponseEnd(): void {
     this.release();
-    if (this.#ok()) {
-      this.okEnd();
-      return;
-    }
-    const bodyText = this.#errorChunks === undefined ? '' : Buffer.concat(this.#errorChunks, this.#errorSize).toString('utf8');
-    this.failed(errorFromStatus({ provider: this.settings.name, status: this.#statusCode, headers: this.#headers, bodyText, secrets: providerSecrets(this.settings) }));
+    if (this.#ok()) this.okEnd();
+    else this.#failByStatus();
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
     this.release();
-    this.failed(errorFromTransport(this.settings.name, error, this.signal));
+    // An error page lost on the way: its status (and Retry-After) says enough, unless we were aborted.
+    if (this.#statusCode !== 0 && !this.#ok() && !this.signal.aborted) this.#failByStatus();
+    else this.failed(errorFromTransport(this.settings.name, error, this.signal));
+  }
+
+  /** A non-2xx answer as a ProxyError, with as much of its body as was read. */
+  #failByStatus(): void {
+    const bodyText = this.#errorChunks === undefined ? '' : Buffer.concat(this.#errorChunks, this.#errorSize).toString('utf8');
+    this.failed(errorFromStatus({ provider: this.settings.name, status: this.#statusCode, headers: this.#headers, bodyText, secrets: providerSecrets(this.settings) }));
   }
 
   /** Stop listening to the caller's signal (the call is over). */
@@ -291,8 +295,8 @@ const RESUME_AT_EVENTS = 256;
  *
  * Push-based underneath: undici hands each network read to the decoder at once, and `next()` takes
  * from the queue of events. One `next()` at a time, as `for await` does (a second call before the
- * first settled would replace its waiter). Before, a read went through undici's Readable body, its async iterator
- * and two async generators before a consumer saw an event (see docs/bench/results.md).
+ * first settled would replace its waiter). Before, a read went through undici's Readable body, its
+ * async iterator and two async generators before a consumer saw an event (docs/bench/results.md).
  */
 export function postForEvents<E>(post: ProviderPost, decoderFor: DecoderFor<E>): AsyncIterableIterator<E> {
   const stream = new ProviderEventStream<E>(post.settings, post.signal, decoderFor);
@@ -338,15 +342,13 @@ class ProviderEventStream<E> extends ProviderResponseHandler implements AsyncIte
   }
 
   next(): Promise<IteratorResult<E>> {
-    if (this.#head < this.#queue.length) return Promise.resolve({ done: false, value: this.#take() });
-    if (this.#closed || this.#ended) return Promise.resolve({ done: true, value: undefined });
-    if (this.#failure !== undefined) {
-      this.#closed = true;
-      return Promise.reject(this.#failure);
+    const outcome = this.#outcome();
+    if (outcome === undefined) {
+      return new Promise((resolve, reject) => {
+        this.#waiter = { resolve, reject };
+      });
     }
-    return new Promise((resolve, reject) => {
-      this.#waiter = { resolve, reject };
-    });
+    return outcome instanceof ProxyError ? Promise.reject(outcome) : Promise.resolve(outcome);
   }
 
   /** The consumer stops early: abort the call if it is still under way. */
@@ -384,8 +386,9 @@ class ProviderEventStream<E> extends ProviderResponseHandler implements AsyncIte
       if (text !== '') this.#decoder!.push(text, this.#queue);
     } catch (error) {
       // A malformed stream: stop reading (the connection closes, the provider stops generating).
-      this.failed(asProxyError(error));
-      this.controller?.abort(error instanceof Error ? error : new Error(String(error)));
+      const failure = asProxyError(error);
+      this.failed(failure);
+      this.controller?.abort(failure);
       return;
     }
     if (this.#queue.length - this.#head >= PAUSE_AT_EVENTS && this.controller?.paused === false) this.controller.pause();
@@ -423,20 +426,23 @@ class ProviderEventStream<E> extends ProviderResponseHandler implements AsyncIte
     return value;
   }
 
-  /** Hand a waiting `next()` what there is now: an event, the failure, or the end. */
+  /** What `next()` gets now: the next event, the end, the failure (thrown once), or undefined to wait. */
+  #outcome(): IteratorResult<E> | ProxyError | undefined {
+    if (this.#head < this.#queue.length) return { done: false, value: this.#take() };
+    if (this.#closed || this.#ended) return { done: true, value: undefined };
+    if (this.#failure === undefined) return undefined;
+    this.#closed = true;
+    return this.#failure;
+  }
+
+  /** Hand a waiting `next()` what there is now, if anything. */
   #wake(): void {
     const waiter = this.#waiter;
     if (waiter === undefined) return;
-    if (this.#head < this.#queue.length) {
-      this.#waiter = undefined;
-      waiter.resolve({ done: false, value: this.#take() });
-    } else if (this.#failure !== undefined) {
-      this.#waiter = undefined;
-      this.#closed = true;
-      waiter.reject(this.#failure);
-    } else if (this.#ended) {
-      this.#waiter = undefined;
-      waiter.resolve({ done: true, value: undefined });
-    }
+    const outcome = this.#outcome();
+    if (outcome === undefined) return;
+    this.#waiter = undefined;
+    if (outcome instanceof ProxyError) waiter.reject(outcome);
+    else waiter.resolve(outcome);
   }
 }

@@ -63,9 +63,10 @@ export type FakeBehaviour =
   /**
    * An HTTP error. `body` is sent as is (a string verbatim, an object as JSON); without `body`, `message`
    * is wrapped in the provider's error shape (OpenAI `{"error":{"message","type","param","code"}}`,
-   * Ollama `{"error":"…"}`).
+   * Ollama `{"error":"…"}`). `cutBody`: the connection is reset halfway through the body (its
+   * Content-Length promised all of it).
    */
-  | ({ kind: 'status'; status: number; body?: string | object; message?: string } & CommonBehaviour)
+  | ({ kind: 'status'; status: number; body?: string | object; message?: string; cutBody?: boolean } & CommonBehaviour)
   /** Status (default 200) with a body that is not valid JSON. */
   | ({ kind: 'malformed-json'; status?: number } & CommonBehaviour)
   /** Status (default 200) with an empty body. */

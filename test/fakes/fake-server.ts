@@ -296,6 +296,13 @@ export async function startFakeProvider(dialect: FakeDialect, options: FakeProvi
             : typeof behaviour.body === 'string'
               ? behaviour.body
               : JSON.stringify(behaviour.body);
+        if (behaviour.cutBody === true) {
+          response.writeHead(behaviour.status, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...extraHeaders });
+          response.write(body.slice(0, Math.floor(body.length / 2)));
+          await exchange.sleep(20);
+          exchange.destroy();
+          return;
+        }
         response.writeHead(behaviour.status, { 'content-type': 'application/json', ...extraHeaders });
         response.end(body);
         return;
