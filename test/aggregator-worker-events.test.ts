@@ -48,6 +48,7 @@ test("events built and published by the worker's publisher are counted, and both
       aggregator: aggregatorSchema.parse({ instance_id: 'compat' }),
     });
     const base: UsageEventInput = {
+      eventId: 'e-1',
       requestId: 'r-1',
       timestamp: new Date('2026-11-27T21:05:00Z'),
       metadata: { agent_id: 'agent:sofia', microdao_id: 'microdao:7', channel_id: 'c-1', team: 'blue' },
@@ -68,9 +69,9 @@ test("events built and published by the worker's publisher are counted, and both
       workerId: 'w-1',
     };
     publisher.publish(buildUsageEvent(base));
-    publisher.publish(buildUsageEvent(base)); // the same request id again: stored once
-    publisher.publish(buildUsageEvent({ ...base, requestId: 'r-2', metadata: { agent_id: 'a.b' }, status: 'error', errorCode: 'upstream_error', completionTokens: 0, costUsd: 0.00025, latencyMs: 20 }));
-    publisher.publish(buildUsageEvent({ ...base, requestId: 'r-3', unauthenticated: true, status: 'rejected', errorCode: 'unauthorized', model: null, provider: null, modelResolved: null, promptTokens: 0, completionTokens: 0, costUsd: 0, latencyMs: 0.4 }));
+    publisher.publish(buildUsageEvent(base)); // the same event (same event id) again: stored once
+    publisher.publish(buildUsageEvent({ ...base, eventId: 'e-2', requestId: 'r-2', metadata: { agent_id: 'a.b' }, status: 'error', errorCode: 'upstream_error', completionTokens: 0, costUsd: 0.00025, latencyMs: 20 }));
+    publisher.publish(buildUsageEvent({ ...base, eventId: 'e-3', requestId: 'r-3', unauthenticated: true, status: 'rejected', errorCode: 'unauthorized', model: null, provider: null, modelResolved: null, promptTokens: 0, completionTokens: 0, costUsd: 0, latencyMs: 0.4 }));
     assert.equal(await publisher.flush(10_000), 0);
     const { state } = await manager.streams.info(usageStream.name);
     assert.equal(state.messages, 3);

@@ -1,3 +1,6 @@
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from '@nats-io/transport-node';
@@ -8,11 +11,12 @@ import { connectionOptions } from '../src/bus/connect.js';
 import { usageStreamSchema } from '../src/config/schema.js';
 import { subjectsFor } from '../src/contract/subjects.js';
 import { createLogger } from '../src/telemetry/logger.js';
-import { buildUsageEvent } from '../src/usage/event.js';
+import { buildUsageEvent, type UsageEventInput } from '../src/usage/event.js';
 import { UsagePublisher } from '../src/usage/publisher.js';
 
-const event = (requestId: string) =>
-  buildUsageEvent({
+/** An event as the worker builds it; the same `requestId` twice is one event published twice (same event id). */
+const builtInput = (requestId: string): UsageEventInput => ({
+  eventId: `event-${requestId}`,
     requestId,
     metadata: { agent_id: 'agent:sofia' },
     model: 'gpt-test',
@@ -31,6 +35,7 @@ const event = (requestId: string) =>
     attempts: [],
     workerId: 'test',
   });
+const event = (requestId: string) => buildUsageEvent(builtInput(requestId));
 
 test('usage events published while NATS is down are kept, retried, and land once it is back', async () => {
   const nats = await startNatsServer();
@@ -131,56 +136,95 @@ test('events published after the stream was deleted are refused (503), held, and
   }
 });
 
-test('events wait for the batch window and go out together; flush sends a waiting batch at once; close logs an unsent one', async () => {
+test('an event is on the wire before publish() returns: a reply written next reaches the server after it', async () => {
   const nats = await startNatsServer();
   const connection = await connect({ ...connectionOptions({ servers: nats.url }) });
+  const observer = await connect({ servers: nats.url });
   const subjects = subjectsFor('llm');
-  const lines: string[] = [];
-  const make = (batchWindowMs: number) =>
-    new UsagePublisher({
-      connection,
-      streamSubject: subjects.usageAll,
-      subjectFor: subjects.usageFor,
-      stream: usageStreamSchema.parse({}),
-      logger: createLogger({ level: 'info', destination: { write: (line: string) => lines.push(line) } }),
-      batchWindowMs,
-    });
-  const stored = async () => (await (await jetstreamManager(connection)).streams.info(usageStreamSchema.parse({}).name)).state.messages;
-  const hour = 3_600_000;
-  const waiting = make(hour);
-  const closing = make(hour);
-  const windowed = make(50);
+  const publisher = new UsagePublisher({ connection, streamSubject: subjects.usageAll, subjectFor: subjects.usageFor, stream: usageStreamSchema.parse({}), logger: createLogger({ level: 'silent' }) });
   try {
-    await waiting.ensureStream();
-    await closing.ensureStream();
-    await windowed.ensureStream();
-
-    // A window of an hour: nothing goes out until flush() sends the batch.
-    for (let index = 0; index < 3; index++) waiting.publish(event(`batched-${index}`));
-    await new Promise((resolve) => setTimeout(resolve, 200));
-    assert.equal(await stored(), 0, 'held for the window');
-    assert.equal(waiting.pending, 3);
-    assert.equal(await waiting.flush(5_000), 0);
-    assert.equal(await stored(), 3);
-
-    // A short window: out without anyone asking.
-    windowed.publish(event('windowed-0'));
-    windowed.publish(event('windowed-1'));
-    const events = await waitForUsageEvents(connection, 5);
-    assert.deepEqual(events.map((item) => item.request_id).sort(), ['batched-0', 'batched-1', 'batched-2', 'windowed-0', 'windowed-1']);
-    assert.equal(windowed.pending, 0);
-
-    // Closed before its window ended: the event is logged in full, not lost silently.
-    closing.publish(event('never-sent'));
-    closing.close();
-    const logged = lines.map((line) => JSON.parse(line) as { msg: string; usage_event?: { request_id: string } }).filter((line) => line.usage_event !== undefined);
-    assert.deepEqual(logged.map((line) => [line.usage_event!.request_id, line.msg]), [['never-sent', 'usage event could not be published before shutdown; logged in full']]);
-    assert.equal(await stored(), 5);
+    await publisher.ensureStream();
+    const seen: string[] = [];
+    observer.subscribe('llm.usage.>', { callback: (_error, message) => void seen.push(`event ${(message.json() as { request_id: string }).request_id}`) });
+    observer.subscribe('test.reply.>', { callback: (_error, message) => void seen.push(`reply ${message.string()}`) });
+    await observer.flush();
+    for (let index = 0; index < 50; index++) {
+      publisher.publish(event(`ordered-${index}`));
+      connection.publish(`test.reply.${index}`, `ordered-${index}`);
+    }
+    await connection.flush();
+    await publisher.flush(5_000);
+    const deadline = Date.now() + 5_000;
+    while (seen.length < 100 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    const expected = Array.from({ length: 50 }, (_, index) => [`event ordered-${index}`, `reply ordered-${index}`]).flat();
+    assert.deepEqual(seen, expected, 'each event arrives before the reply written after it');
   } finally {
-    waiting.close();
-    windowed.close();
-    closing.close();
+    publisher.close();
+    await observer.close();
     await connection.close();
     await nats.dispose();
+  }
+});
+
+test('an event that can never be published is set aside (logged in full, counted, dead-letter file) and the others flow on', async () => {
+  const nats = await startNatsServer({ maxPayload: 8 * 1024 });
+  const connection = await connect({ ...connectionOptions({ servers: nats.url }) });
+  const subjects = subjectsFor('llm');
+  const directory = mkdtempSync(join(tmpdir(), 'llm-proxy-dead-letter-'));
+  const deadLetterFile = join(directory, 'nested', 'dead.jsonl');
+  const lines: string[] = [];
+  const stream = usageStreamSchema.parse({ dead_letter_file: deadLetterFile });
+  const publisher = new UsagePublisher({
+    connection,
+    streamSubject: subjects.usageAll,
+    // A subject no server would take, for one agent: the publisher must catch it before it costs the connection.
+    subjectFor: (token) => (token === 'agent:evil' ? `llm.usage.${'x'.repeat(5_000)}` : subjects.usageFor(token)),
+    stream,
+    logger: createLogger({ level: 'info', destination: { write: (line: string) => lines.push(line) } }),
+    ackTimeoutMs: 1_000,
+    retryBaseMs: 20,
+    retryMaxMs: 100,
+  });
+  const withAgent = (requestId: string, agentId: string, tags: Record<string, string> = {}) =>
+    buildUsageEvent({ ...builtInput(requestId), metadata: { agent_id: agentId, ...tags } });
+  try {
+    // The stream takes messages of up to 1 KiB only: JetStream itself refuses a larger one, for good.
+    const manager = await jetstreamManager(connection);
+    await manager.streams.add({ ...publisher.streamConfig(), max_msg_size: 1_024 });
+    await publisher.ensureStream();
+    const bigTags = Object.fromEntries(Array.from({ length: 10 }, (_, index) => [`tag${index}`, 'v'.repeat(100)]));
+    const hugeTags = Object.fromEntries(Array.from({ length: 30 }, (_, index) => [`tag${index}`, 'v'.repeat(400)]));
+    publisher.publish(withAgent('good-0', 'agent:sofia'));
+    publisher.publish(withAgent('bad-subject', 'agent:evil'));
+    publisher.publish(withAgent('good-1', 'agent:sofia'));
+    publisher.publish(withAgent('over-stream-limit', 'agent:sofia', bigTags));
+    publisher.publish(withAgent('good-2', 'agent:sofia'));
+    publisher.publish(withAgent('over-max-payload', 'agent:sofia', hugeTags));
+    publisher.publish(withAgent('good-3', 'agent:sofia'));
+    assert.equal(await publisher.flush(10_000), 0, 'nothing left pending: no event waits behind one that can never go');
+    assert.equal(publisher.counters.deadLettered, 3);
+    assert.equal(publisher.counters.failedAttempts, 0, 'none of them was retried');
+    assert.equal(connection.isClosed(), false);
+    const events = await waitForUsageEvents(connection, 4);
+    assert.deepEqual(events.map((stored) => stored.request_id).sort(), ['good-0', 'good-1', 'good-2', 'good-3']);
+
+    const logged = lines.map((line) => JSON.parse(line) as { msg: string; usage_event?: { request_id: string }; reason?: string }).filter((line) => line.usage_event !== undefined);
+    assert.deepEqual(logged.map((line) => line.usage_event!.request_id).sort(), ['bad-subject', 'over-max-payload', 'over-stream-limit']);
+    const deadline = Date.now() + 5_000;
+    let written: Array<{ reason: string; event: { request_id: string; tags?: Record<string, string> } }> = [];
+    while (Date.now() < deadline) {
+      written = existsSync(deadLetterFile) ? readFileSync(deadLetterFile, 'utf8').trim().split('\n').map((line) => JSON.parse(line)) : [];
+      if (written.length === 3) break;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    assert.deepEqual(written.map((line) => line.event.request_id).sort(), ['bad-subject', 'over-max-payload', 'over-stream-limit']);
+    const overStream = written.find((line) => line.event.request_id === 'over-stream-limit')!;
+    assert.match(overStream.reason, /maximum/, overStream.reason);
+    assert.deepEqual(overStream.event.tags, bigTags, 'the whole event is kept');
+  } finally {
+    publisher.close();
+    await connection.close();
+    await nats.dispose();
+    rmSync(directory, { recursive: true, force: true });
   }
 });

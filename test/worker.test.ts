@@ -97,7 +97,8 @@ describe('worker: chat requests over NATS', () => {
       'prompt_tokens', 'completion_tokens', 'total_tokens', 'tokens_estimated', 'cost_usd', 'latency_ms', 'ttft_ms', 'stream', 'cached', 'attempts', 'worker_id',
     ]);
     assert.equal(event!.subject, 'llm.usage.agent:sofia');
-    assert.equal(event!.msgId, 'seed-1');
+    assert.match(event!.event_id ?? '', /^[0-9a-f-]{36}$/, 'the worker makes the event id');
+    assert.equal(event!.msgId, event!.event_id, 'the event is keyed by its event id, not the client\'s request_id');
     assert.equal(event!.status, 'ok');
     assert.equal(event!.error_code, null);
     assert.equal(event!.agent_id, 'agent:sofia');
@@ -191,13 +192,19 @@ describe('worker: chat requests over NATS', () => {
     assert.equal(anonymous!.agent_id, null);
   });
 
-  test('a request id sent twice is stored once (Nats-Msg-Id dedup)', async () => {
+  test('a request id sent twice is two requests served, two events (each with its own event id)', async () => {
+    const duplicatesBefore = worker.worker.publisher.counters.duplicates;
     await ask({ ...SEED_BODY, request_id: 'dup-1' });
     await ask({ ...SEED_BODY, request_id: 'dup-1' });
+    let events = await eventFor('dup-1');
     const deadline = Date.now() + 5_000;
-    while (worker.worker.publisher.counters.duplicates < 1 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 25));
-    assert.ok(worker.worker.publisher.counters.duplicates >= 1);
-    assert.equal((await eventFor('dup-1')).length, 1);
+    while (events.length < 2 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 25));
+      events = await eventFor('dup-1');
+    }
+    assert.equal(events.length, 2);
+    assert.notEqual(events[0]!.event_id, events[1]!.event_id);
+    assert.equal(worker.worker.publisher.counters.duplicates, duplicatesBefore, 'neither was taken for a retried publish');
   });
 
   test('deterministic requests are answered from the cache: cached true, cost 0, still one event each', async () => {

@@ -16,7 +16,8 @@ import type { Logger } from 'pino';
 import type { AggregatorConfig } from '../config/aggregator-schema.js';
 import type { UsageStreamConfig } from '../config/schema.js';
 import { ProxyError, toErrorReply } from '../contract/errors.js';
-import { QUEUE_GROUPS, subjectsFor } from '../contract/subjects.js';
+import { HEADERS, QUEUE_GROUPS, subjectsFor } from '../contract/subjects.js';
+import { SecretCheck } from '../auth/index.js';
 import { ensureUsageStream } from '../usage/stream.js';
 import { parseUsageQuery, runUsageQuery, type AggregatedReply } from './query.js';
 import { UsageRollups } from './rollups.js';
@@ -47,6 +48,8 @@ export interface AggregatorOptions {
   now?: () => number;
   /** Upper bound of a snapshot chunk (tests use it to force several chunks). */
   snapshotChunkBytes?: number;
+  /** `X-Internal-Secret` value required on queries (every agent's usage and cost); none when undefined. */
+  secret?: string | undefined;
 }
 
 /** Where this run started from: the snapshot used (if any) and the first stream sequence consumed. */
@@ -97,12 +100,14 @@ export class UsageAggregator {
   private stopped = false;
   private readonly logger: AggregatorLogger;
   private readonly now: () => number;
+  private readonly secret: SecretCheck;
 
   private constructor(private readonly options: AggregatorOptions) {
     this.instanceId = options.aggregator.instance_id ?? defaultInstanceId();
     this.durableName = durableNameFor(options.aggregator, this.instanceId);
     this.logger = options.logger ?? silentLogger;
     this.now = options.now ?? Date.now;
+    this.secret = new SecretCheck(options.secret);
     this.rollups = new UsageRollups(options.aggregator.dedup_horizon);
   }
 
@@ -307,6 +312,7 @@ export class UsageAggregator {
 
   private answer(message: ServiceMsg): void {
     try {
+      if (!this.secret.allows(message.headers)) throw new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`);
       const text = message.string().trim();
       let body: unknown = {};
       if (text !== '') {

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { usageEventSchema, type UsageEvent } from '../contract/usage-event.js';
+import { usageEventKey, usageEventSchema, type UsageEvent } from '../contract/usage-event.js';
 import { HOUR_MS, hourOf } from './time-buckets.js';
 
 /**
@@ -87,7 +87,7 @@ export class UsageRollups {
   readonly stats: RollupStats = { events: 0, duplicates: 0, invalid: 0 };
 
   /**
-   * `dedupHorizonMs`: a second copy of a request id stored within this long
+   * `dedupHorizonMs`: a second copy of an event (same `event_id`; `request_id` for older events) stored within this long
    * (stream time) of the first is recognised. Ids are kept per stream-time
    * hour, so up to one extra hour is remembered.
    */
@@ -118,7 +118,8 @@ export class UsageRollups {
       return { outcome: 'invalid', problem: issue === undefined ? 'invalid' : `${issue.path.join('.')}: ${issue.message}` };
     }
     const event = parsed.data;
-    if (this.hasSeen(event.request_id)) {
+    const key = usageEventKey(event);
+    if (this.hasSeen(key)) {
       this.stats.duplicates += 1;
       return { outcome: 'duplicate', event };
     }
@@ -127,7 +128,7 @@ export class UsageRollups {
       ids = new Set();
       this.seen.set(streamHour, ids);
     }
-    ids.add(event.request_id);
+    ids.add(key);
     const eventTime = Date.parse(event.ts);
     // A worker with a broken clock still gets its requests counted, at the time the server stored them.
     this.add(hourOf(Number.isNaN(eventTime) ? message.storedAtMs : eventTime), event);

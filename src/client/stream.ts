@@ -19,6 +19,7 @@ import {
   type StreamChunk,
   type Subjects,
 } from '../contract/index.js';
+import { ToolCallAssembler } from '../contract/tool-call-assembler.js';
 import { LlmProxyError, errorFromBody, errorFromNats, errorFromServiceHeaders } from './errors.js';
 import { assertFitsMaxPayload, publishCancel, type Envelope } from './request-envelope.js';
 
@@ -30,6 +31,11 @@ import { assertFitsMaxPayload, publishCancel, type Envelope } from './request-en
  * for await (const chunk of stream) process.stdout.write(chunk.delta);
  * const reply = await stream.final; // usage, cost, finish_reason, ttft_ms
  * ```
+ *
+ * When the whole reply was too large for one NATS message, the worker's end
+ * message leaves out what the chunks carried (`omitted`); `final` has it
+ * filled back in from the chunks (`content`, `reasoning_content`,
+ * `tool_calls`), and keeps `omitted` so the caller can tell.
  *
  * Iterating throws an `LlmProxyError` when the stream fails (after the chunks
  * that arrived before the failure); `final` rejects with the same error.
@@ -86,8 +92,14 @@ class NatsChatStream implements ChatStream {
   #waiter: Waiter | undefined;
   #iterated = false;
   #expectedSeq = 0;
-  /** Characters of content received in chunks, to tell a complete stream from one that lost its last chunks. */
-  #deltaLength = 0;
+  /**
+   * What the chunks carried, assembled: to tell a complete stream from one that lost its
+   * last chunks, and to fill in what an end message left out (`omitted`). Strings joined
+   * with `+=` are ropes in V8: nothing is copied per chunk.
+   */
+  #content = '';
+  #reasoning = '';
+  #toolCalls: ToolCallAssembler | undefined;
   #subscription: Subscription | undefined;
   #silenceTimer: NodeJS.Timeout | undefined;
   #totalTimer: NodeJS.Timeout | undefined;
@@ -244,14 +256,16 @@ class NatsChatStream implements ChatStream {
     }
     if (mark === STREAM_MARKS.end || (typeof body === 'object' && body !== null && 'content' in body)) {
       const reply = body as ChatReply;
-      // Sequence numbers catch a gap only before a later chunk; a lost last chunk shows here.
-      if (typeof reply.content === 'string' && reply.content.length !== this.#deltaLength) {
+      // Sequence numbers catch a gap only before a later chunk; a lost last chunk shows here
+      // (unless the end left the content out: then only the sequence numbers vouch for it).
+      if (typeof reply.content === 'string' && reply.content.length !== this.#content.length) {
         this.#fail(
-          new LlmProxyError('upstream_error', `stream ended with ${this.#deltaLength} of ${reply.content.length} characters received: chunk(s) missing before the end`, { requestId }),
+          new LlmProxyError('upstream_error', `stream ended with ${this.#content.length} of ${reply.content.length} characters received: chunk(s) missing before the end`, { requestId }),
           { tellWorker: false },
         );
         return;
       }
+      if (Array.isArray(reply.omitted)) this.#fillOmitted(reply, reply.omitted);
       this.#succeed(reply);
       return;
     }
@@ -279,7 +293,9 @@ class NatsChatStream implements ChatStream {
     this.#expectedSeq += 1;
     const chunk = body as StreamChunk;
     if (typeof chunk.delta !== 'string') chunk.delta = '';
-    this.#deltaLength += chunk.delta.length;
+    this.#content += chunk.delta;
+    if (typeof chunk.reasoning_delta === 'string') this.#reasoning += chunk.reasoning_delta;
+    if (Array.isArray(chunk.tool_calls)) (this.#toolCalls ??= new ToolCallAssembler()).add(chunk.tool_calls);
     const waiter = this.#waiter;
     if (waiter !== undefined) {
       this.#waiter = undefined;
@@ -287,6 +303,14 @@ class NatsChatStream implements ChatStream {
     } else {
       this.#queue.push(chunk);
     }
+  }
+
+  /** Puts back what the end message left out, from the chunks, as the worker assembled it (the same rules). */
+  #fillOmitted(reply: ChatReply, omitted: unknown[]): void {
+    const toolCalls = this.#toolCalls;
+    if (omitted.includes('content')) reply.content = this.#content === '' && toolCalls !== undefined && toolCalls.size > 0 ? null : this.#content;
+    if (omitted.includes('reasoning_content') && this.#reasoning !== '') reply.reasoning_content = this.#reasoning;
+    if (omitted.includes('tool_calls') && toolCalls !== undefined && toolCalls.size > 0) reply.tool_calls = toolCalls.calls();
   }
 
   #errorFrom(body: unknown, message: Msg): LlmProxyError {

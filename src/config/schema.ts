@@ -41,6 +41,14 @@ const envName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environ
 export const PROVIDER_TYPES = ['openai', 'ollama'] as const;
 export type ProviderType = (typeof PROVIDER_TYPES)[number];
 
+/** Most bytes of one 2xx answer body, JSON or a whole stream (`max_response_bytes`). */
+export const DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 ** 2;
+/** Longest SSE line, SSE event's data or NDJSON line (`max_line_bytes`), unless max_response_bytes is smaller. */
+export const DEFAULT_MAX_LINE_BYTES = 4 * 1024 ** 2;
+
+/** A size bound on what a provider sends: a number of bytes or `"32MiB"`; no "unlimited". */
+const boundBytes = sizeBytes.pipe(z.number().int().positive('must be a positive size (e.g. 32MiB); there is no unlimited'));
+
 export const providerSchema = z
   .object({
     type: z.enum(PROVIDER_TYPES).optional(),
@@ -57,8 +65,26 @@ export const providerSchema = z
     body_timeout_ms: positiveInt.optional(),
     /** Size of this provider's keep-alive connection pool. */
     max_connections: positiveInt.default(128),
+    /**
+     * Most bytes of one 2xx answer body (a JSON answer, or a whole stream): past it the call is cut off
+     * with `upstream_error`, so that a hostile or broken upstream cannot fill the worker's memory.
+     */
+    max_response_bytes: boundBytes.default(DEFAULT_MAX_RESPONSE_BYTES),
+    /** Longest SSE line, SSE event's data or NDJSON line; at most max_response_bytes. */
+    max_line_bytes: boundBytes.optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((provider, context) => {
+    if (provider.max_line_bytes !== undefined && provider.max_line_bytes > provider.max_response_bytes) {
+      context.addIssue({
+        code: z.ZodIssueCode.custom,
+        path: ['max_line_bytes'],
+        message: `must be at most max_response_bytes (${provider.max_line_bytes} > ${provider.max_response_bytes})`,
+      });
+    }
+  })
+  // The default line bound follows a max_response_bytes set below it, rather than failing the check above.
+  .transform((provider) => ({ ...provider, max_line_bytes: provider.max_line_bytes ?? Math.min(DEFAULT_MAX_LINE_BYTES, provider.max_response_bytes) }));
 
 export const ROUTING_STRATEGIES = ['weighted', 'least-in-flight', 'lowest-latency'] as const;
 export type RoutingStrategy = (typeof ROUTING_STRATEGIES)[number];
@@ -150,8 +176,13 @@ export const usageStreamSchema = z
     max_msgs: z.number().int().min(-1).default(-1),
     replicas: z.number().int().min(1).max(5).default(1),
     storage: z.enum(['file', 'memory']).default('file'),
-    /** Window within which a re-published event (same request id) is stored once. */
+    /** Window within which a re-published event (same event id) is stored once. */
     duplicate_window: durationMs.prefault('2m'),
+    /**
+     * JSON lines file (relative to the working directory) for events the server can never take
+     * (too large, a subject it refuses): each is also logged in full. `null`: the log only.
+     */
+    dead_letter_file: z.string().min(1).nullable().default('.llm-proxy/usage-dead-letter.jsonl'),
   })
   .strict();
 

@@ -39,6 +39,15 @@ export interface ChatReply {
   /** Streaming terminal message only. */
   done?: true;
   ttft_ms?: number | null;
+  /**
+   * Streaming terminal message only, and only when the whole reply would not
+   * fit the NATS server's `max_payload`: the fields left out of it because the
+   * chunks already carried them (`content`, `reasoning_content`, `tool_calls`,
+   * as a last resort `logprobs`, `choices`). An omitted `content` is sent as
+   * `null`. The typed client fills the first three back in from the chunks and
+   * keeps this field so the caller can tell.
+   */
+  omitted?: string[];
 }
 
 /** A tool-call delta in OpenAI's streaming shape. */
@@ -49,7 +58,10 @@ export interface ToolCallDelta {
   function?: { name?: string; arguments?: string };
 }
 
-/** One streamed chunk (DESIGN.md, "Streaming"). */
+/**
+ * One streamed chunk (DESIGN.md, "Streaming"). A provider delta too large for
+ * one NATS message arrives as several chunks (its text cut between characters).
+ */
 export interface StreamChunk {
   seq: number;
   delta: string;

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { ProxyError } from './errors.js';
+import { MAX_ID_LENGTH, MAX_TAG_VALUE_LENGTH, REQUEST_ID_PATTERN, SAFE_TEXT_PATTERN } from './client-ids.js';
 import { fastCheck } from './fast-check.js';
 
 /**
@@ -54,13 +55,12 @@ function messageIsComplete(message: { role: string; content?: unknown; tool_call
   return !(message.role === 'tool' && message.tool_call_id === undefined) && hasNeededContent(message);
 }
 
+/** Ids and tags: the rules of client-ids.ts (which also bounds the number and names of tags, checked before this schema). */
+const safeText = 'contains a control character or a lone surrogate';
+const metadataId = z.string().min(1).max(MAX_ID_LENGTH).regex(SAFE_TEXT_PATTERN, safeText);
 const metadataSchema = z
-  .object({
-    agent_id: z.string().min(1).max(256).optional(),
-    microdao_id: z.string().min(1).max(256).optional(),
-    channel_id: z.string().min(1).max(256).optional(),
-  })
-  .catchall(z.string().max(1024));
+  .object({ agent_id: metadataId.optional(), microdao_id: metadataId.optional(), channel_id: metadataId.optional() })
+  .catchall(z.string().max(MAX_TAG_VALUE_LENGTH).regex(SAFE_TEXT_PATTERN, safeText));
 
 const toolSchema = z
   .object({
@@ -105,7 +105,7 @@ export const chatRequestSchema = z
     stream_options: z.object({ include_usage: z.boolean().optional() }).passthrough().optional(),
     reasoning_effort: z.enum(['minimal', 'low', 'medium', 'high']).optional(),
     metadata: metadataSchema.optional(),
-    request_id: z.string().min(1).max(128).optional(),
+    request_id: z.string().regex(REQUEST_ID_PATTERN, 'must be 1-128 visible ASCII characters').optional(),
     timeout_ms: z.number().int().positive().max(3_600_000).optional(),
     cache: z.enum(['auto', 'bypass']).optional(),
     provider_options: z.record(z.string(), z.unknown()).optional(),

@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+
 /** Subjects, queue groups and headers of DESIGN.md ("Subjects"). The prefix `llm` is configurable. */
 export const DEFAULT_SUBJECT_PREFIX = 'llm';
 
@@ -48,21 +50,50 @@ export function subjectsFor(prefix: string = DEFAULT_SUBJECT_PREFIX): Subjects {
 }
 
 const TOKEN_SAFE = /^[A-Za-z0-9_:-]+$/;
+const SAFE_CHARACTER = /^[A-Za-z0-9_:-]$/;
+/** Longest agent token: a longer encoding is cut and completed with a hash (subjects stay far below max_control_line). */
+export const MAX_AGENT_TOKEN_LENGTH = 128;
+/** Characters of the encoding kept in front of the hash of a long id (for people reading subjects). */
+const HASHED_PREFIX_LENGTH = 64;
+
+const hex2 = (byte: number) => `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
 
 /**
- * An agent id made into one subject token: every character outside
- * `[A-Za-z0-9_:-]` becomes `%XX` (UTF-8 bytes, upper-case hex); no id gives `anonymous`.
+ * An agent id made into one subject token, one-to-one (DESIGN.md, "Subjects"):
+ * - every character outside `[A-Za-z0-9_:-]` is written `%XX` (its UTF-8 bytes, upper-case hex):
+ *   `agent:sofia` stays `agent:sofia`, `a.b` becomes `a%2Eb`; a lone UTF-16 surrogate (which has no
+ *   UTF-8 form, and which the worker refuses in ids anyway) is written `%uD800`;
+ * - no id gives `anonymous`; the ids `anonymous` and `unauthenticated` themselves, which would land
+ *   on those reserved tokens, are written with their first letter encoded (`%61nonymous`);
+ * - an encoding longer than 128 characters keeps its first 64 and ends in `~` and 32 hex digits of
+ *   the id's SHA-256 (`~` cannot occur in an encoding otherwise, so hashed and plain tokens never
+ *   meet), so no id can make a subject long enough for the server to drop the connection.
  */
 export function agentToken(agentId: string | undefined | null): string {
   if (agentId === undefined || agentId === null || agentId === '') return ANONYMOUS_TOKEN;
-  if (TOKEN_SAFE.test(agentId)) return agentId;
+  let token = TOKEN_SAFE.test(agentId) ? agentId : percentEncode(agentId);
+  if (token === ANONYMOUS_TOKEN || token === UNAUTHENTICATED_TOKEN) token = `${hex2(token.charCodeAt(0))}${token.slice(1)}`;
+  if (token.length <= MAX_AGENT_TOKEN_LENGTH) return token;
+  let prefix = token.slice(0, HASHED_PREFIX_LENGTH);
+  // Do not cut an escape in two.
+  const lastPercent = prefix.lastIndexOf('%', prefix.length - 1);
+  if (lastPercent !== -1 && lastPercent > prefix.length - (prefix[lastPercent + 1] === 'u' ? 6 : 3)) prefix = prefix.slice(0, lastPercent);
+  return `${prefix}~${createHash('sha256').update(agentId, 'utf16le').digest('hex').slice(0, 32)}`;
+}
+
+function percentEncode(agentId: string): string {
   let out = '';
   for (const char of agentId) {
-    if (/^[A-Za-z0-9_:-]$/.test(char)) {
+    if (SAFE_CHARACTER.test(char)) {
       out += char;
       continue;
     }
-    for (const byte of Buffer.from(char, 'utf8')) out += `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+    const code = char.charCodeAt(0);
+    if (char.length === 1 && code >= 0xd800 && code <= 0xdfff) {
+      out += `%u${code.toString(16).toUpperCase()}`;
+      continue;
+    }
+    for (const byte of Buffer.from(char, 'utf8')) out += hex2(byte);
   }
   return out;
 }

@@ -28,6 +28,12 @@ export const usageEventSchema = z
     cached: z.boolean(),
     attempts: z.number().int().nonnegative(),
     worker_id: z.string(),
+    /**
+     * The worker's own id for the request it handled (a UUID): the event's `Nats-Msg-Id` and what
+     * aggregators deduplicate by. `request_id` is the client's correlation id and may repeat.
+     * Absent from events written before it existed: those are keyed by `request_id`.
+     */
+    event_id: z.string().min(1).optional(),
     claimed_agent_id: z.string().optional(),
     attempt_details: z
       .array(
@@ -46,3 +52,6 @@ export const usageEventSchema = z
   .passthrough();
 
 export type UsageEvent = z.infer<typeof usageEventSchema>;
+
+/** What identifies an event for deduplication: its `event_id`, or `request_id` for older events. */
+export const usageEventKey = (event: Pick<UsageEvent, 'event_id' | 'request_id'>): string => event.event_id ?? event.request_id;

@@ -11,7 +11,8 @@ import type { Limiter, Reservation } from './types.js';
  * worker (dependencies point down); the worker's types satisfy them.
  */
 export interface LimitHookContext {
-  requestId: string;
+  /** The worker's own id for this request (unique whatever the client's request_id): the concurrency lease's key. */
+  eventId: string;
   request: ChatRequest;
   agentId: string | undefined;
   /** Epoch ms by which the request must be done: the concurrency lease outlives it a little. */
@@ -97,7 +98,7 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
       let reservation: Reservation;
       try {
         reservation = await limiter.admit({
-          requestId: context.requestId,
+          requestId: context.eventId,
           agentId: context.agentId,
           microdaoId: request.metadata?.microdao_id,
           model: request.model,

@@ -7,12 +7,23 @@
 import { TextDecoder } from 'node:util';
 import type { Dispatcher } from 'undici';
 import { asProxyError, ProxyError } from '../contract/errors.js';
-import { errorFromStatus, errorFromTransport, malformedResponse } from './provider-error.js';
+import { DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_RESPONSE_BYTES } from '../config/schema.js';
+import { errorFromStatus, errorFromTransport, malformedResponse, responseTooLarge } from './provider-error.js';
 import type { CancelSignal } from './cancellation.js';
 import type { ProviderSettings } from './types.js';
 
 /** Longest error body read (an error page can be large; the message is cut to 500 characters anyway). */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
+
+/** Most bytes of one 2xx answer of this provider (`max_response_bytes`), the config's default when the settings name none. */
+export function maxResponseBytes(settings: ProviderSettings): number {
+  return settings.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
+}
+
+/** Longest line or SSE event's data of this provider's streams (`max_line_bytes`), for the decoders. */
+export function maxLineBytes(settings: ProviderSettings): number {
+  return settings.maxLineBytes ?? Math.min(DEFAULT_MAX_LINE_BYTES, maxResponseBytes(settings));
+}
 
 const SECRET_HEADER_PATTERN = /authorization|api[-_]?key|token|secret|key$/i;
 
@@ -96,8 +107,10 @@ function refusedBeforeSending(post: ProviderPost): ProxyError | undefined {
 /**
  * What the two kinds of call share: the caller's signal aborts the request, a non-2xx answer is
  * read up to MAX_ERROR_BODY_BYTES and becomes a ProxyError by its status, a transport failure by
- * its code. Subclasses take the 2xx body. One object per call serves as undici's handler and as the
- * signal's listener (no closures per call).
+ * its code, and a 2xx body past the provider's `max_response_bytes` (declared or counted) aborts
+ * the request (the connection closes, the provider stops) and fails it. Subclasses take the 2xx
+ * body; `failed` must drop whatever they collected. One object per call serves as undici's handler
+ * and as the signal's listener (no closures per call).
  */
 abstract class ProviderResponseHandler implements Dispatcher.DispatchHandler {
   protected controller: Dispatcher.DispatchController | undefined;
@@ -106,6 +119,9 @@ abstract class ProviderResponseHandler implements Dispatcher.DispatchHandler {
   #headers: Record<string, string | string[] | undefined> = {};
   #errorChunks: Buffer[] | undefined;
   #errorSize = 0;
+  /** Bytes of the 2xx body so far; past the limit, the rest is ignored until undici reports the abort. */
+  #bodySize = 0;
+  #cutOff = false;
 
   constructor(
     protected readonly settings: ProviderSettings,
@@ -118,7 +134,7 @@ abstract class ProviderResponseHandler implements Dispatcher.DispatchHandler {
   protected abstract okData(chunk: Buffer): void;
   /** A 2xx body ended. */
   protected abstract okEnd(): void;
-  /** The call failed: a non-2xx status, a transport error or an abort. */
+  /** The call failed: a non-2xx status, a transport error, an abort or a body too large. Drops what was collected. */
   protected abstract failed(error: ProxyError): void;
 
   get statusCode(): number {
@@ -145,11 +161,25 @@ abstract class ProviderResponseHandler implements Dispatcher.DispatchHandler {
   onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     this.#statusCode = statusCode;
     this.#headers = headers;
-    if (this.#ok()) this.okStart(headers);
+    if (!this.#ok()) return;
+    // A body announced larger than allowed is not even started.
+    if (Number(headers['content-length']) > maxResponseBytes(this.settings)) {
+      this.#cutOff = true;
+      this.#refuseOversized();
+      return;
+    }
+    this.okStart(headers);
   }
 
   onResponseData(_controller: Dispatcher.DispatchController, chunk: Buffer): void {
     if (this.#ok()) {
+      if (this.#cutOff) return;
+      this.#bodySize += chunk.length;
+      if (this.#bodySize > maxResponseBytes(this.settings)) {
+        this.#cutOff = true;
+        this.#refuseOversized();
+        return;
+      }
       this.okData(chunk);
       return;
     }
@@ -161,6 +191,7 @@ abstract class ProviderResponseHandler implements Dispatcher.DispatchHandler {
 
   onResponseEnd(): void {
     this.release();
+    if (this.#cutOff) return;
     if (this.#ok()) this.okEnd();
     else this.#failByStatus();
   }
@@ -170,6 +201,18 @@ abstract class ProviderResponseHandler implements Dispatcher.DispatchHandler {
     // An error page lost on the way: its status (and Retry-After) says enough, unless we were aborted.
     if (this.#statusCode !== 0 && !this.#ok() && !this.signal.aborted) this.#failByStatus();
     else this.failed(errorFromTransport(this.settings.name, error, this.signal));
+  }
+
+  /**
+   * Past `max_response_bytes`: fail (the subclass drops what it holds, so that the memory can be
+   * reclaimed at once) and abort, which closes the connection; undici then reports the abort through
+   * onResponseError, which finds the call failed already.
+   */
+  #refuseOversized(): void {
+    const error = responseTooLarge(this.settings.name, maxResponseBytes(this.settings), this.#statusCode);
+    this.release();
+    this.failed(error);
+    this.controller?.abort(error);
   }
 
   /** A non-2xx answer as a ProxyError, with as much of its body as was read. */
@@ -233,17 +276,22 @@ class JsonResponseHandler extends ProviderResponseHandler {
   protected okStart(): void {}
 
   protected okData(chunk: Buffer): void {
+    if (this.#settled) return;
     this.#chunks.push(chunk);
     this.#size += chunk.length;
   }
 
   protected okEnd(): void {
-    const text = this.#chunks.length === 1 ? this.#chunks[0]!.toString('utf8') : Buffer.concat(this.#chunks, this.#size).toString('utf8');
+    if (this.#settled) return;
+    const chunks = this.#chunks;
+    this.#chunks = [];
     let json: unknown;
     try {
+      const text = chunks.length === 1 ? chunks[0]!.toString('utf8') : Buffer.concat(chunks, this.#size).toString('utf8');
       json = parseJsonText(this.settings.name, text, this.statusCode);
     } catch (error) {
-      this.failed(error as ProxyError);
+      // Also a body past V8's longest string (ERR_STRING_TOO_LONG), were max_response_bytes set that high.
+      this.failed(error instanceof ProxyError ? error : malformedResponse(this.settings.name, 'unreadable response body', this.statusCode));
       return;
     }
     this.#settled = true;
@@ -251,6 +299,8 @@ class JsonResponseHandler extends ProviderResponseHandler {
   }
 
   protected failed(error: ProxyError): void {
+    this.#chunks = [];
+    this.#size = 0;
     if (this.#settled) return;
     this.#settled = true;
     this.reject(error);
@@ -357,6 +407,8 @@ class ProviderEventStream<E> extends ProviderResponseHandler implements AsyncIte
       this.#closed = true;
       this.#queue = [];
       this.#head = 0;
+      this.#decoder = undefined;
+      this.#text = undefined;
       if (!this.#ended && this.#failure === undefined) this.controller?.abort(new Error('the stream was closed before its end'));
       this.release();
       this.#waiter?.resolve({ done: true, value: undefined });
@@ -380,7 +432,7 @@ class ProviderEventStream<E> extends ProviderResponseHandler implements AsyncIte
   }
 
   protected okData(chunk: Buffer): void {
-    if (this.#closed || this.#failure !== undefined) return;
+    if (this.#closed || this.#failure !== undefined || this.#decoder === undefined) return;
     try {
       const text = this.#text!.decode(chunk, { stream: true });
       if (text !== '') this.#decoder!.push(text, this.#queue);
@@ -396,7 +448,7 @@ class ProviderEventStream<E> extends ProviderResponseHandler implements AsyncIte
   }
 
   protected okEnd(): void {
-    if (this.#closed || this.#failure !== undefined) return;
+    if (this.#closed || this.#failure !== undefined || this.#decoder === undefined) return;
     try {
       const rest = this.#text!.decode();
       if (rest !== '') this.#decoder!.push(rest, this.#queue);
@@ -410,6 +462,9 @@ class ProviderEventStream<E> extends ProviderResponseHandler implements AsyncIte
   }
 
   protected failed(error: ProxyError): void {
+    // Whatever the decoder holds (a long unfinished line) goes now; the events decoded so far stay queued.
+    this.#decoder = undefined;
+    this.#text = undefined;
     if (this.#closed || this.#failure !== undefined || this.#ended) return;
     this.#failure = error;
     this.#wake();

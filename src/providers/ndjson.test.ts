@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { NdjsonParser, NdjsonSyntaxError } from './ndjson.js';
+import { LineTooLongError, NdjsonParser, NdjsonSyntaxError } from './ndjson.js';
 
 /** A real Ollama /api/chat stream (shortened). */
 const OLLAMA_STREAM = [
@@ -50,3 +50,60 @@ test('ndjson: a line that is not JSON throws NdjsonSyntaxError', () => {
   assert.deepEqual(values, [{ a: 1 }], 'the good line before the bad one is delivered first');
   assert.throws(() => parseAll(['{"a":']), NdjsonSyntaxError);
 });
+
+const PIECE = 64 * 1024;
+
+test('ndjson: a line over the bound throws LineTooLongError, after the lines before it; up to the bound passes', () => {
+  const line = `"${'x'.repeat(98)}"`; // 100 characters
+  const parser = new NdjsonParser(100);
+  assert.deepEqual([...parser.push(`${line}\n`)], ['x'.repeat(98)]);
+  const values: unknown[] = [];
+  assert.throws(
+    () => {
+      for (const value of parser.push(`{"a":1}\n"${'x'.repeat(99)}"\n`)) values.push(value);
+    },
+    (error: unknown) => error instanceof LineTooLongError && error.what === 'line' && error.limit === 100,
+  );
+  assert.deepEqual(values, [{ a: 1 }]);
+});
+
+test('ndjson: a line that never ends throws once it passes the bound, without waiting for its newline', () => {
+  const parser = new NdjsonParser(1_000);
+  assert.throws(() => {
+    for (let piece = 0; piece < 100; piece += 1) [...parser.push('x'.repeat(100))];
+  }, LineTooLongError);
+});
+
+test('ndjson: a 50 MB line fed in 64 KiB pieces is decoded whole when the bound allows it', () => {
+  const size = 50_000_000;
+  const text = `{"a":1}\n{"content":"${'c'.repeat(size)}"}\n{"done":true}`;
+  const parser = new NdjsonParser(size + 20);
+  const values: unknown[] = [];
+  for (let offset = 0; offset < text.length; offset += PIECE) values.push(...parser.push(text.slice(offset, offset + PIECE)));
+  values.push(...parser.finish());
+  assert.equal(values.length, 3);
+  assert.equal((values[1] as { content: string }).content.length, size);
+  assert.deepEqual(values[2], { done: true });
+});
+
+test('ndjson: feeding a long line costs time in proportion to its length, not to its square', { timeout: 120_000 }, () => {
+  // As in sse.test.ts: 8 times the input should take about 8 times as long (64 times if every piece
+  // rescanned the line); the 64 MB run stops as soon as it passes 24 times the best 8 MB time.
+  const small = Math.min(...[1, 2, 3].map(() => feedLongLine(8_000_000, Number.POSITIVE_INFINITY).elapsedMs));
+  const budgetMs = Math.max(24 * small, 500);
+  let large = feedLongLine(64_000_000, budgetMs);
+  if (!large.finished) large = feedLongLine(64_000_000, budgetMs);
+  assert.ok(large.finished, `64 MB took more than ${budgetMs.toFixed(0)} ms, over 24 × the ${small.toFixed(0)} ms of 8 MB: not linear`);
+});
+
+/** Feeds one line of `size` characters (not JSON: only the splitting is timed) in 64 KiB pieces, without its newline; gives up past `budgetMs`. */
+function feedLongLine(size: number, budgetMs: number): { elapsedMs: number; finished: boolean } {
+  const text = 'n'.repeat(size);
+  const parser = new NdjsonParser(size);
+  const started = performance.now();
+  for (let offset = 0; offset < text.length; offset += PIECE) {
+    for (const _value of parser.push(text.slice(offset, offset + PIECE))) assert.fail('no line ends in the input');
+    if (performance.now() - started > budgetMs) return { elapsedMs: performance.now() - started, finished: false };
+  }
+  return { elapsedMs: performance.now() - started, finished: true };
+}

@@ -2,8 +2,17 @@
  * An incremental parser for newline-delimited JSON (Ollama's streams): text
  * goes in as it arrives, in pieces of any size, and the values of complete
  * lines come out. Blank lines are skipped and `\r\n` is accepted; a line that
- * is not JSON throws `NdjsonSyntaxError`.
+ * is not JSON throws `NdjsonSyntaxError`, a line longer than the bound
+ * `LineTooLongError`.
+ *
+ * Linear in the input, however long a line: each piece is scanned once, and
+ * the pieces of an unfinished line are kept in an array and joined once, when
+ * its newline arrives (see sse.ts).
  */
+import { LineTooLongError } from './sse.js';
+
+export { LineTooLongError };
+
 export class NdjsonSyntaxError extends Error {
   constructor(readonly line: string) {
     super(`not a JSON line: ${line.length > 80 ? `${line.slice(0, 80)}…` : line}`);
@@ -22,28 +31,59 @@ function parseLine(raw: string): { value: unknown } | undefined {
 }
 
 export class NdjsonParser {
-  private buffer = '';
+  /** The pieces of the line not ended yet, and their total length. */
+  #pending: string[] = [];
+  #pendingLength = 0;
+
+  /** `maxLineLength`: longest line, `\r` included, in UTF-16 code units (see LineTooLongError in sse.ts). */
+  constructor(private readonly maxLineLength = Number.POSITIVE_INFINITY) {}
 
   /**
    * Feeds a piece of the stream; yields the values of the lines it completed, one by one, so that
-   * the lines before a bad one are delivered before the error is thrown.
+   * the lines before a bad (or too long) one are delivered before the error is thrown.
    */
   *push(text: string): Generator<unknown> {
-    this.buffer += text;
-    let newline = this.buffer.indexOf('\n');
+    let start = 0;
+    let newline = text.indexOf('\n');
     while (newline !== -1) {
-      const line = this.buffer.slice(0, newline);
-      this.buffer = this.buffer.slice(newline + 1);
+      const line = this.#completeLine(text, start, newline);
+      start = newline + 1;
       const parsed = parseLine(line);
       if (parsed !== undefined) yield parsed.value;
-      newline = this.buffer.indexOf('\n');
+      newline = text.indexOf('\n', start);
     }
+    if (start < text.length) this.#keep(start === 0 ? text : text.slice(start));
   }
 
   /** The stream has ended: a last line without a newline still counts. */
   finish(): unknown[] {
-    const parsed = parseLine(this.buffer);
-    this.buffer = '';
+    const line = this.#pending.join('');
+    this.#pending = [];
+    this.#pendingLength = 0;
+    const parsed = parseLine(line);
     return parsed === undefined ? [] : [parsed.value];
+  }
+
+  #keep(piece: string): void {
+    this.#pendingLength += piece.length;
+    if (this.#pendingLength > this.maxLineLength) this.#tooLong();
+    this.#pending.push(piece);
+  }
+
+  #completeLine(text: string, start: number, end: number): string {
+    if (this.#pendingLength + (end - start) > this.maxLineLength) this.#tooLong();
+    if (this.#pending.length === 0) return text.slice(start, end);
+    this.#pending.push(text.slice(start, end));
+    const line = this.#pending.join('');
+    this.#pending = [];
+    this.#pendingLength = 0;
+    return line;
+  }
+
+  /** Past the bound: the pieces are dropped at once (the caller gives up on the stream), then the throw. */
+  #tooLong(): never {
+    this.#pending = [];
+    this.#pendingLength = 0;
+    throw new LineTooLongError(this.maxLineLength, 'line');
   }
 }

@@ -4,10 +4,10 @@
  */
 import { convertOllamaChat, convertOllamaChunk, createOllamaStreamState, type OllamaStreamState } from './convert-ollama-response.js';
 import { convertToOllamaRequest } from './convert-to-ollama-request.js';
-import { postForEvents, postForJson, type StreamDecoder } from './http.js';
-import { NdjsonParser, NdjsonSyntaxError } from './ndjson.js';
+import { maxLineBytes, postForEvents, postForJson, type StreamDecoder } from './http.js';
+import { LineTooLongError, NdjsonParser, NdjsonSyntaxError } from './ndjson.js';
 import { ollamaChatSchema } from './ollama-response-schema.js';
-import { malformedResponse, streamEndedEarly } from './provider-error.js';
+import { lineTooLong, malformedResponse, streamEndedEarly } from './provider-error.js';
 import { fastCheck } from '../contract/fast-check.js';
 import { parseProviderPayload } from './parse-provider-payload.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from './types.js';
@@ -21,10 +21,12 @@ function parseChat(settings: ProviderSettings, json: unknown): ReturnType<typeof
 
 /** NDJSON from Ollama: one JSON object per line, the last one `done: true` with the token counts. */
 class NdjsonDecoder implements StreamDecoder<ProviderStreamEvent> {
-  readonly #parser = new NdjsonParser();
+  readonly #parser: NdjsonParser;
   readonly #state: OllamaStreamState = createOllamaStreamState();
 
-  constructor(private readonly settings: ProviderSettings) {}
+  constructor(private readonly settings: ProviderSettings) {
+    this.#parser = new NdjsonParser(maxLineBytes(settings));
+  }
 
   push(text: string, out: ProviderStreamEvent[]): void {
     try {
@@ -32,6 +34,7 @@ class NdjsonDecoder implements StreamDecoder<ProviderStreamEvent> {
       for (const value of this.#parser.push(text)) this.#convert(value, out);
     } catch (error) {
       if (error instanceof NdjsonSyntaxError) throw malformedResponse(this.settings.name, 'malformed JSON in stream', 200);
+      if (error instanceof LineTooLongError) throw lineTooLong(this.settings.name, maxLineBytes(this.settings), error.what, 200);
       throw error;
     }
   }

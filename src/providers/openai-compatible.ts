@@ -4,10 +4,10 @@
  */
 import { convertOpenAIChunk, convertOpenAICompletion, createOpenAIStreamState, type OpenAIStreamState } from './convert-openai-response.js';
 import { convertToOpenAIRequest } from './convert-to-openai-request.js';
-import { parseJsonText, postForEvents, postForJson, type StreamDecoder } from './http.js';
+import { maxLineBytes, parseJsonText, postForEvents, postForJson, type StreamDecoder } from './http.js';
 import { openAIChunkSchema, openAICompletionSchema } from './openai-response-schema.js';
-import { malformedResponse, streamEndedEarly } from './provider-error.js';
-import { SseParser, type SseEvent } from './sse.js';
+import { lineTooLong, malformedResponse, streamEndedEarly } from './provider-error.js';
+import { LineTooLongError, SseParser, type SseEvent } from './sse.js';
 import { fastCheck } from '../contract/fast-check.js';
 import { parseProviderPayload } from './parse-provider-payload.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from './types.js';
@@ -50,14 +50,25 @@ function convertSseEvent(settings: ProviderSettings, event: SseEvent, state: Ope
 
 /** SSE from the provider: `data:` events of JSON chunks, up to `[DONE]`. */
 class SseDecoder implements StreamDecoder<ProviderStreamEvent> {
-  readonly #parser = new SseParser();
+  readonly #parser: SseParser;
   readonly #state: OpenAIStreamState = createOpenAIStreamState();
   #done = false;
 
-  constructor(private readonly settings: ProviderSettings) {}
+  constructor(private readonly settings: ProviderSettings) {
+    this.#parser = new SseParser(maxLineBytes(settings));
+  }
 
   push(text: string, out: ProviderStreamEvent[]): void {
-    this.#convert(this.#parser.push(text), out, false);
+    const events: SseEvent[] = [];
+    try {
+      this.#parser.push(text, events);
+    } catch (error) {
+      // The events completed before the line that is too long reach the caller first.
+      this.#convert(events, out, false);
+      if (error instanceof LineTooLongError) throw lineTooLong(this.settings.name, maxLineBytes(this.settings), error.what, 200);
+      throw error;
+    }
+    this.#convert(events, out, false);
   }
 
   end(out: ProviderStreamEvent[]): void {

@@ -214,3 +214,22 @@ export function errorFromStreamPayload(provider: string, payload: unknown, secre
     contextLengthExceeded,
   });
 }
+
+/**
+ * A 2xx answer larger than the provider's `max_response_bytes`: the call is cut off. Not retryable:
+ * the same upstream would most likely send the same again, and every try costs the bytes.
+ */
+export function responseTooLarge(provider: string, limit: number, status?: number): ProxyError {
+  return new ProxyError('upstream_error', `${provider}: the answer exceeded max_response_bytes (${limit} bytes)`, {
+    retryable: false,
+    ...(status !== undefined ? { upstreamStatus: status } : {}),
+  });
+}
+
+/** A line of a streamed answer (or an SSE event's data) longer than the provider's `max_line_bytes`. Not retryable, as above. */
+export function lineTooLong(provider: string, limit: number, what: 'line' | 'event', status?: number): ProxyError {
+  return new ProxyError('upstream_error', `${provider}: ${what === 'line' ? 'a line' : 'an event'} of the answer exceeded max_line_bytes (${limit} bytes)`, {
+    retryable: false,
+    ...(status !== undefined ? { upstreamStatus: status } : {}),
+  });
+}

@@ -26,7 +26,7 @@ export interface ProviderSet {
   close(): Promise<void>;
 }
 
-export function createPool(provider: Omit<ResolvedProvider, 'name' | 'type' | 'apiKey'>): Pool {
+export function createPool(provider: Omit<ResolvedProvider, 'name' | 'type' | 'apiKey' | 'max_response_bytes' | 'max_line_bytes'>): Pool {
   return new Pool(new URL(provider.base_url).origin, {
     connections: provider.max_connections,
     connect: { timeout: provider.connect_timeout_ms },
@@ -65,6 +65,8 @@ export function createProviders(config: Pick<ResolvedConfig, 'providers'>): Prov
         apiKey: provider.apiKey,
         apiKeyEnv: provider.api_key_env,
         headers: provider.headers,
+        maxResponseBytes: provider.max_response_bytes,
+        maxLineBytes: provider.max_line_bytes,
         dispatcher: pool,
       }),
     );

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { SseParser, type SseEvent } from './sse.js';
+import { LineTooLongError, SseParser, type SseEvent } from './sse.js';
 
 /** A real OpenAI stream (shortened), with the quirks seen in the wild mixed in. */
 const OPENAI_STREAM = [
@@ -86,3 +86,78 @@ test('sse: an event not closed by a blank line is still delivered at the end', (
 test('sse: nothing but comments and blank lines gives no event', () => {
   assert.deepEqual(parseAll([': ping\n\n: ping\r\n\r\n\n\n']), []);
 });
+
+test('sse: a line, or the data of one event, over the bound throws LineTooLongError; up to the bound passes', () => {
+  const line = `data: ${'x'.repeat(94)}`; // 100 characters
+  assert.deepEqual(parseAllBounded([`${line}\n\n`], 100), [{ event: undefined, data: 'x'.repeat(94) }]);
+  assert.throws(() => parseAllBounded([`${line}x\n\n`], 100), (error: unknown) => error instanceof LineTooLongError && error.what === 'line' && error.limit === 100);
+  // Three lines of 40 characters each, whose data is 3 × 34 + 2 newlines = 104 together.
+  const event = `data: ${'y'.repeat(34)}\n`.repeat(3);
+  assert.throws(() => parseAllBounded([`${event}\n`], 100), (error: unknown) => error instanceof LineTooLongError && error.what === 'event');
+  assert.equal(parseAllBounded([`${event}\n`], 104).length, 1);
+});
+
+test('sse: a line that never ends throws once it passes the bound, without waiting for its end', () => {
+  const parser = new SseParser(1_000);
+  parser.push('data: ');
+  assert.throws(() => {
+    for (let piece = 0; piece < 100; piece += 1) parser.push('x'.repeat(100));
+  }, LineTooLongError);
+});
+
+test('sse: the events completed before a line over the bound are handed over before the throw', () => {
+  const parser = new SseParser(50);
+  const out: SseEvent[] = [];
+  assert.throws(() => parser.push(`data: one\n\ndata: two\n\ndata: ${'z'.repeat(60)}\n\n`, out), LineTooLongError);
+  assert.deepEqual(
+    out.map((event) => event.data),
+    ['one', 'two'],
+  );
+});
+
+test('sse: a 50 MB line fed in 64 KiB pieces is decoded whole when the bound allows it', () => {
+  const size = 50_000_000;
+  const text = `: hello\n\ndata: ${'a'.repeat(size)}\r\n\r\ndata: [DONE]\n\n`;
+  const parser = new SseParser(size + 'data: '.length);
+  const events: SseEvent[] = [];
+  for (let offset = 0; offset < text.length; offset += PIECE) parser.push(text.slice(offset, offset + PIECE), events);
+  parser.finish(events);
+  assert.equal(events.length, 2);
+  assert.equal(events[0]!.data.length, size);
+  assert.equal(events[1]!.data, '[DONE]');
+});
+
+test('sse: feeding a long line costs time in proportion to its length, not to its square', { timeout: 120_000 }, () => {
+  // Linear code takes about 8 times as long for 64 MB as for 8 MB; code that rescans the line on every
+  // piece takes about 64 times as long. The 64 MB run is stopped as soon as it passes 24 times the
+  // 8 MB time (best of three), so that quadratic code fails in seconds rather than minutes, and a
+  // loaded machine has a wide margin.
+  const small = Math.min(...[1, 2, 3].map(() => feedLongLine(8_000_000, Number.POSITIVE_INFINITY).elapsedMs));
+  const budgetMs = Math.max(24 * small, 500);
+  let large = feedLongLine(64_000_000, budgetMs);
+  if (!large.finished) large = feedLongLine(64_000_000, budgetMs);
+  assert.ok(large.finished, `64 MB took more than ${budgetMs.toFixed(0)} ms, over 24 × the ${small.toFixed(0)} ms of 8 MB: not linear`);
+});
+
+const PIECE = 64 * 1024;
+
+function parseAllBounded(pieces: string[], maxLineLength: number): SseEvent[] {
+  const parser = new SseParser(maxLineLength);
+  const events: SseEvent[] = [];
+  for (const piece of pieces) parser.push(piece, events);
+  return parser.finish(events);
+}
+
+/** Feeds one `data:` line of `size` characters in 64 KiB pieces; gives up once `budgetMs` is spent. */
+function feedLongLine(size: number, budgetMs: number): { elapsedMs: number; finished: boolean } {
+  const text = `data: ${'b'.repeat(size)}\n\n`;
+  const parser = new SseParser(size + 6);
+  const events: SseEvent[] = [];
+  const started = performance.now();
+  for (let offset = 0; offset < text.length; offset += PIECE) {
+    events.push(...parser.push(text.slice(offset, offset + PIECE)));
+    if (performance.now() - started > budgetMs) return { elapsedMs: performance.now() - started, finished: false };
+  }
+  assert.equal(events[0]?.data.length, size);
+  return { elapsedMs: performance.now() - started, finished: true };
+}

@@ -4,6 +4,12 @@
  * complete events come out. Handles `\n`, `\r\n` and `\r` line ends (also when
  * a `\r\n` pair is split between two pieces), `:` comments, several `data:`
  * lines per event, a leading BOM, and events whose data is empty (dropped).
+ *
+ * Linear in the input, however long a line and however the input is split:
+ * each piece is scanned once, from where the previous scan stopped, and the
+ * pieces of an unfinished line are kept in an array and joined once, when the
+ * line ends. (Appending to one string and indexing it would make V8 flatten
+ * the growing string on every piece: quadratic on a long line.)
  */
 export interface SseEvent {
   /** The `event:` field, when the server named the event (`error` on some servers). */
@@ -11,72 +17,143 @@ export interface SseEvent {
   data: string;
 }
 
-export class SseParser {
-  private buffer = '';
-  private dataLines: string[] = [];
-  private eventType: string | undefined;
-  private started = false;
+/**
+ * A line, or the data of an event, longer than the parser's bound. Lengths are
+ * counted in UTF-16 code units of the decoded text, not in bytes: the same
+ * number for ASCII, and 1 to 3 bytes of UTF-8 a unit otherwise (4 bytes for a
+ * surrogate pair). What the bound protects is memory, and a string takes 1 or 2
+ * bytes a unit in V8, so at most twice the bound is held.
+ */
+export class LineTooLongError extends Error {
+  constructor(
+    /** The bound, in UTF-16 code units. */
+    readonly limit: number,
+    /** `line`: one line (SSE or NDJSON); `event`: the data lines of one SSE event together. */
+    readonly what: 'line' | 'event',
+  ) {
+    super(`${what === 'line' ? 'a line' : "an event's data"} longer than ${limit} characters`);
+    this.name = 'LineTooLongError';
+  }
+}
 
-  /** Feeds a piece of the stream; returns the events it completed. */
-  push(text: string): SseEvent[] {
-    let input = text;
-    if (!this.started && input.length > 0) {
-      this.started = true;
-      if (input.charCodeAt(0) === 0xfeff) input = input.slice(1);
-    }
-    this.buffer += input;
-    const events: SseEvent[] = [];
+const LINE_FEED = 0x0a;
+const BYTE_ORDER_MARK = 0xfeff;
+
+export class SseParser {
+  /** The pieces of the line not ended yet, and their total length. */
+  #pending: string[] = [];
+  #pendingLength = 0;
+  /** The last piece ended with `\r`: a `\n` starting the next piece is the second half of that line end. */
+  #afterCarriageReturn = false;
+  #dataLines: string[] = [];
+  /** Length of the data lines joined with `\n`. */
+  #dataLength = 0;
+  #eventType: string | undefined;
+  #started = false;
+
+  /** `maxLineLength`: longest line, and longest data of one event, in UTF-16 code units (see LineTooLongError). */
+  constructor(private readonly maxLineLength = Number.POSITIVE_INFINITY) {}
+
+  /**
+   * Feeds a piece of the stream; appends the events it completed to `out` and returns `out`. Throws
+   * LineTooLongError past the bound; the events completed before it are in `out` already.
+   */
+  push(text: string, out: SseEvent[] = []): SseEvent[] {
     let start = 0;
-    for (;;) {
-      let end = start;
-      while (end < this.buffer.length && this.buffer[end] !== '\n' && this.buffer[end] !== '\r') end += 1;
-      if (end >= this.buffer.length) break;
-      // A lone `\r` at the end may be the first half of `\r\n`: wait for the next piece.
-      if (this.buffer[end] === '\r' && end === this.buffer.length - 1) break;
-      const line = this.buffer.slice(start, end);
-      start = end + (this.buffer[end] === '\r' && this.buffer[end + 1] === '\n' ? 2 : 1);
-      const event = this.processLine(line);
-      if (event !== undefined) events.push(event);
+    if (!this.#started && text.length > 0) {
+      this.#started = true;
+      if (text.charCodeAt(0) === BYTE_ORDER_MARK) start = 1;
     }
-    this.buffer = this.buffer.slice(start);
-    return events;
+    if (this.#afterCarriageReturn && start < text.length) {
+      this.#afterCarriageReturn = false;
+      if (text.charCodeAt(start) === LINE_FEED) start += 1;
+    }
+    // The next `\n` and `\r` at or after `start`, each searched again only once passed: one scan of the piece.
+    let nextLineFeed = text.indexOf('\n', start);
+    let nextCarriageReturn = text.indexOf('\r', start);
+    while (nextLineFeed !== -1 || nextCarriageReturn !== -1) {
+      const atCarriageReturn = nextLineFeed === -1 || (nextCarriageReturn !== -1 && nextCarriageReturn < nextLineFeed);
+      const end = atCarriageReturn ? nextCarriageReturn : nextLineFeed;
+      const event = this.#processLine(this.#completeLine(text, start, end));
+      if (event !== undefined) out.push(event);
+      start = end + 1;
+      if (atCarriageReturn) {
+        if (start === text.length) this.#afterCarriageReturn = true;
+        else if (text.charCodeAt(start) === LINE_FEED) start += 1;
+      }
+      if (nextLineFeed !== -1 && nextLineFeed < start) nextLineFeed = text.indexOf('\n', start);
+      if (nextCarriageReturn !== -1 && nextCarriageReturn < start) nextCarriageReturn = text.indexOf('\r', start);
+    }
+    if (start < text.length) this.#keep(start === 0 ? text : text.slice(start));
+    return out;
   }
 
   /**
-   * The stream has ended: an event still being collected is returned as well (the spec would drop it,
+   * The stream has ended: an event still being collected is appended as well (the spec would drop it,
    * but servers that close right after `data: [DONE]\n` are common enough to be lenient).
    */
-  finish(): SseEvent[] {
-    const events: SseEvent[] = [];
-    if (this.buffer.length > 0) {
-      const line = this.buffer.endsWith('\r') ? this.buffer.slice(0, -1) : this.buffer;
-      this.buffer = '';
-      const event = this.processLine(line);
-      if (event !== undefined) events.push(event);
+  finish(out: SseEvent[] = []): SseEvent[] {
+    if (this.#pending.length > 0) {
+      const event = this.#processLine(this.#completeLine('', 0, 0));
+      if (event !== undefined) out.push(event);
     }
-    const last = this.dispatch();
-    if (last !== undefined) events.push(last);
-    return events;
+    this.#afterCarriageReturn = false;
+    const last = this.#dispatch();
+    if (last !== undefined) out.push(last);
+    return out;
   }
 
-  private processLine(line: string): SseEvent | undefined {
-    if (line === '') return this.dispatch();
-    if (line.startsWith(':')) return undefined;
+  /** Keeps the start of a line that has not ended yet. */
+  #keep(piece: string): void {
+    this.#pendingLength += piece.length;
+    if (this.#pendingLength > this.maxLineLength) this.#tooLong('line');
+    this.#pending.push(piece);
+  }
+
+  /** The line that ends at `end` in `text`: the pieces kept so far and `text` from `start`. */
+  #completeLine(text: string, start: number, end: number): string {
+    if (this.#pendingLength + (end - start) > this.maxLineLength) this.#tooLong('line');
+    if (this.#pending.length === 0) return text.slice(start, end);
+    this.#pending.push(text.slice(start, end));
+    const line = this.#pending.join('');
+    this.#pending = [];
+    this.#pendingLength = 0;
+    return line;
+  }
+
+  #processLine(line: string): SseEvent | undefined {
+    if (line === '') return this.#dispatch();
+    if (line.charCodeAt(0) === 0x3a /* `:` */) return undefined;
     const colon = line.indexOf(':');
     const field = colon === -1 ? line : line.slice(0, colon);
     let value = colon === -1 ? '' : line.slice(colon + 1);
     if (value.startsWith(' ')) value = value.slice(1);
-    if (field === 'data') this.dataLines.push(value);
-    else if (field === 'event') this.eventType = value;
+    if (field === 'data') {
+      this.#dataLength += value.length + (this.#dataLines.length > 0 ? 1 : 0);
+      if (this.#dataLength > this.maxLineLength) this.#tooLong('event');
+      this.#dataLines.push(value);
+    } else if (field === 'event') {
+      this.#eventType = value;
+    }
     return undefined;
   }
 
-  private dispatch(): SseEvent | undefined {
-    const data = this.dataLines.join('\n');
-    const event = this.eventType;
-    this.dataLines = [];
-    this.eventType = undefined;
+  #dispatch(): SseEvent | undefined {
+    const data = this.#dataLines.length === 1 ? this.#dataLines[0]! : this.#dataLines.join('\n');
+    const event = this.#eventType;
+    this.#dataLines = [];
+    this.#dataLength = 0;
+    this.#eventType = undefined;
     if (data.trim() === '') return undefined;
     return { event, data };
+  }
+
+  /** Past the bound: what was collected is dropped at once (the caller gives up on the stream), then the throw. */
+  #tooLong(what: 'line' | 'event'): never {
+    this.#pending = [];
+    this.#pendingLength = 0;
+    this.#dataLines = [];
+    this.#dataLength = 0;
+    throw new LineTooLongError(this.maxLineLength, what);
   }
 }

@@ -21,6 +21,13 @@ export interface ProviderSettings {
    */
   apiKeyEnv?: string | undefined;
   headers?: Record<string, string> | undefined;
+  /** Most bytes of one 2xx answer body, JSON or a whole stream (`max_response_bytes`; default 32 MiB). */
+  maxResponseBytes?: number | undefined;
+  /**
+   * Longest SSE line, SSE event's data or NDJSON line (`max_line_bytes`; default 4 MiB, or
+   * maxResponseBytes when smaller), counted in UTF-16 code units of the decoded text (sse.ts).
+   */
+  maxLineBytes?: number | undefined;
   /** The undici pool for this provider (one per provider, keep-alive). */
   dispatcher: Dispatcher;
 }

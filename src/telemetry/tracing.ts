@@ -1,16 +1,17 @@
 import { context, propagation, trace, SpanKind, SpanStatusCode, type Context, type Span, type TextMapGetter } from '@opentelemetry/api';
-import type { MsgHdrs } from '@nats-io/nats-core';
+import { Match, type MsgHdrs } from '@nats-io/nats-core';
 
 /**
  * W3C trace context over NATS headers. nats.js does not propagate it, so we
  * read `traceparent`/`tracestate` through OTel's propagation API. With no SDK
  * registered every call here is OTel's no-op: cheap enough for every request.
+ * Header names match in any case (`Traceparent`, `TRACEPARENT`), as in HTTP.
  */
 const headersGetter: TextMapGetter<MsgHdrs | undefined> = {
   keys: (carrier) => (carrier === undefined ? [] : carrier.keys()),
   get: (carrier, key) => {
-    if (carrier === undefined || !carrier.has(key)) return undefined;
-    const values = carrier.values(key);
+    if (carrier === undefined || !carrier.has(key, Match.IgnoreCase)) return undefined;
+    const values = carrier.values(key, Match.IgnoreCase);
     return values.length <= 1 ? values[0] : values;
   },
 };

@@ -7,6 +7,27 @@ export interface PublishAck {
   duplicate: boolean;
 }
 
+/**
+ * JetStream's refusal of a publish. `permanent` when the same message can never be stored (too
+ * large for the stream, headers too large): retrying it would only hold up the events behind it.
+ */
+export class PublishRefusedError extends Error {
+  constructor(
+    message: string,
+    readonly errCode: number | undefined,
+    readonly permanent: boolean,
+  ) {
+    super(message);
+    this.name = 'PublishRefusedError';
+  }
+}
+
+/** JetStream's error codes for a message it will never store (nats-server's errors.json). */
+const PERMANENT_ERR_CODES = new Set([
+  10054, // JSStreamMessageExceedsMaximumErr: message size exceeds maximum allowed
+  10097, // JSStreamHeaderExceedsMaximumErr: header size exceeds maximum allowed
+]);
+
 interface PendingAck {
   resolve: (ack: PublishAck) => void;
   reject: (error: Error) => void;
@@ -81,7 +102,9 @@ export class AckInbox {
       return;
     }
     if (body.error !== undefined) {
-      pending.reject(new Error(`JetStream refused the publish: ${String(body.error.description ?? 'no description')} (${String(body.error.code)}/${String(body.error.err_code)})`));
+      const errCode = typeof body.error.err_code === 'number' ? body.error.err_code : undefined;
+      const description = `JetStream refused the publish: ${String(body.error.description ?? 'no description')} (${String(body.error.code)}/${String(body.error.err_code)})`;
+      pending.reject(new PublishRefusedError(description, errCode, errCode !== undefined && PERMANENT_ERR_CODES.has(errCode)));
       return;
     }
     pending.resolve({ stream: String(body.stream), seq: Number(body.seq), duplicate: body.duplicate === true });

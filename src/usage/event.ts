@@ -7,6 +7,9 @@ import type { UsageEvent, UsageStatus } from '../contract/usage-event.js';
 const METADATA_FIELDS = new Set(['agent_id', 'microdao_id', 'channel_id']);
 
 export interface UsageEventInput {
+  /** The worker's own id for this request: the event's key (`Nats-Msg-Id`, deduplication). */
+  eventId: string;
+  /** The client's correlation id (or the event id when the client gave none). */
   requestId: string;
   timestamp?: Date;
   metadata?: RequestMetadata | undefined;
@@ -67,6 +70,7 @@ export function buildUsageEvent(input: UsageEventInput): BuiltUsageEvent {
     cached: input.cached,
     attempts: input.attempts.length,
     worker_id: input.workerId,
+    event_id: input.eventId,
   };
   if (unauthenticated && metadata.agent_id !== undefined) event.claimed_agent_id = metadata.agent_id;
   if (input.attempts.length > 1) event.attempt_details = input.attempts;
@@ -74,7 +78,8 @@ export function buildUsageEvent(input: UsageEventInput): BuiltUsageEvent {
     let tags: Record<string, string> | undefined;
     for (const key in metadata) {
       const value: unknown = metadata[key];
-      if (Object.hasOwn(metadata, key) && !METADATA_FIELDS.has(key) && typeof value === 'string') (tags ??= {})[key] = value;
+      // No prototype: a tag named `__proto__` is kept like any other.
+      if (Object.hasOwn(metadata, key) && !METADATA_FIELDS.has(key) && typeof value === 'string') (tags ??= Object.create(null) as Record<string, string>)[key] = value;
     }
     if (tags !== undefined) event.tags = tags;
   }

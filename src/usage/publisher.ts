@@ -1,4 +1,6 @@
-import { nanos, type NatsConnection } from '@nats-io/nats-core';
+import { appendFile, mkdir } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { InvalidArgumentError, InvalidSubjectError, nanos, type NatsConnection } from '@nats-io/nats-core';
 import {
   jetstreamManager,
   JetStreamApiCodes,
@@ -9,20 +11,22 @@ import {
 import type { UsageStreamConfig } from '../config/schema.js';
 import type { UsageEvent } from '../contract/usage-event.js';
 import type { Logger } from '../telemetry/logger.js';
-import { AckInbox } from './ack-inbox.js';
+import { AckInbox, PublishRefusedError } from './ack-inbox.js';
 import type { BuiltUsageEvent } from './event.js';
 
 /**
  * Publishes usage events to JetStream and never drops one silently.
  *
- * Each event is published with `msgID` = request id and its ack awaited, so a
- * retried publish is stored once (within the stream's duplicate window). An
- * event that cannot be published (NATS down, stream missing, ack timeout) is
- * kept in memory and retried with backoff, oldest first, until acked. The
- * queue is bounded generously; past the bound the oldest event is dropped
- * with an error log carrying the whole event, so it can still be recovered
- * from the logs. `flush()` is for shutdown: it waits for the queue to empty,
- * and logs in full whatever it could not publish in time.
+ * Each event is written at once, with `Nats-Msg-Id` = its event id (the worker's own id for the
+ * request), so a retried publish is stored once (within the stream's duplicate window). The worker
+ * calls `publish` right before it writes the reply, so both leave in one socket write, the event
+ * first. The ack is awaited in the background. An event that could not be stored yet (NATS down,
+ * stream missing, ack timeout) is kept in memory and retried with backoff, oldest first, until
+ * acked. An event that can never be stored (a subject the server would refuse, a message over a
+ * size limit) is not retried: it is logged in full, counted (`deadLettered`) and appended to the
+ * dead-letter file, and the others flow on. The retry queue is bounded generously; past the bound
+ * the oldest event is dropped with an error log carrying the whole event. `flush()` is for
+ * shutdown: it waits for the queue to empty, and logs in full whatever it could not publish in time.
  */
 export interface UsagePublisherOptions {
   connection: NatsConnection;
@@ -39,24 +43,21 @@ export interface UsagePublisherOptions {
   /** Retry backoff bounds. Defaults 100 ms … 5 s. */
   retryBaseMs?: number;
   retryMaxMs?: number;
-  /** How long an event may wait for others to go out with it (default 5 ms). See `publish`. */
-  batchWindowMs?: number;
 }
-
-/** Events sent together at most; a full batch goes out before its window ends. */
-const MAX_BATCH = 256;
 
 export interface UsagePublisherCounters {
   /** Events acked by the stream (duplicates included). */
   published: number;
-  /** Acks that said the stream already had this request id. */
+  /** Acks that said the stream already had this event id. */
   duplicates: number;
-  /** Publish attempts that failed (each retry counts). */
+  /** Publish attempts that failed and will be retried (each retry counts). */
   failedAttempts: number;
   /** Events waiting to be published right now. */
   pending: number;
-  /** Events dropped because the queue was full (each logged in full). */
+  /** Events dropped because the queue was full or the publisher closed (each logged in full). */
   dropped: number;
+  /** Events that can never be published: logged in full and written to the dead-letter file. */
+  deadLettered: number;
 }
 
 interface QueuedEvent {
@@ -64,6 +65,23 @@ interface QueuedEvent {
   event: UsageEvent;
   payload: string;
   tries: number;
+}
+
+type Attempt = 'published' | 'retry' | 'dead';
+
+/** Longest event subject published: nats-server closes a connection whose protocol line passes max_control_line (4 KiB by default). */
+const MAX_SUBJECT_LENGTH = 512;
+/** Whitespace, wildcards or an empty token: a subject no event may be published on. */
+const UNPUBLISHABLE_SUBJECT = /[\s*>]|\.\.|^\.|\.$/;
+/** Room left for the protocol's header block (`Nats-Msg-Id`) when checking an event against max_payload. */
+const HEADER_ROOM_BYTES = 128;
+
+/** Why a publish was refused for good (it can never succeed), or undefined when a retry may succeed. */
+function permanentRefusal(error: unknown): string | undefined {
+  if (error instanceof PublishRefusedError) return error.permanent ? error.message : undefined;
+  // nats.js refuses a header value or a payload it will never send; a closed or draining connection is another matter.
+  if (error instanceof InvalidArgumentError || error instanceof InvalidSubjectError) return error.message;
+  return undefined;
 }
 
 function streamSettingsDiffer(current: StreamConfig, wanted: Partial<StreamConfig>): string[] {
@@ -82,22 +100,17 @@ export class UsagePublisher {
   readonly #queue: QueuedEvent[] = [];
   readonly #maxQueued: number;
   #inFlight = 0;
-  /** Events waiting for the batch window to close. */
-  #batch: QueuedEvent[] = [];
-  #batchTimer: NodeJS.Timeout | undefined;
-  readonly #batchWindowMs: number;
   #retryTimer: NodeJS.Timeout | undefined;
   #retrying = false;
   #closed = false;
   #streamReady = false;
   #idleWaiters: Array<() => void> = [];
-  readonly counters: UsagePublisherCounters = { published: 0, duplicates: 0, failedAttempts: 0, pending: 0, dropped: 0 };
+  readonly counters: UsagePublisherCounters = { published: 0, duplicates: 0, failedAttempts: 0, pending: 0, dropped: 0, deadLettered: 0 };
 
   constructor(options: UsagePublisherOptions) {
     this.#options = options;
     this.#acks = new AckInbox(options.connection, options.ackTimeoutMs ?? 5_000);
     this.#maxQueued = options.maxQueued ?? 100_000;
-    this.#batchWindowMs = options.batchWindowMs ?? 5;
   }
 
   /** The stream's wanted settings, from `nats.usage_stream`. */
@@ -142,14 +155,9 @@ export class UsagePublisher {
   }
 
   /**
-   * Queue one event for publishing. Returns at once; the publish and its
-   * retries happen in the background (off the reply's critical path).
-   *
-   * Events wait up to `batchWindowMs` (5 ms) for each other and then go out
-   * together: one socket write for the batch, and nats-server stores them and
-   * sends their acks in a burst (measured: 2-4 % more requests a second at
-   * saturation, nats-server's CPU a point lower; no change at 1,000 req/s).
-   * Each event is still its own JetStream message with its own ack and retries.
+   * Publish one event now: it is written to the connection before this returns, so a reply written
+   * next goes out after it, in the same socket write. The ack and any retries happen in the
+   * background, off the reply's critical path.
    */
   publish(built: BuiltUsageEvent): void {
     const item: QueuedEvent = {
@@ -164,50 +172,66 @@ export class UsagePublisher {
       return;
     }
     this.counters.pending++;
-    // While earlier events wait for a retry, join the queue rather than overtake a known failure.
-    if (this.#queue.length > 0 || !this.#streamReady) {
-      this.#enqueue(item);
-      return;
-    }
-    this.#batch.push(item);
-    if (this.#batch.length >= MAX_BATCH) this.#sendBatch();
-    else if (this.#batchTimer === undefined) {
-      this.#batchTimer = setTimeout(() => this.#sendBatch(), this.#batchWindowMs);
-    }
-  }
-
-  #sendBatch(): void {
-    if (this.#batchTimer !== undefined) clearTimeout(this.#batchTimer);
-    this.#batchTimer = undefined;
-    const batch = this.#batch;
-    this.#batch = [];
-    for (const item of batch) this.#send(item);
-  }
-
-  #send(item: QueuedEvent): void {
     this.#inFlight++;
-    void this.#attempt(item).then((published) => {
+    void this.#attempt(item).then((result) => {
       this.#inFlight--;
-      if (!published) this.#enqueue(item);
+      if (result === 'retry') this.#enqueue(item);
       this.#notifyIfIdle();
     });
   }
 
-  /** Publish one event and await its ack; true when the stream has it. */
-  async #attempt(item: QueuedEvent): Promise<boolean> {
+  /** One publish of one event and its ack. The event is written synchronously, before the first await. */
+  async #attempt(item: QueuedEvent): Promise<Attempt> {
     item.tries++;
+    const never = this.#unpublishable(item);
+    if (never !== undefined) return this.#deadLetter(item, never);
     try {
-      const ack = await this.#acks.publish(item.subject, item.payload, item.event.request_id);
+      const ack = await this.#acks.publish(item.subject, item.payload, item.event.event_id ?? item.event.request_id);
       this.counters.published++;
       this.counters.pending--;
       if (ack.duplicate) this.counters.duplicates++;
-      return true;
+      return 'published';
     } catch (error) {
+      const permanent = permanentRefusal(error);
+      if (permanent !== undefined) return this.#deadLetter(item, permanent);
       this.counters.failedAttempts++;
       const log = item.tries === 1 ? this.#options.logger.warn.bind(this.#options.logger) : this.#options.logger.debug.bind(this.#options.logger);
-      log({ request_id: item.event.request_id, subject: item.subject, tries: item.tries, err: error }, 'usage event not published yet; kept for retry');
-      return false;
+      log({ event_id: item.event.event_id, request_id: item.event.request_id, subject: item.subject, tries: item.tries, err: error }, 'usage event not published yet; kept for retry');
+      return 'retry';
     }
+  }
+
+  /** Why this event can never be published, found before sending (a bad subject would cost the connection), or undefined. */
+  #unpublishable(item: QueuedEvent): string | undefined {
+    if (item.subject.length > MAX_SUBJECT_LENGTH || UNPUBLISHABLE_SUBJECT.test(item.subject)) {
+      return `the subject is not publishable (${item.subject.length} characters)`;
+    }
+    const maxPayload = this.#options.connection.info?.max_payload;
+    if (maxPayload !== undefined && item.payload.length * 3 + HEADER_ROOM_BYTES > maxPayload) {
+      const bytes = Buffer.byteLength(item.payload);
+      if (bytes + HEADER_ROOM_BYTES > maxPayload) return `the event (${bytes} bytes) does not fit the server's max_payload (${maxPayload} bytes)`;
+    }
+    return undefined;
+  }
+
+  /** An event that can never be published: logged in full, counted, and appended to the dead-letter file. */
+  #deadLetter(item: QueuedEvent, reason: string): Attempt {
+    this.counters.deadLettered++;
+    this.counters.pending--;
+    const file = this.#options.stream.dead_letter_file ?? undefined;
+    this.#options.logger.error(
+      { usage_event: item.event, subject: item.subject, reason, dead_letter_file: file },
+      'usage event can never be published: logged in full and set aside',
+    );
+    if (file !== undefined) {
+      const line = `${JSON.stringify({ dead_lettered_at: new Date().toISOString(), reason, subject: item.subject, event: item.event })}\n`;
+      void mkdir(dirname(file), { recursive: true })
+        .then(() => appendFile(file, line))
+        .catch((error: unknown) => {
+          this.#options.logger.error({ err: error, dead_letter_file: file, event_id: item.event.event_id }, 'could not write the dead-letter file (the event is in the log line before this one)');
+        });
+    }
+    return 'dead';
   }
 
   #enqueue(item: QueuedEvent): void {
@@ -260,8 +284,8 @@ export class UsagePublisher {
             this.#options.logger.debug({ err: error }, 'usage stream not reachable yet');
           }
         }
-        const published = await this.#attempt(head);
-        if (!published) break;
+        const result = await this.#attempt(head);
+        if (result === 'retry') break;
         this.#queue.shift();
         if (this.#queue.length === 0) this.#options.logger.info('usage event queue drained');
       }
@@ -273,7 +297,7 @@ export class UsagePublisher {
   }
 
   #notifyIfIdle(): void {
-    if (this.#queue.length > 0 || this.#inFlight > 0 || this.#batch.length > 0) return;
+    if (this.#queue.length > 0 || this.#inFlight > 0) return;
     const waiters = this.#idleWaiters;
     this.#idleWaiters = [];
     for (const resolve of waiters) resolve();
@@ -289,7 +313,6 @@ export class UsagePublisher {
    * still unpublished; those are logged in full (never silently lost).
    */
   async flush(timeoutMs: number): Promise<number> {
-    if (this.#batch.length > 0) this.#sendBatch();
     if (this.#queue.length > 0 && !this.#retrying) {
       if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
       this.#retryTimer = undefined;
@@ -311,11 +334,6 @@ export class UsagePublisher {
   /** Stop retrying; whatever is still queued is logged in full. */
   close(): void {
     this.#closed = true;
-    if (this.#batchTimer !== undefined) clearTimeout(this.#batchTimer);
-    this.#batchTimer = undefined;
-    // Never sent: they join the queue, which is logged in full below.
-    this.#queue.unshift(...this.#batch);
-    this.#batch = [];
     this.#acks.close();
     if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
     this.#retryTimer = undefined;

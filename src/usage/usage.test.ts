@@ -38,6 +38,7 @@ test('cost from prices per 1k tokens, rounded to 1e-8', () => {
 });
 
 const base: UsageEventInput = {
+  eventId: 'e-1',
   requestId: 'r-1',
   timestamp: new Date('2026-11-27T21:00:00.000Z'),
   metadata: { agent_id: 'agent:sofia', microdao_id: 'microdao:7', channel_id: 'c-1', task: 'x' },
@@ -67,7 +68,7 @@ test('the usage event has DESIGN.md\'s fields in DESIGN.md\'s order, tags after'
       v: 1, request_id: 'r-1', ts: '2026-11-27T21:00:00.000Z', agent_id: 'agent:sofia', microdao_id: 'microdao:7', channel_id: 'c-1',
       model: 'gpt-4.1-mini', provider: 'openai', model_resolved: 'gpt-4-1106-preview', status: 'ok', error_code: null,
       prompt_tokens: 25, completion_tokens: 10, total_tokens: 35, tokens_estimated: false, cost_usd: 0.00055, latency_ms: 1234.5, ttft_ms: null,
-      stream: false, cached: false, attempts: 1, worker_id: 'w-1', tags: { task: 'x' },
+      stream: false, cached: false, attempts: 1, worker_id: 'w-1', event_id: 'e-1', tags: { task: 'x' },
     }),
   );
   usageEventSchema.parse(event);

@@ -1,7 +1,6 @@
 import type { ResolvedConfig, ResolvedModel } from '../config/load.js';
 import type { AttemptRecord } from '../contract/reply.js';
 import type { ChatRequest, ToolCall } from '../contract/request.js';
-import type { ToolCallDelta } from '../contract/reply.js';
 import { costUsd, roundUsd } from '../usage/cost.js';
 import { estimateCompletionTokens, estimatePromptTokens } from '../usage/tokens.js';
 import type { ProviderUsage } from '../providers/types.js';
@@ -60,31 +59,5 @@ export function requestCost(
   return roundUsd(total);
 }
 
-/** Assembles OpenAI-shaped tool-call deltas (by index) into whole tool calls. */
-export class ToolCallAssembler {
-  readonly #calls = new Map<number, { id: string; name: string; arguments: string }>();
-
-  add(deltas: ToolCallDelta[]): void {
-    for (const delta of deltas) {
-      const call = this.#calls.get(delta.index) ?? { id: '', name: '', arguments: '' };
-      if (delta.id !== undefined && delta.id !== '') call.id = delta.id;
-      if (delta.function?.name !== undefined) call.name += delta.function.name;
-      if (delta.function?.arguments !== undefined) call.arguments += delta.function.arguments;
-      this.#calls.set(delta.index, call);
-    }
-  }
-
-  get size(): number {
-    return this.#calls.size;
-  }
-
-  calls(): ToolCall[] {
-    return [...this.#calls.entries()]
-      .sort(([left], [right]) => left - right)
-      .map(([index, call]) => ({
-        id: call.id === '' ? `call_${index}` : call.id,
-        type: 'function' as const,
-        function: { name: call.name, arguments: call.arguments },
-      }));
-  }
-}
+/** Moved to the contract: the typed client assembles the same deltas (a stream end that left `tool_calls` out). */
+export { ToolCallAssembler } from '../contract/tool-call-assembler.js';

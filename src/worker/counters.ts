@@ -29,7 +29,9 @@ export interface WorkerStats {
   pauses: number;
   models_requests: number;
   cancels: number;
-  usage_events: { published: number; duplicates: number; failed_attempts: number; pending: number; dropped: number };
+  /** Cancels refused for a missing or wrong secret. */
+  cancels_refused: number;
+  usage_events: { published: number; duplicates: number; failed_attempts: number; pending: number; dropped: number; dead_lettered: number };
   /** Present when limits are on: admissions, refusals and store errors (fail-open/closed decisions). */
   limits?: { backend: string; admitted: number; refused: number; storeErrors: number; failedOpen: number; failedClosed: number; conflicts: number };
 }
@@ -46,6 +48,7 @@ export class WorkerCounters {
   pauses = 0;
   modelsRequests = 0;
   cancels = 0;
+  cancelsRefused = 0;
 
   started(): void {
     this.requests++;

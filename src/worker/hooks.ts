@@ -6,7 +6,7 @@ import type { Logger } from '../telemetry/logger.js';
  * The seam where admission control (rate limits, budgets: the limits module)
  * plugs into the request pipeline. The pipeline is:
  *
- *   size → JSON → auth → validate → model known → beforeRoute → cache → router → reply → afterRoute → usage event
+ *   size → JSON → depth → ids → auth → validate → model known → beforeRoute → cache → router → usage event + reply → afterRoute
  *
  * - `beforeRoute(context)` runs for every valid, authorized request of a known
  *   model, before the cache and the router. To refuse, throw a ProxyError
@@ -15,14 +15,18 @@ import type { Logger } from '../telemetry/logger.js';
  *   keep per-request state (a reservation) in `context.state`.
  * - `afterRoute(context, outcome)` runs once per request that passed
  *   `beforeRoute`, whatever happened next (served, cached, failed,
- *   cancelled), after the reply was sent and before the usage event is
- *   published: the place to settle a reservation with the real tokens/cost.
+ *   cancelled), after the usage event and the reply were sent (so a slow
+ *   store never delays either): the place to settle a reservation with the
+ *   real tokens/cost.
  *   Its errors are logged, never sent to the client.
  *
  * Hooks are awaited, so keep them to one round trip (Redis, KV).
  */
 export interface RequestContext {
+  /** The client's correlation id (`request_id`), or the event id when it gave none. */
   requestId: string;
+  /** The worker's own id for this request: its usage event's key, unique whatever the client sends. */
+  eventId: string;
   request: ChatRequest;
   agentId: string | undefined;
   /** Epoch ms the worker received the request. */

@@ -3,6 +3,7 @@ import { headers as createHeaders, type Msg, type NatsConnection } from '@nats-i
 import type { ResolvedConfig } from '../config/load.js';
 import { asProxyError, ProxyError, toErrorReply, type ErrorCode } from '../contract/errors.js';
 import type { AttemptRecord, ChatReply, FinishReason } from '../contract/reply.js';
+import { checkClientIds, MAX_JSON_DEPTH, nestsDeeperThan } from '../contract/client-ids.js';
 import { parseChatRequest, prepareRequestCheck, type ChatRequest, type RequestMetadata, type ToolCall } from '../contract/request.js';
 import { HEADERS, STREAM_MARKS } from '../contract/subjects.js';
 import type { UsageStatus } from '../contract/usage-event.js';
@@ -14,10 +15,11 @@ import { requestLogger, type Logger } from '../telemetry/logger.js';
 import { buildUsageEvent } from '../usage/event.js';
 import type { UsagePublisher } from '../usage/publisher.js';
 import { countTokens, requestCost, ToolCallAssembler, type TokenCount } from './accounting.js';
-import type { SecretCheck } from './auth.js';
+import type { SecretCheck } from '../auth/index.js';
 import type { WorkerCounters } from './counters.js';
 import type { RequestContext, RequestHooks, RequestOutcome } from './hooks.js';
 import { cacheKey, isCacheable, type ResponseCache } from './response-cache.js';
+import { fitsMaxPayload } from './max-payload.js';
 import { headerSafe, StreamWriter } from './stream-writer.js';
 
 export interface PipelineDependencies {
@@ -37,9 +39,15 @@ export interface PipelineDependencies {
 
 /** What becomes the usage event; filled in as the request goes through the pipeline. */
 interface Accounting {
+  /** The worker's own id for this request: the usage event's key and the concurrency lease's. */
+  eventId: string;
+  /** The client's correlation id, or `eventId` when it gave no valid one. */
   requestId: string;
   metadata: RequestMetadata | undefined;
+  /** The sender did not show the secret: its event goes to `unauthenticated`, whatever it was refused for. */
   unauthenticated: boolean;
+  /** The event has left (it goes right before the reply, in the same socket write). */
+  eventSent: boolean;
   requestedModel: string | null;
   /** The logical model that served the request (a fallback, maybe), else the requested one. */
   model: string | null;
@@ -74,36 +82,6 @@ function errorHeaders(status: number, message: string, stream: boolean) {
   headers.set(HEADERS.serviceError, headerSafe(message));
   headers.set(HEADERS.serviceErrorCode, String(status));
   return headers;
-}
-
-/** Reads what it can from a body that failed validation, so the error reply and event still carry ids. */
-function lenientIds(body: unknown): { requestId?: string; metadata?: RequestMetadata; model?: string; stream?: boolean } {
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) return {};
-  const record = body as Record<string, unknown>;
-  const ids: { requestId?: string; metadata?: RequestMetadata; model?: string; stream?: boolean } = {};
-  if (typeof record.request_id === 'string' && record.request_id.length > 0 && record.request_id.length <= 128) ids.requestId = record.request_id;
-  if (typeof record.model === 'string' && record.model.length <= 256) ids.model = record.model;
-  if (record.stream === true) ids.stream = true;
-  if (typeof record.metadata === 'object' && record.metadata !== null && !Array.isArray(record.metadata)) {
-    ids.metadata = stringEntries(record.metadata as Record<string, unknown>) as RequestMetadata;
-  }
-  return ids;
-}
-
-const isMetadataValue = (value: unknown): value is string => typeof value === 'string' && value.length <= 1024;
-
-/** The object itself when every value is a string of at most 1,024 characters (as in a valid request), else a copy of those that are. */
-function stringEntries(metadata: Record<string, unknown>): Record<string, string> {
-  for (const key in metadata) {
-    if (!Object.hasOwn(metadata, key) || isMetadataValue(metadata[key])) continue;
-    const copy: Record<string, string> = {};
-    for (const name in metadata) {
-      const value = metadata[name];
-      if (Object.hasOwn(metadata, name) && isMetadataValue(value)) copy[name] = value;
-    }
-    return copy;
-  }
-  return metadata as Record<string, string>;
 }
 
 function usageStatus(accounting: Accounting, code: ErrorCode | undefined): UsageStatus {
@@ -154,12 +132,16 @@ export class RequestPipeline {
     const started = performance.now();
     deps.counters.started();
     const span = startRequestSpan(message.subject, message.headers);
+    const eventId = randomUUID();
     const accounting: Accounting = {
       started,
       context: undefined,
-      requestId: '',
+      eventId,
+      requestId: eventId,
       metadata: undefined,
-      unauthenticated: false,
+      // Known before anything is read, so that every refusal of a sender without the secret is kept off the agent it names.
+      unauthenticated: !deps.secret.allows(message.headers),
+      eventSent: false,
       requestedModel: null,
       model: null,
       provider: null,
@@ -185,6 +167,8 @@ export class RequestPipeline {
     } finally {
       deps.counters.finished(errorCode);
       const status = usageStatus(accounting, errorCode);
+      // A request with nothing to answer (no reply subject) still has its event.
+      if (!accounting.eventSent) this.#publishUsage(accounting, errorCode);
       const context = accounting.context;
       if (context !== undefined && deps.hooks.afterRoute !== undefined) {
         await this.#afterRoute(context, {
@@ -198,8 +182,6 @@ export class RequestPipeline {
           cached: accounting.cached,
         }, logger);
       }
-      // After the reply and after afterRoute: whoever sees the event sees the limits settled.
-      this.#publishUsage(accounting, errorCode, status);
       endRequestSpan(span, { requestId: accounting.requestId, model: accounting.requestedModel ?? undefined, errorCode });
       const served = errorCode === undefined || errorCode === 'cancelled';
       const logRequests = deps.config.logging.requests;
@@ -211,18 +193,24 @@ export class RequestPipeline {
     }
   }
 
-  /** The request's one usage event (the publisher sends it with the others of its batch window). */
-  #publishUsage(accounting: Accounting, code: ErrorCode | undefined, status: UsageStatus): void {
-    if (accounting.requestId === '') accounting.requestId = randomUUID();
+  /**
+   * The request's one usage event. Called right before the reply (or the stream's terminal message)
+   * is written: both go out on this connection in the same socket write, the event first, so a
+   * reply that reached the server means its event did too ("answered ⇒ billed", even when the
+   * worker is killed the next moment). The ack is awaited in the background (publisher.ts).
+   */
+  #publishUsage(accounting: Accounting, code: ErrorCode | undefined): void {
+    accounting.eventSent = true;
     this.#deps.publisher.publish(
       buildUsageEvent({
+        eventId: accounting.eventId,
         requestId: accounting.requestId,
         metadata: accounting.metadata,
         unauthenticated: accounting.unauthenticated,
         model: accounting.model ?? accounting.requestedModel,
         provider: accounting.provider,
         modelResolved: accounting.modelResolved,
-        status,
+        status: usageStatus(accounting, code),
         errorCode: code ?? null,
         promptTokens: accounting.tokens.promptTokens,
         completionTokens: accounting.tokens.completionTokens,
@@ -264,27 +252,31 @@ export class RequestPipeline {
     if (message.data.length > deps.maxRequestBytes) {
       return refuse(new ProxyError('payload_too_large', `request body is ${message.data.length} bytes; the limit is ${deps.maxRequestBytes}`));
     }
-    // 2. JSON.
+    // 2. JSON, nested no deeper than the checks after it can follow.
     let body: unknown;
     try {
       body = JSON.parse(message.string());
     } catch {
       return refuse(new ProxyError('invalid_request', 'request body is not valid JSON'));
     }
-    const ids = lenientIds(body);
-    accounting.requestId = ids.requestId ?? randomUUID();
+    if (nestsDeeperThan(body, MAX_JSON_DEPTH)) {
+      return refuse(new ProxyError('invalid_request', `request body nests objects or arrays deeper than ${MAX_JSON_DEPTH} levels`));
+    }
+    // 3. The client's ids, before anything uses them (the log line, the event, the reply).
+    const { ids, problem } = checkClientIds(body);
+    if (ids.requestId !== undefined) accounting.requestId = ids.requestId;
     accounting.metadata = ids.metadata;
     accounting.requestedModel = ids.model ?? null;
     accounting.stream = ids.stream ?? false;
     logger = requestLogger(deps.logger, accounting.requestId, ids.metadata?.agent_id);
     setLogger(logger);
+    if (problem !== undefined) return refuse(problem);
 
-    // 3. Auth: a refused request is not attributed to the agent it names.
-    if (!deps.secret.allows(message.headers)) {
-      accounting.unauthenticated = true;
+    // 4. Auth: a refused request is not attributed to the agent it names.
+    if (accounting.unauthenticated) {
       return refuse(new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`));
     }
-    // 4. Validation (names every field at fault).
+    // 5. Validation (names every field at fault).
     let request: ChatRequest;
     try {
       request = parseChatRequest(body);
@@ -301,6 +293,7 @@ export class RequestPipeline {
 
     const context: RequestContext = {
       requestId: accounting.requestId,
+      eventId: accounting.eventId,
       request,
       agentId: request.metadata?.agent_id,
       receivedAt,
@@ -309,7 +302,7 @@ export class RequestPipeline {
       logger,
       state: {},
     };
-    // 5. Admission (limits module): may refuse with rate_limited / budget_exceeded.
+    // 6. Admission (limits module): may refuse with rate_limited / budget_exceeded.
     if (deps.hooks.beforeRoute !== undefined) {
       try {
         await deps.hooks.beforeRoute(context);
@@ -320,7 +313,7 @@ export class RequestPipeline {
     }
     accounting.context = context;
 
-    // 6. Cache.
+    // 7. Cache.
     const cacheable = deps.cache !== undefined && isCacheable(request);
     const key = cacheable ? cacheKey(request) : undefined;
     if (key !== undefined) {
@@ -340,7 +333,7 @@ export class RequestPipeline {
       }
     }
 
-    // 7. Route.
+    // 8. Route.
     accounting.accepted = true;
     const controller = new Cancellation();
     const active: ActiveRequest = { requestId: accounting.requestId, controller };
@@ -468,13 +461,14 @@ export class RequestPipeline {
       });
       reply.done = true;
       reply.ttft_ms = accounting.ttftMs === null ? null : roundMs(accounting.ttftMs);
-      writer.end(reply);
-      return undefined;
+      // The event leaves right before the terminal message, saying what the client got (an end too large even without the streamed fields becomes an error).
+      return writer.end(reply, (code) => this.#publishUsage(accounting, code));
     } catch (error) {
       const proxyError = asProxyError(controller.signal.aborted && isProxyAbort(controller.signal.reason) ? controller.signal.reason : error);
       this.#recordFailure(proxyError, accounting, request.model, { request, usage, output: produced() });
       if (proxyError.code === 'internal') logger.error({ err: error }, 'unexpected error while streaming');
       if (writer.clientGone) logger.info({ chunks: writer.chunks }, 'stream client went away; upstream call aborted');
+      this.#publishUsage(accounting, proxyError.code);
       writer.error(toErrorReply(proxyError, accounting.requestId));
       return proxyError.code;
     } finally {
@@ -538,28 +532,36 @@ export class RequestPipeline {
     return reply;
   }
 
-  /** Sends a reply; one too large for the server's max_payload becomes a payload_too_large error. */
+  /**
+   * Sends a reply, its usage event right before it. A reply too large for the server's max_payload
+   * becomes a payload_too_large error, decided before the event leaves so that the event says what
+   * the client got.
+   */
   #respond(message: Msg, reply: ChatReply, accounting: Accounting, logger: Logger): ErrorCode | undefined {
-    try {
-      message.respond(JSON.stringify(reply));
-      return undefined;
-    } catch (error) {
-      logger.warn({ err: error }, 'reply could not be sent');
+    const body = JSON.stringify(reply);
+    if (!fitsMaxPayload(this.#deps.connection, body, 0)) {
       const tooLarge = new ProxyError('payload_too_large', `the reply is larger than the NATS server's max_payload (${this.#deps.connection.info?.max_payload ?? '?'} bytes)`);
       this.#replyError(message, tooLarge, accounting, logger);
       return tooLarge.code;
     }
+    this.#publishUsage(accounting, undefined);
+    try {
+      message.respond(body);
+    } catch (error) {
+      logger.warn({ err: error }, 'reply could not be sent');
+    }
+    return undefined;
   }
 
+  /** Sends an error reply (when the request has a reply subject), its usage event right before it. */
   #replyError(message: Msg, error: ProxyError, accounting: Accounting, logger: Logger, stream = false): void {
-    if (accounting.requestId === '') accounting.requestId = randomUUID();
-    if (message.reply !== undefined && message.reply !== '') {
-      const body = toErrorReply(error, accounting.requestId);
-      try {
-        message.respond(JSON.stringify(body), { headers: errorHeaders(body.error.status, body.error.message, stream) });
-      } catch (sendError) {
-        logger.warn({ err: sendError }, 'error reply could not be sent');
-      }
+    if (!accounting.eventSent) this.#publishUsage(accounting, error.code);
+    if (message.reply === undefined || message.reply === '') return;
+    const body = toErrorReply(error, accounting.requestId);
+    try {
+      message.respond(JSON.stringify(body), { headers: errorHeaders(body.error.status, body.error.message, stream) });
+    } catch (sendError) {
+      logger.warn({ err: sendError }, 'error reply could not be sent');
     }
   }
 }

@@ -1,10 +1,11 @@
 import { readFileSync } from 'node:fs';
-import type { Msg, NatsConnection, Subscription } from '@nats-io/nats-core';
+import { headers as createHeaders, type Msg, type NatsConnection, type Subscription } from '@nats-io/nats-core';
 import { Svcm, type Service, type ServiceMsg } from '@nats-io/services';
 import type { ResolvedConfig } from '../config/load.js';
-import { ProxyError } from '../contract/errors.js';
+import { ProxyError, toErrorReply } from '../contract/errors.js';
+import { REQUEST_ID_PATTERN } from '../contract/client-ids.js';
 import type { ModelsReply } from '../contract/models.js';
-import { QUEUE_GROUPS, subjectsFor, type Subjects } from '../contract/subjects.js';
+import { HEADERS, QUEUE_GROUPS, subjectsFor, type Subjects } from '../contract/subjects.js';
 import { createLimiter, createLimitHooks, type Limiter } from '../limits/index.js';
 import { createProviders, type ProviderSet } from '../providers/registry.js';
 import { createRouter } from '../router/index.js';
@@ -13,7 +14,7 @@ import { connectToNats } from '../bus/connect.js';
 import { createLogger, type Logger } from '../telemetry/logger.js';
 import { estimatePromptTokens } from '../usage/tokens.js';
 import { UsagePublisher } from '../usage/publisher.js';
-import { SecretCheck } from './auth.js';
+import { SecretCheck, secretFromEnv } from '../auth/index.js';
 import { WorkerCounters, type WorkerStats } from './counters.js';
 import type { RequestHooks } from './hooks.js';
 import { RequestIntake } from './intake.js';
@@ -40,7 +41,10 @@ export interface WorkerOptions {
   env?: NodeJS.ProcessEnv;
   /** Default: a pino logger at `logging.level` writing JSON lines to stdout. */
   logger?: Logger;
-  /** `X-Internal-Secret` value required on requests; default `LLM_PROXY_SECRET`; `null` = none. */
+  /**
+   * `X-Internal-Secret` value required on requests, models and cancels; default `LLM_PROXY_SECRET`
+   * (set but empty is refused: startWorker throws); `null` = none.
+   */
   secret?: string | null;
   /** Admission/settlement hooks; default: the limits of `config.limits` (none when `limits.enabled` is false). */
   hooks?: RequestHooks;
@@ -78,6 +82,31 @@ export interface Worker {
   readonly stopped: Promise<ShutdownReport>;
 }
 
+/** How long a worker that does not have a cancelled request waits before saying so (README, "Cancelling"). */
+export const CANCEL_NOT_FOUND_DELAY_MS = 500;
+
+/** An answer on a subject other than the request subject; a requester that has gone away is not an error. */
+function respondQuietly(message: Msg, body: unknown): void {
+  try {
+    message.respond(JSON.stringify(body));
+  } catch {
+    // The connection is closing: the requester times out, as it would have anyway.
+  }
+}
+
+/** A coded error answer (DESIGN.md's error body and the micro-service headers). */
+function respondWithError(message: Msg, error: ProxyError): void {
+  const body = toErrorReply(error);
+  const headers = createHeaders();
+  headers.set(HEADERS.serviceError, body.error.message);
+  headers.set(HEADERS.serviceErrorCode, String(body.error.status));
+  try {
+    message.respond(JSON.stringify(body), { headers });
+  } catch {
+    // As above.
+  }
+}
+
 /**
  * Start one worker: connect (unless given a connection), make sure the usage
  * stream exists, register the `llm-proxy` micro-service (PING/INFO/STATS and
@@ -87,6 +116,8 @@ export interface Worker {
 export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const { config } = options;
   const env = options.env ?? process.env;
+  // Before connecting: a secret that cannot be right stops the start.
+  const secret = new SecretCheck(options.secret === null ? undefined : (options.secret ?? secretFromEnv(env)));
   const logger = options.logger ?? createLogger({ level: config.logging.level });
   const ownsConnection = options.connection === undefined;
   if (ownsConnection) logger.info({ servers: options.servers ?? env.NATS_URL ?? 'nats://127.0.0.1:4222' }, 'connecting to NATS (retrying until it answers)');
@@ -97,8 +128,6 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const ownsProviders = options.providers === undefined;
   const providerSet = options.providers ?? createProviders(config);
   const router = options.router ?? createRouter({ config, providers: providerSet.providers });
-  const secretValue = options.secret === null ? undefined : (options.secret ?? (env.LLM_PROXY_SECRET || undefined));
-  const secret = new SecretCheck(secretValue);
   const counters = new WorkerCounters();
   const startedAt = new Date().toISOString();
 
@@ -192,12 +221,14 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     pauses: intake.pauses,
     models_requests: counters.modelsRequests,
     cancels: counters.cancels,
+    cancels_refused: counters.cancelsRefused,
     usage_events: {
       published: publisher.counters.published,
       duplicates: publisher.counters.duplicates,
       failed_attempts: publisher.counters.failedAttempts,
       pending: publisher.counters.pending,
       dropped: publisher.counters.dropped,
+      dead_lettered: publisher.counters.deadLettered,
     },
     ...(limiter === undefined ? {} : { limits: { backend: limiter.backend, ...limiter.counters() } }),
   });
@@ -208,6 +239,10 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     metadata: { description: 'the models this worker can route; {"health": true} adds each deployment state' },
     handler: (_error: Error | null, message: ServiceMsg) => {
       counters.modelsRequests++;
+      if (!secret.allows(message.headers)) {
+        respondWithError(message, new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`));
+        return;
+      }
       let withHealth = false;
       try {
         const body = message.data.length === 0 ? {} : (message.json() as { health?: unknown });
@@ -227,23 +262,40 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
       handleCancel(message);
     },
   });
+  /**
+   * `llm.proxy.cancel` reaches every worker. The one running the request aborts it and, when the
+   * cancel was sent as a request, answers at once; a worker without it answers `cancelled: false`
+   * only after CANCEL_NOT_FOUND_DELAY_MS, so that a requester gets the holder's answer first, and an
+   * answer in any case.
+   */
   const handleCancel = (message: Msg) => {
+    const answers = message.reply !== undefined && message.reply !== '';
     if (!secret.allows(message.headers)) {
-      workerLogger.warn('cancel refused: missing or wrong secret header');
+      counters.cancelsRefused++;
+      if (answers) respondWithError(message, new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`));
       return;
     }
     let requestId: unknown;
     try {
-      requestId = (message.json() as { request_id?: unknown }).request_id;
+      requestId = (message.json() as { request_id?: unknown } | null)?.request_id;
     } catch {
+      requestId = undefined;
+    }
+    if (typeof requestId !== 'string' || !REQUEST_ID_PATTERN.test(requestId)) {
+      if (answers) respondWithError(message, new ProxyError('invalid_request', 'a cancel is {"request_id": "<the request\'s id>"} (1-128 visible ASCII characters)'));
       return;
     }
-    if (typeof requestId !== 'string' || requestId === '') return;
     const found = pipeline.cancel(requestId);
-    if (found === 0) return;
+    if (found === 0) {
+      if (answers) {
+        const timer = setTimeout(() => respondQuietly(message, { request_id: requestId, cancelled: false, worker_id: workerId }), CANCEL_NOT_FOUND_DELAY_MS);
+        timer.unref();
+      }
+      return;
+    }
     counters.cancels++;
     workerLogger.info({ request_id: requestId }, 'request cancelled by the client');
-    if (message.reply !== undefined && message.reply !== '') message.respond(JSON.stringify({ request_id: requestId, cancelled: true, worker_id: workerId }));
+    if (answers) respondQuietly(message, { request_id: requestId, cancelled: true, worker_id: workerId });
   };
 
   intake.open();

@@ -88,7 +88,20 @@ export type FakeBehaviour =
    * Streams `afterChunks` events, then ends the response cleanly without a finish reason and without
    * `[DONE]` / `done: true`. A JSON request gets half its body and a clean end.
    */
-  | ({ kind: 'stream-end-early'; afterChunks: number } & ReplyShape & CommonBehaviour);
+  | ({ kind: 'stream-end-early'; afterChunks: number } & ReplyShape & CommonBehaviour)
+  /**
+   * A 200 answer too big to take, written as fast as the client reads it (the fake holds one 64 KiB
+   * piece at a time, so that it can send gigabytes):
+   * - `line`: one streamed line whose content grows (OpenAI: an SSE `data:` line; Ollama: an NDJSON line);
+   * - `events`: small valid content events (OpenAI SSE) or lines (Ollama NDJSON), one after another;
+   * - `json`: one JSON answer (`application/json`, whatever the request's `stream`) whose content grows.
+   * With `bytes`, the body stops at about that size and is closed properly (the line, event or JSON
+   * completed, the stream finished), so that a client with bounds large enough gets a valid answer;
+   * without, it never ends (until the client closes the connection).
+   */
+  | ({ kind: 'huge'; shape: HugeShape; bytes?: number } & CommonBehaviour);
+
+export type HugeShape = 'line' | 'events' | 'json';
 
 export type FakeBehaviourKind = FakeBehaviour['kind'];
 
@@ -157,5 +170,9 @@ export const fakeBehaviours = {
   },
   emptyBody(status = 200): FakeBehaviour {
     return { kind: 'empty-body', status };
+  },
+  /** An answer of about `bytes` (endless without), growing as `shape` says (see `kind: 'huge'`). */
+  huge(shape: HugeShape, bytes?: number): FakeBehaviour {
+    return bytes === undefined ? { kind: 'huge', shape } : { kind: 'huge', shape, bytes };
   },
 } as const;

@@ -13,7 +13,7 @@
  * tool calls (Ollama does not split them), then the final `done: true` line with the counts. One "chunk" in
  * `afterChunks` is one line before the final one. Errors are `{"error":"…"}`, in a body or as a stream line.
  */
-import type { ReplyShape } from './behaviour.js';
+import type { FakeBehaviour, ReplyShape } from './behaviour.js';
 import {
   estimateCompletionTokens,
   estimatePromptTokens,
@@ -22,6 +22,7 @@ import {
   splitContent,
   startFakeProvider,
   type FakeDialect,
+  type FakeExchange,
   type FakeProvider,
   type FakeProviderOptions,
 } from './fake-server.js';
@@ -78,6 +79,31 @@ function line(value: unknown): string {
   return `${JSON.stringify(value)}\n`;
 }
 
+/** Stands for the content that grows in a `huge` answer: the line is cut there. */
+const HUGE_CONTENT = '@@huge-content@@';
+
+/** `kind: 'huge'`: one JSON answer, one NDJSON content line or a run of small lines that grows (behaviour.ts). */
+async function replyHuge(exchange: FakeExchange, behaviour: Extract<FakeBehaviour, { kind: 'huge' }>): Promise<void> {
+  const response = exchange.response;
+  const reply = buildReply({ content: HUGE_CONTENT, usage: { promptTokens: 10, completionTokens: 10 } }, exchange.record.body);
+  const createdAt = new Date().toISOString();
+  if (behaviour.shape === 'json') {
+    const json = JSON.stringify({ model: reply.model, created_at: createdAt, message: { role: 'assistant', content: HUGE_CONTENT }, ...finalFields(reply) });
+    const [head = '', tail = ''] = json.split(HUGE_CONTENT);
+    response.writeHead(200, { 'content-type': 'application/json; charset=utf-8', ...(behaviour.headers ?? {}) });
+    if (await exchange.writeRepeated(head, 'x', tail, behaviour.bytes)) response.end();
+    return;
+  }
+  const [head = '', rest = ''] = line({ model: reply.model, created_at: createdAt, message: { role: 'assistant', content: HUGE_CONTENT }, done: false }).split(HUGE_CONTENT);
+  const finalLine = line({ model: reply.model, created_at: createdAt, message: { role: 'assistant', content: '' }, ...finalFields(reply) });
+  response.writeHead(200, { 'content-type': 'application/x-ndjson', ...(behaviour.headers ?? {}) });
+  const written =
+    behaviour.shape === 'line'
+      ? await exchange.writeRepeated(head, 'x', rest + finalLine, behaviour.bytes)
+      : await exchange.writeRepeated('', `${head}x${rest}`, finalLine, behaviour.bytes);
+  if (written) response.end();
+}
+
 const ollamaDialect: FakeDialect = {
   basePath: '',
   chatPath: '/api/chat',
@@ -99,6 +125,7 @@ const ollamaDialect: FakeDialect = {
     };
   },
   async reply(exchange, behaviour) {
+    if (behaviour.kind === 'huge') return replyHuge(exchange, behaviour);
     const body = exchange.record.body;
     const reply = buildReply(behaviour, body);
     const extraHeaders = behaviour.headers ?? {};

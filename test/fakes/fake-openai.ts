@@ -28,12 +28,12 @@
  * before the finish chunk; the failure kinds never get further than the last such event.
  *
  * Behaviours: see `FakeBehaviour` in behaviour.ts (ok, status, malformed-json, empty-body, hang, reset,
- * stream-cut, stream-stall, stream-error, stream-end-early; `delayMs` and `headers` on all; `quirks` on
+ * stream-cut, stream-stall, stream-error, stream-end-early, huge; `delayMs` and `headers` on all; `quirks` on
  * streams) and the ready-made `fakeBehaviours`. Errors from `status` without `body`, and 401s from
  * `requireApiKey`, use OpenAI's shape `{"error":{"message","type","param","code"}}`; the 401 message echoes
  * the key received (as OpenAI does, partly), so that tests can prove it is redacted downstream.
  */
-import type { ReplyShape } from './behaviour.js';
+import type { FakeBehaviour, ReplyShape } from './behaviour.js';
 import {
   estimateCompletionTokens,
   estimatePromptTokens,
@@ -155,6 +155,30 @@ function openAIErrorBody(message: string, status: number): object {
   return { error: { message, type, param: null, code } };
 }
 
+/** Stands for the content that grows in a `huge` answer: the frame is cut there. */
+const HUGE_CONTENT = '@@huge-content@@';
+
+/** `kind: 'huge'`: a chat completion, an SSE content line or a run of small events that grows (behaviour.ts). */
+async function replyHuge(exchange: FakeExchange, behaviour: Extract<FakeBehaviour, { kind: 'huge' }>): Promise<void> {
+  const body = exchange.record.body;
+  const response = exchange.response;
+  const reply = buildReply({ content: HUGE_CONTENT, usage: { promptTokens: 10, completionTokens: 10 } }, body);
+  if (behaviour.shape === 'json') {
+    const [head = '', tail = ''] = JSON.stringify(completionJson(reply)).split(HUGE_CONTENT);
+    response.writeHead(200, { 'content-type': 'application/json', ...(behaviour.headers ?? {}) });
+    if (await exchange.writeRepeated(head, 'x', tail, behaviour.bytes)) response.end();
+    return;
+  }
+  const { body: frames, tail } = streamFrames(reply, { chunks: [HUGE_CONTENT] }, body?.stream_options?.include_usage === true);
+  const [head = '', rest = ''] = (frames[0] ?? '').split(HUGE_CONTENT);
+  response.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', ...(behaviour.headers ?? {}) });
+  const written =
+    behaviour.shape === 'line'
+      ? await exchange.writeRepeated(head, 'x', rest + tail.join(''), behaviour.bytes)
+      : await exchange.writeRepeated('', `${head}x${rest}`, tail.join(''), behaviour.bytes);
+  if (written) response.end();
+}
+
 const openAIDialect: FakeDialect = {
   basePath: '/v1',
   chatPath: '/v1/chat/completions',
@@ -165,6 +189,7 @@ const openAIDialect: FakeDialect = {
     return { object: 'list', data: names.map((id) => ({ id, object: 'model', created: 1_700_000_000, owned_by: 'fake' })) };
   },
   async reply(exchange: FakeExchange, behaviour) {
+    if (behaviour.kind === 'huge') return replyHuge(exchange, behaviour);
     const body = exchange.record.body;
     const reply = buildReply(behaviour, body);
     const extraHeaders = behaviour.headers ?? {};

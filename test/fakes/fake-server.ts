@@ -86,6 +86,12 @@ export interface FakeExchange {
    * given quirks and spacing. Resolves false when the connection went away meanwhile.
    */
   writeFrames(frames: string[], options: WriteFramesOptions): Promise<boolean>;
+  /**
+   * Writes `head`, then `unit` over and over until the body is about `bytes` long (forever without),
+   * then `tail`; in 64 KiB pieces, each written once the previous one has left (the fake holds one
+   * piece, however long the body). Resolves false when the connection went away meanwhile.
+   */
+  writeRepeated(head: string, unit: string, tail: string, bytes: number | undefined): Promise<boolean>;
 }
 
 export interface WriteFramesOptions {
@@ -102,8 +108,8 @@ export interface FakeDialect {
   errorBody(message: string, status: number): object;
   /** Answers `GET` routes (model listings); `undefined` for an unknown route. */
   get(path: string, options: FakeProviderOptions): object | undefined;
-  /** Answers a chat request for the behaviours `ok` and `stream-*`. */
-  reply(exchange: FakeExchange, behaviour: Extract<FakeBehaviour, { kind: 'ok' | 'stream-cut' | 'stream-stall' | 'stream-error' | 'stream-end-early' }>): Promise<void>;
+  /** Answers a chat request for the behaviours `ok`, `stream-*` and `huge`. */
+  reply(exchange: FakeExchange, behaviour: Extract<FakeBehaviour, { kind: 'ok' | 'stream-cut' | 'stream-stall' | 'stream-error' | 'stream-end-early' | 'huge' }>): Promise<void>;
 }
 
 const DEFAULT_WAIT_MS = 10_000;
@@ -122,6 +128,9 @@ function parseJson(text: string): unknown {
     return undefined;
   }
 }
+
+/** Size of one write of `writeRepeated`. */
+const REPEATED_PIECE_BYTES = 64 * 1024;
 
 /** Byte offsets that land in awkward places; cycled through when splitting writes. */
 const SPLIT_SIZES = [1, 2, 5, 3, 7, 1, 11, 4, 13, 2];
@@ -257,6 +266,38 @@ export async function startFakeProvider(dialect: FakeDialect, options: FakeProvi
           }
         }
         return !exchange.gone;
+      },
+      async writeRepeated(head, unit, tail, bytes) {
+        /** Writes and, when the socket's buffer is full, waits until it drains (or the connection goes). */
+        const write = async (data: string | Buffer): Promise<boolean> => {
+          if (exchange.gone) return false;
+          if (!response.write(data)) {
+            await new Promise<void>((resolve) => {
+              const done = (): void => {
+                response.off('drain', done);
+                response.off('close', done);
+                closeController.signal.removeEventListener('abort', done);
+                resolve();
+              };
+              response.once('drain', done);
+              response.once('close', done);
+              closeController.signal.addEventListener('abort', done, { once: true });
+            });
+          }
+          return !exchange.gone;
+        };
+        const unitBytes = Buffer.byteLength(unit);
+        const unitsPerPiece = Math.max(1, Math.floor(REPEATED_PIECE_BYTES / unitBytes));
+        const piece = Buffer.from(unit.repeat(unitsPerPiece));
+        let units =
+          bytes === undefined ? Number.POSITIVE_INFINITY : Math.max(0, Math.floor((bytes - Buffer.byteLength(head) - Buffer.byteLength(tail)) / unitBytes));
+        if (head !== '' && !(await write(head))) return false;
+        while (units > 0) {
+          const count = Math.min(units, unitsPerPiece);
+          if (!(await write(count === unitsPerPiece ? piece : piece.subarray(0, count * unitBytes)))) return false;
+          units -= count;
+        }
+        return tail === '' || (await write(tail));
       },
     };
 

@@ -10,11 +10,12 @@ import { connectToNats } from '../../bus/connect.js';
 import { configPathFromEnv, loadConfigFile, type ResolvedConfig } from '../../config/index.js';
 import { createLogger, type Logger } from '../../telemetry/logger.js';
 import { UsageAggregator } from '../../aggregator/aggregator.js';
+import { secretFromEnv } from '../../auth/index.js';
 
 const help = `Usage: llm-proxy aggregator [--config config.yaml]
 
 Consumes the usage stream (nats.usage_stream, default LLM_USAGE) through a
-durable consumer of its own, counts every request once (by request_id), keeps
+durable consumer of its own, counts every request once (by event_id), keeps
 rollups per agent, microDAO, model, provider and hour, snapshots them to a KV
 bucket, and answers usage queries on <prefix>.proxy.usage (queue group
 llm-usage; discoverable with \`nats micro ls\`).
@@ -34,7 +35,8 @@ Every instance needs its own instance_id (two processes with one id would
 take each other's durable consumer). SIGTERM/SIGINT: leave the queue group,
 save a last snapshot, exit.
 
-Environment: NATS_URL, NATS credentials (see nats.* in config.yaml), LLM_PROXY_CONFIG.
+Environment: NATS_URL, NATS credentials (see nats.* in config.yaml), LLM_PROXY_CONFIG,
+LLM_PROXY_SECRET (queries must then carry it as X-Internal-Secret).
 `;
 
 export interface RunningAggregator {
@@ -45,6 +47,8 @@ export interface RunningAggregator {
 
 /** An aggregator on a connection of its own (used by `aggregator` and by `dev`). */
 export async function startUsageAggregator(config: ResolvedConfig, servers?: string): Promise<RunningAggregator> {
+  // Before connecting: a secret set but empty stops the start.
+  const secret = secretFromEnv(process.env);
   const logger = createLogger({ level: config.logging.level, base: { role: 'aggregator' } });
   const connection = await connectToNats({ servers, nats: config.nats, name: `llm-proxy-aggregator@${hostname()}` });
   const aggregator = await UsageAggregator.start({
@@ -53,6 +57,7 @@ export async function startUsageAggregator(config: ResolvedConfig, servers?: str
     usageStream: config.nats.usage_stream,
     aggregator: config.aggregator,
     logger,
+    secret,
   });
   return {
     logger,

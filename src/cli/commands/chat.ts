@@ -7,6 +7,8 @@ import { text } from 'node:stream/consumers';
 import type { Command } from '../command.js';
 import { isPositiveInteger, parseCommandLine, parseNumberFlag, UsageError } from '../command.js';
 import { createClient, LlmProxyError, type ChatReply, type ChatRequest, type LlmProxyClient } from '../../client/index.js';
+import { secretFromEnv } from '../../auth/index.js';
+import { secretHeaders } from '../secret-headers.js';
 import type { ModelsReply } from '../../contract/index.js';
 
 const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
@@ -89,7 +91,7 @@ async function readMessage(given: string | undefined): Promise<string> {
 async function firstListedModel(client: LlmProxyClient): Promise<string> {
   let reply: ModelsReply;
   try {
-    const message = await client.connection.request(client.subjects.models, '{}', { timeout: 5_000 });
+    const message = await client.connection.request(client.subjects.models, '{}', { timeout: 5_000, headers: secretHeaders() });
     reply = message.json<ModelsReply>();
   } catch {
     throw new UsageError(`--model is required: no worker answered on ${client.subjects.models}`);
@@ -169,7 +171,7 @@ async function run(argv: string[]): Promise<number> {
   const options = parseChatArguments(argv);
   const message = await readMessage(options.message);
   const servers = process.env.NATS_URL || DEFAULT_NATS_URL;
-  const secret = process.env.LLM_PROXY_SECRET || undefined;
+  const secret = secretFromEnv(process.env);
 
   let client: LlmProxyClient;
   try {

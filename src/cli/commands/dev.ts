@@ -11,6 +11,7 @@ import { configPathFromEnv } from '../../config/index.js';
 import { findOnPath, isNatsReachable, NATS_INSTALL_HELP, startDevNatsServer, type DevNatsServer } from '../../bus/dev-server.js';
 import { natsUrlFromEnv } from '../../bus/connect.js';
 import { startUsageAggregator, type RunningAggregator } from './aggregator.js';
+import { secretFromEnv } from '../../auth/index.js';
 import { loadConfigOrExplain, runWorkerUntilSignal } from './worker.js';
 
 const help = `Usage: llm-proxy dev [--config FILE] [--nats URL] [--store DIR] [--no-aggregator]
@@ -46,6 +47,8 @@ export const command: Command = {
     });
     const config = loadConfigOrExplain(values.config ?? configPathFromEnv());
     if (config === undefined) return 1;
+    // A secret set but empty is refused before anything starts.
+    secretFromEnv(process.env);
     const url = values.nats ?? natsUrlFromEnv();
 
     let devServer: DevNatsServer | undefined;

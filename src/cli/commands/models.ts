@@ -4,6 +4,8 @@ import type { Command } from '../command.js';
 import { isPositiveInteger, parseCommandLine, parseNumberFlag, UsageError } from '../command.js';
 import { DEFAULT_SUBJECT_PREFIX, subjectsFor } from '../../contract/subjects.js';
 import { connectOnce, natsUrlFromEnv } from '../../bus/connect.js';
+import type { ErrorReply } from '../../contract/errors.js';
+import { secretHeaders } from '../secret-headers.js';
 import { ConfigError, loadConfigFile } from '../../config/index.js';
 import type { WorkerModelsReply } from '../../worker/index.js';
 
@@ -96,8 +98,12 @@ export const command: Command = {
     const { connection, prefix } = await connectForCommand(values);
     const subject = subjectsFor(prefix).models;
     try {
-      const message = await connection.request(subject, JSON.stringify(values.health ? { health: true } : {}), { timeout: timeoutMs });
-      const reply = message.json() as WorkerModelsReply;
+      const message = await connection.request(subject, JSON.stringify(values.health ? { health: true } : {}), { timeout: timeoutMs, headers: secretHeaders() });
+      const reply = message.json() as WorkerModelsReply | ErrorReply;
+      if ('error' in reply) {
+        process.stderr.write(`llm-proxy: ${reply.error.code} (${reply.error.status}): ${reply.error.message}\n`);
+        return 1;
+      }
       process.stdout.write(values.json ? `${JSON.stringify(reply, null, 2)}\n` : `${formatModels(reply)}\n`);
       return 0;
     } catch (error) {

@@ -12,6 +12,7 @@ import { DEFAULT_SUBJECT_PREFIX, HEADERS, subjectsFor } from '../../contract/sub
 import { USAGE_GROUP_KEYS, type UsageGroupKey, type UsageQuery } from '../../contract/usage-query.js';
 import type { ErrorReply } from '../../contract/errors.js';
 import type { AggregatedReply } from '../../aggregator/query.js';
+import { secretHeaders } from '../secret-headers.js';
 import { formatCsv, formatTable } from '../../aggregator/usage-report.js';
 
 const help = `Usage: llm-proxy usage [filters] [--group-by KEYS] [--json | --csv]
@@ -35,7 +36,8 @@ Connection:
                       (default: $LLM_PROXY_CONFIG, else ./config.yaml when present)
   --timeout-ms N      give up after N ms (default 10000)
 
-Environment: NATS_URL (default nats://127.0.0.1:4222), NATS credentials as for the worker.
+Environment: NATS_URL (default nats://127.0.0.1:4222), NATS credentials as for the worker,
+LLM_PROXY_SECRET (sent as X-Internal-Secret).
 Errors print "error <code> (<status>): <message>" and exit with code 1.
 
 Examples:
@@ -118,7 +120,7 @@ async function run(argv: string[]): Promise<number> {
   }
   const subject = subjectsFor(prefix).usageQuery;
   try {
-    const message = await connection.request(subject, JSON.stringify(parsed.query), { timeout: parsed.timeoutMs });
+    const message = await connection.request(subject, JSON.stringify(parsed.query), { timeout: parsed.timeoutMs, headers: secretHeaders() });
     const body = message.json<AggregatedReply | ErrorReply>();
     if (message.headers?.get(HEADERS.serviceErrorCode) || 'error' in body) {
       const error = (body as ErrorReply).error;

@@ -1,0 +1,1 @@
+export { headerValue, SECRET_ENV, SecretCheck, SecretSettingError, secretFromEnv } from './secret.js';

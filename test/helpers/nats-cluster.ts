@@ -1,0 +1,338 @@
+/**
+ * A real nats-server cluster with JetStream on loopback, for one suite.
+ *
+ * ```ts
+ * const cluster = await startNatsCluster();          // 3 nodes, JetStream meta leader elected, R3 placement checked
+ * const nc = await connect({ servers: cluster.urls });
+ * const leader = await cluster.streamLeader(nc, 'LLM_USAGE');   // the node that leads the stream
+ * await leader.kill();                                 // SIGKILL
+ * await leader.restart();                              // same ports, same store directory
+ * await cluster.dispose();                             // kill every node, remove the store directories
+ * ```
+ *
+ * Each node has its own config file (`server_name`, `listen`, `cluster {name, listen, routes}`,
+ * `jetstream {store_dir}`) and its own store directory under one temp directory. Ports come from
+ * `freePort`; as in nats-server.ts, a node only counts as up when the server answering on its port
+ * greets with its own `server_name` (another suite's server may have taken the port meanwhile), and a
+ * start that fails that way is retried on fresh ports.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { connect as netConnect } from 'node:net';
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { jetstreamManager, StorageType, type StreamInfo } from '@nats-io/jetstream';
+import { freePort } from './ports.js';
+
+export interface NatsClusterNode {
+  /** `server_name` (what JetStream reports as a stream's `cluster.leader`). */
+  readonly name: string;
+  readonly url: string;
+  readonly port: number;
+  readonly clusterPort: number;
+  readonly storeDir: string;
+  /** True while this node's process runs. */
+  readonly running: boolean;
+  /** The tail of the node's log (nats-server logs to stderr). */
+  logs(): string;
+  /** SIGKILL and wait for exit. */
+  kill(): Promise<void>;
+  /** SIGTERM (lame duck is not used) and wait for exit. */
+  stop(): Promise<void>;
+  /** Start again on the same ports and store directory; resolves once it answers. */
+  restart(): Promise<void>;
+}
+
+export interface NatsClusterHandle {
+  readonly name: string;
+  readonly nodes: NatsClusterNode[];
+  /** Client URLs of every node, in node order. */
+  readonly urls: string[];
+  /** The node named `name` (a stream's `cluster.leader`). */
+  node(name: string): NatsClusterNode;
+  /** The node that leads `stream` now (asks through `connection`; retries while there is no leader, up to `timeoutMs`). */
+  streamLeader(connection: NatsConnection, stream: string, timeoutMs?: number): Promise<NatsClusterNode>;
+  /**
+   * Resolves with the stream's info once it has a leader and `replicas` - 1 followers that are all
+   * current and online (polls up to `timeoutMs`, default 30 s).
+   */
+  waitForStreamReplicas(connection: NatsConnection, stream: string, replicas: number, timeoutMs?: number): Promise<StreamInfo>;
+  /** Kill every node and remove the store directories. */
+  dispose(): Promise<void>;
+}
+
+export interface NatsClusterOptions {
+  /** Nodes (default 3). */
+  size?: number;
+  /** Extra lines for every node's config file. */
+  extraConfig?: string;
+  /** How long to wait for the cluster to place a replicated stream (default 30 s). */
+  readyTimeoutMs?: number;
+}
+
+const sleep = (milliseconds: number) => new Promise((resolve) => setTimeout(resolve, milliseconds));
+
+/**
+ * Resolves when the server on `port` greets with an INFO carrying `name`;
+ * rejects at once when another server answers there.
+ */
+function waitForServer(port: number, name: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise((resolve, reject) => {
+    const attempt = () => {
+      const socket = netConnect(port, '127.0.0.1');
+      let greeting = '';
+      socket.on('data', (chunk: Buffer) => {
+        greeting += chunk.toString();
+        if (!greeting.includes('\r\n')) return;
+        socket.destroy();
+        if (greeting.includes(`"server_name":"${name}"`)) resolve();
+        else reject(new Error(`port ${port} is held by another nats-server (${greeting.slice(0, 200).trim()})`));
+      });
+      socket.once('error', () => {
+        socket.destroy();
+        if (Date.now() > deadline) reject(new Error(`nats-server ${name} did not listen on ${port}`));
+        else setTimeout(attempt, 25);
+      });
+    };
+    attempt();
+  });
+}
+
+function waitForExit(child: ChildProcess | undefined): Promise<void> {
+  if (child === undefined || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => child.once('exit', () => resolve()));
+}
+
+/** Children still running when the test process exits are killed (a crashed suite must not leave servers behind). */
+const living = new Set<ChildProcess>();
+let exitHookInstalled = false;
+function track(child: ChildProcess): void {
+  living.add(child);
+  child.once('exit', () => living.delete(child));
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.once('exit', () => {
+    for (const process_ of living) process_.kill('SIGKILL');
+  });
+}
+
+class ClusterNode implements NatsClusterNode {
+  readonly name: string;
+  readonly storeDir: string;
+  readonly #configPath: string;
+  port = 0;
+  clusterPort = 0;
+  #child: ChildProcess | undefined;
+  #stderr = '';
+
+  constructor(root: string, name: string) {
+    this.name = name;
+    const dir = join(root, name);
+    mkdirSync(dir, { recursive: true });
+    this.storeDir = join(dir, 'js');
+    this.#configPath = join(dir, 'server.conf');
+  }
+
+  get url(): string {
+    return `nats://127.0.0.1:${this.port}`;
+  }
+
+  get running(): boolean {
+    return this.#child !== undefined && this.#child.exitCode === null && this.#child.signalCode === null;
+  }
+
+  logs(): string {
+    return this.#stderr;
+  }
+
+  writeConfig(clusterName: string, peers: ClusterNode[], extraConfig: string | undefined): void {
+    const routes = peers.filter((peer) => peer !== this).map((peer) => `    "nats-route://127.0.0.1:${peer.clusterPort}"`);
+    const lines = [
+      `server_name: "${this.name}"`,
+      `listen: "127.0.0.1:${this.port}"`,
+      'cluster {',
+      `  name: "${clusterName}"`,
+      `  listen: "127.0.0.1:${this.clusterPort}"`,
+      '  routes: [',
+      ...routes,
+      '  ]',
+      '}',
+      `jetstream { store_dir: "${this.storeDir}", max_memory_store: 268435456, max_file_store: 2147483648 }`,
+    ];
+    if (extraConfig !== undefined) lines.push(extraConfig);
+    writeFileSync(this.#configPath, lines.join('\n') + '\n');
+  }
+
+  async launch(timeoutMs = 10_000): Promise<void> {
+    if (this.running) throw new Error(`${this.name} is already running`);
+    const child = spawn('nats-server', ['-c', this.#configPath], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.#child = child;
+    track(child);
+    child.stderr?.on('data', (chunk: Buffer) => {
+      this.#stderr += chunk.toString();
+      // Keep the tail: the last lines say why a node misbehaved.
+      if (this.#stderr.length > 200_000) this.#stderr = this.#stderr.slice(-100_000);
+    });
+    const exited = new Promise<never>((_, reject) =>
+      child.once('exit', (code, signal) => reject(new Error(`nats-server ${this.name} exited (${code ?? signal}): ${this.#stderr.slice(-2000)}`))),
+    );
+    exited.catch(() => undefined);
+    try {
+      await Promise.race([waitForServer(this.port, this.name, timeoutMs), exited]);
+    } catch (error) {
+      child.kill('SIGKILL');
+      await waitForExit(child);
+      throw error;
+    }
+  }
+
+  async kill(): Promise<void> {
+    this.#child?.kill('SIGKILL');
+    await waitForExit(this.#child);
+  }
+
+  async stop(): Promise<void> {
+    this.#child?.kill('SIGTERM');
+    await waitForExit(this.#child);
+  }
+
+  restart(): Promise<void> {
+    return this.launch();
+  }
+}
+
+/**
+ * Polls until JetStream answers and can place a stream with `replicas`
+ * replicas (the meta leader is elected and knows enough peers): creates a
+ * small memory stream, waits for its leader, deletes it.
+ */
+async function waitForJetStream(connection: NatsConnection, replicas: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  const probe = `CLUSTER_PROBE_${Date.now()}`;
+  let lastError: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const manager = await jetstreamManager(connection, { timeout: 2_000 });
+      await manager.streams.add({ name: probe, subjects: [`cluster-probe.${probe}`], storage: StorageType.Memory, num_replicas: replicas }).catch(async (error: unknown) => {
+        // A retry after a timed-out create may find it there already.
+        await manager.streams.info(probe).catch(() => {
+          throw error;
+        });
+      });
+      const info = await manager.streams.info(probe);
+      if (info.cluster?.leader !== undefined && (info.cluster.replicas ?? []).length === replicas - 1) {
+        await manager.streams.delete(probe);
+        return;
+      }
+    } catch (error) {
+      lastError = error;
+    }
+    await sleep(100);
+  }
+  throw new Error(`JetStream did not become ready with ${replicas} replicas within ${timeoutMs} ms: ${String(lastError)}`);
+}
+
+/** Starts a `size`-node cluster (default 3) with JetStream, on free loopback ports, and waits until it can place an R`size` stream. */
+export async function startNatsCluster(options: NatsClusterOptions = {}): Promise<NatsClusterHandle> {
+  const size = options.size ?? 3;
+  const root = mkdtempSync(join(tmpdir(), 'llm-proxy-nats-cluster-'));
+  // Unique per suite (the port guard checks the name): `lpc-<temp dir suffix>`, nodes `lpc-<suffix>-n1`…
+  const clusterName = `lpc-${basename(root).slice('llm-proxy-nats-cluster-'.length).replace(/[^A-Za-z0-9]/g, '')}`;
+  const nodes = Array.from({ length: size }, (_, index) => new ClusterNode(root, `${clusterName}-n${index + 1}`));
+
+  // A free port can be taken before a node binds it (suites run side by side): then start over on fresh ports.
+  for (let attempt = 1; ; attempt += 1) {
+    const ports = new Set<number>();
+    while (ports.size < size * 2) ports.add(await freePort());
+    const list = [...ports];
+    nodes.forEach((node, index) => {
+      node.port = list[index * 2]!;
+      node.clusterPort = list[index * 2 + 1]!;
+    });
+    for (const node of nodes) node.writeConfig(clusterName, nodes, options.extraConfig);
+    try {
+      await Promise.all(nodes.map((node) => node.launch()));
+      break;
+    } catch (error) {
+      await Promise.all(nodes.map((node) => node.kill()));
+      if (attempt >= 3) {
+        rmSync(root, { recursive: true, force: true });
+        throw error;
+      }
+    }
+  }
+
+  const handle: NatsClusterHandle = {
+    name: clusterName,
+    nodes,
+    get urls() {
+      return nodes.map((node) => node.url);
+    },
+    node(name: string) {
+      const found = nodes.find((node) => node.name === name);
+      if (found === undefined) throw new Error(`no node named ${name} in ${clusterName} (nodes: ${nodes.map((node) => node.name).join(', ')})`);
+      return found;
+    },
+    async streamLeader(connection, stream, timeoutMs = 20_000) {
+      const deadline = Date.now() + timeoutMs;
+      let last: unknown;
+      while (Date.now() < deadline) {
+        try {
+          const manager = await jetstreamManager(connection, { timeout: 2_000, checkAPI: false });
+          const leader = (await manager.streams.info(stream)).cluster?.leader;
+          if (leader !== undefined && leader !== '') return handle.node(leader);
+          last = 'no leader';
+        } catch (error) {
+          last = error;
+        }
+        await sleep(50);
+      }
+      throw new Error(`stream ${stream} has no leader after ${timeoutMs} ms: ${String(last)}`);
+    },
+    async waitForStreamReplicas(connection, stream, replicas, timeoutMs = 30_000) {
+      const deadline = Date.now() + timeoutMs;
+      let last: unknown;
+      while (Date.now() < deadline) {
+        try {
+          const manager = await jetstreamManager(connection, { timeout: 2_000, checkAPI: false });
+          const info = await manager.streams.info(stream);
+          const followers = info.cluster?.replicas ?? [];
+          if (
+            info.config.num_replicas === replicas &&
+            info.cluster?.leader !== undefined &&
+            followers.length === replicas - 1 &&
+            followers.every((peer) => peer.current && !peer.offline)
+          ) {
+            return info;
+          }
+          last = JSON.stringify(info.cluster);
+        } catch (error) {
+          last = error;
+        }
+        await sleep(100);
+      }
+      throw new Error(`stream ${stream} not at ${replicas} current replicas after ${timeoutMs} ms: ${String(last)}`);
+    },
+    async dispose() {
+      await Promise.all(nodes.map((node) => node.kill()));
+      rmSync(root, { recursive: true, force: true });
+    },
+  };
+
+  try {
+    const connection = await connect({ servers: handle.urls, name: 'nats-cluster-probe', reconnectTimeWait: 250, maxReconnectAttempts: -1 });
+    try {
+      await waitForJetStream(connection, size, options.readyTimeoutMs ?? 30_000);
+    } finally {
+      await connection.close();
+    }
+  } catch (error) {
+    const logs = nodes.map((node) => `--- ${node.name}\n${node.logs().slice(-1500)}`).join('\n');
+    await handle.dispose();
+    throw new Error(`${(error as Error).message}\n${logs}`);
+  }
+  return handle;
+}
