@@ -336,7 +336,7 @@ test('usage stream R3 on a 3-node cluster, its leader SIGKILLed under load: no a
       const stats = worker.worker.stats();
       report(
         `worker ${worker.worker.id}: requests ${stats.requests}, ok ${stats.ok}, errors ${JSON.stringify(stats.by_code)}, streams ${stats.streams}, ` +
-          `usage events ${JSON.stringify(stats.usage_events)}, "not published yet" warnings ${worker.logs.lines.filter((line) => line.includes('usage event not published yet')).length}, ` +
+          `usage events ${JSON.stringify(stats.usage_events)}, "not being published" warnings ${worker.logs.lines.filter((line) => line.includes('usage events are not being published')).length}, ` +
           `disconnects ${worker.logs.lines.filter((line) => line.includes('disconnected from NATS')).length}`,
       );
     }

@@ -192,7 +192,7 @@ describe('workers in a queue group', () => {
       assert.equal(events[0]!.request_id, 'after-delete');
       assert.ok(worker.worker.publisher.counters.failedAttempts >= 1, 'the first publish failed');
       assert.equal(worker.worker.publisher.counters.pending, 0);
-      assert.ok(worker.logs.lines.some((line) => line.includes('usage event not published yet')));
+      assert.ok(worker.logs.lines.some((line) => line.includes('usage events are not being published')));
     } finally {
       await client.close();
       await worker.stop();

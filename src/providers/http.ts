@@ -106,7 +106,8 @@ function refusedBeforeSending(post: ProviderPost): ProxyError | undefined {
 
 /**
  * What the two kinds of call share: the caller's signal aborts the request, a non-2xx answer is
- * read up to MAX_ERROR_BODY_BYTES and becomes a ProxyError by its status, a transport failure by
+ * read up to MAX_ERROR_BODY_BYTES (and drained up to `max_response_bytes`, past which the connection is
+ * closed) and becomes a ProxyError by its status, a transport failure by
  * its code, and a 2xx body past the provider's `max_response_bytes` (declared or counted) aborts
  * the request (the connection closes, the provider stops) and fails it. Subclasses take the 2xx
  * body; `failed` must drop whatever they collected. One object per call serves as undici's handler
@@ -172,18 +173,23 @@ abstract class ProviderResponseHandler implements Dispatcher.DispatchHandler {
   }
 
   onResponseData(_controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#cutOff) return;
+    this.#bodySize += chunk.length;
+    const overLimit = this.#bodySize > maxResponseBytes(this.settings);
+    if (overLimit) this.#cutOff = true;
     if (this.#ok()) {
-      if (this.#cutOff) return;
-      this.#bodySize += chunk.length;
-      if (this.#bodySize > maxResponseBytes(this.settings)) {
-        this.#cutOff = true;
-        this.#refuseOversized();
-        return;
-      }
-      this.okData(chunk);
+      if (overLimit) this.#refuseOversized();
+      else this.okData(chunk);
       return;
     }
-    // An error page is read up to MAX_ERROR_BODY_BYTES (the message is cut anyway); the rest is drained.
+    if (overLimit) {
+      // An error page without end is not drained forever: its status says enough, and the connection goes.
+      this.release();
+      this.#failByStatus();
+      this.controller?.abort(new Error('the error body exceeded max_response_bytes'));
+      return;
+    }
+    // An error page is read up to MAX_ERROR_BODY_BYTES (the message is cut anyway); the rest is drained, up to max_response_bytes.
     if (this.#errorSize >= MAX_ERROR_BODY_BYTES) return;
     (this.#errorChunks ??= []).push(chunk);
     this.#errorSize += chunk.length;

@@ -104,6 +104,8 @@ export class UsagePublisher {
   #retrying = false;
   #closed = false;
   #streamReady = false;
+  /** Publishes are failing: warned once, until the retry queue drains. */
+  #failing = false;
   #idleWaiters: Array<() => void> = [];
   readonly counters: UsagePublisherCounters = { published: 0, duplicates: 0, failedAttempts: 0, pending: 0, dropped: 0, deadLettered: 0 };
 
@@ -195,8 +197,11 @@ export class UsagePublisher {
       const permanent = permanentRefusal(error);
       if (permanent !== undefined) return this.#deadLetter(item, permanent);
       this.counters.failedAttempts++;
-      const log = item.tries === 1 ? this.#options.logger.warn.bind(this.#options.logger) : this.#options.logger.debug.bind(this.#options.logger);
-      log({ event_id: item.event.event_id, request_id: item.event.request_id, subject: item.subject, tries: item.tries, err: error }, 'usage event not published yet; kept for retry');
+      // One warning per outage (a leaderless stream fails every event for seconds), the rest at debug.
+      const details = { event_id: item.event.event_id, request_id: item.event.request_id, subject: item.subject, tries: item.tries, err: error };
+      if (this.#failing) this.#options.logger.debug(details, 'usage event not published yet; kept for retry');
+      else this.#options.logger.warn(details, 'usage events are not being published; holding them for retry (further failures at debug level)');
+      this.#failing = true;
       return 'retry';
     }
   }
@@ -287,7 +292,10 @@ export class UsagePublisher {
         const result = await this.#attempt(head);
         if (result === 'retry') break;
         this.#queue.shift();
-        if (this.#queue.length === 0) this.#options.logger.info('usage event queue drained');
+        if (this.#queue.length === 0) {
+          this.#failing = false;
+          this.#options.logger.info('usage event queue drained');
+        }
       }
     } finally {
       this.#retrying = false;

@@ -6,7 +6,7 @@ import type { Logger } from '../telemetry/logger.js';
  * The seam where admission control (rate limits, budgets: the limits module)
  * plugs into the request pipeline. The pipeline is:
  *
- *   size → JSON → depth → ids → auth → validate → model known → beforeRoute → cache → router → usage event + reply → afterRoute
+ *   size → JSON → ids → depth → auth → validate → model known → beforeRoute → cache → router → usage event + reply → afterRoute
  *
  * - `beforeRoute(context)` runs for every valid, authorized request of a known
  *   model, before the cache and the router. To refuse, throw a ProxyError

@@ -252,17 +252,15 @@ export class RequestPipeline {
     if (message.data.length > deps.maxRequestBytes) {
       return refuse(new ProxyError('payload_too_large', `request body is ${message.data.length} bytes; the limit is ${deps.maxRequestBytes}`));
     }
-    // 2. JSON, nested no deeper than the checks after it can follow.
+    // 2. JSON.
     let body: unknown;
     try {
       body = JSON.parse(message.string());
     } catch {
       return refuse(new ProxyError('invalid_request', 'request body is not valid JSON'));
     }
-    if (nestsDeeperThan(body, MAX_JSON_DEPTH)) {
-      return refuse(new ProxyError('invalid_request', `request body nests objects or arrays deeper than ${MAX_JSON_DEPTH} levels`));
-    }
-    // 3. The client's ids, before anything uses them (the log line, the event, the reply).
+    // 3. The client's ids, before anything uses them (the log line, the event, the reply). Only
+    // top-level fields and metadata's values are read: safe on a body of any depth.
     const { ids, problem } = checkClientIds(body);
     if (ids.requestId !== undefined) accounting.requestId = ids.requestId;
     accounting.metadata = ids.metadata;
@@ -271,6 +269,9 @@ export class RequestPipeline {
     logger = requestLogger(deps.logger, accounting.requestId, ids.metadata?.agent_id);
     setLogger(logger);
     if (problem !== undefined) return refuse(problem);
+    if (nestsDeeperThan(body, MAX_JSON_DEPTH)) {
+      return refuse(new ProxyError('invalid_request', `request body nests objects or arrays deeper than ${MAX_JSON_DEPTH} levels`));
+    }
 
     // 4. Auth: a refused request is not attributed to the agent it names.
     if (accounting.unauthenticated) {

@@ -97,9 +97,10 @@ export type FakeBehaviour =
    * - `json`: one JSON answer (`application/json`, whatever the request's `stream`) whose content grows.
    * With `bytes`, the body stops at about that size and is closed properly (the line, event or JSON
    * completed, the stream finished), so that a client with bounds large enough gets a valid answer;
-   * without, it never ends (until the client closes the connection).
+   * without, it never ends (until the client closes the connection). `status`: another status than 200
+   * (an error page without end, with `json`).
    */
-  | ({ kind: 'huge'; shape: HugeShape; bytes?: number } & CommonBehaviour);
+  | ({ kind: 'huge'; shape: HugeShape; bytes?: number; status?: number } & CommonBehaviour);
 
 export type HugeShape = 'line' | 'events' | 'json';
 

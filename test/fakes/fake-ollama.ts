@@ -90,13 +90,13 @@ async function replyHuge(exchange: FakeExchange, behaviour: Extract<FakeBehaviou
   if (behaviour.shape === 'json') {
     const json = JSON.stringify({ model: reply.model, created_at: createdAt, message: { role: 'assistant', content: HUGE_CONTENT }, ...finalFields(reply) });
     const [head = '', tail = ''] = json.split(HUGE_CONTENT);
-    response.writeHead(200, { 'content-type': 'application/json; charset=utf-8', ...(behaviour.headers ?? {}) });
+    response.writeHead(behaviour.status ?? 200, { 'content-type': 'application/json; charset=utf-8', ...(behaviour.headers ?? {}) });
     if (await exchange.writeRepeated(head, 'x', tail, behaviour.bytes)) response.end();
     return;
   }
   const [head = '', rest = ''] = line({ model: reply.model, created_at: createdAt, message: { role: 'assistant', content: HUGE_CONTENT }, done: false }).split(HUGE_CONTENT);
   const finalLine = line({ model: reply.model, created_at: createdAt, message: { role: 'assistant', content: '' }, ...finalFields(reply) });
-  response.writeHead(200, { 'content-type': 'application/x-ndjson', ...(behaviour.headers ?? {}) });
+  response.writeHead(behaviour.status ?? 200, { 'content-type': 'application/x-ndjson', ...(behaviour.headers ?? {}) });
   const written =
     behaviour.shape === 'line'
       ? await exchange.writeRepeated(head, 'x', rest + finalLine, behaviour.bytes)

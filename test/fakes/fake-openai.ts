@@ -165,13 +165,13 @@ async function replyHuge(exchange: FakeExchange, behaviour: Extract<FakeBehaviou
   const reply = buildReply({ content: HUGE_CONTENT, usage: { promptTokens: 10, completionTokens: 10 } }, body);
   if (behaviour.shape === 'json') {
     const [head = '', tail = ''] = JSON.stringify(completionJson(reply)).split(HUGE_CONTENT);
-    response.writeHead(200, { 'content-type': 'application/json', ...(behaviour.headers ?? {}) });
+    response.writeHead(behaviour.status ?? 200, { 'content-type': 'application/json', ...(behaviour.headers ?? {}) });
     if (await exchange.writeRepeated(head, 'x', tail, behaviour.bytes)) response.end();
     return;
   }
   const { body: frames, tail } = streamFrames(reply, { chunks: [HUGE_CONTENT] }, body?.stream_options?.include_usage === true);
   const [head = '', rest = ''] = (frames[0] ?? '').split(HUGE_CONTENT);
-  response.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', ...(behaviour.headers ?? {}) });
+  response.writeHead(behaviour.status ?? 200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', ...(behaviour.headers ?? {}) });
   const written =
     behaviour.shape === 'line'
       ? await exchange.writeRepeated(head, 'x', rest + tail.join(''), behaviour.bytes)
