@@ -82,6 +82,44 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
     assert.match(worker.stderr, /models\.a\.provider: unknown provider "opnai"/);
   });
 
+  test('check-config masks a password or token in a base URL; an empty LLM_PROXY_SECRET stops worker, aggregator and dev', async () => {
+    const path = join(dir, 'secret-url.yaml');
+    writeFileSync(path, stringify({ providers: { vllm: { type: 'openai', base_url: 'https://bob:pa55w0rd-xyz@vllm.internal/v1?api_key=k3y-abc' } }, models: { m: { provider: 'vllm', physical_name: 'm' } } }));
+    const [checked, worker, aggregator, dev] = await Promise.all([
+      runCli(['check-config', path]),
+      runCli(['worker', '--config', path], { NATS_URL: 'nats://127.0.0.1:1', LLM_PROXY_SECRET: '' }),
+      runCli(['aggregator', '--config', path], { NATS_URL: 'nats://127.0.0.1:1', LLM_PROXY_SECRET: ' ' }),
+      runCli(['dev', '--config', path], { NATS_URL: 'nats://127.0.0.1:1', LLM_PROXY_SECRET: '' }),
+    ]);
+    assert.equal(checked.code, 0, checked.stderr);
+    assert.match(checked.stdout, /vllm: openai at https:\/\/bob:\*\*\*@vllm\.internal\/v1\?api_key=\*\*\*/);
+    assert.ok(!checked.stdout.includes('pa55w0rd') && !checked.stdout.includes('k3y-abc'));
+    for (const result of [worker, aggregator, dev]) {
+      assert.equal(result.code, 1, result.stdout + result.stderr);
+      assert.match(result.stderr, /LLM_PROXY_SECRET is set but empty/);
+    }
+  });
+
+  test('models sends LLM_PROXY_SECRET to a worker that requires it; without it the refusal is printed', async () => {
+    const nats = await startNatsServer();
+    const openai = await startFakeOpenAI();
+    const secured = await startInProcessWorker({ natsUrl: nats.url, config: testConfig({ openai: openai.baseUrl }), env: { LLM_PROXY_SECRET: 'cli-s3cret' } });
+    try {
+      const [withSecret, without] = await Promise.all([
+        runCli(['models'], { NATS_URL: nats.url, LLM_PROXY_SECRET: 'cli-s3cret' }),
+        runCli(['models'], { NATS_URL: nats.url }),
+      ]);
+      assert.equal(withSecret.code, 0, withSecret.stderr);
+      assert.match(withSecret.stdout, /gpt-test/);
+      assert.equal(without.code, 1);
+      assert.match(without.stderr, /unauthorized \(401\): missing or wrong X-Internal-Secret header/);
+    } finally {
+      await secured.stop();
+      await openai.close();
+      await nats.dispose();
+    }
+  });
+
   describe('against a running worker', () => {
     let nats: NatsServerHandle;
     let openai: FakeOpenAI;

@@ -2,6 +2,7 @@
 import type { Command } from '../command.js';
 import { parseCommandLine, UsageError } from '../command.js';
 import { ConfigError, configPathFromEnv, loadConfigFile, missingApiKeys, type ResolvedConfig } from '../../config/index.js';
+import { redactUrl } from '../../config/redact-url.js';
 
 const help = `Usage: llm-proxy check-config [FILE]
 
@@ -19,7 +20,7 @@ export function summarizeConfig(config: ResolvedConfig): string {
   const lines = [`${config.source}: OK`, '', `providers (${config.providers.size}):`];
   for (const provider of config.providers.values()) {
     const key = provider.api_key_env === undefined ? 'no key' : `key from ${provider.api_key_env}${provider.apiKey === undefined ? ' (NOT SET)' : ' (set)'}`;
-    lines.push(`  ${provider.name}: ${provider.type} at ${provider.base_url}, ${key}`);
+    lines.push(`  ${provider.name}: ${provider.type} at ${redactUrl(provider.base_url)}, ${key}`);
   }
   lines.push('', `models (${config.models.size}):`);
   for (const model of config.models.values()) {
