@@ -3,7 +3,8 @@
 # Run:   docker run --rm -e NATS_URL=nats://nats:4222 -e OPENAI_API_KEY llm-proxy
 # (the image holds the repo's config.yaml; mount your own at /app/config.yaml or set LLM_PROXY_CONFIG)
 
-FROM node:20-slim AS build
+# Node 26, the Active LTS line since October 2026 (the code still runs on 20, which the tests use).
+FROM node:26-slim AS build
 WORKDIR /app
 # Dependencies first: this layer is reused until package*.json change.
 COPY package.json package-lock.json ./
@@ -12,7 +13,7 @@ COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 RUN npm run build && npm prune --omit=dev
 
-FROM node:20-slim
+FROM node:26-slim
 ENV NODE_ENV=production \
     LLM_PROXY_CONFIG=/app/config.yaml \
     NATS_URL=nats://nats:4222
@@ -21,6 +22,8 @@ WORKDIR /app
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json config.yaml ./
+# The one directory the worker writes: usage events the server can never take (nats.usage_stream.dead_letter_file).
+RUN mkdir -p /app/.llm-proxy && chown node:node /app/.llm-proxy
 # The base image's unprivileged user.
 USER node
 # Exec form: node is PID 1 and receives SIGTERM itself (the worker drains, then exits 0).

@@ -1390,7 +1390,7 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
         await hostile.ping();
         await new Promise((resolve) => setTimeout(resolve, 1_000));
         if (child.process.exitCode !== null) {
-          problems.push(`${subject}: the worker process exited with code ${child.process.exitCode}: ${child.stderr().split('\n').find((line) => line.includes('Error')) ?? ''}`);
+          problems.push(`${subject}: the worker process exited with code ${child.process.exitCode}: ${child.stderr().split('\n').find((line) => /^\w*Error\b/.test(line)) ?? ''}`);
         }
         const readerClosed = child.lines.find((line) => line.includes('reader closed'));
         if (readerClosed !== undefined) problems.push(`${subject}: the worker printed "${readerClosed.slice(0, 160)}"`);

@@ -181,7 +181,7 @@ export class UsageAggregator {
     let startSeq = snapshot.seq + 1;
     if (manifest.stream_created !== stream.created || snapshot.seq > stream.state.last_seq) {
       // The stream was deleted and recreated: sequences restarted. Keep the history, read the new stream
-      // from its start; request ids still guard against counting an event twice.
+      // from its start; event ids still guard against counting an event twice.
       this.logger.warn({ snapshot_stream_created: manifest.stream_created, stream_created: stream.created }, 'usage stream was recreated since the snapshot');
       this.rollups.appliedSeq = 0;
       startSeq = firstSeq;
