@@ -159,11 +159,13 @@ export class RequestPipeline {
     try {
       errorCode = await this.#run(message, accounting, receivedAt, (child) => (logger = child));
     } catch (error) {
-      // #run answers its own errors; reaching here is a bug, still answered.
-      const proxyError = asProxyError(error);
-      errorCode = proxyError.code;
+      // #run answers its own errors; reaching here is a bug, still answered (once: not after a reply went out).
       logger.error({ err: error }, 'request pipeline failed');
-      this.#replyError(message, proxyError, accounting, logger);
+      if (!accounting.eventSent) {
+        const proxyError = asProxyError(error);
+        errorCode = proxyError.code;
+        this.#replyError(message, proxyError, accounting, logger, accounting.stream);
+      }
     } finally {
       deps.counters.finished(errorCode);
       const status = usageStatus(accounting, errorCode);
