@@ -17,7 +17,7 @@ import type { AggregatorConfig } from '../config/aggregator-schema.js';
 import type { UsageStreamConfig } from '../config/schema.js';
 import { ProxyError, toErrorReply } from '../contract/errors.js';
 import { HEADERS, QUEUE_GROUPS, subjectsFor } from '../contract/subjects.js';
-import { SecretCheck } from '../auth/index.js';
+import { readHeaders, SecretCheck } from '../auth/index.js';
 import { ensureUsageStream } from '../usage/stream.js';
 import { parseUsageQuery, runUsageQuery, type AggregatedReply } from './query.js';
 import { UsageRollups } from './rollups.js';
@@ -312,7 +312,9 @@ export class UsageAggregator {
 
   private answer(message: ServiceMsg): void {
     try {
-      if (!this.secret.allows(message.headers)) throw new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`);
+      const { headers, malformed } = readHeaders(message);
+      if (malformed) throw new ProxyError('invalid_request', "the message's header block is malformed");
+      if (!this.secret.allows(headers)) throw new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`);
       const text = message.string().trim();
       let body: unknown = {};
       if (text !== '') {

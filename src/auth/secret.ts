@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { Match, type MsgHdrs } from '@nats-io/nats-core';
+import { Match, type Msg, type MsgHdrs } from '@nats-io/nats-core';
 import { HEADERS } from '../contract/subjects.js';
 
 /** The shared secret's environment variable. */
@@ -25,6 +25,24 @@ export function secretFromEnv(env: NodeJS.ProcessEnv): string | undefined {
     throw new SecretSettingError(`${SECRET_ENV} is set but empty: set it to the secret, or unset it to run without one`);
   }
   return value;
+}
+
+/** A message's headers, or `malformed` when its header block cannot be decoded. */
+export type ReadHeaders = { headers: MsgHdrs | undefined; malformed: false } | { headers: undefined; malformed: true };
+
+/**
+ * A message's headers, read without throwing. nats.js decodes the header block lazily, on the first
+ * `msg.headers`, and throws there for a block it would not have sent itself (a space or a non-ASCII
+ * character in a name, a bare CR or LF in a value): any client can publish one. Thrown in a
+ * subscription callback it stops the connection's reader; in a request handler it would lose the
+ * reply and the event. Read them here, once, and refuse such a message instead.
+ */
+export function readHeaders(message: Msg): ReadHeaders {
+  try {
+    return { headers: message.headers, malformed: false };
+  } catch {
+    return { headers: undefined, malformed: true };
+  }
 }
 
 /**

@@ -171,7 +171,15 @@ class NatsChatStream implements ChatStream {
       assertFitsMaxPayload(connection, envelope);
       const inbox = createInbox(this.#start.inboxPrefix);
       const subscription = connection.subscribe(inbox, {
-        callback: (error, message) => this.#onMessage(error, message),
+        callback: (error, message) => {
+          // A message nats.js cannot decode (anyone may publish to an inbox; a worker never sends one) is
+          // skipped: thrown here it would stop the connection's reader.
+          try {
+            this.#onMessage(error, message);
+          } catch {
+            // Skipped; a real message lost to it shows as a seq gap or the idle timeout.
+          }
+        },
       });
       this.#subscription = subscription;
       void subscription.closed.then(() => {

@@ -17,7 +17,8 @@ const imagePart = z
     image_url: z.object({ url: z.string().min(1), detail: z.enum(['auto', 'low', 'high']).optional() }).passthrough(),
   })
   .passthrough();
-const otherPart = z.object({ type: z.string().min(1) }).passthrough();
+// Other part types (input_audio, file, …) pass through; `text` and `image_url` parts must have their own shape.
+const otherPart = z.object({ type: z.string().regex(/^(?!text$|image_url$)./, 'a text part needs "text", an image_url part needs "image_url.url"') }).passthrough();
 export const contentPartSchema = z.union([textPart, imagePart, otherPart]);
 
 const toolCallSchema = z

@@ -59,7 +59,13 @@ export class AckInbox {
     this.#prefix = createInbox();
     this.#subscription = connection.subscribe(`${this.#prefix}.*`, {
       callback: (error, message) => {
-        if (error === null) this.#onAck(message);
+        if (error !== null) return;
+        // Anyone could publish here: a message nats.js cannot decode must not stop the connection's reader.
+        try {
+          this.#onAck(message);
+        } catch {
+          // Not an ack of ours; a real ack that went missing times out and is retried.
+        }
       },
     });
   }

@@ -91,3 +91,15 @@ test('several attempts are counted and detailed; no agent id is anonymous', () =
   assert.equal(event.attempts, 2);
   assert.equal(event.attempt_details?.length, 2);
 });
+
+test('token estimates of long text: pieces cut at white space count as the whole; a 1 MiB run without a break does not stall', () => {
+  const prose = 'The quick brown fox jumps over the lazy dog, again and again. '.repeat(400);
+  const words = prose.split(' ');
+  // The same text counted word by word group (short enough for one piece each) and as a whole.
+  let byParts = 0;
+  for (let index = 0; index < words.length; index += 100) byParts += countTextTokens((index === 0 ? '' : ' ') + words.slice(index, index + 100).join(' '));
+  assert.equal(countTextTokens(prose), byParts);
+  // The encoder is quadratic on one long word (150,000 characters took 13 s): this finishes at once.
+  assert.equal(countTextTokens('x'.repeat(1 << 20)) > 100_000, true);
+  assert.ok(countTextTokens(`${'😀'.repeat(3_000)}`) > 0, 'a cut never splits a surrogate pair');
+});

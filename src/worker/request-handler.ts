@@ -15,7 +15,7 @@ import { requestLogger, type Logger } from '../telemetry/logger.js';
 import { buildUsageEvent } from '../usage/event.js';
 import type { UsagePublisher } from '../usage/publisher.js';
 import { countTokens, requestCost, ToolCallAssembler, type TokenCount } from './accounting.js';
-import type { SecretCheck } from '../auth/index.js';
+import { readHeaders, type SecretCheck } from '../auth/index.js';
 import type { WorkerCounters } from './counters.js';
 import type { RequestContext, RequestHooks, RequestOutcome } from './hooks.js';
 import { cacheKey, isCacheable, type ResponseCache } from './response-cache.js';
@@ -131,7 +131,8 @@ export class RequestPipeline {
     const receivedAt = Date.now();
     const started = performance.now();
     deps.counters.started();
-    const span = startRequestSpan(message.subject, message.headers);
+    const { headers, malformed } = readHeaders(message);
+    const span = startRequestSpan(message.subject, headers);
     const eventId = randomUUID();
     const accounting: Accounting = {
       started,
@@ -140,7 +141,7 @@ export class RequestPipeline {
       requestId: eventId,
       metadata: undefined,
       // Known before anything is read, so that every refusal of a sender without the secret is kept off the agent it names.
-      unauthenticated: !deps.secret.allows(message.headers),
+      unauthenticated: malformed || !deps.secret.allows(headers),
       eventSent: false,
       requestedModel: null,
       model: null,
@@ -157,7 +158,9 @@ export class RequestPipeline {
     let logger = deps.logger;
     let errorCode: ErrorCode | undefined;
     try {
-      errorCode = await this.#run(message, accounting, receivedAt, (child) => (logger = child));
+      errorCode = malformed
+        ? this.#refuseMalformedHeaders(message, accounting, logger)
+        : await this.#run(message, accounting, receivedAt, (child) => (logger = child));
     } catch (error) {
       // #run answers its own errors; reaching here is a bug, still answered (once: not after a reply went out).
       logger.error({ err: error }, 'request pipeline failed');
@@ -226,6 +229,13 @@ export class RequestPipeline {
         workerId: this.#deps.workerId,
       }),
     );
+  }
+
+  /** A header block that cannot be decoded: the sender's fault, refused before anything else is read. */
+  #refuseMalformedHeaders(message: Msg, accounting: Accounting, logger: Logger): ErrorCode {
+    const error = new ProxyError('invalid_request', 'the message\'s header block is malformed (a header name with a space or a non-ASCII character, or a value with a bare CR or LF)');
+    this.#replyError(message, error, accounting, logger);
+    return error.code;
   }
 
   async #afterRoute(context: RequestContext, outcome: RequestOutcome, logger: Logger): Promise<void> {

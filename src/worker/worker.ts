@@ -14,7 +14,7 @@ import { connectToNats } from '../bus/connect.js';
 import { createLogger, type Logger } from '../telemetry/logger.js';
 import { estimatePromptTokens } from '../usage/tokens.js';
 import { UsagePublisher } from '../usage/publisher.js';
-import { SecretCheck, secretFromEnv } from '../auth/index.js';
+import { readHeaders, SecretCheck, secretFromEnv } from '../auth/index.js';
 import { WorkerCounters, type WorkerStats } from './counters.js';
 import type { RequestHooks } from './hooks.js';
 import { RequestIntake } from './intake.js';
@@ -92,6 +92,13 @@ function respondQuietly(message: Msg, body: unknown): void {
   } catch {
     // The connection is closing: the requester times out, as it would have anyway.
   }
+}
+
+/** Why a message on models or cancel is refused (a header block that cannot be read, a missing or wrong secret), or undefined. */
+function refusalOf(message: Msg, secret: SecretCheck): ProxyError | undefined {
+  const { headers, malformed } = readHeaders(message);
+  if (malformed) return new ProxyError('invalid_request', 'the message\'s header block is malformed');
+  return secret.allows(headers) ? undefined : new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`);
 }
 
 /** A coded error answer (DESIGN.md's error body and the micro-service headers). */
@@ -194,14 +201,16 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     onMessage: (message) => {
       const handled = pipeline.handle(message);
       intake.started(counters.inFlight);
-      void handled.finally(() => {
-        intake.finished(counters.inFlight);
-        if (counters.inFlight === 0) {
-          const waiters = idleWaiters;
-          idleWaiters = [];
-          for (const resolve of waiters) resolve();
-        }
-      });
+      void handled
+        .catch((failure: unknown) => workerLogger.error({ err: failure }, 'request handling failed outside the pipeline'))
+        .finally(() => {
+          intake.finished(counters.inFlight);
+          if (counters.inFlight === 0) {
+            const waiters = idleWaiters;
+            idleWaiters = [];
+            for (const resolve of waiters) resolve();
+          }
+        });
     },
   });
 
@@ -239,8 +248,9 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     metadata: { description: 'the models this worker can route; {"health": true} adds each deployment state' },
     handler: (_error: Error | null, message: ServiceMsg) => {
       counters.modelsRequests++;
-      if (!secret.allows(message.headers)) {
-        respondWithError(message, new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`));
+      const refused = refusalOf(message, secret);
+      if (refused !== undefined) {
+        respondWithError(message, refused);
         return;
       }
       let withHealth = false;
@@ -259,7 +269,12 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const cancelSubscription: Subscription = connection.subscribe(subjects.cancel, {
     callback: (error, message) => {
       if (error !== null) return;
-      handleCancel(message);
+      // A callback that throws stops nats.js's reader for the whole connection: never let one out.
+      try {
+        handleCancel(message);
+      } catch (failure) {
+        workerLogger.error({ err: failure }, 'cancel handling failed');
+      }
     },
   });
   /**
@@ -270,9 +285,10 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
    */
   const handleCancel = (message: Msg) => {
     const answers = message.reply !== undefined && message.reply !== '';
-    if (!secret.allows(message.headers)) {
+    const refused = refusalOf(message, secret);
+    if (refused !== undefined) {
       counters.cancelsRefused++;
-      if (answers) respondWithError(message, new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`));
+      if (answers) respondWithError(message, refused);
       return;
     }
     let requestId: unknown;
