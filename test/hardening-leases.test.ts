@@ -7,24 +7,12 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { connect } from '@nats-io/transport-node';
 import { Redis } from 'ioredis';
+import { REDIS_URL, redisReachable } from './helpers/redis.js';
 import { startFakeOpenAI } from './fakes/index.js';
 import { startNatsServer } from './helpers/nats-server.js';
 import { startInProcessWorker, testConfig } from './helpers/worker.js';
 
-const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 
-async function redisReachable(): Promise<boolean> {
-  const probe = new Redis(REDIS_URL, { lazyConnect: true, connectTimeout: 1_000, maxRetriesPerRequest: 0, retryStrategy: () => null });
-  probe.on('error', () => undefined);
-  try {
-    await probe.connect();
-    return true;
-  } catch {
-    return false;
-  } finally {
-    probe.disconnect();
-  }
-}
 const redisSkip = (await redisReachable()) ? undefined : `Redis is not reachable at ${REDIS_URL}: redis backend skipped`;
 
 for (const backend of ['memory', 'nats', 'redis'] as const) {

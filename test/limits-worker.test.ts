@@ -13,6 +13,7 @@ import { randomUUID } from 'node:crypto';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { Redis } from 'ioredis';
+import { REDIS_URL, redisReachable } from './helpers/redis.js';
 import { createClient, LlmProxyError, type ChatReply, type ChatRequest, type LlmProxyClient } from '../src/client/index.js';
 import { resolveConfig, type ConfigInput } from '../src/config/index.js';
 import { createLimitHooks, createLimiter, maxCostUsd, type Limiter } from '../src/limits/index.js';
@@ -22,21 +23,8 @@ import { startFakeOpenAI, type FakeOpenAI } from './fakes/fake-openai.js';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { startInProcessWorker, testConfig, waitForUsageEvents, TEST_API_KEY, type InProcessWorker } from './helpers/worker.js';
 
-const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 const REDIS_PREFIX = `llm-limits-worker-test:${randomUUID().slice(0, 8)}:`;
 
-async function redisReachable(): Promise<boolean> {
-  const probe = new Redis(REDIS_URL, { lazyConnect: true, connectTimeout: 1_000, maxRetriesPerRequest: 0, retryStrategy: () => null });
-  probe.on('error', () => undefined);
-  try {
-    await probe.connect();
-    return true;
-  } catch {
-    return false;
-  } finally {
-    probe.disconnect();
-  }
-}
 const redisSkip = (await redisReachable()) ? undefined : `Redis is not reachable at ${REDIS_URL}: redis scenario skipped`;
 
 /** Slow enough that the 50 requests overlap in the workers. */

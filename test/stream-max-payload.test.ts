@@ -11,7 +11,7 @@ import { connect } from '@nats-io/transport-node';
 import { createInbox, type Msg, type MsgHdrs, type NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { startFakeOpenAI, type FakeOpenAI } from './fakes/index.js';
-import { startInProcessWorker, testConfig, waitForUsageEvents, type InProcessWorker } from './helpers/worker.js';
+import { startInProcessWorker, testConfig, usageEventFor, waitForUsageEvents, type InProcessWorker } from './helpers/worker.js';
 import { createClient, LlmProxyError, type ChatReply, type ChatRequest, type LlmProxyClient, type StreamChunk } from '../src/client/index.js';
 import { ProxyError, toErrorReply, type ErrorCode } from '../src/contract/errors.js';
 import { createLogger } from '../src/telemetry/logger.js';
@@ -110,15 +110,8 @@ describe('streams larger than max_payload', () => {
     await nats?.dispose();
   });
 
-  const eventFor = async (requestId: string) => {
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      const event = (await waitForUsageEvents(connection, 1)).find((candidate) => candidate.request_id === requestId);
-      if (event !== undefined) return event;
-      if (Date.now() > deadline) throw new Error(`no usage event for ${requestId}`);
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  };
+  const eventFor = (requestId: string) => usageEventFor(connection, requestId);
+
 
   const request = (requestId: string): ChatRequest & { request_id: string } => ({
     model: 'gpt-test',

@@ -4,7 +4,7 @@ import { connect } from '@nats-io/transport-node';
 import { createInbox, type Msg, type MsgHdrs, type NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { startFakeOllama, startFakeOpenAI, type FakeOllama, type FakeOpenAI } from './fakes/index.js';
-import { startInProcessWorker, testConfig, waitForUsageEvents, type InProcessWorker } from './helpers/worker.js';
+import { startInProcessWorker, testConfig, usageEventFor, waitForUsageEvents, type InProcessWorker } from './helpers/worker.js';
 
 const HEARTBEAT_MS = 200;
 
@@ -89,15 +89,8 @@ describe('worker: streamed replies', () => {
     await nats?.dispose();
   });
 
-  const eventFor = async (requestId: string) => {
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      const event = (await waitForUsageEvents(client, 1)).find((candidate) => candidate.request_id === requestId);
-      if (event !== undefined) return event;
-      if (Date.now() > deadline) throw new Error(`no event for ${requestId}`);
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  };
+  const eventFor = (requestId: string) => usageEventFor(client, requestId);
+
 
   const request = (requestId: string, extra: object = {}) => ({
     model: 'gpt-test',

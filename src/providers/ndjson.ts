@@ -7,9 +7,9 @@
  *
  * Linear in the input, however long a line: each piece is scanned once, and
  * the pieces of an unfinished line are kept in an array and joined once, when
- * its newline arrives (see sse.ts).
+ * its newline arrives (line-buffer.ts).
  */
-import { LineTooLongError } from './sse.js';
+import { LineBuffer, LineTooLongError } from './line-buffer.js';
 
 export { LineTooLongError };
 
@@ -31,12 +31,13 @@ function parseLine(raw: string): { value: unknown } | undefined {
 }
 
 export class NdjsonParser {
-  /** The pieces of the line not ended yet, and their total length. */
-  #pending: string[] = [];
-  #pendingLength = 0;
+  /** The line not ended yet. */
+  readonly #line: LineBuffer;
 
-  /** `maxLineLength`: longest line, `\r` included, in UTF-16 code units (see LineTooLongError in sse.ts). */
-  constructor(private readonly maxLineLength = Number.POSITIVE_INFINITY) {}
+  /** `maxLineLength`: longest line, `\r` included, in UTF-16 code units (see LineTooLongError). */
+  constructor(maxLineLength = Number.POSITIVE_INFINITY) {
+    this.#line = new LineBuffer(maxLineLength);
+  }
 
   /**
    * Feeds a piece of the stream; yields the values of the lines it completed, one by one, so that
@@ -46,44 +47,18 @@ export class NdjsonParser {
     let start = 0;
     let newline = text.indexOf('\n');
     while (newline !== -1) {
-      const line = this.#completeLine(text, start, newline);
+      const line = this.#line.complete(text, start, newline);
       start = newline + 1;
       const parsed = parseLine(line);
       if (parsed !== undefined) yield parsed.value;
       newline = text.indexOf('\n', start);
     }
-    if (start < text.length) this.#keep(start === 0 ? text : text.slice(start));
+    if (start < text.length) this.#line.keep(start === 0 ? text : text.slice(start));
   }
 
   /** The stream has ended: a last line without a newline still counts. */
   finish(): unknown[] {
-    const line = this.#pending.join('');
-    this.#pending = [];
-    this.#pendingLength = 0;
-    const parsed = parseLine(line);
+    const parsed = parseLine(this.#line.take());
     return parsed === undefined ? [] : [parsed.value];
-  }
-
-  #keep(piece: string): void {
-    this.#pendingLength += piece.length;
-    if (this.#pendingLength > this.maxLineLength) this.#tooLong();
-    this.#pending.push(piece);
-  }
-
-  #completeLine(text: string, start: number, end: number): string {
-    if (this.#pendingLength + (end - start) > this.maxLineLength) this.#tooLong();
-    if (this.#pending.length === 0) return text.slice(start, end);
-    this.#pending.push(text.slice(start, end));
-    const line = this.#pending.join('');
-    this.#pending = [];
-    this.#pendingLength = 0;
-    return line;
-  }
-
-  /** Past the bound: the pieces are dropped at once (the caller gives up on the stream), then the throw. */
-  #tooLong(): never {
-    this.#pending = [];
-    this.#pendingLength = 0;
-    throw new LineTooLongError(this.maxLineLength, 'line');
   }
 }

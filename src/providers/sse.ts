@@ -11,38 +11,22 @@
  * line ends. (Appending to one string and indexing it would make V8 flatten
  * the growing string on every piece: quadratic on a long line.)
  */
+import { LineBuffer, LineTooLongError } from './line-buffer.js';
+
+export { LineTooLongError };
+
 export interface SseEvent {
   /** The `event:` field, when the server named the event (`error` on some servers). */
   event: string | undefined;
   data: string;
 }
 
-/**
- * A line, or the data of an event, longer than the parser's bound. Lengths are
- * counted in UTF-16 code units of the decoded text, not in bytes: the same
- * number for ASCII, and 1 to 3 bytes of UTF-8 a unit otherwise (4 bytes for a
- * surrogate pair). What the bound protects is memory, and a string takes 1 or 2
- * bytes a unit in V8, so at most twice the bound is held.
- */
-export class LineTooLongError extends Error {
-  constructor(
-    /** The bound, in UTF-16 code units. */
-    readonly limit: number,
-    /** `line`: one line (SSE or NDJSON); `event`: the data lines of one SSE event together. */
-    readonly what: 'line' | 'event',
-  ) {
-    super(`${what === 'line' ? 'a line' : "an event's data"} longer than ${limit} characters`);
-    this.name = 'LineTooLongError';
-  }
-}
-
 const LINE_FEED = 0x0a;
 const BYTE_ORDER_MARK = 0xfeff;
 
 export class SseParser {
-  /** The pieces of the line not ended yet, and their total length. */
-  #pending: string[] = [];
-  #pendingLength = 0;
+  /** The line not ended yet. */
+  readonly #line: LineBuffer;
   /** The last piece ended with `\r`: a `\n` starting the next piece is the second half of that line end. */
   #afterCarriageReturn = false;
   #dataLines: string[] = [];
@@ -52,7 +36,9 @@ export class SseParser {
   #started = false;
 
   /** `maxLineLength`: longest line, and longest data of one event, in UTF-16 code units (see LineTooLongError). */
-  constructor(private readonly maxLineLength = Number.POSITIVE_INFINITY) {}
+  constructor(private readonly maxLineLength = Number.POSITIVE_INFINITY) {
+    this.#line = new LineBuffer(maxLineLength);
+  }
 
   /**
    * Feeds a piece of the stream; appends the events it completed to `out` and returns `out`. Throws
@@ -74,7 +60,7 @@ export class SseParser {
     while (nextLineFeed !== -1 || nextCarriageReturn !== -1) {
       const atCarriageReturn = nextLineFeed === -1 || (nextCarriageReturn !== -1 && nextCarriageReturn < nextLineFeed);
       const end = atCarriageReturn ? nextCarriageReturn : nextLineFeed;
-      const event = this.#processLine(this.#completeLine(text, start, end));
+      const event = this.#processLine(this.#line.complete(text, start, end));
       if (event !== undefined) out.push(event);
       start = end + 1;
       if (atCarriageReturn) {
@@ -84,7 +70,7 @@ export class SseParser {
       if (nextLineFeed !== -1 && nextLineFeed < start) nextLineFeed = text.indexOf('\n', start);
       if (nextCarriageReturn !== -1 && nextCarriageReturn < start) nextCarriageReturn = text.indexOf('\r', start);
     }
-    if (start < text.length) this.#keep(start === 0 ? text : text.slice(start));
+    if (start < text.length) this.#line.keep(start === 0 ? text : text.slice(start));
     return out;
   }
 
@@ -93,32 +79,14 @@ export class SseParser {
    * but servers that close right after `data: [DONE]\n` are common enough to be lenient).
    */
   finish(out: SseEvent[] = []): SseEvent[] {
-    if (this.#pending.length > 0) {
-      const event = this.#processLine(this.#completeLine('', 0, 0));
+    if (!this.#line.isEmpty) {
+      const event = this.#processLine(this.#line.take());
       if (event !== undefined) out.push(event);
     }
     this.#afterCarriageReturn = false;
     const last = this.#dispatch();
     if (last !== undefined) out.push(last);
     return out;
-  }
-
-  /** Keeps the start of a line that has not ended yet. */
-  #keep(piece: string): void {
-    this.#pendingLength += piece.length;
-    if (this.#pendingLength > this.maxLineLength) this.#tooLong('line');
-    this.#pending.push(piece);
-  }
-
-  /** The line that ends at `end` in `text`: the pieces kept so far and `text` from `start`. */
-  #completeLine(text: string, start: number, end: number): string {
-    if (this.#pendingLength + (end - start) > this.maxLineLength) this.#tooLong('line');
-    if (this.#pending.length === 0) return text.slice(start, end);
-    this.#pending.push(text.slice(start, end));
-    const line = this.#pending.join('');
-    this.#pending = [];
-    this.#pendingLength = 0;
-    return line;
   }
 
   #processLine(line: string): SseEvent | undefined {
@@ -150,8 +118,7 @@ export class SseParser {
 
   /** Past the bound: what was collected is dropped at once (the caller gives up on the stream), then the throw. */
   #tooLong(what: 'line' | 'event'): never {
-    this.#pending = [];
-    this.#pendingLength = 0;
+    this.#line.clear();
     this.#dataLines = [];
     this.#dataLength = 0;
     throw new LineTooLongError(this.maxLineLength, what);

@@ -20,11 +20,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
-import { connect as netConnect } from 'node:net';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstreamManager, StorageType, type StreamInfo } from '@nats-io/jetstream';
 import { freePort } from './ports.js';
+import { waitForServer } from './nats-server.js';
 
 export interface NatsClusterNode {
   /** `server_name` (what JetStream reports as a stream's `cluster.leader`). */
@@ -74,32 +74,6 @@ export interface NatsClusterOptions {
 
 const sleep = (milliseconds: number) => new Promise((resolve) => setTimeout(resolve, milliseconds));
 
-/**
- * Resolves when the server on `port` greets with an INFO carrying `name`;
- * rejects at once when another server answers there.
- */
-function waitForServer(port: number, name: string, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  return new Promise((resolve, reject) => {
-    const attempt = () => {
-      const socket = netConnect(port, '127.0.0.1');
-      let greeting = '';
-      socket.on('data', (chunk: Buffer) => {
-        greeting += chunk.toString();
-        if (!greeting.includes('\r\n')) return;
-        socket.destroy();
-        if (greeting.includes(`"server_name":"${name}"`)) resolve();
-        else reject(new Error(`port ${port} is held by another nats-server (${greeting.slice(0, 200).trim()})`));
-      });
-      socket.once('error', () => {
-        socket.destroy();
-        if (Date.now() > deadline) reject(new Error(`nats-server ${name} did not listen on ${port}`));
-        else setTimeout(attempt, 25);
-      });
-    };
-    attempt();
-  });
-}
 
 function waitForExit(child: ChildProcess | undefined): Promise<void> {
   if (child === undefined || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();

@@ -32,7 +32,7 @@ export interface NatsServerOptions {
  * carries `name`: a port handed out by freePort can be taken by another
  * suite's server in the meantime, and a test must fail rather than talk to it.
  */
-function waitForServer(port: number, name: string, timeoutMs: number): Promise<void> {
+export function waitForServer(port: number, name: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   return new Promise((resolve, reject) => {
     const attempt = () => {
@@ -47,7 +47,7 @@ function waitForServer(port: number, name: string, timeoutMs: number): Promise<v
       });
       socket.once('error', () => {
         socket.destroy();
-        if (Date.now() > deadline) reject(new Error(`nats-server did not listen on ${port}`));
+        if (Date.now() > deadline) reject(new Error(`nats-server ${name} did not listen on ${port}`));
         else setTimeout(attempt, 25);
       });
     };

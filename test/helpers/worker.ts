@@ -272,3 +272,14 @@ export async function waitForUsageEvents(
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
+
+/** The usage event of the request with this `request_id` (polls LLM_USAGE up to `timeoutMs`); throws when none came. */
+export async function usageEventFor(connection: NatsConnection, requestId: string, timeoutMs = 10_000): Promise<UsageEvent & { subject: string; msgId: string | undefined }> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const event = (await waitForUsageEvents(connection, 1, { timeoutMs })).find((candidate) => candidate.request_id === requestId);
+    if (event !== undefined) return event;
+    if (Date.now() > deadline) throw new Error(`no usage event for ${requestId}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
