@@ -1,6 +1,6 @@
 /**
- * The bench's pure parts on known inputs: percentiles and summaries, the SVG
- * writer, the CPU-profile summary, /proc parsing, flags, the goals, the
+ * The bench's pure parts on known inputs: percentiles and summaries, the
+ * CPU-profile summary, /proc parsing, flags, the goals, the
  * ready-line handshake with a child process. The
  * benchmark itself is run with `npm run bench`, not here.
  */
@@ -9,18 +9,16 @@ import { describe, it } from 'node:test';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { spawnManaged } from '../src/bench/processes.js';
-import { bucketOf, summarizeProfile, mergeProfiles, shortenUrl, type CpuProfile } from '../src/bench/cpu-profile.js';
-import { buildWorkerConfig, bareForwarderRoutes, BENCH_MODELS } from '../src/bench/bench-config.js';
-import { callTree, renderFlameGraph } from '../src/bench/flame-graph.js';
-import { parseBenchOptions } from '../src/bench/options.js';
-import { parseStatCpuTicks, parseStatusRssBytes, usageFromSamples } from '../src/bench/proc-stats.js';
-import { computeGoals, chartPanels, cpuMicrosPerChunk, cpuMicrosPerRequest, medianOfRounds, renderMarkdown, verdict, type BenchResults, type RunRecord } from '../src/bench/report.js';
-import { linearSlope, medianInterval, percentile, summarize } from '../src/bench/stats.js';
-import { escapeXml, linearTicks, logTicks, niceStep, renderChart } from '../src/bench/svg-chart.js';
-import { FAKE_CONTENT, parseBehaviour, splitContent } from '../src/bench/upstream.js';
+import { spawnManaged } from '../bench/processes.js';
+import { bucketOf, summarizeProfile, mergeProfiles, shortenUrl, type CpuProfile } from '../bench/cpu-profile.js';
+import { buildWorkerConfig, bareForwarderRoutes, BENCH_MODELS } from '../bench/bench-config.js';
+import { parseBenchOptions } from '../bench/options.js';
+import { parseStatCpuTicks, parseStatusRssBytes, usageFromSamples } from '../bench/proc-stats.js';
+import { computeGoals, cpuMicrosPerChunk, cpuMicrosPerRequest, medianOfRounds, renderMarkdown, verdict, type BenchResults, type RunRecord } from '../bench/report.js';
+import { linearSlope, medianInterval, percentile, summarize } from '../bench/stats.js';
+import { FAKE_CONTENT, parseBehaviour, splitContent } from '../bench/upstream.js';
 import { parseConfigText } from '../src/config/index.js';
-import type { LoadResult } from '../src/bench/load-protocol.js';
+import type { LoadResult } from '../bench/load-protocol.js';
 
 describe('bench statistics', () => {
   it('takes nearest-rank percentiles of 1..100', () => {
@@ -83,56 +81,6 @@ describe('bench statistics', () => {
   });
 });
 
-describe('bench SVG writer', () => {
-  it('picks 1-2-5 steps and ticks that cover the range', () => {
-    assert.equal(niceStep(10, 5), 2);
-    assert.equal(niceStep(3000, 5), 500);
-    assert.equal(niceStep(0.7, 5), 0.1);
-    assert.equal(niceStep(0.9, 5), 0.2);
-    assert.deepEqual(linearTicks(0, 3000), [0, 500, 1000, 1500, 2000, 2500, 3000]);
-    assert.deepEqual(logTicks(0.1, 10), [0.1, 0.2, 0.5, 1, 2, 5, 10]);
-    assert.deepEqual(logTicks(0.01, 1000), [0.01, 0.1, 1, 10, 100, 1000]);
-  });
-
-  it('draws one polyline per series with every point, escapes text, and is deterministic', () => {
-    const panels = [
-      {
-        title: 'latency <p50> & p99',
-        xLabel: 'rate',
-        yLabel: 'ms',
-        yScale: 'log' as const,
-        series: [
-          { name: 'gateway "p50"', color: '#d62728', points: [{ x: 500, y: 0.5 }, { x: 1000, y: 0.8 }, { x: 2000, y: 4 }] },
-          { name: 'bare', color: '#1f77b4', dashed: true, points: [{ x: 500, y: 0.4 }, { x: 1000, y: Number.NaN }, { x: 2000, y: 2 }] },
-        ],
-      },
-    ];
-    const svg = renderChart(panels, { title: 'A & B' });
-    assert.ok(svg.startsWith('<svg xmlns="http://www.w3.org/2000/svg"'));
-    assert.ok(svg.trimEnd().endsWith('</svg>'));
-    const polylines = [...svg.matchAll(/<polyline [^>]*points="([^"]+)"/g)].map((match) => match[1]!.split(' ').length);
-    // The NaN point is left out, not drawn at 0.
-    assert.deepEqual(polylines, [3, 2]);
-    assert.equal((svg.match(/stroke-dasharray="6 4"/g) ?? []).length, 2, 'the dashed series and its legend entry');
-    assert.ok(svg.includes('latency &#60;p50&#62; &#38; p99'));
-    assert.ok(svg.includes('gateway &#34;p50&#34;'));
-    assert.ok(!svg.includes('NaN'));
-    assert.equal(renderChart(panels, { title: 'A & B' }), svg);
-    assert.equal(escapeXml(`<a href='x'>`), '&#60;a href=&#39;x&#39;&#62;');
-  });
-
-  it('puts a higher value higher up on a log axis', () => {
-    const svg = renderChart(
-      [{ title: 't', xLabel: 'x', yLabel: 'y', yScale: 'log', series: [{ name: 's', color: '#000', points: [{ x: 1, y: 1 }, { x: 2, y: 100 }] }] }],
-      { title: 'T' },
-    );
-    const circles = [...svg.matchAll(/<circle cx="([\d.]+)" cy="([\d.]+)"/g)].map((match) => ({ x: Number(match[1]), y: Number(match[2]) }));
-    assert.equal(circles.length, 2);
-    assert.ok(circles[1]!.x > circles[0]!.x);
-    assert.ok(circles[1]!.y < circles[0]!.y, 'SVG y grows downwards');
-  });
-});
-
 describe('bench CPU profile summary', () => {
   const profile: CpuProfile = {
     startTime: 0,
@@ -180,6 +128,9 @@ describe('bench CPU profile summary', () => {
     assert.equal(bucketOf('request', 'file:///w/node_modules/@nats-io/nats-core/lib/nats.js'), '@nats-io/nats-core');
     assert.equal(bucketOf('_parse', 'file:///w/node_modules/zod/v3/types.js'), 'zod');
     assert.equal(bucketOf('handle', 'file:///w/dist/worker/request-handler.js'), 'llm-proxy/worker');
+    // The bench's own build: its scripts, and the src files it imports (the client in the load generator).
+    assert.equal(bucketOf('forward', 'file:///w/.bench-build/bench/bare-forwarder.js'), 'llm-proxy/bench');
+    assert.equal(bucketOf('chat', 'file:///w/.bench-build/src/client/client.js'), 'llm-proxy/client');
     assert.equal(bucketOf('emit', 'node:events'), 'node');
     assert.equal(bucketOf('(garbage collector)', ''), '(garbage collector)');
     assert.equal(bucketOf('writeBuffer', ''), 'native');
@@ -187,6 +138,8 @@ describe('bench CPU profile summary', () => {
 
   it('shortens script URLs', () => {
     assert.equal(shortenUrl('file:///work/main/node_modules/@nats-io/nats-core/lib/protocol.js'), '@nats-io/nats-core/lib/protocol.js');
+    assert.equal(shortenUrl('file:///work/main/dist/worker/request-handler.js'), 'dist/worker/request-handler.js');
+    assert.equal(shortenUrl('file:///work/main/.bench-build/bench/bare-forwarder.js'), '.bench-build/bench/bare-forwarder.js');
     assert.equal(shortenUrl('node:internal/streams/readable'), 'node:internal/streams/readable');
   });
 });
@@ -220,14 +173,12 @@ describe('bench flags and config', () => {
     assert.deepEqual(defaults.rates, [500, 1000, 2000, 3000]);
     assert.equal(defaults.soakSeconds, 180);
     assert.equal(defaults.layout, 'worker-alone');
-    assert.equal(defaults.chartPath, 'bench-results/latency.svg');
-    assert.equal(parseBenchOptions(['--out', '/tmp/b']).chartPath, '/tmp/b/latency.svg');
-    const quick = parseBenchOptions(['--quick', '--only', 'closed,soak', '--duration-ms', '2000', '--cpu-prof', '--chart', 'none']);
+    assert.equal(defaults.outDir, 'bench-results');
+    const quick = parseBenchOptions(['--quick', '--only', 'closed,soak', '--duration-ms', '2000', '--cpu-prof']);
     assert.deepEqual(quick.sections, ['closed', 'soak']);
     assert.equal(quick.durationMs, 2000);
     assert.equal(quick.soakSeconds, 10);
     assert.equal(quick.cpuProf, true);
-    assert.equal(quick.chartPath, undefined);
     assert.throws(() => parseBenchOptions(['--only', 'closd']), /unknown "closd"/);
     assert.throws(() => parseBenchOptions(['--rates', '500,x']), /positive numbers/);
     assert.deepEqual(parseBenchOptions([]).nodeFlags, []);
@@ -416,22 +367,24 @@ describe('bench report', () => {
     assert.match(markdown, /\| 1,000 req\/s \| bare forwarder \(floor 3\) \| 0\.050 \|/);
   });
 
-  it('charts open-loop p50 and p99 per target and closed-loop p50 against throughput', () => {
-    const panels = chartPanels(results);
-    assert.equal(panels.length, 2);
-    assert.deepEqual(
-      panels[0]!.series.map((series) => [series.name, series.points.length, series.dashed === true]),
-      [
-        ['bare forwarder (floor 3) p50', 2, false],
-        ['bare forwarder (floor 3) p99', 2, true],
-        ['llm-proxy p50', 2, false],
-        ['llm-proxy p99', 2, true],
-      ],
-    );
-    assert.deepEqual(panels[1]!.series.find((series) => series.name === 'bare forwarder (floor 3) p50')?.points, [
-      { x: 4000, y: 10 },
-      { x: 3800, y: 40 },
-    ]);
+  it('lists the top self-time functions and names the .cpuprofile files for a viewer', () => {
+    const summary = {
+      totalMs: 10,
+      idleMs: 5,
+      busyMs: 5,
+      entries: [{ functionName: 'parse', url: 'zod/lib/types.js', lineNumber: 10, selfMs: 4, percentOfBusy: 80 }],
+      buckets: [{ bucket: 'zod', selfMs: 4, percentOfBusy: 80 }],
+    };
+    const markdown = renderMarkdown({
+      ...results,
+      profile: { ...summary, files: ['/out/prof/worker/a.cpuprofile', '/out/prof/worker/b.cpuprofile'] },
+      bareProfile: { ...summary, files: ['/out/prof/bare/c.cpuprofile'] },
+    });
+    assert.match(markdown, /### Worker CPU profile: top self time \(5\.00 ms busy of 10\.0 ms sampled\)/);
+    assert.match(markdown, /\| `parse` \| zod\/lib\/types\.js:10 \| 4\.00 \| 80\.0% \|/);
+    assert.match(markdown, /Profiles \(summed above\): `\/out\/prof\/worker\/a\.cpuprofile`, `\/out\/prof\/worker\/b\.cpuprofile`; open in https:\/\/www\.speedscope\.app or Chrome DevTools/);
+    assert.match(markdown, /Profile: `\/out\/prof\/bare\/c\.cpuprofile`; open in/);
+    assert.match(markdown, /\*\*Worker self time by package \/ project folder:\*\* zod 80\.0%/);
   });
 });
 
@@ -466,65 +419,5 @@ describe('bench processes', () => {
     } finally {
       rmSync(logDir, { recursive: true, force: true });
     }
-  });
-});
-
-describe('bench flame graph', () => {
-  // root → handle (self 2 ms) → parse (self 6 ms); root → handle again by another path (merged) → parse
-  // (self 1 ms); root → <tiny> (0.001 ms, dropped); root → (idle) (left out).
-  const frame = (id: number, functionName: string, url: string, children: number[] = []) => ({ id, callFrame: { functionName, url, lineNumber: 0 }, children });
-  const profile: CpuProfile = {
-    startTime: 0,
-    endTime: 20_000,
-    nodes: [
-      frame(1, '(root)', '', [2, 3, 5, 7, 8]),
-      frame(2, 'handle', 'file:///app/dist/worker/request-handler.js', [4]),
-      frame(3, 'handle', 'file:///app/dist/worker/request-handler.js', [6]),
-      frame(4, 'parse', 'file:///app/node_modules/zod/lib/types.js'),
-      frame(5, '(idle)', ''),
-      frame(6, 'parse', 'file:///app/node_modules/zod/lib/types.js'),
-      frame(7, 'tiny<&>', 'file:///app/dist/router/router.js'),
-      frame(8, '(garbage collector)', ''),
-    ],
-    samples: [5, 2, 4, 6, 7, 8, 5],
-    // The interval after a sample is charged to it: idle 10 ms, handle 2, parse 6 + 1, tiny 0.001, GC 1.
-    timeDeltas: [0, 10_000, 2_000, 6_000, 1_000, 1, 1_000],
-  };
-
-  it('builds the call tree with inclusive times, merges the same function under one parent, leaves idle out', () => {
-    const root = callTree(profile);
-    assert.equal(root.totalMicros, 2_000 + 6_000 + 1_000 + 1 + 1_000);
-    assert.deepEqual(
-      root.children.map((child) => [child.name, child.totalMicros]),
-      [
-        ['handle', 9_000],
-        ['(garbage collector)', 1_000],
-        ['tiny<&>', 1],
-      ],
-    );
-    assert.deepEqual(root.children[0]!.children.map((child) => [child.name, child.totalMicros, child.bucket]), [['parse', 7_000, 'zod']]);
-  });
-
-  it('draws one box per call path as wide as its share, callers under callees, tiny paths dropped', () => {
-    const svg = renderFlameGraph(profile, { title: 'worker <test>', width: 1000, minShare: 0.001 });
-    const boxes = [...svg.matchAll(/<title>([^<]*)<\/title><rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)"/g)].map((match) => ({
-      title: match[1]!,
-      x: Number(match[2]),
-      y: Number(match[3]),
-      width: Number(match[4]),
-    }));
-    assert.deepEqual(
-      boxes.map((box) => box.title.split(' ')[0]),
-      ['(root)', 'handle', 'parse', '(garbage'],
-    );
-    const [root, handle, parse, gc] = boxes;
-    assert.ok(Math.abs(handle!.width - 900) < 1, `handle is 90 % wide: ${handle!.width}`);
-    assert.ok(Math.abs(parse!.width - 700) < 1);
-    assert.ok(Math.abs(gc!.x - (9_000 / 10_001) * 1000) < 0.01, 'siblings side by side');
-    assert.ok(root!.y > handle!.y && handle!.y > parse!.y, 'the root at the bottom, callees above');
-    assert.match(svg, /worker &#60;test&#62;/, 'text is escaped');
-    assert.ok(!svg.includes('tiny'), 'a path under minShare is not drawn');
-    assert.ok(!svg.includes('(idle)'));
-    assert.match(parse!.title, /zod\/lib\/types\.js:1 \(zod\): 7\.0 ms, 69\.99 %/);
   });
 });

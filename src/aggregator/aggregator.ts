@@ -121,7 +121,7 @@ export class UsageAggregator {
     const { connection, usageStream, aggregator } = this.options;
     const manager = await jetstreamManager(connection);
     this.manager = manager;
-    this.stream = await ensureUsageStream(manager, usageStream, this.options.subjectPrefix);
+    this.stream = await ensureUsageStream(manager, usageStream, this.options.subjectPrefix, this.logger);
     this.store = await SnapshotStore.open(connection, aggregator.snapshot_bucket, {
       replicas: usageStream.replicas,
       ...(this.options.snapshotChunkBytes === undefined ? {} : { chunkBytes: this.options.snapshotChunkBytes }),

@@ -1,4 +1,5 @@
 import type { UsageGroupKey } from '../contract/usage-query.js';
+import { tableLines } from '../format/table.js';
 import type { AggregatedGroup, AggregatedReply, AggregatedTotals } from './query.js';
 
 /**
@@ -66,16 +67,6 @@ function money(cost: number): string {
   return `$${cost.toFixed(6)}`;
 }
 
-function table(header: string[], rows: string[][], rightAligned: (column: number) => boolean): string[] {
-  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)));
-  const line = (cells: string[]) =>
-    cells
-      .map((cell, column) => (rightAligned(column) ? cell.padStart(widths[column] ?? 0) : cell.padEnd(widths[column] ?? 0)))
-      .join('  ')
-      .trimEnd();
-  return [line(header), ...rows.map(line)];
-}
-
 export interface ReportTitle {
   /** The filters asked for, e.g. `agent agent:sofia, microdao microdao:7`. */
   filters: string;
@@ -105,7 +96,7 @@ export function formatTable(reply: AggregatedReply, title: ReportTitle): string 
       group.cost_usd.toFixed(6),
       group.avg_latency_ms.toFixed(1),
     ]);
-    lines.push('', ...table(header, rows, (column) => column >= keys.length).map((line) => `  ${line}`));
+    lines.push('', ...tableLines(header, rows, (column) => column >= keys.length).map((line) => `  ${line}`));
   } else if (reply.total_requests === 0) {
     lines.push('', '  (no requests in this range)');
   }

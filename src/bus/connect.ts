@@ -47,9 +47,9 @@ export function connectionOptions(settings: ConnectionSettings = {}): NodeConnec
     reconnectJitterTLS: 1_000,
     waitOnFirstConnect: true,
     pingInterval: 20_000,
-    // nats.js otherwise builds two errors with stack traces for every request(), failing or not: the
-    // worker makes one per usage event, so that was ~10 % of its CPU (bench profile). Errors still
-    // carry their own stack, only not the caller's async one.
+    // nats.js otherwise builds two errors with stack traces for every request(), failing or not, and
+    // the worker makes one per usage event: a cost on every request for a stack nobody reads
+    // (docs/bench/results.md). Errors still carry their own stack, only not the caller's async one.
     noAsyncTraces: true,
   };
 

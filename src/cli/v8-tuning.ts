@@ -8,12 +8,10 @@
  * allocates everything from those sites straight into the old generation.
  * LLM calls are long (seconds), so a burst of them teaches V8 that the request
  * path's objects live long; the decision sticks, and afterwards every request,
- * fast ones included, fills the old generation with short-lived garbage. The
- * benchmark showed it: after holding 1,000 requests of 2 s in flight, the worker
- * spent 120-133 µs of CPU per zero-delay request instead of 90-95 (GC share 6% →
- * 18%, RSS 120 → 200 MiB), for good. With pretenuring off, that burst changes
- * nothing, and a steady load of 2 s requests (1,000 in flight) costs the same
- * CPU as with it on (436-538 vs 446-458 µs per request, same latency).
+ * fast ones included, fills the old generation with short-lived garbage: more
+ * GC, more RSS and more CPU per request, for good. With pretenuring off, such a
+ * burst changes nothing, and a steady load of long requests costs the same as
+ * with it on (the measurements are in docs/bench/results.md).
  *
  * Set `--allocation-site-pretenuring` (or its `--no-` form) yourself, on the
  * node command line or in NODE_OPTIONS, and your choice is kept.

@@ -20,8 +20,8 @@ test('every wire code round-trips through errorFromBody with its status and the 
 
 test('retry_after_ms and attempts are kept; toJSON gives the wire body back', () => {
   const attempts = [
-    { provider: 'a', model_resolved: 'x', error_code: 'upstream_error', latency_ms: 10 },
-    { provider: 'b', model_resolved: 'y', error_code: 'upstream_timeout', latency_ms: 20 },
+    { model: 'm', provider: 'a', model_resolved: 'x', error_code: 'upstream_error', latency_ms: 10 },
+    { model: 'm', provider: 'b', model_resolved: 'y', error_code: 'upstream_timeout', latency_ms: 20 },
   ];
   const body = { code: 'no_provider_available' as const, status: 503, message: 'all deployments failed', retryable: true, retry_after_ms: 1200, attempts };
   const error = errorFromBody(body, 'r-2');

@@ -1,3 +1,5 @@
+// By hand, not `ms`/`bytes`: the grammar is config.yaml's, documented in README; `bytes` reads KB as 1024 (we read 1000, KiB is 1024) and `ms` takes "2 years".
+
 /** `"30d"`, `"12h"`, `"90s"`, `"500ms"` or a number of milliseconds → milliseconds. */
 const UNIT_MS = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 } as const;
 const DURATION = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)$/;

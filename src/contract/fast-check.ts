@@ -7,8 +7,8 @@ import { z } from 'zod';
  * allocate nothing on success: ajv's code for the JSON Schema that zod derives from the zod schema
  * (`z.toJSONSchema`, input side), so each shape is still defined once, in zod. zod's own compiled
  * object check runs every key of a schema, present or not, with a fresh `{ value, issues: [] }` for
- * each, and copies what it accepts; for a request that was the largest single allocation (about
- * 7 KB of 42).
+ * each, and copies what it accepts; for a request that was the largest single allocation
+ * (docs/bench/results.md).
  *
  * The contract: a value the fast check accepts is one zod accepts, and the caller may use the value
  * as it is instead of zod's copy (zod's copy may lack unknown keys of stripping objects; nothing
@@ -21,7 +21,7 @@ import { z } from 'zod';
  * Compiled on first use of each schema (tens of ms; the worker and the provider adapters ask for
  * theirs when they are made, so no request waits for it). ajv itself is loaded then too, not when
  * the contract is imported: the client imports the contract and never checks a request. ajv and
- * the compiled code add about 8 MiB of RSS to a worker.
+ * the compiled code cost a worker some memory, paid once, for less garbage on every request.
  */
 const requireModule = createRequire(import.meta.url);
 let ajv: Ajv | undefined;

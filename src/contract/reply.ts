@@ -11,6 +11,8 @@ export interface TokenUsage {
 
 /** One deployment tried for a request (DESIGN.md: `attempts` when more than one was tried). */
 export interface AttemptRecord {
+  /** The logical model this attempt served (the requested one, or a fallback): its prices price the attempt. */
+  model: string;
   provider: string;
   model_resolved: string;
   /** `null` for the attempt that succeeded. */

@@ -38,6 +38,8 @@ export const usageEventSchema = z
     attempt_details: z
       .array(
         z.object({
+          /** The logical model the attempt served (absent from events written before it existed). */
+          model: z.string().optional(),
           provider: z.string(),
           model_resolved: z.string(),
           error_code: z.string().nullable(),

@@ -19,6 +19,8 @@ export interface LimitHookContext {
   deadlineAt: number;
   logger: LimitHookLogger;
   state: Record<string, unknown>;
+  /** The request's prompt tokens when its owner tokenizes once for everyone (the worker's record); else the hooks tokenize. */
+  promptTokens?: () => number;
 }
 
 export interface LimitHookOutcome {
@@ -85,11 +87,15 @@ export function countsTokens(limits: LimitHooksOptions['limits']): boolean {
 
 export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): LimitHooks {
   // With only request-rate and concurrency limits, the prompt is not tokenized at all (decided once).
-  const estimatePromptTokens = countsTokens(options.limits) ? options.estimatePromptTokens : () => 0;
+  const tokenize = countsTokens(options.limits);
+  const estimatePromptTokens = (context: LimitHookContext): number => {
+    if (!tokenize) return 0;
+    return context.promptTokens !== undefined ? context.promptTokens() : options.estimatePromptTokens(context.request);
+  };
   return {
     async beforeRoute(context: LimitHookContext): Promise<void> {
       const request = context.request;
-      const promptTokens = estimatePromptTokens(request);
+      const promptTokens = estimatePromptTokens(context);
       const completionTokens = reservedCompletionTokens(
         options.limits,
         request.max_completion_tokens ?? request.max_tokens,

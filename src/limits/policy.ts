@@ -2,6 +2,8 @@
  * The limiter's arithmetic, pure and shared by the memory and NATS stores
  * (the Redis store runs the same rules in Lua: redis-scripts.ts).
  *
+ * By hand, not rate-limiter-flexible & co.: none has a NATS KV store, and none reserves a cost to settle later (tokens given back, USD charged) across rates, leases and budgets in one record updated atomically.
+ *
  * Algorithm, per scope (an agent, a microDAO, a model), all state in one record:
  * - requests/minute and tokens/minute: GCRA (the generic cell rate algorithm,
  *   i.e. a token bucket kept as one number). A limit of L per minute gives an

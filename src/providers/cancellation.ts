@@ -3,9 +3,9 @@
  *
  * A request passes two cancellation points: the worker's (client cancel,
  * client gone, shutdown) and each router attempt's (its timeout). With
- * AbortControllers that is two EventTargets per request, and creating one plus
- * adding and removing its listeners measured about 8 µs per request, 6% of the
- * worker's CPU in the benchmark. `Cancellation` does the same job with a plain
+ * AbortControllers that is two EventTargets per request, and creating them and
+ * adding and removing their listeners is a visible share of a worker's CPU
+ * (docs/bench/results.md). `Cancellation` does the same job with a plain
  * listener array: `aborted`, `reason`, `abort(reason)`, and the
  * `addEventListener('abort', …)` / `removeEventListener` pair, which is all
  * the request path uses, and all undici needs of a `signal` (it accepts any

@@ -252,9 +252,9 @@ function dispatchPost(post: ProviderPost, handler: Dispatcher.DispatchHandler): 
 
 /**
  * POSTs JSON and resolves with the whole JSON answer of a 2xx response; everything else is a
- * ProxyError. The body is collected by undici's dispatch handler as it arrives, with no Readable
- * stream per response and its event machinery (about 5 µs less per call in a microbenchmark, see
- * docs/bench/results.md).
+ * ProxyError. The body is collected by undici's dispatch handler as it arrives, so that a response
+ * costs no Readable stream and its event machinery, which the worker would pay on every call
+ * (docs/bench/results.md).
  */
 export function postForJson(post: ProviderPost): Promise<unknown> {
   const refused = refusedBeforeSending(post);

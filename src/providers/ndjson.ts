@@ -8,6 +8,8 @@
  * Linear in the input, however long a line: each piece is scanned once, and
  * the pieces of an unfinished line are kept in an array and joined once, when
  * its newline arrives (line-buffer.ts).
+ *
+ * By hand, not split2/ndjson: those are Node stream Transforms, and this decoder is fed one network read at a time by undici's handler (http.ts), with no stream between them; splitting lines is line-buffer.ts.
  */
 import { LineBuffer, LineTooLongError } from './line-buffer.js';
 

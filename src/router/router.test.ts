@@ -148,7 +148,7 @@ describe('router: resolving', () => {
     assert.deepEqual(response.target, { model: 'm', provider: 'a', physicalName: 'pa' });
     assert.equal(response.attempts.length, 1);
     assert.deepEqual({ ...response.attempts[0], latency_ms: 0 }, {
-      provider: 'a', model_resolved: 'pa-resolved', error_code: null, latency_ms: 0, prompt_tokens: 5, completion_tokens: 3,
+      model: 'm', provider: 'a', model_resolved: 'pa-resolved', error_code: null, latency_ms: 0, prompt_tokens: 5, completion_tokens: 3,
     });
   });
 

@@ -26,7 +26,7 @@ import { fitsBeforeDeadline, retryDelayMs, type BackoffPolicy } from './backoff.
 import { DeploymentState, type CooldownPolicy } from './deployment-state.js';
 import { pickDeployment, type Candidate, type PickOptions } from './pick.js';
 import { RelayedStream, type OpenedStream } from './relayed-stream.js';
-import type { DeploymentHealth, RoutedCall, RoutedResponse, RoutedStream, RouteTarget, Router } from './types.js';
+import type { DeploymentHealth, RoutedCall, RoutedResponse, RoutedStream, RoutePlan, RouteTarget, Router } from './types.js';
 
 /** One deployment of one logical model, with everything the hot path needs settled at construction. */
 export interface RouteEntry extends Candidate {
@@ -52,6 +52,11 @@ export interface CompiledModel {
   longestTimeoutMs: number;
   fallbacks: CompiledModel[];
   contextFallbacks: CompiledModel[];
+}
+
+/** A RoutePlan as the router makes it: the compiled model rides along, so routing looks nothing up again. */
+interface CompiledPlan extends RoutePlan {
+  readonly compiled: CompiledModel;
 }
 
 /** The state of one routed request, shared by every model of its fallback chain. */
@@ -205,8 +210,18 @@ export class DeploymentRouter implements Router {
   }
 
   deadlineFor(request: ChatRequest, receivedAt: number): number {
-    if (request.timeout_ms !== undefined) return receivedAt + request.timeout_ms;
+    return this.deadlineOf(request, this.models.get(request.model), receivedAt);
+  }
+
+  plan(request: ChatRequest, receivedAt: number): RoutePlan | undefined {
     const model = this.models.get(request.model);
+    if (model === undefined) return undefined;
+    const plan: CompiledPlan = { model: model.name, deadlineAt: this.deadlineOf(request, model, receivedAt), compiled: model };
+    return plan;
+  }
+
+  private deadlineOf(request: ChatRequest, model: CompiledModel | undefined, receivedAt: number): number {
+    if (request.timeout_ms !== undefined) return receivedAt + request.timeout_ms;
     return receivedAt + Math.max(this.defaultTimeoutMs, model?.longestTimeoutMs ?? 0);
   }
 
@@ -250,14 +265,21 @@ export class DeploymentRouter implements Router {
   /** Resolve the model, then try deployments and fallbacks until one answers or the request must fail. */
   private async route<T>(call: RoutedCall, execute: Execute<T>): Promise<Success<T>> {
     const request = call.request;
-    const model = this.models.get(request.model);
+    const plan = call.plan as CompiledPlan | undefined;
+    const model = plan?.compiled ?? this.models.get(request.model);
     const attempts: AttemptRecord[] = [];
     if (model === undefined) {
       throw new ProxyError('model_not_found', `model "${request.model}" is not configured`, { attempts });
     }
     const startedAt = this.now();
-    let deadlineAt = call.deadlineAt > 0 && Number.isFinite(call.deadlineAt) ? call.deadlineAt : this.deadlineFor(request, startedAt);
-    if (request.timeout_ms !== undefined && startedAt + request.timeout_ms < deadlineAt) deadlineAt = startedAt + request.timeout_ms;
+    let deadlineAt: number;
+    if (plan !== undefined) {
+      deadlineAt = plan.deadlineAt;
+    } else {
+      const given = call.deadlineAt;
+      deadlineAt = given !== undefined && given > 0 && Number.isFinite(given) ? given : this.deadlineOf(request, model, startedAt);
+      if (request.timeout_ms !== undefined && startedAt + request.timeout_ms < deadlineAt) deadlineAt = startedAt + request.timeout_ms;
+    }
     const routing: Routing = {
       call,
       deadlineAt,
@@ -364,7 +386,7 @@ export class DeploymentRouter implements Router {
       requestDeadlineFirst ? routing.budgetMs : -1,
       timeoutBlamesDeployment,
     );
-    const record: AttemptRecord = { provider: entry.providerName, model_resolved: entry.physicalName, error_code: null, latency_ms: 0 };
+    const record: AttemptRecord = { model: entry.model.name, provider: entry.providerName, model_resolved: entry.physicalName, error_code: null, latency_ms: 0 };
     routing.attempts.push(record);
     const startedAt = performance.now();
     entry.state.inFlight++;

@@ -4,13 +4,26 @@ import type { ModelInfo } from '../contract/models.js';
 import type { CancelSignal } from '../providers/cancellation.js';
 import type { ProviderResponse, ProviderStreamEvent } from '../providers/types.js';
 
+/**
+ * A request the router can serve, resolved once (`Router.plan`): its logical model and the deadline
+ * the router will hold it to. The worker uses the deadline for the concurrency lease; the router
+ * enforces it (each attempt's own timer, which a stream keeps until its end).
+ */
+export interface RoutePlan {
+  readonly model: string;
+  /** Epoch ms by which everything (all retries, fallbacks, and a stream to its end) must be done. */
+  readonly deadlineAt: number;
+}
+
 /** One routed request: the router owns retries, fallbacks and the deadline. */
 export interface RoutedCall {
   request: ChatRequest;
   /** Client cancel or worker shutdown (an AbortSignal will do, or the cheaper Cancellation). */
   signal: CancelSignal;
-  /** Epoch ms by which everything (all retries and fallbacks) must be done. */
-  deadlineAt: number;
+  /** The plan of `Router.plan` (no second model lookup, one deadline); else `deadlineAt` is used. */
+  plan?: RoutePlan;
+  /** Epoch ms by which everything must be done, when there is no plan. */
+  deadlineAt?: number;
 }
 
 /** Where a request was finally served. */
@@ -71,4 +84,6 @@ export interface Router extends ChatRouter {
    * when set, else the longest of `worker.default_timeout_ms` and its model's per-attempt timeouts.
    */
   deadlineFor(request: ChatRequest, receivedAt: number): number;
+  /** The request's model resolved and its deadline fixed, or undefined when no such model is configured. */
+  plan(request: ChatRequest, receivedAt: number): RoutePlan | undefined;
 }

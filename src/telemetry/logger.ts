@@ -33,8 +33,9 @@ function scrubText(text: string): string {
  * A copy of `value` with secrets removed; the original is returned as is when
  * nothing in it needed changing, so the per-request log line (a handful of
  * numbers and short strings) costs one walk over a few keys and no copy.
- * pino's own `redact` was measured at several per cent of a worker's CPU with
- * wildcard paths, and needs a path per nesting level; this needs neither.
+ * pino's own `redact` needs a path per nesting level, and its wildcard paths
+ * are costly on every line of a busy worker (docs/bench/results.md); this
+ * needs neither.
  */
 function scrub(value: unknown, depth: number): unknown {
   if (typeof value === 'string') return scrubText(value);

@@ -1,3 +1,4 @@
+// By hand, not nats.js's `js.publish`: one `request()` per event (mux entry, timer, Error) was a visible share of a worker's CPU (docs/bench/results.md); see AckInbox.
 import { createInbox, headers as createHeaders, type Msg, type NatsConnection, type Subscription } from '@nats-io/nats-core';
 import { HEADERS } from '../contract/subjects.js';
 

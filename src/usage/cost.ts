@@ -1,12 +1,11 @@
+import { roundUsd } from '../contract/rounding.js';
+
+export { roundUsd };
+
 /** Prices are per 1k tokens, as in the seed's config. */
 export interface ModelPrices {
   cost_per_1k_prompt: number;
   cost_per_1k_completion: number;
-}
-
-/** Rounded to 1e-8 USD so that sums and comparisons are free of float noise. */
-export function roundUsd(value: number): number {
-  return Math.round(value * 1e8) / 1e8;
 }
 
 export function costUsd(prices: ModelPrices | undefined, promptTokens: number, completionTokens: number): number {

@@ -1,5 +1,6 @@
 import { agentToken, UNAUTHENTICATED_TOKEN } from '../contract/subjects.js';
 import type { AttemptRecord } from '../contract/reply.js';
+import { roundMs } from '../contract/rounding.js';
 import type { RequestMetadata } from '../contract/request.js';
 import type { UsageEvent, UsageStatus } from '../contract/usage-event.js';
 
@@ -38,8 +39,6 @@ export interface BuiltUsageEvent {
   token: string;
   event: UsageEvent;
 }
-
-const roundMs = (value: number) => Math.round(value * 10) / 10;
 
 /** The DESIGN.md usage event, fields in the documented order, additions after. */
 export function buildUsageEvent(input: UsageEventInput): BuiltUsageEvent {

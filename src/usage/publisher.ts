@@ -1,18 +1,13 @@
 import { appendFile, mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { InvalidArgumentError, InvalidSubjectError, nanos, type NatsConnection } from '@nats-io/nats-core';
-import {
-  jetstreamManager,
-  JetStreamApiCodes,
-  JetStreamApiError,
-  StorageType,
-  type StreamConfig,
-} from '@nats-io/jetstream';
+import { InvalidArgumentError, InvalidSubjectError, type NatsConnection } from '@nats-io/nats-core';
+import { jetstreamManager } from '@nats-io/jetstream';
 import type { UsageStreamConfig } from '../config/schema.js';
 import type { UsageEvent } from '../contract/usage-event.js';
 import type { Logger } from '../telemetry/logger.js';
 import { AckInbox, PublishRefusedError } from './ack-inbox.js';
 import type { BuiltUsageEvent } from './event.js';
+import { ensureUsageStreamCapturing, usageStreamConfig, type UsageStreamWanted } from './stream.js';
 
 /**
  * Publishes usage events to JetStream and never drops one silently.
@@ -84,16 +79,6 @@ function permanentRefusal(error: unknown): string | undefined {
   return undefined;
 }
 
-function streamSettingsDiffer(current: StreamConfig, wanted: Partial<StreamConfig>): string[] {
-  const differing: string[] = [];
-  for (const key of ['max_age', 'max_bytes', 'max_msgs', 'num_replicas', 'duplicate_window'] as const) {
-    if (wanted[key] !== undefined && current[key] !== wanted[key]) differing.push(key);
-  }
-  const subjects = new Set(current.subjects ?? []);
-  if (wanted.subjects?.some((subject) => !subjects.has(subject))) differing.push('subjects');
-  return differing;
-}
-
 export class UsagePublisher {
   readonly #options: UsagePublisherOptions;
   readonly #acks: AckInbox;
@@ -116,43 +101,14 @@ export class UsagePublisher {
   }
 
   /** The stream's wanted settings, from `nats.usage_stream`. */
-  streamConfig(): Partial<StreamConfig> & { name: string } {
-    const settings = this.#options.stream;
-    const config: Partial<StreamConfig> & { name: string } = {
-      name: settings.name,
-      subjects: [this.#options.streamSubject],
-      max_age: nanos(settings.max_age),
-      max_bytes: settings.max_bytes,
-      max_msgs: settings.max_msgs,
-      num_replicas: settings.replicas,
-      storage: settings.storage === 'memory' ? StorageType.Memory : StorageType.File,
-      // The server refuses a duplicate window longer than max_age.
-      duplicate_window: nanos(settings.max_age > 0 ? Math.min(settings.duplicate_window, settings.max_age) : settings.duplicate_window),
-    };
-    return config;
+  streamConfig(): UsageStreamWanted {
+    return usageStreamConfig(this.#options.stream, this.#options.streamSubject);
   }
 
-  /** Create the stream if missing, update it if its settings differ. Throws if NATS refuses. */
+  /** Create the stream if missing, update it if its settings differ (see `ensureUsageStreamCapturing`). Throws if NATS refuses. */
   async ensureStream(): Promise<void> {
     const manager = await jetstreamManager(this.#options.connection, { timeout: this.#options.ackTimeoutMs ?? 5_000 });
-    const wanted = this.streamConfig();
-    try {
-      const info = await manager.streams.info(wanted.name);
-      const differing = streamSettingsDiffer(info.config, wanted);
-      if (info.config.storage !== wanted.storage) {
-        this.#options.logger.warn({ stream: wanted.name, current: info.config.storage, wanted: wanted.storage }, 'usage stream storage differs from config; storage cannot be changed in place, keeping it');
-      }
-      if (differing.length > 0) {
-        const subjects = [...new Set([...(info.config.subjects ?? []), ...(wanted.subjects ?? [])])];
-        const { storage: _storage, ...updatable } = wanted;
-        await manager.streams.update(wanted.name, { ...updatable, subjects });
-        this.#options.logger.info({ stream: wanted.name, changed: differing }, 'usage stream settings updated');
-      }
-    } catch (error) {
-      if (!(error instanceof JetStreamApiError && error.code === JetStreamApiCodes.StreamNotFound)) throw error;
-      await manager.streams.add(wanted);
-      this.#options.logger.info({ stream: wanted.name, subjects: wanted.subjects }, 'usage stream created');
-    }
+    await ensureUsageStreamCapturing(manager, this.#options.stream, this.#options.streamSubject, this.#options.logger);
     this.#streamReady = true;
   }
 

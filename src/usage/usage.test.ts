@@ -55,7 +55,7 @@ const base: UsageEventInput = {
   ttftMs: null,
   stream: false,
   cached: false,
-  attempts: [{ provider: 'openai', model_resolved: 'gpt-4-1106-preview', error_code: null, latency_ms: 1200 }],
+  attempts: [{ model: 'gpt-4.1-mini', provider: 'openai', model_resolved: 'gpt-4-1106-preview', error_code: null, latency_ms: 1200 }],
   workerId: 'w-1',
 };
 
@@ -85,7 +85,7 @@ test('an unauthorized request is not attributed to the agent it claims', () => {
 });
 
 test('several attempts are counted and detailed; no agent id is anonymous', () => {
-  const failed = { provider: 'a', model_resolved: 'm', error_code: 'upstream_error', latency_ms: 5 };
+  const failed = { model: 'gpt-4.1-mini', provider: 'a', model_resolved: 'm', error_code: 'upstream_error', latency_ms: 5 };
   const { token, event } = buildUsageEvent({ ...base, metadata: undefined, attempts: [failed, base.attempts[0]!] });
   assert.equal(token, 'anonymous');
   assert.equal(event.attempts, 2);

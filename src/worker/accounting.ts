@@ -1,8 +1,8 @@
-import type { ResolvedConfig, ResolvedModel } from '../config/load.js';
+import type { ResolvedConfig } from '../config/load.js';
 import type { AttemptRecord } from '../contract/reply.js';
-import type { ChatRequest, ToolCall } from '../contract/request.js';
+import type { ToolCall } from '../contract/request.js';
 import { costUsd, roundUsd } from '../usage/cost.js';
-import { estimateCompletionTokens, estimatePromptTokens } from '../usage/tokens.js';
+import { estimateCompletionTokens } from '../usage/tokens.js';
 import type { ProviderUsage } from '../providers/types.js';
 
 /** Tokens of one request: the provider's when it reported them, else estimated (and flagged). */
@@ -12,40 +12,32 @@ export interface TokenCount {
   estimated: boolean;
 }
 
-export function countTokens(
-  request: ChatRequest,
-  usage: ProviderUsage | undefined,
-  output: { content?: string | null; reasoningContent?: string | undefined; toolCalls?: ToolCall[] | undefined },
-): TokenCount {
-  if (usage !== undefined) return { promptTokens: usage.promptTokens, completionTokens: usage.completionTokens, estimated: false };
-  return { promptTokens: estimatePromptTokens(request), completionTokens: estimateCompletionTokens(output), estimated: true };
+/** What an answer produced, for estimating its tokens when the provider reported none. */
+export interface ProducedOutput {
+  content?: string | null;
+  reasoningContent?: string | undefined;
+  toolCalls?: ToolCall[] | undefined;
 }
 
 /**
- * Prices of the logical model a deployment belongs to: a failed attempt is
- * recorded by provider and physical name only, so find the model that routes
- * there (the requested model first, then its fallbacks' order in config).
+ * The provider's usage, else an estimate: `estimatePrompt` is the request record's, which tokenizes
+ * the prompt once for limits and accounting together.
  */
-function modelForAttempt(config: ResolvedConfig, attempt: AttemptRecord, preferred: string | undefined): ResolvedModel | undefined {
-  const matches = (model: ResolvedModel) =>
-    model.deployments.some((deployment) => deployment.provider === attempt.provider && deployment.physical_name === attempt.model_resolved);
-  const first = preferred === undefined ? undefined : config.models.get(preferred);
-  if (first !== undefined && matches(first)) return first;
-  for (const model of config.models.values()) if (matches(model)) return model;
-  return first;
+export function countTokens(usage: ProviderUsage | undefined, estimatePrompt: () => number, output: ProducedOutput): TokenCount {
+  if (usage !== undefined) return { promptTokens: usage.promptTokens, completionTokens: usage.completionTokens, estimated: false };
+  return { promptTokens: estimatePrompt(), completionTokens: estimateCompletionTokens(output), estimated: true };
 }
 
 /**
- * Cost of a request: the serving model's prices for the tokens of the answer,
- * plus what earlier attempts consumed before failing (a stream cut after some
- * output, a provider that reported usage on an error).
+ * Cost of a request: the serving model's prices for the tokens of the answer, plus what earlier
+ * attempts consumed before failing (a stream cut after some output, a provider that reported usage
+ * on an error), each at the prices of the logical model it served.
  */
 export function requestCost(
-  config: ResolvedConfig,
+  config: Pick<ResolvedConfig, 'models'>,
   servingModel: string | undefined,
   tokens: { promptTokens: number; completionTokens: number } | undefined,
   attempts: AttemptRecord[],
-  requestedModel: string | undefined,
 ): number {
   let total = 0;
   if (tokens !== undefined && servingModel !== undefined) total += costUsd(config.models.get(servingModel), tokens.promptTokens, tokens.completionTokens);
@@ -54,10 +46,7 @@ export function requestCost(
     const prompt = attempt.prompt_tokens ?? 0;
     const completion = attempt.completion_tokens ?? 0;
     if (prompt === 0 && completion === 0) continue;
-    total += costUsd(modelForAttempt(config, attempt, requestedModel), prompt, completion);
+    total += costUsd(config.models.get(attempt.model), prompt, completion);
   }
   return roundUsd(total);
 }
-
-/** Moved to the contract: the typed client assembles the same deltas (a stream end that left `tool_calls` out). */
-export { ToolCallAssembler } from '../contract/tool-call-assembler.js';

@@ -1,4 +1,6 @@
 import type { ErrorCode } from '../contract/errors.js';
+import type { Limiter } from '../limits/index.js';
+import type { UsagePublisherCounters } from '../usage/publisher.js';
 
 /**
  * The worker's own counters. The service framework times only the
@@ -65,4 +67,44 @@ export class WorkerCounters {
     this.errors++;
     this.byCode[errorCode] = (this.byCode[errorCode] ?? 0) + 1;
   }
+}
+
+/** The worker's STATS `data` (`$SRV.STATS`): its own counters, the intake's, the publisher's and the limiter's. */
+export function workerStats(parts: {
+  workerId: string;
+  startedAt: string;
+  counters: WorkerCounters;
+  maxInFlight: number;
+  intake: { paused: boolean; pauses: number };
+  publisher: { counters: UsagePublisherCounters };
+  limiter: Pick<Limiter, 'backend' | 'counters'> | undefined;
+}): WorkerStats {
+  const { counters, publisher, limiter } = parts;
+  return {
+    worker_id: parts.workerId,
+    started: parts.startedAt,
+    requests: counters.requests,
+    ok: counters.ok,
+    errors: counters.errors,
+    by_code: { ...counters.byCode },
+    streams: counters.streams,
+    cache_hits: counters.cacheHits,
+    in_flight: counters.inFlight,
+    in_flight_peak: counters.inFlightPeak,
+    max_in_flight: parts.maxInFlight,
+    paused: parts.intake.paused,
+    pauses: parts.intake.pauses,
+    models_requests: counters.modelsRequests,
+    cancels: counters.cancels,
+    cancels_refused: counters.cancelsRefused,
+    usage_events: {
+      published: publisher.counters.published,
+      duplicates: publisher.counters.duplicates,
+      failed_attempts: publisher.counters.failedAttempts,
+      pending: publisher.counters.pending,
+      dropped: publisher.counters.dropped,
+      dead_lettered: publisher.counters.deadLettered,
+    },
+    ...(limiter === undefined ? {} : { limits: { backend: limiter.backend, ...limiter.counters() } }),
+  };
 }

@@ -37,6 +37,8 @@ export interface RequestContext {
   logger: Logger;
   /** Free space for hooks (e.g. a reservation id), per request. */
   state: Record<string, unknown>;
+  /** The prompt's token estimate, tokenized once per request (limits and accounting share it). */
+  promptTokens(): number;
 }
 
 export interface RequestOutcome {

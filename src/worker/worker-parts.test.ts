@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { headers as createHeaders } from '@nats-io/nats-core';
 import { parseChatRequest } from '../contract/request.js';
 import { resolveConfig } from '../config/load.js';
-import { requestCost, ToolCallAssembler } from './accounting.js';
+import { ToolCallAssembler } from '../contract/tool-call-assembler.js';
+import { requestCost } from './accounting.js';
 import { cacheKey, isCacheable, ResponseCache } from './response-cache.js';
 import type { ChatReply } from '../contract/reply.js';
 
@@ -63,10 +64,10 @@ test('request cost: the serving model\'s prices plus what failed attempts consum
     {},
   );
   const attempts = [
-    { provider: 'a', model_resolved: 'big', error_code: 'upstream_error', latency_ms: 1, prompt_tokens: 100, completion_tokens: 50 },
-    { provider: 'b', model_resolved: 'small', error_code: null, latency_ms: 1 },
+    { model: 'main', provider: 'a', model_resolved: 'big', error_code: 'upstream_error', latency_ms: 1, prompt_tokens: 100, completion_tokens: 50 },
+    { model: 'spare', provider: 'b', model_resolved: 'small', error_code: null, latency_ms: 1 },
   ];
-  // spare: 1000 prompt × 0.1/1k + 500 × 0.2/1k = 0.2; failed attempt on main: 100 × 1/1k + 50 × 2/1k = 0.2
-  assert.equal(requestCost(config, 'spare', { promptTokens: 1000, completionTokens: 500 }, attempts, 'main'), 0.4);
-  assert.equal(requestCost(config, undefined, undefined, attempts, 'main'), 0.2);
+  // spare: 1000 prompt × 0.1/1k + 500 × 0.2/1k = 0.2; the failed attempt, on main (its record says so): 100 × 1/1k + 50 × 2/1k = 0.2
+  assert.equal(requestCost(config, 'spare', { promptTokens: 1000, completionTokens: 500 }, attempts), 0.4);
+  assert.equal(requestCost(config, undefined, undefined, attempts), 0.2);
 });

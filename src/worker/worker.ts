@@ -1,25 +1,27 @@
 import { readFileSync } from 'node:fs';
-import { headers as createHeaders, type Msg, type NatsConnection, type Subscription } from '@nats-io/nats-core';
-import { Svcm, type Service, type ServiceMsg } from '@nats-io/services';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { Svcm, type Service } from '@nats-io/services';
 import type { ResolvedConfig } from '../config/load.js';
-import { ProxyError, toErrorReply } from '../contract/errors.js';
-import { REQUEST_ID_PATTERN } from '../contract/client-ids.js';
-import type { ModelsReply } from '../contract/models.js';
-import { HEADERS, QUEUE_GROUPS, subjectsFor, type Subjects } from '../contract/subjects.js';
+import { QUEUE_GROUPS, subjectsFor, type Subjects } from '../contract/subjects.js';
 import { createLimiter, createLimitHooks, type Limiter } from '../limits/index.js';
 import { createProviders, type ProviderSet } from '../providers/registry.js';
 import { createRouter } from '../router/index.js';
-import type { DeploymentHealth, Router } from '../router/types.js';
+import type { Router } from '../router/types.js';
 import { connectToNats } from '../bus/connect.js';
 import { createLogger, type Logger } from '../telemetry/logger.js';
 import { estimatePromptTokens } from '../usage/tokens.js';
 import { UsagePublisher } from '../usage/publisher.js';
-import { readHeaders, SecretCheck, secretFromEnv } from '../auth/index.js';
-import { WorkerCounters, type WorkerStats } from './counters.js';
+import { SecretCheck, secretFromEnv } from '../auth/index.js';
+import { WorkerCounters, workerStats, type WorkerStats } from './counters.js';
+import { addModelsEndpoint, logConnectionStatus, subscribeCancel } from './endpoints.js';
 import type { RequestHooks } from './hooks.js';
 import { RequestIntake } from './intake.js';
-import { RequestPipeline } from './request-handler.js';
+import { RequestPipeline } from './pipeline.js';
 import { ResponseCache } from './response-cache.js';
+import { createShutdown, IdleWatch, type ShutdownReport } from './shutdown.js';
+
+export type { ShutdownReport } from './shutdown.js';
+export { CANCEL_NOT_FOUND_DELAY_MS, type WorkerModelsReply } from './endpoints.js';
 
 export const SERVICE_NAME = 'llm-proxy';
 
@@ -54,20 +56,6 @@ export interface WorkerOptions {
   router?: Router;
 }
 
-/** The `llm.proxy.models` reply; `health` only when the request asked `{"health": true}`. */
-export interface WorkerModelsReply extends ModelsReply {
-  health?: DeploymentHealth[];
-}
-
-export interface ShutdownReport {
-  /** Requests in flight when stop began. */
-  inFlightAtStop: number;
-  /** Requests still running at the drain timeout, then aborted (each still answered). */
-  aborted: number;
-  /** Usage events not acked by the end (logged in full). */
-  unpublishedEvents: number;
-}
-
 export interface Worker {
   /** Also the service id in `$SRV.INFO` and `worker_id` in events. */
   readonly id: string;
@@ -80,38 +68,6 @@ export interface Worker {
   stop(options?: { drainTimeoutMs?: number }): Promise<ShutdownReport>;
   /** Resolves when the worker stopped (through `stop()` or because its connection closed). */
   readonly stopped: Promise<ShutdownReport>;
-}
-
-/** How long a worker that does not have a cancelled request waits before saying so (README, "Cancelling"). */
-export const CANCEL_NOT_FOUND_DELAY_MS = 500;
-
-/** An answer on a subject other than the request subject; a requester that has gone away is not an error. */
-function respondQuietly(message: Msg, body: unknown): void {
-  try {
-    message.respond(JSON.stringify(body));
-  } catch {
-    // The connection is closing: the requester times out, as it would have anyway.
-  }
-}
-
-/** Why a message on models or cancel is refused (a header block that cannot be read, a missing or wrong secret), or undefined. */
-function refusalOf(message: Msg, secret: SecretCheck): ProxyError | undefined {
-  const { headers, malformed } = readHeaders(message);
-  if (malformed) return new ProxyError('invalid_request', 'the message\'s header block is malformed');
-  return secret.allows(headers) ? undefined : new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`);
-}
-
-/** A coded error answer (DESIGN.md's error body and the micro-service headers). */
-function respondWithError(message: Msg, error: ProxyError): void {
-  const body = toErrorReply(error);
-  const headers = createHeaders();
-  headers.set(HEADERS.serviceError, body.error.message);
-  headers.set(HEADERS.serviceErrorCode, String(body.error.status));
-  try {
-    message.respond(JSON.stringify(body), { headers });
-  } catch {
-    // As above.
-  }
 }
 
 /**
@@ -191,7 +147,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     heartbeatMs: config.worker.heartbeat_ms,
   });
 
-  let idleWaiters: Array<() => void> = [];
+  const idle = new IdleWatch(counters);
   const intake = new RequestIntake({
     connection,
     subject: subjects.request,
@@ -205,126 +161,19 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
         .catch((failure: unknown) => workerLogger.error({ err: failure }, 'request handling failed outside the pipeline'))
         .finally(() => {
           intake.finished(counters.inFlight);
-          if (counters.inFlight === 0) {
-            const waiters = idleWaiters;
-            idleWaiters = [];
-            for (const resolve of waiters) resolve();
-          }
+          idle.requestDone();
         });
     },
   });
 
-  stats = () => ({
-    worker_id: workerId,
-    started: startedAt,
-    requests: counters.requests,
-    ok: counters.ok,
-    errors: counters.errors,
-    by_code: { ...counters.byCode },
-    streams: counters.streams,
-    cache_hits: counters.cacheHits,
-    in_flight: counters.inFlight,
-    in_flight_peak: counters.inFlightPeak,
-    max_in_flight: config.worker.max_in_flight,
-    paused: intake.paused,
-    pauses: intake.pauses,
-    models_requests: counters.modelsRequests,
-    cancels: counters.cancels,
-    cancels_refused: counters.cancelsRefused,
-    usage_events: {
-      published: publisher.counters.published,
-      duplicates: publisher.counters.duplicates,
-      failed_attempts: publisher.counters.failedAttempts,
-      pending: publisher.counters.pending,
-      dropped: publisher.counters.dropped,
-      dead_lettered: publisher.counters.deadLettered,
-    },
-    ...(limiter === undefined ? {} : { limits: { backend: limiter.backend, ...limiter.counters() } }),
-  });
+  stats = () => workerStats({ workerId, startedAt, counters, maxInFlight: config.worker.max_in_flight, intake, publisher, limiter });
 
-  service.addEndpoint('models', {
-    subject: subjects.models,
-    queue: QUEUE_GROUPS.workers,
-    metadata: { description: 'the models this worker can route; {"health": true} adds each deployment state' },
-    handler: (_error: Error | null, message: ServiceMsg) => {
-      counters.modelsRequests++;
-      const refused = refusalOf(message, secret);
-      if (refused !== undefined) {
-        respondWithError(message, refused);
-        return;
-      }
-      let withHealth = false;
-      try {
-        const body = message.data.length === 0 ? {} : (message.json() as { health?: unknown });
-        withHealth = typeof body === 'object' && body !== null && body.health === true;
-      } catch {
-        // An unreadable body asks for the plain list.
-      }
-      const reply: WorkerModelsReply = { models: router.listModels(), worker_id: workerId };
-      if (withHealth) reply.health = router.health();
-      message.respond(JSON.stringify(reply));
-    },
-  });
-
-  const cancelSubscription: Subscription = connection.subscribe(subjects.cancel, {
-    callback: (error, message) => {
-      if (error !== null) return;
-      // A callback that throws stops nats.js's reader for the whole connection: never let one out.
-      try {
-        handleCancel(message);
-      } catch (failure) {
-        workerLogger.error({ err: failure }, 'cancel handling failed');
-      }
-    },
-  });
-  /**
-   * `llm.proxy.cancel` reaches every worker. The one running the request aborts it and, when the
-   * cancel was sent as a request, answers at once; a worker without it answers `cancelled: false`
-   * only after CANCEL_NOT_FOUND_DELAY_MS, so that a requester gets the holder's answer first, and an
-   * answer in any case.
-   */
-  const handleCancel = (message: Msg) => {
-    const answers = message.reply !== undefined && message.reply !== '';
-    const refused = refusalOf(message, secret);
-    if (refused !== undefined) {
-      counters.cancelsRefused++;
-      if (answers) respondWithError(message, refused);
-      return;
-    }
-    let requestId: unknown;
-    try {
-      requestId = (message.json() as { request_id?: unknown } | null)?.request_id;
-    } catch {
-      requestId = undefined;
-    }
-    if (typeof requestId !== 'string' || !REQUEST_ID_PATTERN.test(requestId)) {
-      if (answers) respondWithError(message, new ProxyError('invalid_request', 'a cancel is {"request_id": "<the request\'s id>"} (1-128 visible ASCII characters)'));
-      return;
-    }
-    const found = pipeline.cancel(requestId);
-    if (found === 0) {
-      if (answers) {
-        const timer = setTimeout(() => respondQuietly(message, { request_id: requestId, cancelled: false, worker_id: workerId }), CANCEL_NOT_FOUND_DELAY_MS);
-        timer.unref();
-      }
-      return;
-    }
-    counters.cancels++;
-    workerLogger.info({ request_id: requestId }, 'request cancelled by the client');
-    if (answers) respondQuietly(message, { request_id: requestId, cancelled: true, worker_id: workerId });
-  };
-
+  const endpointParts = { subjects, secret, counters, workerId, logger: workerLogger };
+  addModelsEndpoint(service, router, endpointParts);
+  const cancelSubscription = subscribeCancel(connection, pipeline, endpointParts);
   intake.open();
   await connection.flush();
-
-  void (async () => {
-    for await (const status of connection.status()) {
-      if (status.type === 'disconnect') workerLogger.warn({ server: status.server }, 'disconnected from NATS; reconnecting');
-      else if (status.type === 'reconnect') workerLogger.info({ server: status.server }, 'reconnected to NATS');
-      else if (status.type === 'error') workerLogger.error({ err: status.error }, 'NATS connection error');
-      else if (status.type === 'slowConsumer') workerLogger.warn({ subject: status.sub.getSubject() }, 'slow consumer');
-    }
-  })().catch(() => undefined);
+  logConnectionStatus(connection, workerLogger);
 
   workerLogger.info(
     {
@@ -339,62 +188,22 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     'worker started',
   );
 
-  let stopping: Promise<ShutdownReport> | undefined;
-  let resolveStopped!: (report: ShutdownReport) => void;
-  const stopped = new Promise<ShutdownReport>((resolve) => (resolveStopped = resolve));
-
-  const waitForIdle = (timeoutMs: number): Promise<boolean> => {
-    if (counters.inFlight === 0) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => resolve(false), timeoutMs);
-      idleWaiters.push(() => {
-        clearTimeout(timer);
-        resolve(true);
-      });
-    });
-  };
-
-  /**
-   * Order matters (NATS-NOTES, "Shutdown"): `drain()` would finish dispatched
-   * callbacks but not the async work they started. So: leave the queue group
-   * (drain the request subscription), stop the service, finish the requests
-   * in flight, publish their usage events, and only then drain the connection.
-   */
-  const stop = (stopOptions: { drainTimeoutMs?: number } = {}): Promise<ShutdownReport> => {
-    if (stopping !== undefined) return stopping;
-    stopping = (async () => {
-      const drainTimeoutMs = stopOptions.drainTimeoutMs ?? config.worker.drain_timeout_ms;
-      const inFlightAtStop = counters.inFlight;
-      workerLogger.info({ in_flight: inFlightAtStop, drain_timeout_ms: drainTimeoutMs }, 'stopping: no new requests; finishing those in flight');
-      if (!connection.isClosed()) {
-        await intake.close();
-        await service.stop().catch(() => undefined);
-      }
-      let aborted = 0;
-      if (!(await waitForIdle(drainTimeoutMs))) {
-        aborted = counters.inFlight;
-        workerLogger.warn({ in_flight: aborted }, 'drain timeout: aborting the requests still running');
-        pipeline.abortAll(new ProxyError('no_provider_available', 'the worker is shutting down', { retryable: true }));
-        await waitForIdle(5_000);
-      }
-      if (!cancelSubscription.isClosed()) cancelSubscription.unsubscribe();
-      const unpublishedEvents = connection.isClosed() ? publisher.pending : await publisher.flush(10_000);
-      publisher.close();
-      await limiter?.close().catch((error: unknown) => workerLogger.warn({ err: error }, 'closing the limiter failed'));
-      if (ownsProviders) await providerSet.close().catch((error: unknown) => workerLogger.warn({ err: error }, 'closing provider pools failed'));
-      if (ownsConnection && !connection.isClosed()) await connection.drain().catch(() => undefined);
-      const report: ShutdownReport = { inFlightAtStop, aborted, unpublishedEvents };
-      workerLogger.info(report, 'worker stopped');
-      resolveStopped(report);
-      return report;
-    })();
-    return stopping;
-  };
-
-  void connection.closed().then((error) => {
-    if (stopping !== undefined) return;
-    workerLogger.error({ err: error }, 'NATS connection closed; the worker stops');
-    void stop({ drainTimeoutMs: 0 });
+  const closers: Array<{ name: string; close: () => Promise<void> }> = [];
+  if (limiter !== undefined) closers.push({ name: 'the limiter', close: () => limiter.close() });
+  if (ownsProviders) closers.push({ name: 'provider pools', close: () => providerSet.close() });
+  const { stop, stopped } = createShutdown({
+    connection,
+    ownsConnection,
+    intake,
+    service,
+    cancelSubscription,
+    pipeline,
+    counters,
+    idle,
+    publisher,
+    closers,
+    drainTimeoutMs: config.worker.drain_timeout_ms,
+    logger: workerLogger,
   });
 
   return {

@@ -10,6 +10,7 @@ import { parseCommandLine, UsageError } from '../command.js';
 import { connectOnce, natsUrlFromEnv } from '../../bus/connect.js';
 import { configPathFromEnv, DEFAULT_CONFIG_PATH, loadConfigFile, type ResolvedConfig } from '../../config/index.js';
 import { createLimiter, redactRedisUrl, redisUrlFor, type Dimension, type DimensionStanding, type ScopeStanding } from '../../limits/index.js';
+import { tableLines } from '../../format/table.js';
 
 const help = `Usage: llm-proxy limits --agent ID [--microdao ID] [--model M] [--json]
 
@@ -100,9 +101,7 @@ export function formatStandingTable(agentId: string, source: string, scopes: Sco
       formatDuration(row.resetsInMs),
     ]),
   );
-  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)));
-  const line = (cells: string[]) => cells.map((cell, column) => cell.padEnd(widths[column] ?? 0)).join('  ').trimEnd();
-  return [`Limits of ${agentId} (${source})`, '', line(header), ...rows.map(line)].join('\n') + '\n';
+  return [`Limits of ${agentId} (${source})`, '', ...tableLines(header, rows)].join('\n') + '\n';
 }
 
 function describeSource(config: ResolvedConfig): string {

@@ -5,9 +5,9 @@
  * own cost apart from the worker's.
  */
 import { createInbox, type NatsConnection } from '@nats-io/transport-node';
-import { createClient } from '../client/index.js';
-import type { ChatRequest } from '../contract/index.js';
-import { DEFAULT_SUBJECT_PREFIX, HEADERS, STREAM_MARKS, subjectsFor } from '../contract/subjects.js';
+import { createClient } from '../src/client/index.js';
+import type { ChatRequest } from '../src/contract/index.js';
+import { DEFAULT_SUBJECT_PREFIX, HEADERS, STREAM_MARKS, subjectsFor } from '../src/contract/subjects.js';
 import { benchRequestBody } from './bench-config.js';
 import type { StreamTiming } from './load-protocol.js';
 import { FAKE_CONTENT } from './upstream.js';

@@ -4,7 +4,7 @@
  * answers), answers with the content.
  * No validation, routing, limits, accounting or logging: the gap between this
  * and llm-proxy is the price of those features.
- * `node dist/bench/bare-forwarder.js --nats-url URL --upstream ORIGIN --route MODEL=PHYSICAL@PATH …`
+ * `node .bench-build/bench/bare-forwarder.js --nats-url URL --upstream ORIGIN --route MODEL=PHYSICAL@PATH …`
  */
 import { connect, type Msg } from '@nats-io/transport-node';
 import { parseArgs } from 'node:util';

@@ -1,7 +1,7 @@
 /**
  * Floor 2: a bare NATS echo replier, its own process. It answers every request
  * with the bytes it got, so its round trip is what NATS request/reply alone
- * costs on this machine. `node dist/bench/echo-replier.js --nats-url URL [--subject S]`.
+ * costs on this machine. `node .bench-build/bench/echo-replier.js --nats-url URL [--subject S]`.
  */
 import { connect } from '@nats-io/transport-node';
 import { parseArgs } from 'node:util';

@@ -1,5 +1,4 @@
 /** Command-line options of `npm run bench` (run.ts). */
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { TARGETS, type Target } from './load-protocol.js';
 
@@ -37,8 +36,7 @@ export interface BenchOptions {
   /** Distinct agent ids the load generator spreads its requests over. */
   agents: number;
   outDir: string;
-  chartPath: string | undefined;
-  /** Re-render the report and chart of an earlier results.json instead of running. */
+  /** Re-render the report of an earlier results.json instead of running. */
   from: string | undefined;
   help: boolean;
 }
@@ -80,14 +78,13 @@ Options:
                           (rpm, tpm, concurrent, daily and monthly budgets) on, set out of reach, on
                           that backend, to measure what limiting costs per request
   --agents <n>            distinct agent ids the requests are spread over (default 1; use 1000 with --limits)
-  --cpu-prof              profile the worker (--cpu-prof into <out>/prof), print its top self-time
-                          functions, and draw flame graphs (<out>/prof/worker-flame.svg, bare-flame.svg)
+  --cpu-prof              profile the worker and the bare forwarder (node --cpu-prof into
+                          <out>/prof/worker, <out>/prof/bare) and print their top self-time functions;
+                          open the .cpuprofile files in https://www.speedscope.app or Chrome DevTools
   --node-flags="<flags>" extra node/V8 flags for every process under test (worker, bare forwarder,
                           echo replier) alike, e.g. "--max-semi-space-size=32"
   --out <dir>             results directory (default bench-results)
-  --chart <path>          SVG chart path (default <out>/latency.svg; "none" to skip; the chart README
-                          shows is refreshed with --chart docs/bench/latency.svg)
-  --from <results.json>   print the report and redraw the chart of an earlier run (runs nothing)
+  --from <results.json>   print the report of an earlier run (runs nothing)
   --help                  this text
 `;
 
@@ -149,7 +146,6 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
       limits: { type: 'string' },
       agents: { type: 'string' },
       out: { type: 'string' },
-      chart: { type: 'string' },
       from: { type: 'string' },
       help: { type: 'boolean', default: false },
     },
@@ -158,8 +154,6 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
   const layout = values.layout ?? 'worker-alone';
   if (!(LAYOUTS as readonly string[]).includes(layout)) throw new Error(`--layout: unknown "${layout}" (choose from ${LAYOUTS.join(', ')})`);
   const outDir = values.out ?? 'bench-results';
-  // Not the committed docs chart by default: a smoke run must not rewrite it.
-  const chart = values.chart ?? join(outDir, 'latency.svg');
   const gatewayVia = values['gateway-via'] ?? 'client';
   const logLevel = values['log-level'] ?? 'info';
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) throw new Error(`--log-level: unknown "${logLevel}"`);
@@ -191,7 +185,6 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     limits: limits as BenchOptions['limits'],
     agents: Math.round(parsePositive(values.agents, 'agents', 1)),
     outDir,
-    chartPath: chart === 'none' ? undefined : chart,
     from: values.from,
     help: values.help === true,
   };

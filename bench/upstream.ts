@@ -1,6 +1,6 @@
 /**
  * The bench's fake OpenAI-compatible upstream, run as its own process:
- * `node dist/bench/upstream.js [--port N] [--delay-ms N] [--chunks N] [--gap-ms N] [--error-rate F]`.
+ * `node .bench-build/bench/upstream.js [--port N] [--delay-ms N] [--chunks N] [--gap-ms N] [--error-rate F]`.
  *
  * Behaviour can also be chosen per request by a path prefix, so that one
  * process serves several "providers" of the generated worker config:

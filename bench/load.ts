@@ -1,6 +1,6 @@
 /**
  * The bench's load generator, its own process (forked by run.ts with an IPC
- * channel): `node dist/bench/load.js --nats-url URL --upstream ORIGIN`.
+ * channel): `node .bench-build/bench/load.js --nats-url URL --upstream ORIGIN`.
  * It receives jobs (closed loop, open loop, streams, bursts), runs them
  * against one target, and answers with latency summaries.
  */

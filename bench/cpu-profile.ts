@@ -1,7 +1,8 @@
 /**
  * Reads a V8 `.cpuprofile` (what `node --cpu-prof` writes) and sums self time
  * per function (name + script + line), so the bench can print where the
- * worker spends its CPU (flame-graph.ts draws the whole call tree).
+ * worker spends its CPU. The call tree and flame graph are left to a viewer
+ * (speedscope, Chrome DevTools), which opens the same file.
  */
 
 export interface CpuProfileNode {
@@ -51,20 +52,37 @@ export function bucketOf(functionName: string, url: string): string {
     return parts[0]!.startsWith('@') ? `${parts[0]}/${parts[1]}` : parts[0]!;
   }
   if (withoutScheme.startsWith('node:')) return 'node';
-  const dist = withoutScheme.lastIndexOf('/dist/');
-  if (dist >= 0) return `llm-proxy/${withoutScheme.slice(dist + '/dist/'.length).split('/')[0]}`;
+  const project = projectPath(withoutScheme);
+  if (project !== undefined) return `llm-proxy/${project.split('/')[0]}`;
   return 'other';
+}
+
+/**
+ * Builds of the project's own code: `dist/` (src, what the worker runs) and `.bench-build/` (the
+ * bench and its copy of the src files it imports, what the floors and the load generator run).
+ */
+const BUILD_DIRS = ['/dist/', '/.bench-build/src/', '/.bench-build/'] as const;
+
+/** A script's path inside the project's sources (`worker/request-handler.js`, `bench/bare-forwarder.js`), if it is one of ours. */
+function projectPath(path: string): string | undefined {
+  for (const dir of BUILD_DIRS) {
+    const at = path.lastIndexOf(dir);
+    if (at >= 0) return path.slice(at + dir.length);
+  }
+  return undefined;
 }
 
 const IDLE = '(idle)';
 
-/** Makes node_modules and dist paths short enough to read in a table. */
+/** Makes node_modules and build paths short enough to read in a table. */
 export function shortenUrl(url: string): string {
   const withoutScheme = url.replace(/^file:\/\//, '');
   const nodeModules = withoutScheme.lastIndexOf('/node_modules/');
   if (nodeModules >= 0) return withoutScheme.slice(nodeModules + '/node_modules/'.length);
-  const dist = withoutScheme.lastIndexOf('/dist/');
-  if (dist >= 0) return withoutScheme.slice(dist + 1);
+  for (const dir of BUILD_DIRS) {
+    const at = withoutScheme.lastIndexOf(dir);
+    if (at >= 0) return withoutScheme.slice(at + 1);
+  }
   return withoutScheme;
 }
 
@@ -74,7 +92,7 @@ export function shortenUrl(url: string): string {
  * the sampled node); profiles without them fall back to hit counts spread
  * evenly over the profile's duration.
  */
-export function selfMicrosByNode(profile: CpuProfile): Map<number, number> {
+function selfMicrosByNode(profile: CpuProfile): Map<number, number> {
   const selfMicros = new Map<number, number>();
   const samples = profile.samples ?? [];
   const deltas = profile.timeDeltas ?? [];

@@ -1,13 +1,12 @@
 /**
  * The bench's results (what results.json holds), the figures derived from
- * them (gateway minus floors, throughput ratio, goals), the Markdown report
- * and the chart's panels. Pure: no I/O.
+ * them (gateway minus floors, throughput ratio, goals) and the Markdown
+ * report. Pure: no I/O.
  */
 import type { ProfileSummary } from './cpu-profile.js';
 import type { LoadResult, Target } from './load-protocol.js';
 import { medianInterval, type LatencySummary, type MedianInterval } from './stats.js';
 import type { ProcessUsage } from './proc-stats.js';
-import type { ChartPanel, ChartSeries } from './svg-chart.js';
 
 export interface RunRecord {
   target: Target;
@@ -56,10 +55,10 @@ export interface BenchResults {
   stream: RunRecord[];
   memory: MemoryRecord[];
   soak?: SoakRecord;
-  /** `flameGraph`: the SVG drawn from the profile (flame-graph.ts). */
-  profile?: ProfileSummary & { files: string[]; flameGraph?: string };
+  /** `files`: the `.cpuprofile` files the summary was made from (one per worker process, summed). */
+  profile?: ProfileSummary & { files: string[] };
   /** The bare forwarder's profile over the same run, for comparison. */
-  bareProfile?: ProfileSummary & { files: string[]; flameGraph?: string };
+  bareProfile?: ProfileSummary & { files: string[] };
 }
 
 function median(values: number[]): number {
@@ -133,8 +132,6 @@ export const SERVING_PROCESS: Record<Target, string> = {
   bare: 'bare',
   gateway: 'worker',
 };
-
-const TARGET_COLORS: Record<Target, string> = { direct: '#2ca02c', echo: '#7f7f7f', bare: '#1f77b4', gateway: '#d62728' };
 
 export interface Goals {
   /** Peak gateway throughput / peak bare-forwarder throughput, zero-delay upstream, closed loop. */
@@ -481,7 +478,7 @@ export function renderMarkdown(results: BenchResults): string {
     parts.push(goalLines.join('\n'));
   }
 
-  const profileTable = (title: string, profile: ProfileSummary & { flameGraph?: string }): void => {
+  const profileTable = (title: string, profile: ProfileSummary & { files: string[] }): void => {
     parts.push(`### ${title}: top self time (${formatMs(profile.busyMs)} ms busy of ${formatMs(profile.totalMs)} ms sampled)`);
     parts.push(
       table(
@@ -494,7 +491,12 @@ export function renderMarkdown(results: BenchResults): string {
         ]),
       ),
     );
-    if (profile.flameGraph !== undefined) parts.push(`Flame graph: \`${profile.flameGraph}\``);
+    if (profile.files.length > 0) {
+      parts.push(
+        `Profile${profile.files.length > 1 ? 's (summed above)' : ''}: ${profile.files.map((file) => `\`${file}\``).join(', ')}; ` +
+          'open in https://www.speedscope.app or Chrome DevTools (Performance panel, "Load profile") for the call tree and a flame graph.',
+      );
+    }
   };
   if (results.profile !== undefined) {
     profileTable('Worker CPU profile', results.profile);
@@ -508,45 +510,4 @@ export function renderMarkdown(results: BenchResults): string {
   }
   if (results.bareProfile !== undefined) profileTable('Bare forwarder CPU profile (same run)', results.bareProfile);
   return parts.join('\n\n') + '\n';
-}
-
-/** Two panels: open-loop p50/p99 against offered rate, closed-loop p50 against achieved throughput. */
-export function chartPanels(results: Pick<BenchResults, 'closed' | 'open'>): ChartPanel[] {
-  const targets = [...new Set([...results.open, ...results.closed].map((record) => record.target))];
-  const openSeries: ChartSeries[] = [];
-  const closedSeries: ChartSeries[] = [];
-  for (const target of targets) {
-    const open = results.open.filter((record) => record.target === target).sort((left, right) => (left.rate ?? 0) - (right.rate ?? 0));
-    if (open.length > 0) {
-      openSeries.push({ name: `${TARGET_LABELS[target]} p50`, color: TARGET_COLORS[target], points: open.map((record) => ({ x: record.rate ?? 0, y: record.result.latency.p50 })) });
-      openSeries.push({
-        name: `${TARGET_LABELS[target]} p99`,
-        color: TARGET_COLORS[target],
-        dashed: true,
-        points: open.map((record) => ({ x: record.rate ?? 0, y: record.result.latency.p99 })),
-      });
-    }
-    const closed = results.closed.filter((record) => record.target === target).sort((left, right) => (left.concurrency ?? 0) - (right.concurrency ?? 0));
-    if (closed.length > 0) {
-      closedSeries.push({
-        name: `${TARGET_LABELS[target]} p50`,
-        color: TARGET_COLORS[target],
-        points: closed.map((record) => ({ x: record.result.throughput, y: record.result.latency.p50 })),
-      });
-    }
-  }
-  const panels: ChartPanel[] = [];
-  if (openSeries.length > 0) {
-    panels.push({ title: 'Open loop: latency vs offered load', xLabel: 'offered load (requests/s)', yLabel: 'latency (ms, log)', yScale: 'log', series: openSeries });
-  }
-  if (closedSeries.length > 0) {
-    panels.push({
-      title: 'Closed loop: p50 vs throughput',
-      xLabel: `throughput (requests/s); points: ${[...new Set(results.closed.map((record) => record.concurrency ?? 0))].sort((left, right) => left - right).join(', ')} callers`,
-      yLabel: 'p50 latency (ms, log)',
-      yScale: 'log',
-      series: closedSeries,
-    });
-  }
-  return panels;
 }

@@ -2,7 +2,7 @@
  * `npm run bench`: starts every part as its own process (nats-server, the
  * llm-proxy worker, the fake upstream, the floors, the load generator),
  * measures them back to back, and writes the Markdown report (stdout and
- * <out>/results.md), the raw results (<out>/results.json) and the chart.
+ * <out>/results.md) and the raw results (<out>/results.json).
  * See options.ts for the flags.
  */
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -10,22 +10,22 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync
 import { cpus as cpuList, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { WORKER_V8_FLAGS } from '../cli/v8-tuning.js';
-import { subjectsFor } from '../contract/subjects.js';
+import { WORKER_V8_FLAGS } from '../src/cli/v8-tuning.js';
+import { subjectsFor } from '../src/contract/subjects.js';
 import { BENCH_MODELS, bareForwarderRoutes, buildWorkerConfig, type BenchModelKey } from './bench-config.js';
 import { mergeProfiles, summarizeProfile, type CpuProfile } from './cpu-profile.js';
-import { renderFlameGraph } from './flame-graph.js';
 import type { FromLoadGenerator, LoadJob, LoadResult, Target, ToLoadGenerator } from './load-protocol.js';
 import { parseBenchOptions, HELP, type BenchOptions, type Layout } from './options.js';
 import { ProcessSampler, sampleProcess, usageFromSamples, type ProcessSample, type ProcessUsage } from './proc-stats.js';
 import { spawnManaged, startNatsServer, tasksetAvailable, type ManagedProcess } from './processes.js';
-import { chartPanels, medianOfRounds, renderMarkdown, type BenchResults, type MemoryRecord, type RunRecord, type SoakRecord } from './report.js';
+import { medianOfRounds, renderMarkdown, type BenchResults, type MemoryRecord, type RunRecord, type SoakRecord } from './report.js';
 import { linearSlope } from './stats.js';
-import { renderChart } from './svg-chart.js';
 
+/** Where this script was built to (`.bench-build/bench`, see bench/tsconfig.json): the helper processes' scripts are beside it. */
 const benchDir = dirname(fileURLToPath(import.meta.url));
-const distDir = resolve(benchDir, '..');
-const cliMain = join(distDir, 'cli', 'main.js');
+const repoRoot = resolve(benchDir, '..', '..');
+/** The worker under test is the project's own build (`npm run build`), started as in production. */
+const cliMain = join(repoRoot, 'dist', 'cli', 'main.js');
 
 type Role = 'nats-server' | 'worker' | 'echo' | 'bare' | 'load' | 'upstream';
 
@@ -43,9 +43,9 @@ function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** The worker exists once its command is built (other engineers are writing it while the bench is). */
+/** Without `npm run build` there is no worker to start; the floors can still be measured. */
 function workerAvailable(): boolean {
-  return existsSync(join(distDir, 'cli', 'commands', 'worker.js'));
+  return existsSync(cliMain);
 }
 
 class LoadGenerator {
@@ -346,7 +346,7 @@ async function runStreams(fleet: Fleet, options: BenchOptions, targets: Target[]
   const streamTargets = targets.filter((target): target is 'direct' | 'gateway' => target === 'direct' || target === 'gateway');
   // One at a time shows the bare cost per chunk; 32 at once shows it under load. The 32-at-once run
   // lasts about as long as the other sections' (800 streams of 0.2 s): a short one mostly measures
-  // the worker warming up (122 µs per chunk over 200 streams, 68 µs over 3,000).
+  // the worker warming up (docs/bench/results.md).
   for (const [concurrency, count] of [
     [1, Math.max(5, Math.round(options.streamCount / 16))],
     [32, options.streamCount],
@@ -415,29 +415,10 @@ function readProfiles(directory: string): { profile: CpuProfile; files: string[]
   return { profile: profiles.length === 1 ? profiles[0]! : mergeProfiles(profiles), files: files.map((file) => join(directory, file)) };
 }
 
-function writeFlameGraph(profile: CpuProfile, path: string, title: string): string {
-  writeFileSync(path, renderFlameGraph(profile, { title }));
-  log(`flame graph written to ${path}`);
-  return path;
-}
-
-function writeChart(results: BenchResults, chartPath: string | undefined): void {
-  const panels = chartPanels(results);
-  if (chartPath === undefined || panels.length === 0) return;
-  mkdirSync(dirname(chartPath), { recursive: true });
-  const repeat = Number(results.options.repeat ?? 1);
-  const subtitle =
-    `${results.machine.cpus} × ${results.machine.cpuModel}, Node ${results.machine.node}, layout ${results.layout.name}, ` +
-    `${String(results.options.durationMs)} ms per point${repeat > 1 ? ` (median of ${repeat} rounds)` : ''}, ${results.startedAt.slice(0, 16).replace('T', ' ')} UTC`;
-  writeFileSync(chartPath, renderChart(panels, { title: 'llm-proxy vs floors: latency under load', subtitle }));
-  log(`chart written to ${chartPath}`);
-}
-
-/** `--from results.json`: the report and chart of an earlier run, without running anything. */
-function renderFrom(path: string, options: BenchOptions): number {
+/** `--from results.json`: the report of an earlier run, without running anything. */
+function renderFrom(path: string): number {
   const results = JSON.parse(readFileSync(path, 'utf8')) as BenchResults;
   process.stdout.write(renderMarkdown(results));
-  writeChart(results, options.chartPath);
   return 0;
 }
 
@@ -453,10 +434,10 @@ async function main(): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
-  if (options.from !== undefined) return renderFrom(options.from, options);
+  if (options.from !== undefined) return renderFrom(options.from);
   let targets = options.targets;
   if (targets.includes('gateway') && !workerAvailable()) {
-    log('the worker is not built yet (no dist/cli/commands/worker.js): measuring the floors only');
+    log(`the worker is not built (no ${cliMain}; run npm run build): measuring the floors only`);
     targets = targets.filter((target) => target !== 'gateway');
   }
   const canPin = options.layout !== 'none' && cpuList().length >= 2 && tasksetAvailable();
@@ -510,21 +491,14 @@ async function main(): Promise<number> {
   if (options.cpuProf) {
     const workerProfiles = readProfiles(join(profileDir, 'worker'));
     if (workerProfiles === undefined) log(`no .cpuprofile in ${profileDir}/worker: did the worker exit cleanly on SIGTERM?`);
-    else {
-      const flameGraph = writeFlameGraph(workerProfiles.profile, join(profileDir, 'worker-flame.svg'), 'llm-proxy worker: CPU by call path');
-      results.profile = { ...summarizeProfile(workerProfiles.profile, 15), files: workerProfiles.files, flameGraph };
-    }
+    else results.profile = { ...summarizeProfile(workerProfiles.profile, 15), files: workerProfiles.files };
     const bareProfiles = readProfiles(join(profileDir, 'bare'));
-    if (bareProfiles !== undefined) {
-      const flameGraph = writeFlameGraph(bareProfiles.profile, join(profileDir, 'bare-flame.svg'), 'bare forwarder: CPU by call path');
-      results.bareProfile = { ...summarizeProfile(bareProfiles.profile, 10), files: bareProfiles.files, flameGraph };
-    }
+    if (bareProfiles !== undefined) results.bareProfile = { ...summarizeProfile(bareProfiles.profile, 10), files: bareProfiles.files };
   }
   const markdown = renderMarkdown(results);
   writeFileSync(join(options.outDir, 'results.json'), JSON.stringify(results, null, 2) + '\n');
   writeFileSync(join(options.outDir, 'results.md'), markdown);
   process.stdout.write(markdown);
-  writeChart(results, options.chartPath);
   log(`results in ${join(options.outDir, 'results.json')}`);
   if (failure !== undefined) {
     log(`stopped early: ${failure instanceof Error ? failure.stack ?? failure.message : String(failure)}`);

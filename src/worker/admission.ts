@@ -1,0 +1,94 @@
+import type { Msg } from '@nats-io/nats-core';
+import { checkClientIds, MAX_JSON_DEPTH, nestsDeeperThan } from '../contract/client-ids.js';
+import { asProxyError, ProxyError } from '../contract/errors.js';
+import { parseChatRequest, type ChatRequest } from '../contract/request.js';
+import { HEADERS } from '../contract/subjects.js';
+import type { RoutePlan, Router } from '../router/types.js';
+import { requestLogger, type Logger } from '../telemetry/logger.js';
+import type { RequestContext, RequestHooks } from './hooks.js';
+import type { RequestRecord } from './request-record.js';
+
+export interface AdmissionDependencies {
+  router: Pick<Router, 'plan'>;
+  hooks: RequestHooks;
+  logger: Logger;
+  maxRequestBytes: number;
+}
+
+/** A request that passed every check and its admission: what the answering stages need. */
+export interface Admitted {
+  request: ChatRequest;
+  plan: RoutePlan;
+  context: RequestContext;
+}
+
+/**
+ * The admission stage, in order (hooks.ts): header block → size → JSON → the client's ids → depth →
+ * auth → validation → model → reply subject → limits (`beforeRoute`). Fills the record in as it
+ * learns (ids, model, stream, the validated request); returns what refuses the request, or the
+ * admitted request. The refusal is the caller's to deliver.
+ */
+export async function admit(message: Msg, record: RequestRecord, headersMalformed: boolean, deps: AdmissionDependencies): Promise<Admitted | ProxyError> {
+  if (headersMalformed) {
+    return new ProxyError('invalid_request', "the message's header block is malformed (a header name with a space or a non-ASCII character, or a value with a bare CR or LF)");
+  }
+  // Size, before anything reads the body.
+  if (message.data.length > deps.maxRequestBytes) {
+    return new ProxyError('payload_too_large', `request body is ${message.data.length} bytes; the limit is ${deps.maxRequestBytes}`);
+  }
+  let body: unknown;
+  try {
+    body = JSON.parse(message.string());
+  } catch {
+    return new ProxyError('invalid_request', 'request body is not valid JSON');
+  }
+  // The client's ids, before anything uses them (the log line, the event, the reply). Only top-level
+  // fields and metadata's values are read: safe on a body of any depth.
+  const { ids, problem } = checkClientIds(body);
+  if (ids.requestId !== undefined) record.requestId = ids.requestId;
+  record.metadata = ids.metadata;
+  record.requestedModel = ids.model ?? null;
+  record.stream = ids.stream ?? false;
+  record.logger = requestLogger(deps.logger, record.requestId, ids.metadata?.agent_id);
+  if (problem !== undefined) return problem;
+  if (nestsDeeperThan(body, MAX_JSON_DEPTH)) {
+    return new ProxyError('invalid_request', `request body nests objects or arrays deeper than ${MAX_JSON_DEPTH} levels`);
+  }
+  // Auth: a refused request is not attributed to the agent it names (the record knows it is unauthenticated).
+  if (record.unauthenticated) return new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`);
+  let request: ChatRequest;
+  try {
+    request = parseChatRequest(body);
+  } catch (error) {
+    return asProxyError(error);
+  }
+  record.request = request;
+  record.stream = request.stream === true;
+  const plan = deps.router.plan(request, record.receivedAt);
+  if (plan === undefined) return new ProxyError('model_not_found', `unknown model "${request.model}"`);
+  if (message.reply === undefined || message.reply === '') {
+    return new ProxyError('invalid_request', 'the message has no reply subject: send it as a NATS request');
+  }
+  const context: RequestContext = {
+    requestId: record.requestId,
+    eventId: record.eventId,
+    request,
+    agentId: request.metadata?.agent_id,
+    receivedAt: record.receivedAt,
+    deadlineAt: plan.deadlineAt,
+    stream: record.stream,
+    logger: record.logger,
+    state: {},
+    promptTokens: () => record.promptTokens(),
+  };
+  // Limits: may refuse with rate_limited / budget_exceeded. Whatever beforeRoute decided, afterRoute runs.
+  record.context = context;
+  if (deps.hooks.beforeRoute !== undefined) {
+    try {
+      await deps.hooks.beforeRoute(context);
+    } catch (error) {
+      return asProxyError(error);
+    }
+  }
+  return { request, plan, context };
+}

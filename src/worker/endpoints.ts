@@ -1,0 +1,146 @@
+/**
+ * The worker's subjects other than `llm.proxy.request` (intake.ts): the `models` endpoint of the
+ * micro-service, the `cancel` subscription, and the connection's status log. A new subscription or
+ * health check goes here, wired in worker.ts.
+ */
+import { headers as createHeaders, type Msg, type NatsConnection, type Subscription } from '@nats-io/nats-core';
+import type { Service, ServiceMsg } from '@nats-io/services';
+import { readHeaders, type SecretCheck } from '../auth/index.js';
+import { REQUEST_ID_PATTERN } from '../contract/client-ids.js';
+import { ProxyError, toErrorReply } from '../contract/errors.js';
+import type { ModelsReply } from '../contract/models.js';
+import { HEADERS, QUEUE_GROUPS, type Subjects } from '../contract/subjects.js';
+import type { DeploymentHealth, Router } from '../router/types.js';
+import type { Logger } from '../telemetry/logger.js';
+import type { WorkerCounters } from './counters.js';
+import type { RequestPipeline } from './pipeline.js';
+
+/** The `llm.proxy.models` reply; `health` only when the request asked `{"health": true}`. */
+export interface WorkerModelsReply extends ModelsReply {
+  health?: DeploymentHealth[];
+}
+
+/** How long a worker that does not have a cancelled request waits before saying so (README, "Cancelling"). */
+export const CANCEL_NOT_FOUND_DELAY_MS = 500;
+
+interface EndpointParts {
+  subjects: Subjects;
+  secret: SecretCheck;
+  counters: WorkerCounters;
+  workerId: string;
+  logger: Logger;
+}
+
+/** An answer on a subject other than the request subject; a requester that has gone away is not an error. */
+function respondQuietly(message: Msg, body: unknown): void {
+  try {
+    message.respond(JSON.stringify(body));
+  } catch {
+    // The connection is closing: the requester times out, as it would have anyway.
+  }
+}
+
+/** A coded error answer (DESIGN.md's error body and the micro-service headers). */
+function respondWithError(message: Msg, error: ProxyError): void {
+  const body = toErrorReply(error);
+  const headers = createHeaders();
+  headers.set(HEADERS.serviceError, body.error.message);
+  headers.set(HEADERS.serviceErrorCode, String(body.error.status));
+  try {
+    message.respond(JSON.stringify(body), { headers });
+  } catch {
+    // As above.
+  }
+}
+
+/** Why a message is refused (a header block that cannot be read, a missing or wrong secret), or undefined. */
+function refusalOf(message: Msg, secret: SecretCheck): ProxyError | undefined {
+  const { headers, malformed } = readHeaders(message);
+  if (malformed) return new ProxyError('invalid_request', "the message's header block is malformed");
+  return secret.allows(headers) ? undefined : new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`);
+}
+
+/** `llm.proxy.models` (queue group `llm-proxy`): the routable models; `{"health": true}` adds each deployment's state. */
+export function addModelsEndpoint(service: Service, router: Router, parts: EndpointParts): void {
+  service.addEndpoint('models', {
+    subject: parts.subjects.models,
+    queue: QUEUE_GROUPS.workers,
+    metadata: { description: 'the models this worker can route; {"health": true} adds each deployment state' },
+    handler: (_error: Error | null, message: ServiceMsg) => {
+      parts.counters.modelsRequests++;
+      const refused = refusalOf(message, parts.secret);
+      if (refused !== undefined) {
+        respondWithError(message, refused);
+        return;
+      }
+      let withHealth = false;
+      try {
+        const body = message.data.length === 0 ? {} : (message.json() as { health?: unknown });
+        withHealth = typeof body === 'object' && body !== null && body.health === true;
+      } catch {
+        // An unreadable body asks for the plain list.
+      }
+      const reply: WorkerModelsReply = { models: router.listModels(), worker_id: parts.workerId };
+      if (withHealth) reply.health = router.health();
+      message.respond(JSON.stringify(reply));
+    },
+  });
+}
+
+/**
+ * `llm.proxy.cancel` reaches every worker (no queue group). The one running the request aborts it
+ * and, when the cancel was sent as a request, answers at once; a worker without it answers
+ * `cancelled: false` only after CANCEL_NOT_FOUND_DELAY_MS, so that a requester gets the holder's
+ * answer first, and an answer in any case.
+ */
+export function subscribeCancel(connection: NatsConnection, pipeline: Pick<RequestPipeline, 'cancel'>, parts: EndpointParts): Subscription {
+  const handle = (message: Msg): void => {
+    const answers = message.reply !== undefined && message.reply !== '';
+    const refused = refusalOf(message, parts.secret);
+    if (refused !== undefined) {
+      parts.counters.cancelsRefused++;
+      if (answers) respondWithError(message, refused);
+      return;
+    }
+    let requestId: unknown;
+    try {
+      requestId = (message.json() as { request_id?: unknown } | null)?.request_id;
+    } catch {
+      requestId = undefined;
+    }
+    if (typeof requestId !== 'string' || !REQUEST_ID_PATTERN.test(requestId)) {
+      if (answers) respondWithError(message, new ProxyError('invalid_request', 'a cancel is {"request_id": "<the request\'s id>"} (1-128 visible ASCII characters)'));
+      return;
+    }
+    if (pipeline.cancel(requestId) === 0) {
+      if (answers) setTimeout(() => respondQuietly(message, { request_id: requestId, cancelled: false, worker_id: parts.workerId }), CANCEL_NOT_FOUND_DELAY_MS).unref();
+      return;
+    }
+    parts.counters.cancels++;
+    parts.logger.info({ request_id: requestId }, 'request cancelled by the client');
+    if (answers) respondQuietly(message, { request_id: requestId, cancelled: true, worker_id: parts.workerId });
+  };
+  return connection.subscribe(parts.subjects.cancel, {
+    callback: (error, message) => {
+      if (error !== null) return;
+      // A callback that throws stops nats.js's reader for the whole connection: never let one out.
+      try {
+        handle(message);
+      } catch (failure) {
+        parts.logger.error({ err: failure }, 'cancel handling failed');
+      }
+    },
+  });
+}
+
+/** Disconnects, reconnects, errors and slow consumers in the log. */
+export function logConnectionStatus(connection: NatsConnection, logger: Logger): void {
+  void (async () => {
+    for await (const status of connection.status()) {
+      if (status.type === 'disconnect') logger.warn({ server: status.server }, 'disconnected from NATS; reconnecting');
+      else if (status.type === 'reconnect') logger.info({ server: status.server }, 'reconnected to NATS');
+      else if (status.type === 'error') logger.error({ err: status.error }, 'NATS connection error');
+      else if (status.type === 'slowConsumer') logger.warn({ subject: status.sub.getSubject() }, 'slow consumer');
+    }
+  })().catch(() => undefined);
+}

@@ -1,0 +1,165 @@
+import type { Msg, NatsConnection } from '@nats-io/nats-core';
+import { readHeaders, type SecretCheck } from '../auth/index.js';
+import type { ResolvedConfig } from '../config/load.js';
+import { asProxyError, ProxyError, type ErrorCode } from '../contract/errors.js';
+import { prepareRequestCheck } from '../contract/request.js';
+import { roundMs } from '../contract/rounding.js';
+import { Cancellation } from '../providers/cancellation.js';
+import type { Router } from '../router/types.js';
+import type { Logger } from '../telemetry/logger.js';
+import { endRequestSpan, startRequestSpan } from '../telemetry/tracing.js';
+import type { UsagePublisher } from '../usage/publisher.js';
+import { admit } from './admission.js';
+import type { WorkerCounters } from './counters.js';
+import { Delivery } from './delivery.js';
+import type { RequestHooks } from './hooks.js';
+import { answerOnce } from './one-reply.js';
+import { RequestRecord } from './request-record.js';
+import type { ResponseCache } from './response-cache.js';
+import { relayStream } from './stream-reply.js';
+
+export interface PipelineDependencies {
+  connection: NatsConnection;
+  config: ResolvedConfig;
+  router: Router;
+  publisher: UsagePublisher;
+  secret: SecretCheck;
+  cache: ResponseCache | undefined;
+  hooks: RequestHooks;
+  counters: WorkerCounters;
+  logger: Logger;
+  workerId: string;
+  maxRequestBytes: number;
+  heartbeatMs: number;
+}
+
+/** What the answering stages (one-reply.ts, stream-reply.ts) use. */
+export interface StageDependencies extends PipelineDependencies {
+  delivery: Delivery;
+}
+
+/**
+ * Listens to a request once its reply (or terminal stream message) is out, in the order given:
+ * awaited one after the other. (The usage event is not one of them: it leaves right before the
+ * reply, from the Delivery's finish listener.)
+ */
+export type DoneListener = (record: RequestRecord) => void | Promise<void>;
+
+/** One request in progress, for explicit cancels and shutdown. */
+interface ActiveRequest {
+  requestId: string;
+  controller: Cancellation;
+}
+
+/**
+ * The request pipeline: one RequestRecord per message, through its stages (admission.ts, then
+ * one-reply.ts or stream-reply.ts). Every path ends in exactly one reply (or one terminal stream
+ * message) and one usage event; nothing throws out of `handle`. When the record finishes, its usage
+ * event is published (right before the reply, same socket write); once the reply is out, the done
+ * listeners run: the counters, the limits settle and the log line; then the span ends.
+ */
+export class RequestPipeline {
+  readonly #deps: StageDependencies;
+  readonly #active = new Set<ActiveRequest>();
+  readonly #done: DoneListener[];
+
+  constructor(dependencies: PipelineDependencies) {
+    const publishUsage = (record: RequestRecord) => dependencies.publisher.publish(record.usageEvent(dependencies.workerId));
+    this.#deps = { ...dependencies, delivery: new Delivery(dependencies.connection, publishUsage) };
+    this.#done = doneListeners(dependencies);
+    // Compiled now, so that the first request does not wait for it (tens of ms).
+    prepareRequestCheck();
+  }
+
+  /** Requests being worked on now. */
+  get inFlight(): number {
+    return this.#deps.counters.inFlight;
+  }
+
+  /** Explicit cancel (`llm.proxy.cancel`): aborts every active request with this id. */
+  cancel(requestId: string): number {
+    let found = 0;
+    for (const active of this.#active) {
+      if (active.requestId !== requestId) continue;
+      active.controller.abort(new ProxyError('cancelled', `request ${requestId} was cancelled by the client`));
+      found++;
+    }
+    return found;
+  }
+
+  /** Shutdown past the drain timeout: abort what is still running (each still gets a reply and an event). */
+  abortAll(reason: ProxyError): void {
+    for (const active of this.#active) active.controller.abort(reason);
+  }
+
+  async handle(message: Msg): Promise<void> {
+    const deps = this.#deps;
+    deps.counters.started();
+    // Read once, without throwing (a header block nats.js cannot decode is refused in admission).
+    const { headers, malformed } = readHeaders(message);
+    const span = startRequestSpan(message.subject, headers);
+    // Known before anything is read, so that every refusal of a sender without the secret is kept off the agent it names.
+    const record = new RequestRecord(malformed || !deps.secret.allows(headers), deps.logger);
+    try {
+      await this.#run(message, record, malformed);
+    } catch (error) {
+      // The stages answer their own errors; reaching here is a bug, still answered (once: not after the reply went out).
+      record.logger.error({ err: error }, 'request pipeline failed');
+      deps.delivery.error(message, record, asProxyError(error), record.stream);
+    } finally {
+      // A request with no reply subject still ends, and has its event.
+      deps.delivery.finish(record, record.code);
+      for (const listener of this.#done) {
+        try {
+          await listener(record);
+        } catch (error) {
+          record.logger.error({ err: error }, 'a request listener failed');
+        }
+      }
+      endRequestSpan(span, { requestId: record.requestId, model: record.requestedModel ?? undefined, errorCode: record.code });
+    }
+  }
+
+  async #run(message: Msg, record: RequestRecord, headersMalformed: boolean): Promise<ErrorCode | undefined> {
+    const deps = this.#deps;
+    const admitted = await admit(message, record, headersMalformed, deps);
+    if (admitted instanceof ProxyError) return deps.delivery.error(message, record, admitted, record.stream);
+    const controller = new Cancellation();
+    const active: ActiveRequest = { requestId: record.requestId, controller };
+    this.#active.add(active);
+    try {
+      if (!record.stream) return await answerOnce(message, record, admitted, controller.signal, deps);
+      deps.counters.streams++;
+      return await relayStream(message, record, admitted, controller, deps);
+    } finally {
+      this.#active.delete(active);
+    }
+  }
+}
+
+/** What runs once a request's reply is out, in order: the counters, the limits settle, the log line. */
+function doneListeners(deps: PipelineDependencies): DoneListener[] {
+  const listeners: DoneListener[] = [(record) => deps.counters.finished(record.code)];
+  const afterRoute = deps.hooks.afterRoute;
+  if (afterRoute !== undefined) {
+    listeners.push(async (record) => {
+      if (record.context === undefined) return;
+      try {
+        await afterRoute(record.context, record.outcome());
+      } catch (error) {
+        record.logger.error({ err: error }, 'afterRoute hook failed');
+      }
+    });
+  }
+  const logRequests = deps.config.logging.requests;
+  if (logRequests !== 'none') {
+    listeners.push((record) => {
+      const served = record.code === undefined || record.code === 'cancelled';
+      if (logRequests === 'errors' && served) return;
+      const line = { code: record.code ?? 'ok', status: record.status, model: record.model ?? record.requestedModel, latency_ms: roundMs(record.latencyMs), stream: record.stream, cached: record.cached };
+      if (served) record.logger.info(line, 'request done');
+      else record.logger.warn(line, 'request failed');
+    });
+  }
+  return listeners;
+}

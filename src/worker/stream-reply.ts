@@ -1,0 +1,90 @@
+import type { Msg } from '@nats-io/nats-core';
+import { asProxyError, ProxyError, toErrorReply, type ErrorCode } from '../contract/errors.js';
+import type { FinishReason } from '../contract/reply.js';
+import { roundMs } from '../contract/rounding.js';
+import { ToolCallAssembler } from '../contract/tool-call-assembler.js';
+import type { Cancellation } from '../providers/cancellation.js';
+import type { ProviderUsage } from '../providers/types.js';
+import type { Admitted } from './admission.js';
+import type { StageDependencies } from './pipeline.js';
+import type { RequestRecord } from './request-record.js';
+import { StreamWriter } from './stream-writer.js';
+
+/**
+ * The relayed-stream stage: the router's stream relayed chunk by chunk to the client's inbox, with
+ * heartbeats while the upstream is silent, and exactly one terminal message (the whole reply, or an
+ * error), the usage event right before it.
+ */
+export async function relayStream(message: Msg, record: RequestRecord, admitted: Admitted, controller: Cancellation, deps: StageDependencies): Promise<ErrorCode | undefined> {
+  const { request, plan } = admitted;
+  const writer = new StreamWriter({
+    connection: deps.connection,
+    inbox: message.reply!,
+    heartbeatMs: deps.heartbeatMs,
+    logger: record.logger,
+    onClientGone: () => controller.abort(new ProxyError('cancelled', 'the client stopped listening')),
+  });
+  writer.startHeartbeats();
+  let content = '';
+  let reasoning = '';
+  const toolCalls = new ToolCallAssembler();
+  let finishReason: FinishReason | undefined;
+  let usage: ProviderUsage | undefined;
+  const produced = () => ({ content, reasoningContent: reasoning, toolCalls: toolCalls.calls() });
+  record.accepted = true;
+  try {
+    const routed = await deps.router.stream({ request, signal: controller.signal, plan });
+    record.attempts = routed.attempts;
+    record.model = routed.target.model;
+    record.provider = routed.target.provider;
+    record.modelResolved = routed.target.physicalName;
+    for await (const event of routed.events) {
+      if (event.type === 'delta') {
+        const delta = event.content ?? '';
+        const hasTools = event.toolCalls !== undefined && event.toolCalls.length > 0;
+        if (delta === '' && (event.reasoningContent ?? '') === '' && !hasTools) continue;
+        if (record.ttftMs === null) record.ttftMs = performance.now() - record.started;
+        content += delta;
+        if (event.reasoningContent !== undefined) reasoning += event.reasoningContent;
+        if (hasTools) toolCalls.add(event.toolCalls!);
+        writer.chunk({
+          delta,
+          ...(event.reasoningContent !== undefined && event.reasoningContent !== '' ? { reasoning_delta: event.reasoningContent } : {}),
+          ...(hasTools ? { tool_calls: event.toolCalls } : {}),
+        });
+      } else if (event.type === 'finish') {
+        finishReason = event.finishReason;
+      } else if (event.type === 'usage') {
+        usage = event.usage;
+      } else if (event.type === 'model') {
+        record.modelResolved = event.modelResolved;
+      }
+      // A provider that keeps yielding after an abort must not keep us streaming.
+      if (controller.signal.aborted) throw controller.signal.reason;
+    }
+    if (controller.signal.aborted) throw controller.signal.reason;
+    if (finishReason === undefined) throw new ProxyError('upstream_error', 'the upstream stream ended before it said it was finished');
+    const output = produced();
+    record.answered(deps.config, usage, output);
+    const reply = record.reply({
+      content: output.content === '' && toolCalls.size > 0 ? null : output.content,
+      finishReason,
+      toolCalls: toolCalls.size > 0 ? output.toolCalls : undefined,
+      reasoningContent: reasoning === '' ? undefined : reasoning,
+    });
+    reply.done = true;
+    reply.ttft_ms = record.ttftMs === null ? null : roundMs(record.ttftMs);
+    // The record ends right before the terminal message, with what the client gets (an end too large
+    // even without the streamed fields becomes an error).
+    return writer.end(reply, (code) => deps.delivery.finish(record, code));
+  } catch (error) {
+    const proxyError = asProxyError(controller.signal.aborted && controller.signal.reason instanceof ProxyError ? controller.signal.reason : error);
+    record.failed(deps.config, proxyError, { usage, output: produced() });
+    if (proxyError.code === 'internal') record.logger.error({ err: error }, 'unexpected error while streaming');
+    if (writer.clientGone) record.logger.info({ chunks: writer.chunks }, 'stream client went away; upstream call aborted');
+    if (deps.delivery.finish(record, proxyError.code)) writer.error(toErrorReply(proxyError, record.requestId));
+    return proxyError.code;
+  } finally {
+    writer.stop();
+  }
+}
