@@ -19,6 +19,7 @@ import type { RoutingStrategy } from '../config/schema.js';
 import { asProxyError, ProxyError } from '../contract/errors.js';
 import type { ModelInfo } from '../contract/models.js';
 import type { AttemptRecord } from '../contract/reply.js';
+import { roundMs } from '../contract/rounding.js';
 import type { ChatRequest } from '../contract/request.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderStreamEvent } from '../providers/types.js';
 import { AttemptSignal, callerAbortReason, sleep } from './attempt-signal.js';
@@ -201,7 +202,7 @@ export class DeploymentRouter implements Router {
           state: coolingDown ? 'cooling_down' : 'healthy',
           cooldown_until: coolingDown ? new Date(entry.state.cooldownUntil).toISOString() : null,
           in_flight: entry.state.inFlight,
-          ewma_latency_ms: entry.state.ewmaLatencyMs === undefined ? null : Math.round(entry.state.ewmaLatencyMs * 10) / 10,
+          ewma_latency_ms: entry.state.ewmaLatencyMs === undefined ? null : roundMs(entry.state.ewmaLatencyMs),
           recent_failures: entry.state.recentFailures(now),
         });
       }
@@ -234,7 +235,7 @@ export class DeploymentRouter implements Router {
     success.entry.state.recordSuccess(latencyMs);
     const record = success.record;
     record.model_resolved = response.modelResolved;
-    record.latency_ms = roundLatency(latencyMs);
+    record.latency_ms = roundMs(latencyMs);
     if (response.usage !== undefined) {
       record.prompt_tokens = response.usage.promptTokens;
       record.completion_tokens = response.usage.completionTokens;
@@ -249,7 +250,7 @@ export class DeploymentRouter implements Router {
     const latencyMs = performance.now() - success.startedAt;
     success.entry.state.recordSuccess(latencyMs);
     const opened = success.value;
-    success.record.latency_ms = roundLatency(latencyMs);
+    success.record.latency_ms = roundMs(latencyMs);
     if (opened.modelResolved !== undefined) success.record.model_resolved = opened.modelResolved;
     const attempts = success.attempts;
     const events = new RelayedStream(opened, {
@@ -399,7 +400,7 @@ export class DeploymentRouter implements Router {
       const error = asProxyError(thrown);
       const latencyMs = performance.now() - startedAt;
       record.error_code = error.code;
-      record.latency_ms = roundLatency(latencyMs);
+      record.latency_ms = roundMs(latencyMs);
       // A cancelled call, or one cut by the request's own deadline, says nothing about the
       // deployment; nor does a request that no deployment could serve (invalid_request…).
       if ((error.retryable || isDeploymentFault(error)) && error.code !== 'cancelled' && signal.blamesDeployment) {
@@ -474,10 +475,6 @@ function carriesContent(event: Extract<ProviderStreamEvent, { type: 'delta' }>):
 function stateName(entry: RouteEntry, now: number): string {
   if (!entry.usable) return 'unconfigured';
   return entry.state.isCoolingDown(now) ? 'cooling_down' : 'healthy';
-}
-
-function roundLatency(latencyMs: number): number {
-  return Math.round(latencyMs * 10) / 10;
 }
 
 function withAttempts(error: ProxyError, attempts: AttemptRecord[]): ProxyError {
