@@ -10,7 +10,7 @@
 export function tableLines(header: string[], rows: string[][], rightAligned: (column: number) => boolean = () => false): string[] {
   const widths = header.map((title) => title.length);
   for (const row of rows) {
-    for (let column = 0; column < widths.length; column++) widths[column] = Math.max(widths[column]!, (row[column] ?? '').length);
+    for (let column = 0; column < widths.length; column++) widths[column] = Math.max(widths[column] ?? 0, (row[column] ?? '').length);
   }
   const line = (cells: string[]) =>
     cells

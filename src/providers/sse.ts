@@ -10,6 +10,8 @@
  * pieces of an unfinished line are kept in an array and joined once, when the
  * line ends. (Appending to one string and indexing it would make V8 flatten
  * the growing string on every piece: quadratic on a long line.)
+ *
+ * By hand, not eventsource-parser: held to our bounds (a line, and one event's data, each within max_line_bytes) it needs a wrapper, and wrapped it took 40-150 % more CPU per event than this on batched, CRLF and long reads, 6 % less only with one whole event per read (docs/bench/results.md, "SSE decoder A/B").
  */
 import { LineBuffer, LineTooLongError } from './line-buffer.js';
 
@@ -29,7 +31,9 @@ export class SseParser {
   readonly #line: LineBuffer;
   /** The last piece ended with `\r`: a `\n` starting the next piece is the second half of that line end. */
   #afterCarriageReturn = false;
-  #dataLines: string[] = [];
+  /** The event's first data line; any later ones in `#moreData` (one line is the usual case: no array, no join). */
+  #data: string | undefined;
+  #moreData: string[] | undefined;
   /** Length of the data lines joined with `\n`. */
   #dataLength = 0;
   #eventType: string | undefined;
@@ -97,9 +101,11 @@ export class SseParser {
     let value = colon === -1 ? '' : line.slice(colon + 1);
     if (value.startsWith(' ')) value = value.slice(1);
     if (field === 'data') {
-      this.#dataLength += value.length + (this.#dataLines.length > 0 ? 1 : 0);
+      this.#dataLength += value.length + (this.#data === undefined ? 0 : 1);
       if (this.#dataLength > this.maxLineLength) this.#tooLong('event');
-      this.#dataLines.push(value);
+      if (this.#data === undefined) this.#data = value;
+      else if (this.#moreData === undefined) this.#moreData = [value];
+      else this.#moreData.push(value);
     } else if (field === 'event') {
       this.#eventType = value;
     }
@@ -107,9 +113,10 @@ export class SseParser {
   }
 
   #dispatch(): SseEvent | undefined {
-    const data = this.#dataLines.length === 1 ? this.#dataLines[0]! : this.#dataLines.join('\n');
+    const data = this.#moreData === undefined ? (this.#data ?? '') : `${this.#data}\n${this.#moreData.join('\n')}`;
     const event = this.#eventType;
-    this.#dataLines = [];
+    this.#data = undefined;
+    this.#moreData = undefined;
     this.#dataLength = 0;
     this.#eventType = undefined;
     if (data.trim() === '') return undefined;
@@ -119,7 +126,8 @@ export class SseParser {
   /** Past the bound: what was collected is dropped at once (the caller gives up on the stream), then the throw. */
   #tooLong(what: 'line' | 'event'): never {
     this.#line.clear();
-    this.#dataLines = [];
+    this.#data = undefined;
+    this.#moreData = undefined;
     this.#dataLength = 0;
     throw new LineTooLongError(this.maxLineLength, what);
   }

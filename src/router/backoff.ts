@@ -1,3 +1,4 @@
+// By hand, not p-retry/exponential-backoff: the router owns the retry loop (deadline, Retry-After, fallbacks, cooldowns); all it needs from a library is this formula.
 /** Retry timing: pure functions, so that tests can hand in their own random source. */
 
 export interface BackoffPolicy {
