@@ -24,7 +24,10 @@ for (const route of values.route ?? []) {
   // MODEL=PHYSICAL@PATH; the path itself may hold "=" (behaviour specs), so split at the first one.
   const equals = route.indexOf('=');
   const at = route.indexOf('@', equals);
-  routes.set(route.slice(0, equals), { physical: route.slice(equals + 1, at), path: `${route.slice(at + 1)}/chat/completions` });
+  routes.set(route.slice(0, equals), {
+    physical: route.slice(equals + 1, at),
+    path: `${route.slice(at + 1)}/chat/completions`,
+  });
 }
 const pool = new Pool(values.upstream!, { connections: UPSTREAM_CONNECTIONS, keepAliveTimeout: 60_000 });
 const headers = { 'content-type': 'application/json' };
@@ -74,15 +77,31 @@ async function forward(message: Msg): Promise<void> {
     if (route === undefined) throw new Error(`unknown model ${request.model}`);
     const response = await post(
       route.path,
-      JSON.stringify({ model: route.physical, messages: request.messages, max_tokens: request.max_tokens, temperature: request.temperature }),
+      JSON.stringify({
+        model: route.physical,
+        messages: request.messages,
+        max_tokens: request.max_tokens,
+        temperature: request.temperature,
+      }),
     );
     if (response.status !== 200) {
-      message.respond(JSON.stringify({ error: { code: 'upstream_error', status: 502, message: `upstream answered ${response.status}` } }));
+      message.respond(
+        JSON.stringify({
+          error: { code: 'upstream_error', status: 502, message: `upstream answered ${response.status}` },
+        }),
+      );
       return;
     }
     const reply = JSON.parse(response.text) as UpstreamReply;
     const choice = reply.choices[0];
-    message.respond(JSON.stringify({ content: choice?.message.content ?? null, usage: reply.usage, model: request.model, finish_reason: choice?.finish_reason }));
+    message.respond(
+      JSON.stringify({
+        content: choice?.message.content ?? null,
+        usage: reply.usage,
+        model: request.model,
+        finish_reason: choice?.finish_reason,
+      }),
+    );
   } catch (error) {
     message.respond(JSON.stringify({ error: { code: 'internal', status: 500, message: String(error) } }));
   }
@@ -96,7 +115,7 @@ connection.subscribe(values.subject!, {
   },
 });
 await connection.flush();
-process.stdout.write(JSON.stringify({ ready: true }) + '\n');
+process.stdout.write(`${JSON.stringify({ ready: true })}\n`);
 const stop = (): void => {
   void connection.drain().finally(() => pool.close().finally(() => process.exit(0)));
 };

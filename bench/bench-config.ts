@@ -55,13 +55,20 @@ export interface WorkerConfigOptions {
 export function buildWorkerConfig(options: WorkerConfigOptions): string {
   const providers: Record<string, unknown> = {};
   const models: Record<string, unknown> = {};
-  for (const [key, model] of Object.entries(BENCH_MODELS) as Array<[BenchModelKey, (typeof BENCH_MODELS)[BenchModelKey]]>) {
+  for (const [key, model] of Object.entries(BENCH_MODELS) as Array<
+    [BenchModelKey, (typeof BENCH_MODELS)[BenchModelKey]]
+  >) {
     providers[`fake_${key}`] = {
       type: 'openai',
       base_url: `${options.upstreamOrigin}${upstreamBasePath(model.behaviour)}`,
       max_connections: UPSTREAM_CONNECTIONS,
     };
-    models[model.name] = { provider: `fake_${key}`, physical_name: physicalName(key), cost_per_1k_prompt: 0.01, cost_per_1k_completion: 0.03 };
+    models[model.name] = {
+      provider: `fake_${key}`,
+      physical_name: physicalName(key),
+      cost_per_1k_prompt: 0.01,
+      cost_per_1k_completion: 0.03,
+    };
   }
   const config = {
     providers,
@@ -73,7 +80,18 @@ export function buildWorkerConfig(options: WorkerConfigOptions): string {
       options.limits === undefined || options.limits === 'off'
         ? { enabled: false }
         : // Every dimension counted (so every store operation happens), none ever reached.
-          { backend: options.limits, nats_bucket: 'LLM_LIMITS_BENCH', redis_key_prefix: `llm-limits-bench:${process.pid}:`, default: { rpm: 1_000_000_000, tpm: 1_000_000_000_000, concurrent: 1_000_000, daily_usd: 1_000_000_000, monthly_usd: 1_000_000_000 } },
+          {
+            backend: options.limits,
+            nats_bucket: 'LLM_LIMITS_BENCH',
+            redis_key_prefix: `llm-limits-bench:${process.pid}:`,
+            default: {
+              rpm: 1_000_000_000,
+              tpm: 1_000_000_000_000,
+              concurrent: 1_000_000,
+              daily_usd: 1_000_000_000,
+              monthly_usd: 1_000_000_000,
+            },
+          },
     logging: { level: options.logLevel ?? 'info', requests: options.logRequests ?? 'errors' },
   };
   return stringify(config);
@@ -81,10 +99,9 @@ export function buildWorkerConfig(options: WorkerConfigOptions): string {
 
 /** `--route` arguments for the bare forwarder: model name → upstream base path. */
 export function bareForwarderRoutes(): string[] {
-  return (Object.entries(BENCH_MODELS) as Array<[BenchModelKey, (typeof BENCH_MODELS)[BenchModelKey]]>).flatMap(([key, model]) => [
-    '--route',
-    `${model.name}=${physicalName(key)}@${upstreamBasePath(model.behaviour)}`,
-  ]);
+  return (Object.entries(BENCH_MODELS) as Array<[BenchModelKey, (typeof BENCH_MODELS)[BenchModelKey]]>).flatMap(
+    ([key, model]) => ['--route', `${model.name}=${physicalName(key)}@${upstreamBasePath(model.behaviour)}`],
+  );
 }
 
 /** The seed's request body, as an agent would send it. */

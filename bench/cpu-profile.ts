@@ -44,7 +44,8 @@ export interface ProfileSummary {
  * for native frames their V8 name (GC, program) or `native` (syscalls and builtins).
  */
 export function bucketOf(functionName: string, url: string): string {
-  if (url === '') return functionName === '(garbage collector)' || functionName === '(program)' ? functionName : 'native';
+  if (url === '')
+    return functionName === '(garbage collector)' || functionName === '(program)' ? functionName : 'native';
   const withoutScheme = url.replace(/^file:\/\//, '');
   const nodeModules = withoutScheme.lastIndexOf('/node_modules/');
   if (nodeModules >= 0) {
@@ -141,7 +142,11 @@ export function summarizeProfile(profile: CpuProfile, top = 15): ProfileSummary 
   }
   const buckets = [...bucketMicros.entries()]
     .sort((left, right) => right[1] - left[1] || left[0].localeCompare(right[0]))
-    .map(([bucket, micros]) => ({ bucket, selfMs: micros / 1000, percentOfBusy: busyMicros === 0 ? 0 : (micros / busyMicros) * 100 }));
+    .map(([bucket, micros]) => ({
+      bucket,
+      selfMs: micros / 1000,
+      percentOfBusy: busyMicros === 0 ? 0 : (micros / busyMicros) * 100,
+    }));
   const entries = [...byFunction.values()]
     .filter((entry) => entry.functionName !== IDLE)
     .sort((left, right) => right.micros - left.micros || left.functionName.localeCompare(right.functionName))
@@ -167,13 +172,14 @@ export function mergeProfiles(profiles: CpuProfile[]): CpuProfile {
   let endTime = 0;
   for (const profile of profiles) {
     const maxId = profile.nodes.reduce((max, node) => Math.max(max, node.id), 0);
-    for (const node of profile.nodes) nodes.push({ ...node, id: node.id + offset, children: node.children?.map((child) => child + offset) });
+    for (const node of profile.nodes)
+      nodes.push({ ...node, id: node.id + offset, children: node.children?.map((child) => child + offset) });
     const profileSamples = profile.samples ?? [];
     const profileDeltas = profile.timeDeltas ?? [];
     // Each profile's first delta precedes its samples; keep the pairing by pushing a zero delta in front.
     for (let index = 0; index < profileSamples.length; index++) {
       samples.push(profileSamples[index]! + offset);
-      timeDeltas.push(index === 0 ? 0 : profileDeltas[index] ?? 0);
+      timeDeltas.push(index === 0 ? 0 : (profileDeltas[index] ?? 0));
     }
     startTime = Math.min(startTime, profile.startTime);
     endTime = Math.max(endTime, profile.endTime);

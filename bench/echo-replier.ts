@@ -18,7 +18,7 @@ connection.subscribe(values.subject!, {
   },
 });
 await connection.flush();
-process.stdout.write(JSON.stringify({ ready: true }) + '\n');
+process.stdout.write(`${JSON.stringify({ ready: true })}\n`);
 const stop = (): void => {
   void connection.drain().finally(() => process.exit(0));
 };

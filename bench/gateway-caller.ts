@@ -48,13 +48,21 @@ function withAgent(request: ChatRequest, agents: number): ChatRequest {
 }
 
 async function createClientCaller({ connection, timeoutMs, agents = 1 }: GatewayCallerOptions): Promise<GatewayCaller> {
-  const client = await createClient({ connection, timeoutMs, firstMessageTimeoutMs: timeoutMs, idleTimeoutMs: timeoutMs });
+  const client = await createClient({
+    connection,
+    timeoutMs,
+    firstMessageTimeoutMs: timeoutMs,
+    idleTimeoutMs: timeoutMs,
+  });
   const requests = new Map<string, { chat: ChatRequest; stream: ChatRequest }>();
   const requestsFor = (model: string): { chat: ChatRequest; stream: ChatRequest } => {
     let entry = requests.get(model);
     if (entry === undefined) {
       // The client adds request_id and timeout_ms to a copy, so one object serves every call.
-      entry = { chat: benchRequestBody(model) as unknown as ChatRequest, stream: benchRequestBody(model, true) as unknown as ChatRequest };
+      entry = {
+        chat: benchRequestBody(model) as unknown as ChatRequest,
+        stream: benchRequestBody(model, true) as unknown as ChatRequest,
+      };
       requests.set(model, entry);
     }
     return entry;
@@ -62,7 +70,7 @@ async function createClientCaller({ connection, timeoutMs, agents = 1 }: Gateway
   return {
     kind: 'llm-proxy client',
     async chat(model) {
-      let reply;
+      let reply: Awaited<ReturnType<typeof client.chat>>;
       try {
         reply = await client.chat(withAgent(requestsFor(model).chat, agents));
       } catch (error) {

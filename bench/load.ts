@@ -7,9 +7,27 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
-import { BENCH_MODELS, BENCH_SUBJECTS, UPSTREAM_CONNECTIONS, benchRequestBody, physicalName, upstreamBasePath, type BenchModelKey } from './bench-config.js';
+import {
+  BENCH_MODELS,
+  BENCH_SUBJECTS,
+  UPSTREAM_CONNECTIONS,
+  benchRequestBody,
+  physicalName,
+  upstreamBasePath,
+  type BenchModelKey,
+} from './bench-config.js';
 import { createGatewayCaller, type GatewayCaller } from './gateway-caller.js';
-import type { BurstJob, ClosedJob, FromLoadGenerator, LoadResult, OpenJob, StreamJob, StreamTiming, Target, ToLoadGenerator } from './load-protocol.js';
+import type {
+  BurstJob,
+  ClosedJob,
+  FromLoadGenerator,
+  LoadResult,
+  OpenJob,
+  StreamJob,
+  StreamTiming,
+  Target,
+  ToLoadGenerator,
+} from './load-protocol.js';
 import { isMainModule } from './main-module.js';
 import { summarize } from './stats.js';
 import { FAKE_CONTENT } from './upstream.js';
@@ -58,7 +76,14 @@ function buildCallers(connection: NatsConnection, pool: Pool, gateway: GatewayCa
 
   const callDirect = async (model: BenchModelKey): Promise<void> => {
     const direct = directBodies.get(model)!;
-    const response = await pool.request({ method: 'POST', path: direct.path, headers: JSON_HEADERS, body: direct.body, headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
+    const response = await pool.request({
+      method: 'POST',
+      path: direct.path,
+      headers: JSON_HEADERS,
+      body: direct.body,
+      headersTimeout: timeoutMs,
+      bodyTimeout: timeoutMs,
+    });
     if (response.statusCode !== 200) {
       await response.body.dump();
       throw new CallError(`http_${response.statusCode}`);
@@ -82,7 +107,14 @@ function buildCallers(connection: NatsConnection, pool: Pool, gateway: GatewayCa
   const streamDirect = async (model: BenchModelKey): Promise<StreamTiming> => {
     const direct = directBodies.get(model)!;
     const start = performance.now();
-    const response = await pool.request({ method: 'POST', path: direct.path, headers: JSON_HEADERS, body: direct.streamBody, headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
+    const response = await pool.request({
+      method: 'POST',
+      path: direct.path,
+      headers: JSON_HEADERS,
+      body: direct.streamBody,
+      headersTimeout: timeoutMs,
+      bodyTimeout: timeoutMs,
+    });
     if (response.statusCode !== 200) {
       await response.body.dump();
       throw new CallError(`http_${response.statusCode}`);
@@ -170,7 +202,13 @@ async function runClosed(callers: Callers, job: ClosedJob): Promise<LoadResult> 
   if (job.warmupMs > 0) await loop(job.warmupMs, new Recorder());
   const recorder = new Recorder();
   const elapsedMs = await loop(job.durationMs, recorder);
-  return { ok: recorder.ok, errors: recorder.errors, elapsedMs, throughput: recorder.ok / (elapsedMs / 1000), latency: summarize(recorder.latencies) };
+  return {
+    ok: recorder.ok,
+    errors: recorder.errors,
+    elapsedMs,
+    throughput: recorder.ok / (elapsedMs / 1000),
+    latency: summarize(recorder.latencies),
+  };
 }
 
 /**
@@ -287,7 +325,13 @@ async function runBurst(callers: Callers, job: BurstJob): Promise<LoadResult> {
     }),
   );
   const elapsedMs = performance.now() - start;
-  return { ok: recorder.ok, errors: recorder.errors, elapsedMs, throughput: recorder.ok / (elapsedMs / 1000), latency: summarize(recorder.latencies) };
+  return {
+    ok: recorder.ok,
+    errors: recorder.errors,
+    elapsedMs,
+    throughput: recorder.ok / (elapsedMs / 1000),
+    latency: summarize(recorder.latencies),
+  };
 }
 
 async function main(): Promise<void> {
@@ -308,7 +352,12 @@ async function main(): Promise<void> {
   // noAsyncTraces: nats.js otherwise captures a stack trace per request, which would charge the generator's CPU.
   const connection = await connect({ servers: natsUrl, noAsyncTraces: true });
   const pool = new Pool(values.upstream!, { connections: UPSTREAM_CONNECTIONS, keepAliveTimeout: 60_000 });
-  const gateway = await createGatewayCaller({ connection, timeoutMs, via: values['gateway-via'] === 'raw' ? 'raw' : 'client', agents: Math.max(1, Number(values.agents) || 1) });
+  const gateway = await createGatewayCaller({
+    connection,
+    timeoutMs,
+    via: values['gateway-via'] === 'raw' ? 'raw' : 'client',
+    agents: Math.max(1, Number(values.agents) || 1),
+  });
   const callers = buildCallers(connection, pool, gateway, timeoutMs);
 
   process.on('message', (raw: ToLoadGenerator) => {
@@ -332,7 +381,8 @@ async function main(): Promise<void> {
             : runBurst(callers, job);
     running.then(
       (result) => send({ type: 'result', id, result }),
-      (error: unknown) => send({ type: 'failed', id, message: error instanceof Error ? error.stack ?? error.message : String(error) }),
+      (error: unknown) =>
+        send({ type: 'failed', id, message: error instanceof Error ? (error.stack ?? error.message) : String(error) }),
     );
   });
   process.on('disconnect', () => process.exit(0));

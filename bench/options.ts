@@ -112,9 +112,13 @@ function parsePositive(text: string | undefined, name: string, fallback: number)
 
 function parseNames<T extends string>(text: string | undefined, allowed: readonly T[], name: string): T[] {
   if (text === undefined) return [...allowed];
-  const names = text.split(',').map((part) => part.trim()).filter((part) => part !== '');
+  const names = text
+    .split(',')
+    .map((part) => part.trim())
+    .filter((part) => part !== '');
   for (const entry of names) {
-    if (!(allowed as readonly string[]).includes(entry)) throw new Error(`--${name}: unknown "${entry}" (choose from ${allowed.join(', ')})`);
+    if (!(allowed as readonly string[]).includes(entry))
+      throw new Error(`--${name}: unknown "${entry}" (choose from ${allowed.join(', ')})`);
   }
   return names as T[];
 }
@@ -152,16 +156,21 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
   });
   const quick = values.quick === true;
   const layout = values.layout ?? 'worker-alone';
-  if (!(LAYOUTS as readonly string[]).includes(layout)) throw new Error(`--layout: unknown "${layout}" (choose from ${LAYOUTS.join(', ')})`);
+  if (!(LAYOUTS as readonly string[]).includes(layout))
+    throw new Error(`--layout: unknown "${layout}" (choose from ${LAYOUTS.join(', ')})`);
   const outDir = values.out ?? 'bench-results';
   const gatewayVia = values['gateway-via'] ?? 'client';
   const logLevel = values['log-level'] ?? 'info';
-  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) throw new Error(`--log-level: unknown "${logLevel}"`);
-  if (gatewayVia !== 'client' && gatewayVia !== 'raw') throw new Error(`--gateway-via: unknown "${gatewayVia}" (choose from client, raw)`);
+  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel))
+    throw new Error(`--log-level: unknown "${logLevel}"`);
+  if (gatewayVia !== 'client' && gatewayVia !== 'raw')
+    throw new Error(`--gateway-via: unknown "${gatewayVia}" (choose from client, raw)`);
   const logRequests = values['log-requests'] ?? 'errors';
-  if (logRequests !== 'all' && logRequests !== 'errors' && logRequests !== 'none') throw new Error(`--log-requests: unknown "${logRequests}" (choose from all, errors, none)`);
+  if (logRequests !== 'all' && logRequests !== 'errors' && logRequests !== 'none')
+    throw new Error(`--log-requests: unknown "${logRequests}" (choose from all, errors, none)`);
   const limits = values.limits ?? 'off';
-  if (!['off', 'memory', 'nats', 'redis'].includes(limits)) throw new Error(`--limits: unknown "${limits}" (choose from off, memory, nats, redis)`);
+  if (!['off', 'memory', 'nats', 'redis'].includes(limits))
+    throw new Error(`--limits: unknown "${limits}" (choose from off, memory, nats, redis)`);
   return {
     quick,
     sections: parseNames(values.only, SECTIONS, 'only'),
@@ -169,8 +178,14 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     durationMs: parsePositive(values['duration-ms'], 'duration-ms', quick ? 1_000 : 5_000),
     warmupMs: values['warmup-ms'] === '0' ? 0 : parsePositive(values['warmup-ms'], 'warmup-ms', quick ? 300 : 1_000),
     repeat: Math.round(parsePositive(values.repeat, 'repeat', 1)),
-    concurrencies: values.concurrency === undefined ? (quick ? [1, 64] : [1, 16, 64, 256]) : parseList(values.concurrency, 'concurrency'),
-    rates: values.rates === undefined ? (quick ? [500, 1000] : [500, 1000, 2000, 3000]) : parseList(values.rates, 'rates'),
+    concurrencies:
+      values.concurrency === undefined
+        ? quick
+          ? [1, 64]
+          : [1, 16, 64, 256]
+        : parseList(values.concurrency, 'concurrency'),
+    rates:
+      values.rates === undefined ? (quick ? [500, 1000] : [500, 1000, 2000, 3000]) : parseList(values.rates, 'rates'),
     soakSeconds: parsePositive(values['soak-seconds'], 'soak-seconds', quick ? 10 : 180),
     soakRate: parsePositive(values['soak-rate'], 'soak-rate', 500),
     streamCount: parsePositive(values['stream-count'], 'stream-count', quick ? 100 : 800),

@@ -19,7 +19,8 @@ let clockTicksPerSecond: number | undefined;
 function clockTicks(): number {
   if (clockTicksPerSecond === undefined) {
     try {
-      clockTicksPerSecond = Number.parseInt(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim(), 10) || 100;
+      clockTicksPerSecond =
+        Number.parseInt(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim(), 10) || 100;
     } catch {
       clockTicksPerSecond = 100;
     }
@@ -48,7 +49,11 @@ export function sampleProcess(pid: number): ProcessSample | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    return { atMs: performance.now(), rssBytes: parseStatusRssBytes(status), cpuMs: (parseStatCpuTicks(stat) / clockTicks()) * 1000 };
+    return {
+      atMs: performance.now(),
+      rssBytes: parseStatusRssBytes(status),
+      cpuMs: (parseStatCpuTicks(stat) / clockTicks()) * 1000,
+    };
   } catch {
     return undefined;
   }

@@ -58,10 +58,15 @@ function waitForExit(child: ChildProcess, timeoutMs: number): Promise<boolean> {
   });
 }
 
-export async function spawnManaged(options: SpawnOptions): Promise<{ process: ManagedProcess; ready: Record<string, unknown> }> {
+export async function spawnManaged(
+  options: SpawnOptions,
+): Promise<{ process: ManagedProcess; ready: Record<string, unknown> }> {
   mkdirSync(options.logDir, { recursive: true });
   const logPath = join(options.logDir, `${options.name}.log`);
-  const [command, args] = options.cpus === undefined ? [options.command, options.args] : ['taskset', ['-c', options.cpus, options.command, ...options.args]];
+  const [command, args] =
+    options.cpus === undefined
+      ? [options.command, options.args]
+      : ['taskset', ['-c', options.cpus, options.command, ...options.args]];
   // Without a ready line to read, the process writes its log straight to the file (as a
   // production worker would), not through a pipe that this process has to keep emptying.
   const direct = options.waitForReadyLine !== true;
@@ -78,7 +83,10 @@ export async function spawnManaged(options: SpawnOptions): Promise<{ process: Ma
   if (log !== undefined) {
     ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
       let buffered = '';
-      const timer = setTimeout(() => reject(new Error(`${options.name} did not report ready (see ${logPath})`)), options.readyTimeoutMs ?? 20_000);
+      const timer = setTimeout(
+        () => reject(new Error(`${options.name} did not report ready (see ${logPath})`)),
+        options.readyTimeoutMs ?? 20_000,
+      );
       // Lines before the ready line (V8's --trace-gc output under --node-flags, say) go to the log.
       const onData = (chunk: Buffer): void => {
         buffered += chunk.toString('utf8');
@@ -92,7 +100,7 @@ export async function spawnManaged(options: SpawnOptions): Promise<{ process: Ma
             parsed = undefined;
           }
           if (typeof parsed !== 'object' || parsed === null || (parsed as { ready?: unknown }).ready !== true) {
-            log.write(line + '\n');
+            log.write(`${line}\n`);
             continue;
           }
           child.stdout?.off('data', onData);
@@ -171,17 +179,32 @@ export async function startNatsServer(options: { cpus?: string; logDir: string }
   const port = await freePort();
   const storeDir = mkdtempSync(join(tmpdir(), 'llm-proxy-bench-nats-'));
   const configPath = join(storeDir, 'server.conf');
-  writeFileSync(configPath, [`listen: "127.0.0.1:${port}"`, `jetstream { store_dir: "${join(storeDir, 'js')}" }`, 'max_payload: 8MB', ''].join('\n'));
+  writeFileSync(
+    configPath,
+    [`listen: "127.0.0.1:${port}"`, `jetstream { store_dir: "${join(storeDir, 'js')}" }`, 'max_payload: 8MB', ''].join(
+      '\n',
+    ),
+  );
   let version = 'unknown';
   try {
     version = execFileSync('nats-server', ['--version'], { encoding: 'utf8' }).trim();
   } catch {
     // Reported as unknown; the start below fails loudly if the binary is missing.
   }
-  const { process: managed } = await spawnManaged({ name: 'nats-server', command: 'nats-server', args: ['-c', configPath], cpus: options.cpus, logDir: options.logDir });
+  const { process: managed } = await spawnManaged({
+    name: 'nats-server',
+    command: 'nats-server',
+    args: ['-c', configPath],
+    cpus: options.cpus,
+    logDir: options.logDir,
+  });
   await Promise.race([
     waitForNatsGreeting(port, 10_000),
-    new Promise((_, reject) => managed.child.once('exit', (code) => reject(new Error(`nats-server exited (${code}), see ${options.logDir}/nats-server.log`)))),
+    new Promise((_, reject) =>
+      managed.child.once('exit', (code) =>
+        reject(new Error(`nats-server exited (${code}), see ${options.logDir}/nats-server.log`)),
+      ),
+    ),
   ]);
   return {
     ...managed,

@@ -62,7 +62,9 @@ export interface BenchResults {
 }
 
 function median(values: number[]): number {
-  const sorted = values.filter((value) => typeof value === 'number' && !Number.isNaN(value)).sort((left, right) => left - right);
+  const sorted = values
+    .filter((value) => typeof value === 'number' && !Number.isNaN(value))
+    .sort((left, right) => left - right);
   if (sorted.length === 0) return Number.NaN;
   const middle = Math.floor(sorted.length / 2);
   return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
@@ -70,7 +72,16 @@ function median(values: number[]): number {
 
 function medianSummary(summaries: LatencySummary[]): LatencySummary {
   const pick = (key: keyof LatencySummary): number => median(summaries.map((summary) => summary[key]));
-  return { count: pick('count'), min: pick('min'), mean: pick('mean'), p50: pick('p50'), p90: pick('p90'), p99: pick('p99'), p999: pick('p999'), max: pick('max') };
+  return {
+    count: pick('count'),
+    min: pick('min'),
+    mean: pick('mean'),
+    p50: pick('p50'),
+    p90: pick('p90'),
+    p99: pick('p99'),
+    p999: pick('p999'),
+    max: pick('max'),
+  };
 }
 
 /**
@@ -84,9 +95,12 @@ export function medianOfRounds(rounds: RunRecord[]): RunRecord {
   if (rounds.length === 1) return first;
   const results = rounds.map((round) => round.result);
   const errors: Record<string, number> = {};
-  for (const result of results) for (const [code, count] of Object.entries(result.errors)) errors[code] = (errors[code] ?? 0) + count;
+  for (const result of results)
+    for (const [code, count] of Object.entries(result.errors)) errors[code] = (errors[code] ?? 0) + count;
   const optional = (key: 'serviceLatency' | 'sendLag' | 'ttft' | 'chunkGap'): LatencySummary | undefined => {
-    const present = results.map((result) => result[key]).filter((summary): summary is LatencySummary => summary !== undefined);
+    const present = results
+      .map((result) => result[key])
+      .filter((summary): summary is LatencySummary => summary !== undefined);
     return present.length === 0 ? undefined : medianSummary(present);
   };
   const result: LoadResult = {
@@ -102,7 +116,9 @@ export function medianOfRounds(rounds: RunRecord[]): RunRecord {
   }
   const processes: Record<string, ProcessUsage> = {};
   for (const name of new Set(rounds.flatMap((round) => Object.keys(round.processes)))) {
-    const usages = rounds.map((round) => round.processes[name]).filter((usage): usage is ProcessUsage => usage !== undefined);
+    const usages = rounds
+      .map((round) => round.processes[name])
+      .filter((usage): usage is ProcessUsage => usage !== undefined);
     processes[name] = {
       cpuPercent: median(usages.map((usage) => usage.cpuPercent)),
       rssStartBytes: median(usages.map((usage) => usage.rssStartBytes)),
@@ -168,7 +184,8 @@ export interface Goals {
 function peakRecord(records: RunRecord[], target: Target): RunRecord | undefined {
   let peak: RunRecord | undefined;
   for (const record of records) {
-    if (record.target === target && (peak === undefined || record.result.throughput > peak.result.throughput)) peak = record;
+    if (record.target === target && (peak === undefined || record.result.throughput > peak.result.throughput))
+      peak = record;
   }
   return peak;
 }
@@ -176,7 +193,11 @@ function peakRecord(records: RunRecord[], target: Target): RunRecord | undefined
 type Round = NonNullable<RunRecord['repeats']>[number];
 
 /** The gateway's rounds set against the forwarder's, pair by pair (round i of each ran back to back); none without 2 or more pairs. */
-function pairedRounds(gateway: RunRecord | undefined, bare: RunRecord | undefined, compare: (gateway: Round, bare: Round) => number): number[] {
+function pairedRounds(
+  gateway: RunRecord | undefined,
+  bare: RunRecord | undefined,
+  compare: (gateway: Round, bare: Round) => number,
+): number[] {
   const gatewayRounds = gateway?.repeats ?? [];
   const bareRounds = bare?.repeats ?? [];
   if (gatewayRounds.length < 2 || gatewayRounds.length !== bareRounds.length) return [];
@@ -188,24 +209,33 @@ export function computeGoals(results: Pick<BenchResults, 'closed' | 'open'>): Go
   const gatewayPeak = peakRecord(results.closed, 'gateway')?.result.throughput;
   const barePeak = bareAtPeak?.result.throughput;
   const rates = [...new Set(results.open.map((record) => record.rate ?? 0))];
-  const rateForAdded = rates.length === 0 ? undefined : rates.reduce((best, rate) => (Math.abs(rate - 1000) < Math.abs(best - 1000) ? rate : best));
-  const atRate = (target: Target): RunRecord | undefined => results.open.find((record) => record.target === target && record.rate === rateForAdded);
+  const rateForAdded =
+    rates.length === 0
+      ? undefined
+      : rates.reduce((best, rate) => (Math.abs(rate - 1000) < Math.abs(best - 1000) ? rate : best));
+  const atRate = (target: Target): RunRecord | undefined =>
+    results.open.find((record) => record.target === target && record.rate === rateForAdded);
   const gateway = atRate('gateway');
   const bare = atRate('bare');
-  const gatewayAtPeak = results.closed.find((record) => record.target === 'gateway' && record.concurrency === bareAtPeak?.concurrency);
+  const gatewayAtPeak = results.closed.find(
+    (record) => record.target === 'gateway' && record.concurrency === bareAtPeak?.concurrency,
+  );
   const ratioPerRound = pairedRounds(gatewayAtPeak, bareAtPeak, (ours, floor) => ours.throughput / floor.throughput);
   const p50PerRound = pairedRounds(gateway, bare, (ours, floor) => ours.p50 - floor.p50);
   const p99PerRound = pairedRounds(gateway, bare, (ours, floor) => ours.p99 - floor.p99);
   return {
-    throughputRatio: gatewayPeak !== undefined && barePeak !== undefined && barePeak > 0 ? gatewayPeak / barePeak : undefined,
+    throughputRatio:
+      gatewayPeak !== undefined && barePeak !== undefined && barePeak > 0 ? gatewayPeak / barePeak : undefined,
     gatewayPeak,
     barePeak,
     peakConcurrency: bareAtPeak?.concurrency,
     ratioPerRound,
     ratioInterval: medianInterval(ratioPerRound),
     rateForAdded,
-    addedP50Ms: gateway !== undefined && bare !== undefined ? gateway.result.latency.p50 - bare.result.latency.p50 : undefined,
-    addedP99Ms: gateway !== undefined && bare !== undefined ? gateway.result.latency.p99 - bare.result.latency.p99 : undefined,
+    addedP50Ms:
+      gateway !== undefined && bare !== undefined ? gateway.result.latency.p50 - bare.result.latency.p50 : undefined,
+    addedP99Ms:
+      gateway !== undefined && bare !== undefined ? gateway.result.latency.p99 - bare.result.latency.p99 : undefined,
     addedP50PerRound: p50PerRound,
     addedP99PerRound: p99PerRound,
     addedP50Interval: medianInterval(p50PerRound),
@@ -243,7 +273,10 @@ function formatErrors(result: LoadResult): string {
 }
 
 function table(header: string[], rows: string[][]): string {
-  const lines = [`| ${header.join(' | ')} |`, `|${header.map((cell, index) => (index === 0 ? ' --- ' : ' ---: ')).join('|')}|`];
+  const lines = [
+    `| ${header.join(' | ')} |`,
+    `|${header.map((_cell, index) => (index === 0 ? ' --- ' : ' ---: ')).join('|')}|`,
+  ];
   for (const row of rows) lines.push(`| ${row.join(' | ')} |`);
   return lines.join('\n');
 }
@@ -285,7 +318,8 @@ function byInterval(interval: MedianInterval, goal: number, ceiling: boolean, ra
  * proves nothing either way.
  */
 export function verdict(added: number, limit: number, interval: MedianInterval | undefined): string {
-  if (interval !== undefined) return byInterval(interval, limit, true, `${formatMs(interval.low)} to ${formatMs(interval.high)} ms`);
+  if (interval !== undefined)
+    return byInterval(interval, limit, true, `${formatMs(interval.low)} to ${formatMs(interval.high)} ms`);
   if (added < 0) return 'inconclusive: negative, the floor was the noisier run';
   return `${added <= limit ? 'met' : 'not met'} by the point estimate; 6 or more rounds give an interval`;
 }
@@ -293,7 +327,13 @@ export function verdict(added: number, limit: number, interval: MedianInterval |
 /** The throughput share against its 85 % floor, the same way (by the paired rounds' ratios when there are 6 or more). */
 function ratioVerdict(goals: Goals): string {
   const interval = goals.ratioInterval;
-  if (interval !== undefined) return byInterval(interval, 0.85, false, `${(interval.low * 100).toFixed(0)} to ${(interval.high * 100).toFixed(0)}%`);
+  if (interval !== undefined)
+    return byInterval(
+      interval,
+      0.85,
+      false,
+      `${(interval.low * 100).toFixed(0)} to ${(interval.high * 100).toFixed(0)}%`,
+    );
   return `${goals.throughputRatio! >= 0.85 ? 'met' : 'not met'}${goals.ratioPerRound.length > 0 ? ' by the point estimate' : ''}`;
 }
 
@@ -303,7 +343,9 @@ export function renderMarkdown(results: BenchResults): string {
   parts.push(`## llm-proxy bench (${results.startedAt})`);
   parts.push(
     `Machine: ${results.machine.cpus} × ${results.machine.cpuModel}, ${results.machine.memoryGiB.toFixed(0)} GiB, Node ${results.machine.node}, ${results.machine.natsServer}. ` +
-      `Layout: ${results.layout.name}${results.layout.pinned ? '' : ' (not pinned)'}: ${Object.entries(results.layout.cpus)
+      `Layout: ${results.layout.name}${results.layout.pinned ? '' : ' (not pinned)'}: ${Object.entries(
+        results.layout.cpus,
+      )
         .map(([role, cpus]) => `${role} → cpu ${cpus}`)
         .join(', ')}. Gateway called through: ${results.gatewayClient}. ` +
       `Worker: logging.level ${String(results.options.logLevel ?? 'info')}, logging.requests ${String(results.options.logRequests ?? 'errors')}, limits ${String(results.options.limits ?? 'off')}` +
@@ -312,7 +354,9 @@ export function renderMarkdown(results: BenchResults): string {
   parts.push(
     'Latencies in ms. Closed loop: each of N callers sends its next request when the previous answer arrives. ' +
       'Open loop: requests sent on a fixed clock; latency counts from the intended send time, so queueing shows. ' +
-      (Number(results.options.repeat ?? 1) > 1 ? `Closed/open points: ${String(results.options.repeat)} interleaved rounds, each figure the median of its rounds. ` : '') +
+      (Number(results.options.repeat ?? 1) > 1
+        ? `Closed/open points: ${String(results.options.repeat)} interleaved rounds, each figure the median of its rounds. `
+        : '') +
       '"CPU" and "RSS" are those of the process serving the target (upstream, echo replier, bare forwarder, worker); CPU 100% = one core.',
   );
 
@@ -343,7 +387,20 @@ export function renderMarkdown(results: BenchResults): string {
     parts.push('### Open loop (zero-delay upstream)');
     parts.push(
       table(
-        ['target', 'offered/s', 'done/s', 'p50', 'p90', 'p99', 'max', 'errors', 'CPU', 'CPU µs/req', 'RSS MiB', 'send lag p99'],
+        [
+          'target',
+          'offered/s',
+          'done/s',
+          'p50',
+          'p90',
+          'p99',
+          'max',
+          'errors',
+          'CPU',
+          'CPU µs/req',
+          'RSS MiB',
+          'send lag p99',
+        ],
         results.open.map((record) => [
           TARGET_LABELS[record.target],
           formatRate(record.rate),
@@ -361,7 +418,8 @@ export function renderMarkdown(results: BenchResults): string {
       ),
     );
     const rates = [...new Set(results.open.map((record) => record.rate ?? 0))];
-    const find = (target: Target, rate: number): RunRecord | undefined => results.open.find((record) => record.target === target && record.rate === rate);
+    const find = (target: Target, rate: number): RunRecord | undefined =>
+      results.open.find((record) => record.target === target && record.rate === rate);
     const rows: string[][] = [];
     for (const rate of rates) {
       const gateway = find('gateway', rate);
@@ -388,7 +446,20 @@ export function renderMarkdown(results: BenchResults): string {
     parts.push('### Streaming (20 chunks, 10 ms apart, from the upstream)');
     parts.push(
       table(
-        ['target', 'concurrency', 'streams', 'TTFT p50', 'TTFT p99', 'gap p50', 'gap p99', 'gap max', 'whole p50', 'chunks/stream', 'errors', 'CPU µs/chunk'],
+        [
+          'target',
+          'concurrency',
+          'streams',
+          'TTFT p50',
+          'TTFT p99',
+          'gap p50',
+          'gap p99',
+          'gap max',
+          'whole p50',
+          'chunks/stream',
+          'errors',
+          'CPU µs/chunk',
+        ],
         results.stream.map((record) => [
           TARGET_LABELS[record.target],
           String(record.concurrency ?? ''),
@@ -428,7 +499,9 @@ export function renderMarkdown(results: BenchResults): string {
 
   if (results.soak !== undefined) {
     const soak = results.soak;
-    parts.push(`### Soak: llm-proxy, ${soak.seconds} s at ${soak.rate} req/s, ${(soak.errorRate * 100).toFixed(0)}% upstream 500s`);
+    parts.push(
+      `### Soak: llm-proxy, ${soak.seconds} s at ${soak.rate} req/s, ${(soak.errorRate * 100).toFixed(0)}% upstream 500s`,
+    );
     parts.push(
       table(
         ['ok', 'errors', 'p50', 'p99', 'RSS start MiB', 'RSS end MiB', 'RSS max MiB', 'RSS slope (2nd half)'],
@@ -479,7 +552,9 @@ export function renderMarkdown(results: BenchResults): string {
   }
 
   const profileTable = (title: string, profile: ProfileSummary & { files: string[] }): void => {
-    parts.push(`### ${title}: top self time (${formatMs(profile.busyMs)} ms busy of ${formatMs(profile.totalMs)} ms sampled)`);
+    parts.push(
+      `### ${title}: top self time (${formatMs(profile.busyMs)} ms busy of ${formatMs(profile.totalMs)} ms sampled)`,
+    );
     parts.push(
       table(
         ['function', 'where', 'self ms', '% of busy'],
@@ -509,5 +584,5 @@ export function renderMarkdown(results: BenchResults): string {
     );
   }
   if (results.bareProfile !== undefined) profileTable('Bare forwarder CPU profile (same run)', results.bareProfile);
-  return parts.join('\n\n') + '\n';
+  return `${parts.join('\n\n')}\n`;
 }

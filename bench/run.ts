@@ -12,13 +12,26 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WORKER_V8_FLAGS } from '../src/cli/v8-tuning.js';
 import { subjectsFor } from '../src/contract/subjects.js';
-import { BENCH_MODELS, bareForwarderRoutes, buildWorkerConfig, type BenchModelKey } from './bench-config.js';
+import { BENCH_MODELS, bareForwarderRoutes, buildWorkerConfig } from './bench-config.js';
 import { mergeProfiles, summarizeProfile, type CpuProfile } from './cpu-profile.js';
 import type { FromLoadGenerator, LoadJob, LoadResult, Target, ToLoadGenerator } from './load-protocol.js';
 import { parseBenchOptions, HELP, type BenchOptions, type Layout } from './options.js';
-import { ProcessSampler, sampleProcess, usageFromSamples, type ProcessSample, type ProcessUsage } from './proc-stats.js';
+import {
+  ProcessSampler,
+  sampleProcess,
+  usageFromSamples,
+  type ProcessSample,
+  type ProcessUsage,
+} from './proc-stats.js';
 import { spawnManaged, startNatsServer, tasksetAvailable, type ManagedProcess } from './processes.js';
-import { medianOfRounds, renderMarkdown, type BenchResults, type MemoryRecord, type RunRecord, type SoakRecord } from './report.js';
+import {
+  medianOfRounds,
+  renderMarkdown,
+  type BenchResults,
+  type MemoryRecord,
+  type RunRecord,
+  type SoakRecord,
+} from './report.js';
 import { linearSlope } from './stats.js';
 
 /** Where this script was built to (`.bench-build/bench`, see bench/tsconfig.json): the helper processes' scripts are beside it. */
@@ -31,8 +44,16 @@ type Role = 'nats-server' | 'worker' | 'echo' | 'bare' | 'load' | 'upstream';
 
 function layoutCpus(layout: Layout): Record<Role, string | undefined> {
   if (layout === 'split') return { 'nats-server': '0', worker: '0', echo: '0', bare: '0', load: '1', upstream: '1' };
-  if (layout === 'worker-alone') return { 'nats-server': '1', worker: '0', echo: '0', bare: '0', load: '1', upstream: '1' };
-  return { 'nats-server': undefined, worker: undefined, echo: undefined, bare: undefined, load: undefined, upstream: undefined };
+  if (layout === 'worker-alone')
+    return { 'nats-server': '1', worker: '0', echo: '0', bare: '0', load: '1', upstream: '1' };
+  return {
+    'nats-server': undefined,
+    worker: undefined,
+    echo: undefined,
+    bare: undefined,
+    load: undefined,
+    upstream: undefined,
+  };
 }
 
 function log(line: string): void {
@@ -110,7 +131,11 @@ interface Fleet {
   connection: NatsConnection;
 }
 
-async function startFleet(options: BenchOptions, targets: Target[], cpus: Record<Role, string | undefined>): Promise<Fleet> {
+async function startFleet(
+  options: BenchOptions,
+  targets: Target[],
+  cpus: Record<Role, string | undefined>,
+): Promise<Fleet> {
   const logDir = join(options.outDir, 'logs');
   const env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'production' };
   // The bench's worker runs without an internal secret: the floors have none either.
@@ -121,13 +146,31 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
     const nats = await startNatsServer({ cpus: cpus['nats-server'], logDir });
     started.push(nats);
     log(`nats-server ${nats.url} (${nats.version})`);
-    const upstreamStart = await spawnManaged({ name: 'upstream', command: node, args: [join(benchDir, 'upstream.js')], cpus: cpus.upstream, logDir, env, waitForReadyLine: true });
+    const upstreamStart = await spawnManaged({
+      name: 'upstream',
+      command: node,
+      args: [join(benchDir, 'upstream.js')],
+      cpus: cpus.upstream,
+      logDir,
+      env,
+      waitForReadyLine: true,
+    });
     started.push(upstreamStart.process);
     const upstreamOrigin = `http://127.0.0.1:${String(upstreamStart.ready.port)}`;
     log(`fake upstream ${upstreamOrigin}`);
     let echo: ManagedProcess | undefined;
     if (targets.includes('echo')) {
-      echo = (await spawnManaged({ name: 'echo', command: node, args: [...WORKER_V8_FLAGS, ...options.nodeFlags, join(benchDir, 'echo-replier.js'), '--nats-url', nats.url], cpus: cpus.echo, logDir, env, waitForReadyLine: true })).process;
+      echo = (
+        await spawnManaged({
+          name: 'echo',
+          command: node,
+          args: [...WORKER_V8_FLAGS, ...options.nodeFlags, join(benchDir, 'echo-replier.js'), '--nats-url', nats.url],
+          cpus: cpus.echo,
+          logDir,
+          env,
+          waitForReadyLine: true,
+        })
+      ).process;
       started.push(echo);
     }
     let bare: ManagedProcess | undefined;
@@ -161,8 +204,19 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
     const workers: ManagedProcess[] = [];
     if (targets.includes('gateway')) {
       const configPath = resolve(options.outDir, 'worker-config.yaml');
-      writeFileSync(configPath, buildWorkerConfig({ upstreamOrigin, maxInFlight: Math.max(2_048, options.inFlight * 2), logLevel: options.logLevel, logRequests: options.logRequests, limits: options.limits }));
-      const profileArgs = options.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${resolve(options.outDir, 'prof', 'worker')}`] : [];
+      writeFileSync(
+        configPath,
+        buildWorkerConfig({
+          upstreamOrigin,
+          maxInFlight: Math.max(2_048, options.inFlight * 2),
+          logLevel: options.logLevel,
+          logRequests: options.logRequests,
+          limits: options.limits,
+        }),
+      );
+      const profileArgs = options.cpuProf
+        ? ['--cpu-prof', `--cpu-prof-dir=${resolve(options.outDir, 'prof', 'worker')}`]
+        : [];
       for (let index = 0; index < options.workers; index++) {
         const worker = (
           await spawnManaged({
@@ -186,7 +240,17 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
     const loadStart = await spawnManaged({
       name: 'load',
       command: node,
-      args: [join(benchDir, 'load.js'), '--nats-url', nats.url, '--upstream', upstreamOrigin, '--gateway-via', options.gatewayVia, '--agents', String(options.agents)],
+      args: [
+        join(benchDir, 'load.js'),
+        '--nats-url',
+        nats.url,
+        '--upstream',
+        upstreamOrigin,
+        '--gateway-via',
+        options.gatewayVia,
+        '--agents',
+        String(options.agents),
+      ],
       cpus: cpus.load,
       logDir,
       env,
@@ -200,9 +264,21 @@ async function startFleet(options: BenchOptions, targets: Target[], cpus: Record
         clearTimeout(timer);
         resolve(message.client);
       });
-      loadStart.process.child.once('exit', (code) => reject(new Error(`load generator exited (${code}), see ${logDir}/load.log`)));
+      loadStart.process.child.once('exit', (code) =>
+        reject(new Error(`load generator exited (${code}), see ${logDir}/load.log`)),
+      );
     });
-    return { nats, upstream: upstreamStart.process, upstreamOrigin, echo, bare, workers, load: new LoadGenerator(loadStart.process), gatewayClient, connection };
+    return {
+      nats,
+      upstream: upstreamStart.process,
+      upstreamOrigin,
+      echo,
+      bare,
+      workers,
+      load: new LoadGenerator(loadStart.process),
+      gatewayClient,
+      connection,
+    };
   } catch (error) {
     stopping = true;
     for (const managed of started.reverse()) await managed.stop(3_000);
@@ -230,7 +306,7 @@ function processPids(fleet: Fleet): Map<string, number> {
   ]);
   if (fleet.echo !== undefined) pids.set('echo', fleet.echo.pid);
   if (fleet.bare !== undefined) pids.set('bare', fleet.bare.pid);
-  fleet.workers.forEach((worker, index) => pids.set(`worker-${index}`, worker.pid));
+  for (const [index, worker] of fleet.workers.entries()) pids.set(`worker-${index}`, worker.pid);
   return pids;
 }
 
@@ -255,7 +331,11 @@ function usageByRole(samples: Map<string, ProcessSample[]>): Record<string, Proc
   return usage;
 }
 
-async function measure(fleet: Fleet, job: LoadJob, intervalMs = 250): Promise<{ result: LoadResult; processes: Record<string, ProcessUsage>; samples: Map<string, ProcessSample[]> }> {
+async function measure(
+  fleet: Fleet,
+  job: LoadJob,
+  intervalMs = 250,
+): Promise<{ result: LoadResult; processes: Record<string, ProcessUsage>; samples: Map<string, ProcessSample[]> }> {
   const sampler = new ProcessSampler(processPids(fleet));
   sampler.start(intervalMs);
   try {
@@ -269,7 +349,7 @@ async function measure(fleet: Fleet, job: LoadJob, intervalMs = 250): Promise<{ 
 }
 
 function describe(result: LoadResult): string {
-  const ms = (value: number | null | undefined): string => (typeof value === "number" ? value.toFixed(3) : "–");
+  const ms = (value: number | null | undefined): string => (typeof value === 'number' ? value.toFixed(3) : '–');
   const errors = Object.values(result.errors).reduce((sum, count) => sum + count, 0);
   return `${Math.round(result.throughput)} req/s, p50 ${ms(result.latency.p50)} ms, p99 ${ms(result.latency.p99)} ms${errors > 0 ? `, ${errors} errors ${JSON.stringify(result.errors)}` : ''}`;
 }
@@ -301,7 +381,9 @@ async function runPoints(
         const job = point.job(target);
         if (options.warmupMs > 0) await fleet.load.run({ ...job, durationMs: options.warmupMs } as LoadJob);
         const { result, processes } = await measure(fleet, job);
-        log(`${point.label} ${target}${options.repeat > 1 ? ` (round ${round + 1}/${options.repeat})` : ''}: ${describe(result)}`);
+        log(
+          `${point.label} ${target}${options.repeat > 1 ? ` (round ${round + 1}/${options.repeat})` : ''}: ${describe(result)}`,
+        );
         const list = rounds.get(target) ?? [];
         list.push({ target, model: BENCH_MODELS.fast.name, ...point.fields, result, processes });
         rounds.set(target, list);
@@ -323,7 +405,14 @@ function runClosed(fleet: Fleet, options: BenchOptions, targets: Target[]): Prom
     options.concurrencies.map((concurrency) => ({
       label: `closed c=${concurrency}`,
       fields: { concurrency },
-      job: (target) => ({ kind: 'closed', target, model: 'fast', concurrency, durationMs: options.durationMs, warmupMs: 0 }),
+      job: (target) => ({
+        kind: 'closed',
+        target,
+        model: 'fast',
+        concurrency,
+        durationMs: options.durationMs,
+        warmupMs: 0,
+      }),
     })),
   );
 }
@@ -343,7 +432,9 @@ function runOpen(fleet: Fleet, options: BenchOptions, targets: Target[]): Promis
 
 async function runStreams(fleet: Fleet, options: BenchOptions, targets: Target[]): Promise<RunRecord[]> {
   const records: RunRecord[] = [];
-  const streamTargets = targets.filter((target): target is 'direct' | 'gateway' => target === 'direct' || target === 'gateway');
+  const streamTargets = targets.filter(
+    (target): target is 'direct' | 'gateway' => target === 'direct' || target === 'gateway',
+  );
   // One at a time shows the bare cost per chunk; 32 at once shows it under load. The 32-at-once run
   // lasts about as long as the other sections' (800 streams of 0.2 s): a short one mostly measures
   // the worker warming up (docs/bench/results.md).
@@ -352,8 +443,16 @@ async function runStreams(fleet: Fleet, options: BenchOptions, targets: Target[]
     [32, options.streamCount],
   ] as const) {
     for (const target of streamTargets) {
-      const { result, processes } = await measure(fleet, { kind: 'stream', target, model: 'stream', count, concurrency });
-      log(`stream ${target} c=${concurrency}: TTFT p50 ${result.ttft?.p50.toFixed(3)} ms, gap p99 ${result.chunkGap?.p99.toFixed(3)} ms, errors ${JSON.stringify(result.errors)}`);
+      const { result, processes } = await measure(fleet, {
+        kind: 'stream',
+        target,
+        model: 'stream',
+        count,
+        concurrency,
+      });
+      log(
+        `stream ${target} c=${concurrency}: TTFT p50 ${result.ttft?.p50.toFixed(3)} ms, gap p99 ${result.chunkGap?.p99.toFixed(3)} ms, errors ${JSON.stringify(result.errors)}`,
+      );
       records.push({ target, model: BENCH_MODELS.stream.name, concurrency, result, processes });
     }
   }
@@ -373,13 +472,26 @@ async function runMemory(fleet: Fleet, options: BenchOptions, targets: Target[])
     if (pid === undefined) continue;
     await delay(1_000);
     const idle = sampleProcess(pid)?.rssBytes ?? Number.NaN;
-    const { result, samples } = await measure(fleet, { kind: 'burst', target, model: 'slow', count: options.inFlight, timeoutMs: 60_000 }, 100);
+    const { result, samples } = await measure(
+      fleet,
+      { kind: 'burst', target, model: 'slow', count: options.inFlight, timeoutMs: 60_000 },
+      100,
+    );
     const name = target === 'gateway' ? 'worker-0' : 'bare';
     const peak = (samples.get(name) ?? []).reduce((max, sample) => Math.max(max, sample.rssBytes), 0);
     await delay(1_000);
     const after = sampleProcess(pid)?.rssBytes ?? Number.NaN;
-    log(`memory ${target}: idle ${(idle / 2 ** 20).toFixed(1)} MiB, peak ${(peak / 2 ** 20).toFixed(1)} MiB with ${options.inFlight} in flight, ${describe(result)}`);
-    records.push({ target, inFlight: options.inFlight, rssIdleBytes: idle, rssPeakBytes: peak, rssAfterBytes: after, result });
+    log(
+      `memory ${target}: idle ${(idle / 2 ** 20).toFixed(1)} MiB, peak ${(peak / 2 ** 20).toFixed(1)} MiB with ${options.inFlight} in flight, ${describe(result)}`,
+    );
+    records.push({
+      target,
+      inFlight: options.inFlight,
+      rssIdleBytes: idle,
+      rssPeakBytes: peak,
+      rssAfterBytes: after,
+      result,
+    });
   }
   return records;
 }
@@ -387,7 +499,18 @@ async function runMemory(fleet: Fleet, options: BenchOptions, targets: Target[])
 async function runSoak(fleet: Fleet, options: BenchOptions): Promise<SoakRecord | undefined> {
   if (fleet.workers.length === 0) return undefined;
   log(`soak: ${options.soakSeconds} s at ${options.soakRate} req/s with 5% upstream errors`);
-  const { result, samples } = await measure(fleet, { kind: 'open', target: 'gateway', model: 'flaky', rate: options.soakRate, durationMs: options.soakSeconds * 1000, warmupMs: 0 }, 1_000);
+  const { result, samples } = await measure(
+    fleet,
+    {
+      kind: 'open',
+      target: 'gateway',
+      model: 'flaky',
+      rate: options.soakRate,
+      durationMs: options.soakSeconds * 1000,
+      warmupMs: 0,
+    },
+    1_000,
+  );
   const series = samples.get('worker-0') ?? [];
   const start = series[0]?.atMs ?? 0;
   const points = series.map((sample) => ({ x: (sample.atMs - start) / 60_000, y: sample.rssBytes / 2 ** 20 }));
@@ -403,7 +526,9 @@ async function runSoak(fleet: Fleet, options: BenchOptions): Promise<SoakRecord 
     rssSlopeMiBPerMinute: linearSlope(secondHalf),
     rssSeries: series.map((sample) => [Math.round((sample.atMs - start) / 100) / 10, sample.rssBytes]),
   };
-  log(`soak: ${describe(result)}; RSS ${(record.rssStartBytes / 2 ** 20).toFixed(1)} → ${(record.rssEndBytes / 2 ** 20).toFixed(1)} MiB`);
+  log(
+    `soak: ${describe(result)}; RSS ${(record.rssStartBytes / 2 ** 20).toFixed(1)} → ${(record.rssEndBytes / 2 ** 20).toFixed(1)} MiB`,
+  );
   return record;
 }
 
@@ -412,7 +537,10 @@ function readProfiles(directory: string): { profile: CpuProfile; files: string[]
   const files = readdirSync(directory).filter((file) => file.endsWith('.cpuprofile'));
   if (files.length === 0) return undefined;
   const profiles = files.map((file) => JSON.parse(readFileSync(join(directory, file), 'utf8')) as CpuProfile);
-  return { profile: profiles.length === 1 ? profiles[0]! : mergeProfiles(profiles), files: files.map((file) => join(directory, file)) };
+  return {
+    profile: profiles.length === 1 ? profiles[0]! : mergeProfiles(profiles),
+    files: files.map((file) => join(directory, file)),
+  };
 }
 
 /** `--from results.json`: the report of an earlier run, without running anything. */
@@ -447,7 +575,11 @@ async function main(): Promise<number> {
   const profileDir = resolve(options.outDir, 'prof');
   rmSync(profileDir, { recursive: true, force: true });
   if (options.cpuProf) mkdirSync(profileDir, { recursive: true });
-  log(`layout ${layoutName}: ${Object.entries(cpus).map(([role, cpu]) => `${role}→${cpu ?? 'any'}`).join(', ')}`);
+  log(
+    `layout ${layoutName}: ${Object.entries(cpus)
+      .map(([role, cpu]) => `${role}→${cpu ?? 'any'}`)
+      .join(', ')}`,
+  );
 
   const startedAt = new Date().toISOString();
   const fleet = await startFleet(options, targets, cpus);
@@ -490,18 +622,20 @@ async function main(): Promise<number> {
   results.finishedAt = new Date().toISOString();
   if (options.cpuProf) {
     const workerProfiles = readProfiles(join(profileDir, 'worker'));
-    if (workerProfiles === undefined) log(`no .cpuprofile in ${profileDir}/worker: did the worker exit cleanly on SIGTERM?`);
+    if (workerProfiles === undefined)
+      log(`no .cpuprofile in ${profileDir}/worker: did the worker exit cleanly on SIGTERM?`);
     else results.profile = { ...summarizeProfile(workerProfiles.profile, 15), files: workerProfiles.files };
     const bareProfiles = readProfiles(join(profileDir, 'bare'));
-    if (bareProfiles !== undefined) results.bareProfile = { ...summarizeProfile(bareProfiles.profile, 10), files: bareProfiles.files };
+    if (bareProfiles !== undefined)
+      results.bareProfile = { ...summarizeProfile(bareProfiles.profile, 10), files: bareProfiles.files };
   }
   const markdown = renderMarkdown(results);
-  writeFileSync(join(options.outDir, 'results.json'), JSON.stringify(results, null, 2) + '\n');
+  writeFileSync(join(options.outDir, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
   writeFileSync(join(options.outDir, 'results.md'), markdown);
   process.stdout.write(markdown);
   log(`results in ${join(options.outDir, 'results.json')}`);
   if (failure !== undefined) {
-    log(`stopped early: ${failure instanceof Error ? failure.stack ?? failure.message : String(failure)}`);
+    log(`stopped early: ${failure instanceof Error ? (failure.stack ?? failure.message) : String(failure)}`);
     return 1;
   }
   return 0;
@@ -512,7 +646,7 @@ main().then(
     process.exitCode = code;
   },
   (error: unknown) => {
-    process.stderr.write(`bench: ${error instanceof Error ? error.stack ?? error.message : String(error)}\n`);
+    process.stderr.write(`bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
     process.exitCode = 1;
   },
 );

@@ -27,7 +27,8 @@ export function sortedCopy(samples: ArrayLike<number>): Float64Array {
  * at least `percent`% of the samples are less than or equal to it. NaN when empty.
  */
 export function percentile(sorted: ArrayLike<number>, percent: number): number {
-  if (percent < 0 || percent > 100 || Number.isNaN(percent)) throw new RangeError(`percentile out of range: ${percent}`);
+  if (percent < 0 || percent > 100 || Number.isNaN(percent))
+    throw new RangeError(`percentile out of range: ${percent}`);
   const count = sorted.length;
   if (count === 0) return Number.NaN;
   if (percent === 0) return sorted[0]!;
@@ -39,7 +40,16 @@ export function summarize(samples: ArrayLike<number>): LatencySummary {
   const sorted = sortedCopy(samples);
   const count = sorted.length;
   if (count === 0) {
-    return { count: 0, min: Number.NaN, mean: Number.NaN, p50: Number.NaN, p90: Number.NaN, p99: Number.NaN, p999: Number.NaN, max: Number.NaN };
+    return {
+      count: 0,
+      min: Number.NaN,
+      mean: Number.NaN,
+      p50: Number.NaN,
+      p90: Number.NaN,
+      p99: Number.NaN,
+      p999: Number.NaN,
+      max: Number.NaN,
+    };
   }
   let sum = 0;
   for (const value of sorted) sum += value;

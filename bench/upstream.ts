@@ -44,7 +44,8 @@ export function splitContent(content: string, count: number): string[] {
   if (count <= words.length) {
     const pieces: string[] = [];
     const perPiece = Math.ceil(words.length / count);
-    for (let index = 0; index < words.length; index += perPiece) pieces.push(words.slice(index, index + perPiece).join(''));
+    for (let index = 0; index < words.length; index += perPiece)
+      pieces.push(words.slice(index, index + perPiece).join(''));
     while (pieces.length < count) pieces.push('');
     return pieces;
   }
@@ -130,7 +131,8 @@ function main(): void {
         return;
       }
       servedCount++;
-      if (body.stream === true) streamAnswer(response, behaviour, id, model, body.stream_options?.include_usage === true);
+      if (body.stream === true)
+        streamAnswer(response, behaviour, id, model, body.stream_options?.include_usage === true);
       else {
         const payload = JSON.stringify({
           id,
@@ -160,7 +162,7 @@ function main(): void {
   server.listen(Number(values.port), '127.0.0.1', () => {
     const address = server.address();
     const port = typeof address === 'object' && address !== null ? address.port : 0;
-    process.stdout.write(JSON.stringify({ ready: true, port }) + '\n');
+    process.stdout.write(`${JSON.stringify({ ready: true, port })}\n`);
   });
   const stop = (): void => {
     process.stderr.write(`upstream: ${requestCount} requests, ${servedCount} served, ${errorCount} injected errors\n`);
@@ -171,8 +173,18 @@ function main(): void {
   process.on('SIGINT', stop);
 }
 
-function streamAnswer(response: ServerResponse, behaviour: UpstreamBehaviour, id: string, model: string, includeUsage: boolean): void {
-  response.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+function streamAnswer(
+  response: ServerResponse,
+  behaviour: UpstreamBehaviour,
+  id: string,
+  model: string,
+  includeUsage: boolean,
+): void {
+  response.writeHead(200, {
+    'content-type': 'text/event-stream',
+    'cache-control': 'no-cache',
+    connection: 'keep-alive',
+  });
   const created = Math.floor(Date.now() / 1000);
   const pieces = splitContent(FAKE_CONTENT, behaviour.chunks);
   const frame = (delta: Record<string, unknown>, finishReason: string | null): string =>

@@ -21,8 +21,27 @@ export {
   type RequestOutcome,
   type WorkerStats,
 } from './worker/index.js';
-export { loadConfigFile, parseConfigText, resolveConfig, ConfigError, type ResolvedConfig, type ConfigInput } from './config/index.js';
-export { connectToNats, connectionOptions, natsUrlFromEnv, DEFAULT_NATS_URL, type ConnectionSettings } from './bus/connect.js';
+export {
+  loadConfigFile,
+  parseConfigText,
+  resolveConfig,
+  ConfigError,
+  type ResolvedConfig,
+  type ConfigInput,
+} from './config/index.js';
+export {
+  connectToNats,
+  connectionOptions,
+  natsUrlFromEnv,
+  DEFAULT_NATS_URL,
+  type ConnectionSettings,
+} from './bus/connect.js';
 export { createLogger, type Logger } from './telemetry/logger.js';
-export { UsagePublisher, buildUsageEvent, estimatePromptTokens, estimateCompletionTokens, costUsd } from './usage/index.js';
+export {
+  UsagePublisher,
+  buildUsageEvent,
+  estimatePromptTokens,
+  estimateCompletionTokens,
+  costUsd,
+} from './usage/index.js';
 export * from './contract/index.js';

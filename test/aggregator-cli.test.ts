@@ -32,7 +32,10 @@ interface CliResult {
 
 function runCli(args: string[], env: Record<string, string>): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
@@ -43,7 +46,10 @@ function runCli(args: string[], env: Record<string, string>): Promise<CliResult>
 }
 
 function startAggregatorProcess(configPath: string, env: Record<string, string>): ChildProcess {
-  return spawn(process.execPath, ['--import', 'tsx', MAIN, 'aggregator', '--config', configPath], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+  return spawn(process.execPath, ['--import', 'tsx', MAIN, 'aggregator', '--config', configPath], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
 }
 
 function exited(child: ChildProcess): Promise<number | null> {
@@ -72,12 +78,18 @@ async function publish(connection: NatsConnection, events: UsageEvent[]): Promis
   const js = jetstream(connection);
   for (let start = 0; start < events.length; start += 100) {
     await Promise.all(
-      events.slice(start, start + 100).map((event) => js.publish(subjectsFor('llm').usageFor(agentToken(event.agent_id)), JSON.stringify(event), { msgID: event.request_id })),
+      events.slice(start, start + 100).map((event) =>
+        js.publish(subjectsFor('llm').usageFor(agentToken(event.agent_id)), JSON.stringify(event), {
+          msgID: event.request_id,
+        }),
+      ),
     );
   }
 }
 
-test('llm-proxy aggregator survives SIGKILL, llm-proxy usage prints table, JSON and CSV', { timeout: 90_000 }, async () => {
+test('llm-proxy aggregator survives SIGKILL, llm-proxy usage prints table, JSON and CSV', {
+  timeout: 90_000,
+}, async () => {
   const server = await startNatsServer();
   const directory = mkdtempSync(join(tmpdir(), 'llm-proxy-aggregator-cli-'));
   const configPath = join(directory, 'config.yaml');
@@ -115,9 +127,16 @@ test('llm-proxy aggregator survives SIGKILL, llm-proxy usage prints table, JSON 
     child = startAggregatorProcess(configPath, env);
     await waitForTotal(connection, 500);
 
-    const json = await runCli(['usage', '--microdao', 'microdao:7', '--since', '2026-11-24', '--group-by', 'model', '--json'], env);
+    const json = await runCli(
+      ['usage', '--microdao', 'microdao:7', '--since', '2026-11-24', '--group-by', 'model', '--json'],
+      env,
+    );
     assert.equal(json.code, 0, json.stderr);
-    const expected = handCompute(events, { microdao_id: 'microdao:7', sinceMs: Date.parse('2026-11-24T00:00:00Z'), group_by: ['model'] });
+    const expected = handCompute(events, {
+      microdao_id: 'microdao:7',
+      sinceMs: Date.parse('2026-11-24T00:00:00Z'),
+      group_by: ['model'],
+    });
     const { cents: _cents, ...exact } = expected;
     assert.deepEqual(JSON.parse(json.stdout), exact);
 
@@ -125,7 +144,10 @@ test('llm-proxy aggregator survives SIGKILL, llm-proxy usage prints table, JSON 
     assert.equal(csv.code, 0, csv.stderr);
     const byAgentDay = handCompute(events, { group_by: ['agent', 'day'] });
     const lines = csv.stdout.trimEnd().split('\n');
-    assert.equal(lines[0], 'agent,day,total_requests,ok,errors,rejected,cancelled,cached,tokens_estimated,prompt_tokens,completion_tokens,total_tokens,cost_usd,avg_latency_ms,success_rate');
+    assert.equal(
+      lines[0],
+      'agent,day,total_requests,ok,errors,rejected,cancelled,cached,tokens_estimated,prompt_tokens,completion_tokens,total_tokens,cost_usd,avg_latency_ms,success_rate',
+    );
     assert.equal(lines.length, byAgentDay.groups.length + 1);
     byAgentDay.groups.forEach((group, index) => {
       const cells = (lines[index + 1] as string).split(',');
@@ -143,7 +165,11 @@ test('llm-proxy aggregator survives SIGKILL, llm-proxy usage prints table, JSON 
     assert.match(table.stdout, new RegExp(`requests\\s+${sofia.total_requests.toLocaleString('en-US')}\\b`));
     assert.match(table.stdout, new RegExp(`cost\\s+\\$${sofia.cost_usd.toFixed(6).replace('.', '\\.')}`));
     assert.match(table.stdout, /PROVIDER\s+REQUESTS\s+SUCCESS/);
-    for (const group of sofia.groups) assert.match(table.stdout, new RegExp(`\\n\\s+${group.key.provider?.replace(/[()]/g, '\\$&')}\\s+${group.total_requests}\\s`));
+    for (const group of sofia.groups)
+      assert.match(
+        table.stdout,
+        new RegExp(`\\n\\s+${group.key.provider?.replace(/[()]/g, '\\$&')}\\s+${group.total_requests}\\s`),
+      );
 
     const bad = await runCli(['usage', '--since', 'last tuesday'], env);
     assert.equal(bad.code, 1);

@@ -18,7 +18,9 @@ import { ensureUsageStream } from '../src/usage/stream.js';
  * an unauthenticated one included, and both sides agreeing on the stream.
  */
 
-test("events built and published by the worker's publisher are counted, and both sides agree on the stream", { timeout: 60_000 }, async () => {
+test("events built and published by the worker's publisher are counted, and both sides agree on the stream", {
+  timeout: 60_000,
+}, async () => {
   const server = await startNatsServer();
   const connections: NatsConnection[] = [];
   try {
@@ -39,7 +41,11 @@ test("events built and published by the worker's publisher are counted, and both
     const before = await manager.streams.info(usageStream.name);
     await ensureUsageStream(manager, usageStream, 'llm');
     const after = await manager.streams.info(usageStream.name);
-    assert.deepEqual(after.config, before.config, "the aggregator finds the worker's stream as it wants it (no tug of war)");
+    assert.deepEqual(
+      after.config,
+      before.config,
+      "the aggregator finds the worker's stream as it wants it (no tug of war)",
+    );
 
     const aggregator = await UsageAggregator.start({
       connection: aggregatorConnection,
@@ -70,8 +76,36 @@ test("events built and published by the worker's publisher are counted, and both
     };
     publisher.publish(buildUsageEvent(base));
     publisher.publish(buildUsageEvent(base)); // the same event (same event id) again: stored once
-    publisher.publish(buildUsageEvent({ ...base, eventId: 'e-2', requestId: 'r-2', metadata: { agent_id: 'a.b' }, status: 'error', errorCode: 'upstream_error', completionTokens: 0, costUsd: 0.00025, latencyMs: 20 }));
-    publisher.publish(buildUsageEvent({ ...base, eventId: 'e-3', requestId: 'r-3', unauthenticated: true, status: 'rejected', errorCode: 'unauthorized', model: null, provider: null, modelResolved: null, promptTokens: 0, completionTokens: 0, costUsd: 0, latencyMs: 0.4 }));
+    publisher.publish(
+      buildUsageEvent({
+        ...base,
+        eventId: 'e-2',
+        requestId: 'r-2',
+        metadata: { agent_id: 'a.b' },
+        status: 'error',
+        errorCode: 'upstream_error',
+        completionTokens: 0,
+        costUsd: 0.00025,
+        latencyMs: 20,
+      }),
+    );
+    publisher.publish(
+      buildUsageEvent({
+        ...base,
+        eventId: 'e-3',
+        requestId: 'r-3',
+        unauthenticated: true,
+        status: 'rejected',
+        errorCode: 'unauthorized',
+        model: null,
+        provider: null,
+        modelResolved: null,
+        promptTokens: 0,
+        completionTokens: 0,
+        costUsd: 0,
+        latencyMs: 0.4,
+      }),
+    );
     assert.equal(await publisher.flush(10_000), 0);
     const { state } = await manager.streams.info(usageStream.name);
     assert.equal(state.messages, 3);

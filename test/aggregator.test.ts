@@ -27,30 +27,63 @@ const usageStream = usageStreamSchema.parse({});
 const QUERIES: Array<{ body: Record<string, unknown>; hand: HandQuery }> = [
   { body: {}, hand: {} },
   { body: { agent_id: 'agent:sofia' }, hand: { agent_id: 'agent:sofia' } },
-  { body: { microdao_id: 'microdao:7', since: '7d', group_by: 'model' }, hand: { microdao_id: 'microdao:7', sinceMs: NOW - 7 * 24 * HOUR, group_by: ['model'] } },
-  { body: { model: 'deepseek-chat', group_by: ['provider', 'day'] }, hand: { model: 'deepseek-chat', group_by: ['provider', 'day'] } },
+  {
+    body: { microdao_id: 'microdao:7', since: '7d', group_by: 'model' },
+    hand: { microdao_id: 'microdao:7', sinceMs: NOW - 7 * 24 * HOUR, group_by: ['model'] },
+  },
+  {
+    body: { model: 'deepseek-chat', group_by: ['provider', 'day'] },
+    hand: { model: 'deepseek-chat', group_by: ['provider', 'day'] },
+  },
   { body: { provider: 'openai', group_by: 'agent' }, hand: { provider: 'openai', group_by: ['agent'] } },
-  { body: { since: '24h', group_by: ['microdao', 'agent'] }, hand: { sinceMs: NOW - 24 * HOUR, group_by: ['microdao', 'agent'] } },
+  {
+    body: { since: '24h', group_by: ['microdao', 'agent'] },
+    hand: { sinceMs: NOW - 24 * HOUR, group_by: ['microdao', 'agent'] },
+  },
   {
     body: { since: '2026-11-25T05:30:00Z', until: '2026-11-25T20:10:00.000Z', group_by: 'hour' },
-    hand: { sinceMs: Date.parse('2026-11-25T05:30:00Z'), untilMs: Date.parse('2026-11-25T20:10:00Z'), group_by: ['hour'] },
+    hand: {
+      sinceMs: Date.parse('2026-11-25T05:30:00Z'),
+      untilMs: Date.parse('2026-11-25T20:10:00Z'),
+      group_by: ['hour'],
+    },
   },
-  { body: { agent_id: 'agent:helion', microdao_id: 'microdao:9', until: '30m', group_by: ['day', 'model'] }, hand: { agent_id: 'agent:helion', microdao_id: 'microdao:9', untilMs: NOW - 30 * 60_000, group_by: ['day', 'model'] } },
+  {
+    body: { agent_id: 'agent:helion', microdao_id: 'microdao:9', until: '30m', group_by: ['day', 'model'] },
+    hand: {
+      agent_id: 'agent:helion',
+      microdao_id: 'microdao:9',
+      untilMs: NOW - 30 * 60_000,
+      group_by: ['day', 'model'],
+    },
+  },
 ];
 
-function assertMatchesHand(reply: Record<string, unknown>, expected: ReturnType<typeof handCompute>, label: string): void {
+function assertMatchesHand(
+  reply: Record<string, unknown>,
+  expected: ReturnType<typeof handCompute>,
+  label: string,
+): void {
   const { cents, ...exact } = expected;
   assert.deepEqual(reply, exact, label);
   assert.equal(Math.round((reply.cost_usd as number) * 100), cents, `${label}: to the cent`);
 }
 
-async function publishAll(connection: NatsConnection, items: Array<{ event: UsageEvent; msgID: string }>, batch = 200): Promise<{ stored: number; duplicates: number }> {
+async function publishAll(
+  connection: NatsConnection,
+  items: Array<{ event: UsageEvent; msgID: string }>,
+  batch = 200,
+): Promise<{ stored: number; duplicates: number }> {
   const js = jetstream(connection);
   let stored = 0;
   let duplicates = 0;
   for (let start = 0; start < items.length; start += batch) {
     const acks = await Promise.all(
-      items.slice(start, start + batch).map(({ event, msgID }) => js.publish(subjects.usageFor(agentToken(event.agent_id)), JSON.stringify(event), { msgID })),
+      items
+        .slice(start, start + batch)
+        .map(({ event, msgID }) =>
+          js.publish(subjects.usageFor(agentToken(event.agent_id)), JSON.stringify(event), { msgID }),
+        ),
     );
     for (const ack of acks) {
       if (ack.duplicate) duplicates += 1;
@@ -61,7 +94,11 @@ async function publishAll(connection: NatsConnection, items: Array<{ event: Usag
 }
 
 /** Three "workers", each publishing its share of the events concurrently (and its deliberate duplicates). */
-async function publishFromWorkers(workers: NatsConnection[], events: UsageEvent[], options: { sameIdEvery: number; newIdEvery: number }) {
+async function publishFromWorkers(
+  workers: NatsConnection[],
+  events: UsageEvent[],
+  options: { sameIdEvery: number; newIdEvery: number },
+) {
   const results = await Promise.all(
     workers.map((worker, workerIndex) => {
       const mine = events.filter((_, index) => index % workers.length === workerIndex);
@@ -76,7 +113,10 @@ async function publishFromWorkers(workers: NatsConnection[], events: UsageEvent[
       return publishAll(worker, items);
     }),
   );
-  return results.reduce((sum, result) => ({ stored: sum.stored + result.stored, duplicates: sum.duplicates + result.duplicates }), { stored: 0, duplicates: 0 });
+  return results.reduce(
+    (sum, result) => ({ stored: sum.stored + result.stored, duplicates: sum.duplicates + result.duplicates }),
+    { stored: 0, duplicates: 0 },
+  );
 }
 
 async function lastSeq(connection: NatsConnection): Promise<number> {
@@ -84,7 +124,11 @@ async function lastSeq(connection: NatsConnection): Promise<number> {
   return (await manager.streams.info(usageStream.name)).state.last_seq;
 }
 
-async function startAggregator(server: NatsServerHandle, settings: Record<string, unknown>, connections: NatsConnection[]) {
+async function startAggregator(
+  server: NatsServerHandle,
+  settings: Record<string, unknown>,
+  connections: NatsConnection[],
+) {
   const connection = await connect({ servers: server.url, name: `aggregator-${String(settings.instance_id)}` });
   connections.push(connection);
   const aggregator = await UsageAggregator.start({
@@ -99,11 +143,15 @@ async function startAggregator(server: NatsServerHandle, settings: Record<string
 }
 
 async function askUsage(connection: NatsConnection, body: unknown) {
-  const reply = await connection.request(subjects.usageQuery, typeof body === 'string' ? body : JSON.stringify(body), { timeout: 10_000 });
+  const reply = await connection.request(subjects.usageQuery, typeof body === 'string' ? body : JSON.stringify(body), {
+    timeout: 10_000,
+  });
   return { reply, body: reply.json<Record<string, unknown>>() };
 }
 
-test('10,000 events, 3 publishers, duplicates, a crash and a late second aggregator: every total matches', { timeout: 120_000 }, async () => {
+test('10,000 events, 3 publishers, duplicates, a crash and a late second aggregator: every total matches', {
+  timeout: 120_000,
+}, async () => {
   const server = await startNatsServer();
   const connections: NatsConnection[] = [];
   const open = async (name: string) => {
@@ -136,7 +184,12 @@ test('10,000 events, 3 publishers, duplicates, a crash and a late second aggrega
 
     // While A is down: 2,000 new events, and second copies of phase-1 events under new message ids.
     await publishFromWorkers(workers, phase(6_000, 8_000), { sameIdEvery: 40, newIdEvery: 50 });
-    await publishAll(workers[0] as NatsConnection, phase(0, 4_000).filter((_, index) => index % 97 === 0).map((event) => ({ event, msgID: `${event.request_id}#late` })));
+    await publishAll(
+      workers[0] as NatsConnection,
+      phase(0, 4_000)
+        .filter((_, index) => index % 97 === 0)
+        .map((event) => ({ event, msgID: `${event.request_id}#late` })),
+    );
 
     // A returns: it starts from its snapshot, replays what it had applied but not saved, and catches up.
     a = await startAggregator(server, { instance_id: 'a' }, connections);
@@ -176,10 +229,15 @@ test('10,000 events, 3 publishers, duplicates, a crash and a late second aggrega
       const { reply, body: answer } = await askUsage(client, body);
       assert.equal(reply.headers?.get('Nats-Service-Error-Code') ?? '', '');
       assertMatchesHand(answer, expected, `wire ${label}`);
-      if (hand.group_by !== undefined) assert.ok((answer.groups as unknown[]).length > 1, `${label} has several groups`);
+      if (hand.group_by !== undefined)
+        assert.ok((answer.groups as unknown[]).length > 1, `${label} has several groups`);
     }
     const seedFields = Object.keys((await askUsage(client, {})).body).slice(0, 4);
-    assert.deepEqual(seedFields, ['total_requests', 'total_tokens', 'avg_latency_ms', 'success_rate'], "the seed's fields come first");
+    assert.deepEqual(
+      seedFields,
+      ['total_requests', 'total_tokens', 'avg_latency_ms', 'success_rate'],
+      "the seed's fields come first",
+    );
 
     // Both are discoverable as one micro-service.
     const pings = await new Svcm(client).client().ping('llm-usage');
@@ -194,7 +252,9 @@ test('10,000 events, 3 publishers, duplicates, a crash and a late second aggrega
   }
 });
 
-test('a stopped aggregator resumes from its snapshot, counts what was sent meanwhile, and a new one adopts the snapshot', { timeout: 60_000 }, async () => {
+test('a stopped aggregator resumes from its snapshot, counts what was sent meanwhile, and a new one adopts the snapshot', {
+  timeout: 60_000,
+}, async () => {
   const server = await startNatsServer();
   const connections: NatsConnection[] = [];
   try {
@@ -202,32 +262,56 @@ test('a stopped aggregator resumes from its snapshot, counts what was sent meanw
     connections.push(worker);
     await ensureUsageStream(await jetstreamManager(worker), usageStream, 'llm');
     const events = makeEvents(600);
-    const publish = (list: UsageEvent[]) => publishAll(worker, list.map((event) => ({ event, msgID: event.request_id })));
+    const publish = (list: UsageEvent[]) =>
+      publishAll(
+        worker,
+        list.map((event) => ({ event, msgID: event.request_id })),
+      );
 
     let first = await startAggregator(server, { instance_id: 'solo' }, connections);
     await publish(events.slice(0, 300));
     await first.aggregator.waitForSeq(300);
     await first.aggregator.stop();
-    assert.equal(first.aggregator.lastSnapshot?.seq, 300, 'a graceful stop saves a snapshot covering everything applied');
+    assert.equal(
+      first.aggregator.lastSnapshot?.seq,
+      300,
+      'a graceful stop saves a snapshot covering everything applied',
+    );
 
     // Down for a while: these events wait in the stream.
     await publish(events.slice(300, 600));
     // Second copies of already-counted events, stored by the stream (new message ids): remembered through the snapshot.
-    await publishAll(worker, events.slice(0, 20).map((event) => ({ event, msgID: `${event.request_id}#retry` })));
+    await publishAll(
+      worker,
+      events.slice(0, 20).map((event) => ({ event, msgID: `${event.request_id}#retry` })),
+    );
 
     first = await startAggregator(server, { instance_id: 'solo' }, connections);
-    assert.deepEqual(first.aggregator.startPoint, { snapshot: 'own', snapshotInstance: 'solo', snapshotSeq: 300, startSeq: 301 }, 'no replay of what the snapshot holds');
+    assert.deepEqual(
+      first.aggregator.startPoint,
+      { snapshot: 'own', snapshotInstance: 'solo', snapshotSeq: 300, startSeq: 301 },
+      'no replay of what the snapshot holds',
+    );
     assert.equal(first.aggregator.appliedSeq() >= 300, true);
     await first.aggregator.waitForSeq(620);
     assert.equal(first.aggregator.status().events, 600);
     assert.equal(first.aggregator.status().duplicates, 20);
-    assertMatchesHand(first.aggregator.query({ group_by: ['agent', 'model'] }) as unknown as Record<string, unknown>, handCompute(events, { group_by: ['agent', 'model'] }), 'after the gap');
+    assertMatchesHand(
+      first.aggregator.query({ group_by: ['agent', 'model'] }) as unknown as Record<string, unknown>,
+      handCompute(events, { group_by: ['agent', 'model'] }),
+      'after the gap',
+    );
     const saved = await first.aggregator.snapshot();
     assert.equal(saved.seq, 620);
 
     // A new instance, no snapshot of its own, same bucket: it takes the most advanced snapshot instead of replaying.
     const late = await startAggregator(server, { instance_id: 'newcomer' }, connections);
-    assert.deepEqual(late.aggregator.startPoint, { snapshot: 'adopted', snapshotInstance: 'solo', snapshotSeq: 620, startSeq: 621 });
+    assert.deepEqual(late.aggregator.startPoint, {
+      snapshot: 'adopted',
+      snapshotInstance: 'solo',
+      snapshotSeq: 620,
+      startSeq: 621,
+    });
     assert.deepEqual(late.aggregator.query({ group_by: 'hour' }), first.aggregator.query({ group_by: 'hour' }));
 
     // The durable consumer carries the instance's name and resumes after the snapshot.
@@ -243,7 +327,9 @@ test('a stopped aggregator resumes from its snapshot, counts what was sent meanw
   }
 });
 
-test('bad queries get invalid_request naming the field, with the service error headers', { timeout: 60_000 }, async () => {
+test('bad queries get invalid_request naming the field, with the service error headers', {
+  timeout: 60_000,
+}, async () => {
   const server = await startNatsServer();
   const connections: NatsConnection[] = [];
   try {
@@ -283,7 +369,18 @@ test('bad queries get invalid_request naming the field, with the service error h
     assert.equal(endpoints.length, 1);
     assert.equal(endpoints[0]?.subject, 'llm.proxy.usage');
     assert.equal(endpoints[0]?.queue_group, 'llm-usage');
-    assert.deepEqual(endpoints[0]?.data, { instance: 'q', durable: 'llm-usage-q', applied_seq: 0, events: 0, duplicates: 0, invalid: 0, remembered_ids: 0, start_seq: 1, start_snapshot: 'none', snapshot_seq: 0 });
+    assert.deepEqual(endpoints[0]?.data, {
+      instance: 'q',
+      durable: 'llm-usage-q',
+      applied_seq: 0,
+      events: 0,
+      duplicates: 0,
+      invalid: 0,
+      remembered_ids: 0,
+      start_seq: 1,
+      start_snapshot: 'none',
+      snapshot_seq: 0,
+    });
     await aggregator.stop();
   } finally {
     await Promise.all(connections.map((connection) => connection.close().catch(() => undefined)));
@@ -291,7 +388,9 @@ test('bad queries get invalid_request naming the field, with the service error h
   }
 });
 
-test('messages missing from the delivery are read from the stream, so nothing is skipped', { timeout: 60_000 }, async () => {
+test('messages missing from the delivery are read from the stream, so nothing is skipped', {
+  timeout: 60_000,
+}, async () => {
   const server = await startNatsServer();
   const connections: NatsConnection[] = [];
   try {
@@ -300,7 +399,11 @@ test('messages missing from the delivery are read from the stream, so nothing is
     const manager = await jetstreamManager(worker);
     await ensureUsageStream(manager, usageStream, 'llm');
     const events = makeEvents(200);
-    const publish = (list: UsageEvent[]) => publishAll(worker, list.map((event) => ({ event, msgID: event.request_id })));
+    const publish = (list: UsageEvent[]) =>
+      publishAll(
+        worker,
+        list.map((event) => ({ event, msgID: event.request_id })),
+      );
 
     const { aggregator } = await startAggregator(server, { instance_id: 'holes' }, connections);
     await publish(events.slice(0, 100));
@@ -314,7 +417,11 @@ test('messages missing from the delivery are read from the stream, so nothing is
 
     await aggregator.waitForSeq(200, 45_000);
     assert.equal(aggregator.status().events, 200);
-    assertMatchesHand(aggregator.query({ group_by: 'model' }) as unknown as Record<string, unknown>, handCompute(events, { group_by: ['model'] }), 'after the hole');
+    assertMatchesHand(
+      aggregator.query({ group_by: 'model' }) as unknown as Record<string, unknown>,
+      handCompute(events, { group_by: ['model'] }),
+      'after the hole',
+    );
     await aggregator.stop();
   } finally {
     await Promise.all(connections.map((connection) => connection.close().catch(() => undefined)));

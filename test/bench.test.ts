@@ -14,7 +14,16 @@ import { bucketOf, summarizeProfile, mergeProfiles, shortenUrl, type CpuProfile 
 import { buildWorkerConfig, bareForwarderRoutes, BENCH_MODELS } from '../bench/bench-config.js';
 import { parseBenchOptions } from '../bench/options.js';
 import { parseStatCpuTicks, parseStatusRssBytes, usageFromSamples } from '../bench/proc-stats.js';
-import { computeGoals, cpuMicrosPerChunk, cpuMicrosPerRequest, medianOfRounds, renderMarkdown, verdict, type BenchResults, type RunRecord } from '../bench/report.js';
+import {
+  computeGoals,
+  cpuMicrosPerChunk,
+  cpuMicrosPerRequest,
+  medianOfRounds,
+  renderMarkdown,
+  verdict,
+  type BenchResults,
+  type RunRecord,
+} from '../bench/report.js';
 import { linearSlope, medianInterval, percentile, summarize } from '../bench/stats.js';
 import { FAKE_CONTENT, parseBehaviour, splitContent } from '../bench/upstream.js';
 import { parseConfigText } from '../src/config/index.js';
@@ -57,10 +66,31 @@ describe('bench statistics', () => {
   });
 
   it('fits a slope by least squares', () => {
-    assert.equal(linearSlope([{ x: 0, y: 1 }, { x: 1, y: 3 }, { x: 2, y: 5 }]), 2);
-    assert.equal(linearSlope([{ x: 0, y: 4 }, { x: 1, y: 4 }, { x: 2, y: 4 }]), 0);
+    assert.equal(
+      linearSlope([
+        { x: 0, y: 1 },
+        { x: 1, y: 3 },
+        { x: 2, y: 5 },
+      ]),
+      2,
+    );
+    assert.equal(
+      linearSlope([
+        { x: 0, y: 4 },
+        { x: 1, y: 4 },
+        { x: 2, y: 4 },
+      ]),
+      0,
+    );
     assert.ok(Number.isNaN(linearSlope([{ x: 1, y: 1 }])));
-    assert.ok(Number.isNaN(linearSlope([{ x: 1, y: 1 }, { x: 1, y: 2 }])));
+    assert.ok(
+      Number.isNaN(
+        linearSlope([
+          { x: 1, y: 1 },
+          { x: 1, y: 2 },
+        ]),
+      ),
+    );
   });
 
   it('gives the sign-test interval of a median: ranks from the binomial, none for too few values', () => {
@@ -89,7 +119,10 @@ describe('bench CPU profile summary', () => {
       { id: 1, callFrame: { functionName: '(root)', url: '', lineNumber: -1 }, children: [2, 3, 4, 5] },
       { id: 2, callFrame: { functionName: '(idle)', url: '', lineNumber: -1 } },
       { id: 3, callFrame: { functionName: 'parse', url: 'file:///app/node_modules/zod/lib/types.js', lineNumber: 9 } },
-      { id: 4, callFrame: { functionName: 'handle', url: 'file:///app/dist/worker/request-handler.js', lineNumber: 41 } },
+      {
+        id: 4,
+        callFrame: { functionName: 'handle', url: 'file:///app/dist/worker/request-handler.js', lineNumber: 41 },
+      },
       // Same function reached by another path: summed with node 3.
       { id: 5, callFrame: { functionName: 'parse', url: 'file:///app/node_modules/zod/lib/types.js', lineNumber: 9 } },
     ],
@@ -137,21 +170,31 @@ describe('bench CPU profile summary', () => {
   });
 
   it('shortens script URLs', () => {
-    assert.equal(shortenUrl('file:///work/main/node_modules/@nats-io/nats-core/lib/protocol.js'), '@nats-io/nats-core/lib/protocol.js');
+    assert.equal(
+      shortenUrl('file:///work/main/node_modules/@nats-io/nats-core/lib/protocol.js'),
+      '@nats-io/nats-core/lib/protocol.js',
+    );
     assert.equal(shortenUrl('file:///work/main/dist/worker/request-handler.js'), 'dist/worker/request-handler.js');
-    assert.equal(shortenUrl('file:///work/main/.bench-build/bench/bare-forwarder.js'), '.bench-build/bench/bare-forwarder.js');
+    assert.equal(
+      shortenUrl('file:///work/main/.bench-build/bench/bare-forwarder.js'),
+      '.bench-build/bench/bare-forwarder.js',
+    );
     assert.equal(shortenUrl('node:internal/streams/readable'), 'node:internal/streams/readable');
   });
 });
 
 describe('bench /proc parsing', () => {
   it('reads utime + stime after a command name holding spaces and parentheses', () => {
-    const line = '4242 (node (bench) x) S 1 4242 4242 0 -1 4194304 1000 0 0 0 250 50 0 0 20 0 11 0 100 1000000 2500 18446744073709551615';
+    const line =
+      '4242 (node (bench) x) S 1 4242 4242 0 -1 4194304 1000 0 0 0 250 50 0 0 20 0 11 0 100 1000000 2500 18446744073709551615';
     assert.equal(parseStatCpuTicks(line), 300);
   });
 
   it('reads VmRSS in bytes', () => {
-    assert.equal(parseStatusRssBytes('Name:\tnode\nVmHWM:\t  200 kB\nVmRSS:\t  123456 kB\nThreads:\t11\n'), 123456 * 1024);
+    assert.equal(
+      parseStatusRssBytes('Name:\tnode\nVmHWM:\t  200 kB\nVmRSS:\t  123456 kB\nThreads:\t11\n'),
+      123456 * 1024,
+    );
     assert.throws(() => parseStatusRssBytes('Name:\tnode\n'));
   });
 
@@ -182,7 +225,10 @@ describe('bench flags and config', () => {
     assert.throws(() => parseBenchOptions(['--only', 'closd']), /unknown "closd"/);
     assert.throws(() => parseBenchOptions(['--rates', '500,x']), /positive numbers/);
     assert.deepEqual(parseBenchOptions([]).nodeFlags, []);
-    assert.deepEqual(parseBenchOptions(['--node-flags=--max-semi-space-size=32  --trace-gc']).nodeFlags, ['--max-semi-space-size=32', '--trace-gc']);
+    assert.deepEqual(parseBenchOptions(['--node-flags=--max-semi-space-size=32  --trace-gc']).nodeFlags, [
+      '--max-semi-space-size=32',
+      '--trace-gc',
+    ]);
     assert.throws(() => parseBenchOptions(['--node-flags=trace-gc']), /start with "--"/);
     assert.equal(parseBenchOptions(['--log-requests', 'all']).logRequests, 'all');
     assert.throws(() => parseBenchOptions(['--log-requests', 'some']), /unknown "some"/);
@@ -201,7 +247,10 @@ describe('bench flags and config', () => {
     assert.ok(text.includes('http://127.0.0.1:9999/fake/delay=2000/v1'));
     assert.ok(bareForwarderRoutes().includes('bench-slow=fake-slow@/fake/delay=2000/v1'));
     // --limits nats: every dimension on, on the shared backend, none within reach.
-    const limited = parseConfigText(buildWorkerConfig({ upstreamOrigin: 'http://127.0.0.1:9999', maxInFlight: 2048, limits: 'nats' }), 'bench.yaml');
+    const limited = parseConfigText(
+      buildWorkerConfig({ upstreamOrigin: 'http://127.0.0.1:9999', maxInFlight: 2048, limits: 'nats' }),
+      'bench.yaml',
+    );
     assert.equal(limited.limits.enabled, true);
     assert.equal(limited.limits.backend, 'nats');
     assert.ok((limited.limits.default.tpm ?? 0) > 1e9 && (limited.limits.default.daily_usd ?? 0) > 1e6);
@@ -211,7 +260,12 @@ describe('bench flags and config', () => {
 
   it('parses upstream behaviours and splits the answer into chunks that join back', () => {
     const defaults = { delayMs: 0, chunks: 8, gapMs: 0, errorRate: 0 };
-    assert.deepEqual(parseBehaviour('delay=2000,chunks=20,gap=10,error=0.05', defaults), { delayMs: 2000, chunks: 20, gapMs: 10, errorRate: 0.05 });
+    assert.deepEqual(parseBehaviour('delay=2000,chunks=20,gap=10,error=0.05', defaults), {
+      delayMs: 2000,
+      chunks: 20,
+      gapMs: 10,
+      errorRate: 0.05,
+    });
     assert.deepEqual(parseBehaviour('', defaults), defaults);
     assert.throws(() => parseBehaviour('speed=3', defaults), /unknown/);
     assert.equal(splitContent(FAKE_CONTENT, 3).join(''), FAKE_CONTENT);
@@ -278,7 +332,11 @@ describe('bench report', () => {
     const stream = record('gateway', { concurrency: 32 }, { ...result(100, 1, 2), chunksPerStream: 20 });
     stream.processes.worker!.cpuPercent = 40;
     assert.ok(Math.abs(cpuMicrosPerChunk(stream)! - 200) < 1e-9);
-    assert.equal(cpuMicrosPerChunk(record('gateway', { concurrency: 32 }, result(100, 1, 2))), undefined, 'no chunk count, no figure');
+    assert.equal(
+      cpuMicrosPerChunk(record('gateway', { concurrency: 32 }, result(100, 1, 2))),
+      undefined,
+      'no chunk count, no figure',
+    );
     assert.match(renderMarkdown({ ...results, stream: [stream] }), /\| llm-proxy \| 32 \| .* \| 20\.0 \| 0 \| 200 \|/);
   });
 
@@ -289,18 +347,38 @@ describe('bench report', () => {
       repeats: rounds.map(([p50, p99]) => ({ throughput: 1000, p50, p99 })),
     });
     const open = [
-      withRounds(record('bare', { rate: 1000 }, result(1000, 0.6, 1.5)), [[0.6, 1.5], [0.5, 3], [0.7, 1]]),
-      withRounds(record('gateway', { rate: 1000 }, result(1000, 0.65, 1.9)), [[0.65, 1.9], [0.9, 2], [0.7, 2]]),
+      withRounds(record('bare', { rate: 1000 }, result(1000, 0.6, 1.5)), [
+        [0.6, 1.5],
+        [0.5, 3],
+        [0.7, 1],
+      ]),
+      withRounds(record('gateway', { rate: 1000 }, result(1000, 0.65, 1.9)), [
+        [0.65, 1.9],
+        [0.9, 2],
+        [0.7, 2],
+      ]),
     ];
     const goals = computeGoals({ closed: results.closed, open });
-    assert.deepEqual(goals.addedP50PerRound.map((value) => Math.round(value * 100) / 100), [0.05, 0.4, 0]);
-    assert.deepEqual(goals.addedP99PerRound.map((value) => Math.round(value * 100) / 100), [0.4, -1, 1]);
-    assert.match(renderMarkdown({ ...results, open }), /Round by round: p50 0\.050, 0\.400, 0\.000 ms; p99 0\.400, -1\.00, 1\.00 ms\./);
+    assert.deepEqual(
+      goals.addedP50PerRound.map((value) => Math.round(value * 100) / 100),
+      [0.05, 0.4, 0],
+    );
+    assert.deepEqual(
+      goals.addedP99PerRound.map((value) => Math.round(value * 100) / 100),
+      [0.4, -1, 1],
+    );
+    assert.match(
+      renderMarkdown({ ...results, open }),
+      /Round by round: p50 0\.050, 0\.400, 0\.000 ms; p99 0\.400, -1\.00, 1\.00 ms\./,
+    );
   });
 
   it('judges the latency goals by the interval of the paired rounds when there are enough of them', () => {
     const interval = (low: number, high: number) => ({ median: (low + high) / 2, low, high, coverage: 0.98 });
-    assert.match(verdict(0.08, 0.1, interval(0.02, 0.09)), /^met, 95% interval of the round-by-round median 0\.020 to 0\.090 ms$/);
+    assert.match(
+      verdict(0.08, 0.1, interval(0.02, 0.09)),
+      /^met, 95% interval of the round-by-round median 0\.020 to 0\.090 ms$/,
+    );
     assert.match(verdict(0.08, 0.1, interval(0.11, 0.3)), /^not met, /);
     assert.match(verdict(0.08, 0.1, interval(0.02, 0.3)), /^undecided at this machine's noise, /);
     assert.match(verdict(0.08, 0.1, undefined), /^met by the point estimate; 6 or more rounds give an interval$/);
@@ -308,34 +386,73 @@ describe('bench report', () => {
 
     // Ten paired rounds: gateway p50 = bare p50 + 0 … 0.45 ms, p99 + 0 … 0.09 ms.
     const rounds = (offset: (index: number) => number): Array<{ throughput: number; p50: number; p99: number }> =>
-      Array.from({ length: 10 }, (_, index) => ({ throughput: 1000, p50: 1 + offset(index), p99: 3 + offset(index) / 5 }));
+      Array.from({ length: 10 }, (_, index) => ({
+        throughput: 1000,
+        p50: 1 + offset(index),
+        p99: 3 + offset(index) / 5,
+      }));
     const open = [
       { ...record('bare', { rate: 1000 }, result(1000, 1, 3)), repeats: rounds(() => 0) },
       { ...record('gateway', { rate: 1000 }, result(1000, 1.25, 3.05)), repeats: rounds((index) => 0.05 * index) },
     ];
     const goals = computeGoals({ closed: results.closed, open });
-    assert.ok(Math.abs(goals.addedP50Interval!.low - 0.05) < 1e-9 && Math.abs(goals.addedP50Interval!.high - 0.4) < 1e-9);
+    assert.ok(
+      Math.abs(goals.addedP50Interval!.low - 0.05) < 1e-9 && Math.abs(goals.addedP50Interval!.high - 0.4) < 1e-9,
+    );
     const markdown = renderMarkdown({ ...results, open });
-    assert.match(markdown, /p50 \*\*0\.250 ms\*\* \(goal ≤ 0\.1: undecided at this machine's noise, 95% interval of the round-by-round median 0\.050 to 0\.400 ms\)/);
-    assert.match(markdown, /p99 \*\*0\.050 ms\*\* \(goal ≤ 0\.5: met, 95% interval of the round-by-round median 0\.010 to 0\.080 ms\)/);
+    assert.match(
+      markdown,
+      /p50 \*\*0\.250 ms\*\* \(goal ≤ 0\.1: undecided at this machine's noise, 95% interval of the round-by-round median 0\.050 to 0\.400 ms\)/,
+    );
+    assert.match(
+      markdown,
+      /p99 \*\*0\.050 ms\*\* \(goal ≤ 0\.5: met, 95% interval of the round-by-round median 0\.010 to 0\.080 ms\)/,
+    );
   });
 
   it("pairs the closed-loop rounds at the forwarder's peak concurrency and judges the throughput share by their interval", () => {
-    const withThroughputs = (base: RunRecord, throughputs: number[]): RunRecord => ({ ...base, repeats: throughputs.map((throughput) => ({ throughput, p50: 1, p99: 2 })) });
+    const withThroughputs = (base: RunRecord, throughputs: number[]): RunRecord => ({
+      ...base,
+      repeats: throughputs.map((throughput) => ({ throughput, p50: 1, p99: 2 })),
+    });
     const closed = (bare: number[], gateway: number[]): RunRecord[] => [
-      withThroughputs(record('bare', { concurrency: 16 }, result(3000, 5, 10)), bare.map((value) => value * 0.75)),
+      withThroughputs(
+        record('bare', { concurrency: 16 }, result(3000, 5, 10)),
+        bare.map((value) => value * 0.75),
+      ),
       withThroughputs(record('bare', { concurrency: 64 }, result(10000, 10, 20)), bare),
-      withThroughputs(record('gateway', { concurrency: 16 }, result(2900, 5, 10)), gateway.map((value) => value * 0.75)),
+      withThroughputs(
+        record('gateway', { concurrency: 16 }, result(2900, 5, 10)),
+        gateway.map((value) => value * 0.75),
+      ),
       withThroughputs(record('gateway', { concurrency: 64 }, result(8000, 12, 25)), gateway),
     ];
-    const six = computeGoals({ closed: closed([10000, 10000, 10000, 10000, 10000, 10000], [8000, 8200, 7900, 8100, 8300, 7800]), open: [] });
+    const six = computeGoals({
+      closed: closed([10000, 10000, 10000, 10000, 10000, 10000], [8000, 8200, 7900, 8100, 8300, 7800]),
+      open: [],
+    });
     assert.equal(six.peakConcurrency, 64);
-    assert.deepEqual(six.ratioPerRound.map((ratio) => Math.round(ratio * 100)), [80, 82, 79, 81, 83, 78]);
+    assert.deepEqual(
+      six.ratioPerRound.map((ratio) => Math.round(ratio * 100)),
+      [80, 82, 79, 81, 83, 78],
+    );
     assert.ok(Math.abs(six.ratioInterval!.low - 0.78) < 1e-9 && Math.abs(six.ratioInterval!.high - 0.83) < 1e-9);
-    const markdown = renderMarkdown({ ...results, closed: closed([10000, 10000, 10000, 10000, 10000, 10000], [8000, 8200, 7900, 8100, 8300, 7800]) });
-    assert.match(markdown, /= \*\*80%\*\* \(goal ≥ 85%: not met, 95% interval of the round-by-round median 78 to 83%\)\. Round by round at 64 callers \(the forwarder's peak\): 80%, 82%, 79%, 81%, 83%, 78%\./);
-    const straddles = renderMarkdown({ ...results, closed: closed([10000, 10000, 10000, 10000, 10000, 10000], [8000, 9000, 7900, 8800, 8700, 9100]) });
-    assert.match(straddles, /goal ≥ 85%: undecided at this machine's noise, 95% interval of the round-by-round median 79 to 91%/);
+    const markdown = renderMarkdown({
+      ...results,
+      closed: closed([10000, 10000, 10000, 10000, 10000, 10000], [8000, 8200, 7900, 8100, 8300, 7800]),
+    });
+    assert.match(
+      markdown,
+      /= \*\*80%\*\* \(goal ≥ 85%: not met, 95% interval of the round-by-round median 78 to 83%\)\. Round by round at 64 callers \(the forwarder's peak\): 80%, 82%, 79%, 81%, 83%, 78%\./,
+    );
+    const straddles = renderMarkdown({
+      ...results,
+      closed: closed([10000, 10000, 10000, 10000, 10000, 10000], [8000, 9000, 7900, 8800, 8700, 9100]),
+    });
+    assert.match(
+      straddles,
+      /goal ≥ 85%: undecided at this machine's noise, 95% interval of the round-by-round median 79 to 91%/,
+    );
     const three = renderMarkdown({ ...results, closed: closed([10000, 10000, 10000], [8000, 8200, 7900]) });
     assert.match(three, /goal ≥ 85%: not met by the point estimate\)\. Round by round at 64 callers/);
   });
@@ -354,7 +471,10 @@ describe('bench report', () => {
     assert.equal(combined.result.throughput, 1000);
     assert.deepEqual(combined.result.errors, { timeout: 3 });
     assert.equal(combined.processes.worker!.cpuPercent, 95);
-    assert.deepEqual(combined.repeats?.map((round) => round.p99), [87, 11, 39]);
+    assert.deepEqual(
+      combined.repeats?.map((round) => round.p99),
+      [87, 11, 39],
+    );
     assert.equal(medianOfRounds([rounds[0]!]), rounds[0]);
     assert.throws(() => medianOfRounds([]));
   });
@@ -363,7 +483,10 @@ describe('bench report', () => {
     const markdown = renderMarkdown(results);
     assert.match(markdown, /\| llm-proxy \| 64 \| 3,500 \| 12\.0 \|/);
     assert.match(markdown, /= \*\*88%\*\* \(goal ≥ 85%: met\)/);
-    assert.match(markdown, /p50 \*\*0\.050 ms\*\* \(goal ≤ 0\.1: met by the point estimate; 6 or more rounds give an interval\)/);
+    assert.match(
+      markdown,
+      /p50 \*\*0\.050 ms\*\* \(goal ≤ 0\.1: met by the point estimate; 6 or more rounds give an interval\)/,
+    );
     assert.match(markdown, /\| 1,000 req\/s \| bare forwarder \(floor 3\) \| 0\.050 \|/);
   });
 
@@ -382,7 +505,10 @@ describe('bench report', () => {
     });
     assert.match(markdown, /### Worker CPU profile: top self time \(5\.00 ms busy of 10\.0 ms sampled\)/);
     assert.match(markdown, /\| `parse` \| zod\/lib\/types\.js:10 \| 4\.00 \| 80\.0% \|/);
-    assert.match(markdown, /Profiles \(summed above\): `\/out\/prof\/worker\/a\.cpuprofile`, `\/out\/prof\/worker\/b\.cpuprofile`; open in https:\/\/www\.speedscope\.app or Chrome DevTools/);
+    assert.match(
+      markdown,
+      /Profiles \(summed above\): `\/out\/prof\/worker\/a\.cpuprofile`, `\/out\/prof\/worker\/b\.cpuprofile`; open in https:\/\/www\.speedscope\.app or Chrome DevTools/,
+    );
     assert.match(markdown, /Profile: `\/out\/prof\/bare\/c\.cpuprofile`; open in/);
     assert.match(markdown, /\*\*Worker self time by package \/ project folder:\*\* zod 80\.0%/);
   });
@@ -393,11 +519,18 @@ describe('bench processes', () => {
     const logDir = mkdtempSync(join(tmpdir(), 'llm-proxy-bench-spawn-'));
     try {
       const script = [
-        "process.stdout.write('[1234:0x1]  12 ms: pause=0.6 gc=s\\n{\"not\":\"ready\"}\\n');",
+        'process.stdout.write(\'[1234:0x1]  12 ms: pause=0.6 gc=s\\n{"not":"ready"}\\n\');',
         "setTimeout(() => process.stdout.write(JSON.stringify({ ready: true, port: 7 }) + '\\nafter\\n'), 20);",
         'setTimeout(() => {}, 60_000);',
       ].join('\n');
-      const { process: child, ready } = await spawnManaged({ name: 'chatty', command: process.execPath, args: ['-e', script], logDir, waitForReadyLine: true, readyTimeoutMs: 10_000 });
+      const { process: child, ready } = await spawnManaged({
+        name: 'chatty',
+        command: process.execPath,
+        args: ['-e', script],
+        logDir,
+        waitForReadyLine: true,
+        readyTimeoutMs: 10_000,
+      });
       assert.deepEqual(ready, { ready: true, port: 7 });
       await new Promise((resolve) => setTimeout(resolve, 100));
       await child.stop(2_000);
@@ -413,7 +546,14 @@ describe('bench processes', () => {
     const logDir = mkdtempSync(join(tmpdir(), 'llm-proxy-bench-spawn-'));
     try {
       await assert.rejects(
-        spawnManaged({ name: 'quitter', command: process.execPath, args: ['-e', "process.stdout.write('no ready here\\n'); process.exit(3)"], logDir, waitForReadyLine: true, readyTimeoutMs: 10_000 }),
+        spawnManaged({
+          name: 'quitter',
+          command: process.execPath,
+          args: ['-e', "process.stdout.write('no ready here\\n'); process.exit(3)"],
+          logDir,
+          waitForReadyLine: true,
+          readyTimeoutMs: 10_000,
+        }),
         /quitter exited \(3\) before it was ready/,
       );
     } finally {

@@ -18,7 +18,10 @@ interface RunResult {
   stderr: string;
 }
 
-function startCli(args: string[], env: Record<string, string> = {}): { child: ChildProcess; output: () => RunResult; done: Promise<RunResult> } {
+function startCli(
+  args: string[],
+  env: Record<string, string> = {},
+): { child: ChildProcess; output: () => RunResult; done: Promise<RunResult> } {
   const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), ...args], {
     cwd: REPO_ROOT,
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
@@ -37,7 +40,8 @@ const runCli = (args: string[], env: Record<string, string> = {}) => startCli(ar
 async function waitForOutput(read: () => RunResult, text: string, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(read().stdout + read().stderr).includes(text)) {
-    if (Date.now() > deadline) throw new Error(`no "${text}" in time; got: ${read().stdout.slice(-1500)} ${read().stderr.slice(-1500)}`);
+    if (Date.now() > deadline)
+      throw new Error(`no "${text}" in time; got: ${read().stdout.slice(-1500)} ${read().stderr.slice(-1500)}`);
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
 }
@@ -62,7 +66,14 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
 
   test('check-config: a good file prints a summary; a bad one lists every problem by path and exits 1', async () => {
     const badPath = join(dir, 'bad.yaml');
-    writeFileSync(badPath, stringify({ providers: { openai: { base_url: 'not a url' } }, models: { a: { provider: 'opnai' }, b: { provider: 'openai', cost_per_1k_prompt: -1 } }, worker: { max_in_flite: 3 } }));
+    writeFileSync(
+      badPath,
+      stringify({
+        providers: { openai: { base_url: 'not a url' } },
+        models: { a: { provider: 'opnai' }, b: { provider: 'openai', cost_per_1k_prompt: -1 } },
+        worker: { max_in_flite: 3 },
+      }),
+    );
     const [good, bad, worker] = await Promise.all([
       runCli(['check-config', join(REPO_ROOT, 'config.yaml')], { OPENAI_API_KEY: 'x' }),
       runCli(['check-config', badPath]),
@@ -84,7 +95,13 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
 
   test('check-config masks a password or token in a base URL; an empty LLM_PROXY_SECRET stops worker, aggregator and dev', async () => {
     const path = join(dir, 'secret-url.yaml');
-    writeFileSync(path, stringify({ providers: { vllm: { type: 'openai', base_url: 'https://bob:pa55w0rd-xyz@vllm.internal/v1?api_key=k3y-abc' } }, models: { m: { provider: 'vllm', physical_name: 'm' } } }));
+    writeFileSync(
+      path,
+      stringify({
+        providers: { vllm: { type: 'openai', base_url: 'https://bob:pa55w0rd-xyz@vllm.internal/v1?api_key=k3y-abc' } },
+        models: { m: { provider: 'vllm', physical_name: 'm' } },
+      }),
+    );
     const [checked, worker, aggregator, dev] = await Promise.all([
       runCli(['check-config', path]),
       runCli(['worker', '--config', path], { NATS_URL: 'nats://127.0.0.1:1', LLM_PROXY_SECRET: '' }),
@@ -103,7 +120,11 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
   test('models sends LLM_PROXY_SECRET to a worker that requires it; without it the refusal is printed', async () => {
     const nats = await startNatsServer();
     const openai = await startFakeOpenAI();
-    const secured = await startInProcessWorker({ natsUrl: nats.url, config: testConfig({ openai: openai.baseUrl }), env: { LLM_PROXY_SECRET: 'cli-s3cret' } });
+    const secured = await startInProcessWorker({
+      natsUrl: nats.url,
+      config: testConfig({ openai: openai.baseUrl }),
+      env: { LLM_PROXY_SECRET: 'cli-s3cret' },
+    });
     try {
       const [withSecret, without] = await Promise.all([
         runCli(['models'], { NATS_URL: nats.url, LLM_PROXY_SECRET: 'cli-s3cret' }),
@@ -169,16 +190,35 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
         await waitForOutput(json.output, 'listening on llm.usage.>');
         const client = await connect({ servers: nats.url });
         const request = (id: string, agent: string) =>
-          client.request('llm.proxy.request', JSON.stringify({ model: 'gpt-test', messages: [{ role: 'user', content: 'hi' }], request_id: id, metadata: { agent_id: agent } }), { timeout: 5_000 });
+          client.request(
+            'llm.proxy.request',
+            JSON.stringify({
+              model: 'gpt-test',
+              messages: [{ role: 'user', content: 'hi' }],
+              request_id: id,
+              metadata: { agent_id: agent },
+            }),
+            { timeout: 5_000 },
+          );
         await request('tail-other', 'agent:other');
         await request('tail-1', 'agent:tail');
         await client.close();
         await waitForOutput(plain.output, 'tail-1');
         await waitForOutput(json.output, 'tail-1');
         assert.ok(!plain.output().stdout.includes('tail-other'), 'filtered by agent');
-        assert.match(plain.output().stdout, /ok +gpt-test +openai\/gpt-4o-mini {2}agent:tail {2}\d+\+\d+ tok {2}\$0\.\d{6} {2}\d+ ms {2}tail-1/);
-        const events = json.output().stdout.trim().split('\n').map((line) => JSON.parse(line));
-        assert.deepEqual(events.map((event) => event.request_id), ['tail-other', 'tail-1']);
+        assert.match(
+          plain.output().stdout,
+          /ok +gpt-test +openai\/gpt-4o-mini {2}agent:tail {2}\d+\+\d+ tok {2}\$0\.\d{6} {2}\d+ ms {2}tail-1/,
+        );
+        const events = json
+          .output()
+          .stdout.trim()
+          .split('\n')
+          .map((line) => JSON.parse(line));
+        assert.deepEqual(
+          events.map((event) => event.request_id),
+          ['tail-other', 'tail-1'],
+        );
       } finally {
         plain.child.kill('SIGINT');
         json.child.kill('SIGINT');
@@ -190,7 +230,10 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
 
   test('dev: without NATS and without nats-server on PATH, it says how to install it and exits 1', async () => {
     const port = await freePort();
-    const result = await runCli(['dev', '--config', join(REPO_ROOT, 'config.yaml')], { NATS_URL: `nats://127.0.0.1:${port}`, PATH: dir });
+    const result = await runCli(['dev', '--config', join(REPO_ROOT, 'config.yaml')], {
+      NATS_URL: `nats://127.0.0.1:${port}`,
+      PATH: dir,
+    });
     assert.equal(result.code, 1);
     assert.match(result.stderr, /apt-get install -y nats-server/);
     assert.match(result.stderr, /go install github\.com\/nats-io\/nats-server/);
@@ -202,17 +245,28 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
     const url = `nats://127.0.0.1:${port}`;
     const configPath = join(dir, 'dev.yaml');
     writeFileSync(configPath, stringify(testConfig({ openai: openai.baseUrl })));
-    const dev = startCli(['dev', '--config', configPath, '--store', join(dir, 'store')], { NATS_URL: url, FAKE_OPENAI_KEY: TEST_API_KEY });
+    const dev = startCli(['dev', '--config', configPath, '--store', join(dir, 'store')], {
+      NATS_URL: url,
+      FAKE_OPENAI_KEY: TEST_API_KEY,
+    });
     try {
       await waitForOutput(dev.output, 'started nats-server');
       await waitForOutput(dev.output, '"worker started"');
       const client = await connect({ servers: url });
-      const reply = (await client.request('llm.proxy.request', JSON.stringify({ model: 'gpt-test', messages: [{ role: 'user', content: 'dev!' }] }), { timeout: 5_000 })).json() as { content: string };
+      const reply = (
+        await client.request(
+          'llm.proxy.request',
+          JSON.stringify({ model: 'gpt-test', messages: [{ role: 'user', content: 'dev!' }] }),
+          { timeout: 5_000 },
+        )
+      ).json() as { content: string };
       assert.equal(reply.content, 'echo: dev!');
       // The aggregator started beside the worker counts that request.
       let totals = { total_requests: 0 };
       for (let tries = 0; tries < 100 && totals.total_requests < 1; tries++) {
-        totals = (await client.request('llm.proxy.usage', '{}', { timeout: 5_000 })).json() as { total_requests: number };
+        totals = (await client.request('llm.proxy.usage', '{}', { timeout: 5_000 })).json() as {
+          total_requests: number;
+        };
         if (totals.total_requests < 1) await new Promise((resolve) => setTimeout(resolve, 50));
       }
       assert.equal(totals.total_requests, 1);

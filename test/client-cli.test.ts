@@ -7,7 +7,13 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { connect, headers as natsHeaders, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import {
+  connect,
+  headers as natsHeaders,
+  type Msg,
+  type NatsConnection,
+  type Subscription,
+} from '@nats-io/transport-node';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { HEADERS, STREAM_MARKS, subjectsFor, type ChatReply, type ChatRequest } from '../src/contract/index.js';
 
@@ -73,7 +79,9 @@ function reply(body: Body, content: string, extra: Partial<ChatReply> = {}): Cha
 }
 
 /** Plays the worker on `llm.proxy.request` for one test. */
-async function respond(handler: (body: Body, message: Msg) => void): Promise<{ seen: Array<{ body: Body; secret: string }>; subscription: Subscription }> {
+async function respond(
+  handler: (body: Body, message: Msg) => void,
+): Promise<{ seen: Array<{ body: Body; secret: string }>; subscription: Subscription }> {
   const seen: Array<{ body: Body; secret: string }> = [];
   const subscription = worker.subscribe(subjects.request, {
     callback: (_error, message) => {
@@ -98,10 +106,28 @@ describe('llm-proxy chat', () => {
       message.respond(JSON.stringify(reply(body, 'Hello from the fake worker')));
     });
     try {
-      const result = await runCli(['--model', 'gpt-4.1-mini', '--system', 'be brief', '--max-tokens', '50', '--temperature', '0.3', '--agent', 'agent:sofia', '--timeout-ms', '8000', 'Hi', 'there']);
+      const result = await runCli([
+        '--model',
+        'gpt-4.1-mini',
+        '--system',
+        'be brief',
+        '--max-tokens',
+        '50',
+        '--temperature',
+        '0.3',
+        '--agent',
+        'agent:sofia',
+        '--timeout-ms',
+        '8000',
+        'Hi',
+        'there',
+      ]);
       assert.equal(result.code, 0, result.stderr);
       assert.equal(result.stdout, 'Hello from the fake worker\n');
-      assert.match(result.stderr, /tokens 12 prompt \+ 7 completion = 19 · cost \$0\.000330 · latency 321 ms · openai\/gpt-4-1106-preview/);
+      assert.match(
+        result.stderr,
+        /tokens 12 prompt \+ 7 completion = 19 · cost \$0\.000330 · latency 321 ms · openai\/gpt-4-1106-preview/,
+      );
       const [seen] = responder.seen;
       assert.ok(seen !== undefined);
       assert.equal(seen.secret, SECRET);
@@ -123,8 +149,12 @@ describe('llm-proxy chat', () => {
   test('--stream prints the tokens as they arrive, then the usage line; the message can come on stdin', async () => {
     const responder = await respond((body, message) => {
       const pieces = ['Streamed ', 'tokens ', 'here.'];
-      pieces.forEach((delta, seq) => publishMarked(message, STREAM_MARKS.chunk, { seq, delta }));
-      publishMarked(message, STREAM_MARKS.end, { ...reply(body, pieces.join(''), { tokens_estimated: true }), done: true, ttft_ms: 42 });
+      for (const [seq, delta] of pieces.entries()) publishMarked(message, STREAM_MARKS.chunk, { seq, delta });
+      publishMarked(message, STREAM_MARKS.end, {
+        ...reply(body, pieces.join(''), { tokens_estimated: true }),
+        done: true,
+        ttft_ms: 42,
+      });
     });
     try {
       const result = await runCli(['--stream', '--model', 'm'], { stdin: 'from stdin\n' });
@@ -143,7 +173,13 @@ describe('llm-proxy chat', () => {
       const headers = natsHeaders();
       headers.set(HEADERS.serviceError, 'model "nope" is not configured');
       headers.set(HEADERS.serviceErrorCode, '404');
-      const error = { code: 'model_not_found', status: 404, message: 'model "nope" is not configured', retryable: false, request_id: body.request_id };
+      const error = {
+        code: 'model_not_found',
+        status: 404,
+        message: 'model "nope" is not configured',
+        retryable: false,
+        request_id: body.request_id,
+      };
       message.respond(JSON.stringify({ error }), { headers });
     });
     try {
@@ -156,7 +192,10 @@ describe('llm-proxy chat', () => {
     }
     const nobody = await runCli(['--model', 'm', '--stream', 'hi']);
     assert.equal(nobody.code, 1);
-    assert.match(nobody.stderr, /^error no_provider_available \(503\): no worker is listening on llm\.proxy\.request\n$/);
+    assert.match(
+      nobody.stderr,
+      /^error no_provider_available \(503\): no worker is listening on llm\.proxy\.request\n$/,
+    );
   });
 
   test('without --model, the first model the workers list is used; bad flags exit 2', async () => {
@@ -210,7 +249,8 @@ describe('llm-proxy chat', () => {
       const code = await exited;
       clearTimeout(killer);
       // The cancel left the child before it exited; give the bus a bounded moment to deliver it.
-      for (let wait = 0; wait < 50 && cancels.length === 0; wait += 1) await new Promise((resolve) => setTimeout(resolve, 100));
+      for (let wait = 0; wait < 50 && cancels.length === 0; wait += 1)
+        await new Promise((resolve) => setTimeout(resolve, 100));
       assert.equal(code, 130, stderr);
       assert.match(stderr, /^error cancelled \(499\): cancelled by the client\n$/);
       assert.deepEqual(cancels, [responder.seen[0]?.body.request_id]);

@@ -8,7 +8,13 @@ import assert from 'node:assert/strict';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { startChildWorker, startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
 import { startFakeOpenAI, startFakeOllama, type FakeProvider } from './fakes/index.js';
-import { createClient, LlmProxyError, type ChatRequest, type LlmProxyClient, type StreamChunk } from '../src/client/index.js';
+import {
+  createClient,
+  LlmProxyError,
+  type ChatRequest,
+  type LlmProxyClient,
+  type StreamChunk,
+} from '../src/client/index.js';
 
 const SECRET = 'e2e-secret-value';
 
@@ -60,7 +66,12 @@ function assertProxyError(error: unknown, code: string): asserts error is LlmPro
 describe('client through real workers', () => {
   test('a long stream arrives whole and in order, with the provider usage', async () => {
     const pieces = Array.from({ length: 400 }, (_, index) => `tok${index} `);
-    openai.enqueue({ kind: 'ok', content: pieces.join(''), chunks: pieces, usage: { promptTokens: 21, completionTokens: 400 } });
+    openai.enqueue({
+      kind: 'ok',
+      content: pieces.join(''),
+      chunks: pieces,
+      usage: { promptTokens: 21, completionTokens: 400 },
+    });
     const stream = client.stream(request('a long one'));
     const { chunks, error } = await collect(stream);
     assert.equal(error, undefined);
@@ -143,7 +154,9 @@ describe('client through real workers', () => {
     );
     assertProxyError(error, 'cancelled');
     await openai.waitForClosedByClient(closedBefore + 1, 10_000);
-    t.diagnostic(`abort → upstream connection closed: within ${(performance.now() - abortedAt).toFixed(1)} ms (bounded by the 10 s wait above)`);
+    t.diagnostic(
+      `abort → upstream connection closed: within ${(performance.now() - abortedAt).toFixed(1)} ms (bounded by the 10 s wait above)`,
+    );
   });
 
   test('leaving the loop early also closes the upstream connection', async () => {
@@ -166,13 +179,21 @@ describe('client through real workers', () => {
           const { chunks, error } = await collect(stream);
           if (error !== undefined) throw error;
           const reply = await stream.final;
-          return { expected: `echo: ${text}`, streamed: chunks.map((chunk) => chunk.delta).join(''), final: reply.content, seqs: chunks.map((chunk) => chunk.seq) };
+          return {
+            expected: `echo: ${text}`,
+            streamed: chunks.map((chunk) => chunk.delta).join(''),
+            final: reply.content,
+            seqs: chunks.map((chunk) => chunk.seq),
+          };
         }),
       );
       for (const result of results) {
         assert.equal(result.streamed, result.expected);
         assert.equal(result.final, result.expected);
-        assert.deepEqual(result.seqs, result.seqs.map((_, index) => index));
+        assert.deepEqual(
+          result.seqs,
+          result.seqs.map((_, index) => index),
+        );
       }
     } finally {
       openai.setDefault({ kind: 'ok' });
@@ -185,7 +206,12 @@ describe('client through real workers', () => {
     const child = await startChildWorker({ natsUrl: nats.url, config });
     const killedClient = await createClient({ servers: nats.url, subjectPrefix: 'killed', idleTimeoutMs: 1_500 });
     try {
-      openai.enqueue({ kind: 'ok', chunks: 50, chunkIntervalMs: 200, content: Array.from({ length: 50 }, (_, index) => `w${index}`).join(' ') });
+      openai.enqueue({
+        kind: 'ok',
+        chunks: 50,
+        chunkIntervalMs: 200,
+        content: Array.from({ length: 50 }, (_, index) => `w${index}`).join(' '),
+      });
       const stream = killedClient.stream(request('slow'));
       const iterator = stream[Symbol.asyncIterator]();
       const first = await iterator.next();

@@ -6,9 +6,22 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect, headers as natsHeaders, errors as natsErrors, type Msg, type NatsConnection } from '@nats-io/transport-node';
+import {
+  connect,
+  headers as natsHeaders,
+  errors as natsErrors,
+  type Msg,
+  type NatsConnection,
+} from '@nats-io/transport-node';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
-import { createClient, LlmProxyError, type ChatReply, type ChatRequest, type LlmProxyClient, type StreamChunk } from '../src/client/index.js';
+import {
+  createClient,
+  LlmProxyError,
+  type ChatReply,
+  type ChatRequest,
+  type LlmProxyClient,
+  type StreamChunk,
+} from '../src/client/index.js';
 import { HEADERS, STREAM_MARKS, subjectsFor } from '../src/contract/index.js';
 
 const SECRET = 'test-secret-value';
@@ -37,7 +50,11 @@ function request(content = 'hello', extra: Partial<ChatRequest> = {}): ChatReque
   return { model: 'fake-model', messages: [{ role: 'user', content }], ...extra };
 }
 
-function replyFor(body: ChatRequest & { request_id: string }, content: string, extra: Partial<ChatReply> = {}): ChatReply {
+function replyFor(
+  body: ChatRequest & { request_id: string },
+  content: string,
+  extra: Partial<ChatReply> = {},
+): ChatReply {
   return {
     content,
     usage: { prompt_tokens: 3, completion_tokens: 5, total_tokens: 8 },
@@ -73,7 +90,10 @@ function streamWriter(message: Msg): StreamWriter {
       const headers = natsHeaders();
       headers.set(HEADERS.stream, STREAM_MARKS.heartbeat);
       try {
-        await workerConnection.request(message.reply ?? '', JSON.stringify({ heartbeat: true }), { timeout: 200, headers });
+        await workerConnection.request(message.reply ?? '', JSON.stringify({ heartbeat: true }), {
+          timeout: 200,
+          headers,
+        });
         return 'answered';
       } catch (error) {
         if (error instanceof natsErrors.RequestError && error.isNoResponders()) return 'no-responders';
@@ -97,7 +117,10 @@ interface Received {
 }
 
 /** Subscribes a responder on `<prefix>.proxy.request`; the handler speaks the worker's side. */
-async function respond(prefix: string, handler: (received: Received) => void | Promise<void>): Promise<{ requests: Received[]; stop(): void }> {
+async function respond(
+  prefix: string,
+  handler: (received: Received) => void | Promise<void>,
+): Promise<{ requests: Received[]; stop(): void }> {
   const requests: Received[] = [];
   const subscription = workerConnection.subscribe(subjectsFor(prefix).request, {
     queue: 'llm-proxy',
@@ -114,12 +137,17 @@ async function respond(prefix: string, handler: (received: Received) => void | P
 }
 
 /** Collects what arrives on `<prefix>.proxy.cancel`. */
-async function listenForCancels(prefix: string): Promise<{ cancels: Array<{ requestId: string; secret: string }>; next(): Promise<void> }> {
+async function listenForCancels(
+  prefix: string,
+): Promise<{ cancels: Array<{ requestId: string; secret: string }>; next(): Promise<void> }> {
   const cancels: Array<{ requestId: string; secret: string }> = [];
   const waiters: Array<() => void> = [];
   workerConnection.subscribe(subjectsFor(prefix).cancel, {
     callback: (_error, message) => {
-      cancels.push({ requestId: (message.json() as { request_id: string }).request_id, secret: message.headers?.get(HEADERS.secret) ?? '' });
+      cancels.push({
+        requestId: (message.json() as { request_id: string }).request_id,
+        secret: message.headers?.get(HEADERS.secret) ?? '',
+      });
       waiters.shift()?.();
     },
   });
@@ -137,7 +165,11 @@ async function listenForCancels(prefix: string): Promise<{ cancels: Array<{ requ
   };
 }
 
-async function withClient(prefix: string, options: Partial<Parameters<typeof createClient>[0]>, body: (client: LlmProxyClient) => Promise<void>): Promise<void> {
+async function withClient(
+  prefix: string,
+  options: Partial<Parameters<typeof createClient>[0]>,
+  body: (client: LlmProxyClient) => Promise<void>,
+): Promise<void> {
   const client = await createClient({ servers: server.url, subjectPrefix: prefix, secret: SECRET, ...options });
   try {
     await body(client);
@@ -195,7 +227,9 @@ describe('chat()', () => {
       message.respond(JSON.stringify(replyFor(body, 'ok')));
     });
     await withClient(prefix, {}, async (client) => {
-      const reply = await client.chat(request('x', { request_id: 'my-id-1', timeout_ms: 3_000 }), { headers: { tracestate: 'vendor=1' } });
+      const reply = await client.chat(request('x', { request_id: 'my-id-1', timeout_ms: 3_000 }), {
+        headers: { tracestate: 'vendor=1' },
+      });
       assert.equal(reply.request_id, 'my-id-1');
       assert.equal(responder.requests[0]?.body.timeout_ms, 3_000);
       assert.equal(responder.requests[0]?.headers.tracestate, 'vendor=1');
@@ -336,7 +370,10 @@ describe('max_payload', () => {
       const { chunks, error: streamError } = await collect(stream);
       assert.equal(chunks.length, 0);
       assertProxyError(streamError, 'payload_too_large');
-      await assert.rejects(stream.final, (caught: unknown) => caught instanceof LlmProxyError && caught.code === 'payload_too_large');
+      await assert.rejects(
+        stream.final,
+        (caught: unknown) => caught instanceof LlmProxyError && caught.code === 'payload_too_large',
+      );
       await client.connection.flush();
       await peer.flush();
       assert.equal(received, 0, 'nothing reached the bus');
@@ -417,7 +454,10 @@ describe('stream()', () => {
       const cancelled = cancels.next();
       const stream = client.stream(request());
       const { chunks, error } = await collect(stream);
-      assert.deepEqual(chunks.map((chunk) => chunk.delta), ['a']);
+      assert.deepEqual(
+        chunks.map((chunk) => chunk.delta),
+        ['a'],
+      );
       assertProxyError(error, 'upstream_error', /chunk 1 missing/);
       await assert.rejects(stream.final, /chunk 1 missing/);
       await cancelled;
@@ -437,7 +477,10 @@ describe('stream()', () => {
     await withClient(prefix, {}, async (client) => {
       const stream = client.stream(request());
       const { chunks, error } = await collect(stream);
-      assert.deepEqual(chunks.map((chunk) => chunk.delta), ['ab']);
+      assert.deepEqual(
+        chunks.map((chunk) => chunk.delta),
+        ['ab'],
+      );
       assertProxyError(error, 'upstream_error', /2 of 4 characters/);
     });
     responder.stop();
@@ -454,7 +497,10 @@ describe('stream()', () => {
     });
     await withClient(prefix, {}, async (client) => {
       const { chunks, error } = await collect(client.stream(request()));
-      assert.deepEqual(chunks.map((chunk) => chunk.delta), ['a', 'b']);
+      assert.deepEqual(
+        chunks.map((chunk) => chunk.delta),
+        ['a', 'b'],
+      );
       assertProxyError(error, 'upstream_error', /chunk 0 out of order/);
     });
     responder.stop();
@@ -470,7 +516,10 @@ describe('stream()', () => {
     await withClient(prefix, {}, async (client) => {
       const stream = client.stream(request());
       const { chunks, error } = await collect(stream);
-      assert.deepEqual(chunks.map((chunk) => chunk.delta), ['partial ']);
+      assert.deepEqual(
+        chunks.map((chunk) => chunk.delta),
+        ['partial '],
+      );
       assertProxyError(error, 'upstream_error', /connection reset/);
       assert.equal(error.status, 502);
       assert.equal(error.retryable, true);
@@ -487,9 +536,14 @@ describe('stream()', () => {
       const headers = natsHeaders();
       headers.set(HEADERS.serviceError, 'missing or wrong X-Internal-Secret');
       headers.set(HEADERS.serviceErrorCode, '401');
-      message.respond(JSON.stringify({ error: { code: 'unauthorized', status: 401, message: 'missing or wrong X-Internal-Secret', retryable: false } }), {
-        headers,
-      });
+      message.respond(
+        JSON.stringify({
+          error: { code: 'unauthorized', status: 401, message: 'missing or wrong X-Internal-Secret', retryable: false },
+        }),
+        {
+          headers,
+        },
+      );
     });
     await withClient(prefix, {}, async (client) => {
       const { error } = await collect(client.stream(request()));
@@ -586,7 +640,10 @@ describe('stream()', () => {
       assert.deepEqual(seen, ['w0 ', 'w1 ']);
       await cancelled;
       assert.deepEqual(cancels.cancels, [{ requestId: stream.requestId, secret: SECRET }]);
-      await assert.rejects(stream.final, (caught: unknown) => caught instanceof LlmProxyError && caught.code === 'cancelled');
+      await assert.rejects(
+        stream.final,
+        (caught: unknown) => caught instanceof LlmProxyError && caught.code === 'cancelled',
+      );
       await client.connection.flush();
       // What a worker's next heartbeat learns: nobody listens on the inbox any more.
       heartbeatAfterCancel = writerForTest?.heartbeat();
@@ -607,7 +664,10 @@ describe('stream()', () => {
       assert.equal((await iterator.next()).value?.delta, 'a');
       const pending = iterator.next();
       controller.abort();
-      await assert.rejects(pending, (caught: unknown) => caught instanceof LlmProxyError && caught.code === 'cancelled');
+      await assert.rejects(
+        pending,
+        (caught: unknown) => caught instanceof LlmProxyError && caught.code === 'cancelled',
+      );
       await first;
       assert.equal(cancels.cancels[0]?.requestId, stream.requestId);
 
@@ -633,7 +693,10 @@ describe('stream()', () => {
     assert.equal((await iterator.next()).value?.delta, 'a');
     const pending = iterator.next();
     await client.close();
-    await assert.rejects(pending, (caught: unknown) => caught instanceof LlmProxyError && /connection closed/.test(caught.message));
+    await assert.rejects(
+      pending,
+      (caught: unknown) => caught instanceof LlmProxyError && /connection closed/.test(caught.message),
+    );
     responder.stop();
   });
 
@@ -643,11 +706,13 @@ describe('stream()', () => {
       const writer = streamWriter(message);
       const text = String(body.messages[0]?.content);
       const pieces = text.split(' ');
-      pieces.forEach((piece, seq) => writer.chunk(seq, seq === 0 ? piece : ` ${piece}`));
+      for (const [seq, piece] of pieces.entries()) writer.chunk(seq, seq === 0 ? piece : ` ${piece}`);
       writer.end(replyFor(body, text));
     });
     await withClient(prefix, {}, async (client) => {
-      const texts = Array.from({ length: 100 }, (_, index) => Array.from({ length: 20 }, (_, word) => `s${index}w${word}`).join(' '));
+      const texts = Array.from({ length: 100 }, (_, index) =>
+        Array.from({ length: 20 }, (_, word) => `s${index}w${word}`).join(' '),
+      );
       const results = await Promise.all(
         texts.map(async (text) => {
           const stream = client.stream(request(text));

@@ -31,7 +31,10 @@ import { seededRandom } from './helpers/seeded-random.js';
 import { startChildWorker, startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
 
 const DEFAULT_SEED = 20_261_127;
-const SEED = process.env.FUZZ_SEED !== undefined && process.env.FUZZ_SEED !== '' ? Number(process.env.FUZZ_SEED) >>> 0 : DEFAULT_SEED;
+const SEED =
+  process.env.FUZZ_SEED !== undefined && process.env.FUZZ_SEED !== ''
+    ? Number(process.env.FUZZ_SEED) >>> 0
+    : DEFAULT_SEED;
 const COUNT = Number(process.env.FUZZ_COUNT ?? 3_000);
 const CONCURRENCY = Number(process.env.FUZZ_CONCURRENCY ?? 32);
 const REPLY_TIMEOUT_MS = Number(process.env.FUZZ_REPLY_TIMEOUT_MS ?? 8_000);
@@ -47,12 +50,30 @@ const MAX_PUBLISHABLE_BYTES = 1_000_000;
 
 /** DESIGN.md, "Errors". */
 const DESIGN_CODES = new Set([
-  'invalid_request', 'unauthorized', 'budget_exceeded', 'model_not_found', 'payload_too_large', 'rate_limited',
-  'internal', 'upstream_error', 'no_provider_available', 'upstream_timeout', 'cancelled',
+  'invalid_request',
+  'unauthorized',
+  'budget_exceeded',
+  'model_not_found',
+  'payload_too_large',
+  'rate_limited',
+  'internal',
+  'upstream_error',
+  'no_provider_available',
+  'upstream_timeout',
+  'cancelled',
 ]);
 const DESIGN_STATUS: Record<string, number> = {
-  invalid_request: 400, unauthorized: 401, budget_exceeded: 402, model_not_found: 404, payload_too_large: 413,
-  rate_limited: 429, internal: 500, upstream_error: 502, no_provider_available: 503, upstream_timeout: 504, cancelled: 499,
+  invalid_request: 400,
+  unauthorized: 401,
+  budget_exceeded: 402,
+  model_not_found: 404,
+  payload_too_large: 413,
+  rate_limited: 429,
+  internal: 500,
+  upstream_error: 502,
+  no_provider_available: 503,
+  upstream_timeout: 504,
+  cancelled: 499,
 };
 /** What a malformed request may be refused with: the client's fault. */
 const CLIENT_CODES = new Set(['invalid_request', 'unauthorized', 'model_not_found', 'payload_too_large']);
@@ -84,7 +105,9 @@ function toJson(value: Json): string {
   if (value instanceof Raw) return value.text;
   if (Array.isArray(value)) return `[${value.map(toJson).join(',')}]`;
   if (value !== null && typeof value === 'object') {
-    return `{${Object.keys(value).map((key) => `${JSON.stringify(key)}:${toJson(value[key]!)}`).join(',')}}`;
+    return `{${Object.keys(value)
+      .map((key) => `${JSON.stringify(key)}:${toJson(value[key]!)}`)
+      .join(',')}}`;
   }
   return JSON.stringify(value);
 }
@@ -139,7 +162,8 @@ function nestingDepth(value: unknown): number {
   return deepest;
 }
 
-const isPlainObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+const isPlainObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null && !Array.isArray(value);
 
 function oracleFor(bytes: Uint8Array): Oracle {
   if (bytes.length > MAX_REQUEST_BYTES) return { tooLarge: true, parsed: false, tooDeep: false };
@@ -160,7 +184,8 @@ function oracleFor(bytes: Uint8Array): Oracle {
   const metadata = body.metadata;
   if (isPlainObject(metadata) && Object.hasOwn(metadata, 'agent_id')) {
     const agentId = metadata.agent_id;
-    if (typeof agentId === 'string' && agentId.length >= 1 && agentId.length <= 256 && !UNSAFE_TEXT.test(agentId)) oracle.agentId = agentId;
+    if (typeof agentId === 'string' && agentId.length >= 1 && agentId.length <= 256 && !UNSAFE_TEXT.test(agentId))
+      oracle.agentId = agentId;
   }
   return oracle;
 }
@@ -218,9 +243,61 @@ function hugeText(g: Gen, unit: string): [string, number] {
 
 /** Values of the wrong type or out of range, for every top-level field: each must be refused. */
 const WRONG: Record<string, Json[]> = {
-  model: [7, null, true, [], {}, ['gpt-test'], '', text(257), 'gpt-9000', 'GPT-TEST', ' gpt-test', 'gpt-test\n', '__proto__', 'constructor', 'toString', 'hasOwnProperty', '\ud800', 'gpt-test\u0000', '*', '>', 'gpt.test'],
-  messages: ['hi', 7, null, {}, obj([['role', 'user'], ['content', 'hi']]), [], true, [null], [1], ['hi'], [[]]],
-  max_tokens: ['10', -1, 0, 1.5, null, true, [], {}, 'NaN', 'Infinity', new Raw('1e309'), new Raw('-1e309'), new Raw('-0'), new Raw('1e-400')],
+  model: [
+    7,
+    null,
+    true,
+    [],
+    {},
+    ['gpt-test'],
+    '',
+    text(257),
+    'gpt-9000',
+    'GPT-TEST',
+    ' gpt-test',
+    'gpt-test\n',
+    '__proto__',
+    'constructor',
+    'toString',
+    'hasOwnProperty',
+    '\ud800',
+    'gpt-test\u0000',
+    '*',
+    '>',
+    'gpt.test',
+  ],
+  messages: [
+    'hi',
+    7,
+    null,
+    {},
+    obj([
+      ['role', 'user'],
+      ['content', 'hi'],
+    ]),
+    [],
+    true,
+    [null],
+    [1],
+    ['hi'],
+    [[]],
+  ],
+  max_tokens: [
+    '10',
+    -1,
+    0,
+    1.5,
+    null,
+    true,
+    [],
+    {},
+    'NaN',
+    'Infinity',
+    new Raw('1e309'),
+    new Raw('-1e309'),
+    new Raw('-0'),
+    new Raw('1e-400'),
+  ],
   max_completion_tokens: ['10', -5, 0, 2.5, null, false, 'NaN', new Raw('1e309')],
   temperature: [-0.1, 2.5, '0.5', 'NaN', null, [], {}, new Raw('1e309'), true, new Raw('-1e309')],
   top_p: [-1, 1.5, 'x', null, new Raw('1e309')],
@@ -233,7 +310,38 @@ const WRONG: Record<string, Json[]> = {
   logprobs: ['yes', 1, null],
   top_logprobs: [21, -1, 1.5, 'x'],
   user: [5, null, {}, []],
-  tools: ['x', {}, [{}], [obj([['type', 'function']])], [obj([['type', 'function'], ['function', obj([['name', '']])]])], [obj([['type', 'func'], ['function', obj([['name', 'f']])]])], [null], [obj([['type', 'function'], ['function', obj([['name', 'f'], ['parameters', 'x']])]])], null],
+  tools: [
+    'x',
+    {},
+    [{}],
+    [obj([['type', 'function']])],
+    [
+      obj([
+        ['type', 'function'],
+        ['function', obj([['name', '']])],
+      ]),
+    ],
+    [
+      obj([
+        ['type', 'func'],
+        ['function', obj([['name', 'f']])],
+      ]),
+    ],
+    [null],
+    [
+      obj([
+        ['type', 'function'],
+        [
+          'function',
+          obj([
+            ['name', 'f'],
+            ['parameters', 'x'],
+          ]),
+        ],
+      ]),
+    ],
+    null,
+  ],
   tool_choice: ['sometimes', {}, obj([['type', 'function']]), 5, null, []],
   parallel_tool_calls: ['yes', 1, null],
   response_format: [obj([['type', 'xml']]), 'json', {}, null, []],
@@ -248,18 +356,81 @@ const WRONG: Record<string, Json[]> = {
 
 /** request_id values that are not 1-128 visible ASCII characters. */
 const BAD_REQUEST_IDS: Json[] = [
-  5, null, [], {}, true, '', ' ', 'a b', 'a\r\nb', 'a\nb', 'a\rb', 'a\u0000b', '\u0000', 'é', '日本語', '\ud800', '\udfff', 'a\ud83d', 'a\ude00',
-  text(129), text(1_000), '\u007f', '\t', 'a\u0085b', 'a\u00a0b', '\ufeffa', 'a\u2028b', '\r\n', 'a\u001bb',
+  5,
+  null,
+  [],
+  {},
+  true,
+  '',
+  ' ',
+  'a b',
+  'a\r\nb',
+  'a\nb',
+  'a\rb',
+  'a\u0000b',
+  '\u0000',
+  'é',
+  '日本語',
+  '\ud800',
+  '\udfff',
+  'a\ud83d',
+  'a\ude00',
+  text(129),
+  text(1_000),
+  '\u007f',
+  '\t',
+  'a\u0085b',
+  'a\u00a0b',
+  '\ufeffa',
+  'a\u2028b',
+  '\r\n',
+  'a\u001bb',
 ];
 
 /** Metadata id values (agent_id, microdao_id, channel_id): [value, valid]. */
 const ID_VALUES: Array<[Json, boolean]> = [
-  ['', false], ['\u0001x', false], ['a\nb', false], ['a\r\nb', false], ['a\u0000', false], ['\ud800', false], ['a\udc00b', false], [text(257), false],
-  ['€'.repeat(257), false], [5, false], [null, false], [[], false], [{}, false], ['a\u0085', false], ['\u007f', false],
-  ['\ufffd', true], ['anonymous', true], ['unauthenticated', true], ['a.b', true], ['%', true], ['%41', true], ['>', true], ['*', true],
-  ['a b', true], [' ', true], [text(256), true], ['€'.repeat(256), true], ['agent:fuzz', true], ['agent.fuzz.>', true], ['日本', true],
-  ['😀', true], ['~', true], ['__proto__', true], ['constructor', true], ['a%2Eb', true], ['anonymous ', true], ['%61nonymous', true],
-  ['.', true], ['..', true], ['agent:fuzz\ufffd', true], [text(128, 'ab'), true], [text(200, 'a.'), true],
+  ['', false],
+  ['\u0001x', false],
+  ['a\nb', false],
+  ['a\r\nb', false],
+  ['a\u0000', false],
+  ['\ud800', false],
+  ['a\udc00b', false],
+  [text(257), false],
+  ['€'.repeat(257), false],
+  [5, false],
+  [null, false],
+  [[], false],
+  [{}, false],
+  ['a\u0085', false],
+  ['\u007f', false],
+  ['\ufffd', true],
+  ['anonymous', true],
+  ['unauthenticated', true],
+  ['a.b', true],
+  ['%', true],
+  ['%41', true],
+  ['>', true],
+  ['*', true],
+  ['a b', true],
+  [' ', true],
+  [text(256), true],
+  ['€'.repeat(256), true],
+  ['agent:fuzz', true],
+  ['agent.fuzz.>', true],
+  ['日本', true],
+  ['😀', true],
+  ['~', true],
+  ['__proto__', true],
+  ['constructor', true],
+  ['a%2Eb', true],
+  ['anonymous ', true],
+  ['%61nonymous', true],
+  ['.', true],
+  ['..', true],
+  ['agent:fuzz\ufffd', true],
+  [text(128, 'ab'), true],
+  [text(200, 'a.'), true],
 ];
 
 /** Mutates `o`; returns what the result deserves, a label, and the top-level field it touched. */
@@ -269,214 +440,760 @@ const FIELD_NAMES = Object.keys(WRONG);
 
 const mutations: Array<[number, Mutation]> = [
   // Wrong types and out-of-range values, every field.
-  [30, (o, g) => {
-    const field = g.pick(FIELD_NAMES);
-    const value = g.pick(WRONG[field]!);
-    put(o, field, value);
-    return ['error', `${field}=${describeValue(value)}`, field];
-  }],
+  [
+    30,
+    (o, g) => {
+      const field = g.pick(FIELD_NAMES);
+      const value = g.pick(WRONG[field]!);
+      put(o, field, value);
+      return ['error', `${field}=${describeValue(value)}`, field];
+    },
+  ],
   // request_id: invalid ones.
-  [10, (o, g) => {
-    const value = g.pick(BAD_REQUEST_IDS);
-    put(o, 'request_id', value);
-    return ['error', `request_id=${describeValue(value)}`, 'request_id'];
-  }],
+  [
+    10,
+    (o, g) => {
+      const value = g.pick(BAD_REQUEST_IDS);
+      put(o, 'request_id', value);
+      return ['error', `request_id=${describeValue(value)}`, 'request_id'];
+    },
+  ],
   // request_id: odd but valid ones (some shared between requests on purpose).
-  [4, (o, g, n) => {
-    const value = g.pick(['__proto__', 'constructor', 'toString', `*${n}`, `>${n}`, `a.b.${n}`, `%00-${n}`, `{"x":${n}}`, `\\${n}`, `"${n}"`, `fz-${n}-${text(120 - String(n).length, 'z')}`, `~${n}~`]);
-    put(o, 'request_id', value);
-    return ['ok', `request_id=${describeValue(value)}`, 'request_id'];
-  }],
+  [
+    4,
+    (o, g, n) => {
+      const value = g.pick([
+        '__proto__',
+        'constructor',
+        'toString',
+        `*${n}`,
+        `>${n}`,
+        `a.b.${n}`,
+        `%00-${n}`,
+        `{"x":${n}}`,
+        `\\${n}`,
+        `"${n}"`,
+        `fz-${n}-${text(120 - String(n).length, 'z')}`,
+        `~${n}~`,
+      ]);
+      put(o, 'request_id', value);
+      return ['ok', `request_id=${describeValue(value)}`, 'request_id'];
+    },
+  ],
   // request_id absent.
-  [2, (o) => {
-    delete o.request_id;
-    return ['ok', 'no request_id', 'request_id'];
-  }],
+  [
+    2,
+    (o) => {
+      delete o.request_id;
+      return ['ok', 'no request_id', 'request_id'];
+    },
+  ],
   // metadata ids.
-  [14, (o, g) => {
-    const [value, valid] = g.pick(ID_VALUES);
-    const key = g.pick(['agent_id', 'agent_id', 'agent_id', 'microdao_id', 'channel_id']);
-    const metadata: Obj = isPlainObject(o.metadata) ? { ...(o.metadata as Obj) } : {};
-    put(metadata, key, value);
-    o.metadata = metadata;
-    return [valid ? 'ok' : 'error', `metadata.${key}=${describeValue(value)}`, 'metadata'];
-  }],
+  [
+    14,
+    (o, g) => {
+      const [value, valid] = g.pick(ID_VALUES);
+      const key = g.pick(['agent_id', 'agent_id', 'agent_id', 'microdao_id', 'channel_id']);
+      const metadata: Obj = isPlainObject(o.metadata) ? { ...(o.metadata as Obj) } : {};
+      put(metadata, key, value);
+      o.metadata = metadata;
+      return [valid ? 'ok' : 'error', `metadata.${key}=${describeValue(value)}`, 'metadata'];
+    },
+  ],
   // metadata without agent_id, or none at all.
-  [3, (o, g) => {
-    if (g.chance(0.5)) {
-      delete o.metadata;
-      return ['ok', 'no metadata', 'metadata'];
-    }
-    o.metadata = obj([['microdao_id', 'microdao:fuzz']]);
-    return ['ok', 'metadata without agent_id', 'metadata'];
-  }],
-  // Tags: too many, odd names, odd values.
-  [8, (o, g) => {
-    const metadata: Obj = isPlainObject(o.metadata) ? { ...(o.metadata as Obj) } : {};
-    o.metadata = metadata;
-    const choice = g.int(0, 13);
-    switch (choice) {
-      case 0:
-        for (let index = 0; index < 33; index++) put(metadata, `t${index}`, 'v');
-        return ['error', '33 tags', 'metadata'];
-      case 1:
-        for (let index = 0; index < 32; index++) put(metadata, `t${index}`, 'v');
-        return ['ok', '32 tags', 'metadata'];
-      case 2:
-        for (let index = 0; index < 500; index++) put(metadata, `t${index}`, 'v');
-        return ['error', '500 tags', 'metadata'];
-      default: {
-        const [key, value, valid] = g.pick<[string, Json, boolean]>([
-          ['', 'v', false], [text(65), 'v', false], ['a\nb', 'v', false], ['\ud800', 'v', false], ['\u0000', 'v', false],
-          ['a.b', 'v', true], ['__proto__', 'v', true], ['constructor', 'v', true], ['toString', 'v', true], ['😀', 'v', true],
-          ['*', 'v', true], ['>', 'v', true], ['a b', 'v', true], [text(64), 'v', true], ['hasOwnProperty', 'v', true],
-          ['task', text(1_025), false], ['task', text(1_024), true], ['task', 5, false], ['task', null, false], ['task', {}, false],
-          ['task', '\u0000', false], ['task', '', true], ['task', '\ud800', false], ['task', [], false], ['__proto__', obj([['agent_id', 'x']]), false],
-          ['x-internal-secret', 'v', true], ['password', 'v', true],
-        ]);
-        put(metadata, key, value);
-        return [valid ? 'ok' : 'error', `tag ${shortText(key, 30)}=${describeValue(value)}`, 'metadata'];
+  [
+    3,
+    (o, g) => {
+      if (g.chance(0.5)) {
+        delete o.metadata;
+        return ['ok', 'no metadata', 'metadata'];
       }
-    }
-  }],
+      o.metadata = obj([['microdao_id', 'microdao:fuzz']]);
+      return ['ok', 'metadata without agent_id', 'metadata'];
+    },
+  ],
+  // Tags: too many, odd names, odd values.
+  [
+    8,
+    (o, g) => {
+      const metadata: Obj = isPlainObject(o.metadata) ? { ...(o.metadata as Obj) } : {};
+      o.metadata = metadata;
+      const choice = g.int(0, 13);
+      switch (choice) {
+        case 0:
+          for (let index = 0; index < 33; index++) put(metadata, `t${index}`, 'v');
+          return ['error', '33 tags', 'metadata'];
+        case 1:
+          for (let index = 0; index < 32; index++) put(metadata, `t${index}`, 'v');
+          return ['ok', '32 tags', 'metadata'];
+        case 2:
+          for (let index = 0; index < 500; index++) put(metadata, `t${index}`, 'v');
+          return ['error', '500 tags', 'metadata'];
+        default: {
+          const [key, value, valid] = g.pick<[string, Json, boolean]>([
+            ['', 'v', false],
+            [text(65), 'v', false],
+            ['a\nb', 'v', false],
+            ['\ud800', 'v', false],
+            ['\u0000', 'v', false],
+            ['a.b', 'v', true],
+            ['__proto__', 'v', true],
+            ['constructor', 'v', true],
+            ['toString', 'v', true],
+            ['😀', 'v', true],
+            ['*', 'v', true],
+            ['>', 'v', true],
+            ['a b', 'v', true],
+            [text(64), 'v', true],
+            ['hasOwnProperty', 'v', true],
+            ['task', text(1_025), false],
+            ['task', text(1_024), true],
+            ['task', 5, false],
+            ['task', null, false],
+            ['task', {}, false],
+            ['task', '\u0000', false],
+            ['task', '', true],
+            ['task', '\ud800', false],
+            ['task', [], false],
+            ['__proto__', obj([['agent_id', 'x']]), false],
+            ['x-internal-secret', 'v', true],
+            ['password', 'v', true],
+          ]);
+          put(metadata, key, value);
+          return [valid ? 'ok' : 'error', `tag ${shortText(key, 30)}=${describeValue(value)}`, 'metadata'];
+        }
+      }
+    },
+  ],
   // messages malformed (and a few odd but valid ones).
-  [18, (o, g) => {
-    const cases: Array<[Json, Expect]> = [
-      [[obj([['content', 'hi']])], 'error'],
-      [[obj([['role', 'robot'], ['content', 'hi']])], 'error'],
-      [[obj([['role', ''], ['content', 'hi']])], 'error'],
-      [[obj([['role', 'USER'], ['content', 'hi']])], 'error'],
-      [[obj([['role', 5], ['content', 'hi']])], 'error'],
-      [[obj([['role', null], ['content', 'hi']])], 'error'],
-      [[obj([['role', 'tool'], ['content', 'x']])], 'error'],
-      [[obj([['role', 'tool'], ['content', 'x'], ['tool_call_id', 5]])], 'error'],
-      [[obj([['role', 'user']])], 'error'],
-      [[obj([['role', 'user'], ['content', null]])], 'error'],
-      [[obj([['role', 'user'], ['content', 5]])], 'error'],
-      [[obj([['role', 'user'], ['content', {}]])], 'error'],
-      [[obj([['role', 'user'], ['content', true]])], 'error'],
-      [[obj([['role', 'user'], ['content', [{}]]])], 'error'],
-      [[obj([['role', 'user'], ['content', [obj([['type', '']])]]])], 'error'],
-      [[obj([['role', 'user'], ['content', [obj([['type', 'text']])]]])], 'gap'],
-      [[obj([['role', 'user'], ['content', [obj([['type', 'text'], ['text', 5]])]]])], 'gap'],
-      [[obj([['role', 'user'], ['content', [obj([['type', 'image_url']])]]])], 'gap'],
-      [[obj([['role', 'user'], ['content', [obj([['type', 'image_url'], ['image_url', obj([['url', '']])]])]]])], 'gap'],
-      [[obj([['role', 'user'], ['content', [obj([['type', 'image_url'], ['image_url', obj([['url', 'x'], ['detail', 'ultra']])]])]]])], 'gap'],
-      [[obj([['role', 'user'], ['content', [null]]])], 'error'],
-      [[obj([['role', 'user'], ['content', ['hi']]])], 'error'],
-      [[obj([['role', 'user'], ['content', [[]]]])], 'error'],
-      [[obj([['role', 'user'], ['content', 'hi'], ['name', 5]])], 'error'],
-      [[obj([['role', 'assistant'], ['tool_calls', 'x']])], 'error'],
-      [[obj([['role', 'assistant'], ['tool_calls', [{}]]])], 'error'],
-      [[obj([['role', 'assistant'], ['tool_calls', [obj([['id', '1'], ['type', 'function'], ['function', obj([['name', 'f']])]])]]])], 'error'],
-      [[obj([['role', 'user'], ['content', 'hi'], ['reasoning_content', 5]])], 'error'],
-      [[obj([['role', 'user'], ['content', 'hi']]), null], 'error'],
-      [[obj([['role', 'user'], ['content', 'hi']]), obj([['role', 'tool'], ['content', 'r']])], 'error'],
-      // Odd but valid.
-      [[obj([['role', 'user'], ['content', [obj([['type', 'text'], ['text', 'hi']])]]])], 'ok'],
-      [[obj([['role', 'system'], ['content', 's']]), obj([['role', 'user'], ['content', 'hi']])], 'ok'],
-      [[obj([['role', 'developer'], ['content', 'd']]), obj([['role', 'user'], ['content', 'hi']])], 'ok'],
-      [[obj([['role', 'user'], ['content', 'hi'], ['foo', 1]])], 'any'],
-      [[obj([['role', 'user'], ['content', 'a\u0000b\ud800c\u001b\r\n']])], 'any'],
-      [[obj([['role', 'user'], ['content', [obj([['type', 'custom']])]]])], 'any'],
-      [[obj([['role', 'user'], ['content', '']])], 'any'],
-      [Array.from({ length: 300 }, () => obj([['role', 'user'], ['content', 'hi']])), 'any'],
-      [[
-        obj([['role', 'user'], ['content', 'q']]),
-        obj([['role', 'assistant'], ['content', null], ['tool_calls', [obj([['id', 'c1'], ['type', 'function'], ['function', obj([['name', 'f'], ['arguments', '{}']])]])]]]),
-        obj([['role', 'tool'], ['tool_call_id', 'c1'], ['content', 'r']]),
-        obj([['role', 'user'], ['content', 'hi']]),
-      ], 'any'],
-    ];
-    const [value, expect] = g.pick(cases);
-    o.messages = value;
-    return [expect, `messages=${describeValue(value)}`, 'messages'];
-  }],
+  [
+    18,
+    (o, g) => {
+      const cases: Array<[Json, Expect]> = [
+        [[obj([['content', 'hi']])], 'error'],
+        [
+          [
+            obj([
+              ['role', 'robot'],
+              ['content', 'hi'],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', ''],
+              ['content', 'hi'],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'USER'],
+              ['content', 'hi'],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 5],
+              ['content', 'hi'],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', null],
+              ['content', 'hi'],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'tool'],
+              ['content', 'x'],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'tool'],
+              ['content', 'x'],
+              ['tool_call_id', 5],
+            ]),
+          ],
+          'error',
+        ],
+        [[obj([['role', 'user']])], 'error'],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', null],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', 5],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', {}],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', true],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', [{}]],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', [obj([['type', '']])]],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', [obj([['type', 'text']])]],
+            ]),
+          ],
+          'gap',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              [
+                'content',
+                [
+                  obj([
+                    ['type', 'text'],
+                    ['text', 5],
+                  ]),
+                ],
+              ],
+            ]),
+          ],
+          'gap',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', [obj([['type', 'image_url']])]],
+            ]),
+          ],
+          'gap',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              [
+                'content',
+                [
+                  obj([
+                    ['type', 'image_url'],
+                    ['image_url', obj([['url', '']])],
+                  ]),
+                ],
+              ],
+            ]),
+          ],
+          'gap',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              [
+                'content',
+                [
+                  obj([
+                    ['type', 'image_url'],
+                    [
+                      'image_url',
+                      obj([
+                        ['url', 'x'],
+                        ['detail', 'ultra'],
+                      ]),
+                    ],
+                  ]),
+                ],
+              ],
+            ]),
+          ],
+          'gap',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', [null]],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', ['hi']],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', [[]]],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', 'hi'],
+              ['name', 5],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'assistant'],
+              ['tool_calls', 'x'],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'assistant'],
+              ['tool_calls', [{}]],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'assistant'],
+              [
+                'tool_calls',
+                [
+                  obj([
+                    ['id', '1'],
+                    ['type', 'function'],
+                    ['function', obj([['name', 'f']])],
+                  ]),
+                ],
+              ],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', 'hi'],
+              ['reasoning_content', 5],
+            ]),
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', 'hi'],
+            ]),
+            null,
+          ],
+          'error',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', 'hi'],
+            ]),
+            obj([
+              ['role', 'tool'],
+              ['content', 'r'],
+            ]),
+          ],
+          'error',
+        ],
+        // Odd but valid.
+        [
+          [
+            obj([
+              ['role', 'user'],
+              [
+                'content',
+                [
+                  obj([
+                    ['type', 'text'],
+                    ['text', 'hi'],
+                  ]),
+                ],
+              ],
+            ]),
+          ],
+          'ok',
+        ],
+        [
+          [
+            obj([
+              ['role', 'system'],
+              ['content', 's'],
+            ]),
+            obj([
+              ['role', 'user'],
+              ['content', 'hi'],
+            ]),
+          ],
+          'ok',
+        ],
+        [
+          [
+            obj([
+              ['role', 'developer'],
+              ['content', 'd'],
+            ]),
+            obj([
+              ['role', 'user'],
+              ['content', 'hi'],
+            ]),
+          ],
+          'ok',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', 'hi'],
+              ['foo', 1],
+            ]),
+          ],
+          'any',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', 'a\u0000b\ud800c\u001b\r\n'],
+            ]),
+          ],
+          'any',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', [obj([['type', 'custom']])]],
+            ]),
+          ],
+          'any',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', ''],
+            ]),
+          ],
+          'any',
+        ],
+        [
+          Array.from({ length: 300 }, () =>
+            obj([
+              ['role', 'user'],
+              ['content', 'hi'],
+            ]),
+          ),
+          'any',
+        ],
+        [
+          [
+            obj([
+              ['role', 'user'],
+              ['content', 'q'],
+            ]),
+            obj([
+              ['role', 'assistant'],
+              ['content', null],
+              [
+                'tool_calls',
+                [
+                  obj([
+                    ['id', 'c1'],
+                    ['type', 'function'],
+                    [
+                      'function',
+                      obj([
+                        ['name', 'f'],
+                        ['arguments', '{}'],
+                      ]),
+                    ],
+                  ]),
+                ],
+              ],
+            ]),
+            obj([
+              ['role', 'tool'],
+              ['tool_call_id', 'c1'],
+              ['content', 'r'],
+            ]),
+            obj([
+              ['role', 'user'],
+              ['content', 'hi'],
+            ]),
+          ],
+          'any',
+        ],
+      ];
+      const [value, expect] = g.pick(cases);
+      o.messages = value;
+      return [expect, `messages=${describeValue(value)}`, 'messages'];
+    },
+  ],
   // Unknown top-level fields.
-  [8, (o, g) => {
-    const key = g.pick(['max_token', 'Model', '', ' ', '__proto__', 'constructor', 'toString', 'hasOwnProperty', text(10_000), 'a\nb', '\ud800', 'stream ', 'functions', 'prompt', 'valueOf', 'REQUEST_ID', 'metadata\u0000']);
-    const value = g.pick<Json>([1, 'x', null, {}, obj([['agent_id', 'agent:evil']]), []]);
-    put(o, key, value);
-    return ['error', `unknown field ${shortText(key, 30)}=${describeValue(value)}`, key];
-  }],
+  [
+    8,
+    (o, g) => {
+      const key = g.pick([
+        'max_token',
+        'Model',
+        '',
+        ' ',
+        '__proto__',
+        'constructor',
+        'toString',
+        'hasOwnProperty',
+        text(10_000),
+        'a\nb',
+        '\ud800',
+        'stream ',
+        'functions',
+        'prompt',
+        'valueOf',
+        'REQUEST_ID',
+        'metadata\u0000',
+      ]);
+      const value = g.pick<Json>([1, 'x', null, {}, obj([['agent_id', 'agent:evil']]), []]);
+      put(o, key, value);
+      return ['error', `unknown field ${shortText(key, 30)}=${describeValue(value)}`, key];
+    },
+  ],
   // Nesting: 1,000-10,000 levels (refused), or a few dozen (fine).
-  [9, (o, g) => {
-    const levels = g.chance(0.8) ? g.int(1_000, 10_000) : g.int(2, 40);
-    const deep = new Raw(deepText(levels, g.pick(['object', 'array', 'mixed'] as const)));
-    const where = g.pick(['tools', 'provider_options', 'metadata', 'messages', 'response_format', 'logit_bias', 'unknown', 'tool_choice']);
-    const ok = levels <= 40;
-    switch (where) {
-      case 'tools':
-        o.tools = [obj([['type', 'function'], ['function', obj([['name', 'f'], ['parameters', obj([['type', 'object'], ['properties', obj([['x', deep]])]])]])]])];
-        return [ok ? 'any' : 'error', `tools parameters ${levels} deep`, where];
-      case 'provider_options':
-        o.provider_options = obj([['nested', deep]]);
-        return [ok ? 'any' : 'error', `provider_options ${levels} deep`, where];
-      case 'metadata':
-        o.metadata = obj([['agent_id', 'agent:fuzz'], ['deep', deep]]);
-        return ['error', `metadata tag ${levels} deep`, where];
-      case 'messages':
-        o.messages = [obj([['role', 'user'], ['content', 'hi'], ['extra', deep]])];
-        return [ok ? 'any' : 'error', `messages[0].extra ${levels} deep`, where];
-      case 'response_format':
-        o.response_format = obj([['type', 'json_schema'], ['json_schema', deep]]);
-        return [ok ? 'any' : 'error', `response_format ${levels} deep`, where];
-      case 'logit_bias':
-        o.logit_bias = obj([['1', deep]]);
-        return ['error', `logit_bias ${levels} deep`, where];
-      case 'tool_choice':
-        o.tool_choice = obj([['type', 'function'], ['function', obj([['name', 'f'], ['x', deep]])]]);
-        return [ok ? 'any' : 'error', `tool_choice ${levels} deep`, where];
-      default:
-        put(o, 'deep_unknown', deep);
-        return ['error', `unknown field ${levels} deep`, 'deep_unknown'];
-    }
-  }],
+  [
+    9,
+    (o, g) => {
+      const levels = g.chance(0.8) ? g.int(1_000, 10_000) : g.int(2, 40);
+      const deep = new Raw(deepText(levels, g.pick(['object', 'array', 'mixed'] as const)));
+      const where = g.pick([
+        'tools',
+        'provider_options',
+        'metadata',
+        'messages',
+        'response_format',
+        'logit_bias',
+        'unknown',
+        'tool_choice',
+      ]);
+      const ok = levels <= 40;
+      switch (where) {
+        case 'tools':
+          o.tools = [
+            obj([
+              ['type', 'function'],
+              [
+                'function',
+                obj([
+                  ['name', 'f'],
+                  [
+                    'parameters',
+                    obj([
+                      ['type', 'object'],
+                      ['properties', obj([['x', deep]])],
+                    ]),
+                  ],
+                ]),
+              ],
+            ]),
+          ];
+          return [ok ? 'any' : 'error', `tools parameters ${levels} deep`, where];
+        case 'provider_options':
+          o.provider_options = obj([['nested', deep]]);
+          return [ok ? 'any' : 'error', `provider_options ${levels} deep`, where];
+        case 'metadata':
+          o.metadata = obj([
+            ['agent_id', 'agent:fuzz'],
+            ['deep', deep],
+          ]);
+          return ['error', `metadata tag ${levels} deep`, where];
+        case 'messages':
+          o.messages = [
+            obj([
+              ['role', 'user'],
+              ['content', 'hi'],
+              ['extra', deep],
+            ]),
+          ];
+          return [ok ? 'any' : 'error', `messages[0].extra ${levels} deep`, where];
+        case 'response_format':
+          o.response_format = obj([
+            ['type', 'json_schema'],
+            ['json_schema', deep],
+          ]);
+          return [ok ? 'any' : 'error', `response_format ${levels} deep`, where];
+        case 'logit_bias':
+          o.logit_bias = obj([['1', deep]]);
+          return ['error', `logit_bias ${levels} deep`, where];
+        case 'tool_choice':
+          o.tool_choice = obj([
+            ['type', 'function'],
+            [
+              'function',
+              obj([
+                ['name', 'f'],
+                ['x', deep],
+              ]),
+            ],
+          ]);
+          return [ok ? 'any' : 'error', `tool_choice ${levels} deep`, where];
+        default:
+          put(o, 'deep_unknown', deep);
+          return ['error', `unknown field ${levels} deep`, 'deep_unknown'];
+      }
+    },
+  ],
   // Huge strings in every kind of place.
-  [6, (o, g) => {
-    const unit = g.pick(['x', '€', '\u0000', 'a\n']);
-    const [value, length] = hugeText(g, unit);
-    const where = g.pick(['content', 'model', 'request_id', 'agent_id', 'unknown', 'tag', 'user', 'stop']);
-    switch (where) {
-      case 'content':
-        o.messages = [obj([['role', 'user'], ['content', value]])];
-        return ['any', `content of ~${length} bytes of ${shortText(unit)}`, 'messages'];
-      case 'model':
-        o.model = value;
-        return ['error', `model of ~${length} bytes`, 'model'];
-      case 'request_id':
-        o.request_id = value;
-        return ['error', `request_id of ~${length} bytes`, 'request_id'];
-      case 'agent_id':
-        o.metadata = obj([['agent_id', value]]);
-        return ['error', `agent_id of ~${length} bytes`, 'metadata'];
-      case 'unknown':
-        put(o, value, 1);
-        return ['error', `unknown field name of ~${length} bytes`, 'huge_unknown'];
-      case 'tag':
-        o.metadata = obj([['agent_id', 'agent:fuzz'], ['task', value]]);
-        return ['error', `tag value of ~${length} bytes`, 'metadata'];
-      case 'user':
-        o.user = value;
-        return ['any', `user of ~${length} bytes`, 'user'];
-      default:
-        o.stop = [value];
-        return ['any', `stop of ~${length} bytes`, 'stop'];
-    }
-  }],
+  [
+    6,
+    (o, g) => {
+      const unit = g.pick(['x', '€', '\u0000', 'a\n']);
+      const [value, length] = hugeText(g, unit);
+      const where = g.pick(['content', 'model', 'request_id', 'agent_id', 'unknown', 'tag', 'user', 'stop']);
+      switch (where) {
+        case 'content':
+          o.messages = [
+            obj([
+              ['role', 'user'],
+              ['content', value],
+            ]),
+          ];
+          return ['any', `content of ~${length} bytes of ${shortText(unit)}`, 'messages'];
+        case 'model':
+          o.model = value;
+          return ['error', `model of ~${length} bytes`, 'model'];
+        case 'request_id':
+          o.request_id = value;
+          return ['error', `request_id of ~${length} bytes`, 'request_id'];
+        case 'agent_id':
+          o.metadata = obj([['agent_id', value]]);
+          return ['error', `agent_id of ~${length} bytes`, 'metadata'];
+        case 'unknown':
+          put(o, value, 1);
+          return ['error', `unknown field name of ~${length} bytes`, 'huge_unknown'];
+        case 'tag':
+          o.metadata = obj([
+            ['agent_id', 'agent:fuzz'],
+            ['task', value],
+          ]);
+          return ['error', `tag value of ~${length} bytes`, 'metadata'];
+        case 'user':
+          o.user = value;
+          return ['any', `user of ~${length} bytes`, 'user'];
+        default:
+          o.stop = [value];
+          return ['any', `stop of ~${length} bytes`, 'stop'];
+      }
+    },
+  ],
   // Odd but valid values.
-  [6, (o, g) => {
-    const [field, value, expect] = g.pick<[string, Json, Expect]>([
-      ['temperature', 0, 'ok'], ['temperature', 2, 'ok'], ['cache', 'bypass', 'ok'], ['cache', 'auto', 'ok'], ['max_tokens', 1, 'ok'],
-      ['stop', ['a'], 'ok'], ['user', 'u', 'ok'], ['seed', 0, 'ok'], ['n', 1, 'ok'], ['response_format', obj([['type', 'json_object']]), 'ok'],
-      ['stream_options', obj([['include_usage', true]]), 'ok'], ['logit_bias', obj([['50256', -100]]), 'ok'], ['timeout_ms', 1, 'any'],
-      ['timeout_ms', 60_000, 'ok'], ['logprobs', true, 'any'], ['tool_choice', 'auto', 'any'], ['reasoning_effort', 'low', 'any'],
-      ['provider_options', obj([['a', 1]]), 'any'], ['top_p', 0, 'ok'], ['seed', new Raw('1e308'), 'any'], ['max_tokens', new Raw('1e308'), 'any'],
-      ['seed', -1, 'ok'], ['max_tokens', new Raw('1.0'), 'ok'], ['temperature', new Raw('0e5'), 'ok'], ['stream', false, 'ok'],
-    ]);
-    put(o, field, value);
-    return [expect, `${field}=${describeValue(value)} (valid)`, field];
-  }],
+  [
+    6,
+    (o, g) => {
+      const [field, value, expect] = g.pick<[string, Json, Expect]>([
+        ['temperature', 0, 'ok'],
+        ['temperature', 2, 'ok'],
+        ['cache', 'bypass', 'ok'],
+        ['cache', 'auto', 'ok'],
+        ['max_tokens', 1, 'ok'],
+        ['stop', ['a'], 'ok'],
+        ['user', 'u', 'ok'],
+        ['seed', 0, 'ok'],
+        ['n', 1, 'ok'],
+        ['response_format', obj([['type', 'json_object']]), 'ok'],
+        ['stream_options', obj([['include_usage', true]]), 'ok'],
+        ['logit_bias', obj([['50256', -100]]), 'ok'],
+        ['timeout_ms', 1, 'any'],
+        ['timeout_ms', 60_000, 'ok'],
+        ['logprobs', true, 'any'],
+        ['tool_choice', 'auto', 'any'],
+        ['reasoning_effort', 'low', 'any'],
+        ['provider_options', obj([['a', 1]]), 'any'],
+        ['top_p', 0, 'ok'],
+        ['seed', new Raw('1e308'), 'any'],
+        ['max_tokens', new Raw('1e308'), 'any'],
+        ['seed', -1, 'ok'],
+        ['max_tokens', new Raw('1.0'), 'ok'],
+        ['temperature', new Raw('0e5'), 'ok'],
+        ['stream', false, 'ok'],
+      ]);
+      put(o, field, value);
+      return [expect, `${field}=${describeValue(value)} (valid)`, field];
+    },
+  ],
 ];
 
 const MUTATION_WEIGHT = mutations.reduce((sum, [weight]) => sum + weight, 0);
@@ -492,8 +1209,13 @@ function pickMutation(g: Gen): Mutation {
 
 const encoder = new TextEncoder();
 const BAD_BYTES: Array<[string, number[]]> = [
-  ['ff', [0xff]], ['fe ff', [0xfe, 0xff]], ['lone continuation 80', [0x80]], ['overlong c0 af', [0xc0, 0xaf]],
-  ['surrogate ed a0 80', [0xed, 0xa0, 0x80]], ['truncated e2 82', [0xe2, 0x82]], ['f8 88 80 80 80', [0xf8, 0x88, 0x80, 0x80, 0x80]],
+  ['ff', [0xff]],
+  ['fe ff', [0xfe, 0xff]],
+  ['lone continuation 80', [0x80]],
+  ['overlong c0 af', [0xc0, 0xaf]],
+  ['surrogate ed a0 80', [0xed, 0xa0, 0x80]],
+  ['truncated e2 82', [0xe2, 0x82]],
+  ['f8 88 80 80 80', [0xf8, 0x88, 0x80, 0x80, 0x80]],
   ['over U+10FFFF f4 90 80 80', [0xf4, 0x90, 0x80, 0x80]],
 ];
 
@@ -519,10 +1241,45 @@ function wholeBody(g: Gen, n: number): [string, Uint8Array, Expect] {
   const valid = `{"model":"gpt-test","messages":[{"role":"user","content":"hi"}],"request_id":"fz-${n}","metadata":{"agent_id":"agent:fuzz"}}`;
   const choice = g.int(0, 11);
   if (choice <= 3) {
-    const body = g.pick(['', ' ', '\n', '{', '}', 'hello', '{"model":', 'null', '0', '123', '-1', '"str"', 'true', 'false', '[]', '[1,2]', '[{}]', '{}',
-      '{"model":"gpt-test"}', "{'model':'gpt-test'}", '{"model":"gpt-test",}', 'NaN', 'Infinity', '1e309', '{"a":1}/*c*/', '\u0000', '{"model":"gpt-test"}{"x":1}',
-      `${valid}x`, `${valid}${valid}`, `[${valid}]`, valid.replace('"hi"', '"h\ti"'), valid.replace('"hi"', '"h\u0001i"'), valid.replace('fz-', 'fz-\n'),
-      valid.slice(0, 40), `{"request_id":"fz-${n}","metadata":{"agent_id":"agent:fuzz"}}`, '{"__proto__":{"model":"gpt-test"}}', '{"constructor":{"prototype":{}}}']);
+    const body = g.pick([
+      '',
+      ' ',
+      '\n',
+      '{',
+      '}',
+      'hello',
+      '{"model":',
+      'null',
+      '0',
+      '123',
+      '-1',
+      '"str"',
+      'true',
+      'false',
+      '[]',
+      '[1,2]',
+      '[{}]',
+      '{}',
+      '{"model":"gpt-test"}',
+      "{'model':'gpt-test'}",
+      '{"model":"gpt-test",}',
+      'NaN',
+      'Infinity',
+      '1e309',
+      '{"a":1}/*c*/',
+      '\u0000',
+      '{"model":"gpt-test"}{"x":1}',
+      `${valid}x`,
+      `${valid}${valid}`,
+      `[${valid}]`,
+      valid.replace('"hi"', '"h\ti"'),
+      valid.replace('"hi"', '"h\u0001i"'),
+      valid.replace('fz-', 'fz-\n'),
+      valid.slice(0, 40),
+      `{"request_id":"fz-${n}","metadata":{"agent_id":"agent:fuzz"}}`,
+      '{"__proto__":{"model":"gpt-test"}}',
+      '{"constructor":{"prototype":{}}}',
+    ]);
     return [`body=${shortText(body, 60)}`, encoder.encode(body), 'error'];
   }
   if (choice <= 5) {
@@ -538,7 +1295,11 @@ function wholeBody(g: Gen, n: number): [string, Uint8Array, Expect] {
       [valid.replace('"model"', '"mo@@BAD@@del"'), 'error'],
     ];
     const [template, expect] = templates[where]!;
-    return [`invalid UTF-8 (${name}) at ${['body', 'start', 'request_id', 'agent_id', 'content', 'model', 'key'][where]}`, withBadBytes(template, bad), expect];
+    return [
+      `invalid UTF-8 (${name}) at ${['body', 'start', 'request_id', 'agent_id', 'content', 'model', 'key'][where]}`,
+      withBadBytes(template, bad),
+      expect,
+    ];
   }
   if (choice === 6) {
     // A UTF-8 BOM (the decoder drops it) or UTF-16.
@@ -567,11 +1328,30 @@ function wholeBody(g: Gen, n: number): [string, Uint8Array, Expect] {
   return ['a JSON string of 100k', encoder.encode(JSON.stringify(text(100_000))), 'error'];
 }
 
-const WRONG_SECRETS = ['wrong', `${SECRET}x`, SECRET.slice(0, -1), SECRET.toUpperCase(), text(5_000), '日本', [...SECRET].reverse().join(''), '', `x${SECRET}`];
+const WRONG_SECRETS = [
+  'wrong',
+  `${SECRET}x`,
+  SECRET.slice(0, -1),
+  SECRET.toUpperCase(),
+  text(5_000),
+  '日本',
+  [...SECRET].reverse().join(''),
+  '',
+  `x${SECRET}`,
+];
 const GARBAGE_TRACEPARENTS = [
-  'garbage', '00-zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz-zzzzzzzzzzzzzzzz-01', '00-00000000000000000000000000000000-0000000000000000-01',
-  'ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01', '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz', text(8_000, '0-'),
-  '☃☃☃', '-', '00--', `00-${SECRET}-x-01`.replace(SECRET, 'deadbeef'), '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra', '\u0000\u0001',
+  'garbage',
+  '00-zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz-zzzzzzzzzzzzzzzz-01',
+  '00-00000000000000000000000000000000-0000000000000000-01',
+  'ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+  '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz',
+  text(8_000, '0-'),
+  '☃☃☃',
+  '-',
+  '00--',
+  `00-${SECRET}-x-01`.replace(SECRET, 'deadbeef'),
+  '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra',
+  '\u0000\u0001',
 ];
 
 /** Headers for nats.js: [headers, secret mode, label]. `mixed` ones need a valid body to tell what happened. */
@@ -591,10 +1371,16 @@ function pickHeaders(g: Gen): [Array<[string, string]> | null, SecretMode, strin
     headers = [['X-INTERNAL-SECRET', SECRET]];
     label = 'secret as X-INTERNAL-SECRET';
   } else if (roll < 0.86) {
-    headers = [['X-Internal-Secret', SECRET], ['X-Internal-Secret', SECRET]];
+    headers = [
+      ['X-Internal-Secret', SECRET],
+      ['X-Internal-Secret', SECRET],
+    ];
     label = 'secret twice';
   } else if (roll < 0.87) {
-    headers = [['X-Internal-Secret', SECRET], ['x-internal-secret', SECRET]];
+    headers = [
+      ['X-Internal-Secret', SECRET],
+      ['x-internal-secret', SECRET],
+    ];
     label = 'secret under two spellings';
   } else if (roll < 0.91) {
     headers = g.chance(0.5) ? null : [['X-Other', 'x']];
@@ -606,18 +1392,40 @@ function pickHeaders(g: Gen): [Array<[string, string]> | null, SecretMode, strin
     mode = 'wrong';
     label = `wrong secret ${shortText(wrong, 20)}`;
   } else if (roll < 0.97) {
-    const name = g.pick(['X-Internal-Secrets', 'X_Internal_Secret', 'Internal-Secret', 'X-Internal-Secret-', 'XInternalSecret', 'Authorization']);
+    const name = g.pick([
+      'X-Internal-Secrets',
+      'X_Internal_Secret',
+      'Internal-Secret',
+      'X-Internal-Secret-',
+      'XInternalSecret',
+      'Authorization',
+    ]);
     headers = [[name, SECRET]];
     mode = 'wrong';
     label = `secret under the wrong name ${name}`;
   } else {
     const wrong = g.pick(WRONG_SECRETS.filter((value) => value !== ''));
     headers = g.pick<Array<[string, string]>>([
-      [['X-Internal-Secret', wrong], ['X-Internal-Secret', SECRET]],
-      [['X-Internal-Secret', SECRET], ['X-Internal-Secret', wrong]],
-      [['X-Internal-Secret', wrong], ['x-internal-secret', SECRET]],
-      [['x-internal-secret', SECRET], ['X-Internal-Secret', wrong]],
-      [['X-Internal-Secret', ''], ['x-internal-secret', SECRET]],
+      [
+        ['X-Internal-Secret', wrong],
+        ['X-Internal-Secret', SECRET],
+      ],
+      [
+        ['X-Internal-Secret', SECRET],
+        ['X-Internal-Secret', wrong],
+      ],
+      [
+        ['X-Internal-Secret', wrong],
+        ['x-internal-secret', SECRET],
+      ],
+      [
+        ['x-internal-secret', SECRET],
+        ['X-Internal-Secret', wrong],
+      ],
+      [
+        ['X-Internal-Secret', ''],
+        ['x-internal-secret', SECRET],
+      ],
     ]);
     mode = 'decided-by-reply';
     mixed = true;
@@ -626,11 +1434,20 @@ function pickHeaders(g: Gen): [Array<[string, string]> | null, SecretMode, strin
   if (g.chance(0.12)) {
     const extra = g.pick<Array<[string, string]>>([
       [['traceparent', g.pick(GARBAGE_TRACEPARENTS)]],
-      [['traceparent', g.pick(GARBAGE_TRACEPARENTS)], ['traceparent', g.pick(GARBAGE_TRACEPARENTS)]],
-      [['tracestate', g.pick(['=', ',,,', text(4_000, 'a=b,'), '☃=☃'])], ['traceparent', g.pick(GARBAGE_TRACEPARENTS)]],
+      [
+        ['traceparent', g.pick(GARBAGE_TRACEPARENTS)],
+        ['traceparent', g.pick(GARBAGE_TRACEPARENTS)],
+      ],
+      [
+        ['tracestate', g.pick(['=', ',,,', text(4_000, 'a=b,'), '☃=☃'])],
+        ['traceparent', g.pick(GARBAGE_TRACEPARENTS)],
+      ],
       [['Nats-Msg-Id', 'fz-dup']],
       [['LLM-Stream', 'end']],
-      [['Nats-Service-Error-Code', '500'], ['Nats-Service-Error', 'x']],
+      [
+        ['Nats-Service-Error-Code', '500'],
+        ['Nats-Service-Error', 'x'],
+      ],
       [['Authorization', 'Bearer sk-fuzz-garbage-0000000000']],
       [['Status', '503']],
       [['X-Long', text(8_000)]],
@@ -654,8 +1471,14 @@ function rawHeaderBlock(g: Gen): [string, Uint8Array] {
     ['a line without colon', `NATS/1.0\r\ngarbage-line-without-colon\r\nX-Internal-Secret: ${SECRET}\r\n\r\n`],
     ['a nameless header', `NATS/1.0\r\n: nameless\r\nX-Internal-Secret: ${SECRET}\r\n\r\n`],
     ['empty header block', 'NATS/1.0\r\n\r\n'],
-    ['invalid UTF-8 in the secret value', withBadBytes(`NATS/1.0\r\nX-Internal-Secret: ${SECRET}@@BAD@@\r\n\r\n`, [0xff])],
-    ['invalid UTF-8 traceparent', withBadBytes(`NATS/1.0\r\ntraceparent: @@BAD@@\r\nX-Internal-Secret: ${SECRET}\r\n\r\n`, [0xfe, 0xff])],
+    [
+      'invalid UTF-8 in the secret value',
+      withBadBytes(`NATS/1.0\r\nX-Internal-Secret: ${SECRET}@@BAD@@\r\n\r\n`, [0xff]),
+    ],
+    [
+      'invalid UTF-8 traceparent',
+      withBadBytes(`NATS/1.0\r\ntraceparent: @@BAD@@\r\nX-Internal-Secret: ${SECRET}\r\n\r\n`, [0xfe, 0xff]),
+    ],
     ['secret twice on raw lines', `NATS/1.0\r\nX-Internal-Secret: ${SECRET}\r\nX-Internal-Secret: ${SECRET}\r\n\r\n`],
     ['status line garbage', `NATS/1.0 abc def\r\nX-Internal-Secret: ${SECRET}\r\n\r\n`],
     ['tab-separated value', `NATS/1.0\r\nX-Internal-Secret:\t${SECRET}\r\n\r\n`],
@@ -673,7 +1496,10 @@ function rawHeaderBlock(g: Gen): [string, Uint8Array] {
 const UNDECODABLE_HEADER_BLOCKS: Array<[string, Uint8Array]> = [
   ['a header name with a space', encoder.encode(`NATS/1.0\r\nX Internal Secret: ${SECRET}\r\n\r\n`)],
   ['a bare LF in a header value', encoder.encode(`NATS/1.0\r\nX-Internal-Secret: ${SECRET}\nLLM-Stream: end\r\n\r\n`)],
-  ['a bare CR in a header value', encoder.encode(`NATS/1.0\r\ntraceparent: a\rb\r\nX-Internal-Secret: ${SECRET}\r\n\r\n`)],
+  [
+    'a bare CR in a header value',
+    encoder.encode(`NATS/1.0\r\ntraceparent: a\rb\r\nX-Internal-Secret: ${SECRET}\r\n\r\n`),
+  ],
   ['a non-ASCII header name', encoder.encode(`NATS/1.0\r\nÜber: x\r\nX-Internal-Secret: ${SECRET}\r\n\r\n`)],
   ['a tab in a header name', encoder.encode(`NATS/1.0\r\nX\tY: v\r\nX-Internal-Secret: ${SECRET}\r\n\r\n`)],
   ['an invalid UTF-8 byte in a header name, no secret', withBadBytes('NATS/1.0\r\nX-@@BAD@@: v\r\n\r\n', [0xff])],
@@ -703,7 +1529,20 @@ function generateCases(seed: number, count: number): FuzzCase[] {
       reply = true;
     }
     if (kind < 0.09 || (mixed && reply)) {
-      const o = obj([['model', 'gpt-test'], ['messages', [obj([['role', 'user'], ['content', 'hi']])]], ['request_id', `fz-${n}`], ['metadata', obj([['agent_id', 'agent:fuzz']])]]);
+      const o = obj([
+        ['model', 'gpt-test'],
+        [
+          'messages',
+          [
+            obj([
+              ['role', 'user'],
+              ['content', 'hi'],
+            ]),
+          ],
+        ],
+        ['request_id', `fz-${n}`],
+        ['metadata', obj([['agent_id', 'agent:fuzz']])],
+      ]);
       if (g.chance(0.15)) {
         o.stream = true;
         stream = true;
@@ -718,7 +1557,20 @@ function generateCases(seed: number, count: number): FuzzCase[] {
       body = bytes;
       bodyExpect = expect;
     } else {
-      let o = obj([['model', 'gpt-test'], ['messages', [obj([['role', 'user'], ['content', 'hi']])]], ['request_id', `fz-${n}`], ['metadata', obj([['agent_id', 'agent:fuzz']])]]);
+      let o = obj([
+        ['model', 'gpt-test'],
+        [
+          'messages',
+          [
+            obj([
+              ['role', 'user'],
+              ['content', 'hi'],
+            ]),
+          ],
+        ],
+        ['request_id', `fz-${n}`],
+        ['metadata', obj([['agent_id', 'agent:fuzz']])],
+      ]);
       if (g.chance(0.12)) o.stream = true;
       bodyExpect = 'ok';
       const mutationCount = g.chance(0.75) ? 1 : g.int(2, 3);
@@ -802,7 +1654,9 @@ class RawPublisher {
       socket.once('data', () => resolve());
     });
     const publisher = new RawPublisher(socket);
-    socket.write(`CONNECT ${JSON.stringify({ verbose: false, pedantic: false, headers: true, no_responders: true, protocol: 1, lang: 'raw-fuzz', version: '0' })}\r\n`);
+    socket.write(
+      `CONNECT ${JSON.stringify({ verbose: false, pedantic: false, headers: true, no_responders: true, protocol: 1, lang: 'raw-fuzz', version: '0' })}\r\n`,
+    );
     await publisher.ping();
     return publisher;
   }
@@ -873,14 +1727,19 @@ async function readAllEvents(connection: NatsConnection, count: number): Promise
     let got = 0;
     for await (const message of batch) {
       got++;
-      events.push({ ...(message.json() as UsageEvent), subject: message.subject, msgId: message.headers?.get('Nats-Msg-Id') || undefined });
+      events.push({
+        ...(message.json() as UsageEvent),
+        subject: message.subject,
+        msgId: message.headers?.get('Nats-Msg-Id') || undefined,
+      });
     }
     if (got === 0) break;
   }
   return events;
 }
 
-const describeCase = (c: FuzzCase) => `#${c.n} [${c.labels.join(' | ')}] body=${shortText(new TextDecoder().decode(c.body.subarray(0, 300)), 160)}`;
+const describeCase = (c: FuzzCase) =>
+  `#${c.n} [${c.labels.join(' | ')}] body=${shortText(new TextDecoder().decode(c.body.subarray(0, 300)), 160)}`;
 
 // ---------------------------------------------------------------------------------------------------
 
@@ -903,7 +1762,9 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
 
   before(async () => {
     const started = Date.now();
-    console.log(`fuzz seed ${SEED} (set FUZZ_SEED to repeat or change it), ${COUNT} requests, ${CONCURRENCY} in flight`);
+    console.log(
+      `fuzz seed ${SEED} (set FUZZ_SEED to repeat or change it), ${COUNT} requests, ${CONCURRENCY} in flight`,
+    );
     cases = generateCases(SEED, COUNT);
     const generatedAt = Date.now();
     nats = await startNatsServer();
@@ -915,7 +1776,13 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
     });
     void (async () => {
       for await (const status of worker.worker.connection.status()) {
-        if (status.type === 'disconnect' || status.type === 'reconnect' || status.type === 'reconnecting' || status.type === 'error' || status.type === 'close') {
+        if (
+          status.type === 'disconnect' ||
+          status.type === 'reconnect' ||
+          status.type === 'reconnecting' ||
+          status.type === 'error' ||
+          status.type === 'close'
+        ) {
           connectionEvents.push(status.type);
         }
       }
@@ -959,7 +1826,13 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
         } catch {
           body = undefined;
         }
-        outcome.terminal = { mark, statusCode: message.headers?.code ?? 0, text: messageText, body, headers: headerRecord(message.headers) };
+        outcome.terminal = {
+          mark,
+          statusCode: message.headers?.code ?? 0,
+          text: messageText,
+          body,
+          headers: headerRecord(message.headers),
+        };
         outcome.latencyMs = Date.now() - outcome.sentAt;
         outcome.resolve?.();
       },
@@ -997,7 +1870,10 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
             headers = createHeaders();
             for (const [name, value] of c.headers) headers.append(name, value);
           }
-          client.publish('llm.proxy.request', c.body, { ...(replySubject !== undefined ? { reply: replySubject } : {}), ...(headers !== undefined ? { headers } : {}) });
+          client.publish('llm.proxy.request', c.body, {
+            ...(replySubject !== undefined ? { reply: replySubject } : {}),
+            ...(headers !== undefined ? { headers } : {}),
+          });
         }
       } catch (error) {
         outcome.publishError = String(error);
@@ -1027,7 +1903,12 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
     try {
       const reply = await client.request(
         'llm.proxy.request',
-        JSON.stringify({ model: 'gpt-test', messages: [{ role: 'user', content: 'hi' }], request_id: FINAL_ID, metadata: { agent_id: 'agent:fuzz' } }),
+        JSON.stringify({
+          model: 'gpt-test',
+          messages: [{ role: 'user', content: 'hi' }],
+          request_id: FINAL_ID,
+          metadata: { agent_id: 'agent:fuzz' },
+        }),
         { timeout: 10_000, headers: finalHeaders },
       );
       finalReply = { ms: Date.now() - finalStarted, body: reply.json() };
@@ -1053,7 +1934,10 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
     statsRequests = worker.worker.stats().requests;
     const eventsWaitMs = Date.now() - sendStarted - sendMs;
     events = await readAllEvents(client, streamCount);
-    const latencies = outcomes.filter((outcome) => outcome.latencyMs !== undefined).map((outcome) => outcome.latencyMs!).sort((a, b) => a - b);
+    const latencies = outcomes
+      .filter((outcome) => outcome.latencyMs !== undefined)
+      .map((outcome) => outcome.latencyMs!)
+      .sort((a, b) => a - b);
     const at = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? 0;
     console.log(
       `fuzz: sent ${cases.length} requests in ${sendMs} ms (${cases.filter((c) => !c.reply).length} without a reply subject, ${cases.filter((c) => c.rawHeaderBlock !== undefined).length} raw HPUB, ` +
@@ -1068,8 +1952,13 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
       codes[code] = (codes[code] ?? 0) + 1;
     }
     console.log(`fuzz: answers by code ${JSON.stringify(codes)}`);
-    const slowest = cases.filter((c) => outcomes[c.n]!.latencyMs !== undefined).sort((a, b) => outcomes[b.n]!.latencyMs! - outcomes[a.n]!.latencyMs!).slice(0, 3);
-    console.log(`fuzz: slowest: ${slowest.map((c) => `${outcomes[c.n]!.latencyMs} ms ${describeCase(c).slice(0, 160)}`).join(' ;; ')}`);
+    const slowest = cases
+      .filter((c) => outcomes[c.n]!.latencyMs !== undefined)
+      .sort((a, b) => outcomes[b.n]!.latencyMs! - outcomes[a.n]!.latencyMs!)
+      .slice(0, 3);
+    console.log(
+      `fuzz: slowest: ${slowest.map((c) => `${outcomes[c.n]!.latencyMs} ms ${describeCase(c).slice(0, 160)}`).join(' ;; ')}`,
+    );
   });
 
   after(async () => {
@@ -1083,7 +1972,11 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
 
   /** Code of a terminal message: the error's, or undefined for a reply. */
   const codeOf = (outcome: Outcome): string | undefined => outcome.terminal?.body?.error?.code;
-  const isError = (outcome: Outcome) => outcome.terminal?.body !== undefined && typeof outcome.terminal.body === 'object' && outcome.terminal.body !== null && 'error' in outcome.terminal.body;
+  const isError = (outcome: Outcome) =>
+    outcome.terminal?.body !== undefined &&
+    typeof outcome.terminal.body === 'object' &&
+    outcome.terminal.body !== null &&
+    'error' in outcome.terminal.body;
 
   /** Whether the worker took the request as coming from someone with the secret. */
   const authenticated = (c: FuzzCase): boolean => {
@@ -1096,19 +1989,34 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
     const problems: string[] = [];
     for (const c of cases) {
       const outcome = outcomes[c.n]!;
-      if (outcome.publishError !== undefined) problems.push(`could not publish ${describeCase(c)}: ${outcome.publishError}`);
+      if (outcome.publishError !== undefined)
+        problems.push(`could not publish ${describeCase(c)}: ${outcome.publishError}`);
       if (!c.reply) continue;
       if (outcome.terminal === undefined) {
-        problems.push(`SILENCE (nothing for ${REPLY_TIMEOUT_MS} ms and no terminal message; ${outcome.chunks.length} chunks, ${outcome.heartbeats} heartbeats before): ${describeCase(c)}`);
+        problems.push(
+          `SILENCE (nothing for ${REPLY_TIMEOUT_MS} ms and no terminal message; ${outcome.chunks.length} chunks, ${outcome.heartbeats} heartbeats before): ${describeCase(c)}`,
+        );
         continue;
       }
-      if (outcome.terminal.statusCode === 503 && outcome.terminal.text === '') problems.push(`no responders: ${describeCase(c)}`);
-      if (outcome.extra.length > 0) problems.push(`${outcome.extra.length} message(s) after the terminal one (${JSON.stringify(outcome.extra.slice(0, 2))}): ${describeCase(c)}`);
-      if (outcome.terminal.body === undefined || typeof outcome.terminal.body !== 'object' || outcome.terminal.body === null) {
-        problems.push(`terminal message is not a JSON object (${shortText(outcome.terminal.text, 100)}): ${describeCase(c)}`);
+      if (outcome.terminal.statusCode === 503 && outcome.terminal.text === '')
+        problems.push(`no responders: ${describeCase(c)}`);
+      if (outcome.extra.length > 0)
+        problems.push(
+          `${outcome.extra.length} message(s) after the terminal one (${JSON.stringify(outcome.extra.slice(0, 2))}): ${describeCase(c)}`,
+        );
+      if (
+        outcome.terminal.body === undefined ||
+        typeof outcome.terminal.body !== 'object' ||
+        outcome.terminal.body === null
+      ) {
+        problems.push(
+          `terminal message is not a JSON object (${shortText(outcome.terminal.text, 100)}): ${describeCase(c)}`,
+        );
       }
-      if (!c.stream && (outcome.chunks.length > 0 || outcome.heartbeats > 0)) problems.push(`chunks on a request without stream: true: ${describeCase(c)}`);
-      if (outcome.terminal.mark !== undefined && !['end', 'error'].includes(outcome.terminal.mark)) problems.push(`odd LLM-Stream mark ${outcome.terminal.mark}: ${describeCase(c)}`);
+      if (!c.stream && (outcome.chunks.length > 0 || outcome.heartbeats > 0))
+        problems.push(`chunks on a request without stream: true: ${describeCase(c)}`);
+      if (outcome.terminal.mark !== undefined && !['end', 'error'].includes(outcome.terminal.mark))
+        problems.push(`odd LLM-Stream mark ${outcome.terminal.mark}: ${describeCase(c)}`);
     }
     assert.deepEqual(problems, [], `${problems.length} problems:\n${problems.slice(0, 40).join('\n')}`);
   });
@@ -1124,18 +2032,28 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
         problems.push(`error is not an object: ${describeCase(c)}`);
         continue;
       }
-      if (!DESIGN_CODES.has(error.code)) problems.push(`unknown code ${JSON.stringify(error.code)}: ${describeCase(c)}`);
-      if (error.status !== DESIGN_STATUS[error.code]) problems.push(`status ${error.status} for ${error.code}: ${describeCase(c)}`);
+      if (!DESIGN_CODES.has(error.code))
+        problems.push(`unknown code ${JSON.stringify(error.code)}: ${describeCase(c)}`);
+      if (error.status !== DESIGN_STATUS[error.code])
+        problems.push(`status ${error.status} for ${error.code}: ${describeCase(c)}`);
       if (typeof error.message !== 'string' || error.message === '') problems.push(`no message: ${describeCase(c)}`);
-      if (outcome.terminal.headers['Nats-Service-Error-Code']?.[0] !== String(error.status)) problems.push(`Nats-Service-Error-Code ${JSON.stringify(outcome.terminal.headers['Nats-Service-Error-Code'])} for ${error.code}: ${describeCase(c)}`);
-      if (c.stream && outcome.terminal.mark !== undefined && outcome.terminal.mark !== 'error') problems.push(`an error marked ${outcome.terminal.mark}: ${describeCase(c)}`);
+      if (outcome.terminal.headers['Nats-Service-Error-Code']?.[0] !== String(error.status))
+        problems.push(
+          `Nats-Service-Error-Code ${JSON.stringify(outcome.terminal.headers['Nats-Service-Error-Code'])} for ${error.code}: ${describeCase(c)}`,
+        );
+      if (c.stream && outcome.terminal.mark !== undefined && outcome.terminal.mark !== 'error')
+        problems.push(`an error marked ${outcome.terminal.mark}: ${describeCase(c)}`);
       if (error.code === 'internal') internal.push(`${describeCase(c)} → ${shortText(error.message, 200)}`);
     }
-    assert.deepEqual(internal, [], `BUG: ${internal.length} malformed inputs were answered \`internal\` (the client's fault, not a bug of ours):\n${internal.slice(0, 40).join('\n')}`);
+    assert.deepEqual(
+      internal,
+      [],
+      `BUG: ${internal.length} malformed inputs were answered \`internal\` (the client's fault, not a bug of ours):\n${internal.slice(0, 40).join('\n')}`,
+    );
     assert.deepEqual(problems, [], `${problems.length} problems:\n${problems.slice(0, 40).join('\n')}`);
   });
 
-  test('each request gets what its input deserves (refused by the client\'s fault, or served)', () => {
+  test("each request gets what its input deserves (refused by the client's fault, or served)", () => {
     const problems: string[] = [];
     for (const c of cases) {
       const outcome = outcomes[c.n]!;
@@ -1143,15 +2061,20 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
       const code = codeOf(outcome);
       const served = !isError(outcome);
       const body = outcome.terminal.body;
-      const fail = (why: string) => problems.push(`${why} (got ${served ? 'a reply' : code}${served ? '' : `: ${shortText(String(body?.error?.message), 160)}`}): ${describeCase(c)}`);
+      const fail = (why: string) =>
+        problems.push(
+          `${why} (got ${served ? 'a reply' : code}${served ? '' : `: ${shortText(String(body?.error?.message), 160)}`}): ${describeCase(c)}`,
+        );
       if (c.oracle.tooLarge) {
         if (code !== 'payload_too_large') fail('over max_request_bytes: payload_too_large expected');
         continue;
       }
       if (c.secret === 'wrong') {
         if (served) fail('served without the secret');
-        else if (code !== 'unauthorized' && code !== 'invalid_request') fail('no secret: unauthorized (or invalid_request for an unreadable body) expected');
-        else if (c.bodyExpect === 'ok' && code !== 'unauthorized') fail('a valid body without the secret: unauthorized expected');
+        else if (code !== 'unauthorized' && code !== 'invalid_request')
+          fail('no secret: unauthorized (or invalid_request for an unreadable body) expected');
+        else if (c.bodyExpect === 'ok' && code !== 'unauthorized')
+          fail('a valid body without the secret: unauthorized expected');
         continue;
       }
       if (c.secret === 'decided-by-reply' && code !== undefined && code !== 'unauthorized') {
@@ -1167,14 +2090,16 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
       }
       if (served) {
         if (typeof body.content !== 'string' && body.content !== null) fail('a reply without content');
-        if (c.stream && (outcome.terminal.mark !== 'end' || body.done !== true)) fail('a stream did not end with LLM-Stream: end and done: true');
+        if (c.stream && (outcome.terminal.mark !== 'end' || body.done !== true))
+          fail('a stream did not end with LLM-Stream: end and done: true');
         if (c.echo) {
           if (body.content !== 'echo: hi') fail(`content ${JSON.stringify(body.content)} instead of "echo: hi"`);
           if (body.request_id !== `fz-${c.n}`) fail(`request_id ${JSON.stringify(body.request_id)}`);
           if (c.stream) {
             const seqs = outcome.chunks.map((chunk) => chunk.seq);
             if (!seqs.every((seq, index) => seq === index)) fail(`chunk seqs ${JSON.stringify(seqs)}`);
-            if (outcome.chunks.map((chunk) => chunk.delta).join('') !== body.content) fail('chunks do not add up to the content');
+            if (outcome.chunks.map((chunk) => chunk.delta).join('') !== body.content)
+              fail('chunks do not add up to the content');
           }
         }
       }
@@ -1182,7 +2107,7 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
     assert.deepEqual(problems, [], `${problems.length} problems:\n${problems.slice(0, 40).join('\n')}`);
   });
 
-  test('replies name the client\'s request_id when it was valid, never an invalid one', () => {
+  test("replies name the client's request_id when it was valid, never an invalid one", () => {
     const problems: string[] = [];
     for (const c of cases) {
       const outcome = outcomes[c.n]!;
@@ -1190,10 +2115,13 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
       const body = outcome.terminal.body;
       const replyId: unknown = isError(outcome) ? body.error.request_id : body?.request_id;
       if (typeof replyId !== 'string' || !REQUEST_ID_RULE.test(replyId)) {
-        problems.push(`reply request_id ${shortText(JSON.stringify(replyId) ?? 'undefined', 60)} is not 1-128 visible ASCII: ${describeCase(c)}`);
+        problems.push(
+          `reply request_id ${shortText(JSON.stringify(replyId) ?? 'undefined', 60)} is not 1-128 visible ASCII: ${describeCase(c)}`,
+        );
         continue;
       }
-      if (c.oracle.requestId !== undefined && replyId !== c.oracle.requestId) problems.push(`reply request_id ${replyId}, the client's was ${c.oracle.requestId}: ${describeCase(c)}`);
+      if (c.oracle.requestId !== undefined && replyId !== c.oracle.requestId)
+        problems.push(`reply request_id ${replyId}, the client's was ${c.oracle.requestId}: ${describeCase(c)}`);
     }
     assert.deepEqual(problems, [], `${problems.length} problems:\n${problems.slice(0, 40).join('\n')}`);
   });
@@ -1205,8 +2133,14 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
     assert.equal(events.length, expected, `read ${events.length} events`);
     const eventIds = new Set(events.map((event) => event.event_id));
     assert.equal(eventIds.size, events.length, 'every event has its own event_id');
-    assert.ok(events.every((event) => typeof event.event_id === 'string' && event.event_id.length > 0), 'every event has an event_id');
-    assert.ok(events.every((event) => event.msgId === event.event_id), 'each event is published with Nats-Msg-Id = event_id');
+    assert.ok(
+      events.every((event) => typeof event.event_id === 'string' && event.event_id.length > 0),
+      'every event has an event_id',
+    );
+    assert.ok(
+      events.every((event) => event.msgId === event.event_id),
+      'each event is published with Nats-Msg-Id = event_id',
+    );
     const usage = worker.worker.stats().usage_events;
     assert.equal(usage.pending, 0);
     assert.equal(usage.dropped, 0);
@@ -1217,24 +2151,46 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
     const problems: string[] = [];
     for (const event of events) {
       const token = event.subject.slice(USAGE_PREFIX.length);
-      if (!event.subject.startsWith(USAGE_PREFIX) || token.length === 0 || token.length > MAX_TOKEN_LENGTH || !/^[A-Za-z0-9_:%~-]+$/.test(token)) {
+      if (
+        !event.subject.startsWith(USAGE_PREFIX) ||
+        token.length === 0 ||
+        token.length > MAX_TOKEN_LENGTH ||
+        !/^[A-Za-z0-9_:%~-]+$/.test(token)
+      ) {
         problems.push(`event subject ${shortText(event.subject, 200)} (${token.length} characters after the prefix)`);
       }
-      if (event.error_code === 'internal') problems.push(`event with error_code internal: request_id ${event.request_id}`);
-      if (event.error_code !== null && !DESIGN_CODES.has(event.error_code)) problems.push(`event with error_code ${event.error_code}`);
-      if ((event.error_code === null) !== (event.status === 'ok')) problems.push(`event status ${event.status} with error_code ${event.error_code}`);
+      if (event.error_code === 'internal')
+        problems.push(`event with error_code internal: request_id ${event.request_id}`);
+      if (event.error_code !== null && !DESIGN_CODES.has(event.error_code))
+        problems.push(`event with error_code ${event.error_code}`);
+      if ((event.error_code === null) !== (event.status === 'ok'))
+        problems.push(`event status ${event.status} with error_code ${event.error_code}`);
     }
     const byRequestId = new Map<string, StoredEvent[]>();
-    for (const event of events) byRequestId.set(event.request_id, [...(byRequestId.get(event.request_id) ?? []), event]);
+    for (const event of events)
+      byRequestId.set(event.request_id, [...(byRequestId.get(event.request_id) ?? []), event]);
     const clientIdUses = new Map<string, number>();
-    for (const c of cases) if (c.oracle.requestId !== undefined) clientIdUses.set(c.oracle.requestId, (clientIdUses.get(c.oracle.requestId) ?? 0) + 1);
+    for (const c of cases)
+      if (c.oracle.requestId !== undefined)
+        clientIdUses.set(c.oracle.requestId, (clientIdUses.get(c.oracle.requestId) ?? 0) + 1);
 
     let matched = 0;
     for (const c of cases) {
       const outcome = outcomes[c.n]!;
-      const replyId: unknown = outcome.terminal === undefined ? undefined : isError(outcome) ? outcome.terminal.body.error.request_id : outcome.terminal.body?.request_id;
+      const replyId: unknown =
+        outcome.terminal === undefined
+          ? undefined
+          : isError(outcome)
+            ? outcome.terminal.body.error.request_id
+            : outcome.terminal.body?.request_id;
       let key: string | undefined;
-      if (c.oracle.requestId !== undefined && !c.oracle.tooLarge && !c.oracle.tooDeep && clientIdUses.get(c.oracle.requestId) === 1) key = c.oracle.requestId;
+      if (
+        c.oracle.requestId !== undefined &&
+        !c.oracle.tooLarge &&
+        !c.oracle.tooDeep &&
+        clientIdUses.get(c.oracle.requestId) === 1
+      )
+        key = c.oracle.requestId;
       else if (typeof replyId === 'string' && !clientIdUses.has(replyId)) key = replyId;
       if (key === undefined) continue;
       const found = byRequestId.get(key) ?? [];
@@ -1246,12 +2202,16 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
       const event = found[0]!;
       if (c.reply && outcome.terminal !== undefined) {
         const code = codeOf(outcome) ?? null;
-        if (event.error_code !== code) problems.push(`event error_code ${event.error_code}, reply ${code}: ${describeCase(c)}`);
+        if (event.error_code !== code)
+          problems.push(`event error_code ${event.error_code}, reply ${code}: ${describeCase(c)}`);
       } else if (!c.reply && (event.error_code === null || event.error_code === 'internal')) {
         problems.push(`a request without a reply subject has event error_code ${event.error_code}: ${describeCase(c)}`);
       }
       if (!authenticated(c)) {
-        if (event.subject !== `${USAGE_PREFIX}unauthenticated` || event.agent_id !== null) problems.push(`no secret, but the event is on ${event.subject} with agent_id ${event.agent_id}: ${describeCase(c)}`);
+        if (event.subject !== `${USAGE_PREFIX}unauthenticated` || event.agent_id !== null)
+          problems.push(
+            `no secret, but the event is on ${event.subject} with agent_id ${event.agent_id}: ${describeCase(c)}`,
+          );
         continue;
       }
       if (event.subject === `${USAGE_PREFIX}unauthenticated`) {
@@ -1261,11 +2221,24 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
       if (c.oracle.tooDeep) continue; // Checked on its own below.
       const agentId = c.oracle.tooLarge ? undefined : c.oracle.agentId;
       if (agentId === undefined) {
-        if (event.subject !== `${USAGE_PREFIX}anonymous` || event.agent_id !== null) problems.push(`no valid agent id, but the event is on ${event.subject} with agent_id ${JSON.stringify(event.agent_id)}: ${describeCase(c)}`);
+        if (event.subject !== `${USAGE_PREFIX}anonymous` || event.agent_id !== null)
+          problems.push(
+            `no valid agent id, but the event is on ${event.subject} with agent_id ${JSON.stringify(event.agent_id)}: ${describeCase(c)}`,
+          );
       } else {
-        if (event.agent_id !== agentId) problems.push(`event agent_id ${shortText(String(event.agent_id), 40)}, the request's was ${shortText(agentId, 40)}: ${describeCase(c)}`);
-        if (event.subject === `${USAGE_PREFIX}anonymous`) problems.push(`a valid agent id, but the event is on llm.usage.anonymous: ${describeCase(c)}`);
-        if (TOKEN_SAFE.test(agentId) && agentId !== 'anonymous' && agentId !== 'unauthenticated' && agentId.length <= MAX_TOKEN_LENGTH && event.subject !== `${USAGE_PREFIX}${agentId}`) {
+        if (event.agent_id !== agentId)
+          problems.push(
+            `event agent_id ${shortText(String(event.agent_id), 40)}, the request's was ${shortText(agentId, 40)}: ${describeCase(c)}`,
+          );
+        if (event.subject === `${USAGE_PREFIX}anonymous`)
+          problems.push(`a valid agent id, but the event is on llm.usage.anonymous: ${describeCase(c)}`);
+        if (
+          TOKEN_SAFE.test(agentId) &&
+          agentId !== 'anonymous' &&
+          agentId !== 'unauthenticated' &&
+          agentId.length <= MAX_TOKEN_LENGTH &&
+          event.subject !== `${USAGE_PREFIX}${agentId}`
+        ) {
           problems.push(`event on ${event.subject}, expected ${USAGE_PREFIX}${agentId}: ${describeCase(c)}`);
         }
       }
@@ -1273,17 +2246,29 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
     // Client ids used more than once (`__proto__`, `constructor`…): as many events as requests.
     for (const [requestId, uses] of clientIdUses) {
       const sent = cases.filter((c) => c.oracle.requestId === requestId && !c.oracle.tooLarge).length;
-      if (uses > 1 && (byRequestId.get(requestId)?.length ?? 0) !== sent) problems.push(`${byRequestId.get(requestId)?.length ?? 0} events with request_id ${requestId}, ${sent} requests carried it`);
+      if (uses > 1 && (byRequestId.get(requestId)?.length ?? 0) !== sent)
+        problems.push(
+          `${byRequestId.get(requestId)?.length ?? 0} events with request_id ${requestId}, ${sent} requests carried it`,
+        );
     }
     // The subjects no event may land on unless it should: counted over every request.
     const unauthenticatedExpected = cases.filter((c) => !authenticated(c)).length;
     const unauthenticatedSeen = events.filter((event) => event.subject === `${USAGE_PREFIX}unauthenticated`).length;
-    if (unauthenticatedSeen !== unauthenticatedExpected) problems.push(`${unauthenticatedSeen} events on llm.usage.unauthenticated, ${unauthenticatedExpected} requests without the secret`);
-    const anonymousAtLeast = cases.filter((c) => authenticated(c) && (c.oracle.tooLarge || c.oracle.agentId === undefined)).length;
-    const anonymousDeep = cases.filter((c) => authenticated(c) && !c.oracle.tooLarge && c.oracle.tooDeep && c.oracle.agentId !== undefined).length;
+    if (unauthenticatedSeen !== unauthenticatedExpected)
+      problems.push(
+        `${unauthenticatedSeen} events on llm.usage.unauthenticated, ${unauthenticatedExpected} requests without the secret`,
+      );
+    const anonymousAtLeast = cases.filter(
+      (c) => authenticated(c) && (c.oracle.tooLarge || c.oracle.agentId === undefined),
+    ).length;
+    const anonymousDeep = cases.filter(
+      (c) => authenticated(c) && !c.oracle.tooLarge && c.oracle.tooDeep && c.oracle.agentId !== undefined,
+    ).length;
     const anonymousSeen = events.filter((event) => event.subject === `${USAGE_PREFIX}anonymous`).length;
     if (anonymousSeen < anonymousAtLeast || anonymousSeen > anonymousAtLeast + anonymousDeep) {
-      problems.push(`${anonymousSeen} events on llm.usage.anonymous; ${anonymousAtLeast} requests with the secret had no valid agent id (+ up to ${anonymousDeep} too-deep bodies, see below)`);
+      problems.push(
+        `${anonymousSeen} events on llm.usage.anonymous; ${anonymousAtLeast} requests with the secret had no valid agent id (+ up to ${anonymousDeep} too-deep bodies, see below)`,
+      );
     }
     assert.ok(matched > cases.length * 0.8, `only ${matched} events matched to their requests`);
     assert.deepEqual(problems, [], `${problems.length} problems:\n${problems.slice(0, 40).join('\n')}`);
@@ -1296,41 +2281,72 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
     // under a worker-made id.)
     const problems: string[] = [];
     const byRequestId = new Map<string, StoredEvent[]>();
-    for (const event of events) byRequestId.set(event.request_id, [...(byRequestId.get(event.request_id) ?? []), event]);
+    for (const event of events)
+      byRequestId.set(event.request_id, [...(byRequestId.get(event.request_id) ?? []), event]);
     const clientIdUses = new Map<string, number>();
-    for (const c of cases) if (c.oracle.requestId !== undefined) clientIdUses.set(c.oracle.requestId, (clientIdUses.get(c.oracle.requestId) ?? 0) + 1);
+    for (const c of cases)
+      if (c.oracle.requestId !== undefined)
+        clientIdUses.set(c.oracle.requestId, (clientIdUses.get(c.oracle.requestId) ?? 0) + 1);
     for (const c of cases) {
       if (!c.oracle.tooDeep || c.oracle.tooLarge || c.oracle.requestId === undefined) continue;
       const outcome = outcomes[c.n]!;
-      const replyId: unknown = outcome.terminal === undefined ? undefined : isError(outcome) ? outcome.terminal.body.error.request_id : outcome.terminal.body?.request_id;
-      if (c.reply && replyId !== c.oracle.requestId) problems.push(`reply request_id ${String(replyId)} instead of ${c.oracle.requestId}: ${describeCase(c)}`);
+      const replyId: unknown =
+        outcome.terminal === undefined
+          ? undefined
+          : isError(outcome)
+            ? outcome.terminal.body.error.request_id
+            : outcome.terminal.body?.request_id;
+      if (c.reply && replyId !== c.oracle.requestId)
+        problems.push(`reply request_id ${String(replyId)} instead of ${c.oracle.requestId}: ${describeCase(c)}`);
       if (clientIdUses.get(c.oracle.requestId) !== 1) continue; // A shared id (`constructor`…): counted with the others.
       const found = byRequestId.get(c.oracle.requestId) ?? [];
-      if (found.length !== 1) problems.push(`${found.length} events with request_id ${c.oracle.requestId}: ${describeCase(c)}`);
+      if (found.length !== 1)
+        problems.push(`${found.length} events with request_id ${c.oracle.requestId}: ${describeCase(c)}`);
       else if (authenticated(c) && c.oracle.agentId !== undefined && found[0]!.agent_id !== c.oracle.agentId) {
-        problems.push(`event on ${found[0]!.subject} with agent_id ${found[0]!.agent_id}, the request's was ${c.oracle.agentId}: ${describeCase(c)}`);
+        problems.push(
+          `event on ${found[0]!.subject} with agent_id ${found[0]!.agent_id}, the request's was ${c.oracle.agentId}: ${describeCase(c)}`,
+        );
       }
     }
-    assert.deepEqual(problems, [], `${problems.length} too-deep requests lost their ids:\n${problems.slice(0, 20).join('\n')}`);
+    assert.deepEqual(
+      problems,
+      [],
+      `${problems.length} too-deep requests lost their ids:\n${problems.slice(0, 20).join('\n')}`,
+    );
   });
 
-  test('the worker\'s connection was never closed or reconnected, and it logged no error', () => {
+  test("the worker's connection was never closed or reconnected, and it logged no error", () => {
     assert.equal(worker.worker.connection.isClosed(), false);
-    assert.deepEqual(connectionEvents, [], 'status events of the worker\'s connection');
+    assert.deepEqual(connectionEvents, [], "status events of the worker's connection");
     const records = worker.logs.records();
-    const connectionLines = records.filter((record) => /disconnected from NATS|reconnected to NATS|NATS connection error|slow consumer/.test(String(record.msg)));
+    const connectionLines = records.filter((record) =>
+      /disconnected from NATS|reconnected to NATS|NATS connection error|slow consumer/.test(String(record.msg)),
+    );
     assert.deepEqual(connectionLines, []);
     const errorLines = records.filter((record) => Number(record.level) >= 50);
-    assert.deepEqual(errorLines.map((record) => JSON.stringify(record).slice(0, 400)), [], 'error-level log lines');
+    assert.deepEqual(
+      errorLines.map((record) => JSON.stringify(record).slice(0, 400)),
+      [],
+      'error-level log lines',
+    );
     assert.equal(raw.closed, false, 'the raw client socket is still open');
     assert.deepEqual(raw.errors, [], 'the server answered no -ERR to the raw client');
   });
 
   test('the secret is in no log line, event, reply or reply header', () => {
-    const replies = outcomes.map((outcome) => `${outcome.terminal?.text ?? ''}${JSON.stringify(outcome.terminal?.headers ?? {})}${outcome.extra.map((extra) => extra.text).join('')}`).join('\n');
+    const replies = outcomes
+      .map(
+        (outcome) =>
+          `${outcome.terminal?.text ?? ''}${JSON.stringify(outcome.terminal?.headers ?? {})}${outcome.extra.map((extra) => extra.text).join('')}`,
+      )
+      .join('\n');
     const logText = worker.logs.text();
     assert.ok(worker.logs.lines.length > 100, 'the worker logged the refusals');
-    for (const [where, haystack] of [['logs', logText], ['events', JSON.stringify(events)], ['replies', replies]] as const) {
+    for (const [where, haystack] of [
+      ['logs', logText],
+      ['events', JSON.stringify(events)],
+      ['replies', replies],
+    ] as const) {
       assert.ok(!haystack.includes(SECRET), `the secret appears in the ${where}`);
       assert.ok(!haystack.includes(SECRET.slice(0, -1)), `most of the secret appears in the ${where}`);
       assert.ok(!haystack.includes(SECRET.toUpperCase()), `the upper-cased secret appears in the ${where}`);
@@ -1352,9 +2368,14 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
     for (const c of cases) {
       if (c.bodyExpect !== 'gap' || !c.reply || c.secret !== 'right' || c.oracle.tooLarge) continue;
       const outcome = outcomes[c.n]!;
-      if (outcome.terminal !== undefined && codeOf(outcome) !== 'invalid_request') accepted.push(`${isError(outcome) ? codeOf(outcome) : 'served'}: ${describeCase(c)}`);
+      if (outcome.terminal !== undefined && codeOf(outcome) !== 'invalid_request')
+        accepted.push(`${isError(outcome) ? codeOf(outcome) : 'served'}: ${describeCase(c)}`);
     }
-    assert.deepEqual(accepted, [], `BUG: ${accepted.length} requests with malformed content parts were not refused:\n${accepted.slice(0, 10).join('\n')}`);
+    assert.deepEqual(
+      accepted,
+      [],
+      `BUG: ${accepted.length} requests with malformed content parts were not refused:\n${accepted.slice(0, 10).join('\n')}`,
+    );
   });
 
   test('a request whose header block nats.js cannot decode still gets one reply (invalid_request) and one event', async () => {
@@ -1375,12 +2396,18 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
     });
     await client.flush();
     UNDECODABLE_HEADER_BLOCKS.forEach(([, block], index) => {
-      const body = JSON.stringify({ model: 'gpt-test', messages: [{ role: 'user', content: 'hi' }], request_id: `fz-undecodable-${index}`, metadata: { agent_id: 'agent:fuzz' } });
+      const body = JSON.stringify({
+        model: 'gpt-test',
+        messages: [{ role: 'user', content: 'hi' }],
+        request_id: `fz-undecodable-${index}`,
+        metadata: { agent_id: 'agent:fuzz' },
+      });
       raw.hpub('llm.proxy.request', `${inbox}.${index}`, block, encoder.encode(body));
     });
     await raw.ping();
     const deadline = Date.now() + 3_000;
-    while (replies.size < UNDECODABLE_HEADER_BLOCKS.length && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    while (replies.size < UNDECODABLE_HEADER_BLOCKS.length && Date.now() < deadline)
+      await new Promise((resolve) => setTimeout(resolve, 50));
     await new Promise((resolve) => setTimeout(resolve, 300));
     subscription.unsubscribe();
     const eventsAfter = (await manager.streams.info('LLM_USAGE')).state.messages;
@@ -1390,8 +2417,10 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
       if (!replies.has(index)) problems.push(`no reply within 3 s: ${label}`);
     });
     assert.equal(stats.requests - requestsBefore, UNDECODABLE_HEADER_BLOCKS.length, 'each reached the worker');
-    if (eventsAfter - eventsBefore !== UNDECODABLE_HEADER_BLOCKS.length) problems.push(`${eventsAfter - eventsBefore} usage events for ${UNDECODABLE_HEADER_BLOCKS.length} requests`);
-    if (stats.in_flight !== 0) problems.push(`in_flight stays ${stats.in_flight} (at max_in_flight the worker stops taking requests for good)`);
+    if (eventsAfter - eventsBefore !== UNDECODABLE_HEADER_BLOCKS.length)
+      problems.push(`${eventsAfter - eventsBefore} usage events for ${UNDECODABLE_HEADER_BLOCKS.length} requests`);
+    if (stats.in_flight !== 0)
+      problems.push(`in_flight stays ${stats.in_flight} (at max_in_flight the worker stops taking requests for good)`);
     assert.deepEqual(problems, [], `BUG: header blocks nats.js cannot decode:\n${problems.join('\n')}`);
   });
 
@@ -1401,19 +2430,39 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
     // the callback throws inside nats.js's read loop ("reader closed InvalidArgumentError…" on stdout) and the worker
     // reads nothing more from NATS until a ping timeout (server/client defaults: minutes), its requests black-holed.
     const [, block] = UNDECODABLE_HEADER_BLOCKS[0]!;
-    const validBody = JSON.stringify({ model: 'gpt-test', messages: [{ role: 'user', content: 'hi' }], metadata: { agent_id: 'agent:fuzz' } });
+    const validBody = JSON.stringify({
+      model: 'gpt-test',
+      messages: [{ role: 'user', content: 'hi' }],
+      metadata: { agent_id: 'agent:fuzz' },
+    });
     const problems: string[] = [];
     const runOne = async (subject: 'llm.proxy.request' | 'llm.proxy.cancel') => {
       const server = await startNatsServer();
-      const child = await startChildWorker({ natsUrl: server.url, config: testConfig({ openai: openai.baseUrl }), env: { LLM_PROXY_SECRET: SECRET } });
+      const child = await startChildWorker({
+        natsUrl: server.url,
+        config: testConfig({ openai: openai.baseUrl }),
+        env: { LLM_PROXY_SECRET: SECRET },
+      });
       const connection = await connect({ servers: server.url });
       const hostile = await RawPublisher.connect(server.port);
       try {
-        hostile.hpub(subject, '_INBOX.fuzz-undecodable', block, encoder.encode(subject === 'llm.proxy.cancel' ? '{"request_id":"x"}' : validBody));
+        hostile.hpub(
+          subject,
+          '_INBOX.fuzz-undecodable',
+          block,
+          encoder.encode(subject === 'llm.proxy.cancel' ? '{"request_id":"x"}' : validBody),
+        );
         await hostile.ping();
         await new Promise((resolve) => setTimeout(resolve, 1_000));
         if (child.process.exitCode !== null) {
-          problems.push(`${subject}: the worker process exited with code ${child.process.exitCode}: ${child.stderr().split('\n').find((line) => /^\w*Error\b/.test(line)) ?? ''}`);
+          problems.push(
+            `${subject}: the worker process exited with code ${child.process.exitCode}: ${
+              child
+                .stderr()
+                .split('\n')
+                .find((line) => /^\w*Error\b/.test(line)) ?? ''
+            }`,
+          );
         }
         const readerClosed = child.lines.find((line) => line.includes('reader closed'));
         if (readerClosed !== undefined) problems.push(`${subject}: the worker printed "${readerClosed.slice(0, 160)}"`);
@@ -1422,7 +2471,8 @@ describe(`fuzz: ${COUNT} malformed requests (seed ${SEED})`, () => {
         try {
           const reply = await connection.request('llm.proxy.request', validBody, { timeout: 3_000, headers });
           const body = reply.json() as { content?: unknown };
-          if (body.content !== 'echo: hi') problems.push(`${subject}: a valid request afterwards got ${reply.string().slice(0, 160)}`);
+          if (body.content !== 'echo: hi')
+            problems.push(`${subject}: a valid request afterwards got ${reply.string().slice(0, 160)}`);
         } catch (error) {
           problems.push(`${subject}: a valid request afterwards failed: ${String(error)}`);
         }

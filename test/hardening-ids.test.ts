@@ -24,7 +24,8 @@ function secretHeaders(name = 'X-Internal-Secret', value = SECRET): MsgHdrs {
   return headers;
 }
 
-const chatBody = (fields: Record<string, unknown>) => JSON.stringify({ model: 'gpt-test', messages: [{ role: 'user', content: 'hi' }], ...fields });
+const chatBody = (fields: Record<string, unknown>) =>
+  JSON.stringify({ model: 'gpt-test', messages: [{ role: 'user', content: 'hi' }], ...fields });
 
 let nats: NatsServerHandle;
 let openai: FakeOpenAI;
@@ -35,7 +36,11 @@ let aggregator: UsageAggregator;
 const disconnects: string[] = [];
 
 /** A request with the secret, or with the headers given (`null`: none at all). */
-async function ask(body: string, headers: MsgHdrs | null = secretHeaders(), timeout = 10_000): Promise<{ body: any; headers: MsgHdrs | undefined }> {
+async function ask(
+  body: string,
+  headers: MsgHdrs | null = secretHeaders(),
+  timeout = 10_000,
+): Promise<{ body: any; headers: MsgHdrs | undefined }> {
   const reply = await client.request('llm.proxy.request', body, { timeout, ...(headers === null ? {} : { headers }) });
   return { body: reply.json(), headers: reply.headers };
 }
@@ -45,7 +50,10 @@ async function allEvents(count: number) {
   return waitForUsageEvents(client, count, { timeoutMs: 15_000 });
 }
 
-async function eventsWhere(predicate: (event: Awaited<ReturnType<typeof allEvents>>[number]) => boolean, count: number) {
+async function eventsWhere(
+  predicate: (event: Awaited<ReturnType<typeof allEvents>>[number]) => boolean,
+  count: number,
+) {
   const deadline = Date.now() + 15_000;
   for (;;) {
     const matching = (await allEvents(1)).filter(predicate);
@@ -63,7 +71,8 @@ before(async () => {
     env: { LLM_PROXY_SECRET: SECRET },
   });
   void (async () => {
-    for await (const status of worker.worker.connection.status()) if (status.type === 'disconnect' || status.type === 'reconnect') disconnects.push(status.type);
+    for await (const status of worker.worker.connection.status())
+      if (status.type === 'disconnect' || status.type === 'reconnect') disconnects.push(status.type);
   })();
   client = await connect({ servers: nats.url });
   aggregatorConnection = await connect({ servers: nats.url });
@@ -101,10 +110,16 @@ describe('client-chosen ids cannot stop, hide or bend accounting', () => {
     assert.match(bad.body.error.message, /request_id/);
     assert.doesNotMatch(bad.body.error.request_id, /\n/, 'the reply names the worker-made id, not the hostile one');
     const ids = Array.from({ length: 20 }, (_, index) => `after-crlf-${index}`);
-    const replies = await Promise.all(ids.map((id) => ask(chatBody({ request_id: id, metadata: { agent_id: 'agent:crlf' } }))));
+    const replies = await Promise.all(
+      ids.map((id) => ask(chatBody({ request_id: id, metadata: { agent_id: 'agent:crlf' } }))),
+    );
     assert.ok(replies.every((reply) => reply.body.content === 'echo: hi'));
     const events = await eventsWhere((event) => event.agent_id === 'agent:crlf', 20);
-    assert.deepEqual(events.map((event) => event.request_id).sort(), [...ids].sort(), 'all 20 events reached LLM_USAGE');
+    assert.deepEqual(
+      events.map((event) => event.request_id).sort(),
+      [...ids].sort(),
+      'all 20 events reached LLM_USAGE',
+    );
     const [refused] = await eventsWhere((event) => event.request_id === bad.body.error.request_id, 1);
     assert.equal(refused!.subject, 'llm.usage.unauthenticated', 'sent without the secret: attributed to nobody');
     assert.equal(refused!.error_code, 'invalid_request');
@@ -129,19 +144,28 @@ describe('client-chosen ids cannot stop, hide or bend accounting', () => {
   });
 
   test('3. one request_id used 40 times is 40 requests billed; an unauthenticated copy of a real id cannot hide the real one', async () => {
-    const replies = await Promise.all(Array.from({ length: 40 }, () => ask(chatBody({ request_id: 'same-id', metadata: { agent_id: 'agent:reuse' } }))));
+    const replies = await Promise.all(
+      Array.from({ length: 40 }, () => ask(chatBody({ request_id: 'same-id', metadata: { agent_id: 'agent:reuse' } }))),
+    );
     assert.ok(replies.every((reply) => reply.body.content === 'echo: hi' && reply.body.request_id === 'same-id'));
     const events = await eventsWhere((event) => event.agent_id === 'agent:reuse', 40);
     assert.equal(events.length, 40);
     assert.equal(new Set(events.map((event) => event.event_id)).size, 40, 'each has its own event id');
     assert.deepEqual(await billed('agent:reuse'), { total_requests: 40, ok: 40 });
 
-    const spoof = await ask(chatBody({ request_id: 'victim-1', metadata: { agent_id: 'agent:victim' } }), secretHeaders('X-Internal-Secret', 'wrong'));
+    const spoof = await ask(
+      chatBody({ request_id: 'victim-1', metadata: { agent_id: 'agent:victim' } }),
+      secretHeaders('X-Internal-Secret', 'wrong'),
+    );
     assert.equal(spoof.body.error.code, 'unauthorized');
     const real = await ask(chatBody({ request_id: 'victim-1', metadata: { agent_id: 'agent:victim' } }));
     assert.equal(real.body.content, 'echo: hi');
     await eventsWhere((event) => event.request_id === 'victim-1', 2);
-    assert.deepEqual(await billed('agent:victim'), { total_requests: 1, ok: 1 }, 'the real request counts once, the spoof not at all for the victim');
+    assert.deepEqual(
+      await billed('agent:victim'),
+      { total_requests: 1, ok: 1 },
+      'the real request counts once, the spoof not at all for the victim',
+    );
   });
 
   test('8. requests nested 10,000 levels deep (provider_options, tool parameters) are invalid_request, not internal', async () => {
@@ -152,7 +176,9 @@ describe('client-chosen ids cannot stop, hide or bend accounting', () => {
       ['deep-options', `"provider_options":{"nested":${deep}}`],
       ['deep-tools', `"tools":${tool}`],
     ] as const) {
-      const { body } = await ask(`{"model":"gpt-test","messages":[{"role":"user","content":"hi"}],"request_id":"${requestId}",${field}}`);
+      const { body } = await ask(
+        `{"model":"gpt-test","messages":[{"role":"user","content":"hi"}],"request_id":"${requestId}",${field}}`,
+      );
       assert.equal(body.error?.code, 'invalid_request', JSON.stringify(body).slice(0, 200));
       assert.match(body.error.message, /deeper than 64 levels/);
       const [event] = await eventsWhere((candidate) => candidate.request_id === requestId, 1);
@@ -170,7 +196,8 @@ describe('client-chosen ids cannot stop, hide or bend accounting', () => {
       const { body } = await ask(chatBody({ request_id: `claims-${reserved}`, metadata: { agent_id: reserved } }));
       assert.equal(body.content, 'echo: hi');
     }
-    const subjectOf = async (requestId: string) => (await eventsWhere((event) => event.request_id === requestId, 1))[0]!.subject;
+    const subjectOf = async (requestId: string) =>
+      (await eventsWhere((event) => event.request_id === requestId, 1))[0]!.subject;
     assert.equal(await subjectOf('fffd'), 'llm.usage.%EF%BF%BD');
     assert.equal(await subjectOf('lone-surrogate'), 'llm.usage.anonymous');
     assert.equal(await subjectOf('claims-anonymous'), 'llm.usage.%61nonymous');
@@ -191,7 +218,10 @@ describe('every subject with figures or control needs the secret', () => {
       assert.equal(answer.error?.code, 'unauthorized', `${subject} ${body}`);
       assert.equal(reply.headers?.get('Nats-Service-Error-Code'), '401');
     }
-    const models = await client.request('llm.proxy.models', '{"health": true}', { timeout: 5_000, headers: secretHeaders('x-internal-secret') });
+    const models = await client.request('llm.proxy.models', '{"health": true}', {
+      timeout: 5_000,
+      headers: secretHeaders('x-internal-secret'),
+    });
     assert.ok(Array.isArray((models.json() as { health?: unknown }).health), 'the header name matches in any case');
     const usage = await client.request('llm.proxy.usage', '{}', { timeout: 5_000, headers: secretHeaders() });
     assert.equal(typeof (usage.json() as { total_requests?: unknown }).total_requests, 'number');
@@ -201,17 +231,29 @@ describe('every subject with figures or control needs the secret', () => {
   test('11. the secret header in lower case is accepted on requests, as HTTP would', async () => {
     const { body } = await ask(chatBody({ request_id: 'lower-case-header' }), secretHeaders('x-internal-secret'));
     assert.equal(body.content, 'echo: hi');
-    const { body: upper } = await ask(chatBody({ request_id: 'upper-case-header' }), secretHeaders('X-INTERNAL-SECRET'));
+    const { body: upper } = await ask(
+      chatBody({ request_id: 'upper-case-header' }),
+      secretHeaders('X-INTERNAL-SECRET'),
+    );
     assert.equal(upper.content, 'echo: hi');
   });
 
   test('a cancel sent as a request is always answered: at once by the worker that had it, after a moment when none had it', async () => {
     const unknown = Date.now();
-    const notFound = await client.request('llm.proxy.cancel', JSON.stringify({ request_id: 'never-sent' }), { timeout: 5_000, headers: secretHeaders() });
-    assert.deepEqual({ ...(notFound.json() as object), worker_id: undefined }, { request_id: 'never-sent', cancelled: false, worker_id: undefined });
+    const notFound = await client.request('llm.proxy.cancel', JSON.stringify({ request_id: 'never-sent' }), {
+      timeout: 5_000,
+      headers: secretHeaders(),
+    });
+    assert.deepEqual(
+      { ...(notFound.json() as object), worker_id: undefined },
+      { request_id: 'never-sent', cancelled: false, worker_id: undefined },
+    );
     assert.ok(Date.now() - unknown >= 400, 'a worker without the request waits before saying so');
 
-    const invalid = await client.request('llm.proxy.cancel', JSON.stringify({ request_id: 'a\nb' }), { timeout: 5_000, headers: secretHeaders() });
+    const invalid = await client.request('llm.proxy.cancel', JSON.stringify({ request_id: 'a\nb' }), {
+      timeout: 5_000,
+      headers: secretHeaders(),
+    });
     assert.equal((invalid.json() as { error: { code: string } }).error.code, 'invalid_request');
 
     openai.enqueue({ kind: 'ok', delayMs: 3_000 });
@@ -220,10 +262,16 @@ describe('every subject with figures or control needs the secret', () => {
       const subscription = client.subscribe(inbox, { max: 1, callback: (_error, message) => resolve(message) });
       void subscription;
     });
-    client.publish('llm.proxy.request', chatBody({ request_id: 'to-cancel' }), { reply: inbox, headers: secretHeaders() });
+    client.publish('llm.proxy.request', chatBody({ request_id: 'to-cancel' }), {
+      reply: inbox,
+      headers: secretHeaders(),
+    });
     await sleep(300);
     const started = Date.now();
-    const cancel = await client.request('llm.proxy.cancel', JSON.stringify({ request_id: 'to-cancel' }), { timeout: 5_000, headers: secretHeaders('x-internal-secret') });
+    const cancel = await client.request('llm.proxy.cancel', JSON.stringify({ request_id: 'to-cancel' }), {
+      timeout: 5_000,
+      headers: secretHeaders('x-internal-secret'),
+    });
     assert.equal((cancel.json() as { cancelled: boolean }).cancelled, true);
     assert.ok(Date.now() - started < 400, 'the worker that had it answers at once');
     const reply = (await answered).json() as { error: { code: string } };

@@ -16,7 +16,11 @@ type Outcome = 'answered' | 'unanswered';
 
 /** A plain request: answered when any reply (an answer or a coded error) came back. */
 async function plain(client: NatsConnection, requestId: string): Promise<Outcome> {
-  const body = JSON.stringify({ model: 'gpt-test', messages: [{ role: 'user', content: `hi ${requestId}` }], request_id: requestId });
+  const body = JSON.stringify({
+    model: 'gpt-test',
+    messages: [{ role: 'user', content: `hi ${requestId}` }],
+    request_id: requestId,
+  });
   try {
     const reply = await client.request('llm.proxy.request', body, { timeout: 3_000 });
     return reply.data.length > 0 ? 'answered' : 'unanswered';
@@ -27,13 +31,21 @@ async function plain(client: NatsConnection, requestId: string): Promise<Outcome
 
 /** A raw stream: answered when its terminal message (`end`, `error`, or a plain error body) came back. */
 function streamed(client: NatsConnection, requestId: string): Promise<Outcome> {
-  const body = JSON.stringify({ model: 'gpt-test', messages: [{ role: 'user', content: `hi ${requestId}` }], request_id: requestId, stream: true });
+  const body = JSON.stringify({
+    model: 'gpt-test',
+    messages: [{ role: 'user', content: `hi ${requestId}` }],
+    request_id: requestId,
+    stream: true,
+  });
   const inbox = createInbox();
   return new Promise((resolve) => {
     const subscription = client.subscribe(inbox, {
       callback: (_error, message) => {
         const mark = message.headers?.get('LLM-Stream');
-        const terminal = mark === 'end' || mark === 'error' || (mark === '' && message.data.length > 0 && 'error' in (message.json() as object));
+        const terminal =
+          mark === 'end' ||
+          mark === 'error' ||
+          (mark === '' && message.data.length > 0 && 'error' in (message.json() as object));
         const noResponders = message.data.length === 0 && message.headers?.code === 503;
         if (!terminal && !noResponders) return;
         clearTimeout(timer);
@@ -49,11 +61,16 @@ function streamed(client: NatsConnection, requestId: string): Promise<Outcome> {
   });
 }
 
-test('a SIGKILLed worker loses no event of a request it answered (load with 30 % streams)', { timeout: 120_000 }, async () => {
+test('a SIGKILLed worker loses no event of a request it answered (load with 30 % streams)', {
+  timeout: 120_000,
+}, async () => {
   const nats = await startNatsServer();
   const openai = await startFakeOpenAI();
   openai.setDefault({ kind: 'ok', delayMs: 1, chunks: 4, chunkIntervalMs: 1 });
-  const config = testConfig({ openai: openai.baseUrl }, { cache: { enabled: false }, logging: { level: 'info', requests: 'none' } });
+  const config = testConfig(
+    { openai: openai.baseUrl },
+    { cache: { enabled: false }, logging: { level: 'info', requests: 'none' } },
+  );
   const worker = await startChildWorker({ natsUrl: nats.url, config });
   const client = await connect({ servers: nats.url });
   const outcomes = new Map<string, Outcome>();

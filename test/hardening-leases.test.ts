@@ -12,11 +12,14 @@ import { startFakeOpenAI } from './fakes/index.js';
 import { startNatsServer } from './helpers/nats-server.js';
 import { startInProcessWorker, testConfig } from './helpers/worker.js';
 
-
-const redisSkip = (await redisReachable()) ? undefined : `Redis is not reachable at ${REDIS_URL}: redis backend skipped`;
+const redisSkip = (await redisReachable())
+  ? undefined
+  : `Redis is not reachable at ${REDIS_URL}: redis backend skipped`;
 
 for (const backend of ['memory', 'nats', 'redis'] as const) {
-  test(`${backend}: ten concurrent requests sharing one request_id (or "__proto__") get exactly "concurrent: 2" slots`, { skip: backend === 'redis' ? redisSkip : undefined }, async () => {
+  test(`${backend}: ten concurrent requests sharing one request_id (or "__proto__") get exactly "concurrent: 2" slots`, {
+    skip: backend === 'redis' ? redisSkip : undefined,
+  }, async () => {
     const nats = await startNatsServer();
     const openai = await startFakeOpenAI();
     // Slow enough that all ten are in flight together.
@@ -26,18 +29,45 @@ for (const backend of ['memory', 'nats', 'redis'] as const) {
       natsUrl: nats.url,
       config: testConfig(
         { openai: openai.baseUrl },
-        { cache: { enabled: false }, limits: { enabled: true, backend, redis_url: REDIS_URL, redis_key_prefix: prefix, default: { rpm: null, concurrent: 2 } } },
+        {
+          cache: { enabled: false },
+          limits: {
+            enabled: true,
+            backend,
+            redis_url: REDIS_URL,
+            redis_key_prefix: prefix,
+            default: { rpm: null, concurrent: 2 },
+          },
+        },
       ),
     });
     const client = await connect({ servers: nats.url });
     try {
-      for (const [round, requestId] of [[1, 'shared-id'], [2, '__proto__']] as const) {
+      for (const [round, requestId] of [
+        [1, 'shared-id'],
+        [2, '__proto__'],
+      ] as const) {
         const agent = `agent:leases-${round}`;
-        const body = JSON.stringify({ model: 'gpt-test', messages: [{ role: 'user', content: 'hi' }], request_id: requestId, metadata: { agent_id: agent } });
-        const replies = await Promise.all(Array.from({ length: 10 }, () => client.request('llm.proxy.request', body, { timeout: 15_000 }).then((reply) => reply.json() as { content?: string; error?: { code: string } })));
+        const body = JSON.stringify({
+          model: 'gpt-test',
+          messages: [{ role: 'user', content: 'hi' }],
+          request_id: requestId,
+          metadata: { agent_id: agent },
+        });
+        const replies = await Promise.all(
+          Array.from({ length: 10 }, () =>
+            client
+              .request('llm.proxy.request', body, { timeout: 15_000 })
+              .then((reply) => reply.json() as { content?: string; error?: { code: string } }),
+          ),
+        );
         const served = replies.filter((reply) => reply.content === 'echo: hi').length;
         const refused = replies.filter((reply) => reply.error?.code === 'rate_limited').length;
-        assert.deepEqual({ served, refused }, { served: 2, refused: 8 }, `request_id ${requestId}: ${JSON.stringify(replies.find((reply) => reply.error !== undefined && reply.error.code !== 'rate_limited'))}`);
+        assert.deepEqual(
+          { served, refused },
+          { served: 2, refused: 8 },
+          `request_id ${requestId}: ${JSON.stringify(replies.find((reply) => reply.error !== undefined && reply.error.code !== 'rate_limited'))}`,
+        );
       }
     } finally {
       await client.close();

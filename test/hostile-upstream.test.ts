@@ -14,7 +14,13 @@ import { createInbox, type Msg, type NatsConnection } from '@nats-io/nats-core';
 import { Pool } from 'undici';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { fakeBehaviours, startFakeOllama, startFakeOpenAI, type FakeOllama, type FakeOpenAI } from './fakes/index.js';
-import { startInProcessWorker, testConfig, waitForUsageEvents, TEST_API_KEY, type InProcessWorker } from './helpers/worker.js';
+import {
+  startInProcessWorker,
+  testConfig,
+  waitForUsageEvents,
+  TEST_API_KEY,
+  type InProcessWorker,
+} from './helpers/worker.js';
 import { createOllamaProvider } from '../src/providers/ollama.js';
 import { createOpenAICompatibleProvider } from '../src/providers/openai-compatible.js';
 import type { Provider, ProviderCall, ProviderSettings } from '../src/providers/types.js';
@@ -61,7 +67,9 @@ async function readStream(client: NatsConnection, body: object, timeoutMs = 30_0
 }
 
 async function ask(client: NatsConnection, body: object, timeoutMs = 30_000): Promise<any> {
-  const reply = await client.request('llm.proxy.request', JSON.stringify({ ...body, stream: false }), { timeout: timeoutMs });
+  const reply = await client.request('llm.proxy.request', JSON.stringify({ ...body, stream: false }), {
+    timeout: timeoutMs,
+  });
   return reply.json();
 }
 
@@ -81,9 +89,19 @@ describe('hostile upstreams: answers are bounded per provider', { timeout: 90_00
   /** Every request sent, and whether it should fail with upstream_error: each must have exactly one usage event. */
   const sent = new Map<string, 'upstream_error' | 'ok'>();
 
-  const request = (requestId: string, model: string, outcome: 'upstream_error' | 'ok' = 'upstream_error', content = 'hi') => {
+  const request = (
+    requestId: string,
+    model: string,
+    outcome: 'upstream_error' | 'ok' = 'upstream_error',
+    content = 'hi',
+  ) => {
     sent.set(requestId, outcome);
-    return { model, messages: [{ role: 'user', content }], request_id: requestId, metadata: { agent_id: 'agent:hostile' } };
+    return {
+      model,
+      messages: [{ role: 'user', content }],
+      request_id: requestId,
+      metadata: { agent_id: 'agent:hostile' },
+    };
   };
 
   before(async () => {
@@ -129,7 +147,10 @@ describe('hostile upstreams: answers are bounded per provider', { timeout: 90_00
     const closedBefore = openai.closedByClient;
     openai.enqueue(fakeBehaviours.huge('line'));
     const result = await readStream(client, request('sse-line', 'gpt-test'));
-    assertStreamFailedAt(result, new RegExp(`^openai: a line of the answer exceeded max_line_bytes \\(${SMALL_LINE} bytes\\)$`));
+    assertStreamFailedAt(
+      result,
+      new RegExp(`^openai: a line of the answer exceeded max_line_bytes \\(${SMALL_LINE} bytes\\)$`),
+    );
     await openai.waitForClosedByClient(closedBefore + 1);
   });
 
@@ -137,7 +158,10 @@ describe('hostile upstreams: answers are bounded per provider', { timeout: 90_00
     const closedBefore = openai.closedByClient;
     openai.enqueue(fakeBehaviours.huge('events'));
     const result = await readStream(client, request('sse-endless', 'gpt-test'));
-    assertStreamFailedAt(result, new RegExp(`^openai: the answer exceeded max_response_bytes \\(${SMALL_RESPONSE} bytes\\)$`));
+    assertStreamFailedAt(
+      result,
+      new RegExp(`^openai: the answer exceeded max_response_bytes \\(${SMALL_RESPONSE} bytes\\)$`),
+    );
     assert.ok(result.chunks.length > 1_000, `the events before the bound were delivered (${result.chunks.length})`);
     assert.ok(result.chunks.every((chunk) => chunk.delta === 'x'));
     await openai.waitForClosedByClient(closedBefore + 1);
@@ -154,9 +178,15 @@ describe('hostile upstreams: answers are bounded per provider', { timeout: 90_00
   test('Ollama: an NDJSON line over max_line_bytes, endless NDJSON lines, a JSON answer over max_response_bytes', async () => {
     ollama.enqueue(fakeBehaviours.huge('line'), fakeBehaviours.huge('events'), fakeBehaviours.huge('json', 4 * MiB));
     const line = await readStream(client, request('ndjson-line', 'local-test'));
-    assertStreamFailedAt(line, new RegExp(`^local: a line of the answer exceeded max_line_bytes \\(${SMALL_LINE} bytes\\)$`));
+    assertStreamFailedAt(
+      line,
+      new RegExp(`^local: a line of the answer exceeded max_line_bytes \\(${SMALL_LINE} bytes\\)$`),
+    );
     const endless = await readStream(client, request('ndjson-endless', 'local-test'));
-    assertStreamFailedAt(endless, new RegExp(`^local: the answer exceeded max_response_bytes \\(${SMALL_RESPONSE} bytes\\)$`));
+    assertStreamFailedAt(
+      endless,
+      new RegExp(`^local: the answer exceeded max_response_bytes \\(${SMALL_RESPONSE} bytes\\)$`),
+    );
     assert.ok(endless.chunks.length > 100, `the lines before the bound were delivered (${endless.chunks.length})`);
     const json = await ask(client, request('ollama-json-large', 'local-test'));
     assert.equal(json.error?.code, 'upstream_error');
@@ -179,7 +209,9 @@ describe('hostile upstreams: answers are bounded per provider', { timeout: 90_00
     assert.ok(grownMb < 300, `RSS grew by ${grownMb.toFixed(0)} MB over three answers refused at 16 MiB`);
   });
 
-  test('while the worker reads a 96 MiB line, its event loop is never blocked for long and other requests on it are answered promptly', { timeout: 60_000 }, async () => {
+  test('while the worker reads a 96 MiB line, its event loop is never blocked for long and other requests on it are answered promptly', {
+    timeout: 60_000,
+  }, async () => {
     const requestsBefore = openai.requests.length;
     const chatRequestsBefore = openai.chatRequests.length;
     // The worker runs in this process: the delays of this event loop are the worker's.
@@ -198,18 +230,27 @@ describe('hostile upstreams: answers are bounded per provider', { timeout: 90_00
     let duringHuge = 0;
     while (!hugeDone) {
       const started = performance.now();
-      const reply = await ask(client, request(`plain-${latencies.length}`, 'gpt-test', 'ok', `plain ${latencies.length}`));
+      const reply = await ask(
+        client,
+        request(`plain-${latencies.length}`, 'gpt-test', 'ok', `plain ${latencies.length}`),
+      );
       latencies.push(performance.now() - started);
       if (!hugeDone) duringHuge += 1;
       assert.equal(reply.content, `echo: plain ${latencies.length - 1}`);
     }
     const result = await huge;
-    assertStreamFailedAt(result, new RegExp(`^roomy: a line of the answer exceeded max_line_bytes \\(${ROOMY_LINE} bytes\\)$`));
+    assertStreamFailedAt(
+      result,
+      new RegExp(`^roomy: a line of the answer exceeded max_line_bytes \\(${ROOMY_LINE} bytes\\)$`),
+    );
     const context = `${duringHuge} of ${latencies.length} plain requests answered during the read, in ${latencies.map((ms) => ms.toFixed(0)).join(', ')} ms`;
     // Code that rescans the line on every read blocks the loop for longer and longer (most of a second a
     // read at 96 MiB; it never gets there in this test's time). Here the longest stall is tens of ms.
     const longestStallMs = loopDelay.max / 1e6;
-    assert.ok(longestStallMs < 500, `the event loop stalled for ${longestStallMs.toFixed(0)} ms while the line was read; ${context}`);
+    assert.ok(
+      longestStallMs < 500,
+      `the event loop stalled for ${longestStallMs.toFixed(0)} ms while the line was read; ${context}`,
+    );
     assert.ok(Math.max(...latencies) < 2_000, `plain requests too slow: ${context}`);
   });
 
@@ -250,7 +291,14 @@ describe('hostile upstreams: the providers alone (no NATS)', { timeout: 30_000 }
     const baseUrl = type === 'openai' ? openai.baseUrl : ollama.baseUrl;
     const pool = new Pool(new URL(baseUrl).origin, { connections: 2 });
     pools.push(pool);
-    const settings: ProviderSettings = { name: `fake-${type}`, type, baseUrl, apiKey: TEST_API_KEY, dispatcher: pool, ...extra };
+    const settings: ProviderSettings = {
+      name: `fake-${type}`,
+      type,
+      baseUrl,
+      apiKey: TEST_API_KEY,
+      dispatcher: pool,
+      ...extra,
+    };
     return type === 'openai' ? createOpenAICompatibleProvider(settings) : createOllamaProvider(settings);
   };
 
@@ -276,20 +324,28 @@ describe('hostile upstreams: the providers alone (no NATS)', { timeout: 30_000 }
 
   test('without configured bounds, the defaults apply: 32 MiB an answer, 4 MiB a line', async () => {
     openai.enqueue(fakeBehaviours.huge('json', 40 * MiB), fakeBehaviours.huge('line', 5 * MiB));
-    await assert.rejects(provider('openai').chat(call()), isLimitError('fake-openai: the answer exceeded max_response_bytes (33554432 bytes)'));
-    await assert.rejects(drain(provider('openai').stream(call())), isLimitError('fake-openai: a line of the answer exceeded max_line_bytes (4194304 bytes)'));
+    await assert.rejects(
+      provider('openai').chat(call()),
+      isLimitError('fake-openai: the answer exceeded max_response_bytes (33554432 bytes)'),
+    );
+    await assert.rejects(
+      drain(provider('openai').stream(call())),
+      isLimitError('fake-openai: a line of the answer exceeded max_line_bytes (4194304 bytes)'),
+    );
   });
 
   test('answers within the bounds are read whole: a 3 MB SSE line, a 3 MB NDJSON line, a 3 MB JSON answer', async () => {
     openai.enqueue(fakeBehaviours.huge('line', 3_000_000), fakeBehaviours.huge('json', 3_000_000));
     ollama.enqueue(fakeBehaviours.huge('line', 3_000_000));
     let content = '';
-    for await (const event of provider('openai').stream(call())) if (event.type === 'delta') content += event.content ?? '';
+    for await (const event of provider('openai').stream(call()))
+      if (event.type === 'delta') content += event.content ?? '';
     assert.ok(content.length > 2_990_000 && /^x+$/.test(content), `content of ${content.length} characters`);
     const reply = await provider('openai').chat(call());
     assert.ok((reply.content?.length ?? 0) > 2_990_000);
     content = '';
-    for await (const event of provider('ollama').stream(call())) if (event.type === 'delta') content += event.content ?? '';
+    for await (const event of provider('ollama').stream(call()))
+      if (event.type === 'delta') content += event.content ?? '';
     assert.ok(content.length > 2_990_000);
   });
 
@@ -320,12 +376,16 @@ describe('hostile upstreams: the providers alone (no NATS)', { timeout: 30_000 }
   test('a stream cut off at max_response_bytes yields the events before the bound, then throws; the upstream connection is closed', async () => {
     openai.enqueue(fakeBehaviours.huge('events'));
     ollama.enqueue(fakeBehaviours.huge('events'));
-    for (const [type, fake] of [['openai', openai], ['ollama', ollama]] as const) {
+    for (const [type, fake] of [
+      ['openai', openai],
+      ['ollama', ollama],
+    ] as const) {
       const closedBefore = fake.closedByClient;
       let deltas = 0;
       await assert.rejects(
         (async () => {
-          for await (const event of provider(type, { maxResponseBytes: 256 * 1024 }).stream(call())) if (event.type === 'delta') deltas += 1;
+          for await (const event of provider(type, { maxResponseBytes: 256 * 1024 }).stream(call()))
+            if (event.type === 'delta') deltas += 1;
         })(),
         isLimitError(`fake-${type}: the answer exceeded max_response_bytes (${256 * 1024} bytes)`),
       );
@@ -341,7 +401,8 @@ describe('hostile upstreams: config', () => {
     providers: { openai: { base_url: 'https://api.openai.com/v1', ...provider } },
     models: { m: { provider: 'openai' } },
   });
-  const resolved = (provider: Record<string, unknown>) => resolveConfig(document(provider), 'test', {}).providers.get('openai')!;
+  const resolved = (provider: Record<string, unknown>) =>
+    resolveConfig(document(provider), 'test', {}).providers.get('openai')!;
   const problems = (provider: Record<string, unknown>): string[] => {
     try {
       resolveConfig(document(provider), 'test', {});
@@ -354,9 +415,15 @@ describe('hostile upstreams: config', () => {
 
   test('max_response_bytes and max_line_bytes: defaults 32 MiB and 4 MiB, sizes as numbers or strings', () => {
     assert.deepEqual(pick(resolved({})), { max_response_bytes: 32 * MiB, max_line_bytes: 4 * MiB });
-    assert.deepEqual(pick(resolved({ max_response_bytes: '64MiB', max_line_bytes: 1_000_000 })), { max_response_bytes: 64 * MiB, max_line_bytes: 1_000_000 });
+    assert.deepEqual(pick(resolved({ max_response_bytes: '64MiB', max_line_bytes: 1_000_000 })), {
+      max_response_bytes: 64 * MiB,
+      max_line_bytes: 1_000_000,
+    });
     // A response bound below 4 MiB brings the default line bound down with it.
-    assert.deepEqual(pick(resolved({ max_response_bytes: '1MB' })), { max_response_bytes: 1_000_000, max_line_bytes: 1_000_000 });
+    assert.deepEqual(pick(resolved({ max_response_bytes: '1MB' })), {
+      max_response_bytes: 1_000_000,
+      max_line_bytes: 1_000_000,
+    });
   });
 
   test('a line bound above the response bound, zero, -1 or a non-size are reported by path', () => {

@@ -39,13 +39,17 @@ function writeConfig(name: string, text: string): string {
   return path;
 }
 
-function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+function runCli(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     execFile(
       process.execPath,
       ['--import', 'tsx', 'src/cli/main.ts', 'limits', ...args],
       { env: { ...process.env, LLM_PROXY_CONFIG: '', ...env }, timeout: 60_000 },
-      (error, stdout, stderr) => resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1, stdout, stderr }),
+      (error, stdout, stderr) =>
+        resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1, stdout, stderr }),
     );
   });
 }
@@ -64,7 +68,9 @@ function admission(overrides: Partial<AdmissionRequest> = {}): AdmissionRequest 
 }
 
 test('nats backend: the standing summed over two workers, as a table and as JSON', async () => {
-  const text = configText(`  backend: nats\n  nats_bucket: cli-test\n  default: {rpm: 10, daily_usd: 5}\n  microdaos: {"microdao:7": {concurrent: 4}}\n`);
+  const text = configText(
+    `  backend: nats\n  nats_bucket: cli-test\n  default: {rpm: 10, daily_usd: 5}\n  microdaos: {"microdao:7": {concurrent: 4}}\n`,
+  );
   const path = writeConfig('nats.yaml', text);
   const config = parseConfigText(text);
   const connections = await Promise.all([0, 1].map(() => connect({ servers: (natsServer as NatsServerHandle).url })));
@@ -75,19 +81,28 @@ test('nats backend: the standing summed over two workers, as a table and as JSON
     const third = await workers[1]!.admit(admission());
     await third.settle({ promptTokens: 100, completionTokens: 20, costUsd: 0.05 });
 
-    const json = await runCli(['--agent', 'agent:sofia', '--microdao', 'microdao:7', '--json', '--config', path], { NATS_URL: natsServer!.url });
+    const json = await runCli(['--agent', 'agent:sofia', '--microdao', 'microdao:7', '--json', '--config', path], {
+      NATS_URL: natsServer!.url,
+    });
     assert.equal(json.code, 0, json.stderr);
     const body = JSON.parse(json.stdout);
     assert.equal(body.agent_id, 'agent:sofia');
     const [agent, microdao] = body.scopes;
     assert.deepEqual(
-      agent.limits.map((row: { dimension: string; used: number; limit: number }) => [row.dimension, row.used, row.limit]),
+      agent.limits.map((row: { dimension: string; used: number; limit: number }) => [
+        row.dimension,
+        row.used,
+        row.limit,
+      ]),
       [
         ['rpm', 3, 10],
         ['daily_usd', 0.55, 5],
       ],
     );
-    assert.deepEqual([microdao.kind, microdao.id, microdao.limits[0].dimension, microdao.limits[0].used], ['microdao', 'microdao:7', 'concurrent', 2]);
+    assert.deepEqual(
+      [microdao.kind, microdao.id, microdao.limits[0].dimension, microdao.limits[0].used],
+      ['microdao', 'microdao:7', 'concurrent', 2],
+    );
 
     const table = await runCli(['--agent', 'agent:sofia', '--config', path], { NATS_URL: natsServer!.url });
     assert.equal(table.code, 0, table.stderr);
@@ -101,7 +116,12 @@ test('nats backend: the standing summed over two workers, as a table and as JSON
 });
 
 test('redis backend: the standing, and a clear error when Redis cannot be reached', async (context) => {
-  const probe = new Redis(REDIS_URL, { lazyConnect: true, connectTimeout: 1_000, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  const probe = new Redis(REDIS_URL, {
+    lazyConnect: true,
+    connectTimeout: 1_000,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+  });
   probe.on('error', () => undefined);
   try {
     await probe.connect();
@@ -109,7 +129,9 @@ test('redis backend: the standing, and a clear error when Redis cannot be reache
     context.skip(`Redis is not reachable at ${REDIS_URL}`);
     return;
   }
-  const text = configText(`  backend: redis\n  redis_url: "${REDIS_URL}"\n  redis_key_prefix: "${PREFIX}"\n  default: {rpm: 2, tpm: 100}\n`);
+  const text = configText(
+    `  backend: redis\n  redis_url: "${REDIS_URL}"\n  redis_key_prefix: "${PREFIX}"\n  default: {rpm: 2, tpm: 100}\n`,
+  );
   const path = writeConfig('redis.yaml', text);
   const worker = await createLimiter(parseConfigText(text).limits);
   try {
@@ -123,7 +145,10 @@ test('redis backend: the standing, and a clear error when Redis cannot be reache
     assert.equal(tpm.dimension, 'tpm');
     assert.ok(tpm.used > 50 && tpm.used <= 100, `tpm used ${tpm.used}`);
 
-    const down = writeConfig('down.yaml', configText(`  backend: redis\n  redis_url: "redis://127.0.0.1:1"\n  store_timeout_ms: 300\n`));
+    const down = writeConfig(
+      'down.yaml',
+      configText(`  backend: redis\n  redis_url: "redis://127.0.0.1:1"\n  store_timeout_ms: 300\n`),
+    );
     const failed = await runCli(['--agent', 'agent:x', '--config', down]);
     assert.equal(failed.code, 1);
     assert.match(failed.stderr, /cannot read the limits store \(redis, redis:\/\/127\.0\.0\.1:1/);

@@ -14,21 +14,40 @@ import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { Redis } from 'ioredis';
 import { REDIS_URL, redisReachable } from './helpers/redis.js';
-import { createClient, LlmProxyError, type ChatReply, type ChatRequest, type LlmProxyClient } from '../src/client/index.js';
+import {
+  createClient,
+  LlmProxyError,
+  type ChatReply,
+  type ChatRequest,
+  type LlmProxyClient,
+} from '../src/client/index.js';
 import { resolveConfig, type ConfigInput } from '../src/config/index.js';
 import { createLimitHooks, createLimiter, maxCostUsd, type Limiter } from '../src/limits/index.js';
 import { estimatePromptTokens } from '../src/usage/tokens.js';
 import type { UsageEvent } from '../src/contract/usage-event.js';
 import { startFakeOpenAI, type FakeOpenAI } from './fakes/fake-openai.js';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
-import { startInProcessWorker, testConfig, waitForUsageEvents, TEST_API_KEY, type InProcessWorker } from './helpers/worker.js';
+import {
+  startInProcessWorker,
+  testConfig,
+  waitForUsageEvents,
+  TEST_API_KEY,
+  type InProcessWorker,
+} from './helpers/worker.js';
 
 const REDIS_PREFIX = `llm-limits-worker-test:${randomUUID().slice(0, 8)}:`;
 
-const redisSkip = (await redisReachable()) ? undefined : `Redis is not reachable at ${REDIS_URL}: redis scenario skipped`;
+const redisSkip = (await redisReachable())
+  ? undefined
+  : `Redis is not reachable at ${REDIS_URL}: redis scenario skipped`;
 
 /** Slow enough that the 50 requests overlap in the workers. */
-const SMALL_REPLY = { kind: 'ok', content: 'fine', delayMs: 50, usage: { promptTokens: 12, completionTokens: 5 } } as const;
+const SMALL_REPLY = {
+  kind: 'ok',
+  content: 'fine',
+  delayMs: 50,
+  usage: { promptTokens: 12, completionTokens: 5 },
+} as const;
 
 let natsServer: NatsServerHandle;
 let fake: FakeOpenAI;
@@ -114,7 +133,9 @@ async function settleAll<T>(calls: Array<Promise<T>>): Promise<{ ok: T[]; errors
 async function eventsOf(agentId: string, count: number): Promise<UsageEvent[]> {
   const deadline = Date.now() + 20_000;
   for (;;) {
-    const events = (await waitForUsageEvents(clientConnection, 1, { timeoutMs: 20_000 })).filter((event) => event.agent_id === agentId);
+    const events = (await waitForUsageEvents(clientConnection, 1, { timeoutMs: 20_000 })).filter(
+      (event) => event.agent_id === agentId,
+    );
     if (events.length >= count || Date.now() > deadline) return events;
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
@@ -127,7 +148,10 @@ function frozen(): () => number {
 
 for (const backend of ['nats', 'redis'] as const) {
   describe(`limits in 4 workers, ${backend} backend`, { skip: backend === 'redis' ? redisSkip : undefined }, () => {
-    const store = backend === 'nats' ? { backend, nats_bucket: `worker-${randomUUID().slice(0, 8)}` } : { backend, redis_url: REDIS_URL, redis_key_prefix: REDIS_PREFIX };
+    const store =
+      backend === 'nats'
+        ? { backend, nats_bucket: `worker-${randomUUID().slice(0, 8)}` }
+        : { backend, redis_url: REDIS_URL, redis_key_prefix: REDIS_PREFIX };
 
     test('10 requests a minute, 50 at once → exactly 10 served; 40 refused rate_limited with retry_after_ms and a rejected usage event', async () => {
       const cluster = await startCluster({ ...store }, frozen());
@@ -139,10 +163,16 @@ for (const backend of ['nats', 'redis'] as const) {
         for (const error of errors) {
           assert.equal(error.code, 'rate_limited');
           assert.equal(error.message, `${agentId} is over 10 requests/minute`);
-          assert.ok(error.retryAfterMs !== undefined && error.retryAfterMs > 0 && error.retryAfterMs <= 60_000, `retry_after_ms ${error.retryAfterMs}`);
+          assert.ok(
+            error.retryAfterMs !== undefined && error.retryAfterMs > 0 && error.retryAfterMs <= 60_000,
+            `retry_after_ms ${error.retryAfterMs}`,
+          );
         }
         const events = await eventsOf(agentId, 50);
-        assert.equal(events.filter((event) => event.status === 'rejected' && event.error_code === 'rate_limited').length, 40);
+        assert.equal(
+          events.filter((event) => event.status === 'rejected' && event.error_code === 'rate_limited').length,
+          40,
+        );
         assert.equal(events.filter((event) => event.status === 'ok').length, 10);
       } finally {
         await cluster.stop();
@@ -161,7 +191,11 @@ for (const backend of ['nats', 'redis'] as const) {
         const greedy = chatRequest(`agent:greedy-${backend}`, { max_tokens: 200 });
         const first = await settleAll<ChatReply>(Array.from({ length: 50 }, () => client.stream(greedy).final));
         assert.equal(first.ok.length, Math.floor(tpm / reserved));
-        assert.ok(first.errors.every((error) => error.code === 'rate_limited' && error.message.includes(`over ${tpm} tokens/minute`)));
+        assert.ok(
+          first.errors.every(
+            (error) => error.code === 'rate_limited' && error.message.includes(`over ${tpm} tokens/minute`),
+          ),
+        );
 
         // Streams that end early (12 + 5 tokens): once settled, the rest of each reservation is back.
         fake.setDefault(SMALL_REPLY);

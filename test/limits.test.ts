@@ -25,7 +25,12 @@ const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 const RUN_PREFIX = `llm-limits-test:${process.pid}-${randomUUID().slice(0, 8)}:`;
 
 async function redisUnavailableReason(): Promise<string | undefined> {
-  const probe = new Redis(REDIS_URL, { lazyConnect: true, connectTimeout: 1_000, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  const probe = new Redis(REDIS_URL, {
+    lazyConnect: true,
+    connectTimeout: 1_000,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+  });
   probe.on('error', () => undefined);
   try {
     await probe.connect();
@@ -67,7 +72,12 @@ interface Workers {
 }
 
 /** `count` limiters as `count` workers would have them: each its own NATS connection or Redis client. */
-async function startWorkers(backend: Backend, count: number, limits: LimitsConfigInput, now?: () => number): Promise<Workers> {
+async function startWorkers(
+  backend: Backend,
+  count: number,
+  limits: LimitsConfigInput,
+  now?: () => number,
+): Promise<Workers> {
   const scenario = randomUUID().slice(0, 8);
   const config = limitsSchema.parse({
     ...limits,
@@ -115,7 +125,9 @@ async function admitAtOnce(
   total: number,
   make: (index: number) => AdmissionRequest = () => admission(),
 ): Promise<{ admitted: Reservation[]; refused: ProxyError[] }> {
-  const results = await Promise.allSettled(Array.from({ length: total }, (_, index) => (limiters[index % limiters.length] as Limiter).admit(make(index))));
+  const results = await Promise.allSettled(
+    Array.from({ length: total }, (_, index) => (limiters[index % limiters.length] as Limiter).admit(make(index))),
+  );
   const admitted: Reservation[] = [];
   const refused: ProxyError[] = [];
   for (const result of results) {
@@ -145,7 +157,10 @@ function exactnessSuite(backend: Backend, workers: number): void {
         assert.equal(error.code, 'rate_limited');
         assert.equal(error.status, 429);
         assert.equal(error.message, 'agent:sofia is over 10 requests/minute');
-        assert.ok(error.retryAfterMs !== undefined && error.retryAfterMs > 0 && error.retryAfterMs <= 60_000, `retry_after ${error.retryAfterMs}`);
+        assert.ok(
+          error.retryAfterMs !== undefined && error.retryAfterMs > 0 && error.retryAfterMs <= 60_000,
+          `retry_after ${error.retryAfterMs}`,
+        );
       }
       // GCRA: the next slot frees one emission interval (6 s) later, and not before.
       clock.advance(5_000);
@@ -153,9 +168,14 @@ function exactnessSuite(backend: Backend, workers: number): void {
       clock.advance(1_000);
       await limiters[0]!.admit(admission());
       const standing = await limiters[limiters.length - 1]!.standing('agent:sofia');
-      assert.deepEqual(standing.map((scope) => [scope.kind, scope.id, scope.dimensions.map((row) => [row.dimension, row.used, row.limit])]), [
-        ['agent', 'agent:sofia', [['rpm', 10, 10]]],
-      ]);
+      assert.deepEqual(
+        standing.map((scope) => [
+          scope.kind,
+          scope.id,
+          scope.dimensions.map((row) => [row.dimension, row.used, row.limit]),
+        ]),
+        [['agent', 'agent:sofia', [['rpm', 10, 10]]]],
+      );
     } finally {
       await close();
     }
@@ -167,10 +187,16 @@ function exactnessSuite(backend: Backend, workers: number): void {
     try {
       const first = await admitAtOnce(limiters, 50);
       assert.equal(first.admitted.length, 3);
-      assert.ok(first.refused.every((error) => error.code === 'rate_limited' && error.message.includes('over 1000 tokens/minute')));
+      assert.ok(
+        first.refused.every(
+          (error) => error.code === 'rate_limited' && error.message.includes('over 1000 tokens/minute'),
+        ),
+      );
       assert.ok(first.refused.every((error) => (error.retryAfterMs ?? 0) > 0 && (error.retryAfterMs ?? 0) <= 60_000));
       // A stream that ended early: 40 prompt + 10 completion tokens used of 300 reserved.
-      const outcomes = await Promise.all(first.admitted.map((reservation) => reservation.settle({ promptTokens: 40, completionTokens: 10, costUsd: 0 })));
+      const outcomes = await Promise.all(
+        first.admitted.map((reservation) => reservation.settle({ promptTokens: 40, completionTokens: 10, costUsd: 0 })),
+      );
       assert.ok(outcomes.every((outcome) => outcome.stored));
       // 150 used: room for two more reservations of 300, not three.
       const second = await admitAtOnce(limiters, 50);
@@ -190,18 +216,31 @@ function exactnessSuite(backend: Backend, workers: number): void {
 
   test('daily budget: $0.01, 50 requests of up to $0.001 → exactly 10; settled at $0.0004 each, $0.006 comes back', async () => {
     const clock = frozenClock();
-    const { limiters, close } = await startWorkers(backend, workers, { default: { rpm: null, daily_usd: 0.01 } }, clock.now);
+    const { limiters, close } = await startWorkers(
+      backend,
+      workers,
+      { default: { rpm: null, daily_usd: 0.01 } },
+      clock.now,
+    );
     try {
       const first = await admitAtOnce(limiters, 50);
       assert.equal(first.admitted.length, 10);
-      const endOfDay = Date.UTC(new Date(clock.now()).getUTCFullYear(), new Date(clock.now()).getUTCMonth(), new Date(clock.now()).getUTCDate() + 1);
+      const endOfDay = Date.UTC(
+        new Date(clock.now()).getUTCFullYear(),
+        new Date(clock.now()).getUTCMonth(),
+        new Date(clock.now()).getUTCDate() + 1,
+      );
       for (const error of first.refused) {
         assert.equal(error.code, 'budget_exceeded');
         assert.equal(error.status, 402);
         assert.match(error.message, /^agent:sofia is over its daily budget of \$0\.01 \(\$0\.01 used today/);
         assert.ok((error.retryAfterMs ?? 0) > 0 && (error.retryAfterMs ?? 0) <= endOfDay - clock.now());
       }
-      await Promise.all(first.admitted.map((reservation) => reservation.settle({ promptTokens: 10, completionTokens: 10, costUsd: 0.0004 })));
+      await Promise.all(
+        first.admitted.map((reservation) =>
+          reservation.settle({ promptTokens: 10, completionTokens: 10, costUsd: 0.0004 }),
+        ),
+      );
       const second = await admitAtOnce(limiters, 50);
       assert.equal(second.admitted.length, 6);
       // A cancelled request gives its whole reservation back.
@@ -218,7 +257,11 @@ function exactnessSuite(backend: Backend, workers: number): void {
     try {
       const first = await admitAtOnce(limiters, 50);
       assert.equal(first.admitted.length, 3);
-      assert.ok(first.refused.every((error) => error.message === 'agent:sofia is over 3 concurrent requests' && (error.retryAfterMs ?? 0) > 0));
+      assert.ok(
+        first.refused.every(
+          (error) => error.message === 'agent:sofia is over 3 concurrent requests' && (error.retryAfterMs ?? 0) > 0,
+        ),
+      );
       await first.admitted[0]!.settle({ promptTokens: 1, completionTokens: 1, costUsd: 0 });
       await first.admitted[0]!.settle({ promptTokens: 1, completionTokens: 1, costUsd: 0 }); // idempotent
       const second = await admitAtOnce(limiters, 10);
@@ -233,20 +276,37 @@ function exactnessSuite(backend: Backend, workers: number): void {
     const { limiters, close } = await startWorkers(
       backend,
       workers,
-      { default: { rpm: 4 }, microdaos: { 'microdao:7': { rpm: 6 } }, models: { 'gpt-4.1-mini': { rpm: 100, tpm: 100_000 } } },
+      {
+        default: { rpm: 4 },
+        microdaos: { 'microdao:7': { rpm: 6 } },
+        models: { 'gpt-4.1-mini': { rpm: 100, tpm: 100_000 } },
+      },
       clock.now,
     );
     try {
       const agents = ['agent:a', 'agent:b', 'agent:c'];
-      const { admitted, refused } = await admitAtOnce(limiters, 45, (index) => admission({ agentId: agents[index % 3], microdaoId: 'microdao:7' }));
+      const { admitted, refused } = await admitAtOnce(limiters, 45, (index) =>
+        admission({ agentId: agents[index % 3], microdaoId: 'microdao:7' }),
+      );
       assert.equal(admitted.length, 6);
       assert.ok(refused.every((error) => error.code === 'rate_limited'));
       // Whatever was charged and rolled back on the way, the counts add up to what was admitted.
-      const agentUse = await Promise.all(agents.map(async (agentId) => (await limiters[0]!.standing(agentId))[0]?.dimensions[0]?.used ?? 0));
-      assert.equal(agentUse.reduce((sum, used) => sum + used, 0), 6);
-      const [, microdao, model] = await limiters[0]!.standing('agent:a', { microdaoId: 'microdao:7', model: 'gpt-4.1-mini' });
+      const agentUse = await Promise.all(
+        agents.map(async (agentId) => (await limiters[0]!.standing(agentId))[0]?.dimensions[0]?.used ?? 0),
+      );
+      assert.equal(
+        agentUse.reduce((sum, used) => sum + used, 0),
+        6,
+      );
+      const [, microdao, model] = await limiters[0]!.standing('agent:a', {
+        microdaoId: 'microdao:7',
+        model: 'gpt-4.1-mini',
+      });
       assert.equal(microdao?.dimensions[0]?.used, 6);
-      assert.deepEqual(model?.dimensions.map((row) => row.used), [6, 6 * 300]);
+      assert.deepEqual(
+        model?.dimensions.map((row) => row.used),
+        [6, 6 * 300],
+      );
       // An agent outside the microDAO is limited only by its own rate and the model's.
       const outsider = await admitAtOnce(limiters, 10, () => admission({ agentId: 'agent:d' }));
       assert.equal(outsider.admitted.length, 4);
@@ -256,14 +316,22 @@ function exactnessSuite(backend: Backend, workers: number): void {
   });
   test('refused by several limits at once: the budget is the refusal the client hears', async () => {
     const clock = frozenClock();
-    const { limiters, close } = await startWorkers(backend, workers, { default: { rpm: 1 }, microdaos: { 'microdao:7': { daily_usd: 0.001 } } }, clock.now);
+    const { limiters, close } = await startWorkers(
+      backend,
+      workers,
+      { default: { rpm: 1 }, microdaos: { 'microdao:7': { daily_usd: 0.001 } } },
+      clock.now,
+    );
     try {
       await limiters[0]!.admit(admission({ microdaoId: 'microdao:7' }));
-      await assert.rejects(limiters[workers - 1]!.admit(admission({ microdaoId: 'microdao:7' })), (error: ProxyError) => {
-        assert.equal(error.code, 'budget_exceeded');
-        assert.match(error.message, /^microDAO microdao:7 is over its daily budget of \$0\.001/);
-        return true;
-      });
+      await assert.rejects(
+        limiters[workers - 1]!.admit(admission({ microdaoId: 'microdao:7' })),
+        (error: ProxyError) => {
+          assert.equal(error.code, 'budget_exceeded');
+          assert.match(error.message, /^microDAO microdao:7 is over its daily budget of \$0\.001/);
+          return true;
+        },
+      );
     } finally {
       await close();
     }
@@ -284,12 +352,22 @@ describe('limits: memory backend (one worker)', () => {
   test('counters: admitted and refused', async () => {
     const limiter = await createLimiter(limitsSchema.parse({ default: { rpm: 2 } }));
     await admitAtOnce([limiter], 5);
-    assert.deepEqual(limiter.counters(), { admitted: 2, refused: 3, storeErrors: 0, failedOpen: 0, failedClosed: 0, conflicts: 0 });
+    assert.deepEqual(limiter.counters(), {
+      admitted: 2,
+      refused: 3,
+      storeErrors: 0,
+      failedOpen: 0,
+      failedClosed: 0,
+      conflicts: 0,
+    });
   });
 
   test('a limiter running past midnight UTC starts the new day and, on the 1st, the new month', async () => {
     let now = Date.UTC(2026, 10, 30, 23, 59, 58);
-    const limiter = await createLimiter(limitsSchema.parse({ default: { rpm: null, daily_usd: 0.002, monthly_usd: 0.003 } }), { now: () => now });
+    const limiter = await createLimiter(
+      limitsSchema.parse({ default: { rpm: null, daily_usd: 0.002, monthly_usd: 0.003 } }),
+      { now: () => now },
+    );
     const spend = () => limiter.admit(admission({ estimatedMaxCostUsd: 0.001 }));
     await spend();
     await spend();
@@ -304,10 +382,17 @@ describe('limits: memory backend (one worker)', () => {
   });
 
   test('agents with their own limits keep them when they come back (the scopes are worked out once each)', async () => {
-    const limiter = await createLimiter(limitsSchema.parse({ default: { rpm: 1 }, agents: { 'agent:batch': { rpm: 3 } } }));
+    const limiter = await createLimiter(
+      limitsSchema.parse({ default: { rpm: 1 }, agents: { 'agent:batch': { rpm: 3 } } }),
+    );
     const results = [];
     for (const agentId of ['agent:batch', 'agent:sofia', 'agent:batch', 'agent:sofia', 'agent:batch', 'agent:batch']) {
-      results.push(await limiter.admit(admission({ agentId })).then(() => 'ok', (error: ProxyError) => error.code));
+      results.push(
+        await limiter.admit(admission({ agentId })).then(
+          () => 'ok',
+          (error: ProxyError) => error.code,
+        ),
+      );
     }
     assert.deepEqual(results, ['ok', 'ok', 'ok', 'rate_limited', 'ok', 'rate_limited']);
   });
@@ -320,7 +405,9 @@ describe('limits: nats backend (JetStream KV, 4 workers)', () => {
     const { limiters, close } = await startWorkers('nats', 1, { default: { rpm: 1 } });
     try {
       await limiters[0]!.admit(admission({ agentId: 'agent:a.b c' }));
-      await assert.rejects(limiters[0]!.admit(admission({ agentId: 'agent:a.b c' })), { message: 'agent:a.b c is over 1 requests/minute' });
+      await assert.rejects(limiters[0]!.admit(admission({ agentId: 'agent:a.b c' })), {
+        message: 'agent:a.b c is over 1 requests/minute',
+      });
       await limiters[0]!.admit(admission({ agentId: 'agent:a=2Eb c' }));
     } finally {
       await close();
@@ -365,7 +452,10 @@ describe('limits: nats backend (JetStream KV, 4 workers)', () => {
     const server = await startNatsServer();
     const connection = await connect({ servers: server.url, reconnectTimeWait: 100 });
     try {
-      const rateOnly = await createLimiter(limitsSchema.parse({ backend: 'nats', nats_bucket: 'down', store_timeout_ms: 500 }), { nats: connection });
+      const rateOnly = await createLimiter(
+        limitsSchema.parse({ backend: 'nats', nats_bucket: 'down', store_timeout_ms: 500 }),
+        { nats: connection },
+      );
       const withBudget = await createLimiter(
         limitsSchema.parse({ backend: 'nats', nats_bucket: 'down', store_timeout_ms: 500, default: { daily_usd: 1 } }),
         { nats: connection },
@@ -415,7 +505,11 @@ describe('limits: redis backend (one Lua script per admission, 4 workers)', { sk
   test('a settle that cannot reach the store says so and is counted (the reservation stays charged)', async () => {
     const client = new Redis(REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 0 });
     const limiter = await createLimiter(
-      limitsSchema.parse({ backend: 'redis', redis_key_prefix: `${RUN_PREFIX}settle:`, default: { rpm: null, concurrent: 1 } }),
+      limitsSchema.parse({
+        backend: 'redis',
+        redis_key_prefix: `${RUN_PREFIX}settle:`,
+        default: { rpm: null, concurrent: 1 },
+      }),
       { redis: client },
     );
     try {

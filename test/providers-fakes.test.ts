@@ -16,7 +16,10 @@ interface RawResponse {
   reads: number;
 }
 
-function send(url: string, options: { method?: string; body?: unknown; headers?: Record<string, string>; signal?: AbortSignal } = {}): Promise<RawResponse> {
+function send(
+  url: string,
+  options: { method?: string; body?: unknown; headers?: Record<string, string>; signal?: AbortSignal } = {},
+): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
     const body = options.body === undefined ? undefined : JSON.stringify(options.body);
     const outgoing = httpRequest(
@@ -32,7 +35,12 @@ function send(url: string, options: { method?: string; body?: unknown; headers?:
         incoming.on('data', (piece: Buffer) => pieces.push(piece));
         incoming.on('error', reject);
         incoming.on('end', () =>
-          resolve({ status: incoming.statusCode ?? 0, headers: incoming.headers, text: Buffer.concat(pieces).toString('utf8'), reads: pieces.length }),
+          resolve({
+            status: incoming.statusCode ?? 0,
+            headers: incoming.headers,
+            text: Buffer.concat(pieces).toString('utf8'),
+            reads: pieces.length,
+          }),
         );
       },
     );
@@ -41,7 +49,11 @@ function send(url: string, options: { method?: string; body?: unknown; headers?:
   });
 }
 
-const chatBody = (extra: Record<string, unknown> = {}) => ({ model: 'm', messages: [{ role: 'user', content: 'ping pong' }], ...extra });
+const chatBody = (extra: Record<string, unknown> = {}) => ({
+  model: 'm',
+  messages: [{ role: 'user', content: 'ping pong' }],
+  ...extra,
+});
 
 function sseData(text: string): string[] {
   return text
@@ -71,7 +83,9 @@ describe('fake OpenAI', () => {
       const third = await send(url, { body: chatBody() });
       assert.equal(JSON.parse(first.text).choices[0].message.content, 'first');
       assert.equal(second.status, 503);
-      assert.deepEqual(JSON.parse(second.text), { error: { message: 'busy', type: 'server_error', param: null, code: null } });
+      assert.deepEqual(JSON.parse(second.text), {
+        error: { message: 'busy', type: 'server_error', param: null, code: null },
+      });
       assert.equal(JSON.parse(third.text).choices[0].message.content, 'default');
       assert.equal(fake.requests.length, 3);
       const recorded = fake.requests[0];
@@ -108,13 +122,17 @@ describe('fake OpenAI', () => {
       assert.ok(plainChunks.every((chunk) => !('usage' in chunk) && chunk.choices.length === 1));
       assert.equal(plainChunks.at(-1).choices[0].finish_reason, 'stop');
 
-      const withUsage = sseData((await send(url, { body: chatBody({ stream: true, stream_options: { include_usage: true } }) })).text);
+      const withUsage = sseData(
+        (await send(url, { body: chatBody({ stream: true, stream_options: { include_usage: true } }) })).text,
+      );
       const usageChunk = JSON.parse(withUsage.at(-2) ?? '{}');
       assert.deepEqual(usageChunk.choices, []);
       assert.ok(usageChunk.usage.prompt_tokens > 0);
 
       fake.enqueue({ kind: 'ok', usage: null });
-      const noUsage = sseData((await send(url, { body: chatBody({ stream: true, stream_options: { include_usage: true } }) })).text);
+      const noUsage = sseData(
+        (await send(url, { body: chatBody({ stream: true, stream_options: { include_usage: true } }) })).text,
+      );
       assert.ok(noUsage.slice(0, -1).every((data) => JSON.parse(data).usage === null));
     }));
 
@@ -163,7 +181,10 @@ describe('fake OpenAI', () => {
         const refused = await send(url, { body: chatBody(), headers: { authorization: 'Bearer sk-wrong' } });
         assert.equal(refused.status, 401);
         assert.equal(JSON.parse(refused.text).error.code, 'invalid_api_key');
-        assert.equal((await send(url, { body: chatBody(), headers: { authorization: 'Bearer sk-right' } })).status, 200);
+        assert.equal(
+          (await send(url, { body: chatBody(), headers: { authorization: 'Bearer sk-right' } })).status,
+          200,
+        );
       },
     ));
 
@@ -180,7 +201,10 @@ describe('fake OpenAI', () => {
         const limited = await send(url, { body: chatBody() });
         assert.equal(limited.status, 429);
         assert.equal(limited.headers['retry-after'], 'Tue, 01 Jan 2030 00:00:00 GMT');
-        assert.deepEqual(JSON.parse((await send(`${fake.baseUrl}/models`)).text).data.map((model: { id: string }) => model.id), ['a', 'b']);
+        assert.deepEqual(
+          JSON.parse((await send(`${fake.baseUrl}/models`)).text).data.map((model: { id: string }) => model.id),
+          ['a', 'b'],
+        );
         assert.equal((await send(`${fake.origin}/nowhere`, { body: {} })).status, 404);
       },
     ));
@@ -210,7 +234,10 @@ describe('fake Ollama', () => {
       const url = `${fake.baseUrl}/api/chat`;
       const streamed = await send(url, { body: chatBody() });
       assert.equal(streamed.headers['content-type'], 'application/x-ndjson');
-      const lines = streamed.text.trim().split('\n').map((line) => JSON.parse(line));
+      const lines = streamed.text
+        .trim()
+        .split('\n')
+        .map((line) => JSON.parse(line));
       assert.equal(lines.map((line) => line.message.content).join(''), 'echo: ping pong');
       const last = lines.at(-1);
       assert.equal(last.done, true);
@@ -218,7 +245,12 @@ describe('fake Ollama', () => {
       assert.ok(last.prompt_eval_count > 0 && last.eval_count > 0);
       assert.ok(lines.slice(0, -1).every((line) => line.done === false));
 
-      fake.enqueue({ kind: 'ok', toolCalls: [{ name: 'f', arguments: '{"a":1}' }], reasoningContent: 'hm', usage: null });
+      fake.enqueue({
+        kind: 'ok',
+        toolCalls: [{ name: 'f', arguments: '{"a":1}' }],
+        reasoningContent: 'hm',
+        usage: null,
+      });
       const json = JSON.parse((await send(url, { body: chatBody({ stream: false }) })).text);
       assert.deepEqual(json.message.tool_calls, [{ function: { name: 'f', arguments: { a: 1 } } }]);
       assert.equal(json.message.thinking, 'hm');
@@ -236,7 +268,10 @@ describe('fake Ollama', () => {
       assert.equal(missing.status, 404);
       assert.deepEqual(JSON.parse(missing.text), { error: 'model "m" not found, try pulling it first' });
       fake.enqueue({ kind: 'stream-error', afterChunks: 1, message: 'runner stopped' });
-      const lines = (await send(url, { body: chatBody() })).text.trim().split('\n').map((line) => JSON.parse(line));
+      const lines = (await send(url, { body: chatBody() })).text
+        .trim()
+        .split('\n')
+        .map((line) => JSON.parse(line));
       assert.deepEqual(lines.at(-1), { error: 'runner stopped' });
       assert.equal(lines.length, 2);
     }));

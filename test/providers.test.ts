@@ -12,7 +12,14 @@ import { createPool, createProviders } from '../src/providers/registry.js';
 import { createOllamaProvider } from '../src/providers/ollama.js';
 import { createOpenAICompatibleProvider } from '../src/providers/openai-compatible.js';
 import type { Provider, ProviderResponse, ProviderStreamEvent } from '../src/providers/types.js';
-import { fakeBehaviours, startFakeOllama, startFakeOpenAI, type FakeBehaviour, type FakeProvider, type StreamQuirk } from './fakes/index.js';
+import {
+  fakeBehaviours,
+  startFakeOllama,
+  startFakeOpenAI,
+  type FakeBehaviour,
+  type FakeProvider,
+  type StreamQuirk,
+} from './fakes/index.js';
 import { freePort } from './helpers/ports.js';
 
 const API_KEY = 'sk-test-0123456789abcdef';
@@ -26,8 +33,18 @@ interface Kind {
 }
 
 const KINDS: Kind[] = [
-  { type: 'openai', start: startFakeOpenAI, create: createOpenAICompatibleProvider, contextLengthError: fakeBehaviours.contextLengthExceeded() },
-  { type: 'ollama', start: startFakeOllama, create: createOllamaProvider, contextLengthError: fakeBehaviours.ollamaContextLengthExceeded() },
+  {
+    type: 'openai',
+    start: startFakeOpenAI,
+    create: createOpenAICompatibleProvider,
+    contextLengthError: fakeBehaviours.contextLengthExceeded(),
+  },
+  {
+    type: 'ollama',
+    start: startFakeOllama,
+    create: createOllamaProvider,
+    contextLengthError: fakeBehaviours.ollamaContextLengthExceeded(),
+  },
 ];
 
 interface PoolTimeouts {
@@ -35,8 +52,19 @@ interface PoolTimeouts {
   body_timeout_ms?: number;
 }
 
-function makeProvider(kind: Kind, baseUrl: string, timeouts: PoolTimeouts = {}, apiKey: string | undefined = API_KEY): { provider: Provider; pool: Pool } {
-  const pool = createPool({ base_url: baseUrl, connect_timeout_ms: 2_000, max_connections: 8, api_key_env: undefined, ...timeouts });
+function makeProvider(
+  kind: Kind,
+  baseUrl: string,
+  timeouts: PoolTimeouts = {},
+  apiKey: string | undefined = API_KEY,
+): { provider: Provider; pool: Pool } {
+  const pool = createPool({
+    base_url: baseUrl,
+    connect_timeout_ms: 2_000,
+    max_connections: 8,
+    api_key_env: undefined,
+    ...timeouts,
+  });
   const provider = kind.create({ name: `fake-${kind.type}`, type: kind.type, baseUrl, apiKey, dispatcher: pool });
   return { provider, pool };
 }
@@ -54,7 +82,9 @@ async function collect(events: AsyncIterable<ProviderStreamEvent>): Promise<Prov
 }
 
 /** Collects until the stream throws; returns what came before and the error. */
-async function collectUntilError(events: AsyncIterable<ProviderStreamEvent>): Promise<{ events: ProviderStreamEvent[]; error: ProxyError }> {
+async function collectUntilError(
+  events: AsyncIterable<ProviderStreamEvent>,
+): Promise<{ events: ProviderStreamEvent[]; error: ProxyError }> {
   const collected: ProviderStreamEvent[] = [];
   try {
     for await (const event of events) collected.push(event);
@@ -71,7 +101,13 @@ function contentOf(events: ProviderStreamEvent[]): string {
 
 function assertProxyError(
   error: unknown,
-  expected: { code: string; retryable: boolean; upstreamStatus?: number | undefined; retryAfterMs?: number; contextLengthExceeded?: boolean },
+  expected: {
+    code: string;
+    retryable: boolean;
+    upstreamStatus?: number | undefined;
+    retryAfterMs?: number;
+    contextLengthExceeded?: boolean;
+  },
 ): ProxyError {
   assert.ok(error instanceof ProxyError, `expected a ProxyError, got ${String(error)}`);
   assert.equal(error.code, expected.code, error.message);
@@ -82,7 +118,8 @@ function assertProxyError(
     // An HTTP date has one-second resolution and the clock moves on (more so on a loaded machine).
     assert.ok(Math.abs(error.retryAfterMs - expected.retryAfterMs) <= 3_000, `retryAfterMs ${error.retryAfterMs}`);
   }
-  if (expected.contextLengthExceeded !== undefined) assert.equal(error.contextLengthExceeded, expected.contextLengthExceeded);
+  if (expected.contextLengthExceeded !== undefined)
+    assert.equal(error.contextLengthExceeded, expected.contextLengthExceeded);
   assert.ok(!error.message.includes(API_KEY), `the key leaked into: ${error.message}`);
   return error;
 }
@@ -102,7 +139,11 @@ for (const kind of KINDS) {
       await fake.close();
     });
 
-    const call = (request: ChatRequest = chatRequest(), signal: AbortSignal = neverAborted()) => ({ model: 'physical-model', request, signal });
+    const call = (request: ChatRequest = chatRequest(), signal: AbortSignal = neverAborted()) => ({
+      model: 'physical-model',
+      request,
+      signal,
+    });
 
     test('chat: content, usage, resolved model; the key reaches the provider as a Bearer header', async () => {
       fake.clearQueue();
@@ -122,7 +163,17 @@ for (const kind of KINDS) {
 
     test('chat: parameters reach the provider in its own shape', async () => {
       const before = fake.chatRequests.length;
-      await provider.chat(call(chatRequest({ max_tokens: 42, temperature: 0.3, stop: 'END', metadata: { agent_id: 'agent:x' }, request_id: 'r-1' })));
+      await provider.chat(
+        call(
+          chatRequest({
+            max_tokens: 42,
+            temperature: 0.3,
+            stop: 'END',
+            metadata: { agent_id: 'agent:x' },
+            request_id: 'r-1',
+          }),
+        ),
+      );
       const body = fake.chatRequests[before]?.body;
       if (kind.type === 'openai') {
         assert.equal(body.max_tokens, 42);
@@ -165,23 +216,63 @@ for (const kind of KINDS) {
     test('chat: HTTP failures map to the right code, status, retryable and retryAfterMs', async () => {
       const inThirtySeconds = new Date(Date.now() + 30_000);
       const cases: Array<[string, Parameters<FakeProvider['enqueue']>[0], Parameters<typeof assertProxyError>[1]]> = [
-        ['429 with seconds', fakeBehaviours.rateLimited(3), { code: 'rate_limited', retryable: true, upstreamStatus: 429, retryAfterMs: 3_000 }],
-        ['429 with a date', fakeBehaviours.rateLimited(inThirtySeconds), { code: 'rate_limited', retryable: true, upstreamStatus: 429, retryAfterMs: 30_000 }],
-        ['429 with retry-after-ms', { kind: 'status', status: 429, headers: { 'retry-after-ms': '1500' } }, { code: 'rate_limited', retryable: true, retryAfterMs: 1_500 }],
+        [
+          '429 with seconds',
+          fakeBehaviours.rateLimited(3),
+          { code: 'rate_limited', retryable: true, upstreamStatus: 429, retryAfterMs: 3_000 },
+        ],
+        [
+          '429 with a date',
+          fakeBehaviours.rateLimited(inThirtySeconds),
+          { code: 'rate_limited', retryable: true, upstreamStatus: 429, retryAfterMs: 30_000 },
+        ],
+        [
+          '429 with retry-after-ms',
+          { kind: 'status', status: 429, headers: { 'retry-after-ms': '1500' } },
+          { code: 'rate_limited', retryable: true, retryAfterMs: 1_500 },
+        ],
         ['500', fakeBehaviours.serverError(500), { code: 'upstream_error', retryable: true, upstreamStatus: 500 }],
         ['503', fakeBehaviours.serverError(503), { code: 'upstream_error', retryable: true, upstreamStatus: 503 }],
-        ['400 context length', kind.contextLengthError, { code: 'invalid_request', retryable: false, upstreamStatus: 400, contextLengthExceeded: true }],
-        ['400 other', { kind: 'status', status: 400, message: 'temperature is out of range' }, { code: 'invalid_request', retryable: false, contextLengthExceeded: false }],
+        [
+          '400 context length',
+          kind.contextLengthError,
+          { code: 'invalid_request', retryable: false, upstreamStatus: 400, contextLengthExceeded: true },
+        ],
+        [
+          '400 other',
+          { kind: 'status', status: 400, message: 'temperature is out of range' },
+          { code: 'invalid_request', retryable: false, contextLengthExceeded: false },
+        ],
         ['401', fakeBehaviours.unauthorized(), { code: 'upstream_error', retryable: false, upstreamStatus: 401 }],
-        ['404', { kind: 'status', status: 404, message: 'model "physical-model" not found, try pulling it first' }, { code: 'upstream_error', retryable: false, upstreamStatus: 404 }],
+        [
+          '404',
+          { kind: 'status', status: 404, message: 'model "physical-model" not found, try pulling it first' },
+          { code: 'upstream_error', retryable: false, upstreamStatus: 404 },
+        ],
         ['408', { kind: 'status', status: 408 }, { code: 'upstream_timeout', retryable: true, upstreamStatus: 408 }],
         ['409', { kind: 'status', status: 409 }, { code: 'upstream_error', retryable: true, upstreamStatus: 409 }],
-        ['413', { kind: 'status', status: 413, body: 'Request Entity Too Large' }, { code: 'payload_too_large', retryable: false, upstreamStatus: 413 }],
-        ['502 with an HTML page', { kind: 'status', status: 502, body: '<html><body>Bad Gateway</body></html>' }, { code: 'upstream_error', retryable: true }],
-        ['500 with an empty body', { kind: 'empty-body', status: 500 }, { code: 'upstream_error', retryable: true, upstreamStatus: 500 }],
+        [
+          '413',
+          { kind: 'status', status: 413, body: 'Request Entity Too Large' },
+          { code: 'payload_too_large', retryable: false, upstreamStatus: 413 },
+        ],
+        [
+          '502 with an HTML page',
+          { kind: 'status', status: 502, body: '<html><body>Bad Gateway</body></html>' },
+          { code: 'upstream_error', retryable: true },
+        ],
+        [
+          '500 with an empty body',
+          { kind: 'empty-body', status: 500 },
+          { code: 'upstream_error', retryable: true, upstreamStatus: 500 },
+        ],
         ['200 with malformed JSON', fakeBehaviours.malformedJson(), { code: 'upstream_error', retryable: true }],
         ['200 with an empty body', fakeBehaviours.emptyBody(), { code: 'upstream_error', retryable: true }],
-        ['reset before headers', fakeBehaviours.reset(), { code: 'upstream_error', retryable: true, upstreamStatus: undefined }],
+        [
+          'reset before headers',
+          fakeBehaviours.reset(),
+          { code: 'upstream_error', retryable: true, upstreamStatus: undefined },
+        ],
       ];
       for (const [name, behaviour, expected] of cases) {
         fake.enqueue(behaviour);
@@ -224,8 +315,14 @@ for (const kind of KINDS) {
 
     test('chat: a cut or truncated JSON body is an upstream_error', async () => {
       fake.enqueue({ kind: 'stream-cut', afterChunks: 0 }, { kind: 'stream-end-early', afterChunks: 0 });
-      await assert.rejects(provider.chat(call()), (error: unknown) => !!assertProxyError(error, { code: 'upstream_error', retryable: true }));
-      await assert.rejects(provider.chat(call()), (error: unknown) => !!assertProxyError(error, { code: 'upstream_error', retryable: true }));
+      await assert.rejects(
+        provider.chat(call()),
+        (error: unknown) => !!assertProxyError(error, { code: 'upstream_error', retryable: true }),
+      );
+      await assert.rejects(
+        provider.chat(call()),
+        (error: unknown) => !!assertProxyError(error, { code: 'upstream_error', retryable: true }),
+      );
     });
 
     test('chat: abort while the provider hangs rethrows the ProxyError reason and closes the connection', async () => {
@@ -247,12 +344,18 @@ for (const kind of KINDS) {
       const pending = provider.chat(call(chatRequest(), controller.signal));
       await fake.waitForRequests(requestsBefore + 1);
       controller.abort();
-      await assert.rejects(pending, (error: unknown) => !!assertProxyError(error, { code: 'cancelled', retryable: false }));
+      await assert.rejects(
+        pending,
+        (error: unknown) => !!assertProxyError(error, { code: 'cancelled', retryable: false }),
+      );
 
       const aborted = new AbortController();
       aborted.abort(new ProxyError('cancelled', 'client went away'));
       const sentBefore = fake.requests.length;
-      await assert.rejects(provider.chat(call(chatRequest(), aborted.signal)), { code: 'cancelled', message: 'client went away' });
+      await assert.rejects(provider.chat(call(chatRequest(), aborted.signal)), {
+        code: 'cancelled',
+        message: 'client went away',
+      });
       assert.equal(fake.requests.length, sentBefore);
     });
 
@@ -279,7 +382,12 @@ for (const kind of KINDS) {
     });
 
     test('stream: reasoning and tool calls arrive as deltas; finish is tool_calls', async () => {
-      fake.enqueue({ kind: 'ok', content: null, reasoningContent: 'let me think', toolCalls: [{ name: 'lookup', arguments: { q: 'x' } }] });
+      fake.enqueue({
+        kind: 'ok',
+        content: null,
+        reasoningContent: 'let me think',
+        toolCalls: [{ name: 'lookup', arguments: { q: 'x' } }],
+      });
       const events = await collect(provider.stream(call(chatRequest({ stream: true }))));
       const reasoning = events.map((event) => (event.type === 'delta' ? (event.reasoningContent ?? '') : '')).join('');
       assert.equal(reasoning, 'let me think');
@@ -293,8 +401,17 @@ for (const kind of KINDS) {
 
     test('stream: quirks of real streams give the same result', async () => {
       const content = 'Héllo 🌍, ça va? Ünïcödé splits everywhere.';
-      const expected = await collect((fake.enqueue({ kind: 'ok', content }), provider.stream(call(chatRequest({ stream: true })))));
-      const quirkSets: StreamQuirk[][] = [['split-writes'], ['coalesce'], ['comments'], ['crlf'], ['empty-data'], ['no-space'], ['split-writes', 'coalesce', 'comments', 'crlf', 'empty-data', 'no-space']];
+      fake.enqueue({ kind: 'ok', content });
+      const expected = await collect(provider.stream(call(chatRequest({ stream: true }))));
+      const quirkSets: StreamQuirk[][] = [
+        ['split-writes'],
+        ['coalesce'],
+        ['comments'],
+        ['crlf'],
+        ['empty-data'],
+        ['no-space'],
+        ['split-writes', 'coalesce', 'comments', 'crlf', 'empty-data', 'no-space'],
+      ];
       for (const quirks of quirkSets) {
         fake.enqueue({ kind: 'ok', content, quirks });
         const events = await collect(provider.stream(call(chatRequest({ stream: true }))));
@@ -324,7 +441,12 @@ for (const kind of KINDS) {
     });
 
     test('stream: an error event mid-stream throws with the provider message', async () => {
-      fake.enqueue({ kind: 'stream-error', afterChunks: 1, content: 'a b c', message: 'model overloaded, token sk-leaked-000000' });
+      fake.enqueue({
+        kind: 'stream-error',
+        afterChunks: 1,
+        content: 'a b c',
+        message: 'model overloaded, token sk-leaked-000000',
+      });
       const { events, error } = await collectUntilError(provider.stream(call(chatRequest({ stream: true }))));
       assertProxyError(error, { code: 'upstream_error', retryable: true });
       assert.match(error.message, /model overloaded/);
@@ -409,10 +531,16 @@ for (const kind of KINDS) {
     });
 
     test('timeouts: slow headers and a silent body are upstream_timeout', async () => {
-      const { provider: impatient, pool: impatientPool } = makeProvider(kind, fake.baseUrl, { headers_timeout_ms: 300, body_timeout_ms: 300 });
+      const { provider: impatient, pool: impatientPool } = makeProvider(kind, fake.baseUrl, {
+        headers_timeout_ms: 300,
+        body_timeout_ms: 300,
+      });
       try {
         fake.enqueue(fakeBehaviours.slowHeaders(3_000));
-        assertProxyError(await impatient.chat(call()).catch((caught: unknown) => caught), { code: 'upstream_timeout', retryable: true });
+        assertProxyError(await impatient.chat(call()).catch((caught: unknown) => caught), {
+          code: 'upstream_timeout',
+          retryable: true,
+        });
         fake.enqueue({ kind: 'stream-stall', afterChunks: 1, content: 'a b c' });
         const { events, error } = await collectUntilError(impatient.stream(call(chatRequest({ stream: true }))));
         assertProxyError(error, { code: 'upstream_timeout', retryable: true });
@@ -431,7 +559,9 @@ describe('connection failures and configuration', () => {
       const baseUrl = `http://127.0.0.1:${port}${kind.type === 'openai' ? '/v1' : ''}`;
       const { provider, pool } = makeProvider(kind, baseUrl);
       try {
-        const error = await provider.chat({ model: 'm', request: chatRequest(), signal: neverAborted() }).catch((caught: unknown) => caught);
+        const error = await provider
+          .chat({ model: 'm', request: chatRequest(), signal: neverAborted() })
+          .catch((caught: unknown) => caught);
         assertProxyError(error, { code: 'no_provider_available', retryable: true, upstreamStatus: undefined });
       } finally {
         await pool.destroy();
@@ -441,10 +571,24 @@ describe('connection failures and configuration', () => {
 
   test('an api_key_env that is not set fails without calling the provider', async () => {
     const fake = await startFakeOpenAI();
-    const pool = createPool({ base_url: fake.baseUrl, connect_timeout_ms: 1_000, max_connections: 1, api_key_env: 'UNSET_TEST_KEY' });
+    const pool = createPool({
+      base_url: fake.baseUrl,
+      connect_timeout_ms: 1_000,
+      max_connections: 1,
+      api_key_env: 'UNSET_TEST_KEY',
+    });
     try {
-      const provider = createOpenAICompatibleProvider({ name: 'openai', type: 'openai', baseUrl: fake.baseUrl, apiKey: undefined, apiKeyEnv: 'UNSET_TEST_KEY', dispatcher: pool });
-      const error = await provider.chat({ model: 'm', request: chatRequest(), signal: neverAborted() }).catch((caught: unknown) => caught);
+      const provider = createOpenAICompatibleProvider({
+        name: 'openai',
+        type: 'openai',
+        baseUrl: fake.baseUrl,
+        apiKey: undefined,
+        apiKeyEnv: 'UNSET_TEST_KEY',
+        dispatcher: pool,
+      });
+      const error = await provider
+        .chat({ model: 'm', request: chatRequest(), signal: neverAborted() })
+        .catch((caught: unknown) => caught);
       assertProxyError(error, { code: 'upstream_error', retryable: false });
       assert.match((error as Error).message, /UNSET_TEST_KEY/);
       assert.equal(fake.requests.length, 0);
@@ -474,10 +618,16 @@ describe('connection failures and configuration', () => {
       assert.deepEqual([...set.providers.keys()].sort(), ['local', 'remote']);
       assert.equal(set.providers.get('remote')?.type, 'openai');
       assert.equal(set.providers.get('local')?.type, 'ollama');
-      const remote = await set.providers.get('remote')!.chat({ model: 'gpt-test', request: chatRequest(), signal: neverAborted() });
+      const remote = await set.providers
+        .get('remote')!
+        .chat({ model: 'gpt-test', request: chatRequest(), signal: neverAborted() });
       assert.equal(remote.content, 'echo: Hello there!');
       assert.equal(openai.requests[0]?.headers['openai-organization'], 'org-test');
-      const local = await collect(set.providers.get('local')!.stream({ model: 'llama3.2:3b', request: chatRequest({ stream: true }), signal: neverAborted() }));
+      const local = await collect(
+        set.providers
+          .get('local')!
+          .stream({ model: 'llama3.2:3b', request: chatRequest({ stream: true }), signal: neverAborted() }),
+      );
       assert.equal(contentOf(local), 'echo: Hello there!');
       assert.equal(ollama.requests[0]?.body.model, 'llama3.2:3b');
     } finally {
@@ -497,19 +647,26 @@ describe('connection reuse', () => {
       try {
         for (let index = 0; index < 5; index += 1) {
           await provider.chat({ model: 'm', request: chatRequest(), signal: neverAborted() });
-          await collect(provider.stream({ model: 'm', request: chatRequest({ stream: true }), signal: neverAborted() }));
+          await collect(
+            provider.stream({ model: 'm', request: chatRequest({ stream: true }), signal: neverAborted() }),
+          );
         }
         const sequentialPorts = new Set(fake.requests.map((record) => record.remotePort));
         // undici frees a connection a moment after its body has been read, so a call made right after may take a
         // second one; what matters is that ten calls do not open ten (or even three) connections.
-        assert.ok(sequentialPorts.size <= 2, `ten calls one after the other reuse their connections (saw ${sequentialPorts.size})`);
+        assert.ok(
+          sequentialPorts.size <= 2,
+          `ten calls one after the other reuse their connections (saw ${sequentialPorts.size})`,
+        );
 
         fake.setDefault({ kind: 'ok', chunkIntervalMs: 5 });
         await Promise.all(
           Array.from({ length: 40 }, (_, index) =>
             index % 2 === 0
               ? provider.chat({ model: 'm', request: chatRequest(), signal: neverAborted() })
-              : collect(provider.stream({ model: 'm', request: chatRequest({ stream: true }), signal: neverAborted() })),
+              : collect(
+                  provider.stream({ model: 'm', request: chatRequest({ stream: true }), signal: neverAborted() }),
+                ),
           ),
         );
         const allPorts = new Set(fake.requests.map((record) => record.remotePort));
@@ -525,7 +682,10 @@ describe('connection reuse', () => {
 
 describe('raw streams the fakes do not script', () => {
   /** A one-off loopback server that answers every request with the given body pieces, then ends. */
-  async function rawServer(contentType: string, pieces: string[]): Promise<{ url: string; close: () => Promise<void> }> {
+  async function rawServer(
+    contentType: string,
+    pieces: string[],
+  ): Promise<{ url: string; close: () => Promise<void> }> {
     const { createServer } = await import('node:http');
     const server = createServer((request, response) => {
       request.resume();
@@ -548,15 +708,26 @@ describe('raw streams the fakes do not script', () => {
       kind: KINDS[0]!,
       contentType: 'text/event-stream',
       path: '/v1',
-      halfEvent: ['data: {"model":"m","choices":[{"delta":{"content":"a"},"finish_reason":null}]}\n\n', 'data: {"model":"m","choi'],
-      badEvent: ['data: {"model":"m","choices":[{"delta":{"content":"a"},"finish_reason":null}]}\n\n', 'data: {not json}\n\n', 'data: [DONE]\n\n'],
+      halfEvent: [
+        'data: {"model":"m","choices":[{"delta":{"content":"a"},"finish_reason":null}]}\n\n',
+        'data: {"model":"m","choi',
+      ],
+      badEvent: [
+        'data: {"model":"m","choices":[{"delta":{"content":"a"},"finish_reason":null}]}\n\n',
+        'data: {not json}\n\n',
+        'data: [DONE]\n\n',
+      ],
     },
     {
       kind: KINDS[1]!,
       contentType: 'application/x-ndjson',
       path: '',
       halfEvent: ['{"model":"m","message":{"role":"assistant","content":"a"},"done":false}\n', '{"model":"m","mess'],
-      badEvent: ['{"model":"m","message":{"role":"assistant","content":"a"},"done":false}\n', '{not json}\n', '{"done":true}\n'],
+      badEvent: [
+        '{"model":"m","message":{"role":"assistant","content":"a"},"done":false}\n',
+        '{not json}\n',
+        '{"done":true}\n',
+      ],
     },
   ];
 
@@ -569,7 +740,9 @@ describe('raw streams the fakes do not script', () => {
         const server = await rawServer(contentType, [...pieces]);
         const { provider, pool } = makeProvider(kind, server.url + path);
         try {
-          const { events, error } = await collectUntilError(provider.stream({ model: 'm', request: chatRequest({ stream: true }), signal: neverAborted() }));
+          const { events, error } = await collectUntilError(
+            provider.stream({ model: 'm', request: chatRequest({ stream: true }), signal: neverAborted() }),
+          );
           assertProxyError(error, { code: 'upstream_error', retryable: true });
           assert.match(error.message, expected);
           assert.equal(contentOf(events), 'a', 'what came before the failure was delivered');

@@ -23,15 +23,22 @@ test("README's configuration example validates, with every section present", () 
 
 test("the repo's config.yaml loads and carries OpenAI, DeepSeek (chat and reasoner) and a local Ollama model", () => {
   const config = loadConfigFile(`${REPO_ROOT}config.yaml`, {});
-  for (const model of ['gpt-4.1-mini', 'deepseek-chat', 'deepseek-reasoner', 'llama3.2']) assert.ok(config.models.has(model), model);
+  for (const model of ['gpt-4.1-mini', 'deepseek-chat', 'deepseek-reasoner', 'llama3.2'])
+    assert.ok(config.models.has(model), model);
   assert.equal(config.providers.get('local')?.type, 'ollama');
 });
 
 test('every CLI command is in README with an example', () => {
-  const commands = readdirSync(`${REPO_ROOT}src/cli/commands`).filter((file) => file.endsWith('.ts') && !file.endsWith('.test.ts')).map((file) => file.replace(/\.ts$/, ''));
+  const commands = readdirSync(`${REPO_ROOT}src/cli/commands`)
+    .filter((file) => file.endsWith('.ts') && !file.endsWith('.test.ts'))
+    .map((file) => file.replace(/\.ts$/, ''));
   assert.ok(commands.length >= 9);
   for (const command of commands) {
-    assert.match(readme, new RegExp(`\\| \`${command}\` \\|[^\\n]*\\| \`[^\`]*llm-proxy ${command}\\b[^\`]*\` \\|`), command);
+    assert.match(
+      readme,
+      new RegExp(`\\| \`${command}\` \\|[^\\n]*\\| \`[^\`]*llm-proxy ${command}\\b[^\`]*\` \\|`),
+      command,
+    );
   }
   assert.match(readme, /npm test/);
 });

@@ -42,24 +42,44 @@ function fake(name: FakeName): FakeOpenAI {
   return fakes.get(name) as FakeOpenAI;
 }
 
-
 /** A router over every fake (providers named after them) plus `dead`, a port nobody listens on. */
-function makeRouter(models: ConfigInput['models'], routing: ConfigInput['routing'] = {}, seed?: number): { router: Router; config: ResolvedConfig } {
+function makeRouter(
+  models: ConfigInput['models'],
+  routing: ConfigInput['routing'] = {},
+  seed?: number,
+): { router: Router; config: ResolvedConfig } {
   const providers: ConfigInput['providers'] = { dead: { type: 'openai', base_url: `http://127.0.0.1:${deadPort}/v1` } };
   for (const name of FAKE_NAMES) providers[name] = { type: 'openai', base_url: fake(name).baseUrl };
   const config = resolveConfig(
-    { providers, models, routing: { ...routing, retry: { base_backoff_ms: 10, max_backoff_ms: 50, jitter: 0, ...routing.retry } } },
+    {
+      providers,
+      models,
+      routing: { ...routing, retry: { base_backoff_ms: 10, max_backoff_ms: 50, jitter: 0, ...routing.retry } },
+    },
     'router.test',
     {},
   );
   const set = createProviders(config);
   openSets.push(set);
-  const router = createRouter({ config, providers: set.providers, ...(seed === undefined ? {} : { random: seededRandom(seed) }) });
+  const router = createRouter({
+    config,
+    providers: set.providers,
+    ...(seed === undefined ? {} : { random: seededRandom(seed) }),
+  });
   return { router, config };
 }
 
-function call(model: string, overrides: Partial<ChatRequest> = {}, timeoutMs = 10_000, signal = new AbortController().signal): RoutedCall {
-  return { request: { model, messages: [{ role: 'user', content: 'hello' }], ...overrides }, signal, deadlineAt: Date.now() + timeoutMs };
+function call(
+  model: string,
+  overrides: Partial<ChatRequest> = {},
+  timeoutMs = 10_000,
+  signal = new AbortController().signal,
+): RoutedCall {
+  return {
+    request: { model, messages: [{ role: 'user', content: 'hello' }], ...overrides },
+    signal,
+    deadlineAt: Date.now() + timeoutMs,
+  };
 }
 
 async function rejected(promise: Promise<unknown>): Promise<ProxyError> {
@@ -79,7 +99,12 @@ function summary(attempts: Array<{ provider: string; error_code: string | null }
 describe('router over HTTP', () => {
   it('a retry lands on a healthy deployment', async () => {
     const { router } = makeRouter({
-      m: { deployments: [{ provider: 'alpha', physical_name: 'gpt-a', weight: 1_000_000 }, { provider: 'beta', physical_name: 'gpt-b', weight: 1 }] },
+      m: {
+        deployments: [
+          { provider: 'alpha', physical_name: 'gpt-a', weight: 1_000_000 },
+          { provider: 'beta', physical_name: 'gpt-b', weight: 1 },
+        ],
+      },
     });
     fake('alpha').enqueue(fakeBehaviours.serverError(500));
     const response = await router.chat(call('m'));
@@ -88,7 +113,10 @@ describe('router over HTTP', () => {
     assert.deepEqual(response.target, { model: 'm', provider: 'beta', physicalName: 'gpt-b' });
     assert.equal(fake('beta').chatRequests.at(-1)?.body.model, 'gpt-b');
     const served = response.attempts[1];
-    assert.ok((served?.prompt_tokens ?? 0) > 0 && (served?.completion_tokens ?? 0) > 0, 'tokens on the attempt that consumed them');
+    assert.ok(
+      (served?.prompt_tokens ?? 0) > 0 && (served?.completion_tokens ?? 0) > 0,
+      'tokens on the attempt that consumed them',
+    );
   });
 
   it('follows the fallback chain in order', async () => {
@@ -106,8 +134,13 @@ describe('router over HTTP', () => {
     const response = await router.chat(call('m'));
     assert.deepEqual(summary(response.attempts), ['alpha:upstream_error', 'beta:upstream_error', 'gamma:ok']);
     assert.equal(response.target.model, 'o');
-    const [alphaTime, betaTime, gammaTime] = FAKE_NAMES.map((name, index) => fake(name).chatRequests[before[index] as number]?.time ?? NaN);
-    assert.ok((alphaTime as number) <= (betaTime as number) && (betaTime as number) <= (gammaTime as number), 'in order');
+    const [alphaTime, betaTime, gammaTime] = FAKE_NAMES.map(
+      (name, index) => fake(name).chatRequests[before[index] as number]?.time ?? NaN,
+    );
+    assert.ok(
+      (alphaTime as number) <= (betaTime as number) && (betaTime as number) <= (gammaTime as number),
+      'in order',
+    );
   });
 
   it('honours Retry-After: a 503 is retried only after it, and a 429 keeps the deployment out until it has passed', async () => {
@@ -145,7 +178,14 @@ describe('router over HTTP', () => {
 
   it('cooldown starts after N failures and ends after its duration', async () => {
     const { router } = makeRouter(
-      { m: { deployments: [{ provider: 'alpha', physical_name: 'a' }, { provider: 'beta', physical_name: 'b' }] } },
+      {
+        m: {
+          deployments: [
+            { provider: 'alpha', physical_name: 'a' },
+            { provider: 'beta', physical_name: 'b' },
+          ],
+        },
+      },
       { cooldown: { failures: 2, window_ms: 60_000, duration_ms: 600 } },
       11,
     );
@@ -163,13 +203,21 @@ describe('router over HTTP', () => {
     await new Promise((resolve) => setTimeout(resolve, 650));
     assert.equal(router.health()[0]?.state, 'healthy');
     let alphaServed = 0;
-    for (let index = 0; index < 20; index++) if ((await router.chat(call('m'))).target.provider === 'alpha') alphaServed++;
+    for (let index = 0; index < 20; index++)
+      if ((await router.chat(call('m'))).target.provider === 'alpha') alphaServed++;
     assert.ok(alphaServed >= 3, `alpha takes traffic again (${alphaServed}/20)`);
   });
 
   it('respects the weights (1,000 requests, 3:1)', async () => {
     const { router } = makeRouter(
-      { m: { deployments: [{ provider: 'alpha', physical_name: 'a', weight: 3 }, { provider: 'beta', physical_name: 'b', weight: 1 }] } },
+      {
+        m: {
+          deployments: [
+            { provider: 'alpha', physical_name: 'a', weight: 3 },
+            { provider: 'beta', physical_name: 'b', weight: 1 },
+          ],
+        },
+      },
       {},
       2026,
     );
@@ -184,13 +232,22 @@ describe('router over HTTP', () => {
 
   it('lowest-latency prefers the faster deployment and, exploring, notices when the other recovers', async () => {
     const { router } = makeRouter(
-      { m: { deployments: [{ provider: 'alpha', physical_name: 'a' }, { provider: 'beta', physical_name: 'b' }], routing: { strategy: 'lowest-latency' } } },
+      {
+        m: {
+          deployments: [
+            { provider: 'alpha', physical_name: 'a' },
+            { provider: 'beta', physical_name: 'b' },
+          ],
+          routing: { strategy: 'lowest-latency' },
+        },
+      },
       { exploration: 0.2 },
       5,
     );
     fake('alpha').setDefault(fakeBehaviours.slowHeaders(120));
     let alphaServed = 0;
-    for (let index = 0; index < 40; index++) if ((await router.chat(call('m'))).target.provider === 'alpha') alphaServed++;
+    for (let index = 0; index < 40; index++)
+      if ((await router.chat(call('m'))).target.provider === 'alpha') alphaServed++;
     assert.ok(alphaServed <= 12, `the slow one serves little (${alphaServed}/40)`);
     fake('alpha').setDefault(fakeBehaviours.ok());
     fake('beta').setDefault(fakeBehaviours.slowHeaders(120));
@@ -288,7 +345,13 @@ describe('router over HTTP', () => {
   it('all deployments of all fallbacks down: no_provider_available, quickly', async () => {
     const { router } = makeRouter(
       {
-        m: { deployments: [{ provider: 'dead', physical_name: 'x' }, { provider: 'alpha', physical_name: 'a' }], fallbacks: ['n'] },
+        m: {
+          deployments: [
+            { provider: 'dead', physical_name: 'x' },
+            { provider: 'alpha', physical_name: 'a' },
+          ],
+          fallbacks: ['n'],
+        },
         n: { provider: 'beta', physical_name: 'b' },
       },
       { cooldown: { failures: 1, window_ms: 60_000, duration_ms: 60_000 }, retry: { attempts: 1 } },
@@ -297,7 +360,10 @@ describe('router over HTTP', () => {
     fake('beta').setDefault(fakeBehaviours.rateLimited());
     const first = await rejected(router.chat(call('m')));
     assert.equal(first.attempts?.length, 3);
-    assert.ok(router.health().every((row) => row.state === 'cooling_down'), JSON.stringify(router.health()));
+    assert.ok(
+      router.health().every((row) => row.state === 'cooling_down'),
+      JSON.stringify(router.health()),
+    );
     const started = Date.now();
     const second = await rejected(router.chat(call('m')));
     assert.ok(Date.now() - started < 200, 'at once');
@@ -308,7 +374,12 @@ describe('router over HTTP', () => {
 
   it('a connection refused is no_provider_available for that deployment and the next one serves', async () => {
     const { router } = makeRouter({
-      m: { deployments: [{ provider: 'dead', physical_name: 'x', weight: 1_000_000 }, { provider: 'gamma', physical_name: 'c', weight: 1 }] },
+      m: {
+        deployments: [
+          { provider: 'dead', physical_name: 'x', weight: 1_000_000 },
+          { provider: 'gamma', physical_name: 'c', weight: 1 },
+        ],
+      },
     });
     const response = await router.chat(call('m'));
     assert.deepEqual(summary(response.attempts), ['dead:no_provider_available', 'gamma:ok']);

@@ -11,8 +11,15 @@ import { connect } from '@nats-io/transport-node';
 import { createInbox, type Msg, type MsgHdrs, type NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { startFakeOpenAI, type FakeOpenAI } from './fakes/index.js';
-import { startInProcessWorker, testConfig, usageEventFor, waitForUsageEvents, type InProcessWorker } from './helpers/worker.js';
-import { createClient, LlmProxyError, type ChatReply, type ChatRequest, type LlmProxyClient, type StreamChunk } from '../src/client/index.js';
+import { startInProcessWorker, testConfig, usageEventFor, type InProcessWorker } from './helpers/worker.js';
+import {
+  createClient,
+  LlmProxyError,
+  type ChatReply,
+  type ChatRequest,
+  type LlmProxyClient,
+  type StreamChunk,
+} from '../src/client/index.js';
 import { ProxyError, toErrorReply, type ErrorCode } from '../src/contract/errors.js';
 import { createLogger } from '../src/telemetry/logger.js';
 import { splitJsonText, StreamWriter } from '../src/worker/stream-writer.js';
@@ -33,7 +40,14 @@ interface RawStream {
 async function readRawStream(connection: NatsConnection, body: object, timeoutMs = 15_000): Promise<RawStream> {
   const inbox = createInbox();
   const subscription = connection.subscribe(inbox);
-  const result: RawStream = { chunks: [], terminal: undefined, terminalBytes: 0, terminalHeaders: undefined, mark: undefined, lastChunkToTerminalMs: Number.NaN };
+  const result: RawStream = {
+    chunks: [],
+    terminal: undefined,
+    terminalBytes: 0,
+    terminalHeaders: undefined,
+    mark: undefined,
+    lastChunkToTerminalMs: Number.NaN,
+  };
   const timer = setTimeout(() => subscription.unsubscribe(), timeoutMs);
   let lastChunkAt = performance.now();
   connection.publish('llm.proxy.request', JSON.stringify({ stream: true, ...body }), { reply: inbox });
@@ -112,7 +126,6 @@ describe('streams larger than max_payload', () => {
 
   const eventFor = (requestId: string) => usageEventFor(connection, requestId);
 
-
   const request = (requestId: string): ChatRequest & { request_id: string } => ({
     model: 'gpt-test',
     messages: [{ role: 'user', content: 'Write me a very long answer' }],
@@ -123,14 +136,19 @@ describe('streams larger than max_payload', () => {
   test('a 200 KB answer in small chunks: every chunk, then one small end with omitted: ["content"], quickly; the event says ok', async () => {
     const content = mixedText(200_000);
     const contentPieces = pieces(content, 100);
-    openai.enqueue({ kind: 'ok', content, chunks: contentPieces, usage: { promptTokens: 12, completionTokens: 51_234 } });
+    openai.enqueue({
+      kind: 'ok',
+      content,
+      chunks: contentPieces,
+      usage: { promptTokens: 12, completionTokens: 51_234 },
+    });
     const started = performance.now();
     const result = await readRawStream(connection, request('big-raw-1'));
     assert.equal(result.mark, 'end', `terminal: ${JSON.stringify(result.terminal)?.slice(0, 300)}`);
     assert.ok(performance.now() - started < 4_000, 'the stream ended well before the client idle timeout');
     assert.ok(result.lastChunkToTerminalMs < 1_000, `end came ${result.lastChunkToTerminalMs} ms after the last chunk`);
     assert.equal(result.chunks.length, contentPieces.length);
-    result.chunks.forEach((chunk, index) => assert.equal(chunk.seq, index));
+    for (const [index, chunk] of result.chunks.entries()) assert.equal(chunk.seq, index);
     assert.equal(result.chunks.map((chunk) => chunk.delta).join(''), content);
 
     assert.deepEqual(result.terminal.omitted, ['content']);
@@ -150,7 +168,12 @@ describe('streams larger than max_payload', () => {
 
   test('the typed client assembles the omitted content: final has the full answer and keeps omitted', async () => {
     const content = mixedText(200_000, 3);
-    openai.enqueue({ kind: 'ok', content, chunks: pieces(content, 100), usage: { promptTokens: 12, completionTokens: 50_000 } });
+    openai.enqueue({
+      kind: 'ok',
+      content,
+      chunks: pieces(content, 100),
+      usage: { promptTokens: 12, completionTokens: 50_000 },
+    });
     const stream = client.stream(request('big-client-1'));
     let streamed = '';
     for await (const chunk of stream) streamed += chunk.delta;
@@ -177,7 +200,10 @@ describe('streams larger than max_payload', () => {
       assert.equal(isLoneSurrogateAtEdge(chunk.delta), false, `chunk ${index} starts or ends inside a surrogate pair`);
     });
     // Cut to fill the limit, not into crumbs.
-    assert.ok(result.chunks.length <= Math.ceil((Buffer.byteLength(JSON.stringify(content)) * 1.05) / MAX_PAYLOAD) + 1, `${result.chunks.length} chunks`);
+    assert.ok(
+      result.chunks.length <= Math.ceil((Buffer.byteLength(JSON.stringify(content)) * 1.05) / MAX_PAYLOAD) + 1,
+      `${result.chunks.length} chunks`,
+    );
     assert.equal(result.chunks.map((chunk) => chunk.delta).join(''), content);
     assert.deepEqual(result.terminal.omitted, ['content']);
     assert.equal((await eventFor('one-delta-1')).status, 'ok');
@@ -188,7 +214,10 @@ describe('streams larger than max_payload', () => {
     for await (const chunk of stream) seqs.push(chunk.seq);
     const reply = await stream.final;
     assert.equal(reply.content, content);
-    assert.deepEqual(seqs, seqs.map((_, index) => index));
+    assert.deepEqual(
+      seqs,
+      seqs.map((_, index) => index),
+    );
     assert.ok(seqs.length >= 3);
   });
 
@@ -203,7 +232,7 @@ describe('streams larger than max_payload', () => {
     assert.ok(reasoningChunks.length >= 2, `${reasoningChunks.length} reasoning chunks`);
     assert.equal(result.chunks.map((chunk) => chunk.reasoning_delta ?? '').join(''), reasoning);
     assert.equal(result.chunks.map((chunk) => chunk.delta).join(''), content);
-    result.chunks.forEach((chunk, index) => assert.equal(chunk.seq, index));
+    for (const [index, chunk] of result.chunks.entries()) assert.equal(chunk.seq, index);
     // Leaving out reasoning_content is enough: content stays in the end message.
     assert.deepEqual(result.terminal.omitted, ['reasoning_content']);
     assert.equal(result.terminal.content, content);
@@ -220,17 +249,27 @@ describe('streams larger than max_payload', () => {
   test('large tool-call arguments in deltas that fit: the end leaves out tool_calls, the typed client rebuilds them', async () => {
     // The fake sends a call's arguments in two deltas: 2 × 45 KB fit, 90 KB in the end message does not.
     const argumentsText = JSON.stringify({ text: 'x'.repeat(90_000) });
-    openai.enqueue({ kind: 'ok', content: null, toolCalls: [{ id: 'call_big', name: 'save_document', arguments: argumentsText }] });
+    openai.enqueue({
+      kind: 'ok',
+      content: null,
+      toolCalls: [{ id: 'call_big', name: 'save_document', arguments: argumentsText }],
+    });
     const result = await readRawStream(connection, request('tools-1'));
     assert.equal(result.mark, 'end', `terminal: ${JSON.stringify(result.terminal)?.slice(0, 300)}`);
     assert.deepEqual(result.terminal.omitted, ['tool_calls']);
     assert.equal(result.terminal.content, null);
     assert.equal(result.terminal.finish_reason, 'tool_calls');
 
-    openai.enqueue({ kind: 'ok', content: null, toolCalls: [{ id: 'call_big', name: 'save_document', arguments: argumentsText }] });
+    openai.enqueue({
+      kind: 'ok',
+      content: null,
+      toolCalls: [{ id: 'call_big', name: 'save_document', arguments: argumentsText }],
+    });
     const reply = await client.stream(request('tools-client-1')).final;
     assert.equal(reply.content, null);
-    assert.deepEqual(reply.tool_calls, [{ id: 'call_big', type: 'function', function: { name: 'save_document', arguments: argumentsText } }]);
+    assert.deepEqual(reply.tool_calls, [
+      { id: 'call_big', type: 'function', function: { name: 'save_document', arguments: argumentsText } },
+    ]);
     assert.deepEqual(reply.omitted, ['tool_calls']);
   });
 
@@ -248,7 +287,10 @@ describe('streams larger than max_payload', () => {
     assert.equal(event.error_code, 'payload_too_large');
 
     openai.enqueue({ kind: 'ok', content: null, toolCalls: [{ name: 'save_document', arguments: argumentsText }] });
-    await assert.rejects(client.stream(request('tools-too-big-client-1')).final, (error: unknown) => error instanceof LlmProxyError && error.code === 'payload_too_large');
+    await assert.rejects(
+      client.stream(request('tools-too-big-client-1')).final,
+      (error: unknown) => error instanceof LlmProxyError && error.code === 'payload_too_large',
+    );
   });
 
   test('a small stream is unchanged: content in the end message, no omitted field', async () => {
@@ -271,7 +313,14 @@ describe('splitJsonText', () => {
   const jsonBytes = (text: string) => Buffer.byteLength(JSON.stringify(text)) - 2;
 
   test('pieces rejoin to the text, each within the budget and filled close to it, whatever the characters', () => {
-    const texts = [mixedText(10_000), mixedText(10_000, 9), 'x'.repeat(5_000), '😀'.repeat(3_000), '"\\\n\u0001'.repeat(2_000), 'lone \ud800 and \udc00 halves '.repeat(300)];
+    const texts = [
+      mixedText(10_000),
+      mixedText(10_000, 9),
+      'x'.repeat(5_000),
+      '😀'.repeat(3_000),
+      '"\\\n\u0001'.repeat(2_000),
+      'lone \ud800 and \udc00 halves '.repeat(300),
+    ];
     for (const text of texts) {
       for (const budget of [6, 7, 64, 1_000, 4_096]) {
         const result = splitJsonText(text, budget);
@@ -279,16 +328,18 @@ describe('splitJsonText', () => {
         for (const [index, piece] of result.entries()) {
           assert.ok(jsonBytes(piece) <= budget, `piece ${index} is ${jsonBytes(piece)} bytes > ${budget}`);
           // Only the last piece may be much smaller than the budget (the largest unit is 6 bytes).
-          if (index < result.length - 1) assert.ok(jsonBytes(piece) > budget - 6, `piece ${index} only ${jsonBytes(piece)} of ${budget} bytes`);
+          if (index < result.length - 1)
+            assert.ok(jsonBytes(piece) > budget - 6, `piece ${index} only ${jsonBytes(piece)} of ${budget} bytes`);
         }
       }
     }
   });
 
   test('never separates the halves of a surrogate pair', () => {
-    const text = 'a' + '😀'.repeat(1_000);
+    const text = `a${'😀'.repeat(1_000)}`;
     for (const budget of [6, 7, 9, 10, 11, 101]) {
-      for (const piece of splitJsonText(text, budget)) assert.equal(isLoneSurrogateAtEdge(piece), false, `budget ${budget}: ${JSON.stringify(piece.slice(-2))}`);
+      for (const piece of splitJsonText(text, budget))
+        assert.equal(isLoneSurrogateAtEdge(piece), false, `budget ${budget}: ${JSON.stringify(piece.slice(-2))}`);
     }
   });
 
@@ -315,16 +366,28 @@ describe('StreamWriter against a small max_payload (driven directly)', () => {
   });
 
   /** A writer on a fresh inbox, and everything that arrives on that inbox. */
-  function writerAndInbox(): { writer: StreamWriter; received: Array<{ mark: string; body: any; bytes: number }>; settled: () => Promise<void> } {
+  function writerAndInbox(): {
+    writer: StreamWriter;
+    received: Array<{ mark: string; body: any; bytes: number }>;
+    settled: () => Promise<void>;
+  } {
     const inbox = createInbox();
     const received: Array<{ mark: string; body: any; bytes: number }> = [];
     connection.subscribe(inbox, {
       callback: (_error, message) => {
-        received.push({ mark: message.headers?.get('LLM-Stream') ?? '', body: message.json(), bytes: message.data.length });
+        received.push({
+          mark: message.headers?.get('LLM-Stream') ?? '',
+          body: message.json(),
+          bytes: message.data.length,
+        });
       },
     });
     const writer = new StreamWriter({ connection, inbox, heartbeatMs: 60_000, logger, onClientGone: () => undefined });
-    return { writer, received, settled: () => connection.flush().then(() => new Promise((resolve) => setTimeout(resolve, 50))) };
+    return {
+      writer,
+      received,
+      settled: () => connection.flush().then(() => new Promise((resolve) => setTimeout(resolve, 50))),
+    };
   }
 
   const reply = (extra: Partial<ChatReply> = {}): ChatReply => ({
@@ -346,7 +409,9 @@ describe('StreamWriter against a small max_payload (driven directly)', () => {
   test('an end that does not fit even without the streamed fields becomes one payload_too_large error, and says so', async () => {
     const { writer, received, settled } = writerAndInbox();
     const outcomes: Array<ErrorCode | undefined> = [];
-    const code = writer.end(reply({ content: 'x'.repeat(70_000), model: 'm'.repeat(70_000) }), (outcome) => outcomes.push(outcome));
+    const code = writer.end(reply({ content: 'x'.repeat(70_000), model: 'm'.repeat(70_000) }), (outcome) =>
+      outcomes.push(outcome),
+    );
     await settled();
     assert.equal(code, 'payload_too_large');
     assert.deepEqual(outcomes, ['payload_too_large']);
@@ -365,7 +430,10 @@ describe('StreamWriter against a small max_payload (driven directly)', () => {
     const { writer, received, settled } = writerAndInbox();
     const outcomes: Array<ErrorCode | undefined> = [];
     const toolCalls = [{ id: 'c1', type: 'function' as const, function: { name: 'f', arguments: 'a'.repeat(40_000) } }];
-    const code = writer.end(reply({ content: 'c'.repeat(40_000), reasoning_content: 'small', tool_calls: toolCalls }), (outcome) => outcomes.push(outcome));
+    const code = writer.end(
+      reply({ content: 'c'.repeat(40_000), reasoning_content: 'small', tool_calls: toolCalls }),
+      (outcome) => outcomes.push(outcome),
+    );
     await settled();
     assert.equal(code, undefined);
     assert.deepEqual(outcomes, [undefined]);
@@ -393,26 +461,35 @@ describe('StreamWriter against a small max_payload (driven directly)', () => {
     const { writer, received, settled } = writerAndInbox();
     writer.chunk({ delta: 'before' });
     assert.throws(
-      () => writer.chunk({ delta: 'some text', tool_calls: [{ index: 0, function: { arguments: 'z'.repeat(70_000) } }] }),
+      () =>
+        writer.chunk({ delta: 'some text', tool_calls: [{ index: 0, function: { arguments: 'z'.repeat(70_000) } }] }),
       (error: unknown) => error instanceof ProxyError && error.code === 'payload_too_large',
     );
     assert.equal(writer.chunks, 1);
     writer.error(toErrorReply(new ProxyError('payload_too_large', 'too large'), 'writer-3'));
     await settled();
-    assert.deepEqual(received.map((message) => message.mark), ['chunk', 'error']);
+    assert.deepEqual(
+      received.map((message) => message.mark),
+      ['chunk', 'error'],
+    );
     assert.deepEqual(received[0]!.body, { seq: 0, delta: 'before' });
   });
 
   test('a delta with text and tool calls that fit apart goes as several chunks: reasoning, content, then the tool calls', async () => {
     const { writer, received, settled } = writerAndInbox();
-    const toolCalls = [{ index: 0, id: 'c1', type: 'function' as const, function: { name: 'f', arguments: 'a'.repeat(30_000) } }];
+    const toolCalls = [
+      { index: 0, id: 'c1', type: 'function' as const, function: { name: 'f', arguments: 'a'.repeat(30_000) } },
+    ];
     writer.chunk({ delta: 'd'.repeat(50_000), reasoning_delta: 'r'.repeat(20_000), tool_calls: toolCalls });
     writer.chunk({ delta: 'after' });
     await settled();
-    assert.deepEqual(received.map((message) => message.body.seq), [0, 1, 2, 3]);
+    assert.deepEqual(
+      received.map((message) => message.body.seq),
+      [0, 1, 2, 3],
+    );
     assert.ok(received.every((message) => message.bytes <= MAX_PAYLOAD));
     assert.equal(received.map((message) => message.body.reasoning_delta ?? '').join(''), 'r'.repeat(20_000));
-    assert.equal(received.map((message) => message.body.delta).join(''), 'd'.repeat(50_000) + 'after');
+    assert.equal(received.map((message) => message.body.delta).join(''), `${'d'.repeat(50_000)}after`);
     assert.deepEqual(received[2]!.body, { seq: 2, delta: '', tool_calls: toolCalls });
     assert.equal(writer.chunks, 4);
     writer.stop();

@@ -5,9 +5,20 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { startNatsServer } from './helpers/nats-server.js';
 import { startFakeOpenAI } from './fakes/index.js';
-import { startChildWorker, startInProcessWorker, testConfig, waitForUsageEvents, type ChildWorker } from './helpers/worker.js';
+import {
+  startChildWorker,
+  startInProcessWorker,
+  testConfig,
+  waitForUsageEvents,
+  type ChildWorker,
+} from './helpers/worker.js';
 
-const body = (requestId: string) => JSON.stringify({ model: 'gpt-test', messages: [{ role: 'user', content: `hello ${requestId}` }], request_id: requestId });
+const body = (requestId: string) =>
+  JSON.stringify({
+    model: 'gpt-test',
+    messages: [{ role: 'user', content: `hello ${requestId}` }],
+    request_id: requestId,
+  });
 
 async function ask(client: NatsConnection, requestId: string): Promise<any> {
   const reply = await client.request('llm.proxy.request', body(requestId), { timeout: 15_000 });
@@ -22,7 +33,10 @@ describe('workers in a queue group', () => {
     const openai = await startFakeOpenAI();
     openai.setDefault({ kind: 'ok', delayMs: 300 });
     const config = testConfig({ openai: openai.baseUrl });
-    const small = await startInProcessWorker({ natsUrl: nats.url, config: testConfig({ openai: openai.baseUrl }, { worker: { max_in_flight: 2 } }) });
+    const small = await startInProcessWorker({
+      natsUrl: nats.url,
+      config: testConfig({ openai: openai.baseUrl }, { worker: { max_in_flight: 2 } }),
+    });
     const large = await startInProcessWorker({ natsUrl: nats.url, config });
     const client = await connect({ servers: nats.url });
     try {
@@ -33,7 +47,10 @@ describe('workers in a queue group', () => {
         await sleep(20);
       }
       const replies = await Promise.all(pending);
-      assert.ok(replies.every((reply) => reply.content?.startsWith('echo: hello')), JSON.stringify(replies.find((reply) => reply.error)));
+      assert.ok(
+        replies.every((reply) => reply.content?.startsWith('echo: hello')),
+        JSON.stringify(replies.find((reply) => reply.error)),
+      );
       const smallStats = small.worker.stats();
       const largeStats = large.worker.stats();
       assert.equal(smallStats.requests + largeStats.requests, 16);
@@ -63,7 +80,10 @@ describe('workers in a queue group', () => {
     const nats = await startNatsServer();
     const openai = await startFakeOpenAI();
     openai.setDefault({ kind: 'ok', delayMs: 800 });
-    const worker = await startInProcessWorker({ natsUrl: nats.url, config: testConfig({ openai: openai.baseUrl }, { worker: { max_in_flight: 1 } }) });
+    const worker = await startInProcessWorker({
+      natsUrl: nats.url,
+      config: testConfig({ openai: openai.baseUrl }, { worker: { max_in_flight: 1 } }),
+    });
     const client = await connect({ servers: nats.url });
     try {
       const first = ask(client, 'lone-1');
@@ -72,7 +92,9 @@ describe('workers in a queue group', () => {
       await client.flush();
       assert.equal(worker.worker.stats().paused, true);
       const started = performance.now();
-      await assert.rejects(client.request('llm.proxy.request', body('lone-2'), { timeout: 5_000 }), (error: Error) => /no responders|503/i.test(`${error.message} ${String(error.cause)}`));
+      await assert.rejects(client.request('llm.proxy.request', body('lone-2'), { timeout: 5_000 }), (error: Error) =>
+        /no responders|503/i.test(`${error.message} ${String(error.cause)}`),
+      );
       assert.ok(performance.now() - started < 2_000, 'refused at once, not after the timeout');
       assert.equal((await first).content, 'echo: hello lone-1');
       const resumeDeadline = Date.now() + 5_000;
@@ -107,7 +129,13 @@ describe('workers in a queue group', () => {
       const { code } = await child.exited;
       assert.equal(code, 0, child.stderr());
       const events = await waitForUsageEvents(client, 5);
-      assert.deepEqual(events.map((event) => event.request_id).sort(), ['drain-0', 'drain-1', 'drain-2', 'drain-3', 'drain-4']);
+      assert.deepEqual(events.map((event) => event.request_id).sort(), [
+        'drain-0',
+        'drain-1',
+        'drain-2',
+        'drain-3',
+        'drain-4',
+      ]);
       assert.ok(events.every((event) => event.status === 'ok' && event.worker_id === child!.workerId));
       assert.ok(child.lines.some((line) => line.includes('"worker stopped"') && line.includes('"inFlightAtStop":5')));
       // Nobody listens any more: a new request fails at once instead of hanging.

@@ -5,7 +5,13 @@ import { headers as createHeaders, type NatsConnection } from '@nats-io/nats-cor
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { freePort } from './helpers/ports.js';
 import { fakeBehaviours, startFakeOpenAI, type FakeBehaviour, type FakeOpenAI } from './fakes/index.js';
-import { startInProcessWorker, testConfig, waitForUsageEvents, TEST_API_KEY, type InProcessWorker } from './helpers/worker.js';
+import {
+  startInProcessWorker,
+  testConfig,
+  waitForUsageEvents,
+  TEST_API_KEY,
+  type InProcessWorker,
+} from './helpers/worker.js';
 
 const SECRET = 'internal-SECRET-value-42';
 const WRONG_KEY = 'sk-wrong-KEY-9876543210fedcba';
@@ -59,7 +65,10 @@ describe('worker: refused requests and provider failures', () => {
   const ask = async (body: unknown, secret: string | null = SECRET) => {
     const headers = createHeaders();
     if (secret !== null) headers.set('X-Internal-Secret', secret);
-    const reply = await client.request('llm.proxy.request', typeof body === 'string' ? body : JSON.stringify(body), { timeout: 10_000, headers });
+    const reply = await client.request('llm.proxy.request', typeof body === 'string' ? body : JSON.stringify(body), {
+      timeout: 10_000,
+      headers,
+    });
     seen.push(reply.string());
     return { body: reply.json() as any, headers: reply.headers };
   };
@@ -95,12 +104,42 @@ describe('worker: refused requests and provider failures', () => {
   });
 
   const refusals: Array<{ name: string; body: unknown; code: string; status: number; mentions?: string }> = [
-    { name: 'non-JSON', body: '{"model": "gpt-test", "messages": [', code: 'invalid_request', status: 400, mentions: 'JSON' },
+    {
+      name: 'non-JSON',
+      body: '{"model": "gpt-test", "messages": [',
+      code: 'invalid_request',
+      status: 400,
+      mentions: 'JSON',
+    },
     { name: 'a JSON array', body: '[1, 2]', code: 'invalid_request', status: 400, mentions: 'object' },
-    { name: 'wrong types', body: okBody('bad-types', { max_tokens: 'many', temperature: 'hot' }), code: 'invalid_request', status: 400, mentions: 'max_tokens' },
-    { name: 'an unknown top-level field (max_token)', body: okBody('typo', { max_token: 10 }), code: 'invalid_request', status: 400, mentions: '"max_token"' },
-    { name: 'empty messages', body: okBody('empty', { messages: [] }), code: 'invalid_request', status: 400, mentions: 'messages' },
-    { name: 'an unknown model', body: okBody('unknown-model', { model: 'gpt-9000' }), code: 'model_not_found', status: 404, mentions: '"gpt-9000"' },
+    {
+      name: 'wrong types',
+      body: okBody('bad-types', { max_tokens: 'many', temperature: 'hot' }),
+      code: 'invalid_request',
+      status: 400,
+      mentions: 'max_tokens',
+    },
+    {
+      name: 'an unknown top-level field (max_token)',
+      body: okBody('typo', { max_token: 10 }),
+      code: 'invalid_request',
+      status: 400,
+      mentions: '"max_token"',
+    },
+    {
+      name: 'empty messages',
+      body: okBody('empty', { messages: [] }),
+      code: 'invalid_request',
+      status: 400,
+      mentions: 'messages',
+    },
+    {
+      name: 'an unknown model',
+      body: okBody('unknown-model', { model: 'gpt-9000' }),
+      code: 'model_not_found',
+      status: 404,
+      mentions: '"gpt-9000"',
+    },
     {
       name: 'a body over worker.max_request_bytes',
       body: okBody('too-big', { messages: [{ role: 'user', content: 'x'.repeat(MAX_REQUEST_BYTES) }] }),
@@ -141,7 +180,9 @@ describe('worker: refused requests and provider failures', () => {
   }
 
   test('a request refused for its metadata: the event keeps the valid agent id, not the tags', async () => {
-    const { body } = await ask(okBody('odd-metadata', { metadata: { agent_id: 'agent:odd', task: 'sum', count: 3, long: 'y'.repeat(1025) } }));
+    const { body } = await ask(
+      okBody('odd-metadata', { metadata: { agent_id: 'agent:odd', task: 'sum', count: 3, long: 'y'.repeat(1025) } }),
+    );
     assert.equal(body.error.code, 'invalid_request');
     assert.match(body.error.message, /^metadata\.count: must be a string/);
     const deadline = Date.now() + 5_000;
@@ -156,14 +197,39 @@ describe('worker: refused requests and provider failures', () => {
     assert.equal(event.tags, undefined);
   });
 
-  const failures: Array<{ name: string; behaviour?: FakeBehaviour; model?: string; extra?: object; code: string; retryable: boolean; mentions?: string }> = [
-    { name: 'a 400 from the provider', behaviour: fakeBehaviours.contextLengthExceeded(), code: 'invalid_request', retryable: false, mentions: 'maximum context length' },
+  const failures: Array<{
+    name: string;
+    behaviour?: FakeBehaviour;
+    model?: string;
+    extra?: object;
+    code: string;
+    retryable: boolean;
+    mentions?: string;
+  }> = [
+    {
+      name: 'a 400 from the provider',
+      behaviour: fakeBehaviours.contextLengthExceeded(),
+      code: 'invalid_request',
+      retryable: false,
+      mentions: 'maximum context length',
+    },
     { name: 'a 500', behaviour: fakeBehaviours.serverError(500), code: 'upstream_error', retryable: true },
-    { name: 'a 503', behaviour: fakeBehaviours.serverError(503, 'overloaded'), code: 'upstream_error', retryable: true },
+    {
+      name: 'a 503',
+      behaviour: fakeBehaviours.serverError(503, 'overloaded'),
+      code: 'upstream_error',
+      retryable: true,
+    },
     { name: 'a connection reset', behaviour: fakeBehaviours.reset(), code: 'upstream_error', retryable: true },
     { name: 'malformed JSON', behaviour: fakeBehaviours.malformedJson(), code: 'upstream_error', retryable: true },
     { name: 'an empty body', behaviour: fakeBehaviours.emptyBody(), code: 'upstream_error', retryable: true },
-    { name: 'no headers before the deadline', behaviour: fakeBehaviours.hang(), extra: { timeout_ms: 400 }, code: 'upstream_timeout', retryable: true },
+    {
+      name: 'no headers before the deadline',
+      behaviour: fakeBehaviours.hang(),
+      extra: { timeout_ms: 400 },
+      code: 'upstream_timeout',
+      retryable: true,
+    },
     { name: 'connect refused', model: 'dead-model', code: 'no_provider_available', retryable: true },
     { name: 'a 401 for our key', model: 'badkey-model', code: 'upstream_error', retryable: false },
     // Last: the router honours Retry-After by cooling the deployment down for that long.
@@ -174,15 +240,21 @@ describe('worker: refused requests and provider failures', () => {
     test(`provider failure: ${failure.name} → ${failure.code}, event "error"`, async () => {
       if (failure.behaviour !== undefined) openai.enqueue(failure.behaviour);
       const requestId = `fail-${failure.name.replace(/\W+/g, '-')}`;
-      const { body, headers } = await ask(okBody(requestId, { ...(failure.model !== undefined ? { model: failure.model } : {}), ...(failure.extra ?? {}) }));
+      const { body, headers } = await ask(
+        okBody(requestId, {
+          ...(failure.model !== undefined ? { model: failure.model } : {}),
+          ...(failure.extra ?? {}),
+        }),
+      );
       assert.equal(body.error?.code, failure.code, JSON.stringify(body));
       assert.equal(body.error.retryable, failure.retryable);
       assert.equal(body.error.request_id, requestId);
       assert.equal(headers?.get('Nats-Service-Error-Code'), String(body.error.status));
-      if (failure.code === 'rate_limited') assert.ok(body.error.retry_after_ms >= 2_000, `retry_after_ms ${body.error.retry_after_ms}`);
+      if (failure.code === 'rate_limited')
+        assert.ok(body.error.retry_after_ms >= 2_000, `retry_after_ms ${body.error.retry_after_ms}`);
       if (failure.mentions !== undefined) assert.ok(body.error.message.includes(failure.mentions), body.error.message);
       const deadline = Date.now() + 5_000;
-      let event;
+      let event: Awaited<ReturnType<typeof waitForUsageEvents>>[number] | undefined;
       while (event === undefined && Date.now() < deadline) {
         event = (await waitForUsageEvents(client, 1)).find((candidate) => candidate.request_id === requestId);
         if (event === undefined) await new Promise((resolve) => setTimeout(resolve, 50));
@@ -204,7 +276,10 @@ describe('worker: refused requests and provider failures', () => {
     assert.ok(!everything.includes(TEST_API_KEY), 'the API key leaked');
     assert.ok(!everything.includes(TEST_API_KEY.slice(0, 12)), 'a prefix of the API key leaked');
     assert.ok(!everything.includes(SECRET), 'the internal secret leaked');
-    assert.ok(openai.chatRequests.some((request) => request.authorization === `Bearer ${WRONG_KEY}`), 'the wrong key reached the fake');
+    assert.ok(
+      openai.chatRequests.some((request) => request.authorization === `Bearer ${WRONG_KEY}`),
+      'the wrong key reached the fake',
+    );
     assert.ok(!everything.includes(WRONG_KEY), 'the key the provider refused (and echoed) leaked');
     assert.ok(!everything.includes(WRONG_KEY.slice(-10)), 'the end of the refused key leaked');
   });

@@ -40,7 +40,10 @@ const request = (agent: string) => ({
 });
 
 test('limits from config: two workers on the nats backend admit exactly the per-agent rpm between them', async () => {
-  const config = testConfig({ openai: fake.baseUrl }, { limits: { backend: 'nats', nats_bucket: 'LIMITS_CFG_TEST', default: { rpm: 4 } } });
+  const config = testConfig(
+    { openai: fake.baseUrl },
+    { limits: { backend: 'nats', nats_bucket: 'LIMITS_CFG_TEST', default: { rpm: 4 } } },
+  );
   const env = { FAKE_OPENAI_KEY: TEST_API_KEY };
   const workers = [
     await startInProcessWorker({ natsUrl: natsServer.url, config, env }),
@@ -68,7 +71,10 @@ test('limits from config: two workers on the nats backend admit exactly the per-
     assert.equal(rejected.length, 8);
     assert.ok(rejected.every((event) => event.error_code === 'rate_limited' && event.agent_id === 'agent:limited'));
     const stats = workers.map((worker) => worker.worker.stats().limits);
-    assert.equal(stats.reduce((sum, entry) => sum + (entry?.refused ?? 0), 0), 8);
+    assert.equal(
+      stats.reduce((sum, entry) => sum + (entry?.refused ?? 0), 0),
+      8,
+    );
     assert.ok(stats.every((entry) => entry?.backend === 'nats'));
   } finally {
     await Promise.all(workers.map((worker) => worker.stop()));

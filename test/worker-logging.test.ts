@@ -25,24 +25,36 @@ describe('worker: logging.requests', () => {
   });
 
   const ask = async (model: string, requestId: string) => {
-    const body = { model, messages: [{ role: 'user', content: 'Hello!' }], request_id: requestId, metadata: { agent_id: 'agent:logs' } };
+    const body = {
+      model,
+      messages: [{ role: 'user', content: 'Hello!' }],
+      request_id: requestId,
+      metadata: { agent_id: 'agent:logs' },
+    };
     const reply = await client.request('llm.proxy.request', JSON.stringify(body), { timeout: 10_000 });
     return reply.json<Record<string, unknown>>();
   };
 
   /** Runs one served and one failed request through a worker with this setting; returns its per-request lines. */
-  async function requestLines(requests: 'all' | 'errors' | 'none' | undefined, tag: string): Promise<Array<Record<string, unknown>>> {
+  async function requestLines(
+    requests: 'all' | 'errors' | 'none' | undefined,
+    tag: string,
+  ): Promise<Array<Record<string, unknown>>> {
     const logging = requests === undefined ? { level: 'info' as const } : { level: 'info' as const, requests };
     let worker: InProcessWorker | undefined;
     try {
-      worker = await startInProcessWorker({ natsUrl: nats.url, config: testConfig({ openai: openai.baseUrl }, { logging }) });
+      worker = await startInProcessWorker({
+        natsUrl: nats.url,
+        config: testConfig({ openai: openai.baseUrl }, { logging }),
+      });
       const served = await ask('gpt-test', `${tag}-ok`);
       assert.equal(served.content, 'echo: Hello!');
       const failed = await ask('no-such-model', `${tag}-bad`);
       assert.equal((failed.error as { code: string }).code, 'model_not_found');
       // The line is written just after the reply and the event; give it a moment.
       const deadline = Date.now() + 2_000;
-      const lines = () => worker!.logs.records().filter((line) => line.msg === 'request done' || line.msg === 'request failed');
+      const lines = () =>
+        worker!.logs.records().filter((line) => line.msg === 'request done' || line.msg === 'request failed');
       const wanted = requests === 'all' ? 2 : requests === 'none' ? 0 : 1;
       while (lines().length < wanted && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
       return lines();

@@ -4,7 +4,7 @@ import { connect } from '@nats-io/transport-node';
 import { createInbox, type Msg, type MsgHdrs, type NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { startFakeOllama, startFakeOpenAI, type FakeOllama, type FakeOpenAI } from './fakes/index.js';
-import { startInProcessWorker, testConfig, usageEventFor, waitForUsageEvents, type InProcessWorker } from './helpers/worker.js';
+import { startInProcessWorker, testConfig, usageEventFor, type InProcessWorker } from './helpers/worker.js';
 
 const HEARTBEAT_MS = 200;
 
@@ -20,11 +20,21 @@ interface StreamResult {
 async function readStream(
   client: NatsConnection,
   body: object,
-  options: { onChunk?: (chunk: any, inbox: string) => 'stop' | void; timeoutMs?: number } = {},
+  options: {
+    /** Returns 'stop' to stop reading early. */ onChunk?: (chunk: any, inbox: string) => unknown;
+    timeoutMs?: number;
+  } = {},
 ): Promise<StreamResult & { stoppedEarly: boolean }> {
   const inbox = createInbox();
   const subscription = client.subscribe(inbox);
-  const result: StreamResult & { stoppedEarly: boolean } = { chunks: [], heartbeats: 0, terminal: undefined, terminalHeaders: undefined, mark: undefined, stoppedEarly: false };
+  const result: StreamResult & { stoppedEarly: boolean } = {
+    chunks: [],
+    heartbeats: 0,
+    terminal: undefined,
+    terminalHeaders: undefined,
+    mark: undefined,
+    stoppedEarly: false,
+  };
   const timer = setTimeout(() => subscription.unsubscribe(), options.timeoutMs ?? 15_000);
   client.publish('llm.proxy.request', JSON.stringify({ stream: true, ...body }), { reply: inbox });
   for await (const message of subscription as AsyncIterable<Msg>) {
@@ -76,7 +86,10 @@ describe('worker: streamed replies', () => {
     ollama = await startFakeOllama();
     worker = await startInProcessWorker({
       natsUrl: nats.url,
-      config: testConfig({ openai: openai.baseUrl, ollama: ollama.baseUrl }, { worker: { heartbeat_ms: HEARTBEAT_MS } }),
+      config: testConfig(
+        { openai: openai.baseUrl, ollama: ollama.baseUrl },
+        { worker: { heartbeat_ms: HEARTBEAT_MS } },
+      ),
     });
     client = await connect({ servers: nats.url });
   });
@@ -91,7 +104,6 @@ describe('worker: streamed replies', () => {
 
   const eventFor = (requestId: string) => usageEventFor(client, requestId);
 
-
   const request = (requestId: string, extra: object = {}) => ({
     model: 'gpt-test',
     messages: [{ role: 'user', content: 'Tell me a long story' }],
@@ -104,11 +116,17 @@ describe('worker: streamed replies', () => {
     const words = Array.from({ length: 300 }, (_, index) => `word${index}`);
     const pieces = words.map((word, index) => (index < words.length - 1 ? `${word} ` : word));
     // Spread over several heartbeat periods, so that some chunks go out as liveness probes (requests) among plain publishes.
-    openai.enqueue({ kind: 'ok', content: words.join(' '), chunks: pieces, chunkIntervalMs: 3, quirks: ['comments', 'crlf'] });
+    openai.enqueue({
+      kind: 'ok',
+      content: words.join(' '),
+      chunks: pieces,
+      chunkIntervalMs: 3,
+      quirks: ['comments', 'crlf'],
+    });
     const result = await readStream(client, request('long-1'));
     assert.equal(result.mark, 'end');
     assert.equal(result.chunks.length, 300);
-    result.chunks.forEach((chunk, index) => assert.equal(chunk.seq, index));
+    for (const [index, chunk] of result.chunks.entries()) assert.equal(chunk.seq, index);
     const text = result.chunks.map((chunk) => chunk.delta).join('');
     assert.equal(text, words.join(' '));
     assert.equal(result.terminal.content, text);
@@ -140,14 +158,25 @@ describe('worker: streamed replies', () => {
   });
 
   test('tool-call deltas are forwarded in OpenAI shape and assembled in the terminal reply', async () => {
-    openai.enqueue({ kind: 'ok', content: null, toolCalls: [{ id: 'call_1', name: 'get_weather', arguments: { city: 'Paris', unit: 'C' } }] });
-    const result = await readStream(client, request('tools-1', { tools: [{ type: 'function', function: { name: 'get_weather', parameters: { type: 'object' } } }] }));
+    openai.enqueue({
+      kind: 'ok',
+      content: null,
+      toolCalls: [{ id: 'call_1', name: 'get_weather', arguments: { city: 'Paris', unit: 'C' } }],
+    });
+    const result = await readStream(
+      client,
+      request('tools-1', {
+        tools: [{ type: 'function', function: { name: 'get_weather', parameters: { type: 'object' } } }],
+      }),
+    );
     assert.equal(result.mark, 'end');
     const toolChunks = result.chunks.filter((chunk) => chunk.tool_calls !== undefined);
     assert.ok(toolChunks.length >= 2, 'name and arguments arrive as separate deltas');
     assert.equal(toolChunks[0].tool_calls[0].index, 0);
     assert.equal(toolChunks[0].tool_calls[0].function.name, 'get_weather');
-    assert.deepEqual(result.terminal.tool_calls, [{ id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris","unit":"C"}' } }]);
+    assert.deepEqual(result.terminal.tool_calls, [
+      { id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris","unit":"C"}' } },
+    ]);
     assert.equal(result.terminal.finish_reason, 'tool_calls');
     assert.equal(result.terminal.content, null);
   });
@@ -227,9 +256,15 @@ describe('worker: streamed replies', () => {
   });
 
   test('a client gone while chunks still flow is noticed too', async () => {
-    openai.enqueue({ kind: 'ok', content: Array.from({ length: 400 }, (_, index) => `w${index}`).join(' '), chunkIntervalMs: 10 });
+    openai.enqueue({
+      kind: 'ok',
+      content: Array.from({ length: 400 }, (_, index) => `w${index}`).join(' '),
+      chunkIntervalMs: 10,
+    });
     const closedBefore = openai.closedByClient;
-    const result = await readStream(client, request('gone-2'), { onChunk: (chunk) => (chunk.seq === 5 ? 'stop' : undefined) });
+    const result = await readStream(client, request('gone-2'), {
+      onChunk: (chunk) => (chunk.seq === 5 ? 'stop' : undefined),
+    });
     assert.equal(result.stoppedEarly, true);
     await waitFor(() => openai.closedByClient > closedBefore, 5_000);
     const event = await eventFor('gone-2');

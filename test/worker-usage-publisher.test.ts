@@ -17,30 +17,34 @@ import { UsagePublisher } from '../src/usage/publisher.js';
 /** An event as the worker builds it; the same `requestId` twice is one event published twice (same event id). */
 const builtInput = (requestId: string): UsageEventInput => ({
   eventId: `event-${requestId}`,
-    requestId,
-    metadata: { agent_id: 'agent:sofia' },
-    model: 'gpt-test',
-    provider: 'openai',
-    modelResolved: 'gpt-4o-mini',
-    status: 'ok',
-    errorCode: null,
-    promptTokens: 10,
-    completionTokens: 5,
-    tokensEstimated: false,
-    costUsd: 0.001,
-    latencyMs: 12.3,
-    ttftMs: null,
-    stream: false,
-    cached: false,
-    attempts: [],
-    workerId: 'test',
-  });
+  requestId,
+  metadata: { agent_id: 'agent:sofia' },
+  model: 'gpt-test',
+  provider: 'openai',
+  modelResolved: 'gpt-4o-mini',
+  status: 'ok',
+  errorCode: null,
+  promptTokens: 10,
+  completionTokens: 5,
+  tokensEstimated: false,
+  costUsd: 0.001,
+  latencyMs: 12.3,
+  ttftMs: null,
+  stream: false,
+  cached: false,
+  attempts: [],
+  workerId: 'test',
+});
 const event = (requestId: string) => buildUsageEvent(builtInput(requestId));
 
 test('usage events published while NATS is down are kept, retried, and land once it is back', async () => {
   const nats = await startNatsServer();
   const lines: string[] = [];
-  const connection = await connect({ ...connectionOptions({ servers: nats.url }), reconnectTimeWait: 200, reconnectJitter: 50 });
+  const connection = await connect({
+    ...connectionOptions({ servers: nats.url }),
+    reconnectTimeWait: 200,
+    reconnectJitter: 50,
+  });
   const subjects = subjectsFor('llm');
   const publisher = new UsagePublisher({
     connection,
@@ -69,7 +73,14 @@ test('usage events published while NATS is down are kept, retried, and land once
     assert.ok(publisher.counters.failedAttempts >= 1);
     const checker = await connect({ servers: nats.url });
     const events = await waitForUsageEvents(checker, 6);
-    assert.deepEqual(events.map((stored) => stored.request_id).sort(), ['before-outage', 'during-outage-0', 'during-outage-1', 'during-outage-2', 'during-outage-3', 'during-outage-4']);
+    assert.deepEqual(events.map((stored) => stored.request_id).sort(), [
+      'before-outage',
+      'during-outage-0',
+      'during-outage-1',
+      'during-outage-2',
+      'during-outage-3',
+      'during-outage-4',
+    ]);
     assert.ok(publisher.counters.duplicates >= 1);
     await checker.close();
   } finally {
@@ -85,14 +96,26 @@ test('ensureStream creates the stream with the configured settings and updates i
   const subjects = subjectsFor('llm');
   const logger = createLogger({ level: 'silent' });
   try {
-    const first = new UsagePublisher({ connection, streamSubject: subjects.usageAll, subjectFor: subjects.usageFor, stream: usageStreamSchema.parse({ max_age: '30d' }), logger });
+    const first = new UsagePublisher({
+      connection,
+      streamSubject: subjects.usageAll,
+      subjectFor: subjects.usageFor,
+      stream: usageStreamSchema.parse({ max_age: '30d' }),
+      logger,
+    });
     await first.ensureStream();
     const manager = await jetstreamManager(connection);
     let info = await manager.streams.info('LLM_USAGE');
     assert.deepEqual(info.config.subjects, ['llm.usage.>']);
     assert.equal(info.config.max_age, 30 * 86_400 * 1e9);
     assert.equal(info.config.duplicate_window, 120 * 1e9);
-    const second = new UsagePublisher({ connection, streamSubject: subjects.usageAll, subjectFor: subjects.usageFor, stream: usageStreamSchema.parse({ max_age: '7d', max_msgs: 1000 }), logger });
+    const second = new UsagePublisher({
+      connection,
+      streamSubject: subjects.usageAll,
+      subjectFor: subjects.usageFor,
+      stream: usageStreamSchema.parse({ max_age: '7d', max_msgs: 1000 }),
+      logger,
+    });
     await second.ensureStream();
     info = await manager.streams.info('LLM_USAGE');
     assert.equal(info.config.max_age, 7 * 86_400 * 1e9);
@@ -141,11 +164,19 @@ test('an event is on the wire before publish() returns: a reply written next rea
   const connection = await connect({ ...connectionOptions({ servers: nats.url }) });
   const observer = await connect({ servers: nats.url });
   const subjects = subjectsFor('llm');
-  const publisher = new UsagePublisher({ connection, streamSubject: subjects.usageAll, subjectFor: subjects.usageFor, stream: usageStreamSchema.parse({}), logger: createLogger({ level: 'silent' }) });
+  const publisher = new UsagePublisher({
+    connection,
+    streamSubject: subjects.usageAll,
+    subjectFor: subjects.usageFor,
+    stream: usageStreamSchema.parse({}),
+    logger: createLogger({ level: 'silent' }),
+  });
   try {
     await publisher.ensureStream();
     const seen: string[] = [];
-    observer.subscribe('llm.usage.>', { callback: (_error, message) => void seen.push(`event ${(message.json() as { request_id: string }).request_id}`) });
+    observer.subscribe('llm.usage.>', {
+      callback: (_error, message) => void seen.push(`event ${(message.json() as { request_id: string }).request_id}`),
+    });
     observer.subscribe('test.reply.>', { callback: (_error, message) => void seen.push(`reply ${message.string()}`) });
     await observer.flush();
     for (let index = 0; index < 50; index++) {
@@ -156,7 +187,10 @@ test('an event is on the wire before publish() returns: a reply written next rea
     await publisher.flush(5_000);
     const deadline = Date.now() + 5_000;
     while (seen.length < 100 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
-    const expected = Array.from({ length: 50 }, (_, index) => [`event ordered-${index}`, `reply ordered-${index}`]).flat();
+    const expected = Array.from({ length: 50 }, (_, index) => [
+      `event ordered-${index}`,
+      `reply ordered-${index}`,
+    ]).flat();
     assert.deepEqual(seen, expected, 'each event arrives before the reply written after it');
   } finally {
     publisher.close();
@@ -208,16 +242,31 @@ test('an event that can never be published is set aside (logged in full, counted
     const events = await waitForUsageEvents(connection, 4);
     assert.deepEqual(events.map((stored) => stored.request_id).sort(), ['good-0', 'good-1', 'good-2', 'good-3']);
 
-    const logged = lines.map((line) => JSON.parse(line) as { msg: string; usage_event?: { request_id: string }; reason?: string }).filter((line) => line.usage_event !== undefined);
-    assert.deepEqual(logged.map((line) => line.usage_event!.request_id).sort(), ['bad-subject', 'over-max-payload', 'over-stream-limit']);
+    const logged = lines
+      .map((line) => JSON.parse(line) as { msg: string; usage_event?: { request_id: string }; reason?: string })
+      .filter((line) => line.usage_event !== undefined);
+    assert.deepEqual(logged.map((line) => line.usage_event!.request_id).sort(), [
+      'bad-subject',
+      'over-max-payload',
+      'over-stream-limit',
+    ]);
     const deadline = Date.now() + 5_000;
     let written: Array<{ reason: string; event: { request_id: string; tags?: Record<string, string> } }> = [];
     while (Date.now() < deadline) {
-      written = existsSync(deadLetterFile) ? readFileSync(deadLetterFile, 'utf8').trim().split('\n').map((line) => JSON.parse(line)) : [];
+      written = existsSync(deadLetterFile)
+        ? readFileSync(deadLetterFile, 'utf8')
+            .trim()
+            .split('\n')
+            .map((line) => JSON.parse(line))
+        : [];
       if (written.length === 3) break;
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
-    assert.deepEqual(written.map((line) => line.event.request_id).sort(), ['bad-subject', 'over-max-payload', 'over-stream-limit']);
+    assert.deepEqual(written.map((line) => line.event.request_id).sort(), [
+      'bad-subject',
+      'over-max-payload',
+      'over-stream-limit',
+    ]);
     const overStream = written.find((line) => line.event.request_id === 'over-stream-limit')!;
     assert.match(overStream.reason, /maximum/, overStream.reason);
     assert.deepEqual(overStream.event.tags, bigTags, 'the whole event is kept');

@@ -1,11 +1,17 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from '@nats-io/transport-node';
-import { headers as createHeaders, type NatsConnection } from '@nats-io/nats-core';
+import type { NatsConnection } from '@nats-io/nats-core';
 import { Svcm, type ServiceIdentity, type ServiceInfo, type ServiceStats } from '@nats-io/services';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { startFakeOllama, startFakeOpenAI, type FakeOllama, type FakeOpenAI } from './fakes/index.js';
-import { startInProcessWorker, testConfig, waitForUsageEvents, TEST_API_KEY, type InProcessWorker } from './helpers/worker.js';
+import {
+  startInProcessWorker,
+  testConfig,
+  waitForUsageEvents,
+  TEST_API_KEY,
+  type InProcessWorker,
+} from './helpers/worker.js';
 import { usageEventSchema } from '../src/contract/usage-event.js';
 import { ProxyError } from '../src/contract/errors.js';
 import type { RequestOutcome } from '../src/worker/index.js';
@@ -20,7 +26,11 @@ const SEED_BODY = {
 
 const WEATHER_TOOL = {
   type: 'function',
-  function: { name: 'get_weather', description: 'Weather in a city', parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } },
+  function: {
+    name: 'get_weather',
+    description: 'Weather in a city',
+    parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+  },
 };
 
 async function collect<T>(iterator: AsyncIterable<T>): Promise<T[]> {
@@ -40,7 +50,10 @@ describe('worker: chat requests over NATS', () => {
     nats = await startNatsServer();
     openai = await startFakeOpenAI({ requireApiKey: TEST_API_KEY });
     ollama = await startFakeOllama();
-    worker = await startInProcessWorker({ natsUrl: nats.url, config: testConfig({ openai: openai.baseUrl, ollama: ollama.baseUrl }) });
+    worker = await startInProcessWorker({
+      natsUrl: nats.url,
+      config: testConfig({ openai: openai.baseUrl, ollama: ollama.baseUrl }),
+    });
     client = await connect({ servers: nats.url });
   });
 
@@ -53,7 +66,9 @@ describe('worker: chat requests over NATS', () => {
   });
 
   const ask = async (body: unknown, subject = 'llm.proxy.request') => {
-    const reply = await client.request(subject, typeof body === 'string' ? body : JSON.stringify(body), { timeout: 10_000 });
+    const reply = await client.request(subject, typeof body === 'string' ? body : JSON.stringify(body), {
+      timeout: 10_000,
+    });
     return { body: reply.json() as any, headers: reply.headers };
   };
 
@@ -70,7 +85,18 @@ describe('worker: chat requests over NATS', () => {
   test('the seed request gets the seed reply from an OpenAI-compatible provider, and one usage event', async () => {
     const { body, headers } = await ask({ ...SEED_BODY, request_id: 'seed-1' });
     assert.equal(headers?.get('Nats-Service-Error') ?? '', '');
-    assert.deepEqual(Object.keys(body).slice(0, 10), ['content', 'usage', 'provider', 'model_resolved', 'latency_ms', 'model', 'request_id', 'finish_reason', 'cost_usd', 'cached']);
+    assert.deepEqual(Object.keys(body).slice(0, 10), [
+      'content',
+      'usage',
+      'provider',
+      'model_resolved',
+      'latency_ms',
+      'model',
+      'request_id',
+      'finish_reason',
+      'cost_usd',
+      'cached',
+    ]);
     assert.equal(body.content, 'echo: Hello!');
     assert.equal(body.provider, 'openai');
     assert.equal(body.model, 'gpt-test');
@@ -80,7 +106,8 @@ describe('worker: chat requests over NATS', () => {
     assert.equal(body.cached, false);
     assert.equal(body.tokens_estimated, undefined);
     assert.equal(body.usage.total_tokens, body.usage.prompt_tokens + body.usage.completion_tokens);
-    const expectedCost = Math.round(((body.usage.prompt_tokens * 0.15 + body.usage.completion_tokens * 0.6) / 1000) * 1e8) / 1e8;
+    const expectedCost =
+      Math.round(((body.usage.prompt_tokens * 0.15 + body.usage.completion_tokens * 0.6) / 1000) * 1e8) / 1e8;
     assert.equal(body.cost_usd, expectedCost);
     const upstream = openai.chatRequests.at(-1)!;
     assert.equal(upstream.body.model, 'gpt-4o-mini');
@@ -93,12 +120,32 @@ describe('worker: chat requests over NATS', () => {
     assert.equal(more.length, 0);
     usageEventSchema.parse(event);
     assert.deepEqual(Object.keys(event!).slice(0, 22), [
-      'v', 'request_id', 'ts', 'agent_id', 'microdao_id', 'channel_id', 'model', 'provider', 'model_resolved', 'status', 'error_code',
-      'prompt_tokens', 'completion_tokens', 'total_tokens', 'tokens_estimated', 'cost_usd', 'latency_ms', 'ttft_ms', 'stream', 'cached', 'attempts', 'worker_id',
+      'v',
+      'request_id',
+      'ts',
+      'agent_id',
+      'microdao_id',
+      'channel_id',
+      'model',
+      'provider',
+      'model_resolved',
+      'status',
+      'error_code',
+      'prompt_tokens',
+      'completion_tokens',
+      'total_tokens',
+      'tokens_estimated',
+      'cost_usd',
+      'latency_ms',
+      'ttft_ms',
+      'stream',
+      'cached',
+      'attempts',
+      'worker_id',
     ]);
     assert.equal(event!.subject, 'llm.usage.agent:sofia');
     assert.match(event!.event_id ?? '', /^[0-9a-f-]{36}$/, 'the worker makes the event id');
-    assert.equal(event!.msgId, event!.event_id, 'the event is keyed by its event id, not the client\'s request_id');
+    assert.equal(event!.msgId, event!.event_id, "the event is keyed by its event id, not the client's request_id");
     assert.equal(event!.status, 'ok');
     assert.equal(event!.error_code, null);
     assert.equal(event!.agent_id, 'agent:sofia');
@@ -132,7 +179,11 @@ describe('worker: chat requests over NATS', () => {
   });
 
   test('tools, tool_choice and response_format pass through to OpenAI; tool_calls come back in OpenAI shape', async () => {
-    openai.enqueue({ kind: 'ok', content: null, toolCalls: [{ id: 'call_abc', name: 'get_weather', arguments: { city: 'Paris' } }] });
+    openai.enqueue({
+      kind: 'ok',
+      content: null,
+      toolCalls: [{ id: 'call_abc', name: 'get_weather', arguments: { city: 'Paris' } }],
+    });
     const { body } = await ask({
       model: 'gpt-test',
       messages: [{ role: 'user', content: 'Weather in Paris?' }],
@@ -148,16 +199,16 @@ describe('worker: chat requests over NATS', () => {
     assert.equal(upstream.body.parallel_tool_calls, false);
     assert.equal(body.content, null);
     assert.equal(body.finish_reason, 'tool_calls');
-    assert.deepEqual(body.tool_calls, [{ id: 'call_abc', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }]);
+    assert.deepEqual(body.tool_calls, [
+      { id: 'call_abc', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } },
+    ]);
   });
 
   test('Ollama tools are mapped both ways', async () => {
     ollama.enqueue({ kind: 'ok', content: '', toolCalls: [{ name: 'get_weather', arguments: { city: 'Oslo' } }] });
     const { body } = await ask({
       model: 'local-test',
-      messages: [
-        { role: 'user', content: 'Weather in Oslo?' },
-      ],
+      messages: [{ role: 'user', content: 'Weather in Oslo?' }],
       tools: [WEATHER_TOOL],
     });
     const upstream = ollama.chatRequests.at(-1)!;
@@ -170,10 +221,20 @@ describe('worker: chat requests over NATS', () => {
 
   test('a provider that reports no usage: tokens estimated with the tokenizer and flagged, in the reply and the event', async () => {
     openai.enqueue({ kind: 'ok', content: 'The answer is forty-two.', usage: null });
-    const { body } = await ask({ model: 'gpt-test', messages: [{ role: 'user', content: 'What is the answer?' }], request_id: 'estimated-1' });
+    const { body } = await ask({
+      model: 'gpt-test',
+      messages: [{ role: 'user', content: 'What is the answer?' }],
+      request_id: 'estimated-1',
+    });
     assert.equal(body.tokens_estimated, true);
-    assert.ok(body.usage.prompt_tokens >= 8 && body.usage.prompt_tokens < 40, `prompt tokens ${body.usage.prompt_tokens}`);
-    assert.ok(body.usage.completion_tokens >= 4 && body.usage.completion_tokens < 20, `completion tokens ${body.usage.completion_tokens}`);
+    assert.ok(
+      body.usage.prompt_tokens >= 8 && body.usage.prompt_tokens < 40,
+      `prompt tokens ${body.usage.prompt_tokens}`,
+    );
+    assert.ok(
+      body.usage.completion_tokens >= 4 && body.usage.completion_tokens < 20,
+      `completion tokens ${body.usage.completion_tokens}`,
+    );
     assert.ok(body.cost_usd > 0);
     const [event] = await eventFor('estimated-1');
     assert.equal(event!.tokens_estimated, true);
@@ -182,7 +243,11 @@ describe('worker: chat requests over NATS', () => {
   });
 
   test('metadata keys beyond the ids become tags; no agent id publishes on llm.usage.anonymous; odd ids are escaped', async () => {
-    await ask({ ...SEED_BODY, request_id: 'tags-1', metadata: { agent_id: 'team.a b', task: 'summarize', env: 'prod' } });
+    await ask({
+      ...SEED_BODY,
+      request_id: 'tags-1',
+      metadata: { agent_id: 'team.a b', task: 'summarize', env: 'prod' },
+    });
     await ask({ model: 'gpt-test', messages: [{ role: 'user', content: 'hi' }], request_id: 'anon-1' });
     const [tagged] = await eventFor('tags-1');
     assert.equal(tagged!.subject, 'llm.usage.team%2Ea%20b');
@@ -204,7 +269,11 @@ describe('worker: chat requests over NATS', () => {
     }
     assert.equal(events.length, 2);
     assert.notEqual(events[0]!.event_id, events[1]!.event_id);
-    assert.equal(worker.worker.publisher.counters.duplicates, duplicatesBefore, 'neither was taken for a retried publish');
+    assert.equal(
+      worker.worker.publisher.counters.duplicates,
+      duplicatesBefore,
+      'neither was taken for a retried publish',
+    );
   });
 
   test('deterministic requests are answered from the cache: cached true, cost 0, still one event each', async () => {
@@ -225,7 +294,11 @@ describe('worker: chat requests over NATS', () => {
 
     await ask({ ...body, request_id: 'cache-3', cache: 'bypass' });
     await ask({ ...body, temperature: 0.5, request_id: 'cache-4' });
-    assert.equal(openai.chatRequests.length, before + 3, 'bypass and a non-deterministic request both reach the provider');
+    assert.equal(
+      openai.chatRequests.length,
+      before + 3,
+      'bypass and a non-deterministic request both reach the provider',
+    );
   });
 
   test('llm.proxy.models lists the routable models; {"health": true} adds deployment states', async () => {
@@ -233,7 +306,12 @@ describe('worker: chat requests over NATS', () => {
     assert.equal(body.worker_id, worker.worker.id);
     const gpt = body.models.find((model: any) => model.name === 'gpt-test');
     assert.deepEqual(
-      { provider: gpt.provider, physical_name: gpt.physical_name, cost_per_1k_prompt: gpt.cost_per_1k_prompt, cost_per_1k_completion: gpt.cost_per_1k_completion },
+      {
+        provider: gpt.provider,
+        physical_name: gpt.physical_name,
+        cost_per_1k_prompt: gpt.cost_per_1k_prompt,
+        cost_per_1k_completion: gpt.cost_per_1k_completion,
+      },
       { provider: 'openai', physical_name: 'gpt-4o-mini', cost_per_1k_prompt: 0.15, cost_per_1k_completion: 0.6 },
     );
     assert.equal(body.health, undefined);
@@ -248,9 +326,18 @@ describe('worker: chat requests over NATS', () => {
     assert.equal(pings[0]!.id, worker.worker.id);
     const infos = (await collect(await services.info('llm-proxy'))) as ServiceInfo[];
     assert.equal(infos[0]!.metadata?.request_subject, 'llm.proxy.request');
-    assert.ok(infos[0]!.endpoints.some((endpoint) => endpoint.subject === 'llm.proxy.models' && endpoint.queue_group === 'llm-proxy'));
+    assert.ok(
+      infos[0]!.endpoints.some(
+        (endpoint) => endpoint.subject === 'llm.proxy.models' && endpoint.queue_group === 'llm-proxy',
+      ),
+    );
     const stats = (await collect(await services.stats('llm-proxy'))) as ServiceStats[];
-    const data = stats[0]!.endpoints![0]!.data as { requests: number; in_flight: number; by_code: object; worker_id: string };
+    const data = stats[0]!.endpoints![0]!.data as {
+      requests: number;
+      in_flight: number;
+      by_code: object;
+      worker_id: string;
+    };
     assert.equal(data.worker_id, worker.worker.id);
     assert.ok(data.requests >= 5, `requests ${data.requests}`);
     assert.equal(typeof data.in_flight, 'number');
@@ -267,7 +354,8 @@ describe('worker: the admission seam (beforeRoute / afterRoute hooks)', () => {
       config: testConfig({ openai: openai.baseUrl }),
       hooks: {
         beforeRoute(context) {
-          if (context.agentId === 'agent:broke') throw new ProxyError('budget_exceeded', 'agent:broke is over its daily budget');
+          if (context.agentId === 'agent:broke')
+            throw new ProxyError('budget_exceeded', 'agent:broke is over its daily budget');
           context.state.reserved = true;
         },
         afterRoute(context, outcome) {
@@ -278,10 +366,20 @@ describe('worker: the admission seam (beforeRoute / afterRoute hooks)', () => {
     });
     const client = await connect({ servers: nats.url });
     try {
-      const refused = (await client.request('llm.proxy.request', JSON.stringify({ ...SEED_BODY, request_id: 'hook-1', metadata: { agent_id: 'agent:broke' } }), { timeout: 5_000 })).json() as any;
+      const refused = (
+        await client.request(
+          'llm.proxy.request',
+          JSON.stringify({ ...SEED_BODY, request_id: 'hook-1', metadata: { agent_id: 'agent:broke' } }),
+          { timeout: 5_000 },
+        )
+      ).json() as any;
       assert.equal(refused.error.code, 'budget_exceeded');
       assert.equal(refused.error.status, 402);
-      const served = (await client.request('llm.proxy.request', JSON.stringify({ ...SEED_BODY, request_id: 'hook-2' }), { timeout: 5_000 })).json() as any;
+      const served = (
+        await client.request('llm.proxy.request', JSON.stringify({ ...SEED_BODY, request_id: 'hook-2' }), {
+          timeout: 5_000,
+        })
+      ).json() as any;
       assert.equal(served.content, 'echo: Hello!');
       const events = await waitForUsageEvents(client, 2);
       assert.equal(events.find((event) => event.request_id === 'hook-1')!.status, 'rejected');

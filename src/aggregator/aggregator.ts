@@ -140,27 +140,40 @@ export class UsageAggregator {
     this.consuming = this.consume(messages);
     void this.watchStatus(messages);
 
-    this.snapshotTimer = setInterval(() => void this.snapshot().catch((error: unknown) => this.logger.warn({ err: error }, 'snapshot failed')), aggregator.snapshot_interval_ms);
+    this.snapshotTimer = setInterval(
+      () => void this.snapshot().catch((error: unknown) => this.logger.warn({ err: error }, 'snapshot failed')),
+      aggregator.snapshot_interval_ms,
+    );
     this.snapshotTimer.unref();
     // A connection closed under us (crash simulation, fatal error) ends the timers too.
     void connection.closed().then(() => this.halt());
 
     this.service = await this.startService(connection);
     this.logger.info(
-      { instance: this.instanceId, durable: this.durableName, ...this.startPoint, stream_last_seq: this.stream.state.last_seq },
+      {
+        instance: this.instanceId,
+        durable: this.durableName,
+        ...this.startPoint,
+        stream_last_seq: this.stream.state.last_seq,
+      },
       'aggregator started',
     );
   }
 
   /** Own snapshot first; else the most advanced snapshot of another aggregator (same result, less replay); else none. */
-  private async loadSnapshot(store: SnapshotStore, streamCreated: string): Promise<{ loaded: LoadedSnapshot; adopted: boolean } | undefined> {
+  private async loadSnapshot(
+    store: SnapshotStore,
+    streamCreated: string,
+  ): Promise<{ loaded: LoadedSnapshot; adopted: boolean } | undefined> {
     const own = await store.load(this.instanceId).catch((error: unknown) => {
       this.logger.warn({ err: error }, 'own snapshot unreadable; looking for another');
       return undefined;
     });
     if (own !== undefined) return { loaded: own, adopted: false };
     // Snapshots of the stream as it is now come first (one of a deleted and recreated stream would mean a full replay).
-    const manifests = (await store.manifests()).sort((left, right) => Number(left.stream_created !== streamCreated) - Number(right.stream_created !== streamCreated));
+    const manifests = (await store.manifests()).sort(
+      (left, right) => Number(left.stream_created !== streamCreated) - Number(right.stream_created !== streamCreated),
+    );
     for (const manifest of manifests) {
       const other = await store.load(manifest.instance).catch(() => undefined);
       if (other !== undefined) return { loaded: other, adopted: true };
@@ -172,7 +185,11 @@ export class UsageAggregator {
   private restore(found: { loaded: LoadedSnapshot; adopted: boolean } | undefined, stream: StreamInfo): number {
     const firstSeq = Math.max(1, stream.state.first_seq);
     if (found === undefined) {
-      if (firstSeq > 1) this.logger.warn({ first_seq: firstSeq }, 'no snapshot and the stream has dropped its oldest events: rollups start at its first retained event');
+      if (firstSeq > 1)
+        this.logger.warn(
+          { first_seq: firstSeq },
+          'no snapshot and the stream has dropped its oldest events: rollups start at its first retained event',
+        );
       this.startPoint = { snapshot: 'none', snapshotInstance: null, snapshotSeq: 0, startSeq: firstSeq };
       return firstSeq;
     }
@@ -182,11 +199,17 @@ export class UsageAggregator {
     if (manifest.stream_created !== stream.created || snapshot.seq > stream.state.last_seq) {
       // The stream was deleted and recreated: sequences restarted. Keep the history, read the new stream
       // from its start; event ids still guard against counting an event twice.
-      this.logger.warn({ snapshot_stream_created: manifest.stream_created, stream_created: stream.created }, 'usage stream was recreated since the snapshot');
+      this.logger.warn(
+        { snapshot_stream_created: manifest.stream_created, stream_created: stream.created },
+        'usage stream was recreated since the snapshot',
+      );
       this.rollups.appliedSeq = 0;
       startSeq = firstSeq;
     } else if (firstSeq > startSeq) {
-      this.logger.warn({ lost: firstSeq - startSeq, from_seq: startSeq }, 'events expired from the stream before this snapshot covered them');
+      this.logger.warn(
+        { lost: firstSeq - startSeq, from_seq: startSeq },
+        'events expired from the stream before this snapshot covered them',
+      );
       startSeq = firstSeq;
     }
     this.startPoint = {
@@ -226,7 +249,10 @@ export class UsageAggregator {
             await this.fillGap(message.seq);
           } catch (error) {
             // Not applied, not acknowledged: it comes back, and the gap is tried again before it.
-            this.logger.warn({ err: error, seq: message.seq }, 'could not read the messages before this one; retrying later');
+            this.logger.warn(
+              { err: error, seq: message.seq },
+              'could not read the messages before this one; retrying later',
+            );
             message.nak(1_000);
             continue;
           }
@@ -242,7 +268,8 @@ export class UsageAggregator {
 
   private applyLogged(seq: number, subject: string, data: Uint8Array, storedAtMs: number): void {
     const result = this.rollups.apply({ seq, data, storedAtMs });
-    if (result.outcome === 'invalid') this.logger.warn({ seq, subject, problem: result.problem }, 'skipped a message that is not a usage event');
+    if (result.outcome === 'invalid')
+      this.logger.warn({ seq, subject, problem: result.problem }, 'skipped a message that is not a usage event');
   }
 
   /**
@@ -270,14 +297,21 @@ export class UsageAggregator {
       this.applyLogged(stored.seq, stored.subject, stored.data, stored.time.getTime());
       recovered += 1;
     }
-    if (recovered > 0) this.logger.warn({ recovered, before_seq: nextSeq }, 'read messages missing from the delivery directly from the stream');
+    if (recovered > 0)
+      this.logger.warn(
+        { recovered, before_seq: nextSeq },
+        'read messages missing from the delivery directly from the stream',
+      );
   }
 
   private async watchStatus(messages: ConsumerMessages): Promise<void> {
     try {
       for await (const status of messages.status()) {
         if (status.type === 'consumer_deleted' || status.type === 'consumer_not_found') {
-          this.logger.error({ durable: this.durableName, status: status.type }, 'the durable consumer is gone (another aggregator with the same instance id?)');
+          this.logger.error(
+            { durable: this.durableName, status: status.type },
+            'the durable consumer is gone (another aggregator with the same instance id?)',
+          );
         }
       }
     } catch {
@@ -314,7 +348,8 @@ export class UsageAggregator {
     try {
       const { headers, malformed } = readHeaders(message);
       if (malformed) throw new ProxyError('invalid_request', "the message's header block is malformed");
-      if (!this.secret.allows(headers)) throw new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`);
+      if (!this.secret.allows(headers))
+        throw new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`);
       const text = message.string().trim();
       let body: unknown = {};
       if (text !== '') {
@@ -327,7 +362,11 @@ export class UsageAggregator {
       const encoded = new TextEncoder().encode(JSON.stringify(this.query(body)));
       const maxPayload = this.options.connection.info?.max_payload;
       if (maxPayload !== undefined && encoded.length > maxPayload) {
-        throw new ProxyError('payload_too_large', `the reply (${encoded.length} bytes) exceeds max_payload: narrow the range or group by fewer keys`, { retryable: false });
+        throw new ProxyError(
+          'payload_too_large',
+          `the reply (${encoded.length} bytes) exceeds max_payload: narrow the range or group by fewer keys`,
+          { retryable: false },
+        );
       }
       message.respond(encoded);
     } catch (error) {
@@ -364,23 +403,29 @@ export class UsageAggregator {
   async waitForSeq(seq: number, timeoutMs = 30_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while (this.rollups.appliedSeq < seq) {
-      if (Date.now() > deadline) throw new Error(`aggregator ${this.instanceId} at seq ${this.rollups.appliedSeq}, waited for ${seq}`);
+      if (Date.now() > deadline)
+        throw new Error(`aggregator ${this.instanceId} at seq ${this.rollups.appliedSeq}, waited for ${seq}`);
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
   }
 
   /** Save the rollups now (serialised with the periodic save). */
   snapshot(): Promise<SnapshotManifest> {
-    const next = this.saving.catch(() => undefined).then(async () => {
-      const store = this.store;
-      const stream = this.stream;
-      if (store === undefined || stream === undefined) throw new Error('aggregator not started');
-      // Taken synchronously: a consistent cut between two applied events.
-      const snapshot = this.rollups.toSnapshot();
-      const manifest = await store.save(this.instanceId, snapshot, { name: stream.config.name, created: stream.created });
-      this.lastSnapshot = manifest;
-      return manifest;
-    });
+    const next = this.saving
+      .catch(() => undefined)
+      .then(async () => {
+        const store = this.store;
+        const stream = this.stream;
+        if (store === undefined || stream === undefined) throw new Error('aggregator not started');
+        // Taken synchronously: a consistent cut between two applied events.
+        const snapshot = this.rollups.toSnapshot();
+        const manifest = await store.save(this.instanceId, snapshot, {
+          name: stream.config.name,
+          created: stream.created,
+        });
+        this.lastSnapshot = manifest;
+        return manifest;
+      });
     this.saving = next;
     return next;
   }

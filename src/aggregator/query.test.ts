@@ -12,7 +12,11 @@ const encoder = new TextEncoder();
 function rejects(body: unknown, pattern: RegExp): void {
   assert.throws(
     () => parseUsageQuery(body, NOW),
-    (error: unknown) => error instanceof ProxyError && error.code === 'invalid_request' && error.status === 400 && pattern.test(error.message),
+    (error: unknown) =>
+      error instanceof ProxyError &&
+      error.code === 'invalid_request' &&
+      error.status === 400 &&
+      pattern.test(error.message),
     JSON.stringify(body),
   );
 }
@@ -29,7 +33,10 @@ test('queries are validated field by field', () => {
 });
 
 test('a valid query: relative spans, hour rounding, group_by as one key or several (deduplicated)', () => {
-  const parsed = parseUsageQuery({ agent_id: 'agent:sofia', since: '24h', until: '2026-11-27T21:10:00Z', group_by: ['model', 'day', 'model'] }, NOW);
+  const parsed = parseUsageQuery(
+    { agent_id: 'agent:sofia', since: '24h', until: '2026-11-27T21:10:00Z', group_by: ['model', 'day', 'model'] },
+    NOW,
+  );
   assert.deepEqual(parsed, {
     agent_id: 'agent:sofia',
     sinceHour: Math.floor((NOW - 24 * HOUR_MS) / HOUR_MS),
@@ -41,10 +48,29 @@ test('a valid query: relative spans, hour rounding, group_by as one key or sever
 
 function event(index: number, overrides: Partial<UsageEvent>): UsageEvent {
   return {
-    v: 1, request_id: `r${index}`, ts: '2026-11-27T10:30:00.000Z', agent_id: 'agent:a', microdao_id: 'm:1', channel_id: null,
-    model: 'x', provider: 'openai', model_resolved: 'x', status: 'ok', error_code: null,
-    prompt_tokens: 10, completion_tokens: 5, total_tokens: 15, tokens_estimated: false, cost_usd: 0.1,
-    latency_ms: 100, ttft_ms: null, stream: false, cached: false, attempts: 1, worker_id: 'w', ...overrides,
+    v: 1,
+    request_id: `r${index}`,
+    ts: '2026-11-27T10:30:00.000Z',
+    agent_id: 'agent:a',
+    microdao_id: 'm:1',
+    channel_id: null,
+    model: 'x',
+    provider: 'openai',
+    model_resolved: 'x',
+    status: 'ok',
+    error_code: null,
+    prompt_tokens: 10,
+    completion_tokens: 5,
+    total_tokens: 15,
+    tokens_estimated: false,
+    cost_usd: 0.1,
+    latency_ms: 100,
+    ttft_ms: null,
+    stream: false,
+    cached: false,
+    attempts: 1,
+    worker_id: 'w',
+    ...overrides,
   };
 }
 
@@ -56,7 +82,9 @@ test('totals, filters, groups (sorted by key) and the seed fields first', () => 
     event(3, { agent_id: null, ts: '2026-11-28T01:00:00.000Z', cost_usd: 0.3 }),
     event(4, { provider: 'local', status: 'cancelled', cached: true }),
   ];
-  events.forEach((item, index) => rollups.apply({ seq: index + 1, data: encoder.encode(JSON.stringify(item)), storedAtMs: NOW }));
+  for (const [index, item] of events.entries()) {
+    rollups.apply({ seq: index + 1, data: encoder.encode(JSON.stringify(item)), storedAtMs: NOW });
+  }
 
   const all = runUsageQuery(rollups, parseUsageQuery({}, NOW));
   assert.deepEqual(Object.keys(all).slice(0, 4), ['total_requests', 'total_tokens', 'avg_latency_ms', 'success_rate']);
@@ -70,15 +98,24 @@ test('totals, filters, groups (sorted by key) and the seed fields first', () => 
   assert.equal(all.since, null);
 
   const byAgentDay = runUsageQuery(rollups, parseUsageQuery({ group_by: ['day', 'agent'] }, NOW));
-  assert.deepEqual(byAgentDay.groups.map((group) => [group.key, group.total_requests]), [
-    [{ day: '2026-11-27', agent: 'agent:a' }, 3],
-    [{ day: '2026-11-28', agent: '(none)' }, 1],
-  ]);
+  assert.deepEqual(
+    byAgentDay.groups.map((group) => [group.key, group.total_requests]),
+    [
+      [{ day: '2026-11-27', agent: 'agent:a' }, 3],
+      [{ day: '2026-11-28', agent: '(none)' }, 1],
+    ],
+  );
 
-  const filtered = runUsageQuery(rollups, parseUsageQuery({ provider: 'openai', since: '2026-11-27T10:59:59Z', group_by: 'hour' }, NOW));
+  const filtered = runUsageQuery(
+    rollups,
+    parseUsageQuery({ provider: 'openai', since: '2026-11-27T10:59:59Z', group_by: 'hour' }, NOW),
+  );
   assert.equal(filtered.total_requests, 3, 'since is rounded down to 10:00');
   assert.equal(filtered.since, '2026-11-27T10:00:00.000Z');
-  assert.deepEqual(filtered.groups.map((group) => group.key.hour), ['2026-11-27T10:00Z', '2026-11-28T01:00Z']);
+  assert.deepEqual(
+    filtered.groups.map((group) => group.key.hour),
+    ['2026-11-27T10:00Z', '2026-11-28T01:00Z'],
+  );
 
   const empty = runUsageQuery(rollups, parseUsageQuery({ agent_id: 'nobody' }, NOW));
   assert.equal(empty.total_requests, 0);

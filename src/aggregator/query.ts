@@ -42,12 +42,14 @@ function invalid(message: string): ProxyError {
 
 /** Validate a query body (already JSON-decoded); bad fields become `invalid_request` naming the field. */
 export function parseUsageQuery(body: unknown, now: number): ParsedUsageQuery {
-  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw invalid('the query must be a JSON object');
+  if (body === null || typeof body !== 'object' || Array.isArray(body))
+    throw invalid('the query must be a JSON object');
   const result = usageQuerySchema.safeParse(body);
   if (!result.success) {
     const issue = result.error.issues[0];
     if (issue === undefined) throw invalid('invalid query');
-    if (issue.code === 'unrecognized_keys') throw invalid(`unknown field ${issue.keys.map((key) => `"${key}"`).join(', ')}`);
+    if (issue.code === 'unrecognized_keys')
+      throw invalid(`unknown field ${issue.keys.map((key) => `"${key}"`).join(', ')}`);
     const path = issue.path.length === 0 ? 'query' : String(issue.path[0]);
     if (path === 'group_by') throw invalid(`group_by: must be one or more of ${USAGE_GROUP_KEYS.join(', ')}`);
     throw invalid(`${path}: ${issue.message}`);
@@ -62,7 +64,10 @@ export function parseUsageQuery(body: unknown, now: number): ParsedUsageQuery {
     const value = query[field];
     if (value === undefined) continue;
     const instant = parseInstant(value, now);
-    if (instant === undefined) throw invalid(`${field}: ${JSON.stringify(value)} is neither an ISO 8601 timestamp nor a span such as 7d, 24h, 30m`);
+    if (instant === undefined)
+      throw invalid(
+        `${field}: ${JSON.stringify(value)} is neither an ISO 8601 timestamp nor a span such as 7d, 24h, 30m`,
+      );
     if (field === 'since') parsed.sinceHour = sinceHourOf(instant);
     else parsed.untilHour = untilHourOf(instant);
   }
@@ -80,7 +85,19 @@ class Accumulator {
   costNano = 0n;
 
   add(cell: Cell): void {
-    for (const name of ['requests', 'ok', 'error', 'rejected', 'cancelled', 'cached', 'tokens_estimated', 'prompt_tokens', 'completion_tokens', 'total_tokens', 'latency_us'] as const) {
+    for (const name of [
+      'requests',
+      'ok',
+      'error',
+      'rejected',
+      'cancelled',
+      'cached',
+      'tokens_estimated',
+      'prompt_tokens',
+      'completion_tokens',
+      'total_tokens',
+      'latency_us',
+    ] as const) {
       this.counts.set(name, (this.counts.get(name) ?? 0) + counter(cell, name));
     }
     this.costNano += BigInt(counter(cell, 'cost_nanousd'));

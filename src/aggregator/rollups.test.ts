@@ -9,11 +9,28 @@ const encoder = new TextEncoder();
 
 function event(requestId: string, overrides: Partial<UsageEvent> = {}): UsageEvent {
   return {
-    v: 1, request_id: requestId, ts: new Date(T0 + 60_000).toISOString(),
-    agent_id: 'agent:sofia', microdao_id: 'microdao:7', channel_id: null,
-    model: 'gpt-4.1-mini', provider: 'openai', model_resolved: 'gpt-4-1106-preview',
-    status: 'ok', error_code: null, prompt_tokens: 25, completion_tokens: 10, total_tokens: 35, tokens_estimated: false,
-    cost_usd: 0.00055, latency_ms: 1234.5, ttft_ms: null, stream: false, cached: false, attempts: 1, worker_id: 'w1',
+    v: 1,
+    request_id: requestId,
+    ts: new Date(T0 + 60_000).toISOString(),
+    agent_id: 'agent:sofia',
+    microdao_id: 'microdao:7',
+    channel_id: null,
+    model: 'gpt-4.1-mini',
+    provider: 'openai',
+    model_resolved: 'gpt-4-1106-preview',
+    status: 'ok',
+    error_code: null,
+    prompt_tokens: 25,
+    completion_tokens: 10,
+    total_tokens: 35,
+    tokens_estimated: false,
+    cost_usd: 0.00055,
+    latency_ms: 1234.5,
+    ttft_ms: null,
+    stream: false,
+    cached: false,
+    attempts: 1,
+    worker_id: 'w1',
     ...overrides,
   };
 }
@@ -33,7 +50,10 @@ test('an event is counted once per request id; a replayed sequence is ignored', 
   assert.equal(rollups.apply(message(1, event('r1'))).outcome, 'counted');
   assert.equal(rollups.apply(message(2, event('r1'))).outcome, 'duplicate');
   assert.equal(rollups.apply(message(2, event('r2'))).outcome, 'already-applied');
-  assert.equal(rollups.apply(message(3, event('r2', { status: 'error', cached: true, tokens_estimated: true }))).outcome, 'counted');
+  assert.equal(
+    rollups.apply(message(3, event('r2', { status: 'error', cached: true, tokens_estimated: true }))).outcome,
+    'counted',
+  );
   const cell = onlyCell(rollups);
   assert.equal(counter(cell, 'requests'), 2);
   assert.equal(counter(cell, 'ok'), 1);
@@ -93,7 +113,15 @@ test('a snapshot restores the same state, seen ids included', () => {
 
 test('a snapshot with counters in another order (or missing ones) loads by name', () => {
   const rollups = UsageRollups.fromSnapshot(
-    { v: 1, seq: 7, dedup_horizon_ms: HOUR_MS, counters: ['total_tokens', 'requests'], cells: [[100, 'a', null, 'm', 'p', 35, 2]], seen: [], stats: { events: 2, duplicates: 0, invalid: 0 } },
+    {
+      v: 1,
+      seq: 7,
+      dedup_horizon_ms: HOUR_MS,
+      counters: ['total_tokens', 'requests'],
+      cells: [[100, 'a', null, 'm', 'p', 35, 2]],
+      seen: [],
+      stats: { events: 2, duplicates: 0, invalid: 0 },
+    },
     HOUR_MS,
   );
   const cell = onlyCell(rollups);

@@ -115,7 +115,10 @@ export class UsageRollups {
     if (!parsed.success) {
       this.stats.invalid += 1;
       const issue = parsed.error.issues[0];
-      return { outcome: 'invalid', problem: issue === undefined ? 'invalid' : `${issue.path.join('.')}: ${issue.message}` };
+      return {
+        outcome: 'invalid',
+        problem: issue === undefined ? 'invalid' : `${issue.path.join('.')}: ${issue.message}`,
+      };
     }
     const event = parsed.data;
     const key = usageEventKey(event);

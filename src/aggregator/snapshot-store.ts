@@ -53,20 +53,34 @@ export class SnapshotStore {
   ) {}
 
   /** `replicas`: as many as the usage stream has, so the snapshots are as safe as the events. */
-  static async open(connection: NatsConnection, bucket: string, options: { chunkBytes?: number; replicas?: number } = {}): Promise<SnapshotStore> {
+  static async open(
+    connection: NatsConnection,
+    bucket: string,
+    options: { chunkBytes?: number; replicas?: number } = {},
+  ): Promise<SnapshotStore> {
     const kv = await new Kvm(connection).create(bucket, { history: 1, replicas: options.replicas ?? 1 });
     const maxPayload = connection.info?.max_payload ?? 1024 * 1024;
-    const size = Math.max(1024, Math.min(options.chunkBytes ?? Number.POSITIVE_INFINITY, maxPayload - HEADER_ALLOWANCE));
+    const size = Math.max(
+      1024,
+      Math.min(options.chunkBytes ?? Number.POSITIVE_INFINITY, maxPayload - HEADER_ALLOWANCE),
+    );
     return new SnapshotStore(kv, bucket, size);
   }
 
-  async save(instance: string, snapshot: RollupSnapshot, stream: { name: string; created: string }): Promise<SnapshotManifest> {
+  async save(
+    instance: string,
+    snapshot: RollupSnapshot,
+    stream: { name: string; created: string },
+  ): Promise<SnapshotManifest> {
     const previous = await this.manifest(instance);
     const slot = previous?.slot === 'a' ? 'b' : 'a';
     const body = gzipSync(encoder.encode(JSON.stringify(snapshot)));
     const chunks = Math.max(1, Math.ceil(body.length / this.chunkBytes));
     for (let index = 0; index < chunks; index += 1) {
-      await this.kv.put(chunkKey(instance, slot, index), body.subarray(index * this.chunkBytes, (index + 1) * this.chunkBytes));
+      await this.kv.put(
+        chunkKey(instance, slot, index),
+        body.subarray(index * this.chunkBytes, (index + 1) * this.chunkBytes),
+      );
     }
     const manifest: SnapshotManifest = {
       v: 1,
@@ -111,7 +125,8 @@ export class SnapshotStore {
     const parts: Uint8Array[] = [];
     for (let index = 0; index < manifest.chunks; index += 1) {
       const entry = await this.kv.get(chunkKey(manifest.instance, manifest.slot, index));
-      if (entry === null || entry.operation !== 'PUT') throw new Error(`snapshot chunk ${index} of ${manifest.instance} is missing`);
+      if (entry === null || entry.operation !== 'PUT')
+        throw new Error(`snapshot chunk ${index} of ${manifest.instance} is missing`);
       parts.push(entry.value);
     }
     const body = Buffer.concat(parts);

@@ -5,9 +5,19 @@ import { formatCsv, formatTable } from './usage-report.js';
 
 function totals(requests: number, cost: number): AggregatedTotals {
   return {
-    total_requests: requests, total_tokens: requests * 30, avg_latency_ms: 812.25, success_rate: 0.975,
-    prompt_tokens: requests * 20, completion_tokens: requests * 10, cost_usd: cost,
-    ok: requests - 1, errors: 1, rejected: 0, cancelled: 0, cached: 2, tokens_estimated: 0,
+    total_requests: requests,
+    total_tokens: requests * 30,
+    avg_latency_ms: 812.25,
+    success_rate: 0.975,
+    prompt_tokens: requests * 20,
+    completion_tokens: requests * 10,
+    cost_usd: cost,
+    ok: requests - 1,
+    errors: 1,
+    rejected: 0,
+    cancelled: 0,
+    cached: 2,
+    tokens_estimated: 0,
   };
 }
 
@@ -23,14 +33,19 @@ const reply: AggregatedReply = {
 
 test('CSV: group keys then counters, cost to nine decimals, cells quoted and defused for spreadsheets', () => {
   const lines = formatCsv(reply).trimEnd().split('\n');
-  assert.equal(lines[0], 'model,total_requests,ok,errors,rejected,cancelled,cached,tokens_estimated,prompt_tokens,completion_tokens,total_tokens,cost_usd,avg_latency_ms,success_rate');
+  assert.equal(
+    lines[0],
+    'model,total_requests,ok,errors,rejected,cancelled,cached,tokens_estimated,prompt_tokens,completion_tokens,total_tokens,cost_usd,avg_latency_ms,success_rate',
+  );
   assert.equal(lines[1], 'gpt-4.1-mini,2000,1999,1,0,0,2,0,40000,20000,60000,12.300000000,812.25,0.975');
   assert.ok(lines[2]?.startsWith(`"'=cmd|""x"",y",1000,`), lines[2]);
   assert.equal(lines.length, 3);
 });
 
 test('CSV without groups is one row of totals', () => {
-  const lines = formatCsv({ ...reply, groups: [] }).trimEnd().split('\n');
+  const lines = formatCsv({ ...reply, groups: [] })
+    .trimEnd()
+    .split('\n');
   assert.equal(lines.length, 2);
   assert.match(lines[1] ?? '', /^3000,2999,1,0,0,2,0,60000,30000,90000,12\.345678901,812\.25,0\.975$/);
 });
@@ -44,5 +59,9 @@ test('the table shows the totals, then one aligned row per group', () => {
   assert.match(text, /cost {10}\$12\.345679/);
   const header = lines.find((line) => line.includes('REQUESTS')) ?? '';
   const row = lines.find((line) => line.includes('gpt-4.1-mini')) ?? '';
-  assert.equal(row.indexOf('2,000') + '2,000'.length, header.indexOf('REQUESTS') + 'REQUESTS'.length, 'numbers are right-aligned under their header');
+  assert.equal(
+    row.indexOf('2,000') + '2,000'.length,
+    header.indexOf('REQUESTS') + 'REQUESTS'.length,
+    'numbers are right-aligned under their header',
+  );
 });

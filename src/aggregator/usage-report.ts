@@ -52,9 +52,14 @@ export function formatCsv(reply: AggregatedReply): string {
   const rows: Array<{ key: AggregatedGroup['key']; totals: AggregatedTotals }> =
     keys.length === 0 ? [{ key: {}, totals: reply }] : reply.groups.map((group) => ({ key: group.key, totals: group }));
   for (const row of rows) {
-    lines.push([...keys.map((key) => csvCell(row.key[key] ?? '')), ...CSV_COUNTERS.map((name) => csvNumber(name, row.totals))].join(','));
+    lines.push(
+      [
+        ...keys.map((key) => csvCell(row.key[key] ?? '')),
+        ...CSV_COUNTERS.map((name) => csvNumber(name, row.totals)),
+      ].join(','),
+    );
   }
-  return lines.join('\n') + '\n';
+  return `${lines.join('\n')}\n`;
 }
 
 const integer = new Intl.NumberFormat('en-US', { maximumFractionDigits: 0 });
@@ -85,7 +90,16 @@ export function formatTable(reply: AggregatedReply, title: ReportTitle): string 
   ];
   const keys = groupKeysOf(reply);
   if (keys.length > 0) {
-    const header = [...keys.map((key) => key.toUpperCase()), 'REQUESTS', 'SUCCESS', 'PROMPT', 'COMPLETION', 'TOTAL TOKENS', 'COST USD', 'AVG MS'];
+    const header = [
+      ...keys.map((key) => key.toUpperCase()),
+      'REQUESTS',
+      'SUCCESS',
+      'PROMPT',
+      'COMPLETION',
+      'TOTAL TOKENS',
+      'COST USD',
+      'AVG MS',
+    ];
     const rows = reply.groups.map((group) => [
       ...keys.map((key) => group.key[key] ?? ''),
       integer.format(group.total_requests),
@@ -100,5 +114,5 @@ export function formatTable(reply: AggregatedReply, title: ReportTitle): string 
   } else if (reply.total_requests === 0) {
     lines.push('', '  (no requests in this range)');
   }
-  return lines.join('\n') + '\n';
+  return `${lines.join('\n')}\n`;
 }

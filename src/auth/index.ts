@@ -1,1 +1,9 @@
-export { headerValue, readHeaders, type ReadHeaders, SECRET_ENV, SecretCheck, SecretSettingError, secretFromEnv } from './secret.js';
+export {
+  headerValue,
+  readHeaders,
+  type ReadHeaders,
+  SECRET_ENV,
+  SecretCheck,
+  SecretSettingError,
+  secretFromEnv,
+} from './secret.js';

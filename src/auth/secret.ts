@@ -22,7 +22,9 @@ export function secretFromEnv(env: NodeJS.ProcessEnv): string | undefined {
   const value = env[SECRET_ENV];
   if (value === undefined) return undefined;
   if (value.trim() === '') {
-    throw new SecretSettingError(`${SECRET_ENV} is set but empty: set it to the secret, or unset it to run without one`);
+    throw new SecretSettingError(
+      `${SECRET_ENV} is set but empty: set it to the secret, or unset it to run without one`,
+    );
   }
   return value;
 }

@@ -35,7 +35,8 @@ function splitServers(servers: string | string[]): string[] {
 export function connectionOptions(settings: ConnectionSettings = {}): NodeConnectionOptions {
   const env = settings.env ?? process.env;
   const nats = settings.nats ?? {};
-  const pick = (configured: string | undefined, fallback: string) => (configured === undefined ? env[fallback] : env[configured]) || undefined;
+  const pick = (configured: string | undefined, fallback: string) =>
+    (configured === undefined ? env[fallback] : env[configured]) || undefined;
 
   const options: NodeConnectionOptions = {
     servers: splitServers(settings.servers ?? natsUrlFromEnv(env)),
@@ -70,7 +71,8 @@ export function connectionOptions(settings: ConnectionSettings = {}): NodeConnec
     // Read at every (re)connect so that a rotated creds file is picked up.
     authenticators.push(credsAuthenticator(() => readFileSync(credsFile)));
   }
-  if (authenticators.length > 0) options.authenticator = authenticators.length === 1 ? authenticators[0] : authenticators;
+  if (authenticators.length > 0)
+    options.authenticator = authenticators.length === 1 ? authenticators[0] : authenticators;
 
   if (nats.tls !== undefined) {
     options.tls = {
@@ -88,5 +90,10 @@ export function connectToNats(settings: ConnectionSettings = {}): Promise<NatsCo
 
 /** A short connect for CLI tools: fail fast instead of waiting forever for a server. */
 export function connectOnce(settings: ConnectionSettings = {}): Promise<NatsConnection> {
-  return connect({ ...connectionOptions(settings), waitOnFirstConnect: false, maxReconnectAttempts: 0, timeout: 3_000 });
+  return connect({
+    ...connectionOptions(settings),
+    waitOnFirstConnect: false,
+    maxReconnectAttempts: 0,
+    timeout: 3_000,
+  });
 }

@@ -56,7 +56,12 @@ export interface DevNatsServer {
  * JetStream store under `storeDir` (default `.llm-proxy/nats`), and waits
  * until it answers. For development only: production runs its own server.
  */
-export async function startDevNatsServer(options: { url: string; executable: string; storeDir?: string; timeoutMs?: number }): Promise<DevNatsServer> {
+export async function startDevNatsServer(options: {
+  url: string;
+  executable: string;
+  storeDir?: string;
+  timeoutMs?: number;
+}): Promise<DevNatsServer> {
   const parsed = new URL(options.url.includes('://') ? options.url : `nats://${options.url}`);
   const port = parsed.port || '4222';
   const host = parsed.hostname === 'localhost' ? '127.0.0.1' : parsed.hostname;
@@ -78,11 +83,14 @@ export async function startDevNatsServer(options: { url: string; executable: str
   const deadline = Date.now() + (options.timeoutMs ?? 10_000);
   const url = `nats://${host}:${port}`;
   for (;;) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`nats-server exited at start: ${stderr.trim().slice(-1_000)}`);
+    if (child.exitCode !== null || child.signalCode !== null)
+      throw new Error(`nats-server exited at start: ${stderr.trim().slice(-1_000)}`);
     if (await isNatsReachable(url, 500)) break;
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
-      throw new Error(`nats-server did not answer at ${url} within ${options.timeoutMs ?? 10_000} ms: ${stderr.trim().slice(-1_000)}`);
+      throw new Error(
+        `nats-server did not answer at ${url} within ${options.timeoutMs ?? 10_000} ms: ${stderr.trim().slice(-1_000)}`,
+      );
     }
     await new Promise((resolveWait) => setTimeout(resolveWait, 100));
   }

@@ -6,11 +6,14 @@ test('numeric flags: absent → undefined; a bad value is a UsageError naming th
   assert.equal(parseNumberFlag('--timeout-ms', undefined, isPositiveInteger, 'a positive integer'), undefined);
   assert.equal(parseNumberFlag('--timeout-ms', '250', isPositiveInteger, 'a positive integer'), 250);
   for (const bad of ['', ' ', '0', '-5', '1.5', 'soon']) {
-    assert.throws(() => parseNumberFlag('--timeout-ms', bad, isPositiveInteger, 'a positive integer'), (error: unknown) => {
-      assert.ok(error instanceof UsageError);
-      assert.equal(error.message, `--timeout-ms must be a positive integer, got "${bad}"`);
-      return true;
-    });
+    assert.throws(
+      () => parseNumberFlag('--timeout-ms', bad, isPositiveInteger, 'a positive integer'),
+      (error: unknown) => {
+        assert.ok(error instanceof UsageError);
+        assert.equal(error.message, `--timeout-ms must be a positive integer, got "${bad}"`);
+        return true;
+      },
+    );
   }
 });
 

@@ -28,10 +28,16 @@ export function parseCommandLine<T extends ParseArgsConfig>(config: T): ReturnTy
 }
 
 /** A numeric flag: undefined when absent, a UsageError naming the flag when it is not `expected`. */
-export function parseNumberFlag(flag: string, value: string | undefined, check: (number: number) => boolean, expected: string): number | undefined {
+export function parseNumberFlag(
+  flag: string,
+  value: string | undefined,
+  check: (number: number) => boolean,
+  expected: string,
+): number | undefined {
   if (value === undefined) return undefined;
   const number = Number(value);
-  if (value.trim() === '' || !Number.isFinite(number) || !check(number)) throw new UsageError(`${flag} must be ${expected}, got "${value}"`);
+  if (value.trim() === '' || !Number.isFinite(number) || !check(number))
+    throw new UsageError(`${flag} must be ${expected}, got "${value}"`);
   return number;
 }
 

@@ -17,9 +17,17 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
 };
 
 function printOverview(): void {
-  const lines = ['llm-proxy: a multi-provider LLM gateway on NATS', '', 'Usage: llm-proxy <command> [options]', '', 'Commands:'];
-  process.stdout.write(lines.join('\n') + '\n');
-  void Promise.all(Object.entries(COMMANDS).map(async ([name, load]) => [name, (await load()).command.summary] as const)).then((rows) => {
+  const lines = [
+    'llm-proxy: a multi-provider LLM gateway on NATS',
+    '',
+    'Usage: llm-proxy <command> [options]',
+    '',
+    'Commands:',
+  ];
+  process.stdout.write(`${lines.join('\n')}\n`);
+  void Promise.all(
+    Object.entries(COMMANDS).map(async ([name, load]) => [name, (await load()).command.summary] as const),
+  ).then((rows) => {
     for (const [name, summary] of rows) process.stdout.write(`  ${name.padEnd(14)} ${summary}\n`);
     process.stdout.write('\nRun `llm-proxy <command> --help` for the options of one command.\n');
   });
@@ -38,7 +46,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const { command } = await load();
   if (rest.includes('--help') || rest.includes('-h')) {
-    process.stdout.write(command.help.trimEnd() + '\n');
+    process.stdout.write(`${command.help.trimEnd()}\n`);
     return 0;
   }
   return command.run(rest);

@@ -8,13 +8,19 @@ test('pretenuring: the operator choice on the command line or in NODE_OPTIONS is
   assert.equal(pretenuringChosenByOperator(['--allocation-site-pretenuring'], undefined), true);
   assert.equal(pretenuringChosenByOperator([], '--enable-source-maps --no-allocation_site_pretenuring'), true);
   const given: string[] = [];
-  assert.deepEqual(tuneV8ForWorker(['--allocation-site-pretenuring'], undefined, (flag) => given.push(flag)), []);
+  assert.deepEqual(
+    tuneV8ForWorker(['--allocation-site-pretenuring'], undefined, (flag) => given.push(flag)),
+    [],
+  );
   assert.deepEqual(given, [], 'V8 is told nothing');
 });
 
 test('pretenuring: switched off otherwise, by telling V8', () => {
   const given: string[] = [];
-  assert.deepEqual(tuneV8ForWorker([], '', (flag) => given.push(flag)), ['--no-allocation-site-pretenuring']);
+  assert.deepEqual(
+    tuneV8ForWorker([], '', (flag) => given.push(flag)),
+    ['--no-allocation-site-pretenuring'],
+  );
   assert.deepEqual(given, ['--no-allocation-site-pretenuring']);
   // And V8 itself takes it (an unknown or malformed flag would be reported on stderr, not thrown).
   assert.deepEqual(tuneV8ForWorker([], ''), ['--no-allocation-site-pretenuring']);

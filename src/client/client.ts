@@ -4,7 +4,15 @@
  * produces them. Every failure is an `LlmProxyError`.
  */
 import { connect, type NatsConnection, type NodeConnectionOptions } from '@nats-io/transport-node';
-import { DEFAULT_SUBJECT_PREFIX, HEADERS, isErrorReply, subjectsFor, type ChatReply, type ChatRequest, type Subjects } from '../contract/index.js';
+import {
+  DEFAULT_SUBJECT_PREFIX,
+  HEADERS,
+  isErrorReply,
+  subjectsFor,
+  type ChatReply,
+  type ChatRequest,
+  type Subjects,
+} from '../contract/index.js';
 import { LlmProxyError, errorFromBody, errorFromNats, errorFromServiceHeaders } from './errors.js';
 import { assertFitsMaxPayload, buildEnvelope, publishCancel, type Envelope } from './request-envelope.js';
 import { startChatStream, type ChatStream } from './stream.js';
@@ -67,7 +75,8 @@ export interface LlmProxyClient {
 
 function positive(name: string, value: number | undefined, fallback: number): number {
   if (value === undefined) return fallback;
-  if (!Number.isFinite(value) || value <= 0) throw new TypeError(`${name} must be a positive number of milliseconds, got ${value}`);
+  if (!Number.isFinite(value) || value <= 0)
+    throw new TypeError(`${name} must be a positive number of milliseconds, got ${value}`);
   return value;
 }
 
@@ -83,7 +92,11 @@ export function createClient(options: ClientOptions): LlmProxyClient | Promise<L
     secret: options.secret,
     timeoutMs: positive('timeoutMs', options.timeoutMs, DEFAULT_TIMEOUT_MS),
     idleTimeoutMs: positive('idleTimeoutMs', options.idleTimeoutMs, DEFAULT_IDLE_TIMEOUT_MS),
-    firstMessageTimeoutMs: positive('firstMessageTimeoutMs', options.firstMessageTimeoutMs, DEFAULT_FIRST_MESSAGE_TIMEOUT_MS),
+    firstMessageTimeoutMs: positive(
+      'firstMessageTimeoutMs',
+      options.firstMessageTimeoutMs,
+      DEFAULT_FIRST_MESSAGE_TIMEOUT_MS,
+    ),
     inboxPrefix: options.inboxPrefix,
   };
   if (options.connection !== undefined) {
@@ -133,7 +146,8 @@ class NatsLlmProxyClient implements LlmProxyClient {
     if (envelope instanceof LlmProxyError) throw envelope;
     const { requestId, timeoutMs } = envelope;
     const signal = options.signal;
-    if (signal?.aborted === true) throw new LlmProxyError('cancelled', 'cancelled before sending', { requestId, cause: signal.reason });
+    if (signal?.aborted === true)
+      throw new LlmProxyError('cancelled', 'cancelled before sending', { requestId, cause: signal.reason });
     assertFitsMaxPayload(connection, envelope);
 
     // nats.js requests take no AbortSignal: race the reply against the abort, and
@@ -149,13 +163,17 @@ class NatsLlmProxyClient implements LlmProxyClient {
             };
             signal.addEventListener('abort', onAbort, { once: true });
           });
-    let message;
+    let message: Awaited<ReturnType<NatsConnection['request']>>;
     try {
-      const reply = connection.request(subjects.request, envelope.body, { timeout: timeoutMs, headers: envelope.headers });
+      const reply = connection.request(subjects.request, envelope.body, {
+        timeout: timeoutMs,
+        headers: envelope.headers,
+      });
       message = await (aborted === undefined ? reply : Promise.race([reply, aborted]));
     } catch (error) {
       const failure = errorFromNats(error, { subject: subjects.request, timeoutMs, requestId });
-      if (failure.code === 'upstream_timeout') publishCancel(this.#settings.connection, this.#settings.subjects, this.#settings.secret, requestId);
+      if (failure.code === 'upstream_timeout')
+        publishCancel(this.#settings.connection, this.#settings.subjects, this.#settings.secret, requestId);
       throw failure;
     } finally {
       if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort);
@@ -166,18 +184,21 @@ class NatsLlmProxyClient implements LlmProxyClient {
       body = message.json();
     } catch {
       const status = message.headers?.get(HEADERS.serviceErrorCode) ?? '';
-      if (status !== '') throw errorFromServiceHeaders(status, message.headers?.get(HEADERS.serviceError) ?? '', requestId);
+      if (status !== '')
+        throw errorFromServiceHeaders(status, message.headers?.get(HEADERS.serviceError) ?? '', requestId);
       throw new LlmProxyError('upstream_error', 'worker sent a reply that is not JSON', { requestId });
     }
     if (isErrorReply(body)) throw errorFromBody(body.error, requestId);
-    if (typeof body !== 'object' || body === null) throw new LlmProxyError('upstream_error', 'worker sent a reply that is not an object', { requestId });
+    if (typeof body !== 'object' || body === null)
+      throw new LlmProxyError('upstream_error', 'worker sent a reply that is not an object', { requestId });
     return body as ChatReply;
   }
 
   stream(request: ChatRequest, options: StreamOptions = {}): ChatStream {
     const settings = this.#settings;
     const envelope = this.#envelope(request, true, options);
-    const requestId = envelope instanceof LlmProxyError ? (envelope.requestId ?? request.request_id ?? '') : envelope.requestId;
+    const requestId =
+      envelope instanceof LlmProxyError ? (envelope.requestId ?? request.request_id ?? '') : envelope.requestId;
     const totalMs = envelope instanceof LlmProxyError ? 1 : envelope.timeoutMs;
     return startChatStream({
       connection: settings.connection,

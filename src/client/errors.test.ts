@@ -8,7 +8,13 @@ const context = { subject: 'llm.proxy.request', timeoutMs: 1_500, requestId: 'r-
 
 test('every wire code round-trips through errorFromBody with its status and the retryable the worker chose', () => {
   for (const [code, status] of Object.entries(ERROR_STATUS) as Array<[ErrorCode, number]>) {
-    const error = errorFromBody({ code, status, message: `m-${code}`, retryable: code === 'internal', request_id: 'r-9' });
+    const error = errorFromBody({
+      code,
+      status,
+      message: `m-${code}`,
+      retryable: code === 'internal',
+      request_id: 'r-9',
+    });
     assert.ok(error instanceof LlmProxyError && error instanceof ProxyError);
     assert.equal(error.code, code);
     assert.equal(error.status, status);
@@ -23,7 +29,14 @@ test('retry_after_ms and attempts are kept; toJSON gives the wire body back', ()
     { model: 'm', provider: 'a', model_resolved: 'x', error_code: 'upstream_error', latency_ms: 10 },
     { model: 'm', provider: 'b', model_resolved: 'y', error_code: 'upstream_timeout', latency_ms: 20 },
   ];
-  const body = { code: 'no_provider_available' as const, status: 503, message: 'all deployments failed', retryable: true, retry_after_ms: 1200, attempts };
+  const body = {
+    code: 'no_provider_available' as const,
+    status: 503,
+    message: 'all deployments failed',
+    retryable: true,
+    retry_after_ms: 1200,
+    attempts,
+  };
   const error = errorFromBody(body, 'r-2');
   assert.equal(error.retryAfterMs, 1200);
   assert.deepEqual(error.attempts, attempts);
@@ -31,7 +44,12 @@ test('retry_after_ms and attempts are kept; toJSON gives the wire body back', ()
 });
 
 test('an unknown code from a newer worker is read through its status; a missing message gets one', () => {
-  const unknown = errorFromBody({ code: 'quota_frozen' as ErrorCode, status: 429, message: 'frozen', retryable: false });
+  const unknown = errorFromBody({
+    code: 'quota_frozen' as ErrorCode,
+    status: 429,
+    message: 'frozen',
+    retryable: false,
+  });
   assert.equal(unknown.code, 'rate_limited');
   assert.equal(unknown.retryable, false);
   assert.equal(errorFromBody({ code: 'brand_new' as ErrorCode, status: 599 } as never).code, 'upstream_error');
@@ -48,7 +66,9 @@ test('service headers alone map through their status', () => {
 });
 
 test('nats.js failures map to the contract codes', () => {
-  const noResponders = new natsErrors.RequestError('no responders', { cause: new natsErrors.NoRespondersError('llm.proxy.request') });
+  const noResponders = new natsErrors.RequestError('no responders', {
+    cause: new natsErrors.NoRespondersError('llm.proxy.request'),
+  });
   const cases: Array<[unknown, ErrorCode]> = [
     [noResponders, 'no_provider_available'],
     [new natsErrors.TimeoutError(), 'upstream_timeout'],
@@ -65,5 +85,8 @@ test('nats.js failures map to the contract codes', () => {
   }
   assert.match(errorFromNats(noResponders, context).message, /no worker is listening on llm\.proxy\.request/);
   assert.match(errorFromNats(new natsErrors.TimeoutError(), context).message, /1500 ms/);
-  assert.equal(errorFromNats(new ProxyError('rate_limited', 'slow down', { retryAfterMs: 5 }), context).retryAfterMs, 5);
+  assert.equal(
+    errorFromNats(new ProxyError('rate_limited', 'slow down', { retryAfterMs: 5 }), context).retryAfterMs,
+    5,
+  );
 });

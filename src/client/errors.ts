@@ -76,7 +76,11 @@ export function errorFromBody(body: Partial<ErrorBody> | undefined, requestId?: 
 export function errorFromServiceHeaders(statusText: string, description: string, requestId?: string): LlmProxyError {
   const status = Number.parseInt(statusText, 10);
   const code = codeFor(undefined, Number.isFinite(status) ? status : undefined);
-  return new LlmProxyError(code, description === '' ? `worker answered ${code}` : description, requestId === undefined ? {} : { requestId });
+  return new LlmProxyError(
+    code,
+    description === '' ? `worker answered ${code}` : description,
+    requestId === undefined ? {} : { requestId },
+  );
 }
 
 export interface NatsFailureContext {
@@ -90,19 +94,38 @@ export function errorFromNats(error: unknown, context: NatsFailureContext): LlmP
   const requestId = context.requestId;
   if (error instanceof LlmProxyError) return error;
   if (error instanceof natsErrors.RequestError && error.isNoResponders()) {
-    return new LlmProxyError('no_provider_available', `no worker is listening on ${context.subject}`, { requestId, cause: error });
+    return new LlmProxyError('no_provider_available', `no worker is listening on ${context.subject}`, {
+      requestId,
+      cause: error,
+    });
   }
   if (error instanceof natsErrors.NoRespondersError) {
-    return new LlmProxyError('no_provider_available', `no worker is listening on ${context.subject}`, { requestId, cause: error });
+    return new LlmProxyError('no_provider_available', `no worker is listening on ${context.subject}`, {
+      requestId,
+      cause: error,
+    });
   }
-  if (error instanceof natsErrors.TimeoutError || (error instanceof natsErrors.RequestError && error.cause instanceof natsErrors.TimeoutError)) {
-    return new LlmProxyError('upstream_timeout', `no reply within ${context.timeoutMs} ms`, { requestId, cause: error });
+  if (
+    error instanceof natsErrors.TimeoutError ||
+    (error instanceof natsErrors.RequestError && error.cause instanceof natsErrors.TimeoutError)
+  ) {
+    return new LlmProxyError('upstream_timeout', `no reply within ${context.timeoutMs} ms`, {
+      requestId,
+      cause: error,
+    });
   }
   if (error instanceof natsErrors.InvalidArgumentError && /max_payload/.test(error.message)) {
-    return new LlmProxyError('payload_too_large', 'request is larger than the NATS server max_payload', { requestId, cause: error });
+    return new LlmProxyError('payload_too_large', 'request is larger than the NATS server max_payload', {
+      requestId,
+      cause: error,
+    });
   }
   if (error instanceof natsErrors.ClosedConnectionError || error instanceof natsErrors.DrainingConnectionError) {
-    return new LlmProxyError('internal', 'the NATS connection is closed', { requestId, cause: error, retryable: false });
+    return new LlmProxyError('internal', 'the NATS connection is closed', {
+      requestId,
+      cause: error,
+      retryable: false,
+    });
   }
   if (error instanceof ProxyError) {
     const options: LlmProxyErrorOptions = { requestId, cause: error, retryable: error.retryable };

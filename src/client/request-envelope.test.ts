@@ -8,7 +8,15 @@ import type { ChatRequest } from '../contract/index.js';
 const base: ChatRequest = { model: 'm', messages: [{ role: 'user', content: 'hi' }] };
 
 function envelope(overrides: Partial<EnvelopeInput>) {
-  const built = buildEnvelope({ request: base, stream: false, callTimeoutMs: undefined, clientTimeoutMs: 120_000, secret: undefined, extraHeaders: undefined, ...overrides });
+  const built = buildEnvelope({
+    request: base,
+    stream: false,
+    callTimeoutMs: undefined,
+    clientTimeoutMs: 120_000,
+    secret: undefined,
+    extraHeaders: undefined,
+    ...overrides,
+  });
   return { ...built, sent: JSON.parse(new TextDecoder().decode(built.body)) as ChatRequest };
 }
 
@@ -43,7 +51,10 @@ test('request_id is generated when absent and kept when given; stream is set for
   assert.equal(envelope({ request: { ...base, request_id: 'mine' } }).requestId, 'mine');
   assert.equal(envelope({ stream: true }).sent.stream, true);
   assert.equal(envelope({}).sent.stream, undefined);
-  assert.throws(() => envelope({ request: { ...base, stream: true } }), (error: unknown) => error instanceof LlmProxyError && error.code === 'invalid_request');
+  assert.throws(
+    () => envelope({ request: { ...base, stream: true } }),
+    (error: unknown) => error instanceof LlmProxyError && error.code === 'invalid_request',
+  );
 });
 
 test('headers: the secret when given, extra headers kept, nothing else without an OTel SDK; none at all when empty', () => {

@@ -125,7 +125,12 @@ export function assertFitsMaxPayload(connection: NatsConnection, envelope: Envel
  * connection cannot say it, and the worker's deadline or its heartbeat's
  * no-responders still stop the call.
  */
-export function publishCancel(connection: NatsConnection, subjects: Subjects, secret: string | undefined, requestId: string): void {
+export function publishCancel(
+  connection: NatsConnection,
+  subjects: Subjects,
+  secret: string | undefined,
+  requestId: string,
+): void {
   if (connection.isClosed()) return;
   try {
     connection.publish(subjects.cancel, JSON.stringify({ request_id: requestId }), { headers: buildHeaders(secret) });

@@ -124,7 +124,9 @@ class NatsChatStream implements ChatStream {
 
   cancel(): void {
     if (this.#state !== 'open') return;
-    this.#fail(new LlmProxyError('cancelled', 'cancelled by the client', { requestId: this.requestId }), { tellWorker: true });
+    this.#fail(new LlmProxyError('cancelled', 'cancelled by the client', { requestId: this.requestId }), {
+      tellWorker: true,
+    });
   }
 
   [Symbol.asyncIterator](): AsyncIterator<StreamChunk> {
@@ -162,9 +164,12 @@ class NatsChatStream implements ChatStream {
       return;
     }
     if (signal?.aborted === true) {
-      this.#fail(new LlmProxyError('cancelled', 'cancelled before sending', { requestId: this.requestId, cause: signal.reason }), {
-        tellWorker: false,
-      });
+      this.#fail(
+        new LlmProxyError('cancelled', 'cancelled before sending', { requestId: this.requestId, cause: signal.reason }),
+        {
+          tellWorker: false,
+        },
+      );
       return;
     }
     try {
@@ -184,31 +189,50 @@ class NatsChatStream implements ChatStream {
       this.#subscription = subscription;
       void subscription.closed.then(() => {
         if (this.#state === 'open') {
-          this.#fail(new LlmProxyError('upstream_error', 'the NATS connection closed during the stream', { requestId: this.requestId }), {
-            tellWorker: false,
-          });
+          this.#fail(
+            new LlmProxyError('upstream_error', 'the NATS connection closed during the stream', {
+              requestId: this.requestId,
+            }),
+            {
+              tellWorker: false,
+            },
+          );
         }
       });
       // SUB goes out before PUB on the same connection, so the worker's first
       // message cannot arrive before the server knows about the inbox.
       connection.publish(subjects.request, envelope.body, { reply: inbox, headers: envelope.headers });
     } catch (error) {
-      this.#fail(errorFromNats(error, { subject: subjects.request, timeoutMs: timeouts.totalMs, requestId: this.requestId }), {
-        tellWorker: false,
-      });
+      this.#fail(
+        errorFromNats(error, { subject: subjects.request, timeoutMs: timeouts.totalMs, requestId: this.requestId }),
+        {
+          tellWorker: false,
+        },
+      );
       return;
     }
     this.#armSilenceTimer(timeouts.firstMessageMs, () => `no reply from a worker within ${timeouts.firstMessageMs} ms`);
     this.#totalTimer = setTimeout(() => {
-      this.#fail(new LlmProxyError('upstream_timeout', `stream not finished within ${timeouts.totalMs} ms`, { requestId: this.requestId }), {
-        tellWorker: true,
-      });
+      this.#fail(
+        new LlmProxyError('upstream_timeout', `stream not finished within ${timeouts.totalMs} ms`, {
+          requestId: this.requestId,
+        }),
+        {
+          tellWorker: true,
+        },
+      );
     }, timeouts.totalMs);
     if (signal !== undefined) {
       this.#onAbort = () => {
-        this.#fail(new LlmProxyError('cancelled', 'cancelled by the client', { requestId: this.requestId, cause: signal.reason }), {
-          tellWorker: true,
-        });
+        this.#fail(
+          new LlmProxyError('cancelled', 'cancelled by the client', {
+            requestId: this.requestId,
+            cause: signal.reason,
+          }),
+          {
+            tellWorker: true,
+          },
+        );
       };
       signal.addEventListener('abort', this.#onAbort, { once: true });
     }
@@ -217,7 +241,9 @@ class NatsChatStream implements ChatStream {
   #armSilenceTimer(delayMs: number, describe: () => string): void {
     clearTimeout(this.#silenceTimer);
     this.#silenceTimer = setTimeout(() => {
-      this.#fail(new LlmProxyError('upstream_timeout', describe(), { requestId: this.requestId }), { tellWorker: true });
+      this.#fail(new LlmProxyError('upstream_timeout', describe(), { requestId: this.requestId }), {
+        tellWorker: true,
+      });
     }, delayMs);
   }
 
@@ -225,20 +251,35 @@ class NatsChatStream implements ChatStream {
     if (this.#state !== 'open') return;
     const requestId = this.requestId;
     if (error !== null) {
-      this.#fail(errorFromNats(error, { subject: this.#start.subjects.request, timeoutMs: this.#start.timeouts.totalMs, requestId }), {
-        tellWorker: true,
-      });
+      this.#fail(
+        errorFromNats(error, {
+          subject: this.#start.subjects.request,
+          timeoutMs: this.#start.timeouts.totalMs,
+          requestId,
+        }),
+        {
+          tellWorker: true,
+        },
+      );
       return;
     }
     // The server's answer to a request nobody is subscribed to: a status-only message.
     if (message.data.length === 0 && message.headers?.code === 503) {
-      this.#fail(new LlmProxyError('no_provider_available', `no worker is listening on ${this.#start.subjects.request}`, { requestId }), {
-        tellWorker: false,
-      });
+      this.#fail(
+        new LlmProxyError('no_provider_available', `no worker is listening on ${this.#start.subjects.request}`, {
+          requestId,
+        }),
+        {
+          tellWorker: false,
+        },
+      );
       return;
     }
     const idleMs = this.#start.timeouts.idleMs;
-    this.#armSilenceTimer(idleMs, () => `stream silent for ${idleMs} ms after ${this.#expectedSeq} chunk(s): the worker stopped sending`);
+    this.#armSilenceTimer(
+      idleMs,
+      () => `stream silent for ${idleMs} ms after ${this.#expectedSeq} chunk(s): the worker stopped sending`,
+    );
 
     // Heartbeats come as requests (the worker learns from no-responders that we left); they are never answered.
     const mark = message.headers?.get(HEADERS.stream) ?? '';
@@ -248,9 +289,14 @@ class NatsChatStream implements ChatStream {
     try {
       body = message.json();
     } catch {
-      this.#fail(new LlmProxyError('upstream_error', `worker sent a ${mark || 'stream'} message that is not JSON`, { requestId }), {
-        tellWorker: true,
-      });
+      this.#fail(
+        new LlmProxyError('upstream_error', `worker sent a ${mark || 'stream'} message that is not JSON`, {
+          requestId,
+        }),
+        {
+          tellWorker: true,
+        },
+      );
       return;
     }
 
@@ -268,7 +314,11 @@ class NatsChatStream implements ChatStream {
       // (unless the end left the content out: then only the sequence numbers vouch for it).
       if (typeof reply.content === 'string' && reply.content.length !== this.#content.length) {
         this.#fail(
-          new LlmProxyError('upstream_error', `stream ended with ${this.#content.length} of ${reply.content.length} characters received: chunk(s) missing before the end`, { requestId }),
+          new LlmProxyError(
+            'upstream_error',
+            `stream ended with ${this.#content.length} of ${reply.content.length} characters received: chunk(s) missing before the end`,
+            { requestId },
+          ),
           { tellWorker: false },
         );
         return;
@@ -277,17 +327,29 @@ class NatsChatStream implements ChatStream {
       this.#succeed(reply);
       return;
     }
-    this.#fail(new LlmProxyError('upstream_error', `worker sent an unexpected stream message (${mark || 'no LLM-Stream header'})`, { requestId }), {
-      tellWorker: true,
-    });
+    this.#fail(
+      new LlmProxyError(
+        'upstream_error',
+        `worker sent an unexpected stream message (${mark || 'no LLM-Stream header'})`,
+        { requestId },
+      ),
+      {
+        tellWorker: true,
+      },
+    );
   }
 
   #onChunk(body: unknown): void {
     const seq = typeof body === 'object' && body !== null ? (body as { seq?: unknown }).seq : undefined;
     if (typeof seq !== 'number' || !Number.isInteger(seq)) {
-      this.#fail(new LlmProxyError('upstream_error', 'worker sent a chunk without a sequence number', { requestId: this.requestId }), {
-        tellWorker: true,
-      });
+      this.#fail(
+        new LlmProxyError('upstream_error', 'worker sent a chunk without a sequence number', {
+          requestId: this.requestId,
+        }),
+        {
+          tellWorker: true,
+        },
+      );
       return;
     }
     if (seq !== this.#expectedSeq) {
@@ -316,9 +378,11 @@ class NatsChatStream implements ChatStream {
   /** Puts back what the end message left out, from the chunks, as the worker assembled it (the same rules). */
   #fillOmitted(reply: ChatReply, omitted: unknown[]): void {
     const toolCalls = this.#toolCalls;
-    if (omitted.includes('content')) reply.content = this.#content === '' && toolCalls !== undefined && toolCalls.size > 0 ? null : this.#content;
+    if (omitted.includes('content'))
+      reply.content = this.#content === '' && toolCalls !== undefined && toolCalls.size > 0 ? null : this.#content;
     if (omitted.includes('reasoning_content') && this.#reasoning !== '') reply.reasoning_content = this.#reasoning;
-    if (omitted.includes('tool_calls') && toolCalls !== undefined && toolCalls.size > 0) reply.tool_calls = toolCalls.calls();
+    if (omitted.includes('tool_calls') && toolCalls !== undefined && toolCalls.size > 0)
+      reply.tool_calls = toolCalls.calls();
   }
 
   #errorFrom(body: unknown, message: Msg): LlmProxyError {
@@ -327,7 +391,9 @@ class NatsChatStream implements ChatStream {
     const description = headers?.get(HEADERS.serviceError) ?? '';
     const status = headers?.get(HEADERS.serviceErrorCode) ?? '';
     if (status !== '') return errorFromServiceHeaders(status, description, this.requestId);
-    return new LlmProxyError('upstream_error', 'worker ended the stream with an error it did not describe', { requestId: this.requestId });
+    return new LlmProxyError('upstream_error', 'worker ended the stream with an error it did not describe', {
+      requestId: this.requestId,
+    });
   }
 
   #succeed(reply: ChatReply): void {

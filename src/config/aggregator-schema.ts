@@ -8,7 +8,10 @@ import { parseDuration } from './duration.js';
 const duration = z.union([z.number(), z.string()]).transform((value, context) => {
   const parsed = parseDuration(value);
   if (parsed === undefined || parsed <= 0) {
-    context.addIssue({ code: z.ZodIssueCode.custom, message: `not a positive duration: ${JSON.stringify(value)} (use e.g. 500ms, 30s, 5m, 12h, 30d)` });
+    context.addIssue({
+      code: z.ZodIssueCode.custom,
+      message: `not a positive duration: ${JSON.stringify(value)} (use e.g. 500ms, 30s, 5m, 12h, 30d)`,
+    });
     return z.NEVER;
   }
   return parsed;

@@ -13,8 +13,22 @@ export function parseDuration(value: string | number): number | undefined {
 
 /** `"1GiB"`, `"512MB"`, `"10k"` or a number of bytes → bytes; `-1` means unlimited. */
 const SIZE_UNITS: Record<string, number> = {
-  b: 1, k: 1_000, kb: 1_000, m: 1_000_000, mb: 1_000_000, g: 1_000_000_000, gb: 1_000_000_000,
-  ki: 1024, kib: 1024, mi: 1024 ** 2, mib: 1024 ** 2, gi: 1024 ** 3, gib: 1024 ** 3, t: 1e12, tb: 1e12, tib: 1024 ** 4,
+  b: 1,
+  k: 1_000,
+  kb: 1_000,
+  m: 1_000_000,
+  mb: 1_000_000,
+  g: 1_000_000_000,
+  gb: 1_000_000_000,
+  ki: 1024,
+  kib: 1024,
+  mi: 1024 ** 2,
+  mib: 1024 ** 2,
+  gi: 1024 ** 3,
+  gib: 1024 ** 3,
+  t: 1e12,
+  tb: 1e12,
+  tib: 1024 ** 4,
 };
 
 export function parseSize(value: string | number): number | undefined {

@@ -1,7 +1,14 @@
 import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
-import { configSchema, type Config, type DeploymentConfig, type ModelConfig, type ProviderConfig, type ProviderType } from './schema.js';
+import {
+  configSchema,
+  type Config,
+  type DeploymentConfig,
+  type ModelConfig,
+  type ProviderConfig,
+  type ProviderType,
+} from './schema.js';
 
 export class ConfigError extends Error {
   readonly problems: string[];
@@ -52,7 +59,11 @@ function formatIssue(issue: z.ZodIssue): string {
 }
 
 /** Validate an already-decoded document; every problem is listed by path. */
-export function resolveConfig(document: unknown, source = 'config', env: NodeJS.ProcessEnv = process.env): ResolvedConfig {
+export function resolveConfig(
+  document: unknown,
+  source = 'config',
+  env: NodeJS.ProcessEnv = process.env,
+): ResolvedConfig {
   const result = configSchema.safeParse(document ?? {});
   if (!result.success) throw new ConfigError(source, result.error.issues.map(formatIssue));
   const config = result.data;
@@ -67,8 +78,9 @@ export function resolveConfig(document: unknown, source = 'config', env: NodeJS.
   const models = new Map<string, ResolvedModel>();
   for (const [name, model] of Object.entries(config.models)) {
     const { deployments, provider, physical_name, ...rest } = model;
-    const resolvedDeployments: DeploymentConfig[] =
-      deployments ?? [{ provider: provider as string, physical_name: physical_name ?? name, weight: 1 }];
+    const resolvedDeployments: DeploymentConfig[] = deployments ?? [
+      { provider: provider as string, physical_name: physical_name ?? name, weight: 1 },
+    ];
     models.set(name, { ...rest, name, deployments: resolvedDeployments });
   }
 
@@ -80,7 +92,10 @@ export function resolveConfig(document: unknown, source = 'config', env: NodeJS.
 export function parseConfigText(text: string, source = 'config', env: NodeJS.ProcessEnv = process.env): ResolvedConfig {
   const document = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (document.errors.length > 0) {
-    throw new ConfigError(source, document.errors.map((error) => error.message.split('\n')[0] ?? error.message));
+    throw new ConfigError(
+      source,
+      document.errors.map((error) => error.message.split('\n')[0] ?? error.message),
+    );
   }
   return resolveConfig(document.toJS(), source, env);
 }
@@ -91,7 +106,10 @@ export function configPathFromEnv(env: NodeJS.ProcessEnv = process.env): string 
   return env.LLM_PROXY_CONFIG || DEFAULT_CONFIG_PATH;
 }
 
-export function loadConfigFile(path: string = configPathFromEnv(), env: NodeJS.ProcessEnv = process.env): ResolvedConfig {
+export function loadConfigFile(
+  path: string = configPathFromEnv(),
+  env: NodeJS.ProcessEnv = process.env,
+): ResolvedConfig {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -105,7 +123,8 @@ export function loadConfigFile(path: string = configPathFromEnv(), env: NodeJS.P
 export function missingApiKeys(config: ResolvedConfig): Array<{ provider: string; env: string }> {
   const missing: Array<{ provider: string; env: string }> = [];
   for (const provider of config.providers.values()) {
-    if (provider.api_key_env !== undefined && provider.apiKey === undefined) missing.push({ provider: provider.name, env: provider.api_key_env });
+    if (provider.api_key_env !== undefined && provider.apiKey === undefined)
+      missing.push({ provider: provider.name, env: provider.api_key_env });
   }
   return missing;
 }

@@ -14,27 +14,29 @@ import { limitsSchema } from './limits-schema.js';
 const positiveInt = z.number().int().positive();
 const nonNegative = z.number().nonnegative();
 
-export const durationMs = z
-  .union([z.number(), z.string()])
-  .transform((value, context) => {
-    const parsed = parseDuration(value);
-    if (parsed === undefined) {
-      context.addIssue({ code: z.ZodIssueCode.custom, message: `not a duration: ${JSON.stringify(value)} (use e.g. 500ms, 30s, 5m, 12h, 30d)` });
-      return z.NEVER;
-    }
-    return parsed;
-  });
+export const durationMs = z.union([z.number(), z.string()]).transform((value, context) => {
+  const parsed = parseDuration(value);
+  if (parsed === undefined) {
+    context.addIssue({
+      code: z.ZodIssueCode.custom,
+      message: `not a duration: ${JSON.stringify(value)} (use e.g. 500ms, 30s, 5m, 12h, 30d)`,
+    });
+    return z.NEVER;
+  }
+  return parsed;
+});
 
-export const sizeBytes = z
-  .union([z.number(), z.string()])
-  .transform((value, context) => {
-    const parsed = parseSize(value);
-    if (parsed === undefined) {
-      context.addIssue({ code: z.ZodIssueCode.custom, message: `not a size: ${JSON.stringify(value)} (use e.g. 1GiB, 512MB, or -1 for unlimited)` });
-      return z.NEVER;
-    }
-    return parsed;
-  });
+export const sizeBytes = z.union([z.number(), z.string()]).transform((value, context) => {
+  const parsed = parseSize(value);
+  if (parsed === undefined) {
+    context.addIssue({
+      code: z.ZodIssueCode.custom,
+      message: `not a size: ${JSON.stringify(value)} (use e.g. 1GiB, 512MB, or -1 for unlimited)`,
+    });
+    return z.NEVER;
+  }
+  return parsed;
+});
 
 const envName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name');
 
@@ -47,7 +49,9 @@ export const DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 ** 2;
 export const DEFAULT_MAX_LINE_BYTES = 4 * 1024 ** 2;
 
 /** A size bound on what a provider sends: a number of bytes or `"32MiB"`; no "unlimited". */
-const boundBytes = sizeBytes.pipe(z.number().int().positive('must be a positive size (e.g. 32MiB); there is no unlimited'));
+const boundBytes = sizeBytes.pipe(
+  z.number().int().positive('must be a positive size (e.g. 32MiB); there is no unlimited'),
+);
 
 export const providerSchema = z
   .object({
@@ -84,7 +88,10 @@ export const providerSchema = z
     }
   })
   // The default line bound follows a max_response_bytes set below it, rather than failing the check above.
-  .transform((provider) => ({ ...provider, max_line_bytes: provider.max_line_bytes ?? Math.min(DEFAULT_MAX_LINE_BYTES, provider.max_response_bytes) }));
+  .transform((provider) => ({
+    ...provider,
+    max_line_bytes: provider.max_line_bytes ?? Math.min(DEFAULT_MAX_LINE_BYTES, provider.max_response_bytes),
+  }));
 
 export const ROUTING_STRATEGIES = ['weighted', 'least-in-flight', 'lowest-latency'] as const;
 export type RoutingStrategy = (typeof ROUTING_STRATEGIES)[number];
@@ -108,17 +115,26 @@ export const modelSchema = z
     timeout_ms: positiveInt.optional(),
     fallbacks: z.array(z.string().min(1)).default([]),
     context_fallbacks: z.array(z.string().min(1)).default([]),
-    routing: z.object({ strategy: z.enum(ROUTING_STRATEGIES) }).strict().optional(),
+    routing: z
+      .object({ strategy: z.enum(ROUTING_STRATEGIES) })
+      .strict()
+      .optional(),
     /** Completion tokens assumed for reservations when a request sets no max_tokens. */
     default_max_tokens: positiveInt.optional(),
   })
   .strict()
   .superRefine((model, context) => {
     if (model.deployments === undefined && model.provider === undefined) {
-      context.addIssue({ code: z.ZodIssueCode.custom, message: 'needs "provider" (and "physical_name") or "deployments"' });
+      context.addIssue({
+        code: z.ZodIssueCode.custom,
+        message: 'needs "provider" (and "physical_name") or "deployments"',
+      });
     }
     if (model.deployments !== undefined && model.provider !== undefined) {
-      context.addIssue({ code: z.ZodIssueCode.custom, message: 'give either "provider"/"physical_name" or "deployments", not both' });
+      context.addIssue({
+        code: z.ZodIssueCode.custom,
+        message: 'give either "provider"/"physical_name" or "deployments", not both',
+      });
     }
   });
 
@@ -168,7 +184,10 @@ export const workerSchema = z
 
 export const usageStreamSchema = z
   .object({
-    name: z.string().regex(/^[A-Za-z0-9_-]+$/).default('LLM_USAGE'),
+    name: z
+      .string()
+      .regex(/^[A-Za-z0-9_-]+$/)
+      .default('LLM_USAGE'),
     /** How long raw events are kept (0 = forever). */
     max_age: durationMs.prefault('90d'),
     /** Largest size of the stream (-1 = unlimited); the oldest events go first. */
@@ -188,7 +207,10 @@ export const usageStreamSchema = z
 
 export const natsSchema = z
   .object({
-    subject_prefix: z.string().regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/).default('llm'),
+    subject_prefix: z
+      .string()
+      .regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/)
+      .default('llm'),
     usage_stream: usageStreamSchema.prefault({}),
     /** Environment variables holding NATS credentials (read at start, never logged). */
     user_env: envName.optional(),
@@ -240,16 +262,27 @@ export const configSchema = z
       const deployments = model.deployments ?? (model.provider === undefined ? [] : [{ provider: model.provider }]);
       deployments.forEach((deployment, index) => {
         if (!(deployment.provider in config.providers)) {
-          const path = model.deployments === undefined ? ['models', modelName, 'provider'] : ['models', modelName, 'deployments', index, 'provider'];
+          const path =
+            model.deployments === undefined
+              ? ['models', modelName, 'provider']
+              : ['models', modelName, 'deployments', index, 'provider'];
           context.addIssue({ code: z.ZodIssueCode.custom, path, message: `unknown provider "${deployment.provider}"` });
         }
       });
       for (const key of ['fallbacks', 'context_fallbacks'] as const) {
         model[key].forEach((target, index) => {
           if (!(target in config.models)) {
-            context.addIssue({ code: z.ZodIssueCode.custom, path: ['models', modelName, key, index], message: `unknown model "${target}"` });
+            context.addIssue({
+              code: z.ZodIssueCode.custom,
+              path: ['models', modelName, key, index],
+              message: `unknown model "${target}"`,
+            });
           } else if (target === modelName) {
-            context.addIssue({ code: z.ZodIssueCode.custom, path: ['models', modelName, key, index], message: 'a model cannot fall back to itself' });
+            context.addIssue({
+              code: z.ZodIssueCode.custom,
+              path: ['models', modelName, key, index],
+              message: 'a model cannot fall back to itself',
+            });
           }
         });
       }

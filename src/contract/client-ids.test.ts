@@ -24,7 +24,13 @@ test('request_id: visible ASCII, 1-128 characters; anything else is refused nami
 });
 
 test('metadata ids and tags: bounded, no control characters or lone surrogates, at most 32 tags', () => {
-  const ok = { agent_id: 'agent:sofia', microdao_id: 'microdao:7', channel_id: 'c-1', task: 'x', 'emoji 🎉': 'ünïcødé ✓' };
+  const ok = {
+    agent_id: 'agent:sofia',
+    microdao_id: 'microdao:7',
+    channel_id: 'c-1',
+    task: 'x',
+    'emoji 🎉': 'ünïcødé ✓',
+  };
   assert.equal(checkClientIds({ metadata: ok }).problem, undefined);
   assert.equal(checkClientIds({ metadata: ok }).ids.metadata, ok, 'a valid metadata object is used as it is');
   const refused: Array<[Record<string, unknown>, RegExp]> = [
@@ -49,7 +55,9 @@ test('metadata ids and tags: bounded, no control characters or lone surrogates, 
   assert.throws(() => parseChatRequest({ ...valid, metadata: { task: '\ud800' } }), /metadata\.task/);
   assert.equal(checkClientIds({ metadata: [] }).problem?.message, 'metadata: must be an object of strings');
   // A refused metadata object still names its valid ids (not its tags) for the refusal's event.
-  assert.deepEqual(checkClientIds({ metadata: { agent_id: 'agent:sofia', task: 'a\u0000' } }).ids.metadata, { agent_id: 'agent:sofia' });
+  assert.deepEqual(checkClientIds({ metadata: { agent_id: 'agent:sofia', task: 'a\u0000' } }).ids.metadata, {
+    agent_id: 'agent:sofia',
+  });
 });
 
 test('nesting depth is measured without recursion, objects and arrays alike', () => {
@@ -74,8 +82,21 @@ test('agent tokens: one-to-one, reserved tokens unclaimable, bounded length', ()
   assert.equal(agentToken('\ufffd'), '%EF%BF%BD');
   assert.equal(agentToken('\ud800'), '%uD800');
   const ids = [
-    'agent:sofia', 'a.b', 'a%2Eb', 'anonymous', '%61nonymous', 'unauthenticated', '\ufffd', '\ud800', '\udc00',
-    '€'.repeat(1_024), `${'€'.repeat(1_024)}x`, 'x'.repeat(200), `${'x'.repeat(199)}y`, 'x'.repeat(128), 'x'.repeat(129),
+    'agent:sofia',
+    'a.b',
+    'a%2Eb',
+    'anonymous',
+    '%61nonymous',
+    'unauthenticated',
+    '\ufffd',
+    '\ud800',
+    '\udc00',
+    '€'.repeat(1_024),
+    `${'€'.repeat(1_024)}x`,
+    'x'.repeat(200),
+    `${'x'.repeat(199)}y`,
+    'x'.repeat(128),
+    'x'.repeat(129),
     ...Array.from({ length: 200 }, (_, index) => `agent-${index}.${'ü'.repeat(index)}`),
   ];
   const tokens = ids.map((id) => agentToken(id));
@@ -87,5 +108,9 @@ test('agent tokens: one-to-one, reserved tokens unclaimable, bounded length', ()
     assert.notEqual(token, UNAUTHENTICATED_TOKEN);
   }
   assert.equal(agentToken('x'.repeat(128)), 'x'.repeat(128));
-  assert.match(agentToken('€'.repeat(1_024)), /^(%E2%82%AC){7}~[0-9a-f]{32}$/, 'a long id keeps a readable prefix, never half an escape');
+  assert.match(
+    agentToken('€'.repeat(1_024)),
+    /^(%E2%82%AC){7}~[0-9a-f]{32}$/,
+    'a long id keeps a readable prefix, never half an escape',
+  );
 });

@@ -59,7 +59,8 @@ function metadataProblem(metadata: Record<string, unknown>): string | undefined 
     }
     if (typeof value !== 'string') return `metadata.${key}: must be a string`;
     const max = isId ? MAX_ID_LENGTH : MAX_TAG_VALUE_LENGTH;
-    if ((isId && value.length === 0) || value.length > max) return `metadata.${key}: must be ${isId ? 1 : 0}-${max} characters`;
+    if ((isId && value.length === 0) || value.length > max)
+      return `metadata.${key}: must be ${isId ? 1 : 0}-${max} characters`;
     if (!isSafeText(value)) return `metadata.${key}: contains a control character or a lone surrogate`;
   }
   return undefined;
@@ -77,12 +78,18 @@ export function checkClientIds(body: unknown): ClientIdsCheck {
   const requestId = record.request_id;
   if (requestId !== undefined) {
     if (typeof requestId === 'string' && REQUEST_ID_PATTERN.test(requestId)) ids.requestId = requestId;
-    else problem = new ProxyError('invalid_request', `request_id: must be 1-${MAX_REQUEST_ID_LENGTH} visible ASCII characters (no spaces or control characters)`);
+    else
+      problem = new ProxyError(
+        'invalid_request',
+        `request_id: must be 1-${MAX_REQUEST_ID_LENGTH} visible ASCII characters (no spaces or control characters)`,
+      );
   }
   const metadata = record.metadata;
   if (metadata !== undefined) {
     const metadataIsObject = typeof metadata === 'object' && metadata !== null && !Array.isArray(metadata);
-    const why = metadataIsObject ? metadataProblem(metadata as Record<string, unknown>) : 'metadata: must be an object of strings';
+    const why = metadataIsObject
+      ? metadataProblem(metadata as Record<string, unknown>)
+      : 'metadata: must be an object of strings';
     if (why === undefined) {
       ids.metadata = metadata as Record<string, string>;
     } else {
@@ -93,7 +100,8 @@ export function checkClientIds(body: unknown): ClientIdsCheck {
     }
   }
   const model = record.model;
-  if (typeof model === 'string' && model.length > 0 && model.length <= MAX_ID_LENGTH && isSafeText(model)) ids.model = model;
+  if (typeof model === 'string' && model.length > 0 && model.length <= MAX_ID_LENGTH && isSafeText(model))
+    ids.model = model;
   if (record.stream === true) ids.stream = true;
   return { ids, problem };
 }
@@ -103,7 +111,8 @@ function validMetadataIds(metadata: Record<string, unknown>): Record<string, str
   let ids: Record<string, string> | undefined;
   for (const key of METADATA_IDS) {
     const value = metadata[key];
-    if (typeof value === 'string' && value.length > 0 && value.length <= MAX_ID_LENGTH && isSafeText(value)) (ids ??= {})[key] = value;
+    if (typeof value === 'string' && value.length > 0 && value.length <= MAX_ID_LENGTH && isSafeText(value))
+      (ids ??= {})[key] = value;
   }
   return ids;
 }

@@ -18,7 +18,13 @@ const imagePart = z
   })
   .passthrough();
 // Other part types (input_audio, file, …) pass through; `text` and `image_url` parts must have their own shape.
-const otherPart = z.object({ type: z.string().regex(/^(?!text$|image_url$)./, 'a text part needs "text", an image_url part needs "image_url.url"') }).passthrough();
+const otherPart = z
+  .object({
+    type: z
+      .string()
+      .regex(/^(?!text$|image_url$)./, 'a text part needs "text", an image_url part needs "image_url.url"'),
+  })
+  .passthrough();
 export const contentPartSchema = z.union([textPart, imagePart, otherPart]);
 
 const toolCallSchema = z
@@ -43,16 +49,25 @@ const messageSchema = z
     if (message.role === 'tool' && message.tool_call_id === undefined) {
       context.addIssue({ code: 'custom', message: 'a tool message needs tool_call_id', path: ['tool_call_id'] });
     }
-    if (!hasNeededContent(message)) context.addIssue({ code: 'custom', message: 'content is required', path: ['content'] });
+    if (!hasNeededContent(message))
+      context.addIssue({ code: 'custom', message: 'content is required', path: ['content'] });
   });
 
 /** Content, or an assistant message that calls tools instead. */
 function hasNeededContent(message: { role: string; content?: unknown; tool_calls?: unknown }): boolean {
-  return (message.content !== undefined && message.content !== null) || (message.role === 'assistant' && message.tool_calls !== undefined);
+  return (
+    (message.content !== undefined && message.content !== null) ||
+    (message.role === 'assistant' && message.tool_calls !== undefined)
+  );
 }
 
 /** What the message schema's refinement checks, for the fast check (a JSON Schema cannot say it). */
-function messageIsComplete(message: { role: string; content?: unknown; tool_calls?: unknown; tool_call_id?: unknown }): boolean {
+function messageIsComplete(message: {
+  role: string;
+  content?: unknown;
+  tool_calls?: unknown;
+  tool_call_id?: unknown;
+}): boolean {
   return !(message.role === 'tool' && message.tool_call_id === undefined) && hasNeededContent(message);
 }
 
@@ -67,7 +82,11 @@ const toolSchema = z
   .object({
     type: z.literal('function'),
     function: z
-      .object({ name: z.string().min(1), description: z.string().optional(), parameters: z.record(z.string(), z.unknown()).optional() })
+      .object({
+        name: z.string().min(1),
+        description: z.string().optional(),
+        parameters: z.record(z.string(), z.unknown()).optional(),
+      })
       .passthrough(),
   })
   .passthrough();
@@ -77,9 +96,7 @@ const toolChoiceSchema = z.union([
   z.object({ type: z.literal('function'), function: z.object({ name: z.string() }).passthrough() }).passthrough(),
 ]);
 
-const responseFormatSchema = z
-  .object({ type: z.enum(['text', 'json_object', 'json_schema']) })
-  .passthrough();
+const responseFormatSchema = z.object({ type: z.enum(['text', 'json_object', 'json_schema']) }).passthrough();
 
 export const chatRequestSchema = z
   .object({

@@ -72,12 +72,14 @@ const hex2 = (byte: number) => `%${byte.toString(16).toUpperCase().padStart(2, '
 export function agentToken(agentId: string | undefined | null): string {
   if (agentId === undefined || agentId === null || agentId === '') return ANONYMOUS_TOKEN;
   let token = TOKEN_SAFE.test(agentId) ? agentId : percentEncode(agentId);
-  if (token === ANONYMOUS_TOKEN || token === UNAUTHENTICATED_TOKEN) token = `${hex2(token.charCodeAt(0))}${token.slice(1)}`;
+  if (token === ANONYMOUS_TOKEN || token === UNAUTHENTICATED_TOKEN)
+    token = `${hex2(token.charCodeAt(0))}${token.slice(1)}`;
   if (token.length <= MAX_AGENT_TOKEN_LENGTH) return token;
   let prefix = token.slice(0, HASHED_PREFIX_LENGTH);
   // Do not cut an escape in two.
   const lastPercent = prefix.lastIndexOf('%', prefix.length - 1);
-  if (lastPercent !== -1 && lastPercent > prefix.length - (prefix[lastPercent + 1] === 'u' ? 6 : 3)) prefix = prefix.slice(0, lastPercent);
+  if (lastPercent !== -1 && lastPercent > prefix.length - (prefix[lastPercent + 1] === 'u' ? 6 : 3))
+    prefix = prefix.slice(0, lastPercent);
   return `${prefix}~${createHash('sha256').update(agentId, 'utf16le').digest('hex').slice(0, 32)}`;
 }
 

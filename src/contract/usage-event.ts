@@ -56,4 +56,5 @@ export const usageEventSchema = z
 export type UsageEvent = z.infer<typeof usageEventSchema>;
 
 /** What identifies an event for deduplication: its `event_id`, or `request_id` for older events. */
-export const usageEventKey = (event: Pick<UsageEvent, 'event_id' | 'request_id'>): string => event.event_id ?? event.request_id;
+export const usageEventKey = (event: Pick<UsageEvent, 'event_id' | 'request_id'>): string =>
+  event.event_id ?? event.request_id;

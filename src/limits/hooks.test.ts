@@ -2,8 +2,18 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { countsTokens, maxCostUsd, type PricedModel } from './hooks.js';
 
-function model(prompt: number, completion: number, fallbacks: string[] = [], contextFallbacks: string[] = []): PricedModel {
-  return { cost_per_1k_prompt: prompt, cost_per_1k_completion: completion, fallbacks, context_fallbacks: contextFallbacks };
+function model(
+  prompt: number,
+  completion: number,
+  fallbacks: string[] = [],
+  contextFallbacks: string[] = [],
+): PricedModel {
+  return {
+    cost_per_1k_prompt: prompt,
+    cost_per_1k_completion: completion,
+    fallbacks,
+    context_fallbacks: contextFallbacks,
+  };
 }
 
 test('the most a request can cost is at the dearest of its model and the models it may fall back to', () => {
@@ -23,9 +33,15 @@ test('the most a request can cost is at the dearest of its model and the models 
 test('the prompt is tokenized only when some scope limits tokens or spending', () => {
   const base = { default_max_tokens: 1024, agents: {}, microdaos: {}, models: {} };
   assert.equal(countsTokens({ ...base, default: { rpm: 10 } }), false);
-  assert.equal(countsTokens({ ...base, default: { rpm: 10, concurrent: 2 }, agents: { 'agent:a': { rpm: 60 } } }), false);
+  assert.equal(
+    countsTokens({ ...base, default: { rpm: 10, concurrent: 2 }, agents: { 'agent:a': { rpm: 60 } } }),
+    false,
+  );
   assert.equal(countsTokens({ ...base, default: { rpm: 10 }, agents: { 'agent:a': { tpm: 1000 } } }), true);
-  assert.equal(countsTokens({ ...base, default: { rpm: 10 }, microdaos: { 'microdao:7': { monthly_usd: 100 } } }), true);
+  assert.equal(
+    countsTokens({ ...base, default: { rpm: 10 }, microdaos: { 'microdao:7': { monthly_usd: 100 } } }),
+    true,
+  );
   assert.equal(countsTokens({ ...base, default: { rpm: 10, daily_usd: 5 } }), true);
   assert.equal(countsTokens({ default_max_tokens: 1024 }), true, 'without the limit sets, assume tokens are counted');
 });

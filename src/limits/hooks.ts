@@ -47,7 +47,8 @@ export interface PricedModel {
 export interface LimitHooksOptions {
   /** `config.models` of the ResolvedConfig. */
   models: ReadonlyMap<string, PricedModel>;
-  limits: Pick<LimitsConfig, 'default_max_tokens'> & Partial<Pick<LimitsConfig, 'default' | 'agents' | 'microdaos' | 'models'>>;
+  limits: Pick<LimitsConfig, 'default_max_tokens'> &
+    Partial<Pick<LimitsConfig, 'default' | 'agents' | 'microdaos' | 'models'>>;
   /** The worker's prompt tokenizer (usage/tokens.ts `estimatePromptTokens`). */
   estimatePromptTokens: (request: ChatRequest) => number;
 }
@@ -66,14 +67,22 @@ const LEASE_MARGIN_MS = 30_000;
  * prices among the model and the models it may fall back to. Retries of
  * failed attempts that were billed are settled afterwards, not reserved.
  */
-export function maxCostUsd(models: ReadonlyMap<string, PricedModel>, modelName: string, promptTokens: number, completionTokens: number): number {
+export function maxCostUsd(
+  models: ReadonlyMap<string, PricedModel>,
+  modelName: string,
+  promptTokens: number,
+  completionTokens: number,
+): number {
   const model = models.get(modelName);
   if (model === undefined) return 0;
   let highest = 0;
   for (const name of [modelName, ...model.fallbacks, ...model.context_fallbacks]) {
     const candidate = models.get(name);
     if (candidate === undefined) continue;
-    highest = Math.max(highest, (promptTokens * candidate.cost_per_1k_prompt + completionTokens * candidate.cost_per_1k_completion) / 1000);
+    highest = Math.max(
+      highest,
+      (promptTokens * candidate.cost_per_1k_prompt + completionTokens * candidate.cost_per_1k_completion) / 1000,
+    );
   }
   return highest;
 }
@@ -81,7 +90,12 @@ export function maxCostUsd(models: ReadonlyMap<string, PricedModel>, modelName: 
 /** True when some scope limits tokens or spending: only then does a request's prompt need tokenizing. */
 export function countsTokens(limits: LimitHooksOptions['limits']): boolean {
   if (limits.default === undefined) return true; // not told: assume it does
-  const sets = [limits.default, ...Object.values(limits.agents ?? {}), ...Object.values(limits.microdaos ?? {}), ...Object.values(limits.models ?? {})];
+  const sets = [
+    limits.default,
+    ...Object.values(limits.agents ?? {}),
+    ...Object.values(limits.microdaos ?? {}),
+    ...Object.values(limits.models ?? {}),
+  ];
   return sets.some((set) => set.tpm != null || set.daily_usd != null || set.monthly_usd != null);
 }
 
@@ -116,12 +130,18 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
       } catch (error) {
         // A refusal is the client's business; a store that is down (fail_closed) is the operator's.
         if (error instanceof ProxyError && error.code === 'internal') {
-          context.logger.error({ err: error.cause ?? error, backend: limiter.backend }, 'limits store unreachable: request refused (fail_closed)');
+          context.logger.error(
+            { err: error.cause ?? error, backend: limiter.backend },
+            'limits store unreachable: request refused (fail_closed)',
+          );
         }
         throw error;
       }
       if (reservation.failedOpen) {
-        context.logger.warn({ err: reservation.storeError, backend: limiter.backend }, 'limits store unreachable: request admitted uncounted (fail_open)');
+        context.logger.warn(
+          { err: reservation.storeError, backend: limiter.backend },
+          'limits store unreachable: request admitted uncounted (fail_open)',
+        );
       }
       context.state[RESERVATION] = reservation;
     },
@@ -132,9 +152,16 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
       // A cached reply used no upstream tokens and cost nothing: only its place in requests/minute stays.
       const result = outcome.cached
         ? await reservation.cancel()
-        : await reservation.settle({ promptTokens: outcome.promptTokens, completionTokens: outcome.completionTokens, costUsd: outcome.costUsd });
+        : await reservation.settle({
+            promptTokens: outcome.promptTokens,
+            completionTokens: outcome.completionTokens,
+            costUsd: outcome.costUsd,
+          });
       if (!result.stored) {
-        context.logger.warn({ err: result.error, backend: limiter.backend }, 'limits store unreachable: reservation not settled (it stays charged)');
+        context.logger.warn(
+          { err: result.error, backend: limiter.backend },
+          'limits store unreachable: reservation not settled (it stays charged)',
+        );
       }
     },
   };

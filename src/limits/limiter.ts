@@ -19,7 +19,16 @@ import {
   type Scope,
   type ScopePlan,
 } from './policy.js';
-import type { ActualUsage, AdmissionRequest, Limiter, LimiterCounters, LimitStore, Reservation, ScopeStanding, SettleOutcome } from './types.js';
+import type {
+  ActualUsage,
+  AdmissionRequest,
+  Limiter,
+  LimiterCounters,
+  LimitStore,
+  Reservation,
+  ScopeStanding,
+  SettleOutcome,
+} from './types.js';
 
 export const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
 /** What a client is told to wait when the store is down and the policy is fail_closed. */
@@ -41,7 +50,11 @@ export function redisUrlFor(config: Pick<LimitsConfig, 'redis_url'>, env: NodeJS
 }
 
 /** The completion tokens reserved for a request: its own max, else the model's default, else the limits' default. */
-export function reservedCompletionTokens(config: Pick<LimitsConfig, 'default_max_tokens'>, requested: number | undefined, modelDefault?: number): number {
+export function reservedCompletionTokens(
+  config: Pick<LimitsConfig, 'default_max_tokens'>,
+  requested: number | undefined,
+  modelDefault?: number,
+): number {
   return requested ?? modelDefault ?? config.default_max_tokens;
 }
 
@@ -114,9 +127,15 @@ export function refusalError(plan: ScopePlan, refusal: Refusal, charge: Charge):
           { retryable: false },
         );
       }
-      return new ProxyError('rate_limited', `${name} is over ${limits.tpm} tokens/minute (this request reserves ${charge.tokens})`, { retryAfterMs });
+      return new ProxyError(
+        'rate_limited',
+        `${name} is over ${limits.tpm} tokens/minute (this request reserves ${charge.tokens})`,
+        { retryAfterMs },
+      );
     case 'concurrent':
-      return new ProxyError('rate_limited', `${name} is over ${limits.concurrent} concurrent requests`, { retryAfterMs });
+      return new ProxyError('rate_limited', `${name} is over ${limits.concurrent} concurrent requests`, {
+        retryAfterMs,
+      });
     case 'daily_usd':
     case 'monthly_usd': {
       const daily = refusal.dimension === 'daily_usd';
@@ -152,7 +171,14 @@ function asError(value: unknown): Error {
 const KNOWN_PLANS = 10_000;
 
 export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}): Promise<Limiter> {
-  const counters: LimiterCounters = { admitted: 0, refused: 0, storeErrors: 0, failedOpen: 0, failedClosed: 0, conflicts: 0 };
+  const counters: LimiterCounters = {
+    admitted: 0,
+    refused: 0,
+    storeErrors: 0,
+    failedOpen: 0,
+    failedClosed: 0,
+    conflicts: 0,
+  };
   const clock = deps.now ?? Date.now;
 
   if (!config.enabled) {
@@ -172,7 +198,11 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
    * instead of on every request. Plans are never modified after this.
    */
   const knownPlans = new Map<string, ScopePlan[]>();
-  const plansOf = (agentId: string | undefined, microdaoId: string | undefined, model: string | undefined): ScopePlan[] => {
+  const plansOf = (
+    agentId: string | undefined,
+    microdaoId: string | undefined,
+    model: string | undefined,
+  ): ScopePlan[] => {
     const key = `${agentId ?? ''}\u0000${microdaoId ?? '\u0001'}\u0000${model ?? '\u0001'}`;
     let plans = knownPlans.get(key);
     if (plans === undefined) {
@@ -196,7 +226,8 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
       store = createMemoryStore();
       break;
     case 'nats':
-      if (deps.nats === undefined) throw new Error('limits.backend is "nats" but no NATS connection was handed to createLimiter');
+      if (deps.nats === undefined)
+        throw new Error('limits.backend is "nats" but no NATS connection was handed to createLimiter');
       store = await createNatsStore({
         connection: deps.nats,
         bucket: config.nats_bucket,
@@ -235,7 +266,8 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
         releaseRequestId: holdsLease ? charge.requestId : undefined,
       };
       // Requests/minute alone has nothing to settle: no round trip.
-      if (adjustment.tokensDelta === 0 && adjustment.microUsdDelta === 0 && adjustment.releaseRequestId === undefined) return { stored: true };
+      if (adjustment.tokensDelta === 0 && adjustment.microUsdDelta === 0 && adjustment.releaseRequestId === undefined)
+        return { stored: true };
       try {
         await store.adjust(plans, adjustment, clock());
         return { stored: true };
@@ -252,7 +284,8 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
       failedOpen: false,
       storeError: undefined,
       settle: (usage: ActualUsage) => {
-        const tokens = Math.max(0, Math.round(usage.promptTokens || 0)) + Math.max(0, Math.round(usage.completionTokens || 0));
+        const tokens =
+          Math.max(0, Math.round(usage.promptTokens || 0)) + Math.max(0, Math.round(usage.completionTokens || 0));
         return finish(tokens, toMicroUsd(usage.costUsd, 'nearest'));
       },
       cancel: () => finish(0, 0),
@@ -275,7 +308,7 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
         windows: windowsAt(now),
       };
 
-      let outcome;
+      let outcome: Awaited<ReturnType<LimitStore['admit']>>;
       try {
         outcome = await store.admit(plans, charge, now);
       } catch (error) {
@@ -286,11 +319,15 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
         if (closed) {
           counters.failedClosed += 1;
           const first = plans[0] as ScopePlan;
-          throw new ProxyError('internal', `the limits store (${config.backend}) is unreachable, so the limits of ${scopeName(first.scope)} cannot be checked`, {
-            retryable: true,
-            retryAfterMs: STORE_DOWN_RETRY_MS,
-            cause: error,
-          });
+          throw new ProxyError(
+            'internal',
+            `the limits store (${config.backend}) is unreachable, so the limits of ${scopeName(first.scope)} cannot be checked`,
+            {
+              retryable: true,
+              retryAfterMs: STORE_DOWN_RETRY_MS,
+              cause: error,
+            },
+          );
         }
         counters.failedOpen += 1;
         return noReservation(request.requestId, asError(error));

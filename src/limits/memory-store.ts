@@ -1,4 +1,13 @@
-import { adjustScope, evaluateScope, isIdle, type Adjustment, type Charge, type Refusal, type ScopePlan, type ScopeState } from './policy.js';
+import {
+  adjustScope,
+  evaluateScope,
+  isIdle,
+  type Adjustment,
+  type Charge,
+  type Refusal,
+  type ScopePlan,
+  type ScopeState,
+} from './policy.js';
 import type { AdmitOutcome, LimitStore } from './types.js';
 
 /**
@@ -28,7 +37,7 @@ export function createMemoryStore(): LimitStore {
         nextStates.push(evaluation.next);
       });
       if (refusals.length > 0) return { admitted: false, refusals };
-      plans.forEach((plan, index) => states.set(plan.scope.key, nextStates[index] as ScopeState));
+      for (const [index, plan] of plans.entries()) states.set(plan.scope.key, nextStates[index] as ScopeState);
       return { admitted: true };
     },
     async adjust(plans: ScopePlan[], adjustment: Adjustment, now: number): Promise<void> {

@@ -1,7 +1,16 @@
 import type { NatsConnection } from '@nats-io/nats-core';
 import { JetStreamApiCodes, JetStreamApiError, jetstream } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
-import { adjustScope, evaluateScope, type Adjustment, type Charge, type Refusal, type ScopeLimits, type ScopePlan, type ScopeState } from './policy.js';
+import {
+  adjustScope,
+  evaluateScope,
+  type Adjustment,
+  type Charge,
+  type Refusal,
+  type ScopeLimits,
+  type ScopePlan,
+  type ScopeState,
+} from './policy.js';
 import { LimitStoreError, type AdmitOutcome, type LimitStore } from './types.js';
 
 /**
@@ -41,7 +50,8 @@ export interface NatsStoreOptions {
 function isConflict(error: unknown): boolean {
   return (
     error instanceof JetStreamApiError &&
-    (error.code === JetStreamApiCodes.StreamWrongLastSequence || error.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
+    (error.code === JetStreamApiCodes.StreamWrongLastSequence ||
+      error.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
   );
 }
 

@@ -18,7 +18,14 @@ import {
 const NOW = Date.UTC(2026, 10, 27, 21, 0, 0);
 
 function charge(overrides: Partial<Charge> = {}): Charge {
-  return { requestId: 'r-1', tokens: 100, microUsd: 1_000, leaseUntil: NOW + 60_000, windows: budgetWindows(NOW), ...overrides };
+  return {
+    requestId: 'r-1',
+    tokens: 100,
+    microUsd: 1_000,
+    leaseUntil: NOW + 60_000,
+    windows: budgetWindows(NOW),
+    ...overrides,
+  };
 }
 
 test('scope keys are valid NATS KV tokens and keep ids apart', () => {
@@ -26,7 +33,8 @@ test('scope keys are valid NATS KV tokens and keep ids apart', () => {
   assert.equal(encodeKeyToken('a.b'), 'a=2Eb');
   assert.equal(encodeKeyToken('a=3Ab'), 'a=3D3Ab');
   assert.equal(encodeKeyToken('ü'), '=C3=BC');
-  for (const id of ['agent:sofia', 'x y', '*', '>', 'gpt-4.1-mini', '']) assert.match(encodeKeyToken(id), /^[-_=A-Za-z0-9]+$/);
+  for (const id of ['agent:sofia', 'x y', '*', '>', 'gpt-4.1-mini', ''])
+    assert.match(encodeKeyToken(id), /^[-_=A-Za-z0-9]+$/);
 });
 
 test('budget windows are UTC days and months, ending at the next midnight / first of the month', () => {
@@ -53,7 +61,10 @@ test('plans: default applies per agent, agents override it (null removes a limit
     models: { big: { concurrent: 2 } },
   });
   const seed = plansFor(config, { agentId: 'agent:sofia', microdaoId: 'microdao:1', model: 'small' });
-  assert.deepEqual(seed.map((plan) => [plan.scope.key, plan.limits]), [['agent.agent=3Asofia', { rpm: 10, tpm: 1_000 }]]);
+  assert.deepEqual(
+    seed.map((plan) => [plan.scope.key, plan.limits]),
+    [['agent.agent=3Asofia', { rpm: 10, tpm: 1_000 }]],
+  );
   const batch = plansFor(config, { agentId: 'agent:batch', microdaoId: 'microdao:7', model: 'big' });
   assert.deepEqual(
     batch.map((plan) => [plan.scope.kind, plan.limits]),
@@ -63,8 +74,14 @@ test('plans: default applies per agent, agents override it (null removes a limit
       ['model', { concurrent: 2 }],
     ],
   );
-  assert.equal(plansFor(config, { agentId: undefined, microdaoId: undefined, model: undefined })[0]?.scope.id, 'anonymous');
-  assert.deepEqual(plansFor(limitsSchema.parse({ default: { rpm: null } }), { agentId: 'a', microdaoId: undefined, model: undefined }), []);
+  assert.equal(
+    plansFor(config, { agentId: undefined, microdaoId: undefined, model: undefined })[0]?.scope.id,
+    'anonymous',
+  );
+  assert.deepEqual(
+    plansFor(limitsSchema.parse({ default: { rpm: null } }), { agentId: 'a', microdaoId: undefined, model: undefined }),
+    [],
+  );
 });
 
 test('GCRA requests/minute: a burst of the limit, then one every 60/limit seconds, with an exact retry_after', () => {
@@ -93,7 +110,12 @@ test('tokens/minute: reserve, then settle lower gives the unused tokens back; a 
   assert.equal(fourth.refusals[0]?.dimension, 'tpm');
   assert.ok(Math.abs((fourth.refusals[0]?.retryAfterMs ?? 0) - 12_000) < 1e-6);
   for (let index = 0; index < 3; index += 1) {
-    state = adjustScope(state, limits, { requestsDelta: 0, tokensDelta: -250, microUsdDelta: 0, day: '', month: '', releaseRequestId: undefined }, NOW);
+    state = adjustScope(
+      state,
+      limits,
+      { requestsDelta: 0, tokensDelta: -250, microUsdDelta: 0, day: '', month: '', releaseRequestId: undefined },
+      NOW,
+    );
   }
   assert.equal(describeScope(state, limits, NOW)[0]?.used, 150);
   assert.deepEqual(evaluateScope(state, limits, charge({ tokens: 300 }), NOW, 0).refusals, []);
@@ -107,7 +129,12 @@ test('concurrency: leases, released on settle, expired leases free their slot', 
   const refused = evaluateScope(held, limits, charge({ requestId: 'b' }), NOW, 0).refusals[0];
   assert.equal(refused?.dimension, 'concurrent');
   assert.ok((refused?.retryAfterMs ?? 0) > 0);
-  const released = adjustScope(held, limits, { requestsDelta: 0, tokensDelta: 0, microUsdDelta: 0, day: '', month: '', releaseRequestId: 'a' }, NOW);
+  const released = adjustScope(
+    held,
+    limits,
+    { requestsDelta: 0, tokensDelta: 0, microUsdDelta: 0, day: '', month: '', releaseRequestId: 'a' },
+    NOW,
+  );
   assert.deepEqual(evaluateScope(released, limits, charge({ requestId: 'b' }), NOW, 0).refusals, []);
   assert.deepEqual(evaluateScope(held, limits, charge({ requestId: 'b' }), NOW + 10_000, 0).refusals, []);
 });
@@ -122,9 +149,24 @@ test('budgets: refused when the reservation would cross, retry_after at the wind
   assert.equal(refused?.retryAfterMs, budgetWindows(NOW).dayEndsAt - NOW);
   assert.equal(refused?.used, 2_000);
   const tomorrow = NOW + 86_400_000;
-  assert.deepEqual(evaluateScope(state, limits, charge({ windows: budgetWindows(tomorrow) }), tomorrow, 0).refusals, []);
+  assert.deepEqual(
+    evaluateScope(state, limits, charge({ windows: budgetWindows(tomorrow) }), tomorrow, 0).refusals,
+    [],
+  );
   // Settling in the next day leaves the new day's figure alone.
-  const settledLate = adjustScope(state, limits, { requestsDelta: 0, tokensDelta: 0, microUsdDelta: -1_000, day: '2026-11-26', month: '', releaseRequestId: undefined }, NOW);
+  const settledLate = adjustScope(
+    state,
+    limits,
+    {
+      requestsDelta: 0,
+      tokensDelta: 0,
+      microUsdDelta: -1_000,
+      day: '2026-11-26',
+      month: '',
+      releaseRequestId: undefined,
+    },
+    NOW,
+  );
   assert.equal(settledLate.day_used, 2_000);
 });
 
@@ -138,7 +180,13 @@ test('the decisive refusal: a budget before a rate, a never-fitting one before a
 });
 
 test('a record is idle once its rates have caught up, its leases expired and its budget windows passed', () => {
-  const busy = evaluateScope({}, { rpm: 10, concurrent: 1, dailyMicroUsd: 5_000 }, charge({ leaseUntil: NOW + 120_000 }), NOW, 0).next;
+  const busy = evaluateScope(
+    {},
+    { rpm: 10, concurrent: 1, dailyMicroUsd: 5_000 },
+    charge({ leaseUntil: NOW + 120_000 }),
+    NOW,
+    0,
+  ).next;
   assert.equal(isIdle(busy, NOW), false);
   assert.equal(isIdle(busy, NOW + 130_000), false); // today's spending still counts
   assert.equal(isIdle(busy, NOW + 86_400_000 * 40), true);

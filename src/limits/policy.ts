@@ -245,13 +245,22 @@ export function evaluateScope(
   if (limits.rpm !== undefined) {
     const tat = gcraNext(state.rpm_tat, now, 1, limits.rpm);
     if (tat - now > RATE_WINDOW_MS + EPSILON_MS) {
-      refusals.push({ scopeIndex, dimension: 'rpm', retryAfterMs: tat - now - RATE_WINDOW_MS, fits: true, used: limits.rpm });
+      refusals.push({
+        scopeIndex,
+        dimension: 'rpm',
+        retryAfterMs: tat - now - RATE_WINDOW_MS,
+        fits: true,
+        used: limits.rpm,
+      });
     } else next.rpm_tat = tat;
   }
 
   if (limits.tpm !== undefined) {
     const tat = gcraNext(state.tpm_tat, now, charge.tokens, limits.tpm);
-    const used = Math.max(0, Math.ceil(((Math.max(state.tpm_tat ?? now, now) - now) * limits.tpm) / RATE_WINDOW_MS - EPSILON_MS));
+    const used = Math.max(
+      0,
+      Math.ceil(((Math.max(state.tpm_tat ?? now, now) - now) * limits.tpm) / RATE_WINDOW_MS - EPSILON_MS),
+    );
     if (charge.tokens > limits.tpm) {
       refusals.push({ scopeIndex, dimension: 'tpm', retryAfterMs: 0, fits: false, used });
     } else if (tat - now > RATE_WINDOW_MS + EPSILON_MS) {
@@ -264,7 +273,13 @@ export function evaluateScope(
     const holders = Object.values(leases);
     if (holders.length >= limits.concurrent) {
       const soonest = Math.min(...holders) - now;
-      refusals.push({ scopeIndex, dimension: 'concurrent', retryAfterMs: Math.min(CONCURRENCY_RETRY_HINT_MS, soonest), fits: true, used: holders.length });
+      refusals.push({
+        scopeIndex,
+        dimension: 'concurrent',
+        retryAfterMs: Math.min(CONCURRENCY_RETRY_HINT_MS, soonest),
+        fits: true,
+        used: holders.length,
+      });
     } else {
       leases[charge.requestId] = charge.leaseUntil;
       next.leases = leases;
@@ -274,7 +289,13 @@ export function evaluateScope(
   if (limits.dailyMicroUsd !== undefined) {
     const used = state.day === charge.windows.day ? (state.day_used ?? 0) : 0;
     if (used + charge.microUsd > limits.dailyMicroUsd) {
-      refusals.push({ scopeIndex, dimension: 'daily_usd', retryAfterMs: charge.windows.dayEndsAt - now, fits: charge.microUsd <= limits.dailyMicroUsd, used });
+      refusals.push({
+        scopeIndex,
+        dimension: 'daily_usd',
+        retryAfterMs: charge.windows.dayEndsAt - now,
+        fits: charge.microUsd <= limits.dailyMicroUsd,
+        used,
+      });
     } else {
       next.day = charge.windows.day;
       next.day_used = used + charge.microUsd;
@@ -284,7 +305,13 @@ export function evaluateScope(
   if (limits.monthlyMicroUsd !== undefined) {
     const used = state.month === charge.windows.month ? (state.month_used ?? 0) : 0;
     if (used + charge.microUsd > limits.monthlyMicroUsd) {
-      refusals.push({ scopeIndex, dimension: 'monthly_usd', retryAfterMs: charge.windows.monthEndsAt - now, fits: charge.microUsd <= limits.monthlyMicroUsd, used });
+      refusals.push({
+        scopeIndex,
+        dimension: 'monthly_usd',
+        retryAfterMs: charge.windows.monthEndsAt - now,
+        fits: charge.microUsd <= limits.monthlyMicroUsd,
+        used,
+      });
     } else {
       next.month = charge.windows.month;
       next.month_used = used + charge.microUsd;
@@ -340,10 +367,15 @@ export function adjustScope(state: ScopeState, limits: ScopeLimits, adjustment: 
  * longest wait, since the request needs every limit to admit it.
  */
 export function decisiveRefusal(refusals: Refusal[]): Refusal | undefined {
-  const rank = (refusal: Refusal) => (refusal.dimension === 'daily_usd' || refusal.dimension === 'monthly_usd' ? 2 : 0) + (refusal.fits ? 0 : 1);
+  const rank = (refusal: Refusal) =>
+    (refusal.dimension === 'daily_usd' || refusal.dimension === 'monthly_usd' ? 2 : 0) + (refusal.fits ? 0 : 1);
   let decisive: Refusal | undefined;
   for (const refusal of refusals) {
-    if (decisive === undefined || rank(refusal) > rank(decisive) || (rank(refusal) === rank(decisive) && refusal.retryAfterMs > decisive.retryAfterMs)) {
+    if (
+      decisive === undefined ||
+      rank(refusal) > rank(decisive) ||
+      (rank(refusal) === rank(decisive) && refusal.retryAfterMs > decisive.retryAfterMs)
+    ) {
       decisive = refusal;
     }
   }
@@ -369,23 +401,50 @@ export function describeScope(state: ScopeState, limits: ScopeLimits, now: numbe
   const rate = (dimension: Dimension, tat: number | undefined, limit: number) => {
     const ahead = Math.max(0, (tat ?? now) - now);
     const used = Math.min(limit, Math.ceil((ahead * limit) / RATE_WINDOW_MS - EPSILON_MS));
-    rows.push({ dimension, window: 'minute', limit, used, remaining: Math.max(0, limit - used), resetsInMs: Math.ceil(ahead) });
+    rows.push({
+      dimension,
+      window: 'minute',
+      limit,
+      used,
+      remaining: Math.max(0, limit - used),
+      resetsInMs: Math.ceil(ahead),
+    });
   };
   if (limits.rpm !== undefined) rate('rpm', state.rpm_tat, limits.rpm);
   if (limits.tpm !== undefined) rate('tpm', state.tpm_tat, limits.tpm);
   if (limits.concurrent !== undefined) {
     const holders = Object.values(liveLeases(state.leases, now));
     rows.push({
-      dimension: 'concurrent', window: 'in flight', limit: limits.concurrent, used: holders.length,
-      remaining: Math.max(0, limits.concurrent - holders.length), resetsInMs: holders.length === 0 ? 0 : Math.max(...holders) - now,
+      dimension: 'concurrent',
+      window: 'in flight',
+      limit: limits.concurrent,
+      used: holders.length,
+      remaining: Math.max(0, limits.concurrent - holders.length),
+      resetsInMs: holders.length === 0 ? 0 : Math.max(...holders) - now,
     });
   }
   const windows = budgetWindows(now);
-  const budget = (dimension: Dimension, window: string, stateWindow: string | undefined, usedMicro: number | undefined, limitMicro: number, endsAt: number) => {
+  const budget = (
+    dimension: Dimension,
+    window: string,
+    stateWindow: string | undefined,
+    usedMicro: number | undefined,
+    limitMicro: number,
+    endsAt: number,
+  ) => {
     const used = stateWindow === window ? (usedMicro ?? 0) : 0;
-    rows.push({ dimension, window, limit: limitMicro / 1e6, used: used / 1e6, remaining: Math.max(0, limitMicro - used) / 1e6, resetsInMs: used === 0 ? 0 : endsAt - now });
+    rows.push({
+      dimension,
+      window,
+      limit: limitMicro / 1e6,
+      used: used / 1e6,
+      remaining: Math.max(0, limitMicro - used) / 1e6,
+      resetsInMs: used === 0 ? 0 : endsAt - now,
+    });
   };
-  if (limits.dailyMicroUsd !== undefined) budget('daily_usd', windows.day, state.day, state.day_used, limits.dailyMicroUsd, windows.dayEndsAt);
-  if (limits.monthlyMicroUsd !== undefined) budget('monthly_usd', windows.month, state.month, state.month_used, limits.monthlyMicroUsd, windows.monthEndsAt);
+  if (limits.dailyMicroUsd !== undefined)
+    budget('daily_usd', windows.day, state.day, state.day_used, limits.dailyMicroUsd, windows.dayEndsAt);
+  if (limits.monthlyMicroUsd !== undefined)
+    budget('monthly_usd', windows.month, state.month, state.month_used, limits.monthlyMicroUsd, windows.monthEndsAt);
   return rows;
 }

@@ -1,6 +1,16 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { CONCURRENCY_RETRY_HINT_MS, DIMENSIONS, type Adjustment, type Charge, type Dimension, type Refusal, type ScopeLimits, type ScopePlan, type ScopeState } from './policy.js';
+import {
+  CONCURRENCY_RETRY_HINT_MS,
+  DIMENSIONS,
+  type Adjustment,
+  type Charge,
+  type Dimension,
+  type Refusal,
+  type ScopeLimits,
+  type ScopePlan,
+  type ScopeState,
+} from './policy.js';
 import { ADJUST_SCRIPT, ADMIT_SCRIPT } from './redis-scripts.js';
 import { LimitStoreError, type AdmitOutcome, type LimitStore } from './types.js';
 
@@ -86,13 +96,21 @@ export function createRedisStore(options: RedisStoreOptions): LimitStore {
         },
         now,
       );
-      if (!Array.isArray(reply)) throw new LimitStoreError(`unexpected reply from the limits script: ${JSON.stringify(reply)}`);
+      if (!Array.isArray(reply))
+        throw new LimitStoreError(`unexpected reply from the limits script: ${JSON.stringify(reply)}`);
       if (reply[0] === 1) return { admitted: true };
       const refusals: Refusal[] = [];
       for (let offset = 1; offset + 5 <= reply.length; offset += 5) {
         const [scope, dimension, retryAfterMs, fits, used] = reply.slice(offset, offset + 5) as unknown[];
-        if (!isDimension(dimension)) throw new LimitStoreError(`unexpected dimension from the limits script: ${String(dimension)}`);
-        refusals.push({ scopeIndex: Number(scope) - 1, dimension, retryAfterMs: Number(retryAfterMs), fits: Number(fits) === 1, used: Number(used) });
+        if (!isDimension(dimension))
+          throw new LimitStoreError(`unexpected dimension from the limits script: ${String(dimension)}`);
+        refusals.push({
+          scopeIndex: Number(scope) - 1,
+          dimension,
+          retryAfterMs: Number(retryAfterMs),
+          fits: Number(fits) === 1,
+          used: Number(used),
+        });
       }
       return { admitted: false, refusals };
     },
@@ -130,7 +148,8 @@ export function createRedisStore(options: RedisStoreOptions): LimitStore {
       return plans.map((_, index) => {
         const [hashError, hash] = results[2 * index] ?? [new Error('missing reply'), null];
         const [leaseError, leases] = results[2 * index + 1] ?? [new Error('missing reply'), null];
-        if (hashError !== null || leaseError !== null) throw new LimitStoreError('Redis read failed', { cause: hashError ?? leaseError });
+        if (hashError !== null || leaseError !== null)
+          throw new LimitStoreError('Redis read failed', { cause: hashError ?? leaseError });
         const [rpmTat, tpmTat, day, dayUsed, month, monthUsed] = hash as Array<string | null>;
         const state: ScopeState = {};
         if (rpmTat) state.rpm_tat = Number(rpmTat);
@@ -142,7 +161,8 @@ export function createRedisStore(options: RedisStoreOptions): LimitStore {
         const pairs = leases as string[];
         if (pairs.length > 0) {
           state.leases = {};
-          for (let pair = 0; pair + 1 < pairs.length; pair += 2) state.leases[pairs[pair] as string] = Number(pairs[pair + 1]);
+          for (let pair = 0; pair + 1 < pairs.length; pair += 2)
+            state.leases[pairs[pair] as string] = Number(pairs[pair + 1]);
         }
         return state;
       });

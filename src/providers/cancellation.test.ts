@@ -76,7 +76,12 @@ describe('Cancellation', () => {
     const pool = new Pool(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
     try {
       const cancellation = new Cancellation();
-      const call = pool.request({ method: 'POST', path: '/v1/chat/completions', body: '{}', signal: cancellation.signal as AbortSignal });
+      const call = pool.request({
+        method: 'POST',
+        path: '/v1/chat/completions',
+        body: '{}',
+        signal: cancellation.signal as AbortSignal,
+      });
       setTimeout(() => cancellation.abort(new Error('gave up')), 50);
       await assert.rejects(call, /gave up/);
       await serverSawClose;

@@ -62,8 +62,10 @@ export function convertOllamaChunk(chunk: OllamaChat, state: OllamaStreamState):
   const message = chunk.message;
   if (message !== undefined && message !== null) {
     const delta: Extract<ProviderStreamEvent, { type: 'delta' }> = { type: 'delta' };
-    if (message.content !== undefined && message.content !== null && message.content !== '') delta.content = message.content;
-    if (message.thinking !== undefined && message.thinking !== null && message.thinking !== '') delta.reasoningContent = message.thinking;
+    if (message.content !== undefined && message.content !== null && message.content !== '')
+      delta.content = message.content;
+    if (message.thinking !== undefined && message.thinking !== null && message.thinking !== '')
+      delta.reasoningContent = message.thinking;
     if (message.tool_calls !== undefined && message.tool_calls !== null && message.tool_calls.length > 0) {
       // Ollama sends each call whole, so one delta carries id, name and all the arguments.
       delta.toolCalls = message.tool_calls.map((call): ToolCallDelta => {
@@ -73,7 +75,8 @@ export function convertOllamaChunk(chunk: OllamaChat, state: OllamaStreamState):
         return { index, id: converted.id, type: 'function', function: { ...converted.function } };
       });
     }
-    if (delta.content !== undefined || delta.reasoningContent !== undefined || delta.toolCalls !== undefined) events.push(delta);
+    if (delta.content !== undefined || delta.reasoningContent !== undefined || delta.toolCalls !== undefined)
+      events.push(delta);
   }
   if (chunk.done === true && !state.done) {
     state.done = true;

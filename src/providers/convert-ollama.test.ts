@@ -23,7 +23,10 @@ test('request: options, num_predict, stop as a list, tools, format, provider_opt
     frequency_penalty: 0.25,
     logit_bias: { '42': 1 },
     tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }],
-    response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'object', properties: { a: { type: 'string' } } } } },
+    response_format: {
+      type: 'json_schema',
+      json_schema: { name: 'x', schema: { type: 'object', properties: { a: { type: 'string' } } } },
+    },
     metadata: { agent_id: 'a' },
     provider_options: { keep_alive: '5m', think: true, options: { num_ctx: 8192, temperature: 0.3 } },
   });
@@ -32,7 +35,16 @@ test('request: options, num_predict, stop as a list, tools, format, provider_opt
     model: 'llama3.2:3b',
     messages: [{ role: 'user', content: 'hi' }],
     stream: false,
-    options: { temperature: 0.3, top_p: 0.8, seed: 1, num_predict: 60, stop: ['END'], presence_penalty: 0.5, frequency_penalty: 0.25, num_ctx: 8192 },
+    options: {
+      temperature: 0.3,
+      top_p: 0.8,
+      seed: 1,
+      num_predict: 60,
+      stop: ['END'],
+      presence_penalty: 0.5,
+      frequency_penalty: 0.25,
+      num_ctx: 8192,
+    },
     tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }],
     format: { type: 'object', properties: { a: { type: 'string' } } },
     keep_alive: '5m',
@@ -41,7 +53,15 @@ test('request: options, num_predict, stop as a list, tools, format, provider_opt
 });
 
 test('request: json_object becomes "json"; no options at all leaves `options` out', () => {
-  const body = convertToOllamaRequest('m', parseChatRequest({ model: 'x', messages: [{ role: 'user', content: 'hi' }], response_format: { type: 'json_object' } }), true);
+  const body = convertToOllamaRequest(
+    'm',
+    parseChatRequest({
+      model: 'x',
+      messages: [{ role: 'user', content: 'hi' }],
+      response_format: { type: 'json_object' },
+    }),
+    true,
+  );
   assert.equal(body.format, 'json');
   assert.equal(body.stream, true);
   assert.ok(!('options' in body));
@@ -75,7 +95,10 @@ test('messages: an image given as a link is refused by path', () => {
   });
   assert.throws(
     () => convertToOllamaMessages(request.messages),
-    (error: unknown) => error instanceof ProxyError && error.code === 'invalid_request' && error.message.startsWith('messages.0.content.0.image_url.url:'),
+    (error: unknown) =>
+      error instanceof ProxyError &&
+      error.code === 'invalid_request' &&
+      error.message.startsWith('messages.0.content.0.image_url.url:'),
   );
   assert.equal(imageFromDataUrl('data:text/plain,h%C3%A9', 'x'), Buffer.from('hé').toString('base64'));
 });
@@ -118,11 +141,18 @@ test('messages: tool-call arguments that are not a JSON object are refused by pa
   for (const args of ['{not json', '[1,2]']) {
     const request = parseChatRequest({
       model: 'x',
-      messages: [{ role: 'assistant', content: null, tool_calls: [{ id: 'c', type: 'function', function: { name: 'f', arguments: args } }] }],
+      messages: [
+        {
+          role: 'assistant',
+          content: null,
+          tool_calls: [{ id: 'c', type: 'function', function: { name: 'f', arguments: args } }],
+        },
+      ],
     });
     assert.throws(
       () => convertToOllamaMessages(request.messages),
-      (error: unknown) => error instanceof ProxyError && error.message.startsWith('messages.0.tool_calls.0.function.arguments:'),
+      (error: unknown) =>
+        error instanceof ProxyError && error.message.startsWith('messages.0.tool_calls.0.function.arguments:'),
     );
   }
 });
@@ -176,10 +206,18 @@ test('response: tool calls come back in OpenAI shape with generated ids; no prom
 });
 
 test('tool calls survive the round trip OpenAI → Ollama → OpenAI', () => {
-  const openAICalls = [{ id: 'call_0', type: 'function' as const, function: { name: 'f', arguments: '{"a":[1,2],"b":{"c":"é"}}' } }];
-  const request = parseChatRequest({ model: 'x', messages: [{ role: 'assistant', content: null, tool_calls: openAICalls }] });
+  const openAICalls = [
+    { id: 'call_0', type: 'function' as const, function: { name: 'f', arguments: '{"a":[1,2],"b":{"c":"é"}}' } },
+  ];
+  const request = parseChatRequest({
+    model: 'x',
+    messages: [{ role: 'assistant', content: null, tool_calls: openAICalls }],
+  });
   const ollamaCalls = convertToOllamaMessages(request.messages)[0]?.tool_calls ?? [];
-  const back = convertOllamaChat(ollamaChatSchema.parse({ message: { content: '', tool_calls: ollamaCalls }, done: true }), 'x');
+  const back = convertOllamaChat(
+    ollamaChatSchema.parse({ message: { content: '', tool_calls: ollamaCalls }, done: true }),
+    'x',
+  );
   assert.deepEqual(back.toolCalls, openAICalls);
 });
 
@@ -187,18 +225,41 @@ test('stream: lines become model, deltas (thinking, content, whole tool calls), 
   const lines = [
     { model: 'qwen3:8b', message: { role: 'assistant', content: '', thinking: 'Hmm' }, done: false },
     { model: 'qwen3:8b', message: { role: 'assistant', content: 'Hi' }, done: false },
-    { model: 'qwen3:8b', message: { role: 'assistant', content: '', tool_calls: [{ function: { name: 'f', arguments: { a: 1 } } }] }, done: false },
-    { model: 'qwen3:8b', message: { role: 'assistant', content: '', tool_calls: [{ function: { name: 'g', arguments: {} } }] }, done: false },
-    { model: 'qwen3:8b', message: { role: 'assistant', content: '' }, done: true, done_reason: 'stop', prompt_eval_count: 3, eval_count: 4 },
+    {
+      model: 'qwen3:8b',
+      message: { role: 'assistant', content: '', tool_calls: [{ function: { name: 'f', arguments: { a: 1 } } }] },
+      done: false,
+    },
+    {
+      model: 'qwen3:8b',
+      message: { role: 'assistant', content: '', tool_calls: [{ function: { name: 'g', arguments: {} } }] },
+      done: false,
+    },
+    {
+      model: 'qwen3:8b',
+      message: { role: 'assistant', content: '' },
+      done: true,
+      done_reason: 'stop',
+      prompt_eval_count: 3,
+      eval_count: 4,
+    },
   ];
   const state = createOllamaStreamState();
-  const events: ProviderStreamEvent[] = lines.flatMap((line) => convertOllamaChunk(ollamaChatSchema.parse(line), state));
+  const events: ProviderStreamEvent[] = lines.flatMap((line) =>
+    convertOllamaChunk(ollamaChatSchema.parse(line), state),
+  );
   assert.deepEqual(events, [
     { type: 'model', modelResolved: 'qwen3:8b' },
     { type: 'delta', reasoningContent: 'Hmm' },
     { type: 'delta', content: 'Hi' },
-    { type: 'delta', toolCalls: [{ index: 0, id: 'call_0', type: 'function', function: { name: 'f', arguments: '{"a":1}' } }] },
-    { type: 'delta', toolCalls: [{ index: 1, id: 'call_1', type: 'function', function: { name: 'g', arguments: '{}' } }] },
+    {
+      type: 'delta',
+      toolCalls: [{ index: 0, id: 'call_0', type: 'function', function: { name: 'f', arguments: '{"a":1}' } }],
+    },
+    {
+      type: 'delta',
+      toolCalls: [{ index: 1, id: 'call_1', type: 'function', function: { name: 'g', arguments: '{}' } }],
+    },
     { type: 'finish', finishReason: 'tool_calls' },
     { type: 'usage', usage: { promptTokens: 3, completionTokens: 4 } },
   ]);
@@ -206,7 +267,10 @@ test('stream: lines become model, deltas (thinking, content, whole tool calls), 
 
 test('stream: done_reason length is kept', () => {
   const state = createOllamaStreamState();
-  const events = convertOllamaChunk(ollamaChatSchema.parse({ message: { content: 'x' }, done: true, done_reason: 'length' }), state);
+  const events = convertOllamaChunk(
+    ollamaChatSchema.parse({ message: { content: 'x' }, done: true, done_reason: 'length' }),
+    state,
+  );
   assert.deepEqual(events, [
     { type: 'delta', content: 'x' },
     { type: 'finish', finishReason: 'length' },

@@ -23,7 +23,10 @@ export function convertOpenAICompletion(completion: OpenAICompletion, requestedM
     response.reasoningContent = choice.message.reasoning_content;
   }
   if (completion.usage !== undefined && completion.usage !== null) {
-    response.usage = { promptTokens: completion.usage.prompt_tokens, completionTokens: completion.usage.completion_tokens };
+    response.usage = {
+      promptTokens: completion.usage.prompt_tokens,
+      completionTokens: completion.usage.completion_tokens,
+    };
   }
   return response;
 }
@@ -39,7 +42,9 @@ export function createOpenAIStreamState(): OpenAIStreamState {
   return { modelSent: false, sawToolCalls: false, finished: false };
 }
 
-function convertToolCallDeltas(deltas: NonNullable<NonNullable<NonNullable<OpenAIChunk['choices']>[number]['delta']>['tool_calls']>): ToolCallDelta[] {
+function convertToolCallDeltas(
+  deltas: NonNullable<NonNullable<NonNullable<OpenAIChunk['choices']>[number]['delta']>['tool_calls']>,
+): ToolCallDelta[] {
   return deltas.map((delta) => {
     const converted: ToolCallDelta = { index: delta.index };
     if (delta.id !== undefined && delta.id !== null) converted.id = delta.id;
@@ -47,7 +52,8 @@ function convertToolCallDeltas(deltas: NonNullable<NonNullable<NonNullable<OpenA
     if (delta.function !== undefined && delta.function !== null) {
       const fn: { name?: string; arguments?: string } = {};
       if (delta.function.name !== undefined && delta.function.name !== null) fn.name = delta.function.name;
-      if (delta.function.arguments !== undefined && delta.function.arguments !== null) fn.arguments = delta.function.arguments;
+      if (delta.function.arguments !== undefined && delta.function.arguments !== null)
+        fn.arguments = delta.function.arguments;
       converted.function = fn;
     }
     return converted;
@@ -73,14 +79,18 @@ export function convertOpenAIChunk(chunk: OpenAIChunk, state: OpenAIStreamState)
       event.toolCalls = convertToolCallDeltas(delta.tool_calls);
       state.sawToolCalls = true;
     }
-    if (event.content !== undefined || event.reasoningContent !== undefined || event.toolCalls !== undefined) events.push(event);
+    if (event.content !== undefined || event.reasoningContent !== undefined || event.toolCalls !== undefined)
+      events.push(event);
   }
   if (choice?.finish_reason !== undefined && choice.finish_reason !== null && !state.finished) {
     state.finished = true;
     events.push({ type: 'finish', finishReason: mapOpenAIFinishReason(choice.finish_reason, state.sawToolCalls) });
   }
   if (chunk.usage !== undefined && chunk.usage !== null) {
-    events.push({ type: 'usage', usage: { promptTokens: chunk.usage.prompt_tokens, completionTokens: chunk.usage.completion_tokens } });
+    events.push({
+      type: 'usage',
+      usage: { promptTokens: chunk.usage.prompt_tokens, completionTokens: chunk.usage.completion_tokens },
+    });
   }
   return events;
 }

@@ -37,7 +37,15 @@ test('request: OpenAI parameters are sent, our own fields never, provider_option
   assert.deepEqual(body.stop, ['END']);
   assert.equal(body.reasoning_effort, 'low');
   assert.deepEqual(body.response_format, { type: 'json_object' });
-  for (const ours of ['metadata', 'request_id', 'timeout_ms', 'cache', 'provider_options', 'stream', 'stream_options']) {
+  for (const ours of [
+    'metadata',
+    'request_id',
+    'timeout_ms',
+    'cache',
+    'provider_options',
+    'stream',
+    'stream_options',
+  ]) {
     assert.ok(!(ours in body), `${ours} must not be sent`);
   }
   const streamed = convertToOpenAIRequest('m', request, true);
@@ -52,7 +60,14 @@ test('response: a plain completion', () => {
     created: 1,
     model: 'gpt-4-1106-preview',
     system_fingerprint: 'fp',
-    choices: [{ index: 0, message: { role: 'assistant', content: 'Hello! How can I help?', refusal: null }, logprobs: null, finish_reason: 'stop' }],
+    choices: [
+      {
+        index: 0,
+        message: { role: 'assistant', content: 'Hello! How can I help?', refusal: null },
+        logprobs: null,
+        finish_reason: 'stop',
+      },
+    ],
     usage: { prompt_tokens: 25, completion_tokens: 10, total_tokens: 35, prompt_tokens_details: { cached_tokens: 0 } },
   });
   assert.deepEqual(convertOpenAICompletion(completion, 'asked'), {
@@ -73,7 +88,9 @@ test('response: tool calls, and DeepSeek-R1 reasoning_content, and no usage', ()
           role: 'assistant',
           content: null,
           reasoning_content: 'The user wants the weather.',
-          tool_calls: [{ id: 'call_abc', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }],
+          tool_calls: [
+            { id: 'call_abc', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } },
+          ],
         },
         finish_reason: 'tool_calls',
       },
@@ -82,36 +99,63 @@ test('response: tool calls, and DeepSeek-R1 reasoning_content, and no usage', ()
   const response = convertOpenAICompletion(completion, 'asked');
   assert.equal(response.content, null);
   assert.equal(response.reasoningContent, 'The user wants the weather.');
-  assert.deepEqual(response.toolCalls, [{ id: 'call_abc', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }]);
+  assert.deepEqual(response.toolCalls, [
+    { id: 'call_abc', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } },
+  ]);
   assert.equal(response.finishReason, 'tool_calls');
   assert.equal(response.usage, undefined);
 });
 
 test('response: the model falls back to the requested one; no choices is refused by the schema', () => {
-  const completion = openAICompletionSchema.parse({ choices: [{ message: { content: 'x' }, finish_reason: null }], usage: null });
+  const completion = openAICompletionSchema.parse({
+    choices: [{ message: { content: 'x' }, finish_reason: null }],
+    usage: null,
+  });
   assert.equal(convertOpenAICompletion(completion, 'asked').modelResolved, 'asked');
   assert.equal(openAICompletionSchema.safeParse({ choices: [] }).success, false);
 });
 
 test('stream: chunks become model, deltas (content, reasoning, tool calls), finish, usage', () => {
   const chunks = [
-    { model: 'deepseek-reasoner', choices: [{ index: 0, delta: { role: 'assistant', content: null, reasoning_content: 'Think' }, finish_reason: null }], usage: null },
+    {
+      model: 'deepseek-reasoner',
+      choices: [
+        { index: 0, delta: { role: 'assistant', content: null, reasoning_content: 'Think' }, finish_reason: null },
+      ],
+      usage: null,
+    },
     { model: 'deepseek-reasoner', choices: [{ index: 0, delta: { content: 'Hi' }, finish_reason: null }], usage: null },
     {
       model: 'deepseek-reasoner',
-      choices: [{ index: 0, delta: { tool_calls: [{ index: 0, id: 'call_1', type: 'function', function: { name: 'f', arguments: '' } }] }, finish_reason: null }],
+      choices: [
+        {
+          index: 0,
+          delta: { tool_calls: [{ index: 0, id: 'call_1', type: 'function', function: { name: 'f', arguments: '' } }] },
+          finish_reason: null,
+        },
+      ],
     },
-    { model: 'deepseek-reasoner', choices: [{ index: 0, delta: { tool_calls: [{ index: 0, function: { arguments: '{"a":1}' } }] }, finish_reason: null }] },
+    {
+      model: 'deepseek-reasoner',
+      choices: [
+        { index: 0, delta: { tool_calls: [{ index: 0, function: { arguments: '{"a":1}' } }] }, finish_reason: null },
+      ],
+    },
     { model: 'deepseek-reasoner', choices: [{ index: 0, delta: {}, finish_reason: 'stop' }], usage: null },
     { model: 'deepseek-reasoner', choices: [], usage: { prompt_tokens: 5, completion_tokens: 7, total_tokens: 12 } },
   ];
   const state = createOpenAIStreamState();
-  const events: ProviderStreamEvent[] = chunks.flatMap((chunk) => convertOpenAIChunk(openAIChunkSchema.parse(chunk), state));
+  const events: ProviderStreamEvent[] = chunks.flatMap((chunk) =>
+    convertOpenAIChunk(openAIChunkSchema.parse(chunk), state),
+  );
   assert.deepEqual(events, [
     { type: 'model', modelResolved: 'deepseek-reasoner' },
     { type: 'delta', reasoningContent: 'Think' },
     { type: 'delta', content: 'Hi' },
-    { type: 'delta', toolCalls: [{ index: 0, id: 'call_1', type: 'function', function: { name: 'f', arguments: '' } }] },
+    {
+      type: 'delta',
+      toolCalls: [{ index: 0, id: 'call_1', type: 'function', function: { name: 'f', arguments: '' } }],
+    },
     { type: 'delta', toolCalls: [{ index: 0, function: { arguments: '{"a":1}' } }] },
     // `stop` after tool calls is reported as tool_calls.
     { type: 'finish', finishReason: 'tool_calls' },
@@ -122,7 +166,10 @@ test('stream: chunks become model, deltas (content, reasoning, tool calls), fini
 test('stream: a finish chunk that also carries usage (some servers) gives both', () => {
   const state = createOpenAIStreamState();
   const events = convertOpenAIChunk(
-    openAIChunkSchema.parse({ choices: [{ delta: { content: '!' }, finish_reason: 'length' }], usage: { prompt_tokens: 1, completion_tokens: 2 } }),
+    openAIChunkSchema.parse({
+      choices: [{ delta: { content: '!' }, finish_reason: 'length' }],
+      usage: { prompt_tokens: 1, completion_tokens: 2 },
+    }),
     state,
   );
   assert.deepEqual(events, [

@@ -55,7 +55,10 @@ function convertContent(content: ChatMessage['content'], path: string): { text: 
 }
 
 /** OpenAI tool calls (arguments as a JSON string) to Ollama's (arguments as an object). */
-export function convertToolCallsToOllama(toolCalls: NonNullable<ChatMessage['tool_calls']>, path: string): OllamaToolCall[] {
+export function convertToolCallsToOllama(
+  toolCalls: NonNullable<ChatMessage['tool_calls']>,
+  path: string,
+): OllamaToolCall[] {
   return toolCalls.map((call, index) => {
     const text = call.function.arguments.trim();
     let parsed: unknown = {};

@@ -18,7 +18,11 @@ test('OpenAI finish reasons, with those of DeepSeek and compatible servers', () 
     ['something_new', false, 'stop'],
   ];
   for (const [reason, hasToolCalls, expected] of table) {
-    assert.equal(mapOpenAIFinishReason(reason, hasToolCalls), expected, `${String(reason)} (tool calls: ${hasToolCalls})`);
+    assert.equal(
+      mapOpenAIFinishReason(reason, hasToolCalls),
+      expected,
+      `${String(reason)} (tool calls: ${hasToolCalls})`,
+    );
   }
 });
 
@@ -33,6 +37,10 @@ test('Ollama done reasons', () => {
     ['something_new', true, 'tool_calls'],
   ];
   for (const [reason, hasToolCalls, expected] of table) {
-    assert.equal(mapOllamaFinishReason(reason, hasToolCalls), expected, `${String(reason)} (tool calls: ${hasToolCalls})`);
+    assert.equal(
+      mapOllamaFinishReason(reason, hasToolCalls),
+      expected,
+      `${String(reason)} (tool calls: ${hasToolCalls})`,
+    );
   }
 });

@@ -4,9 +4,18 @@ import { Agent } from 'undici';
 import { providerSecrets, resolveEndpoint } from './http.js';
 
 test('endpoint: the base URL path is kept as a prefix, trailing slashes dropped', () => {
-  assert.deepEqual(resolveEndpoint('https://api.openai.com/v1', '/chat/completions'), { origin: 'https://api.openai.com', path: '/v1/chat/completions' });
-  assert.deepEqual(resolveEndpoint('https://api.deepseek.com/v1/', '/chat/completions'), { origin: 'https://api.deepseek.com', path: '/v1/chat/completions' });
-  assert.deepEqual(resolveEndpoint('http://localhost:11434', '/api/chat'), { origin: 'http://localhost:11434', path: '/api/chat' });
+  assert.deepEqual(resolveEndpoint('https://api.openai.com/v1', '/chat/completions'), {
+    origin: 'https://api.openai.com',
+    path: '/v1/chat/completions',
+  });
+  assert.deepEqual(resolveEndpoint('https://api.deepseek.com/v1/', '/chat/completions'), {
+    origin: 'https://api.deepseek.com',
+    path: '/v1/chat/completions',
+  });
+  assert.deepEqual(resolveEndpoint('http://localhost:11434', '/api/chat'), {
+    origin: 'http://localhost:11434',
+    path: '/api/chat',
+  });
   assert.deepEqual(resolveEndpoint('http://gw.local/openai/v1?api-version=2024', '/chat/completions'), {
     origin: 'http://gw.local',
     path: '/openai/v1/chat/completions?api-version=2024',
@@ -21,10 +30,16 @@ test('secrets: the API key and the values of secret-looking configured headers, 
       type: 'openai',
       baseUrl: 'https://x.example/v1',
       apiKey: 'key-one',
-      headers: { 'api-key': 'key-two', Authorization: 'Bearer key-three', 'X-Custom-Token': 'key-four', 'OpenAI-Organization': 'org-1' },
+      headers: {
+        'api-key': 'key-two',
+        Authorization: 'Bearer key-three',
+        'X-Custom-Token': 'key-four',
+        'OpenAI-Organization': 'org-1',
+      },
       dispatcher,
     });
-    for (const secret of ['key-one', 'key-two', 'Bearer key-three', 'key-three', 'key-four']) assert.ok(secrets.includes(secret), secret);
+    for (const secret of ['key-one', 'key-two', 'Bearer key-three', 'key-three', 'key-four'])
+      assert.ok(secrets.includes(secret), secret);
     assert.ok(!secrets.includes('org-1'));
   } finally {
     await dispatcher.close();

@@ -81,7 +81,10 @@ interface PreparedTarget {
 const preparedTargets = new WeakMap<ProviderSettings, Map<string, PreparedTarget>>();
 
 function preparedTarget(post: ProviderPost): PreparedTarget {
-  const prepare = (): PreparedTarget => ({ ...resolveEndpoint(post.settings.baseUrl, post.path), headers: requestHeaders(post) });
+  const prepare = (): PreparedTarget => ({
+    ...resolveEndpoint(post.settings.baseUrl, post.path),
+    headers: requestHeaders(post),
+  });
   if (post.headers !== undefined) return prepare();
   let targets = preparedTargets.get(post.settings);
   if (targets === undefined) preparedTargets.set(post.settings, (targets = new Map()));
@@ -97,9 +100,13 @@ function refusedBeforeSending(post: ProviderPost): ProxyError | undefined {
   if (signal.aborted) return errorFromTransport(settings.name, signal.reason, signal);
   if (settings.apiKeyEnv !== undefined && settings.apiKey === undefined) {
     // Our configuration is at fault, not the agent: a 502, and no use retrying this deployment.
-    return new ProxyError('upstream_error', `${settings.name}: no API key (environment variable ${settings.apiKeyEnv} is not set)`, {
-      retryable: false,
-    });
+    return new ProxyError(
+      'upstream_error',
+      `${settings.name}: no API key (environment variable ${settings.apiKeyEnv} is not set)`,
+      {
+        retryable: false,
+      },
+    );
   }
   return undefined;
 }
@@ -159,7 +166,11 @@ abstract class ProviderResponseHandler implements Dispatcher.DispatchHandler {
     this.controller?.abort(this.#abortReason());
   }
 
-  onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
+  onResponseStart(
+    _controller: Dispatcher.DispatchController,
+    statusCode: number,
+    headers: Record<string, string | string[] | undefined>,
+  ): void {
     this.#statusCode = statusCode;
     this.#headers = headers;
     if (!this.#ok()) return;
@@ -223,8 +234,17 @@ abstract class ProviderResponseHandler implements Dispatcher.DispatchHandler {
 
   /** A non-2xx answer as a ProxyError, with as much of its body as was read. */
   #failByStatus(): void {
-    const bodyText = this.#errorChunks === undefined ? '' : Buffer.concat(this.#errorChunks, this.#errorSize).toString('utf8');
-    this.failed(errorFromStatus({ provider: this.settings.name, status: this.#statusCode, headers: this.#headers, bodyText, secrets: providerSecrets(this.settings) }));
+    const bodyText =
+      this.#errorChunks === undefined ? '' : Buffer.concat(this.#errorChunks, this.#errorSize).toString('utf8');
+    this.failed(
+      errorFromStatus({
+        provider: this.settings.name,
+        status: this.#statusCode,
+        headers: this.#headers,
+        bodyText,
+        secrets: providerSecrets(this.settings),
+      }),
+    );
   }
 
   /** Stop listening to the caller's signal (the call is over). */
@@ -247,7 +267,16 @@ abstract class ProviderResponseHandler implements Dispatcher.DispatchHandler {
 
 function dispatchPost(post: ProviderPost, handler: Dispatcher.DispatchHandler): void {
   const target = preparedTarget(post);
-  post.settings.dispatcher.dispatch({ origin: target.origin, path: target.path, method: 'POST', headers: target.headers, body: JSON.stringify(post.body) }, handler);
+  post.settings.dispatcher.dispatch(
+    {
+      origin: target.origin,
+      path: target.path,
+      method: 'POST',
+      headers: target.headers,
+      body: JSON.stringify(post.body),
+    },
+    handler,
+  );
 }
 
 /**
@@ -293,11 +322,16 @@ class JsonResponseHandler extends ProviderResponseHandler {
     this.#chunks = [];
     let json: unknown;
     try {
-      const text = chunks.length === 1 ? chunks[0]!.toString('utf8') : Buffer.concat(chunks, this.#size).toString('utf8');
+      const text =
+        chunks.length === 1 ? chunks[0]!.toString('utf8') : Buffer.concat(chunks, this.#size).toString('utf8');
       json = parseJsonText(this.settings.name, text, this.statusCode);
     } catch (error) {
       // Also a body past V8's longest string (ERR_STRING_TOO_LONG), were max_response_bytes set that high.
-      this.failed(error instanceof ProxyError ? error : malformedResponse(this.settings.name, 'unreadable response body', this.statusCode));
+      this.failed(
+        error instanceof ProxyError
+          ? error
+          : malformedResponse(this.settings.name, 'unreadable response body', this.statusCode),
+      );
       return;
     }
     this.#settled = true;
@@ -335,7 +369,10 @@ export interface StreamDecoder<E> {
 }
 
 /** Picks the decoder for a 2xx answer from its headers (content type) and status. */
-export type DecoderFor<E> = (headers: Record<string, string | string[] | undefined>, statusCode: number) => StreamDecoder<E>;
+export type DecoderFor<E> = (
+  headers: Record<string, string | string[] | undefined>,
+  statusCode: number,
+) => StreamDecoder<E>;
 
 /** Unread events past which reading from the provider pauses until the consumer catches up (TCP then holds the provider back). */
 const PAUSE_AT_EVENTS = 1024;
@@ -415,7 +452,8 @@ class ProviderEventStream<E> extends ProviderResponseHandler implements AsyncIte
       this.#head = 0;
       this.#decoder = undefined;
       this.#text = undefined;
-      if (!this.#ended && this.#failure === undefined) this.controller?.abort(new Error('the stream was closed before its end'));
+      if (!this.#ended && this.#failure === undefined)
+        this.controller?.abort(new Error('the stream was closed before its end'));
       this.release();
       this.#waiter?.resolve({ done: true, value: undefined });
       this.#waiter = undefined;
@@ -449,7 +487,8 @@ class ProviderEventStream<E> extends ProviderResponseHandler implements AsyncIte
       this.controller?.abort(failure);
       return;
     }
-    if (this.#queue.length - this.#head >= PAUSE_AT_EVENTS && this.controller?.paused === false) this.controller.pause();
+    if (this.#queue.length - this.#head >= PAUSE_AT_EVENTS && this.controller?.paused === false)
+      this.controller.pause();
     this.#wake();
   }
 
@@ -483,7 +522,8 @@ class ProviderEventStream<E> extends ProviderResponseHandler implements AsyncIte
       this.#queue.length = 0;
       this.#head = 0;
     }
-    if (this.controller?.paused === true && this.#queue.length - this.#head <= RESUME_AT_EVENTS) this.controller.resume();
+    if (this.controller?.paused === true && this.#queue.length - this.#head <= RESUME_AT_EVENTS)
+      this.controller.resume();
     return value;
   }
 

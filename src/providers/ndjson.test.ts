@@ -79,19 +79,25 @@ test('ndjson: a 50 MB line fed in 64 KiB pieces is decoded whole when the bound 
   const text = `{"a":1}\n{"content":"${'c'.repeat(size)}"}\n{"done":true}`;
   const parser = new NdjsonParser(size + 20);
   const values: unknown[] = [];
-  for (let offset = 0; offset < text.length; offset += PIECE) values.push(...parser.push(text.slice(offset, offset + PIECE)));
+  for (let offset = 0; offset < text.length; offset += PIECE)
+    values.push(...parser.push(text.slice(offset, offset + PIECE)));
   values.push(...parser.finish());
   assert.equal(values.length, 3);
   assert.equal((values[1] as { content: string }).content.length, size);
   assert.deepEqual(values[2], { done: true });
 });
 
-test('ndjson: feeding a long line costs time in proportion to its length, not to its square', { timeout: 60_000 }, () => {
+test('ndjson: feeding a long line costs time in proportion to its length, not to its square', {
+  timeout: 60_000,
+}, () => {
   // A 32 MB line in 8 KiB pieces (4,096 of them): linear code reads it in well under a second even on a
   // loaded 2-core machine; code that rescans or re-copies the line on each piece moves about 64 GB and
   // takes tens of seconds. The bound sits far from both, so the test is not a timing test in disguise.
   const result = feedLongLine(32_000_000, 5_000, 8 * 1024);
-  assert.ok(result.finished, `a 32 MB line in 8 KiB pieces took more than 5 s (${result.elapsedMs.toFixed(0)} ms): not linear`);
+  assert.ok(
+    result.finished,
+    `a 32 MB line in 8 KiB pieces took more than 5 s (${result.elapsedMs.toFixed(0)} ms): not linear`,
+  );
 });
 
 /** Feeds one line of `size` characters (not JSON: only the splitting is timed) in pieces of `piece`, without its newline; gives up past `budgetMs`. */

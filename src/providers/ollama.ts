@@ -2,7 +2,12 @@
  * Ollama's native API: `POST {base_url}/api/chat`, one JSON object, or NDJSON
  * lines when streaming (the last one `done: true` with the token counts).
  */
-import { convertOllamaChat, convertOllamaChunk, createOllamaStreamState, type OllamaStreamState } from './convert-ollama-response.js';
+import {
+  convertOllamaChat,
+  convertOllamaChunk,
+  createOllamaStreamState,
+  type OllamaStreamState,
+} from './convert-ollama-response.js';
 import { convertToOllamaRequest } from './convert-to-ollama-request.js';
 import { maxLineBytes, postForEvents, postForJson, type StreamDecoder } from './http.js';
 import { LineTooLongError, NdjsonParser, NdjsonSyntaxError } from './ndjson.js';
@@ -13,7 +18,6 @@ import { parseProviderPayload } from './parse-provider-payload.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from './types.js';
 
 const CHAT_PATH = '/api/chat';
-
 
 function parseChat(settings: ProviderSettings, json: unknown): ReturnType<typeof ollamaChatSchema.parse> {
   return parseProviderPayload(settings, json, ollamaChatSchema, 'response');
@@ -33,8 +37,10 @@ class NdjsonDecoder implements StreamDecoder<ProviderStreamEvent> {
       // Lines before a bad one are converted (and reach the caller) before the error is thrown.
       for (const value of this.#parser.push(text)) this.#convert(value, out);
     } catch (error) {
-      if (error instanceof NdjsonSyntaxError) throw malformedResponse(this.settings.name, 'malformed JSON in stream', 200);
-      if (error instanceof LineTooLongError) throw lineTooLong(this.settings.name, maxLineBytes(this.settings), error.what, 200);
+      if (error instanceof NdjsonSyntaxError)
+        throw malformedResponse(this.settings.name, 'malformed JSON in stream', 200);
+      if (error instanceof LineTooLongError)
+        throw lineTooLong(this.settings.name, maxLineBytes(this.settings), error.what, 200);
       throw error;
     }
   }
@@ -60,7 +66,13 @@ class NdjsonDecoder implements StreamDecoder<ProviderStreamEvent> {
 
 function streamChat(settings: ProviderSettings, call: ProviderCall): AsyncIterableIterator<ProviderStreamEvent> {
   return postForEvents<ProviderStreamEvent>(
-    { settings, path: CHAT_PATH, body: convertToOllamaRequest(call.model, call.request, true), signal: call.signal, accept: 'application/x-ndjson' },
+    {
+      settings,
+      path: CHAT_PATH,
+      body: convertToOllamaRequest(call.model, call.request, true),
+      signal: call.signal,
+      accept: 'application/x-ndjson',
+    },
     () => new NdjsonDecoder(settings),
   );
 }

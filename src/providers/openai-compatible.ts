@@ -2,7 +2,12 @@
  * Any OpenAI-compatible chat-completions API: OpenAI, DeepSeek, vLLM,
  * llama.cpp server, LM Studio. `POST {base_url}/chat/completions`, JSON or SSE.
  */
-import { convertOpenAIChunk, convertOpenAICompletion, createOpenAIStreamState, type OpenAIStreamState } from './convert-openai-response.js';
+import {
+  convertOpenAIChunk,
+  convertOpenAICompletion,
+  createOpenAIStreamState,
+  type OpenAIStreamState,
+} from './convert-openai-response.js';
 import { convertToOpenAIRequest } from './convert-to-openai-request.js';
 import { maxLineBytes, parseJsonText, postForEvents, postForJson, type StreamDecoder } from './http.js';
 import { openAIChunkSchema, openAICompletionSchema } from './openai-response-schema.js';
@@ -13,7 +18,6 @@ import { parseProviderPayload } from './parse-provider-payload.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from './types.js';
 
 const CHAT_PATH = '/chat/completions';
-
 
 function parseCompletion(settings: ProviderSettings, json: unknown, model: string): ProviderResponse {
   return convertOpenAICompletion(parseProviderPayload(settings, json, openAICompletionSchema, 'response'), model);
@@ -26,16 +30,27 @@ function completionAsEvents(response: ProviderResponse): ProviderStreamEvent[] {
   if (response.content !== null && response.content !== '') delta.content = response.content;
   if (response.reasoningContent !== undefined) delta.reasoningContent = response.reasoningContent;
   if (response.toolCalls !== undefined) {
-    delta.toolCalls = response.toolCalls.map((call, index) => ({ index, id: call.id, type: 'function', function: { ...call.function } }));
+    delta.toolCalls = response.toolCalls.map((call, index) => ({
+      index,
+      id: call.id,
+      type: 'function',
+      function: { ...call.function },
+    }));
   }
-  if (delta.content !== undefined || delta.reasoningContent !== undefined || delta.toolCalls !== undefined) events.push(delta);
+  if (delta.content !== undefined || delta.reasoningContent !== undefined || delta.toolCalls !== undefined)
+    events.push(delta);
   events.push({ type: 'finish', finishReason: response.finishReason });
   if (response.usage !== undefined) events.push({ type: 'usage', usage: response.usage });
   return events;
 }
 
 /** One SSE event to our events; `'done'` for `[DONE]`. */
-function convertSseEvent(settings: ProviderSettings, event: SseEvent, state: OpenAIStreamState, atEnd: boolean): ProviderStreamEvent[] | 'done' {
+function convertSseEvent(
+  settings: ProviderSettings,
+  event: SseEvent,
+  state: OpenAIStreamState,
+  atEnd: boolean,
+): ProviderStreamEvent[] | 'done' {
   const data = event.data.trim();
   if (data === '[DONE]') return 'done';
   let json: unknown;
@@ -45,7 +60,10 @@ function convertSseEvent(settings: ProviderSettings, event: SseEvent, state: Ope
     // Half an event when the body ended: the stream was cut, the JSON was not wrong.
     throw atEnd ? streamEndedEarly(settings.name) : malformedResponse(settings.name, 'malformed JSON in stream', 200);
   }
-  return convertOpenAIChunk(parseProviderPayload(settings, json, openAIChunkSchema, 'stream chunk', event.event === 'error'), state);
+  return convertOpenAIChunk(
+    parseProviderPayload(settings, json, openAIChunkSchema, 'stream chunk', event.event === 'error'),
+    state,
+  );
 }
 
 /** SSE from the provider: `data:` events of JSON chunks, up to `[DONE]`. */
@@ -65,7 +83,8 @@ class SseDecoder implements StreamDecoder<ProviderStreamEvent> {
     } catch (error) {
       // The events completed before the line that is too long reach the caller first.
       this.#convert(events, out, false);
-      if (error instanceof LineTooLongError) throw lineTooLong(this.settings.name, maxLineBytes(this.settings), error.what, 200);
+      if (error instanceof LineTooLongError)
+        throw lineTooLong(this.settings.name, maxLineBytes(this.settings), error.what, 200);
       throw error;
     }
     this.#convert(events, out, false);
@@ -110,9 +129,17 @@ class WholeAnswerDecoder implements StreamDecoder<ProviderStreamEvent> {
 
 function streamChat(settings: ProviderSettings, call: ProviderCall): AsyncIterableIterator<ProviderStreamEvent> {
   return postForEvents<ProviderStreamEvent>(
-    { settings, path: CHAT_PATH, body: convertToOpenAIRequest(call.model, call.request, true), signal: call.signal, accept: 'text/event-stream' },
+    {
+      settings,
+      path: CHAT_PATH,
+      body: convertToOpenAIRequest(call.model, call.request, true),
+      signal: call.signal,
+      accept: 'text/event-stream',
+    },
     (headers, statusCode) =>
-      String(headers['content-type'] ?? '').includes('application/json') ? new WholeAnswerDecoder(settings, call.model, statusCode) : new SseDecoder(settings),
+      String(headers['content-type'] ?? '').includes('application/json')
+        ? new WholeAnswerDecoder(settings, call.model, statusCode)
+        : new SseDecoder(settings),
   );
 }
 
@@ -138,4 +165,3 @@ export function createOpenAICompatibleProvider(settings: ProviderSettings): Prov
     },
   };
 }
-

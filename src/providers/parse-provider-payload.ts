@@ -33,6 +33,7 @@ export function parseProviderPayload<Output>(
   if (isError || isErrorPayload(json)) throw errorFromStreamPayload(settings.name, json, providerSecrets(settings));
   if (fastCheck(schema)(json)) return json as Output;
   const parsed = schema.safeParse(json);
-  if (!parsed.success) throw malformedResponse(settings.name, `unexpected ${what} (${describeIssues(parsed.error)})`, 200);
+  if (!parsed.success)
+    throw malformedResponse(settings.name, `unexpected ${what} (${describeIssues(parsed.error)})`, 200);
   return parsed.data;
 }

@@ -12,7 +12,8 @@ import {
 
 const OPENAI_CONTEXT_ERROR = JSON.stringify({
   error: {
-    message: "This model's maximum context length is 8192 tokens. However, your messages resulted in 9021 tokens. Please reduce the length of the messages.",
+    message:
+      "This model's maximum context length is 8192 tokens. However, your messages resulted in 9021 tokens. Please reduce the length of the messages.",
     type: 'invalid_request_error',
     param: 'messages',
     code: 'context_length_exceeded',
@@ -20,7 +21,14 @@ const OPENAI_CONTEXT_ERROR = JSON.stringify({
 });
 
 function fromStatus(status: number, bodyText = '', headers: Record<string, string> = {}): ProxyError {
-  return errorFromStatus({ provider: 'openai', status, headers, bodyText, secrets: ['sk-test-secret'], now: Date.parse('2026-11-27T21:00:00Z') });
+  return errorFromStatus({
+    provider: 'openai',
+    status,
+    headers,
+    bodyText,
+    secrets: ['sk-test-secret'],
+    now: Date.parse('2026-11-27T21:00:00Z'),
+  });
 }
 
 test('status table: code, retryable and upstreamStatus for every status class', () => {
@@ -76,7 +84,8 @@ test('context-length wordings of OpenAI, DeepSeek, vLLM, llama.cpp and Ollama ar
   ]) {
     assert.ok(isContextLengthMessage(message), message);
   }
-  for (const message of ['invalid temperature', 'model not found', 'rate limited']) assert.ok(!isContextLengthMessage(message), message);
+  for (const message of ['invalid temperature', 'model not found', 'rate limited'])
+    assert.ok(!isContextLengthMessage(message), message);
   assert.equal(fromStatus(400, '{"error":"the input length exceeds the context length"}').contextLengthExceeded, true);
 });
 
@@ -85,7 +94,10 @@ test('error bodies are read tolerantly', () => {
   assert.equal(extractProviderMessage('   '), undefined);
   assert.equal(extractProviderMessage('Bad Gateway'), 'Bad Gateway');
   assert.equal(extractProviderMessage('{"error":{"message":"quota"}}'), 'quota');
-  assert.equal(extractProviderMessage('{"error":"model \\"x\\" not found, try pulling it first"}'), 'model "x" not found, try pulling it first');
+  assert.equal(
+    extractProviderMessage('{"error":"model \\"x\\" not found, try pulling it first"}'),
+    'model "x" not found, try pulling it first',
+  );
   assert.equal(extractProviderMessage('{"detail":[{"msg":"field required"}]}'), 'field required');
   assert.equal(extractProviderMessage('{"message":"plain"}'), 'plain');
   assert.equal(extractProviderMessage('{"unexpected":true}'), '{"unexpected":true}');
@@ -93,7 +105,10 @@ test('error bodies are read tolerantly', () => {
 });
 
 test('provider messages lose secrets and are cut to a sane length', () => {
-  const echoed = fromStatus(401, '{"error":{"message":"Incorrect API key provided: sk-test-secret. Header was Bearer sk-test-secret"}}');
+  const echoed = fromStatus(
+    401,
+    '{"error":{"message":"Incorrect API key provided: sk-test-secret. Header was Bearer sk-test-secret"}}',
+  );
   assert.ok(!echoed.message.includes('sk-test-secret'), echoed.message);
   assert.match(echoed.message, /^openai: Incorrect API key provided: \[redacted\]/);
   const long = fromStatus(500, 'x'.repeat(10_000));
@@ -127,7 +142,10 @@ test('transport table: undici and socket codes', () => {
 test('transport codes are found on causes and inside AggregateError', () => {
   const refused = Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:1'), { code: 'ECONNREFUSED' });
   assert.equal(errorFromTransport('p', new AggregateError([refused], 'all failed')).code, 'no_provider_available');
-  assert.equal(errorFromTransport('p', new TypeError('fetch failed', { cause: refused })).code, 'no_provider_available');
+  assert.equal(
+    errorFromTransport('p', new TypeError('fetch failed', { cause: refused })).code,
+    'no_provider_available',
+  );
   assert.equal(errorFromTransport('p', 'a string').code, 'upstream_error');
 });
 

@@ -115,7 +115,8 @@ export function errorFromStatus(input: HttpErrorInput): ProxyError {
   const contextLengthExceeded =
     (input.status === 400 || input.status === 413 || input.status === 422) &&
     (providerCode === 'context_length_exceeded' || isContextLengthMessage(original));
-  const retryAfterMs = input.status === 429 || input.status === 503 ? parseRetryAfterMs(input.headers, input.now) : undefined;
+  const retryAfterMs =
+    input.status === 429 || input.status === 503 ? parseRetryAfterMs(input.headers, input.now) : undefined;
   return new ProxyError(rule.code, providerMessage(input.provider, original, input.secrets), {
     retryable: rule.retryable,
     upstreamStatus: input.status,
@@ -179,10 +180,16 @@ export function errorFromTransport(provider: string, error: unknown, signal?: Ca
   const code = findErrorCode(error);
   const rule = code === undefined ? undefined : TRANSPORT_RULES[code];
   if (rule !== undefined) {
-    return new ProxyError(rule.code, `${provider}: ${rule.describe} (${code})`, { retryable: rule.retryable, cause: error });
+    return new ProxyError(rule.code, `${provider}: ${rule.describe} (${code})`, {
+      retryable: rule.retryable,
+      cause: error,
+    });
   }
-  if (code !== undefined && code.startsWith('HPE_')) {
-    return new ProxyError('upstream_error', `${provider}: invalid HTTP response (${code})`, { retryable: true, cause: error });
+  if (code?.startsWith('HPE_')) {
+    return new ProxyError('upstream_error', `${provider}: invalid HTTP response (${code})`, {
+      retryable: true,
+      cause: error,
+    });
   }
   // Unknown: keep it out of the message (it may hold anything) but in the cause, for logs.
   return new ProxyError('upstream_error', `${provider}: request failed${code === undefined ? '' : ` (${code})`}`, {
@@ -205,14 +212,22 @@ export function streamEndedEarly(provider: string): ProxyError {
 }
 
 /** An error sent inside a stream (`data: {"error":…}` or an NDJSON `{"error":"…"}` line) after a 200. */
-export function errorFromStreamPayload(provider: string, payload: unknown, secrets: ReadonlyArray<string | undefined>): ProxyError {
+export function errorFromStreamPayload(
+  provider: string,
+  payload: unknown,
+  secrets: ReadonlyArray<string | undefined>,
+): ProxyError {
   const message = extractProviderMessage(JSON.stringify(payload)) ?? 'error in stream';
   const contextLengthExceeded = isContextLengthMessage(message);
-  return new ProxyError(contextLengthExceeded ? 'invalid_request' : 'upstream_error', providerMessage(provider, message, secrets), {
-    retryable: !contextLengthExceeded,
-    upstreamStatus: 200,
-    contextLengthExceeded,
-  });
+  return new ProxyError(
+    contextLengthExceeded ? 'invalid_request' : 'upstream_error',
+    providerMessage(provider, message, secrets),
+    {
+      retryable: !contextLengthExceeded,
+      upstreamStatus: 200,
+      contextLengthExceeded,
+    },
+  );
 }
 
 /**
@@ -228,8 +243,12 @@ export function responseTooLarge(provider: string, limit: number, status?: numbe
 
 /** A line of a streamed answer (or an SSE event's data) longer than the provider's `max_line_bytes`. Not retryable, as above. */
 export function lineTooLong(provider: string, limit: number, what: 'line' | 'event', status?: number): ProxyError {
-  return new ProxyError('upstream_error', `${provider}: ${what === 'line' ? 'a line' : 'an event'} of the answer exceeded max_line_bytes (${limit} bytes)`, {
-    retryable: false,
-    ...(status !== undefined ? { upstreamStatus: status } : {}),
-  });
+  return new ProxyError(
+    'upstream_error',
+    `${provider}: ${what === 'line' ? 'a line' : 'an event'} of the answer exceeded max_line_bytes (${limit} bytes)`,
+    {
+      retryable: false,
+      ...(status !== undefined ? { upstreamStatus: status } : {}),
+    },
+  );
 }

@@ -16,7 +16,10 @@ test('redact: Bearer tokens, sk- keys (whole or masked) and "API key provided: â
   assert.equal(redact('got Authorization: Bearer abc.def-123'), 'got Authorization: Bearer [redacted]');
   assert.equal(redact('key sk-proj-AbCdEf0123456789 is wrong'), 'key [redacted] is wrong');
   assert.equal(redact('Incorrect API key provided: sk-abc***********wxyz.'), 'Incorrect API key provided: [redacted]');
-  assert.equal(redact('Incorrect API key provided: hunter2-not-sk. See docs'), 'Incorrect API key provided: [redacted] See docs');
+  assert.equal(
+    redact('Incorrect API key provided: hunter2-not-sk. See docs'),
+    'Incorrect API key provided: [redacted] See docs',
+  );
 });
 
 test('redact: ordinary messages are left alone', () => {

@@ -26,7 +26,9 @@ export interface ProviderSet {
   close(): Promise<void>;
 }
 
-export function createPool(provider: Omit<ResolvedProvider, 'name' | 'type' | 'apiKey' | 'max_response_bytes' | 'max_line_bytes'>): Pool {
+export function createPool(
+  provider: Omit<ResolvedProvider, 'name' | 'type' | 'apiKey' | 'max_response_bytes' | 'max_line_bytes'>,
+): Pool {
   return new Pool(new URL(provider.base_url).origin, {
     connections: provider.max_connections,
     connect: { timeout: provider.connect_timeout_ms },

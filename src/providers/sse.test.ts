@@ -52,7 +52,11 @@ test('sse: odd splits, with LF, CRLF and CR line ends, give the same events', ()
   for (const lineEnd of ['\n', '\r\n', '\r']) {
     const text = OPENAI_STREAM.replace(/\n/g, lineEnd);
     for (let seed = 1; seed <= 25; seed += 1) {
-      assert.deepEqual(parseAll(splitPseudoRandomly(text, seed)), whole, `line end ${JSON.stringify(lineEnd)}, seed ${seed}`);
+      assert.deepEqual(
+        parseAll(splitPseudoRandomly(text, seed)),
+        whole,
+        `line end ${JSON.stringify(lineEnd)}, seed ${seed}`,
+      );
     }
   }
 });
@@ -65,7 +69,9 @@ test('sse: a CRLF pair split across two pieces is one line end, not two', () => 
 });
 
 test('sse: several events in one piece, multi-line data, event names, no space after the colon', () => {
-  const events = parseAll(['data:one\n\nevent: error\ndata: {"error":\ndata: "x"}\n\nid: 7\nretry: 100\ndata: two\n\n']);
+  const events = parseAll([
+    'data:one\n\nevent: error\ndata: {"error":\ndata: "x"}\n\nid: 7\nretry: 100\ndata: two\n\n',
+  ]);
   assert.deepEqual(events, [
     { event: undefined, data: 'one' },
     { event: 'error', data: '{"error":\n"x"}' },
@@ -90,10 +96,16 @@ test('sse: nothing but comments and blank lines gives no event', () => {
 test('sse: a line, or the data of one event, over the bound throws LineTooLongError; up to the bound passes', () => {
   const line = `data: ${'x'.repeat(94)}`; // 100 characters
   assert.deepEqual(parseAllBounded([`${line}\n\n`], 100), [{ event: undefined, data: 'x'.repeat(94) }]);
-  assert.throws(() => parseAllBounded([`${line}x\n\n`], 100), (error: unknown) => error instanceof LineTooLongError && error.what === 'line' && error.limit === 100);
+  assert.throws(
+    () => parseAllBounded([`${line}x\n\n`], 100),
+    (error: unknown) => error instanceof LineTooLongError && error.what === 'line' && error.limit === 100,
+  );
   // Three lines of 40 characters each, whose data is 3 × 34 + 2 newlines = 104 together.
   const event = `data: ${'y'.repeat(34)}\n`.repeat(3);
-  assert.throws(() => parseAllBounded([`${event}\n`], 100), (error: unknown) => error instanceof LineTooLongError && error.what === 'event');
+  assert.throws(
+    () => parseAllBounded([`${event}\n`], 100),
+    (error: unknown) => error instanceof LineTooLongError && error.what === 'event',
+  );
   assert.equal(parseAllBounded([`${event}\n`], 104).length, 1);
 });
 
@@ -132,7 +144,10 @@ test('sse: feeding a long line costs time in proportion to its length, not to it
   // loaded 2-core machine; code that rescans or re-copies the line on each piece moves about 64 GB and
   // takes tens of seconds. The bound sits far from both, so the test is not a timing test in disguise.
   const result = feedLongLine(32_000_000, 5_000, 8 * 1024);
-  assert.ok(result.finished, `a 32 MB line in 8 KiB pieces took more than 5 s (${result.elapsedMs.toFixed(0)} ms): not linear`);
+  assert.ok(
+    result.finished,
+    `a 32 MB line in 8 KiB pieces took more than 5 s (${result.elapsedMs.toFixed(0)} ms): not linear`,
+  );
 });
 
 const PIECE = 64 * 1024;

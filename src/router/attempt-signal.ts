@@ -4,7 +4,9 @@ import { Cancellation, type CancelSignal } from '../providers/cancellation.js';
 /** The reason to abort with when the caller's signal fires: its own reason when a ProxyError, else `cancelled`. */
 export function callerAbortReason(signal: CancelSignal): ProxyError {
   const reason: unknown = signal.reason;
-  return reason instanceof ProxyError ? reason : new ProxyError('cancelled', 'the request was cancelled', { cause: reason });
+  return reason instanceof ProxyError
+    ? reason
+    : new ProxyError('cancelled', 'the request was cancelled', { cause: reason });
 }
 
 /**

@@ -12,22 +12,43 @@ describe('backoffMs', () => {
 
   it('randomises only the jittered fraction', () => {
     const half = { ...policy, jitter: 0.5 };
-    assert.equal(backoffMs(2, half, () => 0), 100);
-    assert.equal(backoffMs(2, half, () => 0.999999), 199.9999);
+    assert.equal(
+      backoffMs(2, half, () => 0),
+      100,
+    );
+    assert.equal(
+      backoffMs(2, half, () => 0.999999),
+      199.9999,
+    );
     const full = { ...policy, jitter: 1 };
-    assert.equal(backoffMs(3, full, () => 0), 0);
-    assert.equal(backoffMs(3, full, () => 0.5), 200);
+    assert.equal(
+      backoffMs(3, full, () => 0),
+      0,
+    );
+    assert.equal(
+      backoffMs(3, full, () => 0.5),
+      200,
+    );
   });
 });
 
 describe('retryDelayMs', () => {
   it('waits for Retry-After when it is longer than the backoff, even past the maximum backoff', () => {
-    assert.equal(retryDelayMs(1, policy, () => 0, 2_500), 2_500);
+    assert.equal(
+      retryDelayMs(1, policy, () => 0, 2_500),
+      2_500,
+    );
   });
 
   it('keeps the backoff when Retry-After is shorter or absent', () => {
-    assert.equal(retryDelayMs(2, policy, () => 0, 50), 200);
-    assert.equal(retryDelayMs(2, policy, () => 0, undefined), 200);
+    assert.equal(
+      retryDelayMs(2, policy, () => 0, 50),
+      200,
+    );
+    assert.equal(
+      retryDelayMs(2, policy, () => 0, undefined),
+      200,
+    );
   });
 });
 

@@ -23,7 +23,12 @@ export function backoffMs(retry: number, policy: BackoffPolicy, random: () => nu
  * provider's Retry-After when that is longer (Retry-After is not capped by
  * `maxMs`: the provider has said when it will take the call again).
  */
-export function retryDelayMs(retry: number, policy: BackoffPolicy, random: () => number, retryAfterMs: number | undefined): number {
+export function retryDelayMs(
+  retry: number,
+  policy: BackoffPolicy,
+  random: () => number,
+  retryAfterMs: number | undefined,
+): number {
   const backoff = backoffMs(retry, policy, random);
   return retryAfterMs !== undefined && retryAfterMs > backoff ? retryAfterMs : backoff;
 }

@@ -41,10 +41,19 @@ describe('DeploymentState cooldown', () => {
 
   it('a 429 cools down at once, for the duration or the Retry-After when longer', () => {
     const short = new DeploymentState('p', 'm', policy);
-    assert.equal(short.recordFailure(1_000, new ProxyError('rate_limited', 'slow down', { upstreamStatus: 429, retryAfterMs: 2_000 })), true);
+    assert.equal(
+      short.recordFailure(
+        1_000,
+        new ProxyError('rate_limited', 'slow down', { upstreamStatus: 429, retryAfterMs: 2_000 }),
+      ),
+      true,
+    );
     assert.equal(short.cooldownUntil, 31_000);
     const long = new DeploymentState('p', 'm', policy);
-    long.recordFailure(1_000, new ProxyError('rate_limited', 'slow down', { upstreamStatus: 429, retryAfterMs: 60_000 }));
+    long.recordFailure(
+      1_000,
+      new ProxyError('rate_limited', 'slow down', { upstreamStatus: 429, retryAfterMs: 60_000 }),
+    );
     assert.equal(long.cooldownUntil, 61_000);
   });
 

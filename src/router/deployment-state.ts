@@ -35,7 +35,8 @@ export class DeploymentState {
   }
 
   recordLatency(latencyMs: number): void {
-    this.ewmaLatencyMs = this.ewmaLatencyMs === undefined ? latencyMs : this.ewmaLatencyMs + EWMA_ALPHA * (latencyMs - this.ewmaLatencyMs);
+    this.ewmaLatencyMs =
+      this.ewmaLatencyMs === undefined ? latencyMs : this.ewmaLatencyMs + EWMA_ALPHA * (latencyMs - this.ewmaLatencyMs);
   }
 
   /** A success ends a run of failures: only failures in a row take a busy deployment out. */
@@ -58,7 +59,11 @@ export class DeploymentState {
     }
     const times = this.failureTimes;
     times.push(now);
-    while (times.length > 0 && (times.length > this.policy.failures || (times[0] as number) <= now - this.policy.windowMs)) times.shift();
+    while (
+      times.length > 0 &&
+      (times.length > this.policy.failures || (times[0] as number) <= now - this.policy.windowMs)
+    )
+      times.shift();
     if (times.length >= this.policy.failures) {
       this.startCooldown(now, this.policy.durationMs);
       return true;

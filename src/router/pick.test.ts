@@ -9,7 +9,12 @@ interface Named extends Candidate {
 }
 
 function candidate(name: string, weight = 1): Named {
-  return { name, weight, usable: true, state: new DeploymentState('p', name, { failures: 3, windowMs: 1_000, durationMs: 1_000 }) };
+  return {
+    name,
+    weight,
+    usable: true,
+    state: new DeploymentState('p', name, { failures: 3, windowMs: 1_000, durationMs: 1_000 }),
+  };
 }
 
 function options(overrides: Partial<PickOptions> = {}): PickOptions {
@@ -120,7 +125,11 @@ describe('lowest-latency', () => {
     const slow = candidate('slow');
     fast.state.recordSuccess(50);
     slow.state.recordSuccess(5_000);
-    const counts = countPicks([slow, fast], options({ strategy: 'lowest-latency', exploration: 0.2, random: seededRandom(7) }), 1_000);
+    const counts = countPicks(
+      [slow, fast],
+      options({ strategy: 'lowest-latency', exploration: 0.2, random: seededRandom(7) }),
+      1_000,
+    );
     // Exploration picks uniformly: about half of 20% goes to the slow one.
     assert.ok((counts.slow as number) > 60 && (counts.slow as number) < 140, JSON.stringify(counts));
   });

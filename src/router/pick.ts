@@ -32,7 +32,7 @@ const PASSES = [0, ALLOW_STANDBY, ALLOW_TRIED, ALLOW_TRIED | ALLOW_STANDBY] as c
 
 function isEligible(candidate: Candidate, options: PickOptions, pass: number): boolean {
   if (!candidate.usable || candidate.state.cooldownUntil > options.now) return false;
-  if (options.excluded !== undefined && options.excluded.has(candidate)) return false;
+  if (options.excluded?.has(candidate)) return false;
   if ((pass & ALLOW_STANDBY) === 0 && candidate.weight <= 0) return false;
   if ((pass & ALLOW_TRIED) === 0 && options.tried !== undefined && options.tried.has(candidate)) return false;
   return true;
@@ -59,12 +59,18 @@ function pickInPass<T extends Candidate>(candidates: readonly T[], options: Pick
     case 'least-in-flight':
       return pickLeastInFlight(candidates, options, pass);
     case 'lowest-latency':
-      return options.random() < options.exploration ? pickUniform(candidates, options, pass) : pickLowestLatency(candidates, options, pass);
+      return options.random() < options.exploration
+        ? pickUniform(candidates, options, pass)
+        : pickLowestLatency(candidates, options, pass);
   }
 }
 
 /** Probability proportional to weight; standbys (weight 0) count as 1 among themselves. */
-function pickWeighted<T extends Candidate>(candidates: readonly T[], options: PickOptions, pass: number): T | undefined {
+function pickWeighted<T extends Candidate>(
+  candidates: readonly T[],
+  options: PickOptions,
+  pass: number,
+): T | undefined {
   let total = 0;
   let last: T | undefined;
   for (const candidate of candidates) {
@@ -96,7 +102,11 @@ function pickUniform<T extends Candidate>(candidates: readonly T[], options: Pic
 }
 
 /** Fewest calls in flight; ties broken at random so that an idle pool is not always entered by its first member. */
-function pickLeastInFlight<T extends Candidate>(candidates: readonly T[], options: PickOptions, pass: number): T | undefined {
+function pickLeastInFlight<T extends Candidate>(
+  candidates: readonly T[],
+  options: PickOptions,
+  pass: number,
+): T | undefined {
   let best: T | undefined;
   let ties = 0;
   for (const candidate of candidates) {
@@ -118,7 +128,11 @@ function pickLeastInFlight<T extends Candidate>(candidates: readonly T[], option
  * but only one request at a time probes it: while the probe is in flight it
  * ranks last, so a deployment that is still slow does not draw a burst.
  */
-function pickLowestLatency<T extends Candidate>(candidates: readonly T[], options: PickOptions, pass: number): T | undefined {
+function pickLowestLatency<T extends Candidate>(
+  candidates: readonly T[],
+  options: PickOptions,
+  pass: number,
+): T | undefined {
   let best: T | undefined;
   let bestLatency = Infinity;
   for (const candidate of candidates) {

@@ -29,10 +29,14 @@ function waitOrAbort(ms: number, signal: CancelSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal.aborted) return reject(abortReason(signal));
     const timer = ms === Infinity ? undefined : setTimeout(resolve, ms);
-    signal.addEventListener('abort', () => {
-      clearTimeout(timer);
-      reject(abortReason(signal));
-    }, { once: true });
+    signal.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer);
+        reject(abortReason(signal));
+      },
+      { once: true },
+    );
   });
 }
 
@@ -44,7 +48,7 @@ class ScriptedProvider implements Provider {
 
   constructor(readonly name: string) {}
 
-  then(...steps: Step[]): this {
+  answers(...steps: Step[]): this {
     this.script.push(...steps);
     return this;
   }
@@ -87,11 +91,18 @@ class ScriptedProvider implements Provider {
 const serverError = (): ProxyError => new ProxyError('upstream_error', 'upstream 500', { upstreamStatus: 500 });
 const badRequest = (): ProxyError => new ProxyError('invalid_request', 'upstream 400', { upstreamStatus: 400 });
 const rateLimited = (retryAfterMs?: number) => (): ProxyError =>
-  new ProxyError('rate_limited', 'upstream 429', { upstreamStatus: 429, ...(retryAfterMs === undefined ? {} : { retryAfterMs }) });
+  new ProxyError('rate_limited', 'upstream 429', {
+    upstreamStatus: 429,
+    ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
+  });
 const contextTooLong = (): ProxyError =>
   new ProxyError('invalid_request', 'context length exceeded', { upstreamStatus: 400, contextLengthExceeded: true });
 
-function setup(models: ConfigInput['models'], routing: ConfigInput['routing'] = {}, providerNames = ['a', 'b', 'c', 'd']) {
+function setup(
+  models: ConfigInput['models'],
+  routing: ConfigInput['routing'] = {},
+  providerNames = ['a', 'b', 'c', 'd'],
+) {
   const providersConfig: ConfigInput['providers'] = {};
   const providers = new Map<string, ScriptedProvider>();
   for (const name of providerNames) {
@@ -108,8 +119,17 @@ function setup(models: ConfigInput['models'], routing: ConfigInput['routing'] = 
   return { router, provider };
 }
 
-function call(model: string, overrides: Partial<ChatRequest> = {}, timeoutMs = 5_000, signal = new AbortController().signal): RoutedCall {
-  return { request: { model, messages: [{ role: 'user', content: 'hi' }], ...overrides }, signal, deadlineAt: Date.now() + timeoutMs };
+function call(
+  model: string,
+  overrides: Partial<ChatRequest> = {},
+  timeoutMs = 5_000,
+  signal = new AbortController().signal,
+): RoutedCall {
+  return {
+    request: { model, messages: [{ role: 'user', content: 'hi' }], ...overrides },
+    signal,
+    deadlineAt: Date.now() + timeoutMs,
+  };
 }
 
 async function rejected(promise: Promise<unknown>): Promise<ProxyError> {
@@ -147,19 +167,39 @@ describe('router: resolving', () => {
     assert.equal(provider('a').calls[0]?.model, 'pa');
     assert.deepEqual(response.target, { model: 'm', provider: 'a', physicalName: 'pa' });
     assert.equal(response.attempts.length, 1);
-    assert.deepEqual({ ...response.attempts[0], latency_ms: 0 }, {
-      model: 'm', provider: 'a', model_resolved: 'pa-resolved', error_code: null, latency_ms: 0, prompt_tokens: 5, completion_tokens: 3,
-    });
+    assert.deepEqual(
+      { ...response.attempts[0], latency_ms: 0 },
+      {
+        model: 'm',
+        provider: 'a',
+        model_resolved: 'pa-resolved',
+        error_code: null,
+        latency_ms: 0,
+        prompt_tokens: 5,
+        completion_tokens: 3,
+      },
+    );
   });
 
   it('lists models with deployments, weights, states and fallbacks', () => {
     const { router } = setup({
-      m: { deployments: [{ provider: 'a', physical_name: 'pa', weight: 3 }, { provider: 'b', physical_name: 'pb' }], fallbacks: ['n'], cost_per_1k_prompt: 0.5 },
+      m: {
+        deployments: [
+          { provider: 'a', physical_name: 'pa', weight: 3 },
+          { provider: 'b', physical_name: 'pb' },
+        ],
+        fallbacks: ['n'],
+        cost_per_1k_prompt: 0.5,
+      },
       n: { provider: 'c', physical_name: 'pc' },
     });
     const [m] = router.listModels();
     assert.deepEqual(m, {
-      name: 'm', provider: 'a', physical_name: 'pa', cost_per_1k_prompt: 0.5, cost_per_1k_completion: 0,
+      name: 'm',
+      provider: 'a',
+      physical_name: 'pa',
+      cost_per_1k_prompt: 0.5,
+      cost_per_1k_completion: 0,
       deployments: [
         { provider: 'a', physical_name: 'pa', weight: 3, state: 'healthy' },
         { provider: 'b', physical_name: 'pb', weight: 1, state: 'healthy' },
@@ -172,15 +212,23 @@ describe('router: resolving', () => {
 describe('router: retries', () => {
   it('retries a retryable failure on the other deployment, and records both attempts', async () => {
     const { router, provider } = setup({
-      m: { deployments: [{ provider: 'a', physical_name: 'pa', weight: 1_000_000 }, { provider: 'b', physical_name: 'pb', weight: 1 }] },
+      m: {
+        deployments: [
+          { provider: 'a', physical_name: 'pa', weight: 1_000_000 },
+          { provider: 'b', physical_name: 'pb', weight: 1 },
+        ],
+      },
     });
-    provider('a').then({ kind: 'fail', error: serverError });
+    provider('a').answers({ kind: 'fail', error: serverError });
     const response = await router.chat(call('m'));
     assert.equal(response.content, 'b says hi');
-    assert.deepEqual(response.attempts.map((attempt) => [attempt.provider, attempt.model_resolved, attempt.error_code]), [
-      ['a', 'pa', 'upstream_error'],
-      ['b', 'pb-resolved', null],
-    ]);
+    assert.deepEqual(
+      response.attempts.map((attempt) => [attempt.provider, attempt.model_resolved, attempt.error_code]),
+      [
+        ['a', 'pa', 'upstream_error'],
+        ['b', 'pb-resolved', null],
+      ],
+    );
   });
 
   it('a failing deployment is followed by the other one, never itself, while the other is untried', async () => {
@@ -194,8 +242,11 @@ describe('router: retries', () => {
   });
 
   it('retries the only deployment with backoff, up to retry.attempts tries', async () => {
-    const { router, provider } = setup({ m: { provider: 'a', physical_name: 'pa' } }, { retry: { attempts: 3, base_backoff_ms: 1, max_backoff_ms: 2, jitter: 0 } });
-    provider('a').then({ kind: 'fail', error: serverError }, { kind: 'fail', error: serverError });
+    const { router, provider } = setup(
+      { m: { provider: 'a', physical_name: 'pa' } },
+      { retry: { attempts: 3, base_backoff_ms: 1, max_backoff_ms: 2, jitter: 0 } },
+    );
+    provider('a').answers({ kind: 'fail', error: serverError }, { kind: 'fail', error: serverError });
     const response = await router.chat(call('m'));
     assert.equal(response.attempts.length, 3);
     provider('a').defaultStep = { kind: 'fail', error: serverError };
@@ -205,7 +256,11 @@ describe('router: retries', () => {
   });
 
   it('never retries a non-retryable error, nor falls back for it', async () => {
-    const { router, provider } = setup({ ...twoDeployments, m: { ...twoDeployments.m, fallbacks: ['n'] }, n: { provider: 'c', physical_name: 'pc' } });
+    const { router, provider } = setup({
+      ...twoDeployments,
+      m: { ...twoDeployments.m, fallbacks: ['n'] },
+      n: { provider: 'c', physical_name: 'pc' },
+    });
     provider('a').defaultStep = { kind: 'fail', error: badRequest };
     provider('b').defaultStep = { kind: 'fail', error: badRequest };
     const error = await rejected(router.chat(call('m')));
@@ -215,14 +270,30 @@ describe('router: retries', () => {
   });
 
   it('a deployment that refuses for its own reason (401) is not tried again, but another deployment or a fallback is', async () => {
-    const unauthorized = (): ProxyError => new ProxyError('upstream_error', 'a: Incorrect API key', { upstreamStatus: 401, retryable: false });
-    const { router, provider } = setup({
-      m: { deployments: [{ provider: 'a', physical_name: 'pa', weight: 1_000_000 }, { provider: 'b', physical_name: 'pb', weight: 1 }], fallbacks: ['n'] },
-      n: { provider: 'c', physical_name: 'pc' },
-    }, { retry: { attempts: 5 } });
+    const unauthorized = (): ProxyError =>
+      new ProxyError('upstream_error', 'a: Incorrect API key', { upstreamStatus: 401, retryable: false });
+    const { router, provider } = setup(
+      {
+        m: {
+          deployments: [
+            { provider: 'a', physical_name: 'pa', weight: 1_000_000 },
+            { provider: 'b', physical_name: 'pb', weight: 1 },
+          ],
+          fallbacks: ['n'],
+        },
+        n: { provider: 'c', physical_name: 'pc' },
+      },
+      { retry: { attempts: 5 } },
+    );
     provider('a').defaultStep = { kind: 'fail', error: unauthorized };
     const response = await router.chat(call('m'));
-    assert.deepEqual(response.attempts.map((attempt) => [attempt.provider, attempt.error_code]), [['a', 'upstream_error'], ['b', null]]);
+    assert.deepEqual(
+      response.attempts.map((attempt) => [attempt.provider, attempt.error_code]),
+      [
+        ['a', 'upstream_error'],
+        ['b', null],
+      ],
+    );
     provider('b').defaultStep = { kind: 'fail', error: unauthorized };
     const fallback = await router.chat(call('m'));
     assert.equal(fallback.target.model, 'n');
@@ -232,7 +303,10 @@ describe('router: retries', () => {
 
   it('does not sleep past the deadline for a Retry-After: fails at once with the upstream error', async () => {
     const { router, provider } = setup({ m: { provider: 'a', physical_name: 'pa' } });
-    provider('a').defaultStep = { kind: 'fail', error: () => new ProxyError('upstream_error', '503', { upstreamStatus: 503, retryAfterMs: 60_000 }) };
+    provider('a').defaultStep = {
+      kind: 'fail',
+      error: () => new ProxyError('upstream_error', '503', { upstreamStatus: 503, retryAfterMs: 60_000 }),
+    };
     const started = Date.now();
     const error = await rejected(router.chat(call('m', {}, 2_000)));
     assert.ok(Date.now() - started < 1_500, 'gave up without waiting');
@@ -243,7 +317,10 @@ describe('router: retries', () => {
 
   it('waits for a short Retry-After before retrying the same deployment', async () => {
     const { router, provider } = setup({ m: { provider: 'a', physical_name: 'pa' } });
-    provider('a').then({ kind: 'fail', error: () => new ProxyError('upstream_error', '503', { upstreamStatus: 503, retryAfterMs: 300 }) });
+    provider('a').answers({
+      kind: 'fail',
+      error: () => new ProxyError('upstream_error', '503', { upstreamStatus: 503, retryAfterMs: 300 }),
+    });
     const started = Date.now();
     const response = await router.chat(call('m'));
     assert.ok(Date.now() - started >= 290, 'waited for the Retry-After');
@@ -253,7 +330,9 @@ describe('router: retries', () => {
 
 describe('router: cooldown', () => {
   it('takes a deployment out after N failures, gives it no traffic, and brings it back after the duration', async () => {
-    const { router, provider } = setup(twoDeployments, { cooldown: { failures: 2, window_ms: 10_000, duration_ms: 400 } });
+    const { router, provider } = setup(twoDeployments, {
+      cooldown: { failures: 2, window_ms: 10_000, duration_ms: 400 },
+    });
     provider('a').defaultStep = { kind: 'fail', error: serverError };
     while (router.health()[0]?.state === 'healthy') await router.chat(call('m'));
     const health = router.health();
@@ -272,7 +351,9 @@ describe('router: cooldown', () => {
   });
 
   it('a 429 takes the deployment out at once, for its Retry-After when longer than the duration', async () => {
-    const { router, provider } = setup(twoDeployments, { cooldown: { failures: 5, window_ms: 10_000, duration_ms: 100 } });
+    const { router, provider } = setup(twoDeployments, {
+      cooldown: { failures: 5, window_ms: 10_000, duration_ms: 100 },
+    });
     provider('a').defaultStep = { kind: 'fail', error: rateLimited(60_000) };
     while (provider('a').calls.length === 0) await router.chat(call('m'));
     const [a] = router.health();
@@ -290,7 +371,10 @@ describe('router: cooldown', () => {
     provider('b').defaultStep = { kind: 'fail', error: serverError };
     const first = await rejected(router.chat(call('m')));
     assert.equal(first.code, 'upstream_error');
-    assert.deepEqual(first.attempts?.map((attempt) => attempt.provider), ['a', 'b']);
+    assert.deepEqual(
+      first.attempts?.map((attempt) => attempt.provider),
+      ['a', 'b'],
+    );
     const started = Date.now();
     const second = await rejected(router.chat(call('m')));
     assert.ok(Date.now() - started < 100);
@@ -301,8 +385,11 @@ describe('router: cooldown', () => {
   });
 
   it('a cancelled call or one cut by the request deadline does not count against the deployment', async () => {
-    const { router, provider } = setup({ m: { provider: 'a', physical_name: 'pa' } }, { cooldown: { failures: 1, window_ms: 10_000, duration_ms: 30_000 } });
-    provider('a').then({ kind: 'hang' }, { kind: 'hang' });
+    const { router, provider } = setup(
+      { m: { provider: 'a', physical_name: 'pa' } },
+      { cooldown: { failures: 1, window_ms: 10_000, duration_ms: 30_000 } },
+    );
+    provider('a').answers({ kind: 'hang' }, { kind: 'hang' });
     assert.equal((await rejected(router.chat(call('m', { timeout_ms: 50 })))).code, 'upstream_timeout');
     const controller = new AbortController();
     const pending = router.chat(call('m', {}, 5_000, controller.signal));
@@ -314,8 +401,11 @@ describe('router: cooldown', () => {
     assert.equal(router.health()[0]?.recent_failures, 0);
   });
   it('a hang that uses up a deadline the request did not choose counts against the deployment', async () => {
-    const { router, provider } = setup({ m: { provider: 'a', physical_name: 'pa' } }, { cooldown: { failures: 1, window_ms: 10_000, duration_ms: 30_000 } });
-    provider('a').then({ kind: 'hang' });
+    const { router, provider } = setup(
+      { m: { provider: 'a', physical_name: 'pa' } },
+      { cooldown: { failures: 1, window_ms: 10_000, duration_ms: 30_000 } },
+    );
+    provider('a').answers({ kind: 'hang' });
     assert.equal((await rejected(router.chat(call('m', {}, 100)))).code, 'upstream_timeout');
     assert.equal(router.health()[0]?.state, 'cooling_down');
   });
@@ -323,35 +413,58 @@ describe('router: cooldown', () => {
 
 describe('router: fallbacks', () => {
   it('follows the fallback chain in order, and stops at the first that answers', async () => {
-    const { router, provider } = setup({
-      m: { provider: 'a', physical_name: 'pa', fallbacks: ['n', 'o', 'p'] },
-      n: { provider: 'b', physical_name: 'pb' },
-      o: { provider: 'c', physical_name: 'pc' },
-      p: { provider: 'd', physical_name: 'pd' },
-    }, { retry: { attempts: 1 } });
+    const { router, provider } = setup(
+      {
+        m: { provider: 'a', physical_name: 'pa', fallbacks: ['n', 'o', 'p'] },
+        n: { provider: 'b', physical_name: 'pb' },
+        o: { provider: 'c', physical_name: 'pc' },
+        p: { provider: 'd', physical_name: 'pd' },
+      },
+      { retry: { attempts: 1 } },
+    );
     provider('a').defaultStep = { kind: 'fail', error: serverError };
     provider('b').defaultStep = { kind: 'fail', error: rateLimited() };
     const response = await router.chat(call('m'));
     assert.deepEqual(response.target, { model: 'o', provider: 'c', physicalName: 'pc' });
-    assert.deepEqual(response.attempts.map((attempt) => [attempt.provider, attempt.error_code]), [['a', 'upstream_error'], ['b', 'rate_limited'], ['c', null]]);
+    assert.deepEqual(
+      response.attempts.map((attempt) => [attempt.provider, attempt.error_code]),
+      [
+        ['a', 'upstream_error'],
+        ['b', 'rate_limited'],
+        ['c', null],
+      ],
+    );
     assert.equal(provider('d').calls.length, 0);
   });
 
   it('guards against fallback cycles', async () => {
-    const { router, provider } = setup({
-      m: { provider: 'a', physical_name: 'pa', fallbacks: ['n'] },
-      n: { provider: 'b', physical_name: 'pb', fallbacks: ['m'] },
-    }, { retry: { attempts: 1 } });
+    const { router, provider } = setup(
+      {
+        m: { provider: 'a', physical_name: 'pa', fallbacks: ['n'] },
+        n: { provider: 'b', physical_name: 'pb', fallbacks: ['m'] },
+      },
+      { retry: { attempts: 1 } },
+    );
     provider('a').defaultStep = { kind: 'fail', error: serverError };
     provider('b').defaultStep = { kind: 'fail', error: serverError };
     const error = await rejected(router.chat(call('m')));
     assert.equal(error.code, 'upstream_error');
-    assert.deepEqual(error.attempts?.map((attempt) => attempt.provider), ['a', 'b']);
+    assert.deepEqual(
+      error.attempts?.map((attempt) => attempt.provider),
+      ['a', 'b'],
+    );
   });
 
   it('goes to context_fallbacks (not the other deployments nor fallbacks) when the context is too long', async () => {
     const { router, provider } = setup({
-      m: { deployments: [{ provider: 'a', physical_name: 'pa' }, { provider: 'b', physical_name: 'pb' }], fallbacks: ['n'], context_fallbacks: ['big'] },
+      m: {
+        deployments: [
+          { provider: 'a', physical_name: 'pa' },
+          { provider: 'b', physical_name: 'pb' },
+        ],
+        fallbacks: ['n'],
+        context_fallbacks: ['big'],
+      },
       n: { provider: 'c', physical_name: 'pc' },
       big: { provider: 'd', physical_name: 'pd-128k' },
     });
@@ -364,7 +477,10 @@ describe('router: fallbacks', () => {
   });
 
   it('without context_fallbacks, the context error is final', async () => {
-    const { router, provider } = setup({ m: { provider: 'a', physical_name: 'pa', fallbacks: ['n'] }, n: { provider: 'b', physical_name: 'pb' } });
+    const { router, provider } = setup({
+      m: { provider: 'a', physical_name: 'pa', fallbacks: ['n'] },
+      n: { provider: 'b', physical_name: 'pb' },
+    });
     provider('a').defaultStep = { kind: 'fail', error: contextTooLong };
     const error = await rejected(router.chat(call('m')));
     assert.equal(error.contextLengthExceeded, true);
@@ -375,7 +491,10 @@ describe('router: fallbacks', () => {
 describe('router: deadlines', () => {
   it('the request deadline bounds all retries and fallbacks together', async () => {
     const { router, provider } = setup(
-      { m: { provider: 'a', physical_name: 'pa', fallbacks: ['n'], timeout_ms: 200 }, n: { provider: 'b', physical_name: 'pb', timeout_ms: 200 } },
+      {
+        m: { provider: 'a', physical_name: 'pa', fallbacks: ['n'], timeout_ms: 200 },
+        n: { provider: 'b', physical_name: 'pb', timeout_ms: 200 },
+      },
       { retry: { attempts: 5 } },
     );
     provider('a').defaultStep = { kind: 'hang' };
@@ -391,18 +510,32 @@ describe('router: deadlines', () => {
 
   it('a deployment timeout ends the attempt and the retry goes elsewhere', async () => {
     const { router, provider } = setup({
-      m: { deployments: [{ provider: 'a', physical_name: 'pa', timeout_ms: 100, weight: 1_000 }, { provider: 'b', physical_name: 'pb', weight: 1 }] },
+      m: {
+        deployments: [
+          { provider: 'a', physical_name: 'pa', timeout_ms: 100, weight: 1_000 },
+          { provider: 'b', physical_name: 'pb', weight: 1 },
+        ],
+      },
     });
-    provider('a').then({ kind: 'hang' });
+    provider('a').answers({ kind: 'hang' });
     let response = await router.chat(call('m'));
     if (response.attempts.length === 1) response = await router.chat(call('m'));
-    assert.deepEqual(response.attempts.map((attempt) => [attempt.provider, attempt.error_code]), [['a', 'upstream_timeout'], ['b', null]]);
+    assert.deepEqual(
+      response.attempts.map((attempt) => [attempt.provider, attempt.error_code]),
+      [
+        ['a', 'upstream_timeout'],
+        ['b', null],
+      ],
+    );
   });
 
   it('uses deadlineAt from the call, and deadlineFor falls back to the longest of default and model timeouts', async () => {
     const { router, provider } = setup({ m: { provider: 'a', physical_name: 'pa', timeout_ms: 300_000 } });
     assert.equal(router.deadlineFor({ model: 'm', messages: [] } as unknown as ChatRequest, 1_000), 301_000);
-    assert.equal(router.deadlineFor({ model: 'm', messages: [], timeout_ms: 50 } as unknown as ChatRequest, 1_000), 1_050);
+    assert.equal(
+      router.deadlineFor({ model: 'm', messages: [], timeout_ms: 50 } as unknown as ChatRequest, 1_000),
+      1_050,
+    );
     provider('a').defaultStep = { kind: 'hang' };
     const error = await rejected(router.chat(call('m', {}, 100)));
     assert.equal(error.code, 'upstream_timeout');
@@ -430,11 +563,20 @@ describe('router: streaming', () => {
   }
 
   it('falls back before the first delta', async () => {
-    const { router, provider } = setup({ m: { provider: 'a', physical_name: 'pa', fallbacks: ['n'] }, n: { provider: 'b', physical_name: 'pb' } }, { retry: { attempts: 1 } });
-    provider('a').then({ kind: 'stream-fail', before: 0, error: serverError });
+    const { router, provider } = setup(
+      { m: { provider: 'a', physical_name: 'pa', fallbacks: ['n'] }, n: { provider: 'b', physical_name: 'pb' } },
+      { retry: { attempts: 1 } },
+    );
+    provider('a').answers({ kind: 'stream-fail', before: 0, error: serverError });
     const stream = await router.stream(call('m'));
     assert.equal(stream.target.model, 'n');
-    assert.deepEqual(stream.attempts.map((attempt) => [attempt.provider, attempt.error_code]), [['a', 'upstream_error'], ['b', null]]);
+    assert.deepEqual(
+      stream.attempts.map((attempt) => [attempt.provider, attempt.error_code]),
+      [
+        ['a', 'upstream_error'],
+        ['b', null],
+      ],
+    );
     assert.equal(await collect(stream.events), 'b streams');
     assert.equal(stream.attempts[1]?.model_resolved, 'pb-resolved');
     assert.equal(stream.attempts[1]?.completion_tokens, 2);
@@ -442,22 +584,30 @@ describe('router: streaming', () => {
   });
 
   it('an empty delta (a role-only chunk) does not end the time for fallbacks', async () => {
-    const { router, provider } = setup({ m: { provider: 'a', physical_name: 'pa', fallbacks: ['n'] }, n: { provider: 'b', physical_name: 'pb' } }, { retry: { attempts: 1 } });
-    provider('a').then({ kind: 'stream-fail', before: 0, emptyFirst: true, error: serverError });
+    const { router, provider } = setup(
+      { m: { provider: 'a', physical_name: 'pa', fallbacks: ['n'] }, n: { provider: 'b', physical_name: 'pb' } },
+      { retry: { attempts: 1 } },
+    );
+    provider('a').answers({ kind: 'stream-fail', before: 0, emptyFirst: true, error: serverError });
     const stream = await router.stream(call('m'));
     assert.equal(stream.target.model, 'n');
     assert.equal(await collect(stream.events), 'b streams');
   });
 
   it('after the first delta a failure is thrown from the iterable, never a switch', async () => {
-    const { router, provider } = setup({ m: { provider: 'a', physical_name: 'pa', fallbacks: ['n'] }, n: { provider: 'b', physical_name: 'pb' } });
-    provider('a').then({ kind: 'stream-fail', before: 2, error: serverError });
+    const { router, provider } = setup({
+      m: { provider: 'a', physical_name: 'pa', fallbacks: ['n'] },
+      n: { provider: 'b', physical_name: 'pb' },
+    });
+    provider('a').answers({ kind: 'stream-fail', before: 2, error: serverError });
     const stream = await router.stream(call('m'));
     assert.equal(stream.target.provider, 'a');
     const seen: string[] = [];
-    const error = await rejected((async () => {
-      for await (const event of stream.events) if (event.type === 'delta') seen.push(event.content ?? '');
-    })());
+    const error = await rejected(
+      (async () => {
+        for await (const event of stream.events) if (event.type === 'delta') seen.push(event.content ?? '');
+      })(),
+    );
     assert.deepEqual(seen, ['a-0 ', 'a-1 ']);
     assert.equal(error.code, 'upstream_error');
     assert.equal(error.attempts?.[0]?.error_code, 'upstream_error');

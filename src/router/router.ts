@@ -27,7 +27,15 @@ import { fitsBeforeDeadline, retryDelayMs, type BackoffPolicy } from './backoff.
 import { DeploymentState, type CooldownPolicy } from './deployment-state.js';
 import { pickDeployment, type Candidate, type PickOptions } from './pick.js';
 import { RelayedStream, type OpenedStream } from './relayed-stream.js';
-import type { DeploymentHealth, RoutedCall, RoutedResponse, RoutedStream, RoutePlan, RouteTarget, Router } from './types.js';
+import type {
+  DeploymentHealth,
+  RoutedCall,
+  RoutedResponse,
+  RoutedStream,
+  RoutePlan,
+  RouteTarget,
+  Router,
+} from './types.js';
 
 /** One deployment of one logical model, with everything the hot path needs settled at construction. */
 export interface RouteEntry extends Candidate {
@@ -109,8 +117,19 @@ export class DeploymentRouter implements Router {
     this.now = options.now ?? Date.now;
     this.random = options.random ?? Math.random;
     const routing = config.routing;
-    this.backoff = { baseMs: routing.retry.base_backoff_ms, maxMs: routing.retry.max_backoff_ms, jitter: routing.retry.jitter };
-    this.pickOptions = { strategy: routing.strategy, now: 0, random: this.random, exploration: routing.exploration, tried: undefined, excluded: undefined };
+    this.backoff = {
+      baseMs: routing.retry.base_backoff_ms,
+      maxMs: routing.retry.max_backoff_ms,
+      jitter: routing.retry.jitter,
+    };
+    this.pickOptions = {
+      strategy: routing.strategy,
+      now: 0,
+      random: this.random,
+      exploration: routing.exploration,
+      tried: undefined,
+      excluded: undefined,
+    };
     this.defaultTimeoutMs = config.worker.default_timeout_ms;
     const cooldown: CooldownPolicy = {
       failures: routing.cooldown.failures,
@@ -138,7 +157,10 @@ export class DeploymentRouter implements Router {
         }
         const provider = providers.get(deployment.provider);
         const timeoutMs =
-          deployment.timeout_ms ?? modelConfig.timeout_ms ?? config.providers.get(deployment.provider)?.timeout_ms ?? this.defaultTimeoutMs;
+          deployment.timeout_ms ??
+          modelConfig.timeout_ms ??
+          config.providers.get(deployment.provider)?.timeout_ms ??
+          this.defaultTimeoutMs;
         model.longestTimeoutMs = Math.max(model.longestTimeoutMs, timeoutMs);
         model.entries.push({
           model,
@@ -217,7 +239,11 @@ export class DeploymentRouter implements Router {
   plan(request: ChatRequest, receivedAt: number): RoutePlan | undefined {
     const model = this.models.get(request.model);
     if (model === undefined) return undefined;
-    const plan: CompiledPlan = { model: model.name, deadlineAt: this.deadlineOf(request, model, receivedAt), compiled: model };
+    const plan: CompiledPlan = {
+      model: model.name,
+      deadlineAt: this.deadlineOf(request, model, receivedAt),
+      compiled: model,
+    };
     return plan;
   }
 
@@ -278,8 +304,10 @@ export class DeploymentRouter implements Router {
       deadlineAt = plan.deadlineAt;
     } else {
       const given = call.deadlineAt;
-      deadlineAt = given !== undefined && given > 0 && Number.isFinite(given) ? given : this.deadlineOf(request, model, startedAt);
-      if (request.timeout_ms !== undefined && startedAt + request.timeout_ms < deadlineAt) deadlineAt = startedAt + request.timeout_ms;
+      deadlineAt =
+        given !== undefined && given > 0 && Number.isFinite(given) ? given : this.deadlineOf(request, model, startedAt);
+      if (request.timeout_ms !== undefined && startedAt + request.timeout_ms < deadlineAt)
+        deadlineAt = startedAt + request.timeout_ms;
     }
     const routing: Routing = {
       call,
@@ -301,7 +329,11 @@ export class DeploymentRouter implements Router {
    * caller then moves on to the next fallback); throws when the request must
    * end now (cancelled, out of time, an error no other deployment would fix).
    */
-  private async routeModel<T>(model: CompiledModel, routing: Routing, execute: Execute<T>): Promise<Success<T> | undefined> {
+  private async routeModel<T>(
+    model: CompiledModel,
+    routing: Routing,
+    execute: Execute<T>,
+  ): Promise<Success<T> | undefined> {
     const call = routing.call;
     let tried: Set<RouteEntry> | undefined;
     let excluded: Set<RouteEntry> | undefined;
@@ -316,7 +348,7 @@ export class DeploymentRouter implements Router {
       pickOptions.excluded = excluded;
       const entry = pickDeployment(model.entries, pickOptions);
       if (entry === undefined) break;
-      if (tried !== undefined && tried.has(entry)) {
+      if (tried?.has(entry)) {
         // Every deployment available has failed once already: back off before trying one again.
         const delayMs = retryDelayMs(tries, this.backoff, this.random, routing.lastError?.retryAfterMs);
         if (!fitsBeforeDeadline(now, delayMs, routing.deadlineAt)) break;
@@ -379,7 +411,8 @@ export class DeploymentRouter implements Router {
     // A timeout is the deployment's failure when it had its full allowance, or the request set no
     // timeout of its own; not when a client's short timeout_ms cut it, or one client's tight
     // deadline could take a deployment out for everyone.
-    const timeoutBlamesDeployment = !requestDeadlineFirst || routing.call.request.timeout_ms === undefined || untilRequestDeadline >= entry.timeoutMs;
+    const timeoutBlamesDeployment =
+      !requestDeadlineFirst || routing.call.request.timeout_ms === undefined || untilRequestDeadline >= entry.timeoutMs;
     const signal = new AttemptSignal(
       routing.call.signal,
       requestDeadlineFirst ? untilRequestDeadline : entry.timeoutMs,
@@ -387,12 +420,22 @@ export class DeploymentRouter implements Router {
       requestDeadlineFirst ? routing.budgetMs : -1,
       timeoutBlamesDeployment,
     );
-    const record: AttemptRecord = { model: entry.model.name, provider: entry.providerName, model_resolved: entry.physicalName, error_code: null, latency_ms: 0 };
+    const record: AttemptRecord = {
+      model: entry.model.name,
+      provider: entry.providerName,
+      model_resolved: entry.physicalName,
+      error_code: null,
+      latency_ms: 0,
+    };
     routing.attempts.push(record);
     const startedAt = performance.now();
     entry.state.inFlight++;
     try {
-      const value = await execute(entry, { model: entry.physicalName, request: routing.call.request, signal: signal.signal });
+      const value = await execute(entry, {
+        model: entry.physicalName,
+        request: routing.call.request,
+        signal: signal.signal,
+      });
       return { value, entry, signal, record, attempts: routing.attempts, startedAt };
     } catch (thrown) {
       signal.release();
@@ -412,9 +455,13 @@ export class DeploymentRouter implements Router {
   }
 
   private deadlineError(model: CompiledModel, routing: Routing): ProxyError {
-    return new ProxyError('upstream_timeout', `model "${model.name}": no answer within the request's deadline (${Math.round(routing.budgetMs)} ms)`, {
-      attempts: routing.attempts,
-    });
+    return new ProxyError(
+      'upstream_timeout',
+      `model "${model.name}": no answer within the request's deadline (${Math.round(routing.budgetMs)} ms)`,
+      {
+        attempts: routing.attempts,
+      },
+    );
   }
 
   /** Nothing answered: the last upstream error, or `no_provider_available` when no deployment could even be tried. */
@@ -424,12 +471,20 @@ export class DeploymentRouter implements Router {
     let recoversAt = Infinity;
     const models = routing.visited ?? [model];
     for (const visited of models) {
-      for (const entry of visited.entries) if (entry.usable && entry.state.cooldownUntil < recoversAt) recoversAt = entry.state.cooldownUntil;
+      for (const entry of visited.entries)
+        if (entry.usable && entry.state.cooldownUntil < recoversAt) recoversAt = entry.state.cooldownUntil;
     }
-    const names = routing.visited === undefined ? `"${model.name}"` : [...routing.visited].map((visited) => `"${visited.name}"`).join(', ');
-    return new ProxyError('no_provider_available', `no deployment of model ${names} can take a request now (all cooling down or unconfigured)`, {
-      ...(Number.isFinite(recoversAt) && recoversAt > now ? { retryAfterMs: recoversAt - now } : {}),
-    });
+    const names =
+      routing.visited === undefined
+        ? `"${model.name}"`
+        : [...routing.visited].map((visited) => `"${visited.name}"`).join(', ');
+    return new ProxyError(
+      'no_provider_available',
+      `no deployment of model ${names} can take a request now (all cooling down or unconfigured)`,
+      {
+        ...(Number.isFinite(recoversAt) && recoversAt > now ? { retryAfterMs: recoversAt - now } : {}),
+      },
+    );
   }
 }
 

@@ -9,7 +9,9 @@ export type { Logger } from 'pino';
  * request options or headers.
  */
 export const REDACTED_KEYS: ReadonlySet<string> = new Set(
-  ['apiKey', 'api_key', 'authorization', 'x-internal-secret', 'secret', 'password', 'pass', 'token', 'cookie'].map(normalizeKey),
+  ['apiKey', 'api_key', 'authorization', 'x-internal-secret', 'secret', 'password', 'pass', 'token', 'cookie'].map(
+    normalizeKey,
+  ),
 );
 
 const CENSOR = '[redacted]';
@@ -53,7 +55,8 @@ function scrub(value: unknown, depth: number): unknown {
   let copy: Record<string, unknown> | undefined;
   for (const key of Object.keys(value)) {
     const item = (value as Record<string, unknown>)[key];
-    const cleaned = REDACTED_KEYS.has(normalizeKey(key)) && item !== undefined && item !== null ? CENSOR : scrub(item, depth + 1);
+    const cleaned =
+      REDACTED_KEYS.has(normalizeKey(key)) && item !== undefined && item !== null ? CENSOR : scrub(item, depth + 1);
     if (cleaned !== item) (copy ??= { ...(value as Record<string, unknown>) })[key] = cleaned;
   }
   return copy ?? value;

@@ -15,7 +15,12 @@ test('trace context is read from NATS headers through the registered propagator'
       const value = getter.get(carrier, 'traceparent');
       const parts = (Array.isArray(value) ? value[0] : value)?.split('-');
       if (parts === undefined || parts.length !== 4) return context;
-      return trace.setSpanContext(context, { traceId: parts[1]!, spanId: parts[2]!, traceFlags: Number.parseInt(parts[3]!, 16), isRemote: true });
+      return trace.setSpanContext(context, {
+        traceId: parts[1]!,
+        spanId: parts[2]!,
+        traceFlags: Number.parseInt(parts[3]!, 16),
+        isRemote: true,
+      });
     },
   };
   propagation.setGlobalPropagator(propagator);
@@ -35,13 +40,23 @@ test('the logger redacts keys and secrets wherever they appear; request loggers 
   const lines: string[] = [];
   const logger = createLogger({ destination: { write: (line: string) => lines.push(line) } });
   requestLogger(logger, 'r-1', 'agent:sofia').info(
-    { apiKey: 'sk-1', provider: { apiKey: 'sk-2', headers: { authorization: 'Bearer sk-3', 'x-internal-secret': 'sec-4' } }, headers: { 'X-Internal-Secret': 'sec-5' } },
+    {
+      apiKey: 'sk-1',
+      provider: { apiKey: 'sk-2', headers: { authorization: 'Bearer sk-3', 'x-internal-secret': 'sec-4' } },
+      headers: { 'X-Internal-Secret': 'sec-5' },
+    },
     'hello',
   );
-  const cause = Object.assign(new Error('upstream said: Incorrect API key provided: abc-6'), { options: { headers: { Authorization: 'Bearer tok-7' } } });
-  logger.error({ err: new Error('call failed with Bearer tok-8', { cause }), deep: [{ api_key: 'k-9' }], apiKey: null }, 'failed');
+  const cause = Object.assign(new Error('upstream said: Incorrect API key provided: abc-6'), {
+    options: { headers: { Authorization: 'Bearer tok-7' } },
+  });
+  logger.error(
+    { err: new Error('call failed with Bearer tok-8', { cause }), deep: [{ api_key: 'k-9' }], apiKey: null },
+    'failed',
+  );
   const text = lines.join('');
-  for (const secret of ['sk-1', 'sk-2', 'sk-3', 'sec-4', 'sec-5', 'abc-6', 'tok-7', 'tok-8', 'k-9']) assert.ok(!text.includes(secret), `${secret} leaked: ${text}`);
+  for (const secret of ['sk-1', 'sk-2', 'sk-3', 'sec-4', 'sec-5', 'abc-6', 'tok-7', 'tok-8', 'k-9'])
+    assert.ok(!text.includes(secret), `${secret} leaked: ${text}`);
   const failed = JSON.parse(lines[1]!);
   assert.equal(failed.err.type, 'Error');
   assert.match(failed.err.message, /call failed with Bearer \[redacted\]/);
@@ -63,7 +78,9 @@ test('stdout lines are batched, yet a lone line of a quiet process shows within 
     logger.info('first');
     setTimeout(() => logger.info('last'), 1500);
   `;
-  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   const started = Date.now();
   const seen: Array<{ msg: string; atMs: number }> = [];
   let buffered = '';
@@ -79,7 +96,10 @@ test('stdout lines are batched, yet a lone line of a quiet process shows within 
   });
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
   assert.equal(code, 0);
-  assert.deepEqual(seen.map((line) => line.msg), ['first', 'last']);
+  assert.deepEqual(
+    seen.map((line) => line.msg),
+    ['first', 'last'],
+  );
   // "first" came out with the periodic flush, long before the process logged again.
   assert.ok(seen[1]!.atMs - seen[0]!.atMs > 1_000, JSON.stringify(seen));
 });

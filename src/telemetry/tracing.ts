@@ -1,4 +1,13 @@
-import { context, propagation, trace, SpanKind, SpanStatusCode, type Context, type Span, type TextMapGetter } from '@opentelemetry/api';
+import {
+  context,
+  propagation,
+  trace,
+  SpanKind,
+  SpanStatusCode,
+  type Context,
+  type Span,
+  type TextMapGetter,
+} from '@opentelemetry/api';
 import { Match, type MsgHdrs } from '@nats-io/nats-core';
 
 /**
@@ -29,13 +38,20 @@ export function startRequestSpan(subject: string, headers: MsgHdrs | undefined):
     `${subject} process`,
     {
       kind: SpanKind.CONSUMER,
-      attributes: { 'messaging.system': 'nats', 'messaging.destination.name': subject, 'messaging.operation.type': 'process' },
+      attributes: {
+        'messaging.system': 'nats',
+        'messaging.destination.name': subject,
+        'messaging.operation.type': 'process',
+      },
     },
     parent,
   );
 }
 
-export function endRequestSpan(span: Span, outcome: { requestId: string; model?: string | undefined; errorCode?: string | undefined }): void {
+export function endRequestSpan(
+  span: Span,
+  outcome: { requestId: string; model?: string | undefined; errorCode?: string | undefined },
+): void {
   span.setAttribute('llm_proxy.request_id', outcome.requestId);
   if (outcome.model !== undefined) span.setAttribute('gen_ai.request.model', outcome.model);
   if (outcome.errorCode !== undefined) {

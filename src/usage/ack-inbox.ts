@@ -1,5 +1,11 @@
 // By hand, not nats.js's `js.publish`: one `request()` per event (mux entry, timer, Error) was a visible share of a worker's CPU (docs/bench/results.md); see AckInbox.
-import { createInbox, headers as createHeaders, type Msg, type NatsConnection, type Subscription } from '@nats-io/nats-core';
+import {
+  createInbox,
+  headers as createHeaders,
+  type Msg,
+  type NatsConnection,
+  type Subscription,
+} from '@nats-io/nats-core';
 import { HEADERS } from '../contract/subjects.js';
 
 export interface PublishAck {
@@ -101,7 +107,12 @@ export class AckInbox {
       pending.reject(new Error('no JetStream stream captures this subject (503 no responders)'));
       return;
     }
-    let body: { stream?: unknown; seq?: unknown; duplicate?: unknown; error?: { code?: unknown; err_code?: unknown; description?: unknown } };
+    let body: {
+      stream?: unknown;
+      seq?: unknown;
+      duplicate?: unknown;
+      error?: { code?: unknown; err_code?: unknown; description?: unknown };
+    };
     try {
       body = message.json();
     } catch {
@@ -111,7 +122,9 @@ export class AckInbox {
     if (body.error !== undefined) {
       const errCode = typeof body.error.err_code === 'number' ? body.error.err_code : undefined;
       const description = `JetStream refused the publish: ${String(body.error.description ?? 'no description')} (${String(body.error.code)}/${String(body.error.err_code)})`;
-      pending.reject(new PublishRefusedError(description, errCode, errCode !== undefined && PERMANENT_ERR_CODES.has(errCode)));
+      pending.reject(
+        new PublishRefusedError(description, errCode, errCode !== undefined && PERMANENT_ERR_CODES.has(errCode)),
+      );
       return;
     }
     pending.resolve({ stream: String(body.stream), seq: Number(body.seq), duplicate: body.duplicate === true });

@@ -78,7 +78,8 @@ export function buildUsageEvent(input: UsageEventInput): BuiltUsageEvent {
     for (const key in metadata) {
       const value: unknown = metadata[key];
       // No prototype: a tag named `__proto__` is kept like any other.
-      if (Object.hasOwn(metadata, key) && !METADATA_FIELDS.has(key) && typeof value === 'string') (tags ??= Object.create(null) as Record<string, string>)[key] = value;
+      if (Object.hasOwn(metadata, key) && !METADATA_FIELDS.has(key) && typeof value === 'string')
+        (tags ??= Object.create(null) as Record<string, string>)[key] = value;
     }
     if (tags !== undefined) event.tags = tags;
   }

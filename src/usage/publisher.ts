@@ -92,7 +92,14 @@ export class UsagePublisher {
   /** Publishes are failing: warned once, until the retry queue drains. */
   #failing = false;
   #idleWaiters: Array<() => void> = [];
-  readonly counters: UsagePublisherCounters = { published: 0, duplicates: 0, failedAttempts: 0, pending: 0, dropped: 0, deadLettered: 0 };
+  readonly counters: UsagePublisherCounters = {
+    published: 0,
+    duplicates: 0,
+    failedAttempts: 0,
+    pending: 0,
+    dropped: 0,
+    deadLettered: 0,
+  };
 
   constructor(options: UsagePublisherOptions) {
     this.#options = options;
@@ -126,7 +133,10 @@ export class UsagePublisher {
     };
     if (this.#closed) {
       this.counters.dropped++;
-      this.#options.logger.error({ usage_event: item.event, subject: item.subject }, 'usage event after the publisher closed; logged in full');
+      this.#options.logger.error(
+        { usage_event: item.event, subject: item.subject },
+        'usage event after the publisher closed; logged in full',
+      );
       return;
     }
     this.counters.pending++;
@@ -154,9 +164,19 @@ export class UsagePublisher {
       if (permanent !== undefined) return this.#deadLetter(item, permanent);
       this.counters.failedAttempts++;
       // One warning per outage (a leaderless stream fails every event for seconds), the rest at debug.
-      const details = { event_id: item.event.event_id, request_id: item.event.request_id, subject: item.subject, tries: item.tries, err: error };
+      const details = {
+        event_id: item.event.event_id,
+        request_id: item.event.request_id,
+        subject: item.subject,
+        tries: item.tries,
+        err: error,
+      };
       if (this.#failing) this.#options.logger.debug(details, 'usage event not published yet; kept for retry');
-      else this.#options.logger.warn(details, 'usage events are not being published; holding them for retry (further failures at debug level)');
+      else
+        this.#options.logger.warn(
+          details,
+          'usage events are not being published; holding them for retry (further failures at debug level)',
+        );
       this.#failing = true;
       return 'retry';
     }
@@ -170,7 +190,8 @@ export class UsagePublisher {
     const maxPayload = this.#options.connection.info?.max_payload;
     if (maxPayload !== undefined && item.payload.length * 3 + HEADER_ROOM_BYTES > maxPayload) {
       const bytes = Buffer.byteLength(item.payload);
-      if (bytes + HEADER_ROOM_BYTES > maxPayload) return `the event (${bytes} bytes) does not fit the server's max_payload (${maxPayload} bytes)`;
+      if (bytes + HEADER_ROOM_BYTES > maxPayload)
+        return `the event (${bytes} bytes) does not fit the server's max_payload (${maxPayload} bytes)`;
     }
     return undefined;
   }
@@ -189,7 +210,10 @@ export class UsagePublisher {
       void mkdir(dirname(file), { recursive: true })
         .then(() => appendFile(file, line))
         .catch((error: unknown) => {
-          this.#options.logger.error({ err: error, dead_letter_file: file, event_id: item.event.event_id }, 'could not write the dead-letter file (the event is in the log line before this one)');
+          this.#options.logger.error(
+            { err: error, dead_letter_file: file, event_id: item.event.event_id },
+            'could not write the dead-letter file (the event is in the log line before this one)',
+          );
         });
     }
     return 'dead';
@@ -200,7 +224,10 @@ export class UsagePublisher {
       // An ack still outstanding when the publisher closed: it may or may not be stored; keep it in the log.
       this.counters.dropped++;
       this.counters.pending--;
-      this.#options.logger.error({ usage_event: item.event, subject: item.subject }, 'usage event not acknowledged before shutdown; logged in full');
+      this.#options.logger.error(
+        { usage_event: item.event, subject: item.subject },
+        'usage event not acknowledged before shutdown; logged in full',
+      );
       return;
     }
     this.#queue.push(item);
@@ -302,7 +329,10 @@ export class UsagePublisher {
     if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
     this.#retryTimer = undefined;
     for (const item of this.#queue) {
-      this.#options.logger.error({ usage_event: item.event, subject: item.subject }, 'usage event could not be published before shutdown; logged in full');
+      this.#options.logger.error(
+        { usage_event: item.event, subject: item.subject },
+        'usage event could not be published before shutdown; logged in full',
+      );
     }
     this.#queue.length = 0;
   }

@@ -1,4 +1,11 @@
-import { JetStreamApiCodes, JetStreamApiError, StorageType, type JetStreamManager, type StreamConfig, type StreamInfo } from '@nats-io/jetstream';
+import {
+  JetStreamApiCodes,
+  JetStreamApiError,
+  StorageType,
+  type JetStreamManager,
+  type StreamConfig,
+  type StreamInfo,
+} from '@nats-io/jetstream';
 import { nanos } from '@nats-io/nats-core';
 import type { UsageStreamConfig } from '../config/schema.js';
 import { subjectsFor } from '../contract/subjects.js';
@@ -24,13 +31,17 @@ export function usageStreamConfig(settings: UsageStreamConfig, subject: string):
     num_replicas: settings.replicas,
     storage: settings.storage === 'memory' ? StorageType.Memory : StorageType.File,
     // The server refuses a duplicate window longer than max_age.
-    duplicate_window: nanos(settings.max_age > 0 ? Math.min(settings.duplicate_window, settings.max_age) : settings.duplicate_window),
+    duplicate_window: nanos(
+      settings.max_age > 0 ? Math.min(settings.duplicate_window, settings.max_age) : settings.duplicate_window,
+    ),
   };
 }
 
 /** Names of the settings (and `subjects`, when one wanted is missing) in which the stream differs from `wanted`. */
 function differingSettings(current: StreamConfig, wanted: UsageStreamWanted): string[] {
-  const differing: string[] = UPDATABLE_SETTINGS.filter((key) => wanted[key] !== undefined && current[key] !== wanted[key]);
+  const differing: string[] = UPDATABLE_SETTINGS.filter(
+    (key) => wanted[key] !== undefined && current[key] !== wanted[key],
+  );
   const subjects = new Set(current.subjects ?? []);
   if (wanted.subjects.some((subject) => !subjects.has(subject))) differing.push('subjects');
   return differing;
@@ -78,17 +89,28 @@ export async function ensureUsageStreamCapturing(
   }
   const current = existing.config;
   if (current.storage !== wanted.storage) {
-    logger?.warn({ stream: wanted.name, current: current.storage, wanted: wanted.storage }, 'usage stream storage differs from config; storage cannot be changed in place, keeping it');
+    logger?.warn(
+      { stream: wanted.name, current: current.storage, wanted: wanted.storage },
+      'usage stream storage differs from config; storage cannot be changed in place, keeping it',
+    );
   }
   const differing = differingSettings(current, wanted);
   if (differing.length === 0) return existing;
   const { storage: _storage, ...updatable } = wanted;
-  const updated = await manager.streams.update(wanted.name, { ...updatable, subjects: [...new Set([...(current.subjects ?? []), ...wanted.subjects])] });
+  const updated = await manager.streams.update(wanted.name, {
+    ...updatable,
+    subjects: [...new Set([...(current.subjects ?? []), ...wanted.subjects])],
+  });
   logger?.info({ stream: wanted.name, changed: differing }, 'usage stream settings updated');
   return updated;
 }
 
 /** {@link ensureUsageStreamCapturing} for the subjects of `subjectPrefix` (`<prefix>.usage.>`). */
-export function ensureUsageStream(manager: JetStreamManager, settings: UsageStreamConfig, subjectPrefix: string, logger?: UsageStreamLogger): Promise<StreamInfo> {
+export function ensureUsageStream(
+  manager: JetStreamManager,
+  settings: UsageStreamConfig,
+  subjectPrefix: string,
+  logger?: UsageStreamLogger,
+): Promise<StreamInfo> {
   return ensureUsageStreamCapturing(manager, settings, subjectsFor(subjectPrefix).usageAll, logger);
 }

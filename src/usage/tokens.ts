@@ -18,7 +18,8 @@ function contentText(content: ChatMessage['content']): string {
   if (typeof content === 'string') return content;
   return content
     .map((part) => {
-      if (part.type === 'text' && typeof (part as { text?: unknown }).text === 'string') return (part as { text: string }).text;
+      if (part.type === 'text' && typeof (part as { text?: unknown }).text === 'string')
+        return (part as { text: string }).text;
       return '';
     })
     .join('');
@@ -41,7 +42,9 @@ let encodingCount: CountTokens | undefined;
  * full GC would otherwise walk it, which the benchmark showed in the tail.
  */
 function countTokens(text: string): number {
-  encodingCount ??= (createRequire(import.meta.url)('gpt-tokenizer/encoding/o200k_base') as { countTokens: CountTokens }).countTokens;
+  encodingCount ??= (
+    createRequire(import.meta.url)('gpt-tokenizer/encoding/o200k_base') as { countTokens: CountTokens }
+  ).countTokens;
   return encodingCount(text);
 }
 
@@ -92,6 +95,14 @@ export function estimatePromptTokens(request: Pick<ChatRequest, 'messages' | 'to
   return total;
 }
 
-export function estimateCompletionTokens(output: { content?: string | null; reasoningContent?: string | undefined; toolCalls?: ToolCall[] | undefined }): number {
-  return countTextTokens(output.content ?? '') + countTextTokens(output.reasoningContent ?? '') + countTextTokens(toolCallsText(output.toolCalls));
+export function estimateCompletionTokens(output: {
+  content?: string | null;
+  reasoningContent?: string | undefined;
+  toolCalls?: ToolCall[] | undefined;
+}): number {
+  return (
+    countTextTokens(output.content ?? '') +
+    countTextTokens(output.reasoningContent ?? '') +
+    countTextTokens(toolCallsText(output.toolCalls))
+  );
 }

@@ -14,7 +14,15 @@ test('prompt estimate: text tokens plus 3 per message, 1 per name, 3 to prime th
   const parts = estimatePromptTokens({ messages: [{ role: 'user', content: [{ type: 'text', text: 'Hello!' }] }] });
   assert.equal(parts, 3 + 3 + user + hello);
   const withImage = estimatePromptTokens({
-    messages: [{ role: 'user', content: [{ type: 'text', text: 'Hello!' }, { type: 'image_url', image_url: { url: 'data:x' } }] }],
+    messages: [
+      {
+        role: 'user',
+        content: [
+          { type: 'text', text: 'Hello!' },
+          { type: 'image_url', image_url: { url: 'data:x' } },
+        ],
+      },
+    ],
   });
   assert.equal(withImage, parts + 85);
 });
@@ -24,9 +32,15 @@ test('completion estimate counts content, reasoning and tool calls', () => {
   assert.equal(estimateCompletionTokens({ content: null }), 0);
   const text = estimateCompletionTokens({ content: 'The quick brown fox jumps over the lazy dog.' });
   assert.ok(text >= 9 && text <= 12, String(text));
-  const tools = estimateCompletionTokens({ content: null, toolCalls: [{ id: 'x', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }] });
+  const tools = estimateCompletionTokens({
+    content: null,
+    toolCalls: [{ id: 'x', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }],
+  });
   assert.ok(tools > 3);
-  assert.equal(estimateCompletionTokens({ content: 'a', reasoningContent: 'b' }), countTextTokens('a') + countTextTokens('b'));
+  assert.equal(
+    estimateCompletionTokens({ content: 'a', reasoningContent: 'b' }),
+    countTextTokens('a') + countTextTokens('b'),
+  );
 });
 
 test('cost from prices per 1k tokens, rounded to 1e-8', () => {
@@ -55,27 +69,61 @@ const base: UsageEventInput = {
   ttftMs: null,
   stream: false,
   cached: false,
-  attempts: [{ model: 'gpt-4.1-mini', provider: 'openai', model_resolved: 'gpt-4-1106-preview', error_code: null, latency_ms: 1200 }],
+  attempts: [
+    {
+      model: 'gpt-4.1-mini',
+      provider: 'openai',
+      model_resolved: 'gpt-4-1106-preview',
+      error_code: null,
+      latency_ms: 1200,
+    },
+  ],
   workerId: 'w-1',
 };
 
-test('the usage event has DESIGN.md\'s fields in DESIGN.md\'s order, tags after', () => {
+test("the usage event has DESIGN.md's fields in DESIGN.md's order, tags after", () => {
   const { token, event } = buildUsageEvent(base);
   assert.equal(token, 'agent:sofia');
   assert.equal(
     JSON.stringify(event),
     JSON.stringify({
-      v: 1, request_id: 'r-1', ts: '2026-11-27T21:00:00.000Z', agent_id: 'agent:sofia', microdao_id: 'microdao:7', channel_id: 'c-1',
-      model: 'gpt-4.1-mini', provider: 'openai', model_resolved: 'gpt-4-1106-preview', status: 'ok', error_code: null,
-      prompt_tokens: 25, completion_tokens: 10, total_tokens: 35, tokens_estimated: false, cost_usd: 0.00055, latency_ms: 1234.5, ttft_ms: null,
-      stream: false, cached: false, attempts: 1, worker_id: 'w-1', event_id: 'e-1', tags: { task: 'x' },
+      v: 1,
+      request_id: 'r-1',
+      ts: '2026-11-27T21:00:00.000Z',
+      agent_id: 'agent:sofia',
+      microdao_id: 'microdao:7',
+      channel_id: 'c-1',
+      model: 'gpt-4.1-mini',
+      provider: 'openai',
+      model_resolved: 'gpt-4-1106-preview',
+      status: 'ok',
+      error_code: null,
+      prompt_tokens: 25,
+      completion_tokens: 10,
+      total_tokens: 35,
+      tokens_estimated: false,
+      cost_usd: 0.00055,
+      latency_ms: 1234.5,
+      ttft_ms: null,
+      stream: false,
+      cached: false,
+      attempts: 1,
+      worker_id: 'w-1',
+      event_id: 'e-1',
+      tags: { task: 'x' },
     }),
   );
   usageEventSchema.parse(event);
 });
 
 test('an unauthorized request is not attributed to the agent it claims', () => {
-  const { token, event } = buildUsageEvent({ ...base, unauthenticated: true, status: 'rejected', errorCode: 'unauthorized', attempts: [] });
+  const { token, event } = buildUsageEvent({
+    ...base,
+    unauthenticated: true,
+    status: 'rejected',
+    errorCode: 'unauthorized',
+    attempts: [],
+  });
   assert.equal(token, 'unauthenticated');
   assert.equal(event.agent_id, null);
   assert.equal(event.microdao_id, null);
@@ -85,7 +133,13 @@ test('an unauthorized request is not attributed to the agent it claims', () => {
 });
 
 test('several attempts are counted and detailed; no agent id is anonymous', () => {
-  const failed = { model: 'gpt-4.1-mini', provider: 'a', model_resolved: 'm', error_code: 'upstream_error', latency_ms: 5 };
+  const failed = {
+    model: 'gpt-4.1-mini',
+    provider: 'a',
+    model_resolved: 'm',
+    error_code: 'upstream_error',
+    latency_ms: 5,
+  };
   const { token, event } = buildUsageEvent({ ...base, metadata: undefined, attempts: [failed, base.attempts[0]!] });
   assert.equal(token, 'anonymous');
   assert.equal(event.attempts, 2);
@@ -97,7 +151,8 @@ test('token estimates of long text: pieces cut at white space count as the whole
   const words = prose.split(' ');
   // The same text counted word by word group (short enough for one piece each) and as a whole.
   let byParts = 0;
-  for (let index = 0; index < words.length; index += 100) byParts += countTextTokens((index === 0 ? '' : ' ') + words.slice(index, index + 100).join(' '));
+  for (let index = 0; index < words.length; index += 100)
+    byParts += countTextTokens((index === 0 ? '' : ' ') + words.slice(index, index + 100).join(' '));
   assert.equal(countTextTokens(prose), byParts);
   // The encoder is quadratic on one long word (150,000 characters took 13 s): this finishes at once.
   assert.equal(countTextTokens('x'.repeat(1 << 20)) > 100_000, true);

@@ -23,8 +23,13 @@ export interface ProducedOutput {
  * The provider's usage, else an estimate: `estimatePrompt` is the request record's, which tokenizes
  * the prompt once for limits and accounting together.
  */
-export function countTokens(usage: ProviderUsage | undefined, estimatePrompt: () => number, output: ProducedOutput): TokenCount {
-  if (usage !== undefined) return { promptTokens: usage.promptTokens, completionTokens: usage.completionTokens, estimated: false };
+export function countTokens(
+  usage: ProviderUsage | undefined,
+  estimatePrompt: () => number,
+  output: ProducedOutput,
+): TokenCount {
+  if (usage !== undefined)
+    return { promptTokens: usage.promptTokens, completionTokens: usage.completionTokens, estimated: false };
   return { promptTokens: estimatePrompt(), completionTokens: estimateCompletionTokens(output), estimated: true };
 }
 
@@ -40,7 +45,8 @@ export function requestCost(
   attempts: AttemptRecord[],
 ): number {
   let total = 0;
-  if (tokens !== undefined && servingModel !== undefined) total += costUsd(config.models.get(servingModel), tokens.promptTokens, tokens.completionTokens);
+  if (tokens !== undefined && servingModel !== undefined)
+    total += costUsd(config.models.get(servingModel), tokens.promptTokens, tokens.completionTokens);
   for (const attempt of attempts) {
     if (attempt.error_code === null) continue;
     const prompt = attempt.prompt_tokens ?? 0;

@@ -28,13 +28,24 @@ export interface Admitted {
  * learns (ids, model, stream, the validated request); returns what refuses the request, or the
  * admitted request. The refusal is the caller's to deliver.
  */
-export async function admit(message: Msg, record: RequestRecord, headersMalformed: boolean, deps: AdmissionDependencies): Promise<Admitted | ProxyError> {
+export async function admit(
+  message: Msg,
+  record: RequestRecord,
+  headersMalformed: boolean,
+  deps: AdmissionDependencies,
+): Promise<Admitted | ProxyError> {
   if (headersMalformed) {
-    return new ProxyError('invalid_request', "the message's header block is malformed (a header name with a space or a non-ASCII character, or a value with a bare CR or LF)");
+    return new ProxyError(
+      'invalid_request',
+      "the message's header block is malformed (a header name with a space or a non-ASCII character, or a value with a bare CR or LF)",
+    );
   }
   // Size, before anything reads the body.
   if (message.data.length > deps.maxRequestBytes) {
-    return new ProxyError('payload_too_large', `request body is ${message.data.length} bytes; the limit is ${deps.maxRequestBytes}`);
+    return new ProxyError(
+      'payload_too_large',
+      `request body is ${message.data.length} bytes; the limit is ${deps.maxRequestBytes}`,
+    );
   }
   let body: unknown;
   try {
@@ -52,7 +63,10 @@ export async function admit(message: Msg, record: RequestRecord, headersMalforme
   record.logger = requestLogger(deps.logger, record.requestId, ids.metadata?.agent_id);
   if (problem !== undefined) return problem;
   if (nestsDeeperThan(body, MAX_JSON_DEPTH)) {
-    return new ProxyError('invalid_request', `request body nests objects or arrays deeper than ${MAX_JSON_DEPTH} levels`);
+    return new ProxyError(
+      'invalid_request',
+      `request body nests objects or arrays deeper than ${MAX_JSON_DEPTH} levels`,
+    );
   }
   // Auth: a refused request is not attributed to the agent it names (the record knows it is unauthenticated).
   if (record.unauthenticated) return new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`);

@@ -33,9 +33,24 @@ export interface WorkerStats {
   cancels: number;
   /** Cancels refused for a missing or wrong secret. */
   cancels_refused: number;
-  usage_events: { published: number; duplicates: number; failed_attempts: number; pending: number; dropped: number; dead_lettered: number };
+  usage_events: {
+    published: number;
+    duplicates: number;
+    failed_attempts: number;
+    pending: number;
+    dropped: number;
+    dead_lettered: number;
+  };
   /** Present when limits are on: admissions, refusals and store errors (fail-open/closed decisions). */
-  limits?: { backend: string; admitted: number; refused: number; storeErrors: number; failedOpen: number; failedClosed: number; conflicts: number };
+  limits?: {
+    backend: string;
+    admitted: number;
+    refused: number;
+    storeErrors: number;
+    failedOpen: number;
+    failedClosed: number;
+    conflicts: number;
+  };
 }
 
 export class WorkerCounters {

@@ -43,7 +43,14 @@ export class Delivery {
   reply(message: Msg, record: RequestRecord, reply: ChatReply): ErrorCode | undefined {
     const body = JSON.stringify(reply);
     if (!fitsMaxPayload(this.connection, body, 0)) {
-      return this.error(message, record, new ProxyError('payload_too_large', `the reply is larger than the NATS server's max_payload (${this.connection.info?.max_payload ?? '?'} bytes)`));
+      return this.error(
+        message,
+        record,
+        new ProxyError(
+          'payload_too_large',
+          `the reply is larger than the NATS server's max_payload (${this.connection.info?.max_payload ?? '?'} bytes)`,
+        ),
+      );
     }
     if (!this.finish(record, undefined)) return record.code;
     try {

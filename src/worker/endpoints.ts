@@ -57,7 +57,9 @@ function respondWithError(message: Msg, error: ProxyError): void {
 function refusalOf(message: Msg, secret: SecretCheck): ProxyError | undefined {
   const { headers, malformed } = readHeaders(message);
   if (malformed) return new ProxyError('invalid_request', "the message's header block is malformed");
-  return secret.allows(headers) ? undefined : new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`);
+  return secret.allows(headers)
+    ? undefined
+    : new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`);
 }
 
 /** `llm.proxy.models` (queue group `llm-proxy`): the routable models; `{"health": true}` adds each deployment's state. */
@@ -93,7 +95,11 @@ export function addModelsEndpoint(service: Service, router: Router, parts: Endpo
  * `cancelled: false` only after CANCEL_NOT_FOUND_DELAY_MS, so that a requester gets the holder's
  * answer first, and an answer in any case.
  */
-export function subscribeCancel(connection: NatsConnection, pipeline: Pick<RequestPipeline, 'cancel'>, parts: EndpointParts): Subscription {
+export function subscribeCancel(
+  connection: NatsConnection,
+  pipeline: Pick<RequestPipeline, 'cancel'>,
+  parts: EndpointParts,
+): Subscription {
   const handle = (message: Msg): void => {
     const answers = message.reply !== undefined && message.reply !== '';
     const refused = refusalOf(message, parts.secret);
@@ -109,11 +115,22 @@ export function subscribeCancel(connection: NatsConnection, pipeline: Pick<Reque
       requestId = undefined;
     }
     if (typeof requestId !== 'string' || !REQUEST_ID_PATTERN.test(requestId)) {
-      if (answers) respondWithError(message, new ProxyError('invalid_request', 'a cancel is {"request_id": "<the request\'s id>"} (1-128 visible ASCII characters)'));
+      if (answers)
+        respondWithError(
+          message,
+          new ProxyError(
+            'invalid_request',
+            'a cancel is {"request_id": "<the request\'s id>"} (1-128 visible ASCII characters)',
+          ),
+        );
       return;
     }
     if (pipeline.cancel(requestId) === 0) {
-      if (answers) setTimeout(() => respondQuietly(message, { request_id: requestId, cancelled: false, worker_id: parts.workerId }), CANCEL_NOT_FOUND_DELAY_MS).unref();
+      if (answers)
+        setTimeout(
+          () => respondQuietly(message, { request_id: requestId, cancelled: false, worker_id: parts.workerId }),
+          CANCEL_NOT_FOUND_DELAY_MS,
+        ).unref();
       return;
     }
     parts.counters.cancels++;

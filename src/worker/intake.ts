@@ -30,7 +30,14 @@ export class RequestIntake {
   #closed = false;
   pauses = 0;
 
-  constructor(options: { connection: NatsConnection; subject: string; queue: string; maxInFlight: number; logger: Logger; onMessage: (message: Msg) => void }) {
+  constructor(options: {
+    connection: NatsConnection;
+    subject: string;
+    queue: string;
+    maxInFlight: number;
+    logger: Logger;
+    onMessage: (message: Msg) => void;
+  }) {
     this.#connection = options.connection;
     this.#subject = options.subject;
     this.#queue = options.queue;
@@ -62,7 +69,10 @@ export class RequestIntake {
     if (this.#closed || this.#paused || inFlight < this.#maxInFlight) return;
     this.#paused = true;
     this.pauses++;
-    this.#logger.warn({ in_flight: inFlight, max_in_flight: this.#maxInFlight }, 'at max_in_flight: not taking requests until some finish');
+    this.#logger.warn(
+      { in_flight: inFlight, max_in_flight: this.#maxInFlight },
+      'at max_in_flight: not taking requests until some finish',
+    );
     this.#leave();
   }
 

@@ -12,7 +12,13 @@ import { cacheKey, isCacheable } from './response-cache.js';
  * The one-reply stage: a cached answer when the request is cacheable and one is there, else the
  * router's answer, delivered as one reply (and cached when cacheable).
  */
-export async function answerOnce(message: Msg, record: RequestRecord, admitted: Admitted, signal: CancelSignal, deps: StageDependencies): Promise<ErrorCode | undefined> {
+export async function answerOnce(
+  message: Msg,
+  record: RequestRecord,
+  admitted: Admitted,
+  signal: CancelSignal,
+  deps: StageDependencies,
+): Promise<ErrorCode | undefined> {
   const { request, plan } = admitted;
   const key = deps.cache !== undefined && isCacheable(request) ? cacheKey(request) : undefined;
   if (key !== undefined) {
@@ -45,16 +51,31 @@ export async function answerOnce(message: Msg, record: RequestRecord, admitted: 
 }
 
 /** A cache hit: the stored answer with this request's id, `cached: true`, no cost; the original token counts. */
-function replyFromCache(message: Msg, record: RequestRecord, hit: ChatReply, deps: StageDependencies): ErrorCode | undefined {
+function replyFromCache(
+  message: Msg,
+  record: RequestRecord,
+  hit: ChatReply,
+  deps: StageDependencies,
+): ErrorCode | undefined {
   deps.counters.cacheHits++;
   record.accepted = true;
   record.cached = true;
   record.model = hit.model;
   record.provider = hit.provider;
   record.modelResolved = hit.model_resolved;
-  record.tokens = { promptTokens: hit.usage.prompt_tokens, completionTokens: hit.usage.completion_tokens, estimated: hit.tokens_estimated === true };
+  record.tokens = {
+    promptTokens: hit.usage.prompt_tokens,
+    completionTokens: hit.usage.completion_tokens,
+    estimated: hit.tokens_estimated === true,
+  };
   record.costUsd = 0;
-  const reply: ChatReply = { ...hit, latency_ms: roundMs(performance.now() - record.started), request_id: record.requestId, cost_usd: 0, cached: true };
+  const reply: ChatReply = {
+    ...hit,
+    latency_ms: roundMs(performance.now() - record.started),
+    request_id: record.requestId,
+    cost_usd: 0,
+    cached: true,
+  };
   delete reply.attempts;
   return deps.delivery.reply(message, record, reply);
 }

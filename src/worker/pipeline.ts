@@ -64,7 +64,8 @@ export class RequestPipeline {
   readonly #done: DoneListener[];
 
   constructor(dependencies: PipelineDependencies) {
-    const publishUsage = (record: RequestRecord) => dependencies.publisher.publish(record.usageEvent(dependencies.workerId));
+    const publishUsage = (record: RequestRecord) =>
+      dependencies.publisher.publish(record.usageEvent(dependencies.workerId));
     this.#deps = { ...dependencies, delivery: new Delivery(dependencies.connection, publishUsage) };
     this.#done = doneListeners(dependencies);
     // Compiled now, so that the first request does not wait for it (tens of ms).
@@ -116,7 +117,11 @@ export class RequestPipeline {
           record.logger.error({ err: error }, 'a request listener failed');
         }
       }
-      endRequestSpan(span, { requestId: record.requestId, model: record.requestedModel ?? undefined, errorCode: record.code });
+      endRequestSpan(span, {
+        requestId: record.requestId,
+        model: record.requestedModel ?? undefined,
+        errorCode: record.code,
+      });
     }
   }
 
@@ -156,7 +161,14 @@ function doneListeners(deps: PipelineDependencies): DoneListener[] {
     listeners.push((record) => {
       const served = record.code === undefined || record.code === 'cancelled';
       if (logRequests === 'errors' && served) return;
-      const line = { code: record.code ?? 'ok', status: record.status, model: record.model ?? record.requestedModel, latency_ms: roundMs(record.latencyMs), stream: record.stream, cached: record.cached };
+      const line = {
+        code: record.code ?? 'ok',
+        status: record.status,
+        model: record.model ?? record.requestedModel,
+        latency_ms: roundMs(record.latencyMs),
+        stream: record.stream,
+        cached: record.cached,
+      };
       if (served) record.logger.info(line, 'request done');
       else record.logger.warn(line, 'request failed');
     });

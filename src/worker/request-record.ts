@@ -101,7 +101,11 @@ export class RequestRecord {
    * A failed request: tokens already consumed (a stream's output so far, or failed attempts that
    * reported usage) are kept and priced.
    */
-  failed(config: Pick<ResolvedConfig, 'models'>, error: ProxyError, streamed?: { usage: ProviderUsage | undefined; output: ProducedOutput }): void {
+  failed(
+    config: Pick<ResolvedConfig, 'models'>,
+    error: ProxyError,
+    streamed?: { usage: ProviderUsage | undefined; output: ProducedOutput },
+  ): void {
     if (error.attempts !== undefined && error.attempts.length > 0) this.attempts = error.attempts;
     const last = this.attempts[this.attempts.length - 1];
     if (this.provider === null && last !== undefined) {
@@ -109,7 +113,13 @@ export class RequestRecord {
       this.modelResolved = last.model_resolved;
     }
     const output = streamed?.output;
-    if (streamed !== undefined && (streamed.usage !== undefined || (output!.content ?? '') !== '' || (output!.reasoningContent ?? '') !== '' || (output!.toolCalls?.length ?? 0) > 0)) {
+    if (
+      streamed !== undefined &&
+      (streamed.usage !== undefined ||
+        (output!.content ?? '') !== '' ||
+        (output!.reasoningContent ?? '') !== '' ||
+        (output!.toolCalls?.length ?? 0) > 0)
+    ) {
       this.answered(config, streamed.usage, output!);
       return;
     }
@@ -143,7 +153,8 @@ export class RequestRecord {
     };
     if (this.tokens.estimated) reply.tokens_estimated = true;
     if (output.toolCalls !== undefined && output.toolCalls.length > 0) reply.tool_calls = output.toolCalls;
-    if (output.reasoningContent !== undefined && output.reasoningContent !== '') reply.reasoning_content = output.reasoningContent;
+    if (output.reasoningContent !== undefined && output.reasoningContent !== '')
+      reply.reasoning_content = output.reasoningContent;
     if (this.attempts.length > 1) reply.attempts = this.attempts;
     return reply;
   }

@@ -83,7 +83,10 @@ export function createShutdown(parts: ShutdownParts): Shutdown {
     stopping ??= (async () => {
       const drainTimeoutMs = options.drainTimeoutMs ?? parts.drainTimeoutMs;
       const inFlightAtStop = counters.inFlight;
-      logger.info({ in_flight: inFlightAtStop, drain_timeout_ms: drainTimeoutMs }, 'stopping: no new requests; finishing those in flight');
+      logger.info(
+        { in_flight: inFlightAtStop, drain_timeout_ms: drainTimeoutMs },
+        'stopping: no new requests; finishing those in flight',
+      );
       if (!connection.isClosed()) {
         await parts.intake.close();
         await parts.service.stop().catch(() => undefined);
@@ -92,7 +95,9 @@ export function createShutdown(parts: ShutdownParts): Shutdown {
       if (!(await idle.waitForIdle(drainTimeoutMs))) {
         aborted = counters.inFlight;
         logger.warn({ in_flight: aborted }, 'drain timeout: aborting the requests still running');
-        parts.pipeline.abortAll(new ProxyError('no_provider_available', 'the worker is shutting down', { retryable: true }));
+        parts.pipeline.abortAll(
+          new ProxyError('no_provider_available', 'the worker is shutting down', { retryable: true }),
+        );
         await idle.waitForIdle(5_000);
       }
       if (!parts.cancelSubscription.isClosed()) parts.cancelSubscription.unsubscribe();

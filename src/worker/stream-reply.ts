@@ -15,7 +15,13 @@ import { StreamWriter } from './stream-writer.js';
  * heartbeats while the upstream is silent, and exactly one terminal message (the whole reply, or an
  * error), the usage event right before it.
  */
-export async function relayStream(message: Msg, record: RequestRecord, admitted: Admitted, controller: Cancellation, deps: StageDependencies): Promise<ErrorCode | undefined> {
+export async function relayStream(
+  message: Msg,
+  record: RequestRecord,
+  admitted: Admitted,
+  controller: Cancellation,
+  deps: StageDependencies,
+): Promise<ErrorCode | undefined> {
   const { request, plan } = admitted;
   const writer = new StreamWriter({
     connection: deps.connection,
@@ -49,7 +55,9 @@ export async function relayStream(message: Msg, record: RequestRecord, admitted:
         if (hasTools) toolCalls.add(event.toolCalls!);
         writer.chunk({
           delta,
-          ...(event.reasoningContent !== undefined && event.reasoningContent !== '' ? { reasoning_delta: event.reasoningContent } : {}),
+          ...(event.reasoningContent !== undefined && event.reasoningContent !== ''
+            ? { reasoning_delta: event.reasoningContent }
+            : {}),
           ...(hasTools ? { tool_calls: event.toolCalls } : {}),
         });
       } else if (event.type === 'finish') {
@@ -63,7 +71,8 @@ export async function relayStream(message: Msg, record: RequestRecord, admitted:
       if (controller.signal.aborted) throw controller.signal.reason;
     }
     if (controller.signal.aborted) throw controller.signal.reason;
-    if (finishReason === undefined) throw new ProxyError('upstream_error', 'the upstream stream ended before it said it was finished');
+    if (finishReason === undefined)
+      throw new ProxyError('upstream_error', 'the upstream stream ended before it said it was finished');
     const output = produced();
     record.answered(deps.config, usage, output);
     const reply = record.reply({
@@ -78,10 +87,13 @@ export async function relayStream(message: Msg, record: RequestRecord, admitted:
     // even without the streamed fields becomes an error).
     return writer.end(reply, (code) => deps.delivery.finish(record, code));
   } catch (error) {
-    const proxyError = asProxyError(controller.signal.aborted && controller.signal.reason instanceof ProxyError ? controller.signal.reason : error);
+    const proxyError = asProxyError(
+      controller.signal.aborted && controller.signal.reason instanceof ProxyError ? controller.signal.reason : error,
+    );
     record.failed(deps.config, proxyError, { usage, output: produced() });
     if (proxyError.code === 'internal') record.logger.error({ err: error }, 'unexpected error while streaming');
-    if (writer.clientGone) record.logger.info({ chunks: writer.chunks }, 'stream client went away; upstream call aborted');
+    if (writer.clientGone)
+      record.logger.info({ chunks: writer.chunks }, 'stream client went away; upstream call aborted');
     if (deps.delivery.finish(record, proxyError.code)) writer.error(toErrorReply(proxyError, record.requestId));
     return proxyError.code;
   } finally {

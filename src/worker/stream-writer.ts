@@ -1,4 +1,10 @@
-import { headers as createHeaders, MsgHdrsImpl, RequestError, type MsgHdrs, type NatsConnection } from '@nats-io/nats-core';
+import {
+  headers as createHeaders,
+  MsgHdrsImpl,
+  RequestError,
+  type MsgHdrs,
+  type NatsConnection,
+} from '@nats-io/nats-core';
 import { HEADERS, STREAM_MARKS, type StreamMark } from '../contract/subjects.js';
 import type { ChatReply, StreamChunk } from '../contract/reply.js';
 import { ProxyError, toErrorReply, type ErrorCode, type ErrorReply } from '../contract/errors.js';
@@ -23,7 +29,9 @@ const HEARTBEAT_HEADERS = markHeaders(STREAM_MARKS.heartbeat);
 const HEARTBEAT_BODY = JSON.stringify({ heartbeat: true });
 
 /** The JSON around one piece of a cut delta, at its largest (any seq, either text field). */
-const PIECE_ENVELOPE_BYTES = Buffer.byteLength(JSON.stringify({ seq: Number.MAX_SAFE_INTEGER, delta: '', reasoning_delta: '' }));
+const PIECE_ENVELOPE_BYTES = Buffer.byteLength(
+  JSON.stringify({ seq: Number.MAX_SAFE_INTEGER, delta: '', reasoning_delta: '' }),
+);
 
 /** Below this many bytes of text per chunk, cutting a delta would make a flood of crumbs: refuse instead. */
 const MIN_PIECE_BYTES = 256;
@@ -115,7 +123,13 @@ export class StreamWriter {
   #finished = false;
   #clientGone = false;
 
-  constructor(options: { connection: NatsConnection; inbox: string; heartbeatMs: number; onClientGone: () => void; logger: Logger }) {
+  constructor(options: {
+    connection: NatsConnection;
+    inbox: string;
+    heartbeatMs: number;
+    onClientGone: () => void;
+    logger: Logger;
+  }) {
     this.#connection = options.connection;
     this.#inbox = options.inbox;
     this.#heartbeatMs = options.heartbeatMs;
@@ -178,13 +192,22 @@ export class StreamWriter {
       const fitted = this.#withoutStreamedFields(reply, endHeaderBytes);
       if (fitted === undefined) {
         const maxPayload = this.#maxPayload();
-        this.#logger.error({ bytes: Buffer.byteLength(body), max_payload: maxPayload }, 'the stream end does not fit max_payload even without the streamed fields');
-        const tooLarge = new ProxyError('payload_too_large', `the reply does not fit the NATS server's max_payload (${maxPayload} bytes), even without the streamed content`);
+        this.#logger.error(
+          { bytes: Buffer.byteLength(body), max_payload: maxPayload },
+          'the stream end does not fit max_payload even without the streamed fields',
+        );
+        const tooLarge = new ProxyError(
+          'payload_too_large',
+          `the reply does not fit the NATS server's max_payload (${maxPayload} bytes), even without the streamed content`,
+        );
         beforeSend?.(tooLarge.code);
         this.error(toErrorReply(tooLarge, reply.request_id));
         return tooLarge.code;
       }
-      this.#logger.info({ omitted: fitted.omitted, bytes: Buffer.byteLength(body), max_payload: this.#maxPayload() }, 'stream end larger than max_payload: streamed fields left out');
+      this.#logger.info(
+        { omitted: fitted.omitted, bytes: Buffer.byteLength(body), max_payload: this.#maxPayload() },
+        'stream end larger than max_payload: streamed fields left out',
+      );
       body = fitted.body;
     }
     beforeSend?.(undefined);
@@ -202,7 +225,9 @@ export class StreamWriter {
     // An error body is small; one that is not (a huge message, many attempts) keeps what identifies the error.
     if (!this.#fits(body, headerBytes(headers))) {
       const { code, status, retryable, retry_after_ms, request_id } = reply.error;
-      body = JSON.stringify({ error: { code, status, message: headerSafe(reply.error.message), retryable, retry_after_ms, request_id } });
+      body = JSON.stringify({
+        error: { code, status, message: headerSafe(reply.error.message), retryable, retry_after_ms, request_id },
+      });
     }
     this.#finish(body, headers);
   }
@@ -231,7 +256,8 @@ export class StreamWriter {
     const budget = maxPayload - CHUNK_HEADER_BYTES - PIECE_ENVELOPE_BYTES;
     const pieces: Array<Omit<StreamChunk, 'seq'>> = [];
     if (budget >= MIN_PIECE_BYTES) {
-      for (const text of splitJsonText(chunk.reasoning_delta ?? '', budget)) pieces.push({ delta: '', reasoning_delta: text });
+      for (const text of splitJsonText(chunk.reasoning_delta ?? '', budget))
+        pieces.push({ delta: '', reasoning_delta: text });
       for (const text of splitJsonText(chunk.delta, budget)) pieces.push({ delta: text });
     }
     if (chunk.tool_calls !== undefined) pieces.push({ delta: '', tool_calls: chunk.tool_calls });
@@ -241,8 +267,15 @@ export class StreamWriter {
     if (tooLarge) {
       const bytes = Buffer.byteLength(JSON.stringify(chunk));
       const what = chunk.tool_calls === undefined ? 'a delta' : 'a tool-call delta';
-      this.#logger.warn({ bytes, max_payload: maxPayload, seq: this.#seq }, 'stream delta cannot be cut to fit max_payload');
-      throw new ProxyError('payload_too_large', `${what} of ${bytes} bytes does not fit the NATS server's max_payload (${maxPayload} bytes)`, { retryable: false });
+      this.#logger.warn(
+        { bytes, max_payload: maxPayload, seq: this.#seq },
+        'stream delta cannot be cut to fit max_payload',
+      );
+      throw new ProxyError(
+        'payload_too_large',
+        `${what} of ${bytes} bytes does not fit the NATS server's max_payload (${maxPayload} bytes)`,
+        { retryable: false },
+      );
     }
     for (const body of bodies) {
       this.#seq += 1;
@@ -258,7 +291,9 @@ export class StreamWriter {
   #withoutStreamedFields(reply: ChatReply, headerSize: number): { body: string; omitted: string[] } | undefined {
     const record: Record<string, unknown> = { ...reply };
     const size = (name: string) => JSON.stringify(record[name]).length;
-    const rebuildable = REBUILDABLE_FIELDS.filter((name) => isPresent(record[name])).sort((left, right) => size(right) - size(left));
+    const rebuildable = REBUILDABLE_FIELDS.filter((name) => isPresent(record[name])).sort(
+      (left, right) => size(right) - size(left),
+    );
     const order = [...rebuildable, ...LAST_RESORT_FIELDS.filter((name) => isPresent(record[name]))];
     const leftOut = new Set<string>();
     for (const name of order) {
@@ -279,7 +314,10 @@ export class StreamWriter {
       this.#connection.publish(this.#inbox, body, { headers });
     } catch (error) {
       // The one message the client waits for: without it, it only learns of the end from its idle timeout.
-      this.#logger.error({ err: error, bytes: Buffer.byteLength(body), max_payload: this.#maxPayload() }, 'could not send the terminal stream message');
+      this.#logger.error(
+        { err: error, bytes: Buffer.byteLength(body), max_payload: this.#maxPayload() },
+        'could not send the terminal stream message',
+      );
     }
   }
 

@@ -1,6 +1,5 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { headers as createHeaders } from '@nats-io/nats-core';
 import { parseChatRequest } from '../contract/request.js';
 import { resolveConfig } from '../config/load.js';
 import { ToolCallAssembler } from '../contract/tool-call-assembler.js';
@@ -8,7 +7,8 @@ import { requestCost } from './accounting.js';
 import { cacheKey, isCacheable, ResponseCache } from './response-cache.js';
 import type { ChatReply } from '../contract/reply.js';
 
-const request = (extra: object) => parseChatRequest({ model: 'm', messages: [{ role: 'user', content: 'hi' }], ...extra });
+const request = (extra: object) =>
+  parseChatRequest({ model: 'm', messages: [{ role: 'user', content: 'hi' }], ...extra });
 
 test('cacheable: deterministic (temperature 0 or a seed), not streamed, no tools, not bypassed', () => {
   assert.equal(isCacheable(request({ temperature: 0 })), true);
@@ -23,7 +23,10 @@ test('cache key ignores our own fields and key order, not what the provider sees
   const key = cacheKey(request({ temperature: 0, request_id: 'a', metadata: { agent_id: 'x' }, timeout_ms: 5 }));
   assert.equal(key, cacheKey(request({ request_id: 'b', temperature: 0 })));
   assert.notEqual(key, cacheKey(request({ temperature: 0, max_tokens: 5 })));
-  assert.notEqual(key, cacheKey(parseChatRequest({ model: 'm', messages: [{ role: 'user', content: 'hi!' }], temperature: 0 })));
+  assert.notEqual(
+    key,
+    cacheKey(parseChatRequest({ model: 'm', messages: [{ role: 'user', content: 'hi!' }], temperature: 0 })),
+  );
 });
 
 test('LRU: least recently used goes first; entries expire', () => {
@@ -51,12 +54,18 @@ test('tool-call deltas assemble by index', () => {
   ]);
 });
 
-test('request cost: the serving model\'s prices plus what failed attempts consumed, priced by their model', () => {
+test("request cost: the serving model's prices plus what failed attempts consumed, priced by their model", () => {
   const config = resolveConfig(
     {
       providers: { a: { base_url: 'http://a.example/v1' }, b: { base_url: 'http://b.example/v1' } },
       models: {
-        main: { provider: 'a', physical_name: 'big', cost_per_1k_prompt: 1, cost_per_1k_completion: 2, fallbacks: ['spare'] },
+        main: {
+          provider: 'a',
+          physical_name: 'big',
+          cost_per_1k_prompt: 1,
+          cost_per_1k_completion: 2,
+          fallbacks: ['spare'],
+        },
         spare: { provider: 'b', physical_name: 'small', cost_per_1k_prompt: 0.1, cost_per_1k_completion: 0.2 },
       },
     },
@@ -64,7 +73,15 @@ test('request cost: the serving model\'s prices plus what failed attempts consum
     {},
   );
   const attempts = [
-    { model: 'main', provider: 'a', model_resolved: 'big', error_code: 'upstream_error', latency_ms: 1, prompt_tokens: 100, completion_tokens: 50 },
+    {
+      model: 'main',
+      provider: 'a',
+      model_resolved: 'big',
+      error_code: 'upstream_error',
+      latency_ms: 1,
+      prompt_tokens: 100,
+      completion_tokens: 50,
+    },
     { model: 'spare', provider: 'b', model_resolved: 'small', error_code: null, latency_ms: 1 },
   ];
   // spare: 1000 prompt × 0.1/1k + 500 × 0.2/1k = 0.2; the failed attempt, on main (its record says so): 100 × 1/1k + 50 × 2/1k = 0.2

@@ -28,7 +28,8 @@ export const SERVICE_NAME = 'llm-proxy';
 /** The package version, read once (the same relative path works from src/ and dist/). */
 export const VERSION: string = (() => {
   try {
-    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string })
+      .version;
   } catch {
     return '0.0.0';
   }
@@ -83,7 +84,11 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const secret = new SecretCheck(options.secret === null ? undefined : (options.secret ?? secretFromEnv(env)));
   const logger = options.logger ?? createLogger({ level: config.logging.level });
   const ownsConnection = options.connection === undefined;
-  if (ownsConnection) logger.info({ servers: options.servers ?? env.NATS_URL ?? 'nats://127.0.0.1:4222' }, 'connecting to NATS (retrying until it answers)');
+  if (ownsConnection)
+    logger.info(
+      { servers: options.servers ?? env.NATS_URL ?? 'nats://127.0.0.1:4222' },
+      'connecting to NATS (retrying until it answers)',
+    );
   const connection =
     options.connection ??
     (await connectToNats({ servers: options.servers, nats: config.nats, env, name: `${SERVICE_NAME}-worker` }));
@@ -105,7 +110,10 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     await publisher.ensureStream();
   } catch (error) {
     // Not fatal: events are kept and the stream is created on the first retry that reaches JetStream.
-    logger.error({ err: error, stream: config.nats.usage_stream.name }, 'usage stream could not be checked or created; events will be held and retried');
+    logger.error(
+      { err: error, stream: config.nats.usage_stream.name },
+      'usage stream could not be checked or created; events will be held and retried',
+    );
   }
 
   // Limits are on unless switched off: with them off no hook runs at all (nothing on the hot path).
@@ -138,7 +146,9 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     router,
     publisher,
     secret,
-    cache: config.cache.enabled ? new ResponseCache({ maxEntries: config.cache.max_entries, ttlMs: config.cache.ttl_ms }) : undefined,
+    cache: config.cache.enabled
+      ? new ResponseCache({ maxEntries: config.cache.max_entries, ttlMs: config.cache.ttl_ms })
+      : undefined,
     hooks,
     counters,
     logger: workerLogger,
@@ -158,7 +168,9 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
       const handled = pipeline.handle(message);
       intake.started(counters.inFlight);
       void handled
-        .catch((failure: unknown) => workerLogger.error({ err: failure }, 'request handling failed outside the pipeline'))
+        .catch((failure: unknown) =>
+          workerLogger.error({ err: failure }, 'request handling failed outside the pipeline'),
+        )
         .finally(() => {
           intake.finished(counters.inFlight);
           idle.requestDone();
@@ -166,7 +178,16 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     },
   });
 
-  stats = () => workerStats({ workerId, startedAt, counters, maxInFlight: config.worker.max_in_flight, intake, publisher, limiter });
+  stats = () =>
+    workerStats({
+      workerId,
+      startedAt,
+      counters,
+      maxInFlight: config.worker.max_in_flight,
+      intake,
+      publisher,
+      limiter,
+    });
 
   const endpointParts = { subjects, secret, counters, workerId, logger: workerLogger };
   addModelsEndpoint(service, router, endpointParts);

@@ -45,7 +45,8 @@ function buildReply(shape: ReplyShape, body: any): BuiltOllamaReply {
   const toolCalls = shape.toolCalls?.map((call) => ({
     function: {
       name: call.name,
-      arguments: typeof call.arguments === 'string' ? (JSON.parse(call.arguments) as Record<string, unknown>) : call.arguments,
+      arguments:
+        typeof call.arguments === 'string' ? (JSON.parse(call.arguments) as Record<string, unknown>) : call.arguments,
     },
   }));
   return {
@@ -58,12 +59,18 @@ function buildReply(shape: ReplyShape, body: any): BuiltOllamaReply {
     evalCount:
       shape.usage === null
         ? undefined
-        : (shape.usage?.completionTokens ?? estimateCompletionTokens(content + (shape.reasoningContent ?? '') + JSON.stringify(toolCalls ?? ''))),
+        : (shape.usage?.completionTokens ??
+          estimateCompletionTokens(content + (shape.reasoningContent ?? '') + JSON.stringify(toolCalls ?? ''))),
   };
 }
 
 function finalFields(reply: BuiltOllamaReply): Record<string, unknown> {
-  const fields: Record<string, unknown> = { done: true, done_reason: reply.doneReason, total_duration: 123_456_789, load_duration: 1_234_567 };
+  const fields: Record<string, unknown> = {
+    done: true,
+    done_reason: reply.doneReason,
+    total_duration: 123_456_789,
+    load_duration: 1_234_567,
+  };
   if (reply.promptEvalCount !== undefined) {
     fields.prompt_eval_count = reply.promptEvalCount;
     fields.prompt_eval_duration = 12_345_678;
@@ -85,17 +92,38 @@ const HUGE_CONTENT = '@@huge-content@@';
 /** `kind: 'huge'`: one JSON answer, one NDJSON content line or a run of small lines that grows (behaviour.ts). */
 async function replyHuge(exchange: FakeExchange, behaviour: Extract<FakeBehaviour, { kind: 'huge' }>): Promise<void> {
   const response = exchange.response;
-  const reply = buildReply({ content: HUGE_CONTENT, usage: { promptTokens: 10, completionTokens: 10 } }, exchange.record.body);
+  const reply = buildReply(
+    { content: HUGE_CONTENT, usage: { promptTokens: 10, completionTokens: 10 } },
+    exchange.record.body,
+  );
   const createdAt = new Date().toISOString();
   if (behaviour.shape === 'json') {
-    const json = JSON.stringify({ model: reply.model, created_at: createdAt, message: { role: 'assistant', content: HUGE_CONTENT }, ...finalFields(reply) });
+    const json = JSON.stringify({
+      model: reply.model,
+      created_at: createdAt,
+      message: { role: 'assistant', content: HUGE_CONTENT },
+      ...finalFields(reply),
+    });
     const [head = '', tail = ''] = json.split(HUGE_CONTENT);
-    response.writeHead(behaviour.status ?? 200, { 'content-type': 'application/json; charset=utf-8', ...(behaviour.headers ?? {}) });
+    response.writeHead(behaviour.status ?? 200, {
+      'content-type': 'application/json; charset=utf-8',
+      ...(behaviour.headers ?? {}),
+    });
     if (await exchange.writeRepeated(head, 'x', tail, behaviour.bytes)) response.end();
     return;
   }
-  const [head = '', rest = ''] = line({ model: reply.model, created_at: createdAt, message: { role: 'assistant', content: HUGE_CONTENT }, done: false }).split(HUGE_CONTENT);
-  const finalLine = line({ model: reply.model, created_at: createdAt, message: { role: 'assistant', content: '' }, ...finalFields(reply) });
+  const [head = '', rest = ''] = line({
+    model: reply.model,
+    created_at: createdAt,
+    message: { role: 'assistant', content: HUGE_CONTENT },
+    done: false,
+  }).split(HUGE_CONTENT);
+  const finalLine = line({
+    model: reply.model,
+    created_at: createdAt,
+    message: { role: 'assistant', content: '' },
+    ...finalFields(reply),
+  });
   response.writeHead(behaviour.status ?? 200, { 'content-type': 'application/x-ndjson', ...(behaviour.headers ?? {}) });
   const written =
     behaviour.shape === 'line'
@@ -120,7 +148,14 @@ const ollamaDialect: FakeDialect = {
         modified_at: '2026-01-01T00:00:00.000000000Z',
         size: 2_019_393_189,
         digest: 'a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72',
-        details: { parent_model: '', format: 'gguf', family: 'llama', families: ['llama'], parameter_size: '3.2B', quantization_level: 'Q4_K_M' },
+        details: {
+          parent_model: '',
+          format: 'gguf',
+          family: 'llama',
+          families: ['llama'],
+          parameter_size: '3.2B',
+          quantization_level: 'Q4_K_M',
+        },
       })),
     };
   },
@@ -157,15 +192,29 @@ const ollamaDialect: FakeDialect = {
     }
 
     const partial = (message: Record<string, unknown>): string =>
-      line({ model: reply.model, created_at: createdAt(), message: { role: 'assistant', content: '', ...message }, done: false });
+      line({
+        model: reply.model,
+        created_at: createdAt(),
+        message: { role: 'assistant', content: '', ...message },
+        done: false,
+      });
     const bodyLines: string[] = [];
     for (const piece of splitContent(reply.thinking ?? '', undefined)) bodyLines.push(partial({ thinking: piece }));
     for (const piece of splitContent(reply.content, behaviour.chunks)) bodyLines.push(partial({ content: piece }));
     if (reply.toolCalls !== undefined) bodyLines.push(partial({ tool_calls: reply.toolCalls }));
-    const finalLine = line({ model: reply.model, created_at: createdAt(), message: { role: 'assistant', content: '' }, ...finalFields(reply) });
+    const finalLine = line({
+      model: reply.model,
+      created_at: createdAt(),
+      message: { role: 'assistant', content: '' },
+      ...finalFields(reply),
+    });
 
     response.writeHead(200, { 'content-type': 'application/x-ndjson', ...extraHeaders });
-    const writeOptions = { format: 'ndjson' as const, intervalMs: behaviour.chunkIntervalMs ?? 0, quirks: behaviour.quirks ?? [] };
+    const writeOptions = {
+      format: 'ndjson' as const,
+      intervalMs: behaviour.chunkIntervalMs ?? 0,
+      quirks: behaviour.quirks ?? [],
+    };
     if (behaviour.kind === 'ok') {
       if (await exchange.writeFrames([...bodyLines, finalLine], writeOptions)) response.end();
       return;
@@ -180,7 +229,12 @@ const ollamaDialect: FakeDialect = {
       case 'stream-stall':
         return;
       case 'stream-error':
-        if (await exchange.writeFrames([line({ error: behaviour.message ?? 'model runner has unexpectedly stopped' })], { ...writeOptions, intervalMs: 0 })) {
+        if (
+          await exchange.writeFrames([line({ error: behaviour.message ?? 'model runner has unexpectedly stopped' })], {
+            ...writeOptions,
+            intervalMs: 0,
+          })
+        ) {
           response.end();
         }
         return;

@@ -69,7 +69,10 @@ function buildReply(shape: ReplyShape, body: any): BuiltReply {
   const toolCalls = shape.toolCalls?.map((call, index) => ({
     id: call.id ?? `call_fake_${completionCounter}_${index}`,
     type: 'function' as const,
-    function: { name: call.name, arguments: typeof call.arguments === 'string' ? call.arguments : JSON.stringify(call.arguments) },
+    function: {
+      name: call.name,
+      arguments: typeof call.arguments === 'string' ? call.arguments : JSON.stringify(call.arguments),
+    },
   }));
   const promptTokens = shape.usage?.promptTokens ?? estimatePromptTokens(body);
   const completionTokens =
@@ -86,7 +89,11 @@ function buildReply(shape: ReplyShape, body: any): BuiltReply {
     usage:
       shape.usage === null
         ? undefined
-        : { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens },
+        : {
+            prompt_tokens: promptTokens,
+            completion_tokens: completionTokens,
+            total_tokens: promptTokens + completionTokens,
+          },
   };
 }
 
@@ -123,7 +130,8 @@ function streamFrames(reply: BuiltReply, shape: ReplyShape, includeUsage: boolea
       ...(includeUsage ? { usage: null } : {}),
       ...extra,
     });
-  const deltaChunk = (delta: Record<string, unknown>): string => chunk([{ index: 0, delta, logprobs: null, finish_reason: null }]);
+  const deltaChunk = (delta: Record<string, unknown>): string =>
+    chunk([{ index: 0, delta, logprobs: null, finish_reason: null }]);
 
   const body: string[] = [];
   let first = true;
@@ -132,10 +140,18 @@ function streamFrames(reply: BuiltReply, shape: ReplyShape, includeUsage: boolea
     first = false;
     return { role: 'assistant', ...delta };
   };
-  for (const piece of splitContent(reply.reasoningContent ?? '', undefined)) body.push(deltaChunk(withRole({ reasoning_content: piece })));
-  for (const piece of splitContent(reply.content ?? '', shape.chunks)) body.push(deltaChunk(withRole({ content: piece })));
+  for (const piece of splitContent(reply.reasoningContent ?? '', undefined))
+    body.push(deltaChunk(withRole({ reasoning_content: piece })));
+  for (const piece of splitContent(reply.content ?? '', shape.chunks))
+    body.push(deltaChunk(withRole({ content: piece })));
   reply.toolCalls?.forEach((call, index) => {
-    body.push(deltaChunk(withRole({ tool_calls: [{ index, id: call.id, type: 'function', function: { name: call.function.name, arguments: '' } }] })));
+    body.push(
+      deltaChunk(
+        withRole({
+          tool_calls: [{ index, id: call.id, type: 'function', function: { name: call.function.name, arguments: '' } }],
+        }),
+      ),
+    );
     const half = Math.ceil(call.function.arguments.length / 2);
     for (const piece of [call.function.arguments.slice(0, half), call.function.arguments.slice(half)]) {
       if (piece !== '') body.push(deltaChunk({ tool_calls: [{ index, function: { arguments: piece } }] }));
@@ -150,7 +166,14 @@ function streamFrames(reply: BuiltReply, shape: ReplyShape, includeUsage: boolea
 }
 
 function openAIErrorBody(message: string, status: number): object {
-  const type = status === 401 ? 'invalid_request_error' : status === 429 ? 'requests' : status >= 500 ? 'server_error' : 'invalid_request_error';
+  const type =
+    status === 401
+      ? 'invalid_request_error'
+      : status === 429
+        ? 'requests'
+        : status >= 500
+          ? 'server_error'
+          : 'invalid_request_error';
   const code = status === 401 ? 'invalid_api_key' : status === 404 ? 'model_not_found' : null;
   return { error: { message, type, param: null, code } };
 }
@@ -169,9 +192,17 @@ async function replyHuge(exchange: FakeExchange, behaviour: Extract<FakeBehaviou
     if (await exchange.writeRepeated(head, 'x', tail, behaviour.bytes)) response.end();
     return;
   }
-  const { body: frames, tail } = streamFrames(reply, { chunks: [HUGE_CONTENT] }, body?.stream_options?.include_usage === true);
+  const { body: frames, tail } = streamFrames(
+    reply,
+    { chunks: [HUGE_CONTENT] },
+    body?.stream_options?.include_usage === true,
+  );
   const [head = '', rest = ''] = (frames[0] ?? '').split(HUGE_CONTENT);
-  response.writeHead(behaviour.status ?? 200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', ...(behaviour.headers ?? {}) });
+  response.writeHead(behaviour.status ?? 200, {
+    'content-type': 'text/event-stream; charset=utf-8',
+    'cache-control': 'no-cache',
+    ...(behaviour.headers ?? {}),
+  });
   const written =
     behaviour.shape === 'line'
       ? await exchange.writeRepeated(head, 'x', rest + tail.join(''), behaviour.bytes)
@@ -186,7 +217,10 @@ const openAIDialect: FakeDialect = {
   get(path, options) {
     if (path !== '/v1/models') return undefined;
     const names = options.models ?? ['fake-model'];
-    return { object: 'list', data: names.map((id) => ({ id, object: 'model', created: 1_700_000_000, owned_by: 'fake' })) };
+    return {
+      object: 'list',
+      data: names.map((id) => ({ id, object: 'model', created: 1_700_000_000, owned_by: 'fake' })),
+    };
   },
   async reply(exchange: FakeExchange, behaviour) {
     if (behaviour.kind === 'huge') return replyHuge(exchange, behaviour);
@@ -202,7 +236,12 @@ const openAIDialect: FakeDialect = {
         return;
       }
       if (behaviour.kind === 'stream-error') {
-        sendJson(response, 500, openAIErrorBody(behaviour.message ?? 'The server had an error while processing your request.', 500), extraHeaders);
+        sendJson(
+          response,
+          500,
+          openAIErrorBody(behaviour.message ?? 'The server had an error while processing your request.', 500),
+          extraHeaders,
+        );
         return;
       }
       response.writeHead(200, { 'content-type': 'application/json', ...extraHeaders });
@@ -218,8 +257,17 @@ const openAIDialect: FakeDialect = {
 
     const includeUsage = body?.stream_options?.include_usage === true;
     const { body: bodyFrames, tail } = streamFrames(reply, behaviour, includeUsage);
-    response.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', ...extraHeaders });
-    const writeOptions = { format: 'sse' as const, intervalMs: behaviour.chunkIntervalMs ?? 0, quirks: behaviour.quirks ?? [] };
+    response.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache',
+      connection: 'keep-alive',
+      ...extraHeaders,
+    });
+    const writeOptions = {
+      format: 'sse' as const,
+      intervalMs: behaviour.chunkIntervalMs ?? 0,
+      quirks: behaviour.quirks ?? [],
+    };
 
     if (behaviour.kind === 'ok') {
       if (await exchange.writeFrames([...bodyFrames, ...tail], writeOptions)) response.end();
@@ -236,7 +284,14 @@ const openAIDialect: FakeDialect = {
       case 'stream-stall':
         return;
       case 'stream-error': {
-        const error = { error: { message: behaviour.message ?? 'The server had an error while processing your request.', type: 'server_error', param: null, code: null } };
+        const error = {
+          error: {
+            message: behaviour.message ?? 'The server had an error while processing your request.',
+            type: 'server_error',
+            param: null,
+            code: null,
+          },
+        };
         if (await exchange.writeFrames([sseEvent(error)], { ...writeOptions, intervalMs: 0 })) response.end();
         return;
       }

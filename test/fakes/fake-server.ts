@@ -5,7 +5,13 @@
  * real SSE/NDJSON streams. Each fake (fake-openai.ts, fake-ollama.ts) adds its
  * wire format as a `FakeDialect`.
  */
-import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import {
+  createServer,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { FakeBehaviour, FakeBehaviourKind, StreamQuirk } from './behaviour.js';
 
@@ -109,7 +115,13 @@ export interface FakeDialect {
   /** Answers `GET` routes (model listings); `undefined` for an unknown route. */
   get(path: string, options: FakeProviderOptions): object | undefined;
   /** Answers a chat request for the behaviours `ok`, `stream-*` and `huge`. */
-  reply(exchange: FakeExchange, behaviour: Extract<FakeBehaviour, { kind: 'ok' | 'stream-cut' | 'stream-stall' | 'stream-error' | 'stream-end-early' | 'huge' }>): Promise<void>;
+  reply(
+    exchange: FakeExchange,
+    behaviour: Extract<
+      FakeBehaviour,
+      { kind: 'ok' | 'stream-cut' | 'stream-stall' | 'stream-error' | 'stream-end-early' | 'huge' }
+    >,
+  ): Promise<void>;
 }
 
 const DEFAULT_WAIT_MS = 10_000;
@@ -144,7 +156,10 @@ function applyLineQuirks(frame: string, format: 'sse' | 'ndjson', quirks: Readon
   return text;
 }
 
-export async function startFakeProvider(dialect: FakeDialect, options: FakeProviderOptions = {}): Promise<FakeProvider> {
+export async function startFakeProvider(
+  dialect: FakeDialect,
+  options: FakeProviderOptions = {},
+): Promise<FakeProvider> {
   const requests: RecordedRequest[] = [];
   const queue: FakeBehaviour[] = [];
   let defaultBehaviour: FakeBehaviour = options.defaultBehaviour ?? { kind: 'ok' };
@@ -290,7 +305,9 @@ export async function startFakeProvider(dialect: FakeDialect, options: FakeProvi
         const unitsPerPiece = Math.max(1, Math.floor(REPEATED_PIECE_BYTES / unitBytes));
         const piece = Buffer.from(unit.repeat(unitsPerPiece));
         let units =
-          bytes === undefined ? Number.POSITIVE_INFINITY : Math.max(0, Math.floor((bytes - Buffer.byteLength(head) - Buffer.byteLength(tail)) / unitBytes));
+          bytes === undefined
+            ? Number.POSITIVE_INFINITY
+            : Math.max(0, Math.floor((bytes - Buffer.byteLength(head) - Buffer.byteLength(tail)) / unitBytes));
         if (head !== '' && !(await write(head))) return false;
         while (units > 0) {
           const count = Math.min(units, unitsPerPiece);
@@ -317,7 +334,14 @@ export async function startFakeProvider(dialect: FakeDialect, options: FakeProvi
     if (options.requireApiKey !== undefined && record.authorization !== `Bearer ${options.requireApiKey}`) {
       // Like OpenAI, the message echoes what was received, so that tests can prove redaction downstream.
       const received = record.authorization?.replace(/^Bearer\s+/i, '') ?? '';
-      sendJson(response, 401, dialect.errorBody(`Incorrect API key provided: ${received}. You can find your API key in your account settings.`, 401));
+      sendJson(
+        response,
+        401,
+        dialect.errorBody(
+          `Incorrect API key provided: ${received}. You can find your API key in your account settings.`,
+          401,
+        ),
+      );
       return;
     }
 
@@ -338,7 +362,11 @@ export async function startFakeProvider(dialect: FakeDialect, options: FakeProvi
               ? behaviour.body
               : JSON.stringify(behaviour.body);
         if (behaviour.cutBody === true) {
-          response.writeHead(behaviour.status, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...extraHeaders });
+          response.writeHead(behaviour.status, {
+            'content-type': 'application/json',
+            'content-length': String(Buffer.byteLength(body)),
+            ...extraHeaders,
+          });
           response.write(body.slice(0, Math.floor(body.length / 2)));
           await exchange.sleep(20);
           exchange.destroy();
@@ -350,7 +378,9 @@ export async function startFakeProvider(dialect: FakeDialect, options: FakeProvi
       }
       case 'malformed-json':
         response.writeHead(behaviour.status ?? 200, { 'content-type': 'application/json', ...extraHeaders });
-        response.end('{"id": "chatcmpl-broken", "choices": [{"index": 0, "message": {"role": "assistant", "content": "unterminat');
+        response.end(
+          '{"id": "chatcmpl-broken", "choices": [{"index": 0, "message": {"role": "assistant", "content": "unterminat',
+        );
         return;
       case 'empty-body':
         response.writeHead(behaviour.status ?? 200, { 'content-type': 'application/json', ...extraHeaders });
@@ -413,7 +443,11 @@ export async function startFakeProvider(dialect: FakeDialect, options: FakeProvi
       return requests;
     },
     waitForClosedByClient(count, timeoutMs = DEFAULT_WAIT_MS) {
-      return waitUntil(() => closedByClient >= count, `${count} connection(s) closed by the client (have ${closedByClient})`, timeoutMs);
+      return waitUntil(
+        () => closedByClient >= count,
+        `${count} connection(s) closed by the client (have ${closedByClient})`,
+        timeoutMs,
+      );
     },
     waitForIdle(timeoutMs = DEFAULT_WAIT_MS) {
       return waitUntil(() => inFlight === 0, `no request in flight (have ${inFlight})`, timeoutMs);
@@ -429,9 +463,18 @@ export async function startFakeProvider(dialect: FakeDialect, options: FakeProvi
   };
 }
 
-export function sendJson(response: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+export function sendJson(
+  response: ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): void {
   const text = JSON.stringify(body);
-  response.writeHead(status, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(text)), ...headers });
+  response.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': String(Buffer.byteLength(text)),
+    ...headers,
+  });
   response.end(text);
 }
 
@@ -472,7 +515,8 @@ export function splitContent(content: string, chunks: number | string[] | undefi
     const characters = Array.from(content);
     const size = Math.ceil(characters.length / chunks);
     const pieces: string[] = [];
-    for (let index = 0; index < characters.length; index += size) pieces.push(characters.slice(index, index + size).join(''));
+    for (let index = 0; index < characters.length; index += size)
+      pieces.push(characters.slice(index, index + size).join(''));
     return pieces;
   }
   return content.match(/\S+\s*|\s+/g) ?? [content];

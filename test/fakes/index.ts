@@ -5,5 +5,14 @@
  */
 export { startFakeOpenAI, type FakeOpenAI, type FakeOpenAIOptions } from './fake-openai.js';
 export { startFakeOllama, type FakeOllama, type FakeOllamaOptions } from './fake-ollama.js';
-export { fakeBehaviours, type FakeBehaviour, type FakeBehaviourKind, type FakeToolCall, type FakeUsage, type HugeShape, type ReplyShape, type StreamQuirk } from './behaviour.js';
+export {
+  fakeBehaviours,
+  type FakeBehaviour,
+  type FakeBehaviourKind,
+  type FakeToolCall,
+  type FakeUsage,
+  type HugeShape,
+  type ReplyShape,
+  type StreamQuirk,
+} from './behaviour.js';
 export type { FakeProvider, FakeProviderOptions, RecordedRequest } from './fake-server.js';

@@ -58,7 +58,12 @@ export interface NatsClusterHandle {
    * Resolves with the stream's info once it has a leader and `replicas` - 1 followers that are all
    * current and online (polls up to `timeoutMs`, default 30 s).
    */
-  waitForStreamReplicas(connection: NatsConnection, stream: string, replicas: number, timeoutMs?: number): Promise<StreamInfo>;
+  waitForStreamReplicas(
+    connection: NatsConnection,
+    stream: string,
+    replicas: number,
+    timeoutMs?: number,
+  ): Promise<StreamInfo>;
   /** Kill every node and remove the store directories. */
   dispose(): Promise<void>;
 }
@@ -73,7 +78,6 @@ export interface NatsClusterOptions {
 }
 
 const sleep = (milliseconds: number) => new Promise((resolve) => setTimeout(resolve, milliseconds));
-
 
 function waitForExit(child: ChildProcess | undefined): Promise<void> {
   if (child === undefined || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
@@ -123,7 +127,9 @@ class ClusterNode implements NatsClusterNode {
   }
 
   writeConfig(clusterName: string, peers: ClusterNode[], extraConfig: string | undefined): void {
-    const routes = peers.filter((peer) => peer !== this).map((peer) => `    "nats-route://127.0.0.1:${peer.clusterPort}"`);
+    const routes = peers
+      .filter((peer) => peer !== this)
+      .map((peer) => `    "nats-route://127.0.0.1:${peer.clusterPort}"`);
     const lines = [
       `server_name: "${this.name}"`,
       `listen: "127.0.0.1:${this.port}"`,
@@ -137,7 +143,7 @@ class ClusterNode implements NatsClusterNode {
       `jetstream { store_dir: "${this.storeDir}", max_memory_store: 268435456, max_file_store: 2147483648 }`,
     ];
     if (extraConfig !== undefined) lines.push(extraConfig);
-    writeFileSync(this.#configPath, lines.join('\n') + '\n');
+    writeFileSync(this.#configPath, `${lines.join('\n')}\n`);
   }
 
   async launch(timeoutMs = 10_000): Promise<void> {
@@ -151,7 +157,9 @@ class ClusterNode implements NatsClusterNode {
       if (this.#stderr.length > 200_000) this.#stderr = this.#stderr.slice(-100_000);
     });
     const exited = new Promise<never>((_, reject) =>
-      child.once('exit', (code, signal) => reject(new Error(`nats-server ${this.name} exited (${code ?? signal}): ${this.#stderr.slice(-2000)}`))),
+      child.once('exit', (code, signal) =>
+        reject(new Error(`nats-server ${this.name} exited (${code ?? signal}): ${this.#stderr.slice(-2000)}`)),
+      ),
     );
     exited.catch(() => undefined);
     try {
@@ -190,12 +198,14 @@ async function waitForJetStream(connection: NatsConnection, replicas: number, ti
   while (Date.now() < deadline) {
     try {
       const manager = await jetstreamManager(connection, { timeout: 2_000 });
-      await manager.streams.add({ name: probe, subjects: [`cluster-probe.${probe}`], storage: StorageType.Memory, num_replicas: replicas }).catch(async (error: unknown) => {
-        // A retry after a timed-out create may find it there already.
-        await manager.streams.info(probe).catch(() => {
-          throw error;
+      await manager.streams
+        .add({ name: probe, subjects: [`cluster-probe.${probe}`], storage: StorageType.Memory, num_replicas: replicas })
+        .catch(async (error: unknown) => {
+          // A retry after a timed-out create may find it there already.
+          await manager.streams.info(probe).catch(() => {
+            throw error;
+          });
         });
-      });
       const info = await manager.streams.info(probe);
       if (info.cluster?.leader !== undefined && (info.cluster.replicas ?? []).length === replicas - 1) {
         await manager.streams.delete(probe);
@@ -206,7 +216,9 @@ async function waitForJetStream(connection: NatsConnection, replicas: number, ti
     }
     await sleep(100);
   }
-  throw new Error(`JetStream did not become ready with ${replicas} replicas within ${timeoutMs} ms: ${String(lastError)}`);
+  throw new Error(
+    `JetStream did not become ready with ${replicas} replicas within ${timeoutMs} ms: ${String(lastError)}`,
+  );
 }
 
 /** Starts a `size`-node cluster (default 3) with JetStream, on free loopback ports, and waits until it can place an R`size` stream. */
@@ -214,7 +226,9 @@ export async function startNatsCluster(options: NatsClusterOptions = {}): Promis
   const size = options.size ?? 3;
   const root = mkdtempSync(join(tmpdir(), 'llm-proxy-nats-cluster-'));
   // Unique per suite (the port guard checks the name): `lpc-<temp dir suffix>`, nodes `lpc-<suffix>-n1`…
-  const clusterName = `lpc-${basename(root).slice('llm-proxy-nats-cluster-'.length).replace(/[^A-Za-z0-9]/g, '')}`;
+  const clusterName = `lpc-${basename(root)
+    .slice('llm-proxy-nats-cluster-'.length)
+    .replace(/[^A-Za-z0-9]/g, '')}`;
   const nodes = Array.from({ length: size }, (_, index) => new ClusterNode(root, `${clusterName}-n${index + 1}`));
 
   // A free port can be taken before a node binds it (suites run side by side): then start over on fresh ports.
@@ -247,7 +261,10 @@ export async function startNatsCluster(options: NatsClusterOptions = {}): Promis
     },
     node(name: string) {
       const found = nodes.find((node) => node.name === name);
-      if (found === undefined) throw new Error(`no node named ${name} in ${clusterName} (nodes: ${nodes.map((node) => node.name).join(', ')})`);
+      if (found === undefined)
+        throw new Error(
+          `no node named ${name} in ${clusterName} (nodes: ${nodes.map((node) => node.name).join(', ')})`,
+        );
       return found;
     },
     async streamLeader(connection, stream, timeoutMs = 20_000) {
@@ -297,7 +314,12 @@ export async function startNatsCluster(options: NatsClusterOptions = {}): Promis
   };
 
   try {
-    const connection = await connect({ servers: handle.urls, name: 'nats-cluster-probe', reconnectTimeWait: 250, maxReconnectAttempts: -1 });
+    const connection = await connect({
+      servers: handle.urls,
+      name: 'nats-cluster-probe',
+      reconnectTimeWait: 250,
+      maxReconnectAttempts: -1,
+    });
     try {
       await waitForJetStream(connection, size, options.readyTimeoutMs ?? 30_000);
     } finally {

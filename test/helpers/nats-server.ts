@@ -71,7 +71,7 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     if (options.jetstream ?? true) lines.push(`jetstream { store_dir: "${join(storeDir, 'js')}" }`);
     if (options.maxPayload !== undefined) lines.push(`max_payload: ${options.maxPayload}`);
     if (options.extraConfig !== undefined) lines.push(options.extraConfig);
-    writeFileSync(configPath, lines.join('\n') + '\n');
+    writeFileSync(configPath, `${lines.join('\n')}\n`);
   };
 
   let child: ChildProcess;

@@ -11,7 +11,6 @@ export const BASE = Date.UTC(2026, 10, 24, 0, 0, 0);
 /** The aggregators' clock for relative spans: three days after BASE, mid-hour. */
 export const NOW = BASE + 72 * HOUR + 17 * 60_000;
 
-
 const AGENTS = ['agent:sofia', 'agent:helion', 'agent:a.b', null] as const;
 const MICRODAOS = ['microdao:7', 'microdao:9', null] as const;
 const MODELS = [
@@ -44,7 +43,14 @@ export function makeEvents(count: number): UsageEvent[] {
       provider: status === 'rejected' ? null : route.provider,
       model_resolved: route.model,
       status,
-      error_code: status === 'ok' ? null : status === 'rejected' ? 'rate_limited' : status === 'cancelled' ? 'cancelled' : 'upstream_error',
+      error_code:
+        status === 'ok'
+          ? null
+          : status === 'rejected'
+            ? 'rate_limited'
+            : status === 'cancelled'
+              ? 'cancelled'
+              : 'upstream_error',
       prompt_tokens: prompt,
       completion_tokens: completion,
       total_tokens: prompt + completion,
@@ -155,4 +161,3 @@ export function handCompute(events: UsageEvent[], query: HandQuery) {
     cents: Math.round(selected.reduce((total, event) => total + event.cost_usd, 0) * 100),
   };
 }
-

@@ -41,12 +41,20 @@ export const TEST_API_KEY = 'sk-test-SECRET-0123456789abcdef';
  * Models: `gpt-test` → openai `gpt-4o-mini` ($0.15/$0.60 per 1k, to make costs visible),
  * `local-test` → local `llama3.2:3b` (free). `overrides` are merged on top (shallow per section).
  */
-export function testConfig(urls: { openai?: string; ollama?: string }, overrides: Partial<ConfigInput> = {}): ConfigInput {
+export function testConfig(
+  urls: { openai?: string; ollama?: string },
+  overrides: Partial<ConfigInput> = {},
+): ConfigInput {
   const providers: ConfigInput['providers'] = {};
   const models: ConfigInput['models'] = {};
   if (urls.openai !== undefined) {
     providers.openai = { type: 'openai', base_url: urls.openai, api_key_env: 'FAKE_OPENAI_KEY' };
-    models['gpt-test'] = { provider: 'openai', physical_name: 'gpt-4o-mini', cost_per_1k_prompt: 0.15, cost_per_1k_completion: 0.6 };
+    models['gpt-test'] = {
+      provider: 'openai',
+      physical_name: 'gpt-4o-mini',
+      cost_per_1k_prompt: 0.15,
+      cost_per_1k_completion: 0.6,
+    };
   }
   if (urls.ollama !== undefined) {
     providers.local = { type: 'ollama', base_url: urls.ollama };
@@ -147,17 +155,21 @@ export async function startChildWorker(options: ChildWorkerOptions): Promise<Chi
   const dir = mkdtempSync(join(tmpdir(), 'llm-proxy-worker-'));
   const configPath = join(dir, 'config.yaml');
   writeFileSync(configPath, stringify(options.config));
-  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'worker', '--config', configPath], {
-    cwd: REPO_ROOT,
-    env: {
-      PATH: process.env.PATH ?? '',
-      HOME: process.env.HOME ?? '',
-      NATS_URL: options.natsUrl,
-      FAKE_OPENAI_KEY: TEST_API_KEY,
-      ...(options.env ?? {}),
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'worker', '--config', configPath],
+    {
+      cwd: REPO_ROOT,
+      env: {
+        PATH: process.env.PATH ?? '',
+        HOME: process.env.HOME ?? '',
+        NATS_URL: options.natsUrl,
+        FAKE_OPENAI_KEY: TEST_API_KEY,
+        ...(options.env ?? {}),
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
     },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  );
   const lines: string[] = [];
   let stderr = '';
   let partial = '';
@@ -187,7 +199,15 @@ export async function startChildWorker(options: ChildWorkerOptions): Promise<Chi
     const existing = lines.find((line) => line.includes(text));
     if (existing !== undefined) return Promise.resolve(existing);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no line with "${text}" within ${timeoutMs} ms; stderr: ${stderr.slice(-2000)}; stdout: ${lines.slice(-5).join('\n')}`)), timeoutMs);
+      const timer = setTimeout(
+        () =>
+          reject(
+            new Error(
+              `no line with "${text}" within ${timeoutMs} ms; stderr: ${stderr.slice(-2000)}; stdout: ${lines.slice(-5).join('\n')}`,
+            ),
+          ),
+        timeoutMs,
+      );
       const waiter = {
         text,
         resolve: (line: string) => {
@@ -264,9 +284,14 @@ export async function waitForUsageEvents(
       for (let seq = firstSeq; seq <= lastSeq; seq++) {
         const stored = await manager.streams.getMessage(stream, { seq }).catch(() => null);
         if (stored === null) continue;
-        events.push({ ...(stored.json() as UsageEvent), subject: stored.subject, msgId: stored.header?.get('Nats-Msg-Id') || undefined });
+        events.push({
+          ...(stored.json() as UsageEvent),
+          subject: stored.subject,
+          msgId: stored.header?.get('Nats-Msg-Id') || undefined,
+        });
       }
-      if (messages < count) throw new Error(`only ${messages} usage events in ${stream} after waiting; wanted ${count}`);
+      if (messages < count)
+        throw new Error(`only ${messages} usage events in ${stream} after waiting; wanted ${count}`);
       return events;
     }
     await new Promise((resolve) => setTimeout(resolve, 50));
@@ -274,10 +299,16 @@ export async function waitForUsageEvents(
 }
 
 /** The usage event of the request with this `request_id` (polls LLM_USAGE up to `timeoutMs`); throws when none came. */
-export async function usageEventFor(connection: NatsConnection, requestId: string, timeoutMs = 10_000): Promise<UsageEvent & { subject: string; msgId: string | undefined }> {
+export async function usageEventFor(
+  connection: NatsConnection,
+  requestId: string,
+  timeoutMs = 10_000,
+): Promise<UsageEvent & { subject: string; msgId: string | undefined }> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const event = (await waitForUsageEvents(connection, 1, { timeoutMs })).find((candidate) => candidate.request_id === requestId);
+    const event = (await waitForUsageEvents(connection, 1, { timeoutMs })).find(
+      (candidate) => candidate.request_id === requestId,
+    );
     if (event !== undefined) return event;
     if (Date.now() > deadline) throw new Error(`no usage event for ${requestId}`);
     await new Promise((resolve) => setTimeout(resolve, 50));

@@ -5,7 +5,7 @@
  */
 import { hostname } from 'node:os';
 import type { Command } from '../command.js';
-import { parseCommandLine, UsageError } from '../command.js';
+import { parseCommandLine } from '../command.js';
 import { connectToNats } from '../../bus/connect.js';
 import { configPathFromEnv, loadConfigFile, type ResolvedConfig } from '../../config/index.js';
 import { createLogger, type Logger } from '../../telemetry/logger.js';
@@ -69,7 +69,12 @@ export async function startUsageAggregator(config: ResolvedConfig, servers?: str
 }
 
 async function run(argv: string[]): Promise<number> {
-  const { values } = parseCommandLine({ args: argv, allowPositionals: false, strict: true, options: { config: { type: 'string' } } });
+  const { values } = parseCommandLine({
+    args: argv,
+    allowPositionals: false,
+    strict: true,
+    options: { config: { type: 'string' } },
+  });
   const config = loadConfigFile(values.config ?? configPathFromEnv());
   const running = await startUsageAggregator(config);
   return new Promise<number>((resolve) => {

@@ -6,7 +6,13 @@
 import { text } from 'node:stream/consumers';
 import type { Command } from '../command.js';
 import { isPositiveInteger, parseCommandLine, parseNumberFlag, UsageError } from '../command.js';
-import { createClient, LlmProxyError, type ChatReply, type ChatRequest, type LlmProxyClient } from '../../client/index.js';
+import {
+  createClient,
+  LlmProxyError,
+  type ChatReply,
+  type ChatRequest,
+  type LlmProxyClient,
+} from '../../client/index.js';
 import { secretFromEnv } from '../../auth/index.js';
 import { secretHeaders } from '../secret-headers.js';
 import type { ModelsReply } from '../../contract/index.js';
@@ -91,7 +97,10 @@ async function readMessage(given: string | undefined): Promise<string> {
 async function firstListedModel(client: LlmProxyClient): Promise<string> {
   let reply: ModelsReply;
   try {
-    const message = await client.connection.request(client.subjects.models, '{}', { timeout: 5_000, headers: secretHeaders() });
+    const message = await client.connection.request(client.subjects.models, '{}', {
+      timeout: 5_000,
+      headers: secretHeaders(),
+    });
     reply = message.json<ModelsReply>();
   } catch {
     throw new UsageError(`--model is required: no worker answered on ${client.subjects.models}`);
@@ -106,7 +115,9 @@ function formatUsage(reply: ChatReply): string {
   const parts: string[] = [];
   if (usage !== undefined) {
     const estimated = reply.tokens_estimated === true ? ' (estimated)' : '';
-    parts.push(`tokens ${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion = ${usage.total_tokens}${estimated}`);
+    parts.push(
+      `tokens ${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion = ${usage.total_tokens}${estimated}`,
+    );
   }
   if (typeof reply.cost_usd === 'number') parts.push(`cost $${reply.cost_usd.toFixed(6)}`);
   if (typeof reply.latency_ms === 'number') parts.push(`latency ${Math.round(reply.latency_ms)} ms`);
@@ -127,13 +138,18 @@ function buildRequest(model: string, message: string, options: ChatArguments): C
   return request;
 }
 
-async function printStream(client: LlmProxyClient, request: ChatRequest, json: boolean, signal: AbortSignal): Promise<ChatReply> {
+async function printStream(
+  client: LlmProxyClient,
+  request: ChatRequest,
+  json: boolean,
+  signal: AbortSignal,
+): Promise<ChatReply> {
   const stream = client.stream(request, { signal });
   let endsWithNewline = true;
   try {
     for await (const chunk of stream) {
       if (json) {
-        process.stdout.write(JSON.stringify(chunk) + '\n');
+        process.stdout.write(`${JSON.stringify(chunk)}\n`);
         continue;
       }
       // Reasoning goes to stderr: visible while it thinks, kept out of the answer.
@@ -149,9 +165,10 @@ async function printStream(client: LlmProxyClient, request: ChatRequest, json: b
     throw error;
   }
   const reply = await stream.final;
-  if (json) process.stdout.write(JSON.stringify(reply) + '\n');
+  if (json) process.stdout.write(`${JSON.stringify(reply)}\n`);
   else {
-    if (reply.tool_calls !== undefined) process.stdout.write((endsWithNewline ? '' : '\n') + JSON.stringify(reply.tool_calls, null, 2));
+    if (reply.tool_calls !== undefined)
+      process.stdout.write((endsWithNewline ? '' : '\n') + JSON.stringify(reply.tool_calls, null, 2));
     process.stdout.write('\n');
   }
   return reply;
@@ -159,12 +176,13 @@ async function printStream(client: LlmProxyClient, request: ChatRequest, json: b
 
 function printReply(reply: ChatReply, json: boolean): void {
   if (json) {
-    process.stdout.write(JSON.stringify(reply) + '\n');
+    process.stdout.write(`${JSON.stringify(reply)}\n`);
     return;
   }
-  if (reply.reasoning_content !== undefined) process.stderr.write(reply.reasoning_content + '\n');
-  if (reply.content !== null && reply.content !== '') process.stdout.write(reply.content + (reply.content.endsWith('\n') ? '' : '\n'));
-  if (reply.tool_calls !== undefined) process.stdout.write(JSON.stringify(reply.tool_calls, null, 2) + '\n');
+  if (reply.reasoning_content !== undefined) process.stderr.write(`${reply.reasoning_content}\n`);
+  if (reply.content !== null && reply.content !== '')
+    process.stdout.write(reply.content + (reply.content.endsWith('\n') ? '' : '\n'));
+  if (reply.tool_calls !== undefined) process.stdout.write(`${JSON.stringify(reply.tool_calls, null, 2)}\n`);
 }
 
 async function run(argv: string[]): Promise<number> {
@@ -182,7 +200,9 @@ async function run(argv: string[]): Promise<number> {
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
     });
   } catch (error) {
-    process.stderr.write(`error cannot connect to NATS at ${servers}: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.stderr.write(
+      `error cannot connect to NATS at ${servers}: ${error instanceof Error ? error.message : String(error)}\n`,
+    );
     return 1;
   }
 
@@ -200,11 +220,11 @@ async function run(argv: string[]): Promise<number> {
       ? await printStream(client, request, options.json, controller.signal)
       : await client.chat(request, { signal: controller.signal });
     if (!options.stream) printReply(reply, options.json);
-    if (!options.json) process.stderr.write(formatUsage(reply) + '\n');
+    if (!options.json) process.stderr.write(`${formatUsage(reply)}\n`);
     return 0;
   } catch (error) {
     if (!(error instanceof LlmProxyError)) throw error;
-    if (options.json) process.stdout.write(JSON.stringify({ error: error.toJSON() }) + '\n');
+    if (options.json) process.stdout.write(`${JSON.stringify({ error: error.toJSON() })}\n`);
     process.stderr.write(`error ${error.code} (${error.status}): ${error.message}\n`);
     return interrupted ? 130 : 1;
   } finally {

@@ -1,7 +1,13 @@
 /** `llm-proxy check-config`: validate a config file and say what it sets up. */
 import type { Command } from '../command.js';
 import { parseCommandLine, UsageError } from '../command.js';
-import { ConfigError, configPathFromEnv, loadConfigFile, missingApiKeys, type ResolvedConfig } from '../../config/index.js';
+import {
+  ConfigError,
+  configPathFromEnv,
+  loadConfigFile,
+  missingApiKeys,
+  type ResolvedConfig,
+} from '../../config/index.js';
 import { redactUrl } from '../../config/redact-url.js';
 
 const help = `Usage: llm-proxy check-config [FILE]
@@ -19,12 +25,20 @@ Example:
 export function summarizeConfig(config: ResolvedConfig): string {
   const lines = [`${config.source}: OK`, '', `providers (${config.providers.size}):`];
   for (const provider of config.providers.values()) {
-    const key = provider.api_key_env === undefined ? 'no key' : `key from ${provider.api_key_env}${provider.apiKey === undefined ? ' (NOT SET)' : ' (set)'}`;
+    const key =
+      provider.api_key_env === undefined
+        ? 'no key'
+        : `key from ${provider.api_key_env}${provider.apiKey === undefined ? ' (NOT SET)' : ' (set)'}`;
     lines.push(`  ${provider.name}: ${provider.type} at ${redactUrl(provider.base_url)}, ${key}`);
   }
   lines.push('', `models (${config.models.size}):`);
   for (const model of config.models.values()) {
-    const deployments = model.deployments.map((deployment) => `${deployment.provider}/${deployment.physical_name}${model.deployments.length > 1 ? ` ×${deployment.weight}` : ''}`).join(', ');
+    const deployments = model.deployments
+      .map(
+        (deployment) =>
+          `${deployment.provider}/${deployment.physical_name}${model.deployments.length > 1 ? ` ×${deployment.weight}` : ''}`,
+      )
+      .join(', ');
     const extras = [
       model.fallbacks.length > 0 ? `fallbacks ${model.fallbacks.join(', ')}` : '',
       model.context_fallbacks.length > 0 ? `context fallbacks ${model.context_fallbacks.join(', ')}` : '',
@@ -41,7 +55,9 @@ export function summarizeConfig(config: ResolvedConfig): string {
   lines.push(
     `nats: subjects ${config.nats.subject_prefix}.proxy.*, usage stream ${stream.name} (${stream.storage}, R${stream.replicas}, max age ${stream.max_age === 0 ? 'forever' : `${stream.max_age / 86_400_000} d`}, max bytes ${stream.max_bytes === -1 ? 'unlimited' : stream.max_bytes})`,
   );
-  lines.push(`cache: ${config.cache.enabled ? `on, ${config.cache.max_entries} entries, ttl ${config.cache.ttl_ms} ms` : 'off'}; logging: ${config.logging.level}, request lines: ${config.logging.requests}`);
+  lines.push(
+    `cache: ${config.cache.enabled ? `on, ${config.cache.max_entries} entries, ttl ${config.cache.ttl_ms} ms` : 'off'}; logging: ${config.logging.level}, request lines: ${config.logging.requests}`,
+  );
   return lines.join('\n');
 }
 

@@ -6,9 +6,15 @@
  * `llm-proxy usage` answers) and one worker in the foreground.
  */
 import type { Command } from '../command.js';
-import { parseCommandLine, UsageError } from '../command.js';
+import { parseCommandLine } from '../command.js';
 import { configPathFromEnv } from '../../config/index.js';
-import { findOnPath, isNatsReachable, NATS_INSTALL_HELP, startDevNatsServer, type DevNatsServer } from '../../bus/dev-server.js';
+import {
+  findOnPath,
+  isNatsReachable,
+  NATS_INSTALL_HELP,
+  startDevNatsServer,
+  type DevNatsServer,
+} from '../../bus/dev-server.js';
 import { natsUrlFromEnv } from '../../bus/connect.js';
 import { startUsageAggregator, type RunningAggregator } from './aggregator.js';
 import { secretFromEnv } from '../../auth/index.js';
@@ -42,7 +48,12 @@ export const command: Command = {
   async run(argv) {
     const { values } = parseCommandLine({
       args: argv,
-      options: { config: { type: 'string' }, nats: { type: 'string' }, store: { type: 'string' }, 'no-aggregator': { type: 'boolean' } },
+      options: {
+        config: { type: 'string' },
+        nats: { type: 'string' },
+        store: { type: 'string' },
+        'no-aggregator': { type: 'boolean' },
+      },
       allowPositionals: false,
     });
     const config = loadConfigOrExplain(values.config ?? configPathFromEnv());
@@ -60,8 +71,14 @@ export const command: Command = {
         process.stderr.write(`${NATS_INSTALL_HELP}\n`);
         return 1;
       }
-      devServer = await startDevNatsServer({ url, executable, ...(values.store !== undefined ? { storeDir: values.store } : {}) });
-      process.stderr.write(`llm-proxy dev: no NATS answered at ${url}; started nats-server (pid ${devServer.pid}, JetStream store ${devServer.storeDir}); it stops when this command does\n`);
+      devServer = await startDevNatsServer({
+        url,
+        executable,
+        ...(values.store !== undefined ? { storeDir: values.store } : {}),
+      });
+      process.stderr.write(
+        `llm-proxy dev: no NATS answered at ${url}; started nats-server (pid ${devServer.pid}, JetStream store ${devServer.storeDir}); it stops when this command does\n`,
+      );
     }
     const servers = devServer?.url ?? url;
     let aggregator: RunningAggregator | undefined;
@@ -69,9 +86,10 @@ export const command: Command = {
       if (values['no-aggregator'] !== true) aggregator = await startUsageAggregator(config, servers);
       return await runWorkerUntilSignal(config, servers);
     } finally {
-      await aggregator?.stop().catch((error: unknown) => aggregator?.logger.error({ err: error }, 'aggregator did not stop cleanly'));
+      await aggregator
+        ?.stop()
+        .catch((error: unknown) => aggregator?.logger.error({ err: error }, 'aggregator did not stop cleanly'));
       await devServer?.stop();
     }
   },
 };
-

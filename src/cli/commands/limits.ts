@@ -9,7 +9,14 @@ import type { Command } from '../command.js';
 import { parseCommandLine, UsageError } from '../command.js';
 import { connectOnce, natsUrlFromEnv } from '../../bus/connect.js';
 import { configPathFromEnv, DEFAULT_CONFIG_PATH, loadConfigFile, type ResolvedConfig } from '../../config/index.js';
-import { createLimiter, redactRedisUrl, redisUrlFor, type Dimension, type DimensionStanding, type ScopeStanding } from '../../limits/index.js';
+import {
+  createLimiter,
+  redactRedisUrl,
+  redisUrlFor,
+  type Dimension,
+  type DimensionStanding,
+  type ScopeStanding,
+} from '../../limits/index.js';
 import { tableLines } from '../../format/table.js';
 
 const help = `Usage: llm-proxy limits --agent ID [--microdao ID] [--model M] [--json]
@@ -56,10 +63,11 @@ export function parseLimitsArguments(argv: string[], env: NodeJS.ProcessEnv = pr
       config: { type: 'string' },
     },
   });
-  if (values.agent === undefined || values.agent === '') throw new UsageError('--agent is required, e.g. --agent agent:sofia');
+  if (values.agent === undefined || values.agent === '')
+    throw new UsageError('--agent is required, e.g. --agent agent:sofia');
   const configPath = values.config ?? configPathFromEnv(env);
   if (values.config === undefined && !env.LLM_PROXY_CONFIG && !existsSync(DEFAULT_CONFIG_PATH)) {
-    throw new UsageError('no config: pass --config with the workers\' config.yaml (or set LLM_PROXY_CONFIG)');
+    throw new UsageError("no config: pass --config with the workers' config.yaml (or set LLM_PROXY_CONFIG)");
   }
   return { agentId: values.agent, microdaoId: values.microdao, model: values.model, json: values.json, configPath };
 }
@@ -84,7 +92,9 @@ function formatDuration(ms: number): string {
 
 function formatAmount(row: DimensionStanding, value: number): string {
   // Budgets to the micro-dollar they are counted in, without trailing zeros past the cents.
-  return row.dimension === 'daily_usd' || row.dimension === 'monthly_usd' ? `$${value.toFixed(6).replace(/0{1,4}$/, '')}` : String(value);
+  return row.dimension === 'daily_usd' || row.dimension === 'monthly_usd'
+    ? `$${value.toFixed(6).replace(/0{1,4}$/, '')}`
+    : String(value);
 }
 
 export function formatStandingTable(agentId: string, source: string, scopes: ScopeStanding[]): string {
@@ -101,13 +111,14 @@ export function formatStandingTable(agentId: string, source: string, scopes: Sco
       formatDuration(row.resetsInMs),
     ]),
   );
-  return [`Limits of ${agentId} (${source})`, '', ...tableLines(header, rows)].join('\n') + '\n';
+  return `${[`Limits of ${agentId} (${source})`, '', ...tableLines(header, rows)].join('\n')}\n`;
 }
 
 function describeSource(config: ResolvedConfig): string {
   const limits = config.limits;
   if (limits.backend === 'nats') return `nats, bucket ${limits.nats_bucket} at ${natsUrlFromEnv()}`;
-  if (limits.backend === 'redis') return `redis, ${redactRedisUrl(redisUrlFor(limits))}, prefix ${limits.redis_key_prefix}`;
+  if (limits.backend === 'redis')
+    return `redis, ${redactRedisUrl(redisUrlFor(limits))}, prefix ${limits.redis_key_prefix}`;
   return limits.backend;
 }
 
@@ -120,7 +131,9 @@ async function run(argv: string[]): Promise<number> {
     return 1;
   }
   if (limits.backend === 'memory') {
-    process.stderr.write('limits.backend is "memory": each worker counts in its own process, so there is no shared standing to read (use nats or redis)\n');
+    process.stderr.write(
+      'limits.backend is "memory": each worker counts in its own process, so there is no shared standing to read (use nats or redis)\n',
+    );
     return 1;
   }
 
@@ -129,7 +142,9 @@ async function run(argv: string[]): Promise<number> {
     try {
       connection = await connectOnce({ nats: config.nats, name: 'llm-proxy-limits' });
     } catch (error) {
-      process.stderr.write(`error cannot connect to NATS at ${natsUrlFromEnv()}: ${error instanceof Error ? error.message : String(error)}\n`);
+      process.stderr.write(
+        `error cannot connect to NATS at ${natsUrlFromEnv()}: ${error instanceof Error ? error.message : String(error)}\n`,
+      );
       return 1;
     }
   }
@@ -156,14 +171,16 @@ async function run(argv: string[]): Promise<number> {
           })),
         })),
       };
-      process.stdout.write(JSON.stringify(body, null, 2) + '\n');
+      process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
     } else {
       process.stdout.write(formatStandingTable(parsed.agentId, describeSource(config), scopes));
     }
     return 0;
   } catch (error) {
     const cause = error instanceof Error && error.cause instanceof Error ? `: ${error.cause.message}` : '';
-    process.stderr.write(`error cannot read the limits store (${describeSource(config)}): ${error instanceof Error ? error.message : String(error)}${cause}\n`);
+    process.stderr.write(
+      `error cannot read the limits store (${describeSource(config)}): ${error instanceof Error ? error.message : String(error)}${cause}\n`,
+    );
     return 1;
   } finally {
     await limiter.close();

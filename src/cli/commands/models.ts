@@ -27,9 +27,12 @@ Example:
 `;
 
 /** A short-lived connection for a CLI command, with the subject prefix (from --config when given). */
-export async function connectForCommand(values: { nats?: string | undefined; config?: string | undefined }): Promise<{ connection: NatsConnection; prefix: string; servers: string }> {
+export async function connectForCommand(values: {
+  nats?: string | undefined;
+  config?: string | undefined;
+}): Promise<{ connection: NatsConnection; prefix: string; servers: string }> {
   let prefix = DEFAULT_SUBJECT_PREFIX;
-  let nats;
+  let nats: ReturnType<typeof loadConfigFile>['nats'] | undefined;
   if (values.config !== undefined) {
     try {
       const config = loadConfigFile(values.config);
@@ -57,10 +60,15 @@ export function formatModels(reply: WorkerModelsReply): string {
   const lines: string[] = [];
   for (const model of reply.models) {
     const fallbacks = model.fallbacks.length > 0 ? `  fallbacks: ${model.fallbacks.join(', ')}` : '';
-    lines.push(`${model.name}  prompt ${formatPrice(model.cost_per_1k_prompt)}, completion ${formatPrice(model.cost_per_1k_completion)}${fallbacks}`);
+    lines.push(
+      `${model.name}  prompt ${formatPrice(model.cost_per_1k_prompt)}, completion ${formatPrice(model.cost_per_1k_completion)}${fallbacks}`,
+    );
     for (const deployment of model.deployments) {
       const health = reply.health?.find(
-        (row) => row.model === model.name && row.provider === deployment.provider && row.physical_name === deployment.physical_name,
+        (row) =>
+          row.model === model.name &&
+          row.provider === deployment.provider &&
+          row.physical_name === deployment.physical_name,
       );
       const parts = [`  - ${deployment.provider}/${deployment.physical_name}`, `weight ${deployment.weight}`];
       if (health !== undefined) {
@@ -94,11 +102,15 @@ export const command: Command = {
       },
       allowPositionals: false,
     });
-    const timeoutMs = parseNumberFlag('--timeout-ms', values['timeout-ms'], isPositiveInteger, 'a positive integer') ?? 5_000;
+    const timeoutMs =
+      parseNumberFlag('--timeout-ms', values['timeout-ms'], isPositiveInteger, 'a positive integer') ?? 5_000;
     const { connection, prefix } = await connectForCommand(values);
     const subject = subjectsFor(prefix).models;
     try {
-      const message = await connection.request(subject, JSON.stringify(values.health ? { health: true } : {}), { timeout: timeoutMs, headers: secretHeaders() });
+      const message = await connection.request(subject, JSON.stringify(values.health ? { health: true } : {}), {
+        timeout: timeoutMs,
+        headers: secretHeaders(),
+      });
       const reply = message.json() as WorkerModelsReply | ErrorReply;
       if ('error' in reply) {
         process.stderr.write(`llm-proxy: ${reply.error.code} (${reply.error.status}): ${reply.error.message}\n`);
@@ -107,7 +119,9 @@ export const command: Command = {
       process.stdout.write(values.json ? `${JSON.stringify(reply, null, 2)}\n` : `${formatModels(reply)}\n`);
       return 0;
     } catch (error) {
-      const noResponders = error instanceof Error && /no responders/i.test(`${error.message} ${String((error as { cause?: unknown }).cause ?? '')}`);
+      const noResponders =
+        error instanceof Error &&
+        /no responders/i.test(`${error.message} ${String((error as { cause?: unknown }).cause ?? '')}`);
       process.stderr.write(
         noResponders
           ? `llm-proxy: no worker is listening on ${subject} (start one with \`llm-proxy worker\` or \`llm-proxy dev\`)\n`

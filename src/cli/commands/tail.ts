@@ -1,6 +1,6 @@
 /** `llm-proxy tail`: print usage events as they are published. */
 import type { Command } from '../command.js';
-import { parseCommandLine, UsageError } from '../command.js';
+import { parseCommandLine } from '../command.js';
 import { agentToken, subjectsFor } from '../../contract/subjects.js';
 import type { UsageEvent } from '../../contract/usage-event.js';
 import { connectForCommand } from './models.js';
@@ -24,7 +24,9 @@ Example:
 `;
 
 export function formatEvent(event: UsageEvent): string {
-  const agent = event.agent_id ?? (event.claimed_agent_id !== undefined ? `unauthenticated(${event.claimed_agent_id})` : 'anonymous');
+  const agent =
+    event.agent_id ??
+    (event.claimed_agent_id !== undefined ? `unauthenticated(${event.claimed_agent_id})` : 'anonymous');
   const status = event.status === 'ok' ? 'ok' : `${event.status}:${event.error_code ?? '?'}`;
   const tokens = `${event.prompt_tokens}+${event.completion_tokens}${event.tokens_estimated ? '~' : ''} tok`;
   const flags = [event.stream ? 'stream' : '', event.cached ? 'cached' : ''].filter((flag) => flag !== '').join(',');
@@ -51,7 +53,12 @@ export const command: Command = {
   async run(argv) {
     const { values } = parseCommandLine({
       args: argv,
-      options: { agent: { type: 'string' }, json: { type: 'boolean', default: false }, nats: { type: 'string' }, config: { type: 'string' } },
+      options: {
+        agent: { type: 'string' },
+        json: { type: 'boolean', default: false },
+        nats: { type: 'string' },
+        config: { type: 'string' },
+      },
       allowPositionals: false,
     });
     const { connection, prefix } = await connectForCommand(values);

@@ -81,15 +81,21 @@ export function parseUsageArguments(argv: string[], env: NodeJS.ProcessEnv = pro
   if (values.since !== undefined) query.since = values.since;
   if (values.until !== undefined) query.until = values.until;
   if (values['group-by'] !== undefined) {
-    const keys = values['group-by'].split(',').map((key) => key.trim()).filter((key) => key !== '');
+    const keys = values['group-by']
+      .split(',')
+      .map((key) => key.trim())
+      .filter((key) => key !== '');
     for (const key of keys) {
-      if (!(USAGE_GROUP_KEYS as readonly string[]).includes(key)) throw new UsageError(`--group-by: "${key}" is not one of ${USAGE_GROUP_KEYS.join(', ')}`);
+      if (!(USAGE_GROUP_KEYS as readonly string[]).includes(key))
+        throw new UsageError(`--group-by: "${key}" is not one of ${USAGE_GROUP_KEYS.join(', ')}`);
     }
     if (keys.length > 0) query.group_by = keys as UsageGroupKey[];
   }
-  const timeoutMs = parseNumberFlag('--timeout-ms', values['timeout-ms'], isPositiveInteger, 'a positive integer') ?? 10_000;
+  const timeoutMs =
+    parseNumberFlag('--timeout-ms', values['timeout-ms'], isPositiveInteger, 'a positive integer') ?? 10_000;
   // A config file is optional here: only its subject prefix and credential settings are used.
-  const configPath = values.config ?? (env.LLM_PROXY_CONFIG || (existsSync(DEFAULT_CONFIG_PATH) ? configPathFromEnv(env) : undefined));
+  const configPath =
+    values.config ?? (env.LLM_PROXY_CONFIG || (existsSync(DEFAULT_CONFIG_PATH) ? configPathFromEnv(env) : undefined));
   return { query, output: values.json ? 'json' : values.csv ? 'csv' : 'table', configPath, timeoutMs };
 }
 
@@ -115,26 +121,35 @@ async function run(argv: string[]): Promise<number> {
   try {
     connection = await connectOnce({ nats, name: 'llm-proxy-usage' });
   } catch (error) {
-    process.stderr.write(`error cannot connect to NATS at ${natsUrlFromEnv()}: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.stderr.write(
+      `error cannot connect to NATS at ${natsUrlFromEnv()}: ${error instanceof Error ? error.message : String(error)}\n`,
+    );
     return 1;
   }
   const subject = subjectsFor(prefix).usageQuery;
   try {
-    const message = await connection.request(subject, JSON.stringify(parsed.query), { timeout: parsed.timeoutMs, headers: secretHeaders() });
+    const message = await connection.request(subject, JSON.stringify(parsed.query), {
+      timeout: parsed.timeoutMs,
+      headers: secretHeaders(),
+    });
     const body = message.json<AggregatedReply | ErrorReply>();
     if (message.headers?.get(HEADERS.serviceErrorCode) || 'error' in body) {
       const error = (body as ErrorReply).error;
-      process.stderr.write(`error ${error?.code ?? 'internal'} (${error?.status ?? message.headers?.get(HEADERS.serviceErrorCode)}): ${error?.message ?? message.headers?.get(HEADERS.serviceError)}\n`);
+      process.stderr.write(
+        `error ${error?.code ?? 'internal'} (${error?.status ?? message.headers?.get(HEADERS.serviceErrorCode)}): ${error?.message ?? message.headers?.get(HEADERS.serviceError)}\n`,
+      );
       return 1;
     }
     const reply = body as AggregatedReply;
-    if (parsed.output === 'json') process.stdout.write(JSON.stringify(reply, null, 2) + '\n');
+    if (parsed.output === 'json') process.stdout.write(`${JSON.stringify(reply, null, 2)}\n`);
     else if (parsed.output === 'csv') process.stdout.write(formatCsv(reply));
     else process.stdout.write(formatTable(reply, { filters: describeFilters(parsed.query) }));
     return 0;
   } catch (error) {
     if (error instanceof RequestError && error.isNoResponders()) {
-      process.stderr.write(`error no_provider_available (503): no aggregator answers on ${subject} (is \`llm-proxy aggregator\` running?)\n`);
+      process.stderr.write(
+        `error no_provider_available (503): no aggregator answers on ${subject} (is \`llm-proxy aggregator\` running?)\n`,
+      );
       return 1;
     }
     process.stderr.write(`error upstream_timeout (504): ${error instanceof Error ? error.message : String(error)}\n`);

@@ -4,8 +4,14 @@
  * exit 0); a second one exits at once with 130.
  */
 import type { Command } from '../command.js';
-import { parseCommandLine, UsageError } from '../command.js';
-import { ConfigError, configPathFromEnv, loadConfigFile, missingApiKeys, type ResolvedConfig } from '../../config/index.js';
+import { parseCommandLine } from '../command.js';
+import {
+  ConfigError,
+  configPathFromEnv,
+  loadConfigFile,
+  missingApiKeys,
+  type ResolvedConfig,
+} from '../../config/index.js';
 import { natsUrlFromEnv } from '../../bus/connect.js';
 import { createLogger } from '../../telemetry/logger.js';
 import { startWorker } from '../../worker/index.js';
@@ -82,7 +88,11 @@ export const command: Command = {
   summary: 'start one worker (answers llm.proxy.request in queue group llm-proxy)',
   help,
   async run(argv) {
-    const { values } = parseCommandLine({ args: argv, options: { config: { type: 'string' }, nats: { type: 'string' } }, allowPositionals: false });
+    const { values } = parseCommandLine({
+      args: argv,
+      options: { config: { type: 'string' }, nats: { type: 'string' } },
+      allowPositionals: false,
+    });
     const config = loadConfigOrExplain(values.config ?? configPathFromEnv());
     if (config === undefined) return 1;
     return runWorkerUntilSignal(config, values.nats ?? natsUrlFromEnv());
