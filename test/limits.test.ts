@@ -13,6 +13,7 @@ import { randomUUID } from 'node:crypto';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { Redis } from 'ioredis';
+import { REDIS_URL, redisReachable } from './helpers/redis.js';
 import { ProxyError } from '../src/contract/errors.js';
 import { limitsSchema, type LimitsConfigInput } from '../src/config/limits-schema.js';
 import { createLimiter, type AdmissionRequest, type Limiter, type Reservation } from '../src/limits/index.js';
@@ -21,26 +22,10 @@ import { freePort } from './helpers/ports.js';
 
 type Backend = 'memory' | 'nats' | 'redis';
 
-const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 const RUN_PREFIX = `llm-limits-test:${process.pid}-${randomUUID().slice(0, 8)}:`;
 
 async function redisUnavailableReason(): Promise<string | undefined> {
-  const probe = new Redis(REDIS_URL, {
-    lazyConnect: true,
-    connectTimeout: 1_000,
-    maxRetriesPerRequest: 0,
-    retryStrategy: () => null,
-  });
-  probe.on('error', () => undefined);
-  try {
-    await probe.connect();
-    await probe.ping();
-    return undefined;
-  } catch (error) {
-    return `Redis is not reachable at ${REDIS_URL} (${error instanceof Error ? error.message : String(error)}): redis scenarios skipped`;
-  } finally {
-    probe.disconnect();
-  }
+  return (await redisReachable()) ? undefined : `Redis is not reachable at ${REDIS_URL}: redis scenarios skipped`;
 }
 
 const redisSkip = await redisUnavailableReason();
