@@ -75,9 +75,16 @@ export class SecretCheck {
 
   /** True when no secret is configured, or the header carries the right one. */
   allows(headers: MsgHdrs | undefined): boolean {
+    return this.allowsValue(headerValue(headers, HEADERS.secret));
+  }
+
+  /** True when no secret is configured, or `given` is it (an HTTP header, say). */
+  allowsValue(given: string | undefined): boolean {
     if (this.#expected === undefined) return true;
-    const digest = createHash('sha256').update(headerValue(headers, HEADERS.secret)).digest();
-    // A missing header is compared too, so every refusal costs the same.
+    const digest = createHash('sha256')
+      .update(given ?? '')
+      .digest();
+    // A missing value is compared too, so every refusal costs the same.
     return timingSafeEqual(digest, this.#expected);
   }
 }

@@ -14,6 +14,7 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   aggregator: () => import('./commands/aggregator.js'),
   usage: () => import('./commands/usage.js'),
   limits: () => import('./commands/limits.js'),
+  http: () => import('./commands/http.js'),
 };
 
 function printOverview(): void {

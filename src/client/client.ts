@@ -13,8 +13,10 @@ import {
   type ChatRequest,
   type Subjects,
 } from '../contract/index.js';
+import type { ModelsReply } from '../contract/models.js';
+import type { UsageQuery, UsageQueryReply } from '../contract/usage-query.js';
 import { LlmProxyError, errorFromBody, errorFromNats, errorFromServiceHeaders } from './errors.js';
-import { assertFitsMaxPayload, buildEnvelope, publishCancel, type Envelope } from './request-envelope.js';
+import { assertFitsMaxPayload, buildEnvelope, buildHeaders, publishCancel, type Envelope } from './request-envelope.js';
 import { startChatStream, type ChatStream } from './stream.js';
 
 /** Matches the worker's default deadline (`worker.default_timeout_ms`). */
@@ -23,6 +25,8 @@ export const DEFAULT_TIMEOUT_MS = 120_000;
 export const DEFAULT_IDLE_TIMEOUT_MS = 5_000;
 /** Validation, limits and routing happen before the first chunk or heartbeat. */
 export const DEFAULT_FIRST_MESSAGE_TIMEOUT_MS = 10_000;
+/** Models and usage queries answer from memory: seconds are plenty. */
+const ASK_TIMEOUT_MS = 5_000;
 
 export interface ClientOptions {
   /** NATS server URL(s); the client then owns the connection and `close()` closes it. */
@@ -65,6 +69,10 @@ export interface LlmProxyClient {
   chat(request: ChatRequest, options?: CallOptions): Promise<ChatReply>;
   /** A streamed reply: iterate the chunks, then `await stream.final`. Never throws synchronously. */
   stream(request: ChatRequest, options?: StreamOptions): ChatStream;
+  /** `llm.proxy.models`: the models the workers route (`health: true` adds each deployment's state). Throws `LlmProxyError`. */
+  models(options?: { health?: boolean; timeoutMs?: number }): Promise<ModelsReply & { health?: unknown[] }>;
+  /** `llm.proxy.usage`: the aggregators' answer to a usage query. Throws `LlmProxyError`. */
+  usage(query: UsageQuery, options?: { timeoutMs?: number }): Promise<UsageQueryReply>;
   /** The subjects in use (from `subjectPrefix`). */
   readonly subjects: Subjects;
   /** The NATS connection (owned or borrowed). */
@@ -214,6 +222,39 @@ class NatsLlmProxyClient implements LlmProxyClient {
         totalMs,
       },
     });
+  }
+
+  models(options: { health?: boolean; timeoutMs?: number } = {}): Promise<ModelsReply & { health?: unknown[] }> {
+    return this.#ask(
+      this.#settings.subjects.models,
+      options.health === true ? { health: true } : {},
+      options.timeoutMs,
+    );
+  }
+
+  usage(query: UsageQuery, options: { timeoutMs?: number } = {}): Promise<UsageQueryReply> {
+    return this.#ask(this.#settings.subjects.usageQuery, query, options.timeoutMs);
+  }
+
+  /** A plain request/reply on one of the other subjects, with the secret; error replies and bus failures as LlmProxyError. */
+  async #ask<T>(subject: string, body: unknown, timeoutMs = ASK_TIMEOUT_MS): Promise<T> {
+    let message: Awaited<ReturnType<NatsConnection['request']>>;
+    try {
+      message = await this.#settings.connection.request(subject, JSON.stringify(body), {
+        timeout: timeoutMs,
+        headers: buildHeaders(this.#settings.secret),
+      });
+    } catch (error) {
+      throw errorFromNats(error, { subject, timeoutMs, requestId: '' });
+    }
+    let reply: unknown;
+    try {
+      reply = message.json();
+    } catch {
+      throw new LlmProxyError('upstream_error', `the answer on ${subject} is not JSON`);
+    }
+    if (isErrorReply(reply)) throw errorFromBody(reply.error);
+    return reply as T;
   }
 
   async close(): Promise<void> {

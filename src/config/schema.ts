@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { parseDuration, parseSize } from './duration.js';
 import { aggregatorSchema } from './aggregator-schema.js';
+import { httpSchema } from './http-schema.js';
 import { limitsSchema } from './limits-schema.js';
 
 /**
@@ -121,6 +122,8 @@ export const modelSchema = z
       .optional(),
     /** Completion tokens assumed for reservations when a request sets no max_tokens. */
     default_max_tokens: positiveInt.optional(),
+    /** The most tokens the model can produce in one answer, as listed by `llm.proxy.models` (the seed's field). */
+    max_tokens: positiveInt.optional(),
   })
   .strict()
   .superRefine((model, context) => {
@@ -254,6 +257,7 @@ export const configSchema = z
     logging: loggingSchema.prefault({}),
     cache: cacheSchema.prefault({}),
     aggregator: aggregatorSchema.prefault({}),
+    http: httpSchema.prefault({}),
     limits: limitsSchema.prefault({}),
   })
   .strict()
@@ -299,3 +303,4 @@ export type WorkerConfig = z.infer<typeof workerSchema>;
 export type NatsConfig = z.infer<typeof natsSchema>;
 export type UsageStreamConfig = z.infer<typeof usageStreamSchema>;
 export type { LimitsConfig, LimitSetConfig, LimitBackend, LimitStorePolicy } from './limits-schema.js';
+export type { HttpConfig } from './http-schema.js';

@@ -198,6 +198,7 @@ describe('router: resolving', () => {
       name: 'm',
       provider: 'a',
       physical_name: 'pa',
+      max_tokens: null,
       cost_per_1k_prompt: 0.5,
       cost_per_1k_completion: 0,
       deployments: [

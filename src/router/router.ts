@@ -196,6 +196,7 @@ export class DeploymentRouter implements Router {
         name: model.name,
         provider: first?.providerName ?? '',
         physical_name: first?.physicalName ?? '',
+        max_tokens: model.config.max_tokens ?? null,
         cost_per_1k_prompt: model.config.cost_per_1k_prompt,
         cost_per_1k_completion: model.config.cost_per_1k_completion,
         deployments: model.entries.map((entry) => ({

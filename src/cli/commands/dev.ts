@@ -3,10 +3,11 @@
  * server at NATS_URL when one answers; otherwise starts `nats-server -js`
  * as a child process (store in .llm-proxy/nats) when it is installed, or says
  * exactly how to install it. Then runs one usage aggregator (so that
- * `llm-proxy usage` answers) and one worker in the foreground.
+ * `llm-proxy usage` answers), the HTTP front door on 127.0.0.1:7007, and one
+ * worker in the foreground.
  */
 import type { Command } from '../command.js';
-import { parseCommandLine } from '../command.js';
+import { parseCommandLine, parseNumberFlag } from '../command.js';
 import { configPathFromEnv } from '../../config/index.js';
 import {
   findOnPath,
@@ -17,10 +18,12 @@ import {
 } from '../../bus/dev-server.js';
 import { natsUrlFromEnv } from '../../bus/connect.js';
 import { startUsageAggregator, type RunningAggregator } from './aggregator.js';
+import { startHttpFrontDoor } from './http.js';
+import type { FrontDoor } from '../../http/front-door.js';
 import { secretFromEnv } from '../../auth/index.js';
 import { loadConfigOrExplain, runWorkerUntilSignal } from './worker.js';
 
-const help = `Usage: llm-proxy dev [--config FILE] [--nats URL] [--store DIR] [--no-aggregator]
+const help = `Usage: llm-proxy dev [--config FILE] [--nats URL] [--store DIR] [--port PORT] [--no-aggregator] [--no-http]
 
 Starts everything needed to try llm-proxy on one machine:
   1. NATS: uses the server at --nats / $NATS_URL (default nats://127.0.0.1:4222) when one
@@ -28,13 +31,17 @@ Starts everything needed to try llm-proxy on one machine:
      --store, default .llm-proxy/nats) and stops it on exit. When nats-server is not installed,
      prints how to install it and exits 1.
   2. One usage aggregator (answers \`llm-proxy usage\`), unless --no-aggregator.
-  3. One worker with the config file, in the foreground (Ctrl-C drains and exits).
+  3. The HTTP front door (the seed's API and OpenAI's /v1) on http.host:http.port
+     (127.0.0.1:7007), unless --no-http.
+  4. One worker with the config file, in the foreground (Ctrl-C drains and exits).
 
 Options:
   --config FILE   config file (default: $LLM_PROXY_CONFIG, else config.yaml)
   --nats URL      where NATS is or should be started (default: $NATS_URL, else nats://127.0.0.1:4222)
   --store DIR     JetStream store of a server started here (default: .llm-proxy/nats)
+  --port PORT     the front door's port (default: http.port, 7007)
   --no-aggregator do not start the usage aggregator
+  --no-http       do not start the HTTP front door
 
 Example:
   OPENAI_API_KEY=sk-... llm-proxy dev
@@ -43,7 +50,7 @@ Example:
 
 export const command: Command = {
   name: 'dev',
-  summary: 'start NATS (if none is running), a usage aggregator and one worker: the quick start',
+  summary: 'start NATS (if none is running), a usage aggregator, the HTTP front door and one worker: the quick start',
   help,
   async run(argv) {
     const { values } = parseCommandLine({
@@ -52,10 +59,18 @@ export const command: Command = {
         config: { type: 'string' },
         nats: { type: 'string' },
         store: { type: 'string' },
+        port: { type: 'string' },
         'no-aggregator': { type: 'boolean' },
+        'no-http': { type: 'boolean' },
       },
       allowPositionals: false,
     });
+    const port = parseNumberFlag(
+      '--port',
+      values.port,
+      (value) => Number.isInteger(value) && value >= 0 && value <= 65_535,
+      'a port number (0-65535)',
+    );
     const config = loadConfigOrExplain(values.config ?? configPathFromEnv());
     if (config === undefined) return 1;
     // A secret set but empty is refused before anything starts.
@@ -82,10 +97,18 @@ export const command: Command = {
     }
     const servers = devServer?.url ?? url;
     let aggregator: RunningAggregator | undefined;
+    let frontDoor: FrontDoor | undefined;
     try {
       if (values['no-aggregator'] !== true) aggregator = await startUsageAggregator(config, servers);
+      if (values['no-http'] !== true) {
+        frontDoor = await startHttpFrontDoor(config, servers, port === undefined ? {} : { port });
+        process.stderr.write(
+          `llm-proxy dev: HTTP front door on ${frontDoor.url} (POST /internal/llm/proxy, POST /v1/chat/completions)\n`,
+        );
+      }
       return await runWorkerUntilSignal(config, servers);
     } finally {
+      await frontDoor?.close().catch(() => undefined);
       await aggregator
         ?.stop()
         .catch((error: unknown) => aggregator?.logger.error({ err: error }, 'aggregator did not stop cleanly'));
