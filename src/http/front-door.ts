@@ -7,6 +7,7 @@
  * rest of llm-proxy does, and whose schema-less JSON routes and hooks cost little per request.
  */
 import Fastify, {
+  LogController,
   type FastifyBaseLogger,
   type FastifyError,
   type FastifyInstance,
@@ -100,7 +101,7 @@ export async function startFrontDoor(options: FrontDoorOptions): Promise<FrontDo
   const bodyLimit = http.body_limit ?? DEFAULT_BODY_LIMIT_BYTES;
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit,
     requestTimeout: http.request_timeout_ms,
     keepAliveTimeout: http.keep_alive_timeout_ms,

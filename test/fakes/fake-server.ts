@@ -13,6 +13,7 @@ import {
   type ServerResponse,
 } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { setMaxListeners } from 'node:events';
 import type { FakeBehaviour, FakeBehaviourKind, StreamQuirk } from './behaviour.js';
 
 export interface RecordedRequest {
@@ -168,6 +169,8 @@ export async function startFakeProvider(
   let closing = false;
   const sockets = new Set<Socket>();
   const closeController = new AbortController();
+  // Every exchange that sleeps listens on it: hundreds at once under load tests.
+  setMaxListeners(0, closeController.signal);
   const waiters = new Set<() => void>();
 
   function notify(): void {
