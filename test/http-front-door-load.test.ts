@@ -275,6 +275,12 @@ describe('the front door holds no state', () => {
       assert.equal(noWorker.status, 503);
       assert.match(((await noWorker.json()) as { workers: string }).workers, /no llm-proxy worker/);
 
+      const noWorkerStarted = Date.now();
+      const noWorkerChat = await post(door.url, '/internal/llm/proxy', chatBody('load-early-1', 'no worker'));
+      assert.equal(noWorkerChat.status, 503);
+      assert.equal(((await noWorkerChat.json()) as { error: { code: string } }).error.code, 'no_provider_available');
+      assert.ok(Date.now() - noWorkerStarted < 1_000, 'no worker: refused at once');
+
       lateOpenAI = await startFakeOpenAI();
       worker = await startInProcessWorker({
         natsUrl: late.url,

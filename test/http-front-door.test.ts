@@ -133,6 +133,38 @@ describe("the seed's API", () => {
     assert.equal(chunks.map((chunk) => chunk.delta).join(''), reply.content);
   });
 
+  test('a silent stream gets SSE comments as heartbeats; the reply still ends it', async () => {
+    openai.enqueue({ kind: 'ok', chunks: 2, chunkIntervalMs: 700 });
+    const response = await seedPost({ ...SEED_BODY, request_id: 'http-seed-heartbeat', stream: true });
+    assert.equal(response.status, 200);
+    const { events, comments } = await readSse(response);
+    assert.ok(comments >= 2, `${comments} heartbeat comments`);
+    assert.equal(events.at(-1)!.event, 'end');
+  });
+
+  test('a failure after the first chunk ends the stream with an error event, never an end event', async () => {
+    openai.enqueue({ kind: 'stream-error', afterChunks: 2, message: 'the model fell over' });
+    const response = await seedPost({
+      ...SEED_BODY,
+      request_id: 'http-seed-broken',
+      stream: true,
+      messages: [{ role: 'user', content: 'one two three four five' }],
+    });
+    assert.equal(response.status, 200);
+    const { events } = await readSse(response);
+    assert.ok(events.some((event) => event.event === 'chunk'));
+    assert.equal(
+      events.some((event) => event.event === 'end'),
+      false,
+    );
+    const last = events.at(-1)!;
+    assert.equal(last.event, 'error');
+    const body = JSON.parse(last.data) as { error: { code: string; request_id: string } };
+    assert.deepEqual([body.error.code, body.error.request_id], ['upstream_error', 'http-seed-broken']);
+    const event = await usageEventFor(client, 'http-seed-broken');
+    assert.equal(event.status, 'error');
+  });
+
   test('GET /internal/llm/models lists name, provider, physical_name and max_tokens', async () => {
     const response = await fetch(`${frontDoor.url}/internal/llm/models`, { headers: { 'x-internal-secret': SECRET } });
     assert.equal(response.status, 200);
