@@ -250,6 +250,56 @@ describe('the front door under load', () => {
   });
 });
 
+describe('secrets', () => {
+  test("neither the secret nor a wrong one appears in the front door's logs (at trace) or answers", async () => {
+    const lines: string[] = [];
+    const door = await startFrontDoor({
+      http: HTTP,
+      connecting: connectToNats({ servers: nats.url }),
+      subjectPrefix: 'llm',
+      secret: SECRET,
+      logger: createLogger({ level: 'trace', destination: { write: (line: string) => void lines.push(line) } }),
+      port: 0,
+    });
+    try {
+      await until(() => door.bus.connected, 'the front door to connect');
+      const wrong = 'wrong-secret-7f3e-do-not-log';
+      const answers: string[] = [];
+      for (const headers of <Array<Record<string, string>>>[
+        { 'x-internal-secret': SECRET },
+        { authorization: `Bearer ${SECRET}` },
+        { 'x-internal-secret': wrong },
+        { authorization: `Bearer ${wrong}` },
+      ]) {
+        for (const [path, body] of [
+          ['/internal/llm/proxy', chatBody(`load-secret-${answers.length}`, 'hi')],
+          ['/v1/chat/completions', chatBody(`load-secret-${answers.length + 1}`, 'hi', { stream: true })],
+          ['/v1/chat/completions', { model: 'gpt-9000', messages: [] }],
+          ['/internal/llm/proxy', '{"not json'],
+        ] as const) {
+          const response = await fetch(`${door.url}${path}`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json', ...headers },
+            body: typeof body === 'string' ? body : JSON.stringify(body),
+          });
+          answers.push(`${JSON.stringify([...response.headers])} ${await response.text()}`);
+        }
+      }
+      assert.ok(
+        answers.some((answer) => answer.includes('echo: hi')),
+        'the right secret was served',
+      );
+      assert.ok(lines.length > 0, 'the logger wrote something');
+      for (const text of [lines.join('\n'), answers.join('\n')]) {
+        assert.equal(text.includes(SECRET), false);
+        assert.equal(text.includes(wrong), false);
+      }
+    } finally {
+      await door.close();
+    }
+  });
+});
+
 describe('the front door holds no state', () => {
   test('started before NATS: /readyz says 503 and chat answers 503 at once; once NATS and a worker are up it serves', async () => {
     const port = await freePort();
