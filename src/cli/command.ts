@@ -41,4 +41,14 @@ export function parseNumberFlag(
   return number;
 }
 
+/** `--port`: 0-65535 (0: any free port). */
+export function parsePortFlag(value: string | undefined): number | undefined {
+  return parseNumberFlag(
+    '--port',
+    value,
+    (number) => Number.isInteger(number) && number >= 0 && number <= 65_535,
+    'a port number (0-65535)',
+  );
+}
+
 export const isPositiveInteger = (number: number): boolean => Number.isInteger(number) && number > 0;

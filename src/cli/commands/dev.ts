@@ -7,7 +7,7 @@
  * worker in the foreground.
  */
 import type { Command } from '../command.js';
-import { parseCommandLine, parseNumberFlag } from '../command.js';
+import { parseCommandLine, parsePortFlag } from '../command.js';
 import { configPathFromEnv } from '../../config/index.js';
 import {
   findOnPath,
@@ -65,12 +65,7 @@ export const command: Command = {
       },
       allowPositionals: false,
     });
-    const port = parseNumberFlag(
-      '--port',
-      values.port,
-      (value) => Number.isInteger(value) && value >= 0 && value <= 65_535,
-      'a port number (0-65535)',
-    );
+    const port = parsePortFlag(values.port);
     const config = loadConfigOrExplain(values.config ?? configPathFromEnv());
     if (config === undefined) return 1;
     // A secret set but empty is refused before anything starts.

@@ -5,7 +5,7 @@
  */
 import { hostname } from 'node:os';
 import type { Command } from '../command.js';
-import { parseCommandLine, parseNumberFlag } from '../command.js';
+import { parseCommandLine, parsePortFlag } from '../command.js';
 import { secretFromEnv } from '../../auth/index.js';
 import { connectToNats, natsUrlFromEnv } from '../../bus/connect.js';
 import { configPathFromEnv, type ResolvedConfig } from '../../config/index.js';
@@ -73,12 +73,7 @@ export const command: Command = {
       },
       allowPositionals: false,
     });
-    const port = parseNumberFlag(
-      '--port',
-      values.port,
-      (value) => Number.isInteger(value) && value >= 0 && value <= 65_535,
-      'a port number (0-65535)',
-    );
+    const port = parsePortFlag(values.port);
     const config = loadConfigOrExplain(values.config ?? configPathFromEnv());
     if (config === undefined) return 1;
     const frontDoor = await startHttpFrontDoor(config, values.nats ?? natsUrlFromEnv(), {
