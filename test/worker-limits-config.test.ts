@@ -53,8 +53,9 @@ test('limits from config: two workers on the nats backend admit exactly the per-
     const outcomes = await Promise.allSettled(Array.from({ length: 12 }, () => client.chat(request('agent:limited'))));
     const served = outcomes.filter((outcome) => outcome.status === 'fulfilled');
     const refused = outcomes.flatMap((outcome) => (outcome.status === 'rejected' ? [outcome.reason] : []));
-    assert.equal(served.length, 4);
-    assert.equal(refused.length, 8);
+    const why = JSON.stringify(refused.map((error) => [error?.code, error?.message]));
+    assert.equal(served.length, 4, `served ${served.length}; refused: ${why}`);
+    assert.equal(refused.length, 8, why);
     for (const error of refused) {
       assert.ok(error instanceof LlmProxyError);
       assert.equal(error.code, 'rate_limited');
