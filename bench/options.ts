@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util';
 import { TARGETS, type Target } from './load-protocol.js';
 
-export const SECTIONS = ['closed', 'open', 'stream', 'memory', 'soak'] as const;
+export const SECTIONS = ['closed', 'open', 'stream', 'memory', 'soak', 'http'] as const;
 export type Section = (typeof SECTIONS)[number];
 
 export const LAYOUTS = ['worker-alone', 'split', 'none'] as const;
@@ -38,6 +38,8 @@ export interface BenchOptions {
   outDir: string;
   /** Re-render the report of an earlier results.json instead of running. */
   from: string | undefined;
+  /** A folder where `npm install @portkey-ai/gateway` ran, for the http section's Portkey column. */
+  portkeyDir: string | undefined;
   help: boolean;
 }
 
@@ -83,6 +85,9 @@ Options:
                           open the .cpuprofile files in https://www.speedscope.app or Chrome DevTools
   --node-flags="<flags>" extra node/V8 flags for every process under test (worker, bare forwarder,
                           echo replier) alike, e.g. "--max-semi-space-size=32"
+  --portkey-dir <dir>     a scratch folder where \`npm install @portkey-ai/gateway\` ran (default
+                          $PORTKEY_DIR): the http section measures Portkey's gateway beside llm-proxy;
+                          without it, Portkey is skipped and the report says so
   --out <dir>             results directory (default bench-results)
   --from <results.json>   print the report of an earlier run (runs nothing)
   --help                  this text
@@ -151,6 +156,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
       agents: { type: 'string' },
       out: { type: 'string' },
       from: { type: 'string' },
+      'portkey-dir': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -201,6 +207,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     agents: Math.round(parsePositive(values.agents, 'agents', 1)),
     outDir,
     from: values.from,
+    portkeyDir: values['portkey-dir'] ?? process.env.PORTKEY_DIR,
     help: values.help === true,
   };
 }

@@ -4,6 +4,7 @@
  * report. Pure: no I/O.
  */
 import type { ProfileSummary } from './cpu-profile.js';
+import { type HttpSection, renderHttpSection } from './http-report.js';
 import type { LoadResult, Target } from './load-protocol.js';
 import { medianInterval, type LatencySummary, type MedianInterval } from './stats.js';
 import type { ProcessUsage } from './proc-stats.js';
@@ -55,6 +56,8 @@ export interface BenchResults {
   stream: RunRecord[];
   memory: MemoryRecord[];
   soak?: SoakRecord;
+  /** The HTTP path: direct vs front door vs Portkey (http-section.ts). */
+  http?: HttpSection;
   /** `files`: the `.cpuprofile` files the summary was made from (one per worker process, summed). */
   profile?: ProfileSummary & { files: string[] };
   /** The bare forwarder's profile over the same run, for comparison. */
@@ -520,6 +523,8 @@ export function renderMarkdown(results: BenchResults): string {
       ),
     );
   }
+
+  if (results.http !== undefined) parts.push(renderHttpSection(results.http));
 
   const goalLines: string[] = [];
   if (goals.throughputRatio !== undefined) {

@@ -12,7 +12,8 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WORKER_V8_FLAGS } from '../src/cli/v8-tuning.js';
 import { subjectsFor } from '../src/contract/subjects.js';
-import { BENCH_MODELS, bareForwarderRoutes, buildWorkerConfig } from './bench-config.js';
+import { BENCH_MODELS, bareForwarderRoutes, benchRequestBody, buildWorkerConfig } from './bench-config.js';
+import { runHttpSection } from './http-section.js';
 import { mergeProfiles, summarizeProfile, type CpuProfile } from './cpu-profile.js';
 import type { FromLoadGenerator, LoadJob, LoadResult, Target, ToLoadGenerator } from './load-protocol.js';
 import { parseBenchOptions, HELP, type BenchOptions, type Layout } from './options.js';
@@ -137,9 +138,7 @@ async function startFleet(
   cpus: Record<Role, string | undefined>,
 ): Promise<Fleet> {
   const logDir = join(options.outDir, 'logs');
-  const env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'production' };
-  // The bench's worker runs without an internal secret: the floors have none either.
-  delete env.LLM_PROXY_SECRET;
+  const env = benchEnv();
   const node = process.execPath;
   const started: ManagedProcess[] = [];
   try {
@@ -287,6 +286,14 @@ async function startFleet(
 }
 
 let stopping = false;
+
+/** The environment of every process the bench starts. */
+function benchEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'production' };
+  // The bench's worker (and front door) run without an internal secret: the floors have none either.
+  delete env.LLM_PROXY_SECRET;
+  return env;
+}
 
 async function stopFleet(fleet: Fleet): Promise<void> {
   stopping = true;
@@ -614,6 +621,23 @@ async function main(): Promise<number> {
     if (options.sections.includes('open')) results.open = await runOpen(fleet, options, targets);
     if (options.sections.includes('stream')) results.stream = await runStreams(fleet, options, targets);
     if (options.sections.includes('soak') && targets.includes('gateway')) results.soak = await runSoak(fleet, options);
+    if (options.sections.includes('http') && fleet.workers.length > 0)
+      results.http = await runHttpSection({
+        cliMain,
+        natsUrl: fleet.nats.url,
+        natsPid: fleet.nats.pid,
+        workerPids: fleet.workers.map((worker) => worker.pid),
+        upstreamOrigin: fleet.upstreamOrigin,
+        configPath: resolve(options.outDir, 'worker-config.yaml'),
+        body: benchRequestBody(BENCH_MODELS.fast.name),
+        logDir: join(options.outDir, 'logs'),
+        env: benchEnv(),
+        connections: [1, 16, 64],
+        durationMs: options.durationMs,
+        warmupMs: options.warmupMs,
+        portkeyDir: options.portkeyDir,
+        log,
+      });
   } catch (error) {
     failure = error;
   } finally {

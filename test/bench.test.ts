@@ -13,6 +13,8 @@ import { spawnManaged } from '../bench/processes.js';
 import { bucketOf, summarizeProfile, mergeProfiles, shortenUrl, type CpuProfile } from '../bench/cpu-profile.js';
 import { buildWorkerConfig, bareForwarderRoutes, BENCH_MODELS } from '../bench/bench-config.js';
 import { parseBenchOptions } from '../bench/options.js';
+import { judgeHttpGoals, perCore, renderHttpSection, type HttpPoint, type HttpTarget } from '../bench/http-report.js';
+import { portkeyScript } from '../bench/http-section.js';
 import { parseStatCpuTicks, parseStatusRssBytes, usageFromSamples } from '../bench/proc-stats.js';
 import {
   computeGoals,
@@ -559,5 +561,76 @@ describe('bench processes', () => {
     } finally {
       rmSync(logDir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('the http section (issue 14)', () => {
+  const latency = (p50: number) => ({
+    count: 100,
+    min: p50,
+    mean: p50,
+    p50,
+    p90: p50,
+    p99: p50 * 2,
+    p999: p50 * 2,
+    max: p50 * 3,
+  });
+  const point = (
+    target: HttpTarget,
+    connections: number,
+    throughput: number,
+    cores: number | null,
+    p50: number,
+  ): HttpPoint => ({
+    target,
+    connections,
+    throughput,
+    errors: 0,
+    latency: latency(p50),
+    cores,
+  });
+
+  it('per core is throughput over the cores used; none without a CPU figure', () => {
+    assert.equal(perCore({ throughput: 3_000, cores: 1.5 }), 2_000);
+    assert.equal(perCore({ throughput: 3_000, cores: null }), undefined);
+    assert.equal(perCore({ throughput: 3_000, cores: 0 }), undefined);
+  });
+
+  it('judges both goals from the figures, at the highest connection count both gateways ran', () => {
+    const section = {
+      points: [
+        point('direct', 1, 10_000, null, 0.1),
+        point('llm-proxy', 1, 1_500, 1, 0.5),
+        point('portkey', 1, 900, 1, 0.9),
+        point('llm-proxy', 64, 6_000, 1.2, 8),
+        point('portkey', 64, 1_000, 1, 40),
+      ],
+    };
+    const [portkey, latencyGoal] = judgeHttpGoals(section);
+    assert.equal(portkey!.met, true);
+    assert.match(portkey!.detail, /5000 vs 1000 req\/s per core at 64 connections: 5\.0×/);
+    assert.equal(latencyGoal!.met, true);
+    assert.match(latencyGoal!.detail, /\+0\.400 ms/);
+    section.points[1] = point('llm-proxy', 1, 1_500, 1, 0.7);
+    assert.equal(judgeHttpGoals(section)[1]!.met, false);
+  });
+
+  it('without Portkey the goal is not judged and the report says why', () => {
+    const section = { points: [point('direct', 1, 10_000, null, 0.1)], portkeySkipped: 'not installed' };
+    assert.equal(judgeHttpGoals(section)[0]!.met, undefined);
+    const markdown = renderHttpSection(section);
+    assert.match(markdown, /Portkey: skipped \(not installed\)/);
+    assert.match(markdown, /\| direct \| 1 \| 10000 \| – \| – \| 0\.10 \|/);
+  });
+
+  it('finds Portkey only where it was installed', () => {
+    assert.ok('skipped' in portkeyScript(undefined));
+    assert.ok('skipped' in portkeyScript(tmpdir()));
+  });
+
+  it('--only http and --portkey-dir are options', () => {
+    const options = parseBenchOptions(['--only', 'http', '--portkey-dir', '/somewhere']);
+    assert.deepEqual(options.sections, ['http']);
+    assert.equal(options.portkeyDir, '/somewhere');
   });
 });
