@@ -185,9 +185,14 @@ export async function runHttpSection(context: HttpSectionContext): Promise<HttpS
         const run = await load(endpoint, body, connections, context.durationMs);
         const samples = sampler.stop();
         let cores: number | null = null;
+        const split: string[] = [];
         if (endpoint.pids.size > 0) {
           cores = 0;
-          for (const list of samples.values()) cores += (usageFromSamples(list)?.cpuPercent ?? 0) / 100;
+          for (const [name, list] of samples) {
+            const share = (usageFromSamples(list)?.cpuPercent ?? 0) / 100;
+            cores += share;
+            split.push(`${name} ${share.toFixed(2)}`);
+          }
         }
         const point: HttpPoint = {
           target: endpoint.target,
@@ -198,7 +203,7 @@ export async function runHttpSection(context: HttpSectionContext): Promise<HttpS
           cores,
         };
         context.log(
-          `http ${endpoint.target} c=${connections}: ${Math.round(point.throughput)} req/s, p50 ${ms(point.latency.p50)} ms, p99 ${ms(point.latency.p99)} ms, cores ${cores === null ? '–' : cores.toFixed(2)}, errors ${point.errors}`,
+          `http ${endpoint.target} c=${connections}: ${Math.round(point.throughput)} req/s, p50 ${ms(point.latency.p50)} ms, p99 ${ms(point.latency.p99)} ms, cores ${cores === null ? '–' : `${cores.toFixed(2)} (${split.join(', ')})`}, errors ${point.errors}`,
         );
         points.push(point);
       }
