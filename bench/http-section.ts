@@ -93,8 +93,8 @@ export interface HttpSectionContext {
 
 /** Portkey's server script in a folder where `npm install @portkey-ai/gateway` ran, or why not. */
 export function portkeyScript(dir: string | undefined): { script: string } | { skipped: string } {
-  const advice = 'install it with `npm install @portkey-ai/gateway` in a scratch folder and pass --portkey-dir';
-  if (dir === undefined || dir === '') return { skipped: `not installed: ${advice}` };
+  const advice = 'install with `npm install @portkey-ai/gateway` in a scratch folder and pass --portkey-dir';
+  if (dir === undefined || dir === '') return { skipped: advice };
   const script = join(dir, 'node_modules', '@portkey-ai', 'gateway', 'build', 'start-server.js');
   return existsSync(script) ? { script } : { skipped: `${script} not found: ${advice}` };
 }
@@ -117,9 +117,18 @@ export async function runHttpSection(context: HttpSectionContext): Promise<HttpS
       await spawnManaged({
         name: 'http',
         command: process.execPath,
-        args: [context.cliMain, 'http', '--nats', context.natsUrl, '--port', String(port)],
+        args: [
+          context.cliMain,
+          'http',
+          '--config',
+          context.configPath,
+          '--nats',
+          context.natsUrl,
+          '--port',
+          String(port),
+        ],
         logDir: context.logDir,
-        env: { ...context.env, LLM_PROXY_CONFIG: context.configPath },
+        env: context.env,
       })
     ).process;
     started.push(frontDoor);

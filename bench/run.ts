@@ -633,7 +633,8 @@ async function main(): Promise<number> {
         logDir: join(options.outDir, 'logs'),
         env: benchEnv(),
         connections: [1, 16, 64],
-        durationMs: options.durationMs,
+        // Autocannon's runs: ~5 s each, 2 s with --quick (its 1 s default is too short for a steady rate).
+        durationMs: options.quick ? Math.max(options.durationMs, 2_000) : options.durationMs,
         warmupMs: options.warmupMs,
         portkeyDir: options.portkeyDir,
         log,

@@ -624,7 +624,12 @@ describe('the http section (issue 14)', () => {
   });
 
   it('finds Portkey only where it was installed', () => {
-    assert.ok('skipped' in portkeyScript(undefined));
+    const missing = portkeyScript(undefined);
+    assert.ok('skipped' in missing);
+    assert.match(
+      renderHttpSection({ points: [], portkeySkipped: missing.skipped }),
+      /Portkey: skipped \(install with `npm install @portkey-ai\/gateway` in a scratch folder and pass --portkey-dir\)/,
+    );
     assert.ok('skipped' in portkeyScript(tmpdir()));
   });
 

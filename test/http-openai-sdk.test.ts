@@ -327,11 +327,16 @@ describe('the official openai package', () => {
       stream: true,
     });
     const iterator = stream[Symbol.asyncIterator]();
-    let first = await iterator.next();
-    while (first.done !== true && (first.value.choices[0]?.delta.content ?? '') === '') first = await iterator.next();
+    let first: IteratorResult<OpenAI.Chat.Completions.ChatCompletionChunk>;
+    try {
+      first = await iterator.next();
+      while (first.done !== true && (first.value.choices[0]?.delta.content ?? '') === '') first = await iterator.next();
+    } finally {
+      // Also when an assertion fails: a stalled stream left open would keep the front door from closing.
+      stream.controller.abort();
+    }
     assert.equal(first.done, false);
     assert.equal(first.value.choices[0]!.delta.content, 'echo: ');
-    stream.controller.abort();
     // The SDK ends the iteration quietly once its own controller aborted.
     assert.equal((await iterator.next()).done, true);
     await upstream.waitForClosedByClient(closedBefore + 1, 5_000);
@@ -420,6 +425,12 @@ describe('the official openai package', () => {
     assert.deepEqual([model.id, model.object, model.owned_by], ['gpt-test', 'model', 'openai']);
     // The SDK sends the slash percent-encoded.
     assert.equal((await sdk.models.retrieve(SLASHED_MODEL)).id, SLASHED_MODEL);
+    // Decoded once only: a `%` in an id is a 404 naming it, not a URIError answered as a 500.
+    await assert.rejects(sdk.models.retrieve('100%-model'), (error: unknown) => {
+      assert.ok(error instanceof OpenAI.NotFoundError);
+      assert.match(error.message, /"100%-model"/);
+      return true;
+    });
     await assert.rejects(sdk.models.retrieve('gpt-9000'), OpenAI.NotFoundError);
   });
 });

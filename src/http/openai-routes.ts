@@ -77,10 +77,11 @@ export function registerOpenAIRoutes(app: FastifyInstance, bus: BusLink, heartbe
     }
   });
 
-  // A wildcard: model names may hold slashes (`meta-llama/Llama-3.3-70B-Instruct`).
+  // A wildcard: model names may hold slashes (`meta-llama/Llama-3.3-70B-Instruct`). Fastify has
+  // already percent-decoded it once: decoding again would turn `a%2Fb` into `a/b` and throw on a `%`.
   app.get<{ Params: { '*': string } }>('/v1/models/*', async (request, reply) => {
     try {
-      const id = decodeURIComponent(request.params['*']);
+      const id = request.params['*'];
       const model = (await bus.client().models()).models.find((candidate) => candidate.name === id);
       if (model === undefined) throw new ProxyError('model_not_found', `the model "${id}" does not exist`);
       return modelObject(model);
