@@ -8,23 +8,11 @@
  */
 import autocannon from 'autocannon';
 import { existsSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { type ManagedProcess, spawnManaged } from './processes.js';
+import { freePort, type ManagedProcess, spawnManaged } from './processes.js';
 import { ProcessSampler, usageFromSamples } from './proc-stats.js';
 import { summarize } from './stats.js';
 import { type HttpPoint, type HttpSection, type HttpTarget, ms } from './http-report.js';
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0));
-    });
-  });
-}
 
 async function waitUntil(check: () => Promise<boolean>, what: string, timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

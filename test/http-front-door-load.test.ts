@@ -43,13 +43,13 @@ let workers: InProcessWorker[] = [];
 let doors: FrontDoor[] = [];
 let client: NatsConnection;
 
-function openDoor(natsUrl: string): Promise<FrontDoor> {
+function openDoor(natsUrl: string, logger = createLogger({ level: 'silent' })): Promise<FrontDoor> {
   return startFrontDoor({
     http: HTTP,
     connecting: connectToNats({ servers: natsUrl }),
     subjectPrefix: 'llm',
     secret: SECRET,
-    logger: createLogger({ level: 'silent' }),
+    logger,
     port: 0,
   });
 }
@@ -253,14 +253,10 @@ describe('the front door under load', () => {
 describe('secrets', () => {
   test("neither the secret nor a wrong one appears in the front door's logs (at trace) or answers", async () => {
     const lines: string[] = [];
-    const door = await startFrontDoor({
-      http: HTTP,
-      connecting: connectToNats({ servers: nats.url }),
-      subjectPrefix: 'llm',
-      secret: SECRET,
-      logger: createLogger({ level: 'trace', destination: { write: (line: string) => void lines.push(line) } }),
-      port: 0,
-    });
+    const door = await openDoor(
+      nats.url,
+      createLogger({ level: 'trace', destination: { write: (line: string) => void lines.push(line) } }),
+    );
     try {
       await until(() => door.bus.connected, 'the front door to connect');
       const wrong = 'wrong-secret-7f3e-do-not-log';
