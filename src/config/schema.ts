@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { parseDuration, parseSize } from './duration.js';
 import { aggregatorSchema } from './aggregator-schema.js';
+import { authSchema } from './auth-schema.js';
 import { httpSchema } from './http-schema.js';
 import { limitsSchema } from './limits-schema.js';
 
@@ -258,6 +259,7 @@ export const configSchema = z
     cache: cacheSchema.prefault({}),
     aggregator: aggregatorSchema.prefault({}),
     http: httpSchema.prefault({}),
+    auth: authSchema.prefault({}),
     limits: limitsSchema.prefault({}),
   })
   .strict()

@@ -35,6 +35,8 @@ export const usageEventSchema = z
      */
     event_id: z.string().min(1).optional(),
     claimed_agent_id: z.string().optional(),
+    /** The id of the per-agent key the request came with (`llm-proxy keys`); never the key itself. */
+    key_id: z.string().optional(),
     attempt_details: z
       .array(
         z.object({

@@ -1,6 +1,6 @@
 import type { ChatRequest } from '../contract/request.js';
 import { ProxyError } from '../contract/errors.js';
-import type { LimitsConfig } from '../config/limits-schema.js';
+import type { LimitSetConfig, LimitsConfig } from '../config/limits-schema.js';
 import { reservedCompletionTokens } from './limiter.js';
 import type { Limiter, Reservation } from './types.js';
 
@@ -15,6 +15,8 @@ export interface LimitHookContext {
   eventId: string;
   request: ChatRequest;
   agentId: string | undefined;
+  /** The request's per-agent key and its limits, a scope of its own. */
+  key?: { id: string; limits: LimitSetConfig } | undefined;
   /** Epoch ms by which the request must be done: the concurrency lease outlives it a little. */
   deadlineAt: number;
   logger: LimitHookLogger;
@@ -103,7 +105,11 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
   // With only request-rate and concurrency limits, the prompt is not tokenized at all (decided once).
   const tokenize = countsTokens(options.limits);
   const estimatePromptTokens = (context: LimitHookContext): number => {
-    if (!tokenize) return 0;
+    const keyLimits = context.key?.limits;
+    const keyCounts =
+      keyLimits !== undefined &&
+      (keyLimits.tpm != null || keyLimits.daily_usd != null || keyLimits.monthly_usd != null);
+    if (!tokenize && !keyCounts) return 0;
     return context.promptTokens !== undefined ? context.promptTokens() : options.estimatePromptTokens(context.request);
   };
   return {
@@ -120,6 +126,7 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
         reservation = await limiter.admit({
           requestId: context.eventId,
           agentId: context.agentId,
+          key: context.key,
           microdaoId: request.metadata?.microdao_id,
           model: request.model,
           estimatedPromptTokens: promptTokens,

@@ -11,6 +11,7 @@ import {
   describeScope,
   hasBudget,
   hasRate,
+  keyPlanFor,
   plansFor,
   toMicroUsd,
   type Adjustment,
@@ -103,6 +104,7 @@ async function awaitReady(client: Redis, timeoutMs: number): Promise<void> {
 
 function scopeName(scope: Scope): string {
   if (scope.kind === 'agent') return scope.id.includes(':') ? scope.id : `agent ${scope.id}`;
+  if (scope.kind === 'key') return `key ${scope.id}`;
   return scope.kind === 'microdao' ? `microDAO ${scope.id}` : `model ${scope.id}`;
 }
 
@@ -296,7 +298,10 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
     backend: config.backend,
 
     async admit(request: AdmissionRequest): Promise<Reservation> {
-      const plans = plansOf(request.agentId, request.microdaoId, request.model);
+      let plans = plansOf(request.agentId, request.microdaoId, request.model);
+      const keyPlan = request.key === undefined ? undefined : keyPlanFor(request.key);
+      // The cached plans are shared: a key's plan is added to a copy.
+      if (keyPlan !== undefined) plans = [...plans, keyPlan];
       if (plans.length === 0) return noReservation(request.requestId);
       const now = clock();
       const promptTokens = Math.max(0, Math.ceil(request.estimatedPromptTokens || 0));

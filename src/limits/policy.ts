@@ -32,7 +32,7 @@ const EPSILON_MS = 1e-6;
 /** A concurrency refusal cannot know when a request will finish: this is the hint it gives. */
 export const CONCURRENCY_RETRY_HINT_MS = 1_000;
 
-export const SCOPE_KINDS = ['agent', 'microdao', 'model'] as const;
+export const SCOPE_KINDS = ['agent', 'microdao', 'model', 'key'] as const;
 export type ScopeKind = (typeof SCOPE_KINDS)[number];
 
 export const DIMENSIONS = ['rpm', 'tpm', 'concurrent', 'daily_usd', 'monthly_usd'] as const;
@@ -214,6 +214,12 @@ export function plansFor(
     if (hasAnyLimit(limits)) plans.push({ scope: scopeFor('model', target.model), limits });
   }
   return plans;
+}
+
+/** A per-agent key's own scope (`key.<id>`), or undefined when the key has no limit of its own. */
+export function keyPlanFor(key: { id: string; limits: LimitSetConfig }): ScopePlan | undefined {
+  const limits = toScopeLimits(key.limits);
+  return hasAnyLimit(limits) ? { scope: scopeFor('key', key.id), limits } : undefined;
 }
 
 // ---------------------------------------------------------------- admission

@@ -1,3 +1,4 @@
+import type { LimitSetConfig } from '../config/limits-schema.js';
 import type { Adjustment, Charge, DimensionStanding, Refusal, ScopeKind, ScopePlan, ScopeState } from './policy.js';
 
 /** What the worker knows about a request before routing it. */
@@ -5,6 +6,8 @@ export interface AdmissionRequest {
   requestId: string;
   agentId: string | undefined;
   microdaoId: string | undefined;
+  /** The per-agent key the request came with: its limits are one more scope (`key.<id>`). */
+  key?: { id: string; limits: LimitSetConfig } | undefined;
   /** The logical model the request names. */
   model: string;
   /** Prompt tokens as estimated by the worker (gpt-tokenizer). */

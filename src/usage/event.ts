@@ -16,6 +16,8 @@ export interface UsageEventInput {
   metadata?: RequestMetadata | undefined;
   /** The agent id claimed by a request refused as unauthorized: never attributed to it. */
   unauthenticated?: boolean;
+  /** The id of the verified key the request came with (never the key). */
+  keyId?: string | undefined;
   /** The logical model asked for (null when the body was unreadable). */
   model: string | null;
   provider: string | null;
@@ -72,6 +74,7 @@ export function buildUsageEvent(input: UsageEventInput): BuiltUsageEvent {
     event_id: input.eventId,
   };
   if (unauthenticated && metadata.agent_id !== undefined) event.claimed_agent_id = metadata.agent_id;
+  if (input.keyId !== undefined) event.key_id = input.keyId;
   if (input.attempts.length > 1) event.attempt_details = input.attempts;
   if (!unauthenticated) {
     let tags: Record<string, string> | undefined;

@@ -1,8 +1,8 @@
 import type { Msg } from '@nats-io/nats-core';
+import { contradiction, withKeyIdentity } from '../auth/index.js';
 import { checkClientIds, MAX_JSON_DEPTH, nestsDeeperThan } from '../contract/client-ids.js';
 import { asProxyError, ProxyError } from '../contract/errors.js';
 import { parseChatRequest, type ChatRequest } from '../contract/request.js';
-import { HEADERS } from '../contract/subjects.js';
 import type { RoutePlan, Router } from '../router/types.js';
 import { requestLogger, type Logger } from '../telemetry/logger.js';
 import type { RequestContext, RequestHooks } from './hooks.js';
@@ -57,10 +57,15 @@ export async function admit(
   // fields and metadata's values are read: safe on a body of any depth.
   const { ids, problem } = checkClientIds(body);
   if (ids.requestId !== undefined) record.requestId = ids.requestId;
-  record.metadata = ids.metadata;
+  // A key says who the agent and microDAO are; metadata naming others is refused below, and its event
+  // is kept off the agent it claims.
+  const key = record.caller.key;
+  const contradicted = key === undefined ? undefined : contradiction(key, ids.metadata);
+  if (contradicted !== undefined) record.unauthenticated = true;
+  record.metadata = key === undefined || contradicted !== undefined ? ids.metadata : withKeyIdentity(ids.metadata, key);
   record.requestedModel = ids.model ?? null;
   record.stream = ids.stream ?? false;
-  record.logger = requestLogger(deps.logger, record.requestId, ids.metadata?.agent_id);
+  record.logger = requestLogger(deps.logger, record.requestId, record.metadata?.agent_id);
   if (problem !== undefined) return problem;
   if (nestsDeeperThan(body, MAX_JSON_DEPTH)) {
     return new ProxyError(
@@ -69,15 +74,27 @@ export async function admit(
     );
   }
   // Auth: a refused request is not attributed to the agent it names (the record knows it is unauthenticated).
-  if (record.unauthenticated) return new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`);
+  const { refusal, storeUnavailable } = record.caller;
+  if (refusal !== undefined)
+    return storeUnavailable
+      ? new ProxyError('internal', refusal, { retryable: true })
+      : new ProxyError('unauthorized', refusal);
+  if (contradicted !== undefined) return new ProxyError('unauthorized', contradicted);
   let request: ChatRequest;
   try {
     request = parseChatRequest(body);
   } catch (error) {
     return asProxyError(error);
   }
+  if (key !== undefined) {
+    request.metadata = withKeyIdentity(request.metadata, key);
+    record.metadata = request.metadata;
+  }
   record.request = request;
   record.stream = request.stream === true;
+  // A model outside the key's list is refused as any unknown model is: the refusal does not tell what exists.
+  if (key !== undefined && key.models !== null && !key.models.includes(request.model))
+    return new ProxyError('model_not_found', `unknown model "${request.model}"`);
   const plan = deps.router.plan(request, record.receivedAt);
   if (plan === undefined) return new ProxyError('model_not_found', `unknown model "${request.model}"`);
   if (message.reply === undefined || message.reply === '') {
@@ -88,6 +105,7 @@ export async function admit(
     eventId: record.eventId,
     request,
     agentId: request.metadata?.agent_id,
+    key: key === undefined ? undefined : { id: key.id, limits: key.limits },
     receivedAt: record.receivedAt,
     deadlineAt: plan.deadlineAt,
     stream: record.stream,

@@ -5,7 +5,7 @@
  */
 import { headers as createHeaders, type Msg, type NatsConnection, type Subscription } from '@nats-io/nats-core';
 import type { Service, ServiceMsg } from '@nats-io/services';
-import { readHeaders, type SecretCheck } from '../auth/index.js';
+import { type Caller, type CallerCheck, readHeaders } from '../auth/index.js';
 import { REQUEST_ID_PATTERN } from '../contract/client-ids.js';
 import { ProxyError, toErrorReply } from '../contract/errors.js';
 import type { ModelsReply } from '../contract/models.js';
@@ -25,7 +25,7 @@ export const CANCEL_NOT_FOUND_DELAY_MS = 500;
 
 interface EndpointParts {
   subjects: Subjects;
-  secret: SecretCheck;
+  auth: CallerCheck;
   counters: WorkerCounters;
   workerId: string;
   logger: Logger;
@@ -53,13 +53,18 @@ function respondWithError(message: Msg, error: ProxyError): void {
   }
 }
 
-/** Why a message is refused (a header block that cannot be read, a missing or wrong secret), or undefined. */
-function refusalOf(message: Msg, secret: SecretCheck): ProxyError | undefined {
+/**
+ * Who sent a models request or a cancel (the secret suffices for these, in every mode: ops tools hold
+ * it), or why it is refused: a header block that cannot be read, missing or wrong credentials.
+ */
+async function callerOf(message: Msg, auth: CallerCheck): Promise<Caller | ProxyError> {
   const { headers, malformed } = readHeaders(message);
   if (malformed) return new ProxyError('invalid_request', "the message's header block is malformed");
-  return secret.allows(headers)
-    ? undefined
-    : new ProxyError('unauthorized', `missing or wrong ${HEADERS.secret} header`);
+  const caller = await auth.identify(headers, true);
+  if (caller.refusal === undefined) return caller;
+  return caller.storeUnavailable
+    ? new ProxyError('internal', caller.refusal, { retryable: true })
+    : new ProxyError('unauthorized', caller.refusal);
 }
 
 /** `llm.proxy.models` (queue group `llm-proxy`): the routable models; `{"health": true}` adds each deployment's state. */
@@ -68,11 +73,11 @@ export function addModelsEndpoint(service: Service, router: Router, parts: Endpo
     subject: parts.subjects.models,
     queue: QUEUE_GROUPS.workers,
     metadata: { description: 'the models this worker can route; {"health": true} adds each deployment state' },
-    handler: (_error: Error | null, message: ServiceMsg) => {
+    handler: async (_error: Error | null, message: ServiceMsg) => {
       parts.counters.modelsRequests++;
-      const refused = refusalOf(message, parts.secret);
-      if (refused !== undefined) {
-        respondWithError(message, refused);
+      const caller = await callerOf(message, parts.auth);
+      if (caller instanceof ProxyError) {
+        respondWithError(message, caller);
         return;
       }
       let withHealth = false;
@@ -82,7 +87,13 @@ export function addModelsEndpoint(service: Service, router: Router, parts: Endpo
       } catch {
         // An unreadable body asks for the plain list.
       }
-      const reply: WorkerModelsReply = { models: router.listModels(), worker_id: parts.workerId };
+      // A key limited to some models sees those only.
+      const allowed = caller.key?.models;
+      const models = router.listModels();
+      const reply: WorkerModelsReply = {
+        models: allowed == null ? models : models.filter((model) => allowed.includes(model.name)),
+        worker_id: parts.workerId,
+      };
       if (withHealth) reply.health = router.health();
       message.respond(JSON.stringify(reply));
     },
@@ -100,12 +111,12 @@ export function subscribeCancel(
   pipeline: Pick<RequestPipeline, 'cancel'>,
   parts: EndpointParts,
 ): Subscription {
-  const handle = (message: Msg): void => {
+  const handle = async (message: Msg): Promise<void> => {
     const answers = message.reply !== undefined && message.reply !== '';
-    const refused = refusalOf(message, parts.secret);
-    if (refused !== undefined) {
+    const caller = await callerOf(message, parts.auth);
+    if (caller instanceof ProxyError) {
       parts.counters.cancelsRefused++;
-      if (answers) respondWithError(message, refused);
+      if (answers) respondWithError(message, caller);
       return;
     }
     let requestId: unknown;
@@ -125,7 +136,8 @@ export function subscribeCancel(
         );
       return;
     }
-    if (pipeline.cancel(requestId) === 0) {
+    // With a key, only that key's requests; with the secret (or no auth), any.
+    if (pipeline.cancel(requestId, caller.key?.id) === 0) {
       if (answers)
         setTimeout(
           () => respondQuietly(message, { request_id: requestId, cancelled: false, worker_id: parts.workerId }),
@@ -141,11 +153,7 @@ export function subscribeCancel(
     callback: (error, message) => {
       if (error !== null) return;
       // A callback that throws stops nats.js's reader for the whole connection: never let one out.
-      try {
-        handle(message);
-      } catch (failure) {
-        parts.logger.error({ err: failure }, 'cancel handling failed');
-      }
+      handle(message).catch((failure: unknown) => parts.logger.error({ err: failure }, 'cancel handling failed'));
     },
   });
 }

@@ -1,3 +1,4 @@
+import type { LimitSetConfig } from '../config/limits-schema.js';
 import type { ChatRequest } from '../contract/request.js';
 import type { UsageStatus } from '../contract/usage-event.js';
 import type { Logger } from '../telemetry/logger.js';
@@ -29,6 +30,8 @@ export interface RequestContext {
   eventId: string;
   request: ChatRequest;
   agentId: string | undefined;
+  /** The per-agent key the request came with, and its own limits (applied on top of the agent's). */
+  key?: { id: string; limits: LimitSetConfig } | undefined;
   /** Epoch ms the worker received the request. */
   receivedAt: number;
   /** Epoch ms by which the request must be done. */

@@ -1,5 +1,5 @@
 import type { Msg, NatsConnection } from '@nats-io/nats-core';
-import { readHeaders, type SecretCheck } from '../auth/index.js';
+import { type Caller, type CallerCheck, readHeaders } from '../auth/index.js';
 import type { ResolvedConfig } from '../config/load.js';
 import { asProxyError, ProxyError, type ErrorCode } from '../contract/errors.js';
 import { prepareRequestCheck } from '../contract/request.js';
@@ -23,7 +23,8 @@ export interface PipelineDependencies {
   config: ResolvedConfig;
   router: Router;
   publisher: UsagePublisher;
-  secret: SecretCheck;
+  /** Who is calling (the secret or a per-agent key, by `auth.mode`). */
+  auth: CallerCheck;
   cache: ResponseCache | undefined;
   hooks: RequestHooks;
   counters: WorkerCounters;
@@ -48,8 +49,17 @@ export type DoneListener = (record: RequestRecord) => void | Promise<void>;
 /** One request in progress, for explicit cancels and shutdown. */
 interface ActiveRequest {
   requestId: string;
+  /** The key the request came with: only a cancel with the same key (or the secret) stops it. */
+  keyId: string | undefined;
   controller: Cancellation;
 }
+
+/** A message whose header block cannot be read has no credentials either. */
+const UNREADABLE: Caller = {
+  key: undefined,
+  refusal: "the message's header block is malformed",
+  storeUnavailable: false,
+};
 
 /**
  * The request pipeline: one RequestRecord per message, through its stages (admission.ts, then
@@ -77,11 +87,15 @@ export class RequestPipeline {
     return this.#deps.counters.inFlight;
   }
 
-  /** Explicit cancel (`llm.proxy.cancel`): aborts every active request with this id. */
-  cancel(requestId: string): number {
+  /**
+   * Explicit cancel (`llm.proxy.cancel`): aborts every active request with this id; `byKey` (the
+   * canceller's key id) limits it to that key's requests, undefined to any (a holder of the secret).
+   */
+  cancel(requestId: string, byKey?: string): number {
     let found = 0;
     for (const active of this.#active) {
       if (active.requestId !== requestId) continue;
+      if (byKey !== undefined && active.keyId !== byKey) continue;
       active.controller.abort(new ProxyError('cancelled', `request ${requestId} was cancelled by the client`));
       found++;
     }
@@ -99,8 +113,11 @@ export class RequestPipeline {
     // Read once, without throwing (a header block nats.js cannot decode is refused in admission).
     const { headers, malformed } = readHeaders(message);
     const span = startRequestSpan(message.subject, headers);
-    // Known before anything is read, so that every refusal of a sender without the secret is kept off the agent it names.
-    const record = new RequestRecord(malformed || !deps.secret.allows(headers), deps.logger);
+    // Known before anything is read, so that every refusal of a sender without credentials is kept off the
+    // agent it names. Synchronous, unless the key store is being read (after a start or a reconnect).
+    const identified = malformed ? UNREADABLE : deps.auth.identify(headers);
+    const caller = identified instanceof Promise ? await identified : identified;
+    const record = new RequestRecord(caller, deps.logger);
     try {
       await this.#run(message, record, malformed);
     } catch (error) {
@@ -130,7 +147,7 @@ export class RequestPipeline {
     const admitted = await admit(message, record, headersMalformed, deps);
     if (admitted instanceof ProxyError) return deps.delivery.error(message, record, admitted, record.stream);
     const controller = new Cancellation();
-    const active: ActiveRequest = { requestId: record.requestId, controller };
+    const active: ActiveRequest = { requestId: record.requestId, keyId: record.caller.key?.id, controller };
     this.#active.add(active);
     try {
       if (!record.stream) return await answerOnce(message, record, admitted, controller.signal, deps);

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { type Caller, withKeyIdentity } from '../auth/index.js';
 import type { ResolvedConfig } from '../config/load.js';
 import type { ErrorCode, ProxyError } from '../contract/errors.js';
 import type { AttemptRecord, ChatReply, FinishReason } from '../contract/reply.js';
@@ -61,14 +62,22 @@ export class RequestRecord {
   finished = false;
   /** Milliseconds from arrival to `finish`. */
   latencyMs = 0;
+  /**
+   * The sender is not let in (no secret or key, a bad key, headers that cannot be read, metadata that
+   * contradicts its key): its event goes to `unauthenticated`, not to the agent it names.
+   */
+  unauthenticated: boolean;
   #promptTokens: number | undefined;
 
   constructor(
-    /** The sender did not show the secret (or its headers could not be read): its event goes to `unauthenticated`. */
-    readonly unauthenticated: boolean,
+    /** Who sent it (auth/caller.ts): a verified key decides the agent and microDAO. */
+    readonly caller: Caller,
     logger: Logger,
   ) {
     this.logger = logger;
+    this.unauthenticated = caller.refusal !== undefined;
+    // Known before the body is read: a key's request refused for its size or its JSON is still its agent's.
+    if (caller.key !== undefined) this.metadata = withKeyIdentity(undefined, caller.key);
   }
 
   get status(): UsageStatus {
@@ -166,6 +175,7 @@ export class RequestRecord {
       requestId: this.requestId,
       metadata: this.metadata,
       unauthenticated: this.unauthenticated,
+      keyId: this.caller.key?.id,
       model: this.model ?? this.requestedModel,
       provider: this.provider,
       modelResolved: this.modelResolved,

@@ -11,7 +11,7 @@ import { connectToNats } from '../bus/connect.js';
 import { createLogger, type Logger } from '../telemetry/logger.js';
 import { estimatePromptTokens } from '../usage/tokens.js';
 import { UsagePublisher } from '../usage/publisher.js';
-import { SecretCheck, secretFromEnv } from '../auth/index.js';
+import { CallerCheck, KeyDirectory, SecretCheck, secretFromEnv } from '../auth/index.js';
 import { WorkerCounters, workerStats, type WorkerStats } from './counters.js';
 import { addModelsEndpoint, logConnectionStatus, subscribeCancel } from './endpoints.js';
 import type { RequestHooks } from './hooks.js';
@@ -125,6 +125,26 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     logger.info({ backend: limiter.backend }, 'limits enabled');
   }
 
+  // Per-agent keys: every record held in memory, kept current by a watch (auth/key-directory.ts).
+  let directory: KeyDirectory | undefined;
+  if (config.auth.mode !== 'secret') {
+    directory = new KeyDirectory({
+      connection,
+      bucket: config.auth.keys_bucket,
+      logger: logger.child({ component: 'keys' }),
+    });
+    // Not fatal when the store cannot be read yet: requests needing a key are refused until it can.
+    await directory.start(config.auth.key_store_wait_ms);
+    if (limiter === undefined)
+      logger.warn("auth.mode uses keys but limits are off: the keys' own limits (rpm, tpm, budgets) are not applied");
+  }
+  const auth = new CallerCheck({
+    mode: config.auth.mode,
+    secret,
+    directory,
+    waitMs: config.auth.key_store_wait_ms,
+  });
+
   let stats: () => WorkerStats = () => {
     throw new Error('not started');
   };
@@ -145,7 +165,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     config,
     router,
     publisher,
-    secret,
+    auth,
     cache: config.cache.enabled
       ? new ResponseCache({ maxEntries: config.cache.max_entries, ttlMs: config.cache.ttl_ms })
       : undefined,
@@ -189,7 +209,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
       limiter,
     });
 
-  const endpointParts = { subjects, secret, counters, workerId, logger: workerLogger };
+  const endpointParts = { subjects, auth, counters, workerId, logger: workerLogger };
   addModelsEndpoint(service, router, endpointParts);
   const cancelSubscription = subscribeCancel(connection, pipeline, endpointParts);
   intake.open();
@@ -205,12 +225,14 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
       models: [...config.models.keys()],
       max_in_flight: config.worker.max_in_flight,
       secret_required: secret.enabled,
+      auth_mode: config.auth.mode,
     },
     'worker started',
   );
 
   const closers: Array<{ name: string; close: () => Promise<void> }> = [];
   if (limiter !== undefined) closers.push({ name: 'the limiter', close: () => limiter.close() });
+  if (directory !== undefined) closers.push({ name: 'the key directory', close: () => directory.close() });
   if (ownsProviders) closers.push({ name: 'provider pools', close: () => providerSet.close() });
   const { stop, stopped } = createShutdown({
     connection,
