@@ -68,9 +68,16 @@ export class CallerCheck {
     const bearer = BEARER.exec(authorization);
     if (bearer === null) return refused(`the ${AUTHORIZATION_HEADER} header is not "Bearer <key>"`);
     const key = bearer[1] as string;
-    const found = this.#directory!.lookup(key);
-    if (!('unavailable' in found)) return this.#byLookup(found);
-    return this.#directory!.whenReady(this.#waitMs).then(() => this.#byLookup(this.#directory!.lookup(key)));
+    const directory = this.#directory!;
+    const found = directory.lookup(key);
+    if ('record' in found) return this.#byLookup(found);
+    // Not known yet (made a moment ago?), or the store not read yet: the slow path.
+    if ('unavailable' in found)
+      return directory
+        .whenReady(this.#waitMs)
+        .then(() => directory.lookupFresh(key).then((again) => this.#byLookup(again)));
+    if (found.rejection === 'unknown') return directory.lookupFresh(key).then((again) => this.#byLookup(again));
+    return this.#byLookup(found);
   }
 
   #bySecret(headers: MsgHdrs | undefined): Caller {

@@ -10,13 +10,16 @@
  * once per outage.
  */
 import type { NatsConnection } from '@nats-io/nats-core';
-import type { KvWatchEntry } from '@nats-io/kv';
+import type { KV, KvWatchEntry } from '@nats-io/kv';
 import type { Logger } from '../telemetry/logger.js';
 import { keyMatches, parseKey } from './key-format.js';
 import { keyStanding, type KeyRecord, type KeyRejection } from './key-record.js';
 import { decodeKeyRecord, openKeysBucket } from './key-store.js';
 
 const RETRY_MS = 1_000;
+/** An id read from the store and not found is not read again for this long. */
+const MISS_TTL_MS = 1_000;
+const MAX_MISSES = 10_000;
 
 export type KeyLookup = { record: KeyRecord } | { rejection: KeyRejection } | { unavailable: true };
 
@@ -36,6 +39,10 @@ export class KeyDirectory {
   #waiters = new Set<() => void>();
   #outageLogged = false;
   #loop: Promise<void> | undefined;
+  #kv: KV | undefined;
+  /** Ids read from the store and not found, until when; and the reads in flight. */
+  #misses = new Map<string, number>();
+  #reading = new Map<string, Promise<void>>();
 
   constructor(options: { connection: NatsConnection; bucket: string; logger: Logger; timeoutMs?: number }) {
     this.#connection = options.connection;
@@ -92,6 +99,44 @@ export class KeyDirectory {
     return { rejection: 'unknown' };
   }
 
+  /**
+   * `lookup` again after reading the key's id from the store when the watch has not delivered it: a key
+   * created a moment ago works at once, on every worker, without waiting for the watch. An id read
+   * and not found is not read again for a second, and reads of one id are shared, so that made-up
+   * ids cost the store one read per id and second at most.
+   */
+  async lookupFresh(key: string, now = Date.now()): Promise<KeyLookup> {
+    const found = this.lookup(key, now);
+    if (!('rejection' in found) || found.rejection !== 'unknown') return found;
+    const id = parseKey(key) as string;
+    if (this.#records.has(id) || this.#kv === undefined) return found;
+    const missedUntil = this.#misses.get(id);
+    if (missedUntil !== undefined && missedUntil > now) return found;
+    let reading = this.#reading.get(id);
+    if (reading === undefined) {
+      reading = this.#read(this.#kv, id).finally(() => this.#reading.delete(id));
+      this.#reading.set(id, reading);
+    }
+    await reading;
+    return this.lookup(key, Date.now());
+  }
+
+  async #read(kv: KV, id: string): Promise<void> {
+    try {
+      const entry = await kv.get(id);
+      const record = entry === null || entry.operation !== 'PUT' ? undefined : decodeKeyRecord(entry.value);
+      // The watch may have delivered it (or a newer version) meanwhile: that one stays.
+      if (record !== undefined && record.id === id) {
+        if (!this.#records.has(id)) this.#records.set(id, record);
+        return;
+      }
+    } catch {
+      // Unreadable now: the watch's own failure handling says so; this id is simply not known.
+    }
+    if (this.#misses.size >= MAX_MISSES) this.#misses.delete(this.#misses.keys().next().value as string);
+    this.#misses.set(id, Date.now() + MISS_TTL_MS);
+  }
+
   async close(): Promise<void> {
     this.#closed = true;
     this.#setReady(false);
@@ -143,6 +188,7 @@ export class KeyDirectory {
 
   async #watchOnce(): Promise<void> {
     const kv = await openKeysBucket(this.#connection, this.#bucket, this.#timeoutMs);
+    this.#kv = kv;
     const { values } = await kv.status();
     const watch = await kv.watch();
     this.#watch = watch;
@@ -183,5 +229,6 @@ export class KeyDirectory {
       return;
     }
     records.set(record.id, record);
+    this.#misses.delete(record.id);
   }
 }

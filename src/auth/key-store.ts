@@ -19,7 +19,10 @@ const CAS_ATTEMPTS = 10;
 export async function openKeysBucket(connection: NatsConnection, bucket: string, timeoutMs = 5_000): Promise<KV> {
   const kvm = new Kvm(jetstream(connection, { timeout: timeoutMs }));
   try {
-    return await kvm.open(bucket);
+    const kv = await kvm.open(bucket);
+    // open() only binds (it asks the server nothing): status() is what fails when the bucket is missing.
+    await kv.status();
+    return kv;
   } catch {
     return await kvm.create(bucket, { ...BUCKET_SETTINGS, timeout: timeoutMs });
   }
@@ -69,6 +72,7 @@ export interface KeySummary {
 }
 
 export function summarize(record: KeyRecord, now = Date.now()): KeySummary {
+  const status = keyStanding(record, now);
   return {
     id: record.id,
     agent_id: record.agent_id,
@@ -79,10 +83,14 @@ export function summarize(record: KeyRecord, now = Date.now()): KeySummary {
     expires_at: record.expires_at,
     revoked_at: record.revoked_at,
     note: record.note,
-    status: keyStanding(record, now),
-    grace_until: record.previous
-      .filter((previous) => Date.parse(previous.valid_until) > now)
-      .map((previous) => previous.valid_until),
+    status,
+    // A revoked or expired key's rotated-out keys are refused with it (KeyDirectory.lookup).
+    grace_until:
+      status !== 'active'
+        ? []
+        : record.previous
+            .filter((previous) => Date.parse(previous.valid_until) > now)
+            .map((previous) => previous.valid_until),
   };
 }
 

@@ -37,6 +37,8 @@ export interface ClientOptions {
   connectOptions?: Omit<NodeConnectionOptions, 'servers' | 'name'>;
   /** Sent as `X-Internal-Secret` (the worker's `LLM_PROXY_SECRET`). */
   secret?: string;
+  /** A per-agent key (`llm-proxy keys create`), sent as `Authorization: Bearer <key>` on every call. */
+  apiKey?: string;
   /** Default deadline of a call; sent to the worker as `timeout_ms` when the request sets none. */
   timeoutMs?: number;
   /** Longest silence between two stream messages before the worker is deemed gone. */
@@ -59,6 +61,12 @@ export interface CallOptions {
   headers?: Record<string, string>;
 }
 
+export interface AskOptions {
+  timeoutMs?: number;
+  /** Extra NATS headers; an `Authorization` here replaces the client's `apiKey` for this call. */
+  headers?: Record<string, string>;
+}
+
 export interface StreamOptions extends CallOptions {
   idleTimeoutMs?: number;
   firstMessageTimeoutMs?: number;
@@ -70,9 +78,9 @@ export interface LlmProxyClient {
   /** A streamed reply: iterate the chunks, then `await stream.final`. Never throws synchronously. */
   stream(request: ChatRequest, options?: StreamOptions): ChatStream;
   /** `llm.proxy.models`: the models the workers route (`health: true` adds each deployment's state). Throws `LlmProxyError`. */
-  models(options?: { health?: boolean; timeoutMs?: number }): Promise<ModelsReply & { health?: unknown[] }>;
+  models(options?: AskOptions & { health?: boolean }): Promise<ModelsReply & { health?: unknown[] }>;
   /** `llm.proxy.usage`: the aggregators' answer to a usage query. Throws `LlmProxyError`. */
-  usage(query: UsageQuery, options?: { timeoutMs?: number }): Promise<UsageQueryReply>;
+  usage(query: UsageQuery, options?: AskOptions): Promise<UsageQueryReply>;
   /** The subjects in use (from `subjectPrefix`). */
   readonly subjects: Subjects;
   /** The NATS connection (owned or borrowed). */
@@ -98,6 +106,7 @@ export function createClient(options: ClientOptions): LlmProxyClient | Promise<L
   const settings = {
     subjects: subjectsFor(options.subjectPrefix ?? DEFAULT_SUBJECT_PREFIX),
     secret: options.secret,
+    apiKey: options.apiKey,
     timeoutMs: positive('timeoutMs', options.timeoutMs, DEFAULT_TIMEOUT_MS),
     idleTimeoutMs: positive('idleTimeoutMs', options.idleTimeoutMs, DEFAULT_IDLE_TIMEOUT_MS),
     firstMessageTimeoutMs: positive(
@@ -127,6 +136,7 @@ interface ClientSettings {
   ownsConnection: boolean;
   subjects: Subjects;
   secret: string | undefined;
+  apiKey: string | undefined;
   timeoutMs: number;
   idleTimeoutMs: number;
   firstMessageTimeoutMs: number;
@@ -161,12 +171,19 @@ class NatsLlmProxyClient implements LlmProxyClient {
     // nats.js requests take no AbortSignal: race the reply against the abort, and
     // tell the worker so it stops the upstream call. The late reply is dropped.
     let onAbort: (() => void) | undefined;
+    const authorization = envelope.headers?.get('Authorization');
     const aborted =
       signal === undefined
         ? undefined
         : new Promise<never>((_, reject) => {
             onAbort = () => {
-              publishCancel(this.#settings.connection, this.#settings.subjects, this.#settings.secret, requestId);
+              publishCancel(
+                this.#settings.connection,
+                this.#settings.subjects,
+                this.#settings.secret,
+                requestId,
+                authorization,
+              );
               reject(new LlmProxyError('cancelled', 'cancelled by the client', { requestId, cause: signal.reason }));
             };
             signal.addEventListener('abort', onAbort, { once: true });
@@ -181,7 +198,13 @@ class NatsLlmProxyClient implements LlmProxyClient {
     } catch (error) {
       const failure = errorFromNats(error, { subject: subjects.request, timeoutMs, requestId });
       if (failure.code === 'upstream_timeout')
-        publishCancel(this.#settings.connection, this.#settings.subjects, this.#settings.secret, requestId);
+        publishCancel(
+          this.#settings.connection,
+          this.#settings.subjects,
+          this.#settings.secret,
+          requestId,
+          authorization,
+        );
       throw failure;
     } finally {
       if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort);
@@ -224,25 +247,22 @@ class NatsLlmProxyClient implements LlmProxyClient {
     });
   }
 
-  models(options: { health?: boolean; timeoutMs?: number } = {}): Promise<ModelsReply & { health?: unknown[] }> {
-    return this.#ask(
-      this.#settings.subjects.models,
-      options.health === true ? { health: true } : {},
-      options.timeoutMs,
-    );
+  models(options: AskOptions & { health?: boolean } = {}): Promise<ModelsReply & { health?: unknown[] }> {
+    return this.#ask(this.#settings.subjects.models, options.health === true ? { health: true } : {}, options);
   }
 
-  usage(query: UsageQuery, options: { timeoutMs?: number } = {}): Promise<UsageQueryReply> {
-    return this.#ask(this.#settings.subjects.usageQuery, query, options.timeoutMs);
+  usage(query: UsageQuery, options: AskOptions = {}): Promise<UsageQueryReply> {
+    return this.#ask(this.#settings.subjects.usageQuery, query, options);
   }
 
   /** A plain request/reply on one of the other subjects, with the secret; error replies and bus failures as LlmProxyError. */
-  async #ask<T>(subject: string, body: unknown, timeoutMs = ASK_TIMEOUT_MS): Promise<T> {
+  async #ask<T>(subject: string, body: unknown, options: AskOptions): Promise<T> {
+    const timeoutMs = options.timeoutMs ?? ASK_TIMEOUT_MS;
     let message: Awaited<ReturnType<NatsConnection['request']>>;
     try {
       message = await this.#settings.connection.request(subject, JSON.stringify(body), {
         timeout: timeoutMs,
-        headers: buildHeaders(this.#settings.secret),
+        headers: buildHeaders(this.#settings.secret, options.headers, this.#settings.apiKey),
       });
     } catch (error) {
       throw errorFromNats(error, { subject, timeoutMs, requestId: '' });
@@ -271,6 +291,7 @@ class NatsLlmProxyClient implements LlmProxyClient {
         clientTimeoutMs: this.#settings.timeoutMs,
         secret: this.#settings.secret,
         extraHeaders: options.headers,
+        apiKey: this.#settings.apiKey,
       });
     } catch (error) {
       if (error instanceof LlmProxyError) return error;

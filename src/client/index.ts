@@ -7,6 +7,7 @@ export {
   DEFAULT_FIRST_MESSAGE_TIMEOUT_MS,
   DEFAULT_IDLE_TIMEOUT_MS,
   DEFAULT_TIMEOUT_MS,
+  type AskOptions,
   type CallOptions,
   type ClientOptions,
   type LlmProxyClient,

@@ -5,7 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { context, propagation, type TextMapSetter } from '@opentelemetry/api';
-import { headers as natsHeaders, MsgHdrsImpl, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node';
+import { Match, headers as natsHeaders, MsgHdrsImpl, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node';
 import { HEADERS, type ChatRequest, type Subjects } from '../contract/index.js';
 import { LlmProxyError } from './errors.js';
 
@@ -33,6 +33,8 @@ export interface EnvelopeInput {
   clientTimeoutMs: number;
   secret: string | undefined;
   extraHeaders: Record<string, string> | undefined;
+  /** The client's per-agent key, sent as `Authorization: Bearer <key>` (a call's own Authorization wins). */
+  apiKey?: string | undefined;
 }
 
 export interface Envelope {
@@ -44,6 +46,8 @@ export interface Envelope {
   headers: MsgHdrs | undefined;
 }
 
+const AUTHORIZATION = 'Authorization';
+
 const headerSetter: TextMapSetter<MsgHdrs> = {
   set(carrier, key, value) {
     carrier.set(key, value);
@@ -54,9 +58,15 @@ const headerSetter: TextMapSetter<MsgHdrs> = {
  * The request's headers, or undefined when there are none: an empty header
  * block would still be sent (as HPUB) and decoded by the worker on every request.
  */
-export function buildHeaders(secret: string | undefined, extraHeaders?: Record<string, string>): MsgHdrs | undefined {
+export function buildHeaders(
+  secret: string | undefined,
+  extraHeaders?: Record<string, string>,
+  apiKey?: string,
+): MsgHdrs | undefined {
   const result = natsHeaders();
   if (extraHeaders !== undefined) for (const [name, value] of Object.entries(extraHeaders)) result.set(name, value);
+  if (apiKey !== undefined && apiKey !== '' && !result.has(AUTHORIZATION, Match.IgnoreCase))
+    result.set(AUTHORIZATION, `Bearer ${apiKey}`);
   if (secret !== undefined && secret !== '') result.set(HEADERS.secret, secret);
   // A no-op without an OpenTelemetry SDK; with one, the worker's span joins the caller's trace.
   propagation.inject(context.active(), result, headerSetter);
@@ -96,7 +106,7 @@ export function buildEnvelope(input: EnvelopeInput): Envelope {
   }
 
   const body = new TextEncoder().encode(JSON.stringify(outgoing));
-  const headers = buildHeaders(input.secret, input.extraHeaders);
+  const headers = buildHeaders(input.secret, input.extraHeaders, input.apiKey);
   return { requestId, timeoutMs, body, headers };
 }
 
@@ -130,10 +140,15 @@ export function publishCancel(
   subjects: Subjects,
   secret: string | undefined,
   requestId: string,
+  /** The request's own `Authorization` value: with keys, only a cancel with the request's key stops it. */
+  authorization?: string,
 ): void {
   if (connection.isClosed()) return;
+  const extra = authorization === undefined || authorization === '' ? undefined : { [AUTHORIZATION]: authorization };
   try {
-    connection.publish(subjects.cancel, JSON.stringify({ request_id: requestId }), { headers: buildHeaders(secret) });
+    connection.publish(subjects.cancel, JSON.stringify({ request_id: requestId }), {
+      headers: buildHeaders(secret, extra),
+    });
   } catch {
     // The connection is going away: see above.
   }

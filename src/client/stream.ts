@@ -10,6 +10,7 @@
  * long silence means the worker is gone), and the whole stream.
  */
 import { createInbox, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import { inboxPrefixOf } from '../bus/inbox.js';
 import {
   HEADERS,
   STREAM_MARKS,
@@ -174,7 +175,8 @@ class NatsChatStream implements ChatStream {
     }
     try {
       assertFitsMaxPayload(connection, envelope);
-      const inbox = createInbox(this.#start.inboxPrefix);
+      // Else the connection's prefix: a NATS user may be allowed to subscribe only under its own.
+      const inbox = createInbox(this.#start.inboxPrefix ?? inboxPrefixOf(connection));
       const subscription = connection.subscribe(inbox, {
         callback: (error, message) => {
           // A message nats.js cannot decode (anyone may publish to an inbox; a worker never sends one) is
@@ -426,8 +428,9 @@ class NatsChatStream implements ChatStream {
   #publishCancel(): void {
     // Nothing was sent when there is no subscription.
     if (this.#subscription === undefined) return;
-    const { connection, subjects, secret } = this.#start;
-    publishCancel(connection, subjects, secret, this.requestId);
+    const { connection, subjects, secret, envelope } = this.#start;
+    const authorization = envelope instanceof LlmProxyError ? undefined : envelope.headers?.get('Authorization');
+    publishCancel(connection, subjects, secret, this.requestId, authorization);
   }
 
   #close(): void {

@@ -3,6 +3,7 @@ import type { LlmProxyClient } from '../client/index.js';
 import { asProxyError, type ProxyError } from '../contract/errors.js';
 import type { ChatReply, StreamChunk } from '../contract/reply.js';
 import type { ChatRequest } from '../contract/request.js';
+import { keyHeaders } from './credentials.js';
 import { SseResponse } from './sse.js';
 
 /** An error as one HTTP answer. */
@@ -63,7 +64,7 @@ export async function relayChat(
   const controller = new AbortController();
   const forget = whenClientGone(reply, () => controller.abort());
   try {
-    const answer = await client.chat(body, { signal: controller.signal });
+    const answer = await client.chat(body, { signal: controller.signal, headers: keyHeaders(request) });
     await reply.code(200).send(dialect.reply(answer));
   } catch (error) {
     if (!controller.signal.aborted) sendError(reply, dialect, error);
@@ -79,14 +80,14 @@ export async function relayChat(
  * closes the response.
  */
 async function relayStream(
-  _request: FastifyRequest,
+  request: FastifyRequest,
   reply: FastifyReply,
   client: LlmProxyClient,
   body: ChatRequest,
   dialect: Dialect,
   heartbeatMs: number,
 ): Promise<void> {
-  const stream = client.stream(body);
+  const stream = client.stream(body, { headers: keyHeaders(request) });
   const forget = whenClientGone(reply, () => stream.cancel());
   const events = dialect.stream(body);
   const sse = new SseResponse(reply.raw, heartbeatMs);

@@ -16,6 +16,7 @@ import Fastify, {
 } from 'fastify';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { SecretCheck } from '../auth/index.js';
+import { presentedKey, presentedSecret } from './credentials.js';
 import type { HttpConfig } from '../config/http-schema.js';
 import { ProxyError } from '../contract/errors.js';
 import type { Logger } from '../telemetry/logger.js';
@@ -32,6 +33,11 @@ export interface FrontDoorOptions {
   subjectPrefix: string;
   /** The shared secret: required from HTTP callers (`X-Internal-Secret` or `Authorization: Bearer`) and sent on to the workers. */
   secret: string | undefined;
+  /**
+   * Per-agent keys are on (`auth.mode` keys or mixed): a `Bearer llmp_…` goes on to the workers, which
+   * check it, instead of being taken for the secret. Off (the default, `auth.mode: secret`), a key opens nothing here.
+   */
+  keys?: boolean;
   logger: Logger;
   /** Overrides `http.port` (0: any free port). */
   port?: number;
@@ -67,16 +73,6 @@ function pathOf(request: FastifyRequest): string {
   const url = request.raw.url ?? '/';
   const query = url.indexOf('?');
   return query === -1 ? url : url.slice(0, query);
-}
-
-/** The caller's secret: `X-Internal-Secret` (the seed's header), else `Authorization: Bearer <secret>` (OpenAI's SDKs send their API key so). */
-function presentedSecret(request: FastifyRequest): string | undefined {
-  const header = request.headers['x-internal-secret'];
-  if (typeof header === 'string') return header;
-  const authorization = request.headers.authorization;
-  if (typeof authorization === 'string' && /^bearer\s+/i.test(authorization))
-    return authorization.replace(/^bearer\s+/i, '');
-  return undefined;
 }
 
 /** Fastify's own refusals (bad JSON, a body over the limit, a wrong content type) as DESIGN.md's codes. */
@@ -119,6 +115,9 @@ export async function startFrontDoor(options: FrontDoorOptions): Promise<FrontDo
   app.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
     const path = pathOf(request);
     if (path === '/healthz' || path === '/readyz') return;
+    // A per-agent key goes on to the workers, which hold the key store and decide. Usage figures of
+    // every agent are not a key holder's to read: that route still needs the secret.
+    if (options.keys === true && path !== '/internal/llm/usage' && presentedKey(request) !== undefined) return;
     if (!secret.allowsValue(presentedSecret(request))) {
       sendError(
         reply,
@@ -161,7 +160,10 @@ export async function startFrontDoor(options: FrontDoorOptions): Promise<FrontDo
   registerOpenAIRoutes(app, bus, http.heartbeat_ms);
 
   const address = await app.listen({ host: options.host ?? http.host, port: options.port ?? http.port });
-  logger.info({ address, body_limit: bodyLimit, secret_required: secret.enabled }, 'front door listening');
+  logger.info(
+    { address, body_limit: bodyLimit, secret_required: secret.enabled, keys: options.keys === true },
+    'front door listening',
+  );
   return {
     app,
     url: address,

@@ -8,10 +8,15 @@ import { ProxyError, type ErrorCode } from '../contract/errors.js';
 import type { ModelInfo } from '../contract/models.js';
 import type { ChatReply, FinishReason, StreamChunk } from '../contract/reply.js';
 
-/** An OpenAI body → ours: the agent from the body's `metadata`, else the `X-Agent-Id` header, else OpenAI's `user`. Fields are kept as they are (the worker refuses unknown ones by name). */
+/**
+ * An OpenAI body → ours: the agent from the body's `metadata`, else the `X-Agent-Id` header, else
+ * OpenAI's `user`; with `fromKey` (the caller showed a per-agent key), from nothing: the key says who
+ * the agent is, and `user` stays OpenAI's end-user id. Fields are kept as they are (the worker
+ * refuses unknown ones by name).
+ */
 export function requestFromOpenAI(
   body: unknown,
-  identity: { agentId?: string; microdaoId?: string },
+  identity: { agentId?: string; microdaoId?: string; fromKey?: boolean },
 ): Record<string, unknown> {
   if (typeof body !== 'object' || body === null || Array.isArray(body))
     throw new ProxyError('invalid_request', 'request body must be a JSON object');
@@ -20,6 +25,7 @@ export function requestFromOpenAI(
   const metadata: Record<string, unknown> =
     typeof given === 'object' && given !== null && !Array.isArray(given) ? { ...given } : {};
   if (given !== undefined && (typeof given !== 'object' || given === null || Array.isArray(given))) return request; // the worker names the problem
+  if (identity.fromKey === true) return request;
   if (metadata.agent_id === undefined) {
     const agentId =
       identity.agentId ?? (typeof request.user === 'string' && request.user !== '' ? request.user : undefined);

@@ -8,6 +8,7 @@ import { ProxyError } from '../contract/errors.js';
 import type { ChatRequest } from '../contract/request.js';
 import type { BusLink } from './bus-link.js';
 import { type Dialect, relayChat, sendError } from './chat-relay.js';
+import { keyHeaders, presentedKey } from './credentials.js';
 import {
   CompletionChunks,
   completionFromReply,
@@ -60,7 +61,12 @@ export function registerOpenAIRoutes(app: FastifyInstance, bus: BusLink, heartbe
   app.post('/v1/chat/completions', async (request, reply) => {
     try {
       const client = bus.client();
-      const body = requestFromOpenAI(request.body, identityOf(request)) as unknown as ChatRequest;
+      // With a key, the key says who the agent is: nothing is inferred from headers or `user`.
+      const keyed = presentedKey(request) !== undefined;
+      const body = requestFromOpenAI(
+        request.body,
+        keyed ? { fromKey: true } : identityOf(request),
+      ) as unknown as ChatRequest;
       // The client generates one when absent; the chunks' ids need it before the first chunk.
       body.request_id ??= crypto.randomUUID();
       await relayChat(request, reply, client, body, OPENAI_DIALECT, heartbeatMs);
@@ -69,9 +75,9 @@ export function registerOpenAIRoutes(app: FastifyInstance, bus: BusLink, heartbe
     }
   });
 
-  app.get('/v1/models', async (_request, reply) => {
+  app.get('/v1/models', async (request, reply) => {
     try {
-      return modelList((await bus.client().models()).models);
+      return modelList((await bus.client().models({ headers: keyHeaders(request) })).models);
     } catch (error) {
       sendError(reply, OPENAI_DIALECT, error);
     }
@@ -82,7 +88,8 @@ export function registerOpenAIRoutes(app: FastifyInstance, bus: BusLink, heartbe
   app.get<{ Params: { '*': string } }>('/v1/models/*', async (request, reply) => {
     try {
       const id = request.params['*'];
-      const model = (await bus.client().models()).models.find((candidate) => candidate.name === id);
+      const { models } = await bus.client().models({ headers: keyHeaders(request) });
+      const model = models.find((candidate) => candidate.name === id);
       if (model === undefined) throw new ProxyError('model_not_found', `the model "${id}" does not exist`);
       return modelObject(model);
     } catch (error) {

@@ -10,6 +10,7 @@ import { type UsageQuery, usageQuerySchema } from '../contract/usage-query.js';
 import { describeZodIssues } from '../contract/request.js';
 import type { BusLink } from './bus-link.js';
 import { type Dialect, type HttpError, relayChat, sendError } from './chat-relay.js';
+import { keyHeaders } from './credentials.js';
 
 /** `Retry-After` (whole seconds, rounded up) for an error that says when to come back. */
 export function retryAfterHeaders(error: ProxyError): Record<string, string> {
@@ -70,9 +71,9 @@ export function registerSeedRoutes(app: FastifyInstance, bus: BusLink, heartbeat
     }
   });
 
-  app.get('/internal/llm/models', async (_request, reply) => {
+  app.get('/internal/llm/models', async (request, reply) => {
     try {
-      const answer = await bus.client().models();
+      const answer = await bus.client().models({ headers: keyHeaders(request) });
       return { models: answer.models };
     } catch (error) {
       sendError(reply, SEED_DIALECT, error);

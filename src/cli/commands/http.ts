@@ -53,6 +53,7 @@ export async function startHttpFrontDoor(
     connecting,
     subjectPrefix: config.nats.subject_prefix,
     secret,
+    keys: config.auth.mode !== 'secret',
     logger,
     ...overrides,
   });
