@@ -64,7 +64,8 @@ test('metadata contradicting the key is named; agreeing or absent metadata takes
     contradiction(record({ microdao_id: null }), { microdao_id: 'microdao:8' }) ?? '',
     /belongs to no microDAO/,
   );
-  assert.deepEqual(withKeyIdentity({ channel_id: 'c', team: 'blue' }, key), {
+  const tagged: Record<string, string> = { channel_id: 'c', team: 'blue' };
+  assert.deepEqual(withKeyIdentity(tagged, key), {
     channel_id: 'c',
     team: 'blue',
     agent_id: 'agent:sofia',

@@ -4,7 +4,7 @@ import { UsageError } from './command.js';
 
 /** The command table: name → module. Loaded lazily so `--help` and small commands start fast. */
 const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
-  // worker, chat, models, tail, check-config, dev, limits, usage, aggregator register here.
+  // worker, chat, models, tail, check-config, dev, limits, usage, aggregator, keys register here.
   chat: () => import('./commands/chat.js'),
   worker: () => import('./commands/worker.js'),
   dev: () => import('./commands/dev.js'),
@@ -15,6 +15,7 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   usage: () => import('./commands/usage.js'),
   limits: () => import('./commands/limits.js'),
   http: () => import('./commands/http.js'),
+  keys: () => import('./commands/keys.js'),
 };
 
 function printOverview(): void {
