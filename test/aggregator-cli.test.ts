@@ -15,6 +15,9 @@ import { usageStreamSchema } from '../src/config/schema.js';
 import { agentToken, subjectsFor } from '../src/contract/subjects.js';
 import type { UsageEvent } from '../src/contract/usage-event.js';
 import { ensureUsageStream } from '../src/usage/stream.js';
+import { UsageError } from '../src/cli/command.js';
+import { parseUsageArguments } from '../src/cli/commands/usage.js';
+import { formatEvent } from '../src/cli/commands/tail.js';
 
 /**
  * `llm-proxy aggregator` and `llm-proxy usage` as child processes over a real
@@ -110,7 +113,9 @@ test('llm-proxy aggregator survives SIGKILL, llm-proxy usage prints table, JSON 
   let child: ChildProcess | undefined;
   try {
     await ensureUsageStream(await jetstreamManager(connection), usageStreamSchema.parse({}), 'llm');
-    const events = makeEvents(500);
+    // Some requests came with a per-agent key (its id in the event): one key for every third, none for the rest.
+    const KEY = 'Kx7pQ2rS9tUv';
+    const events = makeEvents(500).map((event, index) => (index % 3 === 0 ? { ...event, key_id: KEY } : event));
 
     const none = await runCli(['usage'], env);
     assert.equal(none.code, 1);
@@ -171,6 +176,27 @@ test('llm-proxy aggregator survives SIGKILL, llm-proxy usage prints table, JSON 
         new RegExp(`\\n\\s+${group.key.provider?.replace(/[()]/g, '\\$&')}\\s+${group.total_requests}\\s`),
       );
 
+    const byKey = await runCli(['usage', '--group-by', 'key', '--json'], env);
+    assert.equal(byKey.code, 0, byKey.stderr);
+    const totalsOf = (list: UsageEvent[]) => {
+      const { cents: _cents, since: _since, until: _until, groups: _groups, ...totals } = handCompute(list, {});
+      return totals;
+    };
+    assert.deepEqual(JSON.parse(byKey.stdout).groups, [
+      { key: { key: '(none)' }, ...totalsOf(events.filter((event) => event.key_id === undefined)) },
+      { key: { key: KEY }, ...totalsOf(events.filter((event) => event.key_id === KEY)) },
+    ]);
+    const oneKey = await runCli(['usage', '--key', KEY, '--group-by', 'key,model'], env);
+    assert.equal(oneKey.code, 0, oneKey.stderr);
+    assert.match(oneKey.stdout, new RegExp(`^Usage of key ${KEY}, the beginning to now`));
+    assert.match(oneKey.stdout, /KEY\s+MODEL\s+REQUESTS/);
+    const keyed = handCompute(
+      events.filter((event) => event.key_id === KEY),
+      { group_by: ['model'] },
+    );
+    for (const group of keyed.groups)
+      assert.match(oneKey.stdout, new RegExp(`\\n\\s+${KEY}\\s+${group.key.model}\\s+${group.total_requests}\\s`));
+
     const bad = await runCli(['usage', '--since', 'last tuesday'], env);
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /^error invalid_request \(400\): since: /);
@@ -194,4 +220,34 @@ test('llm-proxy aggregator survives SIGKILL, llm-proxy usage prints table, JSON 
     await server.dispose();
     rmSync(directory, { recursive: true, force: true });
   }
+});
+
+test('usage --key and --group-by key become key_id and group_by; a whole key is refused without being echoed', () => {
+  assert.deepEqual(parseUsageArguments(['--key', 'Kx7pQ2rS9tUv', '--group-by', 'agent,key'], {}).query, {
+    key_id: 'Kx7pQ2rS9tUv',
+    group_by: ['agent', 'key'],
+  });
+  const refused = (value: string): string => {
+    try {
+      parseUsageArguments(['--key', value], {});
+    } catch (error) {
+      assert.ok(error instanceof UsageError, value);
+      assert.ok(!error.message.includes(value), `${value} is not echoed`);
+      return error.message;
+    }
+    assert.fail(`--key ${value} was accepted`);
+  };
+  assert.match(
+    refused('llmp_Kx7pQ2rS9tUv_0123456789abcdefghijABCDEFGHIJ0123456789abcdef'),
+    /^--key takes the key id .*not the key itself$/,
+  );
+  assert.match(refused('Kx7pQ2rS9tU'), /^--key: a key id is 12 letters and digits$/);
+  assert.match(refused('Kx7pQ2rS9tUv!'), /^--key: a key id is 12 letters and digits$/);
+});
+
+test('tail shows the key id of an event that has one', () => {
+  const event: UsageEvent = makeEvents(1)[0] as UsageEvent;
+  assert.doesNotMatch(formatEvent(event), /key:/);
+  const line = formatEvent({ ...event, agent_id: 'agent:sofia', key_id: 'Kx7pQ2rS9tUv' });
+  assert.match(line, / {2}agent:sofia {2}key:Kx7pQ2rS9tUv {2}\d+\+\d+~? tok {2}/);
 });

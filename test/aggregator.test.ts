@@ -6,6 +6,8 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { Svcm } from '@nats-io/services';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { UsageAggregator } from '../src/aggregator/aggregator.js';
+import { UsageRollups } from '../src/aggregator/rollups.js';
+import { SnapshotStore } from '../src/aggregator/snapshot-store.js';
 import { aggregatorSchema } from '../src/config/aggregator-schema.js';
 import { usageStreamSchema } from '../src/config/schema.js';
 import { agentToken, subjectsFor } from '../src/contract/subjects.js';
@@ -423,6 +425,110 @@ test('messages missing from the delivery are read from the stream, so nothing is
       'after the hole',
     );
     await aggregator.stop();
+  } finally {
+    await Promise.all(connections.map((connection) => connection.close().catch(() => undefined)));
+    await server.dispose();
+  }
+});
+
+test('key ids through the real aggregator: group_by key, key_id, over a snapshot written before keys were counted', {
+  timeout: 60_000,
+}, async () => {
+  const server = await startNatsServer();
+  const connections: NatsConnection[] = [];
+  try {
+    const worker = await connect({ servers: server.url, name: 'worker' });
+    connections.push(worker);
+    const manager = await jetstreamManager(worker);
+    const stream = await ensureUsageStream(manager, usageStream, 'llm');
+    const publish = (list: UsageEvent[]) =>
+      publishAll(
+        worker,
+        list.map((event) => ({ event, msgID: event.request_id })),
+      );
+    const KEYS = ['Ab3dEf6hIj9k', 'Zz0yXw1vUt2s'] as const;
+    const events = makeEvents(400);
+    // Events 0..199 are from before keys existed; after that, two of three requests came with a key.
+    const keyed = events.map((event, index) => {
+      const key = index < 200 ? undefined : KEYS[index % 3];
+      return key === undefined ? event : { ...event, key_id: key };
+    });
+
+    // A snapshot of the first 200 events in the layout the previous version wrote (none has a key: no cell_keys).
+    await publish(keyed.slice(0, 200));
+    const before = new UsageRollups(aggregatorSchema.parse({}).dedup_horizon);
+    for (let seq = 1; seq <= 200; seq += 1) {
+      const message = await manager.streams.getMessage(usageStream.name, { seq });
+      assert.ok(message !== null);
+      before.apply({ seq, data: message.data, storedAtMs: message.time.getTime() });
+    }
+    const legacy = JSON.parse(JSON.stringify(before.toSnapshot()));
+    assert.equal('cell_keys' in legacy, false, 'the layout the previous version wrote');
+    assert.equal(legacy.cells[0].length, 5 + legacy.counters.length);
+    const store = await SnapshotStore.open(worker, 'LLM_USAGE_SNAPSHOTS');
+    await store.save('keys', legacy, { name: stream.config.name, created: stream.created });
+
+    await publish(keyed.slice(200, 400));
+    const first = await startAggregator(server, { instance_id: 'keys' }, connections);
+    assert.deepEqual(first.aggregator.startPoint, {
+      snapshot: 'own',
+      snapshotInstance: 'keys',
+      snapshotSeq: 200,
+      startSeq: 201,
+    });
+    await first.aggregator.waitForSeq(400);
+
+    // Per key: what a hand computation over that key's events gives ("(none)": events without key_id).
+    const labelOf = (event: UsageEvent) => event.key_id ?? '(none)';
+    const totalsOf = (list: UsageEvent[], hand: HandQuery = {}) => {
+      const { cents: _cents, since: _since, until: _until, groups, ...totals } = handCompute(list, hand);
+      return { totals, groups };
+    };
+    const expectedByKey = ['(none)', ...KEYS].map((label) => ({
+      key: { key: label },
+      ...totalsOf(keyed.filter((event) => labelOf(event) === label)).totals,
+    }));
+    const { reply, body: byKey } = await askUsage(worker, { group_by: 'key' });
+    assert.equal(reply.headers?.get('Nats-Service-Error-Code') ?? '', '');
+    assert.deepEqual(byKey.groups, expectedByKey);
+    assert.equal(byKey.total_requests, 400);
+
+    const onlyA = keyed.filter((event) => event.key_id === KEYS[0]);
+    assertMatchesHand(
+      (await askUsage(worker, { key_id: KEYS[0], group_by: ['agent', 'model'] })).body,
+      handCompute(onlyA, { group_by: ['agent', 'model'] }),
+      'key_id filter',
+    );
+    const { body: byAgentKey } = await askUsage(worker, { agent_id: 'agent:sofia', group_by: ['key', 'day'] });
+    const sofia = keyed.filter((event) => event.agent_id === 'agent:sofia');
+    assert.deepEqual(
+      (byAgentKey.groups as Array<{ key: Record<string, string>; total_requests: number }>).map((group) => [
+        group.key.key,
+        group.key.day,
+        group.total_requests,
+      ]),
+      ['(none)', ...KEYS].flatMap((label) =>
+        totalsOf(
+          sofia.filter((event) => labelOf(event) === label),
+          { group_by: ['day'] },
+        ).groups.map((group) => [label, group.key.day, group.total_requests]),
+      ),
+      'agent filter with key grouping',
+    );
+
+    // A graceful stop saves the keys; a new instance adopts that snapshot and answers the same.
+    await first.aggregator.stop();
+    const saved = await store.load('keys');
+    assert.ok(saved?.snapshot.cell_keys?.includes(KEYS[0]));
+    const adopter = await startAggregator(server, { instance_id: 'keys-adopter' }, connections);
+    assert.equal(adopter.aggregator.startPoint.snapshot, 'adopted');
+    assert.equal(adopter.aggregator.startPoint.snapshotSeq, 400);
+    assert.deepEqual(
+      adopter.aggregator.query({ group_by: ['key', 'hour'] }),
+      first.aggregator.query({ group_by: ['key', 'hour'] }),
+    );
+    assert.deepEqual((await askUsage(worker, { group_by: 'key' })).body.groups, expectedByKey);
+    await adopter.aggregator.stop();
   } finally {
     await Promise.all(connections.map((connection) => connection.close().catch(() => undefined)));
     await server.dispose();

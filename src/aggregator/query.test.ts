@@ -25,7 +25,9 @@ test('queries are validated field by field', () => {
   rejects([], /JSON object/);
   rejects(null, /JSON object/);
   rejects({ agent: 'x' }, /unknown field "agent"/);
-  rejects({ group_by: 'week' }, /^group_by: must be one or more of agent, microdao, model, provider, day, hour$/);
+  rejects({ group_by: 'week' }, /^group_by: must be one or more of agent, microdao, model, provider, key, day, hour$/);
+  rejects({ key_id: '' }, /^key_id: /);
+  rejects({ key: 'AAAAAAAAAAAA' }, /unknown field "key"/);
   rejects({ since: 'last week' }, /^since: "last week" is neither/);
   rejects({ until: 5 }, /^until: /);
   rejects({ since: '2d', until: '3d' }, /^since: must be before until$/);
@@ -121,4 +123,66 @@ test('totals, filters, groups (sorted by key) and the seed fields first', () => 
   assert.equal(empty.total_requests, 0);
   assert.equal(empty.avg_latency_ms, 0);
   assert.equal(empty.success_rate, 0);
+});
+
+test('group_by key splits by the key id ((none) without one); key_id filters like agent_id', () => {
+  const rollups = new UsageRollups(HOUR_MS);
+  const events = [
+    event(1, { key_id: 'KeyA00000000' }),
+    event(2, { key_id: 'KeyA00000000', model: 'y', cost_usd: 0.2 }),
+    event(3, { key_id: 'KeyB00000000', agent_id: 'agent:b' }),
+    event(4, {}),
+    event(5, { key_id: 'KeyA00000000', ts: '2026-11-28T01:00:00.000Z', status: 'error' }),
+  ];
+  for (const [index, item] of events.entries()) {
+    rollups.apply({ seq: index + 1, data: encoder.encode(JSON.stringify(item)), storedAtMs: NOW });
+  }
+
+  const byKey = runUsageQuery(rollups, parseUsageQuery({ group_by: 'key' }, NOW));
+  assert.equal(byKey.total_requests, 5);
+  assert.deepEqual(
+    byKey.groups.map((group) => [group.key, group.total_requests, group.cost_usd]),
+    [
+      [{ key: '(none)' }, 1, 0.1],
+      [{ key: 'KeyA00000000' }, 3, 0.4],
+      [{ key: 'KeyB00000000' }, 1, 0.1],
+    ],
+  );
+
+  const parsed = parseUsageQuery({ key_id: 'KeyA00000000', group_by: ['day', 'key', 'model'] }, NOW);
+  assert.equal(parsed.key_id, 'KeyA00000000');
+  const keyA = runUsageQuery(rollups, parsed);
+  assert.equal(keyA.total_requests, 3);
+  assert.equal(keyA.errors, 1);
+  assert.deepEqual(
+    keyA.groups.map((group) => [group.key, group.total_requests]),
+    [
+      [{ day: '2026-11-27', key: 'KeyA00000000', model: 'x' }, 1],
+      [{ day: '2026-11-27', key: 'KeyA00000000', model: 'y' }, 1],
+      [{ day: '2026-11-28', key: 'KeyA00000000', model: 'x' }, 1],
+    ],
+  );
+
+  // Filters combine; a key id no event came with matches nothing.
+  assert.equal(
+    runUsageQuery(rollups, parseUsageQuery({ key_id: 'KeyB00000000', agent_id: 'agent:a' }, NOW)).total_requests,
+    0,
+  );
+  assert.equal(
+    runUsageQuery(rollups, parseUsageQuery({ key_id: 'KeyB00000000', agent_id: 'agent:b' }, NOW)).total_requests,
+    1,
+  );
+  assert.equal(runUsageQuery(rollups, parseUsageQuery({ key_id: 'KeyC00000000' }, NOW)).total_requests, 0);
+
+  // Grouped by agent only, the key cells of one agent add up to one group.
+  assert.deepEqual(
+    runUsageQuery(rollups, parseUsageQuery({ group_by: 'agent' }, NOW)).groups.map((group) => [
+      group.key.agent,
+      group.total_requests,
+    ]),
+    [
+      ['agent:a', 4],
+      ['agent:b', 1],
+    ],
+  );
 });

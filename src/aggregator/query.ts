@@ -3,7 +3,7 @@ import { USAGE_GROUP_KEYS, usageQuerySchema, type UsageGroupKey, type UsageTotal
 import { counter, type Cell, type CounterName, type UsageRollups } from './rollups.js';
 import { dayLabel, hourLabel, HOUR_MS, parseInstant, sinceHourOf, untilHourOf } from './time-buckets.js';
 
-/** Group key value for an event without that field (no agent id, no provider…). */
+/** Group key value for an event without that field (no agent id, no provider, no key…). */
 export const NONE_LABEL = '(none)';
 
 export interface ParsedUsageQuery {
@@ -11,6 +11,7 @@ export interface ParsedUsageQuery {
   microdao_id?: string;
   model?: string;
   provider?: string;
+  key_id?: string;
   /** First hour included. */
   sinceHour?: number;
   /** First hour excluded. */
@@ -56,7 +57,7 @@ export function parseUsageQuery(body: unknown, now: number): ParsedUsageQuery {
   }
   const query = result.data;
   const parsed: ParsedUsageQuery = { groupBy: [] };
-  for (const field of ['agent_id', 'microdao_id', 'model', 'provider'] as const) {
+  for (const field of ['agent_id', 'microdao_id', 'model', 'provider', 'key_id'] as const) {
     const value = query[field];
     if (value !== undefined) parsed[field] = value;
   }
@@ -134,12 +135,13 @@ export function nanoToUsd(nano: bigint): number {
 }
 
 function matches(cell: Cell, query: ParsedUsageQuery): boolean {
-  const { agent, microdao, model, provider } = cell.dimensions;
+  const { agent, microdao, model, provider, key } = cell.dimensions;
   return (
     (query.agent_id === undefined || agent === query.agent_id) &&
     (query.microdao_id === undefined || microdao === query.microdao_id) &&
     (query.model === undefined || model === query.model) &&
-    (query.provider === undefined || provider === query.provider)
+    (query.provider === undefined || provider === query.provider) &&
+    (query.key_id === undefined || key === query.key_id)
   );
 }
 
@@ -153,6 +155,8 @@ function groupValue(key: UsageGroupKey, hour: number, cell: Cell): string {
       return cell.dimensions.model ?? NONE_LABEL;
     case 'provider':
       return cell.dimensions.provider ?? NONE_LABEL;
+    case 'key':
+      return cell.dimensions.key ?? NONE_LABEL;
     case 'day':
       return dayLabel(hour);
     case 'hour':

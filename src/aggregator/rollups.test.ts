@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { z } from 'zod';
 import type { UsageEvent } from '../contract/usage-event.js';
 import { counter, UsageRollups, rollupSnapshotSchema, usdToNano } from './rollups.js';
 import { HOUR_MS } from './time-buckets.js';
@@ -128,4 +129,105 @@ test('a snapshot with counters in another order (or missing ones) loads by name'
   assert.equal(counter(cell, 'requests'), 2);
   assert.equal(counter(cell, 'total_tokens'), 35);
   assert.equal(counter(cell, 'ok'), 0);
+});
+
+test('the key id is a dimension: events with and without key_id are counted in separate cells', () => {
+  const rollups = new UsageRollups(HOUR_MS);
+  rollups.apply(message(1, event('r1', { key_id: 'AAAAAAAAAAAA' })));
+  rollups.apply(message(2, event('r2', { key_id: 'AAAAAAAAAAAA' })));
+  rollups.apply(message(3, event('r3', { key_id: 'BBBBBBBBBBBB' })));
+  rollups.apply(message(4, event('r4')));
+  const cells = [...rollups.hours.values()].flatMap((hour) => [...hour.values()]);
+  assert.deepEqual(
+    cells.map((cell) => [cell.dimensions.key, counter(cell, 'requests')]),
+    [
+      ['AAAAAAAAAAAA', 2],
+      ['BBBBBBBBBBBB', 1],
+      [null, 1],
+    ],
+  );
+});
+
+/** The snapshot schema before key ids were counted (what an older aggregator reads with). */
+const dimensionBefore = z.string().nullable();
+const snapshotSchemaBefore = z.object({
+  v: z.literal(1),
+  seq: z.number().int().nonnegative(),
+  dedup_horizon_ms: z.number(),
+  counters: z.array(z.string()),
+  cells: z.array(
+    z.tuple([z.number().int(), dimensionBefore, dimensionBefore, dimensionBefore, dimensionBefore]).rest(z.number()),
+  ),
+  seen: z.array(z.tuple([z.number().int(), z.array(z.string())])),
+  stats: z.object({ events: z.number(), duplicates: z.number(), invalid: z.number() }),
+});
+
+test('key ids survive a snapshot, beside the cells (an older reader still gets the right totals)', () => {
+  const rollups = new UsageRollups(24 * HOUR_MS);
+  rollups.apply(message(1, event('r1', { key_id: 'AAAAAAAAAAAA' })));
+  rollups.apply(message(2, event('r2', { key_id: 'BBBBBBBBBBBB', agent_id: null })));
+  rollups.apply(message(3, event('r3')));
+  rollups.apply(message(4, event('r4', { key_id: 'AAAAAAAAAAAA' })));
+  const written = JSON.parse(JSON.stringify(rollups.toSnapshot()));
+  assert.deepEqual(written.cell_keys, ['AAAAAAAAAAAA', 'BBBBBBBBBBBB', null]);
+  assert.deepEqual(
+    written.cells.map((row: unknown[]) => row.slice(0, 5)),
+    [
+      [T0 / HOUR_MS, 'agent:sofia', 'microdao:7', 'gpt-4.1-mini', 'openai'],
+      [T0 / HOUR_MS, null, 'microdao:7', 'gpt-4.1-mini', 'openai'],
+      [T0 / HOUR_MS, 'agent:sofia', 'microdao:7', 'gpt-4.1-mini', 'openai'],
+    ],
+    'the cell rows keep their layout',
+  );
+
+  const restored = UsageRollups.fromSnapshot(rollupSnapshotSchema.parse(written), 24 * HOUR_MS);
+  assert.deepEqual(restored.toSnapshot(), rollups.toSnapshot());
+
+  // An aggregator of the previous version reads the same snapshot: cells that differ only by key merge.
+  const before = snapshotSchemaBefore.parse(written);
+  assert.equal('cell_keys' in before, false);
+  const older = UsageRollups.fromSnapshot(before, 24 * HOUR_MS);
+  const cells = [...older.hours.values()].flatMap((hour) => [...hour.values()]);
+  assert.deepEqual(
+    cells.map((cell) => [cell.dimensions.agent, counter(cell, 'requests')]),
+    [
+      ['agent:sofia', 3],
+      [null, 1],
+    ],
+  );
+});
+
+test('a snapshot written before key ids were counted loads: no key in any cell', () => {
+  // Exactly what the previous version wrote: no cell_keys, four dimensions per cell.
+  const hour = T0 / HOUR_MS;
+  const old = JSON.parse(
+    `{"v":1,"seq":2,"dedup_horizon_ms":3600000,"counters":["requests","ok","error","rejected","cancelled","cached","tokens_estimated","prompt_tokens","completion_tokens","total_tokens","cost_nanousd","latency_us"],"cells":[[${hour},"agent:sofia","microdao:7","gpt-4.1-mini","openai",2,2,0,0,0,0,0,50,20,70,1100000,2469000]],"seen":[[${hour},["r1","r2"]]],"stats":{"events":2,"duplicates":0,"invalid":0}}`,
+  );
+  const rollups = UsageRollups.fromSnapshot(rollupSnapshotSchema.parse(old), HOUR_MS);
+  const cell = onlyCell(rollups);
+  assert.deepEqual(cell.dimensions, {
+    agent: 'agent:sofia',
+    microdao: 'microdao:7',
+    model: 'gpt-4.1-mini',
+    provider: 'openai',
+    key: null,
+  });
+  assert.equal(counter(cell, 'requests'), 2);
+  assert.equal(counter(cell, 'cost_nanousd'), 1_100_000);
+  // Saved again with no key anywhere, it is the same document.
+  assert.deepEqual(JSON.parse(JSON.stringify(rollups.toSnapshot())), old);
+  // Events with a key after the restore get cells of their own.
+  rollups.apply(message(3, event('r3', { key_id: 'AAAAAAAAAAAA' }), T0 + HOUR_MS));
+  assert.equal(rollups.apply(message(4, event('r1', { key_id: 'AAAAAAAAAAAA' }), T0 + HOUR_MS)).outcome, 'duplicate');
+  assert.deepEqual(rollups.toSnapshot().cell_keys, [null, 'AAAAAAAAAAAA']);
+});
+
+test('a snapshot whose cell_keys do not match its cells is refused', () => {
+  const snapshot = new UsageRollups(HOUR_MS);
+  snapshot.apply(message(1, event('r1', { key_id: 'AAAAAAAAAAAA' })));
+  const written = JSON.parse(JSON.stringify(snapshot.toSnapshot()));
+  written.cell_keys.push(null);
+  const result = rollupSnapshotSchema.safeParse(written);
+  assert.equal(result.success, false);
+  assert.deepEqual(result.error?.issues[0]?.path, ['cell_keys']);
 });

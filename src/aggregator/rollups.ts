@@ -4,8 +4,8 @@ import { HOUR_MS, hourOf } from './time-buckets.js';
 
 /**
  * The aggregator's state: counters per (hour, agent, microDAO, model,
- * provider), the request ids seen recently, and the stream sequence the state
- * covers. Applying the events of a stream in order always gives the same
+ * provider, key id), the request ids seen recently, and the stream sequence
+ * the state covers. Applying the events of a stream in order always gives the same
  * state (nothing here reads the wall clock), so a snapshot taken by one
  * aggregator is valid for any other.
  */
@@ -34,6 +34,8 @@ export interface Dimensions {
   microdao: string | null;
   model: string | null;
   provider: string | null;
+  /** The usage event's `key_id`: the per-agent key the requests came with (null: none, or an older event). */
+  key: string | null;
 }
 
 export interface Cell {
@@ -154,6 +156,7 @@ export class UsageRollups {
       microdao: event.microdao_id,
       model: event.model,
       provider: event.provider,
+      key: event.key_id ?? null,
     };
     const cell = this.cellFor(hour, dimensions);
     const counts = cell.counts;
@@ -177,7 +180,13 @@ export class UsageRollups {
       cells = new Map();
       this.hours.set(hour, cells);
     }
-    const key = JSON.stringify([dimensions.agent, dimensions.microdao, dimensions.model, dimensions.provider]);
+    const key = JSON.stringify([
+      dimensions.agent,
+      dimensions.microdao,
+      dimensions.model,
+      dimensions.provider,
+      dimensions.key,
+    ]);
     let cell = cells.get(key);
     if (cell === undefined) {
       cell = { dimensions, counts: COUNTERS.map(() => 0) };
@@ -193,12 +202,21 @@ export class UsageRollups {
     return total;
   }
 
+  /**
+   * The key ids are not in the cell rows but in `cell_keys`, beside them (left out when no cell has
+   * one): a version that predates keys still reads the snapshot, and merges the cells that differ only
+   * by key, so its totals stay right.
+   */
   toSnapshot(): RollupSnapshot {
     const cells: RollupSnapshot['cells'] = [];
+    const cellKeys: Array<string | null> = [];
+    let keyed = false;
     for (const [hour, hourCells] of this.hours) {
       for (const cell of hourCells.values()) {
-        const { agent, microdao, model, provider } = cell.dimensions;
+        const { agent, microdao, model, provider, key } = cell.dimensions;
         cells.push([hour, agent, microdao, model, provider, ...cell.counts]);
+        cellKeys.push(key);
+        if (key !== null) keyed = true;
       }
     }
     return {
@@ -207,19 +225,24 @@ export class UsageRollups {
       dedup_horizon_ms: this.dedupHorizonMs,
       counters: [...COUNTERS],
       cells,
+      ...(keyed ? { cell_keys: cellKeys } : {}),
       seen: [...this.seen].map(([hour, ids]) => [hour, [...ids]]),
       stats: { ...this.stats },
     };
   }
 
-  /** Rebuild from a snapshot; counters are matched by name, so a snapshot with fewer counters still loads. */
+  /**
+   * Rebuild from a snapshot; counters are matched by name, so a snapshot with fewer counters still
+   * loads, and one without `cell_keys` (written before keys were counted) has no key in any cell.
+   */
   static fromSnapshot(snapshot: RollupSnapshot, dedupHorizonMs: number): UsageRollups {
     const rollups = new UsageRollups(dedupHorizonMs);
     rollups.appliedSeq = snapshot.seq;
     const positions = snapshot.counters.map((name) => (name in INDEX ? INDEX[name as CounterName] : -1));
-    for (const row of snapshot.cells) {
+    for (const [cellIndex, row] of snapshot.cells.entries()) {
       const [hour, agent, microdao, model, provider, ...values] = row;
-      const cell = rollups.cellFor(hour, { agent, microdao, model, provider });
+      const key = snapshot.cell_keys?.[cellIndex] ?? null;
+      const cell = rollups.cellFor(hour, { agent, microdao, model, provider, key });
       values.forEach((value, index) => {
         const position = positions[index];
         if (position !== undefined && position >= 0) cell.counts[position] = (cell.counts[position] ?? 0) + value;
@@ -237,14 +260,22 @@ export class UsageRollups {
 const dimension = z.string().nullable();
 
 /** The JSON a snapshot holds (before compression and chunking). */
-export const rollupSnapshotSchema = z.object({
-  v: z.literal(1),
-  seq: z.number().int().nonnegative(),
-  dedup_horizon_ms: z.number(),
-  counters: z.array(z.string()),
-  cells: z.array(z.tuple([z.number().int(), dimension, dimension, dimension, dimension]).rest(z.number())),
-  seen: z.array(z.tuple([z.number().int(), z.array(z.string())])),
-  stats: z.object({ events: z.number(), duplicates: z.number(), invalid: z.number() }),
-});
+export const rollupSnapshotSchema = z
+  .object({
+    v: z.literal(1),
+    seq: z.number().int().nonnegative(),
+    dedup_horizon_ms: z.number(),
+    counters: z.array(z.string()),
+    /** [hour, agent, microdao, model, provider, …counts in `counters` order]. */
+    cells: z.array(z.tuple([z.number().int(), dimension, dimension, dimension, dimension]).rest(z.number())),
+    /** The key id of each cell, by index in `cells`; absent when no cell has one (and before keys were counted). */
+    cell_keys: z.array(dimension).optional(),
+    seen: z.array(z.tuple([z.number().int(), z.array(z.string())])),
+    stats: z.object({ events: z.number(), duplicates: z.number(), invalid: z.number() }),
+  })
+  .refine((snapshot) => snapshot.cell_keys === undefined || snapshot.cell_keys.length === snapshot.cells.length, {
+    message: 'cell_keys must have one entry per cell',
+    path: ['cell_keys'],
+  });
 
 export type RollupSnapshot = z.infer<typeof rollupSnapshotSchema>;

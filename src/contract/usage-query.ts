@@ -1,7 +1,10 @@
 import { z } from 'zod';
 
-/** `llm.proxy.usage` request and reply (DESIGN.md, "Usage query"). */
-export const USAGE_GROUP_KEYS = ['agent', 'microdao', 'model', 'provider', 'day', 'hour'] as const;
+/**
+ * `llm.proxy.usage` request and reply (DESIGN.md, "Usage query"). Group key `key` is the id of the
+ * per-agent key a request came with (the usage event's `key_id`).
+ */
+export const USAGE_GROUP_KEYS = ['agent', 'microdao', 'model', 'provider', 'key', 'day', 'hour'] as const;
 export type UsageGroupKey = (typeof USAGE_GROUP_KEYS)[number];
 
 export const usageQuerySchema = z
@@ -10,6 +13,8 @@ export const usageQuerySchema = z
     microdao_id: z.string().min(1).optional(),
     model: z.string().min(1).optional(),
     provider: z.string().min(1).optional(),
+    /** The id of a per-agent key (12 base62 characters; never the key itself). */
+    key_id: z.string().min(1).optional(),
     /** ISO-8601 timestamp or a relative span such as `7d`, `24h`, `30m`. */
     since: z.string().min(1).optional(),
     until: z.string().min(1).optional(),

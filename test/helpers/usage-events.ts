@@ -122,6 +122,8 @@ export function handCompute(events: UsageEvent[], query: HandQuery) {
         return event.microdao_id ?? '(none)';
       case 'model':
         return event.model ?? '(none)';
+      case 'key':
+        return event.key_id ?? '(none)';
       case 'provider':
         return event.provider ?? '(none)';
       case 'day':

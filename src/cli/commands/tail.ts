@@ -9,7 +9,8 @@ const help = `Usage: llm-proxy tail [--agent ID] [--json] [--nats URL] [--config
 
 Prints every usage event as it is published (a live NATS subscription on
 llm.usage.>, or llm.usage.<agent> with --agent), one line each:
-  time  status  model  provider/model_resolved  agent  tokens  cost  latency  request id
+  time  status  model  provider/model_resolved  agent  [key:ID]  tokens  cost  latency  request id
+(key:ID: the id of the per-agent key the request came with, when it came with one)
 Stops on Ctrl-C. Past events are in the LLM_USAGE stream (see the aggregator).
 
 Options:
@@ -36,6 +37,7 @@ export function formatEvent(event: UsageEvent): string {
     (event.model ?? '-').padEnd(16),
     `${event.provider ?? '-'}/${event.model_resolved ?? '-'}`,
     agent,
+    event.key_id === undefined ? '' : `key:${event.key_id}`,
     tokens,
     `$${event.cost_usd.toFixed(6)}`,
     `${Math.round(event.latency_ms)} ms`,

@@ -12,6 +12,7 @@ import { DEFAULT_SUBJECT_PREFIX, HEADERS, subjectsFor } from '../../contract/sub
 import { USAGE_GROUP_KEYS, type UsageGroupKey, type UsageQuery } from '../../contract/usage-query.js';
 import type { ErrorReply } from '../../contract/errors.js';
 import type { AggregatedReply } from '../../aggregator/query.js';
+import { KEY_ID_LENGTH, KEY_ID_PATTERN, KEY_PREFIX } from '../../auth/key-format.js';
 import { secretHeaders } from '../secret-headers.js';
 import { formatCsv, formatTable } from '../../aggregator/usage-report.js';
 
@@ -25,10 +26,12 @@ Filters:
   --microdao ID       metadata.microdao_id, e.g. microdao:7
   --model M           logical model
   --provider P        provider name from config.yaml
+  --key ID            the id of a per-agent key (12 letters and digits; never the key itself)
   --since T           ISO 8601 timestamp or a span back from now: 30m, 24h, 7d
   --until T           the same; the range is whole UTC hours (since rounded down, until up)
 Output:
-  --group-by KEYS     comma-separated: agent, microdao, model, provider, day, hour
+  --group-by KEYS     comma-separated: agent, microdao, model, provider, key, day, hour
+                      (key: the per-agent key id; "(none)" for requests without one)
   --json              the reply as JSON
   --csv               CSV, one row per group (the totals without --group-by); cost in USD to 9 decimals
 Connection:
@@ -44,6 +47,7 @@ Examples:
   llm-proxy usage --agent agent:sofia
   llm-proxy usage --microdao microdao:7 --since 7d --group-by model
   llm-proxy usage --since 2026-11-01 --until 2026-12-01 --group-by microdao,model --csv > november.csv
+  llm-proxy usage --agent agent:sofia --since 30d --group-by key
 `;
 
 interface UsageArguments {
@@ -63,6 +67,7 @@ export function parseUsageArguments(argv: string[], env: NodeJS.ProcessEnv = pro
       microdao: { type: 'string' },
       model: { type: 'string' },
       provider: { type: 'string' },
+      key: { type: 'string' },
       since: { type: 'string' },
       until: { type: 'string' },
       'group-by': { type: 'string' },
@@ -78,6 +83,7 @@ export function parseUsageArguments(argv: string[], env: NodeJS.ProcessEnv = pro
   if (values.microdao !== undefined) query.microdao_id = values.microdao;
   if (values.model !== undefined) query.model = values.model;
   if (values.provider !== undefined) query.provider = values.provider;
+  if (values.key !== undefined) query.key_id = parseKeyIdFlag(values.key);
   if (values.since !== undefined) query.since = values.since;
   if (values.until !== undefined) query.until = values.until;
   if (values['group-by'] !== undefined) {
@@ -99,12 +105,26 @@ export function parseUsageArguments(argv: string[], env: NodeJS.ProcessEnv = pro
   return { query, output: values.json ? 'json' : values.csv ? 'csv' : 'table', configPath, timeoutMs };
 }
 
+/**
+ * `--key`: a key id. The value is never echoed: a whole key pasted by mistake (`llmp_<id>_<secret>`)
+ * must neither be printed nor sent on the bus.
+ */
+function parseKeyIdFlag(value: string): string {
+  if (value.startsWith(KEY_PREFIX))
+    throw new UsageError(
+      `--key takes the key id (the ${KEY_ID_LENGTH} characters after "${KEY_PREFIX}"), not the key itself`,
+    );
+  if (!KEY_ID_PATTERN.test(value)) throw new UsageError(`--key: a key id is ${KEY_ID_LENGTH} letters and digits`);
+  return value;
+}
+
 function describeFilters(query: UsageQuery): string {
   const parts: string[] = [];
   if (query.agent_id !== undefined) parts.push(`agent ${query.agent_id}`);
   if (query.microdao_id !== undefined) parts.push(`microdao ${query.microdao_id}`);
   if (query.model !== undefined) parts.push(`model ${query.model}`);
   if (query.provider !== undefined) parts.push(`provider ${query.provider}`);
+  if (query.key_id !== undefined) parts.push(`key ${query.key_id}`);
   return parts.join(', ');
 }
 
