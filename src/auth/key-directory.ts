@@ -23,6 +23,11 @@ const MAX_MISSES = 10_000;
 
 export type KeyLookup = { record: KeyRecord } | { rejection: KeyRejection } | { unavailable: true };
 
+interface Held {
+  record: KeyRecord;
+  revision: number;
+}
+
 interface Stoppable {
   stop(): void;
 }
@@ -32,7 +37,8 @@ export class KeyDirectory {
   readonly #bucket: string;
   readonly #logger: Logger;
   readonly #timeoutMs: number;
-  #records = new Map<string, KeyRecord>();
+  /** Every record by id, with the stream revision it came from (a newer one always wins). */
+  #records = new Map<string, Held>();
   #ready = false;
   #closed = false;
   #watch: Stoppable | undefined;
@@ -87,7 +93,7 @@ export class KeyDirectory {
     const id = parseKey(key);
     if (id === undefined) return { rejection: 'malformed' };
     if (!this.#ready) return { unavailable: true };
-    const record = this.#records.get(id);
+    const record = this.#records.get(id)?.record;
     if (record === undefined) return { rejection: 'unknown' };
     const standing = keyStanding(record, now);
     if (standing !== 'active') return { rejection: standing };
@@ -100,16 +106,16 @@ export class KeyDirectory {
   }
 
   /**
-   * `lookup` again after reading the key's id from the store when the watch has not delivered it: a key
-   * created a moment ago works at once, on every worker, without waiting for the watch. An id read
-   * and not found is not read again for a second, and reads of one id are shared, so that made-up
-   * ids cost the store one read per id and second at most.
+   * `lookup` again after reading the key's record from the store, when the key is not known: a key
+   * created or rotated a moment ago works at once, on every worker, without waiting for the watch. A
+   * read that changed nothing (a made-up id, a wrong secret) is not repeated for that id for a second,
+   * and reads of one id are shared: made-up keys cost the store one read per id and second at most.
    */
   async lookupFresh(key: string, now = Date.now()): Promise<KeyLookup> {
     const found = this.lookup(key, now);
     if (!('rejection' in found) || found.rejection !== 'unknown') return found;
     const id = parseKey(key) as string;
-    if (this.#records.has(id) || this.#kv === undefined) return found;
+    if (this.#kv === undefined) return found;
     const missedUntil = this.#misses.get(id);
     if (missedUntil !== undefined && missedUntil > now) return found;
     let reading = this.#reading.get(id);
@@ -125,10 +131,13 @@ export class KeyDirectory {
     try {
       const entry = await kv.get(id);
       const record = entry === null || entry.operation !== 'PUT' ? undefined : decodeKeyRecord(entry.value);
-      // The watch may have delivered it (or a newer version) meanwhile: that one stays.
-      if (record !== undefined && record.id === id) {
-        if (!this.#records.has(id)) this.#records.set(id, record);
-        return;
+      // The watch may have delivered this version (or a newer one) meanwhile: the newest stays.
+      if (entry !== null && record !== undefined && record.id === id) {
+        const held = this.#records.get(id);
+        if (held === undefined || held.revision < entry.revision) {
+          this.#records.set(id, { record, revision: entry.revision });
+          return;
+        }
       }
     } catch {
       // Unreadable now: the watch's own failure handling says so; this id is simply not known.
@@ -196,7 +205,7 @@ export class KeyDirectory {
       watch.stop();
       return;
     }
-    const records = new Map<string, KeyRecord>();
+    const records = new Map<string, Held>();
     this.#records = records;
     const caughtUp = () => {
       this.#setReady(true);
@@ -213,7 +222,7 @@ export class KeyDirectory {
     }
   }
 
-  #apply(records: Map<string, KeyRecord>, entry: KvWatchEntry): void {
+  #apply(records: Map<string, Held>, entry: KvWatchEntry): void {
     if (entry.operation !== 'PUT') {
       records.delete(entry.key);
       return;
@@ -228,7 +237,9 @@ export class KeyDirectory {
       );
       return;
     }
-    records.set(record.id, record);
+    const held = records.get(record.id);
+    if (held === undefined || held.revision < entry.revision)
+      records.set(record.id, { record, revision: entry.revision });
     this.#misses.delete(record.id);
   }
 }

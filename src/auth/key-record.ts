@@ -1,11 +1,15 @@
 import { z } from 'zod';
 import { limitSetSchema } from '../config/limits-schema.js';
+import { isSafeText } from '../contract/client-ids.js';
 import { KEY_ID_PATTERN } from './key-format.js';
 
 /** The JetStream KV bucket keys live in, unless `auth.keys_bucket` says otherwise. */
 export const DEFAULT_KEYS_BUCKET = 'LLM_KEYS';
 
 const isoTime = z.iso.datetime();
+/** An id or a note goes into logs, tables and events: printable text only. */
+const text = (max: number) =>
+  z.string().min(1).max(max).refine(isSafeText, 'must not contain a control character or a lone surrogate');
 
 /**
  * One key as stored (JSON under its id in the KV bucket). Never the key itself: its SHA-256
@@ -17,8 +21,8 @@ export const keyRecordSchema = z
     v: z.literal(1),
     id: z.string().regex(KEY_ID_PATTERN),
     hash: z.string().regex(/^[0-9a-f]{64}$/),
-    agent_id: z.string().min(1).max(256),
-    microdao_id: z.string().min(1).max(256).nullable(),
+    agent_id: text(256),
+    microdao_id: text(256).nullable(),
     /** Logical models the key may ask for; null: every model. */
     models: z.array(z.string().min(1)).nullable(),
     /** The key's own limits, applied on top of its agent's and microDAO's. */
@@ -26,7 +30,7 @@ export const keyRecordSchema = z
     created_at: isoTime,
     expires_at: isoTime.nullable(),
     revoked_at: isoTime.nullable(),
-    note: z.string().max(1_000).nullable(),
+    note: text(1_000).nullable(),
     /** Keys replaced by a rotation, each valid until its `valid_until`. */
     previous: z.array(z.object({ hash: z.string().regex(/^[0-9a-f]{64}$/), valid_until: isoTime }).strict()),
   })

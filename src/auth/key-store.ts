@@ -7,6 +7,7 @@
 import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstream } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
+import { isKvConflict } from '../bus/kv-conflict.js';
 import type { LimitSetConfig } from '../config/limits-schema.js';
 import { hashKey, KEY_ID_PATTERN, newKey, newKeyId } from './key-format.js';
 import { keyRecordSchema, keyStanding, type KeyRecord } from './key-record.js';
@@ -183,8 +184,8 @@ export class KeyStore {
         await this.#kv.update(id, JSON.stringify(next), entry.revision);
         return next;
       } catch (error) {
-        // Someone else changed it since the read: read again.
-        if (attempt === CAS_ATTEMPTS - 1) throw error;
+        // Someone else changed it since the read: read again. Anything else (a timeout, no permission) is said at once.
+        if (!isKvConflict(error) || attempt === CAS_ATTEMPTS - 1) throw error;
       }
     }
     throw new KeyStoreError(`key ${id} kept changing under this update`);

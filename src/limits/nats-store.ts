@@ -1,5 +1,6 @@
 import type { NatsConnection } from '@nats-io/nats-core';
-import { JetStreamApiCodes, JetStreamApiError, jetstream } from '@nats-io/jetstream';
+import { jetstream } from '@nats-io/jetstream';
+import { isKvConflict } from '../bus/kv-conflict.js';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import {
   adjustScope,
@@ -47,13 +48,7 @@ export interface NatsStoreOptions {
   onRollbackFailure?: (error: unknown) => void;
 }
 
-function isConflict(error: unknown): boolean {
-  return (
-    error instanceof JetStreamApiError &&
-    (error.code === JetStreamApiCodes.StreamWrongLastSequence ||
-      error.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
-  );
-}
+const isConflict = isKvConflict;
 
 function decode(entry: KvEntry | null): ScopeState {
   if (entry === null || entry.operation !== 'PUT' || entry.length === 0) return {};
