@@ -16,7 +16,7 @@ export interface ConnectionSettings {
   servers?: string | string[];
   /** Shown by `nats server report connections`; defaults to `llm-proxy-<role>@<host>`. */
   name?: string;
-  /** The `nats` section of config.yaml (credential variable names, creds file, TLS). */
+  /** The `nats` section of config.yaml (credential variable names, creds file, TLS, inbox prefix). */
   nats?: Partial<NatsConfig>;
   env?: NodeJS.ProcessEnv;
 }
@@ -29,7 +29,9 @@ function splitServers(servers: string | string[]): string[] {
 /**
  * Connection options from config + environment. Credentials come from the
  * variables the config names (`nats.user_env`…), else from the usual
- * `NATS_USER`/`NATS_PASSWORD`/`NATS_TOKEN`/`NATS_NKEY_SEED`/`NATS_CREDS`.
+ * `NATS_USER`/`NATS_PASSWORD`/`NATS_TOKEN`/`NATS_NKEY_SEED`/`NATS_CREDS`;
+ * TLS files from `nats.tls`, else `NATS_CA`/`NATS_CERT`/`NATS_KEY`; the
+ * inbox prefix from `nats.inbox_prefix`, else `NATS_INBOX_PREFIX`.
  * A worker reconnects forever: a NATS restart must never end it.
  */
 export function connectionOptions(settings: ConnectionSettings = {}): NodeConnectionOptions {
@@ -74,22 +76,41 @@ export function connectionOptions(settings: ConnectionSettings = {}): NodeConnec
   if (authenticators.length > 0)
     options.authenticator = authenticators.length === 1 ? authenticators[0] : authenticators;
 
-  if (nats.tls !== undefined) {
-    options.tls = {
-      ...(nats.tls.ca_file !== undefined ? { caFile: nats.tls.ca_file } : {}),
-      ...(nats.tls.cert_file !== undefined ? { certFile: nats.tls.cert_file } : {}),
-      ...(nats.tls.key_file !== undefined ? { keyFile: nats.tls.key_file } : {}),
-    };
-  }
+  const tls = tlsOptions(nats.tls, env);
+  if (tls !== undefined) options.tls = tls;
+
+  const inboxPrefix = nats.inbox_prefix ?? (env.NATS_INBOX_PREFIX || undefined);
+  if (inboxPrefix !== undefined) options.inboxPrefix = inboxPrefix;
   return options;
 }
 
-export function connectToNats(settings: ConnectionSettings = {}): Promise<NatsConnection> {
+/**
+ * TLS from `nats.tls` (a file set there wins) else `NATS_CA`/`NATS_CERT`/`NATS_KEY`. A CA alone checks
+ * the server's certificate; a certificate and its key also prove the client's (mutual TLS). An empty
+ * `nats.tls` asks for TLS with the system's CAs. No file and no `nats.tls`: TLS only if the server requires it.
+ */
+function tlsOptions(configured: NatsConfig['tls'], env: NodeJS.ProcessEnv): NodeConnectionOptions['tls'] {
+  const caFile = configured?.ca_file ?? (env.NATS_CA || undefined);
+  const certFile = configured?.cert_file ?? (env.NATS_CERT || undefined);
+  const keyFile = configured?.key_file ?? (env.NATS_KEY || undefined);
+  if ((certFile === undefined) !== (keyFile === undefined))
+    throw new Error(
+      'NATS TLS: a client certificate needs its key and a key its certificate (nats.tls.cert_file/key_file, NATS_CERT/NATS_KEY)',
+    );
+  if (configured === undefined && caFile === undefined && certFile === undefined) return undefined;
+  return {
+    ...(caFile !== undefined ? { caFile } : {}),
+    ...(certFile !== undefined ? { certFile } : {}),
+    ...(keyFile !== undefined ? { keyFile } : {}),
+  };
+}
+
+export async function connectToNats(settings: ConnectionSettings = {}): Promise<NatsConnection> {
   return connect(connectionOptions(settings));
 }
 
 /** A short connect for CLI tools: fail fast instead of waiting forever for a server. */
-export function connectOnce(settings: ConnectionSettings = {}): Promise<NatsConnection> {
+export async function connectOnce(settings: ConnectionSettings = {}): Promise<NatsConnection> {
   return connect({
     ...connectionOptions(settings),
     waitOnFirstConnect: false,

@@ -1,2 +1,3 @@
 export * from './connect.js';
 export * from './dev-server.js';
+export * from './inbox.js';

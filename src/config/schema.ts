@@ -222,9 +222,25 @@ export const natsSchema = z
     token_env: envName.optional(),
     nkey_seed_env: envName.optional(),
     creds_file: z.string().min(1).optional(),
+    /**
+     * TLS to NATS: `ca_file` alone checks the server; with `cert_file` and `key_file` the client
+     * presents a certificate too (mutual TLS). Each unset file falls back to `NATS_CA`, `NATS_CERT`, `NATS_KEY`.
+     */
     tls: z
-      .object({ ca_file: z.string().optional(), cert_file: z.string().optional(), key_file: z.string().optional() })
+      .object({
+        ca_file: z.string().min(1).optional(),
+        cert_file: z.string().min(1).optional(),
+        key_file: z.string().min(1).optional(),
+      })
       .strict()
+      .optional(),
+    /**
+     * Prefix of this process's reply inboxes (unset: `NATS_INBOX_PREFIX`, else nats.js's `_INBOX`), for a
+     * NATS user allowed to subscribe only under its own prefix (deploy/nats/nats-server.conf: `_INBOX.worker`…).
+     */
+    inbox_prefix: z
+      .string()
+      .regex(/^[^\s.*>]+(\.[^\s.*>]+)*$/, 'must be a subject without wildcards or spaces (e.g. _INBOX.worker)')
       .optional(),
   })
   .strict();

@@ -6,6 +6,7 @@ import {
   type NatsConnection,
   type Subscription,
 } from '@nats-io/nats-core';
+import { inboxPrefixOf } from '../bus/inbox.js';
 import { HEADERS } from '../contract/subjects.js';
 
 export interface PublishAck {
@@ -63,7 +64,8 @@ export class AckInbox {
   constructor(connection: NatsConnection, timeoutMs: number) {
     this.#connection = connection;
     this.#timeoutMs = timeoutMs;
-    this.#prefix = createInbox();
+    // Under the connection's inbox prefix: a worker's NATS user may subscribe only there.
+    this.#prefix = createInbox(inboxPrefixOf(connection));
     this.#subscription = connection.subscribe(`${this.#prefix}.*`, {
       callback: (error, message) => {
         if (error !== null) return;

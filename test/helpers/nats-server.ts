@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { basename, join } from 'node:path';
+import { basename, join, relative, resolve } from 'node:path';
 import { connect as netConnect } from 'node:net';
 import { freePort } from './ports.js';
 
@@ -25,6 +25,13 @@ export interface NatsServerOptions {
   port?: number;
   /** Extra lines for the server's config file. */
   extraConfig?: string;
+  /**
+   * A config file included first (e.g. deploy/nats/nats-server.conf): the helper's own lines come after
+   * it and win (listen, server_name, store_dir), then extraConfig.
+   */
+  include?: string;
+  /** Added to the server's environment (variables the config refers to, such as `$NATS_WORKER_PASSWORD`). */
+  env?: Record<string, string>;
 }
 
 /**
@@ -68,6 +75,8 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
   const name = `llm-proxy-test-${basename(storeDir)}`;
   const writeServerConfig = () => {
     const lines = [`listen: "127.0.0.1:${port}"`, `server_name: "${name}"`];
+    // nats-server resolves an include against the including file's directory, even an absolute path.
+    if (options.include !== undefined) lines.unshift(`include "${relative(storeDir, resolve(options.include))}"`);
     if (options.jetstream ?? true) lines.push(`jetstream { store_dir: "${join(storeDir, 'js')}" }`);
     if (options.maxPayload !== undefined) lines.push(`max_payload: ${options.maxPayload}`);
     if (options.extraConfig !== undefined) lines.push(options.extraConfig);
@@ -76,7 +85,10 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
 
   let child: ChildProcess;
   const launch = async () => {
-    child = spawn('nats-server', ['-c', configPath], { stdio: ['ignore', 'ignore', 'pipe'] });
+    child = spawn('nats-server', ['-c', configPath], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      ...(options.env !== undefined ? { env: { ...process.env, ...options.env } } : {}),
+    });
     let stderr = '';
     child.stderr?.on('data', (chunk: Buffer) => {
       if (stderr.length < 20_000) stderr += chunk.toString();

@@ -14,10 +14,9 @@ import {
   type LlmProxyClient,
 } from '../../client/index.js';
 import { secretFromEnv } from '../../auth/index.js';
-import { secretHeaders } from '../secret-headers.js';
+import { keyFromEnv, secretHeaders } from '../secret-headers.js';
 import type { ModelsReply } from '../../contract/index.js';
-
-const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
+import { connectionOptions, DEFAULT_NATS_URL, natsUrlFromEnv } from '../../bus/connect.js';
 
 const help = `Usage: llm-proxy chat [options] "message"
        echo "message" | llm-proxy chat [options]
@@ -36,7 +35,8 @@ Options:
   --timeout-ms N     give up after N ms (default 120000; sent to the worker as timeout_ms)
 
 Environment: NATS_URL (default ${DEFAULT_NATS_URL}), LLM_PROXY_SECRET (sent as X-Internal-Secret),
-LLM_PROXY_MODEL.
+LLM_PROXY_KEY (a per-agent key, sent as Authorization: Bearer), LLM_PROXY_MODEL; NATS credentials, TLS and inbox prefix: NATS_USER/NATS_PASSWORD, NATS_TOKEN,
+NATS_NKEY_SEED, NATS_CREDS, NATS_CA/NATS_CERT/NATS_KEY, NATS_INBOX_PREFIX.
 Errors print "error <code> (<status>): <message>" and exit with code 1 (130 on Ctrl-C).
 
 Example:
@@ -188,15 +188,21 @@ function printReply(reply: ChatReply, json: boolean): void {
 async function run(argv: string[]): Promise<number> {
   const options = parseChatArguments(argv);
   const message = await readMessage(options.message);
-  const servers = process.env.NATS_URL || DEFAULT_NATS_URL;
+  const servers = natsUrlFromEnv();
   const secret = secretFromEnv(process.env);
+  const apiKey = keyFromEnv(process.env);
 
   let client: LlmProxyClient;
   try {
+    // Credentials, TLS and inbox prefix from the usual NATS_* variables (bus/connect.ts); no waiting
+    // for a server that is not there, and nats.js's default reconnect budget, as before.
+    const { servers: serverList, name: _name, ...connectOptions } = connectionOptions({ servers });
     client = await createClient({
-      servers,
+      servers: serverList ?? servers,
       name: 'llm-proxy-chat',
+      connectOptions: { ...connectOptions, waitOnFirstConnect: false, maxReconnectAttempts: 10 },
       ...(secret !== undefined ? { secret } : {}),
+      ...(apiKey !== undefined ? { apiKey } : {}),
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
     });
   } catch (error) {
