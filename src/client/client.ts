@@ -171,19 +171,15 @@ class NatsLlmProxyClient implements LlmProxyClient {
     // nats.js requests take no AbortSignal: race the reply against the abort, and
     // tell the worker so it stops the upstream call. The late reply is dropped.
     let onAbort: (() => void) | undefined;
+    // With a per-agent key, only a cancel carrying the request's own key stops it.
     const authorization = envelope.headers?.get('Authorization');
+    const tellWorker = () => publishCancel(connection, subjects, this.#settings.secret, requestId, authorization);
     const aborted =
       signal === undefined
         ? undefined
         : new Promise<never>((_, reject) => {
             onAbort = () => {
-              publishCancel(
-                this.#settings.connection,
-                this.#settings.subjects,
-                this.#settings.secret,
-                requestId,
-                authorization,
-              );
+              tellWorker();
               reject(new LlmProxyError('cancelled', 'cancelled by the client', { requestId, cause: signal.reason }));
             };
             signal.addEventListener('abort', onAbort, { once: true });
@@ -197,14 +193,7 @@ class NatsLlmProxyClient implements LlmProxyClient {
       message = await (aborted === undefined ? reply : Promise.race([reply, aborted]));
     } catch (error) {
       const failure = errorFromNats(error, { subject: subjects.request, timeoutMs, requestId });
-      if (failure.code === 'upstream_timeout')
-        publishCancel(
-          this.#settings.connection,
-          this.#settings.subjects,
-          this.#settings.secret,
-          requestId,
-          authorization,
-        );
+      if (failure.code === 'upstream_timeout') tellWorker();
       throw failure;
     } finally {
       if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort);
