@@ -356,6 +356,49 @@ describe('mixed mode and the key store', () => {
   });
 });
 
+describe('a NATS restart', () => {
+  test('the worker reads the key store again after reconnecting: keys work, and a revocation made then is seen', async () => {
+    const server = await startNatsServer();
+    const worker = await startInProcessWorker({
+      natsUrl: server.url,
+      config: { ...config(), limits: { enabled: false } },
+    });
+    const adminConnection = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+    const agent = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+    try {
+      const keys = await KeyStore.open(adminConnection, 'LLM_KEYS');
+      const { key, record } = await keys.create({ agentId: 'agent:steady' });
+      madeKeys.push(key);
+      const client = createClient({ connection: agent, apiKey: key, timeoutMs: 10_000 });
+      await served(client, hello());
+      await server.stop();
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      await server.restart();
+      // Requests fail while the server is away; once everyone reconnected, the key works again.
+      const deadline = Date.now() + 20_000;
+      for (;;) {
+        try {
+          await served(client, hello());
+          break;
+        } catch (error) {
+          if (Date.now() > deadline) throw error;
+          await new Promise((resolve) => setTimeout(resolve, 200));
+        }
+      }
+      assert.match(worker.logs.text(), /disconnected: keys are not checked until the key store is read again/);
+      await keys.revoke(record.id);
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      const error = await refusal(client.chat(hello()));
+      assert.equal(error.message, 'the key in Authorization is revoked');
+    } finally {
+      await worker.stop({ drainTimeoutMs: 1_000 });
+      await agent.close();
+      await adminConnection.close();
+      await server.dispose();
+    }
+  });
+});
+
 describe('over HTTP, with the official openai package', () => {
   let door: FrontDoor;
   before(async () => {
