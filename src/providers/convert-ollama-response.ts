@@ -15,12 +15,17 @@ export function convertOllamaToolCall(call: OllamaResponseToolCall, index: numbe
 }
 
 /**
- * Usage only when Ollama gave both counts: it leaves out `prompt_eval_count` when the prompt came
- * from its cache, and a usage with 0 prompt tokens would under-count; the caller estimates instead.
+ * Ollama's counts, kept as given. It leaves out `prompt_eval_count` when the prompt came from its
+ * cache: then its `eval_count` is still the real completion count, and only the prompt is marked
+ * missing (the worker estimates that side alone). Neither count: no usage.
  */
 export function convertOllamaUsage(chat: OllamaChat): ProviderUsage | undefined {
-  if (typeof chat.prompt_eval_count !== 'number' || typeof chat.eval_count !== 'number') return undefined;
-  return { promptTokens: chat.prompt_eval_count, completionTokens: chat.eval_count };
+  const prompt = typeof chat.prompt_eval_count === 'number' ? chat.prompt_eval_count : undefined;
+  const completion = typeof chat.eval_count === 'number' ? chat.eval_count : undefined;
+  if (prompt === undefined && completion === undefined) return undefined;
+  if (prompt === undefined) return { promptTokens: 0, completionTokens: completion!, missing: 'prompt' };
+  if (completion === undefined) return { promptTokens: prompt, completionTokens: 0, missing: 'completion' };
+  return { promptTokens: prompt, completionTokens: completion };
 }
 
 export function convertOllamaChat(chat: OllamaChat, requestedModel: string): ProviderResponse {

@@ -2,7 +2,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ProxyError } from '../contract/errors.js';
 import { parseChatRequest } from '../contract/request.js';
-import { convertOllamaChat, convertOllamaChunk, createOllamaStreamState } from './convert-ollama-response.js';
+import {
+  convertOllamaChat,
+  convertOllamaChunk,
+  convertOllamaUsage,
+  createOllamaStreamState,
+} from './convert-ollama-response.js';
 import { convertToOllamaMessages, convertToOllamaRequest, imageFromDataUrl } from './convert-to-ollama-request.js';
 import { ollamaChatSchema } from './ollama-response-schema.js';
 import type { ProviderStreamEvent } from './types.js';
@@ -180,7 +185,7 @@ test('response: content, thinking, counts', () => {
   });
 });
 
-test('response: tool calls come back in OpenAI shape with generated ids; no prompt count means no usage', () => {
+test('response: tool calls come back in OpenAI shape with generated ids; a missing prompt count is marked, the completion count kept', () => {
   const chat = ollamaChatSchema.parse({
     model: 'llama3.2',
     message: {
@@ -202,7 +207,18 @@ test('response: tool calls come back in OpenAI shape with generated ids; no prom
     { id: 'call_0', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } },
     { id: 'call_1', type: 'function', function: { name: 'get_time', arguments: '{}' } },
   ]);
-  assert.equal(response.usage, undefined);
+  assert.deepEqual(response.usage, { promptTokens: 0, completionTokens: 20, missing: 'prompt' });
+});
+
+test('usage: both counts, one of them (the other marked missing), or none', () => {
+  const usage = (counts: Record<string, number>) =>
+    convertOllamaUsage(
+      ollamaChatSchema.parse({ model: 'm', message: { role: 'assistant', content: '' }, done: true, ...counts }),
+    );
+  assert.deepEqual(usage({ prompt_eval_count: 3, eval_count: 4 }), { promptTokens: 3, completionTokens: 4 });
+  assert.deepEqual(usage({ eval_count: 4 }), { promptTokens: 0, completionTokens: 4, missing: 'prompt' });
+  assert.deepEqual(usage({ prompt_eval_count: 3 }), { promptTokens: 3, completionTokens: 0, missing: 'completion' });
+  assert.equal(usage({}), undefined);
 });
 
 test('tool calls survive the round trip OpenAI → Ollama → OpenAI', () => {

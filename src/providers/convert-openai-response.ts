@@ -2,7 +2,7 @@ import type { ToolCall } from '../contract/request.js';
 import type { ToolCallDelta } from '../contract/reply.js';
 import { mapOpenAIFinishReason } from './map-openai-finish-reason.js';
 import type { OpenAIChunk, OpenAICompletion } from './openai-response-schema.js';
-import type { ProviderResponse, ProviderStreamEvent } from './types.js';
+import type { ProviderResponse, ProviderStreamEvent, ProviderUsage } from './types.js';
 
 export function convertOpenAICompletion(completion: OpenAICompletion, requestedModel: string): ProviderResponse {
   // The schema guarantees at least one choice; we ask for n = 1.
@@ -22,13 +22,22 @@ export function convertOpenAICompletion(completion: OpenAICompletion, requestedM
   if (choice.message.reasoning_content !== undefined && choice.message.reasoning_content !== null) {
     response.reasoningContent = choice.message.reasoning_content;
   }
-  if (completion.usage !== undefined && completion.usage !== null) {
-    response.usage = {
-      promptTokens: completion.usage.prompt_tokens,
-      completionTokens: completion.usage.completion_tokens,
-    };
-  }
+  const usage = convertOpenAIUsage(completion);
+  if (usage !== undefined) response.usage = usage;
   return response;
+}
+
+/**
+ * `usage` when the server sent it; else llama.cpp's `timings`, real counts too (the prompt is what it
+ * evaluated plus what it took from its cache, as `usage.prompt_tokens` counts it); else none.
+ */
+export function convertOpenAIUsage(payload: Pick<OpenAICompletion, 'usage' | 'timings'>): ProviderUsage | undefined {
+  const usage = payload.usage;
+  if (usage !== undefined && usage !== null)
+    return { promptTokens: usage.prompt_tokens, completionTokens: usage.completion_tokens };
+  const timings = payload.timings;
+  if (typeof timings?.prompt_n !== 'number' || typeof timings.predicted_n !== 'number') return undefined;
+  return { promptTokens: timings.prompt_n + (timings.cache_n ?? 0), completionTokens: timings.predicted_n };
 }
 
 /** What the stream converter remembers between chunks. */
@@ -86,11 +95,8 @@ export function convertOpenAIChunk(chunk: OpenAIChunk, state: OpenAIStreamState)
     state.finished = true;
     events.push({ type: 'finish', finishReason: mapOpenAIFinishReason(choice.finish_reason, state.sawToolCalls) });
   }
-  if (chunk.usage !== undefined && chunk.usage !== null) {
-    events.push({
-      type: 'usage',
-      usage: { promptTokens: chunk.usage.prompt_tokens, completionTokens: chunk.usage.completion_tokens },
-    });
-  }
+  // A later chunk's usage replaces an earlier one's: llama.cpp's `usage` chunk (include_usage) comes after its timings.
+  const usage = convertOpenAIUsage(chunk);
+  if (usage !== undefined) events.push({ type: 'usage', usage });
   return events;
 }

@@ -179,3 +179,45 @@ test('stream: a finish chunk that also carries usage (some servers) gives both',
   ]);
   assert.equal(state.finished, true);
 });
+
+test("llama.cpp's timings count when usage is absent (prompt = evaluated + cached); usage wins when both come", () => {
+  const completion = (extra: Record<string, unknown>) =>
+    convertOpenAICompletion(
+      openAICompletionSchema.parse({
+        model: 'gemma',
+        choices: [{ index: 0, message: { role: 'assistant', content: 'Hi' }, finish_reason: 'stop' }],
+        ...extra,
+      }),
+      'asked',
+    ).usage;
+  assert.deepEqual(completion({ timings: { cache_n: 0, prompt_n: 11, predicted_n: 14, prompt_ms: 4817.6 } }), {
+    promptTokens: 11,
+    completionTokens: 14,
+  });
+  assert.deepEqual(completion({ timings: { cache_n: 13, prompt_n: 1, predicted_n: 394 } }), {
+    promptTokens: 14,
+    completionTokens: 394,
+  });
+  assert.deepEqual(
+    completion({
+      usage: { prompt_tokens: 11, completion_tokens: 14, total_tokens: 25 },
+      timings: { prompt_n: 99, predicted_n: 99 },
+    }),
+    { promptTokens: 11, completionTokens: 14 },
+  );
+  assert.equal(completion({ timings: { prompt_ms: 1 } }), undefined, 'no counts in it: none');
+  // A stream's finish chunk with timings and no usage (llama.cpp without include_usage).
+  const state = createOpenAIStreamState();
+  const events = convertOpenAIChunk(
+    openAIChunkSchema.parse({
+      model: 'gpt-3.5-turbo',
+      choices: [{ finish_reason: 'stop', index: 0, delta: {} }],
+      timings: { cache_n: 13, prompt_n: 1, predicted_n: 394 },
+    }),
+    state,
+  );
+  assert.deepEqual(
+    events.filter((event) => event.type === 'usage'),
+    [{ type: 'usage', usage: { promptTokens: 14, completionTokens: 394 } }],
+  );
+});

@@ -9,6 +9,17 @@ const openAIUsageSchema = z.object({
   completion_tokens: z.number().nonnegative(),
 });
 
+/**
+ * llama.cpp server's own counters, sent beside (or, in streams without `include_usage`, instead of)
+ * `usage`: `prompt_n` prompt tokens evaluated, `cache_n` prompt tokens reused from its cache,
+ * `predicted_n` tokens generated.
+ */
+const llamaCppTimingsSchema = z.object({
+  prompt_n: z.number().nonnegative().nullish(),
+  cache_n: z.number().nonnegative().nullish(),
+  predicted_n: z.number().nonnegative().nullish(),
+});
+
 const openAIToolCallSchema = z.object({
   id: z.string(),
   function: z.object({ name: z.string(), arguments: z.string().nullish() }),
@@ -30,6 +41,7 @@ export const openAICompletionSchema = z.object({
     )
     .min(1, 'no choices'),
   usage: openAIUsageSchema.nullish(),
+  timings: llamaCppTimingsSchema.nullish(),
 });
 
 export type OpenAICompletion = z.infer<typeof openAICompletionSchema>;
@@ -58,6 +70,7 @@ export const openAIChunkSchema = z.object({
     )
     .nullish(),
   usage: openAIUsageSchema.nullish(),
+  timings: llamaCppTimingsSchema.nullish(),
 });
 
 export type OpenAIChunk = z.infer<typeof openAIChunkSchema>;

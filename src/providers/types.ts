@@ -45,6 +45,11 @@ export interface ProviderCall {
 export interface ProviderUsage {
   promptTokens: number;
   completionTokens: number;
+  /**
+   * The side the provider did not count (its number here is 0): the worker estimates that side
+   * only, and flags the request's tokens as estimated. Absent: both are the provider's.
+   */
+  missing?: 'prompt' | 'completion';
 }
 
 export interface ProviderResponse {

@@ -1,6 +1,7 @@
 import { asProxyError, ProxyError } from '../contract/errors.js';
 import type { AttemptRecord } from '../contract/reply.js';
 import type { ProviderStreamEvent } from '../providers/types.js';
+import { recordUsage } from './attempt-usage.js';
 import type { AttemptSignal } from './attempt-signal.js';
 import type { DeploymentState } from './deployment-state.js';
 
@@ -91,10 +92,7 @@ export class RelayedStream implements AsyncIterableIterator<ProviderStreamEvent>
   }
 
   private relay(event: ProviderStreamEvent): IteratorResult<ProviderStreamEvent> {
-    if (event.type === 'usage') {
-      this.context.record.prompt_tokens = event.usage.promptTokens;
-      this.context.record.completion_tokens = event.usage.completionTokens;
-    }
+    if (event.type === 'usage') recordUsage(this.context.record, event.usage);
     return { done: false, value: event };
   }
 

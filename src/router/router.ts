@@ -22,6 +22,7 @@ import type { AttemptRecord } from '../contract/reply.js';
 import { roundMs } from '../contract/rounding.js';
 import type { ChatRequest } from '../contract/request.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderStreamEvent } from '../providers/types.js';
+import { recordUsage } from './attempt-usage.js';
 import { AttemptSignal, callerAbortReason, sleep } from './attempt-signal.js';
 import { fitsBeforeDeadline, retryDelayMs, type BackoffPolicy } from './backoff.js';
 import { DeploymentState, type CooldownPolicy } from './deployment-state.js';
@@ -263,10 +264,7 @@ export class DeploymentRouter implements Router {
     const record = success.record;
     record.model_resolved = response.modelResolved;
     record.latency_ms = roundMs(latencyMs);
-    if (response.usage !== undefined) {
-      record.prompt_tokens = response.usage.promptTokens;
-      record.completion_tokens = response.usage.completionTokens;
-    }
+    if (response.usage !== undefined) recordUsage(record, response.usage);
     response.target = success.entry.target;
     response.attempts = success.attempts;
     return response;

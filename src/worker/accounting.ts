@@ -20,17 +20,25 @@ export interface ProducedOutput {
 }
 
 /**
- * The provider's usage, else an estimate: `estimatePrompt` is the request record's, which tokenizes
- * the prompt once for limits and accounting together.
+ * The provider's counts; an estimate of what it did not count (one side, or both when it reported
+ * no usage), flagged. `estimatePrompt` is the request record's, which tokenizes the prompt once for
+ * limits and accounting together.
  */
 export function countTokens(
   usage: ProviderUsage | undefined,
   estimatePrompt: () => number,
   output: ProducedOutput,
 ): TokenCount {
-  if (usage !== undefined)
-    return { promptTokens: usage.promptTokens, completionTokens: usage.completionTokens, estimated: false };
-  return { promptTokens: estimatePrompt(), completionTokens: estimateCompletionTokens(output), estimated: true };
+  if (usage === undefined)
+    return { promptTokens: estimatePrompt(), completionTokens: estimateCompletionTokens(output), estimated: true };
+  switch (usage.missing) {
+    case undefined:
+      return { promptTokens: usage.promptTokens, completionTokens: usage.completionTokens, estimated: false };
+    case 'prompt':
+      return { promptTokens: estimatePrompt(), completionTokens: usage.completionTokens, estimated: true };
+    case 'completion':
+      return { promptTokens: usage.promptTokens, completionTokens: estimateCompletionTokens(output), estimated: true };
+  }
 }
 
 /**

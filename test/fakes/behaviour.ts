@@ -6,7 +6,8 @@
  */
 
 export interface FakeUsage {
-  promptTokens: number;
+  /** Ollama: `null` leaves out `prompt_eval_count`, as Ollama does for a prompt served from its cache. */
+  promptTokens: number | null;
   completionTokens: number;
 }
 
@@ -48,6 +49,11 @@ export interface ReplyShape {
   usage?: FakeUsage | null;
   /** Model name reported back; default: the model of the request. */
   model?: string;
+  /**
+   * OpenAI fake only: llama.cpp server's `timings` object, added to the JSON body and to the stream's
+   * finish chunk (combine with `usage: null` to be a llama.cpp that sends no `usage`).
+   */
+  timings?: { prompt_n: number; cache_n?: number; predicted_n: number };
   /** OpenAI `finish_reason` / Ollama `done_reason`; default `stop` (`tool_calls` for OpenAI tool calls). */
   finishReason?: string;
   /** Streaming: the content pieces, or how many pieces to cut the content into (default: one per word). */

@@ -55,7 +55,10 @@ function buildReply(shape: ReplyShape, body: any): BuiltOllamaReply {
     thinking: shape.reasoningContent,
     toolCalls,
     doneReason: shape.finishReason ?? 'stop',
-    promptEvalCount: shape.usage === null ? undefined : (shape.usage?.promptTokens ?? estimatePromptTokens(body)),
+    promptEvalCount:
+      shape.usage === null || shape.usage?.promptTokens === null
+        ? undefined
+        : (shape.usage?.promptTokens ?? estimatePromptTokens(body)),
     evalCount:
       shape.usage === null
         ? undefined

@@ -61,6 +61,7 @@ interface BuiltReply {
   toolCalls: Array<{ id: string; type: 'function'; function: { name: string; arguments: string } }> | undefined;
   finishReason: string;
   usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number } | undefined;
+  timings: ReplyShape['timings'];
 }
 
 function buildReply(shape: ReplyShape, body: any): BuiltReply {
@@ -94,6 +95,7 @@ function buildReply(shape: ReplyShape, body: any): BuiltReply {
             completion_tokens: completionTokens,
             total_tokens: promptTokens + completionTokens,
           },
+    timings: shape.timings,
   };
 }
 
@@ -110,6 +112,7 @@ function completionJson(reply: BuiltReply): object {
     choices: [{ index: 0, message, logprobs: null, finish_reason: reply.finishReason }],
   };
   if (reply.usage !== undefined) json.usage = reply.usage;
+  if (reply.timings !== undefined) json.timings = reply.timings;
   return json;
 }
 
@@ -159,7 +162,12 @@ function streamFrames(reply: BuiltReply, shape: ReplyShape, includeUsage: boolea
   });
   if (first) body.push(deltaChunk(withRole({ content: '' })));
 
-  const tail: string[] = [chunk([{ index: 0, delta: {}, logprobs: null, finish_reason: reply.finishReason }])];
+  const tail: string[] = [
+    chunk(
+      [{ index: 0, delta: {}, logprobs: null, finish_reason: reply.finishReason }],
+      reply.timings === undefined ? {} : { timings: reply.timings },
+    ),
+  ];
   if (includeUsage && reply.usage !== undefined) tail.push(chunk([], { usage: reply.usage }));
   tail.push(sseEvent('[DONE]'));
   return { body, tail };
