@@ -324,6 +324,10 @@ function exactnessSuite(backend: Backend, workers: number): void {
 }
 
 describe('limits: memory backend (one worker)', () => {
+  test("the default backend is nats: the seed's 10 requests a minute hold across workers", () => {
+    assert.equal(limitsSchema.parse({}).backend, 'nats');
+  });
+
   exactnessSuite('memory', 1);
 
   test('limits.enabled: false admits everything and counts nothing', async () => {
@@ -335,7 +339,7 @@ describe('limits: memory backend (one worker)', () => {
   });
 
   test('counters: admitted and refused', async () => {
-    const limiter = await createLimiter(limitsSchema.parse({ default: { rpm: 2 } }));
+    const limiter = await createLimiter(limitsSchema.parse({ backend: 'memory', default: { rpm: 2 } }));
     await admitAtOnce([limiter], 5);
     assert.deepEqual(limiter.counters(), {
       admitted: 2,
@@ -350,7 +354,7 @@ describe('limits: memory backend (one worker)', () => {
   test('a limiter running past midnight UTC starts the new day and, on the 1st, the new month', async () => {
     let now = Date.UTC(2026, 10, 30, 23, 59, 58);
     const limiter = await createLimiter(
-      limitsSchema.parse({ default: { rpm: null, daily_usd: 0.002, monthly_usd: 0.003 } }),
+      limitsSchema.parse({ backend: 'memory', default: { rpm: null, daily_usd: 0.002, monthly_usd: 0.003 } }),
       { now: () => now },
     );
     const spend = () => limiter.admit(admission({ estimatedMaxCostUsd: 0.001 }));
@@ -368,7 +372,7 @@ describe('limits: memory backend (one worker)', () => {
 
   test('agents with their own limits keep them when they come back (the scopes are worked out once each)', async () => {
     const limiter = await createLimiter(
-      limitsSchema.parse({ default: { rpm: 1 }, agents: { 'agent:batch': { rpm: 3 } } }),
+      limitsSchema.parse({ backend: 'memory', default: { rpm: 1 }, agents: { 'agent:batch': { rpm: 3 } } }),
     );
     const results = [];
     for (const agentId of ['agent:batch', 'agent:sofia', 'agent:batch', 'agent:sofia', 'agent:batch', 'agent:batch']) {

@@ -39,8 +39,12 @@ export const limitsSchema = z
   .object({
     /** `false` turns every limit off (benchmarks); nothing is counted or stored. */
     enabled: z.boolean().default(true),
-    /** `memory`: one worker only. `nats`: JetStream KV, shared. `redis`: shared, one Lua script per admission. */
-    backend: z.enum(LIMIT_BACKENDS).default('memory'),
+    /**
+     * `nats` (default: NATS is always there, so the seed's "10 requests a minute per agent" holds across
+     * every worker out of the box): JetStream KV, shared. `redis`: shared, one Lua script per admission.
+     * `memory`: one worker only (N workers admit N × the limit).
+     */
+    backend: z.enum(LIMIT_BACKENDS).default('nats'),
     /** Defaults to the environment's REDIS_URL, then redis://127.0.0.1:6379. */
     redis_url: z.string().min(1).optional(),
     /** Prefix of every Redis key; put a hash tag in it (`{llm-limits}:`) to run on Redis Cluster. */
