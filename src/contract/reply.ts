@@ -37,6 +37,8 @@ export interface ChatReply {
   tokens_estimated?: boolean;
   tool_calls?: ToolCall[];
   reasoning_content?: string;
+  /** The model's refusal (OpenAI's `message.refusal`); `content` is then usually null. */
+  refusal?: string;
   attempts?: AttemptRecord[];
   /** Streaming terminal message only. */
   done?: true;
@@ -68,6 +70,8 @@ export interface StreamChunk {
   seq: number;
   delta: string;
   reasoning_delta?: string;
+  /** A piece of the model's refusal (OpenAI's `delta.refusal`). */
+  refusal_delta?: string;
   tool_calls?: ToolCallDelta[];
 }
 

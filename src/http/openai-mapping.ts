@@ -64,7 +64,11 @@ const usageOf = (reply: ChatReply) => ({
 
 /** Our reply → OpenAI's `chat.completion`. */
 export function completionFromReply(reply: ChatReply, created: number): Record<string, unknown> {
-  const message: Record<string, unknown> = { role: 'assistant', content: reply.content, refusal: null };
+  const message: Record<string, unknown> = {
+    role: 'assistant',
+    content: reply.content,
+    refusal: reply.refusal ?? null,
+  };
   if (reply.tool_calls !== undefined && reply.tool_calls.length > 0) message.tool_calls = reply.tool_calls;
   if (reply.reasoning_content !== undefined) message.reasoning_content = reply.reasoning_content;
   return {
@@ -104,6 +108,7 @@ export class CompletionChunks {
     if (chunk.delta !== '') delta.content = chunk.delta;
     if (chunk.reasoning_delta !== undefined && chunk.reasoning_delta !== '')
       delta.reasoning_content = chunk.reasoning_delta;
+    if (chunk.refusal_delta !== undefined && chunk.refusal_delta !== '') delta.refusal = chunk.refusal_delta;
     if (chunk.tool_calls !== undefined && chunk.tool_calls.length > 0) delta.tool_calls = chunk.tool_calls;
     return this.#chunk([{ index: 0, delta, logprobs: null, finish_reason: null }]);
   }

@@ -22,6 +22,9 @@ export function convertOpenAICompletion(completion: OpenAICompletion, requestedM
   if (choice.message.reasoning_content !== undefined && choice.message.reasoning_content !== null) {
     response.reasoningContent = choice.message.reasoning_content;
   }
+  // A refusal is an answer: without it the caller sees `content: null` and cannot tell it from an empty one.
+  if (typeof choice.message.refusal === 'string' && choice.message.refusal !== '')
+    response.refusal = choice.message.refusal;
   const usage = convertOpenAIUsage(completion);
   if (usage !== undefined) response.usage = usage;
   return response;
@@ -84,11 +87,17 @@ export function convertOpenAIChunk(chunk: OpenAIChunk, state: OpenAIStreamState)
     if (delta.reasoning_content !== undefined && delta.reasoning_content !== null && delta.reasoning_content !== '') {
       event.reasoningContent = delta.reasoning_content;
     }
+    if (typeof delta.refusal === 'string' && delta.refusal !== '') event.refusal = delta.refusal;
     if (delta.tool_calls !== undefined && delta.tool_calls !== null && delta.tool_calls.length > 0) {
       event.toolCalls = convertToolCallDeltas(delta.tool_calls);
       state.sawToolCalls = true;
     }
-    if (event.content !== undefined || event.reasoningContent !== undefined || event.toolCalls !== undefined)
+    if (
+      event.content !== undefined ||
+      event.reasoningContent !== undefined ||
+      event.refusal !== undefined ||
+      event.toolCalls !== undefined
+    )
       events.push(event);
   }
   if (choice?.finish_reason !== undefined && choice.finish_reason !== null && !state.finished) {

@@ -221,3 +221,44 @@ test("llama.cpp's timings count when usage is absent (prompt = evaluated + cache
     [{ type: 'usage', usage: { promptTokens: 14, completionTokens: 394 } }],
   );
 });
+
+test('a refusal is kept: message.refusal, and delta.refusal pieces in a stream', () => {
+  const response = convertOpenAICompletion(
+    openAICompletionSchema.parse({
+      model: 'gpt-4o-2024-08-06',
+      choices: [
+        {
+          index: 0,
+          message: { role: 'assistant', content: null, refusal: "I'm very sorry, but I can't assist with that." },
+          logprobs: null,
+          finish_reason: 'stop',
+        },
+      ],
+    }),
+    'asked',
+  );
+  assert.equal(response.content, null);
+  assert.equal(response.refusal, "I'm very sorry, but I can't assist with that.");
+  assert.equal(
+    convertOpenAICompletion(
+      openAICompletionSchema.parse({
+        choices: [{ message: { role: 'assistant', content: 'Hi', refusal: null }, finish_reason: 'stop' }],
+      }),
+      'asked',
+    ).refusal,
+    undefined,
+  );
+  const state = createOpenAIStreamState();
+  const events = [
+    { delta: { role: 'assistant', content: null, refusal: '' } },
+    { delta: { refusal: "I'm" } },
+    { delta: { refusal: ' sorry' } },
+  ].flatMap((choice) => convertOpenAIChunk(openAIChunkSchema.parse({ model: 'gpt-4o', choices: [choice] }), state));
+  assert.deepEqual(
+    events.filter((event) => event.type === 'delta'),
+    [
+      { type: 'delta', refusal: "I'm" },
+      { type: 'delta', refusal: ' sorry' },
+    ],
+  );
+});

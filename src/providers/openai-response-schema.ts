@@ -34,6 +34,7 @@ export const openAICompletionSchema = z.object({
           content: z.string().nullish(),
           // DeepSeek-R1's chain of thought.
           reasoning_content: z.string().nullish(),
+          refusal: z.string().nullish(),
           tool_calls: z.array(openAIToolCallSchema).nullish(),
         }),
         finish_reason: z.string().nullish(),
@@ -62,6 +63,7 @@ export const openAIChunkSchema = z.object({
           .object({
             content: z.string().nullish(),
             reasoning_content: z.string().nullish(),
+            refusal: z.string().nullish(),
             tool_calls: z.array(openAIToolCallDeltaSchema).nullish(),
           })
           .nullish(),

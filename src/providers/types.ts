@@ -56,6 +56,8 @@ export interface ProviderResponse {
   content: string | null;
   toolCalls?: ToolCall[];
   reasoningContent?: string;
+  /** The model refused (OpenAI's `message.refusal`). */
+  refusal?: string;
   finishReason: FinishReason;
   /** Undefined when the provider reported no usage (the caller then estimates). */
   usage?: ProviderUsage;
@@ -65,7 +67,7 @@ export interface ProviderResponse {
 
 /** What a streaming call yields, in order. Errors are thrown as ProxyError. */
 export type ProviderStreamEvent =
-  | { type: 'delta'; content?: string; reasoningContent?: string; toolCalls?: ToolCallDelta[] }
+  | { type: 'delta'; content?: string; reasoningContent?: string; refusal?: string; toolCalls?: ToolCallDelta[] }
   | { type: 'finish'; finishReason: FinishReason }
   | { type: 'usage'; usage: ProviderUsage }
   | { type: 'model'; modelResolved: string };

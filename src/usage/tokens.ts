@@ -98,11 +98,13 @@ export function estimatePromptTokens(request: Pick<ChatRequest, 'messages' | 'to
 export function estimateCompletionTokens(output: {
   content?: string | null;
   reasoningContent?: string | undefined;
+  refusal?: string | undefined;
   toolCalls?: ToolCall[] | undefined;
 }): number {
   return (
     countTextTokens(output.content ?? '') +
     countTextTokens(output.reasoningContent ?? '') +
+    countTextTokens(output.refusal ?? '') +
     countTextTokens(toolCallsText(output.toolCalls))
   );
 }

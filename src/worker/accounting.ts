@@ -16,6 +16,7 @@ export interface TokenCount {
 export interface ProducedOutput {
   content?: string | null;
   reasoningContent?: string | undefined;
+  refusal?: string | undefined;
   toolCalls?: ToolCall[] | undefined;
 }
 

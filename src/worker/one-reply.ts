@@ -38,6 +38,7 @@ export async function answerOnce(
       finishReason: response.finishReason,
       toolCalls: response.toolCalls,
       reasoningContent: response.reasoningContent,
+      refusal: response.refusal,
     });
     const code = deps.delivery.reply(message, record, reply);
     if (code === undefined && key !== undefined && reply.finish_reason !== 'error') deps.cache!.set(key, reply);

@@ -19,6 +19,7 @@ export interface AnswerOutput {
   finishReason: FinishReason;
   toolCalls?: ToolCall[] | undefined;
   reasoningContent?: string | undefined;
+  refusal?: string | undefined;
 }
 
 /**
@@ -127,6 +128,7 @@ export class RequestRecord {
       (streamed.usage !== undefined ||
         (output!.content ?? '') !== '' ||
         (output!.reasoningContent ?? '') !== '' ||
+        (output!.refusal ?? '') !== '' ||
         (output!.toolCalls?.length ?? 0) > 0)
     ) {
       this.answered(config, streamed.usage, output!);
@@ -164,6 +166,7 @@ export class RequestRecord {
     if (output.toolCalls !== undefined && output.toolCalls.length > 0) reply.tool_calls = output.toolCalls;
     if (output.reasoningContent !== undefined && output.reasoningContent !== '')
       reply.reasoning_content = output.reasoningContent;
+    if (output.refusal !== undefined && output.refusal !== '') reply.refusal = output.refusal;
     if (this.attempts.length > 1) reply.attempts = this.attempts;
     return reply;
   }

@@ -33,10 +33,11 @@ export async function relayStream(
   writer.startHeartbeats();
   let content = '';
   let reasoning = '';
+  let refusal = '';
   const toolCalls = new ToolCallAssembler();
   let finishReason: FinishReason | undefined;
   let usage: ProviderUsage | undefined;
-  const produced = () => ({ content, reasoningContent: reasoning, toolCalls: toolCalls.calls() });
+  const produced = () => ({ content, reasoningContent: reasoning, refusal, toolCalls: toolCalls.calls() });
   record.accepted = true;
   try {
     const routed = await deps.router.stream({ request, signal: controller.signal, plan });
@@ -48,16 +49,19 @@ export async function relayStream(
       if (event.type === 'delta') {
         const delta = event.content ?? '';
         const hasTools = event.toolCalls !== undefined && event.toolCalls.length > 0;
-        if (delta === '' && (event.reasoningContent ?? '') === '' && !hasTools) continue;
+        if (delta === '' && (event.reasoningContent ?? '') === '' && (event.refusal ?? '') === '' && !hasTools)
+          continue;
         if (record.ttftMs === null) record.ttftMs = performance.now() - record.started;
         content += delta;
         if (event.reasoningContent !== undefined) reasoning += event.reasoningContent;
+        if (event.refusal !== undefined) refusal += event.refusal;
         if (hasTools) toolCalls.add(event.toolCalls!);
         writer.chunk({
           delta,
           ...(event.reasoningContent !== undefined && event.reasoningContent !== ''
             ? { reasoning_delta: event.reasoningContent }
             : {}),
+          ...(event.refusal !== undefined && event.refusal !== '' ? { refusal_delta: event.refusal } : {}),
           ...(hasTools ? { tool_calls: event.toolCalls } : {}),
         });
       } else if (event.type === 'finish') {
@@ -76,10 +80,12 @@ export async function relayStream(
     const output = produced();
     record.answered(deps.config, usage, output);
     const reply = record.reply({
-      content: output.content === '' && toolCalls.size > 0 ? null : output.content,
+      // Nothing but tool calls or a refusal: `content` is null, as in OpenAI's (and the one-reply path's) answer.
+      content: output.content === '' && (toolCalls.size > 0 || refusal !== '') ? null : output.content,
       finishReason,
       toolCalls: toolCalls.size > 0 ? output.toolCalls : undefined,
       reasoningContent: reasoning === '' ? undefined : reasoning,
+      refusal: refusal === '' ? undefined : refusal,
     });
     reply.done = true;
     reply.ttft_ms = record.ttftMs === null ? null : roundMs(record.ttftMs);

@@ -258,6 +258,8 @@ export class StreamWriter {
     if (budget >= MIN_PIECE_BYTES) {
       for (const text of splitJsonText(chunk.reasoning_delta ?? '', budget))
         pieces.push({ delta: '', reasoning_delta: text });
+      for (const text of splitJsonText(chunk.refusal_delta ?? '', budget))
+        pieces.push({ delta: '', refusal_delta: text });
       for (const text of splitJsonText(chunk.delta, budget)) pieces.push({ delta: text });
     }
     if (chunk.tool_calls !== undefined) pieces.push({ delta: '', tool_calls: chunk.tool_calls });

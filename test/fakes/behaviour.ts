@@ -45,6 +45,8 @@ export interface ReplyShape {
   toolCalls?: FakeToolCall[];
   /** OpenAI: `reasoning_content` (DeepSeek-R1); Ollama: `message.thinking`. */
   reasoningContent?: string;
+  /** OpenAI fake only: `message.refusal` (streamed as `delta.refusal` pieces); set `content: null` with it, as OpenAI does. */
+  refusal?: string;
   /** Default: estimated from the request and the content. `null`: report no usage at all. */
   usage?: FakeUsage | null;
   /** Model name reported back; default: the model of the request. */

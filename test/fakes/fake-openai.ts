@@ -58,6 +58,7 @@ interface BuiltReply {
   model: string;
   content: string | null;
   reasoningContent: string | undefined;
+  refusal: string | undefined;
   toolCalls: Array<{ id: string; type: 'function'; function: { name: string; arguments: string } }> | undefined;
   finishReason: string;
   usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number } | undefined;
@@ -78,13 +79,16 @@ function buildReply(shape: ReplyShape, body: any): BuiltReply {
   const promptTokens = shape.usage?.promptTokens ?? estimatePromptTokens(body);
   const completionTokens =
     shape.usage?.completionTokens ??
-    estimateCompletionTokens((content ?? '') + (shape.reasoningContent ?? '') + JSON.stringify(toolCalls ?? ''));
+    estimateCompletionTokens(
+      (content ?? '') + (shape.reasoningContent ?? '') + (shape.refusal ?? '') + JSON.stringify(toolCalls ?? ''),
+    );
   return {
     id: `chatcmpl-fake${completionCounter}`,
     created: Math.floor(Date.now() / 1000),
     model: shape.model ?? (typeof body?.model === 'string' ? body.model : 'fake-model'),
     content,
     reasoningContent: shape.reasoningContent,
+    refusal: shape.refusal,
     toolCalls,
     finishReason: shape.finishReason ?? (toolCalls !== undefined && toolCalls.length > 0 ? 'tool_calls' : 'stop'),
     usage:
@@ -100,7 +104,11 @@ function buildReply(shape: ReplyShape, body: any): BuiltReply {
 }
 
 function completionJson(reply: BuiltReply): object {
-  const message: Record<string, unknown> = { role: 'assistant', content: reply.content, refusal: null };
+  const message: Record<string, unknown> = {
+    role: 'assistant',
+    content: reply.content,
+    refusal: reply.refusal ?? null,
+  };
   if (reply.reasoningContent !== undefined) message.reasoning_content = reply.reasoningContent;
   if (reply.toolCalls !== undefined) message.tool_calls = reply.toolCalls;
   const json: Record<string, unknown> = {
@@ -145,6 +153,7 @@ function streamFrames(reply: BuiltReply, shape: ReplyShape, includeUsage: boolea
   };
   for (const piece of splitContent(reply.reasoningContent ?? '', undefined))
     body.push(deltaChunk(withRole({ reasoning_content: piece })));
+  for (const piece of splitContent(reply.refusal ?? '', undefined)) body.push(deltaChunk(withRole({ refusal: piece })));
   for (const piece of splitContent(reply.content ?? '', shape.chunks))
     body.push(deltaChunk(withRole({ content: piece })));
   reply.toolCalls?.forEach((call, index) => {

@@ -1,15 +1,24 @@
 /**
- * Counts the provider gave are kept (issue 16, "answers passed on whole"): Ollama without
- * `prompt_eval_count` (a prompt from its cache) keeps its `eval_count` and estimates only the prompt;
- * a llama.cpp server that sends `timings` and no `usage` is counted from them, JSON and streamed.
- * Over a real nats-server, a real worker and the fake providers' wire formats.
+ * Answers passed on whole (issue 16), over a real nats-server, a real worker, the fake providers'
+ * wire formats, and the HTTP front door with the official `openai` package:
+ * - counts the provider gave are kept: Ollama without `prompt_eval_count` (a prompt from its cache)
+ *   keeps its `eval_count` and estimates only the prompt; a llama.cpp server that sends `timings` and
+ *   no `usage` is counted from them, JSON and streamed;
+ * - a refusal reaches the caller: `refusal` in the reply, `refusal_delta` in chunks, OpenAI's
+ *   `message.refusal` / `delta.refusal` on the front door.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
+import OpenAI from 'openai';
+import { connectToNats } from '../src/bus/connect.js';
 import { createClient, type ChatRequest, type LlmProxyClient } from '../src/client/index.js';
+import { httpSchema } from '../src/config/http-schema.js';
+import type { StreamChunk } from '../src/contract/reply.js';
+import { startFrontDoor, type FrontDoor } from '../src/http/front-door.js';
+import { createLogger } from '../src/telemetry/logger.js';
 import { startFakeOllama, startFakeOpenAI, type FakeOllama, type FakeOpenAI } from './fakes/index.js';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { startInProcessWorker, testConfig, usageEventFor, type InProcessWorker } from './helpers/worker.js';
@@ -20,6 +29,7 @@ let ollama: FakeOllama;
 let worker: InProcessWorker;
 let connection: NatsConnection;
 let client: LlmProxyClient;
+let door: FrontDoor;
 
 before(async () => {
   nats = await startNatsServer();
@@ -31,9 +41,19 @@ before(async () => {
   });
   connection = await connect({ servers: nats.url });
   client = createClient({ connection, timeoutMs: 10_000 });
+  door = await startFrontDoor({
+    http: httpSchema.parse({}),
+    connecting: connectToNats({ servers: nats.url }),
+    subjectPrefix: 'llm',
+    secret: undefined,
+    logger: createLogger({ level: 'silent' }),
+    host: '127.0.0.1',
+    port: 0,
+  });
 });
 
 after(async () => {
+  await door.close();
   await worker.stop();
   await connection.close();
   await openai.close();
@@ -48,14 +68,14 @@ const ask = (model: string, stream = false): ChatRequest => ({
   ...(stream ? { stream: true } : {}),
 });
 
-async function answer(request: ChatRequest) {
+async function answer(request: ChatRequest, chunks: StreamChunk[] = []) {
   if (request.stream !== true) return client.chat(request);
   const stream = client.stream(request);
-  for await (const _chunk of stream) {
-    // Drained: the counts are in the final reply.
-  }
+  for await (const chunk of stream) chunks.push(chunk);
   return stream.final;
 }
+
+const REFUSAL = "I'm very sorry, but I can't assist with that.";
 
 for (const stream of [false, true]) {
   const how = stream ? 'streamed' : 'JSON';
@@ -92,3 +112,41 @@ for (const stream of [false, true]) {
     assert.equal(event.cost_usd, Math.round(((14 * 0.15 + 394 * 0.6) / 1000) * 1e6) / 1e6);
   });
 }
+
+for (const stream of [false, true]) {
+  test(`a refusal (${stream ? 'streamed' : 'JSON'}) reaches the caller as refusal, with content null`, async () => {
+    openai.enqueue({ kind: 'ok', content: null, refusal: REFUSAL });
+    const chunks: StreamChunk[] = [];
+    const request = ask('gpt-test', stream);
+    const reply = await answer(request, chunks);
+    assert.equal(reply.content, null);
+    assert.equal(reply.refusal, REFUSAL);
+    assert.equal(reply.finish_reason, 'stop');
+    if (stream) {
+      assert.ok(chunks.length > 1, 'the refusal came in pieces');
+      assert.equal(chunks.map((chunk) => chunk.refusal_delta ?? '').join(''), REFUSAL);
+    }
+    const event = await usageEventFor(connection, request.request_id!);
+    assert.equal(event.status, 'ok');
+  });
+}
+
+test("the front door gives a refusal in OpenAI's shape: message.refusal and delta.refusal", async () => {
+  const sdk = new OpenAI({ apiKey: 'unused', baseURL: `${door.url}/v1`, maxRetries: 0 });
+  openai.enqueue({ kind: 'ok', content: null, refusal: REFUSAL });
+  const completion = await sdk.chat.completions.create({
+    model: 'gpt-test',
+    messages: [{ role: 'user', content: 'something it will not do' }],
+  });
+  assert.equal(completion.choices[0]?.message.content, null);
+  assert.equal(completion.choices[0]?.message.refusal, REFUSAL);
+  openai.enqueue({ kind: 'ok', content: null, refusal: REFUSAL });
+  const stream = await sdk.chat.completions.create({
+    model: 'gpt-test',
+    messages: [{ role: 'user', content: 'something it will not do' }],
+    stream: true,
+  });
+  let refused = '';
+  for await (const chunk of stream) refused += chunk.choices[0]?.delta.refusal ?? '';
+  assert.equal(refused, REFUSAL);
+});
