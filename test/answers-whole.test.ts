@@ -37,7 +37,21 @@ before(async () => {
   ollama = await startFakeOllama();
   worker = await startInProcessWorker({
     natsUrl: nats.url,
-    config: testConfig({ openai: openai.baseUrl, ollama: ollama.baseUrl }),
+    config: testConfig(
+      { openai: openai.baseUrl, ollama: ollama.baseUrl },
+      {
+        models: {
+          // $1 per 1k prompt tokens, $0.25 per 1k from the provider's cache, $2 per 1k completion tokens.
+          'gpt-cached': {
+            provider: 'openai',
+            physical_name: 'gpt-4o',
+            cost_per_1k_prompt: 1,
+            cost_per_1k_cached_prompt: 0.25,
+            cost_per_1k_completion: 2,
+          },
+        },
+      },
+    ),
   });
   connection = await connect({ servers: nats.url });
   client = createClient({ connection, timeoutMs: 10_000 });
@@ -150,3 +164,30 @@ test("the front door gives a refusal in OpenAI's shape: message.refusal and delt
   for await (const chunk of stream) refused += chunk.choices[0]?.delta.refusal ?? '';
   assert.equal(refused, REFUSAL);
 });
+
+for (const stream of [false, true]) {
+  test(`cached prompt tokens (${stream ? 'streamed' : 'JSON'}) are priced at the cached price and counted in the event`, async () => {
+    openai.enqueue({
+      kind: 'ok',
+      content: 'ok',
+      usage: { promptTokens: 1000, completionTokens: 100, cachedPromptTokens: 800 },
+    });
+    const request = ask('gpt-cached', stream);
+    if (stream) request.stream_options = { include_usage: true };
+    const reply = await answer(request);
+    // 200 × $1 + 800 × $0.25 + 100 × $2, per 1k.
+    assert.equal(reply.cost_usd, 0.6);
+    const event = await usageEventFor(connection, request.request_id!);
+    assert.equal(event.cached_prompt_tokens, 800);
+    assert.equal(event.prompt_tokens, 1000);
+    assert.equal(event.cost_usd, 0.6);
+    // Without a cached price, cached tokens cost the prompt price.
+    openai.enqueue({
+      kind: 'ok',
+      content: 'ok',
+      usage: { promptTokens: 1000, completionTokens: 100, cachedPromptTokens: 800 },
+    });
+    const plain = await answer(ask('gpt-test', stream));
+    assert.equal(plain.cost_usd, Math.round(((1000 * 0.15 + 100 * 0.6) / 1000) * 1e6) / 1e6);
+  });
+}

@@ -114,6 +114,11 @@ export const modelSchema = z
     deployments: z.array(deploymentSchema).min(1).optional(),
     cost_per_1k_prompt: nonNegative.default(0),
     cost_per_1k_completion: nonNegative.default(0),
+    /**
+     * USD per 1k prompt tokens the provider served from its prompt cache (OpenAI's
+     * `prompt_tokens_details.cached_tokens`, DeepSeek's `prompt_cache_hit_tokens`); unset: the prompt price.
+     */
+    cost_per_1k_cached_prompt: nonNegative.optional(),
     timeout_ms: positiveInt.optional(),
     fallbacks: z.array(z.string().min(1)).default([]),
     context_fallbacks: z.array(z.string().min(1)).default([]),

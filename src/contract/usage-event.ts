@@ -21,6 +21,8 @@ export const usageEventSchema = z
     completion_tokens: z.number().int().nonnegative(),
     total_tokens: z.number().int().nonnegative(),
     tokens_estimated: z.boolean(),
+    /** Of the prompt tokens, those the provider served from its prompt cache (absent from older events). */
+    cached_prompt_tokens: z.number().int().nonnegative().optional(),
     cost_usd: z.number().nonnegative(),
     latency_ms: z.number().nonnegative(),
     ttft_ms: z.number().nonnegative().nullable(),

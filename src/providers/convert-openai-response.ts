@@ -36,8 +36,12 @@ export function convertOpenAICompletion(completion: OpenAICompletion, requestedM
  */
 export function convertOpenAIUsage(payload: Pick<OpenAICompletion, 'usage' | 'timings'>): ProviderUsage | undefined {
   const usage = payload.usage;
-  if (usage !== undefined && usage !== null)
-    return { promptTokens: usage.prompt_tokens, completionTokens: usage.completion_tokens };
+  if (usage !== undefined && usage !== null) {
+    const converted: ProviderUsage = { promptTokens: usage.prompt_tokens, completionTokens: usage.completion_tokens };
+    const cached = usage.prompt_tokens_details?.cached_tokens ?? usage.prompt_cache_hit_tokens;
+    if (typeof cached === 'number' && cached > 0) converted.cachedPromptTokens = cached;
+    return converted;
+  }
   const timings = payload.timings;
   if (typeof timings?.prompt_n !== 'number' || typeof timings.predicted_n !== 'number') return undefined;
   return { promptTokens: timings.prompt_n + (timings.cache_n ?? 0), completionTokens: timings.predicted_n };

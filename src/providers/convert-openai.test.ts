@@ -262,3 +262,25 @@ test('a refusal is kept: message.refusal, and delta.refusal pieces in a stream',
     ],
   );
 });
+
+test("cached prompt tokens: OpenAI's prompt_tokens_details.cached_tokens, else DeepSeek's prompt_cache_hit_tokens", () => {
+  const usage = (extra: Record<string, unknown>) =>
+    convertOpenAICompletion(
+      openAICompletionSchema.parse({
+        choices: [{ message: { role: 'assistant', content: 'Hi' }, finish_reason: 'stop' }],
+        usage: { prompt_tokens: 400, completion_tokens: 10, total_tokens: 410, ...extra },
+      }),
+      'asked',
+    ).usage;
+  assert.deepEqual(usage({ prompt_tokens_details: { cached_tokens: 320 } }), {
+    promptTokens: 400,
+    completionTokens: 10,
+    cachedPromptTokens: 320,
+  });
+  assert.deepEqual(usage({ prompt_cache_hit_tokens: 320, prompt_cache_miss_tokens: 80 }), {
+    promptTokens: 400,
+    completionTokens: 10,
+    cachedPromptTokens: 320,
+  });
+  assert.deepEqual(usage({ prompt_tokens_details: { cached_tokens: 0 } }), { promptTokens: 400, completionTokens: 10 });
+});

@@ -7,6 +7,9 @@ import { z } from 'zod';
 const openAIUsageSchema = z.object({
   prompt_tokens: z.number().nonnegative(),
   completion_tokens: z.number().nonnegative(),
+  // Prompt tokens served from the provider's cache: OpenAI's, then DeepSeek's own field.
+  prompt_tokens_details: z.object({ cached_tokens: z.number().nonnegative().nullish() }).nullish(),
+  prompt_cache_hit_tokens: z.number().nonnegative().nullish(),
 });
 
 /**

@@ -50,6 +50,8 @@ export interface ProviderUsage {
    * only, and flags the request's tokens as estimated. Absent: both are the provider's.
    */
   missing?: 'prompt' | 'completion';
+  /** Of the prompt tokens, those the provider served from its prompt cache (priced apart). */
+  cachedPromptTokens?: number;
 }
 
 export interface ProviderResponse {

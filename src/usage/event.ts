@@ -27,6 +27,8 @@ export interface UsageEventInput {
   promptTokens: number;
   completionTokens: number;
   tokensEstimated: boolean;
+  /** Of the prompt tokens, those the provider served from its cache. */
+  cachedPromptTokens?: number | undefined;
   costUsd: number;
   latencyMs: number;
   ttftMs: number | null;
@@ -72,6 +74,7 @@ export function buildUsageEvent(input: UsageEventInput): BuiltUsageEvent {
     attempts: input.attempts.length,
     worker_id: input.workerId,
     event_id: input.eventId,
+    cached_prompt_tokens: Math.max(0, Math.round(input.cachedPromptTokens ?? 0)),
   };
   if (unauthenticated && metadata.agent_id !== undefined) event.claimed_agent_id = metadata.agent_id;
   if (input.keyId !== undefined) event.key_id = input.keyId;

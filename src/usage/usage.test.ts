@@ -110,6 +110,7 @@ test("the usage event has DESIGN.md's fields in DESIGN.md's order, tags after", 
       attempts: 1,
       worker_id: 'w-1',
       event_id: 'e-1',
+      cached_prompt_tokens: 0,
       tags: { task: 'x' },
     }),
   );

@@ -10,6 +10,8 @@ export interface TokenCount {
   promptTokens: number;
   completionTokens: number;
   estimated: boolean;
+  /** Of the prompt tokens, those the provider served from its cache (0 when it said none). */
+  cachedPromptTokens?: number;
 }
 
 /** What an answer produced, for estimating its tokens when the provider reported none. */
@@ -34,7 +36,12 @@ export function countTokens(
     return { promptTokens: estimatePrompt(), completionTokens: estimateCompletionTokens(output), estimated: true };
   switch (usage.missing) {
     case undefined:
-      return { promptTokens: usage.promptTokens, completionTokens: usage.completionTokens, estimated: false };
+      return {
+        promptTokens: usage.promptTokens,
+        completionTokens: usage.completionTokens,
+        estimated: false,
+        ...(usage.cachedPromptTokens !== undefined ? { cachedPromptTokens: usage.cachedPromptTokens } : {}),
+      };
     case 'prompt':
       return { promptTokens: estimatePrompt(), completionTokens: usage.completionTokens, estimated: true };
     case 'completion':
@@ -50,12 +57,17 @@ export function countTokens(
 export function requestCost(
   config: Pick<ResolvedConfig, 'models'>,
   servingModel: string | undefined,
-  tokens: { promptTokens: number; completionTokens: number } | undefined,
+  tokens: { promptTokens: number; completionTokens: number; cachedPromptTokens?: number } | undefined,
   attempts: AttemptRecord[],
 ): number {
   let total = 0;
   if (tokens !== undefined && servingModel !== undefined)
-    total += costUsd(config.models.get(servingModel), tokens.promptTokens, tokens.completionTokens);
+    total += costUsd(
+      config.models.get(servingModel),
+      tokens.promptTokens,
+      tokens.completionTokens,
+      tokens.cachedPromptTokens,
+    );
   for (const attempt of attempts) {
     if (attempt.error_code === null) continue;
     const prompt = attempt.prompt_tokens ?? 0;

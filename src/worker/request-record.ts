@@ -187,6 +187,7 @@ export class RequestRecord {
       promptTokens: this.tokens.promptTokens,
       completionTokens: this.tokens.completionTokens,
       tokensEstimated: this.tokens.estimated,
+      cachedPromptTokens: this.tokens.cachedPromptTokens,
       costUsd: this.costUsd,
       latencyMs: this.latencyMs,
       ttftMs: this.ttftMs,

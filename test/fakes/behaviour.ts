@@ -9,6 +9,8 @@ export interface FakeUsage {
   /** Ollama: `null` leaves out `prompt_eval_count`, as Ollama does for a prompt served from its cache. */
   promptTokens: number | null;
   completionTokens: number;
+  /** OpenAI fake only: `prompt_tokens_details.cached_tokens`, prompt tokens served from its cache. */
+  cachedPromptTokens?: number;
 }
 
 export interface FakeToolCall {

@@ -61,7 +61,14 @@ interface BuiltReply {
   refusal: string | undefined;
   toolCalls: Array<{ id: string; type: 'function'; function: { name: string; arguments: string } }> | undefined;
   finishReason: string;
-  usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number } | undefined;
+  usage:
+    | {
+        prompt_tokens: number;
+        completion_tokens: number;
+        total_tokens: number;
+        prompt_tokens_details?: { cached_tokens: number };
+      }
+    | undefined;
   timings: ReplyShape['timings'];
 }
 
@@ -98,6 +105,9 @@ function buildReply(shape: ReplyShape, body: any): BuiltReply {
             prompt_tokens: promptTokens,
             completion_tokens: completionTokens,
             total_tokens: promptTokens + completionTokens,
+            ...(shape.usage?.cachedPromptTokens !== undefined
+              ? { prompt_tokens_details: { cached_tokens: shape.usage.cachedPromptTokens } }
+              : {}),
           },
     timings: shape.timings,
   };
