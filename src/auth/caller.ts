@@ -6,12 +6,11 @@
  */
 import type { MsgHdrs } from '@nats-io/nats-core';
 import type { AuthMode } from '../config/auth-schema.js';
+import { ProxyError } from '../contract/errors.js';
 import { HEADERS } from '../contract/subjects.js';
 import type { KeyDirectory, KeyLookup } from './key-directory.js';
 import type { KeyRecord, KeyRejection } from './key-record.js';
 import { headerValue, type SecretCheck } from './secret.js';
-
-export const AUTHORIZATION_HEADER = 'Authorization';
 
 export interface Caller {
   /** The key the caller showed, verified: it says who the agent and microDAO are. */
@@ -48,25 +47,20 @@ export class CallerCheck {
     this.#waitMs = options.waitMs ?? 2_000;
   }
 
-  /** True when some request is refused without credentials. */
-  get enabled(): boolean {
-    return this.mode !== 'secret' || this.#secret.enabled;
-  }
-
   /**
    * The caller of a message. `secretSuffices`: the shared secret lets the caller in even in `keys`
    * mode (models, cancels: ops tools hold the secret, not a key); requests pass false.
    */
   identify(headers: MsgHdrs | undefined, secretSuffices = false): Caller | Promise<Caller> {
     if (this.mode === 'secret') return this.#bySecret(headers);
-    const authorization = headerValue(headers, AUTHORIZATION_HEADER);
+    const authorization = headerValue(headers, HEADERS.authorization);
     if (authorization === '') {
       if (this.mode === 'keys' && !secretSuffices)
-        return refused(`a key is required: send it as ${AUTHORIZATION_HEADER}: Bearer <key>`);
+        return refused(`a key is required: send it as ${HEADERS.authorization}: Bearer <key>`);
       return this.#bySecret(headers);
     }
     const bearer = BEARER.exec(authorization);
-    if (bearer === null) return refused(`the ${AUTHORIZATION_HEADER} header is not "Bearer <key>"`);
+    if (bearer === null) return refused(`the ${HEADERS.authorization} header is not "Bearer <key>"`);
     const key = bearer[1] as string;
     const directory = this.#directory!;
     const found = directory.lookup(key);
@@ -89,6 +83,14 @@ export class CallerCheck {
     if ('rejection' in found) return refused(REJECTIONS[found.rejection]);
     return refused('the key store cannot be read, so no key can be checked: refused (fail closed); retry later', true);
   }
+}
+
+/** The error a refused caller gets: `unauthorized`, or `internal` (retryable) when the key store is at fault. */
+export function callerError(caller: Caller): ProxyError | undefined {
+  if (caller.refusal === undefined) return undefined;
+  return caller.storeUnavailable
+    ? new ProxyError('internal', caller.refusal, { retryable: true })
+    : new ProxyError('unauthorized', caller.refusal);
 }
 
 /**

@@ -7,7 +7,7 @@ export {
   SecretSettingError,
   secretFromEnv,
 } from './secret.js';
-export { AUTHORIZATION_HEADER, type Caller, CallerCheck, contradiction, withKeyIdentity } from './caller.js';
+export { type Caller, CallerCheck, callerError, contradiction, withKeyIdentity } from './caller.js';
 export { KeyDirectory, type KeyLookup } from './key-directory.js';
 export { hashKey, KEY_ID_PATTERN, KEY_PREFIX, newKey, newKeyId, parseKey } from './key-format.js';
 export { DEFAULT_KEYS_BUCKET, keyRecordSchema, keyStanding, type KeyRecord, type KeyRejection } from './key-record.js';

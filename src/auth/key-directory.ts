@@ -57,15 +57,6 @@ export class KeyDirectory {
     this.#timeoutMs = options.timeoutMs ?? 5_000;
   }
 
-  get ready(): boolean {
-    return this.#ready;
-  }
-
-  /** Keys held (revoked and expired ones included). */
-  get size(): number {
-    return this.#records.size;
-  }
-
   /** Starts watching; resolves once the bucket was read whole or `waitMs` passed (the watch goes on either way). */
   async start(waitMs = this.#timeoutMs): Promise<boolean> {
     this.#loop ??= this.#run();

@@ -1,5 +1,5 @@
 import { headers as createHeaders, type MsgHdrs } from '@nats-io/nats-core';
-import { AUTHORIZATION_HEADER, secretFromEnv } from '../auth/index.js';
+import { secretFromEnv } from '../auth/index.js';
 import { HEADERS } from '../contract/subjects.js';
 
 /** The per-agent key a CLI user calls with (`llm-proxy keys create`), sent as `Authorization: Bearer`. */
@@ -21,6 +21,6 @@ export function secretHeaders(env: NodeJS.ProcessEnv = process.env): MsgHdrs | u
   if (secret === undefined && key === undefined) return undefined;
   const headers = createHeaders();
   if (secret !== undefined) headers.set(HEADERS.secret, secret);
-  if (key !== undefined) headers.set(AUTHORIZATION_HEADER, `Bearer ${key}`);
+  if (key !== undefined) headers.set(HEADERS.authorization, `Bearer ${key}`);
   return headers;
 }

@@ -172,7 +172,7 @@ class NatsLlmProxyClient implements LlmProxyClient {
     // tell the worker so it stops the upstream call. The late reply is dropped.
     let onAbort: (() => void) | undefined;
     // With a per-agent key, only a cancel carrying the request's own key stops it.
-    const authorization = envelope.headers?.get('Authorization');
+    const authorization = envelope.headers?.get(HEADERS.authorization);
     const tellWorker = () => publishCancel(connection, subjects, this.#settings.secret, requestId, authorization);
     const aborted =
       signal === undefined

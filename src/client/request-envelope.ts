@@ -46,8 +46,6 @@ export interface Envelope {
   headers: MsgHdrs | undefined;
 }
 
-const AUTHORIZATION = 'Authorization';
-
 const headerSetter: TextMapSetter<MsgHdrs> = {
   set(carrier, key, value) {
     carrier.set(key, value);
@@ -65,8 +63,8 @@ export function buildHeaders(
 ): MsgHdrs | undefined {
   const result = natsHeaders();
   if (extraHeaders !== undefined) for (const [name, value] of Object.entries(extraHeaders)) result.set(name, value);
-  if (apiKey !== undefined && apiKey !== '' && !result.has(AUTHORIZATION, Match.IgnoreCase))
-    result.set(AUTHORIZATION, `Bearer ${apiKey}`);
+  if (apiKey !== undefined && apiKey !== '' && !result.has(HEADERS.authorization, Match.IgnoreCase))
+    result.set(HEADERS.authorization, `Bearer ${apiKey}`);
   if (secret !== undefined && secret !== '') result.set(HEADERS.secret, secret);
   // A no-op without an OpenTelemetry SDK; with one, the worker's span joins the caller's trace.
   propagation.inject(context.active(), result, headerSetter);
@@ -144,7 +142,8 @@ export function publishCancel(
   authorization?: string,
 ): void {
   if (connection.isClosed()) return;
-  const extra = authorization === undefined || authorization === '' ? undefined : { [AUTHORIZATION]: authorization };
+  const extra =
+    authorization === undefined || authorization === '' ? undefined : { [HEADERS.authorization]: authorization };
   try {
     connection.publish(subjects.cancel, JSON.stringify({ request_id: requestId }), {
       headers: buildHeaders(secret, extra),

@@ -429,7 +429,7 @@ class NatsChatStream implements ChatStream {
     // Nothing was sent when there is no subscription.
     if (this.#subscription === undefined) return;
     const { connection, subjects, secret, envelope } = this.#start;
-    const authorization = envelope instanceof LlmProxyError ? undefined : envelope.headers?.get('Authorization');
+    const authorization = envelope instanceof LlmProxyError ? undefined : envelope.headers?.get(HEADERS.authorization);
     publishCancel(connection, subjects, secret, this.requestId, authorization);
   }
 

@@ -10,6 +10,8 @@ export const QUEUE_GROUPS = {
 
 export const HEADERS = {
   secret: 'X-Internal-Secret',
+  /** `Bearer <key>`: a per-agent key (`auth.mode` keys or mixed). */
+  authorization: 'Authorization',
   stream: 'LLM-Stream',
   traceparent: 'traceparent',
   tracestate: 'tracestate',

@@ -1,5 +1,6 @@
 import type { FastifyRequest } from 'fastify';
 import { KEY_PREFIX } from '../auth/key-format.js';
+import { HEADERS } from '../contract/subjects.js';
 
 const BEARER = /^bearer\s+/i;
 
@@ -29,5 +30,5 @@ export function presentedSecret(request: FastifyRequest): string | undefined {
 /** The NATS headers that carry the caller's key to the workers, or undefined without one. */
 export function keyHeaders(request: FastifyRequest): Record<string, string> | undefined {
   const key = presentedKey(request);
-  return key === undefined ? undefined : { Authorization: `Bearer ${key}` };
+  return key === undefined ? undefined : { [HEADERS.authorization]: `Bearer ${key}` };
 }

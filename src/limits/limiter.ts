@@ -215,6 +215,20 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
     return plans;
   };
 
+  /**
+   * A key's own scope, worked out once per key record: a record's `limits` object lives until the
+   * record is replaced (a change arrives as a new record), so it keys the cache and no entry goes stale.
+   */
+  const keyPlans = new WeakMap<object, ScopePlan | null>();
+  const keyPlanOf = (key: NonNullable<AdmissionRequest['key']>): ScopePlan | undefined => {
+    let plan = keyPlans.get(key.limits);
+    if (plan === undefined) {
+      plan = keyPlanFor(key) ?? null;
+      keyPlans.set(key.limits, plan);
+    }
+    return plan ?? undefined;
+  };
+
   /** Budget windows change at midnight UTC (a month too begins at one): worked out once a day. */
   let windows = budgetWindows(clock());
   const windowsAt = (now: number) => {
@@ -299,7 +313,7 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
 
     async admit(request: AdmissionRequest): Promise<Reservation> {
       let plans = plansOf(request.agentId, request.microdaoId, request.model);
-      const keyPlan = request.key === undefined ? undefined : keyPlanFor(request.key);
+      const keyPlan = request.key === undefined ? undefined : keyPlanOf(request.key);
       // The cached plans are shared: a key's plan is added to a copy.
       if (keyPlan !== undefined) plans = [...plans, keyPlan];
       if (plans.length === 0) return noReservation(request.requestId);

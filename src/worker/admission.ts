@@ -1,5 +1,5 @@
 import type { Msg } from '@nats-io/nats-core';
-import { contradiction, withKeyIdentity } from '../auth/index.js';
+import { callerError, contradiction, withKeyIdentity } from '../auth/index.js';
 import { checkClientIds, MAX_JSON_DEPTH, nestsDeeperThan } from '../contract/client-ids.js';
 import { asProxyError, ProxyError } from '../contract/errors.js';
 import { parseChatRequest, type ChatRequest } from '../contract/request.js';
@@ -74,11 +74,8 @@ export async function admit(
     );
   }
   // Auth: a refused request is not attributed to the agent it names (the record knows it is unauthenticated).
-  const { refusal, storeUnavailable } = record.caller;
-  if (refusal !== undefined)
-    return storeUnavailable
-      ? new ProxyError('internal', refusal, { retryable: true })
-      : new ProxyError('unauthorized', refusal);
+  const refused = callerError(record.caller);
+  if (refused !== undefined) return refused;
   if (contradicted !== undefined) return new ProxyError('unauthorized', contradicted);
   let request: ChatRequest;
   try {

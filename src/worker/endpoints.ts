@@ -5,7 +5,7 @@
  */
 import { headers as createHeaders, type Msg, type NatsConnection, type Subscription } from '@nats-io/nats-core';
 import type { Service, ServiceMsg } from '@nats-io/services';
-import { type Caller, type CallerCheck, readHeaders } from '../auth/index.js';
+import { type Caller, type CallerCheck, callerError, readHeaders } from '../auth/index.js';
 import { REQUEST_ID_PATTERN } from '../contract/client-ids.js';
 import { ProxyError, toErrorReply } from '../contract/errors.js';
 import type { ModelsReply } from '../contract/models.js';
@@ -61,10 +61,7 @@ async function callerOf(message: Msg, auth: CallerCheck): Promise<Caller | Proxy
   const { headers, malformed } = readHeaders(message);
   if (malformed) return new ProxyError('invalid_request', "the message's header block is malformed");
   const caller = await auth.identify(headers, true);
-  if (caller.refusal === undefined) return caller;
-  return caller.storeUnavailable
-    ? new ProxyError('internal', caller.refusal, { retryable: true })
-    : new ProxyError('unauthorized', caller.refusal);
+  return callerError(caller) ?? caller;
 }
 
 /** `llm.proxy.models` (queue group `llm-proxy`): the routable models; `{"health": true}` adds each deployment's state. */
