@@ -93,6 +93,28 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
     assert.match(worker.stderr, /models\.a\.provider: unknown provider "opnai"/);
   });
 
+  test('check-config and worker refuse a provider type nobody registered, naming the ones there are', async () => {
+    const path = join(dir, 'unknown-type.yaml');
+    writeFileSync(
+      path,
+      stringify({
+        providers: { claude: { type: 'antropic', base_url: 'https://api.anthropic.com/v1' } },
+        models: { m: { provider: 'claude', physical_name: 'claude-sonnet-4-5' } },
+      }),
+    );
+    const [checked, worker] = await Promise.all([
+      runCli(['check-config', path]),
+      runCli(['worker', '--config', path], { NATS_URL: 'nats://127.0.0.1:1' }),
+    ]);
+    for (const result of [checked, worker]) {
+      assert.equal(result.code, 1, result.stdout);
+      assert.match(
+        result.stderr,
+        /providers\.claude\.type: unknown provider type "antropic" \(one of openai, azure, .*ollama.*\)/,
+      );
+    }
+  });
+
   test('check-config masks a password or token in a base URL; an empty LLM_PROXY_SECRET stops worker, aggregator and dev', async () => {
     const path = join(dir, 'secret-url.yaml');
     writeFileSync(

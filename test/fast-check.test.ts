@@ -13,18 +13,14 @@ import type { z } from 'zod';
 import { chatRequestSchema, parseChatRequest, passesFastCheck } from '../src/contract/request.js';
 import { ProxyError } from '../src/contract/errors.js';
 import { fastCheck } from '../src/contract/fast-check.js';
-import {
-  convertOllamaChat,
-  convertOllamaChunk,
-  createOllamaStreamState,
-} from '../src/providers/convert-ollama-response.js';
+import { convertOllamaChat, convertOllamaChunk, createOllamaStreamState } from '../src/providers/ollama/response.js';
 import {
   convertOpenAIChunk,
   convertOpenAICompletion,
   createOpenAIStreamState,
-} from '../src/providers/convert-openai-response.js';
-import { ollamaChatSchema } from '../src/providers/ollama-response-schema.js';
-import { openAIChunkSchema, openAICompletionSchema } from '../src/providers/openai-response-schema.js';
+} from '../src/providers/openai/response.js';
+import { ollamaChatSchema } from '../src/providers/ollama/schema.js';
+import { openAIChunkSchema, openAICompletionSchema } from '../src/providers/openai/schema.js';
 import { seededRandom } from './helpers/seeded-random.js';
 
 const SEEDS: Array<Record<string, unknown>> = [

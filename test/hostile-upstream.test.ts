@@ -21,8 +21,8 @@ import {
   TEST_API_KEY,
   type InProcessWorker,
 } from './helpers/worker.js';
-import { createOllamaProvider } from '../src/providers/ollama.js';
-import { createOpenAICompatibleProvider } from '../src/providers/openai-compatible.js';
+import { createOllamaProvider } from '../src/providers/ollama/adapter.js';
+import { createOpenAICompatibleProvider } from '../src/providers/openai/adapter.js';
 import type { Provider, ProviderCall, ProviderSettings } from '../src/providers/types.js';
 import { parseChatRequest } from '../src/contract/request.js';
 import { ProxyError } from '../src/contract/errors.js';

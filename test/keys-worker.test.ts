@@ -18,6 +18,7 @@ import { startFrontDoor, type FrontDoor } from '../src/http/front-door.js';
 import { createLogger } from '../src/telemetry/logger.js';
 import { startFakeOpenAI, type FakeOpenAI } from './fakes/index.js';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
+import { withTypo } from './helpers/typo.js';
 import {
   startInProcessWorker,
   testConfig,
@@ -193,7 +194,7 @@ describe('a key says who is calling', () => {
       ['the secret alone', { 'X-Internal-Secret': SECRET }, /a key is required/],
       ['not Bearer', { Authorization: 'Basic dXNlcjpwYXNz' }, /the Authorization header is not "Bearer <key>"/],
       ['a look-alike', { Authorization: 'Bearer llmp_notakey' }, /the key in Authorization is malformed/],
-      ['a typo', { Authorization: `Bearer ${wellFormedUnknown.slice(0, -1)}x` }, /malformed/],
+      ['a typo', { Authorization: `Bearer ${withTypo(wellFormedUnknown)}` }, /malformed/],
       ['unknown', { Authorization: `Bearer ${wellFormedUnknown}` }, /the key in Authorization is not known/],
       ['expired', { Authorization: `Bearer ${expiring.key}` }, /the key in Authorization has expired/],
     ];

@@ -19,6 +19,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { Empty, PermissionViolationError, type NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
+import { withTypo } from './helpers/typo.js';
 import { startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
 import {
   expectViolation,
@@ -249,7 +250,7 @@ test('the admin user keeps the keys (LLM_KEYS) and reads LLM_LIMITS; the worker 
   const reply = await helion.chat({ model: 'gpt-test', messages: [{ role: 'user', content: 'with a key' }] });
   assert.equal(typeof reply.content, 'string');
   await assert.rejects(
-    (await agentClient('helion', { apiKey: `${key.slice(0, -1)}x` })).chat({
+    (await agentClient('helion', { apiKey: withTypo(key) })).chat({
       model: 'gpt-test',
       messages: [{ role: 'user', content: 'a wrong key' }],
     }),

@@ -9,8 +9,8 @@ import { ProxyError } from '../src/contract/errors.js';
 import { parseChatRequest, type ChatRequest } from '../src/contract/request.js';
 import { parseConfigText } from '../src/config/load.js';
 import { createPool, createProviders } from '../src/providers/registry.js';
-import { createOllamaProvider } from '../src/providers/ollama.js';
-import { createOpenAICompatibleProvider } from '../src/providers/openai-compatible.js';
+import { createOllamaProvider } from '../src/providers/ollama/adapter.js';
+import { createOpenAICompatibleProvider } from '../src/providers/openai/adapter.js';
 import type { Provider, ProviderResponse, ProviderStreamEvent } from '../src/providers/types.js';
 import {
   fakeBehaviours,

@@ -42,8 +42,12 @@ export const sizeBytes = z.union([z.number(), z.string()]).transform((value, con
 
 const envName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name');
 
-export const PROVIDER_TYPES = ['openai', 'ollama'] as const;
-export type ProviderType = (typeof PROVIDER_TYPES)[number];
+/**
+ * A provider type's name (`openai`, `anthropic`…). Which names exist is registered in one place,
+ * src/providers/registry.ts, which checks them when the providers are built (and `check-config`).
+ */
+export type ProviderType = string;
+const providerTypeName = z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'must be a provider type (e.g. openai, anthropic)');
 
 /** Most bytes of one 2xx answer body, JSON or a whole stream (`max_response_bytes`). */
 export const DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 ** 2;
@@ -57,8 +61,13 @@ const boundBytes = sizeBytes.pipe(
 
 export const providerSchema = z
   .object({
-    type: z.enum(PROVIDER_TYPES).optional(),
+    type: providerTypeName.optional(),
     base_url: z.string().url(),
+    /** The provider's API version: Azure's `api-version` query, Anthropic's `anthropic-version` header. */
+    api_version: z
+      .string()
+      .regex(/^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$/, 'must be an API version (e.g. 2024-10-21)')
+      .optional(),
     api_key_env: envName.optional(),
     /** Extra, non-secret HTTP headers sent with every call (e.g. OpenAI-Organization). */
     headers: z.record(z.string(), z.string()).optional(),

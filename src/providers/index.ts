@@ -6,9 +6,9 @@ export {
   DEFAULT_HEADERS_TIMEOUT_MS,
   type ProviderSet,
 } from './registry.js';
-export { createOpenAICompatibleProvider } from './openai-compatible.js';
-export { createOllamaProvider } from './ollama.js';
-export { redact } from './redact.js';
-export { parseRetryAfterMs } from './retry-after.js';
-export { isContextLengthMessage } from './provider-error.js';
+export { createOpenAICompatibleProvider } from './openai/adapter.js';
+export { createOllamaProvider } from './ollama/adapter.js';
+export { redact } from './transport/redact.js';
+export { parseRetryAfterMs } from './transport/retry-after.js';
+export { isContextLengthMessage } from './transport/provider-error.js';
 export type * from './types.js';

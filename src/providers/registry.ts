@@ -1,18 +1,32 @@
 /**
  * Builds one adapter and one keep-alive undici pool per configured provider.
- * Adding a provider type is one adapter file and one line in ADAPTERS.
+ * Adding a provider type is one folder (src/providers/<type>/) and one line in PROVIDER_ADAPTERS,
+ * the only list of types there is (src/providers/README.md).
  */
 import { Pool } from 'undici';
-import type { ProviderType } from '../config/schema.js';
-import type { ResolvedConfig, ResolvedProvider } from '../config/load.js';
-import { createOllamaProvider } from './ollama.js';
-import { createOpenAICompatibleProvider } from './openai-compatible.js';
+import { ConfigError, type ResolvedConfig, type ResolvedProvider } from '../config/load.js';
+import { createAzureProvider } from './azure/adapter.js';
+import { createOllamaProvider } from './ollama/adapter.js';
+import { createOpenAICompatibleProvider } from './openai/adapter.js';
 import type { Provider, ProviderSettings } from './types.js';
 
-const ADAPTERS: Record<ProviderType, (settings: ProviderSettings) => Provider> = {
-  openai: createOpenAICompatibleProvider,
+/** Every provider type, by the name config.yaml's `type` gives it. */
+export const PROVIDER_ADAPTERS: Readonly<Record<string, (settings: ProviderSettings) => Provider>> = {
+  openai: (settings) => createOpenAICompatibleProvider(settings),
+  azure: createAzureProvider,
   ollama: createOllamaProvider,
 };
+
+/** `providers.<name>.type: unknown provider type …` for each provider whose type is not registered. */
+export function unknownProviderTypes(config: Pick<ResolvedConfig, 'providers'>): string[] {
+  const known = Object.keys(PROVIDER_ADAPTERS);
+  return [...config.providers.values()]
+    .filter((provider) => !Object.hasOwn(PROVIDER_ADAPTERS, provider.type))
+    .map(
+      (provider) =>
+        `providers.${provider.name}.type: unknown provider type ${JSON.stringify(provider.type)} (one of ${known.join(', ')})`,
+    );
+}
 
 /** LLMs think before the first byte and pause between tokens: generous, but not forever. */
 export const DEFAULT_HEADERS_TIMEOUT_MS = 120_000;
@@ -52,7 +66,9 @@ async function closePool(pool: Pool): Promise<void> {
   if (outcome === 'timeout') await pool.destroy();
 }
 
-export function createProviders(config: Pick<ResolvedConfig, 'providers'>): ProviderSet {
+export function createProviders(config: Pick<ResolvedConfig, 'providers'> & { source?: string }): ProviderSet {
+  const unknown = unknownProviderTypes(config);
+  if (unknown.length > 0) throw new ConfigError(config.source ?? 'config', unknown);
   const providers = new Map<string, Provider>();
   const pools: Pool[] = [];
   for (const provider of config.providers.values()) {
@@ -60,13 +76,14 @@ export function createProviders(config: Pick<ResolvedConfig, 'providers'>): Prov
     pools.push(pool);
     providers.set(
       provider.name,
-      ADAPTERS[provider.type]({
+      PROVIDER_ADAPTERS[provider.type]!({
         name: provider.name,
         type: provider.type,
         baseUrl: provider.base_url,
         apiKey: provider.apiKey,
         apiKeyEnv: provider.api_key_env,
         headers: provider.headers,
+        apiVersion: provider.api_version,
         maxResponseBytes: provider.max_response_bytes,
         maxLineBytes: provider.max_line_bytes,
         dispatcher: pool,

@@ -2,7 +2,7 @@ import type { Dispatcher } from 'undici';
 import type { ChatRequest, ToolCall } from '../contract/request.js';
 import type { FinishReason, ToolCallDelta } from '../contract/reply.js';
 import type { ProviderType } from '../config/schema.js';
-import type { CancelSignal } from './cancellation.js';
+import type { CancelSignal } from './transport/cancellation.js';
 
 /**
  * What a provider adapter needs to know, handed in by whoever builds it.
@@ -21,6 +21,8 @@ export interface ProviderSettings {
    */
   apiKeyEnv?: string | undefined;
   headers?: Record<string, string> | undefined;
+  /** `api_version`: Azure's `api-version`, Anthropic's `anthropic-version` (each adapter has its default). */
+  apiVersion?: string | undefined;
   /** Most bytes of one 2xx answer body, JSON or a whole stream (`max_response_bytes`; default 32 MiB). */
   maxResponseBytes?: number | undefined;
   /**

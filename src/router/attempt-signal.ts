@@ -1,5 +1,5 @@
 import { ProxyError } from '../contract/errors.js';
-import { Cancellation, type CancelSignal } from '../providers/cancellation.js';
+import { Cancellation, type CancelSignal } from '../providers/transport/cancellation.js';
 
 /** The reason to abort with when the caller's signal fires: its own reason when a ProxyError, else `cancelled`. */
 export function callerAbortReason(signal: CancelSignal): ProxyError {

@@ -7,7 +7,7 @@ import type { ChatRequest } from '../contract/request.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderStreamEvent } from '../providers/types.js';
 import { createRouter } from './index.js';
 import type { RoutedCall } from './types.js';
-import type { CancelSignal } from '../providers/cancellation.js';
+import type { CancelSignal } from '../providers/transport/cancellation.js';
 
 /*
  * Routing logic over small in-process providers (no HTTP here: test/router.test.ts

@@ -1,7 +1,7 @@
 import type { AttemptRecord } from '../contract/reply.js';
 import type { ChatRequest } from '../contract/request.js';
 import type { ModelInfo } from '../contract/models.js';
-import type { CancelSignal } from '../providers/cancellation.js';
+import type { CancelSignal } from '../providers/transport/cancellation.js';
 import type { ProviderResponse, ProviderStreamEvent } from '../providers/types.js';
 
 /**

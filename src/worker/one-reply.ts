@@ -2,7 +2,7 @@ import type { Msg } from '@nats-io/nats-core';
 import { asProxyError, type ErrorCode } from '../contract/errors.js';
 import type { ChatReply } from '../contract/reply.js';
 import { roundMs } from '../contract/rounding.js';
-import type { CancelSignal } from '../providers/cancellation.js';
+import type { CancelSignal } from '../providers/transport/cancellation.js';
 import type { Admitted } from './admission.js';
 import type { StageDependencies } from './pipeline.js';
 import type { RequestRecord } from './request-record.js';

@@ -4,7 +4,7 @@ import type { ResolvedConfig } from '../config/load.js';
 import { asProxyError, ProxyError, type ErrorCode } from '../contract/errors.js';
 import { prepareRequestCheck } from '../contract/request.js';
 import { roundMs } from '../contract/rounding.js';
-import { Cancellation } from '../providers/cancellation.js';
+import { Cancellation } from '../providers/transport/cancellation.js';
 import type { Router } from '../router/types.js';
 import type { Logger } from '../telemetry/logger.js';
 import { endRequestSpan, startRequestSpan } from '../telemetry/tracing.js';

@@ -3,7 +3,7 @@ import { asProxyError, ProxyError, toErrorReply, type ErrorCode } from '../contr
 import type { FinishReason } from '../contract/reply.js';
 import { roundMs } from '../contract/rounding.js';
 import { ToolCallAssembler } from '../contract/tool-call-assembler.js';
-import type { Cancellation } from '../providers/cancellation.js';
+import type { Cancellation } from '../providers/transport/cancellation.js';
 import type { ProviderUsage } from '../providers/types.js';
 import type { Admitted } from './admission.js';
 import type { StageDependencies } from './pipeline.js';

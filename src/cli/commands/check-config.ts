@@ -1,14 +1,9 @@
 /** `llm-proxy check-config`: validate a config file and say what it sets up. */
 import type { Command } from '../command.js';
 import { parseCommandLine, UsageError } from '../command.js';
-import {
-  ConfigError,
-  configPathFromEnv,
-  loadConfigFile,
-  missingApiKeys,
-  type ResolvedConfig,
-} from '../../config/index.js';
+import { ConfigError, configPathFromEnv, missingApiKeys, type ResolvedConfig } from '../../config/index.js';
 import { redactUrl } from '../../config/redact-url.js';
+import { loadCheckedConfig } from '../load-config.js';
 
 const help = `Usage: llm-proxy check-config [FILE]
 
@@ -71,7 +66,7 @@ export const command: Command = {
     const path = positionals[0] ?? configPathFromEnv();
     let config: ResolvedConfig;
     try {
-      config = loadConfigFile(path);
+      config = loadCheckedConfig(path);
     } catch (error) {
       if (error instanceof ConfigError) {
         process.stderr.write(`${error.message}\n`);

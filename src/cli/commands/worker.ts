@@ -5,17 +5,12 @@
  */
 import type { Command } from '../command.js';
 import { parseCommandLine } from '../command.js';
-import {
-  ConfigError,
-  configPathFromEnv,
-  loadConfigFile,
-  missingApiKeys,
-  type ResolvedConfig,
-} from '../../config/index.js';
+import { ConfigError, configPathFromEnv, missingApiKeys, type ResolvedConfig } from '../../config/index.js';
 import { natsUrlFromEnv } from '../../bus/connect.js';
 import { createLogger } from '../../telemetry/logger.js';
 import { startWorker } from '../../worker/index.js';
 import { tuneV8ForWorker } from '../v8-tuning.js';
+import { loadCheckedConfig } from '../load-config.js';
 
 const help = `Usage: llm-proxy worker [--config FILE] [--nats URL]
 
@@ -42,7 +37,7 @@ Example:
 
 export function loadConfigOrExplain(path: string): ResolvedConfig | undefined {
   try {
-    return loadConfigFile(path);
+    return loadCheckedConfig(path);
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(`llm-proxy: ${error.message}\n`);

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ProxyError } from '../contract/errors.js';
+import { ProxyError } from '../../contract/errors.js';
 import {
   abortError,
   errorFromStatus,

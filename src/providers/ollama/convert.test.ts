@@ -1,16 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ProxyError } from '../contract/errors.js';
-import { parseChatRequest } from '../contract/request.js';
-import {
-  convertOllamaChat,
-  convertOllamaChunk,
-  convertOllamaUsage,
-  createOllamaStreamState,
-} from './convert-ollama-response.js';
-import { convertToOllamaMessages, convertToOllamaRequest, imageFromDataUrl } from './convert-to-ollama-request.js';
-import { ollamaChatSchema } from './ollama-response-schema.js';
-import type { ProviderStreamEvent } from './types.js';
+import { ProxyError } from '../../contract/errors.js';
+import { parseChatRequest } from '../../contract/request.js';
+import { convertOllamaChat, convertOllamaChunk, convertOllamaUsage, createOllamaStreamState } from './response.js';
+import { convertToOllamaMessages, convertToOllamaRequest, imageFromDataUrl } from './request.js';
+import { ollamaChatSchema } from './schema.js';
+import type { ProviderStreamEvent } from '../types.js';
 
 const PNG_BASE64 = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==';
 

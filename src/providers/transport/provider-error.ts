@@ -3,7 +3,7 @@
  * decided here and nowhere else: `retryable` means "the same request may
  * succeed if sent again, here later or to another deployment".
  */
-import { ProxyError, type ErrorCode } from '../contract/errors.js';
+import { ProxyError, type ErrorCode } from '../../contract/errors.js';
 import { redact } from './redact.js';
 import { parseRetryAfterMs } from './retry-after.js';
 import type { CancelSignal } from './cancellation.js';

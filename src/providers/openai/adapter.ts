@@ -7,17 +7,31 @@ import {
   convertOpenAICompletion,
   createOpenAIStreamState,
   type OpenAIStreamState,
-} from './convert-openai-response.js';
-import { convertToOpenAIRequest } from './convert-to-openai-request.js';
-import { maxLineBytes, parseJsonText, postForEvents, postForJson, type StreamDecoder } from './http.js';
-import { openAIChunkSchema, openAICompletionSchema } from './openai-response-schema.js';
-import { lineTooLong, malformedResponse, streamEndedEarly } from './provider-error.js';
-import { LineTooLongError, SseParser, type SseEvent } from './sse.js';
-import { fastCheck } from '../contract/fast-check.js';
-import { parseProviderPayload } from './parse-provider-payload.js';
-import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from './types.js';
+} from './response.js';
+import { convertToOpenAIRequest } from './request.js';
+import {
+  bearerAuth,
+  maxLineBytes,
+  parseJsonText,
+  postForEvents,
+  postForJson,
+  type AuthHeaders,
+  type StreamDecoder,
+} from '../transport/http.js';
+import { openAIChunkSchema, openAICompletionSchema } from './schema.js';
+import { lineTooLong, malformedResponse, streamEndedEarly } from '../transport/provider-error.js';
+import { LineTooLongError, SseParser, type SseEvent } from '../transport/sse.js';
+import { fastCheck } from '../../contract/fast-check.js';
+import { parseProviderPayload } from '../transport/parse-provider-payload.js';
+import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from '../types.js';
 
-const CHAT_PATH = '/chat/completions';
+/** Where an OpenAI-shaped API takes a model's chat completions, and how it wants the key. */
+export interface OpenAIWire {
+  chatPath(model: string): string;
+  auth: AuthHeaders;
+}
+
+const OPENAI_WIRE: OpenAIWire = { chatPath: () => '/chat/completions', auth: bearerAuth };
 
 function parseCompletion(settings: ProviderSettings, json: unknown, model: string): ProviderResponse {
   return convertOpenAICompletion(parseProviderPayload(settings, json, openAICompletionSchema, 'response'), model);
@@ -127,11 +141,16 @@ class WholeAnswerDecoder implements StreamDecoder<ProviderStreamEvent> {
   }
 }
 
-function streamChat(settings: ProviderSettings, call: ProviderCall): AsyncIterableIterator<ProviderStreamEvent> {
+function streamChat(
+  settings: ProviderSettings,
+  wire: OpenAIWire,
+  call: ProviderCall,
+): AsyncIterableIterator<ProviderStreamEvent> {
   return postForEvents<ProviderStreamEvent>(
     {
       settings,
-      path: CHAT_PATH,
+      path: wire.chatPath(call.model),
+      auth: wire.auth,
       body: convertToOpenAIRequest(call.model, call.request, true),
       signal: call.signal,
       accept: 'text/event-stream',
@@ -143,7 +162,8 @@ function streamChat(settings: ProviderSettings, call: ProviderCall): AsyncIterab
   );
 }
 
-export function createOpenAICompatibleProvider(settings: ProviderSettings): Provider {
+/** `wire`: Azure's deployments path and `api-key` (azure/adapter.ts); OpenAI's own by default. */
+export function createOpenAICompatibleProvider(settings: ProviderSettings, wire: OpenAIWire = OPENAI_WIRE): Provider {
   // The payload checks are compiled now, not on the first answer (contract/fast-check.ts).
   fastCheck(openAICompletionSchema);
   fastCheck(openAIChunkSchema);
@@ -153,7 +173,8 @@ export function createOpenAICompatibleProvider(settings: ProviderSettings): Prov
     async chat(call: ProviderCall): Promise<ProviderResponse> {
       const json = await postForJson({
         settings,
-        path: CHAT_PATH,
+        path: wire.chatPath(call.model),
+        auth: wire.auth,
         body: convertToOpenAIRequest(call.model, call.request, false),
         signal: call.signal,
         accept: 'application/json',
@@ -161,7 +182,7 @@ export function createOpenAICompatibleProvider(settings: ProviderSettings): Prov
       return parseCompletion(settings, json, call.model);
     },
     stream(call: ProviderCall): AsyncIterable<ProviderStreamEvent> {
-      return streamChat(settings, call);
+      return streamChat(settings, wire, call);
     },
   };
 }

@@ -2,20 +2,15 @@
  * Ollama's native API: `POST {base_url}/api/chat`, one JSON object, or NDJSON
  * lines when streaming (the last one `done: true` with the token counts).
  */
-import {
-  convertOllamaChat,
-  convertOllamaChunk,
-  createOllamaStreamState,
-  type OllamaStreamState,
-} from './convert-ollama-response.js';
-import { convertToOllamaRequest } from './convert-to-ollama-request.js';
-import { maxLineBytes, postForEvents, postForJson, type StreamDecoder } from './http.js';
-import { LineTooLongError, NdjsonParser, NdjsonSyntaxError } from './ndjson.js';
-import { ollamaChatSchema } from './ollama-response-schema.js';
-import { lineTooLong, malformedResponse, streamEndedEarly } from './provider-error.js';
-import { fastCheck } from '../contract/fast-check.js';
-import { parseProviderPayload } from './parse-provider-payload.js';
-import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from './types.js';
+import { convertOllamaChat, convertOllamaChunk, createOllamaStreamState, type OllamaStreamState } from './response.js';
+import { convertToOllamaRequest } from './request.js';
+import { maxLineBytes, postForEvents, postForJson, type StreamDecoder } from '../transport/http.js';
+import { LineTooLongError, NdjsonParser, NdjsonSyntaxError } from '../transport/ndjson.js';
+import { ollamaChatSchema } from './schema.js';
+import { lineTooLong, malformedResponse, streamEndedEarly } from '../transport/provider-error.js';
+import { fastCheck } from '../../contract/fast-check.js';
+import { parseProviderPayload } from '../transport/parse-provider-payload.js';
+import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from '../types.js';
 
 const CHAT_PATH = '/api/chat';
 

@@ -6,11 +6,11 @@
  */
 import { TextDecoder } from 'node:util';
 import type { Dispatcher } from 'undici';
-import { asProxyError, ProxyError } from '../contract/errors.js';
-import { DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_RESPONSE_BYTES } from '../config/schema.js';
+import { asProxyError, ProxyError } from '../../contract/errors.js';
+import { DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_RESPONSE_BYTES } from '../../config/schema.js';
 import { errorFromStatus, errorFromTransport, malformedResponse, responseTooLarge } from './provider-error.js';
 import type { CancelSignal } from './cancellation.js';
-import type { ProviderSettings } from './types.js';
+import type { ProviderSettings } from '../types.js';
 
 /** Longest error body read (an error page can be large; the message is cut to 500 characters anyway). */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
@@ -37,22 +37,39 @@ export function providerSecrets(settings: ProviderSettings): string[] {
   return secrets;
 }
 
-/** `http://host:11434` + `/api/chat`, `https://api.openai.com/v1` + `/chat/completions`. */
+/**
+ * `http://host:11434` + `/api/chat`, `https://api.openai.com/v1` + `/chat/completions`; a query in
+ * either (Azure's `?api-version=`) is kept, the path's after the base URL's.
+ */
 export function resolveEndpoint(baseUrl: string, path: string): { origin: string; path: string } {
   const url = new URL(baseUrl);
   const prefix = url.pathname.replace(/\/+$/, '');
-  return { origin: url.origin, path: `${prefix}${path}${url.search}` };
+  const queryAt = path.indexOf('?');
+  const pathOnly = queryAt === -1 ? path : path.slice(0, queryAt);
+  const query = [url.search.slice(1), queryAt === -1 ? '' : path.slice(queryAt + 1)].filter((part) => part !== '');
+  return { origin: url.origin, path: `${prefix}${pathOnly}${query.length === 0 ? '' : `?${query.join('&')}`}` };
 }
+
+/** The headers that carry a provider's API key: each adapter names its own (Anthropic `x-api-key`, Azure `api-key`…). */
+export type AuthHeaders = (apiKey: string) => Record<string, string>;
+
+/** OpenAI's and most others': `Authorization: Bearer <key>`. */
+export const bearerAuth: AuthHeaders = (apiKey) => ({ authorization: `Bearer ${apiKey}` });
 
 export interface ProviderPost {
   settings: ProviderSettings;
-  /** Path under the base URL, e.g. `/chat/completions`. */
+  /** Path under the base URL, e.g. `/chat/completions`; may carry a query. */
   path: string;
   body: unknown;
   signal: CancelSignal;
   accept: string;
-  /** Extra headers of the adapter (the configured ones and the key are added here). */
+  /**
+   * The adapter's own headers (`anthropic-version`…). With `auth`, the same for every call of one
+   * adapter to one path: they are worked out once per provider, path and accepted type.
+   */
   headers?: Record<string, string>;
+  /** How the API key is sent; default `bearerAuth`. */
+  auth?: AuthHeaders;
 }
 
 function requestHeaders(post: ProviderPost): Record<string, string> {
@@ -62,7 +79,7 @@ function requestHeaders(post: ProviderPost): Record<string, string> {
     ...(post.settings.headers ?? {}),
     ...(post.headers ?? {}),
   };
-  if (post.settings.apiKey !== undefined) headers.authorization = `Bearer ${post.settings.apiKey}`;
+  if (post.settings.apiKey !== undefined) Object.assign(headers, (post.auth ?? bearerAuth)(post.settings.apiKey));
   return headers;
 }
 
@@ -74,7 +91,8 @@ interface PreparedTarget {
 
 /**
  * Endpoint and headers depend only on the provider, the adapter's path and
- * the accepted type: worked out once per combination rather than per call
+ * the accepted type (an adapter's headers and auth are its own constants):
+ * worked out once per combination rather than per call
  * (a URL parse and a header object on every request otherwise). undici copies
  * the headers it is given, so one object serves every call.
  */
@@ -85,7 +103,6 @@ function preparedTarget(post: ProviderPost): PreparedTarget {
     ...resolveEndpoint(post.settings.baseUrl, post.path),
     headers: requestHeaders(post),
   });
-  if (post.headers !== undefined) return prepare();
   let targets = preparedTargets.get(post.settings);
   if (targets === undefined) preparedTargets.set(post.settings, (targets = new Map()));
   const key = `${post.path} ${post.accept}`;

@@ -1,4 +1,4 @@
-import type { FinishReason } from '../contract/reply.js';
+import type { FinishReason } from '../../contract/reply.js';
 
 /**
  * Ollama's `done_reason` to ours. Ollama says `stop` after a tool call, so

@@ -1,4 +1,4 @@
-import type { FinishReason } from '../contract/reply.js';
+import type { FinishReason } from '../../contract/reply.js';
 
 /**
  * OpenAI's finish reasons and those of compatible servers, to ours. An unknown

@@ -4,8 +4,8 @@
  * parallel_tool_calls, reasoning_effort) are not sent; `provider_options`
  * can set anything Ollama knows (`think`, `keep_alive`, `options.num_ctx`…).
  */
-import { ProxyError } from '../contract/errors.js';
-import type { ChatMessage, ChatRequest } from '../contract/request.js';
+import { ProxyError } from '../../contract/errors.js';
+import type { ChatMessage, ChatRequest } from '../../contract/request.js';
 
 export interface OllamaToolCall {
   function: { name: string; arguments: Record<string, unknown> };

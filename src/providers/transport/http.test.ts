@@ -20,6 +20,16 @@ test('endpoint: the base URL path is kept as a prefix, trailing slashes dropped'
     origin: 'http://gw.local',
     path: '/openai/v1/chat/completions?api-version=2024',
   });
+  assert.deepEqual(
+    resolveEndpoint(
+      'https://r.openai.azure.com?x=1',
+      '/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21',
+    ),
+    {
+      origin: 'https://r.openai.azure.com',
+      path: '/openai/deployments/gpt-4o/chat/completions?x=1&api-version=2024-10-21',
+    },
+  );
 });
 
 test('secrets: the API key and the values of secret-looking configured headers, not ordinary ones', async () => {

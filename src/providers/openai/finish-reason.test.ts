@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mapOllamaFinishReason } from './map-ollama-finish-reason.js';
-import { mapOpenAIFinishReason } from './map-openai-finish-reason.js';
+import { mapOpenAIFinishReason } from './finish-reason.js';
 
 test('OpenAI finish reasons, with those of DeepSeek and compatible servers', () => {
   const table: Array<[string | null | undefined, boolean, string]> = [
@@ -20,25 +19,6 @@ test('OpenAI finish reasons, with those of DeepSeek and compatible servers', () 
   for (const [reason, hasToolCalls, expected] of table) {
     assert.equal(
       mapOpenAIFinishReason(reason, hasToolCalls),
-      expected,
-      `${String(reason)} (tool calls: ${hasToolCalls})`,
-    );
-  }
-});
-
-test('Ollama done reasons', () => {
-  const table: Array<[string | null | undefined, boolean, string]> = [
-    ['stop', false, 'stop'],
-    ['stop', true, 'tool_calls'],
-    ['length', false, 'length'],
-    ['load', false, 'stop'],
-    ['unload', false, 'stop'],
-    [undefined, false, 'stop'],
-    ['something_new', true, 'tool_calls'],
-  ];
-  for (const [reason, hasToolCalls, expected] of table) {
-    assert.equal(
-      mapOllamaFinishReason(reason, hasToolCalls),
       expected,
       `${String(reason)} (tool calls: ${hasToolCalls})`,
     );

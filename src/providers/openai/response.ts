@@ -1,8 +1,8 @@
-import type { ToolCall } from '../contract/request.js';
-import type { ToolCallDelta } from '../contract/reply.js';
-import { mapOpenAIFinishReason } from './map-openai-finish-reason.js';
-import type { OpenAIChunk, OpenAICompletion } from './openai-response-schema.js';
-import type { ProviderResponse, ProviderStreamEvent, ProviderUsage } from './types.js';
+import type { ToolCall } from '../../contract/request.js';
+import type { ToolCallDelta } from '../../contract/reply.js';
+import { mapOpenAIFinishReason } from './finish-reason.js';
+import type { OpenAIChunk, OpenAICompletion } from './schema.js';
+import type { ProviderResponse, ProviderStreamEvent, ProviderUsage } from '../types.js';
 
 export function convertOpenAICompletion(completion: OpenAICompletion, requestedModel: string): ProviderResponse {
   // The schema guarantees at least one choice; we ask for n = 1.

@@ -1,10 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseChatRequest } from '../contract/request.js';
-import { convertOpenAIChunk, convertOpenAICompletion, createOpenAIStreamState } from './convert-openai-response.js';
-import { convertToOpenAIRequest } from './convert-to-openai-request.js';
-import { openAIChunkSchema, openAICompletionSchema } from './openai-response-schema.js';
-import type { ProviderStreamEvent } from './types.js';
+import { parseChatRequest } from '../../contract/request.js';
+import { convertOpenAIChunk, convertOpenAICompletion, createOpenAIStreamState } from './response.js';
+import { convertToOpenAIRequest } from './request.js';
+import { openAIChunkSchema, openAICompletionSchema } from './schema.js';
+import type { ProviderStreamEvent } from '../types.js';
 
 test('request: OpenAI parameters are sent, our own fields never, provider_options last', () => {
   const request = parseChatRequest({

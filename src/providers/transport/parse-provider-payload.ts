@@ -1,8 +1,8 @@
 import type { z } from 'zod';
-import { fastCheck } from '../contract/fast-check.js';
+import { fastCheck } from '../../contract/fast-check.js';
 import { providerSecrets } from './http.js';
 import { errorFromStreamPayload, malformedResponse } from './provider-error.js';
-import type { ProviderSettings } from './types.js';
+import type { ProviderSettings } from '../types.js';
 
 function describeIssues(error: z.ZodError): string {
   return error.issues

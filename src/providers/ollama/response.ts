@@ -1,8 +1,8 @@
-import type { ToolCall } from '../contract/request.js';
-import type { ToolCallDelta } from '../contract/reply.js';
-import { mapOllamaFinishReason } from './map-ollama-finish-reason.js';
-import type { OllamaChat, OllamaResponseToolCall } from './ollama-response-schema.js';
-import type { ProviderResponse, ProviderStreamEvent, ProviderUsage } from './types.js';
+import type { ToolCall } from '../../contract/request.js';
+import type { ToolCallDelta } from '../../contract/reply.js';
+import { mapOllamaFinishReason } from './finish-reason.js';
+import type { OllamaChat, OllamaResponseToolCall } from './schema.js';
+import type { ProviderResponse, ProviderStreamEvent, ProviderUsage } from '../types.js';
 
 /** Ollama tool calls (no ids, arguments an object) to OpenAI's (`call_<n>`, arguments a JSON string). */
 export function convertOllamaToolCall(call: OllamaResponseToolCall, index: number): ToolCall {

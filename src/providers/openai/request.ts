@@ -1,4 +1,4 @@
-import type { ChatRequest } from '../contract/request.js';
+import type { ChatRequest } from '../../contract/request.js';
 
 /**
  * OpenAI's chat-completions parameters that we pass on as the agent sent them.
