@@ -365,9 +365,12 @@ class NatsChatStream implements ChatStream {
     this.#expectedSeq += 1;
     const chunk = body as StreamChunk;
     if (typeof chunk.delta !== 'string') chunk.delta = '';
-    this.#content += chunk.delta;
-    if (typeof chunk.reasoning_delta === 'string') this.#reasoning += chunk.reasoning_delta;
-    if (Array.isArray(chunk.tool_calls)) (this.#toolCalls ??= new ToolCallAssembler()).add(chunk.tool_calls);
+    // The reply's own fields are the first choice's; the others (`n` > 1) come whole in the end's `choices`.
+    if (chunk.index === undefined || chunk.index === 0) {
+      this.#content += chunk.delta;
+      if (typeof chunk.reasoning_delta === 'string') this.#reasoning += chunk.reasoning_delta;
+      if (Array.isArray(chunk.tool_calls)) (this.#toolCalls ??= new ToolCallAssembler()).add(chunk.tool_calls);
+    }
     const waiter = this.#waiter;
     if (waiter !== undefined) {
       this.#waiter = undefined;

@@ -22,6 +22,34 @@ export interface AttemptRecord {
   completion_tokens?: number;
 }
 
+/** One token's log probability, as OpenAI gives it (`logprobs.content[i]`). */
+export interface TokenLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[] | null;
+  top_logprobs?: Array<{ token: string; logprob: number; bytes: number[] | null }>;
+}
+
+/** A choice's log probabilities, OpenAI's shape: `content` for the answer's tokens, `refusal` for a refusal's. */
+export interface ChoiceLogprobs {
+  content: TokenLogprob[] | null;
+  refusal?: TokenLogprob[] | null;
+}
+
+/** One choice of a request with `n` > 1, OpenAI's shape (`choices[i]` of a chat completion). */
+export interface ReplyChoice {
+  index: number;
+  message: {
+    role: 'assistant';
+    content: string | null;
+    refusal: string | null;
+    tool_calls?: ToolCall[];
+    reasoning_content?: string;
+  };
+  logprobs: ChoiceLogprobs | null;
+  finish_reason: FinishReason;
+}
+
 /** The reply to `llm.proxy.request` (DESIGN.md, "Reply"); seed fields first. */
 export interface ChatReply {
   content: string | null;
@@ -39,6 +67,10 @@ export interface ChatReply {
   reasoning_content?: string;
   /** The model's refusal (OpenAI's `message.refusal`); `content` is then usually null. */
   refusal?: string;
+  /** The first choice's log probabilities, when the request asked for `logprobs`. */
+  logprobs?: ChoiceLogprobs;
+  /** Every choice, when the request asked for `n` > 1 (the first is also `content`, `finish_reason`…). */
+  choices?: ReplyChoice[];
   attempts?: AttemptRecord[];
   /** Streaming terminal message only. */
   done?: true;
@@ -68,11 +100,15 @@ export interface ToolCallDelta {
  */
 export interface StreamChunk {
   seq: number;
+  /** The choice this chunk belongs to, on every chunk of a request with `n` > 1. */
+  index?: number;
   delta: string;
   reasoning_delta?: string;
   /** A piece of the model's refusal (OpenAI's `delta.refusal`). */
   refusal_delta?: string;
   tool_calls?: ToolCallDelta[];
+  /** The log probabilities of this chunk's tokens, when the request asked for `logprobs`. */
+  logprobs?: ChoiceLogprobs;
 }
 
 export interface StreamHeartbeat {

@@ -108,7 +108,8 @@ export const chatRequestSchema = z
     top_p: z.number().min(0).max(1).optional(),
     stop: z.union([z.string(), z.array(z.string()).max(4)]).optional(),
     seed: z.number().int().optional(),
-    n: z.literal(1, { error: 'only n = 1 is supported' }).optional(),
+    /** Choices to generate (OpenAI allows up to 128); a provider type that cannot refuses n > 1 by name. */
+    n: z.number().int().min(1).max(128).optional(),
     presence_penalty: z.number().min(-2).max(2).optional(),
     frequency_penalty: z.number().min(-2).max(2).optional(),
     logit_bias: z.record(z.string(), z.number()).optional(),

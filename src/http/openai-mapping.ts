@@ -6,7 +6,7 @@
  */
 import { ProxyError, type ErrorCode } from '../contract/errors.js';
 import type { ModelInfo } from '../contract/models.js';
-import type { ChatReply, FinishReason, StreamChunk } from '../contract/reply.js';
+import type { ChatReply, FinishReason, ReplyChoice, StreamChunk } from '../contract/reply.js';
 
 /**
  * An OpenAI body → ours: the agent from the body's `metadata`, else the `X-Agent-Id` header, else
@@ -62,30 +62,44 @@ const usageOf = (reply: ChatReply) => ({
   total_tokens: reply.usage.total_tokens,
 });
 
-/** Our reply → OpenAI's `chat.completion`. */
-export function completionFromReply(reply: ChatReply, created: number): Record<string, unknown> {
-  const message: Record<string, unknown> = {
-    role: 'assistant',
-    content: reply.content,
-    refusal: reply.refusal ?? null,
-  };
+/** Our reply's first choice in OpenAI's shape (the reply's own fields). */
+function firstChoice(reply: ChatReply): ReplyChoice {
+  const message: ReplyChoice['message'] = { role: 'assistant', content: reply.content, refusal: reply.refusal ?? null };
   if (reply.tool_calls !== undefined && reply.tool_calls.length > 0) message.tool_calls = reply.tool_calls;
   if (reply.reasoning_content !== undefined) message.reasoning_content = reply.reasoning_content;
+  return { index: 0, message, logprobs: reply.logprobs ?? null, finish_reason: reply.finish_reason };
+}
+
+/** Our reply → OpenAI's `chat.completion`: every choice when there are several (`n` > 1). */
+export function completionFromReply(reply: ChatReply, created: number): Record<string, unknown> {
+  const choices = reply.choices ?? [firstChoice(reply)];
   return {
     id: `chatcmpl-${reply.request_id}`,
     object: 'chat.completion',
     created,
     model: reply.model,
-    choices: [{ index: 0, message, logprobs: null, finish_reason: finishReason(reply.finish_reason) }],
+    choices: choices.map((choice) => ({ ...choice, finish_reason: finishReason(choice.finish_reason) })),
     usage: usageOf(reply),
     system_fingerprint: null,
     llm_proxy: extras(reply),
   };
 }
 
-/** The `chat.completion.chunk`s of one stream, in OpenAI's order: a role chunk, deltas, the finish chunk, the usage chunk when asked for. */
+/**
+ * The `chat.completion.chunk`s of one stream, in OpenAI's order: a role chunk per choice, deltas
+ * (each with its choice's index), a finish chunk per choice, the usage chunk when asked for.
+ */
 export class CompletionChunks {
-  constructor(private readonly stream: { requestId: string; model: string; created: number; includeUsage: boolean }) {}
+  constructor(
+    private readonly stream: {
+      requestId: string;
+      model: string;
+      created: number;
+      includeUsage: boolean;
+      /** `n`: how many choices the stream carries. */
+      choices?: number;
+    },
+  ) {}
 
   #chunk(choices: unknown[], more: Record<string, unknown> = {}): Record<string, unknown> {
     return {
@@ -100,7 +114,10 @@ export class CompletionChunks {
   }
 
   first(): Record<string, unknown> {
-    return this.#chunk([{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]);
+    const choices = [];
+    for (let index = 0; index < (this.stream.choices ?? 1); index++)
+      choices.push({ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null });
+    return this.#chunk(choices);
   }
 
   chunk(chunk: StreamChunk): Record<string, unknown> {
@@ -110,14 +127,17 @@ export class CompletionChunks {
       delta.reasoning_content = chunk.reasoning_delta;
     if (chunk.refusal_delta !== undefined && chunk.refusal_delta !== '') delta.refusal = chunk.refusal_delta;
     if (chunk.tool_calls !== undefined && chunk.tool_calls.length > 0) delta.tool_calls = chunk.tool_calls;
-    return this.#chunk([{ index: 0, delta, logprobs: null, finish_reason: null }]);
+    return this.#chunk([{ index: chunk.index ?? 0, delta, logprobs: chunk.logprobs ?? null, finish_reason: null }]);
   }
 
   end(reply: ChatReply): Array<Record<string, unknown>> {
-    const finish = this.#chunk(
-      [{ index: 0, delta: {}, logprobs: null, finish_reason: finishReason(reply.finish_reason) }],
-      { llm_proxy: extras(reply) },
-    );
+    const finishes = (reply.choices ?? [firstChoice(reply)]).map((choice) => ({
+      index: choice.index,
+      delta: {},
+      logprobs: null,
+      finish_reason: finishReason(choice.finish_reason),
+    }));
+    const finish = this.#chunk(finishes, { llm_proxy: extras(reply) });
     if (!this.stream.includeUsage) return [finish];
     return [finish, this.#chunk([], { usage: usageOf(reply) })];
   }

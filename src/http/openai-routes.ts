@@ -32,6 +32,7 @@ export const OPENAI_DIALECT: Dialect = {
         model: request.model,
         created: epochSeconds(),
         includeUsage: request.stream_options?.include_usage === true,
+        choices: typeof request.n === 'number' && request.n > 1 ? request.n : 1,
       }));
     return {
       begin: (sse) => sse.write(sseData(chunksFor(request.request_id ?? '').first())),

@@ -42,8 +42,15 @@ export interface PricedModel {
   cost_per_1k_prompt: number;
   cost_per_1k_completion: number;
   default_max_tokens?: number | undefined;
+  /** The model's most tokens in one answer: what a request without a limit is sent with. */
+  max_tokens?: number | undefined;
   fallbacks: string[];
   context_fallbacks: string[];
+}
+
+/** A request without a completion limit is reserved for: the model's `default_max_tokens`, else its `max_tokens` (what it is sent with). */
+function reservationDefault(model: PricedModel | undefined): number | undefined {
+  return model?.default_max_tokens ?? model?.max_tokens;
 }
 
 export interface LimitHooksOptions {
@@ -119,7 +126,7 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
       const completionTokens = reservedCompletionTokens(
         options.limits,
         request.max_completion_tokens ?? request.max_tokens,
-        options.models.get(request.model)?.default_max_tokens,
+        reservationDefault(options.models.get(request.model)),
       );
       let reservation: Reservation;
       try {

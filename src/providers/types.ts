@@ -1,6 +1,6 @@
 import type { Dispatcher } from 'undici';
 import type { ChatRequest, ToolCall } from '../contract/request.js';
-import type { FinishReason, ToolCallDelta } from '../contract/reply.js';
+import type { ChoiceLogprobs, FinishReason, ToolCallDelta } from '../contract/reply.js';
 import type { ProviderType } from '../config/schema.js';
 import type { CancelSignal } from './transport/cancellation.js';
 
@@ -56,13 +56,21 @@ export interface ProviderUsage {
   cachedPromptTokens?: number;
 }
 
-export interface ProviderResponse {
+/** One answer of the provider: the only one, or one of `n`. */
+export interface ProviderChoice {
   content: string | null;
   toolCalls?: ToolCall[];
   reasoningContent?: string;
   /** The model refused (OpenAI's `message.refusal`). */
   refusal?: string;
   finishReason: FinishReason;
+  /** When the request asked for `logprobs`. */
+  logprobs?: ChoiceLogprobs;
+}
+
+/** The first choice's fields, and every choice in `choices` when the provider gave more than one. */
+export interface ProviderResponse extends ProviderChoice {
+  choices?: ProviderChoice[];
   /** Undefined when the provider reported no usage (the caller then estimates). */
   usage?: ProviderUsage;
   /** The model name the provider says it used (falls back to the requested one). */
@@ -71,8 +79,17 @@ export interface ProviderResponse {
 
 /** What a streaming call yields, in order. Errors are thrown as ProxyError. */
 export type ProviderStreamEvent =
-  | { type: 'delta'; content?: string; reasoningContent?: string; refusal?: string; toolCalls?: ToolCallDelta[] }
-  | { type: 'finish'; finishReason: FinishReason }
+  | {
+      type: 'delta';
+      /** The choice (of `n`) this delta belongs to; absent: the first. */
+      index?: number;
+      content?: string;
+      reasoningContent?: string;
+      refusal?: string;
+      toolCalls?: ToolCallDelta[];
+      logprobs?: ChoiceLogprobs;
+    }
+  | { type: 'finish'; finishReason: FinishReason; index?: number }
   | { type: 'usage'; usage: ProviderUsage }
   | { type: 'model'; modelResolved: string };
 

@@ -432,7 +432,7 @@ export class DeploymentRouter implements Router {
     try {
       const value = await execute(entry, {
         model: entry.physicalName,
-        request: routing.call.request,
+        request: withModelMaxTokens(routing.call.request, entry.model.config.max_tokens),
         signal: signal.signal,
       });
       return { value, entry, signal, record, attempts: routing.attempts, startedAt };
@@ -522,8 +522,23 @@ export function isDeploymentFault(error: ProxyError): boolean {
 }
 
 /** An empty delta (a role-only chunk) sends the agent nothing, so it does not end the time for retries. */
+/**
+ * A request that sets no completion limit gets its model's `max_tokens` (the model's configured most
+ * tokens in one answer) as `max_tokens`; one that sets `max_tokens` or `max_completion_tokens` keeps it.
+ */
+export function withModelMaxTokens(request: ChatRequest, modelMaxTokens: number | undefined): ChatRequest {
+  if (modelMaxTokens === undefined || request.max_tokens !== undefined || request.max_completion_tokens !== undefined)
+    return request;
+  return { ...request, max_tokens: modelMaxTokens };
+}
+
 function carriesContent(event: Extract<ProviderStreamEvent, { type: 'delta' }>): boolean {
-  return (event.content ?? '') !== '' || (event.reasoningContent ?? '') !== '' || (event.toolCalls?.length ?? 0) > 0;
+  return (
+    (event.content ?? '') !== '' ||
+    (event.reasoningContent ?? '') !== '' ||
+    (event.refusal ?? '') !== '' ||
+    (event.toolCalls?.length ?? 0) > 0
+  );
 }
 
 function stateName(entry: RouteEntry, now: number): string {

@@ -20,6 +20,16 @@ export interface ProducedOutput {
   reasoningContent?: string | undefined;
   refusal?: string | undefined;
   toolCalls?: ToolCall[] | undefined;
+  /** Every choice when there are several (`n` > 1): all of them count. */
+  choices?: ProducedOutput[] | undefined;
+}
+
+/** The completion tokens of what was produced, every choice counted. */
+function estimateProduced(output: ProducedOutput): number {
+  if (output.choices === undefined || output.choices.length <= 1) return estimateCompletionTokens(output);
+  let total = 0;
+  for (const choice of output.choices) total += estimateCompletionTokens(choice);
+  return total;
 }
 
 /**
@@ -33,7 +43,7 @@ export function countTokens(
   output: ProducedOutput,
 ): TokenCount {
   if (usage === undefined)
-    return { promptTokens: estimatePrompt(), completionTokens: estimateCompletionTokens(output), estimated: true };
+    return { promptTokens: estimatePrompt(), completionTokens: estimateProduced(output), estimated: true };
   switch (usage.missing) {
     case undefined:
       return {
@@ -45,7 +55,7 @@ export function countTokens(
     case 'prompt':
       return { promptTokens: estimatePrompt(), completionTokens: usage.completionTokens, estimated: true };
     case 'completion':
-      return { promptTokens: usage.promptTokens, completionTokens: estimateCompletionTokens(output), estimated: true };
+      return { promptTokens: usage.promptTokens, completionTokens: estimateProduced(output), estimated: true };
   }
 }
 

@@ -39,6 +39,8 @@ export async function answerOnce(
       toolCalls: response.toolCalls,
       reasoningContent: response.reasoningContent,
       refusal: response.refusal,
+      logprobs: response.logprobs,
+      choices: response.choices,
     });
     const code = deps.delivery.reply(message, record, reply);
     if (code === undefined && key !== undefined && reply.finish_reason !== 'error') deps.cache!.set(key, reply);

@@ -2,11 +2,11 @@ import { randomUUID } from 'node:crypto';
 import { type Caller, withKeyIdentity } from '../auth/index.js';
 import type { ResolvedConfig } from '../config/load.js';
 import type { ErrorCode, ProxyError } from '../contract/errors.js';
-import type { AttemptRecord, ChatReply, FinishReason } from '../contract/reply.js';
+import type { AttemptRecord, ChatReply, ChoiceLogprobs, FinishReason, ReplyChoice } from '../contract/reply.js';
 import type { ChatRequest, RequestMetadata, ToolCall } from '../contract/request.js';
 import { roundMs } from '../contract/rounding.js';
 import type { UsageStatus } from '../contract/usage-event.js';
-import type { ProviderUsage } from '../providers/types.js';
+import type { ProviderChoice, ProviderUsage } from '../providers/types.js';
 import type { Logger } from '../telemetry/logger.js';
 import { buildUsageEvent, type BuiltUsageEvent } from '../usage/event.js';
 import { estimatePromptTokens } from '../usage/tokens.js';
@@ -20,6 +20,22 @@ export interface AnswerOutput {
   toolCalls?: ToolCall[] | undefined;
   reasoningContent?: string | undefined;
   refusal?: string | undefined;
+  logprobs?: ChoiceLogprobs | undefined;
+  /** Every choice (the first too), when the provider gave more than one (`n` > 1). */
+  choices?: ProviderChoice[] | undefined;
+}
+
+/** A provider's choice in OpenAI's shape (`choices[i]`). */
+function replyChoice(choice: ProviderChoice, index: number): ReplyChoice {
+  const message: ReplyChoice['message'] = {
+    role: 'assistant',
+    content: choice.content,
+    refusal: choice.refusal ?? null,
+  };
+  if (choice.toolCalls !== undefined && choice.toolCalls.length > 0) message.tool_calls = choice.toolCalls;
+  if (choice.reasoningContent !== undefined && choice.reasoningContent !== '')
+    message.reasoning_content = choice.reasoningContent;
+  return { index, message, logprobs: choice.logprobs ?? null, finish_reason: choice.finishReason };
 }
 
 /**
@@ -167,6 +183,8 @@ export class RequestRecord {
     if (output.reasoningContent !== undefined && output.reasoningContent !== '')
       reply.reasoning_content = output.reasoningContent;
     if (output.refusal !== undefined && output.refusal !== '') reply.refusal = output.refusal;
+    if (output.logprobs !== undefined) reply.logprobs = output.logprobs;
+    if (output.choices !== undefined && output.choices.length > 1) reply.choices = output.choices.map(replyChoice);
     if (this.attempts.length > 1) reply.attempts = this.attempts;
     return reply;
   }

@@ -1,14 +1,13 @@
 import type { Msg } from '@nats-io/nats-core';
 import { asProxyError, ProxyError, toErrorReply, type ErrorCode } from '../contract/errors.js';
-import type { FinishReason } from '../contract/reply.js';
 import { roundMs } from '../contract/rounding.js';
-import { ToolCallAssembler } from '../contract/tool-call-assembler.js';
 import type { Cancellation } from '../providers/transport/cancellation.js';
 import type { ProviderUsage } from '../providers/types.js';
 import type { Admitted } from './admission.js';
 import type { StageDependencies } from './pipeline.js';
 import type { RequestRecord } from './request-record.js';
 import { StreamWriter } from './stream-writer.js';
+import { StreamedChoice } from './streamed-choice.js';
 
 /**
  * The relayed-stream stage: the router's stream relayed chunk by chunk to the client's inbox, with
@@ -31,13 +30,14 @@ export async function relayStream(
     onClientGone: () => controller.abort(new ProxyError('cancelled', 'the client stopped listening')),
   });
   writer.startHeartbeats();
-  let content = '';
-  let reasoning = '';
-  let refusal = '';
-  const toolCalls = new ToolCallAssembler();
-  let finishReason: FinishReason | undefined;
+  // Choice 0 is the reply's own fields; the others (`n` > 1) only its `choices`.
+  const choices: StreamedChoice[] = [new StreamedChoice()];
+  const several = (request.n ?? 1) > 1;
   let usage: ProviderUsage | undefined;
-  const produced = () => ({ content, reasoningContent: reasoning, refusal, toolCalls: toolCalls.calls() });
+  const produced = () => {
+    const outputs = choices.map((choice) => choice.output());
+    return { ...outputs[0]!, ...(outputs.length > 1 ? { choices: outputs } : {}) };
+  };
   record.accepted = true;
   try {
     const routed = await deps.router.stream({ request, signal: controller.signal, plan });
@@ -49,23 +49,35 @@ export async function relayStream(
       if (event.type === 'delta') {
         const delta = event.content ?? '';
         const hasTools = event.toolCalls !== undefined && event.toolCalls.length > 0;
-        if (delta === '' && (event.reasoningContent ?? '') === '' && (event.refusal ?? '') === '' && !hasTools)
+        if (
+          delta === '' &&
+          (event.reasoningContent ?? '') === '' &&
+          (event.refusal ?? '') === '' &&
+          !hasTools &&
+          event.logprobs === undefined
+        )
           continue;
         if (record.ttftMs === null) record.ttftMs = performance.now() - record.started;
-        content += delta;
-        if (event.reasoningContent !== undefined) reasoning += event.reasoningContent;
-        if (event.refusal !== undefined) refusal += event.refusal;
-        if (hasTools) toolCalls.add(event.toolCalls!);
+        const index = event.index ?? 0;
+        // A provider's index past what was asked for is not trusted to grow the reply without bound.
+        if (index >= (request.n ?? 1)) continue;
+        while (choices.length <= index) choices.push(new StreamedChoice());
+        choices[index]!.add(event);
         writer.chunk({
+          ...(several ? { index } : {}),
           delta,
           ...(event.reasoningContent !== undefined && event.reasoningContent !== ''
             ? { reasoning_delta: event.reasoningContent }
             : {}),
           ...(event.refusal !== undefined && event.refusal !== '' ? { refusal_delta: event.refusal } : {}),
           ...(hasTools ? { tool_calls: event.toolCalls } : {}),
+          ...(event.logprobs !== undefined ? { logprobs: event.logprobs } : {}),
         });
       } else if (event.type === 'finish') {
-        finishReason = event.finishReason;
+        const index = event.index ?? 0;
+        if (index >= (request.n ?? 1)) continue;
+        while (choices.length <= index) choices.push(new StreamedChoice());
+        choices[index]!.finishReason = event.finishReason;
       } else if (event.type === 'usage') {
         usage = event.usage;
       } else if (event.type === 'model') {
@@ -75,17 +87,18 @@ export async function relayStream(
       if (controller.signal.aborted) throw controller.signal.reason;
     }
     if (controller.signal.aborted) throw controller.signal.reason;
-    if (finishReason === undefined)
+    if (choices[0]!.finishReason === undefined)
       throw new ProxyError('upstream_error', 'the upstream stream ended before it said it was finished');
     const output = produced();
     record.answered(deps.config, usage, output);
     const reply = record.reply({
-      // Nothing but tool calls or a refusal: `content` is null, as in OpenAI's (and the one-reply path's) answer.
-      content: output.content === '' && (toolCalls.size > 0 || refusal !== '') ? null : output.content,
-      finishReason,
-      toolCalls: toolCalls.size > 0 ? output.toolCalls : undefined,
-      reasoningContent: reasoning === '' ? undefined : reasoning,
-      refusal: refusal === '' ? undefined : refusal,
+      content: output.content,
+      finishReason: output.finishReason,
+      toolCalls: output.toolCalls,
+      reasoningContent: output.reasoningContent,
+      refusal: output.refusal,
+      logprobs: output.logprobs,
+      choices: output.choices,
     });
     reply.done = true;
     reply.ttft_ms = record.ttftMs === null ? null : roundMs(record.ttftMs);

@@ -30,7 +30,7 @@ const HEARTBEAT_BODY = JSON.stringify({ heartbeat: true });
 
 /** The JSON around one piece of a cut delta, at its largest (any seq, either text field). */
 const PIECE_ENVELOPE_BYTES = Buffer.byteLength(
-  JSON.stringify({ seq: Number.MAX_SAFE_INTEGER, delta: '', reasoning_delta: '' }),
+  JSON.stringify({ seq: Number.MAX_SAFE_INTEGER, index: 127, delta: '', reasoning_delta: '' }),
 );
 
 /** Below this many bytes of text per chunk, cutting a delta would make a flood of crumbs: refuse instead. */
@@ -263,12 +263,21 @@ export class StreamWriter {
       for (const text of splitJsonText(chunk.delta, budget)) pieces.push({ delta: text });
     }
     if (chunk.tool_calls !== undefined) pieces.push({ delta: '', tool_calls: chunk.tool_calls });
+    if (chunk.logprobs !== undefined) pieces.push({ delta: '', logprobs: chunk.logprobs });
+    // Every piece of a choice's delta says which choice it belongs to.
+    if (chunk.index !== undefined)
+      for (const [at, piece] of pieces.entries()) pieces[at] = { index: chunk.index, ...piece };
     // Every piece is measured before the first goes out: a delta that cannot fit is refused whole.
     const bodies = pieces.map((piece, index) => JSON.stringify({ seq: this.#seq + index, ...piece }));
     const tooLarge = budget < MIN_PIECE_BYTES || bodies.some((body) => !this.#fits(body, CHUNK_HEADER_BYTES));
     if (tooLarge) {
       const bytes = Buffer.byteLength(JSON.stringify(chunk));
-      const what = chunk.tool_calls === undefined ? 'a delta' : 'a tool-call delta';
+      const what =
+        chunk.tool_calls !== undefined
+          ? 'a tool-call delta'
+          : chunk.logprobs !== undefined
+            ? 'a delta with logprobs'
+            : 'a delta';
       this.#logger.warn(
         { bytes, max_payload: maxPayload, seq: this.#seq },
         'stream delta cannot be cut to fit max_payload',

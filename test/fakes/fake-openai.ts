@@ -113,21 +113,63 @@ function buildReply(shape: ReplyShape, body: any): BuiltReply {
   };
 }
 
-function completionJson(reply: BuiltReply): object {
-  const message: Record<string, unknown> = {
-    role: 'assistant',
-    content: reply.content,
-    refusal: reply.refusal ?? null,
+/** How many choices the request asked for (`n`), as OpenAI reads it. */
+function choiceCount(body: any): number {
+  return typeof body?.n === 'number' && body.n > 1 ? Math.floor(body.n) : 1;
+}
+
+/** Choice `index`'s content: the reply's for the first, the same with ` #<index>` for the others (n > 1). */
+function choiceContent(reply: BuiltReply, index: number): string | null {
+  return index === 0 || reply.content === null ? reply.content : `${reply.content} #${index}`;
+}
+
+/** OpenAI's per-token `logprobs` for some text cut in pieces, when the request asked for them; else null. */
+function logprobsFor(body: any, pieces: string[]): object | null {
+  if (body?.logprobs !== true) return null;
+  const top = typeof body.top_logprobs === 'number' ? body.top_logprobs : 0;
+  return {
+    content: pieces.map((token, position) => {
+      const logprob = -(position + 1) / 100;
+      const bytes = [...Buffer.from(token, 'utf8')];
+      return {
+        token,
+        logprob,
+        bytes,
+        top_logprobs: Array.from({ length: top }, (_, rank) => ({
+          token: rank === 0 ? token : `${token}~${rank}`,
+          logprob: logprob - rank,
+          bytes: [...Buffer.from(rank === 0 ? token : `${token}~${rank}`, 'utf8')],
+        })),
+      };
+    }),
+    refusal: null,
   };
-  if (reply.reasoningContent !== undefined) message.reasoning_content = reply.reasoningContent;
-  if (reply.toolCalls !== undefined) message.tool_calls = reply.toolCalls;
+}
+
+function completionJson(reply: BuiltReply, body: any = undefined): object {
+  const choices = Array.from({ length: choiceCount(body) }, (_, index) => {
+    const content = choiceContent(reply, index);
+    const message: Record<string, unknown> = {
+      role: 'assistant',
+      content,
+      refusal: reply.refusal ?? null,
+    };
+    if (reply.reasoningContent !== undefined) message.reasoning_content = reply.reasoningContent;
+    if (reply.toolCalls !== undefined) message.tool_calls = reply.toolCalls;
+    return {
+      index,
+      message,
+      logprobs: logprobsFor(body, splitContent(content ?? '', undefined)),
+      finish_reason: reply.finishReason,
+    };
+  });
   const json: Record<string, unknown> = {
     id: reply.id,
     object: 'chat.completion',
     created: reply.created,
     model: reply.model,
     system_fingerprint: 'fp_fake',
-    choices: [{ index: 0, message, logprobs: null, finish_reason: reply.finishReason }],
+    choices,
   };
   if (reply.usage !== undefined) json.usage = reply.usage;
   if (reply.timings !== undefined) json.timings = reply.timings;
@@ -138,8 +180,17 @@ function sseEvent(data: unknown): string {
   return `data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`;
 }
 
-/** The events before the finish chunk, and the events from it to `[DONE]`. */
-function streamFrames(reply: BuiltReply, shape: ReplyShape, includeUsage: boolean): { body: string[]; tail: string[] } {
+/**
+ * The events before the finish chunk, and the events from it to `[DONE]`. With `n` > 1 the choices'
+ * events are interleaved, one of each in turn, as OpenAI's are; with `logprobs`, each content delta
+ * carries its token's.
+ */
+function streamFrames(
+  reply: BuiltReply,
+  shape: ReplyShape,
+  includeUsage: boolean,
+  request: any = undefined,
+): { body: string[]; tail: string[] } {
   const chunk = (choices: unknown[], extra: Record<string, unknown> = {}): string =>
     sseEvent({
       id: reply.id,
@@ -151,42 +202,54 @@ function streamFrames(reply: BuiltReply, shape: ReplyShape, includeUsage: boolea
       ...(includeUsage ? { usage: null } : {}),
       ...extra,
     });
-  const deltaChunk = (delta: Record<string, unknown>): string =>
-    chunk([{ index: 0, delta, logprobs: null, finish_reason: null }]);
 
+  const count = choiceCount(request);
+  const perChoice: string[][] = [];
+  for (let index = 0; index < count; index++) {
+    const deltaChunk = (delta: Record<string, unknown>, logprobs: object | null = null): string =>
+      chunk([{ index, delta, logprobs, finish_reason: null }]);
+    const events: string[] = [];
+    let first = true;
+    const withRole = (delta: Record<string, unknown>): Record<string, unknown> => {
+      if (!first) return delta;
+      first = false;
+      return { role: 'assistant', ...delta };
+    };
+    for (const piece of splitContent(reply.reasoningContent ?? '', undefined))
+      events.push(deltaChunk(withRole({ reasoning_content: piece })));
+    for (const piece of splitContent(reply.refusal ?? '', undefined))
+      events.push(deltaChunk(withRole({ refusal: piece })));
+    for (const piece of splitContent(choiceContent(reply, index) ?? '', index === 0 ? shape.chunks : undefined))
+      events.push(deltaChunk(withRole({ content: piece }), logprobsFor(request, [piece])));
+    reply.toolCalls?.forEach((call, position) => {
+      events.push(
+        deltaChunk(
+          withRole({
+            tool_calls: [
+              { index: position, id: call.id, type: 'function', function: { name: call.function.name, arguments: '' } },
+            ],
+          }),
+        ),
+      );
+      const half = Math.ceil(call.function.arguments.length / 2);
+      for (const piece of [call.function.arguments.slice(0, half), call.function.arguments.slice(half)]) {
+        if (piece !== '')
+          events.push(deltaChunk({ tool_calls: [{ index: position, function: { arguments: piece } }] }));
+      }
+    });
+    if (first) events.push(deltaChunk(withRole({ content: '' })));
+    perChoice.push(events);
+  }
   const body: string[] = [];
-  let first = true;
-  const withRole = (delta: Record<string, unknown>): Record<string, unknown> => {
-    if (!first) return delta;
-    first = false;
-    return { role: 'assistant', ...delta };
-  };
-  for (const piece of splitContent(reply.reasoningContent ?? '', undefined))
-    body.push(deltaChunk(withRole({ reasoning_content: piece })));
-  for (const piece of splitContent(reply.refusal ?? '', undefined)) body.push(deltaChunk(withRole({ refusal: piece })));
-  for (const piece of splitContent(reply.content ?? '', shape.chunks))
-    body.push(deltaChunk(withRole({ content: piece })));
-  reply.toolCalls?.forEach((call, index) => {
-    body.push(
-      deltaChunk(
-        withRole({
-          tool_calls: [{ index, id: call.id, type: 'function', function: { name: call.function.name, arguments: '' } }],
-        }),
-      ),
-    );
-    const half = Math.ceil(call.function.arguments.length / 2);
-    for (const piece of [call.function.arguments.slice(0, half), call.function.arguments.slice(half)]) {
-      if (piece !== '') body.push(deltaChunk({ tool_calls: [{ index, function: { arguments: piece } }] }));
-    }
-  });
-  if (first) body.push(deltaChunk(withRole({ content: '' })));
+  for (let turn = 0; perChoice.some((events) => turn < events.length); turn++)
+    for (const events of perChoice) if (turn < events.length) body.push(events[turn]!);
 
-  const tail: string[] = [
+  const tail: string[] = Array.from({ length: count }, (_, index) =>
     chunk(
-      [{ index: 0, delta: {}, logprobs: null, finish_reason: reply.finishReason }],
-      reply.timings === undefined ? {} : { timings: reply.timings },
+      [{ index, delta: {}, logprobs: null, finish_reason: reply.finishReason }],
+      reply.timings === undefined || index < count - 1 ? {} : { timings: reply.timings },
     ),
-  ];
+  );
   if (includeUsage && reply.usage !== undefined) tail.push(chunk([], { usage: reply.usage }));
   tail.push(sseEvent('[DONE]'));
   return { body, tail };
@@ -257,7 +320,7 @@ const openAIDialect: FakeDialect = {
     const response = exchange.response;
 
     if (body?.stream !== true) {
-      const json = JSON.stringify(completionJson(reply));
+      const json = JSON.stringify(completionJson(reply, body));
       if (behaviour.kind === 'ok') {
         sendJson(response, 200, JSON.parse(json), extraHeaders);
         return;
@@ -283,7 +346,7 @@ const openAIDialect: FakeDialect = {
     }
 
     const includeUsage = body?.stream_options?.include_usage === true;
-    const { body: bodyFrames, tail } = streamFrames(reply, behaviour, includeUsage);
+    const { body: bodyFrames, tail } = streamFrames(reply, behaviour, includeUsage, body);
     response.writeHead(200, {
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-cache',
@@ -328,6 +391,30 @@ const openAIDialect: FakeDialect = {
     }
   },
 };
+
+/**
+ * Azure OpenAI's data plane: the same answers under `/openai/deployments/<deployment>/chat/completions`
+ * (`?api-version=` required, as Azure does: 404 without), the key in `api-key`. `baseUrl` is the origin.
+ */
+const azureDialect: FakeDialect = {
+  ...openAIDialect,
+  basePath: '',
+  chatPath: /^\/openai\/deployments\/[^/]+\/chat\/completions$/,
+  apiKeyOf: (headers) => (typeof headers['api-key'] === 'string' ? headers['api-key'] : undefined),
+  get: () => undefined,
+  async reply(exchange, behaviour) {
+    if (!/[?&]api-version=[^&]+/.test(exchange.record.path)) {
+      sendJson(exchange.response, 404, { error: { code: '404', message: 'Resource not found' } });
+      return;
+    }
+    return openAIDialect.reply(exchange, behaviour);
+  },
+};
+
+/** Starts a fake Azure OpenAI resource on 127.0.0.1 (a free port). */
+export function startFakeAzureOpenAI(options: FakeOpenAIOptions = {}): Promise<FakeOpenAI> {
+  return startFakeProvider(azureDialect, options);
+}
 
 /** Starts a fake OpenAI-compatible server on 127.0.0.1 (a free port). */
 export function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<FakeOpenAI> {

@@ -110,7 +110,10 @@ export interface WriteFramesOptions {
 export interface FakeDialect {
   /** `/v1` for OpenAI, `` for Ollama. */
   basePath: string;
-  chatPath: string;
+  /** The chat route: a path, or a pattern (Azure's `/openai/deployments/<name>/chat/completions`). */
+  chatPath: string | RegExp;
+  /** The API key as the provider reads it from the request; default: `Authorization: Bearer <key>`. */
+  apiKeyOf?: (headers: IncomingHttpHeaders) => string | undefined;
   /** The provider's error body for a message (used for `status` without `body`, 401s, unknown routes). */
   errorBody(message: string, status: number): object;
   /** Answers `GET` routes (model listings); `undefined` for an unknown route. */
@@ -193,6 +196,14 @@ export async function startFakeProvider(
       waiters.add(check);
     });
   }
+
+  function isChatPath(path: string): boolean {
+    const bare = path.split('?')[0] ?? path;
+    return typeof dialect.chatPath === 'string' ? bare === dialect.chatPath : dialect.chatPath.test(bare);
+  }
+  const apiKeyOf =
+    dialect.apiKeyOf ??
+    ((headers: IncomingHttpHeaders) => headers.authorization?.replace(/^Bearer\s+/i, '') ?? undefined);
 
   async function handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
     const path = request.url ?? '/';
@@ -326,7 +337,7 @@ export async function startFakeProvider(
       sendJson(response, body === undefined ? 404 : 200, body ?? dialect.errorBody(`no route for GET ${path}`, 404));
       return;
     }
-    if (record.method !== 'POST' || (path.split('?')[0] ?? path) !== dialect.chatPath) {
+    if (record.method !== 'POST' || !isChatPath(path)) {
       sendJson(response, 404, dialect.errorBody(`no route for ${record.method} ${path}`, 404));
       return;
     }
@@ -334,9 +345,9 @@ export async function startFakeProvider(
     const behaviour = queue.shift() ?? defaultBehaviour;
     record.behaviour = behaviour.kind;
 
-    if (options.requireApiKey !== undefined && record.authorization !== `Bearer ${options.requireApiKey}`) {
+    const received = apiKeyOf(record.headers);
+    if (options.requireApiKey !== undefined && received !== options.requireApiKey) {
       // Like OpenAI, the message echoes what was received, so that tests can prove redaction downstream.
-      const received = record.authorization?.replace(/^Bearer\s+/i, '') ?? '';
       sendJson(
         response,
         401,
@@ -421,7 +432,7 @@ export async function startFakeProvider(
     port,
     requests,
     get chatRequests() {
-      return requests.filter((record) => record.method === 'POST' && record.path.split('?')[0] === dialect.chatPath);
+      return requests.filter((record) => record.method === 'POST' && isChatPath(record.path));
     },
     get inFlight() {
       return inFlight;

@@ -3,7 +3,7 @@
  * and Ollama's wire formats, with scripted faults (see fake-openai.ts for the
  * API and behaviour.ts for the behaviours).
  */
-export { startFakeOpenAI, type FakeOpenAI, type FakeOpenAIOptions } from './fake-openai.js';
+export { startFakeAzureOpenAI, startFakeOpenAI, type FakeOpenAI, type FakeOpenAIOptions } from './fake-openai.js';
 export { startFakeOllama, type FakeOllama, type FakeOllamaOptions } from './fake-ollama.js';
 export {
   fakeBehaviours,

@@ -113,6 +113,9 @@ function defined(entries: Record<string, unknown>): Record<string, unknown> {
 }
 
 export function convertToOllamaRequest(model: string, request: ChatRequest, stream: boolean): Record<string, unknown> {
+  // Ollama's /api/chat generates one answer per call.
+  if (request.n !== undefined && request.n > 1)
+    throw invalid('n', 'Ollama generates one choice per request (n must be 1)');
   const options = defined({
     temperature: request.temperature,
     top_p: request.top_p,

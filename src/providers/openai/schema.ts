@@ -23,6 +23,23 @@ const llamaCppTimingsSchema = z.object({
   predicted_n: z.number().nonnegative().nullish(),
 });
 
+const tokenLogprobSchema = z.object({
+  token: z.string(),
+  logprob: z.number(),
+  bytes: z.array(z.number().int()).nullish(),
+  top_logprobs: z
+    .array(z.object({ token: z.string(), logprob: z.number(), bytes: z.array(z.number().int()).nullish() }))
+    .nullish(),
+});
+
+/** A choice's `logprobs` (`content` for the answer's tokens, `refusal` for a refusal's). */
+const openAILogprobsSchema = z.object({
+  content: z.array(tokenLogprobSchema).nullish(),
+  refusal: z.array(tokenLogprobSchema).nullish(),
+});
+
+export type OpenAILogprobs = z.infer<typeof openAILogprobsSchema>;
+
 const openAIToolCallSchema = z.object({
   id: z.string(),
   function: z.object({ name: z.string(), arguments: z.string().nullish() }),
@@ -33,6 +50,8 @@ export const openAICompletionSchema = z.object({
   choices: z
     .array(
       z.object({
+        // Absent on some compatible servers: the position in the array then.
+        index: z.number().int().nonnegative().max(127).nullish(),
         message: z.object({
           content: z.string().nullish(),
           // DeepSeek-R1's chain of thought.
@@ -40,6 +59,7 @@ export const openAICompletionSchema = z.object({
           refusal: z.string().nullish(),
           tool_calls: z.array(openAIToolCallSchema).nullish(),
         }),
+        logprobs: openAILogprobsSchema.nullish(),
         finish_reason: z.string().nullish(),
       }),
     )
@@ -62,6 +82,7 @@ export const openAIChunkSchema = z.object({
   choices: z
     .array(
       z.object({
+        index: z.number().int().nonnegative().max(127).nullish(),
         delta: z
           .object({
             content: z.string().nullish(),
@@ -70,6 +91,7 @@ export const openAIChunkSchema = z.object({
             tool_calls: z.array(openAIToolCallDeltaSchema).nullish(),
           })
           .nullish(),
+        logprobs: openAILogprobsSchema.nullish(),
         finish_reason: z.string().nullish(),
       }),
     )
