@@ -151,7 +151,7 @@ test('llm-proxy aggregator survives SIGKILL, llm-proxy usage prints table, JSON 
     const lines = csv.stdout.trimEnd().split('\n');
     assert.equal(
       lines[0],
-      'agent,day,total_requests,ok,errors,rejected,cancelled,cached,tokens_estimated,prompt_tokens,completion_tokens,total_tokens,cost_usd,avg_latency_ms,success_rate',
+      'agent,day,total_requests,ok,errors,rejected,cancelled,cached,tokens_estimated,prompt_tokens,completion_tokens,total_tokens,cost_usd,avg_latency_ms,success_rate,cached_prompt_tokens',
     );
     assert.equal(lines.length, byAgentDay.groups.length + 1);
     byAgentDay.groups.forEach((group, index) => {
@@ -161,6 +161,7 @@ test('llm-proxy aggregator survives SIGKILL, llm-proxy usage prints table, JSON 
       assert.equal(Number(cells[2]), group.total_requests);
       assert.equal(Number(cells[11]), group.total_tokens);
       assert.equal(cells[12], group.cost_usd.toFixed(9), 'cost exported to the nano-dollar');
+      assert.equal(Number(cells[15]), group.cached_prompt_tokens);
     });
 
     const table = await runCli(['usage', '--agent', 'agent:sofia', '--group-by', 'provider'], env);

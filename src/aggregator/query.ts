@@ -21,6 +21,8 @@ export interface ParsedUsageQuery {
 
 /** The reply's totals: the contract's fields, then the counts it leaves out. */
 export interface AggregatedTotals extends UsageTotals {
+  /** Of prompt_tokens, those the providers served from their prompt caches. */
+  cached_prompt_tokens: number;
   ok: number;
   cancelled: number;
   tokens_estimated: number;
@@ -98,6 +100,7 @@ class Accumulator {
       'completion_tokens',
       'total_tokens',
       'latency_us',
+      'cached_prompt_tokens',
     ] as const) {
       this.counts.set(name, (this.counts.get(name) ?? 0) + counter(cell, name));
     }
@@ -114,6 +117,7 @@ class Accumulator {
       success_rate: requests === 0 ? 0 : get('ok') / requests,
       prompt_tokens: get('prompt_tokens'),
       completion_tokens: get('completion_tokens'),
+      cached_prompt_tokens: get('cached_prompt_tokens'),
       cost_usd: nanoToUsd(this.costNano),
       ok: get('ok'),
       errors: get('error'),

@@ -24,6 +24,8 @@ export const COUNTERS = [
   'cost_nanousd',
   /** Latency in integer microseconds: sums do not depend on the order of addition. */
   'latency_us',
+  /** Of the prompt tokens, those the provider served from its prompt cache (priced apart). */
+  'cached_prompt_tokens',
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 
@@ -170,6 +172,7 @@ export class UsageRollups {
     bump('prompt_tokens', event.prompt_tokens);
     bump('completion_tokens', event.completion_tokens);
     bump('total_tokens', event.total_tokens);
+    if (event.cached_prompt_tokens !== undefined) bump('cached_prompt_tokens', event.cached_prompt_tokens);
     bump('cost_nanousd', usdToNano(event.cost_usd));
     bump('latency_us', msToMicros(event.latency_ms));
   }

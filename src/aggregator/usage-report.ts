@@ -22,6 +22,8 @@ const CSV_COUNTERS = [
   'cost_usd',
   'avg_latency_ms',
   'success_rate',
+  // Added after the others, so that an export read by column position keeps its columns.
+  'cached_prompt_tokens',
 ] as const satisfies ReadonlyArray<keyof AggregatedTotals>;
 
 /** Group keys present in a reply, in the order the query asked for them. */
@@ -84,7 +86,7 @@ export function formatTable(reply: AggregatedReply, title: ReportTitle): string 
     '',
     `  requests      ${integer.format(reply.total_requests)}  (ok ${integer.format(reply.ok)}, errors ${integer.format(reply.errors)}, rejected ${integer.format(reply.rejected)}, cancelled ${integer.format(reply.cancelled)}; cached ${integer.format(reply.cached)})`,
     `  success rate  ${percent(reply.success_rate)}`,
-    `  tokens        ${integer.format(reply.total_tokens)}  (prompt ${integer.format(reply.prompt_tokens)}, completion ${integer.format(reply.completion_tokens)}; estimated in ${integer.format(reply.tokens_estimated)} requests)`,
+    `  tokens        ${integer.format(reply.total_tokens)}  (prompt ${integer.format(reply.prompt_tokens)} of which cached ${integer.format(reply.cached_prompt_tokens ?? 0)}, completion ${integer.format(reply.completion_tokens)}; estimated in ${integer.format(reply.tokens_estimated)} requests)`,
     `  cost          ${money(reply.cost_usd)}`,
     `  avg latency   ${reply.avg_latency_ms.toFixed(1)} ms`,
   ];

@@ -55,6 +55,9 @@ export function makeEvents(count: number): UsageEvent[] {
       completion_tokens: completion,
       total_tokens: prompt + completion,
       tokens_estimated: next() < 0.05,
+      // Every fifth event had part of its prompt served from the provider's cache (drawn without randomness,
+      // so that the other fields stay as they were).
+      ...(index % 5 === 0 ? { cached_prompt_tokens: Math.floor(prompt * 0.3) } : {}),
       cost_usd: cached ? 0 : (prompt / 1000) * route.prompt + (completion / 1000) * route.completion,
       latency_ms: Math.round(next() * 3_000_000) / 1000,
       ttft_ms: null,
@@ -104,6 +107,7 @@ export function handCompute(events: UsageEvent[], query: HandQuery) {
       success_rate: list.length === 0 ? 0 : count('ok') / list.length,
       prompt_tokens: sum((event) => event.prompt_tokens),
       completion_tokens: sum((event) => event.completion_tokens),
+      cached_prompt_tokens: sum((event) => event.cached_prompt_tokens ?? 0),
       cost_usd: Number(nano) / 1e9,
       ok: count('ok'),
       errors: count('error'),
