@@ -5,7 +5,9 @@
  */
 import { Pool } from 'undici';
 import { ConfigError, type ResolvedConfig, type ResolvedProvider } from '../config/load.js';
+import { createAnthropicProvider } from './anthropic/adapter.js';
 import { createAzureProvider } from './azure/adapter.js';
+import { createGeminiProvider } from './gemini/adapter.js';
 import { createOllamaProvider } from './ollama/adapter.js';
 import { createOpenAICompatibleProvider } from './openai/adapter.js';
 import type { Provider, ProviderSettings } from './types.js';
@@ -15,6 +17,8 @@ export const PROVIDER_ADAPTERS: Readonly<Record<string, (settings: ProviderSetti
   openai: (settings) => createOpenAICompatibleProvider(settings),
   azure: createAzureProvider,
   ollama: createOllamaProvider,
+  gemini: createGeminiProvider,
+  anthropic: createAnthropicProvider,
 };
 
 /** `providers.<name>.type: unknown provider type …` for each provider whose type is not registered. */

@@ -5,6 +5,8 @@
  */
 export { startFakeAzureOpenAI, startFakeOpenAI, type FakeOpenAI, type FakeOpenAIOptions } from './fake-openai.js';
 export { startFakeOllama, type FakeOllama, type FakeOllamaOptions } from './fake-ollama.js';
+export { geminiBehaviours, startFakeGemini, type FakeGemini, type GeminiBehaviour } from './fake-gemini.js';
+export { anthropicBehaviours, startFakeAnthropic, type FakeAnthropic } from './fake-anthropic.js';
 export {
   fakeBehaviours,
   type FakeBehaviour,

@@ -108,6 +108,25 @@ function ruleForStatus(status: number): StatusRule {
   }
 }
 
+/**
+ * Google's wait, for APIs that send no Retry-After header (Gemini): a `google.rpc.RetryInfo` detail
+ * in the error body, `{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "30s"}`.
+ */
+function googleRetryDelayMs(bodyText: string): number | undefined {
+  if (!bodyText.includes('google.rpc.RetryInfo')) return undefined;
+  try {
+    const parsed = JSON.parse(bodyText) as unknown;
+    const details = (Array.isArray(parsed) ? parsed[0] : parsed)?.error?.details;
+    for (const detail of Array.isArray(details) ? details : []) {
+      const delay = /^(\d+(?:\.\d+)?)s$/.exec(String(detail?.retryDelay ?? '').trim());
+      if (String(detail?.['@type']).endsWith('google.rpc.RetryInfo') && delay !== null) return Number(delay[1]) * 1000;
+    }
+  } catch {
+    // Not JSON: no delay.
+  }
+  return undefined;
+}
+
 export function errorFromStatus(input: HttpErrorInput): ProxyError {
   const rule = ruleForStatus(input.status);
   const original = extractProviderMessage(input.bodyText) ?? `HTTP ${input.status}`;
@@ -115,8 +134,11 @@ export function errorFromStatus(input: HttpErrorInput): ProxyError {
   const contextLengthExceeded =
     (input.status === 400 || input.status === 413 || input.status === 422) &&
     (providerCode === 'context_length_exceeded' || isContextLengthMessage(original));
+  // 529 is Anthropic's "overloaded", which may carry Retry-After as a 503 does.
   const retryAfterMs =
-    input.status === 429 || input.status === 503 ? parseRetryAfterMs(input.headers, input.now) : undefined;
+    input.status === 429 || input.status === 503 || input.status === 529
+      ? (parseRetryAfterMs(input.headers, input.now) ?? googleRetryDelayMs(input.bodyText))
+      : undefined;
   return new ProxyError(rule.code, providerMessage(input.provider, original, input.secrets), {
     retryable: rule.retryable,
     upstreamStatus: input.status,

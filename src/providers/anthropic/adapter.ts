@@ -1,0 +1,173 @@
+/**
+ * Anthropic's Messages API: `POST {base_url}/messages` (base_url `https://api.anthropic.com/v1`),
+ * the key in `x-api-key`, the API version in `anthropic-version`; one JSON message, or SSE events
+ * (`message_start` … `message_stop`) with `stream: true`.
+ */
+import { convertToAnthropicRequest } from './request.js';
+import {
+  convertAnthropicEvent,
+  convertAnthropicMessage,
+  createAnthropicStreamState,
+  IncompleteToolUseError,
+  type AnthropicStreamState,
+} from './response.js';
+import { anthropicMessageSchema } from './schema.js';
+import { errorFromAnthropicPayload, isAnthropicError } from './errors.js';
+import {
+  maxLineBytes,
+  parseJsonText,
+  postForEvents,
+  postForJson,
+  type AuthHeaders,
+  type StreamDecoder,
+} from '../transport/http.js';
+import { lineTooLong, malformedResponse, streamEndedEarly } from '../transport/provider-error.js';
+import { LineTooLongError, SseParser, type SseEvent } from '../transport/sse.js';
+import { parseProviderPayload } from '../transport/parse-provider-payload.js';
+import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from '../types.js';
+
+/** The API version sent when the config names none (`api_version`); the current one since 2023. */
+export const DEFAULT_ANTHROPIC_VERSION = '2023-06-01';
+
+const MESSAGES_PATH = '/messages';
+
+const anthropicAuth: AuthHeaders = (apiKey) => ({ 'x-api-key': apiKey });
+
+function parseMessage(settings: ProviderSettings, json: unknown, model: string): ProviderResponse {
+  if (isAnthropicError(json)) throw errorFromAnthropicPayload(settings, json);
+  const message = parseProviderPayload(settings, json, anthropicMessageSchema, 'response');
+  try {
+    return convertAnthropicMessage(message, model);
+  } catch (error) {
+    if (error instanceof IncompleteToolUseError)
+      throw malformedResponse(settings.name, 'a tool_use block without id or name', 200);
+    throw error;
+  }
+}
+
+/** A whole message as stream events, for a server that ignored `stream: true` and answered JSON. */
+function messageAsEvents(response: ProviderResponse): ProviderStreamEvent[] {
+  const events: ProviderStreamEvent[] = [{ type: 'model', modelResolved: response.modelResolved }];
+  const delta: Extract<ProviderStreamEvent, { type: 'delta' }> = { type: 'delta' };
+  if (response.content !== null && response.content !== '') delta.content = response.content;
+  if (response.reasoningContent !== undefined) delta.reasoningContent = response.reasoningContent;
+  if (response.toolCalls !== undefined) {
+    delta.toolCalls = response.toolCalls.map((call, index) => ({
+      index,
+      id: call.id,
+      type: 'function',
+      function: { ...call.function },
+    }));
+  }
+  if (delta.content !== undefined || delta.reasoningContent !== undefined || delta.toolCalls !== undefined)
+    events.push(delta);
+  events.push({ type: 'finish', finishReason: response.finishReason });
+  if (response.usage !== undefined) events.push({ type: 'usage', usage: response.usage });
+  return events;
+}
+
+/** Anthropic's SSE: `event: <type>` and `data: <json>` per event, up to `message_stop`. */
+export class AnthropicSseDecoder implements StreamDecoder<ProviderStreamEvent> {
+  readonly #parser: SseParser;
+  readonly #state: AnthropicStreamState = createAnthropicStreamState();
+
+  constructor(private readonly settings: ProviderSettings) {
+    this.#parser = new SseParser(maxLineBytes(settings));
+  }
+
+  push(text: string, out: ProviderStreamEvent[]): void {
+    const events: SseEvent[] = [];
+    try {
+      this.#parser.push(text, events);
+    } catch (error) {
+      // The events completed before the line that is too long reach the caller first.
+      this.#convert(events, out, false);
+      if (error instanceof LineTooLongError)
+        throw lineTooLong(this.settings.name, maxLineBytes(this.settings), error.what, 200);
+      throw error;
+    }
+    this.#convert(events, out, false);
+  }
+
+  end(out: ProviderStreamEvent[]): void {
+    this.#convert(this.#parser.finish(), out, true);
+    // A stop reason without message_stop is a complete answer; neither is a cut stream.
+    if (!this.#state.stopped && !this.#state.finished) throw streamEndedEarly(this.settings.name);
+  }
+
+  #convert(events: SseEvent[], out: ProviderStreamEvent[], atEnd: boolean): void {
+    for (const event of events) {
+      // After message_stop the body is only read on so that the connection goes back to the pool.
+      if (this.#state.stopped) continue;
+      let json: unknown;
+      try {
+        json = JSON.parse(event.data);
+      } catch {
+        // Half an event when the body ended: the stream was cut, the JSON was not wrong.
+        throw atEnd
+          ? streamEndedEarly(this.settings.name)
+          : malformedResponse(this.settings.name, 'malformed JSON in stream', 200);
+      }
+      if (event.event === 'error') throw errorFromAnthropicPayload(this.settings, json);
+      for (const item of convertAnthropicEvent(this.settings, json, this.#state)) out.push(item);
+    }
+  }
+}
+
+/** A server that ignored `stream: true` and answered one JSON message: its events once the body is whole. */
+class WholeAnswerDecoder implements StreamDecoder<ProviderStreamEvent> {
+  #text = '';
+
+  constructor(
+    private readonly settings: ProviderSettings,
+    private readonly model: string,
+    private readonly statusCode: number,
+  ) {}
+
+  push(text: string): void {
+    this.#text += text;
+  }
+
+  end(out: ProviderStreamEvent[]): void {
+    const json = parseJsonText(this.settings.name, this.#text, this.statusCode);
+    for (const event of messageAsEvents(parseMessage(this.settings, json, this.model))) out.push(event);
+  }
+}
+
+export function createAnthropicProvider(settings: ProviderSettings): Provider {
+  // One object for every call: the transport works headers out once per provider and path.
+  const headers = { 'anthropic-version': settings.apiVersion ?? DEFAULT_ANTHROPIC_VERSION };
+  return {
+    name: settings.name,
+    type: settings.type,
+    async chat(call: ProviderCall): Promise<ProviderResponse> {
+      const json = await postForJson({
+        settings,
+        path: MESSAGES_PATH,
+        auth: anthropicAuth,
+        headers,
+        body: convertToAnthropicRequest(call.model, call.request, false),
+        signal: call.signal,
+        accept: 'application/json',
+      });
+      return parseMessage(settings, json, call.model);
+    },
+    stream(call: ProviderCall): AsyncIterable<ProviderStreamEvent> {
+      return postForEvents<ProviderStreamEvent>(
+        {
+          settings,
+          path: MESSAGES_PATH,
+          auth: anthropicAuth,
+          headers,
+          body: convertToAnthropicRequest(call.model, call.request, true),
+          signal: call.signal,
+          accept: 'text/event-stream',
+        },
+        (responseHeaders, statusCode) =>
+          String(responseHeaders['content-type'] ?? '').includes('application/json')
+            ? new WholeAnswerDecoder(settings, call.model, statusCode)
+            : new AnthropicSseDecoder(settings),
+      );
+    },
+  };
+}
