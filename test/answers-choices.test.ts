@@ -142,6 +142,20 @@ for (const stream of [false, true]) {
     assert.equal(event.status, 'ok');
   });
 
+  test(`choices the request did not ask for (${how}) are not passed on`, async () => {
+    // provider_options goes to the provider verbatim: it asks for 3 while the request says nothing of n.
+    const chunks: StreamChunk[] = [];
+    const request = ask('gpt-test', { provider_options: { n: 3 }, ...(stream ? { stream: true } : {}) });
+    const reply = await answer(request, chunks);
+    assert.equal(lastBody(openai).n, 3, 'the provider made three');
+    assert.equal(reply.content, `echo: ${QUESTION}`);
+    assert.equal(reply.choices, undefined);
+    if (stream) {
+      assert.ok(chunks.every((chunk) => chunk.index === undefined));
+      assert.equal(chunks.map((chunk) => chunk.delta).join(''), `echo: ${QUESTION}`);
+    }
+  });
+
   test(`logprobs (${how}) come back in OpenAI's shape, with top_logprobs`, async () => {
     const chunks: StreamChunk[] = [];
     const request = ask('gpt-test', { logprobs: true, top_logprobs: 2, ...(stream ? { stream: true } : {}) });

@@ -40,7 +40,8 @@ export async function answerOnce(
       reasoningContent: response.reasoningContent,
       refusal: response.refusal,
       logprobs: response.logprobs,
-      choices: response.choices,
+      // No more choices than were asked for, whatever the provider sent.
+      choices: (request.n ?? 1) > 1 ? response.choices?.slice(0, request.n) : undefined,
     });
     const code = deps.delivery.reply(message, record, reply);
     if (code === undefined && key !== undefined && reply.finish_reason !== 'error') deps.cache!.set(key, reply);

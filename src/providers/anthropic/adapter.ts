@@ -24,6 +24,7 @@ import {
 import { lineTooLong, malformedResponse, streamEndedEarly } from '../transport/provider-error.js';
 import { LineTooLongError, SseParser, type SseEvent } from '../transport/sse.js';
 import { parseProviderPayload } from '../transport/parse-provider-payload.js';
+import { responseAsEvents } from '../response-events.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from '../types.js';
 
 /** The API version sent when the config names none (`api_version`); the current one since 2023. */
@@ -43,27 +44,6 @@ function parseMessage(settings: ProviderSettings, json: unknown, model: string):
       throw malformedResponse(settings.name, 'a tool_use block without id or name', 200);
     throw error;
   }
-}
-
-/** A whole message as stream events, for a server that ignored `stream: true` and answered JSON. */
-function messageAsEvents(response: ProviderResponse): ProviderStreamEvent[] {
-  const events: ProviderStreamEvent[] = [{ type: 'model', modelResolved: response.modelResolved }];
-  const delta: Extract<ProviderStreamEvent, { type: 'delta' }> = { type: 'delta' };
-  if (response.content !== null && response.content !== '') delta.content = response.content;
-  if (response.reasoningContent !== undefined) delta.reasoningContent = response.reasoningContent;
-  if (response.toolCalls !== undefined) {
-    delta.toolCalls = response.toolCalls.map((call, index) => ({
-      index,
-      id: call.id,
-      type: 'function',
-      function: { ...call.function },
-    }));
-  }
-  if (delta.content !== undefined || delta.reasoningContent !== undefined || delta.toolCalls !== undefined)
-    events.push(delta);
-  events.push({ type: 'finish', finishReason: response.finishReason });
-  if (response.usage !== undefined) events.push({ type: 'usage', usage: response.usage });
-  return events;
 }
 
 /** Anthropic's SSE: `event: <type>` and `data: <json>` per event, up to `message_stop`. */
@@ -130,7 +110,7 @@ class WholeAnswerDecoder implements StreamDecoder<ProviderStreamEvent> {
 
   end(out: ProviderStreamEvent[]): void {
     const json = parseJsonText(this.settings.name, this.#text, this.statusCode);
-    for (const event of messageAsEvents(parseMessage(this.settings, json, this.model))) out.push(event);
+    for (const event of responseAsEvents(parseMessage(this.settings, json, this.model))) out.push(event);
   }
 }
 

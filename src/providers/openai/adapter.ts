@@ -23,6 +23,7 @@ import { lineTooLong, malformedResponse, streamEndedEarly } from '../transport/p
 import { LineTooLongError, SseParser, type SseEvent } from '../transport/sse.js';
 import { fastCheck } from '../../contract/fast-check.js';
 import { parseProviderPayload } from '../transport/parse-provider-payload.js';
+import { responseAsEvents } from '../response-events.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from '../types.js';
 
 /** Where an OpenAI-shaped API takes a model's chat completions, and how it wants the key. */
@@ -35,35 +36,6 @@ const OPENAI_WIRE: OpenAIWire = { chatPath: () => '/chat/completions', auth: bea
 
 function parseCompletion(settings: ProviderSettings, json: unknown, model: string): ProviderResponse {
   return convertOpenAICompletion(parseProviderPayload(settings, json, openAICompletionSchema, 'response'), model);
-}
-
-/** A whole reply as stream events, for a server that ignored `stream: true` and answered JSON. */
-function completionAsEvents(response: ProviderResponse): ProviderStreamEvent[] {
-  const events: ProviderStreamEvent[] = [{ type: 'model', modelResolved: response.modelResolved }];
-  for (const [index, choice] of (response.choices ?? [response]).entries()) {
-    const delta: Extract<ProviderStreamEvent, { type: 'delta' }> = { type: 'delta' };
-    if (index !== 0) delta.index = index;
-    if (choice.content !== null && choice.content !== '') delta.content = choice.content;
-    if (choice.reasoningContent !== undefined) delta.reasoningContent = choice.reasoningContent;
-    if (choice.refusal !== undefined) delta.refusal = choice.refusal;
-    if (choice.logprobs !== undefined) delta.logprobs = choice.logprobs;
-    if (choice.toolCalls !== undefined) {
-      delta.toolCalls = choice.toolCalls.map((call, position) => ({
-        index: position,
-        id: call.id,
-        type: 'function',
-        function: { ...call.function },
-      }));
-    }
-    if (Object.keys(delta).length > (index === 0 ? 1 : 2)) events.push(delta);
-    events.push(
-      index === 0
-        ? { type: 'finish', finishReason: choice.finishReason }
-        : { type: 'finish', finishReason: choice.finishReason, index },
-    );
-  }
-  if (response.usage !== undefined) events.push({ type: 'usage', usage: response.usage });
-  return events;
 }
 
 /** One SSE event to our events; `'done'` for `[DONE]`. */
@@ -145,7 +117,7 @@ class WholeAnswerDecoder implements StreamDecoder<ProviderStreamEvent> {
 
   end(out: ProviderStreamEvent[]): void {
     const json = parseJsonText(this.settings.name, this.#text, this.statusCode);
-    for (const event of completionAsEvents(parseCompletion(this.settings, json, this.model))) out.push(event);
+    for (const event of responseAsEvents(parseCompletion(this.settings, json, this.model))) out.push(event);
   }
 }
 
