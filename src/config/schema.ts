@@ -4,6 +4,7 @@ import { aggregatorSchema } from './aggregator-schema.js';
 import { authSchema } from './auth-schema.js';
 import { httpSchema } from './http-schema.js';
 import { limitsSchema } from './limits-schema.js';
+import { telemetrySchema } from './telemetry-schema.js';
 
 /**
  * The whole of config.yaml as one zod schema (DESIGN.md, "Configuration").
@@ -287,6 +288,7 @@ export const configSchema = z
     nats: natsSchema.prefault({}),
     logging: loggingSchema.prefault({}),
     cache: cacheSchema.prefault({}),
+    telemetry: telemetrySchema.prefault({}),
     aggregator: aggregatorSchema.prefault({}),
     http: httpSchema.prefault({}),
     auth: authSchema.prefault({}),

@@ -180,6 +180,7 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
     failedOpen: 0,
     failedClosed: 0,
     conflicts: 0,
+    refusedBy: {},
   };
   const clock = deps.now ?? Date.now;
 
@@ -355,7 +356,10 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
       if (!outcome.admitted) {
         counters.refused += 1;
         const refusal = decisiveRefusal(outcome.refusals) as Refusal;
-        throw refusalError(plans[refusal.scopeIndex] as ScopePlan, refusal, charge);
+        const plan = plans[refusal.scopeIndex] as ScopePlan;
+        const by = `${plan.scope.kind}:${refusal.dimension}`;
+        counters.refusedBy[by] = (counters.refusedBy[by] ?? 0) + 1;
+        throw refusalError(plan, refusal, charge);
       }
       counters.admitted += 1;
       return reservationFor(request, plans, charge);

@@ -59,6 +59,8 @@ export interface LimiterCounters {
   failedClosed: number;
   /** Compare-and-swap conflicts retried (nats backend). */
   conflicts: number;
+  /** Refusals by the refusing scope's kind and dimension, keyed `kind:dimension` (`agent:rpm`, `key:daily_usd`). */
+  refusedBy: Record<string, number>;
 }
 
 export interface ScopeStanding {

@@ -50,6 +50,8 @@ export interface WorkerStats {
     failedOpen: number;
     failedClosed: number;
     conflicts: number;
+    /** Refusals by the refusing scope's kind and dimension (`agent:rpm`, `microdao:daily_usd`…). */
+    refusedBy: Record<string, number>;
   };
 }
 

@@ -13,6 +13,7 @@ import { admit } from './admission.js';
 import type { WorkerCounters } from './counters.js';
 import { Delivery } from './delivery.js';
 import type { RequestHooks } from './hooks.js';
+import type { GatewayMetrics, RequestFacts } from '../telemetry/metrics.js';
 import { answerOnce } from './one-reply.js';
 import { RequestRecord } from './request-record.js';
 import type { ResponseCache } from './response-cache.js';
@@ -32,6 +33,8 @@ export interface PipelineDependencies {
   workerId: string;
   maxRequestBytes: number;
   heartbeatMs: number;
+  /** The worker's instruments (no-op without an OpenTelemetry SDK). */
+  metrics: GatewayMetrics;
 }
 
 /** What the answering stages (one-reply.ts, stream-reply.ts) use. */
@@ -152,7 +155,12 @@ export class RequestPipeline {
     try {
       if (!record.stream) return await answerOnce(message, record, admitted, controller.signal, deps);
       deps.counters.streams++;
-      return await relayStream(message, record, admitted, controller, deps);
+      deps.metrics.streamOpened();
+      try {
+        return await relayStream(message, record, admitted, controller, deps);
+      } finally {
+        deps.metrics.streamClosed();
+      }
     } finally {
       this.#active.delete(active);
     }
@@ -160,8 +168,36 @@ export class RequestPipeline {
 }
 
 /** What runs once a request's reply is out, in order: the counters, the limits settle, the log line. */
+/** What the metrics take from a finished record. */
+function requestFacts(record: RequestRecord): RequestFacts {
+  return {
+    model: record.model ?? record.requestedModel ?? '',
+    provider: record.provider,
+    status: record.status,
+    errorCode: record.code,
+    stream: record.stream,
+    cached: record.cached,
+    latencyMs: record.latencyMs,
+    ttftMs: record.ttftMs,
+    promptTokens: record.tokens.promptTokens,
+    completionTokens: record.tokens.completionTokens,
+    costUsd: record.costUsd,
+    agentId: record.metadata?.agent_id ?? null,
+    attempts: record.attempts.map((attempt) => ({
+      model: attempt.model,
+      provider: attempt.provider,
+      modelResolved: attempt.model_resolved,
+      errorCode: attempt.error_code,
+      latencyMs: attempt.latency_ms,
+    })),
+  };
+}
+
 function doneListeners(deps: PipelineDependencies): DoneListener[] {
-  const listeners: DoneListener[] = [(record) => deps.counters.finished(record.code)];
+  const listeners: DoneListener[] = [
+    (record) => deps.counters.finished(record.code),
+    (record) => deps.metrics.recordRequest(requestFacts(record)),
+  ];
   const afterRoute = deps.hooks.afterRoute;
   if (afterRoute !== undefined) {
     listeners.push(async (record) => {

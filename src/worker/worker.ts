@@ -14,6 +14,8 @@ import { UsagePublisher } from '../usage/publisher.js';
 import { CallerCheck, KeyDirectory, SecretCheck, secretFromEnv } from '../auth/index.js';
 import { WorkerCounters, workerStats, type WorkerStats } from './counters.js';
 import { addModelsEndpoint, logConnectionStatus, subscribeCancel } from './endpoints.js';
+import { GatewayMetrics } from '../telemetry/metrics.js';
+import type { MeterProvider } from '@opentelemetry/api';
 import type { RequestHooks } from './hooks.js';
 import { RequestIntake } from './intake.js';
 import { RequestPipeline } from './pipeline.js';
@@ -55,6 +57,8 @@ export interface WorkerOptions {
   providers?: ProviderSet;
   /** Default: `createRouter({config, providers})`. */
   router?: Router;
+  /** Where the worker's metrics go; default the global one (OTel's no-op unless an SDK is registered). */
+  meterProvider?: MeterProvider;
 }
 
 export interface Worker {
@@ -160,6 +164,24 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const workerId = service.info().id;
   const workerLogger = logger.child({ worker_id: workerId });
 
+  const metrics = new GatewayMetrics({
+    models: config.models,
+    agentLabel: config.telemetry.agent_label,
+    meterProvider: options.meterProvider,
+  });
+  const unobserve = metrics.observe({
+    inFlight: () => counters.inFlight,
+    usageEvents: () => publisher.counters,
+    limitRefusals: () => limiter?.counters().refusedBy ?? {},
+    deployments: () =>
+      router.health().map((deployment) => ({
+        model: deployment.model,
+        provider: deployment.provider,
+        deployment: deployment.physical_name,
+        coolingDown: deployment.state === 'cooling_down',
+      })),
+  });
+
   const pipeline = new RequestPipeline({
     connection,
     config,
@@ -175,6 +197,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     workerId,
     maxRequestBytes: config.worker.max_request_bytes ?? connection.info?.max_payload ?? 1024 * 1024,
     heartbeatMs: config.worker.heartbeat_ms,
+    metrics,
   });
 
   const idle = new IdleWatch(counters);
@@ -214,7 +237,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const cancelSubscription = subscribeCancel(connection, pipeline, endpointParts);
   intake.open();
   await connection.flush();
-  logConnectionStatus(connection, workerLogger);
+  logConnectionStatus(connection, workerLogger, () => metrics.reconnected());
 
   workerLogger.info(
     {
@@ -230,7 +253,9 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     'worker started',
   );
 
-  const closers: Array<{ name: string; close: () => Promise<void> }> = [];
+  const closers: Array<{ name: string; close: () => Promise<void> }> = [
+    { name: 'the metrics', close: async () => unobserve() },
+  ];
   if (limiter !== undefined) closers.push({ name: 'the limiter', close: () => limiter.close() });
   if (directory !== undefined) closers.push({ name: 'the key directory', close: () => directory.close() });
   if (ownsProviders) closers.push({ name: 'provider pools', close: () => providerSet.close() });

@@ -1,0 +1,271 @@
+/**
+ * The gateway's metrics, through the OpenTelemetry metrics API only (no SDK here: the CLI's
+ * processes register one, telemetry/metrics-sdk.ts; without it every instrument is OTel's no-op).
+ * Names and attributes are the GenAI semantic conventions' where they exist
+ * (`gen_ai.server.request.duration`, `gen_ai.client.operation.duration`, `gen_ai.client.token.usage`,
+ * `gen_ai.request.model`, `gen_ai.provider.name`, `error.type`), `llm_proxy.*` otherwise.
+ *
+ * Label values are bounded: models and providers are those of the config (a model nobody configured
+ * is `(unknown)`), error types are DESIGN.md's codes; an agent id becomes a label only when
+ * `telemetry.agent_label` says so.
+ *
+ * The API's meter provider is not a proxy: instruments made before an SDK is registered stay no-op.
+ * So instruments are made when a worker (or aggregator) starts, from the meter provider it is given.
+ */
+import {
+  metrics,
+  ValueType,
+  type Attributes,
+  type BatchObservableResult,
+  type Meter,
+  type MeterProvider,
+} from '@opentelemetry/api';
+
+export const METER_NAME = 'llm-proxy';
+
+/** Seconds: the GenAI conventions' advised boundaries (10 ms to ~82 s, doubling). */
+const DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92];
+/** Tokens: the GenAI conventions' advised boundaries (1 to 64 Mi, ×4). */
+const TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864];
+
+export const UNKNOWN = '(unknown)';
+export const NONE = '(none)';
+
+/** One provider call of a request (the router's attempt record). */
+export interface AttemptFacts {
+  /** The logical model the attempt served. */
+  model: string;
+  provider: string;
+  /** The model the provider said it used (any string: the label is the configured deployment's name). */
+  modelResolved: string;
+  errorCode: string | null;
+  latencyMs: number;
+}
+
+/** What a finished request tells the metrics. */
+export interface RequestFacts {
+  /** The logical model (the served one, else the requested one). */
+  model: string;
+  provider: string | null;
+  status: string;
+  errorCode: string | undefined;
+  stream: boolean;
+  cached: boolean;
+  latencyMs: number;
+  ttftMs: number | null;
+  promptTokens: number;
+  completionTokens: number;
+  costUsd: number;
+  agentId: string | null;
+  attempts: readonly AttemptFacts[];
+}
+
+export interface GatewayMetricsOptions {
+  /** The configured logical models and their deployments (provider, physical name): nothing else becomes a label. */
+  models: ReadonlyMap<string, { deployments: ReadonlyArray<{ provider: string; physical_name: string }> }>;
+  /** Add `llm_proxy.agent_id` to the request, token and cost metrics (unbounded: off by default). */
+  agentLabel?: boolean;
+  /** Default: the global meter provider (OTel's no-op when no SDK is registered). */
+  meterProvider?: MeterProvider;
+}
+
+/** What the worker's gauges read when the SDK collects (never on the request path). */
+export interface GatewayGauges {
+  inFlight(): number;
+  usageEvents(): { pending: number; failedAttempts: number; dropped: number; deadLettered: number };
+  /** Refusals by limits so far, keyed `scope kind:dimension` (`agent:rpm`); none when limits are off. */
+  limitRefusals(): Readonly<Record<string, number>>;
+  /** One entry per deployment. */
+  deployments(): ReadonlyArray<{ model: string; provider: string; deployment: string; coolingDown: boolean }>;
+}
+
+export function meterOf(meterProvider: MeterProvider | undefined): Meter {
+  return (meterProvider ?? metrics.getMeterProvider()).getMeter(METER_NAME);
+}
+
+/** The worker's instruments; one per worker. */
+export class GatewayMetrics {
+  readonly #meter: Meter;
+  readonly #models: GatewayMetricsOptions['models'];
+  readonly #agentLabel: boolean;
+  readonly #requests;
+  readonly #requestDuration;
+  readonly #ttft;
+  readonly #attemptDuration;
+  readonly #tokens;
+  readonly #cost;
+  readonly #streams;
+  readonly #cacheHits;
+  readonly #reconnects;
+
+  constructor(options: GatewayMetricsOptions) {
+    const meter = meterOf(options.meterProvider);
+    this.#meter = meter;
+    this.#models = options.models;
+    this.#agentLabel = options.agentLabel === true;
+    this.#requests = meter.createCounter('llm_proxy.requests', {
+      description: 'Requests finished, by model, provider, status and error type',
+      unit: '{request}',
+      valueType: ValueType.INT,
+    });
+    this.#requestDuration = meter.createHistogram('gen_ai.server.request.duration', {
+      description: 'Time from receiving a request to its last reply message',
+      unit: 's',
+      advice: { explicitBucketBoundaries: DURATION_BUCKETS },
+    });
+    this.#ttft = meter.createHistogram('gen_ai.server.time_to_first_token', {
+      description: 'Time from receiving a streamed request to its first chunk',
+      unit: 's',
+      advice: { explicitBucketBoundaries: DURATION_BUCKETS },
+    });
+    this.#attemptDuration = meter.createHistogram('gen_ai.client.operation.duration', {
+      description: 'One call to a provider deployment (an attempt), success or failure',
+      unit: 's',
+      advice: { explicitBucketBoundaries: DURATION_BUCKETS },
+    });
+    this.#tokens = meter.createHistogram('gen_ai.client.token.usage', {
+      description: 'Tokens per request, input and output',
+      unit: '{token}',
+      valueType: ValueType.INT,
+      advice: { explicitBucketBoundaries: TOKEN_BUCKETS },
+    });
+    this.#cost = meter.createCounter('llm_proxy.cost', {
+      description: 'Cost of the requests in USD, at the configured prices',
+      unit: '{USD}',
+    });
+    this.#streams = meter.createUpDownCounter('llm_proxy.streams.open', {
+      description: 'Streams being relayed now',
+      unit: '{stream}',
+      valueType: ValueType.INT,
+    });
+    this.#cacheHits = meter.createCounter('llm_proxy.cache.hits', {
+      description: 'Requests answered from the response cache',
+      unit: '{request}',
+      valueType: ValueType.INT,
+    });
+    this.#reconnects = meter.createCounter('llm_proxy.nats.reconnects', {
+      description: 'Reconnections to the NATS server',
+      unit: '{reconnect}',
+      valueType: ValueType.INT,
+    });
+  }
+
+  #model(name: string): string {
+    return this.#models.has(name) ? name : UNKNOWN;
+  }
+
+  /**
+   * The configured physical name of the deployment an attempt went to: the only one of the model on
+   * that provider, else the one the provider named, else `(unknown)` (a provider's own model string is
+   * never a label: a hostile upstream could make one series per answer).
+   */
+  #deployment(attempt: AttemptFacts): string {
+    let match: string | undefined;
+    let count = 0;
+    for (const deployment of this.#models.get(attempt.model)?.deployments ?? []) {
+      if (deployment.provider !== attempt.provider) continue;
+      count++;
+      if (count === 1 || deployment.physical_name === attempt.modelResolved) match = deployment.physical_name;
+    }
+    return count === 1 || (match !== undefined && match === attempt.modelResolved) ? (match as string) : UNKNOWN;
+  }
+
+  /** A finished request: its counters and histograms, and one duration per provider call. */
+  recordRequest(facts: RequestFacts): void {
+    const model = this.#model(facts.model);
+    const provider = facts.provider ?? NONE;
+    const base: Attributes = {
+      'gen_ai.operation.name': 'chat',
+      'gen_ai.request.model': model,
+      'gen_ai.provider.name': provider,
+    };
+    if (this.#agentLabel) base['llm_proxy.agent_id'] = facts.agentId ?? NONE;
+    const outcome: Attributes = {
+      ...base,
+      'llm_proxy.status': facts.status,
+      'llm_proxy.stream': facts.stream,
+      ...(facts.errorCode !== undefined ? { 'error.type': facts.errorCode } : {}),
+    };
+    this.#requests.add(1, outcome);
+    this.#requestDuration.record(facts.latencyMs / 1000, outcome);
+    if (facts.ttftMs !== null) this.#ttft.record(facts.ttftMs / 1000, base);
+    if (facts.promptTokens > 0 || facts.completionTokens > 0) {
+      this.#tokens.record(facts.promptTokens, { ...base, 'gen_ai.token.type': 'input' });
+      this.#tokens.record(facts.completionTokens, { ...base, 'gen_ai.token.type': 'output' });
+    }
+    if (facts.costUsd > 0) this.#cost.add(facts.costUsd, base);
+    if (facts.cached) this.#cacheHits.add(1, { 'gen_ai.request.model': model });
+    for (const attempt of facts.attempts) {
+      this.#attemptDuration.record(attempt.latencyMs / 1000, {
+        'gen_ai.operation.name': 'chat',
+        'gen_ai.request.model': this.#model(attempt.model),
+        'gen_ai.provider.name': attempt.provider,
+        'gen_ai.response.model': this.#deployment(attempt),
+        ...(attempt.errorCode !== null ? { 'error.type': attempt.errorCode } : {}),
+      });
+    }
+  }
+
+  streamOpened(): void {
+    this.#streams.add(1);
+  }
+
+  streamClosed(): void {
+    this.#streams.add(-1);
+  }
+
+  reconnected(): void {
+    this.#reconnects.add(1);
+  }
+
+  /** The gauges, read at each collection. Returns a function that stops observing them. */
+  observe(gauges: GatewayGauges): () => void {
+    const inFlight = this.#meter.createObservableGauge('llm_proxy.requests.in_flight', {
+      description: 'Requests being worked on now',
+      unit: '{request}',
+      valueType: ValueType.INT,
+    });
+    const pending = this.#meter.createObservableGauge('llm_proxy.usage_events.pending', {
+      description: 'Usage events not yet stored in JetStream (held and retried)',
+      unit: '{event}',
+      valueType: ValueType.INT,
+    });
+    const failed = this.#meter.createObservableCounter('llm_proxy.usage_events.failed', {
+      description: 'Usage event publishes that failed (retried), dropped or dead-lettered, by outcome',
+      unit: '{event}',
+      valueType: ValueType.INT,
+    });
+    const cooling = this.#meter.createObservableGauge('llm_proxy.deployments.cooling_down', {
+      description: 'Deployments cooling down (1) or healthy (0)',
+      unit: '{deployment}',
+      valueType: ValueType.INT,
+    });
+    const callback = (result: BatchObservableResult) => {
+      result.observe(inFlight, gauges.inFlight());
+      const events = gauges.usageEvents();
+      result.observe(pending, events.pending);
+      result.observe(failed, events.failedAttempts, { 'llm_proxy.outcome': 'retried' });
+      result.observe(failed, events.dropped, { 'llm_proxy.outcome': 'dropped' });
+      result.observe(failed, events.deadLettered, { 'llm_proxy.outcome': 'dead_lettered' });
+      for (const [by, count] of Object.entries(gauges.limitRefusals())) {
+        const [scope = '', dimension = ''] = by.split(':');
+        result.observe(refusals, count, { 'llm_proxy.limit.scope': scope, 'llm_proxy.limit.dimension': dimension });
+      }
+      for (const deployment of gauges.deployments()) {
+        result.observe(cooling, deployment.coolingDown ? 1 : 0, {
+          'gen_ai.request.model': deployment.model,
+          'gen_ai.provider.name': deployment.provider,
+          'gen_ai.response.model': deployment.deployment,
+        });
+      }
+    };
+    const refusals = this.#meter.createObservableCounter('llm_proxy.limit.refusals', {
+      description: 'Requests refused by a limit or budget, by the scope kind and dimension that refused',
+      unit: '{request}',
+      valueType: ValueType.INT,
+    });
+    const observables = [inFlight, pending, failed, cooling, refusals];
+    this.#meter.addBatchObservableCallback(callback, observables);
+    return () => this.#meter.removeBatchObservableCallback(callback, observables);
+  }
+}
