@@ -1,7 +1,8 @@
 /**
  * The Gemini adapter end to end (issue 16): a real nats-server, a real worker, the typed client,
  * and the fake Gemini API on loopback. JSON and streamed answers, tools both ways, thoughts, usage
- * with cached tokens, safety blocks, errors, split UTF-8 delivery, and the key kept out of sight.
+ * with cached tokens, safety blocks, n > 1 as candidateCount, errors, split UTF-8 delivery, and the
+ * key kept out of sight.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -311,6 +312,34 @@ for (const stream of [false, true]) {
     assert.equal(blocked.finish_reason, 'content_filter');
     assert.equal(blocked.content, null);
     assert.equal(blocked.refusal, 'blocked by Gemini: SAFETY (HARM_CATEGORY_SEXUALLY_EXPLICIT)');
+  });
+
+  test(`n = 3 (${how}): candidateCount 3 sent, every candidate a choice; n above 8 refused, nothing sent`, async () => {
+    const before = fake.chatRequests.length;
+    const chunks: StreamChunk[] = [];
+    const request = ask('Name three rivers', { n: 3, stream });
+    const reply = stream ? await streamed(request, chunks) : await client.chat(request);
+    assert.deepEqual(fake.chatRequests[before]!.body.generationConfig, { candidateCount: 3 });
+    const expected = ['', ' #1', ' #2'].map((suffix) => `echo: Name three rivers${suffix}`);
+    assert.equal(reply.content, expected[0]);
+    assert.deepEqual(
+      reply.choices?.map((choice) => [choice.index, choice.message.content, choice.finish_reason]),
+      expected.map((content, index) => [index, content, 'stop']),
+    );
+    if (stream) {
+      // Asked whole (Google streams one candidate only), relayed as one chunk per choice, each naming it.
+      assert.match(fake.chatRequests[before]!.path, /:generateContent$/);
+      assert.deepEqual(
+        chunks.map((chunk) => chunk.index),
+        [0, 1, 2],
+      );
+      for (const [index, content] of expected.entries())
+        assert.equal(chunks.flatMap((chunk) => (chunk.index === index ? [chunk.delta] : [])).join(''), content);
+    }
+    const { error } = await failure(ask('too many', { n: 9, stream }));
+    assert.equal(error.code, 'invalid_request');
+    assert.equal(error.message, 'n: Gemini generates at most 8 candidates per request (got 9)');
+    assert.equal(fake.chatRequests.length, before + 1, 'the refused request was not sent');
   });
 
   test(`429 (${how}): rate_limited, its wait from Google's RetryInfo`, async () => {

@@ -15,7 +15,8 @@
  * `:streamGenerateContent?alt=sse` (`data: <GenerateContentResponse>\r\n\r\n` events, no end marker;
  * without `alt=sse`, one JSON array of them). Thought parts come first, then text, then function
  * calls; every event carries usageMetadata (the prompt count, then the totals on the last), the last
- * one the finish reason. Errors use Google's body `{"error":{"code","message","status","details"}}`,
+ * one the finish reason. `generationConfig.candidateCount` k > 1: k candidates (the i-th's text
+ * with ` #i` appended), interleaved across the events, each with its `index`. Errors use Google's body `{"error":{"code","message","status","details"}}`,
  * pretty-printed as Google does.
  */
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -170,49 +171,68 @@ function lastUserText(body: any): string {
 const tokens = (text: string): number => Math.ceil(text.length / 4);
 const words = (text: string): string[] => text.match(/\S+\s*|\s+/g) ?? [];
 
-/** The events of a reply, the last carrying the finish reason and the totals. */
+/**
+ * The events of a reply: event j carries the j-th part group of every candidate that has one, with
+ * its `index` (candidate i ≥ 1 says the text with ` #i` appended); the last event has the totals.
+ */
 function buildFrames(reply: GeminiReply, body: any, model: string): object[] {
   const text = reply.text === undefined ? `echo: ${lastUserText(body)}` : (reply.text ?? '');
+  const asked = body?.generationConfig?.candidateCount;
+  const k = typeof asked === 'number' && asked > 1 ? Math.floor(asked) : 1;
+  const suffixes = Array.from({ length: k }, (_, i) => (i === 0 || text === '' ? '' : ` #${i}`));
   const calls = reply.functionCalls ?? [];
-  const promptTokens = reply.usage?.promptTokenCount ?? tokens(JSON.stringify(body?.contents ?? ''));
-  const candidates = reply.usage?.candidatesTokenCount ?? tokens(text + JSON.stringify(calls));
-  const partGroups: object[][] = [
+  const prompt = reply.usage?.promptTokenCount ?? tokens(JSON.stringify(body?.contents ?? ''));
+  const output =
+    reply.usage?.candidatesTokenCount ?? tokens(suffixes.map((end) => text + end + JSON.stringify(calls)).join(''));
+  const groups = suffixes.map((suffix): object[][] => [
     ...words(reply.thoughts ?? '').map((piece) => [{ text: piece, thought: true }]),
-    ...(reply.chunks ?? words(text)).map((piece) => [{ text: piece }]),
+    ...[...(reply.chunks ?? words(text)), ...(suffix === '' ? [] : [suffix])].map((piece) => [{ text: piece }]),
     ...(reply.functionCallsApart ? calls.map((call) => [call]) : calls.length > 0 ? [calls] : []).map((group) =>
       group.map((call) => ({ functionCall: call.id ? call : { name: call.name, args: call.args } })),
     ),
-  ];
-  const frame = (parts: object[] | undefined, last: boolean): object => {
-    const candidate: Record<string, unknown> = parts ? { content: { parts, role: 'model' }, index: 0 } : { index: 0 };
-    if (last) {
-      candidate.finishReason = reply.finishReason ?? 'STOP';
-      if (reply.finishMessage !== undefined) candidate.finishMessage = reply.finishMessage;
-      if (reply.safetyRatings !== undefined) candidate.safetyRatings = reply.safetyRatings;
+  ]);
+  const count = Math.max(1, ...groups.map((own) => own.length));
+  const candidate = (own: object[][], index: number, at: number): object => {
+    const parts = own[at];
+    const built: Record<string, unknown> = parts ? { content: { parts, role: 'model' }, index } : { index };
+    if (at >= own.length - 1) {
+      built.finishReason = reply.finishReason ?? 'STOP';
+      if (reply.finishMessage !== undefined) built.finishMessage = reply.finishMessage;
+      if (reply.safetyRatings !== undefined) built.safetyRatings = reply.safetyRatings;
     }
-    const totals = { ...reply.usage, promptTokenCount: promptTokens, candidatesTokenCount: candidates };
-    const sum = promptTokens + candidates + (reply.usage?.thoughtsTokenCount ?? 0);
-    const usageMetadata = last
-      ? { ...totals, totalTokenCount: sum }
-      : { promptTokenCount: promptTokens, totalTokenCount: promptTokens };
+    return built;
+  };
+  const sum = prompt + output + (reply.usage?.thoughtsTokenCount ?? 0);
+  const totals = { ...reply.usage, promptTokenCount: prompt, candidatesTokenCount: output, totalTokenCount: sum };
+  return Array.from({ length: count }, (_, at) => {
+    const last = at === count - 1;
+    const usageMetadata = last ? totals : { promptTokenCount: prompt, totalTokenCount: prompt };
     return {
-      candidates: [candidate],
+      // A candidate without parts at all comes once, in the last event, with its finish reason.
+      candidates: groups.flatMap((own, index) =>
+        at < own.length || (own.length === 0 && last) ? [candidate(own, index, at)] : [],
+      ),
       ...(reply.usage === null ? {} : { usageMetadata }),
       modelVersion: reply.modelVersion ?? model,
       responseId: 'fake-gemini-response',
     };
-  };
-  if (partGroups.length === 0) return [frame(undefined, true)];
-  return partGroups.map((parts, index) => frame(parts, index === partGroups.length - 1));
+  });
 }
 
-/** One JSON answer: every part of every event in one candidate. */
+/** One JSON answer: every part of every event gathered by candidate, each candidate as its last event left it. */
 function wholeAnswer(frames: object[]): object {
   const last = frames.at(-1) as any;
   if (last.candidates === undefined) return last;
-  const parts = frames.flatMap((frame: any) => frame.candidates[0].content?.parts ?? []);
-  const candidate = { ...last.candidates[0], ...(parts.length > 0 ? { content: { parts, role: 'model' } } : {}) };
-  return { ...last, candidates: [candidate] };
+  const gathered = new Map<number, { candidate: any; parts: object[] }>();
+  for (const candidate of frames.flatMap((frame: any) => frame.candidates)) {
+    const parts = [...(gathered.get(candidate.index)?.parts ?? []), ...(candidate.content?.parts ?? [])];
+    gathered.set(candidate.index, { candidate, parts });
+  }
+  const candidates = [...gathered.values()].map(({ candidate, parts }) => ({
+    ...candidate,
+    ...(parts.length > 0 ? { content: { parts, role: 'model' } } : {}),
+  }));
+  return { ...last, candidates };
 }
 
 const SLICES = [1, 3, 2, 7, 5, 11, 4, 1, 2];

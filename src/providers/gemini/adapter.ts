@@ -13,6 +13,7 @@ import {
   type AuthHeaders,
   type StreamDecoder,
 } from '../transport/http.js';
+import { responseAsEvents } from '../response-events.js';
 import { parseProviderPayload } from '../transport/parse-provider-payload.js';
 import { errorFromStatus, lineTooLong, malformedResponse, streamEndedEarly } from '../transport/provider-error.js';
 import { LineTooLongError, SseParser, type SseEvent } from '../transport/sse.js';
@@ -82,15 +83,22 @@ export function mapGeminiError(error: unknown): unknown {
 /** Most characters kept of the raw stream, to read an error Google wrote without `data:` framing. */
 const RAW_TAIL_CHARACTERS = 16 * 1024;
 
-/** SSE events of GenerateContentResponse; the stream is complete once one carried a finish reason. */
+/**
+ * SSE events of GenerateContentResponse; the stream is complete once candidate 0 (the first choice)
+ * carried a finish reason. `choiceCount`: the `n` asked for (candidates past the first are choices too).
+ */
 export class GeminiSseDecoder implements StreamDecoder<ProviderStreamEvent> {
   readonly #parser: SseParser;
-  readonly #state: GeminiStreamState = createGeminiStreamState();
+  readonly #state: GeminiStreamState;
   /** The raw text's end: at least RAW_TAIL_CHARACTERS, cut back to that once twice as long (amortized O(1)). */
   #tail = '';
 
-  constructor(private readonly settings: ProviderSettings) {
+  constructor(
+    private readonly settings: ProviderSettings,
+    choiceCount = 1,
+  ) {
     this.#parser = new SseParser(maxLineBytes(settings));
+    this.#state = createGeminiStreamState(choiceCount);
   }
 
   push(text: string, out: ProviderStreamEvent[]): void {
@@ -168,26 +176,31 @@ function mapStreamErrors(
 export function createGeminiProvider(settings: ProviderSettings): Provider {
   // The payload check is compiled now, not on the first answer (contract/fast-check.ts).
   fastCheck(geminiResponseSchema);
+  const chat = async (call: ProviderCall): Promise<ProviderResponse> => {
+    let json: unknown;
+    try {
+      json = await postForJson({
+        settings,
+        path: modelPath(call.model, 'generateContent'),
+        auth: geminiAuth,
+        body: convertToGeminiRequest(call.request),
+        signal: call.signal,
+        accept: 'application/json',
+      });
+    } catch (error) {
+      throw mapGeminiError(error);
+    }
+    const choiceCount = call.request.n ?? 1;
+    return convertGeminiResponse(parseResponse(settings, json, 'response'), call.model, settings.name, choiceCount);
+  };
   return {
     name: settings.name,
     type: settings.type,
-    async chat(call: ProviderCall): Promise<ProviderResponse> {
-      let json: unknown;
-      try {
-        json = await postForJson({
-          settings,
-          path: modelPath(call.model, 'generateContent'),
-          auth: geminiAuth,
-          body: convertToGeminiRequest(call.request),
-          signal: call.signal,
-          accept: 'application/json',
-        });
-      } catch (error) {
-        throw mapGeminiError(error);
-      }
-      return convertGeminiResponse(parseResponse(settings, json, 'response'), call.model, settings.name);
-    },
+    chat,
     stream(call: ProviderCall): AsyncIterable<ProviderStreamEvent> {
+      // Google documents several candidates for generateContent only ("streamGenerateContent is not
+      // supported"): a streamed n > 1 is asked whole and relayed as the events of its choices.
+      if ((call.request.n ?? 1) > 1) return wholeAnswerAsStream(chat(call));
       const events = postForEvents<ProviderStreamEvent>(
         {
           settings,
@@ -197,9 +210,13 @@ export function createGeminiProvider(settings: ProviderSettings): Provider {
           signal: call.signal,
           accept: 'text/event-stream',
         },
-        () => new GeminiSseDecoder(settings),
+        () => new GeminiSseDecoder(settings, call.request.n ?? 1),
       );
       return mapStreamErrors(events);
     },
   };
+}
+
+async function* wholeAnswerAsStream(answer: Promise<ProviderResponse>): AsyncIterableIterator<ProviderStreamEvent> {
+  yield* responseAsEvents(await answer);
 }

@@ -2,7 +2,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ProxyError } from '../../contract/errors.js';
 import { parseChatRequest, type ChatRequest } from '../../contract/request.js';
-import { SKIP_THOUGHT_SIGNATURE, convertToGeminiContents, convertToGeminiRequest } from './request.js';
+import {
+  GEMINI_MAX_CANDIDATES,
+  SKIP_THOUGHT_SIGNATURE,
+  convertToGeminiContents,
+  convertToGeminiRequest,
+} from './request.js';
 
 const PNG_BASE64 = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==';
 
@@ -85,10 +90,22 @@ test('request: generationConfig, our own fields never sent, provider_options mer
     60,
   );
   assert.ok(!('generationConfig' in convertToGeminiRequest(ask({}))));
-  assert.throws(
-    () => convertToGeminiRequest({ ...ask({}), n: 3 } as unknown as ChatRequest),
-    (error: unknown) => error instanceof ProxyError && error.message === 'gemini: n > 1 is not supported yet',
-  );
+});
+
+test("request: n > 1 is candidateCount, up to Gemini's maximum of 8; above it refused before sending", () => {
+  const config = (extra: Record<string, unknown>) => convertToGeminiRequest(ask(extra)).generationConfig;
+  assert.equal(GEMINI_MAX_CANDIDATES, 8);
+  assert.equal(config({ n: 1 }), undefined, 'n = 1 sends no candidateCount');
+  assert.deepEqual(config({ n: 3, temperature: 1 }), { candidateCount: 3, temperature: 1 });
+  assert.deepEqual(config({ n: 8 }), { candidateCount: 8 });
+  for (const n of [9, 128]) {
+    assert.throws(
+      () => convertToGeminiRequest(ask({ n })),
+      (error: unknown) =>
+        refusedAt('n')(error) &&
+        (error as ProxyError).message === `n: Gemini generates at most 8 candidates per request (got ${n})`,
+    );
+  }
 });
 
 test('request: response_format and reasoning_effort', () => {

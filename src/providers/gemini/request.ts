@@ -1,8 +1,9 @@
 /**
  * Our (OpenAI-shaped) request to Gemini's `GenerateContentRequest`. System and developer messages,
  * wherever they are, become `systemInstruction`; user and tool messages `user` contents, assistant
- * messages `model` ones, consecutive ones of one role merged. Parameters Gemini has no equivalent
- * for (logit_bias, logprobs, top_logprobs, user, parallel_tool_calls) are not sent;
+ * messages `model` ones, consecutive ones of one role merged. `n` > 1 is `candidateCount` (up to
+ * GEMINI_MAX_CANDIDATES, refused above). Parameters Gemini has no equivalent for (logit_bias,
+ * logprobs, top_logprobs, user, parallel_tool_calls) are not sent;
  * `provider_options` may set anything Gemini knows (`safetySettings`, `cachedContent`…), its
  * `generationConfig` merged into ours.
  */
@@ -27,6 +28,13 @@ export const SKIP_THOUGHT_SIGNATURE = 'skip_thought_signature_validator';
  * OpenAI-compatible endpoint maps them (1K, 8K, 24K); minimal 512, the least every 2.5 model takes.
  */
 export const THINKING_BUDGETS = { minimal: 512, low: 1024, medium: 8192, high: 24576 } as const;
+
+/**
+ * The most candidates (`generationConfig.candidateCount`, our `n`) one request may ask for: 1-8, as
+ * Google documents it for the models that take more than one (Vertex AI's GenerationConfig
+ * reference). Gemini 1.0 models, and some newer ones, take only 1 and answer a 400 of their own.
+ */
+export const GEMINI_MAX_CANDIDATES = 8;
 
 /** Ids we made up (`call_<n>`, response.ts) are not Gemini's: they are not sent back to it. */
 const GENERATED_ID = /^call_\d+$/;
@@ -198,10 +206,12 @@ function defined(entries: Record<string, unknown>): Record<string, unknown> {
 }
 
 export function convertToGeminiRequest(request: ChatRequest): Record<string, unknown> {
-  // The contract refuses n ≠ 1 today; this stays the adapter's answer if it ever lets more through.
-  if ((request.n ?? 1) > 1)
-    throw new ProxyError('invalid_request', 'gemini: n > 1 is not supported yet', { retryable: false });
+  const n = request.n ?? 1;
+  // Above what Google documents: refused here, before anything is sent.
+  if (n > GEMINI_MAX_CANDIDATES)
+    throw invalid('n', `Gemini generates at most ${GEMINI_MAX_CANDIDATES} candidates per request (got ${n})`);
   const generationConfig = defined({
+    candidateCount: n > 1 ? n : undefined,
     temperature: request.temperature,
     topP: request.top_p,
     maxOutputTokens: request.max_tokens ?? request.max_completion_tokens,

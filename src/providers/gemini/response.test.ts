@@ -126,6 +126,91 @@ test('response: a blocked prompt (no candidates) is content_filter with content 
   );
 });
 
+test('response: several candidates are choices by index, each with its own finish, refusal and tool calls', () => {
+  const converted = convertGeminiResponse(
+    parse({
+      candidates: [
+        {
+          content: { parts: [{ functionCall: { name: 'lookup', args: { q: 'c' } } }] },
+          finishReason: 'STOP',
+          index: 2,
+        },
+        // proto3 JSON leaves out index 0.
+        { content: { parts: [{ text: 'First.' }, { functionCall: { name: 'lookup', args: { q: 'a' } } }] } },
+        {
+          content: { parts: [{ text: 'Well' }] },
+          finishReason: 'SAFETY',
+          safetyRatings: [{ category: 'HARM_CATEGORY_HARASSMENT', blocked: true }],
+          index: 1,
+        },
+      ],
+      usageMetadata: { promptTokenCount: 10, candidatesTokenCount: 30 },
+      modelVersion: 'gemini-2.5-flash-001',
+    }),
+    'asked',
+    'gemini',
+    3,
+  );
+  const first = {
+    content: 'First.',
+    toolCalls: [{ id: 'call_0', type: 'function' as const, function: { name: 'lookup', arguments: '{"q":"a"}' } }],
+    finishReason: 'tool_calls' as const,
+  };
+  assert.deepEqual(converted, {
+    ...first,
+    modelResolved: 'gemini-2.5-flash-001',
+    usage: { promptTokens: 10, completionTokens: 30 },
+    choices: [
+      first,
+      {
+        content: 'Well',
+        refusal: 'blocked by Gemini: SAFETY (HARM_CATEGORY_HARASSMENT)',
+        finishReason: 'content_filter',
+      },
+      {
+        content: null,
+        // Ids unique across the answer: candidate 2's own first call is not call_0 again.
+        toolCalls: [{ id: 'call_1', type: 'function', function: { name: 'lookup', arguments: '{"q":"c"}' } }],
+        finishReason: 'tool_calls',
+      },
+    ],
+  });
+});
+
+test('response: candidates without any index keep their order; a repeated index loses no candidate', () => {
+  const contents = (response: ReturnType<typeof convertGeminiResponse>) =>
+    response.choices?.map((choice) => choice.content);
+  const text = (piece: string, index?: number) => ({
+    content: { parts: [{ text: piece }] },
+    finishReason: 'STOP',
+    ...(index === undefined ? {} : { index }),
+  });
+  const unnumbered = convertGeminiResponse(parse({ candidates: [text('a'), text('b'), text('c')] }), 'm', 'gemini', 3);
+  assert.deepEqual(contents(unnumbered), ['a', 'b', 'c']);
+  assert.equal(unnumbered.content, 'a');
+  const repeated = convertGeminiResponse(parse({ candidates: [text('b', 1), text('c', 1), text('a')] }), 'm', 'g', 3);
+  assert.deepEqual(contents(repeated), ['a', 'b', 'c']);
+  const one = convertGeminiResponse(parse({ candidates: [text('only', 0)] }), 'm', 'gemini', 3);
+  assert.equal(one.content, 'only');
+  assert.ok(!('choices' in one), 'one candidate: no choices list, whatever n was');
+});
+
+test('response: a blocked prompt refuses every choice asked for', () => {
+  const converted = convertGeminiResponse(
+    parse({ promptFeedback: { blockReason: 'SAFETY' }, usageMetadata: { promptTokenCount: 3 } }),
+    'asked',
+    'gemini',
+    2,
+  );
+  const refused = { content: null, finishReason: 'content_filter', refusal: 'blocked by Gemini: SAFETY' };
+  assert.deepEqual(converted, {
+    ...refused,
+    choices: [refused, refused],
+    modelResolved: 'asked',
+    usage: { promptTokens: 3, completionTokens: 0 },
+  });
+});
+
 test('finish reasons', () => {
   const table: Array<[string, boolean, string]> = [
     ['STOP', false, 'stop'],

@@ -27,6 +27,8 @@ const partSchema = z.object({
 });
 
 const candidateSchema = z.object({
+  // Which of `candidateCount` candidates this is; proto3 JSON leaves out 0. Read leniently (response.ts).
+  index: z.number().nullish(),
   content: z.object({ parts: z.array(partSchema).nullish() }).nullish(),
   finishReason: z.string().nullish(),
   finishMessage: z.string().nullish(),

@@ -95,9 +95,72 @@ test('stream: a safety stop and a blocked prompt give a refusal delta, then cont
   ]);
 });
 
+test('stream: candidates interleaved across events, each with its own deltas, tool-call ordinals and finish', () => {
+  const call = (q: string, id?: string) => ({ functionCall: { ...(id ? { id } : {}), name: 'lookup', args: { q } } });
+  const chunks = [
+    {
+      // Candidate 0 without its index (proto3 leaves out 0), beside one that has it.
+      candidates: [text('A1 '), { content: { parts: [{ text: 'B1 ' }] }, index: 1 }],
+      modelVersion: 'gemini-2.5-flash-001',
+    },
+    {
+      candidates: [
+        { content: { parts: [call('x')] }, index: 2 },
+        { content: { parts: [{ text: 'B2' }] }, finishReason: 'MAX_TOKENS', index: 1 },
+      ],
+    },
+    { candidates: [{ content: { parts: [{ text: 'A2' }, call('y', 'g-1')] }, finishReason: 'STOP' }] },
+    {
+      candidates: [
+        { content: { parts: [call('z')] }, finishReason: 'STOP', index: 2 },
+        { finishReason: 'STOP', index: 1 },
+      ],
+      usageMetadata: { promptTokenCount: 5, candidatesTokenCount: 20 },
+    },
+  ];
+  const state = createGeminiStreamState(3);
+  const events = chunks.flatMap((chunk) => convertGeminiChunk(geminiResponseSchema.parse(chunk), state));
+  events.push(...endGeminiStream(state));
+  const lookup = (index: number, id: string, q: string) => ({
+    index,
+    id,
+    type: 'function',
+    function: { name: 'lookup', arguments: JSON.stringify({ q }) },
+  });
+  assert.deepEqual(events, [
+    { type: 'model', modelResolved: 'gemini-2.5-flash-001' },
+    { type: 'delta', content: 'A1 ' },
+    { type: 'delta', index: 1, content: 'B1 ' },
+    { type: 'delta', index: 2, toolCalls: [lookup(0, 'call_0', 'x')] },
+    { type: 'delta', index: 1, content: 'B2' },
+    { type: 'finish', index: 1, finishReason: 'length' },
+    // Candidate 0's first call: ordinal 0 of its own; a made-up id would have been call_1 (ids unique in the answer).
+    { type: 'delta', content: 'A2', toolCalls: [lookup(0, 'g-1', 'y')] },
+    { type: 'finish', finishReason: 'tool_calls' },
+    { type: 'delta', index: 2, toolCalls: [lookup(1, 'call_2', 'z')] },
+    { type: 'finish', index: 2, finishReason: 'tool_calls' },
+    // Candidate 1's second finish reason is not a second finish.
+    { type: 'usage', usage: { promptTokens: 5, completionTokens: 20 } },
+  ]);
+  const blocked = convertGeminiChunk(
+    geminiResponseSchema.parse({ promptFeedback: { blockReason: 'SAFETY' } }),
+    createGeminiStreamState(2),
+  );
+  assert.deepEqual(blocked, [
+    { type: 'delta', refusal: 'blocked by Gemini: SAFETY' },
+    { type: 'finish', finishReason: 'content_filter' },
+    { type: 'delta', index: 1, refusal: 'blocked by Gemini: SAFETY' },
+    { type: 'finish', index: 1, finishReason: 'content_filter' },
+  ]);
+});
+
 /** Feeds the text in pieces of `size` characters; returns the events and the error thrown, if any. */
-function decode(body: string, size = 7): { events: ProviderStreamEvent[]; error: ProxyError | undefined } {
-  const decoder = new GeminiSseDecoder(settings);
+function decode(
+  body: string,
+  size = 7,
+  choiceCount = 1,
+): { events: ProviderStreamEvent[]; error: ProxyError | undefined } {
+  const decoder = new GeminiSseDecoder(settings, choiceCount);
   const events: ProviderStreamEvent[] = [];
   try {
     for (let offset = 0; offset < body.length; offset += size) decoder.push(body.slice(offset, offset + size), events);
@@ -129,6 +192,30 @@ test('decoder: CRLF events in any pieces; a stream that ends without a finish re
     'gemini: stream ended early',
   );
   assert.match(decode('data: {oops}\r\n\r\ndata: {}\r\n\r\n').error!.message, /malformed JSON in stream/);
+});
+
+test('decoder: with several candidates the stream is whole once candidate 0 finished, not another', () => {
+  const second = (piece: string, finishReason?: string) => ({
+    content: { parts: [{ text: piece }] },
+    index: 1,
+    ...(finishReason ? { finishReason } : {}),
+  });
+  const cut = decode(event({ candidates: [text('a'), second('b', 'STOP')] }), 5, 2);
+  assert.match(cut.error!.message, /stream ended early/);
+  const whole = decode(
+    event({ candidates: [{ ...text('a'), finishReason: 'STOP' }, second('b')] }) +
+      event({ candidates: [second('c', 'STOP')] }),
+    5,
+    2,
+  );
+  assert.equal(whole.error, undefined);
+  assert.deepEqual(whole.events, [
+    { type: 'delta', content: 'a' },
+    { type: 'finish', finishReason: 'stop' },
+    { type: 'delta', index: 1, content: 'b' },
+    { type: 'delta', index: 1, content: 'c' },
+    { type: 'finish', index: 1, finishReason: 'stop' },
+  ]);
 });
 
 test('decoder: an error object mid-stream maps as its HTTP code would, after the events before it', () => {
