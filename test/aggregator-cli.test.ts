@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { connect } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
+import { freePort } from './helpers/ports.js';
 import { startNatsServer } from './helpers/nats-server.js';
 import { handCompute, makeEvents } from './helpers/usage-events.js';
 import { SnapshotStore } from '../src/aggregator/snapshot-store.js';
@@ -108,7 +109,8 @@ test('llm-proxy aggregator survives SIGKILL, llm-proxy usage prints table, JSON 
       '',
     ].join('\n'),
   );
-  const env = { NATS_URL: server.url, LLM_PROXY_CONFIG: configPath };
+  const metricsPort = await freePort();
+  const env = { NATS_URL: server.url, LLM_PROXY_CONFIG: configPath, LLM_PROXY_METRICS_PORT: String(metricsPort) };
   const connection = await connect({ servers: server.url });
   let child: ChildProcess | undefined;
   try {
@@ -131,6 +133,13 @@ test('llm-proxy aggregator survives SIGKILL, llm-proxy usage prints table, JSON 
     await publish(connection, events.slice(300, 500));
     child = startAggregatorProcess(configPath, env);
     await waitForTotal(connection, 500);
+
+    // Its own /metrics: caught up (lag 0), the 500 events counted; /readyz says so.
+    const scrape = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    assert.match(scrape, /^llm_proxy_aggregator_lag\{[^}]*\} 0$/m);
+    assert.match(scrape, /^llm_proxy_aggregator_events_total\{llm_proxy_outcome="counted"[^}]*\} 500$/m);
+    const ready = await fetch(`http://127.0.0.1:${metricsPort}/readyz`);
+    assert.equal(ready.status, 200, await ready.text());
 
     const json = await runCli(
       ['usage', '--microdao', 'microdao:7', '--since', '2026-11-24', '--group-by', 'model', '--json'],

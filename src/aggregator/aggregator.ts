@@ -386,6 +386,17 @@ export class UsageAggregator {
     return this.rollups.appliedSeq;
   }
 
+  /** Messages in the usage stream not applied yet: its last sequence now minus the applied one. */
+  async lag(): Promise<number> {
+    const info = await this.manager!.streams.info(this.options.usageStream.name);
+    return Math.max(0, info.state.last_seq - this.rollups.appliedSeq);
+  }
+
+  /** Events counted, skipped as duplicates, refused as invalid, since this aggregator's state began. */
+  eventStats(): { events: number; duplicates: number; invalid: number } {
+    return this.rollups.stats;
+  }
+
   status(): Record<string, unknown> {
     return {
       instance: this.instanceId,

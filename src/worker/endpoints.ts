@@ -156,13 +156,19 @@ export function subscribeCancel(
 }
 
 /** Disconnects, reconnects, errors and slow consumers in the log. */
-export function logConnectionStatus(connection: NatsConnection, logger: Logger, onReconnect?: () => void): void {
+export function logConnectionStatus(
+  connection: NatsConnection,
+  logger: Logger,
+  on: { disconnected?: () => void; reconnected?: () => void } = {},
+): void {
   void (async () => {
     for await (const status of connection.status()) {
-      if (status.type === 'disconnect') logger.warn({ server: status.server }, 'disconnected from NATS; reconnecting');
-      else if (status.type === 'reconnect') {
+      if (status.type === 'disconnect') {
+        logger.warn({ server: status.server }, 'disconnected from NATS; reconnecting');
+        on.disconnected?.();
+      } else if (status.type === 'reconnect') {
         logger.info({ server: status.server }, 'reconnected to NATS');
-        onReconnect?.();
+        on.reconnected?.();
       } else if (status.type === 'error') logger.error({ err: status.error }, 'NATS connection error');
       else if (status.type === 'slowConsumer') logger.warn({ subject: status.sub.getSubject() }, 'slow consumer');
     }

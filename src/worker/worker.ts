@@ -15,6 +15,8 @@ import { CallerCheck, KeyDirectory, SecretCheck, secretFromEnv } from '../auth/i
 import { WorkerCounters, workerStats, type WorkerStats } from './counters.js';
 import { addModelsEndpoint, logConnectionStatus, subscribeCancel } from './endpoints.js';
 import { GatewayMetrics } from '../telemetry/metrics.js';
+import type { Readiness } from '../telemetry/process-server.js';
+import { workerReadiness } from './readiness.js';
 import type { MeterProvider } from '@opentelemetry/api';
 import type { RequestHooks } from './hooks.js';
 import { RequestIntake } from './intake.js';
@@ -69,6 +71,8 @@ export interface Worker {
   readonly router: Router;
   readonly publisher: UsagePublisher;
   stats(): WorkerStats;
+  /** Whether it can serve now (`/readyz`): NATS, the usage stream, held events, deployments. */
+  ready(): Promise<Readiness>;
   /** Graceful stop: stop taking requests, finish those in flight, flush events, drain. Idempotent. */
   stop(options?: { drainTimeoutMs?: number }): Promise<ShutdownReport>;
   /** Resolves when the worker stopped (through `stop()` or because its connection closed). */
@@ -237,7 +241,16 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const cancelSubscription = subscribeCancel(connection, pipeline, endpointParts);
   intake.open();
   await connection.flush();
-  logConnectionStatus(connection, workerLogger, () => metrics.reconnected());
+  let natsConnected = true;
+  logConnectionStatus(connection, workerLogger, {
+    disconnected: () => {
+      natsConnected = false;
+    },
+    reconnected: () => {
+      natsConnected = true;
+      metrics.reconnected();
+    },
+  });
 
   workerLogger.info(
     {
@@ -281,6 +294,14 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     router,
     publisher,
     stats: () => stats(),
+    ready: () =>
+      workerReadiness({
+        connection,
+        natsConnected: () => natsConnected,
+        publisher,
+        router,
+        usageStream: config.nats.usage_stream.name,
+      }),
     stop,
     stopped,
   };

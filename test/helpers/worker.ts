@@ -165,6 +165,8 @@ export async function startChildWorker(options: ChildWorkerOptions): Promise<Chi
         HOME: process.env.HOME ?? '',
         NATS_URL: options.natsUrl,
         FAKE_OPENAI_KEY: TEST_API_KEY,
+        // A free port for /metrics, /healthz and /readyz: tests run workers side by side.
+        LLM_PROXY_METRICS_PORT: '0',
         ...(options.env ?? {}),
       },
       stdio: ['ignore', 'pipe', 'pipe'],

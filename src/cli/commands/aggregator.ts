@@ -5,14 +5,17 @@
  */
 import { hostname } from 'node:os';
 import type { Command } from '../command.js';
-import { parseCommandLine } from '../command.js';
+import { parseCommandLine, UsageError } from '../command.js';
 import { connectToNats } from '../../bus/connect.js';
 import { configPathFromEnv, loadConfigFile, type ResolvedConfig } from '../../config/index.js';
 import { createLogger, type Logger } from '../../telemetry/logger.js';
 import { UsageAggregator } from '../../aggregator/aggregator.js';
+import { observeAggregator } from '../../aggregator/aggregator-metrics.js';
+import { VERSION } from '../../worker/index.js';
+import { metricsPort, startProcessTelemetry } from '../process-telemetry.js';
 import { secretFromEnv } from '../../auth/index.js';
 
-const help = `Usage: llm-proxy aggregator [--config config.yaml]
+const help = `Usage: llm-proxy aggregator [--config config.yaml] [--metrics-port PORT|off]
 
 Consumes the usage stream (nats.usage_stream, default LLM_USAGE) through a
 durable consumer of its own, counts every request once (by event_id), keeps
@@ -22,6 +25,8 @@ llm-usage; discoverable with \`nats micro ls\`).
 
 Options:
   --config PATH   config file (default: $LLM_PROXY_CONFIG, else config.yaml)
+  --metrics-port  where /metrics, /healthz and /readyz are served (default: $LLM_PROXY_METRICS_PORT,
+                  else telemetry.aggregator_port, 9465); "off" for none
 
 config.yaml, section "aggregator" (all optional):
   instance_id                  stable id of this instance (default: the host name)
@@ -45,11 +50,32 @@ export interface RunningAggregator {
   stop(): Promise<void>;
 }
 
-/** An aggregator on a connection of its own (used by `aggregator` and by `dev`). */
-export async function startUsageAggregator(config: ResolvedConfig, servers?: string): Promise<RunningAggregator> {
+/** Lag past which the aggregator says it is not ready (it keeps consuming; ops should look). */
+const READY_MAX_LAG = 10_000;
+
+/**
+ * An aggregator on a connection of its own (used by `aggregator` and by `dev`). With `port` it has its
+ * own metrics SDK and server (`/metrics`, `/healthz`, `/readyz`); without (in `dev`) its gauges go to
+ * whatever meter provider the process registered.
+ */
+export async function startUsageAggregator(
+  config: ResolvedConfig,
+  servers?: string,
+  port?: number | null,
+): Promise<RunningAggregator> {
   // Before connecting: a secret set but empty stops the start.
   const secret = secretFromEnv(process.env);
   const logger = createLogger({ level: config.logging.level, base: { role: 'aggregator' } });
+  const telemetry =
+    port === undefined
+      ? undefined
+      : startProcessTelemetry({
+          serviceName: 'llm-proxy-aggregator',
+          serviceVersion: VERSION,
+          telemetry: config.telemetry,
+          port,
+          logger,
+        });
   const connection = await connectToNats({ servers, nats: config.nats, name: `llm-proxy-aggregator@${hostname()}` });
   const aggregator = await UsageAggregator.start({
     connection,
@@ -59,11 +85,36 @@ export async function startUsageAggregator(config: ResolvedConfig, servers?: str
     logger,
     secret,
   });
+  const unobserve = observeAggregator(
+    {
+      lag: () => aggregator.lag().catch(() => undefined),
+      stats: () => aggregator.eventStats(),
+    },
+    telemetry?.meterProvider,
+  );
+  await telemetry?.serve(async () => {
+    const connected = !connection.isClosed();
+    const lag = connected ? await aggregator.lag().catch(() => undefined) : undefined;
+    const checks = [
+      { name: 'nats', ok: connected, detail: connected ? `connected to ${connection.getServer()}` : 'not connected' },
+      {
+        name: 'lag',
+        ok: lag !== undefined && lag < READY_MAX_LAG,
+        detail:
+          lag === undefined
+            ? 'the usage stream does not answer'
+            : `${lag} events behind (not ready at ${READY_MAX_LAG})`,
+      },
+    ];
+    return { ready: checks.every((check) => check.ok), checks };
+  });
   return {
     logger,
     async stop() {
+      unobserve();
       await aggregator.stop();
       await connection.drain();
+      await telemetry?.stop();
     },
   };
 }
@@ -73,10 +124,13 @@ async function run(argv: string[]): Promise<number> {
     args: argv,
     allowPositionals: false,
     strict: true,
-    options: { config: { type: 'string' } },
+    options: { config: { type: 'string' }, 'metrics-port': { type: 'string' } },
   });
   const config = loadConfigFile(values.config ?? configPathFromEnv());
-  const running = await startUsageAggregator(config);
+  const port = metricsPort(values['metrics-port'], process.env, config.telemetry.aggregator_port);
+  if (port === 'invalid')
+    throw new UsageError('--metrics-port (or LLM_PROXY_METRICS_PORT) must be a port number or "off"');
+  const running = await startUsageAggregator(config, undefined, port);
   return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {

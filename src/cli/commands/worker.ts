@@ -4,15 +4,16 @@
  * exit 0); a second one exits at once with 130.
  */
 import type { Command } from '../command.js';
-import { parseCommandLine } from '../command.js';
+import { parseCommandLine, UsageError } from '../command.js';
 import { ConfigError, configPathFromEnv, missingApiKeys, type ResolvedConfig } from '../../config/index.js';
 import { natsUrlFromEnv } from '../../bus/connect.js';
 import { createLogger } from '../../telemetry/logger.js';
-import { startWorker } from '../../worker/index.js';
+import { startWorker, VERSION } from '../../worker/index.js';
+import { metricsPort, startProcessTelemetry } from '../process-telemetry.js';
 import { tuneV8ForWorker } from '../v8-tuning.js';
 import { loadCheckedConfig } from '../load-config.js';
 
-const help = `Usage: llm-proxy worker [--config FILE] [--nats URL]
+const help = `Usage: llm-proxy worker [--config FILE] [--nats URL] [--metrics-port PORT|off]
 
 Starts one llm-proxy worker: it answers chat requests on llm.proxy.request
 (queue group "llm-proxy"; start as many as you like), llm.proxy.models and
@@ -24,6 +25,8 @@ usage events, exit 0.
 Options:
   --config FILE   config file (default: $LLM_PROXY_CONFIG, else config.yaml)
   --nats URL      NATS server URL(s), comma-separated (default: $NATS_URL, else nats://127.0.0.1:4222)
+  --metrics-port  where /metrics, /healthz and /readyz are served (default: $LLM_PROXY_METRICS_PORT,
+                  else telemetry.worker_port, 9464); "off" for none
 
 Environment:
   NATS_URL, LLM_PROXY_CONFIG, LLM_PROXY_SECRET (require X-Internal-Secret on requests),
@@ -48,14 +51,26 @@ export function loadConfigOrExplain(path: string): ResolvedConfig | undefined {
 }
 
 /** Runs a worker until a signal; returns the exit code. Shared with `llm-proxy dev`. */
-export async function runWorkerUntilSignal(config: ResolvedConfig, servers: string): Promise<number> {
+export async function runWorkerUntilSignal(
+  config: ResolvedConfig,
+  servers: string,
+  port: number | null = config.telemetry.worker_port,
+): Promise<number> {
   const v8Flags = tuneV8ForWorker();
   const logger = createLogger({ level: config.logging.level });
   if (v8Flags.length > 0) logger.debug({ v8_flags: v8Flags }, 'V8 flags set for a long-running worker');
   for (const { provider, env } of missingApiKeys(config)) {
     logger.warn({ provider, env }, `provider "${provider}": ${env} is not set; its calls will fail until it is`);
   }
-  const worker = await startWorker({ config, servers, logger });
+  const telemetry = startProcessTelemetry({
+    serviceName: 'llm-proxy-worker',
+    serviceVersion: VERSION,
+    telemetry: config.telemetry,
+    port,
+    logger,
+  });
+  const worker = await startWorker({ config, servers, logger, meterProvider: telemetry.meterProvider });
+  await telemetry.serve(() => worker.ready());
   let signalled = false;
   const onSignal = (signal: NodeJS.Signals) => {
     if (signalled) {
@@ -69,6 +84,7 @@ export async function runWorkerUntilSignal(config: ResolvedConfig, servers: stri
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   await worker.stopped;
+  await telemetry.stop();
   process.off('SIGTERM', onSignal);
   process.off('SIGINT', onSignal);
   // A stop we did not ask for (the connection closed for good) is a failure.
@@ -85,11 +101,14 @@ export const command: Command = {
   async run(argv) {
     const { values } = parseCommandLine({
       args: argv,
-      options: { config: { type: 'string' }, nats: { type: 'string' } },
+      options: { config: { type: 'string' }, nats: { type: 'string' }, 'metrics-port': { type: 'string' } },
       allowPositionals: false,
     });
     const config = loadConfigOrExplain(values.config ?? configPathFromEnv());
     if (config === undefined) return 1;
-    return runWorkerUntilSignal(config, values.nats ?? natsUrlFromEnv());
+    const port = metricsPort(values['metrics-port'], process.env, config.telemetry.worker_port);
+    if (port === 'invalid')
+      throw new UsageError('--metrics-port (or LLM_PROXY_METRICS_PORT) must be a port number or "off"');
+    return runWorkerUntilSignal(config, values.nats ?? natsUrlFromEnv(), port);
   },
 };

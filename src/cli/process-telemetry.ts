@@ -1,0 +1,70 @@
+/**
+ * What a long-running CLI process (worker, aggregator) adds around its work: the OpenTelemetry SDK
+ * (metrics to Prometheus and, when asked, OTLP) and its own server of `/metrics`, `/healthz` and
+ * `/readyz`. A port that cannot be had is logged, not fatal: the process still does its job.
+ */
+import type { MeterProvider } from '@opentelemetry/api';
+import type { TelemetryConfig } from '../config/telemetry-schema.js';
+import { startProcessMetrics, type ProcessMetrics } from '../telemetry/metrics-sdk.js';
+import { startProcessServer, type ProcessServer, type Readiness } from '../telemetry/process-server.js';
+import type { Logger } from '../telemetry/logger.js';
+
+export interface ProcessTelemetry {
+  readonly meterProvider: MeterProvider;
+  /** Starts `/metrics`, `/healthz`, `/readyz` (once the process can answer readiness). */
+  serve(ready: () => Promise<Readiness>): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** The port: `--metrics-port`, else `LLM_PROXY_METRICS_PORT`, else the config's; `off` or null: no server. */
+export function metricsPort(
+  flag: string | undefined,
+  env: NodeJS.ProcessEnv,
+  configured: number | null,
+): number | null | 'invalid' {
+  const given = flag ?? env.LLM_PROXY_METRICS_PORT;
+  if (given === undefined || given === '') return configured;
+  if (given === 'off') return null;
+  const port = Number(given);
+  return Number.isInteger(port) && port >= 0 && port <= 65_535 ? port : 'invalid';
+}
+
+export function startProcessTelemetry(options: {
+  serviceName: string;
+  serviceVersion: string;
+  telemetry: TelemetryConfig;
+  port: number | null;
+  logger: Logger;
+  env?: NodeJS.ProcessEnv;
+}): ProcessTelemetry {
+  const metrics: ProcessMetrics = startProcessMetrics({
+    serviceName: options.serviceName,
+    serviceVersion: options.serviceVersion,
+    env: options.env ?? process.env,
+  });
+  let server: ProcessServer | undefined;
+  return {
+    meterProvider: metrics.meterProvider,
+    async serve(ready) {
+      if (options.port === null) return;
+      try {
+        server = await startProcessServer({
+          host: options.telemetry.host,
+          port: options.port,
+          prometheus: metrics.prometheus,
+          ready,
+        });
+        options.logger.info({ url: server.url, otlp_metrics: metrics.otlp }, 'serving /metrics, /healthz and /readyz');
+      } catch (error) {
+        options.logger.error(
+          { err: error, host: options.telemetry.host, port: options.port },
+          'the metrics server could not listen (set --metrics-port, LLM_PROXY_METRICS_PORT or telemetry.*_port); going on without it',
+        );
+      }
+    },
+    async stop() {
+      await server?.close();
+      await metrics.shutdown();
+    },
+  };
+}

@@ -1,0 +1,178 @@
+/**
+ * Metrics and readiness over real connections: a `llm-proxy worker` process with its own
+ * /metrics, /healthz and /readyz, a real nats-server, a fake OpenAI provider; the numbers scraped
+ * are those of the requests sent, labels stay bounded (a client's invented model name is never one),
+ * and readiness follows the NATS connection.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { createClient, type ChatReply, type LlmProxyClient } from '../src/client/index.js';
+import { startProcessMetrics } from '../src/telemetry/metrics-sdk.js';
+import { startProcessServer } from '../src/telemetry/process-server.js';
+import { startFakeOpenAI, type FakeOpenAI } from './fakes/index.js';
+import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
+import { startChildWorker, startInProcessWorker, testConfig, type ChildWorker } from './helpers/worker.js';
+
+let nats: NatsServerHandle;
+let openai: FakeOpenAI;
+let child: ChildWorker;
+let metricsUrl: string;
+let connection: NatsConnection;
+let client: LlmProxyClient;
+
+before(async () => {
+  nats = await startNatsServer();
+  openai = await startFakeOpenAI();
+  child = await startChildWorker({
+    natsUrl: nats.url,
+    config: testConfig(
+      { openai: openai.baseUrl },
+      { routing: { retry: { attempts: 2 }, cooldown: { failures: 1_000 } } },
+    ),
+  });
+  const line = await child.waitForLine('serving /metrics');
+  metricsUrl = (JSON.parse(line) as { url: string }).url;
+  connection = await connect({ servers: nats.url });
+  client = createClient({ connection, timeoutMs: 10_000 });
+});
+
+after(async () => {
+  await connection.close();
+  await child.dispose();
+  await openai.close();
+  await nats.dispose();
+});
+
+/** `name{labels} value` lines of a Prometheus scrape, matched by name and a subset of labels. */
+function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  let total: number | undefined;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#') || !line.startsWith(`${name}{`)) continue;
+    const close = line.lastIndexOf('}');
+    const body = line.slice(name.length + 1, close);
+    const found = Object.fromEntries([...body.matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((m) => [m[1], m[2]]));
+    if (Object.entries(labels).every(([key, value]) => found[key] === value))
+      total = (total ?? 0) + Number(line.slice(close + 1).trim());
+  }
+  return total;
+}
+
+const ask = (model = 'gpt-test', stream = false) => ({
+  model,
+  messages: [{ role: 'user' as const, content: 'How many lighthouses are there?' }],
+  metadata: { agent_id: 'agent:metrics' },
+  request_id: `metrics-${randomUUID()}`,
+  ...(stream ? { stream: true } : {}),
+});
+
+test('the scrape counts what was sent: requests, statuses, attempts, tokens, time to first token; bounded labels', async () => {
+  const replies: ChatReply[] = [];
+  replies.push(await client.chat(ask()), await client.chat(ask()));
+  const stream = client.stream(ask('gpt-test', true));
+  for await (const _chunk of stream) {
+    // Chunks are counted by the worker; the reply's usage is what is checked.
+  }
+  replies.push(await stream.final);
+  // The first attempt fails with a 500 and the second serves it: two attempts, one request.
+  openai.enqueue({ kind: 'status', status: 500, message: 'boom' }, { kind: 'ok' });
+  replies.push(await client.chat(ask()));
+  const invented = `no-such-model-${randomUUID()}`;
+  await assert.rejects(client.chat(ask(invented)), /model/);
+
+  const response = await fetch(`${metricsUrl}/metrics`);
+  assert.equal(response.status, 200);
+  const text = await response.text();
+  const model = { gen_ai_request_model: 'gpt-test', gen_ai_provider_name: 'openai' };
+  assert.equal(
+    sample(text, 'llm_proxy_requests_total', { ...model, llm_proxy_status: 'ok', llm_proxy_stream: 'false' }),
+    3,
+  );
+  assert.equal(
+    sample(text, 'llm_proxy_requests_total', { ...model, llm_proxy_status: 'ok', llm_proxy_stream: 'true' }),
+    1,
+  );
+  assert.equal(
+    sample(text, 'llm_proxy_requests_total', { gen_ai_request_model: '(unknown)', error_type: 'model_not_found' }),
+    1,
+  );
+  assert.ok(!text.includes(invented), "a client's model name is never a label");
+  assert.equal(sample(text, 'gen_ai_server_request_duration_count', model), 4);
+  assert.equal(sample(text, 'gen_ai_server_time_to_first_token_count', model), 1);
+  const deployment = { ...model, gen_ai_response_model: 'gpt-4o-mini' };
+  assert.equal(
+    sample(text, 'gen_ai_client_operation_duration_count', { ...deployment, error_type: 'upstream_error' }),
+    1,
+  );
+  assert.equal(sample(text, 'gen_ai_client_operation_duration_count', deployment), 5, 'four successes and the failure');
+  const sum = (pick: (reply: ChatReply) => number) => replies.reduce((total, reply) => total + pick(reply), 0);
+  assert.equal(
+    sample(text, 'gen_ai_client_token_usage_sum', { ...model, gen_ai_token_type: 'input' }),
+    sum((reply) => reply.usage.prompt_tokens),
+  );
+  assert.equal(
+    sample(text, 'gen_ai_client_token_usage_sum', { ...model, gen_ai_token_type: 'output' }),
+    sum((reply) => reply.usage.completion_tokens),
+  );
+  const cost = sample(text, 'llm_proxy_cost_total', model) ?? 0;
+  assert.ok(Math.abs(cost - sum((reply) => reply.cost_usd)) < 1e-9, `cost ${cost}`);
+  assert.equal(sample(text, 'llm_proxy_requests_in_flight'), 0);
+  assert.equal(sample(text, 'llm_proxy_streams_open'), 0);
+  assert.equal(sample(text, 'llm_proxy_usage_events_pending'), 0);
+  assert.equal(sample(text, 'llm_proxy_deployments_cooling_down', { gen_ai_response_model: 'gpt-4o-mini' }), 0);
+  assert.ok(!text.includes('agent:metrics'), 'no agent label unless telemetry.agent_label');
+});
+
+test('/healthz answers; /readyz is ready with its checks, and not ready while NATS is away', async () => {
+  assert.equal((await fetch(`${metricsUrl}/healthz`)).status, 200);
+  const ready = await fetch(`${metricsUrl}/readyz`);
+  const body = (await ready.json()) as { status: string; checks: Array<{ name: string; ok: boolean }> };
+  assert.equal(ready.status, 200, JSON.stringify(body));
+  assert.deepEqual(
+    body.checks.map((check) => [check.name, check.ok]),
+    [
+      ['nats', true],
+      ['usage_stream', true],
+      ['usage_events', true],
+      ['deployments', true],
+    ],
+  );
+  await nats.stop();
+  let status = 0;
+  for (let tries = 0; tries < 50 && status !== 503; tries++) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    status = (await fetch(`${metricsUrl}/readyz`)).status;
+  }
+  assert.equal(status, 503);
+  const down = (await (await fetch(`${metricsUrl}/readyz`)).json()) as { checks: Array<{ name: string; ok: boolean }> };
+  assert.equal(down.checks.find((check) => check.name === 'nats')?.ok, false);
+  await nats.restart();
+});
+
+test('telemetry.agent_label adds the agent to the request metrics (an in-process worker, its own exporter)', async () => {
+  const metrics = startProcessMetrics({ serviceName: 'test', serviceVersion: '0' });
+  const worker = await startInProcessWorker({
+    natsUrl: nats.url,
+    config: testConfig({ openai: openai.baseUrl }, { telemetry: { agent_label: true, worker_port: null } }),
+    meterProvider: metrics.meterProvider,
+  });
+  const server = await startProcessServer({
+    host: '127.0.0.1',
+    port: 0,
+    prometheus: metrics.prometheus,
+    ready: () => worker.worker.ready(),
+  });
+  try {
+    const local = await connect({ servers: nats.url });
+    await createClient({ connection: local, timeoutMs: 10_000 }).chat(ask());
+    await local.close();
+    const text = await (await fetch(`${server.url}/metrics`)).text();
+    assert.equal(sample(text, 'llm_proxy_requests_total', { llm_proxy_agent_id: 'agent:metrics' }), 1);
+  } finally {
+    await server.close();
+    await worker.stop();
+    await metrics.shutdown();
+  }
+});
