@@ -26,6 +26,13 @@ COPY package.json config.yaml ./
 RUN mkdir -p /app/.llm-proxy && chown node:node /app/.llm-proxy
 # The base image's unprivileged user.
 USER node
+# The worker's own readiness (/readyz on its metrics port, telemetry.worker_port, 9464 by default:
+# NATS, its usage stream, held usage events, deployments), fetched by the CLI with Node's fetch: the
+# image has no curl or wget. Exit 0 on 200, 1 otherwise; the body lands in `docker inspect`.
+# The aggregator (9465) and the front door (7007) run this image too: compose gives them their own URL.
+# A worker with another port (LLM_PROXY_METRICS_PORT, telemetry.worker_port) needs its own healthcheck.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["node", "/app/dist/cli/main.js", "health", "--url", "http://127.0.0.1:9464/readyz", "--timeout", "4s"]
 # Exec form: node is PID 1 and receives SIGTERM itself (the worker drains, then exits 0).
 # Give it time: `docker stop -t 40` / compose stop_grace_period ≥ worker.drain_timeout_ms + a few seconds.
 CMD ["node", "dist/cli/main.js", "worker"]

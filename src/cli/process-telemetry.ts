@@ -1,16 +1,20 @@
 /**
- * What a long-running CLI process (worker, aggregator) adds around its work: the OpenTelemetry SDK
- * (metrics to Prometheus and, when asked, OTLP) and its own server of `/metrics`, `/healthz` and
+ * What a long-running CLI process (worker, aggregator, front door) adds around its work: the
+ * OpenTelemetry SDK (metrics to Prometheus and, when asked, OTLP; traces with OTLP when asked) and its own server of `/metrics`, `/healthz` and
  * `/readyz`. A port that cannot be had is logged, not fatal: the process still does its job.
  */
 import type { MeterProvider } from '@opentelemetry/api';
 import type { TelemetryConfig } from '../config/telemetry-schema.js';
+import type { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
 import { startProcessMetrics, type ProcessMetrics } from '../telemetry/metrics-sdk.js';
+import { startTracing } from '../telemetry/trace-sdk.js';
 import { startProcessServer, type ProcessServer, type Readiness } from '../telemetry/process-server.js';
 import type { Logger } from '../telemetry/logger.js';
 
 export interface ProcessTelemetry {
   readonly meterProvider: MeterProvider;
+  /** For a process that serves `/metrics` on an HTTP server of its own (the front door). */
+  readonly prometheus: PrometheusExporter;
   /** Starts `/metrics`, `/healthz`, `/readyz` (once the process can answer readiness). */
   serve(ready: () => Promise<Readiness>): Promise<void>;
   stop(): Promise<void>;
@@ -42,8 +46,15 @@ export function startProcessTelemetry(options: {
     serviceVersion: options.serviceVersion,
     env: options.env ?? process.env,
   });
+  // Traces: the W3C propagator always (context read and passed on), spans exported when OTLP is asked for.
+  const tracing = startTracing({
+    serviceName: options.serviceName,
+    serviceVersion: options.serviceVersion,
+    env: options.env ?? process.env,
+  });
   let server: ProcessServer | undefined;
   return {
+    prometheus: metrics.prometheus,
     meterProvider: metrics.meterProvider,
     async serve(ready) {
       if (options.port === null) return;
@@ -65,6 +76,7 @@ export function startProcessTelemetry(options: {
     async stop() {
       await server?.close();
       await metrics.shutdown();
+      await tracing?.shutdown();
     },
   };
 }

@@ -1,4 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { propagation, ROOT_CONTEXT } from '@opentelemetry/api';
 import type { LlmProxyClient } from '../client/index.js';
 import { asProxyError, type ProxyError } from '../contract/errors.js';
 import type { ChatReply, StreamChunk } from '../contract/reply.js';
@@ -35,6 +36,20 @@ export function sendError(reply: FastifyReply, dialect: Dialect, error: unknown)
   void reply.code(answer.status).headers(answer.headers).send(answer.body);
 }
 
+/**
+ * The NATS headers of a request onto the bus: the caller's key, and its W3C trace context
+ * (`traceparent`, `tracestate`) read and written again through OTel's propagator, so that the
+ * worker's request span continues the HTTP caller's trace. Only a context the propagator accepts
+ * goes on (none without one registered: trace-sdk.ts registers the W3C one).
+ */
+function busHeaders(request: FastifyRequest): Record<string, string> | undefined {
+  const headers = keyHeaders(request);
+  if (request.headers.traceparent === undefined) return headers;
+  const carrier: Record<string, string> = {};
+  propagation.inject(propagation.extract(ROOT_CONTEXT, request.headers), carrier);
+  return headers === undefined ? carrier : { ...headers, ...carrier };
+}
+
 /** True once the client went away before the answer was complete (the socket closed). */
 function whenClientGone(reply: FastifyReply, onGone: () => void): () => void {
   const listener = () => {
@@ -64,7 +79,7 @@ export async function relayChat(
   const controller = new AbortController();
   const forget = whenClientGone(reply, () => controller.abort());
   try {
-    const answer = await client.chat(body, { signal: controller.signal, headers: keyHeaders(request) });
+    const answer = await client.chat(body, { signal: controller.signal, headers: busHeaders(request) });
     await reply.code(200).send(dialect.reply(answer));
   } catch (error) {
     if (!controller.signal.aborted) sendError(reply, dialect, error);
@@ -87,7 +102,7 @@ async function relayStream(
   dialect: Dialect,
   heartbeatMs: number,
 ): Promise<void> {
-  const stream = client.stream(body, { headers: keyHeaders(request) });
+  const stream = client.stream(body, { headers: busHeaders(request) });
   const forget = whenClientGone(reply, () => stream.cancel());
   const events = dialect.stream(body);
   const sse = new SseResponse(reply.raw, heartbeatMs);

@@ -23,6 +23,9 @@ import type { Logger } from '../telemetry/logger.js';
 import { BusLink } from './bus-link.js';
 import { sendError, type Dialect } from './chat-relay.js';
 import { registerHealthRoutes } from './health-routes.js';
+import { registerMetricsRoutes } from './metrics-routes.js';
+import type { MeterProvider } from '@opentelemetry/api';
+import type { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
 import { OPENAI_DIALECT, registerOpenAIRoutes } from './openai-routes.js';
 import { registerSeedRoutes, SEED_DIALECT } from './seed-routes.js';
 
@@ -42,6 +45,8 @@ export interface FrontDoorOptions {
   /** Overrides `http.port` (0: any free port). */
   port?: number;
   host?: string;
+  /** Serve `GET /metrics` (behind the secret) from this exporter, and time every HTTP request. */
+  metrics?: { prometheus: PrometheusExporter; meterProvider?: MeterProvider };
 }
 
 export interface FrontDoor {
@@ -61,7 +66,7 @@ const ROUTES: Array<{ pattern: RegExp; methods: string[] }> = [
   { pattern: /^\/internal\/llm\/(models|usage)$/, methods: ['GET', 'HEAD'] },
   { pattern: /^\/v1\/chat\/completions$/, methods: ['POST'] },
   { pattern: /^\/v1\/models(\/.+)?$/, methods: ['GET', 'HEAD'] },
-  { pattern: /^\/(healthz|readyz)$/, methods: ['GET', 'HEAD'] },
+  { pattern: /^\/(healthz|readyz|metrics)$/, methods: ['GET', 'HEAD'] },
 ];
 
 /** OpenAI's envelope under `/v1`, DESIGN.md's error body everywhere else. */
@@ -155,6 +160,8 @@ export async function startFrontDoor(options: FrontDoorOptions): Promise<FrontDo
     void reply.code(404).headers(answer.headers).send(answer.body);
   });
 
+  if (options.metrics !== undefined)
+    registerMetricsRoutes(app, options.metrics.prometheus, options.metrics.meterProvider);
   registerHealthRoutes(app, bus);
   registerSeedRoutes(app, bus, http.heartbeat_ms);
   registerOpenAIRoutes(app, bus, http.heartbeat_ms);

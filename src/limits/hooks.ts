@@ -1,8 +1,10 @@
+import type { Context } from '@opentelemetry/api';
 import type { ChatRequest } from '../contract/request.js';
 import { ProxyError } from '../contract/errors.js';
 import type { LimitSetConfig, LimitsConfig } from '../config/limits-schema.js';
 import { reservedCompletionTokens } from './limiter.js';
 import type { Limiter, Reservation } from './types.js';
+import { endLimitsSpan, startLimitsSpan, type LimitsRefusal } from '../telemetry/tracing.js';
 
 /**
  * The limiter as the worker's request hooks (`beforeRoute` / `afterRoute`).
@@ -23,6 +25,8 @@ export interface LimitHookContext {
   state: Record<string, unknown>;
   /** The request's prompt tokens when its owner tokenizes once for everyone (the worker's record); else the hooks tokenize. */
   promptTokens?: () => number;
+  /** The request span's context: the limits' spans (admit, settle) are its children. */
+  traceContext?: Context | undefined;
 }
 
 export interface LimitHookOutcome {
@@ -121,15 +125,16 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
   };
   return {
     async beforeRoute(context: LimitHookContext): Promise<void> {
+      const span = startLimitsSpan(context.traceContext, 'admit');
       const request = context.request;
-      const promptTokens = estimatePromptTokens(context);
-      const completionTokens = reservedCompletionTokens(
-        options.limits,
-        request.max_completion_tokens ?? request.max_tokens,
-        reservationDefault(options.models.get(request.model)),
-      );
       let reservation: Reservation;
       try {
+        const promptTokens = estimatePromptTokens(context);
+        const completionTokens = reservedCompletionTokens(
+          options.limits,
+          request.max_completion_tokens ?? request.max_tokens,
+          reservationDefault(options.models.get(request.model)),
+        );
         reservation = await limiter.admit({
           requestId: context.eventId,
           agentId: context.agentId,
@@ -142,8 +147,12 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
           leaseMs: Math.max(0, context.deadlineAt - Date.now()) + LEASE_MARGIN_MS,
         });
       } catch (error) {
+        const refusal = refusalOf(error);
+        const storeDown = error instanceof ProxyError && error.code === 'internal';
+        const refused = refusal.errorType === 'rate_limited' || refusal.errorType === 'budget_exceeded';
+        endLimitsSpan(span, refused ? 'refused' : 'store_error', limiter.backend, refusal);
         // A refusal is the client's business; a store that is down (fail_closed) is the operator's.
-        if (error instanceof ProxyError && error.code === 'internal') {
+        if (storeDown) {
           context.logger.error(
             { err: error.cause ?? error, backend: limiter.backend },
             'limits store unreachable: request refused (fail_closed)',
@@ -151,6 +160,7 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
         }
         throw error;
       }
+      endLimitsSpan(span, reservation.failedOpen ? 'failed_open' : 'admitted', limiter.backend);
       if (reservation.failedOpen) {
         context.logger.warn(
           { err: reservation.storeError, backend: limiter.backend },
@@ -163,6 +173,7 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
     async afterRoute(context: LimitHookContext, outcome: LimitHookOutcome): Promise<void> {
       const reservation = context.state[RESERVATION] as Reservation | undefined;
       if (reservation === undefined) return;
+      const span = startLimitsSpan(context.traceContext, 'settle');
       // A cached reply used no upstream tokens and cost nothing: only its place in requests/minute stays.
       const result = outcome.cached
         ? await reservation.cancel()
@@ -171,6 +182,7 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
             completionTokens: outcome.completionTokens,
             costUsd: outcome.costUsd,
           });
+      endLimitsSpan(span, !result.stored ? 'not_stored' : outcome.cached ? 'cancelled' : 'settled', limiter.backend);
       if (!result.stored) {
         context.logger.warn(
           { err: result.error, backend: limiter.backend },
@@ -180,3 +192,49 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
     },
   };
 }
+
+/**
+ * What a refusal says for a span: its code, and the refusing scope's kind and dimension read from the
+ * limiter's message (limiter.ts `refusalError`; the error carries nothing more). Only values of the
+ * fixed sets come out (a scope id never does); what cannot be read is left out.
+ */
+export function refusalOf(error: unknown): LimitsRefusal {
+  if (!(error instanceof ProxyError)) return { errorType: 'internal' };
+  if (error.code !== 'rate_limited' && error.code !== 'budget_exceeded') return { errorType: error.code };
+  const message = error.message;
+  let dimension: string | undefined;
+  let at = -1;
+  for (const [pattern, name] of REFUSAL_DIMENSIONS) {
+    const match = pattern.exec(message);
+    if (match !== null) {
+      dimension = name;
+      at = match.index;
+      break;
+    }
+  }
+  if (dimension === undefined) return { errorType: error.code };
+  // The scope's name is what precedes the dimension's phrase: `agent …`, `key …`, `microDAO …`, `model …`,
+  // or an agent id with a colon as it is (`agent:sofia`).
+  const name = message.slice(0, at);
+  const scope = name.startsWith('key ')
+    ? 'key'
+    : name.startsWith('microDAO ')
+      ? 'microdao'
+      : name.startsWith('model ')
+        ? 'model'
+        : 'agent';
+  return { errorType: error.code, scope, dimension };
+}
+
+/** The limiter's refusal phrases, each anchored at the end of its message (an id cannot fake one). */
+const REFUSAL_DIMENSIONS: ReadonlyArray<readonly [RegExp, string]> = [
+  [/ is over \S+ requests\/minute$/, 'rpm'],
+  [/ is over \S+ tokens\/minute \(this request reserves \S+\)$/, 'tpm'],
+  [
+    / allows \S+ tokens\/minute and this request alone reserves \S+ \(prompt plus max_tokens\): lower max_tokens$/,
+    'tpm',
+  ],
+  [/ is over \S+ concurrent requests$/, 'concurrent'],
+  [/ is over its daily budget of \S+ \(\S+ used today; this request may cost up to \S+\)$/, 'daily_usd'],
+  [/ is over its monthly budget of \S+ \(\S+ used this month; this request may cost up to \S+\)$/, 'monthly_usd'],
+];

@@ -22,6 +22,15 @@ import type { AttemptRecord } from '../contract/reply.js';
 import { roundMs } from '../contract/rounding.js';
 import type { ChatRequest } from '../contract/request.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderStreamEvent } from '../providers/types.js';
+import {
+  attemptTarget,
+  endAttemptFailure,
+  endAttemptSuccess,
+  startAttemptSpan,
+  traceAttemptStream,
+  type AttemptTarget,
+} from '../telemetry/tracing.js';
+import type { Span } from '@opentelemetry/api';
 import { recordUsage } from './attempt-usage.js';
 import { AttemptSignal, callerAbortReason, sleep } from './attempt-signal.js';
 import { fitsBeforeDeadline, retryDelayMs, type BackoffPolicy } from './backoff.js';
@@ -49,6 +58,8 @@ export interface RouteEntry extends Candidate {
   /** `provider/physical_name`, for messages. */
   label: string;
   target: RouteTarget;
+  /** The attempt span's name and start attributes (telemetry/tracing.ts). */
+  span: AttemptTarget;
 }
 
 export interface CompiledModel {
@@ -87,6 +98,8 @@ interface Success<T> {
   entry: RouteEntry;
   signal: AttemptSignal;
   record: AttemptRecord;
+  /** The attempt's span, still open: ended with the answer (or with the stream). */
+  span: Span;
   /** Every attempt of the request so far, this one last. */
   attempts: AttemptRecord[];
   startedAt: number;
@@ -174,6 +187,12 @@ export class DeploymentRouter implements Router {
           timeoutMs,
           label: `${deployment.provider}/${deployment.physical_name}`,
           target: { model: name, provider: deployment.provider, physicalName: deployment.physical_name },
+          span: attemptTarget({
+            model: name,
+            provider: deployment.provider,
+            physicalName: deployment.physical_name,
+            baseUrl: config.providers.get(deployment.provider)?.base_url,
+          }),
         });
       }
       this.models.set(name, model);
@@ -267,6 +286,7 @@ export class DeploymentRouter implements Router {
     if (response.usage !== undefined) recordUsage(record, response.usage);
     response.target = success.entry.target;
     response.attempts = success.attempts;
+    endAttemptSuccess(success.span, response);
     return response;
   }
 
@@ -285,7 +305,11 @@ export class DeploymentRouter implements Router {
       attempts,
       now: this.now,
     });
-    return { target: success.entry.target, attempts, events };
+    return {
+      target: success.entry.target,
+      attempts,
+      events: traceAttemptStream(events, success.span, opened.modelResolved),
+    };
   }
 
   /** Resolve the model, then try deployments and fallbacks until one answers or the request must fail. */
@@ -427,6 +451,7 @@ export class DeploymentRouter implements Router {
       latency_ms: 0,
     };
     routing.attempts.push(record);
+    const span = startAttemptSpan(routing.call.traceContext, entry.span, routing.attempts.length);
     const startedAt = performance.now();
     entry.state.inFlight++;
     try {
@@ -435,11 +460,12 @@ export class DeploymentRouter implements Router {
         request: withModelMaxTokens(routing.call.request, entry.model.config.max_tokens),
         signal: signal.signal,
       });
-      return { value, entry, signal, record, attempts: routing.attempts, startedAt };
+      return { value, entry, signal, record, span, attempts: routing.attempts, startedAt };
     } catch (thrown) {
       signal.release();
       entry.state.inFlight--;
       const error = asProxyError(thrown);
+      endAttemptFailure(span, error.code);
       const latencyMs = performance.now() - startedAt;
       record.error_code = error.code;
       record.latency_ms = roundMs(latencyMs);

@@ -1,3 +1,4 @@
+import type { Context } from '@opentelemetry/api';
 import type { AttemptRecord } from '../contract/reply.js';
 import type { ChatRequest } from '../contract/request.js';
 import type { ModelInfo } from '../contract/models.js';
@@ -24,6 +25,8 @@ export interface RoutedCall {
   plan?: RoutePlan;
   /** Epoch ms by which everything must be done, when there is no plan. */
   deadlineAt?: number;
+  /** The request span's context: each attempt's span is its child (telemetry/tracing.ts). */
+  traceContext?: Context | undefined;
 }
 
 /** Where a request was finally served. */

@@ -1,4 +1,5 @@
 import type { Msg } from '@nats-io/nats-core';
+import type { Context } from '@opentelemetry/api';
 import { callerError, contradiction, withKeyIdentity } from '../auth/index.js';
 import { checkClientIds, MAX_JSON_DEPTH, nestsDeeperThan } from '../contract/client-ids.js';
 import { asProxyError, ProxyError } from '../contract/errors.js';
@@ -33,6 +34,8 @@ export async function admit(
   record: RequestRecord,
   headersMalformed: boolean,
   deps: AdmissionDependencies,
+  /** The request span's context (pipeline.ts), for the limits' and the attempts' spans. */
+  traceContext?: Context | undefined,
 ): Promise<Admitted | ProxyError> {
   if (headersMalformed) {
     return new ProxyError(
@@ -109,6 +112,7 @@ export async function admit(
     logger: record.logger,
     state: {},
     promptTokens: () => record.promptTokens(),
+    traceContext,
   };
   // Limits: may refuse with rate_limited / budget_exceeded. Whatever beforeRoute decided, afterRoute runs.
   record.context = context;

@@ -1,3 +1,4 @@
+import type { Context } from '@opentelemetry/api';
 import type { LimitSetConfig } from '../config/limits-schema.js';
 import type { ChatRequest } from '../contract/request.js';
 import type { UsageStatus } from '../contract/usage-event.js';
@@ -42,6 +43,8 @@ export interface RequestContext {
   state: Record<string, unknown>;
   /** The prompt's token estimate, tokenized once per request (limits and accounting share it). */
   promptTokens(): number;
+  /** The request span's context: a hook's own spans are its children (undefined when nothing is traced). */
+  traceContext?: Context | undefined;
 }
 
 export interface RequestOutcome {

@@ -7,6 +7,7 @@ import type { Admitted } from './admission.js';
 import type { StageDependencies } from './pipeline.js';
 import type { RequestRecord } from './request-record.js';
 import { cacheKey, isCacheable } from './response-cache.js';
+import { noteFinishReasons } from '../telemetry/tracing.js';
 
 /**
  * The one-reply stage: a cached answer when the request is cacheable and one is there, else the
@@ -20,14 +21,18 @@ export async function answerOnce(
   deps: StageDependencies,
 ): Promise<ErrorCode | undefined> {
   const { request, plan } = admitted;
+  const traceContext = admitted.context.traceContext;
   const key = deps.cache !== undefined && isCacheable(request) ? cacheKey(request) : undefined;
   if (key !== undefined) {
     const hit = deps.cache!.get(key);
-    if (hit !== undefined) return replyFromCache(message, record, hit, deps);
+    if (hit !== undefined) {
+      noteFinishReasons(traceContext, hit.finish_reason, hit.choices);
+      return replyFromCache(message, record, hit, deps);
+    }
   }
   record.accepted = true;
   try {
-    const response = await deps.router.chat({ request, signal, plan });
+    const response = await deps.router.chat({ request, signal, plan, traceContext });
     record.attempts = response.attempts;
     record.model = response.target.model;
     record.provider = response.target.provider;
@@ -43,6 +48,7 @@ export async function answerOnce(
       // No more choices than were asked for, whatever the provider sent.
       choices: (request.n ?? 1) > 1 ? response.choices?.slice(0, request.n) : undefined,
     });
+    noteFinishReasons(traceContext, reply.finish_reason, reply.choices);
     const code = deps.delivery.reply(message, record, reply);
     if (code === undefined && key !== undefined && reply.finish_reason !== 'error') deps.cache!.set(key, reply);
     return code;

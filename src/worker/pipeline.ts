@@ -1,4 +1,5 @@
 import type { Msg, NatsConnection } from '@nats-io/nats-core';
+import type { Context } from '@opentelemetry/api';
 import { type Caller, type CallerCheck, readHeaders } from '../auth/index.js';
 import type { ResolvedConfig } from '../config/load.js';
 import { asProxyError, ProxyError, type ErrorCode } from '../contract/errors.js';
@@ -7,7 +8,7 @@ import { roundMs } from '../contract/rounding.js';
 import { Cancellation } from '../providers/transport/cancellation.js';
 import type { Router } from '../router/types.js';
 import type { Logger } from '../telemetry/logger.js';
-import { endRequestSpan, startRequestSpan } from '../telemetry/tracing.js';
+import { endRequestSpan, requestTraceContext, startRequestSpan } from '../telemetry/tracing.js';
 import type { UsagePublisher } from '../usage/publisher.js';
 import { admit } from './admission.js';
 import type { WorkerCounters } from './counters.js';
@@ -116,13 +117,15 @@ export class RequestPipeline {
     // Read once, without throwing (a header block nats.js cannot decode is refused in admission).
     const { headers, malformed } = readHeaders(message);
     const span = startRequestSpan(message.subject, headers);
+    // The attempts' and the limits' spans are its children (undefined when nothing is traced).
+    const traceContext = requestTraceContext(span);
     // Known before anything is read, so that every refusal of a sender without credentials is kept off the
     // agent it names. Synchronous, unless the key store is being read (after a start or a reconnect).
     const identified = malformed ? UNREADABLE : deps.auth.identify(headers);
     const caller = identified instanceof Promise ? await identified : identified;
     const record = new RequestRecord(caller, deps.logger);
     try {
-      await this.#run(message, record, malformed);
+      await this.#run(message, record, malformed, traceContext);
     } catch (error) {
       // The stages answer their own errors; reaching here is a bug, still answered (once: not after the reply went out).
       record.logger.error({ err: error }, 'request pipeline failed');
@@ -137,17 +140,18 @@ export class RequestPipeline {
           record.logger.error({ err: error }, 'a request listener failed');
         }
       }
-      endRequestSpan(span, {
-        requestId: record.requestId,
-        model: record.requestedModel ?? undefined,
-        errorCode: record.code,
-      });
+      endRequestSpan(span, record);
     }
   }
 
-  async #run(message: Msg, record: RequestRecord, headersMalformed: boolean): Promise<ErrorCode | undefined> {
+  async #run(
+    message: Msg,
+    record: RequestRecord,
+    headersMalformed: boolean,
+    traceContext: Context | undefined,
+  ): Promise<ErrorCode | undefined> {
     const deps = this.#deps;
-    const admitted = await admit(message, record, headersMalformed, deps);
+    const admitted = await admit(message, record, headersMalformed, deps, traceContext);
     if (admitted instanceof ProxyError) return deps.delivery.error(message, record, admitted, record.stream);
     const controller = new Cancellation();
     const active: ActiveRequest = { requestId: record.requestId, keyId: record.caller.key?.id, controller };

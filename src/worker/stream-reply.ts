@@ -8,6 +8,7 @@ import type { StageDependencies } from './pipeline.js';
 import type { RequestRecord } from './request-record.js';
 import { StreamWriter } from './stream-writer.js';
 import { StreamedChoice } from './streamed-choice.js';
+import { noteFinishReasons } from '../telemetry/tracing.js';
 
 /**
  * The relayed-stream stage: the router's stream relayed chunk by chunk to the client's inbox, with
@@ -40,7 +41,8 @@ export async function relayStream(
   };
   record.accepted = true;
   try {
-    const routed = await deps.router.stream({ request, signal: controller.signal, plan });
+    const traceContext = admitted.context.traceContext;
+    const routed = await deps.router.stream({ request, signal: controller.signal, plan, traceContext });
     record.attempts = routed.attempts;
     record.model = routed.target.model;
     record.provider = routed.target.provider;
@@ -101,6 +103,7 @@ export async function relayStream(
       choices: output.choices,
     });
     reply.done = true;
+    noteFinishReasons(traceContext, reply.finish_reason, reply.choices);
     reply.ttft_ms = record.ttftMs === null ? null : roundMs(record.ttftMs);
     // The record ends right before the terminal message, with what the client gets (an end too large
     // even without the streamed fields becomes an error).

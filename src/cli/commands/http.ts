@@ -12,6 +12,8 @@ import { configPathFromEnv, type ResolvedConfig } from '../../config/index.js';
 import { startFrontDoor, type FrontDoor } from '../../http/front-door.js';
 import { createLogger } from '../../telemetry/logger.js';
 import { loadConfigOrExplain } from './worker.js';
+import { VERSION } from '../../worker/index.js';
+import { startProcessTelemetry, type ProcessTelemetry } from '../process-telemetry.js';
 
 const help = `Usage: llm-proxy http [--config FILE] [--nats URL] [--host HOST] [--port PORT]
 
@@ -24,6 +26,7 @@ turned into requests on the bus (start workers with \`llm-proxy worker\`).
   POST /v1/chat/completions         OpenAI's chat completions (stream: true → SSE, [DONE])
   GET  /v1/models, /v1/models/{id}  OpenAI's model list
   GET  /healthz, /readyz            up; NATS connected and a worker answering
+  GET  /metrics                     Prometheus metrics of this process (needs the secret)
 
 It listens at once and connects to NATS in the background (/readyz says 503
 until NATS and a worker answer). With LLM_PROXY_SECRET set, callers send it as
@@ -44,6 +47,7 @@ export async function startHttpFrontDoor(
   config: ResolvedConfig,
   servers: string,
   overrides: { host?: string; port?: number } = {},
+  telemetry?: ProcessTelemetry,
 ): Promise<FrontDoor> {
   const secret = secretFromEnv(process.env);
   const logger = createLogger({ level: config.logging.level, base: { role: 'http' } });
@@ -55,6 +59,9 @@ export async function startHttpFrontDoor(
     secret,
     keys: config.auth.mode !== 'secret',
     logger,
+    ...(telemetry === undefined
+      ? {}
+      : { metrics: { prometheus: telemetry.prometheus, meterProvider: telemetry.meterProvider } }),
     ...overrides,
   });
 }
@@ -77,19 +84,35 @@ export const command: Command = {
     const port = parsePortFlag(values.port);
     const config = loadConfigOrExplain(values.config ?? configPathFromEnv());
     if (config === undefined) return 1;
-    const frontDoor = await startHttpFrontDoor(config, values.nats ?? natsUrlFromEnv(), {
-      ...(values.host !== undefined ? { host: values.host } : {}),
-      ...(port !== undefined ? { port } : {}),
+    // Metrics and traces of this process; /metrics is served by the front door itself, on its port.
+    const telemetry = startProcessTelemetry({
+      serviceName: 'llm-proxy-http',
+      serviceVersion: VERSION,
+      telemetry: config.telemetry,
+      port: null,
+      logger: createLogger({ level: config.logging.level, base: { role: 'http' } }),
     });
+    const frontDoor = await startHttpFrontDoor(
+      config,
+      values.nats ?? natsUrlFromEnv(),
+      {
+        ...(values.host !== undefined ? { host: values.host } : {}),
+        ...(port !== undefined ? { port } : {}),
+      },
+      telemetry,
+    );
     return new Promise<number>((resolve) => {
       let stopping = false;
       const stop = () => {
         if (stopping) process.exit(130);
         stopping = true;
-        frontDoor.close().then(
-          () => resolve(0),
-          () => resolve(1),
-        );
+        frontDoor
+          .close()
+          .then(() => telemetry.stop())
+          .then(
+            () => resolve(0),
+            () => resolve(1),
+          );
       };
       process.on('SIGTERM', stop);
       process.on('SIGINT', stop);
