@@ -338,7 +338,7 @@ describe('limits: memory backend (one worker)', () => {
     assert.deepEqual(await limiter.standing('agent:sofia'), []);
   });
 
-  test('counters: admitted and refused', async () => {
+  test('counters: admitted, refused, and refused by scope kind and dimension', async () => {
     const limiter = await createLimiter(limitsSchema.parse({ backend: 'memory', default: { rpm: 2 } }));
     await admitAtOnce([limiter], 5);
     assert.deepEqual(limiter.counters(), {
@@ -348,6 +348,8 @@ describe('limits: memory backend (one worker)', () => {
       failedOpen: 0,
       failedClosed: 0,
       conflicts: 0,
+      refusedBy: { 'agent:rpm': 3 },
+      budgetNear: {},
     });
   });
 
@@ -519,7 +521,11 @@ describe('limits: cost per admission (reported, not asserted)', () => {
   const backends: Backend[] = redisSkip === undefined ? ['memory', 'nats', 'redis'] : ['memory', 'nats'];
   for (const backend of backends) {
     test(`${backend}: admit + settle, distinct agents`, async (context) => {
-      const limits = { default: { rpm: 1_000, tpm: 1_000_000, concurrent: 10, daily_usd: 100 } };
+      // Reported, not asserted: a loaded machine may take longer than the default 2 s for one of 2000 store calls.
+      const limits = {
+        default: { rpm: 1_000, tpm: 1_000_000, concurrent: 10, daily_usd: 100 },
+        store_timeout_ms: 10_000,
+      };
       const { limiters, close } = await startWorkers(backend, 4, limits);
       try {
         const sequential = 200;

@@ -152,6 +152,8 @@ test('/healthz answers; /readyz is ready with its checks, and not ready while NA
 });
 
 test('telemetry.agent_label adds the agent to the request metrics (an in-process worker, its own exporter)', async () => {
+  // From here on the in-process workers are alone in the queue group.
+  await child.dispose();
   const metrics = startProcessMetrics({ serviceName: 'test', serviceVersion: '0' });
   const worker = await startInProcessWorker({
     natsUrl: nats.url,
@@ -170,6 +172,65 @@ test('telemetry.agent_label adds the agent to the request metrics (an in-process
     await local.close();
     const text = await (await fetch(`${server.url}/metrics`)).text();
     assert.equal(sample(text, 'llm_proxy_requests_total', { llm_proxy_agent_id: 'agent:metrics' }), 1);
+  } finally {
+    await server.close();
+    await worker.stop();
+    await metrics.shutdown();
+  }
+});
+
+test('limit refusals by scope kind and dimension; every kind and dimension is a series from the start', async () => {
+  const metrics = startProcessMetrics({ serviceName: 'test', serviceVersion: '0' });
+  const worker = await startInProcessWorker({
+    natsUrl: nats.url,
+    config: testConfig(
+      { openai: openai.baseUrl },
+      { telemetry: { worker_port: null }, limits: { enabled: true, backend: 'memory', default: { rpm: 1 } } },
+    ),
+    meterProvider: metrics.meterProvider,
+  });
+  const server = await startProcessServer({
+    host: '127.0.0.1',
+    port: 0,
+    prometheus: metrics.prometheus,
+    ready: () => worker.worker.ready(),
+  });
+  try {
+    const before = await (await fetch(`${server.url}/metrics`)).text();
+    const kinds = ['agent', 'microdao', 'model', 'key'];
+    for (const scope of kinds) {
+      assert.equal(
+        sample(before, 'llm_proxy_limit_refusals_total', {
+          llm_proxy_limit_scope: scope,
+          llm_proxy_limit_dimension: 'rpm',
+        }),
+        0,
+      );
+      assert.equal(
+        sample(before, 'llm_proxy_limit_budget_near_total', {
+          llm_proxy_limit_scope: scope,
+          llm_proxy_limit_dimension: 'daily_usd',
+        }),
+        0,
+      );
+    }
+    const local = await connect({ servers: nats.url });
+    const localClient = createClient({ connection: local, timeoutMs: 10_000 });
+    await localClient.chat(ask());
+    await assert.rejects(localClient.chat(ask()), /requests\/minute/);
+    await local.close();
+    const after = await (await fetch(`${server.url}/metrics`)).text();
+    assert.equal(
+      sample(after, 'llm_proxy_limit_refusals_total', {
+        llm_proxy_limit_scope: 'agent',
+        llm_proxy_limit_dimension: 'rpm',
+      }),
+      1,
+    );
+    assert.equal(
+      sample(after, 'llm_proxy_requests_total', { llm_proxy_status: 'rejected', error_type: 'rate_limited' }),
+      1,
+    );
   } finally {
     await server.close();
     await worker.stop();

@@ -345,9 +345,8 @@ test('OTLP export is wanted only with an endpoint, and not with OTEL_TRACES_EXPO
 test("the limits span reads the refusing scope's kind and dimension off every refusal the limiter makes", () => {
   const limits = { rpm: 10, tpm: 1_000, concurrent: 2, dailyMicroUsd: 5_000_000, monthlyMicroUsd: 50_000_000 };
   const charge = { requestId: 'r', tokens: 2_000, microUsd: 1_500, leaseUntil: 0, windows: budgetWindows(0) };
-  // Agent ids with a colon are named as they are; ids that look like the phrases or another kind do not fool it
-  // (the one misread: an agent id with a colon that starts like another kind's name, `key x:y`).
-  const ids = ['agent:sofia', 'sofia', 'x is over 3 requests/minute', 'key x'];
+  // The error carries them: no id, however it looks, changes what is read.
+  const ids = ['agent:sofia', 'sofia', 'x is over 3 requests/minute', 'key x:y'];
   for (const kind of SCOPE_KINDS) {
     for (const id of ids) {
       for (const dimension of DIMENSIONS) {

@@ -2,7 +2,7 @@ import type { Context } from '@opentelemetry/api';
 import type { ChatRequest } from '../contract/request.js';
 import { ProxyError } from '../contract/errors.js';
 import type { LimitSetConfig, LimitsConfig } from '../config/limits-schema.js';
-import { reservedCompletionTokens } from './limiter.js';
+import { LimitRefusalError, reservedCompletionTokens } from './limiter.js';
 import type { Limiter, Reservation } from './types.js';
 import { endLimitsSpan, startLimitsSpan, type LimitsRefusal } from '../telemetry/tracing.js';
 
@@ -193,48 +193,9 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
   };
 }
 
-/**
- * What a refusal says for a span: its code, and the refusing scope's kind and dimension read from the
- * limiter's message (limiter.ts `refusalError`; the error carries nothing more). Only values of the
- * fixed sets come out (a scope id never does); what cannot be read is left out.
- */
+/** What a refusal says for a span: its code, and the refusing scope's kind and dimension (never a scope id). */
 export function refusalOf(error: unknown): LimitsRefusal {
-  if (!(error instanceof ProxyError)) return { errorType: 'internal' };
-  if (error.code !== 'rate_limited' && error.code !== 'budget_exceeded') return { errorType: error.code };
-  const message = error.message;
-  let dimension: string | undefined;
-  let at = -1;
-  for (const [pattern, name] of REFUSAL_DIMENSIONS) {
-    const match = pattern.exec(message);
-    if (match !== null) {
-      dimension = name;
-      at = match.index;
-      break;
-    }
-  }
-  if (dimension === undefined) return { errorType: error.code };
-  // The scope's name is what precedes the dimension's phrase: `agent …`, `key …`, `microDAO …`, `model …`,
-  // or an agent id with a colon as it is (`agent:sofia`).
-  const name = message.slice(0, at);
-  const scope = name.startsWith('key ')
-    ? 'key'
-    : name.startsWith('microDAO ')
-      ? 'microdao'
-      : name.startsWith('model ')
-        ? 'model'
-        : 'agent';
-  return { errorType: error.code, scope, dimension };
+  if (error instanceof LimitRefusalError)
+    return { errorType: error.code, scope: error.scope, dimension: error.dimension };
+  return { errorType: error instanceof ProxyError ? error.code : 'internal' };
 }
-
-/** The limiter's refusal phrases, each anchored at the end of its message (an id cannot fake one). */
-const REFUSAL_DIMENSIONS: ReadonlyArray<readonly [RegExp, string]> = [
-  [/ is over \S+ requests\/minute$/, 'rpm'],
-  [/ is over \S+ tokens\/minute \(this request reserves \S+\)$/, 'tpm'],
-  [
-    / allows \S+ tokens\/minute and this request alone reserves \S+ \(prompt plus max_tokens\): lower max_tokens$/,
-    'tpm',
-  ],
-  [/ is over \S+ concurrent requests$/, 'concurrent'],
-  [/ is over its daily budget of \S+ \(\S+ used today; this request may cost up to \S+\)$/, 'daily_usd'],
-  [/ is over its monthly budget of \S+ \(\S+ used this month; this request may cost up to \S+\)$/, 'monthly_usd'],
-];

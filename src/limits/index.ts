@@ -8,6 +8,7 @@ export {
   redisUrlFor,
   reservedCompletionTokens,
   redactRedisUrl,
+  LimitRefusalError,
   DEFAULT_REDIS_URL,
   type LimiterDeps,
 } from './limiter.js';
@@ -17,12 +18,21 @@ export type {
   Limiter,
   LimiterCounters,
   Reservation,
+  NearlySpent,
   ScopeStanding,
   SettleOutcome,
+  StandingOptions,
 } from './types.js';
 export { LimitStoreError } from './types.js';
-export type { Dimension, DimensionStanding, ScopeKind } from './policy.js';
-export { encodeKeyToken, RATE_WINDOW_MS } from './policy.js';
+export type { BudgetDimension, Dimension, DimensionStanding, RecordedLimits, ScopeKind } from './policy.js';
+export {
+  BUDGET_NEAR_PERCENT,
+  configFingerprint,
+  DIMENSIONS,
+  encodeKeyToken,
+  RATE_WINDOW_MS,
+  SCOPE_KINDS,
+} from './policy.js';
 export {
   createLimitHooks,
   maxCostUsd,

@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Redis } from 'ioredis';
 import { ProxyError } from '../contract/errors.js';
@@ -6,18 +7,30 @@ import { createMemoryStore } from './memory-store.js';
 import { createNatsStore } from './nats-store.js';
 import { createRedisStore } from './redis-store.js';
 import {
+  ANONYMOUS_AGENT,
   budgetWindows,
+  configFingerprint,
+  configuredLimits,
   decisiveRefusal,
   describeScope,
+  hasAnyLimit,
   hasBudget,
   hasRate,
   keyPlanFor,
+  limitStamp,
+  parseRecordedLimits,
   plansFor,
+  recordedScopeLimits,
+  sameScopeLimits,
+  scopeFor,
   toMicroUsd,
   type Adjustment,
   type Charge,
+  type Dimension,
   type Refusal,
   type Scope,
+  type ScopeLimits,
+  type ScopeKind,
   type ScopePlan,
 } from './policy.js';
 import type {
@@ -29,6 +42,7 @@ import type {
   Reservation,
   ScopeStanding,
   SettleOutcome,
+  StandingOptions,
 } from './types.js';
 
 export const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
@@ -44,6 +58,8 @@ export interface LimiterDeps {
   env?: NodeJS.ProcessEnv;
   /** The clock (ms since the epoch); tests freeze it to make windows deterministic. */
   now?: () => number;
+  /** Who writes the limits into the records it counts in (shown by `llm-proxy limits`); default: the host name. */
+  host?: string;
 }
 
 export function redisUrlFor(config: Pick<LimitsConfig, 'redis_url'>, env: NodeJS.ProcessEnv = process.env): string {
@@ -113,36 +129,59 @@ function formatUsd(microUsd: number): string {
   return usd >= 0.01 || usd === 0 ? `$${usd.toFixed(2)}` : `$${usd.toFixed(6).replace(/0+$/, '')}`;
 }
 
+/** A refusal by a limit: the error the client gets, and which scope kind and dimension refused (for spans and metrics). */
+export class LimitRefusalError extends ProxyError {
+  readonly scope: ScopeKind;
+  readonly dimension: Refusal['dimension'];
+
+  constructor(
+    code: 'rate_limited' | 'budget_exceeded',
+    message: string,
+    refused: { scope: ScopeKind; dimension: Refusal['dimension'] },
+    options: ConstructorParameters<typeof ProxyError>[2] = {},
+  ) {
+    super(code, message, options);
+    this.scope = refused.scope;
+    this.dimension = refused.dimension;
+  }
+}
+
 /** The DESIGN.md error for a refusal, naming the scope and the limit. */
-export function refusalError(plan: ScopePlan, refusal: Refusal, charge: Charge): ProxyError {
+export function refusalError(plan: ScopePlan, refusal: Refusal, charge: Charge): LimitRefusalError {
+  const refused = { scope: plan.scope.kind, dimension: refusal.dimension };
+  const refuse = (
+    code: 'rate_limited' | 'budget_exceeded',
+    message: string,
+    options: ConstructorParameters<typeof LimitRefusalError>[3],
+  ) => new LimitRefusalError(code, message, refused, options);
   const name = scopeName(plan.scope);
   const limits = plan.limits;
   const retryAfterMs = Math.max(1, Math.ceil(refusal.retryAfterMs));
   switch (refusal.dimension) {
     case 'rpm':
-      return new ProxyError('rate_limited', `${name} is over ${limits.rpm} requests/minute`, { retryAfterMs });
+      return refuse('rate_limited', `${name} is over ${limits.rpm} requests/minute`, { retryAfterMs });
     case 'tpm':
       if (!refusal.fits) {
-        return new ProxyError(
+        return refuse(
           'rate_limited',
           `${name} allows ${limits.tpm} tokens/minute and this request alone reserves ${charge.tokens} (prompt plus max_tokens): lower max_tokens`,
           { retryable: false },
         );
       }
-      return new ProxyError(
+      return refuse(
         'rate_limited',
         `${name} is over ${limits.tpm} tokens/minute (this request reserves ${charge.tokens})`,
         { retryAfterMs },
       );
     case 'concurrent':
-      return new ProxyError('rate_limited', `${name} is over ${limits.concurrent} concurrent requests`, {
+      return refuse('rate_limited', `${name} is over ${limits.concurrent} concurrent requests`, {
         retryAfterMs,
       });
     case 'daily_usd':
     case 'monthly_usd': {
       const daily = refusal.dimension === 'daily_usd';
       const limit = (daily ? limits.dailyMicroUsd : limits.monthlyMicroUsd) ?? 0;
-      return new ProxyError(
+      return refuse(
         'budget_exceeded',
         `${name} is over its ${daily ? 'daily' : 'monthly'} budget of ${formatUsd(limit)} ` +
           `(${formatUsd(refusal.used)} used ${daily ? 'today' : 'this month'}; this request may cost up to ${formatUsd(charge.microUsd)})`,
@@ -172,6 +211,21 @@ function asError(value: unknown): Error {
 /** Distinct (agent, microDAO, model) combinations whose scopes are remembered (see `plansOf`). */
 const KNOWN_PLANS = 10_000;
 
+/** A scope's limits per dimension, in the dimensions' units (USD for budgets). */
+function limitsByDimension(limits: ScopeLimits): Partial<Record<Dimension, number>> {
+  const byDimension: Partial<Record<Dimension, number>> = {};
+  if (limits.rpm !== undefined) byDimension.rpm = limits.rpm;
+  if (limits.tpm !== undefined) byDimension.tpm = limits.tpm;
+  if (limits.concurrent !== undefined) byDimension.concurrent = limits.concurrent;
+  if (limits.dailyMicroUsd !== undefined) byDimension.daily_usd = limits.dailyMicroUsd / 1e6;
+  if (limits.monthlyMicroUsd !== undefined) byDimension.monthly_usd = limits.monthlyMicroUsd / 1e6;
+  return byDimension;
+}
+
+function increment(counts: Record<string, number>, key: string): void {
+  counts[key] = (counts[key] ?? 0) + 1;
+}
+
 export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}): Promise<Limiter> {
   const counters: LimiterCounters = {
     admitted: 0,
@@ -181,7 +235,13 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
     failedClosed: 0,
     conflicts: 0,
     refusedBy: {},
+    budgetNear: {},
   };
+  const snapshot = (): LimiterCounters => ({
+    ...counters,
+    refusedBy: { ...counters.refusedBy },
+    budgetNear: { ...counters.budgetNear },
+  });
   const clock = deps.now ?? Date.now;
 
   if (!config.enabled) {
@@ -189,10 +249,14 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
       backend: 'disabled',
       admit: async (request) => noReservation(request.requestId),
       standing: async () => [],
-      counters: () => ({ ...counters }),
+      counters: snapshot,
       close: async () => undefined,
     };
   }
+
+  /** Written with the limits into every record counted in: which config and which worker they came from. */
+  const origin = { config: configFingerprint(config), host: deps.host ?? hostname() };
+  const stamped = (plan: ScopePlan): ScopePlan => ({ ...plan, stamp: limitStamp(plan.limits, origin) });
 
   /**
    * The scopes and limits of a combination depend on the config only, which
@@ -209,7 +273,7 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
     const key = `${agentId ?? ''}\u0000${microdaoId ?? '\u0001'}\u0000${model ?? '\u0001'}`;
     let plans = knownPlans.get(key);
     if (plans === undefined) {
-      plans = plansFor(config, { agentId, microdaoId, model });
+      plans = plansFor(config, { agentId, microdaoId, model }).map(stamped);
       if (knownPlans.size >= KNOWN_PLANS) knownPlans.delete(knownPlans.keys().next().value as string);
       knownPlans.set(key, plans);
     }
@@ -224,7 +288,8 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
   const keyPlanOf = (key: NonNullable<AdmissionRequest['key']>): ScopePlan | undefined => {
     let plan = keyPlans.get(key.limits);
     if (plan === undefined) {
-      plan = keyPlanFor(key) ?? null;
+      const keyPlan = keyPlanFor(key);
+      plan = keyPlan === undefined ? null : stamped(keyPlan);
       keyPlans.set(key.limits, plan);
     }
     return plan ?? undefined;
@@ -357,26 +422,57 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
         counters.refused += 1;
         const refusal = decisiveRefusal(outcome.refusals) as Refusal;
         const plan = plans[refusal.scopeIndex] as ScopePlan;
-        const by = `${plan.scope.kind}:${refusal.dimension}`;
-        counters.refusedBy[by] = (counters.refusedBy[by] ?? 0) + 1;
+        increment(counters.refusedBy, `${plan.scope.kind}:${refusal.dimension}`);
         throw refusalError(plan, refusal, charge);
       }
       counters.admitted += 1;
+      // Known from the admission's own write: no read of the store for it.
+      for (const near of outcome.nearlySpent ?? [])
+        increment(counters.budgetNear, `${(plans[near.scopeIndex] as ScopePlan).scope.kind}:${near.dimension}`);
       return reservationFor(request, plans, charge);
     },
 
-    async standing(agentId: string, options: { microdaoId?: string; model?: string } = {}): Promise<ScopeStanding[]> {
-      const plans = plansFor(config, { agentId, microdaoId: options.microdaoId, model: options.model });
+    /**
+     * Every named scope's record is read, whether or not this process's config limits it: the
+     * record says what the workers counted it against. A scope limited neither by its record nor
+     * by this config is left out.
+     */
+    async standing(agentId: string, options: StandingOptions = {}): Promise<ScopeStanding[]> {
+      const scopes: Scope[] = [scopeFor('agent', agentId || ANONYMOUS_AGENT)];
+      if (options.microdaoId !== undefined) scopes.push(scopeFor('microdao', options.microdaoId));
+      if (options.model !== undefined) scopes.push(scopeFor('model', options.model));
+      if (options.keyId !== undefined) scopes.push(scopeFor('key', options.keyId));
+      const plans = scopes.map((scope) => ({ scope, limits: configuredLimits(config, scope) }));
       const states = await store.read(plans);
       const now = clock();
-      return plans.map((plan, index) => ({
-        kind: plan.scope.kind,
-        id: plan.scope.id,
-        dimensions: describeScope(states[index] ?? {}, plan.limits, now),
-      }));
+      const standings: ScopeStanding[] = [];
+      plans.forEach((plan, index) => {
+        const state = states[index] ?? {};
+        const recorded = parseRecordedLimits(state.limits);
+        const limits = recorded === undefined ? plan.limits : recordedScopeLimits(recorded);
+        if (!hasAnyLimit(limits)) return;
+        const standing: ScopeStanding = {
+          kind: plan.scope.kind,
+          id: plan.scope.id,
+          dimensions: describeScope(state, limits, now),
+          limitsFrom: recorded === undefined ? 'local' : 'workers',
+          local: {
+            config: origin.config,
+            limits: limitsByDimension(plan.limits),
+            differs: !sameScopeLimits(limits, plan.limits),
+          },
+        };
+        if (recorded !== undefined) {
+          standing.enforcedBy = { config: recorded.config, host: recorded.host, since: recorded.at };
+        } else {
+          standing.fallback = Object.keys(state).length === 0 ? 'no_record' : 'record_without_limits';
+        }
+        standings.push(standing);
+      });
+      return standings;
     },
 
-    counters: () => ({ ...counters }),
+    counters: snapshot,
 
     close: () => store.close(),
   };

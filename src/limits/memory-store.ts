@@ -2,13 +2,15 @@ import {
   adjustScope,
   evaluateScope,
   isIdle,
+  restamped,
+  withStamp,
   type Adjustment,
   type Charge,
   type Refusal,
   type ScopePlan,
   type ScopeState,
 } from './policy.js';
-import type { AdmitOutcome, LimitStore } from './types.js';
+import type { AdmitOutcome, LimitStore, NearlySpent } from './types.js';
 
 /**
  * One worker's limits, in process. Admission is synchronous (evaluate every
@@ -30,15 +32,23 @@ export function createMemoryStore(): LimitStore {
         for (const [key, state] of states) if (isIdle(state, now)) states.delete(key);
       }
       const refusals: Refusal[] = [];
+      const nearlySpent: NearlySpent[] = [];
       const nextStates: ScopeState[] = [];
       plans.forEach((plan, index) => {
         const evaluation = evaluateScope(states.get(plan.scope.key) ?? {}, plan.limits, charge, now, index);
         refusals.push(...evaluation.refusals);
-        nextStates.push(evaluation.next);
+        nextStates.push(withStamp(evaluation.next, plan.stamp, now));
+        for (const dimension of evaluation.nearlySpent) nearlySpent.push({ scopeIndex: index, dimension });
       });
-      if (refusals.length > 0) return { admitted: false, refusals };
+      if (refusals.length > 0) {
+        for (const plan of plans) {
+          const state = restamped(states.get(plan.scope.key) ?? {}, plan.stamp, now);
+          if (state !== undefined) states.set(plan.scope.key, state);
+        }
+        return { admitted: false, refusals };
+      }
       for (const [index, plan] of plans.entries()) states.set(plan.scope.key, nextStates[index] as ScopeState);
-      return { admitted: true };
+      return { admitted: true, nearlySpent };
     },
     async adjust(plans: ScopePlan[], adjustment: Adjustment, now: number): Promise<void> {
       for (const plan of plans) {

@@ -5,14 +5,17 @@ import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import {
   adjustScope,
   evaluateScope,
+  restamped,
+  withStamp,
   type Adjustment,
+  type BudgetDimension,
   type Charge,
   type Refusal,
   type ScopeLimits,
   type ScopePlan,
   type ScopeState,
 } from './policy.js';
-import { LimitStoreError, type AdmitOutcome, type LimitStore } from './types.js';
+import { LimitStoreError, type AdmitOutcome, type LimitStore, type NearlySpent } from './types.js';
 
 /**
  * Limits shared by every worker through a JetStream KV bucket (no second
@@ -32,6 +35,11 @@ import { LimitStoreError, type AdmitOutcome, type LimitStore } from './types.js'
  * Server 2.9 has no per-key TTL: budgets live in windows named inside the
  * record (a new day starts from zero), and the bucket's max age (35 days,
  * longer than any window) removes the records of scopes gone quiet.
+ *
+ * The record also carries the limits it was counted against (`limits`,
+ * policy.ts `RecordedLimits`), written by the same compare-and-swap when
+ * they change: what `llm-proxy limits` measures against. A refusal writes
+ * them once, best effort (a lost race leaves them to the next request).
  */
 export const NATS_BUCKET_MAX_AGE_MS = 35 * 24 * 3_600_000;
 /** Conflicts tolerated on one key before giving up; contention of hundreds of writers on one key still fits. */
@@ -49,6 +57,16 @@ export interface NatsStoreOptions {
 }
 
 const isConflict = isKvConflict;
+
+/** What one read-decide-write settles on: a state to write, refusals, or both. */
+interface Decision {
+  write: ScopeState | undefined;
+  refusals: Refusal[];
+}
+
+interface AdmitDecision extends Decision {
+  nearlySpent: BudgetDimension[];
+}
 
 function decode(entry: KvEntry | null): ScopeState {
   if (entry === null || entry.operation !== 'PUT' || entry.length === 0) return {};
@@ -107,9 +125,10 @@ export async function createNatsStore(options: NatsStoreOptions): Promise<LimitS
 
   /**
    * Read-decide-write one key until the write lands. `decide` returns the
-   * new state, or a refusal list to stop without writing.
+   * state to write, the refusals (stop), or both (a refusal that still writes
+   * the record's limits); the decision that landed is returned.
    */
-  async function swap(key: string, decide: (state: ScopeState) => ScopeState | Refusal[]): Promise<Refusal[]> {
+  async function swap<D extends Decision>(key: string, decide: (state: ScopeState) => D): Promise<D> {
     let cached = known.get(key);
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt += 1) {
       let revision: number | undefined;
@@ -130,22 +149,21 @@ export async function createNatsStore(options: NatsStoreOptions): Promise<LimitS
         if (entry !== null) remember(key, entry.revision, state);
       }
       const decision = decide(state);
-      if (Array.isArray(decision)) {
-        if (fromCache) continue;
-        return decision;
-      }
-      const value = JSON.stringify(decision);
+      // A refusal is never based on the remembered state: it may hold usage refunded since.
+      if (decision.refusals.length > 0 && fromCache) continue;
+      if (decision.write === undefined) return decision;
+      const value = JSON.stringify(decision.write);
       try {
         const written = revision === undefined ? await kv.create(key, value) : await kv.update(key, value, revision);
-        remember(key, written, decision);
-        return [];
+        remember(key, written, decision.write);
+        return decision;
       } catch (error) {
-        // `create` on a key another worker just created fails with the same wrong-last-sequence code.
-        if (!isConflict(error)) {
-          known.delete(key);
-          throw new LimitStoreError('NATS KV write failed', { cause: error });
-        }
         known.delete(key);
+        // A refusal (from a fresh read) stands when writing its record's limits failed or lost a race:
+        // that write is best effort, never retried; the next refusal or admission makes it.
+        if (decision.refusals.length > 0) return { ...decision, write: undefined };
+        // `create` on a key another worker just created fails with the same wrong-last-sequence code.
+        if (!isConflict(error)) throw new LimitStoreError('NATS KV write failed', { cause: error });
         if (!fromCache) {
           options.onConflict?.();
           await backoff(attempt);
@@ -164,27 +182,36 @@ export async function createNatsStore(options: NatsStoreOptions): Promise<LimitS
   }
 
   async function adjustOne(key: string, limits: ScopeLimits, adjustment: Adjustment, now: () => number): Promise<void> {
-    await swap(key, (state) => adjustScope(state, limits, adjustment, now()));
+    await swap(key, (state) => ({ write: adjustScope(state, limits, adjustment, now()), refusals: [] }));
   }
 
   return {
     async admit(plans: ScopePlan[], charge: Charge, now: number): Promise<AdmitOutcome> {
       const charged: ScopePlan[] = [];
+      const nearlySpent: NearlySpent[] = [];
       let refusals: Refusal[] = [];
       try {
         for (const [index, plan] of plans.entries()) {
-          refusals = await swap(plan.scope.key, (state) => {
+          const decision = await swap(plan.scope.key, (state): AdmitDecision => {
             const evaluation = evaluateScope(state, plan.limits, charge, now, index);
-            return evaluation.refusals.length > 0 ? evaluation.refusals : evaluation.next;
+            if (evaluation.refusals.length === 0)
+              return {
+                write: withStamp(evaluation.next, plan.stamp, now),
+                refusals: [],
+                nearlySpent: evaluation.nearlySpent,
+              };
+            return { write: restamped(state, plan.stamp, now), refusals: evaluation.refusals, nearlySpent: [] };
           });
+          refusals = decision.refusals;
           if (refusals.length > 0) break;
           charged.push(plan);
+          for (const dimension of decision.nearlySpent) nearlySpent.push({ scopeIndex: index, dimension });
         }
       } catch (error) {
         await rollBack(charged, charge, now);
         throw error;
       }
-      if (refusals.length === 0) return { admitted: true };
+      if (refusals.length === 0) return { admitted: true, nearlySpent };
       await rollBack(charged, charge, now);
       // The scopes after the refusing one were not looked at: their refusals too, so that the
       // decisive one (a budget before a rate) is the same as with the other stores.

@@ -3,14 +3,24 @@ import assert from 'node:assert/strict';
 import { limitsSchema } from '../config/limits-schema.js';
 import {
   adjustScope,
+  BUDGET_NEAR_PERCENT,
   budgetWindows,
+  configFingerprint,
+  configuredLimits,
   decisiveRefusal,
   describeScope,
   encodeKeyToken,
   evaluateScope,
+  isBudgetNear,
   isIdle,
+  limitStamp,
+  parseRecordedLimits,
   plansFor,
+  recordedScopeLimits,
+  restamped,
+  sameStamp,
   toMicroUsd,
+  withStamp,
   type Charge,
   type ScopeState,
 } from './policy.js';
@@ -191,4 +201,96 @@ test('a record is idle once its rates have caught up, its leases expired and its
   assert.equal(isIdle(busy, NOW + 130_000), false); // today's spending still counts
   assert.equal(isIdle(busy, NOW + 86_400_000 * 40), true);
   assert.equal(isIdle({}, NOW), true);
+});
+
+test('the limits a record is counted against: stamped on admission, kept by settles, compared without host and time', () => {
+  const limits = { rpm: 5, dailyMicroUsd: 2_000_000 };
+  const stamp = limitStamp(limits, { config: 'c0ffee000001', host: 'worker-a' });
+  assert.deepEqual(stamp.fields, { rpm: 5, daily: 2_000_000, config: 'c0ffee000001', host: 'worker-a' });
+  // The Redis script stores and compares this string: the limits and the config, not the host.
+  assert.equal(stamp.json, '{"rpm":5,"daily":2000000,"config":"c0ffee000001"}');
+  const admitted = withStamp(evaluateScope({}, limits, charge(), NOW, 0).next, stamp, NOW);
+  assert.deepEqual(parseRecordedLimits(admitted.limits), { ...stamp.fields, at: NOW });
+  const settled = adjustScope(
+    admitted,
+    limits,
+    {
+      requestsDelta: 0,
+      tokensDelta: 0,
+      microUsdDelta: -500,
+      day: budgetWindows(NOW).day,
+      month: '',
+      releaseRequestId: undefined,
+    },
+    NOW + 1_000,
+  );
+  assert.deepEqual(settled.limits, admitted.limits);
+  assert.deepEqual(recordedScopeLimits(parseRecordedLimits(settled.limits)!), limits);
+
+  // Another worker with the same config: nothing to rewrite on a refusal. Another config: rewritten.
+  const sameElsewhere = limitStamp(limits, { config: 'c0ffee000001', host: 'worker-b' });
+  assert.equal(sameStamp(admitted.limits, sameElsewhere), true);
+  assert.equal(restamped(admitted, sameElsewhere, NOW + 2_000), undefined);
+  const stricter = limitStamp({ rpm: 3, dailyMicroUsd: 2_000_000 }, { config: 'c0ffee000002' });
+  const rewritten = restamped(admitted, stricter, NOW + 2_000);
+  assert.deepEqual(rewritten?.limits, { rpm: 3, daily: 2_000_000, config: 'c0ffee000002', at: NOW + 2_000 });
+  assert.equal(rewritten?.rpm_tat, admitted.rpm_tat, 'a refusal counts nothing');
+  // A record from before limits were stored, and malformed ones, load as "no limits recorded".
+  assert.notEqual(restamped({ rpm_tat: NOW }, stamp, NOW), undefined);
+  assert.equal(parseRecordedLimits(undefined), undefined);
+  assert.equal(parseRecordedLimits({ rpm: 5, at: NOW }), undefined);
+  assert.equal(parseRecordedLimits({ rpm: '5', config: 'x', at: NOW }), undefined);
+  assert.equal(parseRecordedLimits([1]), undefined);
+});
+
+test('config fingerprints: the same limits in any key order agree; any changed value differs', () => {
+  const base = limitsSchema.parse({
+    default: { rpm: 5 },
+    agents: { 'agent:a': { tpm: 10 }, 'agent:b': { rpm: null } },
+  });
+  const reordered = limitsSchema.parse({
+    agents: { 'agent:b': { rpm: null }, 'agent:a': { tpm: 10 } },
+    default: { rpm: 5 },
+  });
+  assert.match(configFingerprint(base), /^[0-9a-f]{12}$/);
+  assert.equal(configFingerprint(base), configFingerprint(reordered));
+  // Settings that are not limits (the backend, timeouts) do not change it.
+  const withOtherSettings = { ...base, backend: 'redis' as const, store_timeout_ms: 5 };
+  assert.equal(configFingerprint(base), configFingerprint(withOtherSettings));
+  assert.notEqual(configFingerprint(base), configFingerprint(limitsSchema.parse({ ...base, default: { rpm: 6 } })));
+  assert.notEqual(
+    configFingerprint(base),
+    configFingerprint(limitsSchema.parse({ ...base, models: { m: { daily_usd: 1 } } })),
+  );
+});
+
+test('a scope configured with no limit still has its (empty) limits for standing; a key has none in the config', () => {
+  const config = limitsSchema.parse({ default: { rpm: null }, microdaos: { 'microdao:7': { rpm: 100 } } });
+  assert.deepEqual(configuredLimits(config, { kind: 'agent', id: 'agent:x' }), {});
+  assert.deepEqual(configuredLimits(config, { kind: 'microdao', id: 'microdao:7' }), { rpm: 100 });
+  assert.deepEqual(configuredLimits(config, { kind: 'model', id: 'm' }), {});
+  assert.deepEqual(configuredLimits(config, { kind: 'key', id: 'k1' }), {});
+});
+
+test('budgets nearly spent: an admission that leaves a budget at or above 90% says which', () => {
+  assert.equal(BUDGET_NEAR_PERCENT, 90);
+  assert.equal(isBudgetNear(899_999, 1_000_000), false);
+  assert.equal(isBudgetNear(900_000, 1_000_000), true);
+  assert.equal(isBudgetNear(0, 0), false, 'a budget of 0 is not "nearly spent" by free requests');
+  const limits = { dailyMicroUsd: 10_000, monthlyMicroUsd: 100_000 };
+  let state: ScopeState = {};
+  const seen: string[][] = [];
+  for (let index = 0; index < 10; index += 1) {
+    const evaluation = evaluateScope(state, limits, charge({ microUsd: 1_000 }), NOW, 0);
+    assert.deepEqual(evaluation.refusals, []);
+    seen.push(evaluation.nearlySpent);
+    state = evaluation.next;
+  }
+  // 9 000 of 10 000 is the first at 90%; the month (10 000 of 100 000) is far from it.
+  assert.deepEqual(seen.slice(7), [[], ['daily_usd'], ['daily_usd']]);
+  assert.deepEqual(evaluateScope({}, limits, charge({ microUsd: 95_000 }), NOW, 0).refusals[0]?.dimension, 'daily_usd');
+  assert.deepEqual(evaluateScope({}, { monthlyMicroUsd: 100_000 }, charge({ microUsd: 95_000 }), NOW, 0).nearlySpent, [
+    'monthly_usd',
+  ]);
+  assert.equal(evaluateScope(state, limits, charge({ microUsd: 1_000 }), NOW, 0).refusals[0]?.dimension, 'daily_usd');
 });

@@ -23,7 +23,11 @@
  * Exactness comes from the stores, not from here: each applies these rules
  * to a record under compare-and-swap (NATS KV revision) or inside one Lua
  * script (Redis) or synchronously (memory), never read-then-write.
+ *
+ * Each record also holds the limits it was last counted against (`RecordedLimits`,
+ * below): what ops tools measure its usage against.
  */
+import { createHash } from 'node:crypto';
 import type { LimitSetConfig, LimitsConfig } from '../config/limits-schema.js';
 
 export const RATE_WINDOW_MS = 60_000;
@@ -58,6 +62,8 @@ export interface Scope {
 export interface ScopePlan {
   scope: Scope;
   limits: ScopeLimits;
+  /** The limits as written into the scope's record at each admission (none: nothing is written). */
+  stamp?: LimitStamp | undefined;
 }
 
 /** The stored record of one scope (JSON in NATS KV and memory; a hash plus a sorted set in Redis). */
@@ -70,6 +76,8 @@ export interface ScopeState {
   day_used?: number;
   month?: string;
   month_used?: number;
+  /** The limits the last admission was counted against (absent in records written before issue 20). */
+  limits?: RecordedLimits;
 }
 
 /** What one admission asks of every scope it touches. */
@@ -110,6 +118,151 @@ export interface Adjustment {
   day: string;
   month: string;
   releaseRequestId: string | undefined;
+}
+
+export type BudgetDimension = 'daily_usd' | 'monthly_usd';
+
+// ---------------------------------------------------------------- the limits a record is counted against
+
+/**
+ * Issue 20, "one truth for ops tools". An ops view (`llm-proxy limits`, the page) measured a
+ * scope's usage against the limits of its own config file, which need not be the workers'.
+ *
+ * Decision: the limits an admission enforces go into the scope's record, the one it already
+ * writes (the NATS KV value, the Redis hash, the memory map), with the fingerprint of the writing
+ * worker's `limits` config, its host name and the time; `standing()` measures against those, and
+ * names the local config only as a second, labelled opinion. Not a question to the workers over
+ * the bus: that would be a new request on a DESIGN.md subject, and it would answer for the one
+ * worker that picked it up, not for what was counted. The hot path pays no round trip: the
+ * admission compares the record's limits with its own and writes them only when they differ (a
+ * new record, a changed config), in the write or script it runs anyway. A refusal writes them too
+ * in that case (in NATS best effort: once, a lost race left to the next request), and nothing else:
+ * otherwise a scope whose every request is now refused would keep showing the old limits. Records without limits (older workers) still load: the local config is
+ * used for them, and said to be.
+ */
+export interface RecordedLimits {
+  rpm?: number;
+  tpm?: number;
+  concurrent?: number;
+  /** Micro-dollars. */
+  daily?: number;
+  /** Micro-dollars. */
+  monthly?: number;
+  /** `configFingerprint` of the writing worker's limits config. */
+  config: string;
+  /** The host name of the worker that wrote them (the first, of the workers with this config). */
+  host?: string;
+  /** When they were written (the writer's clock, ms since the epoch): in force on this record since then. */
+  at: number;
+}
+
+/** What a limiter writes into the records of one scope plan, worked out once per plan. */
+export interface LimitStamp {
+  /** The record's `limits`, but the time. */
+  fields: Omit<RecordedLimits, 'at'>;
+  /** The limits and the config fingerprint as JSON (not the host): what the Redis script stores and compares. */
+  json: string;
+}
+
+const LIMIT_FIELDS = ['rpm', 'tpm', 'concurrent', 'daily', 'monthly'] as const;
+
+function sortedJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(sortedJson).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, entry]) => entry !== undefined)
+      .sort(([left], [right]) => (left < right ? -1 : left > right ? 1 : 0));
+    return `{${entries.map(([key, entry]) => `${JSON.stringify(key)}:${sortedJson(entry)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/** 12 hex digits of the SHA-256 of the limit values of a config (key order does not matter): tells configs apart. */
+export function configFingerprint(config: Pick<LimitsConfig, 'default' | 'agents' | 'microdaos' | 'models'>): string {
+  const values = { default: config.default, agents: config.agents, microdaos: config.microdaos, models: config.models };
+  return createHash('sha256').update(sortedJson(values)).digest('hex').slice(0, 12);
+}
+
+export function limitStamp(limits: ScopeLimits, origin: { config: string; host?: string | undefined }): LimitStamp {
+  const values: Omit<RecordedLimits, 'at' | 'host' | 'config'> = {};
+  if (limits.rpm !== undefined) values.rpm = limits.rpm;
+  if (limits.tpm !== undefined) values.tpm = limits.tpm;
+  if (limits.concurrent !== undefined) values.concurrent = limits.concurrent;
+  if (limits.dailyMicroUsd !== undefined) values.daily = limits.dailyMicroUsd;
+  if (limits.monthlyMicroUsd !== undefined) values.monthly = limits.monthlyMicroUsd;
+  const fields: LimitStamp['fields'] = { ...values, config: origin.config };
+  if (origin.host !== undefined && origin.host !== '') fields.host = origin.host;
+  return { fields, json: JSON.stringify({ ...values, config: origin.config }) };
+}
+
+/** The record's limits when they are well formed (a record is read from a shared store: any version wrote it). */
+export function parseRecordedLimits(value: unknown): RecordedLimits | undefined {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return undefined;
+  const candidate = value as Record<string, unknown>;
+  if (typeof candidate.config !== 'string' || typeof candidate.at !== 'number' || !Number.isFinite(candidate.at))
+    return undefined;
+  const recorded: RecordedLimits = { config: candidate.config, at: candidate.at };
+  for (const field of LIMIT_FIELDS) {
+    const limit = candidate[field];
+    if (limit === undefined) continue;
+    if (typeof limit !== 'number' || !Number.isFinite(limit) || limit < 0) return undefined;
+    recorded[field] = limit;
+  }
+  if (typeof candidate.host === 'string') recorded.host = candidate.host;
+  return recorded;
+}
+
+/** The same limits from the same config (host and time aside). */
+export function sameStamp(recorded: unknown, stamp: LimitStamp): boolean {
+  if (recorded === null || typeof recorded !== 'object') return false;
+  const record = recorded as Record<string, unknown>;
+  return record.config === stamp.fields.config && LIMIT_FIELDS.every((field) => record[field] === stamp.fields[field]);
+}
+
+/**
+ * The state with the stamp's limits, written at `now` when the record holds other ones; the same
+ * state when it already holds these (so `at` is when they came into force, and Redis writes them
+ * only then) or without a stamp.
+ */
+export function withStamp(state: ScopeState, stamp: LimitStamp | undefined, now: number): ScopeState {
+  if (stamp === undefined || sameStamp(state.limits, stamp)) return state;
+  return { ...state, limits: { ...stamp.fields, at: now } };
+}
+
+/** After a refusal: the state to write when the record holds other limits than the stamp's, else undefined. */
+export function restamped(state: ScopeState, stamp: LimitStamp | undefined, now: number): ScopeState | undefined {
+  const next = withStamp(state, stamp, now);
+  return next === state ? undefined : next;
+}
+
+export function recordedScopeLimits(recorded: RecordedLimits): ScopeLimits {
+  const limits: ScopeLimits = {};
+  if (recorded.rpm !== undefined) limits.rpm = recorded.rpm;
+  if (recorded.tpm !== undefined) limits.tpm = recorded.tpm;
+  if (recorded.concurrent !== undefined) limits.concurrent = recorded.concurrent;
+  if (recorded.daily !== undefined) limits.dailyMicroUsd = recorded.daily;
+  if (recorded.monthly !== undefined) limits.monthlyMicroUsd = recorded.monthly;
+  return limits;
+}
+
+export function sameScopeLimits(left: ScopeLimits, right: ScopeLimits): boolean {
+  return (
+    left.rpm === right.rpm &&
+    left.tpm === right.tpm &&
+    left.concurrent === right.concurrent &&
+    left.dailyMicroUsd === right.dailyMicroUsd &&
+    left.monthlyMicroUsd === right.monthlyMicroUsd
+  );
+}
+
+// ---------------------------------------------------------------- budgets nearly spent
+
+/** A budget is nearly spent from this share of it on (an alert's trigger: `llm_proxy.limit.budget_near`). */
+export const BUDGET_NEAR_PERCENT = 90;
+
+/** Integer micro-dollars, so no float rounding: the Redis script makes the same comparison. A budget of 0 is never "near". */
+export function isBudgetNear(usedMicroUsd: number, limitMicroUsd: number): boolean {
+  return limitMicroUsd > 0 && usedMicroUsd * 100 >= limitMicroUsd * BUDGET_NEAR_PERCENT;
 }
 
 // ---------------------------------------------------------------- keys, windows
@@ -216,6 +369,26 @@ export function plansFor(
   return plans;
 }
 
+/**
+ * A scope's limits in this config, possibly none (plansFor leaves such scopes out). A key's limits
+ * live in the key store, not here: none.
+ */
+export function configuredLimits(
+  config: Pick<LimitsConfig, 'default' | 'agents' | 'microdaos' | 'models'>,
+  scope: Pick<Scope, 'kind' | 'id'>,
+): ScopeLimits {
+  switch (scope.kind) {
+    case 'agent':
+      return toScopeLimits(config.agents[scope.id] ?? {}, config.default);
+    case 'microdao':
+      return toScopeLimits(config.microdaos[scope.id] ?? {});
+    case 'model':
+      return toScopeLimits(config.models[scope.id] ?? {});
+    case 'key':
+      return {};
+  }
+}
+
 /** A per-agent key's own scope (`key.<id>`), or undefined when the key has no limit of its own. */
 export function keyPlanFor(key: { id: string; limits: LimitSetConfig }): ScopePlan | undefined {
   const limits = toScopeLimits(key.limits);
@@ -236,7 +409,8 @@ function liveLeases(leases: Record<string, number> | undefined, now: number): Re
 
 /**
  * Every refusal the scope would give this charge, or its new state when it
- * admits. The state passed in is not modified.
+ * admits, with the budgets that state leaves nearly spent (`isBudgetNear`).
+ * The state passed in is not modified.
  */
 export function evaluateScope(
   state: ScopeState,
@@ -244,8 +418,9 @@ export function evaluateScope(
   charge: Charge,
   now: number,
   scopeIndex: number,
-): { refusals: Refusal[]; next: ScopeState } {
+): { refusals: Refusal[]; next: ScopeState; nearlySpent: BudgetDimension[] } {
   const refusals: Refusal[] = [];
+  const nearlySpent: BudgetDimension[] = [];
   const next: ScopeState = { ...state };
 
   if (limits.rpm !== undefined) {
@@ -305,6 +480,7 @@ export function evaluateScope(
     } else {
       next.day = charge.windows.day;
       next.day_used = used + charge.microUsd;
+      if (isBudgetNear(next.day_used, limits.dailyMicroUsd)) nearlySpent.push('daily_usd');
     }
   }
 
@@ -321,10 +497,11 @@ export function evaluateScope(
     } else {
       next.month = charge.windows.month;
       next.month_used = used + charge.microUsd;
+      if (isBudgetNear(next.month_used, limits.monthlyMicroUsd)) nearlySpent.push('monthly_usd');
     }
   }
 
-  return { refusals, next };
+  return { refusals, next, nearlySpent };
 }
 
 /** Nothing in the record matters any more: it is the same as no record (the memory store drops it). */
@@ -406,7 +583,8 @@ export function describeScope(state: ScopeState, limits: ScopeLimits, now: numbe
   const rows: DimensionStanding[] = [];
   const rate = (dimension: Dimension, tat: number | undefined, limit: number) => {
     const ahead = Math.max(0, (tat ?? now) - now);
-    const used = Math.min(limit, Math.ceil((ahead * limit) / RATE_WINDOW_MS - EPSILON_MS));
+    // max(0, …): with nothing ahead, ceil(-ε) would be -0.
+    const used = Math.max(0, Math.min(limit, Math.ceil((ahead * limit) / RATE_WINDOW_MS - EPSILON_MS)));
     rows.push({
       dimension,
       window: 'minute',

@@ -2,13 +2,16 @@
  * The rules of policy.ts as Redis Lua, so that one admission, across every
  * scope (agent, microDAO, model) and every dimension, is one atomic script:
  * Redis runs a script to the end before any other command. Checks come
- * first, writes after, so a refused request changes nothing.
+ * first, writes after, so a refused request changes no count.
  *
  * Layout per scope: a hash `<prefix><scope key>` with the GCRA times
- * (`rpm_tat`, `tpm_tat`) and the budget windows (`day`, `day_used`, `month`,
- * `month_used`, micro-dollars), and a sorted set `<prefix><scope key>:leases`
- * of request ids scored by lease expiry. Keys expire once nothing in them
- * matters any more (the later of the GCRA times and the budget windows).
+ * (`rpm_tat`, `tpm_tat`), the budget windows (`day`, `day_used`, `month`,
+ * `month_used`, micro-dollars) and the limits the scope is counted against
+ * (`limits`: JSON of the limits and the config fingerprint, as the
+ * worker encoded it; `limits_at`, `limits_host`: see policy.ts
+ * `RecordedLimits`), and a sorted set `<prefix><scope key>:leases` of request
+ * ids scored by lease expiry. Keys expire once nothing in them matters any
+ * more (the later of the GCRA times, the budget windows and the leases).
  *
  * Numbers are written with %.17g: Lua's default conversion keeps 14 digits,
  * which would round millisecond timestamps.
@@ -30,17 +33,25 @@ end
 `;
 
 /**
- * ARGV[2]: {scopes: [{rpm?, tpm?, concurrent?, daily?, monthly?}], tokens, micro, id,
- * lease_until, day, day_ends_at, month, month_ends_at, hint}.
- * Returns {1} when admitted, else {0, then per refusal: scope index (1-based), dimension,
- * retry after ms, fits (1/0), used}.
+ * ARGV[2]: {scopes: [{rpm?, tpm?, concurrent?, daily?, monthly?, stamp?}], tokens, micro, id,
+ * lease_until, day, day_ends_at, month, month_ends_at, hint, host, near_percent}.
+ * Returns {1, then per budget left at or above near_percent: scope index (1-based), dimension}
+ * when admitted, else {0, then per refusal: scope index (1-based), dimension, retry after ms,
+ * fits (1/0), used}. An admission writes a scope's `stamp` where the hash holds another one (a
+ * new hash, a changed config); so does a refusal, which counts nothing.
  */
 export const ADMIT_SCRIPT = `${COMMON}
 local refusals = {}
+local near = {}
 local plans = {}
+local function nearly(i, dimension, used, limit)
+  if limit > 0 and used * 100 >= limit * c.near_percent then
+    table.insert(near, i); table.insert(near, dimension)
+  end
+end
 for i, l in ipairs(c.scopes) do
   local hash, leases = KEYS[2 * i - 1], KEYS[2 * i]
-  local s = redis.call('HMGET', hash, 'rpm_tat', 'tpm_tat', 'day', 'day_used', 'month', 'month_used')
+  local s = redis.call('HMGET', hash, 'rpm_tat', 'tpm_tat', 'day', 'day_used', 'month', 'month_used', 'limits')
   local writes, lease, expire_at = {}, false, now
   local function refuse(dimension, retry, fits, used)
     table.insert(refusals, {i, dimension, math.ceil(retry), fits, math.ceil(used)})
@@ -77,6 +88,7 @@ for i, l in ipairs(c.scopes) do
       table.insert(writes, 'day'); table.insert(writes, c.day)
       table.insert(writes, 'day_used'); table.insert(writes, fmt(used + c.micro))
       expire_at = math.max(expire_at, c.day_ends_at)
+      nearly(i, 'daily_usd', used + c.micro, l.daily)
     end
   end
   if l.monthly then
@@ -90,26 +102,47 @@ for i, l in ipairs(c.scopes) do
       table.insert(writes, 'month'); table.insert(writes, c.month)
       table.insert(writes, 'month_used'); table.insert(writes, fmt(used + c.micro))
       expire_at = math.max(expire_at, c.month_ends_at)
+      nearly(i, 'monthly_usd', used + c.micro, l.monthly)
     end
   end
-  plans[i] = {hash, leases, writes, lease, expire_at}
+  plans[i] = {hash, leases, writes, lease, expire_at, s[7], l.stamp}
 end
 if #refusals > 0 then
+  for _, p in ipairs(plans) do
+    if p[7] and p[6] ~= p[7] then
+      redis.call('HSET', p[1], 'limits', p[7], 'limits_at', fmt(now), 'limits_host', c.host)
+      extend(p[1], now + WINDOW)
+    end
+  end
   local reply = {0}
   for _, r in ipairs(refusals) do for _, v in ipairs(r) do table.insert(reply, v) end end
   return reply
 end
 for _, p in ipairs(plans) do
-  if #p[3] > 0 then
-    redis.call('HSET', p[1], unpack(p[3]))
-    extend(p[1], p[5] + WINDOW)
+  local writes, expire_at = p[3], p[5]
+  if p[7] then
+    -- The limits only when the hash holds others (limits_at: in force since); kept as long as the leases.
+    if p[6] ~= p[7] then
+      table.insert(writes, 'limits'); table.insert(writes, p[7])
+      table.insert(writes, 'limits_at'); table.insert(writes, fmt(now))
+      table.insert(writes, 'limits_host'); table.insert(writes, c.host)
+    end
+    if p[4] then expire_at = math.max(expire_at, c.lease_until) end
+  end
+  if #writes > 0 then
+    redis.call('HSET', p[1], unpack(writes))
+    extend(p[1], expire_at + WINDOW)
+  elseif p[4] and p[7] then
+    extend(p[1], expire_at + WINDOW)
   end
   if p[4] then
     redis.call('ZADD', p[2], c.lease_until, c.id)
     extend(p[2], c.lease_until)
   end
 end
-return {1}
+local reply = {1}
+for _, v in ipairs(near) do table.insert(reply, v) end
+return reply
 `;
 
 /**

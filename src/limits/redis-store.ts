@@ -1,8 +1,10 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import {
+  BUDGET_NEAR_PERCENT,
   CONCURRENCY_RETRY_HINT_MS,
   DIMENSIONS,
+  parseRecordedLimits,
   type Adjustment,
   type Charge,
   type Dimension,
@@ -12,13 +14,14 @@ import {
   type ScopeState,
 } from './policy.js';
 import { ADJUST_SCRIPT, ADMIT_SCRIPT } from './redis-scripts.js';
-import { LimitStoreError, type AdmitOutcome, type LimitStore } from './types.js';
+import { LimitStoreError, type AdmitOutcome, type LimitStore, type NearlySpent } from './types.js';
 
 /**
  * Limits shared by every worker through Redis: each admission is one Lua
  * script over every scope it touches (redis-scripts.ts), one round trip,
- * atomic. Time is the worker's clock, passed in (workers need NTP; a skew of
- * d shifts a scope's windows by d for that worker).
+ * atomic, which also writes the limits it enforced into a scope's hash when
+ * the hash holds other ones. Time is the worker's clock, passed in (workers
+ * need NTP; a skew of d shifts a scope's windows by d for that worker).
  *
  * On Redis Cluster, the keys of one admission must share a slot: give
  * `redis_key_prefix` a hash tag such as `{llm-limits}:` (which puts every
@@ -54,6 +57,19 @@ function isDimension(value: unknown): value is Dimension {
   return typeof value === 'string' && (DIMENSIONS as readonly string[]).includes(value);
 }
 
+/** The hash's `limits` (JSON of the limits and config), `limits_at` and `limits_host`, as a record's limits. */
+function recordedFrom(json: string | null, at: string | null, host: string | null): ScopeState['limits'] {
+  if (!json || !at) return undefined;
+  let fields: unknown;
+  try {
+    fields = JSON.parse(json);
+  } catch {
+    return undefined;
+  }
+  if (fields === null || typeof fields !== 'object') return undefined;
+  return parseRecordedLimits({ ...fields, at: Number(at), ...(host ? { host } : {}) });
+}
+
 export function createRedisStore(options: RedisStoreOptions): LimitStore {
   const { client, keyPrefix } = options;
   const admitScript = script(ADMIT_SCRIPT);
@@ -83,7 +99,13 @@ export function createRedisStore(options: RedisStoreOptions): LimitStore {
         admitScript,
         keysFor(plans),
         {
-          scopes: plans.map((plan) => scriptLimits(plan.limits)),
+          scopes: plans.map((plan) =>
+            plan.stamp === undefined
+              ? scriptLimits(plan.limits)
+              : { ...scriptLimits(plan.limits), stamp: plan.stamp.json },
+          ),
+          host: plans.find((plan) => plan.stamp !== undefined)?.stamp?.fields.host ?? '',
+          near_percent: BUDGET_NEAR_PERCENT,
           tokens: charge.tokens,
           micro: charge.microUsd,
           id: charge.requestId,
@@ -98,7 +120,16 @@ export function createRedisStore(options: RedisStoreOptions): LimitStore {
       );
       if (!Array.isArray(reply))
         throw new LimitStoreError(`unexpected reply from the limits script: ${JSON.stringify(reply)}`);
-      if (reply[0] === 1) return { admitted: true };
+      if (reply[0] === 1) {
+        const nearlySpent: NearlySpent[] = [];
+        for (let offset = 1; offset + 2 <= reply.length; offset += 2) {
+          const [scope, dimension] = reply.slice(offset, offset + 2) as unknown[];
+          if (dimension !== 'daily_usd' && dimension !== 'monthly_usd')
+            throw new LimitStoreError(`unexpected budget from the limits script: ${String(dimension)}`);
+          nearlySpent.push({ scopeIndex: Number(scope) - 1, dimension });
+        }
+        return { admitted: true, nearlySpent };
+      }
       const refusals: Refusal[] = [];
       for (let offset = 1; offset + 5 <= reply.length; offset += 5) {
         const [scope, dimension, retryAfterMs, fits, used] = reply.slice(offset, offset + 5) as unknown[];
@@ -135,7 +166,18 @@ export function createRedisStore(options: RedisStoreOptions): LimitStore {
     async read(plans: ScopePlan[]): Promise<ScopeState[]> {
       const pipeline = client.pipeline();
       for (const plan of plans) {
-        pipeline.hmget(`${keyPrefix}${plan.scope.key}`, 'rpm_tat', 'tpm_tat', 'day', 'day_used', 'month', 'month_used');
+        pipeline.hmget(
+          `${keyPrefix}${plan.scope.key}`,
+          'rpm_tat',
+          'tpm_tat',
+          'day',
+          'day_used',
+          'month',
+          'month_used',
+          'limits',
+          'limits_at',
+          'limits_host',
+        );
         pipeline.zrange(`${keyPrefix}${plan.scope.key}:leases`, '0', '-1', 'WITHSCORES');
       }
       let results: Array<[Error | null, unknown]> | null;
@@ -150,8 +192,12 @@ export function createRedisStore(options: RedisStoreOptions): LimitStore {
         const [leaseError, leases] = results[2 * index + 1] ?? [new Error('missing reply'), null];
         if (hashError !== null || leaseError !== null)
           throw new LimitStoreError('Redis read failed', { cause: hashError ?? leaseError });
-        const [rpmTat, tpmTat, day, dayUsed, month, monthUsed] = hash as Array<string | null>;
+        const [rpmTat, tpmTat, day, dayUsed, month, monthUsed, limits, limitsAt, limitsHost] = hash as Array<
+          string | null
+        >;
         const state: ScopeState = {};
+        const recorded = recordedFrom(limits ?? null, limitsAt ?? null, limitsHost ?? null);
+        if (recorded !== undefined) state.limits = recorded;
         if (rpmTat) state.rpm_tat = Number(rpmTat);
         if (tpmTat) state.tpm_tat = Number(tpmTat);
         if (day) state.day = day;

@@ -1,5 +1,15 @@
 import type { LimitSetConfig } from '../config/limits-schema.js';
-import type { Adjustment, Charge, DimensionStanding, Refusal, ScopeKind, ScopePlan, ScopeState } from './policy.js';
+import type {
+  Adjustment,
+  BudgetDimension,
+  Charge,
+  Dimension,
+  DimensionStanding,
+  Refusal,
+  ScopeKind,
+  ScopePlan,
+  ScopeState,
+} from './policy.js';
 
 /** What the worker knows about a request before routing it. */
 export interface AdmissionRequest {
@@ -61,29 +71,72 @@ export interface LimiterCounters {
   conflicts: number;
   /** Refusals by the refusing scope's kind and dimension, keyed `kind:dimension` (`agent:rpm`, `key:daily_usd`). */
   refusedBy: Record<string, number>;
+  /**
+   * Admissions after which a USD budget was at or above 90% used (the reservation counted: it is
+   * the most the request may cost), keyed `kind:dimension` (`agent:daily_usd`, `microdao:monthly_usd`):
+   * at most 8 keys. One admission counts once per budget it leaves nearly spent.
+   */
+  budgetNear: Record<string, number>;
 }
 
 export interface ScopeStanding {
   kind: ScopeKind;
   id: string;
+  /** Used and remaining against the limits of `limitsFrom`. */
   dimensions: DimensionStanding[];
+  /**
+   * `workers`: the limits the workers enforce, as the last admission on the scope wrote them into
+   * its record. `local`: this process's config, because the record holds none (`fallback` says why).
+   */
+  limitsFrom: 'workers' | 'local';
+  /** With `local`: no record (nothing counted that is still kept), or a record written before limits were stored in it. */
+  fallback?: 'no_record' | 'record_without_limits';
+  /** With `workers`: the writing worker's limits config (fingerprint), its host and since when the record holds them. */
+  enforcedBy?: { config: string; host: string | undefined; since: number };
+  /**
+   * This process's config: its fingerprint, its limits for the scope (per dimension, USD for budgets;
+   * a key's are in the key store, so none) and whether they differ from those the standing uses.
+   */
+  local: { config: string; limits: Partial<Record<Dimension, number>>; differs: boolean };
+}
+
+export interface StandingOptions {
+  microdaoId?: string | undefined;
+  model?: string | undefined;
+  /** A per-agent key's id: its scope (`key.<id>`), whose limits only the records know. */
+  keyId?: string | undefined;
 }
 
 export interface Limiter {
   readonly backend: 'memory' | 'nats' | 'redis' | 'disabled';
   /** Admit the request against every applicable limit, or throw a ProxyError (`rate_limited` / `budget_exceeded`). */
   admit(request: AdmissionRequest): Promise<Reservation>;
-  /** An agent's standing (and its microDAO's / a model's when named and limited). */
-  standing(agentId: string, options?: { microdaoId?: string; model?: string }): Promise<ScopeStanding[]>;
+  /**
+   * An agent's standing (and its microDAO's / a model's / a key's when named and limited), measured
+   * against the limits the workers stored in each scope's record (see policy.ts `RecordedLimits`).
+   */
+  standing(agentId: string, options?: StandingOptions): Promise<ScopeStanding[]>;
   counters(): LimiterCounters;
   close(): Promise<void>;
 }
 
-export type AdmitOutcome = { admitted: true } | { admitted: false; refusals: Refusal[] };
+/** A USD budget an admission left at or above 90% used (policy.ts `isBudgetNear`). */
+export interface NearlySpent {
+  /** Index into the plans of the admission. */
+  scopeIndex: number;
+  dimension: BudgetDimension;
+}
+
+export type AdmitOutcome =
+  | { admitted: true; nearlySpent?: NearlySpent[] | undefined }
+  | { admitted: false; refusals: Refusal[] };
 
 /** A shared (or in-process) place where scope records live. Every method is atomic as documented per store. */
 export interface LimitStore {
-  /** Admit on every scope or on none. */
+  /**
+   * Admit on every scope or on none. Each plan's `stamp` is written into its record where the
+   * record holds other limits (or none), by an admission and by a refusal (which counts nothing).
+   */
   admit(plans: ScopePlan[], charge: Charge, now: number): Promise<AdmitOutcome>;
   /** Settle, cancel or roll back; never refuses. */
   adjust(plans: ScopePlan[], adjustment: Adjustment, now: number): Promise<void>;

@@ -75,6 +75,8 @@ export interface GatewayGauges {
   usageEvents(): { pending: number; failedAttempts: number; dropped: number; deadLettered: number };
   /** Refusals by limits so far, keyed `scope kind:dimension` (`agent:rpm`); none when limits are off. */
   limitRefusals(): Readonly<Record<string, number>>;
+  /** Admissions after which a USD budget was at least 90% used, keyed like the refusals. */
+  limitBudgetNear(): Readonly<Record<string, number>>;
   /** One entry per deployment. */
   deployments(): ReadonlyArray<{ model: string; provider: string; deployment: string; coolingDown: boolean }>;
 }
@@ -247,9 +249,14 @@ export class GatewayMetrics {
       result.observe(failed, events.failedAttempts, { 'llm_proxy.outcome': 'retried' });
       result.observe(failed, events.dropped, { 'llm_proxy.outcome': 'dropped' });
       result.observe(failed, events.deadLettered, { 'llm_proxy.outcome': 'dead_lettered' });
-      for (const [by, count] of Object.entries(gauges.limitRefusals())) {
-        const [scope = '', dimension = ''] = by.split(':');
-        result.observe(refusals, count, { 'llm_proxy.limit.scope': scope, 'llm_proxy.limit.dimension': dimension });
+      for (const [instrument, counts] of [
+        [refusals, gauges.limitRefusals()],
+        [budgetNear, gauges.limitBudgetNear()],
+      ] as const) {
+        for (const [by, count] of Object.entries(counts)) {
+          const [scope = '', dimension = ''] = by.split(':');
+          result.observe(instrument, count, { 'llm_proxy.limit.scope': scope, 'llm_proxy.limit.dimension': dimension });
+        }
       }
       for (const deployment of gauges.deployments()) {
         result.observe(cooling, deployment.coolingDown ? 1 : 0, {
@@ -264,7 +271,12 @@ export class GatewayMetrics {
       unit: '{request}',
       valueType: ValueType.INT,
     });
-    const observables = [inFlight, pending, failed, cooling, refusals];
+    const budgetNear = this.#meter.createObservableCounter('llm_proxy.limit.budget_near', {
+      description: 'Admissions after which a daily or monthly USD budget was at least 90% used, by scope kind',
+      unit: '{request}',
+      valueType: ValueType.INT,
+    });
+    const observables = [inFlight, pending, failed, cooling, refusals, budgetNear];
     this.#meter.addBatchObservableCallback(callback, observables);
     return () => this.#meter.removeBatchObservableCallback(callback, observables);
   }

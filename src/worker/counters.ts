@@ -52,6 +52,8 @@ export interface WorkerStats {
     conflicts: number;
     /** Refusals by the refusing scope's kind and dimension (`agent:rpm`, `microdao:daily_usd`…). */
     refusedBy: Record<string, number>;
+    /** Admissions after which a USD budget was at least 90% used, keyed like refusedBy. */
+    budgetNear: Record<string, number>;
   };
 }
 

@@ -3,7 +3,14 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { Svcm, type Service } from '@nats-io/services';
 import type { ResolvedConfig } from '../config/load.js';
 import { QUEUE_GROUPS, subjectsFor, type Subjects } from '../contract/subjects.js';
-import { createLimiter, createLimitHooks, type Limiter } from '../limits/index.js';
+import {
+  configFingerprint,
+  createLimiter,
+  createLimitHooks,
+  DIMENSIONS,
+  SCOPE_KINDS,
+  type Limiter,
+} from '../limits/index.js';
 import { createProviders, type ProviderSet } from '../providers/registry.js';
 import { createRouter } from '../router/index.js';
 import type { Router } from '../router/types.js';
@@ -38,6 +45,11 @@ export const VERSION: string = (() => {
     return '0.0.0';
   }
 })();
+
+/** `kind:dimension` keys of every scope kind, at 0. */
+function zeroed(dimensions: readonly string[]): Record<string, number> {
+  return Object.fromEntries(SCOPE_KINDS.flatMap((kind) => dimensions.map((dimension) => [`${kind}:${dimension}`, 0])));
+}
 
 export interface WorkerOptions {
   config: ResolvedConfig;
@@ -130,7 +142,8 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   if (options.hooks === undefined && config.limits.enabled) {
     limiter = await createLimiter(config.limits, { nats: connection, env });
     hooks = createLimitHooks(limiter, { models: config.models, limits: config.limits, estimatePromptTokens });
-    logger.info({ backend: limiter.backend }, 'limits enabled');
+    // The fingerprint is what `llm-proxy limits` shows as the workers' limits config.
+    logger.info({ backend: limiter.backend, limits_config: configFingerprint(config.limits) }, 'limits enabled');
   }
 
   // Per-agent keys: every record held in memory, kept current by a watch (auth/key-directory.ts).
@@ -176,7 +189,10 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const unobserve = metrics.observe({
     inFlight: () => counters.inFlight,
     usageEvents: () => publisher.counters,
-    limitRefusals: () => limiter?.counters().refusedBy ?? {},
+    // Every scope kind and dimension from the start (at 0), so that the first refusal is an increase too.
+    limitRefusals: () => (limiter === undefined ? {} : { ...zeroed(DIMENSIONS), ...limiter.counters().refusedBy }),
+    limitBudgetNear: () =>
+      limiter === undefined ? {} : { ...zeroed(['daily_usd', 'monthly_usd']), ...limiter.counters().budgetNear },
     deployments: () =>
       router.health().map((deployment) => ({
         model: deployment.model,
