@@ -16,6 +16,7 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   limits: () => import('./commands/limits.js'),
   http: () => import('./commands/http.js'),
   keys: () => import('./commands/keys.js'),
+  ui: () => import('./commands/ui.js'),
   health: () => import('./commands/health.js'),
 };
 

@@ -28,6 +28,7 @@ import type { MeterProvider } from '@opentelemetry/api';
 import type { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
 import { OPENAI_DIALECT, registerOpenAIRoutes } from './openai-routes.js';
 import { registerSeedRoutes, SEED_DIALECT } from './seed-routes.js';
+import { registerUiRoutes } from '../ui/ui-routes.js';
 
 export interface FrontDoorOptions {
   http: HttpConfig;
@@ -120,6 +121,7 @@ export async function startFrontDoor(options: FrontDoorOptions): Promise<FrontDo
   app.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
     const path = pathOf(request);
     if (path === '/healthz' || path === '/readyz') return;
+    if (path === '/ui' || path.startsWith('/ui/')) return; // the operations page checks its own sessions (src/ui/ui-auth.ts)
     // A per-agent key goes on to the workers, which hold the key store and decide. Usage figures of
     // every agent are not a key holder's to read: that route still needs the secret.
     if (options.keys === true && path !== '/internal/llm/usage' && presentedKey(request) !== undefined) return;
@@ -165,6 +167,7 @@ export async function startFrontDoor(options: FrontDoorOptions): Promise<FrontDo
   registerHealthRoutes(app, bus);
   registerSeedRoutes(app, bus, http.heartbeat_ms);
   registerOpenAIRoutes(app, bus, http.heartbeat_ms);
+  registerUiRoutes(app, options);
 
   const address = await app.listen({ host: options.host ?? http.host, port: options.port ?? http.port });
   logger.info(

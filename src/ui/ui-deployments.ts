@@ -1,0 +1,95 @@
+/**
+ * The deployments' state for the operations page: each worker's last answer to
+ * `llm.proxy.models {"health": true}`, merged (cooldowns are per worker).
+ */
+import type { LlmProxyClient } from '../client/index.js';
+import type { DeploymentHealth } from '../router/types.js';
+
+export interface DeploymentRow {
+  model: string;
+  provider: string;
+  physical_name: string;
+  weight: number;
+  state: 'healthy' | 'cooling_down';
+  /** The latest end of a cooldown any worker reported, or null. */
+  cooldown_until: string | null;
+  in_flight: number;
+  ewma_latency_ms: number | null;
+  recent_failures: number;
+  /** Workers whose answer is in this row, and of them those cooling it down (cooldowns are per worker). */
+  workers: number;
+  cooling_on: number;
+}
+
+/** How long a worker's answer about its deployments stands; each poll reaches one worker of the queue group. */
+const HEALTH_TTL_MS = 30_000;
+const MAX_HEALTH_WORKERS = 64;
+
+/**
+ * The deployments as the workers see them. `llm.proxy.models` is answered by one worker of the queue
+ * group, so each poll hears one; the last answer of each worker is kept HEALTH_TTL_MS and merged.
+ */
+export class DeploymentBoard {
+  readonly #byWorker = new Map<string, { at: number; health: DeploymentHealth[] }>();
+  models: string[] = [];
+
+  async poll(client: LlmProxyClient, timeoutMs: number): Promise<void> {
+    const reply = (await client.models({ health: true, timeoutMs })) as {
+      models: Array<{ name: string }>;
+      worker_id?: string;
+      health?: DeploymentHealth[];
+    };
+    this.models = reply.models.map((model) => model.name);
+    const worker = reply.worker_id ?? '';
+    this.#byWorker.delete(worker);
+    this.#byWorker.set(worker, { at: Date.now(), health: reply.health ?? [] });
+    if (this.#byWorker.size > MAX_HEALTH_WORKERS) this.#byWorker.delete(this.#byWorker.keys().next().value as string);
+  }
+
+  rows(): DeploymentRow[] {
+    const since = Date.now() - HEALTH_TTL_MS;
+    const rows = new Map<string, DeploymentRow & { latencies: number[] }>();
+    for (const [worker, answer] of this.#byWorker) {
+      if (answer.at < since) {
+        this.#byWorker.delete(worker);
+        continue;
+      }
+      for (const health of answer.health) {
+        const key = JSON.stringify([health.model, health.provider, health.physical_name]);
+        let row = rows.get(key);
+        if (row === undefined) {
+          row = {
+            model: health.model,
+            provider: health.provider,
+            physical_name: health.physical_name,
+            weight: health.weight,
+            state: 'healthy',
+            cooldown_until: null,
+            in_flight: 0,
+            ewma_latency_ms: null,
+            recent_failures: 0,
+            workers: 0,
+            cooling_on: 0,
+            latencies: [],
+          };
+          rows.set(key, row);
+        }
+        row.workers += 1;
+        row.in_flight += health.in_flight;
+        row.recent_failures = Math.max(row.recent_failures, health.recent_failures);
+        if (health.ewma_latency_ms !== null) row.latencies.push(health.ewma_latency_ms);
+        if (health.state === 'cooling_down') {
+          row.state = 'cooling_down';
+          row.cooling_on += 1;
+          if (row.cooldown_until === null || (health.cooldown_until ?? '') > row.cooldown_until)
+            row.cooldown_until = health.cooldown_until;
+        }
+      }
+    }
+    return [...rows.values()].map(({ latencies, ...row }) => ({
+      ...row,
+      ewma_latency_ms:
+        latencies.length === 0 ? null : Math.round(latencies.reduce((sum, value) => sum + value, 0) / latencies.length),
+    }));
+  }
+}
