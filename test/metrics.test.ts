@@ -10,6 +10,10 @@ import { randomUUID } from 'node:crypto';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { createClient, type ChatReply, type LlmProxyClient } from '../src/client/index.js';
+import { connectToNats } from '../src/bus/connect.js';
+import { httpSchema } from '../src/config/http-schema.js';
+import { startFrontDoor } from '../src/http/front-door.js';
+import { createLogger } from '../src/telemetry/logger.js';
 import { startProcessMetrics } from '../src/telemetry/metrics-sdk.js';
 import { startProcessServer } from '../src/telemetry/process-server.js';
 import { startFakeOpenAI, type FakeOpenAI } from './fakes/index.js';
@@ -234,6 +238,32 @@ test('limit refusals by scope kind and dimension; every kind and dimension is a 
   } finally {
     await server.close();
     await worker.stop();
+    await metrics.shutdown();
+  }
+});
+
+test("the front door's /metrics: behind the secret, HTTP durations by route (never by raw URL)", async () => {
+  const metrics = startProcessMetrics({ serviceName: 'test-http', serviceVersion: '0' });
+  const door = await startFrontDoor({
+    http: httpSchema.parse({}),
+    connecting: connectToNats({ servers: nats.url }),
+    subjectPrefix: 'llm',
+    secret: 'front-door-secret',
+    logger: createLogger({ level: 'silent' }),
+    host: '127.0.0.1',
+    port: 0,
+    metrics: { prometheus: metrics.prometheus, meterProvider: metrics.meterProvider },
+  });
+  try {
+    assert.equal((await fetch(`${door.url}/metrics`)).status, 401);
+    await fetch(`${door.url}/v1/models/${randomUUID()}`, { headers: { 'x-internal-secret': 'front-door-secret' } });
+    const scrape = await fetch(`${door.url}/metrics`, { headers: { authorization: 'Bearer front-door-secret' } });
+    assert.equal(scrape.status, 200);
+    const text = await scrape.text();
+    assert.ok((sample(text, 'http_server_request_duration_count', { http_route: '/v1/models/*' }) ?? 0) >= 1, text);
+    assert.doesNotMatch(text, /\/v1\/models\/[0-9a-f]{8}-/);
+  } finally {
+    await door.close();
     await metrics.shutdown();
   }
 });

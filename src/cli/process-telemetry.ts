@@ -6,15 +6,16 @@
 import type { MeterProvider } from '@opentelemetry/api';
 import type { TelemetryConfig } from '../config/telemetry-schema.js';
 import type { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
-import { startProcessMetrics, type ProcessMetrics } from '../telemetry/metrics-sdk.js';
+import { otlpMetricsWanted, startProcessMetrics, type ProcessMetrics } from '../telemetry/metrics-sdk.js';
 import { startTracing } from '../telemetry/trace-sdk.js';
 import { startProcessServer, type ProcessServer, type Readiness } from '../telemetry/process-server.js';
 import type { Logger } from '../telemetry/logger.js';
 
 export interface ProcessTelemetry {
-  readonly meterProvider: MeterProvider;
+  /** Undefined when nothing takes the metrics (no server, no OTLP): then nothing is recorded either. */
+  readonly meterProvider: MeterProvider | undefined;
   /** For a process that serves `/metrics` on an HTTP server of its own (the front door). */
-  readonly prometheus: PrometheusExporter;
+  readonly prometheus: PrometheusExporter | undefined;
   /** Starts `/metrics`, `/healthz`, `/readyz` (once the process can answer readiness). */
   serve(ready: () => Promise<Readiness>): Promise<void>;
   stop(): Promise<void>;
@@ -38,14 +39,17 @@ export function startProcessTelemetry(options: {
   serviceVersion: string;
   telemetry: TelemetryConfig;
   port: number | null;
+  /** The process serves `/metrics` itself (the front door), whatever `port` says. */
+  servesMetrics?: boolean;
   logger: Logger;
   env?: NodeJS.ProcessEnv;
 }): ProcessTelemetry {
-  const metrics: ProcessMetrics = startProcessMetrics({
-    serviceName: options.serviceName,
-    serviceVersion: options.serviceVersion,
-    env: options.env ?? process.env,
-  });
+  const env = options.env ?? process.env;
+  // Metrics cost the request path a little (docs/bench/results.md): with nobody to read them, none are kept.
+  const wanted = options.port !== null || options.servesMetrics === true || otlpMetricsWanted(env);
+  const metrics: ProcessMetrics | undefined = wanted
+    ? startProcessMetrics({ serviceName: options.serviceName, serviceVersion: options.serviceVersion, env })
+    : undefined;
   // Traces: the W3C propagator always (context read and passed on), spans exported when OTLP is asked for.
   const tracing = startTracing({
     serviceName: options.serviceName,
@@ -54,10 +58,10 @@ export function startProcessTelemetry(options: {
   });
   let server: ProcessServer | undefined;
   return {
-    prometheus: metrics.prometheus,
-    meterProvider: metrics.meterProvider,
+    prometheus: metrics?.prometheus,
+    meterProvider: metrics?.meterProvider,
     async serve(ready) {
-      if (options.port === null) return;
+      if (options.port === null || metrics === undefined) return;
       try {
         server = await startProcessServer({
           host: options.telemetry.host,
@@ -75,7 +79,7 @@ export function startProcessTelemetry(options: {
     },
     async stop() {
       await server?.close();
-      await metrics.shutdown();
+      await metrics?.shutdown();
       await tracing?.shutdown();
     },
   };

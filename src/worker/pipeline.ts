@@ -135,7 +135,9 @@ export class RequestPipeline {
       deps.delivery.finish(record, record.code);
       for (const listener of this.#done) {
         try {
-          await listener(record);
+          // Only a listener that returned a promise is waited for (a microtask less for the others).
+          const pending = listener(record);
+          if (pending instanceof Promise) await pending;
         } catch (error) {
           record.logger.error({ err: error }, 'a request listener failed');
         }

@@ -59,7 +59,7 @@ export async function startHttpFrontDoor(
     secret,
     keys: config.auth.mode !== 'secret',
     logger,
-    ...(telemetry === undefined
+    ...(telemetry?.prometheus === undefined
       ? {}
       : { metrics: { prometheus: telemetry.prometheus, meterProvider: telemetry.meterProvider } }),
     ...overrides,
@@ -90,6 +90,7 @@ export const command: Command = {
       serviceVersion: VERSION,
       telemetry: config.telemetry,
       port: null,
+      servesMetrics: true,
       logger: createLogger({ level: config.logging.level, base: { role: 'http' } }),
     });
     const frontDoor = await startHttpFrontDoor(
