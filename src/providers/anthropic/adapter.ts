@@ -13,17 +13,11 @@ import {
 } from './response.js';
 import { anthropicMessageSchema } from './schema.js';
 import { errorFromAnthropicPayload, isAnthropicError } from './errors.js';
-import {
-  maxLineBytes,
-  parseJsonText,
-  postForEvents,
-  postForJson,
-  type AuthHeaders,
-  type StreamDecoder,
-} from '../transport/http.js';
-import { lineTooLong, malformedResponse, streamEndedEarly } from '../transport/provider-error.js';
-import { LineTooLongError, SseParser, type SseEvent } from '../transport/sse.js';
+import { parseJsonText, postForEvents, postForJson, type AuthHeaders, type StreamDecoder } from '../transport/http.js';
+import { malformedResponse, streamEndedEarly } from '../transport/provider-error.js';
+import type { SseEvent } from '../transport/sse.js';
 import { parseProviderPayload } from '../transport/parse-provider-payload.js';
+import { SseJsonDecoder } from '../transport/sse-json-decoder.js';
 import { responseAsEvents } from '../response-events.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from '../types.js';
 
@@ -47,50 +41,22 @@ function parseMessage(settings: ProviderSettings, json: unknown, model: string):
 }
 
 /** Anthropic's SSE: `event: <type>` and `data: <json>` per event, up to `message_stop`. */
-export class AnthropicSseDecoder implements StreamDecoder<ProviderStreamEvent> {
-  readonly #parser: SseParser;
+export class AnthropicSseDecoder extends SseJsonDecoder<ProviderStreamEvent> {
   readonly #state: AnthropicStreamState = createAnthropicStreamState();
 
-  constructor(private readonly settings: ProviderSettings) {
-    this.#parser = new SseParser(maxLineBytes(settings));
+  protected override get complete(): boolean {
+    // After message_stop the body is only read on so that the connection goes back to the pool.
+    return this.#state.stopped;
   }
 
-  push(text: string, out: ProviderStreamEvent[]): void {
-    const events: SseEvent[] = [];
-    try {
-      this.#parser.push(text, events);
-    } catch (error) {
-      // The events completed before the line that is too long reach the caller first.
-      this.#convert(events, out, false);
-      if (error instanceof LineTooLongError)
-        throw lineTooLong(this.settings.name, maxLineBytes(this.settings), error.what, 200);
-      throw error;
-    }
-    this.#convert(events, out, false);
+  protected onJson(json: unknown, event: SseEvent, out: ProviderStreamEvent[]): void {
+    if (event.event === 'error') throw errorFromAnthropicPayload(this.settings, json);
+    for (const item of convertAnthropicEvent(this.settings, json, this.#state)) out.push(item);
   }
 
-  end(out: ProviderStreamEvent[]): void {
-    this.#convert(this.#parser.finish(), out, true);
+  protected onEnd(): void {
     // A stop reason without message_stop is a complete answer; neither is a cut stream.
     if (!this.#state.stopped && !this.#state.finished) throw streamEndedEarly(this.settings.name);
-  }
-
-  #convert(events: SseEvent[], out: ProviderStreamEvent[], atEnd: boolean): void {
-    for (const event of events) {
-      // After message_stop the body is only read on so that the connection goes back to the pool.
-      if (this.#state.stopped) continue;
-      let json: unknown;
-      try {
-        json = JSON.parse(event.data);
-      } catch {
-        // Half an event when the body ended: the stream was cut, the JSON was not wrong.
-        throw atEnd
-          ? streamEndedEarly(this.settings.name)
-          : malformedResponse(this.settings.name, 'malformed JSON in stream', 200);
-      }
-      if (event.event === 'error') throw errorFromAnthropicPayload(this.settings, json);
-      for (const item of convertAnthropicEvent(this.settings, json, this.#state)) out.push(item);
-    }
   }
 }
 

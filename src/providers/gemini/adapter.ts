@@ -5,18 +5,12 @@
  */
 import { ProxyError } from '../../contract/errors.js';
 import { fastCheck } from '../../contract/fast-check.js';
-import {
-  maxLineBytes,
-  postForEvents,
-  postForJson,
-  providerSecrets,
-  type AuthHeaders,
-  type StreamDecoder,
-} from '../transport/http.js';
+import { postForEvents, postForJson, providerSecrets, type AuthHeaders } from '../transport/http.js';
 import { responseAsEvents } from '../response-events.js';
 import { parseProviderPayload } from '../transport/parse-provider-payload.js';
-import { errorFromStatus, lineTooLong, malformedResponse, streamEndedEarly } from '../transport/provider-error.js';
-import { LineTooLongError, SseParser, type SseEvent } from '../transport/sse.js';
+import { SseJsonDecoder } from '../transport/sse-json-decoder.js';
+import { errorFromStatus, streamEndedEarly } from '../transport/provider-error.js';
+import type { SseEvent } from '../transport/sse.js';
 import { convertToGeminiRequest } from './request.js';
 import {
   convertGeminiChunk,
@@ -87,55 +81,28 @@ const RAW_TAIL_CHARACTERS = 16 * 1024;
  * SSE events of GenerateContentResponse; the stream is complete once candidate 0 (the first choice)
  * carried a finish reason. `choiceCount`: the `n` asked for (candidates past the first are choices too).
  */
-export class GeminiSseDecoder implements StreamDecoder<ProviderStreamEvent> {
-  readonly #parser: SseParser;
+export class GeminiSseDecoder extends SseJsonDecoder<ProviderStreamEvent> {
   readonly #state: GeminiStreamState;
   /** The raw text's end: at least RAW_TAIL_CHARACTERS, cut back to that once twice as long (amortized O(1)). */
   #tail = '';
 
-  constructor(
-    private readonly settings: ProviderSettings,
-    choiceCount = 1,
-  ) {
-    this.#parser = new SseParser(maxLineBytes(settings));
+  constructor(settings: ProviderSettings, choiceCount = 1) {
+    super(settings);
     this.#state = createGeminiStreamState(choiceCount);
   }
 
-  push(text: string, out: ProviderStreamEvent[]): void {
+  protected override onText(text: string): void {
     this.#keepTail(text);
-    const events: SseEvent[] = [];
-    try {
-      this.#parser.push(text, events);
-    } catch (error) {
-      // The events completed before the line that is too long reach the caller first.
-      this.#convert(events, out, false);
-      if (error instanceof LineTooLongError)
-        throw lineTooLong(this.settings.name, maxLineBytes(this.settings), error.what, 200);
-      throw error;
-    }
-    this.#convert(events, out, false);
   }
 
-  end(out: ProviderStreamEvent[]): void {
-    this.#convert(this.#parser.finish(), out, true);
+  protected onJson(json: unknown, _event: SseEvent, out: ProviderStreamEvent[]): void {
+    for (const item of convertGeminiChunk(parseResponse(this.settings, json, 'stream chunk'), this.#state))
+      out.push(item);
+  }
+
+  protected onEnd(out: ProviderStreamEvent[]): void {
     if (!this.#state.finished) throw this.#bareError() ?? streamEndedEarly(this.settings.name);
     for (const event of endGeminiStream(this.#state)) out.push(event);
-  }
-
-  #convert(events: SseEvent[], out: ProviderStreamEvent[], atEnd: boolean): void {
-    for (const event of events) {
-      let json: unknown;
-      try {
-        json = JSON.parse(event.data);
-      } catch {
-        // Half an event when the body ended: the stream was cut, the JSON was not wrong.
-        throw atEnd
-          ? streamEndedEarly(this.settings.name)
-          : malformedResponse(this.settings.name, 'malformed JSON in stream', 200);
-      }
-      for (const item of convertGeminiChunk(parseResponse(this.settings, json, 'stream chunk'), this.#state))
-        out.push(item);
-    }
   }
 
   #keepTail(text: string): void {

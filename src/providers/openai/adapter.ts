@@ -11,7 +11,6 @@ import {
 import { convertToOpenAIRequest } from './request.js';
 import {
   bearerAuth,
-  maxLineBytes,
   parseJsonText,
   postForEvents,
   postForJson,
@@ -19,10 +18,11 @@ import {
   type StreamDecoder,
 } from '../transport/http.js';
 import { openAIChunkSchema, openAICompletionSchema } from './schema.js';
-import { lineTooLong, malformedResponse, streamEndedEarly } from '../transport/provider-error.js';
-import { LineTooLongError, SseParser, type SseEvent } from '../transport/sse.js';
+import { streamEndedEarly } from '../transport/provider-error.js';
+import type { SseEvent } from '../transport/sse.js';
 import { fastCheck } from '../../contract/fast-check.js';
 import { parseProviderPayload } from '../transport/parse-provider-payload.js';
+import { SseJsonDecoder } from '../transport/sse-json-decoder.js';
 import { responseAsEvents } from '../response-events.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from '../types.js';
 
@@ -38,66 +38,30 @@ function parseCompletion(settings: ProviderSettings, json: unknown, model: strin
   return convertOpenAICompletion(parseProviderPayload(settings, json, openAICompletionSchema, 'response'), model);
 }
 
-/** One SSE event to our events; `'done'` for `[DONE]`. */
-function convertSseEvent(
-  settings: ProviderSettings,
-  event: SseEvent,
-  state: OpenAIStreamState,
-  atEnd: boolean,
-): ProviderStreamEvent[] | 'done' {
-  const data = event.data.trim();
-  if (data === '[DONE]') return 'done';
-  let json: unknown;
-  try {
-    json = JSON.parse(data);
-  } catch {
-    // Half an event when the body ended: the stream was cut, the JSON was not wrong.
-    throw atEnd ? streamEndedEarly(settings.name) : malformedResponse(settings.name, 'malformed JSON in stream', 200);
-  }
-  return convertOpenAIChunk(
-    parseProviderPayload(settings, json, openAIChunkSchema, 'stream chunk', event.event === 'error'),
-    state,
-  );
-}
-
 /** SSE from the provider: `data:` events of JSON chunks, up to `[DONE]`. */
-class SseDecoder implements StreamDecoder<ProviderStreamEvent> {
-  readonly #parser: SseParser;
+class SseDecoder extends SseJsonDecoder<ProviderStreamEvent> {
   readonly #state: OpenAIStreamState = createOpenAIStreamState();
   #done = false;
 
-  constructor(private readonly settings: ProviderSettings) {
-    this.#parser = new SseParser(maxLineBytes(settings));
+  protected override get complete(): boolean {
+    // After [DONE] the body is only read on so that the connection ends cleanly and goes back to the pool.
+    return this.#done;
   }
 
-  push(text: string, out: ProviderStreamEvent[]): void {
-    const events: SseEvent[] = [];
-    try {
-      this.#parser.push(text, events);
-    } catch (error) {
-      // The events completed before the line that is too long reach the caller first.
-      this.#convert(events, out, false);
-      if (error instanceof LineTooLongError)
-        throw lineTooLong(this.settings.name, maxLineBytes(this.settings), error.what, 200);
-      throw error;
-    }
-    this.#convert(events, out, false);
+  protected override onRawEvent(event: SseEvent): boolean {
+    if (event.data.trim() !== '[DONE]') return false;
+    this.#done = true;
+    return true;
   }
 
-  end(out: ProviderStreamEvent[]): void {
-    this.#convert(this.#parser.finish(), out, true);
+  protected onJson(json: unknown, event: SseEvent, out: ProviderStreamEvent[]): void {
+    const chunk = parseProviderPayload(this.settings, json, openAIChunkSchema, 'stream chunk', event.event === 'error');
+    for (const item of convertOpenAIChunk(chunk, this.#state)) out.push(item);
+  }
+
+  protected onEnd(): void {
     // A finish reason without [DONE] is a complete answer (some servers omit [DONE]); neither is a cut stream.
     if (!this.#done && !this.#state.finished) throw streamEndedEarly(this.settings.name);
-  }
-
-  #convert(events: SseEvent[], out: ProviderStreamEvent[], atEnd: boolean): void {
-    for (const event of events) {
-      // After [DONE] the body is only read on so that the connection ends cleanly and goes back to the pool.
-      if (this.#done) continue;
-      const converted = convertSseEvent(this.settings, event, this.#state, atEnd);
-      if (converted === 'done') this.#done = true;
-      else for (const item of converted) out.push(item);
-    }
   }
 }
 
