@@ -474,7 +474,9 @@ test('usage stream R3 on a 3-node cluster, its leader SIGKILLed under load: no a
     report(`total ${elapsed()}`);
 
     // What may fail the test: a lost event, a doubled one, a miscount.
-    assert.ok(sent.length >= 500, `only ${sent.length} requests were sent in ${loadMs} ms: the load did not run`);
+    // (A floor that says the load ran, not a speed: requests stall while the stream has no leader, and
+    // a loaded 2-core CI machine sent 459 in one run.)
+    assert.ok(sent.length >= 250, `only ${sent.length} requests were sent in ${loadMs} ms: the load did not run`);
     assert.ok(
       timeline.killedAt > 0 && duringElection.length > 0,
       `no request was sent while ${STREAM} had no leader (${JSON.stringify(timeline)}): the failover did not happen under load`,

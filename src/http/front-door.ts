@@ -124,7 +124,14 @@ export async function startFrontDoor(options: FrontDoorOptions): Promise<FrontDo
     if (path === '/ui' || path.startsWith('/ui/')) return; // the operations page checks its own sessions (src/ui/ui-auth.ts)
     // A per-agent key goes on to the workers, which hold the key store and decide. Usage figures of
     // every agent are not a key holder's to read: that route still needs the secret.
-    if (options.keys === true && path !== '/internal/llm/usage' && presentedKey(request) !== undefined) return;
+    // `/metrics` is answered here, not by a worker: it needs the secret whatever else is presented.
+    if (
+      options.keys === true &&
+      path !== '/internal/llm/usage' &&
+      path !== '/metrics' &&
+      presentedKey(request) !== undefined
+    )
+      return;
     if (!secret.allowsValue(presentedSecret(request))) {
       sendError(
         reply,

@@ -150,7 +150,7 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
         const refusal = refusalOf(error);
         const storeDown = error instanceof ProxyError && error.code === 'internal';
         const refused = refusal.errorType === 'rate_limited' || refusal.errorType === 'budget_exceeded';
-        endLimitsSpan(span, refused ? 'refused' : 'store_error', limiter.backend, refusal);
+        endLimitsSpan(span, refused ? 'refused' : storeDown ? 'store_error' : 'error', limiter.backend, refusal);
         // A refusal is the client's business; a store that is down (fail_closed) is the operator's.
         if (storeDown) {
           context.logger.error(

@@ -547,7 +547,6 @@ export function isDeploymentFault(error: ProxyError): boolean {
   return error.code === 'upstream_error';
 }
 
-/** An empty delta (a role-only chunk) sends the agent nothing, so it does not end the time for retries. */
 /**
  * A request that sets no completion limit gets its model's `max_tokens` (the model's configured most
  * tokens in one answer) as `max_tokens`; one that sets `max_tokens` or `max_completion_tokens` keeps it.
@@ -558,6 +557,7 @@ export function withModelMaxTokens(request: ChatRequest, modelMaxTokens: number 
   return { ...request, max_tokens: modelMaxTokens };
 }
 
+/** An empty delta (a role-only chunk) sends the agent nothing, so it does not end the time for retries. */
 function carriesContent(event: Extract<ProviderStreamEvent, { type: 'delta' }>): boolean {
   return (
     (event.content ?? '') !== '' ||

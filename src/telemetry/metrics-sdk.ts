@@ -20,8 +20,16 @@ export interface ProcessMetrics {
 
 /** OTLP metrics export is on when an endpoint is named and `OTEL_METRICS_EXPORTER` does not say `none`. */
 export function otlpMetricsWanted(env: NodeJS.ProcessEnv): boolean {
-  if ((env.OTEL_METRICS_EXPORTER ?? '').split(',').includes('none')) return false;
-  return Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT);
+  return otlpWanted(env, 'METRICS');
+}
+
+/**
+ * OTLP export of a signal is on when an endpoint is named (`OTEL_EXPORTER_OTLP_ENDPOINT` or the
+ * signal's own) and `OTEL_<signal>_EXPORTER` does not list `none`.
+ */
+export function otlpWanted(env: NodeJS.ProcessEnv, signal: 'METRICS' | 'TRACES'): boolean {
+  if ((env[`OTEL_${signal}_EXPORTER`] ?? '').split(',').some((name) => name.trim() === 'none')) return false;
+  return Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env[`OTEL_EXPORTER_OTLP_${signal}_ENDPOINT`]);
 }
 
 /** Starts the metrics SDK and makes it the global meter provider (so library instruments made after this record). */

@@ -29,6 +29,9 @@ const DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 
 const TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864];
 
 export const UNKNOWN = '(unknown)';
+export const OTHER = '(other)';
+/** Label sets kept per worker: with `agent_label`, agents past this many are counted as `(other)`. */
+export const MAX_SERIES = 10_000;
 export const NONE = '(none)';
 
 /** One provider call of a request (the router's attempt record). */
@@ -193,7 +196,9 @@ export class GatewayMetrics {
   #seriesOf(facts: RequestFacts): RequestSeries {
     const model = this.#model(facts.model);
     const provider = facts.provider ?? NONE;
-    const agent = this.#agentLabel ? (facts.agentId ?? NONE) : '';
+    // An agent id comes from the client (with the shared secret): past MAX_SERIES label sets, new agents are `(other)`.
+    let agent = this.#agentLabel ? (facts.agentId ?? NONE) : '';
+    if (this.#agentLabel && this.#series.size >= MAX_SERIES) agent = OTHER;
     const key = `${model}\u0000${provider}\u0000${facts.status}\u0000${facts.stream ? 1 : 0}\u0000${facts.errorCode ?? ''}\u0000${agent}`;
     let series = this.#series.get(key);
     if (series !== undefined) return series;

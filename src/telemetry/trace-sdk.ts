@@ -12,6 +12,7 @@
  *   (tests: an InMemorySpanExporter, each span as it ends).
  */
 import { propagation, trace, ProxyTracerProvider } from '@opentelemetry/api';
+import { otlpWanted } from './metrics-sdk.js';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
@@ -40,8 +41,7 @@ export interface ProcessTracing {
 
 /** OTLP trace export is on when an endpoint is named and `OTEL_TRACES_EXPORTER` does not say `none`. */
 export function otlpTracesWanted(env: NodeJS.ProcessEnv): boolean {
-  if ((env.OTEL_TRACES_EXPORTER ?? '').split(',').some((name) => name.trim() === 'none')) return false;
-  return Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT);
+  return otlpWanted(env, 'TRACES');
 }
 
 /**

@@ -349,6 +349,8 @@ export type LimitsOutcome =
   | 'refused'
   | 'failed_open'
   | 'store_error'
+  /** Another failure before the store was asked (e.g. the request's own estimate failed). */
+  | 'error'
   | 'settled'
   | 'cancelled'
   | 'not_stored';

@@ -11,6 +11,7 @@
  * instead, as on every other route.
  */
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { presentedSecret } from '../http/credentials.js';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { SecretCheck } from '../auth/index.js';
 
@@ -96,16 +97,6 @@ function cookieHeader(value: string, maxAgeSeconds: number, secure: boolean): st
 /** Behind HTTPS (directly, or a proxy saying so): the cookie is then sent over HTTPS only. */
 function isHttps(request: FastifyRequest): boolean {
   return request.protocol === 'https' || request.headers['x-forwarded-proto'] === 'https';
-}
-
-/** The secret as a script sends it: `X-Internal-Secret`, else `Authorization: Bearer <secret>`. */
-function presentedSecret(request: FastifyRequest): string | undefined {
-  const header = request.headers['x-internal-secret'];
-  if (typeof header === 'string') return header;
-  const authorization = request.headers.authorization;
-  return typeof authorization === 'string' && /^bearer\s+/i.test(authorization)
-    ? authorization.replace(/^bearer\s+/i, '')
-    : undefined;
 }
 
 export function cookieOf(request: FastifyRequest, name: string): string | undefined {

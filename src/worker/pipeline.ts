@@ -34,8 +34,8 @@ export interface PipelineDependencies {
   workerId: string;
   maxRequestBytes: number;
   heartbeatMs: number;
-  /** The worker's instruments (no-op without an OpenTelemetry SDK). */
-  metrics: GatewayMetrics;
+  /** The worker's instruments; undefined when nothing reads them (then a request records nothing). */
+  metrics: GatewayMetrics | undefined;
 }
 
 /** What the answering stages (one-reply.ts, stream-reply.ts) use. */
@@ -161,11 +161,11 @@ export class RequestPipeline {
     try {
       if (!record.stream) return await answerOnce(message, record, admitted, controller.signal, deps);
       deps.counters.streams++;
-      deps.metrics.streamOpened();
+      deps.metrics?.streamOpened();
       try {
         return await relayStream(message, record, admitted, controller, deps);
       } finally {
-        deps.metrics.streamClosed();
+        deps.metrics?.streamClosed();
       }
     } finally {
       this.#active.delete(active);
@@ -173,7 +173,6 @@ export class RequestPipeline {
   }
 }
 
-/** What runs once a request's reply is out, in order: the counters, the limits settle, the log line. */
 /** What the metrics take from a finished record. */
 function requestFacts(record: RequestRecord): RequestFacts {
   return {
@@ -199,11 +198,11 @@ function requestFacts(record: RequestRecord): RequestFacts {
   };
 }
 
+/** What runs once a request's reply is out, in order: the counters, the metrics, the limits settle, the log line. */
 function doneListeners(deps: PipelineDependencies): DoneListener[] {
-  const listeners: DoneListener[] = [
-    (record) => deps.counters.finished(record.code),
-    (record) => deps.metrics.recordRequest(requestFacts(record)),
-  ];
+  const listeners: DoneListener[] = [(record) => deps.counters.finished(record.code)];
+  const metrics = deps.metrics;
+  if (metrics !== undefined) listeners.push((record) => metrics.recordRequest(requestFacts(record)));
   const afterRoute = deps.hooks.afterRoute;
   if (afterRoute !== undefined) {
     listeners.push(async (record) => {

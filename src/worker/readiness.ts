@@ -8,9 +8,10 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import type { Router } from '../router/index.js';
 import type { Readiness, ReadinessCheck } from '../telemetry/process-server.js';
 import type { UsagePublisher } from '../usage/publisher.js';
+import { DEFAULT_MAX_PENDING } from '../health/defaults.js';
 
 /** Usage events held (not yet stored) past which the worker says it is not ready: it keeps serving, but ops should look. */
-export const READY_MAX_PENDING_EVENTS = 1_000;
+export const READY_MAX_PENDING_EVENTS = DEFAULT_MAX_PENDING;
 const STREAM_CHECK_TIMEOUT_MS = 2_000;
 
 export interface ReadinessParts {

@@ -59,10 +59,10 @@ export async function relayStream(
           event.logprobs === undefined
         )
           continue;
-        if (record.ttftMs === null) record.ttftMs = performance.now() - record.started;
         const index = event.index ?? 0;
         // A provider's index past what was asked for is not trusted to grow the reply without bound.
         if (index >= (request.n ?? 1)) continue;
+        if (record.ttftMs === null) record.ttftMs = performance.now() - record.started;
         while (choices.length <= index) choices.push(new StreamedChoice());
         choices[index]!.add(event);
         writer.chunk({

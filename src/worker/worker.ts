@@ -71,8 +71,8 @@ export interface WorkerOptions {
   providers?: ProviderSet;
   /** Default: `createRouter({config, providers})`. */
   router?: Router;
-  /** Where the worker's metrics go; default the global one (OTel's no-op unless an SDK is registered). */
-  meterProvider?: MeterProvider;
+  /** Where the worker's metrics go (an OpenTelemetry SDK's meter provider); none: no metrics are recorded. */
+  meterProvider?: MeterProvider | undefined;
 }
 
 export interface Worker {
@@ -181,12 +181,16 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const workerId = service.info().id;
   const workerLogger = logger.child({ worker_id: workerId });
 
-  const metrics = new GatewayMetrics({
-    models: config.models,
-    agentLabel: config.telemetry.agent_label,
-    meterProvider: options.meterProvider,
-  });
-  const unobserve = metrics.observe({
+  // Metrics only for a meter provider given (the CLI's, when something reads them): none, nothing recorded.
+  const metrics =
+    options.meterProvider === undefined
+      ? undefined
+      : new GatewayMetrics({
+          models: config.models,
+          agentLabel: config.telemetry.agent_label,
+          meterProvider: options.meterProvider,
+        });
+  const unobserve = metrics?.observe({
     inFlight: () => counters.inFlight,
     usageEvents: () => publisher.counters,
     // Every scope kind and dimension from the start (at 0), so that the first refusal is an increase too.
@@ -264,7 +268,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     },
     reconnected: () => {
       natsConnected = true;
-      metrics.reconnected();
+      metrics?.reconnected();
     },
   });
 
@@ -283,7 +287,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   );
 
   const closers: Array<{ name: string; close: () => Promise<void> }> = [
-    { name: 'the metrics', close: async () => unobserve() },
+    { name: 'the metrics', close: async () => unobserve?.() },
   ];
   if (limiter !== undefined) closers.push({ name: 'the limiter', close: () => limiter.close() });
   if (directory !== undefined) closers.push({ name: 'the key directory', close: () => directory.close() });

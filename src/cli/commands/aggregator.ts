@@ -4,6 +4,7 @@
  * `llm-usage` queue group. Run as many as you like; each has the full picture.
  */
 import { hostname } from 'node:os';
+import type { NatsConnection } from '@nats-io/nats-core';
 import type { Command } from '../command.js';
 import { parseCommandLine, UsageError } from '../command.js';
 import { connectToNats } from '../../bus/connect.js';
@@ -76,15 +77,30 @@ export async function startUsageAggregator(
           port,
           logger,
         });
-  const connection = await connectToNats({ servers, nats: config.nats, name: `llm-proxy-aggregator@${hostname()}` });
-  const aggregator = await UsageAggregator.start({
-    connection,
-    subjectPrefix: config.nats.subject_prefix,
-    usageStream: config.nats.usage_stream,
-    aggregator: config.aggregator,
-    logger,
-    secret,
-  });
+  let connection: NatsConnection;
+  let aggregator: UsageAggregator;
+  try {
+    connection = await connectToNats({ servers, nats: config.nats, name: `llm-proxy-aggregator@${hostname()}` });
+    aggregator = await UsageAggregator.start({
+      connection,
+      subjectPrefix: config.nats.subject_prefix,
+      usageStream: config.nats.usage_stream,
+      aggregator: config.aggregator,
+      logger,
+      secret,
+    });
+  } catch (error) {
+    await telemetry?.stop();
+    throw error;
+  }
+  // Between a disconnect and the reconnect the aggregator is not ready (isClosed() says false all along).
+  let natsConnected = true;
+  void (async () => {
+    for await (const status of connection.status()) {
+      if (status.type === 'disconnect') natsConnected = false;
+      else if (status.type === 'reconnect') natsConnected = true;
+    }
+  })().catch(() => undefined);
   const unobserve = observeAggregator(
     {
       lag: () => aggregator.lag().catch(() => undefined),
@@ -93,7 +109,7 @@ export async function startUsageAggregator(
     telemetry?.meterProvider,
   );
   await telemetry?.serve(async () => {
-    const connected = !connection.isClosed();
+    const connected = !connection.isClosed() && natsConnected;
     const lag = connected ? await aggregator.lag().catch(() => undefined) : undefined;
     const checks = [
       { name: 'nats', ok: connected, detail: connected ? `connected to ${connection.getServer()}` : 'not connected' },

@@ -69,7 +69,13 @@ export async function runWorkerUntilSignal(
     port,
     logger,
   });
-  const worker = await startWorker({ config, servers, logger, meterProvider: telemetry.meterProvider });
+  let worker: Awaited<ReturnType<typeof startWorker>>;
+  try {
+    worker = await startWorker({ config, servers, logger, meterProvider: telemetry.meterProvider });
+  } catch (error) {
+    await telemetry.stop();
+    throw error;
+  }
   await telemetry.serve(() => worker.ready());
   let signalled = false;
   const onSignal = (signal: NodeJS.Signals) => {

@@ -52,10 +52,14 @@ function convertOpenAIChoice(choice: OpenAIChoice): ProviderChoice {
 
 /** A completion: the first choice's fields, and every choice (by `index`) when there are several (`n` > 1). */
 export function convertOpenAICompletion(completion: OpenAICompletion, requestedModel: string): ProviderResponse {
-  const choices = completion.choices
-    .map((choice, position) => ({ choice, index: choice.index ?? position }))
-    .sort((left, right) => left.index - right.index)
-    .map(({ choice }) => convertOpenAIChoice(choice));
+  // One choice (n = 1, the usual answer) is converted as it is; several are put in order by `index`.
+  const choices =
+    completion.choices.length === 1
+      ? [convertOpenAIChoice(completion.choices[0]!)]
+      : completion.choices
+          .map((choice, position) => ({ choice, index: choice.index ?? position }))
+          .sort((left, right) => left.index - right.index)
+          .map(({ choice }) => convertOpenAIChoice(choice));
   // The schema guarantees at least one choice.
   const response: ProviderResponse = { ...choices[0]!, modelResolved: completion.model ?? requestedModel };
   if (choices.length > 1) response.choices = choices;
