@@ -10,6 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { createClient, type ChatReply, type LlmProxyClient } from '../src/client/index.js';
+import { newKey, newKeyId } from '../src/auth/index.js';
 import { connectToNats } from '../src/bus/connect.js';
 import { httpSchema } from '../src/config/http-schema.js';
 import { startFrontDoor } from '../src/http/front-door.js';
@@ -249,6 +250,7 @@ test("the front door's /metrics: behind the secret, HTTP durations by route (nev
     connecting: connectToNats({ servers: nats.url }),
     subjectPrefix: 'llm',
     secret: 'front-door-secret',
+    keys: true,
     logger: createLogger({ level: 'silent' }),
     host: '127.0.0.1',
     port: 0,
@@ -256,6 +258,9 @@ test("the front door's /metrics: behind the secret, HTTP durations by route (nev
   });
   try {
     assert.equal((await fetch(`${door.url}/metrics`)).status, 401);
+    // A per-agent key goes on to workers, which check it; /metrics never reaches one, so a key opens nothing.
+    const madeUp = newKey(newKeyId());
+    assert.equal((await fetch(`${door.url}/metrics`, { headers: { authorization: `Bearer ${madeUp}` } })).status, 401);
     await fetch(`${door.url}/v1/models/${randomUUID()}`, { headers: { 'x-internal-secret': 'front-door-secret' } });
     const scrape = await fetch(`${door.url}/metrics`, { headers: { authorization: 'Bearer front-door-secret' } });
     assert.equal(scrape.status, 200);
