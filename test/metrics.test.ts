@@ -105,6 +105,11 @@ test('the scrape counts what was sent: requests, statuses, attempts, tokens, tim
   );
   assert.ok(!text.includes(invented), "a client's model name is never a label");
   assert.equal(sample(text, 'gen_ai_server_request_duration_count', model), 4);
+  assert.equal(
+    sample(text, 'gen_ai_server_request_duration_count', { ...model, gen_ai_response_model: 'gpt-4o-mini' }),
+    4,
+    'per deployment too',
+  );
   assert.equal(sample(text, 'gen_ai_server_time_to_first_token_count', model), 1);
   const deployment = { ...model, gen_ai_response_model: 'gpt-4o-mini' };
   assert.equal(

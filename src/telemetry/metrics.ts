@@ -199,13 +199,17 @@ export class GatewayMetrics {
     // An agent id comes from the client (with the shared secret): past MAX_SERIES label sets, new agents are `(other)`.
     let agent = this.#agentLabel ? (facts.agentId ?? NONE) : '';
     if (this.#agentLabel && this.#series.size >= MAX_SERIES) agent = OTHER;
-    const key = `${model}\u0000${provider}\u0000${facts.status}\u0000${facts.stream ? 1 : 0}\u0000${facts.errorCode ?? ''}\u0000${agent}`;
+    // The deployment that answered (the last attempt's, as configured), so that durations are per deployment too.
+    const last = facts.attempts[facts.attempts.length - 1];
+    const deployment = last === undefined ? NONE : this.#deployment(last);
+    const key = `${model}\u0000${provider}\u0000${deployment}\u0000${facts.status}\u0000${facts.stream ? 1 : 0}\u0000${facts.errorCode ?? ''}\u0000${agent}`;
     let series = this.#series.get(key);
     if (series !== undefined) return series;
     const base: Attributes = {
       'gen_ai.operation.name': 'chat',
       'gen_ai.request.model': model,
       'gen_ai.provider.name': provider,
+      'gen_ai.response.model': deployment,
     };
     if (this.#agentLabel) base['llm_proxy.agent_id'] = agent;
     series = {
