@@ -26,6 +26,7 @@ import {
   type FakeOllama,
   type FakeOpenAI,
 } from './fakes/index.js';
+import { answerWith } from './helpers/answer.js';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { startInProcessWorker, testConfig, usageEventFor, type InProcessWorker } from './helpers/worker.js';
 
@@ -102,12 +103,7 @@ const ask = (model: string, extra: Partial<ChatRequest> = {}): ChatRequest => ({
   ...extra,
 });
 
-async function answer(request: ChatRequest, chunks: StreamChunk[] = []) {
-  if (request.stream !== true) return client.chat(request);
-  const stream = client.stream(request);
-  for await (const chunk of stream) chunks.push(chunk);
-  return stream.final;
-}
+const answer = (request: ChatRequest, chunks: StreamChunk[] = []) => answerWith(client, request, chunks);
 
 const lastBody = (fake: FakeOpenAI) => fake.chatRequests[fake.chatRequests.length - 1]?.body;
 

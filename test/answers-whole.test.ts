@@ -20,6 +20,7 @@ import type { StreamChunk } from '../src/contract/reply.js';
 import { startFrontDoor, type FrontDoor } from '../src/http/front-door.js';
 import { createLogger } from '../src/telemetry/logger.js';
 import { startFakeOllama, startFakeOpenAI, type FakeOllama, type FakeOpenAI } from './fakes/index.js';
+import { answerWith } from './helpers/answer.js';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { startInProcessWorker, testConfig, usageEventFor, type InProcessWorker } from './helpers/worker.js';
 
@@ -82,12 +83,7 @@ const ask = (model: string, stream = false): ChatRequest => ({
   ...(stream ? { stream: true } : {}),
 });
 
-async function answer(request: ChatRequest, chunks: StreamChunk[] = []) {
-  if (request.stream !== true) return client.chat(request);
-  const stream = client.stream(request);
-  for await (const chunk of stream) chunks.push(chunk);
-  return stream.final;
-}
+const answer = (request: ChatRequest, chunks: StreamChunk[] = []) => answerWith(client, request, chunks);
 
 const REFUSAL = "I'm very sorry, but I can't assist with that.";
 

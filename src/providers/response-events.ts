@@ -1,4 +1,5 @@
-import type { ProviderResponse, ProviderStreamEvent } from './types.js';
+import { parseJsonText, type StreamDecoder } from './transport/http.js';
+import type { ProviderResponse, ProviderSettings, ProviderStreamEvent } from './types.js';
 
 /**
  * A whole answer as stream events, every choice in turn, for a server that ignored `stream: true` and
@@ -30,4 +31,27 @@ export function responseAsEvents(response: ProviderResponse): ProviderStreamEven
   }
   if (response.usage !== undefined) events.push({ type: 'usage', usage: response.usage });
   return events;
+}
+
+/**
+ * A server that ignored `stream: true` and answered one JSON body: its events once the body is whole
+ * (`parse` is the adapter's own, for a JSON answer).
+ */
+export class WholeAnswerDecoder implements StreamDecoder<ProviderStreamEvent> {
+  #text = '';
+
+  constructor(
+    private readonly settings: ProviderSettings,
+    private readonly statusCode: number,
+    private readonly parse: (json: unknown) => ProviderResponse,
+  ) {}
+
+  push(text: string): void {
+    this.#text += text;
+  }
+
+  end(out: ProviderStreamEvent[]): void {
+    const json = parseJsonText(this.settings.name, this.#text, this.statusCode);
+    for (const event of responseAsEvents(this.parse(json))) out.push(event);
+  }
 }

@@ -4,6 +4,7 @@
  * connections, finishes the requests in flight and exits 0.
  */
 import { hostname } from 'node:os';
+import { closeOnSignal } from '../until-signal.js';
 import type { Command } from '../command.js';
 import { parseCommandLine, parsePortFlag } from '../command.js';
 import { secretFromEnv } from '../../auth/index.js';
@@ -102,21 +103,6 @@ export const command: Command = {
       },
       telemetry,
     );
-    return new Promise<number>((resolve) => {
-      let stopping = false;
-      const stop = () => {
-        if (stopping) process.exit(130);
-        stopping = true;
-        frontDoor
-          .close()
-          .then(() => telemetry.stop())
-          .then(
-            () => resolve(0),
-            () => resolve(1),
-          );
-      };
-      process.on('SIGTERM', stop);
-      process.on('SIGINT', stop);
-    });
+    return closeOnSignal(() => frontDoor.close().then(() => telemetry.stop()));
   },
 };

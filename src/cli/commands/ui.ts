@@ -4,6 +4,7 @@
  * limits store with the workers' config, which the front door's `/ui` does not.
  */
 import { hostname } from 'node:os';
+import { closeOnSignal } from '../until-signal.js';
 import type { NatsConnection } from '@nats-io/nats-core';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { Command } from '../command.js';
@@ -150,18 +151,6 @@ export const command: Command = {
       ...(port !== undefined ? { port } : {}),
     });
     process.stderr.write(`llm-proxy ui: the operations page is at ${server.url}/ui\n`);
-    return new Promise<number>((resolve) => {
-      let stopping = false;
-      const stop = () => {
-        if (stopping) process.exit(130);
-        stopping = true;
-        server.close().then(
-          () => resolve(0),
-          () => resolve(1),
-        );
-      };
-      process.on('SIGTERM', stop);
-      process.on('SIGINT', stop);
-    });
+    return closeOnSignal(() => server.close());
   },
 };

@@ -13,12 +13,12 @@ import {
 } from './response.js';
 import { anthropicMessageSchema } from './schema.js';
 import { errorFromAnthropicPayload, isAnthropicError } from './errors.js';
-import { parseJsonText, postForEvents, postForJson, type AuthHeaders, type StreamDecoder } from '../transport/http.js';
+import { postForEvents, postForJson, type AuthHeaders } from '../transport/http.js';
 import { malformedResponse, streamEndedEarly } from '../transport/provider-error.js';
 import type { SseEvent } from '../transport/sse.js';
 import { parseProviderPayload } from '../transport/parse-provider-payload.js';
 import { SseJsonDecoder } from '../transport/sse-json-decoder.js';
-import { responseAsEvents } from '../response-events.js';
+import { WholeAnswerDecoder } from '../response-events.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from '../types.js';
 
 /** The API version sent when the config names none (`api_version`); the current one since 2023. */
@@ -60,26 +60,6 @@ export class AnthropicSseDecoder extends SseJsonDecoder<ProviderStreamEvent> {
   }
 }
 
-/** A server that ignored `stream: true` and answered one JSON message: its events once the body is whole. */
-class WholeAnswerDecoder implements StreamDecoder<ProviderStreamEvent> {
-  #text = '';
-
-  constructor(
-    private readonly settings: ProviderSettings,
-    private readonly model: string,
-    private readonly statusCode: number,
-  ) {}
-
-  push(text: string): void {
-    this.#text += text;
-  }
-
-  end(out: ProviderStreamEvent[]): void {
-    const json = parseJsonText(this.settings.name, this.#text, this.statusCode);
-    for (const event of responseAsEvents(parseMessage(this.settings, json, this.model))) out.push(event);
-  }
-}
-
 export function createAnthropicProvider(settings: ProviderSettings): Provider {
   // One object for every call: the transport works headers out once per provider and path.
   const headers = { 'anthropic-version': settings.apiVersion ?? DEFAULT_ANTHROPIC_VERSION };
@@ -111,7 +91,7 @@ export function createAnthropicProvider(settings: ProviderSettings): Provider {
         },
         (responseHeaders, statusCode) =>
           String(responseHeaders['content-type'] ?? '').includes('application/json')
-            ? new WholeAnswerDecoder(settings, call.model, statusCode)
+            ? new WholeAnswerDecoder(settings, statusCode, (json) => parseMessage(settings, json, call.model))
             : new AnthropicSseDecoder(settings),
       );
     },

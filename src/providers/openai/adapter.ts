@@ -9,21 +9,14 @@ import {
   type OpenAIStreamState,
 } from './response.js';
 import { convertToOpenAIRequest } from './request.js';
-import {
-  bearerAuth,
-  parseJsonText,
-  postForEvents,
-  postForJson,
-  type AuthHeaders,
-  type StreamDecoder,
-} from '../transport/http.js';
+import { bearerAuth, postForEvents, postForJson, type AuthHeaders } from '../transport/http.js';
 import { openAIChunkSchema, openAICompletionSchema } from './schema.js';
 import { streamEndedEarly } from '../transport/provider-error.js';
 import type { SseEvent } from '../transport/sse.js';
 import { fastCheck } from '../../contract/fast-check.js';
 import { parseProviderPayload } from '../transport/parse-provider-payload.js';
 import { SseJsonDecoder } from '../transport/sse-json-decoder.js';
-import { responseAsEvents } from '../response-events.js';
+import { WholeAnswerDecoder } from '../response-events.js';
 import type { Provider, ProviderCall, ProviderResponse, ProviderSettings, ProviderStreamEvent } from '../types.js';
 
 /** Where an OpenAI-shaped API takes a model's chat completions, and how it wants the key. */
@@ -65,26 +58,6 @@ class SseDecoder extends SseJsonDecoder<ProviderStreamEvent> {
   }
 }
 
-/** A server that ignored `stream: true` and answered one JSON completion: its events once the body is whole. */
-class WholeAnswerDecoder implements StreamDecoder<ProviderStreamEvent> {
-  #text = '';
-
-  constructor(
-    private readonly settings: ProviderSettings,
-    private readonly model: string,
-    private readonly statusCode: number,
-  ) {}
-
-  push(text: string): void {
-    this.#text += text;
-  }
-
-  end(out: ProviderStreamEvent[]): void {
-    const json = parseJsonText(this.settings.name, this.#text, this.statusCode);
-    for (const event of responseAsEvents(parseCompletion(this.settings, json, this.model))) out.push(event);
-  }
-}
-
 function streamChat(
   settings: ProviderSettings,
   wire: OpenAIWire,
@@ -101,7 +74,7 @@ function streamChat(
     },
     (headers, statusCode) =>
       String(headers['content-type'] ?? '').includes('application/json')
-        ? new WholeAnswerDecoder(settings, call.model, statusCode)
+        ? new WholeAnswerDecoder(settings, statusCode, (json) => parseCompletion(settings, json, call.model))
         : new SseDecoder(settings),
   );
 }
