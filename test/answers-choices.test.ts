@@ -20,6 +20,7 @@ import type { StreamChunk } from '../src/contract/reply.js';
 import { startFrontDoor, type FrontDoor } from '../src/http/front-door.js';
 import { createLogger } from '../src/telemetry/logger.js';
 import {
+  fakeBehaviours,
   startFakeAzureOpenAI,
   startFakeOllama,
   startFakeOpenAI,
@@ -257,4 +258,14 @@ test("the front door: n > 1 and logprobs in OpenAI's shapes, JSON and streamed, 
   assert.deepEqual(texts, [`echo: ${QUESTION}`, `echo: ${QUESTION} #1`]);
   assert.deepEqual(finishes, ['stop', 'stop']);
   assert.ok(streamedTokens >= 8, 'each content delta brought its logprobs');
+});
+
+test('a server that ignores stream: true and answers one JSON completion is relayed as a stream all the same', async () => {
+  openai.enqueue(fakeBehaviours.huge('json', 4_000));
+  const chunks: StreamChunk[] = [];
+  const reply = await answer(ask('gpt-test', { stream: true }), chunks);
+  assert.match(reply.content ?? '', /^x{1000,}$/);
+  assert.equal(chunks.map((chunk) => chunk.delta).join(''), reply.content);
+  assert.equal(reply.finish_reason, 'stop');
+  assert.equal(reply.usage.completion_tokens, 10, "the provider's own count");
 });
