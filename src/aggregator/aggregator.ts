@@ -1,16 +1,6 @@
 import { hostname } from 'node:os';
-import {
-  AckPolicy,
-  DeliverPolicy,
-  JetStreamApiCodes,
-  JetStreamApiError,
-  jetstream,
-  jetstreamManager,
-  type ConsumerMessages,
-  type JetStreamManager,
-  type StreamInfo,
-} from '@nats-io/jetstream';
-import { nanos, type NatsConnection } from '@nats-io/nats-core';
+import type { StreamInfo } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/nats-core';
 import { Svcm, type Service, type ServiceMsg } from '@nats-io/services';
 import type { Logger } from 'pino';
 import type { AggregatorConfig } from '../config/aggregator-schema.js';
@@ -18,7 +8,7 @@ import type { UsageStreamConfig } from '../config/schema.js';
 import { ProxyError, toErrorReply } from '../contract/errors.js';
 import { HEADERS, QUEUE_GROUPS, subjectsFor } from '../contract/subjects.js';
 import { readHeaders, SecretCheck } from '../auth/index.js';
-import { ensureUsageStream } from '../usage/stream.js';
+import { UsageStreamConsumer, type UsageMessage } from '../usage/consumer.js';
 import { parseUsageQuery, runUsageQuery, type AggregatedReply } from './query.js';
 import { UsageRollups } from './rollups.js';
 import { SnapshotStore, type LoadedSnapshot, type SnapshotManifest } from './snapshot-store.js';
@@ -26,9 +16,6 @@ import { SnapshotStore, type LoadedSnapshot, type SnapshotManifest } from './sna
 /** Name under which aggregators register with the NATS micro-service framework (`nats micro ls`). */
 export const AGGREGATOR_SERVICE_NAME = 'llm-usage';
 export const AGGREGATOR_VERSION = '0.1.0';
-
-/** Beyond this many missing sequences, ask the stream where it starts before reading them one by one. */
-const GAP_READ_LIMIT = 1_000;
 
 type AggregatorLogger = Pick<Logger, 'info' | 'warn' | 'error'>;
 
@@ -89,11 +76,9 @@ export class UsageAggregator {
   lastSnapshot: SnapshotManifest | undefined;
 
   private rollups: UsageRollups;
-  private manager: JetStreamManager | undefined;
+  private consumer: UsageStreamConsumer | undefined;
   private stream: StreamInfo | undefined;
   private store: SnapshotStore | undefined;
-  private messages: ConsumerMessages | undefined;
-  private consuming: Promise<void> = Promise.resolve();
   private service: Service | undefined;
   private snapshotTimer: NodeJS.Timeout | undefined;
   private saving: Promise<unknown> = Promise.resolve();
@@ -119,9 +104,21 @@ export class UsageAggregator {
 
   private async begin(): Promise<void> {
     const { connection, usageStream, aggregator } = this.options;
-    const manager = await jetstreamManager(connection);
-    this.manager = manager;
-    this.stream = await ensureUsageStream(manager, usageStream, this.options.subjectPrefix, this.logger);
+    const consumer = await UsageStreamConsumer.open({
+      connection,
+      subjectPrefix: this.options.subjectPrefix,
+      usageStream,
+      durableName: this.durableName,
+      description: `llm-proxy usage aggregator ${this.instanceId}`,
+      logger: this.logger,
+      order: 'ordered',
+      maxBatch: 512,
+      ackWaitMs: 60_000,
+      maxAckPending: 4_096,
+      inactiveThresholdMs: aggregator.consumer_inactive_threshold,
+    });
+    this.consumer = consumer;
+    this.stream = consumer.stream;
     this.store = await SnapshotStore.open(connection, aggregator.snapshot_bucket, {
       replicas: usageStream.replicas,
       ...(this.options.snapshotChunkBytes === undefined ? {} : { chunkBytes: this.options.snapshotChunkBytes }),
@@ -131,14 +128,10 @@ export class UsageAggregator {
     const startSeq = this.restore(loaded, this.stream);
     // What lies before the start (expired, or in the snapshot) is settled: the next message expected is startSeq.
     this.rollups.appliedSeq = Math.max(this.rollups.appliedSeq, startSeq - 1);
-    await this.positionDurable(manager, startSeq);
-
-    const consumer = await jetstream(connection).consumers.get(usageStream.name, this.durableName);
-    // Short pull expiry: a replaced or recreated durable is noticed within seconds.
-    const messages = await consumer.consume({ max_messages: 512, expires: 5_000 });
-    this.messages = messages;
-    this.consuming = this.consume(messages);
-    void this.watchStatus(messages);
+    // The snapshot's sequence is the truth (the server's ack floor may be ahead of it after a crash).
+    await consumer.start({ afterSeq: startSeq - 1 }, (batch) => {
+      for (const message of batch) this.applyLogged(message);
+    });
 
     this.snapshotTimer = setInterval(
       () => void this.snapshot().catch((error: unknown) => this.logger.warn({ err: error }, 'snapshot failed')),
@@ -221,102 +214,13 @@ export class UsageAggregator {
     return startSeq;
   }
 
-  private async positionDurable(manager: JetStreamManager, startSeq: number): Promise<void> {
-    const { usageStream, aggregator, subjectPrefix } = this.options;
-    try {
-      await manager.consumers.delete(usageStream.name, this.durableName);
-    } catch (error) {
-      if (!(error instanceof JetStreamApiError && error.code === JetStreamApiCodes.ConsumerNotFound)) throw error;
-    }
-    await manager.consumers.add(usageStream.name, {
-      durable_name: this.durableName,
-      description: `llm-proxy usage aggregator ${this.instanceId}`,
-      ack_policy: AckPolicy.Explicit,
-      deliver_policy: DeliverPolicy.StartSequence,
-      opt_start_seq: startSeq,
-      filter_subject: subjectsFor(subjectPrefix).usageAll,
-      ack_wait: nanos(60_000),
-      max_ack_pending: 4_096,
-      inactive_threshold: nanos(aggregator.consumer_inactive_threshold),
-    });
-  }
-
-  private async consume(messages: ConsumerMessages): Promise<void> {
-    try {
-      for await (const message of messages) {
-        if (message.seq > this.rollups.appliedSeq + 1) {
-          try {
-            await this.fillGap(message.seq);
-          } catch (error) {
-            // Not applied, not acknowledged: it comes back, and the gap is tried again before it.
-            this.logger.warn(
-              { err: error, seq: message.seq },
-              'could not read the messages before this one; retrying later',
-            );
-            message.nak(1_000);
-            continue;
-          }
-        }
-        this.applyLogged(message.seq, message.subject, message.data, Number(message.timestampNanos / 1_000_000n));
-        // Acknowledged only once applied; a crash before this point replays it from the snapshot.
-        message.ack();
-      }
-    } catch (error) {
-      if (!this.stopped) this.logger.error({ err: error }, 'consuming the usage stream stopped');
-    }
-  }
-
-  private applyLogged(seq: number, subject: string, data: Uint8Array, storedAtMs: number): void {
-    const result = this.rollups.apply({ seq, data, storedAtMs });
+  private applyLogged(message: UsageMessage): void {
+    const result = this.rollups.apply(message);
     if (result.outcome === 'invalid')
-      this.logger.warn({ seq, subject, problem: result.problem }, 'skipped a message that is not a usage event');
-  }
-
-  /**
-   * The rollups must see the stream in order, without holes: a message
-   * delivered while the connection was down is lost in flight and only
-   * redelivered after ack_wait, when later ones have been applied. So a
-   * message that arrives ahead of the next expected sequence first makes us
-   * read the missing ones directly from the stream (those deleted or expired
-   * are skipped). Their late redeliveries are then recognised as applied.
-   */
-  private async fillGap(nextSeq: number): Promise<void> {
-    const manager = this.manager;
-    const stream = this.options.usageStream.name;
-    if (manager === undefined) throw new Error('aggregator not started');
-    let seq = this.rollups.appliedSeq + 1;
-    if (nextSeq - seq > GAP_READ_LIMIT) {
-      // A long gap is usually retention at work: start at the first message the stream still has.
-      seq = Math.max(seq, (await manager.streams.info(stream)).state.first_seq);
-    }
-    const usagePrefix = `${this.options.subjectPrefix}.usage.`;
-    let recovered = 0;
-    for (; seq < nextSeq; seq += 1) {
-      const stored = await manager.streams.getMessage(stream, { seq });
-      if (stored === null || !stored.subject.startsWith(usagePrefix)) continue;
-      this.applyLogged(stored.seq, stored.subject, stored.data, stored.time.getTime());
-      recovered += 1;
-    }
-    if (recovered > 0)
       this.logger.warn(
-        { recovered, before_seq: nextSeq },
-        'read messages missing from the delivery directly from the stream',
+        { seq: message.seq, subject: message.subject, problem: result.problem },
+        'skipped a message that is not a usage event',
       );
-  }
-
-  private async watchStatus(messages: ConsumerMessages): Promise<void> {
-    try {
-      for await (const status of messages.status()) {
-        if (status.type === 'consumer_deleted' || status.type === 'consumer_not_found') {
-          this.logger.error(
-            { durable: this.durableName, status: status.type },
-            'the durable consumer is gone (another aggregator with the same instance id?)',
-          );
-        }
-      }
-    } catch {
-      // The iterator ends with the consumer.
-    }
   }
 
   private async startService(connection: NatsConnection): Promise<Service> {
@@ -388,8 +292,8 @@ export class UsageAggregator {
 
   /** Messages in the usage stream not applied yet: its last sequence now minus the applied one. */
   async lag(): Promise<number> {
-    const info = await this.manager!.streams.info(this.options.usageStream.name);
-    return Math.max(0, info.state.last_seq - this.rollups.appliedSeq);
+    if (this.consumer === undefined) throw new Error('aggregator not started');
+    return Math.max(0, (await this.consumer.streamLastSeq()) - this.rollups.appliedSeq);
   }
 
   /** Events counted, skipped as duplicates, refused as invalid, since this aggregator's state began. */
@@ -443,6 +347,7 @@ export class UsageAggregator {
 
   private halt(): void {
     this.stopped = true;
+    this.consumer?.halt();
     if (this.snapshotTimer !== undefined) clearInterval(this.snapshotTimer);
     this.snapshotTimer = undefined;
   }
@@ -452,8 +357,7 @@ export class UsageAggregator {
     if (this.stopped) return;
     this.halt();
     await this.service?.stop().catch(() => undefined);
-    await this.messages?.close().catch(() => undefined);
-    await this.consuming;
+    await this.consumer?.stop();
     await this.snapshot();
   }
 }
