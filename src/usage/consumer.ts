@@ -265,7 +265,12 @@ export class UsageStreamConsumer {
     for (; seq < beforeSeq; seq += 1) {
       const stored = await this.manager.streams.getMessage(name, { seq });
       if (stored === null || !stored.subject.startsWith(usagePrefix)) continue;
-      recovered.push({ seq: stored.seq, subject: stored.subject, data: stored.data, storedAtMs: stored.time.getTime() });
+      recovered.push({
+        seq: stored.seq,
+        subject: stored.subject,
+        data: stored.data,
+        storedAtMs: stored.time.getTime(),
+      });
     }
     if (recovered.length > 0)
       this.options.logger.warn(
