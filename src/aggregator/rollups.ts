@@ -1,5 +1,7 @@
 import { z } from 'zod';
 import { usageEventKey, usageEventSchema, type UsageEvent } from '../contract/usage-event.js';
+import { usageEventTime } from '../usage/event-time.js';
+import { msToMicros, usdToNano } from '../usage/units.js';
 import { HOUR_MS, hourOf } from './time-buckets.js';
 
 /**
@@ -50,13 +52,7 @@ export function counter(cell: Cell, name: CounterName): number {
   return cell.counts[INDEX[name]] ?? 0;
 }
 
-export function usdToNano(costUsd: number): number {
-  return Math.round(costUsd * 1e9);
-}
-
-export function msToMicros(latencyMs: number): number {
-  return Math.round(latencyMs * 1000);
-}
+export { msToMicros, usdToNano };
 
 export type ApplyOutcome = 'counted' | 'duplicate' | 'invalid' | 'already-applied';
 
@@ -136,9 +132,7 @@ export class UsageRollups {
       this.seen.set(streamHour, ids);
     }
     ids.add(key);
-    const eventTime = Date.parse(event.ts);
-    // A worker with a broken clock still gets its requests counted, at the time the server stored them.
-    this.add(hourOf(Number.isNaN(eventTime) ? message.storedAtMs : eventTime), event);
+    this.add(hourOf(usageEventTime(event.ts, message.storedAtMs)), event);
     this.stats.events += 1;
     return { outcome: 'counted', event };
   }

@@ -12,6 +12,7 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   tail: () => import('./commands/tail.js'),
   'check-config': () => import('./commands/check-config.js'),
   aggregator: () => import('./commands/aggregator.js'),
+  sink: () => import('./commands/sink.js'),
   usage: () => import('./commands/usage.js'),
   limits: () => import('./commands/limits.js'),
   http: () => import('./commands/http.js'),

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { parseDuration, parseSize } from './duration.js';
 import { aggregatorSchema } from './aggregator-schema.js';
+import { usageSinkSchema } from './usage-sink-schema.js';
 import { authSchema } from './auth-schema.js';
 import { httpSchema } from './http-schema.js';
 import { limitsSchema } from './limits-schema.js';
@@ -290,6 +291,7 @@ export const configSchema = z
     cache: cacheSchema.prefault({}),
     telemetry: telemetrySchema.prefault({}),
     aggregator: aggregatorSchema.prefault({}),
+    usage_sink: usageSinkSchema.prefault({}),
     http: httpSchema.prefault({}),
     auth: authSchema.prefault({}),
     limits: limitsSchema.prefault({}),
@@ -338,3 +340,5 @@ export type NatsConfig = z.infer<typeof natsSchema>;
 export type UsageStreamConfig = z.infer<typeof usageStreamSchema>;
 export type { LimitsConfig, LimitSetConfig, LimitBackend, LimitStorePolicy } from './limits-schema.js';
 export type { HttpConfig } from './http-schema.js';
+export type { PostgresSinkConfig, UsageSinkConfig } from './usage-sink-schema.js';
+export { POSTGRES_URL_ENV } from './usage-sink-schema.js';

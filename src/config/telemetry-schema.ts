@@ -15,6 +15,8 @@ export const telemetrySchema = z
     worker_port: port.nullable().default(9464),
     /** The aggregator's metrics port. */
     aggregator_port: port.nullable().default(9465),
+    /** The usage sink's metrics port (`llm-proxy sink postgres`). */
+    sink_port: port.nullable().default(9466),
     /** Label request, token and cost metrics with the agent id: one series per agent, so off unless asked for. */
     agent_label: z.boolean().default(false),
   })
