@@ -108,25 +108,32 @@ class Accumulator {
   }
 
   totals(): AggregatedTotals {
-    const get = (name: CounterName) => this.counts.get(name) ?? 0;
-    const requests = get('requests');
-    return {
-      total_requests: requests,
-      total_tokens: get('total_tokens'),
-      avg_latency_ms: averageLatencyMs(get('latency_us'), requests),
-      success_rate: requests === 0 ? 0 : get('ok') / requests,
-      prompt_tokens: get('prompt_tokens'),
-      completion_tokens: get('completion_tokens'),
-      cached_prompt_tokens: get('cached_prompt_tokens'),
-      cost_usd: nanoToUsd(this.costNano),
-      ok: get('ok'),
-      errors: get('error'),
-      rejected: get('rejected'),
-      cancelled: get('cancelled'),
-      cached: get('cached'),
-      tokens_estimated: get('tokens_estimated'),
-    };
+    return totalsOf((name) => this.counts.get(name) ?? 0, this.costNano);
   }
+}
+
+/**
+ * The reply's totals from summed counters (`get` by the rollups' counter names; cost in nano-dollars):
+ * the one place a reply's numbers are formed, for the aggregator and the PostgreSQL log alike.
+ */
+export function totalsOf(get: (name: CounterName) => number, costNano: bigint): AggregatedTotals {
+  const requests = get('requests');
+  return {
+    total_requests: requests,
+    total_tokens: get('total_tokens'),
+    avg_latency_ms: averageLatencyMs(get('latency_us'), requests),
+    success_rate: requests === 0 ? 0 : get('ok') / requests,
+    prompt_tokens: get('prompt_tokens'),
+    completion_tokens: get('completion_tokens'),
+    cached_prompt_tokens: get('cached_prompt_tokens'),
+    cost_usd: nanoToUsd(costNano),
+    ok: get('ok'),
+    errors: get('error'),
+    rejected: get('rejected'),
+    cancelled: get('cancelled'),
+    cached: get('cached'),
+    tokens_estimated: get('tokens_estimated'),
+  };
 }
 
 /** Mean latency in ms, to the microsecond. */
@@ -149,7 +156,8 @@ function matches(cell: Cell, query: ParsedUsageQuery): boolean {
   );
 }
 
-function groupValue(key: UsageGroupKey, hour: number, cell: Cell): string {
+/** The value of group key `key` for a cell of hour `hour` ({@link NONE_LABEL} for a missing field). */
+export function groupValue(key: UsageGroupKey, hour: number, cell: Pick<Cell, 'dimensions'>): string {
   switch (key) {
     case 'agent':
       return cell.dimensions.agent ?? NONE_LABEL;
@@ -192,8 +200,7 @@ export function runUsageQuery(rollups: UsageRollups, query: ParsedUsageQuery): A
   const sorted = [...groups.values()].sort((left, right) => compareValues(left.values, right.values));
   return {
     ...total.totals(),
-    since: query.sinceHour === undefined ? null : new Date(query.sinceHour * HOUR_MS).toISOString(),
-    until: query.untilHour === undefined ? null : new Date(query.untilHour * HOUR_MS).toISOString(),
+    ...replyRange(query),
     groups: sorted.map(({ values, accumulator }) => ({
       key: Object.fromEntries(query.groupBy.map((key, index) => [key, values[index] as string])),
       ...accumulator.totals(),
@@ -201,7 +208,19 @@ export function runUsageQuery(rollups: UsageRollups, query: ParsedUsageQuery): A
   };
 }
 
-function compareValues(left: string[], right: string[]): number {
+/** The range a reply covers, as the query's whole hours (null: open). */
+export function replyRange(query: Pick<ParsedUsageQuery, 'sinceHour' | 'untilHour'>): {
+  since: string | null;
+  until: string | null;
+} {
+  return {
+    since: query.sinceHour === undefined ? null : new Date(query.sinceHour * HOUR_MS).toISOString(),
+    until: query.untilHour === undefined ? null : new Date(query.untilHour * HOUR_MS).toISOString(),
+  };
+}
+
+/** The order of groups: by their key values, in group_by order (plain string comparison). */
+export function compareValues(left: string[], right: string[]): number {
   for (let index = 0; index < left.length; index += 1) {
     const a = left[index] ?? '';
     const b = right[index] ?? '';

@@ -13,6 +13,7 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   'check-config': () => import('./commands/check-config.js'),
   aggregator: () => import('./commands/aggregator.js'),
   sink: () => import('./commands/sink.js'),
+  invoice: () => import('./commands/invoice.js'),
   usage: () => import('./commands/usage.js'),
   limits: () => import('./commands/limits.js'),
   http: () => import('./commands/http.js'),

@@ -162,7 +162,7 @@ export interface MigrationResult {
 }
 
 /**
- * Brings the schema (the client's `search_path`, created when missing) to {@link SCHEMA_VERSION}.
+ * Brings `schema` (created when missing) to {@link SCHEMA_VERSION}.
  * A database at a newer version than this code knows is refused: an older sink must not write into
  * tables whose meaning has moved on.
  */
@@ -172,6 +172,8 @@ export async function migrate(client: PoolClient, schema: string): Promise<Migra
   try {
     await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
     await client.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdentifier(schema)}`);
+    // The schema named, whatever the client's search_path: the tables never land in another one.
+    await client.query(`SET LOCAL search_path TO ${quoteIdentifier(schema)}`);
     await client.query(
       `CREATE TABLE IF NOT EXISTS llm_proxy_migrations (
          version    integer PRIMARY KEY,

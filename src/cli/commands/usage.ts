@@ -1,25 +1,39 @@
 /**
  * `llm-proxy usage`: asks the aggregators (`llm.proxy.usage`) for usage
- * statistics and prints them as a table, JSON or CSV (billing exports).
+ * statistics, or reads them from the PostgreSQL usage log (`--source postgres`),
+ * and prints them as a table, JSON or CSV (billing exports).
  */
 import { existsSync } from 'node:fs';
 import { RequestError, type NatsConnection } from '@nats-io/nats-core';
+import type pg from 'pg';
 import type { Command } from '../command.js';
 import { isPositiveInteger, parseCommandLine, parseNumberFlag, UsageError } from '../command.js';
 import { connectOnce, natsUrlFromEnv } from '../../bus/connect.js';
-import { configPathFromEnv, DEFAULT_CONFIG_PATH, loadConfigFile, type NatsConfig } from '../../config/index.js';
+import {
+  configPathFromEnv,
+  DEFAULT_CONFIG_PATH,
+  loadConfigFile,
+  type NatsConfig,
+  type ResolvedConfig,
+} from '../../config/index.js';
+import { redactUrl } from '../../config/redact-url.js';
+import { POSTGRES_URL_ENV } from '../../config/usage-sink-schema.js';
 import { DEFAULT_SUBJECT_PREFIX, HEADERS, subjectsFor } from '../../contract/subjects.js';
 import { USAGE_GROUP_KEYS, type UsageGroupKey, type UsageQuery } from '../../contract/usage-query.js';
-import type { ErrorReply } from '../../contract/errors.js';
-import type { AggregatedReply } from '../../aggregator/query.js';
+import { ProxyError, type ErrorReply } from '../../contract/errors.js';
+import { parseUsageQuery, type AggregatedReply, type ParsedUsageQuery } from '../../aggregator/query.js';
 import { KEY_ID_LENGTH, KEY_ID_PATTERN, KEY_PREFIX } from '../../auth/key-format.js';
 import { secretHeaders } from '../secret-headers.js';
 import { formatCsv, formatTable } from '../../aggregator/usage-report.js';
+import { openUsageLogPool, sqlState, type UsageLogConnection } from '../../sink/pg-pool.js';
+import { runUsageQueryPostgres } from '../../sink/usage-query.js';
 
-const help = `Usage: llm-proxy usage [filters] [--group-by KEYS] [--json | --csv]
+const help = `Usage: llm-proxy usage [filters] [--group-by KEYS] [--json | --csv] [--source nats|postgres]
 
-Usage statistics from the aggregators (llm.proxy.usage): requests, success
-rate, tokens, cost and latency, optionally split into groups.
+Usage statistics: requests, success rate, tokens, cost and latency, optionally
+split into groups. From the aggregators (llm.proxy.usage, the default), or from
+the PostgreSQL usage log that \`llm-proxy sink postgres\` keeps (--source postgres):
+the same flags, the same numbers, the same output.
 
 Filters:
   --agent ID          metadata.agent_id, e.g. agent:sofia
@@ -34,27 +48,52 @@ Output:
                       (key: the per-agent key id; "(none)" for requests without one)
   --json              the reply as JSON
   --csv               CSV, one row per group (the totals without --group-by); cost in USD to 9 decimals
+Source:
+  --source S          nats (default): ask the aggregators; postgres: read the usage log
+  --url URL           with --source postgres: postgres://user:password@host:5432/database
+                      (default: $${POSTGRES_URL_ENV}, else usage_sink.postgres.url in config.yaml)
+  --schema NAME       with --source postgres: schema of the tables
+                      (default: usage_sink.postgres.schema in config.yaml, else public)
 Connection:
-  --config PATH       config.yaml for the subject prefix and NATS credentials
+  --config PATH       config.yaml for the subject prefix and NATS credentials, or the usage log
                       (default: $LLM_PROXY_CONFIG, else ./config.yaml when present)
-  --timeout-ms N      give up after N ms (default 10000)
+  --timeout-ms N      nats: give up after N ms (default 10000)
 
 Environment: NATS_URL (default nats://127.0.0.1:4222), NATS credentials as for the worker,
-LLM_PROXY_SECRET (sent as X-Internal-Secret).
-Errors print "error <code> (<status>): <message>" and exit with code 1.
+LLM_PROXY_SECRET (sent as X-Internal-Secret); ${POSTGRES_URL_ENV} for --source postgres.
+Errors print "error <code> (<status>): <message>" (or "error <message>" when the NATS server or
+the database cannot be reached; URLs are printed without their password) and exit with code 1.
 
 Examples:
   llm-proxy usage --agent agent:sofia
   llm-proxy usage --microdao microdao:7 --since 7d --group-by model
   llm-proxy usage --since 2026-11-01 --until 2026-12-01 --group-by microdao,model --csv > november.csv
   llm-proxy usage --agent agent:sofia --since 30d --group-by key
+  ${POSTGRES_URL_ENV}=postgres://llmproxy@db:5432/llmproxy \\
+    llm-proxy usage --source postgres --since 2026-11-01 --until 2026-12-01 --group-by microdao,model --csv
+  llm-proxy usage --source postgres --url postgres://llmproxy@db:5432/llmproxy --schema usage --group-by day
 `;
+
+export const USAGE_SOURCES = ['nats', 'postgres'] as const;
+export type UsageSource = (typeof USAGE_SOURCES)[number];
+
+/** A schema name as the usage log takes it (lower-case PostgreSQL identifier). */
+const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 
 interface UsageArguments {
   query: UsageQuery;
   output: 'table' | 'json' | 'csv';
   configPath: string | undefined;
   timeoutMs: number;
+  source: UsageSource;
+  /** The usage log flags (--source postgres). */
+  usageLog: UsageLogFlags;
+}
+
+/** `--url` and `--schema`, as given. */
+export interface UsageLogFlags {
+  url?: string;
+  schema?: string;
 }
 
 export function parseUsageArguments(argv: string[], env: NodeJS.ProcessEnv = process.env): UsageArguments {
@@ -75,9 +114,18 @@ export function parseUsageArguments(argv: string[], env: NodeJS.ProcessEnv = pro
       csv: { type: 'boolean', default: false },
       config: { type: 'string' },
       'timeout-ms': { type: 'string' },
+      source: { type: 'string' },
+      url: { type: 'string' },
+      schema: { type: 'string' },
     },
   });
   if (values.json && values.csv) throw new UsageError('choose one of --json and --csv');
+  const source = values.source ?? 'nats';
+  if (!(USAGE_SOURCES as readonly string[]).includes(source))
+    throw new UsageError(`--source must be one of ${USAGE_SOURCES.join(', ')}, not "${source}"`);
+  if (source !== 'postgres' && (values.url !== undefined || values.schema !== undefined))
+    throw new UsageError('--url and --schema are for --source postgres');
+  const usageLog = parseUsageLogFlags(values.url, values.schema);
   const query: UsageQuery = {};
   if (values.agent !== undefined) query.agent_id = values.agent;
   if (values.microdao !== undefined) query.microdao_id = values.microdao;
@@ -102,7 +150,92 @@ export function parseUsageArguments(argv: string[], env: NodeJS.ProcessEnv = pro
   // A config file is optional here: only its subject prefix and credential settings are used.
   const configPath =
     values.config ?? (env.LLM_PROXY_CONFIG || (existsSync(DEFAULT_CONFIG_PATH) ? configPathFromEnv(env) : undefined));
-  return { query, output: values.json ? 'json' : values.csv ? 'csv' : 'table', configPath, timeoutMs };
+  return {
+    query,
+    output: values.json ? 'json' : values.csv ? 'csv' : 'table',
+    configPath,
+    timeoutMs,
+    source: source as UsageSource,
+    usageLog,
+  };
+}
+
+/** `--url` and `--schema` of the commands that read the usage log; a bad schema is a UsageError. */
+export function parseUsageLogFlags(url: string | undefined, schema: string | undefined): UsageLogFlags {
+  if (url !== undefined && url.trim() === '') throw new UsageError('--url must not be empty');
+  if (schema !== undefined && !SCHEMA_NAME.test(schema))
+    throw new UsageError(`--schema must be a lower-case PostgreSQL identifier (letters, digits, "_"), not "${schema}"`);
+  return { ...(url === undefined ? {} : { url }), ...(schema === undefined ? {} : { schema }) };
+}
+
+/**
+ * Where the usage log is: the URL from --url, else ${POSTGRES_URL_ENV}, else the config's
+ * usage_sink.postgres.url; the schema from --schema, else the config's, else public. Undefined when
+ * no URL is given anywhere.
+ */
+export function usageLogConnection(
+  flags: UsageLogFlags,
+  config: Pick<ResolvedConfig, 'usage_sink'> | undefined,
+  env: NodeJS.ProcessEnv = process.env,
+): UsageLogConnection | undefined {
+  const url = flags.url ?? (env[POSTGRES_URL_ENV] || undefined) ?? config?.usage_sink.postgres?.url;
+  if (url === undefined) return undefined;
+  return { url, schema: flags.schema ?? config?.usage_sink.postgres?.schema ?? 'public' };
+}
+
+export const NO_USAGE_LOG_MESSAGE = `error no usage log to read: give --url, set ${POSTGRES_URL_ENV}, or set usage_sink.postgres.url in config.yaml (--config)`;
+
+/** An error's text, with the URL's password (should a driver ever repeat it) masked. */
+function errorText(error: unknown, url: string): string {
+  let text: string;
+  if (error instanceof AggregateError && error.message === '')
+    // A host name that resolves to several addresses fails with one error per address and no message of its own.
+    text = error.errors.map((each) => (each instanceof Error ? each.message : String(each))).join('; ');
+  else if (error instanceof Error) text = error.message || ((error as { code?: string }).code ?? error.name);
+  else text = String(error);
+  text = text.replaceAll(url, redactUrl(url));
+  try {
+    const password = decodeURIComponent(new URL(url).password);
+    if (password.length >= 3) text = text.replaceAll(password, '***');
+  } catch {
+    // Not a URL the WHATWG parser reads: the pg driver has refused it, with a message that does not repeat it.
+  }
+  return text;
+}
+
+/**
+ * Opens the usage log, runs \`work\`, closes it. A failure is printed as \`error …\` naming the log by its
+ * redacted URL (never the password), and gives undefined: the command exits with code 1.
+ */
+export async function withUsageLog<T>(
+  connection: UsageLogConnection,
+  work: (pool: pg.Pool) => Promise<T>,
+  applicationName = 'llm-proxy-cli',
+): Promise<T | undefined> {
+  const where = redactUrl(connection.url);
+  let pool: pg.Pool;
+  try {
+    pool = openUsageLogPool({ ...connection, poolSize: 1, applicationName });
+  } catch (error) {
+    process.stderr.write(`error cannot open the usage log at ${where}: ${errorText(error, connection.url)}\n`);
+    return undefined;
+  }
+  try {
+    return await work(pool);
+  } catch (error) {
+    const state = sqlState(error);
+    const text = errorText(error, connection.url);
+    if (state === '42P01' || state === '3F000')
+      process.stderr.write(
+        `error the usage log at ${where} has no usage tables in schema "${connection.schema}" (has \`llm-proxy sink postgres\` run against it?): ${text}\n`,
+      );
+    else if (state === undefined || state.startsWith('08') || state.startsWith('28') || state === '3D000')
+      process.stderr.write(`error cannot connect to the usage log at ${where}: ${text}\n`);
+    else process.stderr.write(`error the usage log at ${where} failed the query: ${text}\n`);
+    return undefined;
+  } finally {
+    await pool.end().catch(() => undefined);
+  }
 }
 
 /**
@@ -128,8 +261,37 @@ function describeFilters(query: UsageQuery): string {
   return parts.join(', ');
 }
 
+function printReply(reply: AggregatedReply, parsed: UsageArguments): void {
+  if (parsed.output === 'json') process.stdout.write(`${JSON.stringify(reply, null, 2)}\n`);
+  else if (parsed.output === 'csv') process.stdout.write(formatCsv(reply));
+  else process.stdout.write(formatTable(reply, { filters: describeFilters(parsed.query) }));
+}
+
+/** --source postgres: the same query, checked as an aggregator checks it, answered from the usage log. */
+async function runFromPostgres(parsed: UsageArguments): Promise<number> {
+  const config = parsed.configPath === undefined ? undefined : loadConfigFile(parsed.configPath);
+  const connection = usageLogConnection(parsed.usageLog, config);
+  if (connection === undefined) {
+    process.stderr.write(`${NO_USAGE_LOG_MESSAGE}\n`);
+    return 1;
+  }
+  let query: ParsedUsageQuery;
+  try {
+    query = parseUsageQuery(parsed.query, Date.now());
+  } catch (error) {
+    if (!(error instanceof ProxyError)) throw error;
+    process.stderr.write(`error ${error.code} (${error.status}): ${error.message}\n`);
+    return 1;
+  }
+  const reply = await withUsageLog(connection, (pool) => runUsageQueryPostgres(pool, query), 'llm-proxy-usage');
+  if (reply === undefined) return 1;
+  printReply(reply, parsed);
+  return 0;
+}
+
 async function run(argv: string[]): Promise<number> {
   const parsed = parseUsageArguments(argv);
+  if (parsed.source === 'postgres') return runFromPostgres(parsed);
   let prefix = DEFAULT_SUBJECT_PREFIX;
   let nats: Partial<NatsConfig> = {};
   if (parsed.configPath !== undefined) {
@@ -160,10 +322,7 @@ async function run(argv: string[]): Promise<number> {
       );
       return 1;
     }
-    const reply = body as AggregatedReply;
-    if (parsed.output === 'json') process.stdout.write(`${JSON.stringify(reply, null, 2)}\n`);
-    else if (parsed.output === 'csv') process.stdout.write(formatCsv(reply));
-    else process.stdout.write(formatTable(reply, { filters: describeFilters(parsed.query) }));
+    printReply(body as AggregatedReply, parsed);
     return 0;
   } catch (error) {
     if (error instanceof RequestError && error.isNoResponders()) {
@@ -181,7 +340,7 @@ async function run(argv: string[]): Promise<number> {
 
 export const command: Command = {
   name: 'usage',
-  summary: 'usage statistics from the aggregators (table, JSON or CSV)',
+  summary: 'usage statistics from the aggregators or the PostgreSQL log (table, JSON or CSV)',
   help,
   run,
 };
