@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { connect } from '@nats-io/transport-node';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
+import { createTestDatabase } from './helpers/pg-database.js';
 import { freePort } from './helpers/ports.js';
 import { startFakeOpenAI, type FakeOpenAI } from './fakes/index.js';
 import { REPO_ROOT, startInProcessWorker, testConfig, TEST_API_KEY, type InProcessWorker } from './helpers/worker.js';
@@ -261,12 +262,16 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
     assert.match(result.stderr, /go install github\.com\/nats-io\/nats-server/);
   });
 
-  test('dev: without NATS it starts nats-server, an aggregator and a worker that answer; Ctrl-C stops them and exits 0', async () => {
+  test('dev: without NATS it starts nats-server, an aggregator, a usage sink and a worker that answer; Ctrl-C stops them and exits 0', async () => {
     const openai = await startFakeOpenAI();
+    const database = await createTestDatabase('llmp_dev');
     const port = await freePort();
     const url = `nats://127.0.0.1:${port}`;
     const configPath = join(dir, 'dev.yaml');
-    writeFileSync(configPath, stringify(testConfig({ openai: openai.baseUrl })));
+    writeFileSync(
+      configPath,
+      stringify({ ...testConfig({ openai: openai.baseUrl }), usage_sink: { postgres: { url: database.url } } }),
+    );
     const dev = startCli(['dev', '--config', configPath, '--store', join(dir, 'store')], {
       NATS_URL: url,
       FAKE_OPENAI_KEY: TEST_API_KEY,
@@ -292,11 +297,20 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
         if (totals.total_requests < 1) await new Promise((resolve) => setTimeout(resolve, 50));
       }
       assert.equal(totals.total_requests, 1);
+      // The sink started beside them writes its event into PostgreSQL.
+      await waitForOutput(dev.output, 'usage sink writing every usage event to PostgreSQL');
+      let rows: Array<{ model: string; status: string }> = [];
+      for (let tries = 0; tries < 200 && rows.length === 0; tries++) {
+        rows = (await database.pool.query('SELECT model, status FROM usage_events')).rows;
+        if (rows.length === 0) await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      assert.deepEqual(rows, [{ model: 'gpt-test', status: 'ok' }]);
       await client.close();
     } finally {
       dev.child.kill('SIGINT');
       const result = await dev.done;
       await openai.close();
+      await database.drop();
       assert.equal(result.code, 0, result.stderr);
     }
     assert.equal(await isNatsReachable(url, 500), false, 'the nats-server it started is gone');

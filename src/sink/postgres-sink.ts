@@ -18,6 +18,8 @@ export interface PostgresSinkOptions {
   sink: PostgresSinkConfig & { url: string };
   logger: UsageConsumerLogger;
   now?: () => number;
+  /** How long the start waits for the database (undefined: until it answers, as a service should). */
+  startWindowMs?: number;
 }
 
 export interface SinkStats {
@@ -84,14 +86,18 @@ export class PostgresUsageSink {
 
   private async begin(): Promise<void> {
     const { options } = this;
-    this.migration = await this.untilDatabaseAnswers('migrate', async () => {
-      const client = await this.pool.connect();
-      try {
-        return await migrate(client, options.sink.schema);
-      } finally {
-        client.release();
-      }
-    });
+    this.migration = await this.untilDatabaseAnswers(
+      'migrate',
+      async () => {
+        const client = await this.pool.connect();
+        try {
+          return await migrate(client, options.sink.schema);
+        } finally {
+          client.release();
+        }
+      },
+      options.startWindowMs,
+    );
     if (this.migration.applied.length > 0)
       options.logger.info(
         { applied: this.migration.applied, version: this.migration.version, schema: options.sink.schema },

@@ -83,7 +83,7 @@ const READY_MAX_LAG = 50_000;
 export async function startPostgresSink(
   config: ResolvedConfig,
   sinkConfig: PostgresSinkConfig & { url: string },
-  options: { servers?: string; port?: number | null } = {},
+  options: { servers?: string; port?: number | null; startWindowMs?: number } = {},
 ): Promise<RunningSink> {
   const logger = createLogger({ level: config.logging.level, base: { role: 'sink' } });
   const telemetry =
@@ -110,6 +110,7 @@ export async function startPostgresSink(
       usageStream: config.nats.usage_stream,
       sink: sinkConfig,
       logger,
+      ...(options.startWindowMs === undefined ? {} : { startWindowMs: options.startWindowMs }),
     });
   } catch (error) {
     await connection?.close().catch(() => undefined);
