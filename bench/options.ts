@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util';
 import { TARGETS, type Target } from './load-protocol.js';
 
-export const SECTIONS = ['closed', 'open', 'stream', 'memory', 'soak', 'http'] as const;
+export const SECTIONS = ['closed', 'open', 'stream', 'memory', 'soak', 'http', 'sink'] as const;
 export type Section = (typeof SECTIONS)[number];
 
 export const LAYOUTS = ['worker-alone', 'split', 'none'] as const;
@@ -40,6 +40,8 @@ export interface BenchOptions {
   from: string | undefined;
   /** A folder where `npm install @portkey-ai/gateway` ran, for the http section's Portkey column. */
   portkeyDir: string | undefined;
+  /** Usage events the sink section copies into PostgreSQL. */
+  sinkEvents: number;
   help: boolean;
 }
 
@@ -88,6 +90,9 @@ Options:
   --portkey-dir <dir>     a scratch folder where \`npm install @portkey-ai/gateway\` ran (default
                           $PORTKEY_DIR): the http section measures Portkey's gateway beside llm-proxy;
                           without it, Portkey is skipped and the report says so
+  --sink-events <n>       usage events the sink section copies into PostgreSQL (default 200000; quick
+                          20000); PostgreSQL from $LLM_PROXY_BENCH_POSTGRES_URL, else
+                          postgres://postgres@127.0.0.1:5432/postgres (skipped when none answers)
   --out <dir>             results directory (default bench-results)
   --from <results.json>   print the report of an earlier run (runs nothing)
   --help                  this text
@@ -157,6 +162,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
       out: { type: 'string' },
       from: { type: 'string' },
       'portkey-dir': { type: 'string' },
+      'sink-events': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -208,6 +214,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     outDir,
     from: values.from,
     portkeyDir: values['portkey-dir'] ?? process.env.PORTKEY_DIR,
+    sinkEvents: Math.round(parsePositive(values['sink-events'], 'sink-events', quick ? 20_000 : 200_000)),
     help: values.help === true,
   };
 }

@@ -5,6 +5,7 @@
  */
 import type { ProfileSummary } from './cpu-profile.js';
 import { type HttpSection, renderHttpSection } from './http-report.js';
+import { renderSinkSection, type SinkSection } from './sink-section.js';
 import type { LoadResult, Target } from './load-protocol.js';
 import { medianInterval, type LatencySummary, type MedianInterval } from './stats.js';
 import type { ProcessUsage } from './proc-stats.js';
@@ -58,6 +59,8 @@ export interface BenchResults {
   soak?: SoakRecord;
   /** The HTTP path: direct vs front door vs Portkey (http-section.ts). */
   http?: HttpSection;
+  /** The PostgreSQL usage log: events/s of the sink, query times (sink-section.ts). */
+  sink?: SinkSection;
   /** `files`: the `.cpuprofile` files the summary was made from (one per worker process, summed). */
   profile?: ProfileSummary & { files: string[] };
   /** The bare forwarder's profile over the same run, for comparison. */
@@ -525,6 +528,7 @@ export function renderMarkdown(results: BenchResults): string {
   }
 
   if (results.http !== undefined) parts.push(renderHttpSection(results.http));
+  if (results.sink !== undefined) parts.push(renderSinkSection(results.sink));
 
   const goalLines: string[] = [];
   if (goals.throughputRatio !== undefined) {

@@ -14,6 +14,7 @@ import { WORKER_V8_FLAGS } from '../src/cli/v8-tuning.js';
 import { subjectsFor } from '../src/contract/subjects.js';
 import { BENCH_MODELS, bareForwarderRoutes, benchRequestBody, buildWorkerConfig } from './bench-config.js';
 import { runHttpSection } from './http-section.js';
+import { runSinkSection } from './sink-section.js';
 import { mergeProfiles, summarizeProfile, type CpuProfile } from './cpu-profile.js';
 import type { FromLoadGenerator, LoadJob, LoadResult, Target, ToLoadGenerator } from './load-protocol.js';
 import { parseBenchOptions, HELP, type BenchOptions, type Layout } from './options.js';
@@ -637,6 +638,15 @@ async function main(): Promise<number> {
         durationMs: options.quick ? Math.max(options.durationMs, 2_000) : options.durationMs,
         warmupMs: options.warmupMs,
         portkeyDir: options.portkeyDir,
+        log,
+      });
+    if (options.sections.includes('sink') && workerAvailable())
+      results.sink = await runSinkSection({
+        cliMain,
+        natsUrl: fleet.nats.url,
+        events: options.sinkEvents,
+        logDir: join(options.outDir, 'logs'),
+        env: benchEnv(),
         log,
       });
   } catch (error) {

@@ -23,7 +23,8 @@ export function openUsageLogPool(connection: UsageLogConnection, logger?: Pick<L
     connectionString: connection.url,
     max: connection.poolSize ?? 4,
     application_name: connection.applicationName ?? 'llm-proxy',
-    options: `-c search_path=${connection.schema} -c TimeZone=UTC`,
+    // jit=off: measured on 3M hourly cells, JIT's compile time costs more than it saves on these short sums.
+    options: `-c search_path=${connection.schema} -c TimeZone=UTC -c jit=off`,
     connectionTimeoutMillis: 10_000,
     idleTimeoutMillis: 30_000,
   });
