@@ -15,6 +15,8 @@ export function redactUrl(text: string): string {
   } catch {
     return text.replace(/:\/\/[^/@\s]*@/, `://${MASK}@`);
   }
+  // `user:password@host` without a scheme parses as scheme "user:": no authority, so mask what precedes the @.
+  if (url.host === '' && text.includes('@')) return text.replace(/^[^@]*@/, `${MASK}@`);
   if (url.password !== '') url.password = MASK;
   // A user name alone is often a token (`https://<token>@host`).
   else if (url.username !== '') url.username = MASK;

@@ -22,13 +22,38 @@ const retention = z.union([z.number(), z.string()]).transform((value, context) =
   return parsed;
 });
 
+/**
+ * What is wrong with a usage log URL, or undefined when it is a PostgreSQL URL. The text is never
+ * repeated: a mistyped URL may hold a password in a place no redaction recognises.
+ */
+export function postgresUrlProblem(text: string): string | undefined {
+  const expected = 'a postgres:// or postgresql:// URL, e.g. postgres://user:password@host:5432/database';
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    return `must be ${expected}`;
+  }
+  if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') return `must be ${expected}`;
+  // A Unix socket is given as ?host=/run/postgresql with no host in the authority.
+  if (url.hostname === '' && !url.searchParams.has('host')) return `has no host: it must be ${expected}`;
+  return undefined;
+}
+
 export const postgresSinkSchema = z
   .object({
     /**
      * `postgres://user:password@host:5432/database`. Prefer leaving it out and setting
      * `LLM_PROXY_POSTGRES_URL` (it wins over this key), so that no password sits in the file.
      */
-    url: z.string().min(1).optional(),
+    url: z
+      .string()
+      .min(1)
+      .superRefine((value, context) => {
+        const problem = postgresUrlProblem(value);
+        if (problem !== undefined) context.addIssue({ code: z.ZodIssueCode.custom, message: problem });
+      })
+      .optional(),
     /** Schema of the tables (created when missing). */
     schema: z
       .string()

@@ -7,7 +7,12 @@ import type { Command } from '../command.js';
 import { parseCommandLine, UsageError } from '../command.js';
 import { connectToNats } from '../../bus/connect.js';
 import { configPathFromEnv, loadConfigFile, type ResolvedConfig } from '../../config/index.js';
-import { POSTGRES_URL_ENV, postgresSinkSchema, type PostgresSinkConfig } from '../../config/usage-sink-schema.js';
+import {
+  POSTGRES_URL_ENV,
+  postgresSinkSchema,
+  postgresUrlProblem,
+  type PostgresSinkConfig,
+} from '../../config/usage-sink-schema.js';
 import { createLogger, type Logger } from '../../telemetry/logger.js';
 import { PostgresUsageSink } from '../../sink/postgres-sink.js';
 import { observeSink } from '../../sink/sink-metrics.js';
@@ -66,6 +71,11 @@ export function resolvePostgresSink(
   const configured = config.usage_sink.postgres ?? postgresSinkSchema.parse({});
   const url = overrides.url || env[POSTGRES_URL_ENV] || configured.url;
   if (url === undefined || url === '') return undefined;
+  const problem = postgresUrlProblem(url);
+  if (problem !== undefined)
+    throw new UsageError(
+      `${overrides.url ? '--url' : env[POSTGRES_URL_ENV] ? POSTGRES_URL_ENV : 'usage_sink.postgres.url'} ${problem}`,
+    );
   let schema = configured.schema;
   if (overrides.schema !== undefined) {
     const parsed = postgresSinkSchema.shape.schema.safeParse(overrides.schema);

@@ -17,7 +17,7 @@ import {
   type ResolvedConfig,
 } from '../../config/index.js';
 import { redactUrl } from '../../config/redact-url.js';
-import { POSTGRES_URL_ENV } from '../../config/usage-sink-schema.js';
+import { POSTGRES_URL_ENV, postgresUrlProblem } from '../../config/usage-sink-schema.js';
 import { DEFAULT_SUBJECT_PREFIX, HEADERS, subjectsFor } from '../../contract/subjects.js';
 import { USAGE_GROUP_KEYS, type UsageGroupKey, type UsageQuery } from '../../contract/usage-query.js';
 import { ProxyError, type ErrorReply } from '../../contract/errors.js';
@@ -178,8 +178,11 @@ export function usageLogConnection(
   config: Pick<ResolvedConfig, 'usage_sink'> | undefined,
   env: NodeJS.ProcessEnv = process.env,
 ): UsageLogConnection | undefined {
+  const fromFlag = flags.url !== undefined;
   const url = flags.url ?? (env[POSTGRES_URL_ENV] || undefined) ?? config?.usage_sink.postgres?.url;
   if (url === undefined) return undefined;
+  const problem = postgresUrlProblem(url);
+  if (problem !== undefined) throw new UsageError(`${fromFlag ? '--url' : POSTGRES_URL_ENV} ${problem}`);
   return { url, schema: flags.schema ?? config?.usage_sink.postgres?.schema ?? 'public' };
 }
 
