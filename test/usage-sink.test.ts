@@ -351,13 +351,13 @@ test('retention drops whole months that ended before it; the hourly cells (and s
       ts: `${months[Math.floor(index / 10)]}T10:00:00.000Z`,
     }));
     await publish(connection, events);
-    const start = () =>
+    const start = (batchSize = 1000) =>
       PostgresUsageSink.start({
         connection,
         subjectPrefix: 'llm',
         usageStream,
         // 60 days before Dec 15: August and September ended before it; October did not.
-        sink: { ...postgresSinkSchema.parse({ retention: '60d' }), url: database.url },
+        sink: { ...postgresSinkSchema.parse({ retention: '60d', batch_size: batchSize }), url: database.url },
         logger: collectingLogger([]),
         now: () => now,
       });
@@ -365,7 +365,14 @@ test('retention drops whole months that ended before it; the hourly cells (and s
     await until('the sink caught up', async () => ((await sink?.lag()) === 0 ? true : undefined));
     // The events were written after the start's retention pass; a restart applies it again.
     await sink.stop();
-    sink = await start();
+    // Restarted with another batch size: the shared durable keeps its place and takes the new bound.
+    sink = await start(2_000);
+    const durable = await (await jetstreamManager(connection)).consumers.info(
+      usageStream.name,
+      'llm-usage-sink-postgres',
+    );
+    assert.equal(durable.config.max_ack_pending, 8_000);
+    assert.equal(durable.ack_floor.stream_seq, events.length);
     const partitions = await new MonthlyPartitions(database.pool).list();
     assert.deepEqual(partitions.map(partitionName), [
       'usage_events_p202610',

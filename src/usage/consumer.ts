@@ -137,6 +137,7 @@ export class UsageStreamConsumer {
         }
       } else {
         await this.warnIfExpiredUnread(existing.ack_floor.stream_seq);
+        await this.updateLimits(existing.config);
       }
     } else {
       await manager.consumers.delete(name, options.durableName).catch((error: unknown) => {
@@ -155,6 +156,22 @@ export class UsageStreamConsumer {
     this.messages = messages;
     this.consuming = this.consume(messages, apply);
     void this.watchStatus(messages);
+  }
+
+  /**
+   * A durable made by an earlier configuration (another batch size, another version) gets this one's ack
+   * wait and ack-pending bound; its position stays. A server that refuses the update keeps the old ones.
+   */
+  private async updateLimits(current: ConsumerConfig): Promise<void> {
+    const { options } = this;
+    const wanted = { ack_wait: nanos(options.ackWaitMs), max_ack_pending: options.maxAckPending };
+    if (current.ack_wait === wanted.ack_wait && current.max_ack_pending === wanted.max_ack_pending) return;
+    try {
+      await this.manager.consumers.update(options.usageStream.name, options.durableName, wanted);
+      options.logger.info({ durable: options.durableName, ...wanted }, 'durable consumer limits updated');
+    } catch (error) {
+      options.logger.warn({ err: error, durable: options.durableName }, 'could not update the durable consumer limits');
+    }
   }
 
   /** A durable whose acknowledged floor is behind the stream's first message has lost events to retention. */
