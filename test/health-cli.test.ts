@@ -146,7 +146,7 @@ describe('llm-proxy health against a running system', () => {
     assert.equal(report.status, 'ok');
     assert.deepEqual(
       report.checks.map((check) => check.name),
-      ['nats', 'workers', 'usage_stream', 'limits_store', 'deployments', 'aggregator'],
+      ['nats', 'workers', 'usage_stream', 'limits_store', 'deployments', 'aggregator', 'usage_sink'],
     );
     for (const check of report.checks) {
       assert.equal(check.ok, true, `${check.name}: ${check.detail}`);
@@ -167,15 +167,16 @@ describe('llm-proxy health against a running system', () => {
     assert.deepEqual(deployments.cooling_down, []);
     assert.equal(deployments.worker_id, worker!.worker.id);
     assert.equal(checkOf(report, 'aggregator').aggregators, 1);
+    assert.equal(checkOf(report, 'usage_sink').detail, 'no PostgreSQL usage log configured (usage_sink.postgres.url)');
 
     // Human output, without the secret the workers require: the deployments check fails by name.
     const human = await runCli(['--config', configPath, '--timeout', '1s'], { NATS_URL: nats.url });
     assert.equal(human.code, 1, human.stdout + human.stderr);
     const lines = human.stdout.trimEnd().split('\n');
-    assert.equal(lines.length, 7, human.stdout);
+    assert.equal(lines.length, 8, human.stdout);
     assert.match(lines[0]!, /^ok {4}nats {10}connected to /);
     assert.match(lines[4]!, /^FAIL {2}deployments {3}llm\.proxy\.models: unauthorized \(401\)/);
-    assert.match(lines[6]!, /^UNHEALTHY: 1 of 6 checks failed$/);
+    assert.match(lines[7]!, /^UNHEALTHY: 1 of 7 checks failed$/);
   });
 
   test('--url: exit 0 on 200 and 1 otherwise, printing the body; bad flags exit 2', async () => {

@@ -3,9 +3,10 @@
  * (included as is; the test only sets the port, the store directory and the passwords' variables)
  * and every role, connected the way a deployment connects it (NATS_USER/NATS_PASSWORD/
  * NATS_INBOX_PREFIX through src/bus/connect.ts), does its job (a real worker serves an agent's
- * requests, the event lands in LLM_USAGE, a real aggregator answers ops' usage query, an admin keeps
- * the keys' bucket) and nothing more. Then TLS with certificates made here (mutual; a client without
- * the CA or without a certificate is refused) and an nkey login.
+ * requests, the event lands in LLM_USAGE, a real aggregator answers ops' usage query, a real sink
+ * copies the events into PostgreSQL, an admin keeps the keys' bucket) and nothing more. Then TLS with
+ * certificates made here (mutual; a client without the CA or without a certificate is refused) and an
+ * nkey login.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -19,6 +20,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { Empty, PermissionViolationError, type NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
+import { createTestDatabase } from './helpers/pg-database.js';
 import { withTypo } from './helpers/typo.js';
 import { startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
 import {
@@ -42,6 +44,8 @@ import { KeyStore } from '../src/auth/key-store.js';
 import { aggregatorSchema } from '../src/config/aggregator-schema.js';
 import { usageStreamSchema } from '../src/config/schema.js';
 import { limitsSchema } from '../src/config/limits-schema.js';
+import { postgresSinkSchema } from '../src/config/usage-sink-schema.js';
+import { PostgresUsageSink } from '../src/sink/postgres-sink.js';
 import { createLimiter } from '../src/limits/limiter.js';
 import { createLogger } from '../src/telemetry/logger.js';
 
@@ -54,6 +58,8 @@ let worker: InProcessWorker;
 const connections: NatsConnection[] = [];
 /** The aggregator's log lines (the worker's are in `worker.logs`). */
 const aggregatorLogs: string[] = [];
+/** The PostgreSQL sink's log lines. */
+const sinkLogs: string[] = [];
 const clients: LlmProxyClient[] = [];
 
 /** A role's connection, made as the processes make theirs: connectionOptions from the environment. */
@@ -219,6 +225,61 @@ test('the aggregator user consumes LLM_USAGE and answers the ops user; ops disco
   }
 });
 
+test('the sink user copies LLM_USAGE into PostgreSQL', async () => {
+  const connection = await connectToNats({ servers: nats.url, env: roleEnv('sink', passwords), name: 'test-sink' });
+  connections.push(connection);
+  const ops = await connectAs('ops');
+  const manager = await jetstreamManager(ops);
+  const database = await createTestDatabase('llmp_perm');
+  let sink: PostgresUsageSink | undefined;
+  /** Rows in usage_events once they reach `count` (bounded wait). */
+  const rowsReach = async (count: number) => {
+    let rows = 0;
+    for (let tries = 0; ; tries++) {
+      const result = await database.pool.query<{ n: string }>('SELECT count(*) AS n FROM usage_events');
+      rows = Number(result.rows[0]?.n);
+      if (rows >= count || tries >= 250) return rows;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  };
+  try {
+    const stored = (await manager.streams.info('LLM_USAGE')).state.messages;
+    assert.ok(stored >= 3, 'the earlier tests published usage events');
+    sink = await PostgresUsageSink.start({
+      connection,
+      subjectPrefix: 'llm',
+      usageStream: usageStreamSchema.parse({}),
+      sink: { ...postgresSinkSchema.parse({}), url: database.url },
+      logger: createLogger({ destination: { write: (line: string) => void sinkLogs.push(line) } }),
+      startWindowMs: 10_000,
+    });
+    // What was in the stream before it started (its durable was created, as the sink user, at the start)…
+    assert.equal(await rowsReach(stored), stored);
+    // …and what is published while it runs.
+    const sofia = await agentClient('sofia');
+    await sofia.chat(chatRequest('agent:sofia', 'while the sink runs'));
+    assert.equal(await worker.worker.publisher.flush(5_000), 0);
+    assert.equal(await rowsReach(stored + 1), stored + 1);
+    const agents = await database.pool.query<{ agent_id: string }>('SELECT DISTINCT agent_id FROM usage_events');
+    assert.deepEqual(
+      agents.rows.map((row) => row.agent_id),
+      ['agent:sofia'],
+    );
+    assert.equal(sink.stats.dead_letters, 0);
+    // Every event acknowledged after its commit; the lag (its /readyz) read as the sink user.
+    for (let tries = 0; (await sink.lag()) > 0; tries++) {
+      assert.ok(tries < 100, 'the sink acknowledged its events');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const durable = await manager.consumers.info('LLM_USAGE', 'llm-usage-sink-postgres');
+    assert.equal(durable.num_ack_pending, 0);
+    assert.doesNotMatch(sinkLogs.join('\n'), /permission/i);
+  } finally {
+    await sink?.stop();
+    await database.drop();
+  }
+});
+
 test('`llm-proxy chat` connects as an agent user from NATS_USER, NATS_PASSWORD and NATS_INBOX_PREFIX', async () => {
   const { code, stdout, stderr } = await runCli(['chat', '--stream', '--agent', 'agent:sofia', 'hello from the CLI'], {
     NATS_URL: nats.url,
@@ -314,7 +375,7 @@ test('an agent cannot read usage, serve or read requests, read another inbox, pu
   await expectViolation(helion, 'subscription', '_INBOX.agent-sofia.>', () => helion.subscribe('_INBOX.agent-sofia.>'));
 });
 
-test('ops, admin, gateway and aggregator stay within their roles', async () => {
+test('ops, admin, gateway, aggregator and sink stay within their roles', async () => {
   const ops = await connectAs('ops');
   await expectViolation(ops, 'publish', 'llm.usage.x', () => ops.publish('llm.usage.x', '{}'));
   await expectViolation(ops, 'publish', 'llm.proxy.request', () => ops.publish('llm.proxy.request', '{}'));
@@ -342,6 +403,21 @@ test('ops, admin, gateway and aggregator stay within their roles', async () => {
     aggregator.publish('_INBOX.agent-sofia.x', '{}'),
   );
   await expectViolation(aggregator, 'publish', 'llm.usage.x', () => aggregator.publish('llm.usage.x', '{}'));
+
+  // The sink reads the usage stream through its durable only: it publishes no event, serves and reads no
+  // request, subscribes to no event, and deletes neither the stream nor a consumer (not even the durable
+  // the sinks share: deleting one on LLM_USAGE could as well remove the aggregator's).
+  const sink = await connectAs('sink');
+  await expectViolation(sink, 'publish', 'llm.usage.x', () => sink.publish('llm.usage.x', '{}'));
+  await expectViolation(sink, 'subscription', 'llm.proxy.request', () => sink.subscribe('llm.proxy.request'));
+  await expectViolation(sink, 'subscription', 'llm.usage.>', () => sink.subscribe('llm.usage.>'));
+  await assert.rejects(sink.request('llm.proxy.usage', '{}', { timeout: 2_000 }), violationOn('llm.proxy.usage'));
+  for (const subject of [
+    '$JS.API.STREAM.DELETE.LLM_USAGE',
+    '$JS.API.CONSUMER.DELETE.LLM_USAGE.llm-usage-sink-postgres',
+    '$JS.API.STREAM.INFO.KV_LLM_USAGE_SNAPSHOTS',
+  ])
+    await assert.rejects(sink.request(subject, Empty, { timeout: 2_000 }), violationOn(subject));
 
   // No role reads every reply.
   for (const role of Object.keys(ROLES) as Role[]) {
@@ -411,12 +487,13 @@ test('mutual TLS with certificates made here, and ops logging in with an nkey', 
   }
 });
 
-test('the worker and the aggregator met no permissions violation along the way', () => {
-  const warnings = [...worker.logs.lines, ...aggregatorLogs].filter((line) => !line.includes('"level":"info"'));
+test('the worker, the aggregator and the sink met no permissions violation along the way', () => {
+  const logs = [...worker.logs.lines, ...aggregatorLogs, ...sinkLogs];
+  const warnings = logs.filter((line) => !line.includes('"level":"info"'));
   // The one expected: the request with a wrong key, refused as unauthorized.
   assert.deepEqual(
     warnings.map((line) => JSON.parse(line).code ?? JSON.parse(line).msg),
     ['unauthorized'],
   );
-  assert.doesNotMatch([...worker.logs.lines, ...aggregatorLogs].join('\n'), /permission/i);
+  assert.doesNotMatch(logs.join('\n'), /permission/i);
 });

@@ -20,6 +20,8 @@ import { postgresSinkSchema } from '../src/config/usage-sink-schema.js';
 import { agentToken, subjectsFor } from '../src/contract/subjects.js';
 import type { UsageEvent } from '../src/contract/usage-event.js';
 import { ensureUsageStream } from '../src/usage/stream.js';
+import { parseConfigText } from '../src/config/index.js';
+import { checkSystemHealth } from '../src/health/system-health.js';
 import { migrate, MIGRATIONS } from '../src/sink/migrations.js';
 import { MonthlyPartitions, partitionName } from '../src/sink/partitions.js';
 import { PostgresUsageSink } from '../src/sink/postgres-sink.js';
@@ -286,6 +288,35 @@ test('bad messages go to usage_dead_letters with the reason and never block the 
     assert.match(rows[0]?.reason ?? '', /JSON/i);
     assert.equal(sink.stats.dead_letters, bad.length);
     assert.equal(sink.stats.inserted, events.length);
+
+    // `llm-proxy health` sees the sinks' durable and its lag from the bus.
+    const config = parseConfigText(
+      `providers: {local: {base_url: "http://127.0.0.1:11434"}}\nmodels: {llama3: {provider: local}}\nusage_sink: {postgres: {url: "${database.url}"}}\n`,
+      'health.yaml',
+      {},
+    );
+    const report = await checkSystemHealth({ connection, config, env: {} });
+    const usageSink = report.checks.find((check) => check.name === 'usage_sink');
+    assert.deepEqual(
+      { ok: usageSink?.ok, warning: usageSink?.warning, lag: usageSink?.lag, durable: usageSink?.durable },
+      { ok: true, warning: undefined, lag: 0, durable: 'llm-usage-sink-postgres' },
+    );
+    await sink.stop();
+    sink = undefined;
+    await publish(
+      connection,
+      makeEvents(3).map((event) => ({ ...event, event_id: `later-${event.request_id}` })),
+    );
+    const behind = await checkSystemHealth({ connection, config, env: {} });
+    assert.equal(behind.checks.find((check) => check.name === 'usage_sink')?.lag, 3, 'events wait for the sink');
+    await jetstreamManager(connection).then((manager) =>
+      manager.consumers.delete(usageStream.name, 'llm-usage-sink-postgres'),
+    );
+    const never = (await checkSystemHealth({ connection, config, env: {} })).checks.find(
+      (check) => check.name === 'usage_sink',
+    );
+    assert.equal(never?.warning, true);
+    assert.match(never?.detail ?? '', /no sink has run/);
   } finally {
     await sink?.stop();
     await connection.close();

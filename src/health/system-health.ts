@@ -1,7 +1,7 @@
 /**
  * The system's health as seen from the bus (`llm-proxy health`, and the operations page): NATS, the
- * workers and their usage-event queues, the usage stream, the limits store, the deployments' cooldowns
- * and the aggregator. Each check gives ok/fail and a one-line detail; nothing here prints or exits.
+ * workers and their usage-event queues, the usage stream, the limits store, the deployments' cooldowns,
+ * the aggregator and the PostgreSQL usage sinks' lag. Each check gives ok/fail and a one-line detail; nothing here prints or exits.
  */
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
@@ -13,7 +13,8 @@ import { redactRedisUrl, redisUrlFor } from '../limits/index.js';
 import type { DeploymentHealth } from '../router/types.js';
 import type { WorkerStats } from '../worker/counters.js';
 import type { WorkerModelsReply } from '../worker/endpoints.js';
-import { DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_MAX_PENDING } from './defaults.js';
+import { POSTGRES_URL_ENV, postgresSinkSchema } from '../config/usage-sink-schema.js';
+import { DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_MAX_PENDING, SINK_MAX_LAG } from './defaults.js';
 
 export { DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_MAX_PENDING } from './defaults.js';
 
@@ -34,6 +35,7 @@ export const HEALTH_CHECK_NAMES = [
   'limits_store',
   'deployments',
   'aggregator',
+  'usage_sink',
 ] as const;
 export type HealthCheckName = (typeof HEALTH_CHECK_NAMES)[number];
 
@@ -70,6 +72,9 @@ export interface HealthCheck {
   cooling_down?: string[];
   /** aggregator: how many answered `$SRV.PING`. */
   aggregators?: number;
+  /** usage_sink: the PostgreSQL sinks' durable consumer, and the events it has not committed. */
+  durable?: string;
+  lag?: number;
 }
 
 export interface HealthReport {
@@ -369,6 +374,54 @@ async function checkAggregator(connection: NatsConnection, timeoutMs: number): P
   }
 }
 
+/**
+ * The PostgreSQL usage log's copy, from its sinks' shared durable consumer on the usage stream: how many
+ * events they have not committed. Not configured and not running is fine; configured (a URL in config or
+ * the environment) and never run, or far behind, is a warning: events wait in the stream, nothing is lost.
+ */
+async function checkUsageSink(
+  connection: NatsConnection,
+  config: ResolvedConfig,
+  timeoutMs: number,
+  env: NodeJS.ProcessEnv,
+): Promise<HealthCheck> {
+  const durable = (config.usage_sink.postgres ?? postgresSinkSchema.parse({})).durable_name;
+  const configured = config.usage_sink.postgres?.url !== undefined || Boolean(env[POSTGRES_URL_ENV]);
+  const stream = config.nats.usage_stream.name;
+  try {
+    const manager = await withTimeout(jetstreamManager(connection), timeoutMs, 'JetStream');
+    const info = await withTimeout(manager.consumers.info(stream, durable), timeoutMs, `${stream} consumer ${durable}`);
+    const lag = info.num_pending + info.num_ack_pending;
+    const behind = lag > SINK_MAX_LAG;
+    return {
+      name: 'usage_sink',
+      ok: true,
+      ...(behind ? { warning: true } : {}),
+      detail: `durable ${durable}: ${lag} events not yet in PostgreSQL${behind ? ` (more than ${SINK_MAX_LAG})` : ''}`,
+      durable,
+      lag,
+    };
+  } catch (error) {
+    const absent = /consumer not found/i.test(message(error));
+    if (absent && !configured)
+      return {
+        name: 'usage_sink',
+        ok: true,
+        detail: 'no PostgreSQL usage log configured (usage_sink.postgres.url)',
+        durable,
+      };
+    return {
+      name: 'usage_sink',
+      ok: true,
+      warning: true,
+      detail: absent
+        ? `no sink has run: ${stream} has no durable ${durable} (\`llm-proxy sink postgres\` copies the events; they wait in the stream)`
+        : `${stream} consumer ${durable}: ${message(error)}`,
+      durable,
+    };
+  }
+}
+
 /** NATS, then every other check side by side; each waits at most `timeoutMs` (a STATS after a PING: twice that). */
 export async function checkSystemHealth(options: SystemHealthOptions): Promise<HealthReport> {
   const timeoutMs = options.timeoutMs ?? DEFAULT_HEALTH_TIMEOUT_MS;
@@ -387,6 +440,9 @@ export async function checkSystemHealth(options: SystemHealthOptions): Promise<H
       ? notChecked('deployments')
       : checkDeployments(connection, config, timeoutMs, options.headers),
     connection === undefined ? notChecked('aggregator') : checkAggregator(connection, timeoutMs),
+    connection === undefined
+      ? notChecked('usage_sink')
+      : checkUsageSink(connection, config, timeoutMs, options.env ?? process.env),
   ]);
   return { status: checks.every((check) => check.ok) ? 'ok' : 'fail', checks };
 }

@@ -24,6 +24,7 @@ export const SHIPPED_NATS_CONF = fileURLToPath(new URL('../../deploy/nats/nats-s
 export const ROLES = {
   worker: { user: 'worker', passwordEnv: 'NATS_WORKER_PASSWORD', inboxPrefix: '_INBOX.worker' },
   aggregator: { user: 'aggregator', passwordEnv: 'NATS_AGGREGATOR_PASSWORD', inboxPrefix: '_INBOX.aggregator' },
+  sink: { user: 'sink', passwordEnv: 'NATS_SINK_PASSWORD', inboxPrefix: '_INBOX.sink' },
   gateway: { user: 'gateway', passwordEnv: 'NATS_GATEWAY_PASSWORD', inboxPrefix: '_INBOX.gateway' },
   ops: { user: 'ops', passwordEnv: 'NATS_OPS_PASSWORD', inboxPrefix: '_INBOX.ops' },
   admin: { user: 'admin', passwordEnv: 'NATS_ADMIN_PASSWORD', inboxPrefix: '_INBOX.admin' },

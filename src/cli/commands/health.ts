@@ -26,6 +26,8 @@ Checks the system as seen from the bus, each check ok or FAIL with one line:
   deployments   llm.proxy.models {"health": true}: no model with every deployment
                 cooling down (as the answering worker sees them)
   aggregator    $SRV.PING.llm-usage answered (a warning, not a failure, when none does)
+  usage_sink    the PostgreSQL sinks' durable consumer: events not yet copied (a warning
+                past 50000, or when a database is configured and no sink has run)
 
 With --url, only GETs that URL (a process's /readyz, for container health checks)
 and prints the body: exit 0 on 200, 1 otherwise.
@@ -212,7 +214,7 @@ async function checkBus(parsed: HealthArguments): Promise<number> {
 
 export const command: Command = {
   name: 'health',
-  summary: 'check NATS, workers, usage stream, limits store, deployments, aggregator (--url: one /readyz)',
+  summary: 'check NATS, workers, usage stream, limits store, deployments, aggregator, usage sink (--url: one /readyz)',
   help,
   async run(argv) {
     const parsed = parseHealthArguments(argv);

@@ -19,6 +19,7 @@ import { observeSink } from '../../sink/sink-metrics.js';
 import { VERSION } from '../../worker/index.js';
 import { metricsPort, startProcessTelemetry } from '../process-telemetry.js';
 import { closeOnSignal } from '../until-signal.js';
+import { SINK_MAX_LAG } from '../../health/defaults.js';
 
 const help = `Usage: llm-proxy sink postgres [--url URL] [--schema NAME] [--config FILE] [--metrics-port PORT|off]
 
@@ -86,9 +87,6 @@ export function resolvePostgresSink(
   return { ...configured, url, schema };
 }
 
-/** Lag past which the sink says it is not ready (it keeps writing; ops should look). */
-const READY_MAX_LAG = 50_000;
-
 /** A sink on a connection of its own (used by `sink postgres` and by `dev`). */
 export async function startPostgresSink(
   config: ResolvedConfig,
@@ -144,7 +142,7 @@ export async function startPostgresSink(
       { name: 'database', ok: database, detail: database ? 'answers' : 'does not answer' },
       {
         name: 'lag',
-        ok: lag !== undefined && lag < READY_MAX_LAG,
+        ok: lag !== undefined && lag < SINK_MAX_LAG,
         detail: lag === undefined ? 'the durable consumer does not answer' : `${lag} events behind`,
       },
     ];
