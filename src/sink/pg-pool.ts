@@ -13,8 +13,9 @@ export interface UsageLogConnection {
 
 /**
  * A pool of connections to the usage log: `search_path` is the configured schema and the session
- * time zone UTC (days and months are UTC everywhere). Connection errors of idle clients are logged,
- * never thrown (an unhandled pool error would end the process).
+ * time zone UTC (days and months are UTC everywhere). Connection errors are never thrown as events
+ * (an unhandled one would end the process): those of idle clients are logged, those of clients in use
+ * reach their query.
  */
 export function openUsageLogPool(connection: UsageLogConnection, logger?: Pick<Logger, 'warn'>): pg.Pool {
   if (!/^[a-z_][a-z0-9_]{0,62}$/.test(connection.schema))
@@ -30,6 +31,12 @@ export function openUsageLogPool(connection: UsageLogConnection, logger?: Pick<L
   });
   pool.on('error', (error) => {
     logger?.warn({ err: describePgError(error), url: redactUrl(connection.url) }, 'usage log connection lost');
+  });
+  // The pool listens for errors of idle clients only: a client in use whose server goes away emits 'error'
+  // with no listener, which would end the process. Its query rejects as well, and the caller's retry and
+  // release() (which discards the broken client) handle it.
+  pool.on('connect', (client) => {
+    client.on('error', () => undefined);
   });
   return pool;
 }
