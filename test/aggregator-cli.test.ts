@@ -105,7 +105,7 @@ test('llm-proxy aggregator survives SIGKILL, llm-proxy usage prints table, JSON 
       'models:',
       '  llama3: {provider: local}',
       'logging: {level: warn}',
-      'aggregator: {instance_id: cli, snapshot_interval_ms: 10m}',
+      'aggregator: {instance_id: cli, snapshot_interval_ms: 10m, hour_window: forever, retention: forever}',
       '',
     ].join('\n'),
   );

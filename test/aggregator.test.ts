@@ -13,6 +13,7 @@ import { usageStreamSchema } from '../src/config/schema.js';
 import { agentToken, subjectsFor } from '../src/contract/subjects.js';
 import type { UsageEvent } from '../src/contract/usage-event.js';
 import { handCompute, HOUR, makeEvents, NOW, type HandQuery } from './helpers/usage-events.js';
+import { FIXED_DATES } from './helpers/usage-events.js';
 import { ensureUsageStream } from '../src/usage/stream.js';
 
 /**
@@ -137,7 +138,7 @@ async function startAggregator(
     connection,
     subjectPrefix: 'llm',
     usageStream,
-    aggregator: aggregatorSchema.parse({ snapshot_interval_ms: '10m', ...settings }),
+    aggregator: aggregatorSchema.parse({ snapshot_interval_ms: '10m', ...FIXED_DATES, ...settings }),
     now: () => NOW,
     snapshotChunkBytes: 16 * 1024,
   });

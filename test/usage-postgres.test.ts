@@ -12,6 +12,7 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { createTestDatabase, type TestDatabase } from './helpers/pg-database.js';
 import { handCompute, HOUR, makeEvents, NOW, type HandQuery } from './helpers/usage-events.js';
+import { FIXED_DATES } from './helpers/usage-events.js';
 import { UsageAggregator } from '../src/aggregator/aggregator.js';
 import { parseUsageQuery, type AggregatedReply } from '../src/aggregator/query.js';
 import { formatCsv, formatTable } from '../src/aggregator/usage-report.js';
@@ -451,7 +452,11 @@ describe('usage from the PostgreSQL log: same replies as the aggregator, the CLI
               connection,
               subjectPrefix: 'llm',
               usageStream,
-              aggregator: aggregatorSchema.parse({ instance_id: 'pg-compare', snapshot_interval_ms: '10m' }),
+              aggregator: aggregatorSchema.parse({
+                instance_id: 'pg-compare',
+                snapshot_interval_ms: '10m',
+                ...FIXED_DATES,
+              }),
               now: () => NOW,
             }),
           )

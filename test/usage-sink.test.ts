@@ -12,6 +12,7 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer } from './helpers/nats-server.js';
 import { createTestDatabase } from './helpers/pg-database.js';
 import { handCompute, makeEvents, NOW } from './helpers/usage-events.js';
+import { FIXED_DATES } from './helpers/usage-events.js';
 import { UsageAggregator } from '../src/aggregator/aggregator.js';
 import { parseUsageQuery } from '../src/aggregator/query.js';
 import { aggregatorSchema } from '../src/config/aggregator-schema.js';
@@ -182,7 +183,7 @@ test('10,000 events with duplicates, a sink SIGKILLed mid-copy and restarted, a 
       connection,
       subjectPrefix: 'llm',
       usageStream,
-      aggregator: aggregatorSchema.parse({ snapshot_interval_ms: '10m', instance_id: 'sink-test' }),
+      aggregator: aggregatorSchema.parse({ snapshot_interval_ms: '10m', instance_id: 'sink-test', ...FIXED_DATES }),
       now: () => NOW,
     });
     await until('the aggregator caught up', async () => ((await aggregator?.lag()) === 0 ? true : undefined));

@@ -10,7 +10,7 @@ import { HEADERS, QUEUE_GROUPS, subjectsFor } from '../contract/subjects.js';
 import { readHeaders, SecretCheck } from '../auth/index.js';
 import { UsageStreamConsumer, type UsageMessage } from '../usage/consumer.js';
 import { parseUsageQuery, runUsageQuery, type AggregatedReply } from './query.js';
-import { UsageRollups } from './rollups.js';
+import { UsageRollups, type Compaction } from './rollups.js';
 import { SnapshotStore, type LoadedSnapshot, type SnapshotManifest } from './snapshot-store.js';
 
 /** Name under which aggregators register with the NATS micro-service framework (`nats micro ls`). */
@@ -93,7 +93,11 @@ export class UsageAggregator {
     this.logger = options.logger ?? silentLogger;
     this.now = options.now ?? Date.now;
     this.secret = new SecretCheck(options.secret);
-    this.rollups = new UsageRollups(options.aggregator.dedup_horizon);
+    this.rollups = new UsageRollups(options.aggregator.dedup_horizon, this.compaction());
+  }
+
+  private compaction(): Compaction {
+    return { hourWindowMs: this.options.aggregator.hour_window, retentionMs: this.options.aggregator.retention };
   }
 
   static async start(options: AggregatorOptions): Promise<UsageAggregator> {
@@ -187,7 +191,7 @@ export class UsageAggregator {
       return firstSeq;
     }
     const { manifest, snapshot } = found.loaded;
-    this.rollups = UsageRollups.fromSnapshot(snapshot, this.options.aggregator.dedup_horizon);
+    this.rollups = UsageRollups.fromSnapshot(snapshot, this.options.aggregator.dedup_horizon, this.compaction());
     let startSeq = snapshot.seq + 1;
     if (manifest.stream_created !== stream.created || snapshot.seq > stream.state.last_seq) {
       // The stream was deleted and recreated: sequences restarted. Keep the history, read the new stream
@@ -332,9 +336,8 @@ export class UsageAggregator {
         const store = this.store;
         const stream = this.stream;
         if (store === undefined || stream === undefined) throw new Error('aggregator not started');
-        // Taken synchronously: a consistent cut between two applied events.
-        const snapshot = this.rollups.toSnapshot();
-        const manifest = await store.save(this.instanceId, snapshot, {
+        // A consistent cut between two applied events, read while consumption and queries go on.
+        const manifest = await store.saveCut(this.instanceId, this.rollups.beginCut(), {
           name: stream.config.name,
           created: stream.created,
         });

@@ -3,7 +3,7 @@ import { gunzipSync, gzipSync } from 'node:zlib';
 import { Kvm, type KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { z } from 'zod';
-import { rollupSnapshotSchema, type RollupSnapshot } from './rollups.js';
+import { COUNTERS, rollupSnapshotSchema, type RollupCut, type RollupSnapshot } from './rollups.js';
 
 /**
  * Snapshots live in a JetStream KV bucket shared by all aggregators. A
@@ -98,6 +98,19 @@ export class SnapshotStore {
     return manifest;
   }
 
+  /** Saves a cut of the rollups (and ends it). */
+  async saveCut(
+    instance: string,
+    cut: RollupCut,
+    stream: { name: string; created: string },
+  ): Promise<SnapshotManifest> {
+    try {
+      return await this.save(instance, snapshotOfCut(cut), stream);
+    } finally {
+      cut.end();
+    }
+  }
+
   async manifest(instance: string): Promise<SnapshotManifest | undefined> {
     const entry = await this.kv.get(manifestKey(instance));
     if (entry === null || entry.operation !== 'PUT' || entry.value.length === 0) return undefined;
@@ -156,4 +169,30 @@ function manifestKey(instance: string): string {
 
 function chunkKey(instance: string, slot: 'a' | 'b', index: number): string {
   return `chunk.${instance}.${slot}.${index}`;
+}
+
+/** The snapshot JSON of a cut. */
+export function snapshotOfCut(cut: RollupCut): RollupSnapshot {
+  const cells: RollupSnapshot['cells'] = [];
+  const cellKeys: Array<string | null> = [];
+  const days = new Set<number>();
+  let keyed = false;
+  for (const cell of cut.cells()) {
+    const { agent, microdao, model, provider, key } = cell.dimensions;
+    cells.push([cell.start, agent, microdao, model, provider, ...cell.counts]);
+    cellKeys.push(key);
+    if (key !== null) keyed = true;
+    if (cell.day) days.add(cell.start);
+  }
+  return {
+    v: 1,
+    seq: cut.seq,
+    dedup_horizon_ms: cut.dedupHorizonMs,
+    counters: [...COUNTERS],
+    cells,
+    ...(keyed ? { cell_keys: cellKeys } : {}),
+    ...(days.size > 0 ? { day_buckets: [...days] } : {}),
+    seen: cut.seen().map(([hour, ids]) => [hour, [...ids]]),
+    stats: { ...cut.stats },
+  };
 }

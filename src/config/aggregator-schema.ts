@@ -17,6 +17,20 @@ const duration = z.union([z.number(), z.string()]).transform((value, context) =>
   return parsed;
 });
 
+/** A duration, or 0 / "forever" (as 0): how long something is kept. */
+const durationOrForever = z.union([z.number(), z.string()]).transform((value, context) => {
+  if (value === 0 || value === '0' || value === 'forever') return 0;
+  const parsed = parseDuration(value);
+  if (parsed === undefined || parsed <= 0) {
+    context.addIssue({
+      code: z.ZodIssueCode.custom,
+      message: `not a duration: ${JSON.stringify(value)} (use e.g. 7d, 400d, or 0 / "forever")`,
+    });
+    return z.NEVER;
+  }
+  return parsed;
+});
+
 /** Durable consumer names and KV key tokens: letters, digits, `_` and `-`. */
 const nameToken = z.string().regex(/^[A-Za-z0-9_-]+$/, 'may only contain letters, digits, "_" and "-"');
 
@@ -37,6 +51,18 @@ export const aggregatorSchema = z
     dedup_horizon: duration.prefault('24h'),
     /** A durable unused this long is removed by the server (a departed instance). */
     consumer_inactive_threshold: duration.prefault('7d'),
+    /**
+     * How far back the rollups keep hour resolution (whole UTC days, back from the newest event
+     * stored); older usage is kept per day. Memory grows with this window times the cells per hour.
+     * "forever" or 0: hours are never folded into days.
+     */
+    hour_window: durationOrForever.prefault('7d'),
+    /**
+     * How long usage is kept at all (whole UTC days); older days are dropped, and a query reaching
+     * before them is answered from the PostgreSQL usage log when one is configured, else refused as
+     * out of range. "forever" or 0: nothing is dropped (memory then grows with history).
+     */
+    retention: durationOrForever.prefault('400d'),
   })
   .strict();
 

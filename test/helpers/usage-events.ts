@@ -20,6 +20,13 @@ const MODELS = [
   { model: 'gpt-4o-mini', provider: 'openai', prompt: 0.00015, completion: 0.0006 },
 ] as const;
 
+/**
+ * Aggregator settings for these events: their dates are fixed (November 2026) while the aggregator's
+ * clock is the stream's (now), so hour resolution and retention are kept forever: the answers do not
+ * depend on the day the tests run.
+ */
+export const FIXED_DATES = { hour_window: 'forever', retention: 'forever' } as const;
+
 export function makeEvents(count: number): UsageEvent[] {
   const next = seededRandom(42);
   const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)] as T;
