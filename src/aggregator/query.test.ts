@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ProxyError } from '../contract/errors.js';
 import type { UsageEvent } from '../contract/usage-event.js';
-import { parseUsageQuery, runUsageQuery } from './query.js';
+import { parseUsageQuery, runUsageQuery, runUsageQueryAsync, UsageOutOfRange } from './query.js';
 import { UsageRollups } from './rollups.js';
 import { HOUR_MS } from './time-buckets.js';
 
@@ -44,6 +44,7 @@ test('a valid query: relative spans, hour rounding, group_by as one key or sever
     sinceHour: Math.floor((NOW - 24 * HOUR_MS) / HOUR_MS),
     untilHour: Math.ceil(Date.parse('2026-11-27T21:10:00Z') / HOUR_MS),
     groupBy: ['model', 'day'],
+    orderBy: 'key',
   });
   assert.deepEqual(parseUsageQuery({ group_by: 'provider' }, NOW).groupBy, ['provider']);
 });
@@ -185,4 +186,159 @@ test('group_by key splits by the key id ((none) without one); key_id filters lik
       ['agent:b', 1],
     ],
   );
+});
+
+/** Rollups of `count` events over `agents` agents, one model each, at NOW, with costs that differ by agent. */
+function manyAgents(count: number, agents: number): UsageRollups {
+  const rollups = new UsageRollups(HOUR_MS);
+  for (let index = 0; index < count; index += 1) {
+    const item = event(index, {
+      agent_id: `agent:${String(index % agents).padStart(3, '0')}`,
+      cost_usd: ((index % agents) + 1) * 0.001,
+      total_tokens: 10_000 - (index % agents),
+    });
+    rollups.apply({ seq: index + 1, data: encoder.encode(JSON.stringify(item)), storedAtMs: NOW });
+  }
+  return rollups;
+}
+
+test('pages: limit and next_cursor walk every group once, in key order or largest first', () => {
+  const rollups = manyAgents(600, 250);
+  const whole = runUsageQuery(rollups, parseUsageQuery({ group_by: 'agent' }, NOW));
+  assert.equal(whole.groups.length, 250);
+  assert.equal(whole.next_cursor, undefined, 'an unpaged reply has no paging fields');
+  for (const order of ['key', 'cost', 'tokens', 'requests'] as const) {
+    const seen: string[] = [];
+    let cursor: string | undefined;
+    let pages = 0;
+    do {
+      const reply = runUsageQuery(
+        rollups,
+        parseUsageQuery({ group_by: 'agent', limit: 40, order_by: order, ...(cursor ? { cursor } : {}) }, NOW),
+      );
+      pages += 1;
+      assert.equal(reply.total_groups, 250);
+      assert.equal(reply.total_requests, 600, 'every page carries the totals');
+      assert.ok(reply.groups.length <= 40);
+      seen.push(...reply.groups.map((group) => group.key.agent as string));
+      cursor = reply.next_cursor ?? undefined;
+    } while (cursor !== undefined);
+    assert.equal(pages, 7, order);
+    assert.equal(new Set(seen).size, 250, `${order}: each group once`);
+    if (order === 'key')
+      assert.deepEqual(
+        seen,
+        whole.groups.map((group) => group.key.agent),
+      );
+  }
+  const top = runUsageQuery(rollups, parseUsageQuery({ group_by: 'agent', limit: 3, order_by: 'cost' }, NOW));
+  assert.deepEqual(
+    top.groups.map((group) => group.key.agent),
+    ['agent:249', 'agent:248', 'agent:247'],
+    'top 3 by cost',
+  );
+  const byTokens = runUsageQuery(rollups, parseUsageQuery({ group_by: 'agent', limit: 1, order_by: 'tokens' }, NOW));
+  assert.deepEqual(
+    byTokens.groups.map((group) => group.key.agent),
+    ['agent:000'],
+  );
+  // A cursor belongs to its query.
+  const other = { group_by: 'model', limit: 1, cursor: top.next_cursor };
+  assert.throws(() => runUsageQuery(rollups, parseUsageQuery(other, NOW)), /cursor: it belongs to another query/);
+  assert.throws(
+    () => runUsageQuery(rollups, parseUsageQuery({ group_by: 'agent', cursor: 'bm90IGEgY3Vyc29y' }, NOW)),
+    /cursor: not a cursor/,
+  );
+  rejects({ limit: 0 }, /^limit: /);
+  rejects({ limit: 10_001 }, /^limit: /);
+  rejects({ order_by: 'price' }, /^order_by: must be one of key, cost, tokens, requests$/);
+});
+
+test('a reply too large for the bus is refused before it is built, naming limit', async () => {
+  const rollups = manyAgents(600, 250);
+  await assert.rejects(
+    runUsageQueryAsync(rollups, parseUsageQuery({ group_by: 'agent' }, NOW), { maxBytes: 20_000 }),
+    (error: unknown) =>
+      error instanceof ProxyError && error.code === 'payload_too_large' && /limit/.test(error.message),
+  );
+  const page = await runUsageQueryAsync(rollups, parseUsageQuery({ group_by: 'agent', limit: 20 }, NOW), {
+    maxBytes: 20_000,
+  });
+  assert.equal(page.groups.length, 20);
+});
+
+test('compaction: hours past the window become days, days past the retention go; totals stay exact', () => {
+  const DAY = 24 * HOUR_MS;
+  const rollups = new UsageRollups(HOUR_MS, { hourWindowMs: 2 * DAY, retentionMs: 10 * DAY });
+  const start = Date.parse('2026-11-01T00:00:00Z');
+  let seq = 0;
+  // One event every 3 hours for 20 days, each stored when it happens (stream time = event time).
+  const events: UsageEvent[] = [];
+  for (let at = start; at < start + 20 * DAY; at += 3 * HOUR_MS) {
+    const item = event(seq, { ts: new Date(at + 60_000).toISOString(), cost_usd: 0.000000123 * (seq + 1) });
+    events.push(item);
+    seq += 1;
+    rollups.apply({ seq, data: encoder.encode(JSON.stringify(item)), storedAtMs: at + 61_000 });
+  }
+  const now = start + 20 * DAY;
+  const hourFrom = rollups.hourRegionStart();
+  const keptFrom = rollups.retentionStart();
+  assert.equal(new Date(hourFrom * HOUR_MS).toISOString(), '2026-11-18T00:00:00.000Z');
+  assert.equal(new Date(keptFrom * HOUR_MS).toISOString(), '2026-11-10T00:00:00.000Z');
+  for (const bucket of rollups.hours.keys()) {
+    assert.ok(bucket >= keptFrom, 'nothing older than the retention');
+    assert.equal(rollups.dayBuckets.has(bucket), bucket < hourFrom, 'days before the window, hours after');
+  }
+  const kept = events.filter((item) => Date.parse(item.ts) >= keptFrom * HOUR_MS);
+  const nano = (list: UsageEvent[]) => list.reduce((sum, item) => sum + Math.round(item.cost_usd * 1e9), 0);
+  const all = runUsageQuery(rollups, parseUsageQuery({}, now));
+  assert.equal(all.total_requests, kept.length);
+  assert.equal(Math.round(all.cost_usd * 1e9), nano(kept), 'to the nano-dollar');
+  assert.equal(all.since, '2026-11-10T00:00:00.000Z', 'without since, the range starts at the retention');
+  // By day across both resolutions (November 10 to 20): each day has its 8 events.
+  const byDay = runUsageQuery(rollups, parseUsageQuery({ group_by: 'day' }, now));
+  assert.deepEqual(
+    byDay.groups.map((group) => [group.key.day, group.total_requests]),
+    Array.from({ length: 11 }, (_, index) => [`2026-11-${String(10 + index).padStart(2, '0')}`, 8]),
+  );
+  // A since inside a day bucket widens to the day; hours are refused where only days are kept.
+  const widened = runUsageQuery(rollups, parseUsageQuery({ since: '2026-11-12T13:00:00Z' }, now));
+  assert.equal(widened.since, '2026-11-12T00:00:00.000Z');
+  assert.equal(widened.total_requests, 9 * 8, 'November 12 to 20');
+  assert.throws(
+    () => runUsageQuery(rollups, parseUsageQuery({ group_by: 'hour' }, now)),
+    /group_by: hour covers only since 2026-11-18T00:00:00.000Z/,
+  );
+  assert.equal(
+    runUsageQuery(rollups, parseUsageQuery({ since: '2026-11-19T00:00:00Z', group_by: 'hour' }, now)).groups.length,
+    8 * 2,
+  );
+  assert.throws(
+    () => runUsageQuery(rollups, parseUsageQuery({ since: '2026-11-02T00:00:00Z' }, now)),
+    (error: unknown) =>
+      error instanceof UsageOutOfRange && /keeps usage from 2026-11-10T00:00:00.000Z/.test(error.message),
+  );
+  // A late event for a dropped day is counted as expired, not into any bucket.
+  const late = event(999, { ts: '2026-11-03T10:00:00.000Z' });
+  assert.equal(
+    rollups.apply({ seq: seq + 1, data: encoder.encode(JSON.stringify(late)), storedAtMs: now }).outcome,
+    'expired',
+  );
+  assert.equal(rollups.stats.expired, 1);
+});
+
+test('an async query lets the event loop turn while it scans', async () => {
+  const rollups = manyAgents(20_000, 5_000);
+  let turns = 0;
+  const ticker = setInterval(() => {
+    turns += 1;
+  }, 0);
+  try {
+    const reply = await runUsageQueryAsync(rollups, parseUsageQuery({ group_by: 'agent' }, NOW), { sliceMs: 0 });
+    assert.equal(reply.total_requests, 20_000);
+    assert.equal(reply.groups.length, 5_000);
+  } finally {
+    clearInterval(ticker);
+  }
+  assert.ok(turns > 0, 'timers ran while the query was scanning');
 });

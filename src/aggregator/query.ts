@@ -1,7 +1,15 @@
 import { ProxyError } from '../contract/errors.js';
-import { USAGE_GROUP_KEYS, usageQuerySchema, type UsageGroupKey, type UsageTotals } from '../contract/usage-query.js';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import {
+  USAGE_GROUP_KEYS,
+  usageQuerySchema,
+  type UsageGroupKey,
+  type UsageOrder,
+  type UsageTotals,
+} from '../contract/usage-query.js';
+import { estimateReplyBytes, finishReply, type GroupRow } from './query-pages.js';
 import { counter, type Cell, type CounterName, type UsageRollups } from './rollups.js';
-import { dayLabel, hourLabel, HOUR_MS, parseInstant, sinceHourOf, untilHourOf } from './time-buckets.js';
+import { dayLabel, hourLabel, HOUR_MS, HOURS_PER_DAY, parseInstant, sinceHourOf, untilHourOf } from './time-buckets.js';
 
 /** Group key value for an event without that field (no agent id, no provider, no key…). */
 export const NONE_LABEL = '(none)';
@@ -17,6 +25,11 @@ export interface ParsedUsageQuery {
   /** First hour excluded. */
   untilHour?: number;
   groupBy: UsageGroupKey[];
+  /** Groups per page (undefined: all). */
+  limit?: number;
+  /** The previous page's `next_cursor`. */
+  cursor?: string;
+  orderBy: UsageOrder;
 }
 
 /** The reply's totals: the contract's fields, then the counts it leaves out. */
@@ -33,10 +46,14 @@ export interface AggregatedGroup extends AggregatedTotals {
 }
 
 export interface AggregatedReply extends AggregatedTotals {
-  /** The range actually covered, after rounding to whole hours (null: open). */
+  /** The range actually covered, after rounding to whole hours (days, past the hour window; null: open). */
   since: string | null;
   until: string | null;
   groups: AggregatedGroup[];
+  /** Paged replies (limit, cursor or order_by given): the groups in all pages. */
+  total_groups?: number;
+  /** Paged replies: the cursor of the next page, null on the last. */
+  next_cursor?: string | null;
 }
 
 function invalid(message: string): ProxyError {
@@ -55,10 +72,13 @@ export function parseUsageQuery(body: unknown, now: number): ParsedUsageQuery {
       throw invalid(`unknown field ${issue.keys.map((key) => `"${key}"`).join(', ')}`);
     const path = issue.path.length === 0 ? 'query' : String(issue.path[0]);
     if (path === 'group_by') throw invalid(`group_by: must be one or more of ${USAGE_GROUP_KEYS.join(', ')}`);
+    if (path === 'order_by') throw invalid('order_by: must be one of key, cost, tokens, requests');
     throw invalid(`${path}: ${issue.message}`);
   }
   const query = result.data;
-  const parsed: ParsedUsageQuery = { groupBy: [] };
+  const parsed: ParsedUsageQuery = { groupBy: [], orderBy: query.order_by ?? 'key' };
+  if (query.limit !== undefined) parsed.limit = query.limit;
+  if (query.cursor !== undefined) parsed.cursor = query.cursor;
   for (const field of ['agent_id', 'microdao_id', 'model', 'provider', 'key_id'] as const) {
     const value = query[field];
     if (value !== undefined) parsed[field] = value;
@@ -176,36 +196,152 @@ export function groupValue(key: UsageGroupKey, hour: number, cell: Pick<Cell, 'd
   }
 }
 
-/** Answer a parsed query from the rollups. Groups are sorted by their key values, in group_by order. */
-export function runUsageQuery(rollups: UsageRollups, query: ParsedUsageQuery): AggregatedReply {
-  const total = new Accumulator();
-  const groups = new Map<string, { values: string[]; accumulator: Accumulator }>();
-  for (const [hour, cells] of rollups.hours) {
-    if (query.sinceHour !== undefined && hour < query.sinceHour) continue;
-    if (query.untilHour !== undefined && hour >= query.untilHour) continue;
-    for (const cell of cells.values()) {
-      if (!matches(cell, query)) continue;
-      total.add(cell);
-      if (query.groupBy.length === 0) continue;
-      const values = query.groupBy.map((key) => groupValue(key, hour, cell));
-      const groupKey = JSON.stringify(values);
-      let group = groups.get(groupKey);
-      if (group === undefined) {
-        group = { values, accumulator: new Accumulator() };
-        groups.set(groupKey, group);
+/** The cells a scan visits between two checks of its time slice. */
+const CELLS_PER_STEP = 2_048;
+
+/**
+ * The query as the rollups can answer it: before the hour window the resolution is the day, so a
+ * bound there is widened to whole days (the reply's since/until say so) and group_by hour is refused;
+ * before the retention nothing is kept, so a range reaching there is out of range ({@link UsageOutOfRange}).
+ * Without since, the range starts at the retention.
+ */
+export function resolveRange(rollups: UsageRollups, query: ParsedUsageQuery): ParsedUsageQuery {
+  const resolved = { ...query };
+  const keptFrom = rollups.retentionStart();
+  if (Number.isFinite(keptFrom)) {
+    if (resolved.sinceHour === undefined) resolved.sinceHour = keptFrom;
+    else if (resolved.sinceHour < keptFrom) throw new UsageOutOfRange(keptFrom);
+    if (resolved.untilHour !== undefined && resolved.untilHour <= keptFrom) throw new UsageOutOfRange(keptFrom);
+  }
+  const hourFrom = rollups.hourRegionStart();
+  const reachesDays =
+    rollups.dayBuckets.size > 0 && (resolved.sinceHour === undefined || resolved.sinceHour < hourFrom);
+  if (reachesDays && resolved.groupBy.includes('hour'))
+    throw invalid(
+      `group_by: hour covers only since ${new Date(hourFrom * HOUR_MS).toISOString()} (aggregator.hour_window); before it usage is kept per day: group by day, or ask from then`,
+    );
+  if (resolved.sinceHour !== undefined && resolved.sinceHour < hourFrom)
+    resolved.sinceHour = Math.floor(resolved.sinceHour / HOURS_PER_DAY) * HOURS_PER_DAY;
+  if (resolved.untilHour !== undefined && resolved.untilHour < hourFrom)
+    resolved.untilHour = Math.ceil(resolved.untilHour / HOURS_PER_DAY) * HOURS_PER_DAY;
+  return resolved;
+}
+
+/** A range reaching before the oldest usage the aggregator keeps (aggregator.retention). */
+export class UsageOutOfRange extends ProxyError {
+  constructor(readonly keptFromHour: number) {
+    super(
+      'invalid_request',
+      `out of range: this aggregator keeps usage from ${new Date(keptFromHour * HOUR_MS).toISOString()} (aggregator.retention); ask from then, or read the PostgreSQL usage log (llm-proxy usage --source postgres)`,
+      { retryable: false },
+    );
+  }
+}
+
+/** The sums a scan builds: the totals and one accumulator per group. */
+class Scan {
+  readonly total = new Accumulator();
+  readonly groups = new Map<string, { values: string[]; accumulator: Accumulator }>();
+  cells = 0;
+
+  constructor(readonly query: ParsedUsageQuery) {}
+
+  /** Visits the cells of the query's range; yields every {@link CELLS_PER_STEP} cells. */
+  *steps(rollups: UsageRollups): Generator<void> {
+    const { query } = this;
+    for (const [start, cells] of rollups.hours) {
+      const end = start + (rollups.dayBuckets.has(start) ? HOURS_PER_DAY : 1);
+      if (query.sinceHour !== undefined && start < query.sinceHour) continue;
+      if (query.untilHour !== undefined && end > query.untilHour) continue;
+      for (const cell of cells.values()) {
+        this.cells += 1;
+        if (this.cells % CELLS_PER_STEP === 0) yield;
+        if (!matches(cell, query)) continue;
+        this.total.add(cell);
+        if (query.groupBy.length === 0) continue;
+        const values = query.groupBy.map((key) => groupValue(key, start, cell));
+        const groupKey = JSON.stringify(values);
+        let group = this.groups.get(groupKey);
+        if (group === undefined) {
+          group = { values, accumulator: new Accumulator() };
+          this.groups.set(groupKey, group);
+        }
+        group.accumulator.add(cell);
       }
-      group.accumulator.add(cell);
     }
   }
-  const sorted = [...groups.values()].sort((left, right) => compareValues(left.values, right.values));
-  return {
-    ...total.totals(),
-    ...replyRange(query),
-    groups: sorted.map(({ values, accumulator }) => ({
-      key: Object.fromEntries(query.groupBy.map((key, index) => [key, values[index] as string])),
-      ...accumulator.totals(),
-    })),
-  };
+
+  rows(): GroupRow[] {
+    return [...this.groups.values()].map(({ values, accumulator }) => ({
+      values,
+      totals: accumulator.totals(),
+      costNano: accumulator.costNano,
+    }));
+  }
+
+  reply(maxBytes?: number): AggregatedReply {
+    const rows = this.rows();
+    if (maxBytes !== undefined && estimateReplyBytes(rows, this.query) > maxBytes)
+      throw new ProxyError(
+        'payload_too_large',
+        `the reply (${rows.length} groups) would exceed max_payload (${maxBytes} bytes): page it with limit (and cursor), order_by for the top groups, a narrower range, or fewer group_by keys`,
+        { retryable: false },
+      );
+    return finishReply(this.total.totals(), rows, this.query, replyRange(this.query));
+  }
+}
+
+/** Answer a parsed query from the rollups, in one go (tests, small states). */
+export function runUsageQuery(rollups: UsageRollups, query: ParsedUsageQuery): AggregatedReply {
+  const scan = new Scan(resolveRange(rollups, query));
+  for (const _ of scan.steps(rollups)) {
+    // One go: no pause between steps.
+  }
+  return scan.reply();
+}
+
+export interface AsyncQueryOptions {
+  /** Longest stretch the scan runs before it lets the event loop turn (default 4 ms). */
+  sliceMs?: number;
+  /** Longest a query may take in all before it is refused as too costly (default 10 s). */
+  budgetMs?: number;
+  /** Refuse a reply larger than this (the bus's max_payload), before building it. */
+  maxBytes?: number;
+}
+
+/**
+ * Answer a parsed query from the rollups without holding the process: the scan runs in slices of a
+ * few milliseconds, events go on being applied between them (a query sees each cell as it is when
+ * visited), compaction waits until it is done, and a scan longer than its budget is refused.
+ */
+export async function runUsageQueryAsync(
+  rollups: UsageRollups,
+  query: ParsedUsageQuery,
+  options: AsyncQueryOptions = {},
+): Promise<AggregatedReply> {
+  const sliceMs = options.sliceMs ?? 4;
+  const budgetMs = options.budgetMs ?? 10_000;
+  const release = rollups.hold();
+  try {
+    const scan = new Scan(resolveRange(rollups, query));
+    const started = performance.now();
+    let sliceStarted = started;
+    for (const _ of scan.steps(rollups)) {
+      const now = performance.now();
+      if (now - sliceStarted < sliceMs) continue;
+      if (now - started > budgetMs)
+        throw new ProxyError(
+          'invalid_request',
+          `the query is too costly: ${scan.cells} cells scanned in ${Math.round(now - started)} ms; narrow the range or filter by agent_id, microdao_id or model`,
+          { retryable: false },
+        );
+      await nextTurn();
+      sliceStarted = performance.now();
+    }
+    return scan.reply(options.maxBytes);
+  } finally {
+    release();
+  }
 }
 
 /** The range a reply covers, as the query's whole hours (null: open). */

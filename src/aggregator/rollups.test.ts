@@ -235,3 +235,34 @@ test('a snapshot whose cell_keys do not match its cells is refused', () => {
   assert.equal(result.success, false);
   assert.deepEqual(result.error?.issues[0]?.path, ['cell_keys']);
 });
+
+test('compaction waits while the rollups are held; a cut yields the state at its sequence while events go on', () => {
+  const DAY = 24 * HOUR_MS;
+  const rollups = new UsageRollups(HOUR_MS, { hourWindowMs: DAY, retentionMs: 0 });
+  rollups.apply(message(1, event('a', { ts: new Date(T0).toISOString() }), T0));
+  const release = rollups.hold();
+  // Three days later in stream time: the first hour is due to become a day, but the rollups are held.
+  rollups.apply(message(2, event('b', { ts: new Date(T0 + 3 * DAY).toISOString() }), T0 + 3 * DAY));
+  assert.equal(rollups.dayBuckets.size, 0, 'held: nothing folded yet');
+  release();
+  assert.equal(rollups.dayBuckets.size, 1, 'released: the pending compaction ran');
+
+  const cut = rollups.beginCut();
+  // After the cut: an existing cell grows, a new cell appears, a new id is remembered.
+  rollups.apply(message(3, event('c', { ts: new Date(T0 + 3 * DAY).toISOString() }), T0 + 3 * DAY));
+  rollups.apply(message(4, event('d', { ts: new Date(T0 + 3 * DAY).toISOString(), model: 'other' }), T0 + 3 * DAY));
+  const cells = [...cut.cells()];
+  assert.equal(cut.seq, 2);
+  assert.deepEqual(
+    cells.map((cell) => [cell.day, cell.dimensions.model, cell.counts[0]]).sort((a, b) => Number(b[0]) - Number(a[0])),
+    [
+      [true, 'gpt-4.1-mini', 1],
+      [false, 'gpt-4.1-mini', 1],
+    ],
+    'the cut holds the state at sequence 2 only',
+  );
+  const seen = new Set(cut.seen().flatMap(([, ids]) => [...ids]));
+  assert.ok(seen.has('b') && !seen.has('c') && !seen.has('d'));
+  cut.end();
+  assert.equal(rollups.cellCount(), 3);
+});

@@ -7,6 +7,12 @@ import { z } from 'zod';
 export const USAGE_GROUP_KEYS = ['agent', 'microdao', 'model', 'provider', 'key', 'day', 'hour'] as const;
 export type UsageGroupKey = (typeof USAGE_GROUP_KEYS)[number];
 
+/** Orders of the groups of a reply: by key (ascending), or top-N by a measure (descending). */
+export const USAGE_ORDERS = ['key', 'cost', 'tokens', 'requests'] as const;
+export type UsageOrder = (typeof USAGE_ORDERS)[number];
+/** Most groups in one page. */
+export const USAGE_MAX_LIMIT = 10_000;
+
 export const usageQuerySchema = z
   .object({
     agent_id: z.string().min(1).optional(),
@@ -19,6 +25,12 @@ export const usageQuerySchema = z
     since: z.string().min(1).optional(),
     until: z.string().min(1).optional(),
     group_by: z.union([z.enum(USAGE_GROUP_KEYS), z.array(z.enum(USAGE_GROUP_KEYS))]).optional(),
+    /** Groups per reply (a page); the reply's `next_cursor` asks for the next one. */
+    limit: z.number().int().min(1).max(USAGE_MAX_LIMIT).optional(),
+    /** `next_cursor` of the previous page of the same query. */
+    cursor: z.string().min(1).max(2_048).optional(),
+    /** Order of the groups: by their key values (default), or the largest first by cost, tokens or requests. */
+    order_by: z.enum(USAGE_ORDERS).optional(),
   })
   .strict();
 

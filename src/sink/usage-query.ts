@@ -1,12 +1,6 @@
 import type pg from 'pg';
-import {
-  compareValues,
-  groupValue,
-  replyRange,
-  totalsOf,
-  type AggregatedReply,
-  type ParsedUsageQuery,
-} from '../aggregator/query.js';
+import { finishReply, type GroupRow } from '../aggregator/query-pages.js';
+import { groupValue, replyRange, totalsOf, type AggregatedReply, type ParsedUsageQuery } from '../aggregator/query.js';
 import type { CounterName, Dimensions } from '../aggregator/rollups.js';
 import { HOUR_MS, HOURS_PER_DAY } from '../aggregator/time-buckets.js';
 import type { UsageGroupKey } from '../contract/usage-query.js';
@@ -161,13 +155,10 @@ export async function runUsageQueryPostgres(
     if (group === undefined) groups.set(groupKey, { values, sums: rowSums });
     else group.sums.addSums(rowSums);
   }
-  const sorted = [...groups.values()].sort((left, right) => compareValues(left.values, right.values));
-  return {
-    ...total.totals(),
-    ...replyRange(query),
-    groups: sorted.map(({ values, sums }) => ({
-      key: Object.fromEntries(query.groupBy.map((key, index) => [key, values[index] as string])),
-      ...sums.totals(),
-    })),
-  };
+  const groupRows: GroupRow[] = [...groups.values()].map(({ values, sums }) => ({
+    values,
+    totals: sums.totals(),
+    costNano: sums.costNano,
+  }));
+  return finishReply(total.totals(), groupRows, query, replyRange(query));
 }
