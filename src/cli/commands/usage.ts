@@ -19,7 +19,14 @@ import {
 import { redactUrl } from '../../config/redact-url.js';
 import { POSTGRES_URL_ENV, postgresUrlProblem } from '../../config/usage-sink-schema.js';
 import { DEFAULT_SUBJECT_PREFIX, HEADERS, subjectsFor } from '../../contract/subjects.js';
-import { USAGE_GROUP_KEYS, type UsageGroupKey, type UsageQuery } from '../../contract/usage-query.js';
+import {
+  USAGE_GROUP_KEYS,
+  USAGE_MAX_LIMIT,
+  USAGE_ORDERS,
+  type UsageGroupKey,
+  type UsageOrder,
+  type UsageQuery,
+} from '../../contract/usage-query.js';
 import { ProxyError, type ErrorReply } from '../../contract/errors.js';
 import { parseUsageQuery, type AggregatedReply, type ParsedUsageQuery } from '../../aggregator/query.js';
 import { KEY_ID_LENGTH, KEY_ID_PATTERN, KEY_PREFIX } from '../../auth/key-format.js';
@@ -48,6 +55,9 @@ Output:
                       (key: the per-agent key id; "(none)" for requests without one)
   --json              the reply as JSON
   --csv               CSV, one row per group (the totals without --group-by); cost in USD to 9 decimals
+  --order-by O        key (default: by the group keys), or cost, tokens, requests: the largest first
+  --limit N           only the first N groups (with --order-by: the top N); without it every group
+                      is fetched, page by page, however many there are
 Source:
   --source S          nats (default): ask the aggregators; postgres: read the usage log
   --url URL           with --source postgres: postgres://user:password@host:5432/database
@@ -69,6 +79,8 @@ Examples:
   llm-proxy usage --microdao microdao:7 --since 7d --group-by model
   llm-proxy usage --since 2026-11-01 --until 2026-12-01 --group-by microdao,model --csv > november.csv
   llm-proxy usage --agent agent:sofia --since 30d --group-by key
+  llm-proxy usage --since 30d --group-by agent --order-by cost --limit 20
+  llm-proxy usage --since 30d --group-by agent --csv > agents.csv
   ${POSTGRES_URL_ENV}=postgres://llmproxy@db:5432/llmproxy \\
     llm-proxy usage --source postgres --since 2026-11-01 --until 2026-12-01 --group-by microdao,model --csv
   llm-proxy usage --source postgres --url postgres://llmproxy@db:5432/llmproxy --schema usage --group-by day
@@ -117,6 +129,8 @@ export function parseUsageArguments(argv: string[], env: NodeJS.ProcessEnv = pro
       source: { type: 'string' },
       url: { type: 'string' },
       schema: { type: 'string' },
+      limit: { type: 'string' },
+      'order-by': { type: 'string' },
     },
   });
   if (values.json && values.csv) throw new UsageError('choose one of --json and --csv');
@@ -144,6 +158,17 @@ export function parseUsageArguments(argv: string[], env: NodeJS.ProcessEnv = pro
         throw new UsageError(`--group-by: "${key}" is not one of ${USAGE_GROUP_KEYS.join(', ')}`);
     }
     if (keys.length > 0) query.group_by = keys as UsageGroupKey[];
+  }
+  const limit = parseNumberFlag('--limit', values.limit, isPositiveInteger, 'a positive integer');
+  if (limit !== undefined) {
+    if (limit > USAGE_MAX_LIMIT) throw new UsageError(`--limit must be at most ${USAGE_MAX_LIMIT}`);
+    query.limit = limit;
+  }
+  const orderBy = values['order-by'];
+  if (orderBy !== undefined) {
+    if (!(USAGE_ORDERS as readonly string[]).includes(orderBy))
+      throw new UsageError(`--order-by must be one of ${USAGE_ORDERS.join(', ')}, not "${orderBy}"`);
+    query.order_by = orderBy as UsageOrder;
   }
   const timeoutMs =
     parseNumberFlag('--timeout-ms', values['timeout-ms'], isPositiveInteger, 'a positive integer') ?? 10_000;
@@ -270,6 +295,36 @@ function printReply(reply: AggregatedReply, parsed: UsageArguments): void {
   else process.stdout.write(formatTable(reply, { filters: describeFilters(parsed.query) }));
 }
 
+/** Groups asked for per page when the command fetches every page (well under max_payload). */
+export const PAGE_SIZE = 500;
+
+/**
+ * The whole answer to a query: with --limit, the one page asked for (top-N with --order-by); without,
+ * every page, fetched with limit and cursor and joined into one reply without paging fields, so that
+ * a breakdown of any size comes through the bus's max_payload.
+ */
+export async function everyPage<E extends { code: string }>(
+  query: UsageQuery,
+  ask: (query: UsageQuery) => Promise<AggregatedReply | E>,
+): Promise<AggregatedReply | E> {
+  if (query.limit !== undefined || query.group_by === undefined) return ask(query);
+  const groups: AggregatedReply['groups'] = [];
+  let cursor: string | undefined;
+  let first: AggregatedReply | undefined;
+  do {
+    const page = await ask({ ...query, limit: PAGE_SIZE, ...(cursor === undefined ? {} : { cursor }) });
+    if (!('total_requests' in page)) return page;
+    first ??= page;
+    groups.push(...page.groups);
+    cursor = page.next_cursor ?? undefined;
+  } while (cursor !== undefined);
+  const { total_groups: _total, next_cursor: _next, ...totals } = first as AggregatedReply;
+  // Totals from the first page (each page carries them; later events may have moved them since).
+  return query.order_by === undefined
+    ? { ...totals, groups }
+    : { ...totals, groups, total_groups: groups.length, next_cursor: null };
+}
+
 /** --source postgres: the same query, checked as an aggregator checks it, answered from the usage log. */
 async function runFromPostgres(parsed: UsageArguments): Promise<number> {
   const config = parsed.configPath === undefined ? undefined : loadConfigFile(parsed.configPath);
@@ -313,19 +368,29 @@ async function run(argv: string[]): Promise<number> {
   }
   const subject = subjectsFor(prefix).usageQuery;
   try {
-    const message = await connection.request(subject, JSON.stringify(parsed.query), {
-      timeout: parsed.timeoutMs,
-      headers: secretHeaders(),
-    });
-    const body = message.json<AggregatedReply | ErrorReply>();
-    if (message.headers?.get(HEADERS.serviceErrorCode) || 'error' in body) {
-      const error = (body as ErrorReply).error;
-      process.stderr.write(
-        `error ${error?.code ?? 'internal'} (${error?.status ?? message.headers?.get(HEADERS.serviceErrorCode)}): ${error?.message ?? message.headers?.get(HEADERS.serviceError)}\n`,
-      );
+    const ask = async (query: UsageQuery): Promise<AggregatedReply | ErrorReply['error']> => {
+      const message = await connection.request(subject, JSON.stringify(query), {
+        timeout: parsed.timeoutMs,
+        headers: secretHeaders(),
+      });
+      const body = message.json<AggregatedReply | ErrorReply>();
+      if (message.headers?.get(HEADERS.serviceErrorCode) || 'error' in body) {
+        const error = (body as ErrorReply).error;
+        return {
+          code: error?.code ?? 'internal',
+          status: error?.status ?? Number(message.headers?.get(HEADERS.serviceErrorCode)),
+          message: error?.message ?? message.headers?.get(HEADERS.serviceError) ?? '',
+          retryable: error?.retryable ?? false,
+        };
+      }
+      return body as AggregatedReply;
+    };
+    const reply = await everyPage(parsed.query, ask);
+    if (!('total_requests' in reply)) {
+      process.stderr.write(`error ${reply.code} (${reply.status}): ${reply.message}\n`);
       return 1;
     }
-    printReply(body as AggregatedReply, parsed);
+    printReply(reply, parsed);
     return 0;
   } catch (error) {
     if (error instanceof RequestError && error.isNoResponders()) {
