@@ -219,6 +219,40 @@ test('10,000 events with duplicates, a sink SIGKILLed mid-copy and restarted, a 
     assert.deepEqual(everything, hand);
     assert.equal(Math.round(everything.cost_usd * 100), cents, 'to the cent');
 
+    // An aggregator whose retention (3 days back from the stream's now) ends after these November events:
+    // it holds none of them; a query reaching back is answered from the usage log, or refused without one.
+    const short = { snapshot_interval_ms: '10m', hour_window: '1d', retention: '3d' };
+    const withLog = await UsageAggregator.start({
+      connection,
+      subjectPrefix: 'llm',
+      usageStream,
+      aggregator: aggregatorSchema.parse({ ...short, instance_id: 'sink-test-short' }),
+      now: () => NOW,
+      usageLog: database.pool,
+    });
+    const withoutLog = await UsageAggregator.start({
+      connection,
+      subjectPrefix: 'llm',
+      usageStream,
+      aggregator: aggregatorSchema.parse({ ...short, instance_id: 'sink-test-nolog' }),
+      now: () => NOW,
+    });
+    try {
+      await until('the short aggregators caught up', async () =>
+        (await withLog.lag()) === 0 && (await withoutLog.lag()) === 0 ? true : undefined,
+      );
+      assert.equal(withLog.eventStats().events, 0, 'every event is past its retention');
+      const back = { since: '2026-11-24T00:00:00Z', group_by: ['microdao', 'model'] };
+      assert.deepEqual(
+        await withLog.queryAsync(back),
+        await runUsageQueryPostgres(database.pool, parseUsageQuery(back, NOW)),
+      );
+      await assert.rejects(withoutLog.queryAsync(back), /out of range: this aggregator keeps usage from/);
+    } finally {
+      await withLog.stop();
+      await withoutLog.stop();
+    }
+
     // Both sinks took part; no log line or output carries the password.
     assert.ok((inProcess.stats.inserted ?? 0) > 0 && inProcess.stats.inserted < events.length);
     await inProcess.stop();

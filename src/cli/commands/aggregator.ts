@@ -15,6 +15,8 @@ import { observeAggregator } from '../../aggregator/aggregator-metrics.js';
 import { VERSION } from '../../worker/index.js';
 import { metricsPort, startProcessTelemetry } from '../process-telemetry.js';
 import { secretFromEnv } from '../../auth/index.js';
+import { openUsageLogPool } from '../../sink/pg-pool.js';
+import { resolvePostgresSink } from './sink.js';
 
 const help = `Usage: llm-proxy aggregator [--config config.yaml] [--metrics-port PORT|off]
 
@@ -35,7 +37,14 @@ config.yaml, section "aggregator" (all optional):
   snapshot_bucket              KV bucket of snapshots (default: LLM_USAGE_SNAPSHOTS)
   snapshot_interval_ms         how often to snapshot, e.g. 60s (default), also on shutdown
   dedup_horizon                how long request ids are remembered (default: 24h)
-  consumer_inactive_threshold  an unused durable is removed after (default: 7d)
+  consumer_inactive_threshold  an unused durable is removed after (default: 7d); departed
+                               instances' snapshots are deleted after it too
+  hour_window                  how far back usage is kept per hour (default: 7d); per day before
+  retention                    how long usage is kept at all (default: 400d; 0 or forever: always)
+
+Queries reaching before the retention are answered from the PostgreSQL usage log
+when one is configured ($LLM_PROXY_POSTGRES_URL or usage_sink.postgres.url, see
+\`llm-proxy sink postgres\`); without one they are refused as out of range.
 
 Every instance needs its own instance_id (two processes with one id would
 take each other's durable consumer). SIGTERM/SIGINT: leave the queue group,
@@ -79,6 +88,20 @@ export async function startUsageAggregator(
         });
   let connection: NatsConnection;
   let aggregator: UsageAggregator;
+  // The usage log, when there is one: the history before the aggregator's retention.
+  const usageLogConfig = resolvePostgresSink(config, {});
+  const usageLog =
+    usageLogConfig === undefined
+      ? undefined
+      : openUsageLogPool(
+          {
+            url: usageLogConfig.url,
+            schema: usageLogConfig.schema,
+            poolSize: 2,
+            applicationName: 'llm-proxy-aggregator',
+          },
+          logger,
+        );
   try {
     connection = await connectToNats({ servers, nats: config.nats, name: `llm-proxy-aggregator@${hostname()}` });
     aggregator = await UsageAggregator.start({
@@ -88,8 +111,10 @@ export async function startUsageAggregator(
       aggregator: config.aggregator,
       logger,
       secret,
+      usageLog,
     });
   } catch (error) {
+    await usageLog?.end().catch(() => undefined);
     await telemetry?.stop();
     throw error;
   }
@@ -130,6 +155,7 @@ export async function startUsageAggregator(
       unobserve();
       await aggregator.stop();
       await connection.drain();
+      await usageLog?.end().catch(() => undefined);
       await telemetry?.stop();
     },
   };
