@@ -9,9 +9,11 @@ import { ProxyError, toErrorReply } from '../contract/errors.js';
 import { HEADERS, QUEUE_GROUPS, subjectsFor } from '../contract/subjects.js';
 import { readHeaders, SecretCheck } from '../auth/index.js';
 import { UsageStreamConsumer, type UsageMessage } from '../usage/consumer.js';
-import { parseUsageQuery, runUsageQuery, type AggregatedReply } from './query.js';
+import type pg from 'pg';
+import { runUsageQueryPostgres } from '../sink/usage-query.js';
+import { parseUsageQuery, runUsageQuery, runUsageQueryAsync, UsageOutOfRange, type AggregatedReply } from './query.js';
 import { UsageRollups, type Compaction } from './rollups.js';
-import { SnapshotStore, type LoadedSnapshot, type SnapshotManifest } from './snapshot-store.js';
+import { SnapshotStore, type LoadedRollups, type SnapshotManifest } from './snapshot-store.js';
 
 /** Name under which aggregators register with the NATS micro-service framework (`nats micro ls`). */
 export const AGGREGATOR_SERVICE_NAME = 'llm-usage';
@@ -37,6 +39,11 @@ export interface AggregatorOptions {
   snapshotChunkBytes?: number;
   /** `X-Internal-Secret` value required on queries (every agent's usage and cost); none when undefined. */
   secret?: string | undefined;
+  /**
+   * The PostgreSQL usage log (`usage_sink.postgres`), when there is one: queries reaching before
+   * `aggregator.retention` are answered from it instead of being refused as out of range.
+   */
+  usageLog?: Pick<pg.Pool, 'query'> | undefined;
 }
 
 /** Where this run started from: the snapshot used (if any) and the first stream sequence consumed. */
@@ -126,6 +133,9 @@ export class UsageAggregator {
     this.store = await SnapshotStore.open(connection, aggregator.snapshot_bucket, {
       replicas: usageStream.replicas,
       ...(this.options.snapshotChunkBytes === undefined ? {} : { chunkBytes: this.options.snapshotChunkBytes }),
+      // Snapshots of instances gone this long are removed (their durables are, by the server, by the same rule).
+      departedAfterMs: aggregator.consumer_inactive_threshold,
+      logger: this.logger,
     });
 
     const loaded = await this.loadSnapshot(this.store, this.stream.created);
@@ -161,25 +171,36 @@ export class UsageAggregator {
   private async loadSnapshot(
     store: SnapshotStore,
     streamCreated: string,
-  ): Promise<{ loaded: LoadedSnapshot; adopted: boolean } | undefined> {
-    const own = await store.load(this.instanceId).catch((error: unknown) => {
+  ): Promise<{ loaded: LoadedRollups; adopted: boolean } | undefined> {
+    const dedupHorizonMs = this.options.aggregator.dedup_horizon;
+    // Read as a stream, a chunk at a time, straight into rollups (never the whole snapshot as one string).
+    const own = await store.loadRollups(this.instanceId, dedupHorizonMs, this.compaction()).catch((error: unknown) => {
       this.logger.warn({ err: error }, 'own snapshot unreadable; looking for another');
       return undefined;
     });
-    if (own !== undefined) return { loaded: own, adopted: false };
+    if (own !== undefined) {
+      // With a snapshot of our own, snapshots of long-departed instances can go (in the background).
+      void store.removeDepartedIfDue(this.instanceId);
+      return { loaded: own, adopted: false };
+    }
     // Snapshots of the stream as it is now come first (one of a deleted and recreated stream would mean a full replay).
     const manifests = (await store.manifests()).sort(
       (left, right) => Number(left.stream_created !== streamCreated) - Number(right.stream_created !== streamCreated),
     );
     for (const manifest of manifests) {
-      const other = await store.load(manifest.instance).catch(() => undefined);
+      const other = await store
+        .loadRollups(manifest, dedupHorizonMs, this.compaction())
+        .catch((error: unknown) => {
+          this.logger.warn({ err: error, instance: manifest.instance }, 'snapshot unreadable; trying the next');
+          return undefined;
+        });
       if (other !== undefined) return { loaded: other, adopted: true };
     }
     return undefined;
   }
 
   /** Install the snapshot's state and decide the first sequence to consume. */
-  private restore(found: { loaded: LoadedSnapshot; adopted: boolean } | undefined, stream: StreamInfo): number {
+  private restore(found: { loaded: LoadedRollups; adopted: boolean } | undefined, stream: StreamInfo): number {
     const firstSeq = Math.max(1, stream.state.first_seq);
     if (found === undefined) {
       if (firstSeq > 1)
@@ -190,10 +211,11 @@ export class UsageAggregator {
       this.startPoint = { snapshot: 'none', snapshotInstance: null, snapshotSeq: 0, startSeq: firstSeq };
       return firstSeq;
     }
-    const { manifest, snapshot } = found.loaded;
-    this.rollups = UsageRollups.fromSnapshot(snapshot, this.options.aggregator.dedup_horizon, this.compaction());
-    let startSeq = snapshot.seq + 1;
-    if (manifest.stream_created !== stream.created || snapshot.seq > stream.state.last_seq) {
+    const { manifest, rollups } = found.loaded;
+    const snapshotSeq = rollups.appliedSeq;
+    this.rollups = rollups;
+    let startSeq = snapshotSeq + 1;
+    if (manifest.stream_created !== stream.created || snapshotSeq > stream.state.last_seq) {
       // The stream was deleted and recreated: sequences restarted. Keep the history, read the new stream
       // from its start; event ids still guard against counting an event twice.
       this.logger.warn(
@@ -212,7 +234,7 @@ export class UsageAggregator {
     this.startPoint = {
       snapshot: found.adopted ? 'adopted' : 'own',
       snapshotInstance: manifest.instance,
-      snapshotSeq: snapshot.seq,
+      snapshotSeq,
       startSeq,
     };
     return startSeq;
@@ -267,27 +289,53 @@ export class UsageAggregator {
           throw new ProxyError('invalid_request', 'the query is not JSON', { retryable: false });
         }
       }
-      const encoded = new TextEncoder().encode(JSON.stringify(this.query(body)));
       const maxPayload = this.options.connection.info?.max_payload;
-      if (maxPayload !== undefined && encoded.length > maxPayload) {
-        throw new ProxyError(
-          'payload_too_large',
-          `the reply (${encoded.length} bytes) exceeds max_payload: narrow the range or group by fewer keys`,
-          { retryable: false },
-        );
-      }
-      message.respond(encoded);
+      void this.queryAsync(body, maxPayload)
+        .then((reply) => {
+          const encoded = new TextEncoder().encode(JSON.stringify(reply));
+          if (maxPayload !== undefined && encoded.length > maxPayload)
+            throw new ProxyError(
+              'payload_too_large',
+              `the reply (${encoded.length} bytes) exceeds max_payload: page it with limit (and cursor), or narrow the range`,
+              { retryable: false },
+            );
+          message.respond(encoded);
+        })
+        .catch((error: unknown) => this.refuse(message, error));
     } catch (error) {
+      this.refuse(message, error);
+    }
+  }
+
+  private refuse(message: ServiceMsg, error: unknown): void {
+    try {
       const reply = toErrorReply(error);
       if (!(error instanceof ProxyError)) this.logger.error({ err: error }, 'usage query failed');
       // A header value cannot hold a line break (a field name from the query could).
       message.respondError(reply.error.status, reply.error.message.replace(/[\r\n]+/g, ' '), JSON.stringify(reply));
+    } catch (failure) {
+      this.logger.error({ err: failure }, 'usage query reply could not be sent');
     }
   }
 
-  /** Answer a query body in process (what `llm.proxy.usage` replies). Throws ProxyError on a bad query. */
+  /** Answer a query body in process, in one go (tests). Throws ProxyError on a bad query. */
   query(body: unknown): AggregatedReply {
     return runUsageQuery(this.rollups, parseUsageQuery(body, this.now()));
+  }
+
+  /**
+   * What `llm.proxy.usage` replies: the query answered in slices that leave the event loop free, from
+   * the PostgreSQL usage log when it reaches before the retention and a log is configured.
+   */
+  async queryAsync(body: unknown, maxBytes?: number): Promise<AggregatedReply> {
+    const parsed = parseUsageQuery(body, this.now());
+    try {
+      return await runUsageQueryAsync(this.rollups, parsed, maxBytes === undefined ? {} : { maxBytes });
+    } catch (error) {
+      const usageLog = this.options.usageLog;
+      if (!(error instanceof UsageOutOfRange) || usageLog === undefined) throw error;
+      return runUsageQueryPostgres(usageLog, parsed);
+    }
   }
 
   appliedSeq(): number {
