@@ -42,7 +42,7 @@ export function isPaged(query: ParsedUsageQuery): boolean {
 }
 
 /** What identifies a query for its cursors: filters, range, groups and order (not the page). */
-function queryDigest(query: ParsedUsageQuery): string {
+export function queryDigest(query: ParsedUsageQuery): string {
   const identity = [
     query.agent_id ?? null,
     query.microdao_id ?? null,

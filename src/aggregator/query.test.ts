@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ProxyError } from '../contract/errors.js';
 import type { UsageEvent } from '../contract/usage-event.js';
-import { parseUsageQuery, runUsageQuery, runUsageQueryAsync, UsageOutOfRange } from './query.js';
+import { parseUsageQuery, runUsageQuery, runUsageQueryAsync, ScanCache, UsageOutOfRange } from './query.js';
 import { UsageRollups } from './rollups.js';
 import { HOUR_MS } from './time-buckets.js';
 
@@ -341,4 +341,23 @@ test('an async query lets the event loop turn while it scans', async () => {
     clearInterval(ticker);
   }
   assert.ok(turns > 0, 'timers ran while the query was scanning');
+});
+
+test('the pages after the first are cut from the same sums (kept briefly), not from a new scan', async () => {
+  const rollups = manyAgents(600, 250);
+  const cache = new ScanCache();
+  const first = await runUsageQueryAsync(rollups, parseUsageQuery({ group_by: 'agent', limit: 100 }, NOW), { cache });
+  // An event arrives between two pages: the second page still belongs to the first page's answer.
+  const late = event(10_000, { agent_id: 'agent:000', cost_usd: 5 });
+  rollups.apply({ seq: 10_000, data: encoder.encode(JSON.stringify(late)), storedAtMs: NOW });
+  const second = await runUsageQueryAsync(
+    rollups,
+    parseUsageQuery({ group_by: 'agent', limit: 100, cursor: first.next_cursor as string }, NOW),
+    { cache },
+  );
+  assert.equal(second.total_requests, first.total_requests);
+  assert.equal(second.groups[0]?.key.agent, 'agent:100');
+  // A new first page scans again and sees it.
+  const again = await runUsageQueryAsync(rollups, parseUsageQuery({ group_by: 'agent', limit: 100 }, NOW), { cache });
+  assert.equal(again.total_requests, first.total_requests + 1);
 });

@@ -7,8 +7,8 @@ import {
   type UsageOrder,
   type UsageTotals,
 } from '../contract/usage-query.js';
-import { estimateReplyBytes, finishReply, type GroupRow } from './query-pages.js';
-import { counter, type Cell, type CounterName, type UsageRollups } from './rollups.js';
+import { estimateReplyBytes, finishReply, queryDigest, type GroupRow } from './query-pages.js';
+import { COUNTERS, type Cell, type CounterName, type UsageRollups } from './rollups.js';
 import { dayLabel, hourLabel, HOUR_MS, HOURS_PER_DAY, parseInstant, sinceHourOf, untilHourOf } from './time-buckets.js';
 
 /** Group key value for an event without that field (no agent id, no provider, no key…). */
@@ -102,33 +102,40 @@ export function parseUsageQuery(body: unknown, now: number): ParsedUsageQuery {
   return parsed;
 }
 
-/** Sums of the counters; cost in BigInt so that totals over many cells stay exact. */
+/** Where cost_nanousd sits in a cell's counts. */
+const COST_INDEX = COUNTERS.indexOf('cost_nanousd');
+/** Cost summed as a number up to here (exact below 2^53), then carried into the BigInt. */
+const COST_CARRY = 2 ** 50;
+
+/**
+ * Sums of the counters, by position (a hot loop: no maps, no allocation per cell). Cost is exact:
+ * whole nano-dollars summed as a number while that is exact, carried into a BigInt beyond.
+ */
 class Accumulator {
-  readonly counts = new Map<CounterName, number>();
-  costNano = 0n;
+  readonly counts = new Float64Array(COUNTERS.length);
+  private costSmall = 0;
+  private costBig = 0n;
 
   add(cell: Cell): void {
-    for (const name of [
-      'requests',
-      'ok',
-      'error',
-      'rejected',
-      'cancelled',
-      'cached',
-      'tokens_estimated',
-      'prompt_tokens',
-      'completion_tokens',
-      'total_tokens',
-      'latency_us',
-      'cached_prompt_tokens',
-    ] as const) {
-      this.counts.set(name, (this.counts.get(name) ?? 0) + counter(cell, name));
+    const values = cell.counts;
+    const counts = this.counts;
+    for (let index = 0; index < values.length; index += 1) {
+      if (index === COST_INDEX) continue;
+      counts[index] = (counts[index] as number) + (values[index] as number);
     }
-    this.costNano += BigInt(counter(cell, 'cost_nanousd'));
+    this.costSmall += values[COST_INDEX] ?? 0;
+    if (this.costSmall >= COST_CARRY || this.costSmall <= -COST_CARRY) {
+      this.costBig += BigInt(this.costSmall);
+      this.costSmall = 0;
+    }
+  }
+
+  get costNano(): bigint {
+    return this.costBig + BigInt(this.costSmall);
   }
 
   totals(): AggregatedTotals {
-    return totalsOf((name) => this.counts.get(name) ?? 0, this.costNano);
+    return totalsOf((name) => this.counts[COUNTERS.indexOf(name)] ?? 0, this.costNano);
   }
 }
 
@@ -246,29 +253,59 @@ class Scan {
 
   constructor(readonly query: ParsedUsageQuery) {}
 
-  /** Visits the cells of the query's range; yields every {@link CELLS_PER_STEP} cells. */
-  *steps(rollups: UsageRollups): Generator<void> {
+  private buckets: IterableIterator<[number, Map<string, Cell>]> | undefined;
+  /** The cells of the bucket being visited (taken when the bucket is reached) and the next one's index. */
+  private bucketCells: Cell[] | undefined;
+  private next = 0;
+  private bucketStart = 0;
+
+  /**
+   * Visits up to `budget` more cells of the query's range; true when every bucket is done. Resumable:
+   * it goes on where it stopped, buckets added meanwhile are visited too, and a bucket's cells are
+   * those it had when the scan reached it.
+   */
+  step(rollups: UsageRollups, budget: number): boolean {
     const { query } = this;
-    for (const [start, cells] of rollups.hours) {
-      const end = start + (rollups.dayBuckets.has(start) ? HOURS_PER_DAY : 1);
-      if (query.sinceHour !== undefined && start < query.sinceHour) continue;
-      if (query.untilHour !== undefined && end > query.untilHour) continue;
-      for (const cell of cells.values()) {
-        this.cells += 1;
-        if (this.cells % CELLS_PER_STEP === 0) yield;
+    this.buckets ??= rollups.hours.entries();
+    const grouped = query.groupBy.length > 0;
+    let left = budget;
+    for (;;) {
+      if (this.bucketCells === undefined) {
+        const entry = this.buckets.next();
+        if (entry.done === true) return true;
+        const [start, cells] = entry.value;
+        const end = start + (rollups.dayBuckets.has(start) ? HOURS_PER_DAY : 1);
+        if (query.sinceHour !== undefined && start < query.sinceHour) continue;
+        if (query.untilHour !== undefined && end > query.untilHour) continue;
+        this.bucketStart = start;
+        this.bucketCells = [...cells.values()];
+        this.next = 0;
+      }
+      const cells = this.bucketCells;
+      const stop = Math.min(cells.length, this.next + left);
+      for (let index = this.next; index < stop; index += 1) {
+        const cell = cells[index] as Cell;
         if (!matches(cell, query)) continue;
         this.total.add(cell);
-        if (query.groupBy.length === 0) continue;
-        const values = query.groupBy.map((key) => groupValue(key, start, cell));
-        const groupKey = JSON.stringify(values);
-        let group = this.groups.get(groupKey);
-        if (group === undefined) {
-          group = { values, accumulator: new Accumulator() };
-          this.groups.set(groupKey, group);
-        }
-        group.accumulator.add(cell);
+        if (grouped) this.addToGroup(cell);
       }
+      left -= stop - this.next;
+      this.cells += stop - this.next;
+      this.next = stop;
+      if (stop === cells.length) this.bucketCells = undefined;
+      if (left <= 0) return false;
     }
+  }
+
+  private addToGroup(cell: Cell): void {
+    const values = this.query.groupBy.map((key) => groupValue(key, this.bucketStart, cell));
+    const groupKey = values.length === 1 ? (values[0] as string) : JSON.stringify(values);
+    let group = this.groups.get(groupKey);
+    if (group === undefined) {
+      group = { values, accumulator: new Accumulator() };
+      this.groups.set(groupKey, group);
+    }
+    group.accumulator.add(cell);
   }
 
   rows(): GroupRow[] {
@@ -280,23 +317,62 @@ class Scan {
   }
 
   reply(maxBytes?: number): AggregatedReply {
-    const rows = this.rows();
-    if (maxBytes !== undefined && estimateReplyBytes(rows, this.query) > maxBytes)
-      throw new ProxyError(
-        'payload_too_large',
-        `the reply (${rows.length} groups) would exceed max_payload (${maxBytes} bytes): page it with limit (and cursor), order_by for the top groups, a narrower range, or fewer group_by keys`,
-        { retryable: false },
-      );
-    return finishReply(this.total.totals(), rows, this.query, replyRange(this.query));
+    return replyOf(this.total.totals(), this.rows(), this.query, maxBytes);
+  }
+}
+
+/** The reply of a scan's sums: refused before it is built when it would not fit in `maxBytes`. */
+function replyOf(
+  totals: AggregatedTotals,
+  rows: GroupRow[],
+  query: ParsedUsageQuery,
+  maxBytes: number | undefined,
+): AggregatedReply {
+  if (maxBytes !== undefined && estimateReplyBytes(rows, query) > maxBytes)
+    throw new ProxyError(
+      'payload_too_large',
+      `the reply (${rows.length} groups) would exceed max_payload (${maxBytes} bytes): page it with limit (and cursor), order_by for the top groups, a narrower range, or fewer group_by keys`,
+      { retryable: false },
+    );
+  return finishReply(totals, rows, query, replyRange(query));
+}
+
+/**
+ * The sums of paged queries, kept briefly: the pages after the first are cut from the same sums
+ * (consistent with each other, and costing only their own groups) instead of scanning again.
+ */
+export class ScanCache {
+  private readonly entries = new Map<string, { at: number; totals: AggregatedTotals; rows: GroupRow[] }>();
+
+  constructor(
+    private readonly ttlMs = 15_000,
+    private readonly maxEntries = 8,
+  ) {}
+
+  get(key: string, now: number): { totals: AggregatedTotals; rows: GroupRow[] } | undefined {
+    const entry = this.entries.get(key);
+    if (entry === undefined) return undefined;
+    if (now - entry.at > this.ttlMs) {
+      this.entries.delete(key);
+      return undefined;
+    }
+    return entry;
+  }
+
+  set(key: string, value: { totals: AggregatedTotals; rows: GroupRow[] }, now: number): void {
+    this.entries.delete(key);
+    this.entries.set(key, { at: now, ...value });
+    while (this.entries.size > this.maxEntries) {
+      const oldest = this.entries.keys().next().value as string;
+      this.entries.delete(oldest);
+    }
   }
 }
 
 /** Answer a parsed query from the rollups, in one go (tests, small states). */
 export function runUsageQuery(rollups: UsageRollups, query: ParsedUsageQuery): AggregatedReply {
   const scan = new Scan(resolveRange(rollups, query));
-  for (const _ of scan.steps(rollups)) {
-    // One go: no pause between steps.
-  }
+  scan.step(rollups, Number.POSITIVE_INFINITY);
   return scan.reply();
 }
 
@@ -307,6 +383,8 @@ export interface AsyncQueryOptions {
   budgetMs?: number;
   /** Refuse a reply larger than this (the bus's max_payload), before building it. */
   maxBytes?: number;
+  /** Where the sums of paged queries are kept for their next pages. */
+  cache?: ScanCache;
 }
 
 /**
@@ -321,12 +399,19 @@ export async function runUsageQueryAsync(
 ): Promise<AggregatedReply> {
   const sliceMs = options.sliceMs ?? 4;
   const budgetMs = options.budgetMs ?? 10_000;
+  const resolved = resolveRange(rollups, query);
+  const paged = resolved.limit !== undefined;
+  const cacheKey = paged ? queryDigest(resolved) : undefined;
+  if (cacheKey !== undefined && resolved.cursor !== undefined) {
+    const cached = options.cache?.get(cacheKey, performance.now());
+    if (cached !== undefined) return replyOf(cached.totals, cached.rows, resolved, options.maxBytes);
+  }
   const release = rollups.hold();
   try {
-    const scan = new Scan(resolveRange(rollups, query));
+    const scan = new Scan(resolved);
     const started = performance.now();
     let sliceStarted = started;
-    for (const _ of scan.steps(rollups)) {
+    while (!scan.step(rollups, CELLS_PER_STEP)) {
       const now = performance.now();
       if (now - sliceStarted < sliceMs) continue;
       if (now - started > budgetMs)
@@ -338,7 +423,10 @@ export async function runUsageQueryAsync(
       await nextTurn();
       sliceStarted = performance.now();
     }
-    return scan.reply(options.maxBytes);
+    if (cacheKey === undefined || options.cache === undefined) return scan.reply(options.maxBytes);
+    const sums = { totals: scan.total.totals(), rows: scan.rows() };
+    options.cache.set(cacheKey, sums, performance.now());
+    return replyOf(sums.totals, sums.rows, resolved, options.maxBytes);
   } finally {
     release();
   }
