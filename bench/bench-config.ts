@@ -41,8 +41,39 @@ export interface WorkerConfigOptions {
   maxInFlight: number;
   logLevel?: string;
   logRequests?: 'all' | 'errors' | 'none';
-  /** Limits backend with every dimension on (out of reach), or off. */
-  limits?: 'off' | 'memory' | 'nats' | 'redis';
+  /**
+   * Limits backend with every dimension on (out of reach) per agent, or off. `<backend>+model`
+   * (`--limits nats --model-limit`): the same limits on every bench model too, a scope shared by every
+   * agent (issue 21's hot key).
+   */
+  limits?: BenchLimits;
+}
+
+export const BENCH_LIMIT_BACKENDS = ['memory', 'nats', 'redis'] as const;
+export type BenchLimitBackend = (typeof BENCH_LIMIT_BACKENDS)[number];
+export type BenchLimits = 'off' | BenchLimitBackend | `${BenchLimitBackend}+model`;
+
+/** Every dimension counted (so every store operation happens), none ever reached. */
+const OUT_OF_REACH = {
+  rpm: 1_000_000_000,
+  tpm: 1_000_000_000_000,
+  concurrent: 1_000_000,
+  daily_usd: 1_000_000_000,
+  monthly_usd: 1_000_000_000,
+};
+
+function limitsConfig(limits: BenchLimits | undefined): Record<string, unknown> {
+  if (limits === undefined || limits === 'off') return { enabled: false };
+  const [backend, scope] = limits.split('+');
+  return {
+    backend,
+    nats_bucket: 'LLM_LIMITS_BENCH',
+    redis_key_prefix: `llm-limits-bench:${process.pid}:`,
+    default: OUT_OF_REACH,
+    ...(scope === 'model'
+      ? { models: Object.fromEntries(Object.values(BENCH_MODELS).map((model) => [model.name, OUT_OF_REACH])) }
+      : {}),
+  };
 }
 
 /**
@@ -76,22 +107,7 @@ export function buildWorkerConfig(options: WorkerConfigOptions): string {
     routing: { retry: { attempts: 2, base_backoff_ms: 5, max_backoff_ms: 20 }, cooldown: { failures: 1_000_000_000 } },
     worker: { max_in_flight: options.maxInFlight, default_timeout_ms: 60_000 },
     cache: { enabled: false },
-    limits:
-      options.limits === undefined || options.limits === 'off'
-        ? { enabled: false }
-        : // Every dimension counted (so every store operation happens), none ever reached.
-          {
-            backend: options.limits,
-            nats_bucket: 'LLM_LIMITS_BENCH',
-            redis_key_prefix: `llm-limits-bench:${process.pid}:`,
-            default: {
-              rpm: 1_000_000_000,
-              tpm: 1_000_000_000_000,
-              concurrent: 1_000_000,
-              daily_usd: 1_000_000_000,
-              monthly_usd: 1_000_000_000,
-            },
-          },
+    limits: limitsConfig(options.limits),
     logging: { level: options.logLevel ?? 'info', requests: options.logRequests ?? 'errors' },
   };
   return stringify(config);

@@ -1,8 +1,9 @@
 /** Command-line options of `npm run bench` (run.ts). */
 import { parseArgs } from 'node:util';
 import { TARGETS, type Target } from './load-protocol.js';
+import type { BenchLimits } from './bench-config.js';
 
-export const SECTIONS = ['closed', 'open', 'stream', 'memory', 'soak', 'http', 'sink'] as const;
+export const SECTIONS = ['closed', 'open', 'stream', 'memory', 'soak', 'http', 'sink', 'scale'] as const;
 export type Section = (typeof SECTIONS)[number];
 
 export const LAYOUTS = ['worker-alone', 'split', 'none'] as const;
@@ -31,8 +32,11 @@ export interface BenchOptions {
   /** Extra node flags for the processes under test (worker, bare forwarder, echo replier) alike. */
   nodeFlags: string[];
   gatewayVia: 'client' | 'raw';
-  /** The worker's limits: off (default), or every dimension on (set out of reach) with this backend. */
-  limits: 'off' | 'memory' | 'nats' | 'redis';
+  /**
+   * The worker's limits: off (default), or every dimension on (set out of reach) with this backend;
+   * `<backend>+model` with --model-limit (the same limits on every bench model as well).
+   */
+  limits: BenchLimits;
   /** Distinct agent ids the load generator spreads its requests over. */
   agents: number;
   outDir: string;
@@ -42,6 +46,8 @@ export interface BenchOptions {
   portkeyDir: string | undefined;
   /** Usage events the sink section copies into PostgreSQL. */
   sinkEvents: number;
+  /** Sizes (events) the scale section runs the aggregator at. */
+  scaleEvents: number[];
   help: boolean;
 }
 
@@ -81,6 +87,8 @@ Options:
   --limits <backend>      off (default), memory, nats or redis: the worker runs with every limit
                           (rpm, tpm, concurrent, daily and monthly budgets) on, set out of reach, on
                           that backend, to measure what limiting costs per request
+  --model-limit           with --limits: the same limits on every bench model too, one scope shared by
+                          every agent (the hot key of issue 21); shown as limits <backend>+model
   --agents <n>            distinct agent ids the requests are spread over (default 1; use 1000 with --limits)
   --cpu-prof              profile the worker and the bare forwarder (node --cpu-prof into
                           <out>/prof/worker, <out>/prof/bare) and print their top self-time functions;
@@ -93,6 +101,8 @@ Options:
   --sink-events <n>       usage events the sink section copies into PostgreSQL (default 200000; quick
                           20000); PostgreSQL from $LLM_PROXY_BENCH_POSTGRES_URL, else
                           postgres://postgres@127.0.0.1:5432/postgres (skipped when none answers)
+  --scale-events <list>   sizes the scale section runs the usage aggregator at (default
+                          100000,1000000; quick 20000)
   --out <dir>             results directory (default bench-results)
   --from <results.json>   print the report of an earlier run (runs nothing)
   --help                  this text
@@ -158,11 +168,13 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
       'node-flags': { type: 'string' },
       'gateway-via': { type: 'string' },
       limits: { type: 'string' },
+      'model-limit': { type: 'boolean', default: false },
       agents: { type: 'string' },
       out: { type: 'string' },
       from: { type: 'string' },
       'portkey-dir': { type: 'string' },
       'sink-events': { type: 'string' },
+      'scale-events': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -183,6 +195,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
   const limits = values.limits ?? 'off';
   if (!['off', 'memory', 'nats', 'redis'].includes(limits))
     throw new Error(`--limits: unknown "${limits}" (choose from off, memory, nats, redis)`);
+  if (values['model-limit'] === true && limits === 'off') throw new Error('--model-limit needs --limits <backend>');
   return {
     quick,
     sections: parseNames(values.only, SECTIONS, 'only'),
@@ -209,12 +222,18 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     cpuProf: values['cpu-prof'] === true,
     nodeFlags: parseNodeFlags(values['node-flags']),
     gatewayVia,
-    limits: limits as BenchOptions['limits'],
+    limits: (values['model-limit'] === true ? `${limits}+model` : limits) as BenchLimits,
     agents: Math.round(parsePositive(values.agents, 'agents', 1)),
     outDir,
     from: values.from,
     portkeyDir: values['portkey-dir'] ?? process.env.PORTKEY_DIR,
     sinkEvents: Math.round(parsePositive(values['sink-events'], 'sink-events', quick ? 20_000 : 200_000)),
+    scaleEvents:
+      values['scale-events'] === undefined
+        ? quick
+          ? [20_000]
+          : [100_000, 1_000_000]
+        : parseList(values['scale-events'], 'scale-events'),
     help: values.help === true,
   };
 }

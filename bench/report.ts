@@ -6,6 +6,7 @@
 import type { ProfileSummary } from './cpu-profile.js';
 import { type HttpSection, renderHttpSection } from './http-report.js';
 import { renderSinkSection, type SinkSection } from './sink-section.js';
+import { renderScaleSection, type ScaleSection } from './scale-section.js';
 import type { LoadResult, Target } from './load-protocol.js';
 import { medianInterval, type LatencySummary, type MedianInterval } from './stats.js';
 import type { ProcessUsage } from './proc-stats.js';
@@ -61,6 +62,8 @@ export interface BenchResults {
   http?: HttpSection;
   /** The PostgreSQL usage log: events/s of the sink, query times (sink-section.ts). */
   sink?: SinkSection;
+  /** The usage aggregator at sizes (scale-section.ts). */
+  scale?: ScaleSection;
   /** `files`: the `.cpuprofile` files the summary was made from (one per worker process, summed). */
   profile?: ProfileSummary & { files: string[] };
   /** The bare forwarder's profile over the same run, for comparison. */
@@ -529,6 +532,7 @@ export function renderMarkdown(results: BenchResults): string {
 
   if (results.http !== undefined) parts.push(renderHttpSection(results.http));
   if (results.sink !== undefined) parts.push(renderSinkSection(results.sink));
+  if (results.scale !== undefined) parts.push(renderScaleSection(results.scale));
 
   const goalLines: string[] = [];
   if (goals.throughputRatio !== undefined) {

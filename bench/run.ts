@@ -15,6 +15,7 @@ import { subjectsFor } from '../src/contract/subjects.js';
 import { BENCH_MODELS, bareForwarderRoutes, benchRequestBody, buildWorkerConfig } from './bench-config.js';
 import { runHttpSection } from './http-section.js';
 import { runSinkSection } from './sink-section.js';
+import { runScaleSection } from './scale-section.js';
 import { mergeProfiles, summarizeProfile, type CpuProfile } from './cpu-profile.js';
 import type { FromLoadGenerator, LoadJob, LoadResult, Target, ToLoadGenerator } from './load-protocol.js';
 import { parseBenchOptions, HELP, type BenchOptions, type Layout } from './options.js';
@@ -645,6 +646,15 @@ async function main(): Promise<number> {
         cliMain,
         natsUrl: fleet.nats.url,
         events: options.sinkEvents,
+        logDir: join(options.outDir, 'logs'),
+        env: benchEnv(),
+        log,
+      });
+    if (options.sections.includes('scale') && workerAvailable())
+      results.scale = await runScaleSection({
+        cliMain,
+        natsUrl: fleet.nats.url,
+        sizes: options.scaleEvents,
         logDir: join(options.outDir, 'logs'),
         env: benchEnv(),
         log,

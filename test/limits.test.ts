@@ -348,6 +348,7 @@ describe('limits: memory backend (one worker)', () => {
       failedOpen: 0,
       failedClosed: 0,
       conflicts: 0,
+      contended: 0,
       refusedBy: { 'agent:rpm': 3 },
       budgetNear: {},
     });

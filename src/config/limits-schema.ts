@@ -55,6 +55,23 @@ export const limitsSchema = z
     store_timeout_ms: z.number().int().positive().default(2_000),
     /** A concurrency slot held by a worker that died is freed after this long. */
     concurrency_lease_ms: z.number().int().positive().default(600_000),
+    /**
+     * Issue 21, `nats` backend: each worker leases slices of the microDAO and model scopes (shared by many
+     * agents: one hot key each) and admits locally against them, instead of one compare-and-swap per
+     * request. The slack (room one worker holds unused while another is refused) is at most workers ×
+     * limit / `slice_divisor` per dimension; a slice's unused room goes back after `ttl_ms`. Off: every
+     * admission on those scopes goes to the record (exact, one write per round trip per worker and key).
+     */
+    shared_slices: z
+      .object({
+        enabled: z.boolean().default(true),
+        /** A worker prefetches at most 1/slice_divisor of a shared limit beyond the requests waiting for it. */
+        slice_divisor: z.number().int().positive().default(64),
+        /** A slice's period: unused room goes back to the record after it. */
+        ttl_ms: z.number().int().positive().default(1_000),
+      })
+      .strict()
+      .prefault({}),
     /** Completion tokens reserved when neither the request nor the model sets max_tokens. */
     default_max_tokens: z.number().int().positive().default(1_024),
     on_store_error: z

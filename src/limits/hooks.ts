@@ -19,7 +19,7 @@ export interface LimitHookContext {
   agentId: string | undefined;
   /** The request's per-agent key and its limits, a scope of its own. */
   key?: { id: string; limits: LimitSetConfig } | undefined;
-  /** Epoch ms by which the request must be done: the concurrency lease outlives it a little. */
+  /** Epoch ms by which the request must be done: the concurrency lease ends there. */
   deadlineAt: number;
   logger: LimitHookLogger;
   state: Record<string, unknown>;
@@ -72,8 +72,6 @@ export interface LimitHooks {
 }
 
 const RESERVATION = 'limits.reservation';
-/** The lease outlives the request's deadline by this much, for the reply and the settle to happen. */
-const LEASE_MARGIN_MS = 30_000;
 
 /**
  * The most a request can cost: its prompt and max completion at the dearest
@@ -144,7 +142,9 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
           estimatedPromptTokens: promptTokens,
           maxCompletionTokens: completionTokens,
           estimatedMaxCostUsd: maxCostUsd(options.models, request.model, promptTokens, completionTokens),
-          leaseMs: Math.max(0, context.deadlineAt - Date.now()) + LEASE_MARGIN_MS,
+          // Issue 21: the slot's lease ends at the request's deadline (it was deadline + 30 s): a settle
+          // that cannot reach the store keeps the slot no longer than the request could have run.
+          leaseMs: Math.max(1, context.deadlineAt - Date.now()),
         });
       } catch (error) {
         const refusal = refusalOf(error);

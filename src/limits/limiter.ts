@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Redis } from 'ioredis';
@@ -6,6 +7,7 @@ import type { LimitsConfig } from '../config/limits-schema.js';
 import { createMemoryStore } from './memory-store.js';
 import { createNatsStore } from './nats-store.js';
 import { createRedisStore } from './redis-store.js';
+import { SliceHolder, type SliceHold } from './slices.js';
 import {
   ANONYMOUS_AGENT,
   budgetWindows,
@@ -24,6 +26,7 @@ import {
   sameScopeLimits,
   scopeFor,
   toMicroUsd,
+  evaluateScope,
   type Adjustment,
   type Charge,
   type Dimension,
@@ -32,22 +35,27 @@ import {
   type ScopeLimits,
   type ScopeKind,
   type ScopePlan,
+  type ScopeState,
 } from './policy.js';
-import type {
-  ActualUsage,
-  AdmissionRequest,
-  Limiter,
-  LimiterCounters,
-  LimitStore,
-  Reservation,
-  ScopeStanding,
-  SettleOutcome,
-  StandingOptions,
+import {
+  LimitContentionError,
+  type ActualUsage,
+  type AdmissionRequest,
+  type Limiter,
+  type LimiterCounters,
+  type LimitStore,
+  type NearlySpent,
+  type Reservation,
+  type ScopeStanding,
+  type SettleOutcome,
+  type StandingOptions,
 } from './types.js';
 
 export const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
 /** What a client is told to wait when the store is down and the policy is fail_closed. */
 const STORE_DOWN_RETRY_MS = 1_000;
+/** What a client is told to wait when its scopes stayed contended past the bound (issue 21): a short, jittered pause. */
+const CONTENDED_RETRY_MS = 200;
 
 export interface LimiterDeps {
   /** Required for `backend: nats`; stays the caller's (not closed by the limiter). */
@@ -234,6 +242,7 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
     failedOpen: 0,
     failedClosed: 0,
     conflicts: 0,
+    contended: 0,
     refusedBy: {},
     budgetNear: {},
   };
@@ -330,7 +339,174 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
     }
   }
 
-  function reservationFor(request: AdmissionRequest, plans: ScopePlan[], charge: Charge): Reservation {
+  /**
+   * Issue 21: slices of the shared scopes (microDAO, model) on the nats backend (slices.ts): one
+   * holder per scope, admitting locally; a timer gives each period's unused room back.
+   */
+  const slicing = config.shared_slices.enabled && store.exchange !== undefined;
+  const holders = new Map<string, SliceHolder>();
+  const owner = `${origin.host.slice(0, 20)}-${randomUUID().slice(0, 8)}`;
+  const holderFor = (plan: ScopePlan): SliceHolder => {
+    let holder = holders.get(plan.scope.key);
+    // Keyed by scope: every (agent, microDAO, model) combination has its own plan objects, with the same limits.
+    if (holder === undefined || !sameScopeLimits(holder.plan.limits, plan.limits)) {
+      holder = new SliceHolder(
+        plan,
+        store as LimitStore & Required<Pick<LimitStore, 'exchange'>>,
+        {
+          now: clock,
+          ttlMs: config.shared_slices.ttl_ms,
+          divisor: config.shared_slices.slice_divisor,
+          onBackgroundError: () => {
+            counters.storeErrors += 1;
+          },
+        },
+        owner,
+      );
+      holders.set(plan.scope.key, holder);
+    }
+    return holder;
+  };
+  const isShared = (plan: ScopePlan) => slicing && (plan.scope.kind === 'microdao' || plan.scope.kind === 'model');
+  const flushTimer = slicing
+    ? setInterval(() => {
+        for (const holder of holders.values()) void holder.flush();
+      }, config.shared_slices.ttl_ms)
+    : undefined;
+  flushTimer?.unref();
+
+  /** A store that failed an admission: contended → `rate_limited`; unreachable → the `on_store_error` policy. */
+  function storeFailure(error: unknown, request: AdmissionRequest, plans: ScopePlan[]): Reservation {
+    if (error instanceof LimitContentionError) {
+      // The store answers but the scope's key stayed contended past the bound: a refusal to retry, never `internal`.
+      counters.refused += 1;
+      counters.contended += 1;
+      throw new ProxyError(
+        'rate_limited',
+        `the limits of ${scopeName((plans[plans.length - 1] as ScopePlan).scope)} are busy (contended): try again`,
+        {
+          retryable: true,
+          retryAfterMs: CONTENDED_RETRY_MS + Math.floor(Math.random() * CONTENDED_RETRY_MS),
+          cause: error,
+        },
+      );
+    }
+    counters.storeErrors += 1;
+    const closed =
+      (plans.some((plan) => hasBudget(plan.limits)) && config.on_store_error.budget === 'fail_closed') ||
+      (plans.some((plan) => hasRate(plan.limits)) && config.on_store_error.rate === 'fail_closed');
+    if (closed) {
+      counters.failedClosed += 1;
+      const first = plans[0] as ScopePlan;
+      throw new ProxyError(
+        'internal',
+        `the limits store (${config.backend}) is unreachable, so the limits of ${scopeName(first.scope)} cannot be checked`,
+        {
+          retryable: true,
+          retryAfterMs: STORE_DOWN_RETRY_MS,
+          cause: error,
+        },
+      );
+    }
+    counters.failedOpen += 1;
+    return noReservation(request.requestId, asError(error));
+  }
+
+  /** A refusal: counted, and the decisive one thrown. */
+  function refuse(plans: ScopePlan[], refusals: Refusal[], charge: Charge): never {
+    counters.refused += 1;
+    const refusal = decisiveRefusal(refusals) as Refusal;
+    const plan = plans[refusal.scopeIndex] as ScopePlan;
+    increment(counters.refusedBy, `${plan.scope.kind}:${refusal.dimension}`);
+    throw refusalError(plan, refusal, charge);
+  }
+
+  /**
+   * Admission with shared scopes in slices: those first (locally, or waiting for their slice's
+   * exchange), then the others in the store; a refusal anywhere gives the slices' holds back.
+   */
+  async function admitSliced(
+    request: AdmissionRequest,
+    plans: ScopePlan[],
+    charge: Charge,
+    now: number,
+  ): Promise<Reservation> {
+    const exactIndexes: number[] = [];
+    const holds: SliceHold[] = [];
+    const holdIndexes: number[] = [];
+    let refusals: Refusal[] = [];
+    const release = () => {
+      for (const hold of holds)
+        hold.holder.giveBack(hold, { requests: 1, tokens: hold.tokens, microUsd: hold.microUsd });
+    };
+    try {
+      for (const [index, plan] of plans.entries()) {
+        if (!isShared(plan)) {
+          exactIndexes.push(index);
+          continue;
+        }
+        const outcome = await holderFor(plan).acquire(charge, index);
+        if (Array.isArray(outcome)) {
+          refusals = outcome;
+          break;
+        }
+        holds.push(outcome);
+        holdIndexes.push(index);
+      }
+    } catch (error) {
+      release();
+      return storeFailure(error, request, plans);
+    }
+    const exactPlans = exactIndexes.map((index) => plans[index] as ScopePlan);
+    if (refusals.length > 0) {
+      release();
+      // The other scopes' refusals too (read, not charged), so that the decisive one is the same as without slices.
+      const others = plans
+        .map((plan, index) => ({ plan, index }))
+        .filter(({ plan, index }) => !isShared(plan) || index > (refusals[0] as Refusal).scopeIndex);
+      const states = await store.read(others.map(({ plan }) => plan)).catch((): ScopeState[] => []);
+      states.forEach((state, offset) => {
+        const { plan, index } = others[offset] as { plan: ScopePlan; index: number };
+        refusals.push(...evaluateScope(state, plan.limits, charge, now, index).refusals);
+      });
+      refuse(plans, refusals, charge);
+    }
+    const nearlySpent: NearlySpent[] = [];
+    if (exactPlans.length > 0) {
+      let outcome: Awaited<ReturnType<LimitStore['admit']>>;
+      try {
+        outcome = await store.admit(exactPlans, charge, now);
+      } catch (error) {
+        release();
+        return storeFailure(error, request, plans);
+      }
+      if (!outcome.admitted) {
+        release();
+        refuse(
+          plans,
+          outcome.refusals.map((refusal) => ({ ...refusal, scopeIndex: exactIndexes[refusal.scopeIndex] as number })),
+          charge,
+        );
+      }
+      for (const near of outcome.nearlySpent ?? [])
+        nearlySpent.push({ ...near, scopeIndex: exactIndexes[near.scopeIndex] as number });
+    }
+    holds.forEach((hold, offset) => {
+      for (const dimension of hold.nearlySpent)
+        nearlySpent.push({ scopeIndex: holdIndexes[offset] as number, dimension });
+    });
+    counters.admitted += 1;
+    for (const near of nearlySpent)
+      increment(counters.budgetNear, `${(plans[near.scopeIndex] as ScopePlan).scope.kind}:${near.dimension}`);
+    return reservationFor(request, exactPlans, charge, holds);
+  }
+
+  function reservationFor(
+    request: AdmissionRequest,
+    plans: ScopePlan[],
+    charge: Charge,
+    holds: SliceHold[] = [],
+  ): Reservation {
     let finished = false;
     const holdsLease = plans.some((plan) => plan.limits.concurrent !== undefined);
     const holdsTokens = plans.some((plan) => plan.limits.tpm !== undefined);
@@ -339,6 +515,14 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
     async function finish(tokensUsed: number, microUsdUsed: number): Promise<SettleOutcome> {
       if (finished) return { stored: true };
       finished = true;
+      // Slices settle locally: what went unused goes back into this worker's slice, the slot is free.
+      for (const hold of holds)
+        hold.holder.giveBack(hold, {
+          requests: 0,
+          tokens: hold.tokens - tokensUsed,
+          microUsd: hold.microUsd - microUsdUsed,
+        });
+      if (plans.length === 0) return { stored: true };
       const adjustment: Adjustment = {
         requestsDelta: 0,
         tokensDelta: holdsTokens ? tokensUsed - charge.tokens : 0,
@@ -389,42 +573,29 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
         requestId: request.requestId,
         tokens: promptTokens + reservedCompletionTokens(config, request.maxCompletionTokens),
         microUsd: toMicroUsd(request.estimatedMaxCostUsd, 'up'),
-        leaseUntil: now + (request.leaseMs ?? config.concurrency_lease_ms),
+        // Never past the request's deadline: a settle that cannot reach the store frees the slot by then.
+        leaseUntil:
+          now +
+          Math.max(
+            1,
+            Math.min(
+              request.leaseMs ?? config.concurrency_lease_ms,
+              (request.deadlineAt ?? Number.POSITIVE_INFINITY) - now,
+            ),
+          ),
         windows: windowsAt(now),
       };
+
+      if (slicing && plans.some(isShared)) return admitSliced(request, plans, charge, now);
 
       let outcome: Awaited<ReturnType<LimitStore['admit']>>;
       try {
         outcome = await store.admit(plans, charge, now);
       } catch (error) {
-        counters.storeErrors += 1;
-        const closed =
-          (plans.some((plan) => hasBudget(plan.limits)) && config.on_store_error.budget === 'fail_closed') ||
-          (plans.some((plan) => hasRate(plan.limits)) && config.on_store_error.rate === 'fail_closed');
-        if (closed) {
-          counters.failedClosed += 1;
-          const first = plans[0] as ScopePlan;
-          throw new ProxyError(
-            'internal',
-            `the limits store (${config.backend}) is unreachable, so the limits of ${scopeName(first.scope)} cannot be checked`,
-            {
-              retryable: true,
-              retryAfterMs: STORE_DOWN_RETRY_MS,
-              cause: error,
-            },
-          );
-        }
-        counters.failedOpen += 1;
-        return noReservation(request.requestId, asError(error));
+        return storeFailure(error, request, plans);
       }
 
-      if (!outcome.admitted) {
-        counters.refused += 1;
-        const refusal = decisiveRefusal(outcome.refusals) as Refusal;
-        const plan = plans[refusal.scopeIndex] as ScopePlan;
-        increment(counters.refusedBy, `${plan.scope.kind}:${refusal.dimension}`);
-        throw refusalError(plan, refusal, charge);
-      }
+      if (!outcome.admitted) refuse(plans, outcome.refusals, charge);
       counters.admitted += 1;
       // Known from the admission's own write: no read of the store for it.
       for (const near of outcome.nearlySpent ?? [])
@@ -474,6 +645,11 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
 
     counters: snapshot,
 
-    close: () => store.close(),
+    async close(): Promise<void> {
+      if (flushTimer !== undefined) clearInterval(flushTimer);
+      // A worker that stops gives its slices back (unused room, free slots), best effort.
+      await Promise.all([...holders.values()].map((holder) => holder.flush(true)));
+      await store.close();
+    },
   };
 }

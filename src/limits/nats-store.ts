@@ -5,6 +5,7 @@ import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import {
   adjustScope,
   evaluateScope,
+  exchangeSlice,
   restamped,
   withStamp,
   type Adjustment,
@@ -14,8 +15,16 @@ import {
   type ScopeLimits,
   type ScopePlan,
   type ScopeState,
+  type SliceExchange,
+  type SliceGrant,
 } from './policy.js';
-import { LimitStoreError, type AdmitOutcome, type LimitStore, type NearlySpent } from './types.js';
+import {
+  LimitContentionError,
+  LimitStoreError,
+  type AdmitOutcome,
+  type LimitStore,
+  type NearlySpent,
+} from './types.js';
 
 /**
  * Limits shared by every worker through a JetStream KV bucket (no second
@@ -42,8 +51,10 @@ import { LimitStoreError, type AdmitOutcome, type LimitStore, type NearlySpent }
  * them once, best effort (a lost race leaves them to the next request).
  */
 export const NATS_BUCKET_MAX_AGE_MS = 35 * 24 * 3_600_000;
-/** Conflicts tolerated on one key before giving up; contention of hundreds of writers on one key still fits. */
+/** Conflicts tolerated on one key before giving up (each worker has one write in flight per key: few writers). */
 const MAX_CAS_ATTEMPTS = 500;
+/** Operations on one key folded into one write at most (a bound on the record work done per round trip). */
+const MAX_BATCH = 256;
 /** Keys whose last revision is remembered (see `known`). */
 const KNOWN_KEYS = 10_000;
 
@@ -51,6 +62,12 @@ export interface NatsStoreOptions {
   connection: NatsConnection;
   bucket: string;
   timeoutMs: number;
+  /**
+   * How long an operation may wait for its key (queued behind this worker's write in flight, then
+   * retried on conflicts with other workers) before it gives up with a LimitContentionError;
+   * default: timeoutMs.
+   */
+  contentionBoundMs?: number;
   onConflict?: () => void;
   /** A rollback that could not be written (counted by the limiter; the charge stays, which only admits less). */
   onRollbackFailure?: (error: unknown) => void;
@@ -66,6 +83,26 @@ interface Decision {
 
 interface AdmitDecision extends Decision {
   nearlySpent: BudgetDimension[];
+}
+
+interface ExchangeDecision extends Decision {
+  granted: SliceGrant;
+  state: ScopeState;
+}
+
+/** An operation waiting for its key's next write. */
+interface PendingOp {
+  decide: (state: ScopeState) => Decision;
+  resolve: (decision: Decision) => void;
+  reject: (error: unknown) => void;
+  /** Date.now() after which it is answered as contended. */
+  giveUpAt: number;
+}
+
+interface KeyQueue {
+  pending: PendingOp[];
+  /** A write (or its retries) is in flight for this key. */
+  running: boolean;
 }
 
 function decode(entry: KvEntry | null): ScopeState {
@@ -107,6 +144,7 @@ async function openBucket(options: NatsStoreOptions): Promise<KV> {
 
 export async function createNatsStore(options: NatsStoreOptions): Promise<LimitStore> {
   const kv = await openBucket(options);
+  const contentionBoundMs = options.contentionBoundMs ?? options.timeoutMs;
 
   /**
    * The last revision of a key this store read or wrote, with its state. A
@@ -124,13 +162,67 @@ export async function createNatsStore(options: NatsStoreOptions): Promise<LimitS
   };
 
   /**
-   * Read-decide-write one key until the write lands. `decide` returns the
-   * state to write, the refusals (stop), or both (a refusal that still writes
-   * the record's limits); the decision that landed is returned.
+   * Issue 21: one compare-and-swap in flight per key in this worker. Operations on a key (admissions,
+   * settles, rollbacks) that arrive while its write is in flight wait in the key's queue and go, all
+   * of them, into the next write: one read-decide-write applies them in arrival order, each deciding
+   * on the state the previous one left (so each is exact), and lands or fails as one. A hot key (a
+   * model or microDAO limit shared by every agent) thus costs one write per round trip per worker,
+   * whatever the number of requests in flight, and conflicts happen only between workers.
    */
-  async function swap<D extends Decision>(key: string, decide: (state: ScopeState) => D): Promise<D> {
+  const queues = new Map<string, KeyQueue>();
+
+  function swap<D extends Decision>(key: string, decide: (state: ScopeState) => D): Promise<D> {
+    return new Promise<D>((resolve, reject) => {
+      let queue = queues.get(key);
+      if (queue === undefined) {
+        queue = { pending: [], running: false };
+        queues.set(key, queue);
+      }
+      queue.pending.push({
+        decide,
+        resolve: resolve as (decision: Decision) => void,
+        reject,
+        giveUpAt: Date.now() + contentionBoundMs,
+      });
+      if (!queue.running) void drain(key, queue);
+    });
+  }
+
+  async function drain(key: string, queue: KeyQueue): Promise<void> {
+    queue.running = true;
+    try {
+      while (queue.pending.length > 0) {
+        const batch = queue.pending.splice(0, MAX_BATCH);
+        try {
+          await commit(key, batch);
+        } catch (error) {
+          // Not expected (commit answers every operation); a promise must never be left pending.
+          for (const op of batch) op.reject(new LimitStoreError('NATS KV write failed', { cause: error }));
+        }
+      }
+    } finally {
+      queue.running = false;
+      if (queue.pending.length === 0) queues.delete(key);
+      else void drain(key, queue);
+    }
+  }
+
+  /** Read-decide-write one key for a batch of operations until the write lands, or each gives up. */
+  async function commit(key: string, batch: PendingOp[]): Promise<void> {
     let cached = known.get(key);
-    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt += 1) {
+    let live = batch;
+    for (let attempt = 0; ; attempt += 1) {
+      // An operation past its bound is answered as contended, never left waiting (nor an `internal`).
+      const now = Date.now();
+      const expired = live.filter((op) => op.giveUpAt <= now || attempt >= MAX_CAS_ATTEMPTS);
+      if (expired.length > 0) {
+        const error = new LimitContentionError(
+          `NATS KV key ${key} stayed contended for ${contentionBoundMs} ms (${attempt} attempts)`,
+        );
+        for (const op of expired) op.reject(error);
+        live = live.filter((op) => !expired.includes(op));
+        if (live.length === 0) return;
+      }
       let revision: number | undefined;
       let state: ScopeState;
       const fromCache = cached !== undefined;
@@ -142,35 +234,62 @@ export async function createNatsStore(options: NatsStoreOptions): Promise<LimitS
         try {
           entry = await kv.get(key);
         } catch (error) {
-          throw new LimitStoreError('NATS KV read failed', { cause: error });
+          const failure = new LimitStoreError('NATS KV read failed', { cause: error });
+          for (const op of live) op.reject(failure);
+          return;
         }
         revision = entry?.revision;
         state = decode(entry);
         if (entry !== null) remember(key, entry.revision, state);
       }
-      const decision = decide(state);
-      // A refusal is never based on the remembered state: it may hold usage refunded since.
-      if (decision.refusals.length > 0 && fromCache) continue;
-      if (decision.write === undefined) return decision;
-      const value = JSON.stringify(decision.write);
+      let next = state;
+      let changed = false;
+      let refusedOnCache = false;
+      const decisions: Decision[] = [];
+      for (const op of live) {
+        let decision: Decision;
+        try {
+          decision = op.decide(next);
+        } catch (error) {
+          decision = { write: undefined, refusals: [] };
+          op.reject(error);
+        }
+        // A refusal is never based on the remembered state: it may hold usage refunded since.
+        if (decision.refusals.length > 0 && fromCache) {
+          refusedOnCache = true;
+          break;
+        }
+        decisions.push(decision);
+        if (decision.write !== undefined) {
+          next = decision.write;
+          changed = true;
+        }
+      }
+      if (refusedOnCache) continue;
+      if (!changed) {
+        for (const [index, op] of live.entries()) op.resolve(decisions[index] as Decision);
+        return;
+      }
       try {
+        const value = JSON.stringify(next);
         const written = revision === undefined ? await kv.create(key, value) : await kv.update(key, value, revision);
-        remember(key, written, decision.write);
-        return decision;
+        remember(key, written, next);
+        for (const [index, op] of live.entries()) op.resolve(decisions[index] as Decision);
+        return;
       } catch (error) {
         known.delete(key);
-        // A refusal (from a fresh read) stands when writing its record's limits failed or lost a race:
-        // that write is best effort, never retried; the next refusal or admission makes it.
-        if (decision.refusals.length > 0) return { ...decision, write: undefined };
         // `create` on a key another worker just created fails with the same wrong-last-sequence code.
-        if (!isConflict(error)) throw new LimitStoreError('NATS KV write failed', { cause: error });
+        if (!isConflict(error)) {
+          const failure = new LimitStoreError('NATS KV write failed', { cause: error });
+          for (const op of live) op.reject(failure);
+          return;
+        }
         if (!fromCache) {
           options.onConflict?.();
           await backoff(attempt);
         }
       }
     }
-    throw new LimitStoreError(`NATS KV key ${key} stayed contended for ${MAX_CAS_ATTEMPTS} attempts`);
   }
 
   async function readStates(plans: ScopePlan[]): Promise<ScopeState[]> {
@@ -231,6 +350,15 @@ export async function createNatsStore(options: NatsStoreOptions): Promise<LimitS
     },
 
     read: readStates,
+
+    async exchange(plan: ScopePlan, exchange: SliceExchange, now: number) {
+      const decision = await swap(plan.scope.key, (state): ExchangeDecision => {
+        const { next, granted } = exchangeSlice(state, plan.limits, exchange, now);
+        const write = withStamp(next, plan.stamp, now);
+        return { write, refusals: [], granted, state: write };
+      });
+      return { granted: decision.granted, state: decision.state };
+    },
 
     async close(): Promise<void> {
       // The connection belongs to the caller.

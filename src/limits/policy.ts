@@ -632,3 +632,92 @@ export function describeScope(state: ScopeState, limits: ScopeLimits, now: numbe
     budget('monthly_usd', windows.month, state.month, state.month_used, limits.monthlyMicroUsd, windows.monthEndsAt);
   return rows;
 }
+
+// ---------------------------------------------------------------- slices of shared scopes (issue 21)
+
+/** Amounts of a scope's room: requests (rpm), tokens (tpm), micro-dollars (the daily and monthly budgets alike). */
+export interface SliceAmounts {
+  requests: number;
+  tokens: number;
+  microUsd: number;
+}
+
+/**
+ * One compare-and-swap between a worker's slice of a shared scope and the scope's record: first give
+ * back (`give`: unused room returned, negative amounts charge usage beyond it; `release`: slot ids
+ * freed), then take as much as fits of `want`, never more; the whole want when the record has room.
+ */
+export interface SliceExchange {
+  give: SliceAmounts & { day: string; month: string; release: string[] };
+  want: SliceAmounts & { slotIds: string[]; slotUntil: number; windows: BudgetWindows };
+}
+
+export interface SliceGrant extends SliceAmounts {
+  slotIds: string[];
+}
+
+/** Room left in a GCRA dimension now, in units (a burst's worth when the record is idle). */
+function gcraRoom(tat: number | undefined, now: number, limit: number): number {
+  const ahead = Math.max(tat ?? now, now) - now;
+  return Math.max(0, Math.floor(((RATE_WINDOW_MS - ahead) * limit) / RATE_WINDOW_MS + EPSILON_MS));
+}
+
+export function exchangeSlice(
+  state: ScopeState,
+  limits: ScopeLimits,
+  exchange: SliceExchange,
+  now: number,
+): { next: ScopeState; granted: SliceGrant } {
+  const { give, want } = exchange;
+  const next = adjustScope(
+    state,
+    limits,
+    {
+      requestsDelta: -give.requests,
+      tokensDelta: -give.tokens,
+      microUsdDelta: -give.microUsd,
+      day: give.day,
+      month: give.month,
+      releaseRequestId: undefined,
+    },
+    now,
+  );
+  if (give.release.length > 0 && next.leases !== undefined) {
+    const leases = liveLeases(next.leases, now);
+    for (const id of give.release) delete leases[id];
+    next.leases = leases;
+  }
+  const granted: SliceGrant = { requests: want.requests, tokens: want.tokens, microUsd: want.microUsd, slotIds: [] };
+  if (limits.rpm !== undefined) {
+    granted.requests = Math.min(want.requests, gcraRoom(next.rpm_tat, now, limits.rpm));
+    if (granted.requests > 0) next.rpm_tat = gcraNext(next.rpm_tat, now, granted.requests, limits.rpm);
+  }
+  if (limits.tpm !== undefined) {
+    granted.tokens = Math.min(want.tokens, gcraRoom(next.tpm_tat, now, limits.tpm));
+    if (granted.tokens > 0) next.tpm_tat = gcraNext(next.tpm_tat, now, granted.tokens, limits.tpm);
+  }
+  const dayUsed = next.day === want.windows.day ? (next.day_used ?? 0) : 0;
+  const monthUsed = next.month === want.windows.month ? (next.month_used ?? 0) : 0;
+  if (limits.dailyMicroUsd !== undefined)
+    granted.microUsd = Math.min(granted.microUsd, Math.max(0, limits.dailyMicroUsd - dayUsed));
+  if (limits.monthlyMicroUsd !== undefined)
+    granted.microUsd = Math.min(granted.microUsd, Math.max(0, limits.monthlyMicroUsd - monthUsed));
+  if (limits.dailyMicroUsd !== undefined && granted.microUsd > 0) {
+    next.day = want.windows.day;
+    next.day_used = dayUsed + granted.microUsd;
+  }
+  if (limits.monthlyMicroUsd !== undefined && granted.microUsd > 0) {
+    next.month = want.windows.month;
+    next.month_used = monthUsed + granted.microUsd;
+  }
+  if (limits.concurrent !== undefined && want.slotIds.length > 0) {
+    const leases = liveLeases(next.leases, now);
+    const free = Math.max(0, limits.concurrent - Object.keys(leases).length);
+    granted.slotIds = want.slotIds.slice(0, free);
+    for (const id of granted.slotIds) leases[id] = want.slotUntil;
+    next.leases = leases;
+  } else if (limits.concurrent === undefined) {
+    granted.slotIds = want.slotIds;
+  }
+  return { next, granted };
+}

@@ -9,6 +9,8 @@ import type {
   ScopeKind,
   ScopePlan,
   ScopeState,
+  SliceExchange,
+  SliceGrant,
 } from './policy.js';
 
 /** What the worker knows about a request before routing it. */
@@ -28,6 +30,11 @@ export interface AdmissionRequest {
   estimatedMaxCostUsd: number;
   /** How long the concurrency slot may be held if the worker dies; defaults to `limits.concurrency_lease_ms`. */
   leaseMs?: number | undefined;
+  /**
+   * The request's deadline (ms since the epoch, the limiter's clock): a concurrency slot's lease never
+   * outlives it, so a settle that cannot reach the store keeps the slot no longer than the request could run.
+   */
+  deadlineAt?: number | undefined;
 }
 
 export interface ActualUsage {
@@ -69,6 +76,11 @@ export interface LimiterCounters {
   failedClosed: number;
   /** Compare-and-swap conflicts retried (nats backend). */
   conflicts: number;
+  /**
+   * Admissions refused `rate_limited` (retryable) because a scope's key stayed contended past the
+   * store's bound (nats backend, issue 21); also counted in `refused`.
+   */
+  contended: number;
   /** Refusals by the refusing scope's kind and dimension, keyed `kind:dimension` (`agent:rpm`, `key:daily_usd`). */
   refusedBy: Record<string, number>;
   /**
@@ -141,6 +153,11 @@ export interface LimitStore {
   /** Settle, cancel or roll back; never refuses. */
   adjust(plans: ScopePlan[], adjustment: Adjustment, now: number): Promise<void>;
   read(plans: ScopePlan[]): Promise<ScopeState[]>;
+  /**
+   * Issue 21, stores with one record per scope written by compare-and-swap (nats): a worker's slice
+   * of a shared scope given back and taken in one write (policy.ts `exchangeSlice`); the record after it.
+   */
+  exchange?(plan: ScopePlan, exchange: SliceExchange, now: number): Promise<{ granted: SliceGrant; state: ScopeState }>;
   close(): Promise<void>;
 }
 
@@ -149,5 +166,17 @@ export class LimitStoreError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'LimitStoreError';
+  }
+}
+
+/**
+ * Thrown by a store when an operation could not get its turn on a key within its bound (issue 21):
+ * the store answers, other writers keep winning. Not the store being down: an admission refused this
+ * way is `rate_limited` (retryable), whatever `on_store_error` says.
+ */
+export class LimitContentionError extends LimitStoreError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'LimitContentionError';
   }
 }

@@ -50,6 +50,8 @@ export interface WorkerStats {
     failedOpen: number;
     failedClosed: number;
     conflicts: number;
+    /** Admissions refused `rate_limited` because a scope's key stayed contended (also in `refused`). */
+    contended: number;
     /** Refusals by the refusing scope's kind and dimension (`agent:rpm`, `microdao:daily_usd`…). */
     refusedBy: Record<string, number>;
     /** Admissions after which a USD budget was at least 90% used, keyed like refusedBy. */
