@@ -253,7 +253,7 @@ class Scan {
 
   constructor(readonly query: ParsedUsageQuery) {}
 
-  private buckets: IterableIterator<[number, Map<string, Cell>]> | undefined;
+  private buckets: IterableIterator<[number, Map<number, Cell>]> | undefined;
   /** The cells of the bucket being visited (taken when the bucket is reached) and the next one's index. */
   private bucketCells: Cell[] | undefined;
   private next = 0;
