@@ -9,12 +9,12 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { usageStreamSchema } from '../src/config/schema.js';
-import { agentToken, subjectsFor } from '../src/contract/subjects.js';
-import type { UsageEvent } from '../src/contract/usage-event.js';
+import { subjectsFor } from '../src/contract/subjects.js';
 import { ensureUsageStream } from '../src/usage/stream.js';
+import { publishSynthetic } from './synthetic-usage.js';
 import { type ManagedProcess, spawnManaged } from './processes.js';
 import { sampleProcess } from './proc-stats.js';
 
@@ -46,49 +46,6 @@ export interface ScaleSectionContext {
 const PREFIX = 'benchscale';
 const STREAM = 'BENCH_SCALE_USAGE';
 const BUCKET = 'BENCH_SCALE_SNAPSHOTS';
-const DAY = 86_400_000;
-const MODELS = [
-  'gpt-4.1-mini',
-  'gpt-4.1',
-  'deepseek-chat',
-  'deepseek-reasoner',
-  'llama3.2',
-  'claude-sonnet',
-  'gemini-flash',
-  'qwen',
-];
-
-function syntheticEvent(index: number, now: number): UsageEvent {
-  const agent = (index * 7_919) % 10_000;
-  const prompt = 50 + ((index * 31) % 2_000);
-  const completion = (index * 17) % 800;
-  return {
-    v: 1,
-    request_id: `scale-${index}`,
-    event_id: `scale-ev-${index}`,
-    ts: new Date(now - ((index * 2_654_435_761) % (90 * DAY))).toISOString(),
-    agent_id: `agent:${agent}`,
-    microdao_id: `microdao:${agent % 300}`,
-    channel_id: null,
-    model: MODELS[index % MODELS.length] as string,
-    provider: index % 2 === 0 ? 'openai' : 'deepseek',
-    model_resolved: MODELS[index % MODELS.length] as string,
-    status: index % 40 === 0 ? 'error' : 'ok',
-    error_code: index % 40 === 0 ? 'upstream_error' : null,
-    prompt_tokens: prompt,
-    completion_tokens: completion,
-    total_tokens: prompt + completion,
-    tokens_estimated: false,
-    cost_usd: (prompt * 0.0004 + completion * 0.0016) / 1000,
-    latency_ms: 200 + (index % 3_000),
-    ttft_ms: null,
-    stream: false,
-    cached: false,
-    attempts: 1,
-    worker_id: `bench-worker-${index % 4}`,
-  };
-}
-
 const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function ask(connection: NatsConnection, body: unknown, timeoutMs = 60_000): Promise<Record<string, unknown>> {
@@ -135,18 +92,8 @@ export async function runScaleSection(context: ScaleSectionContext): Promise<Sca
       await manager.streams.delete(`KV_${BUCKET}`).catch(() => undefined);
       const usageStream = usageStreamSchema.parse({ name: STREAM, max_bytes: -1, max_age: 0 });
       await ensureUsageStream(manager, usageStream, PREFIX);
-      const js = jetstream(connection);
-      const subjects = subjectsFor(PREFIX);
-      const now = Date.now();
       context.log(`scale: publishing ${size} synthetic usage events`);
-      for (let start = 0; start < size; start += 1_000) {
-        const batch: Promise<unknown>[] = [];
-        for (let index = start; index < Math.min(start + 1_000, size); index += 1) {
-          const event = syntheticEvent(index, now);
-          batch.push(js.publish(subjects.usageFor(agentToken(event.agent_id)), JSON.stringify(event)));
-        }
-        await Promise.all(batch);
-      }
+      await publishSynthetic(connection, PREFIX, size, 'scale');
       const configPath = join(context.logDir, `scale-${size}.yaml`);
       writeFileSync(
         configPath,

@@ -11,14 +11,13 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import { connect } from '@nats-io/transport-node';
-import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { parseUsageQuery } from '../src/aggregator/query.js';
 import { usageStreamSchema } from '../src/config/schema.js';
-import { agentToken, subjectsFor } from '../src/contract/subjects.js';
-import type { UsageEvent } from '../src/contract/usage-event.js';
 import { invoiceFor } from '../src/sink/invoice.js';
 import { runUsageQueryPostgres } from '../src/sink/usage-query.js';
 import { ensureUsageStream } from '../src/usage/stream.js';
+import { publishSynthetic } from './synthetic-usage.js';
 import { type ManagedProcess, spawnManaged } from './processes.js';
 import { ProcessSampler, usageFromSamples } from './proc-stats.js';
 
@@ -64,48 +63,6 @@ export interface SinkSectionContext {
 const PREFIX = 'benchsink';
 const STREAM = 'BENCH_SINK_USAGE';
 const DAY = 86_400_000;
-const MODELS = [
-  'gpt-4.1-mini',
-  'gpt-4.1',
-  'deepseek-chat',
-  'deepseek-reasoner',
-  'llama3.2',
-  'claude-sonnet',
-  'gemini-flash',
-  'qwen',
-];
-
-/** Event `index` of the synthetic load: a cheap, deterministic spread over agents, microDAOs, models and 90 days. */
-function syntheticEvent(index: number, now: number): UsageEvent {
-  const prompt = 50 + ((index * 7919) % 2_000);
-  const completion = (index * 104_729) % 800;
-  const status = index % 25 === 0 ? 'error' : 'ok';
-  return {
-    v: 1,
-    request_id: `bench-${index}`,
-    event_id: `bench-ev-${index}`,
-    ts: new Date(now - ((index * 2_654_435_761) % (90 * DAY))).toISOString(),
-    agent_id: `agent:${index % 10_000}`,
-    microdao_id: `microdao:${index % 300}`,
-    channel_id: 'bench',
-    model: MODELS[index % MODELS.length] as string,
-    provider: index % 2 === 0 ? 'openai' : 'deepseek',
-    model_resolved: MODELS[index % MODELS.length] as string,
-    status,
-    error_code: status === 'ok' ? null : 'upstream_error',
-    prompt_tokens: prompt,
-    completion_tokens: status === 'ok' ? completion : 0,
-    total_tokens: prompt + (status === 'ok' ? completion : 0),
-    tokens_estimated: false,
-    cost_usd: (prompt * 0.0004 + completion * 0.0016) / 1000,
-    latency_ms: 200 + (index % 3_000),
-    ttft_ms: null,
-    stream: false,
-    cached: false,
-    attempts: 1,
-    worker_id: `bench-worker-${index % 4}`,
-  };
-}
 
 const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -144,20 +101,8 @@ export async function runSinkSection(context: SinkSectionContext): Promise<SinkS
     const manager = await jetstreamManager(connection);
     await manager.streams.delete(STREAM).catch(() => undefined);
     await ensureUsageStream(manager, usageStream, PREFIX);
-    const js = jetstream(connection);
-    const subjects = subjectsFor(PREFIX);
-    const now = Date.now();
     context.log(`sink: publishing ${context.events} synthetic usage events`);
-    const publishStarted = performance.now();
-    for (let start = 0; start < context.events; start += 1_000) {
-      const batch: Promise<unknown>[] = [];
-      for (let index = start; index < Math.min(start + 1_000, context.events); index += 1) {
-        const event = syntheticEvent(index, now);
-        batch.push(js.publish(subjects.usageFor(agentToken(event.agent_id)), JSON.stringify(event)));
-      }
-      await Promise.all(batch);
-    }
-    const publishPerSecond = context.events / ((performance.now() - publishStarted) / 1000);
+    const publishPerSecond = await publishSynthetic(connection, PREFIX, context.events, 'sink');
 
     const rounds: SinkRound[] = [];
     let firstDatabase: string | undefined;
