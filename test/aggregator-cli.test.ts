@@ -4,10 +4,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { connect } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
+import { CLI_MAIN, runCli } from './helpers/cli-process.js';
 import { freePort } from './helpers/ports.js';
 import { startNatsServer } from './helpers/nats-server.js';
 import { handCompute, makeEvents } from './helpers/usage-events.js';
@@ -26,28 +26,7 @@ import { formatEvent } from '../src/cli/commands/tail.js';
  * restarted, and loses nothing; SIGTERM saves a last snapshot.
  */
 
-const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
-
-interface CliResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function runCli(args: string[], env: Record<string, string>): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const MAIN = CLI_MAIN;
 
 function startAggregatorProcess(configPath: string, env: Record<string, string>): ChildProcess {
   return spawn(process.execPath, ['--import', 'tsx', MAIN, 'aggregator', '--config', configPath], {

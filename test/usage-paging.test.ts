@@ -1,9 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { connect } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { runCli } from './helpers/cli-process.js';
 import { startNatsServer } from './helpers/nats-server.js';
 import { FIXED_DATES, handCompute, makeEvents, NOW } from './helpers/usage-events.js';
 import { UsageAggregator } from '../src/aggregator/aggregator.js';
@@ -18,23 +17,7 @@ import { ensureUsageStream } from '../src/usage/stream.js';
  * fetches it page by page for --csv and --json, and --order-by/--limit give the top N.
  */
 
-const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
 const AGENTS = 3_000;
-
-function runCli(args: string[], env: Record<string, string>) {
-  return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 test('a 3,000-agent breakdown: refused unpaged, fetched page by page by the CLI, top-N by cost', {
   timeout: 90_000,

@@ -11,7 +11,14 @@ import { readHeaders, SecretCheck } from '../auth/index.js';
 import { UsageStreamConsumer, type UsageMessage } from '../usage/consumer.js';
 import type pg from 'pg';
 import { runUsageQueryPostgres } from '../sink/usage-query.js';
-import { parseUsageQuery, runUsageQuery, runUsageQueryAsync, UsageOutOfRange, type AggregatedReply } from './query.js';
+import {
+  parseUsageQuery,
+  runUsageQuery,
+  runUsageQueryAsync,
+  ScanCache,
+  UsageOutOfRange,
+  type AggregatedReply,
+} from './query.js';
 import { UsageRollups, type Compaction } from './rollups.js';
 import { SnapshotStore, type LoadedRollups, type SnapshotManifest } from './snapshot-store.js';
 
@@ -90,6 +97,7 @@ export class UsageAggregator {
   private snapshotTimer: NodeJS.Timeout | undefined;
   private saving: Promise<unknown> = Promise.resolve();
   private stopped = false;
+  private readonly scanCache = new ScanCache();
   private readonly logger: AggregatorLogger;
   private readonly now: () => number;
   private readonly secret: SecretCheck;
@@ -188,12 +196,10 @@ export class UsageAggregator {
       (left, right) => Number(left.stream_created !== streamCreated) - Number(right.stream_created !== streamCreated),
     );
     for (const manifest of manifests) {
-      const other = await store
-        .loadRollups(manifest, dedupHorizonMs, this.compaction())
-        .catch((error: unknown) => {
-          this.logger.warn({ err: error, instance: manifest.instance }, 'snapshot unreadable; trying the next');
-          return undefined;
-        });
+      const other = await store.loadRollups(manifest, dedupHorizonMs, this.compaction()).catch((error: unknown) => {
+        this.logger.warn({ err: error, instance: manifest.instance }, 'snapshot unreadable; trying the next');
+        return undefined;
+      });
       if (other !== undefined) return { loaded: other, adopted: true };
     }
     return undefined;
@@ -330,7 +336,10 @@ export class UsageAggregator {
   async queryAsync(body: unknown, maxBytes?: number): Promise<AggregatedReply> {
     const parsed = parseUsageQuery(body, this.now());
     try {
-      return await runUsageQueryAsync(this.rollups, parsed, maxBytes === undefined ? {} : { maxBytes });
+      return await runUsageQueryAsync(this.rollups, parsed, {
+        cache: this.scanCache,
+        ...(maxBytes === undefined ? {} : { maxBytes }),
+      });
     } catch (error) {
       const usageLog = this.options.usageLog;
       if (!(error instanceof UsageOutOfRange) || usageLog === undefined) throw error;

@@ -105,7 +105,10 @@ export class UsageRollups {
   private compactionPending = false;
   /** The cut a save is reading, if any: what changes after it is copied aside first (see beginCut). */
   private cut: CutState | undefined;
-  /** Stream-time hour in which an id was first seen → ids. */
+  /**
+   * Stream-time hour in which an id was first seen → ids. A set is only ever added to (or dropped
+   * whole): a snapshot reads an hour's set up to the size it had at its cut (snapshot-codec.ts).
+   */
   private readonly seen = new Map<number, Set<string>>();
   private newestStreamHour = Number.NEGATIVE_INFINITY;
   private readonly horizonHours: number;

@@ -153,8 +153,9 @@ export class SnapshotDecoder {
   private seenIds: string[] = [];
   private readonly seenHours = new Set<number>();
 
+  /** `dedupHorizonMs`: the rollups' (undefined: the snapshot's own). */
   constructor(
-    private readonly dedupHorizonMs: number,
+    private readonly dedupHorizonMs: number | undefined,
     private readonly compaction: Compaction,
   ) {}
 
@@ -192,7 +193,7 @@ export class SnapshotDecoder {
       const header = headerSchema.parse(value);
       this.header = header;
       this.positions = counterPositions(header.counters);
-      this.rollups = new UsageRollups(this.dedupHorizonMs, this.compaction);
+      this.rollups = new UsageRollups(this.dedupHorizonMs ?? header.dedup_horizon_ms, this.compaction);
       return;
     }
     if (Array.isArray(value)) {
@@ -234,7 +235,8 @@ export class SnapshotDecoder {
     )
       throw new Error(`snapshot cell ${this.cells} is malformed`);
     const values = row.slice(7);
-    for (const value of values) if (typeof value !== 'number') throw new Error(`snapshot cell ${this.cells} is malformed`);
+    for (const value of values)
+      if (typeof value !== 'number') throw new Error(`snapshot cell ${this.cells} is malformed`);
     rollups.restoreCell(
       start as number,
       day === 1,
@@ -246,7 +248,8 @@ export class SnapshotDecoder {
   }
 
   private flushSeen(): void {
-    if (this.seenHour !== undefined && this.rollups !== undefined) this.rollups.restoreSeen(this.seenHour, this.seenIds);
+    if (this.seenHour !== undefined && this.rollups !== undefined)
+      this.rollups.restoreSeen(this.seenHour, this.seenIds);
     this.seenHour = undefined;
     this.seenIds = [];
   }
@@ -258,8 +261,8 @@ function isDimension(value: unknown): value is string | null {
 
 /** Feeds pieces to a decoder, letting the event loop through every few milliseconds. */
 export async function decodeStream(
-  source: AsyncIterable<Uint8Array>,
-  dedupHorizonMs: number,
+  source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  dedupHorizonMs: number | undefined,
   compaction: Compaction,
 ): Promise<{ header: SnapshotHeaderV2; rollups: UsageRollups }> {
   const decoder = new SnapshotDecoder(dedupHorizonMs, compaction);

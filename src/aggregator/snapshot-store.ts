@@ -352,13 +352,16 @@ export class SnapshotStore {
     }
   }
 
-  /** The rollups of the snapshot `manifest` names (no retry). */
+  /** The rollups of the snapshot `manifest` names (no retry). `dedupHorizonMs` undefined: the snapshot's. */
   async readRollups(
     manifest: SnapshotManifest,
-    dedupHorizonMs: number,
+    dedupHorizonMs: number | undefined,
     compaction: Compaction = NO_COMPACTION,
   ): Promise<UsageRollups> {
-    if (manifest.v === 1) return UsageRollups.fromSnapshot(await this.readV1(manifest), dedupHorizonMs, compaction);
+    if (manifest.v === 1) {
+      const snapshot = await this.readV1(manifest);
+      return UsageRollups.fromSnapshot(snapshot, dedupHorizonMs ?? snapshot.dedup_horizon_ms, compaction);
+    }
     const hash = createHash('sha256');
     let bytes = 0;
     let decoded: Awaited<ReturnType<typeof decodeStream>> | undefined;
@@ -380,7 +383,9 @@ export class SnapshotStore {
       throw new Error(`snapshot of ${manifest.instance} does not match its manifest (overwritten while read?)`);
     if (decoded === undefined) throw new Error(`snapshot of ${manifest.instance} is empty`);
     if (decoded.header.seq !== manifest.seq)
-      throw new Error(`snapshot of ${manifest.instance} covers seq ${decoded.header.seq}, its manifest ${manifest.seq}`);
+      throw new Error(
+        `snapshot of ${manifest.instance} covers seq ${decoded.header.seq}, its manifest ${manifest.seq}`,
+      );
     return decoded.rollups;
   }
 
@@ -421,7 +426,7 @@ export class SnapshotStore {
    */
   async read(manifest: SnapshotManifest): Promise<RollupSnapshot> {
     if (manifest.v === 1) return this.readV1(manifest);
-    const rollups = await this.readRollups(manifest, 0);
+    const rollups = await this.readRollups(manifest, undefined);
     return snapshotOfCut(rollups.beginCut(), true);
   }
 
