@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { TARGETS, type Target } from './load-protocol.js';
 import type { BenchLimits } from './bench-config.js';
 
-export const SECTIONS = ['closed', 'open', 'stream', 'memory', 'soak', 'http', 'sink', 'scale'] as const;
+export const SECTIONS = ['closed', 'open', 'stream', 'memory', 'soak', 'http', 'sink', 'scale', 'admissions'] as const;
 export type Section = (typeof SECTIONS)[number];
 
 export const LAYOUTS = ['worker-alone', 'split', 'none'] as const;

@@ -7,6 +7,7 @@ import type { ProfileSummary } from './cpu-profile.js';
 import { type HttpSection, renderHttpSection } from './http-report.js';
 import { renderSinkSection, type SinkSection } from './sink-section.js';
 import { renderScaleSection, type ScaleSection } from './scale-section.js';
+import { renderAdmissionsSection, type AdmissionsSection } from './admissions-section.js';
 import type { LoadResult, Target } from './load-protocol.js';
 import { medianInterval, type LatencySummary, type MedianInterval } from './stats.js';
 import type { ProcessUsage } from './proc-stats.js';
@@ -64,6 +65,8 @@ export interface BenchResults {
   sink?: SinkSection;
   /** The usage aggregator at sizes (scale-section.ts). */
   scale?: ScaleSection;
+  /** The shared limiter alone (admissions-section.ts). */
+  admissions?: AdmissionsSection;
   /** `files`: the `.cpuprofile` files the summary was made from (one per worker process, summed). */
   profile?: ProfileSummary & { files: string[] };
   /** The bare forwarder's profile over the same run, for comparison. */
@@ -533,6 +536,7 @@ export function renderMarkdown(results: BenchResults): string {
   if (results.http !== undefined) parts.push(renderHttpSection(results.http));
   if (results.sink !== undefined) parts.push(renderSinkSection(results.sink));
   if (results.scale !== undefined) parts.push(renderScaleSection(results.scale));
+  if (results.admissions !== undefined) parts.push(renderAdmissionsSection(results.admissions));
 
   const goalLines: string[] = [];
   if (goals.throughputRatio !== undefined) {

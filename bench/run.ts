@@ -16,6 +16,7 @@ import { BENCH_MODELS, bareForwarderRoutes, benchRequestBody, buildWorkerConfig 
 import { runHttpSection } from './http-section.js';
 import { runSinkSection } from './sink-section.js';
 import { runScaleSection } from './scale-section.js';
+import { runAdmissionsSection } from './admissions-section.js';
 import { mergeProfiles, summarizeProfile, type CpuProfile } from './cpu-profile.js';
 import type { FromLoadGenerator, LoadJob, LoadResult, Target, ToLoadGenerator } from './load-protocol.js';
 import { parseBenchOptions, HELP, type BenchOptions, type Layout } from './options.js';
@@ -650,6 +651,8 @@ async function main(): Promise<number> {
         env: benchEnv(),
         log,
       });
+    if (options.sections.includes('admissions'))
+      results.admissions = await runAdmissionsSection({ natsUrl: fleet.nats.url, durationMs: options.durationMs, log });
     if (options.sections.includes('scale') && workerAvailable())
       results.scale = await runScaleSection({
         cliMain,
