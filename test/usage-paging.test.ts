@@ -38,6 +38,7 @@ test('a 3,000-agent breakdown: refused unpaged, fetched page by page by the CLI,
         events.slice(start, start + 500).map((event) =>
           js.publish(subjectsFor('llm').usageFor(agentToken(event.agent_id)), JSON.stringify(event), {
             msgID: event.request_id,
+            timeout: 30_000,
           }),
         ),
       );

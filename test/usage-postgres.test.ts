@@ -420,6 +420,7 @@ describe('usage from the PostgreSQL log: same replies as the aggregator, the CLI
           events.slice(start, start + 500).map((event) =>
             js.publish(subjects.usageFor(agentToken(event.agent_id)), JSON.stringify(event), {
               msgID: event.request_id,
+              timeout: 30_000,
             }),
           ),
         );

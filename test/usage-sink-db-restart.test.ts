@@ -95,14 +95,18 @@ async function scenario(outage: 'stop' | 'kill'): Promise<void> {
     const usageStream = usageStreamSchema.parse({});
     await ensureUsageStream(await jetstreamManager(nc), usageStream, 'llm');
     const js = jetstream(nc);
-    const publish = (list: UsageEvent[], suffix = '') =>
-      Promise.all(
-        list.map((event) =>
-          js.publish(subjectsFor('llm').usageFor(agentToken(event.agent_id)), JSON.stringify(event), {
-            msgID: `${event.request_id}${suffix}`,
-          }),
-        ),
-      );
+    // 200 in flight at a time, each given 30 s: a loaded machine must not fail the publish, only slow it.
+    const publish = async (list: UsageEvent[], suffix = '') => {
+      for (let start = 0; start < list.length; start += 200)
+        await Promise.all(
+          list.slice(start, start + 200).map((event) =>
+            js.publish(subjectsFor('llm').usageFor(agentToken(event.agent_id)), JSON.stringify(event), {
+              msgID: `${event.request_id}${suffix}`,
+              timeout: 30_000,
+            }),
+          ),
+        );
+    };
     await publish(first);
 
     sink = await PostgresUsageSink.start({

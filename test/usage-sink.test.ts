@@ -65,7 +65,7 @@ async function publish(connection: NatsConnection, events: UsageEvent[], withMsg
           js.publish(
             subjects.usageFor(agentToken(event.agent_id)),
             JSON.stringify(event),
-            withMsgId ? { msgID: event.event_id ?? event.request_id } : undefined,
+            withMsgId ? { msgID: event.event_id ?? event.request_id, timeout: 30_000 } : { timeout: 30_000 },
           ),
         ),
     );
