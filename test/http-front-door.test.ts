@@ -3,6 +3,7 @@
  * providers: the seed's API exactly as its curl examples send it (plain fetch), health, and every
  * bad input of the issue. OpenAI's API is tested with the official SDKs in test/http-openai-sdk.test.ts.
  */
+import { usageQueryFromSearch } from '../src/http/seed-routes.js';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect as netConnect } from 'node:net';
@@ -184,6 +185,16 @@ describe("the seed's API", () => {
     assert.equal(response.status, 503);
     assert.equal(((await response.json()) as { error: { code: string } }).error.code, 'no_provider_available');
     assert.ok(Date.now() - started < 2_000);
+  });
+
+  test('GET /internal/llm/usage takes the paging fields from the query string', () => {
+    assert.deepEqual(
+      usageQueryFromSearch({ group_by: 'agent', limit: '20', order_by: 'cost', cursor: 'abc', since: '30d' }),
+      { group_by: ['agent'], limit: 20, order_by: 'cost', cursor: 'abc', since: '30d' },
+    );
+    assert.throws(() => usageQueryFromSearch({ limit: 'twenty' }), /limit/);
+    assert.throws(() => usageQueryFromSearch({ limit: '0' }), /limit/);
+    assert.throws(() => usageQueryFromSearch({ order_by: 'price' }), /order_by/);
   });
 
   test('Authorization: Bearer <secret> is accepted as the secret', async () => {

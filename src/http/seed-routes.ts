@@ -39,7 +39,10 @@ export const SEED_DIALECT: Dialect = {
   }),
 };
 
-/** Query-string fields of `GET /internal/llm/usage` → the usage query (`group_by` may be comma-separated or repeated). */
+/**
+ * Query-string fields of `GET /internal/llm/usage` → the usage query (`group_by` may be comma-separated or
+ * repeated; `limit`, `cursor` and `order_by` page it as on the bus).
+ */
 export function usageQueryFromSearch(search: Record<string, unknown>): UsageQuery {
   const query: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(search)) {
@@ -53,6 +56,8 @@ export function usageQueryFromSearch(search: Record<string, unknown>): UsageQuer
       query[key] = Array.isArray(value) ? value[value.length - 1] : value;
     }
   }
+  // A query string is text: `limit=20` is the number 20 (anything else is left for the schema to refuse).
+  if (typeof query.limit === 'string' && /^\d{1,9}$/.test(query.limit)) query.limit = Number(query.limit);
   const parsed = usageQuerySchema.safeParse(query);
   if (!parsed.success) throw new ProxyError('invalid_request', describeZodIssues(parsed.error));
   return parsed.data;
