@@ -35,10 +35,7 @@ export class MonthlyPartitions {
   async ensure(months: Iterable<number>): Promise<void> {
     const missing = [...new Set(months)].filter((month) => !this.known.has(month)).sort((a, b) => a - b);
     if (missing.length === 0) return;
-    const client = await this.pool.connect();
-    try {
-      await client.query('BEGIN');
-      await client.query('SELECT pg_advisory_xact_lock($1)', [PARTITION_LOCK]);
+    await this.underLock(async (client) => {
       for (const month of missing) {
         // Names and bounds are built from integers here, never from input text.
         await client.query(
@@ -46,6 +43,17 @@ export class MonthlyPartitions {
              FOR VALUES FROM ('${monthStartIso(month)}') TO ('${monthStartIso(month + 1)}')`,
         );
       }
+    });
+    for (const month of missing) this.known.add(month);
+  }
+
+  /** Runs `work` in a transaction holding the partition lock (two sinks never race on one partition). */
+  private async underLock(work: (client: pg.PoolClient) => Promise<unknown>): Promise<void> {
+    const client = await this.pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query('SELECT pg_advisory_xact_lock($1)', [PARTITION_LOCK]);
+      await work(client);
       await client.query('COMMIT');
     } catch (error) {
       await client.query('ROLLBACK').catch(() => undefined);
@@ -53,7 +61,6 @@ export class MonthlyPartitions {
     } finally {
       client.release();
     }
-    for (const month of missing) this.known.add(month);
   }
 
   /** The months that have a partition, oldest first. */
@@ -77,18 +84,7 @@ export class MonthlyPartitions {
     const dropped: string[] = [];
     for (const month of await this.list()) {
       if (Date.parse(monthStartIso(month + 1)) > cutoffMs) break;
-      const client = await this.pool.connect();
-      try {
-        await client.query('BEGIN');
-        await client.query('SELECT pg_advisory_xact_lock($1)', [PARTITION_LOCK]);
-        await client.query(`DROP TABLE IF EXISTS ${partitionName(month)}`);
-        await client.query('COMMIT');
-      } catch (error) {
-        await client.query('ROLLBACK').catch(() => undefined);
-        throw error;
-      } finally {
-        client.release();
-      }
+      await this.underLock((client) => client.query(`DROP TABLE IF EXISTS ${partitionName(month)}`));
       this.known.delete(month);
       dropped.push(partitionName(month));
     }
