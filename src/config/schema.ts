@@ -1,11 +1,14 @@
 import { z } from 'zod';
 import { parseDuration, parseSize } from './duration.js';
 import { aggregatorSchema } from './aggregator-schema.js';
+import { cacheSchema } from './cache-schema.js';
 import { usageSinkSchema } from './usage-sink-schema.js';
 import { authSchema } from './auth-schema.js';
 import { httpSchema } from './http-schema.js';
 import { limitsSchema } from './limits-schema.js';
 import { telemetrySchema } from './telemetry-schema.js';
+
+export { cacheSchema, type CacheConfig } from './cache-schema.js';
 
 /**
  * The whole of config.yaml as one zod schema (DESIGN.md, "Configuration").
@@ -269,14 +272,6 @@ export const loggingSchema = z
      * `request failed`) or `none`. Every request has its usage event anyway (`llm-proxy tail`).
      */
     requests: z.enum(['all', 'errors', 'none']).default('errors'),
-  })
-  .strict();
-
-export const cacheSchema = z
-  .object({
-    enabled: z.boolean().default(true),
-    max_entries: positiveInt.default(1_000),
-    ttl_ms: positiveInt.default(300_000),
   })
   .strict();
 
