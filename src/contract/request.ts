@@ -126,7 +126,8 @@ export const chatRequestSchema = z
     metadata: metadataSchema.optional(),
     request_id: z.string().regex(REQUEST_ID_PATTERN, 'must be 1-128 visible ASCII characters').optional(),
     timeout_ms: z.number().int().positive().max(3_600_000).optional(),
-    cache: z.enum(['auto', 'bypass']).optional(),
+    /** auto (default): cacheable requests use the cache; bypass: not at all; refresh: ask upstream, store; force: cache even with tools. */
+    cache: z.enum(['auto', 'bypass', 'refresh', 'force']).optional(),
     provider_options: z.record(z.string(), z.unknown()).optional(),
   })
   .strict();

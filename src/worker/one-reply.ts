@@ -6,7 +6,7 @@ import type { CancelSignal } from '../providers/transport/cancellation.js';
 import type { Admitted } from './admission.js';
 import type { StageDependencies } from './pipeline.js';
 import type { RequestRecord } from './request-record.js';
-import { cacheKey, isCacheable } from './response-cache.js';
+import { cacheKeyFor, isCacheable } from './response-cache.js';
 import { noteFinishReasons } from '../telemetry/tracing.js';
 
 /**
@@ -20,44 +20,94 @@ export async function answerOnce(
   signal: CancelSignal,
   deps: StageDependencies,
 ): Promise<ErrorCode | undefined> {
-  const { request, plan } = admitted;
+  const { request } = admitted;
   const traceContext = admitted.context.traceContext;
-  const key = deps.cache !== undefined && isCacheable(request) ? cacheKey(request) : undefined;
-  if (key !== undefined) {
-    const hit = deps.cache!.get(key);
-    if (hit !== undefined) {
-      noteFinishReasons(traceContext, hit.finish_reason, hit.choices);
-      return replyFromCache(message, record, hit, deps);
+  const cache = deps.cache !== undefined && isCacheable(request) ? deps.cache : undefined;
+  const key = cache === undefined ? undefined : cacheKeyFor(request, deps.config.models.get(request.model));
+  if (cache !== undefined && key !== undefined) {
+    if (request.cache !== 'refresh') {
+      const hit = await cache.store.get(key);
+      if (hit !== undefined) return servedFromCache(message, record, hit.reply, traceContext, deps);
     }
-  }
-  record.accepted = true;
-  try {
-    const response = await deps.router.chat({ request, signal, plan, traceContext });
-    record.attempts = response.attempts;
-    record.model = response.target.model;
-    record.provider = response.target.provider;
-    record.modelResolved = response.modelResolved;
-    record.answered(deps.config, response.usage, response);
-    const reply = record.reply({
-      content: response.content,
-      finishReason: response.finishReason,
-      toolCalls: response.toolCalls,
-      reasoningContent: response.reasoningContent,
-      refusal: response.refusal,
-      logprobs: response.logprobs,
-      // No more choices than were asked for, whatever the provider sent.
-      choices: (request.n ?? 1) > 1 ? response.choices?.slice(0, request.n) : undefined,
-    });
+    // Identical requests in flight share one upstream call: the first computes, the others wait for it
+    // (bounded by cache.coalesce_wait_ms) and are answered as cache hits.
+    const lookup = async (): Promise<RoutedAnswer | undefined> => {
+      const found = await cache.store.get(key);
+      return found === undefined ? undefined : { reply: found.reply };
+    };
+    let outcome: Awaited<ReturnType<typeof cache.coalescer.run<RoutedAnswer>>>;
+    try {
+      outcome = await cache.coalescer.run(key, () => routed(record, admitted, signal, deps), lookup);
+    } catch (error) {
+      return failed(message, record, error, deps);
+    }
+    if (outcome.role === 'joined' || outcome.role === 'shared')
+      return servedFromCache(message, record, outcome.value.reply, traceContext, deps);
+    const { reply } = outcome.value;
     noteFinishReasons(traceContext, reply.finish_reason, reply.choices);
     const code = deps.delivery.reply(message, record, reply);
-    if (code === undefined && key !== undefined && reply.finish_reason !== 'error') deps.cache!.set(key, reply);
+    if (code === undefined && reply.finish_reason !== 'error')
+      void cache.store.set(key, { stored_at: Date.now(), model: request.model, reply }).catch(() => undefined);
     return code;
-  } catch (error) {
-    const proxyError = asProxyError(error);
-    record.failed(deps.config, proxyError);
-    if (proxyError.code === 'internal') record.logger.error({ err: error }, 'unexpected error while routing');
-    return deps.delivery.error(message, record, proxyError);
   }
+  try {
+    const { reply } = await routed(record, admitted, signal, deps);
+    noteFinishReasons(traceContext, reply.finish_reason, reply.choices);
+    return deps.delivery.reply(message, record, reply);
+  } catch (error) {
+    return failed(message, record, error, deps);
+  }
+}
+
+/** What one caller's upstream call produced: its reply, built on its own record. */
+interface RoutedAnswer {
+  reply: ChatReply;
+}
+
+/** The router's answer for this request, recorded on its record (throws the router's error). */
+async function routed(
+  record: RequestRecord,
+  admitted: Admitted,
+  signal: CancelSignal,
+  deps: StageDependencies,
+): Promise<RoutedAnswer> {
+  const { request, plan } = admitted;
+  record.accepted = true;
+  const response = await deps.router.chat({ request, signal, plan, traceContext: admitted.context.traceContext });
+  record.attempts = response.attempts;
+  record.model = response.target.model;
+  record.provider = response.target.provider;
+  record.modelResolved = response.modelResolved;
+  record.answered(deps.config, response.usage, response);
+  const reply = record.reply({
+    content: response.content,
+    finishReason: response.finishReason,
+    toolCalls: response.toolCalls,
+    reasoningContent: response.reasoningContent,
+    refusal: response.refusal,
+    logprobs: response.logprobs,
+    // No more choices than were asked for, whatever the provider sent.
+    choices: (request.n ?? 1) > 1 ? response.choices?.slice(0, request.n) : undefined,
+  });
+  return { reply };
+}
+
+function failed(message: Msg, record: RequestRecord, error: unknown, deps: StageDependencies): ErrorCode | undefined {
+  const proxyError = asProxyError(error);
+  record.failed(deps.config, proxyError);
+  if (proxyError.code === 'internal') record.logger.error({ err: error }, 'unexpected error while routing');
+  return deps.delivery.error(message, record, proxyError);
+}
+
+function servedFromCache(
+  message: Msg,
+  record: RequestRecord,
+  hit: ChatReply,
+  traceContext: Admitted['context']['traceContext'],
+  deps: StageDependencies,
+): ErrorCode | undefined {
+  noteFinishReasons(traceContext, hit.finish_reason, hit.choices);
+  return replyFromCache(message, record, hit, deps);
 }
 
 /** A cache hit: the stored answer with this request's id, `cached: true`, no cost; the original token counts. */

@@ -17,7 +17,7 @@ import type { RequestHooks } from './hooks.js';
 import type { GatewayMetrics, RequestFacts } from '../telemetry/metrics.js';
 import { answerOnce } from './one-reply.js';
 import { RequestRecord } from './request-record.js';
-import type { ResponseCache } from './response-cache.js';
+import type { ResponseCacheParts } from '../cache/index.js';
 import { relayStream } from './stream-reply.js';
 
 export interface PipelineDependencies {
@@ -27,7 +27,8 @@ export interface PipelineDependencies {
   publisher: UsagePublisher;
   /** Who is calling (the secret or a per-agent key, by `auth.mode`). */
   auth: CallerCheck;
-  cache: ResponseCache | undefined;
+  /** The response cache (memory in front of the shared store) and its coalescer; undefined when off. */
+  cache: ResponseCacheParts | undefined;
   hooks: RequestHooks;
   counters: WorkerCounters;
   logger: Logger;

@@ -1,14 +1,15 @@
 import { createHash } from 'node:crypto';
-import type { ChatReply } from '../contract/reply.js';
+import type { CacheKey } from '../cache/index.js';
+import type { ResolvedModel } from '../config/load.js';
 import type { ChatRequest } from '../contract/request.js';
 
 /**
- * An in-memory LRU of replies to deterministic requests (per worker; not
- * shared). A request is cacheable when:
+ * Which requests the response cache (src/cache: memory in front of the shared store) answers, and
+ * under which key. A request is cacheable when:
  * - it is not streamed, and `cache` is not `"bypass"`;
  * - its output is meant to be reproducible: `temperature: 0` or a `seed`;
- * - it carries no `tools`/`tool_choice` (tool calls drive side effects in
- *   the agent; replaying an old decision is not what it asked for), no
+ * - it carries no `tools`/`tool_choice` unless `cache` is `"force"` (tool calls drive side effects
+ *   in the agent; replaying an old decision is not what it asked for), no
  *   `logprobs`, and `n` is 1.
  * The key is a hash of everything the provider sees (model, messages,
  * sampling parameters, response_format, provider_options); our own fields
@@ -20,7 +21,7 @@ const NOT_IN_KEY = new Set(['metadata', 'request_id', 'timeout_ms', 'cache', 'st
 export function isCacheable(request: ChatRequest): boolean {
   if (request.stream === true || request.cache === 'bypass') return false;
   if (request.temperature !== 0 && request.seed === undefined) return false;
-  if (request.tools !== undefined || request.tool_choice !== undefined) return false;
+  if (request.cache !== 'force' && (request.tools !== undefined || request.tool_choice !== undefined)) return false;
   if (request.logprobs === true) return false;
   return true;
 }
@@ -33,41 +34,13 @@ export function cacheKey(request: ChatRequest): string {
   return createHash('sha256').update(JSON.stringify(kept)).digest('base64url');
 }
 
-interface Entry {
-  reply: ChatReply;
-  expiresAt: number;
-}
-
-export class ResponseCache {
-  readonly #entries = new Map<string, Entry>();
-  readonly #maxEntries: number;
-  readonly #ttlMs: number;
-
-  constructor(settings: { maxEntries: number; ttlMs: number }) {
-    this.#maxEntries = settings.maxEntries;
-    this.#ttlMs = settings.ttlMs;
-  }
-
-  get size(): number {
-    return this.#entries.size;
-  }
-
-  get(key: string, now = Date.now()): ChatReply | undefined {
-    const entry = this.#entries.get(key);
-    if (entry === undefined) return undefined;
-    this.#entries.delete(key);
-    if (entry.expiresAt <= now) return undefined;
-    // Re-inserted to mark it most recently used (a Map keeps insertion order).
-    this.#entries.set(key, entry);
-    return entry.reply;
-  }
-
-  set(key: string, reply: ChatReply, now = Date.now()): void {
-    this.#entries.delete(key);
-    this.#entries.set(key, { reply, expiresAt: now + this.#ttlMs });
-    while (this.#entries.size > this.#maxEntries) {
-      const oldest = this.#entries.keys().next().value as string;
-      this.#entries.delete(oldest);
-    }
-  }
+/**
+ * Where a request's answer is cached: its logical model, and a hash of what the provider sees plus
+ * the model's deployments (provider, physical name), so that a config change never serves an answer
+ * of another model.
+ */
+export function cacheKeyFor(request: ChatRequest, model: Pick<ResolvedModel, 'deployments'> | undefined): CacheKey {
+  const deployments = (model?.deployments ?? []).map((deployment) => [deployment.provider, deployment.physical_name]);
+  const hash = createHash('sha256').update(cacheKey(request)).update(JSON.stringify(deployments)).digest('base64url');
+  return { model: request.model, hash };
 }

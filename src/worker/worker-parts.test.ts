@@ -4,8 +4,7 @@ import { parseChatRequest } from '../contract/request.js';
 import { resolveConfig } from '../config/load.js';
 import { ToolCallAssembler } from '../contract/tool-call-assembler.js';
 import { requestCost } from './accounting.js';
-import { cacheKey, isCacheable, ResponseCache } from './response-cache.js';
-import type { ChatReply } from '../contract/reply.js';
+import { cacheKey, cacheKeyFor, isCacheable } from './response-cache.js';
 
 const request = (extra: object) =>
   parseChatRequest({ model: 'm', messages: [{ role: 'user', content: 'hi' }], ...extra });
@@ -17,6 +16,20 @@ test('cacheable: deterministic (temperature 0 or a seed), not streamed, no tools
   assert.equal(isCacheable(request({ temperature: 0, stream: true })), false);
   assert.equal(isCacheable(request({ temperature: 0, cache: 'bypass' })), false);
   assert.equal(isCacheable(request({ temperature: 0, tools: [{ type: 'function', function: { name: 'f' } }] })), false);
+  assert.equal(
+    isCacheable(request({ temperature: 0, cache: 'force', tools: [{ type: 'function', function: { name: 'f' } }] })),
+    true,
+  );
+  assert.equal(isCacheable(request({ temperature: 0, cache: 'refresh' })), true);
+});
+
+test('the cache key covers the model deployments: a config change never serves another model answer', () => {
+  const asked = request({ temperature: 0 });
+  const one = { deployments: [{ provider: 'openai', physical_name: 'gpt-4o-mini', weight: 1 }] };
+  const moved = { deployments: [{ provider: 'openai', physical_name: 'gpt-4.1-mini', weight: 1 }] };
+  assert.deepEqual(cacheKeyFor(asked, one), cacheKeyFor(request({ temperature: 0, request_id: 'x' }), one));
+  assert.notEqual(cacheKeyFor(asked, one).hash, cacheKeyFor(asked, moved).hash);
+  assert.equal(cacheKeyFor(asked, one).model, 'm');
 });
 
 test('cache key ignores our own fields and key order, not what the provider sees', () => {
@@ -27,19 +40,6 @@ test('cache key ignores our own fields and key order, not what the provider sees
     key,
     cacheKey(parseChatRequest({ model: 'm', messages: [{ role: 'user', content: 'hi!' }], temperature: 0 })),
   );
-});
-
-test('LRU: least recently used goes first; entries expire', () => {
-  const cache = new ResponseCache({ maxEntries: 2, ttlMs: 1_000 });
-  const reply = (content: string) => ({ content }) as ChatReply;
-  cache.set('a', reply('a'), 0);
-  cache.set('b', reply('b'), 0);
-  assert.equal(cache.get('a', 10)?.content, 'a');
-  cache.set('c', reply('c'), 10);
-  assert.equal(cache.get('b', 10), undefined);
-  assert.equal(cache.get('a', 10)?.content, 'a');
-  assert.equal(cache.get('a', 2_000), undefined);
-  assert.equal(cache.size, 1);
 });
 
 test('tool-call deltas assemble by index', () => {

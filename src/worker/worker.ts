@@ -28,7 +28,7 @@ import type { MeterProvider } from '@opentelemetry/api';
 import type { RequestHooks } from './hooks.js';
 import { RequestIntake } from './intake.js';
 import { RequestPipeline } from './pipeline.js';
-import { ResponseCache } from './response-cache.js';
+import { createResponseCache } from '../cache/index.js';
 import { createShutdown, IdleWatch, type ShutdownReport } from './shutdown.js';
 
 export type { ShutdownReport } from './shutdown.js';
@@ -206,15 +206,17 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
       })),
   });
 
+  // Shared by every worker (cache.backend, default the JetStream KV bucket), with this worker's memory in front.
+  const cache = config.cache.enabled
+    ? createResponseCache(config.cache, { nats: connection, logger: workerLogger })
+    : undefined;
   const pipeline = new RequestPipeline({
     connection,
     config,
     router,
     publisher,
     auth,
-    cache: config.cache.enabled
-      ? new ResponseCache({ maxEntries: config.cache.max_entries, ttlMs: config.cache.ttl_ms })
-      : undefined,
+    cache,
     hooks,
     counters,
     logger: workerLogger,
@@ -290,6 +292,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     { name: 'the metrics', close: async () => unobserve?.() },
   ];
   if (limiter !== undefined) closers.push({ name: 'the limiter', close: () => limiter.close() });
+  if (cache !== undefined) closers.push({ name: 'the response cache', close: () => cache.store.close() });
   if (directory !== undefined) closers.push({ name: 'the key directory', close: () => directory.close() });
   if (ownsProviders) closers.push({ name: 'provider pools', close: () => providerSet.close() });
   const { stop, stopped } = createShutdown({
