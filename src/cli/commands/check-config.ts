@@ -51,7 +51,7 @@ export function summarizeConfig(config: ResolvedConfig): string {
     `nats: subjects ${config.nats.subject_prefix}.proxy.*, usage stream ${stream.name} (${stream.storage}, R${stream.replicas}, max age ${stream.max_age === 0 ? 'forever' : `${stream.max_age / 86_400_000} d`}, max bytes ${stream.max_bytes === -1 ? 'unlimited' : stream.max_bytes})`,
   );
   lines.push(
-    `cache: ${config.cache.enabled ? `on, ${config.cache.max_entries} entries, ttl ${config.cache.ttl_ms} ms` : 'off'}; logging: ${config.logging.level}, request lines: ${config.logging.requests}`,
+    `cache: ${config.cache.enabled ? `on, ${config.cache.backend}${config.cache.backend === 'nats' ? ` bucket ${config.cache.bucket}` : ''}, ttl ${config.cache.ttl_ms} ms, ${Math.round(config.cache.memory_max_bytes / 2 ** 20)} MiB in each worker's memory` : 'off'}; logging: ${config.logging.level}, request lines: ${config.logging.requests}`,
   );
   return lines.join('\n');
 }
