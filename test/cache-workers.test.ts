@@ -2,7 +2,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
 import { startFakeOpenAI } from './fakes/index.js';
+import { runCli } from './helpers/cli-process.js';
 import { startNatsServer } from './helpers/nats-server.js';
 import { startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
 
@@ -23,6 +28,7 @@ test('three workers share one cache: one upstream call for the same question, wh
   const openai = await startFakeOpenAI();
   const config = testConfig({ openai: openai.baseUrl }, { cache: { enabled: true, ttl_ms: 60_000 } });
   const workers: InProcessWorker[] = [];
+  const directory = mkdtempSync(join(tmpdir(), 'llm-proxy-cache-'));
   const client = await connect({ servers: nats.url });
   try {
     for (let index = 0; index < 3; index += 1) workers.push(await startInProcessWorker({ natsUrl: nats.url, config }));
@@ -63,14 +69,38 @@ test('three workers share one cache: one upstream call for the same question, wh
     assert.equal(afterRestart.cached, true);
     assert.equal(openai.chatRequests.length, 2);
 
-    // refresh: asks upstream again and stores the new answer; bypass: neither reads nor writes.
+    // refresh: asks upstream again and stores the new answer.
     const refreshed = await ask(client, { ...body('shared?', 'refresh'), cache: 'refresh' });
     assert.equal(refreshed.cached, false);
     assert.equal(openai.chatRequests.length, 3);
+
+    // llm-proxy cache stats|purge, on the same bucket.
+    const configPath = join(directory, 'config.yaml');
+    writeFileSync(configPath, stringify(config));
+    const env = { NATS_URL: nats.url, LLM_PROXY_CONFIG: configPath };
+    const stats = await runCli(['cache', 'stats', '--json'], env);
+    assert.equal(stats.code, 0, stats.stderr);
+    assert.deepEqual(JSON.parse(stats.stdout), {
+      backend: 'nats',
+      where: 'bucket LLM_CACHE',
+      entries: 2,
+      bytes: JSON.parse(stats.stdout).bytes,
+    });
+    const other = await runCli(['cache', 'purge', '--model', 'another-model'], env);
+    assert.equal(other.code, 0, other.stderr);
+    assert.match(other.stdout, /^purged 0 cached answers of another-model from bucket LLM_CACHE/);
+    const purged = await runCli(['cache', 'purge', '--model', 'gpt-test'], env);
+    assert.equal(purged.code, 0, purged.stderr);
+    assert.match(purged.stdout, /^purged 2 cached answers of gpt-test/);
+    const empty = await runCli(['cache', 'stats'], env);
+    assert.match(empty.stdout, /^cache bucket LLM_CACHE \(nats\): 0 answers/);
+    const bad = await runCli(['cache', 'flush'], env);
+    assert.equal(bad.code, 2);
   } finally {
     await client.close();
     for (const worker of workers) await worker.stop();
     await openai.close();
     await nats.dispose();
+    rmSync(directory, { recursive: true, force: true });
   }
 });

@@ -14,6 +14,7 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   aggregator: () => import('./commands/aggregator.js'),
   sink: () => import('./commands/sink.js'),
   invoice: () => import('./commands/invoice.js'),
+  cache: () => import('./commands/cache.js'),
   usage: () => import('./commands/usage.js'),
   limits: () => import('./commands/limits.js'),
   http: () => import('./commands/http.js'),
