@@ -139,7 +139,7 @@ test('llm-proxy aggregator survives SIGKILL, llm-proxy usage prints table, JSON 
     const lines = csv.stdout.trimEnd().split('\n');
     assert.equal(
       lines[0],
-      'agent,day,total_requests,ok,errors,rejected,cancelled,cached,tokens_estimated,prompt_tokens,completion_tokens,total_tokens,cost_usd,avg_latency_ms,success_rate,cached_prompt_tokens',
+      'agent,day,total_requests,ok,errors,rejected,cancelled,cached,tokens_estimated,prompt_tokens,completion_tokens,total_tokens,cost_usd,avg_latency_ms,success_rate,cached_prompt_tokens,saved_usd',
     );
     assert.equal(lines.length, byAgentDay.groups.length + 1);
     byAgentDay.groups.forEach((group, index) => {

@@ -290,6 +290,10 @@ describe('worker: chat requests over NATS', () => {
     const [event] = await eventFor('cache-2');
     assert.equal(event!.cached, true);
     assert.equal(event!.cost_usd, 0);
+    assert.ok(first.body.cost_usd > 0);
+    assert.equal(event!.saved_usd, first.body.cost_usd, 'the hit saved what the answer cost upstream');
+    const [original] = await eventFor('cache-1');
+    assert.equal(original!.saved_usd, undefined, 'an answer from upstream saved nothing');
     assert.equal(event!.status, 'ok');
 
     await ask({ ...body, request_id: 'cache-3', cache: 'bypass' });

@@ -36,6 +36,8 @@ export interface ParsedUsageQuery {
 export interface AggregatedTotals extends UsageTotals {
   /** Of prompt_tokens, those the providers served from their prompt caches. */
   cached_prompt_tokens: number;
+  /** What the cache hits among these requests would have cost upstream (their `saved_usd`). */
+  saved_usd: number;
   ok: number;
   cancelled: number;
   tokens_estimated: number;
@@ -160,6 +162,7 @@ export function totalsOf(get: (name: CounterName) => number, costNano: bigint): 
     cancelled: get('cancelled'),
     cached: get('cached'),
     tokens_estimated: get('tokens_estimated'),
+    saved_usd: get('saved_nanousd') / 1e9,
   };
 }
 

@@ -214,11 +214,12 @@ test('a snapshot written before key ids were counted loads: no key in any cell',
   });
   assert.equal(counter(cell, 'requests'), 2);
   assert.equal(counter(cell, 'cost_nanousd'), 1_100_000);
-  // Saved again with no key anywhere, it is the same document, with the counter added since (cached prompt tokens) at 0.
+  // Saved again with no key anywhere, it is the same document, with the counters added since (cached prompt
+  // tokens, saved nano-dollars) at 0.
   assert.deepEqual(JSON.parse(JSON.stringify(rollups.toSnapshot())), {
     ...old,
-    counters: [...old.counters, 'cached_prompt_tokens'],
-    cells: old.cells.map((row: unknown[]) => [...row, 0]),
+    counters: [...old.counters, 'cached_prompt_tokens', 'saved_nanousd'],
+    cells: old.cells.map((row: unknown[]) => [...row, 0, 0]),
   });
   // Events with a key after the restore get cells of their own.
   rollups.apply(message(3, event('r3', { key_id: 'AAAAAAAAAAAA' }), T0 + HOUR_MS));

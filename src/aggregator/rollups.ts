@@ -33,6 +33,8 @@ export const COUNTERS = [
   'latency_us',
   /** Of the prompt tokens, those the provider served from its prompt cache (priced apart). */
   'cached_prompt_tokens',
+  /** Cache hits: what the answers would have cost upstream, in integer nano-dollars. */
+  'saved_nanousd',
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 
@@ -292,6 +294,7 @@ export class UsageRollups {
     bump('total_tokens', event.total_tokens);
     if (event.cached_prompt_tokens !== undefined) bump('cached_prompt_tokens', event.cached_prompt_tokens);
     bump('cost_nanousd', usdToNano(event.cost_usd));
+    if (event.saved_usd !== undefined) bump('saved_nanousd', usdToNano(event.saved_usd));
     bump('latency_us', msToMicros(event.latency_ms));
   }
 

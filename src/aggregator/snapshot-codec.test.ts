@@ -172,6 +172,6 @@ test('counters are matched by name: a v2 snapshot with fewer or reordered counte
   const { rollups } = await decodeStream([Buffer.from(body)], HOUR_MS, { hourWindowMs: 0, retentionMs: 0 });
   const snapshot = snapshotOf(rollups);
   assert.equal(snapshot.seq, 9);
-  assert.deepEqual(snapshot.cells, [[100, 'a', null, 'm', 'p', 2, 0, 0, 0, 0, 0, 0, 0, 0, 35, 0, 0, 0]]);
+  assert.deepEqual(snapshot.cells, [[100, 'a', null, 'm', 'p', 2, 0, 0, 0, 0, 0, 0, 0, 0, 35, 0, 0, 0, 0]]);
   assert.deepEqual(snapshot.seen, [[100, ['r1', 'r2']]]);
 });

@@ -12,6 +12,7 @@ function totals(requests: number, cost: number): AggregatedTotals {
     prompt_tokens: requests * 20,
     completion_tokens: requests * 10,
     cached_prompt_tokens: requests * 5,
+    saved_usd: 0,
     cost_usd: cost,
     ok: requests - 1,
     errors: 1,
@@ -36,9 +37,12 @@ test('CSV: group keys then counters, cost to nine decimals, cells quoted and def
   const lines = formatCsv(reply).trimEnd().split('\n');
   assert.equal(
     lines[0],
-    'model,total_requests,ok,errors,rejected,cancelled,cached,tokens_estimated,prompt_tokens,completion_tokens,total_tokens,cost_usd,avg_latency_ms,success_rate,cached_prompt_tokens',
+    'model,total_requests,ok,errors,rejected,cancelled,cached,tokens_estimated,prompt_tokens,completion_tokens,total_tokens,cost_usd,avg_latency_ms,success_rate,cached_prompt_tokens,saved_usd',
   );
-  assert.equal(lines[1], 'gpt-4.1-mini,2000,1999,1,0,0,2,0,40000,20000,60000,12.300000000,812.25,0.975,10000');
+  assert.equal(
+    lines[1],
+    'gpt-4.1-mini,2000,1999,1,0,0,2,0,40000,20000,60000,12.300000000,812.25,0.975,10000,0.000000000',
+  );
   assert.ok(lines[2]?.startsWith(`"'=cmd|""x"",y",1000,`), lines[2]);
   assert.equal(lines.length, 3);
 });
@@ -48,7 +52,10 @@ test('CSV without groups is one row of totals', () => {
     .trimEnd()
     .split('\n');
   assert.equal(lines.length, 2);
-  assert.match(lines[1] ?? '', /^3000,2999,1,0,0,2,0,60000,30000,90000,12\.345678901,812\.25,0\.975,15000$/);
+  assert.match(
+    lines[1] ?? '',
+    /^3000,2999,1,0,0,2,0,60000,30000,90000,12\.345678901,812\.25,0\.975,15000,0\.000000000$/,
+  );
 });
 
 test('the table shows the totals, then one aligned row per group', () => {

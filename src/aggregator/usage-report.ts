@@ -24,6 +24,7 @@ const CSV_COUNTERS = [
   'success_rate',
   // Added after the others, so that an export read by column position keeps its columns.
   'cached_prompt_tokens',
+  'saved_usd',
 ] as const satisfies ReadonlyArray<keyof AggregatedTotals>;
 
 /** Group keys present in a reply, in the order the query asked for them. */
@@ -45,7 +46,7 @@ function csvCell(value: string): string {
 
 function csvNumber(name: (typeof CSV_COUNTERS)[number], totals: AggregatedTotals): string {
   const value = totals[name];
-  return name === 'cost_usd' ? formatCostUsd(value) : String(value);
+  return name === 'cost_usd' || name === 'saved_usd' ? formatCostUsd(value) : String(value);
 }
 
 export function formatCsv(reply: AggregatedReply): string {
@@ -87,7 +88,7 @@ export function formatTable(reply: AggregatedReply, title: ReportTitle): string 
     `  requests      ${integer.format(reply.total_requests)}  (ok ${integer.format(reply.ok)}, errors ${integer.format(reply.errors)}, rejected ${integer.format(reply.rejected)}, cancelled ${integer.format(reply.cancelled)}; cached ${integer.format(reply.cached)})`,
     `  success rate  ${percent(reply.success_rate)}`,
     `  tokens        ${integer.format(reply.total_tokens)}  (prompt ${integer.format(reply.prompt_tokens)} of which cached ${integer.format(reply.cached_prompt_tokens ?? 0)}, completion ${integer.format(reply.completion_tokens)}; estimated in ${integer.format(reply.tokens_estimated)} requests)`,
-    `  cost          ${money(reply.cost_usd)}`,
+    `  cost          ${money(reply.cost_usd)}${(reply.saved_usd ?? 0) > 0 ? `  (cache hits saved ${money(reply.saved_usd)})` : ''}`,
     `  avg latency   ${reply.avg_latency_ms.toFixed(1)} ms`,
   ];
   const keys = groupKeysOf(reply);

@@ -24,6 +24,8 @@ export const usageEventSchema = z
     /** Of the prompt tokens, those the provider served from its prompt cache (absent from older events). */
     cached_prompt_tokens: z.number().int().nonnegative().optional(),
     cost_usd: z.number().nonnegative(),
+    /** A cache hit (`cached: true`, cost 0): what the answer cost when it was asked upstream, at today's prices. */
+    saved_usd: z.number().nonnegative().optional(),
     latency_ms: z.number().nonnegative(),
     ttft_ms: z.number().nonnegative().nullable(),
     stream: z.boolean(),

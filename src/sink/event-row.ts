@@ -29,6 +29,7 @@ export const EVENT_COLUMNS = [
   ['cached_prompt_tokens', 'int8'],
   ['tokens_estimated', 'bool'],
   ['cost_usd', 'numeric'],
+  ['saved_usd', 'numeric'],
   ['latency_ms', 'float8'],
   ['latency_us', 'int8'],
   ['ttft_ms', 'float8'],
@@ -69,6 +70,7 @@ const KNOWN_FIELDS = new Set<string>([
   'cached_prompt_tokens',
   'tokens_estimated',
   'cost_usd',
+  'saved_usd',
   'latency_ms',
   'ttft_ms',
   'stream',
@@ -140,6 +142,7 @@ export function decodeUsageMessage(message: UsageMessage, streamName: string): D
     tokens_estimated: event.tokens_estimated,
     // The aggregator's units: the same sums to the digit.
     cost_usd: nanoToDecimal(usdToNano(event.cost_usd)),
+    saved_usd: nanoToDecimal(usdToNano(event.saved_usd ?? 0)),
     latency_ms: event.latency_ms,
     latency_us: msToMicros(event.latency_ms),
     ttft_ms: event.ttft_ms,

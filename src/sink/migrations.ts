@@ -160,6 +160,15 @@ SELECT to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM') AS month,
 CREATE INDEX usage_events_day ON usage_events (((ts AT TIME ZONE 'UTC')::date));
 `,
   },
+  {
+    version: 4,
+    name: 'saved_usd: what cache hits would have cost',
+    sql: `
+-- A cache hit costs 0; saved_usd is what its answer cost when it was asked upstream (issue 18).
+ALTER TABLE usage_events ADD COLUMN saved_usd numeric(20, 9) NOT NULL DEFAULT 0;
+ALTER TABLE usage_hourly ADD COLUMN saved_usd numeric(24, 9) NOT NULL DEFAULT 0;
+`,
+  },
 ];
 
 /** The highest version in {@link MIGRATIONS}: what a fully migrated schema is at. */

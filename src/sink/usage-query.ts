@@ -26,7 +26,7 @@ type DimensionKey = keyof typeof DIMENSION_COLUMNS;
 /** Filters of a parsed query → their columns. */
 const FILTER_COLUMNS = ['agent_id', 'microdao_id', 'model', 'provider', 'key_id'] as const;
 
-/** The aggregator's counters (but cost) → the columns of `usage_hourly` that hold them. */
+/** The aggregator's counters (but cost) → the expressions over `usage_hourly` that sum to them. */
 const COUNTER_COLUMNS = [
   ['requests', 'requests'],
   ['ok', 'ok'],
@@ -40,6 +40,8 @@ const COUNTER_COLUMNS = [
   ['total_tokens', 'total_tokens'],
   ['latency_us', 'latency_us'],
   ['cached_prompt_tokens', 'cached_prompt_tokens'],
+  // numeric(24, 9) dollars times 1e9: a whole number of nano-dollars, exactly.
+  ['saved_nanousd', '(saved_usd * 1000000000)'],
 ] as const satisfies ReadonlyArray<readonly [Exclude<CounterName, 'cost_nanousd'>, string]>;
 
 const isDimension = (key: UsageGroupKey): key is DimensionKey => key in DIMENSION_COLUMNS;
@@ -85,7 +87,7 @@ export function usageSql(query: ParsedUsageQuery): UsageSql {
       : undefined;
   if (timeExpression !== undefined) selected.push(`${timeExpression}::text AS hour_number`);
   const groupCount = selected.length;
-  for (const [counter, column] of COUNTER_COLUMNS) selected.push(`sum(${column})::text AS ${counter}`);
+  for (const [counter, column] of COUNTER_COLUMNS) selected.push(`sum(${column})::bigint::text AS ${counter}`);
   // cost_usd is numeric(24, 9): its sum times 1e9 is a whole number of nano-dollars, exactly.
   selected.push('(sum(cost_usd) * 1000000000)::bigint::text AS cost_nanousd');
 

@@ -45,6 +45,7 @@ const HOURLY_SUMS: Array<[column: string, expression: string]> = [
   ['total_tokens', 'sum(total_tokens)'],
   ['cached_prompt_tokens', 'sum(cached_prompt_tokens)'],
   ['cost_usd', 'sum(cost_usd)'],
+  ['saved_usd', 'sum(saved_usd)'],
   ['latency_us', 'sum(latency_us)'],
 ];
 const CELL = ['agent_id', 'microdao_id', 'model', 'provider', 'key_id'];

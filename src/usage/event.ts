@@ -30,6 +30,8 @@ export interface UsageEventInput {
   /** Of the prompt tokens, those the provider served from its cache. */
   cachedPromptTokens?: number | undefined;
   costUsd: number;
+  /** A cache hit: what the answer would have cost (recorded as `saved_usd` when above 0). */
+  savedUsd?: number | undefined;
   latencyMs: number;
   ttftMs: number | null;
   stream: boolean;
@@ -78,6 +80,7 @@ export function buildUsageEvent(input: UsageEventInput): BuiltUsageEvent {
   };
   if (unauthenticated && metadata.agent_id !== undefined) event.claimed_agent_id = metadata.agent_id;
   if (input.keyId !== undefined) event.key_id = input.keyId;
+  if (input.savedUsd !== undefined && input.savedUsd > 0) event.saved_usd = input.savedUsd;
   if (input.attempts.length > 1) event.attempt_details = input.attempts;
   if (!unauthenticated) {
     let tags: Record<string, string> | undefined;

@@ -8,6 +8,7 @@ import type { StageDependencies } from './pipeline.js';
 import type { RequestRecord } from './request-record.js';
 import { cacheKeyFor, isCacheable } from './response-cache.js';
 import { noteFinishReasons } from '../telemetry/tracing.js';
+import { requestCost } from './accounting.js';
 
 /**
  * The one-reply stage: a cached answer when the request is cacheable and one is there, else the
@@ -129,6 +130,7 @@ function replyFromCache(
     estimated: hit.tokens_estimated === true,
   };
   record.costUsd = 0;
+  record.savedUsd = requestCost(deps.config, hit.model, record.tokens, []);
   const reply: ChatReply = {
     ...hit,
     latency_ms: roundMs(performance.now() - record.started),

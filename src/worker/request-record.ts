@@ -66,6 +66,8 @@ export class RequestRecord {
   accepted = false;
   tokens: TokenCount = { promptTokens: 0, completionTokens: 0, estimated: false };
   costUsd = 0;
+  /** A cache hit: what the answer would have cost upstream (the usage event's `saved_usd`). */
+  savedUsd = 0;
   ttftMs: number | null = null;
   stream = false;
   cached = false;
@@ -207,6 +209,7 @@ export class RequestRecord {
       tokensEstimated: this.tokens.estimated,
       cachedPromptTokens: this.tokens.cachedPromptTokens,
       costUsd: this.costUsd,
+      savedUsd: this.cached ? this.savedUsd : undefined,
       latencyMs: this.latencyMs,
       ttftMs: this.ttftMs,
       stream: this.stream,

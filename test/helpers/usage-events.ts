@@ -66,6 +66,7 @@ export function makeEvents(count: number): UsageEvent[] {
       // so that the other fields stay as they were).
       ...(index % 5 === 0 ? { cached_prompt_tokens: Math.floor(prompt * 0.3) } : {}),
       cost_usd: cached ? 0 : (prompt / 1000) * route.prompt + (completion / 1000) * route.completion,
+      ...(cached ? { saved_usd: (prompt / 1000) * route.prompt + (completion / 1000) * route.completion } : {}),
       latency_ms: Math.round(next() * 3_000_000) / 1000,
       ttft_ms: null,
       stream: false,
@@ -115,6 +116,8 @@ export function handCompute(events: UsageEvent[], query: HandQuery) {
       prompt_tokens: sum((event) => event.prompt_tokens),
       completion_tokens: sum((event) => event.completion_tokens),
       cached_prompt_tokens: sum((event) => event.cached_prompt_tokens ?? 0),
+      saved_usd:
+        Number(list.reduce((total, event) => total + BigInt(Math.round((event.saved_usd ?? 0) * 1e9)), 0n)) / 1e9,
       cost_usd: Number(nano) / 1e9,
       ok: count('ok'),
       errors: count('error'),
