@@ -1,14 +1,12 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { connect } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
+import { runCli as runCliProcess, type CliResult } from './helpers/cli-process.js';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { createTestDatabase, type TestDatabase } from './helpers/pg-database.js';
 import { handCompute, HOUR, makeEvents, NOW, type HandQuery } from './helpers/usage-events.js';
@@ -38,9 +36,6 @@ import { ensureUsageStream } from '../src/usage/stream.js';
 
 const subjects = subjectsFor('llm');
 const usageStream = usageStreamSchema.parse({});
-const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
-/** tsx by absolute path: the CLI runs from a directory of its own (no ./config.yaml picked up). */
-const TSX = createRequire(import.meta.url).resolve('tsx');
 const PASSWORD = 's3cretPassw0rd';
 
 const KEY = 'Kx7pQ2rS9tUv';
@@ -213,18 +208,9 @@ function assertMatchesHand(reply: AggregatedReply, expected: ReturnType<typeof h
   assert.equal(Math.round(reply.cost_usd * 100), cents, `${label}: to the cent`);
 }
 
-interface CliResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
 /** The environment of the CLI: none of the test runner's usage-log or config variables. */
-function cliEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  for (const name of ['LLM_PROXY_POSTGRES_URL', 'LLM_PROXY_CONFIG', 'NATS_URL', 'LLM_PROXY_SECRET']) delete env[name];
-  return { ...env, ...extra };
-}
+/** What the CLI must not inherit from this process: it finds its database and bus from its flags alone. */
+const UNSET = ['LLM_PROXY_POSTGRES_URL', 'LLM_PROXY_CONFIG', 'NATS_URL', 'LLM_PROXY_SECRET'];
 
 /** At most this many CLI processes at once (each compiles the CLI with tsx: CPU-bound). */
 const CLI_CONCURRENCY = 4;
@@ -236,28 +222,12 @@ async function runCli(args: string[], cwd: string, env: Record<string, string> =
   // A finished run hands its slot over.
   else await new Promise<void>((resolve) => cliWaiting.push(resolve));
   try {
-    return await spawnCli(args, cwd, env);
+    return await runCliProcess(args, env, { cwd, unset: UNSET });
   } finally {
     const next = cliWaiting.shift();
     if (next === undefined) cliRunning -= 1;
     else next();
   }
-}
-
-function spawnCli(args: string[], cwd: string, env: Record<string, string>): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', TSX, MAIN, ...args], {
-      cwd,
-      env: cliEnv(env),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
 }
 
 /** RFC 4180 CSV (quoted cells with "" and commas) → rows of cells. */

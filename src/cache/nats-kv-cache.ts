@@ -8,7 +8,7 @@ import {
   isFresh,
   modelToken,
   newCounters,
-  OutageLog,
+  StoreGuard,
   validHash,
   type CacheKey,
   type CachedAnswer,
@@ -70,8 +70,6 @@ const PART_CONCURRENCY = 4;
 /** purge and stats list keys: bounded by this many times the timeout. */
 const LONG_OPERATION_FACTOR = 15;
 
-class StoreTimeout extends Error {}
-
 function isManifest(value: unknown): value is Manifest {
   if (value === null || typeof value !== 'object') return false;
   const manifest = value as Partial<Manifest>;
@@ -106,22 +104,25 @@ export class NatsKvCache implements CacheStore {
   readonly backend = 'nats';
   readonly #options: NatsKvCacheOptions;
   readonly #timeoutMs: number;
-  readonly #retryAfterMs: number;
   readonly #now: () => number;
   readonly #counters = newCounters();
-  readonly #outage: OutageLog;
+  readonly #guarded: StoreGuard;
   #kv: Promise<KV> | undefined;
-  /** Date.now() before which the store is not asked (after a failure). */
-  #retryAt = 0;
   /** KV gets sent (entries and parts): what a test counts to see that a memory hit costs no round trip. */
   roundTrips = 0;
 
   constructor(options: NatsKvCacheOptions) {
     this.#options = options;
     this.#timeoutMs = options.timeoutMs ?? 2_000;
-    this.#retryAfterMs = options.retryAfterMs ?? 1_000;
     this.#now = options.now ?? Date.now;
-    this.#outage = new OutageLog(options.logger, 'nats');
+    this.#guarded = new StoreGuard(
+      'NATS KV',
+      this.#counters,
+      this.#timeoutMs,
+      options.retryAfterMs ?? 1_000,
+      options.logger,
+      'nats',
+    );
   }
 
   /** Opens (creating when missing) the bucket; a failed open is tried again by a later operation. */
@@ -170,32 +171,9 @@ export class NatsKvCache implements CacheStore {
     });
   }
 
-  /** Runs a store operation with the timeout; undefined (counted, logged once) when the store failed. */
-  async #guard<T>(
-    operation: string,
-    work: (kv: KV) => Promise<T>,
-    timeoutMs = this.#timeoutMs,
-  ): Promise<{ value: T } | undefined> {
-    if (Date.now() < this.#retryAt && this.#outage.down) {
-      this.#counters.errors += 1;
-      return undefined;
-    }
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new StoreTimeout(`NATS KV ${operation} took over ${timeoutMs} ms`)), timeoutMs);
-      });
-      const value = await Promise.race([this.#open().then(work), timeout]);
-      this.#outage.succeeded();
-      return { value };
-    } catch (error) {
-      this.#counters.errors += 1;
-      this.#retryAt = Date.now() + this.#retryAfterMs;
-      this.#outage.failed(error, operation);
-      return undefined;
-    } finally {
-      clearTimeout(timer);
-    }
+  /** Runs a store operation on the bucket through the guard (timeout, counted failures, rest after one). */
+  #guard<T>(operation: string, work: (kv: KV) => Promise<T>, timeoutMs?: number): Promise<{ value: T } | undefined> {
+    return this.#guarded.run(operation, () => this.#open().then(work), timeoutMs);
   }
 
   #id(key: CacheKey): string {

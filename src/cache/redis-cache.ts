@@ -5,7 +5,7 @@ import {
   isFresh,
   modelToken,
   newCounters,
-  OutageLog,
+  StoreGuard,
   validHash,
   type CacheKey,
   type CachedAnswer,
@@ -45,50 +45,35 @@ export class RedisCache implements CacheStore {
   readonly backend = 'redis';
   readonly #options: RedisCacheOptions;
   readonly #timeoutMs: number;
-  readonly #retryAfterMs: number;
   readonly #now: () => number;
   readonly #counters = newCounters();
-  readonly #outage: OutageLog;
-  #retryAt = 0;
+  readonly #guarded: StoreGuard;
   roundTrips = 0;
 
   constructor(options: RedisCacheOptions) {
     this.#options = options;
     this.#timeoutMs = options.timeoutMs ?? 2_000;
-    this.#retryAfterMs = options.retryAfterMs ?? 1_000;
     this.#now = options.now ?? Date.now;
-    this.#outage = new OutageLog(options.logger, 'redis');
+    this.#guarded = new StoreGuard(
+      'Redis',
+      this.#counters,
+      this.#timeoutMs,
+      options.retryAfterMs ?? 1_000,
+      options.logger,
+      'redis',
+    );
   }
 
   #id(key: CacheKey): string {
     return `${this.#options.keyPrefix}${modelToken(key.model)}:${key.hash}`;
   }
 
-  async #guard<T>(
+  #guard<T>(
     operation: string,
     work: (client: Redis) => Promise<T>,
-    timeoutMs = this.#timeoutMs,
+    timeoutMs?: number,
   ): Promise<{ value: T } | undefined> {
-    if (Date.now() < this.#retryAt && this.#outage.down) {
-      this.#counters.errors += 1;
-      return undefined;
-    }
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`Redis ${operation} took over ${timeoutMs} ms`)), timeoutMs);
-      });
-      const value = await Promise.race([work(this.#options.client), timeout]);
-      this.#outage.succeeded();
-      return { value };
-    } catch (error) {
-      this.#counters.errors += 1;
-      this.#retryAt = Date.now() + this.#retryAfterMs;
-      this.#outage.failed(error, operation);
-      return undefined;
-    } finally {
-      clearTimeout(timer);
-    }
+    return this.#guarded.run(operation, () => work(this.#options.client), timeoutMs);
   }
 
   async get(key: CacheKey): Promise<CachedAnswer | undefined> {

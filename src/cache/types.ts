@@ -169,3 +169,52 @@ export class OutageLog {
     return this.#down;
   }
 }
+
+/**
+ * How a shared store runs an operation: bounded by a timeout, counted in `errors` and logged once per
+ * outage when it fails, and not tried at all for `retryAfterMs` after a failure (each request would
+ * otherwise wait the timeout). One guard for the NATS and the Redis stores.
+ */
+export class StoreGuard {
+  readonly #outage: OutageLog;
+  #retryAt = 0;
+
+  constructor(
+    private readonly label: string,
+    private readonly counters: CacheCounters,
+    readonly timeoutMs: number,
+    private readonly retryAfterMs: number,
+    logger: CacheLogger | undefined,
+    backend: string,
+  ) {
+    this.#outage = new OutageLog(logger, backend);
+  }
+
+  /** The operation's value, or undefined when the store failed, was too slow, or is resting after a failure. */
+  async run<T>(
+    operation: string,
+    work: () => Promise<T>,
+    timeoutMs = this.timeoutMs,
+  ): Promise<{ value: T } | undefined> {
+    if (Date.now() < this.#retryAt && this.#outage.down) {
+      this.counters.errors += 1;
+      return undefined;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${this.label} ${operation} took over ${timeoutMs} ms`)), timeoutMs);
+      });
+      const value = await Promise.race([work(), timeout]);
+      this.#outage.succeeded();
+      return { value };
+    } catch (error) {
+      this.counters.errors += 1;
+      this.#retryAt = Date.now() + this.retryAfterMs;
+      this.#outage.failed(error, operation);
+      return undefined;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}

@@ -28,7 +28,7 @@ export async function answerOnce(
   if (cache !== undefined && key !== undefined) {
     if (request.cache !== 'refresh') {
       const hit = await cache.store.get(key);
-      if (hit !== undefined) return servedFromCache(message, record, hit.reply, traceContext, deps);
+      if (hit !== undefined) return replyFromCache(message, record, hit.reply, traceContext, deps);
     }
     // Identical requests in flight share one upstream call: the first computes, the others wait for it
     // (bounded by cache.coalesce_wait_ms) and are answered as cache hits.
@@ -43,7 +43,7 @@ export async function answerOnce(
       return failed(message, record, error, deps);
     }
     if (outcome.role === 'joined' || outcome.role === 'shared')
-      return servedFromCache(message, record, outcome.value.reply, traceContext, deps);
+      return replyFromCache(message, record, outcome.value.reply, traceContext, deps);
     const { reply } = outcome.value;
     noteFinishReasons(traceContext, reply.finish_reason, reply.choices);
     const code = deps.delivery.reply(message, record, reply);
@@ -100,7 +100,8 @@ function failed(message: Msg, record: RequestRecord, error: unknown, deps: Stage
   return deps.delivery.error(message, record, proxyError);
 }
 
-function servedFromCache(
+/** A cache hit: the stored answer with this request's id, `cached: true`, no cost; the original token counts. */
+function replyFromCache(
   message: Msg,
   record: RequestRecord,
   hit: ChatReply,
@@ -108,16 +109,6 @@ function servedFromCache(
   deps: StageDependencies,
 ): ErrorCode | undefined {
   noteFinishReasons(traceContext, hit.finish_reason, hit.choices);
-  return replyFromCache(message, record, hit, deps);
-}
-
-/** A cache hit: the stored answer with this request's id, `cached: true`, no cost; the original token counts. */
-function replyFromCache(
-  message: Msg,
-  record: RequestRecord,
-  hit: ChatReply,
-  deps: StageDependencies,
-): ErrorCode | undefined {
   deps.counters.cacheHits++;
   record.accepted = true;
   record.cached = true;

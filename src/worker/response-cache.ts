@@ -26,12 +26,15 @@ export function isCacheable(request: ChatRequest): boolean {
   return true;
 }
 
-export function cacheKey(request: ChatRequest): string {
+/** A hash of what the provider sees (our own fields left out, key order ignored), and of `also` when given. */
+export function cacheKey(request: ChatRequest, also?: unknown): string {
   const kept: Record<string, unknown> = {};
   for (const key of Object.keys(request).sort()) {
     if (!NOT_IN_KEY.has(key)) kept[key] = (request as Record<string, unknown>)[key];
   }
-  return createHash('sha256').update(JSON.stringify(kept)).digest('base64url');
+  const hash = createHash('sha256').update(JSON.stringify(kept));
+  if (also !== undefined) hash.update(JSON.stringify(also));
+  return hash.digest('base64url');
 }
 
 /**
@@ -41,6 +44,5 @@ export function cacheKey(request: ChatRequest): string {
  */
 export function cacheKeyFor(request: ChatRequest, model: Pick<ResolvedModel, 'deployments'> | undefined): CacheKey {
   const deployments = (model?.deployments ?? []).map((deployment) => [deployment.provider, deployment.physical_name]);
-  const hash = createHash('sha256').update(cacheKey(request)).update(JSON.stringify(deployments)).digest('base64url');
-  return { model: request.model, hash };
+  return { model: request.model, hash: cacheKey(request, deployments) };
 }
