@@ -1,14 +1,14 @@
 import type { Msg } from '@nats-io/nats-core';
 import { asProxyError, type ErrorCode } from '../contract/errors.js';
 import type { ChatReply } from '../contract/reply.js';
-import { roundMs } from '../contract/rounding.js';
+import type { CachedAnswer, Coalesced } from '../cache/index.js';
 import type { CancelSignal } from '../providers/transport/cancellation.js';
 import type { Admitted } from './admission.js';
 import type { StageDependencies } from './pipeline.js';
 import type { RequestRecord } from './request-record.js';
 import { cacheKeyFor, isCacheable } from './response-cache.js';
 import { noteFinishReasons } from '../telemetry/tracing.js';
-import { requestCost } from './accounting.js';
+import { cachedReply, storedReply } from './cache-replay.js';
 
 /**
  * The one-reply stage: a cached answer when the request is cacheable and one is there, else the
@@ -30,15 +30,19 @@ export async function answerOnce(
       const hit = await cache.store.get(key);
       if (hit !== undefined) return replyFromCache(message, record, hit.reply, traceContext, deps);
     }
-    // Identical requests in flight share one upstream call: the first computes, the others wait for it
-    // (bounded by cache.coalesce_wait_ms) and are answered as cache hits.
-    const lookup = async (): Promise<RoutedAnswer | undefined> => {
-      const found = await cache.store.get(key);
-      return found === undefined ? undefined : { reply: found.reply };
-    };
-    let outcome: Awaited<ReturnType<typeof cache.coalescer.run<RoutedAnswer>>>;
+    // Identical requests in flight share one upstream call (streamed or not: one entry serves both):
+    // the first computes, the others wait for it (bounded by cache.coalesce_wait_ms) and are answered as
+    // cache hits.
+    let outcome: Coalesced<CachedAnswer>;
     try {
-      outcome = await cache.coalescer.run(key, () => routed(record, admitted, signal, deps), lookup);
+      outcome = await cache.coalescer.run(
+        key,
+        async () => {
+          const { reply } = await routed(record, admitted, signal, deps);
+          return { stored_at: Date.now(), model: request.model, reply };
+        },
+        () => cache.store.get(key),
+      );
     } catch (error) {
       return failed(message, record, error, deps);
     }
@@ -48,7 +52,7 @@ export async function answerOnce(
     noteFinishReasons(traceContext, reply.finish_reason, reply.choices);
     const code = deps.delivery.reply(message, record, reply);
     if (code === undefined && reply.finish_reason !== 'error')
-      void cache.store.set(key, { stored_at: Date.now(), model: request.model, reply }).catch(() => undefined);
+      void cache.store.set(key, { ...outcome.value, reply: storedReply(reply) }).catch(() => undefined);
     return code;
   }
   try {
@@ -60,18 +64,13 @@ export async function answerOnce(
   }
 }
 
-/** What one caller's upstream call produced: its reply, built on its own record. */
-interface RoutedAnswer {
-  reply: ChatReply;
-}
-
 /** The router's answer for this request, recorded on its record (throws the router's error). */
 async function routed(
   record: RequestRecord,
   admitted: Admitted,
   signal: CancelSignal,
   deps: StageDependencies,
-): Promise<RoutedAnswer> {
+): Promise<{ reply: ChatReply }> {
   const { request, plan } = admitted;
   record.accepted = true;
   const response = await deps.router.chat({ request, signal, plan, traceContext: admitted.context.traceContext });
@@ -109,26 +108,5 @@ function replyFromCache(
   deps: StageDependencies,
 ): ErrorCode | undefined {
   noteFinishReasons(traceContext, hit.finish_reason, hit.choices);
-  deps.counters.cacheHits++;
-  record.accepted = true;
-  record.cached = true;
-  record.model = hit.model;
-  record.provider = hit.provider;
-  record.modelResolved = hit.model_resolved;
-  record.tokens = {
-    promptTokens: hit.usage.prompt_tokens,
-    completionTokens: hit.usage.completion_tokens,
-    estimated: hit.tokens_estimated === true,
-  };
-  record.costUsd = 0;
-  record.savedUsd = requestCost(deps.config, hit.model, record.tokens, []);
-  const reply: ChatReply = {
-    ...hit,
-    latency_ms: roundMs(performance.now() - record.started),
-    request_id: record.requestId,
-    cost_usd: 0,
-    cached: true,
-  };
-  delete reply.attempts;
-  return deps.delivery.reply(message, record, reply);
+  return deps.delivery.reply(message, record, cachedReply(record, hit, deps));
 }

@@ -6,7 +6,7 @@ import type { ChatRequest } from '../contract/request.js';
 /**
  * Which requests the response cache (src/cache: memory in front of the shared store) answers, and
  * under which key. A request is cacheable when:
- * - it is not streamed, and `cache` is not `"bypass"`;
+ * - `cache` is not `"bypass"` (streamed or not: one entry serves both, src/worker/cache-replay.ts);
  * - its output is meant to be reproducible: `temperature: 0` or a `seed`;
  * - it carries no `tools`/`tool_choice` unless `cache` is `"force"` (tool calls drive side effects
  *   in the agent; replaying an old decision is not what it asked for), no
@@ -19,7 +19,7 @@ import type { ChatRequest } from '../contract/request.js';
 const NOT_IN_KEY = new Set(['metadata', 'request_id', 'timeout_ms', 'cache', 'stream', 'stream_options']);
 
 export function isCacheable(request: ChatRequest): boolean {
-  if (request.stream === true || request.cache === 'bypass') return false;
+  if (request.cache === 'bypass') return false;
   if (request.temperature !== 0 && request.seed === undefined) return false;
   if (request.cache !== 'force' && (request.tools !== undefined || request.tool_choice !== undefined)) return false;
   if (request.logprobs === true) return false;

@@ -9,11 +9,17 @@ import type { RequestRecord } from './request-record.js';
 import { StreamWriter } from './stream-writer.js';
 import { StreamedChoice } from './streamed-choice.js';
 import { noteFinishReasons } from '../telemetry/tracing.js';
+import type { CachedAnswer, Coalesced } from '../cache/index.js';
+import type { ChatReply } from '../contract/reply.js';
+import { ChunkRecorder, replayStream, streamedAnswer, type ReplayChunk } from './cache-replay.js';
+import { cacheKeyFor, isCacheable } from './response-cache.js';
 
 /**
- * The relayed-stream stage: the router's stream relayed chunk by chunk to the client's inbox, with
- * heartbeats while the upstream is silent, and exactly one terminal message (the whole reply, or an
- * error), the usage event right before it.
+ * The stream stage: a cached answer replayed when the request is cacheable and one is there, else the
+ * router's stream relayed chunk by chunk to the client's inbox, with heartbeats while the upstream (or
+ * the identical request this one waits for) is silent, and exactly one terminal message (the whole
+ * reply, or an error), the usage event right before it. A stream that completed cleanly is cached with
+ * its chunks; one that failed or was cancelled is not.
  */
 export async function relayStream(
   message: Msg,
@@ -22,7 +28,7 @@ export async function relayStream(
   controller: Cancellation,
   deps: StageDependencies,
 ): Promise<ErrorCode | undefined> {
-  const { request, plan } = admitted;
+  const { request } = admitted;
   const writer = new StreamWriter({
     connection: deps.connection,
     inbox: message.reply!,
@@ -31,6 +37,61 @@ export async function relayStream(
     onClientGone: () => controller.abort(new ProxyError('cancelled', 'the client stopped listening')),
   });
   writer.startHeartbeats();
+  try {
+    const cache = deps.cache !== undefined && isCacheable(request) ? deps.cache : undefined;
+    if (cache === undefined) return (await relayLive(writer, record, admitted, controller, deps)).code;
+    const key = cacheKeyFor(request, deps.config.models.get(request.model));
+    if (request.cache !== 'refresh') {
+      const hit = await cache.store.get(key);
+      if (hit !== undefined) return await replayStream(writer, record, hit, controller.signal, deps);
+    }
+    // Identical requests share one upstream call: the first streams live, the others (streamed or not)
+    // wait for it and are answered from its answer. A leader without an answer (failed, cancelled) lets
+    // the waiting ones elect another.
+    let liveCode: ErrorCode | undefined;
+    let outcome: Coalesced<CachedAnswer>;
+    try {
+      outcome = await cache.coalescer.run(
+        key,
+        async () => {
+          const recorder = new ChunkRecorder(deps.config.cache.max_entry_bytes);
+          const live = await relayLive(writer, record, admitted, controller, deps, recorder);
+          liveCode = live.code;
+          if (live.reply === undefined || recorder.chunks === undefined) throw NO_ANSWER;
+          const answer = streamedAnswer(request.model, live.reply, recorder.chunks);
+          void cache.store.set(key, answer).catch(() => undefined);
+          return answer;
+        },
+        () => cache.store.get(key),
+      );
+    } catch (error) {
+      if (error === NO_ANSWER) return liveCode;
+      throw error;
+    }
+    if (outcome.role === 'joined' || outcome.role === 'shared')
+      return await replayStream(writer, record, outcome.value, controller.signal, deps);
+    return liveCode;
+  } finally {
+    writer.stop();
+  }
+}
+
+/** Thrown out of a coalesced stream that produced nothing to share (its own client got the outcome). */
+const NO_ANSWER = Symbol('no answer to share');
+
+/**
+ * The router's stream relayed live. Returns the outcome's code and, for a clean end the client got,
+ * the reply (for the cache); never throws.
+ */
+async function relayLive(
+  writer: StreamWriter,
+  record: RequestRecord,
+  admitted: Admitted,
+  controller: Cancellation,
+  deps: StageDependencies,
+  recorder?: ChunkRecorder,
+): Promise<{ code: ErrorCode | undefined; reply?: ChatReply }> {
+  const { request, plan } = admitted;
   // Choice 0 is the reply's own fields; the others (`n` > 1) only its `choices`.
   const choices: StreamedChoice[] = [new StreamedChoice()];
   const several = (request.n ?? 1) > 1;
@@ -65,7 +126,7 @@ export async function relayStream(
         if (record.ttftMs === null) record.ttftMs = performance.now() - record.started;
         while (choices.length <= index) choices.push(new StreamedChoice());
         choices[index]!.add(event);
-        writer.chunk({
+        const chunk: ReplayChunk = {
           ...(several ? { index } : {}),
           delta,
           ...(event.reasoningContent !== undefined && event.reasoningContent !== ''
@@ -74,7 +135,9 @@ export async function relayStream(
           ...(event.refusal !== undefined && event.refusal !== '' ? { refusal_delta: event.refusal } : {}),
           ...(hasTools ? { tool_calls: event.toolCalls } : {}),
           ...(event.logprobs !== undefined ? { logprobs: event.logprobs } : {}),
-        });
+        };
+        writer.chunk(chunk);
+        recorder?.add(chunk);
       } else if (event.type === 'finish') {
         const index = event.index ?? 0;
         if (index >= (request.n ?? 1)) continue;
@@ -107,7 +170,8 @@ export async function relayStream(
     reply.ttft_ms = record.ttftMs === null ? null : roundMs(record.ttftMs);
     // The record ends right before the terminal message, with what the client gets (an end too large
     // even without the streamed fields becomes an error).
-    return writer.end(reply, (code) => deps.delivery.finish(record, code));
+    const code = writer.end(reply, (outcome) => deps.delivery.finish(record, outcome));
+    return code === undefined && reply.finish_reason !== 'error' ? { code, reply } : { code };
   } catch (error) {
     const proxyError = asProxyError(
       controller.signal.aborted && controller.signal.reason instanceof ProxyError ? controller.signal.reason : error,
@@ -117,8 +181,6 @@ export async function relayStream(
     if (writer.clientGone)
       record.logger.info({ chunks: writer.chunks }, 'stream client went away; upstream call aborted');
     if (deps.delivery.finish(record, proxyError.code)) writer.error(toErrorReply(proxyError, record.requestId));
-    return proxyError.code;
-  } finally {
-    writer.stop();
+    return { code: proxyError.code };
   }
 }

@@ -9,11 +9,12 @@ import { cacheKey, cacheKeyFor, isCacheable } from './response-cache.js';
 const request = (extra: object) =>
   parseChatRequest({ model: 'm', messages: [{ role: 'user', content: 'hi' }], ...extra });
 
-test('cacheable: deterministic (temperature 0 or a seed), not streamed, no tools, not bypassed', () => {
+test('cacheable: deterministic (temperature 0 or a seed), streamed or not, no tools, not bypassed', () => {
   assert.equal(isCacheable(request({ temperature: 0 })), true);
   assert.equal(isCacheable(request({ seed: 7, temperature: 0.9 })), true);
   assert.equal(isCacheable(request({})), false);
-  assert.equal(isCacheable(request({ temperature: 0, stream: true })), false);
+  assert.equal(isCacheable(request({ temperature: 0, stream: true })), true);
+  assert.equal(isCacheable(request({ temperature: 0, stream: true, cache: 'bypass' })), false);
   assert.equal(isCacheable(request({ temperature: 0, cache: 'bypass' })), false);
   assert.equal(isCacheable(request({ temperature: 0, tools: [{ type: 'function', function: { name: 'f' } }] })), false);
   assert.equal(
