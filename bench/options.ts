@@ -3,7 +3,18 @@ import { parseArgs } from 'node:util';
 import { TARGETS, type Target } from './load-protocol.js';
 import type { BenchLimits } from './bench-config.js';
 
-export const SECTIONS = ['closed', 'open', 'stream', 'memory', 'soak', 'http', 'sink', 'scale', 'admissions'] as const;
+export const SECTIONS = [
+  'closed',
+  'open',
+  'stream',
+  'memory',
+  'soak',
+  'http',
+  'sink',
+  'scale',
+  'admissions',
+  'cache',
+] as const;
 export type Section = (typeof SECTIONS)[number];
 
 export const LAYOUTS = ['worker-alone', 'split', 'none'] as const;
@@ -59,7 +70,9 @@ processes, and measures them back to back.
 
 Options:
   --quick                 short smoke run (~1 minute)
-  --only <sections>       comma list of: ${SECTIONS.join(', ')} (default: all)
+  --only <sections>       comma list of: ${SECTIONS.join(', ')} (default: all);
+                          cache: the response cache's stores in process (memory LRU, and memory + NATS
+                          KV on the bench's nats-server): set, hit, miss for a ~2 KB and a ~1 MB answer
   --targets <targets>     comma list of: ${TARGETS.join(', ')} (default: all)
   --duration-ms <n>       length of each measured run (default 5000; quick 1000)
   --warmup-ms <n>         unmeasured warm-up before each run (default 1000; quick 300)

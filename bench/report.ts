@@ -8,6 +8,7 @@ import { type HttpSection, renderHttpSection } from './http-report.js';
 import { renderSinkSection, type SinkSection } from './sink-section.js';
 import { renderScaleSection, type ScaleSection } from './scale-section.js';
 import { renderAdmissionsSection, type AdmissionsSection } from './admissions-section.js';
+import { renderCacheSection, type CacheSection } from './cache-section.js';
 import type { LoadResult, Target } from './load-protocol.js';
 import { medianInterval, type LatencySummary, type MedianInterval } from './stats.js';
 import type { ProcessUsage } from './proc-stats.js';
@@ -67,6 +68,8 @@ export interface BenchResults {
   scale?: ScaleSection;
   /** The shared limiter alone (admissions-section.ts). */
   admissions?: AdmissionsSection;
+  /** The response cache's stores in process: miss and hit costs (cache-section.ts). */
+  cache?: CacheSection;
   /** `files`: the `.cpuprofile` files the summary was made from (one per worker process, summed). */
   profile?: ProfileSummary & { files: string[] };
   /** The bare forwarder's profile over the same run, for comparison. */
@@ -537,6 +540,7 @@ export function renderMarkdown(results: BenchResults): string {
   if (results.sink !== undefined) parts.push(renderSinkSection(results.sink));
   if (results.scale !== undefined) parts.push(renderScaleSection(results.scale));
   if (results.admissions !== undefined) parts.push(renderAdmissionsSection(results.admissions));
+  if (results.cache !== undefined) parts.push(renderCacheSection(results.cache));
 
   const goalLines: string[] = [];
   if (goals.throughputRatio !== undefined) {

@@ -17,6 +17,7 @@ import { runHttpSection } from './http-section.js';
 import { runSinkSection } from './sink-section.js';
 import { runScaleSection } from './scale-section.js';
 import { runAdmissionsSection } from './admissions-section.js';
+import { runCacheSection } from './cache-section.js';
 import { mergeProfiles, summarizeProfile, type CpuProfile } from './cpu-profile.js';
 import type { FromLoadGenerator, LoadJob, LoadResult, Target, ToLoadGenerator } from './load-protocol.js';
 import { parseBenchOptions, HELP, type BenchOptions, type Layout } from './options.js';
@@ -653,6 +654,13 @@ async function main(): Promise<number> {
       });
     if (options.sections.includes('admissions'))
       results.admissions = await runAdmissionsSection({ natsUrl: fleet.nats.url, durationMs: options.durationMs, log });
+    if (options.sections.includes('cache'))
+      results.cache = await runCacheSection({
+        natsUrl: fleet.nats.url,
+        natsVersion: fleet.nats.version,
+        quick: options.quick,
+        log,
+      });
     if (options.sections.includes('scale') && workerAvailable())
       results.scale = await runScaleSection({
         cliMain,

@@ -15,6 +15,7 @@ import { buildWorkerConfig, bareForwarderRoutes, BENCH_MODELS } from '../bench/b
 import { parseBenchOptions } from '../bench/options.js';
 import { judgeHttpGoals, perCore, renderHttpSection, type HttpPoint, type HttpTarget } from '../bench/http-report.js';
 import { portkeyScript } from '../bench/http-section.js';
+import { renderCacheSection, type CacheSection } from '../bench/cache-section.js';
 import { parseStatCpuTicks, parseStatusRssBytes, usageFromSamples } from '../bench/proc-stats.js';
 import {
   computeGoals,
@@ -637,5 +638,59 @@ describe('the http section (issue 14)', () => {
     const options = parseBenchOptions(['--only', 'http', '--portkey-dir', '/somewhere']);
     assert.deepEqual(options.sections, ['http']);
     assert.equal(options.portkeyDir, '/somewhere');
+  });
+});
+
+describe('the cache section (issue 18)', () => {
+  const figure = (median: number, low: number, high: number) => ({ median, low, high });
+
+  it("--only cache selects it; the report gives each case its ops/s and p50/p99 with the rounds' range", () => {
+    assert.deepEqual(parseBenchOptions(['--only', 'cache']).sections, ['cache']);
+    const section: CacheSection = {
+      rounds: 6,
+      roundMs: { realistic: 250, large: 400 },
+      natsServer: 'v2.9.10',
+      maxPayload: 8 * 1024 * 1024,
+      cases: [
+        {
+          size: 'realistic',
+          answerBytes: 2_050,
+          store: 'memory LRU',
+          operation: 'get, hit',
+          opsPerSecond: figure(500_000, 400_000, 600_000),
+          p50Us: figure(1.2, 1.1, 1.9),
+          p99Us: figure(3.9, 2.2, 11.4),
+          ops: 600_000,
+        },
+        {
+          size: 'large',
+          answerBytes: 1_060_000,
+          store: 'tiered, NATS KV',
+          operation: 'get, hit from KV (fills memory)',
+          opsPerSecond: figure(24, 16, 40),
+          p50Us: figure(37_884, 23_600, 52_600),
+          p99Us: figure(56_840, 38_500, 104_700),
+          ops: 64,
+        },
+      ],
+      storeErrors: 0,
+      seconds: 41,
+      skipped: [],
+    };
+    const markdown = renderCacheSection(section);
+    assert.match(markdown, /^## Response cache, store operations/m);
+    assert.match(markdown, /6 interleaved rounds of 250 ms \(realistic\), 400 ms \(large\)/);
+    assert.match(markdown, /\*\*realistic answer\*\* \(2\.0 KiB of JSON\)/);
+    assert.match(
+      markdown,
+      /\| memory LRU \| get, hit \| 500,000 \(400,000–600,000\) \| 1\.20 µs \(1\.10 µs–1\.90 µs\) \| 3\.90 µs \(2\.20 µs–11\.4 µs\) \| 600,000 \|/,
+    );
+    assert.match(markdown, /\| get, hit from KV \(fills memory\) \| 24 \(16–40\) \| 37\.9 ms \(23\.6 ms–52\.6 ms\) \|/);
+    assert.doesNotMatch(markdown, /Store errors/);
+    assert.match(renderCacheSection({ ...section, storeErrors: 3 }), /Store errors while measuring: 3/);
+    assert.match(
+      renderCacheSection({ ...section, cases: [], skipped: ['no NATS at nats://x'] }),
+      /Skipped: no NATS at nats:\/\/x\./,
+    );
   });
 });

@@ -154,6 +154,33 @@ describe('tiered cache', () => {
   });
 });
 
+describe('tiered cache counters (what the metrics read, without I/O)', () => {
+  test("each tier's own counters and what memory holds; a shared store without counters() is left out", async () => {
+    const shared = new CountingStore();
+    const tiered = new TieredCache(new MemoryLruCache({ maxBytes: 1_000_000, ttlMs: 60_000 }), shared);
+    const k = key();
+    assert.equal(await tiered.get(k), undefined);
+    await tiered.set(k, answer('hello', Date.now()));
+    assert.ok(await tiered.get(k));
+    const counters = tiered.counters();
+    assert.equal(counters.hits, 1);
+    assert.equal(counters.misses, 1);
+    assert.deepEqual(
+      { ...counters.memory, bytes: counters.memory.bytes > 0 },
+      { backend: 'memory', hits: 1, misses: 1, errors: 0, skipped_too_large: 0, entries: 1, bytes: true },
+    );
+    assert.equal(counters.shared, undefined, 'the fake keeps no counters');
+    assert.equal(shared.gets, 1, 'reading the counters asked the shared store nothing');
+
+    const alone = new TieredCache(new MemoryLruCache({ maxBytes: 100, ttlMs: 60_000 }));
+    await alone.set(key(), answer('x'.repeat(500), Date.now()));
+    const memoryOnly = alone.counters();
+    assert.equal(memoryOnly.shared, undefined);
+    assert.equal(memoryOnly.memory.skipped_too_large, 1);
+    assert.equal(memoryOnly.memory.entries, 0);
+  });
+});
+
 describe('coalescer (one worker)', () => {
   test('10 concurrent identical requests: one compute, ten answers', async () => {
     const coalescer = new Coalescer({ maxWaitMs: 5_000 });

@@ -179,6 +179,15 @@ describe('NATS KV cache', () => {
     for (let index = 0; index < 5; index += 1) assert.ok(await workerB.get(k));
     assert.equal(sharedB.roundTrips, 1, 'filled into memory: no more round trips');
     assert.equal((await workerB.tiers()).memory.entries, 1);
+    // The counters the metrics read: each tier's, without a round trip.
+    const counters = workerB.counters();
+    assert.deepEqual(
+      [counters.memory.hits, counters.memory.misses, counters.memory.entries],
+      [5, 1, 1],
+      'one memory miss (filled from the KV), then five memory hits',
+    );
+    assert.deepEqual(counters.shared, { backend: 'nats', hits: 1, misses: 0, errors: 0, skipped_too_large: 0 });
+    assert.equal(sharedB.roundTrips, 1, 'reading the counters is no round trip');
   });
 
   test('coalescing across workers: a KV claim, the others poll the shared cache', async () => {

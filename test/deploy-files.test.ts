@@ -185,6 +185,10 @@ test('the naming rule is the exporter’s: the real Prometheus exporter writes e
     usageEvents: () => ({ pending: 1, failedAttempts: 1, dropped: 0, deadLettered: 0 }),
     limitRefusals: () => ({ 'agent:rpm': 3 }),
     deployments: () => [{ model: 'gpt-test', provider: 'openai', deployment: 'gpt-4o-mini', coolingDown: true }],
+    cache: () => ({
+      memory: { backend: 'memory', hits: 2, misses: 1, errors: 0, skipped_too_large: 0, entries: 1, bytes: 900 },
+      shared: { backend: 'nats', hits: 0, misses: 1, errors: 1, skipped_too_large: 0 },
+    }),
   };
   const gauges = new Proxy(known, {
     get: (target, key: string) =>

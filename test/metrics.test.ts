@@ -2,7 +2,7 @@
  * Metrics and readiness over real connections: a `llm-proxy worker` process with its own
  * /metrics, /healthz and /readyz, a real nats-server, a fake OpenAI provider; the numbers scraped
  * are those of the requests sent, labels stay bounded (a client's invented model name is never one),
- * and readiness follows the NATS connection.
+ * the response cache's own counters per tier follow its lookups, and readiness follows the NATS connection.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -245,6 +245,92 @@ test('limit refusals by scope kind and dimension; every kind and dimension is a 
     await server.close();
     await worker.stop();
     await metrics.shutdown();
+  }
+});
+
+test("the response cache's own counters per tier: a miss then a hit, what memory holds; no cache series when it is off", async () => {
+  const metrics = startProcessMetrics({ serviceName: 'test', serviceVersion: '0' });
+  const cacheOn = { enabled: true, bucket: `METRICS_CACHE_${randomUUID().slice(0, 8)}` };
+  const worker = await startInProcessWorker({
+    natsUrl: nats.url,
+    config: testConfig({ openai: openai.baseUrl }, { telemetry: { worker_port: null }, cache: cacheOn }),
+    meterProvider: metrics.meterProvider,
+  });
+  const server = await startProcessServer({
+    host: '127.0.0.1',
+    port: 0,
+    prometheus: metrics.prometheus,
+    ready: () => worker.worker.ready(),
+  });
+  const cacheable = () => ({ ...ask(), messages: [{ role: 'user' as const, content: 'Cache me?' }], temperature: 0 });
+  const local = await connect({ servers: nats.url });
+  try {
+    const before = await (await fetch(`${server.url}/metrics`)).text();
+    const memory = { llm_proxy_cache_tier: 'memory', llm_proxy_cache_backend: 'memory' };
+    const shared = { llm_proxy_cache_tier: 'shared', llm_proxy_cache_backend: 'nats' };
+    for (const tier of [memory, shared])
+      for (const llm_proxy_outcome of ['hit', 'miss'])
+        assert.equal(
+          sample(before, 'llm_proxy_cache_lookups_total', { ...tier, llm_proxy_outcome }),
+          0,
+          'at 0 from the start',
+        );
+
+    const localClient = createClient({ connection: local, timeoutMs: 10_000 });
+    const first = await localClient.chat(cacheable());
+    const second = await localClient.chat(cacheable());
+    assert.equal(first.cached, false);
+    assert.equal(second.cached, true);
+    const text = await (await fetch(`${server.url}/metrics`)).text();
+    // The first request missed both tiers and was stored; the second was found in this worker's memory.
+    assert.equal(sample(text, 'llm_proxy_cache_lookups_total', { ...memory, llm_proxy_outcome: 'miss' }), 1);
+    assert.equal(sample(text, 'llm_proxy_cache_lookups_total', { ...memory, llm_proxy_outcome: 'hit' }), 1);
+    assert.equal(sample(text, 'llm_proxy_cache_lookups_total', { ...shared, llm_proxy_outcome: 'miss' }), 1);
+    assert.equal(
+      sample(text, 'llm_proxy_cache_lookups_total', { ...shared, llm_proxy_outcome: 'hit' }),
+      0,
+      'a memory hit never asks the shared tier',
+    );
+    for (const tier of [memory, shared]) {
+      assert.equal(sample(text, 'llm_proxy_cache_errors_total', tier), 0);
+      assert.equal(sample(text, 'llm_proxy_cache_skipped_too_large_total', tier), 0);
+    }
+    assert.equal(sample(text, 'llm_proxy_cache_entries', memory), 1);
+    const bytes = sample(text, 'llm_proxy_cache_bytes', memory) ?? 0;
+    assert.ok(bytes > 100 && bytes < 10_000, `the memory tier holds one answer's JSON: ${bytes} bytes`);
+    assert.equal(sample(text, 'llm_proxy_cache_entries', shared), undefined, "only the memory tier's size (no I/O)");
+    assert.equal(sample(text, 'llm_proxy_cache_hits_total', { gen_ai_request_model: 'gpt-test' }), 1);
+  } finally {
+    await server.close();
+    await worker.stop();
+    await metrics.shutdown();
+  }
+
+  // The cache off: no cache series at all.
+  const offMetrics = startProcessMetrics({ serviceName: 'test', serviceVersion: '0' });
+  const off = await startInProcessWorker({
+    natsUrl: nats.url,
+    config: testConfig({ openai: openai.baseUrl }, { telemetry: { worker_port: null }, cache: { enabled: false } }),
+    meterProvider: offMetrics.meterProvider,
+  });
+  const offServer = await startProcessServer({
+    host: '127.0.0.1',
+    port: 0,
+    prometheus: offMetrics.prometheus,
+    ready: () => off.worker.ready(),
+  });
+  try {
+    const localClient = createClient({ connection: local, timeoutMs: 10_000 });
+    assert.equal((await localClient.chat(cacheable())).cached, false);
+    assert.equal((await localClient.chat(cacheable())).cached, false);
+    const text = await (await fetch(`${offServer.url}/metrics`)).text();
+    assert.equal(sample(text, 'llm_proxy_requests_total', { llm_proxy_status: 'ok' }), 2);
+    assert.doesNotMatch(text, /^llm_proxy_cache_\w+\{/m, 'no cache series with the cache off');
+  } finally {
+    await local.close();
+    await offServer.close();
+    await off.stop();
+    await offMetrics.shutdown();
   }
 });
 

@@ -4,6 +4,7 @@ import {
   isFresh,
   modelToken,
   newCounters,
+  type CacheCounters,
   type CacheKey,
   type CachedAnswer,
   type CacheStats,
@@ -129,6 +130,10 @@ export class MemoryLruCache implements CacheStore {
 
   async stats(): Promise<CacheStats> {
     return this.snapshot();
+  }
+
+  counters(): CacheCounters {
+    return { ...this.#counters };
   }
 
   async close(): Promise<void> {

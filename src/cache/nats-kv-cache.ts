@@ -10,6 +10,7 @@ import {
   newCounters,
   StoreGuard,
   validHash,
+  type CacheCounters,
   type CacheKey,
   type CachedAnswer,
   type CacheLogger,
@@ -296,6 +297,11 @@ export class NatsKvCache implements CacheStore {
       this.#timeoutMs * LONG_OPERATION_FACTOR,
     );
     return done?.value ?? 0;
+  }
+
+  /** The counters alone, without asking the server (the metrics read them at each collection). */
+  counters(): CacheCounters {
+    return { ...this.#counters };
   }
 
   async stats(): Promise<CacheStats> {

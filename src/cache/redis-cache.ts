@@ -7,6 +7,7 @@ import {
   newCounters,
   StoreGuard,
   validHash,
+  type CacheCounters,
   type CacheKey,
   type CachedAnswer,
   type CacheLogger,
@@ -142,6 +143,11 @@ export class RedisCache implements CacheStore {
       this.#timeoutMs * LONG_OPERATION_FACTOR,
     );
     return done?.value ?? removed;
+  }
+
+  /** The counters alone, without asking the server (the metrics read them at each collection). */
+  counters(): CacheCounters {
+    return { ...this.#counters };
   }
 
   async stats(): Promise<CacheStats> {

@@ -6,6 +6,7 @@ import {
   type CacheStats,
   type CacheStore,
   type PurgeFilter,
+  type TieredCounters,
 } from './types.js';
 
 /**
@@ -73,6 +74,32 @@ export class TieredCache implements CacheStore {
       misses: this.#counters.misses,
       errors: shared?.errors ?? 0,
       skipped_too_large: base.skipped_too_large,
+    };
+  }
+
+  /**
+   * The counters now, synchronously and without I/O (the shared store's `stats()` may list keys over
+   * the network): the tiered cache's own (as in `stats()`), each tier's, and the memory tier's entries
+   * and bytes. What the worker's metrics observe at each collection.
+   */
+  counters(): TieredCounters {
+    const memory = this.memory.snapshot();
+    const shared = this.shared?.counters?.();
+    return {
+      ...this.#counters,
+      errors: shared?.errors ?? 0,
+      skipped_too_large: (shared ?? memory).skipped_too_large,
+      memory: {
+        backend: memory.backend,
+        hits: memory.hits,
+        misses: memory.misses,
+        errors: memory.errors,
+        skipped_too_large: memory.skipped_too_large,
+        entries: memory.entries ?? 0,
+        bytes: memory.bytes ?? 0,
+      },
+      shared:
+        shared === undefined || this.shared === undefined ? undefined : { backend: this.shared.backend, ...shared },
     };
   }
 

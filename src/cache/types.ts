@@ -60,6 +60,12 @@ export interface CacheStore {
   /** Removes every answer (or a model's); resolves to how many answers were removed (where known, else 0). */
   purge(filter?: PurgeFilter): Promise<number>;
   stats(): Promise<CacheStats>;
+  /**
+   * This process's counters now, read synchronously and without I/O (what the worker's metrics
+   * observe at each collection; `stats()` may ask the server). Optional: a store without it is not
+   * counted in the metrics.
+   */
+  counters?(): CacheCounters;
   close(): Promise<void>;
 }
 
@@ -74,6 +80,21 @@ export interface CacheCounters {
   misses: number;
   errors: number;
   skipped_too_large: number;
+}
+
+/** One tier's counters, named by its backend (`memory`, `nats`, `redis`). */
+export interface TierCounters extends CacheCounters {
+  backend: string;
+}
+
+/**
+ * What `TieredCache.counters()` answers: its own counts (a hit in either tier is one hit, as in
+ * `stats()`), each tier's own counters, and what the memory tier holds; all read without I/O.
+ */
+export interface TieredCounters extends CacheCounters {
+  memory: TierCounters & { entries: number; bytes: number };
+  /** Undefined without a shared tier (`cache.backend: memory`) or when the store keeps no counters. */
+  shared: TierCounters | undefined;
 }
 
 export function newCounters(): CacheCounters {

@@ -72,6 +72,29 @@ export interface GatewayMetricsOptions {
   meterProvider?: MeterProvider;
 }
 
+/** One tier of the response cache, as its store counts (TieredCache.counters(): no I/O). */
+export interface CacheTierCounts {
+  /** `memory`, `nats`, `redis`: the store's backend. */
+  backend: string;
+  hits: number;
+  misses: number;
+  errors: number;
+  skipped_too_large: number;
+}
+
+/** The response cache's tiers: the worker's memory LRU (and what it holds), the shared store when there is one. */
+export interface CacheGauges {
+  memory: CacheTierCounts & { entries: number; bytes: number };
+  shared: CacheTierCounts | undefined;
+}
+
+/** Attribute objects of one cache tier, made once. */
+interface CacheTierAttributes {
+  tier: Attributes;
+  hit: Attributes;
+  miss: Attributes;
+}
+
 /** What the worker's gauges read when the SDK collects (never on the request path). */
 export interface GatewayGauges {
   inFlight(): number;
@@ -82,6 +105,8 @@ export interface GatewayGauges {
   limitBudgetNear(): Readonly<Record<string, number>>;
   /** One entry per deployment. */
   deployments(): ReadonlyArray<{ model: string; provider: string; deployment: string; coolingDown: boolean }>;
+  /** The response cache's counters per tier, read without I/O; undefined when the cache is off (no cache series). */
+  cache(): CacheGauges | undefined;
 }
 
 export function meterOf(meterProvider: MeterProvider | undefined): Meter {
@@ -114,6 +139,8 @@ export class GatewayMetrics {
   /** One entry per label set seen (bounded by the config and the error codes; per agent only with agent_label). */
   readonly #series = new Map<string, RequestSeries>();
   readonly #attemptSeries = new Map<string, Attributes>();
+  /** Per cache tier and backend (two at most). */
+  readonly #cacheTiers = new Map<string, CacheTierAttributes>();
 
   constructor(options: GatewayMetricsOptions) {
     const meter = meterOf(options.meterProvider);
@@ -249,6 +276,21 @@ export class GatewayMetrics {
     return attributes;
   }
 
+  #cacheTier(tier: 'memory' | 'shared', backend: string): CacheTierAttributes {
+    const key = `${tier}\u0000${backend}`;
+    let attributes = this.#cacheTiers.get(key);
+    if (attributes === undefined) {
+      const base: Attributes = { 'llm_proxy.cache.tier': tier, 'llm_proxy.cache.backend': backend };
+      attributes = {
+        tier: base,
+        hit: { ...base, 'llm_proxy.outcome': 'hit' },
+        miss: { ...base, 'llm_proxy.outcome': 'miss' },
+      };
+      this.#cacheTiers.set(key, attributes);
+    }
+    return attributes;
+  }
+
   streamOpened(): void {
     this.#streams.add(1);
   }
@@ -315,6 +357,23 @@ export class GatewayMetrics {
       for (const { attributes, usd } of costBy.values()) if (usd > 0) result.observe(cost, usd, attributes);
       for (const { attributes, hits } of hitsByModel.values())
         if (hits > 0) result.observe(cacheHits, hits, attributes);
+      const tiers = gauges.cache();
+      if (tiers !== undefined) {
+        for (const [tier, counts] of [
+          ['memory', tiers.memory],
+          ['shared', tiers.shared],
+        ] as const) {
+          if (counts === undefined) continue;
+          const attributes = this.#cacheTier(tier, counts.backend);
+          result.observe(cacheLookups, counts.hits, attributes.hit);
+          result.observe(cacheLookups, counts.misses, attributes.miss);
+          result.observe(cacheErrors, counts.errors, attributes.tier);
+          result.observe(cacheSkipped, counts.skipped_too_large, attributes.tier);
+        }
+        const memory = this.#cacheTier('memory', tiers.memory.backend).tier;
+        result.observe(cacheEntries, tiers.memory.entries, memory);
+        result.observe(cacheBytes, tiers.memory.bytes, memory);
+      }
       for (const deployment of gauges.deployments()) {
         result.observe(cooling, deployment.coolingDown ? 1 : 0, {
           'gen_ai.request.model': deployment.model,
@@ -347,7 +406,48 @@ export class GatewayMetrics {
       unit: '{request}',
       valueType: ValueType.INT,
     });
-    const observables = [inFlight, pending, failed, cooling, refusals, budgetNear, requests, cost, cacheHits];
+    // The cache's own counters, per tier: the store's lookups (a memory miss goes on to the shared tier).
+    const cacheLookups = this.#meter.createObservableCounter('llm_proxy.cache.lookups', {
+      description: 'Response cache lookups by tier (memory, shared), backend and outcome (hit, miss)',
+      unit: '{lookup}',
+      valueType: ValueType.INT,
+    });
+    const cacheErrors = this.#meter.createObservableCounter('llm_proxy.cache.errors', {
+      description: 'Response cache operations that failed or were skipped because the store was unreachable',
+      unit: '{operation}',
+      valueType: ValueType.INT,
+    });
+    const cacheSkipped = this.#meter.createObservableCounter('llm_proxy.cache.skipped_too_large', {
+      description: 'Answers a response cache tier did not store because they were larger than its bound',
+      unit: '{answer}',
+      valueType: ValueType.INT,
+    });
+    const cacheEntries = this.#meter.createObservableGauge('llm_proxy.cache.entries', {
+      description: "Answers held by this worker's memory tier of the response cache",
+      unit: '{answer}',
+      valueType: ValueType.INT,
+    });
+    const cacheBytes = this.#meter.createObservableGauge('llm_proxy.cache.bytes', {
+      description: "Bytes (the answers' JSON) held by this worker's memory tier of the response cache",
+      unit: 'By',
+      valueType: ValueType.INT,
+    });
+    const observables = [
+      inFlight,
+      pending,
+      failed,
+      cooling,
+      refusals,
+      budgetNear,
+      requests,
+      cost,
+      cacheHits,
+      cacheLookups,
+      cacheErrors,
+      cacheSkipped,
+      cacheEntries,
+      cacheBytes,
+    ];
     this.#meter.addBatchObservableCallback(callback, observables);
     return () => this.#meter.removeBatchObservableCallback(callback, observables);
   }

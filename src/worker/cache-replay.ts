@@ -1,5 +1,5 @@
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
-import type { CachedAnswer, JsonValue } from '../cache/index.js';
+import type { CacheKey, CachedAnswer, JsonValue, ResponseCacheParts } from '../cache/index.js';
 import { asProxyError, toErrorReply, type ErrorCode } from '../contract/errors.js';
 import type { ChatReply, StreamChunk } from '../contract/reply.js';
 import { roundMs } from '../contract/rounding.js';
@@ -132,6 +132,55 @@ function chunkOf(
 /** The answer to store for a stream that completed cleanly: the reply and the chunks as sent. */
 export function streamedAnswer(model: string, reply: ChatReply, chunks: ReplayChunk[]): CachedAnswer {
   return { stored_at: Date.now(), model, reply: storedReply(reply), chunks: chunks as unknown as JsonValue[] };
+}
+
+const FINISH_REASONS = new Set(['stop', 'length', 'tool_calls', 'content_filter', 'error']);
+const isCount = (value: unknown) => Number.isSafeInteger(value) && (value as number) >= 0;
+const isOptionalString = (value: unknown) => value === undefined || typeof value === 'string';
+
+/**
+ * Whether a stored answer can be served: the reply fields the record and the client rely on, and chunks
+ * that are chunks (no `seq` of their own, text where text goes). The store is ours, but a damaged or
+ * foreign value must be a miss, never a malformed reply or a broken stream. Checked by hand: it runs on
+ * every hit and touches a few fields per chunk.
+ */
+export function servable(answer: CachedAnswer): boolean {
+  const reply = answer.reply as Partial<ChatReply> | null;
+  if (reply === null || typeof reply !== 'object') return false;
+  const usage = reply.usage;
+  if (usage === null || typeof usage !== 'object' || !isCount(usage.prompt_tokens) || !isCount(usage.completion_tokens))
+    return false;
+  if (typeof reply.model !== 'string' || typeof reply.provider !== 'string' || typeof reply.model_resolved !== 'string')
+    return false;
+  if (reply.content !== null && typeof reply.content !== 'string') return false;
+  if (!FINISH_REASONS.has(reply.finish_reason as string)) return false;
+  if (reply.choices !== undefined && !Array.isArray(reply.choices)) return false;
+  if (answer.chunks === undefined) return true;
+  for (const value of answer.chunks) {
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) return false;
+    const chunk = value as Record<string, unknown>;
+    if ('seq' in chunk || typeof chunk.delta !== 'string') return false;
+    if (!isOptionalString(chunk.reasoning_delta) || !isOptionalString(chunk.refusal_delta)) return false;
+    if (chunk.index !== undefined && !isCount(chunk.index)) return false;
+    if (chunk.tool_calls !== undefined && !Array.isArray(chunk.tool_calls)) return false;
+  }
+  return true;
+}
+
+/**
+ * The cached answer for `key`, when there is one that can be served; a damaged one is removed (and
+ * logged) so that the next request stores a good answer in its place.
+ */
+export async function lookupAnswer(
+  cache: ResponseCacheParts,
+  key: CacheKey,
+  logger: RequestRecord['logger'],
+): Promise<CachedAnswer | undefined> {
+  const found = await cache.store.get(key);
+  if (found === undefined || servable(found)) return found;
+  logger.warn({ cache_model: key.model }, 'a cached answer could not be served (damaged or foreign): removed');
+  void cache.store.delete(key).catch(() => undefined);
+  return undefined;
 }
 
 /** Chunks replayed between two turns of the event loop (a long answer does not hold the worker). */

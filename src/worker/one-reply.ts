@@ -8,7 +8,7 @@ import type { StageDependencies } from './pipeline.js';
 import type { RequestRecord } from './request-record.js';
 import { cacheKeyFor, isCacheable } from './response-cache.js';
 import { noteFinishReasons } from '../telemetry/tracing.js';
-import { cachedReply, storedReply } from './cache-replay.js';
+import { cachedReply, lookupAnswer, storedReply } from './cache-replay.js';
 
 /**
  * The one-reply stage: a cached answer when the request is cacheable and one is there, else the
@@ -27,7 +27,7 @@ export async function answerOnce(
   const key = cache === undefined ? undefined : cacheKeyFor(request, deps.config.models.get(request.model));
   if (cache !== undefined && key !== undefined) {
     if (request.cache !== 'refresh') {
-      const hit = await cache.store.get(key);
+      const hit = await lookupAnswer(cache, key, record.logger);
       if (hit !== undefined) return replyFromCache(message, record, hit.reply, traceContext, deps);
     }
     // Identical requests in flight share one upstream call (streamed or not: one entry serves both):
@@ -41,7 +41,7 @@ export async function answerOnce(
           const { reply } = await routed(record, admitted, signal, deps);
           return { stored_at: Date.now(), model: request.model, reply };
         },
-        () => cache.store.get(key),
+        () => lookupAnswer(cache, key, record.logger),
       );
     } catch (error) {
       return failed(message, record, error, deps);

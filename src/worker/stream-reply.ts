@@ -11,7 +11,7 @@ import { StreamedChoice } from './streamed-choice.js';
 import { noteFinishReasons } from '../telemetry/tracing.js';
 import type { CachedAnswer, Coalesced } from '../cache/index.js';
 import type { ChatReply } from '../contract/reply.js';
-import { ChunkRecorder, replayStream, streamedAnswer, type ReplayChunk } from './cache-replay.js';
+import { ChunkRecorder, lookupAnswer, replayStream, streamedAnswer, type ReplayChunk } from './cache-replay.js';
 import { cacheKeyFor, isCacheable } from './response-cache.js';
 
 /**
@@ -42,7 +42,7 @@ export async function relayStream(
     if (cache === undefined) return (await relayLive(writer, record, admitted, controller, deps)).code;
     const key = cacheKeyFor(request, deps.config.models.get(request.model));
     if (request.cache !== 'refresh') {
-      const hit = await cache.store.get(key);
+      const hit = await lookupAnswer(cache, key, record.logger);
       if (hit !== undefined) return await replayStream(writer, record, hit, controller.signal, deps);
     }
     // Identical requests share one upstream call: the first streams live, the others (streamed or not)
@@ -62,7 +62,7 @@ export async function relayStream(
           void cache.store.set(key, answer).catch(() => undefined);
           return answer;
         },
-        () => cache.store.get(key),
+        () => lookupAnswer(cache, key, record.logger),
       );
     } catch (error) {
       if (error === NO_ANSWER) return liveCode;

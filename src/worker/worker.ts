@@ -181,6 +181,11 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const workerId = service.info().id;
   const workerLogger = logger.child({ worker_id: workerId });
 
+  // Shared by every worker (cache.backend, default the JetStream KV bucket), with this worker's memory in front.
+  const cache = config.cache.enabled
+    ? createResponseCache(config.cache, { nats: connection, logger: workerLogger })
+    : undefined;
+
   // Metrics only for a meter provider given (the CLI's, when something reads them): none, nothing recorded.
   const metrics =
     options.meterProvider === undefined
@@ -204,12 +209,10 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
         deployment: deployment.physical_name,
         coolingDown: deployment.state === 'cooling_down',
       })),
+    // Counters kept by the stores, read without I/O (never the shared store's stats(), which may ask the server).
+    cache: () => cache?.store.counters(),
   });
 
-  // Shared by every worker (cache.backend, default the JetStream KV bucket), with this worker's memory in front.
-  const cache = config.cache.enabled
-    ? createResponseCache(config.cache, { nats: connection, logger: workerLogger })
-    : undefined;
   const pipeline = new RequestPipeline({
     connection,
     config,
