@@ -92,8 +92,13 @@ test('three workers share one cache: one upstream call for the same question, wh
     const purged = await runCli(['cache', 'purge', '--model', 'gpt-test'], env);
     assert.equal(purged.code, 0, purged.stderr);
     assert.match(purged.stdout, /^purged 2 cached answers of gpt-test/);
+    assert.match(purged.stdout, /purged \d+ answers? from the memory of 2 workers/);
     const empty = await runCli(['cache', 'stats'], env);
     assert.match(empty.stdout, /^cache bucket LLM_CACHE \(nats\): 0 answers/);
+    // Nothing left in the workers' memory either: the next ask goes upstream.
+    const afterPurge = await ask(client, body('shared?', 'after-purge'));
+    assert.equal(afterPurge.cached, false);
+    assert.equal(openai.chatRequests.length, 4);
     const bad = await runCli(['cache', 'flush'], env);
     assert.equal(bad.code, 2);
   } finally {

@@ -2,16 +2,28 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { connect } from '@nats-io/transport-node';
+import { headers as natsHeaders, type NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { createTestDatabase } from './helpers/pg-database.js';
 import { freePort } from './helpers/ports.js';
-import { startFakeOpenAI, type FakeOpenAI } from './fakes/index.js';
-import { REPO_ROOT, startInProcessWorker, testConfig, TEST_API_KEY, type InProcessWorker } from './helpers/worker.js';
+import { startFakeOllama, startFakeOpenAI, type FakeOllama, type FakeOpenAI } from './fakes/index.js';
+import {
+  REPO_ROOT,
+  startInProcessWorker,
+  testConfig,
+  TEST_API_KEY,
+  usageEventFor,
+  type InProcessWorker,
+} from './helpers/worker.js';
 import { isNatsReachable } from '../src/bus/dev-server.js';
+import { KeyStore } from '../src/auth/index.js';
+import { shortWorkerId, type GatheredNodes } from '../src/cli/commands/models.js';
+import { defaultNodeName, resolveConfig } from '../src/config/index.js';
+import { VERSION } from '../src/worker/index.js';
 
 interface RunResult {
   code: number | null;
@@ -179,7 +191,7 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
       await nats?.dispose();
     });
 
-    test('models lists the models; --health adds deployment states; --json prints the reply', async () => {
+    test('models lists the models; --health adds deployment states; --json prints what was gathered', async () => {
       const [plain, health, json] = await Promise.all([
         runCli(['models'], { NATS_URL: nats.url }),
         runCli(['models', '--health'], { NATS_URL: nats.url }),
@@ -189,9 +201,16 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
       assert.match(plain.stdout, /gpt-test {2}prompt \$0\.15\/1k, completion \$0\.6\/1k/);
       assert.match(plain.stdout, /- openai\/gpt-4o-mini/);
       assert.match(health.stdout, /healthy {2}in flight 0/);
-      const reply = JSON.parse(json.stdout);
-      assert.equal(reply.worker_id, worker.worker.id);
-      assert.ok(Array.isArray(reply.health));
+      const reply = JSON.parse(json.stdout) as GatheredNodes;
+      assert.deepEqual(
+        reply.nodes.map((node) => node.worker_id),
+        [worker.worker.id],
+      );
+      assert.ok(Array.isArray(reply.nodes[0]!.health));
+      assert.deepEqual(
+        reply.models.map((model) => model.name),
+        ['gpt-test'],
+      );
     });
 
     test('models with no worker says so and exits 1', async () => {
@@ -199,7 +218,7 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
       try {
         const result = await runCli(['models'], { NATS_URL: empty.url });
         assert.equal(result.code, 1);
-        assert.match(result.stderr, /no worker is listening on llm\.proxy\.models/);
+        assert.match(result.stderr, /no worker is listening on llm\.proxy\.nodes/);
       } finally {
         await empty.dispose();
       }
@@ -299,12 +318,13 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
       assert.equal(totals.total_requests, 1);
       // The sink started beside them writes its event into PostgreSQL.
       await waitForOutput(dev.output, 'usage sink writing every usage event to PostgreSQL');
-      let rows: Array<{ model: string; status: string }> = [];
+      let rows: Array<{ model: string; status: string; node: string }> = [];
       for (let tries = 0; tries < 200 && rows.length === 0; tries++) {
-        rows = (await database.pool.query('SELECT model, status FROM usage_events')).rows;
+        rows = (await database.pool.query('SELECT model, status, node FROM usage_events')).rows;
         if (rows.length === 0) await new Promise((resolve) => setTimeout(resolve, 50));
       }
-      assert.deepEqual(rows, [{ model: 'gpt-test', status: 'ok' }]);
+      // The node column (migration 5): the worker's node, by default the host name.
+      assert.deepEqual(rows, [{ model: 'gpt-test', status: 'ok', node: defaultNodeName() }]);
       await client.close();
     } finally {
       dev.child.kill('SIGINT');
@@ -316,3 +336,229 @@ describe('CLI: worker, dev, models, tail, check-config', () => {
     assert.equal(await isNatsReachable(url, 500), false, 'the nats-server it started is gone');
   });
 });
+
+/**
+ * Workers with different model sets on one bus (issue 19): `llm-proxy models` gathers every worker's
+ * answer on `llm.proxy.nodes` and shows which node serves which model; a node that stops leaves the list.
+ */
+describe('models across nodes (llm.proxy.nodes)', () => {
+  const SECRET = 'nodes-s3cret';
+  let nats: NatsServerHandle;
+  let openai: FakeOpenAI;
+  let ollama: FakeOllama;
+  let admin: NatsConnection;
+  let alpha: InProcessWorker;
+  let beta: InProcessWorker;
+  let betaStopped = false;
+  const secretEnv = () => ({ NATS_URL: nats.url, LLM_PROXY_SECRET: SECRET });
+
+  before(async () => {
+    nats = await startNatsServer();
+    openai = await startFakeOpenAI();
+    ollama = await startFakeOllama();
+    admin = await connect({ servers: nats.url, name: 'nodes-admin' });
+    const auth = { mode: 'mixed' as const, key_store_wait_ms: 3_000 };
+    const env = { FAKE_OPENAI_KEY: TEST_API_KEY, LLM_PROXY_SECRET: SECRET };
+    // alpha has the hosted model only, beta the local one only: no model on both.
+    alpha = await startInProcessWorker({
+      natsUrl: nats.url,
+      config: testConfig({ openai: openai.baseUrl }, { worker: { node: 'node-alpha' }, auth }),
+      env,
+    });
+    beta = await startInProcessWorker({
+      natsUrl: nats.url,
+      config: testConfig({ ollama: ollama.baseUrl }, { worker: { node: 'node-beta' }, auth }),
+      env,
+    });
+  });
+  after(async () => {
+    await alpha?.stop();
+    if (!betaStopped) await beta?.stop();
+    await admin?.close();
+    await openai?.close();
+    await ollama?.close();
+    await nats?.dispose();
+  });
+
+  /** The text output's block of one model: its line and the indented lines under it. */
+  const block = (stdout: string, model: string): string => {
+    const lines = stdout.split('\n');
+    const start = lines.findIndex((line) => line.startsWith(`${model}  `));
+    if (start === -1) return '';
+    const end = lines.findIndex((line, index) => index > start && !line.startsWith(' '));
+    return lines.slice(start, end === -1 ? undefined : end).join('\n');
+  };
+  const label = (worker: InProcessWorker, node: string) => `${node} (${shortWorkerId(worker.worker.id)})`;
+
+  test('worker.node: default the host name; a name that is empty, blank, too long or not printable is refused', () => {
+    const base = testConfig({ openai: 'http://127.0.0.1:1/v1' });
+    assert.equal(resolveConfig(base, 'test', {}).worker.node, defaultNodeName());
+    assert.equal(defaultNodeName(), hostname().slice(0, 128));
+    assert.equal(resolveConfig({ ...base, worker: { node: 'gpu-box 1' } }, 'test', {}).worker.node, 'gpu-box 1');
+    for (const bad of ['', '   ', 'a\nb', 'tab\there', 'x'.repeat(129)])
+      assert.throws(() => resolveConfig({ ...base, worker: { node: bad } }, 'test', {}), /worker\.node/, bad);
+  });
+
+  test("models lists every model with the node that serves it; --health shows each node's deployment state", async () => {
+    const [plain, health] = await Promise.all([
+      runCli(['models'], secretEnv()),
+      runCli(['models', '--health'], secretEnv()),
+    ]);
+    assert.equal(plain.code, 0, plain.stderr);
+    const gpt = block(plain.stdout, 'gpt-test');
+    const local = block(plain.stdout, 'local-test');
+    assert.match(gpt, /^gpt-test {2}prompt \$0\.15\/1k, completion \$0\.6\/1k/);
+    assert.match(gpt, new RegExp(`\\n {2}on ${escapeRegExp(label(alpha, 'node-alpha'))} healthy\\n`));
+    assert.match(gpt, /- openai\/gpt-4o-mini {2}weight 1/);
+    assert.ok(!gpt.includes('node-beta'), gpt);
+    assert.match(local, /^local-test {2}prompt free, completion free/);
+    assert.match(local, new RegExp(`\\n {2}on ${escapeRegExp(label(beta, 'node-beta'))} healthy\\n`));
+    assert.match(local, /- local\/llama3\.2:3b {2}weight 1/);
+    assert.ok(!local.includes('node-alpha'), local);
+    assert.match(plain.stdout, /\n2 workers on 2 nodes:\n/);
+    assert.match(
+      plain.stdout,
+      new RegExp(`node-alpha +${escapeRegExp(shortWorkerId(alpha.worker.id))} +${escapeRegExp(hostname())} `),
+    );
+
+    assert.equal(health.code, 0, health.stderr);
+    assert.match(
+      block(health.stdout, 'gpt-test'),
+      new RegExp(
+        `- openai/gpt-4o-mini {2}weight 1\\n {6}${escapeRegExp(label(alpha, 'node-alpha'))} {2}healthy {2}in flight 0`,
+      ),
+    );
+    assert.match(
+      block(health.stdout, 'local-test'),
+      new RegExp(`\\n {6}${escapeRegExp(label(beta, 'node-beta'))} {2}healthy {2}in flight 0`),
+    );
+  });
+
+  test('--json has both nodes, and each model with the node that serves it', async () => {
+    const result = await runCli(['models', '--json'], secretEnv());
+    assert.equal(result.code, 0, result.stderr);
+    const gathered = JSON.parse(result.stdout) as GatheredNodes;
+    assert.deepEqual(
+      gathered.nodes.map((node) => [node.node, node.worker_id, node.host, node.models.map((model) => model.name)]),
+      [
+        ['node-alpha', alpha.worker.id, hostname(), ['gpt-test']],
+        ['node-beta', beta.worker.id, hostname(), ['local-test']],
+      ],
+    );
+    for (const node of gathered.nodes) {
+      assert.equal(node.version, VERSION);
+      assert.equal(node.max_in_flight, 256);
+      assert.equal(node.in_flight, 0);
+      assert.ok(!Number.isNaN(Date.parse(node.started_at)));
+      assert.deepEqual(
+        node.health.map((row) => [row.model, row.state]),
+        node.models.map((model) => [model.name, 'healthy']),
+      );
+    }
+    assert.deepEqual(
+      gathered.models.map((model) => [model.name, model.nodes.map((ref) => [ref.node, ref.worker_id])]),
+      [
+        ['gpt-test', [['node-alpha', alpha.worker.id]]],
+        ['local-test', [['node-beta', beta.worker.id]]],
+      ],
+    );
+  });
+
+  test('a wrong or missing secret is refused on llm.proxy.nodes, by every worker; a key limited to a model sees that one only', async () => {
+    const wrong = natsHeaders();
+    wrong.set('X-Internal-Secret', 'not-the-secret');
+    const answers: Array<{ error?: { code: string; status: number } }> = [];
+    for await (const message of await admin.requestMany('llm.proxy.nodes', '{}', {
+      strategy: 'stall',
+      maxWait: 2_000,
+      headers: wrong,
+    }))
+      answers.push(message.json());
+    assert.deepEqual(
+      answers.map((answer) => [answer.error?.code, answer.error?.status]),
+      [
+        ['unauthorized', 401],
+        ['unauthorized', 401],
+      ],
+    );
+    const [refused, missing] = await Promise.all([
+      runCli(['models'], { NATS_URL: nats.url, LLM_PROXY_SECRET: 'not-the-secret' }),
+      runCli(['models', '--json'], { NATS_URL: nats.url }),
+    ]);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /unauthorized \(401\)/);
+    assert.equal(refused.stdout, '');
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /unauthorized \(401\)/);
+
+    const store = await KeyStore.open(admin, 'LLM_KEYS');
+    const { key } = await store.create({ agentId: 'agent:local-only', models: ['local-test'] });
+    const narrow = await runCli(['models', '--json'], { NATS_URL: nats.url, LLM_PROXY_KEY: key });
+    assert.equal(narrow.code, 0, narrow.stderr);
+    const seen = JSON.parse(narrow.stdout) as GatheredNodes;
+    assert.deepEqual(
+      seen.models.map((model) => model.name),
+      ['local-test'],
+    );
+    assert.deepEqual(
+      seen.nodes.map((node) => [node.node, node.models.length, node.health.length]),
+      [
+        ['node-alpha', 0, 0],
+        ['node-beta', 1, 1],
+      ],
+    );
+  });
+
+  test('every usage event carries the node of the worker that handled the request', async () => {
+    const ask = (model: string, requestId: string) =>
+      admin
+        .request(
+          'llm.proxy.request',
+          JSON.stringify({ model, messages: [{ role: 'user', content: 'which node?' }], request_id: requestId }),
+          { timeout: 10_000, headers: secretHeader() },
+        )
+        .then((message) => message.json() as { content?: string; error?: unknown });
+    const ids = ['node-event-1', 'node-event-2', 'node-event-3', 'node-event-4'];
+    await Promise.all(ids.map((id, index) => ask(index % 2 === 0 ? 'gpt-test' : 'local-test', id)));
+    const nodeOf = new Map([
+      [alpha.worker.id, 'node-alpha'],
+      [beta.worker.id, 'node-beta'],
+    ]);
+    for (const id of ids) {
+      const event = await usageEventFor(admin, id);
+      assert.ok(nodeOf.has(event.worker_id), `event ${id} from one of the two workers`);
+      assert.equal(event.node, nodeOf.get(event.worker_id), id);
+    }
+  });
+
+  test('after a worker stops, its models leave the list', async () => {
+    await beta.stop();
+    betaStopped = true;
+    const [plain, json] = await Promise.all([
+      runCli(['models'], secretEnv()),
+      runCli(['models', '--json'], secretEnv()),
+    ]);
+    assert.equal(plain.code, 0, plain.stderr);
+    assert.notEqual(block(plain.stdout, 'gpt-test'), '');
+    assert.equal(block(plain.stdout, 'local-test'), '');
+    assert.ok(!plain.stdout.includes('node-beta'), plain.stdout);
+    assert.match(plain.stdout, /\n1 worker on 1 node:\n/);
+    const gathered = JSON.parse(json.stdout) as GatheredNodes;
+    assert.deepEqual(
+      gathered.nodes.map((node) => node.node),
+      ['node-alpha'],
+    );
+    assert.deepEqual(
+      gathered.models.map((model) => model.name),
+      ['gpt-test'],
+    );
+  });
+
+  const secretHeader = () => {
+    const headers = natsHeaders();
+    headers.set('X-Internal-Secret', SECRET);
+    return headers;
+  };
+});
+
+const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

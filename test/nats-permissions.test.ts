@@ -11,7 +11,8 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { stringify } from 'yaml';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -344,6 +345,28 @@ test('the admin user keeps the keys (LLM_KEYS) and reads LLM_LIMITS; the worker 
   for await (const _key of await limits.keys()) limitKeys += 1;
   assert.ok(limitKeys > 0, 'the worker counted the requests in LLM_LIMITS');
   await assert.rejects(limits.put('forged', '{}'), violationOn('$KV.LLM_LIMITS.forged'));
+});
+
+test("the admin user purges the response cache: the LLM_CACHE bucket and the workers' memory", async () => {
+  const directory = mkdtempSync(join(tmpdir(), 'llm-proxy-perm-cache-'));
+  try {
+    const configPath = join(directory, 'config.yaml');
+    writeFileSync(configPath, stringify(testConfig({ openai: openai.baseUrl })));
+    const env = {
+      NATS_URL: nats.url,
+      LLM_PROXY_SECRET: SECRET,
+      LLM_PROXY_CONFIG: configPath,
+      ...roleEnv('admin', passwords),
+    };
+    const purged = await runCli(['cache', 'purge'], env);
+    assert.equal(purged.code, 0, purged.stderr);
+    assert.match(purged.stdout, /from bucket LLM_CACHE/);
+    assert.match(purged.stdout, /from the memory of 1 worker/);
+    const stats = await runCli(['cache', 'stats'], env);
+    assert.equal(stats.code, 0, stats.stderr);
+  } finally {
+    rmSync(directory, { recursive: true, force: true });
+  }
 });
 
 test('an agent cannot read usage, serve or read requests, read another inbox, publish usage or touch JetStream', async () => {

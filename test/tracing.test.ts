@@ -68,7 +68,9 @@ function treeOf(spans: ReadableSpan[], callerSpanId: string): Tree {
   const requests = spans.filter((span) => span.kind === SpanKind.CONSUMER);
   assert.equal(requests.length, 1, 'one request span');
   const request = requests[0]!;
-  assert.equal(request.name, 'llm.proxy.request process');
+  // The typed client sends to the model's subject (issue 19), named by its template.
+  assert.equal(request.name, 'llm.proxy.model.{model} process');
+  assert.equal(request.attributes['messaging.destination.template'], 'llm.proxy.model.{model}');
   assert.equal(request.parentSpanContext?.spanId, callerSpanId, "the request span's parent is the caller's span");
   const requestSpanId = request.spanContext().spanId;
   for (const span of spans) {

@@ -4,6 +4,7 @@
  * produces them. Every failure is an `LlmProxyError`.
  */
 import { connect, type NatsConnection, type NodeConnectionOptions } from '@nats-io/transport-node';
+import { errors as natsErrors } from '@nats-io/nats-core';
 import {
   DEFAULT_SUBJECT_PREFIX,
   HEADERS,
@@ -185,14 +186,24 @@ class NatsLlmProxyClient implements LlmProxyClient {
             signal.addEventListener('abort', onAbort, { once: true });
           });
     let message: Awaited<ReturnType<NatsConnection['request']>>;
+    // The model's own subject first (only workers that serve it listen there); when no worker does, the
+    // seed's subject, where any worker answers with the reason (or passes it on to a node that has it).
+    const route = routeFor(subjects, request.model);
+    let subject = route[0]!;
     try {
-      const reply = connection.request(subjects.request, envelope.body, {
-        timeout: timeoutMs,
-        headers: envelope.headers,
-      });
-      message = await (aborted === undefined ? reply : Promise.race([reply, aborted]));
+      for (let index = 0; ; index += 1) {
+        subject = route[index]!;
+        try {
+          const reply = connection.request(subject, envelope.body, { timeout: timeoutMs, headers: envelope.headers });
+          message = await (aborted === undefined ? reply : Promise.race([reply, aborted]));
+          break;
+        } catch (error) {
+          if (index + 1 < route.length && isNoResponders(error)) continue;
+          throw error;
+        }
+      }
     } catch (error) {
-      const failure = errorFromNats(error, { subject: subjects.request, timeoutMs, requestId });
+      const failure = errorFromNats(error, { subject, timeoutMs, requestId });
       if (failure.code === 'upstream_timeout') tellWorker();
       throw failure;
     } finally {
@@ -223,6 +234,7 @@ class NatsLlmProxyClient implements LlmProxyClient {
     return startChatStream({
       connection: settings.connection,
       subjects: settings.subjects,
+      route: routeFor(settings.subjects, request.model),
       envelope,
       requestId,
       secret: settings.secret,
@@ -287,4 +299,19 @@ class NatsLlmProxyClient implements LlmProxyClient {
       throw error;
     }
   }
+}
+
+/**
+ * Where a chat request goes (issue 19): its model's subject `llm.proxy.model.<token>`, then, when no
+ * worker listens there, `llm.proxy.request`. A request without a usable model goes straight to the
+ * latter (the worker refuses it with the reason).
+ */
+export function routeFor(subjects: Subjects, model: unknown): string[] {
+  if (typeof model !== 'string' || model === '' || model.length > 256) return [subjects.request];
+  return [subjects.modelFor(model), subjects.request];
+}
+
+function isNoResponders(error: unknown): boolean {
+  if (error instanceof natsErrors.NoRespondersError) return true;
+  return error instanceof natsErrors.RequestError && error.isNoResponders();
 }

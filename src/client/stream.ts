@@ -64,6 +64,11 @@ export interface StreamTimeouts {
 export interface StreamStart {
   connection: NatsConnection;
   subjects: Subjects;
+  /**
+   * The subjects to try in order, the next one when no worker listens on one (issue 19: the model's
+   * subject, then `llm.proxy.request`); default `[subjects.request]`.
+   */
+  route?: string[];
   /** The request ready to send, or the error that stopped it before sending. */
   envelope: Envelope | LlmProxyError;
   requestId: string;
@@ -105,9 +110,13 @@ class NatsChatStream implements ChatStream {
   #silenceTimer: NodeJS.Timeout | undefined;
   #totalTimer: NodeJS.Timeout | undefined;
   #onAbort: (() => void) | undefined;
+  readonly #route: string[];
+  #routeIndex = 0;
+  #inbox = '';
 
   constructor(start: StreamStart) {
     this.#start = start;
+    this.#route = start.route ?? [start.subjects.request];
     this.requestId = start.requestId;
     this.final = new Promise<ChatReply>((resolve, reject) => {
       this.#resolveFinal = resolve;
@@ -158,8 +167,19 @@ class NatsChatStream implements ChatStream {
     });
   }
 
+  /** The subject the request went to last (of `route`). */
+  get #subject(): string {
+    return this.#route[this.#routeIndex] ?? this.#start.subjects.request;
+  }
+
+  /** Publishes the request on the current subject of its route, with the stream's inbox as reply subject. */
+  #send(): void {
+    const envelope = this.#start.envelope as Envelope;
+    this.#start.connection.publish(this.#subject, envelope.body, { reply: this.#inbox, headers: envelope.headers });
+  }
+
   #open(): void {
-    const { connection, subjects, envelope, signal, timeouts } = this.#start;
+    const { connection, envelope, signal, timeouts } = this.#start;
     if (envelope instanceof LlmProxyError) {
       this.#fail(envelope, { tellWorker: false });
       return;
@@ -203,10 +223,11 @@ class NatsChatStream implements ChatStream {
       });
       // SUB goes out before PUB on the same connection, so the worker's first
       // message cannot arrive before the server knows about the inbox.
-      connection.publish(subjects.request, envelope.body, { reply: inbox, headers: envelope.headers });
+      this.#inbox = inbox;
+      this.#send();
     } catch (error) {
       this.#fail(
-        errorFromNats(error, { subject: subjects.request, timeoutMs: timeouts.totalMs, requestId: this.requestId }),
+        errorFromNats(error, { subject: this.#subject, timeoutMs: timeouts.totalMs, requestId: this.requestId }),
         {
           tellWorker: false,
         },
@@ -255,7 +276,7 @@ class NatsChatStream implements ChatStream {
     if (error !== null) {
       this.#fail(
         errorFromNats(error, {
-          subject: this.#start.subjects.request,
+          subject: this.#subject,
           timeoutMs: this.#start.timeouts.totalMs,
           requestId,
         }),
@@ -265,10 +286,20 @@ class NatsChatStream implements ChatStream {
       );
       return;
     }
-    // The server's answer to a request nobody is subscribed to: a status-only message.
+    // The server's answer to a request nobody is subscribed to: a status-only message. The next subject
+    // of the route, if any, is tried (only before anything else came: a 503 can only be the first message).
     if (message.data.length === 0 && message.headers?.code === 503) {
+      if (this.#routeIndex + 1 < this.#route.length) {
+        this.#routeIndex += 1;
+        try {
+          this.#send();
+          return;
+        } catch {
+          // Failed below, as no worker listening.
+        }
+      }
       this.#fail(
-        new LlmProxyError('no_provider_available', `no worker is listening on ${this.#start.subjects.request}`, {
+        new LlmProxyError('no_provider_available', `no worker is listening on ${this.#subject}`, {
           requestId,
         }),
         {

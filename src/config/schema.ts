@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import { z } from 'zod';
 import { parseDuration, parseSize } from './duration.js';
 import { aggregatorSchema } from './aggregator-schema.js';
@@ -190,8 +191,37 @@ export const routingSchema = z
   })
   .strict();
 
+/** This machine's host name (`os.hostname()`), read once: the `host` of `llm.proxy.nodes` replies. */
+export const HOST_NAME: string = hostname();
+
+/** Longest `worker.node`. */
+export const MAX_NODE_NAME_LENGTH = 128;
+/** No control characters (C0, DEL, C1), line or paragraph separators, or lone surrogates. */
+const NODE_NAME_PATTERN = /^[^\p{Cc}\p{Cs}\p{Zl}\p{Zp}]+$/u;
+
+/** `worker.node` when unset: the host name (cut to 128 characters; `unknown` when the system gives none). */
+export function defaultNodeName(host: string = HOST_NAME): string {
+  const cut = [...host].slice(0, MAX_NODE_NAME_LENGTH).join('');
+  return cut.trim() !== '' && NODE_NAME_PATTERN.test(cut) ? cut : 'unknown';
+}
+
+/** A node's name (`worker.node`): it goes into logs, usage events and `llm.proxy.nodes` replies. */
+export const nodeNameSchema = z
+  .string()
+  .min(1)
+  .refine((name) => [...name].length <= MAX_NODE_NAME_LENGTH, {
+    message: `must be at most ${MAX_NODE_NAME_LENGTH} characters`,
+  })
+  .refine((name) => NODE_NAME_PATTERN.test(name), { message: 'must be printable (no control characters)' })
+  .refine((name) => name.trim() !== '', { message: 'must not be only whitespace' });
+
 export const workerSchema = z
   .object({
+    /**
+     * This worker's node (the machine, or the group of providers it reaches): recorded in every usage
+     * event and answered on `llm.proxy.nodes` (`llm-proxy models`). Default: the host name.
+     */
+    node: nodeNameSchema.default(() => defaultNodeName()),
     /** Requests a worker works on at once; above it, it stops taking work (the queue group sends it elsewhere). */
     max_in_flight: positiveInt.default(256),
     /** Deadline of a request that sets no timeout_ms, and no provider/model timeout applies. */

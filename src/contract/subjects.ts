@@ -18,6 +18,8 @@ export const HEADERS = {
   serviceError: 'Nats-Service-Error',
   serviceErrorCode: 'Nats-Service-Error-Code',
   msgId: 'Nats-Msg-Id',
+  /** Set by a worker that passed a request on to its model's subject (worker/forward.ts): never passed on twice. */
+  forwarded: 'LLM-Forwarded',
 } as const;
 
 export const STREAM_MARKS = { chunk: 'chunk', end: 'end', error: 'error', heartbeat: 'heartbeat' } as const;
@@ -36,7 +38,18 @@ export interface Subjects {
   readonly cancel: string;
   /** `llm.usage.>`: what the LLM_USAGE stream captures. */
   readonly usageAll: string;
+  /** Non-queue subject every worker answers with what it serves (scatter-gather: `llm-proxy models`). */
+  readonly nodes: string;
+  /** Non-queue: every worker empties its memory tier of the response cache (`llm-proxy cache purge`). */
+  readonly cachePurge: string;
+  /** Non-queue: a worker that starts says which models it serves; the others answer with theirs (worker/bus-models.ts). */
+  readonly nodesHello: string;
   usageFor(agentToken: string): string;
+  /**
+   * `llm.proxy.model.<model-token>`: the workers that serve a model subscribe to it in queue group
+   * `llm-proxy`, so a request sent there reaches only a worker that has the model (issue 19).
+   */
+  modelFor(model: string): string;
 }
 
 export function subjectsFor(prefix: string = DEFAULT_SUBJECT_PREFIX): Subjects {
@@ -47,7 +60,11 @@ export function subjectsFor(prefix: string = DEFAULT_SUBJECT_PREFIX): Subjects {
     usageQuery: `${prefix}.proxy.usage`,
     cancel: `${prefix}.proxy.cancel`,
     usageAll: `${prefix}.usage.>`,
+    nodes: `${prefix}.proxy.nodes`,
+    nodesHello: `${prefix}.proxy.nodes.hello`,
+    cachePurge: `${prefix}.proxy.cache.purge`,
     usageFor: (agentToken: string) => `${prefix}.usage.${agentToken}`,
+    modelFor: (model: string) => `${prefix}.proxy.model.${modelToken(model)}`,
   };
 }
 
@@ -76,6 +93,19 @@ export function agentToken(agentId: string | undefined | null): string {
   let token = TOKEN_SAFE.test(agentId) ? agentId : percentEncode(agentId);
   if (token === ANONYMOUS_TOKEN || token === UNAUTHENTICATED_TOKEN)
     token = `${hex2(token.charCodeAt(0))}${token.slice(1)}`;
+  return bounded(token, agentId);
+}
+
+/**
+ * A logical model's name as one subject token, by the agent token's rules (`%XX` outside
+ * `[A-Za-z0-9_:-]`, long names cut and hashed): `llama3.2:3b` → `llama3%2E2:3b`.
+ */
+export function modelToken(model: string): string {
+  return bounded(TOKEN_SAFE.test(model) ? model : percentEncode(model), model);
+}
+
+/** A token longer than 128 characters: its first 64 (no escape cut in two), `~`, 32 hex digits of the id's SHA-256. */
+function bounded(token: string, agentId: string): string {
   if (token.length <= MAX_AGENT_TOKEN_LENGTH) return token;
   let prefix = token.slice(0, HASHED_PREFIX_LENGTH);
   // Do not cut an escape in two.

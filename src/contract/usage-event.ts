@@ -32,6 +32,8 @@ export const usageEventSchema = z
     cached: z.boolean(),
     attempts: z.number().int().nonnegative(),
     worker_id: z.string(),
+    /** The node of the worker that handled the request (`worker.node`, default its host name); absent from older events. */
+    node: z.string().optional(),
     /**
      * The worker's own id for the request it handled (a UUID): the event's `Nats-Msg-Id` and what
      * aggregators deduplicate by. `request_id` is the client's correlation id and may repeat.

@@ -1,7 +1,7 @@
 import type { Context } from '@opentelemetry/api';
 import type { AttemptRecord } from '../contract/reply.js';
 import type { ChatRequest } from '../contract/request.js';
-import type { ModelInfo } from '../contract/models.js';
+import type { DeploymentHealth, ModelInfo } from '../contract/models.js';
 import type { CancelSignal } from '../providers/transport/cancellation.js';
 import type { ProviderResponse, ProviderStreamEvent } from '../providers/types.js';
 
@@ -63,22 +63,8 @@ export interface ChatRouter {
   stream(call: RoutedCall): Promise<RoutedStream>;
 }
 
-/** One deployment's state, for `llm-proxy models --health` (one row per model and deployment). */
-export interface DeploymentHealth {
-  model: string;
-  provider: string;
-  physical_name: string;
-  weight: number;
-  state: 'healthy' | 'cooling_down';
-  /** ISO time the cooldown ends, or null when healthy. */
-  cooldown_until: string | null;
-  /** Calls to this upstream (provider + physical name) running now, over every model that routes to it. */
-  in_flight: number;
-  /** Exponentially weighted latency of recent calls (time to first event for streams); null before any. */
-  ewma_latency_ms: number | null;
-  /** Failures inside the cooldown window since the last success. */
-  recent_failures: number;
-}
+/** One deployment's state, for `llm-proxy models --health` (defined with the wire types: `llm.proxy.nodes` carries it). */
+export type { DeploymentHealth } from '../contract/models.js';
 
 export interface Router extends ChatRouter {
   health(): DeploymentHealth[];

@@ -169,6 +169,15 @@ ALTER TABLE usage_events ADD COLUMN saved_usd numeric(20, 9) NOT NULL DEFAULT 0;
 ALTER TABLE usage_hourly ADD COLUMN saved_usd numeric(24, 9) NOT NULL DEFAULT 0;
 `,
   },
+  {
+    version: 5,
+    name: 'node: the node of the worker that handled the request',
+    sql: `
+-- The worker's node (worker.node, default its host name; issue 19). Null for events written before it.
+-- Not a dimension of usage_hourly: the rollups stay per agent, microDAO, model, provider and key.
+ALTER TABLE usage_events ADD COLUMN node text;
+`,
+  },
 ];
 
 /** The highest version in {@link MIGRATIONS}: what a fully migrated schema is at. */

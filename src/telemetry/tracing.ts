@@ -83,19 +83,26 @@ export function extractTraceContext(headers: MsgHdrs | undefined): Context {
 /** One consumer span per request, as other NATS clients emit them. */
 export function startRequestSpan(subject: string, headers: MsgHdrs | undefined): Span {
   const parent = extractTraceContext(headers);
+  // A model's subject (`<prefix>.proxy.model.<token>`) is named by its template, as OTel's messaging
+  // conventions ask of a destination with a variable part.
+  const at = subject.indexOf(MODEL_SUBJECT_PART);
+  const template = at === -1 ? undefined : `${subject.slice(0, at + MODEL_SUBJECT_PART.length)}{model}`;
   return tracer().startSpan(
-    `${subject} process`,
+    `${template ?? subject} process`,
     {
       kind: SpanKind.CONSUMER,
       attributes: {
         'messaging.system': 'nats',
         'messaging.destination.name': subject,
+        ...(template === undefined ? {} : { 'messaging.destination.template': template }),
         'messaging.operation.type': 'process',
       },
     },
     parent,
   );
 }
+
+const MODEL_SUBJECT_PART = '.proxy.model.';
 
 /**
  * The context the request's child spans (attempts, limits) start in: the request span's. Undefined

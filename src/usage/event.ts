@@ -38,6 +38,8 @@ export interface UsageEventInput {
   cached: boolean;
   attempts: AttemptRecord[];
   workerId: string;
+  /** The worker's node (`worker.node`), recorded as `node`; undefined leaves the field out. */
+  node?: string | undefined;
 }
 
 export interface BuiltUsageEvent {
@@ -75,6 +77,7 @@ export function buildUsageEvent(input: UsageEventInput): BuiltUsageEvent {
     cached: input.cached,
     attempts: input.attempts.length,
     worker_id: input.workerId,
+    ...(input.node === undefined ? {} : { node: input.node }),
     event_id: input.eventId,
     cached_prompt_tokens: Math.max(0, Math.round(input.cachedPromptTokens ?? 0)),
   };

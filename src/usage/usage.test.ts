@@ -117,6 +117,14 @@ test("the usage event has DESIGN.md's fields in DESIGN.md's order, tags after", 
   usageEventSchema.parse(event);
 });
 
+test('the node of the worker follows worker_id; without one the field is left out', () => {
+  const { event } = buildUsageEvent({ ...base, node: 'gpu-box-1' });
+  const fields = Object.keys(event);
+  assert.equal(fields[fields.indexOf('worker_id') + 1], 'node');
+  assert.equal(usageEventSchema.parse(event).node, 'gpu-box-1');
+  assert.ok(!('node' in buildUsageEvent(base).event));
+});
+
 test('an unauthorized request is not attributed to the agent it claims', () => {
   const { token, event } = buildUsageEvent({
     ...base,

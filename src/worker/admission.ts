@@ -7,13 +7,27 @@ import { parseChatRequest, type ChatRequest } from '../contract/request.js';
 import type { RoutePlan, Router } from '../router/types.js';
 import { requestLogger, type Logger } from '../telemetry/logger.js';
 import type { RequestContext, RequestHooks } from './hooks.js';
+import { wasForwarded } from './forward.js';
 import type { RequestRecord } from './request-record.js';
 
 export interface AdmissionDependencies {
   router: Pick<Router, 'plan'>;
+  /** Whether requests for models this worker does not serve are passed on to their model's subject (issue 19). */
+  forward?: unknown;
   hooks: RequestHooks;
   logger: Logger;
   maxRequestBytes: number;
+}
+
+/**
+ * A request, valid and authorized, for a model this worker does not serve: to be passed on to the
+ * workers that do (forward.ts), before anything else (limits) counts it here.
+ */
+export class ServedElsewhere {
+  constructor(
+    readonly model: string,
+    readonly timeoutMs: number | undefined,
+  ) {}
 }
 
 /** A request that passed every check and its admission: what the answering stages need. */
@@ -36,7 +50,7 @@ export async function admit(
   deps: AdmissionDependencies,
   /** The request span's context (pipeline.ts), for the limits' and the attempts' spans. */
   traceContext?: Context | undefined,
-): Promise<Admitted | ProxyError> {
+): Promise<Admitted | ProxyError | ServedElsewhere> {
   if (headersMalformed) {
     return new ProxyError(
       'invalid_request',
@@ -96,9 +110,16 @@ export async function admit(
   if (key !== undefined && key.models !== null && !key.models.includes(request.model))
     return new ProxyError('model_not_found', `unknown model "${request.model}"`);
   const plan = deps.router.plan(request, record.receivedAt);
-  if (plan === undefined) return new ProxyError('model_not_found', `unknown model "${request.model}"`);
   if (message.reply === undefined || message.reply === '') {
-    return new ProxyError('invalid_request', 'the message has no reply subject: send it as a NATS request');
+    return plan === undefined
+      ? new ProxyError('model_not_found', `unknown model "${request.model}"`)
+      : new ProxyError('invalid_request', 'the message has no reply subject: send it as a NATS request');
+  }
+  if (plan === undefined) {
+    // Not here: passed on once to the workers that serve it (never a request passed on already).
+    if (deps.forward !== undefined && !wasForwarded(message))
+      return new ServedElsewhere(request.model, request.timeout_ms);
+    return new ProxyError('model_not_found', `unknown model "${request.model}"`);
   }
   const context: RequestContext = {
     requestId: record.requestId,

@@ -33,6 +33,8 @@ export interface WorkerStats {
   cancels: number;
   /** Cancels refused for a missing or wrong secret. */
   cancels_refused: number;
+  /** Requests for a model this worker does not serve, passed on to the workers that do (issue 19). */
+  forwarded: number;
   usage_events: {
     published: number;
     duplicates: number;
@@ -72,11 +74,18 @@ export class WorkerCounters {
   modelsRequests = 0;
   cancels = 0;
   cancelsRefused = 0;
+  forwarded = 0;
 
   started(): void {
     this.requests++;
     this.inFlight++;
     if (this.inFlight > this.inFlightPeak) this.inFlightPeak = this.inFlight;
+  }
+
+  /** A request passed on to a worker that serves its model (counted in `requests` and `forwarded`). */
+  handedOver(): void {
+    this.inFlight--;
+    this.forwarded++;
   }
 
   finished(errorCode: ErrorCode | undefined): void {
@@ -118,6 +127,7 @@ export function workerStats(parts: {
     models_requests: counters.modelsRequests,
     cancels: counters.cancels,
     cancels_refused: counters.cancelsRefused,
+    forwarded: counters.forwarded,
     usage_events: {
       published: publisher.counters.published,
       duplicates: publisher.counters.duplicates,

@@ -1,14 +1,15 @@
 /**
  * The worker's subjects other than `llm.proxy.request` (intake.ts): the `models` endpoint of the
- * micro-service, the `cancel` subscription, and the connection's status log. A new subscription or
- * health check goes here, wired in worker.ts.
+ * micro-service, the `cancel` and `nodes` subscriptions, and the connection's status log. A new
+ * subscription or health check goes here, wired in worker.ts.
  */
+import { hostname } from 'node:os';
 import { headers as createHeaders, type Msg, type NatsConnection, type Subscription } from '@nats-io/nats-core';
 import type { Service, ServiceMsg } from '@nats-io/services';
 import { type Caller, type CallerCheck, callerError, readHeaders } from '../auth/index.js';
 import { REQUEST_ID_PATTERN } from '../contract/client-ids.js';
 import { ProxyError, toErrorReply } from '../contract/errors.js';
-import type { ModelsReply } from '../contract/models.js';
+import type { ModelInfo, ModelsReply, NodeInfo } from '../contract/models.js';
 import { HEADERS, QUEUE_GROUPS, type Subjects } from '../contract/subjects.js';
 import type { DeploymentHealth, Router } from '../router/types.js';
 import type { Logger } from '../telemetry/logger.js';
@@ -84,15 +85,73 @@ export function addModelsEndpoint(service: Service, router: Router, parts: Endpo
       } catch {
         // An unreadable body asks for the plain list.
       }
-      // A key limited to some models sees those only.
       const allowed = caller.key?.models;
-      const models = router.listModels();
-      const reply: WorkerModelsReply = {
-        models: allowed == null ? models : models.filter((model) => allowed.includes(model.name)),
-        worker_id: parts.workerId,
-      };
+      const reply: WorkerModelsReply = { models: visibleModels(router, allowed), worker_id: parts.workerId };
       if (withHealth) reply.health = router.health();
       message.respond(JSON.stringify(reply));
+    },
+  });
+}
+
+/** A key limited to some models (`allowed`) sees those only; the secret, or a key without a list, sees all. */
+function visibleModels(router: Router, allowed: readonly string[] | null | undefined): ModelInfo[] {
+  const models = router.listModels();
+  return allowed == null ? models : models.filter((model) => allowed.includes(model.name));
+}
+
+/** What a `llm.proxy.nodes` reply says of the worker besides its models. */
+export interface NodeIdentity {
+  /** `worker.node`. */
+  node: string;
+  version: string;
+  startedAt: string;
+  maxInFlight: number;
+  /** Default: `os.hostname()`. */
+  host?: string;
+}
+
+/**
+ * `llm.proxy.nodes` reaches every worker (no queue group): each answers with its {@link NodeInfo}, so
+ * that a requester gathering the answers (`llm-proxy models`) sees which nodes serve which models.
+ * Credentials as on `llm.proxy.models`: the secret, or a key (one limited to some models sees those
+ * only, in `models` and `health`); a refusal is answered as an error by every worker.
+ */
+export function subscribeNodes(
+  connection: NatsConnection,
+  router: Router,
+  parts: EndpointParts,
+  identity: NodeIdentity,
+): Subscription {
+  const host = identity.host ?? hostname();
+  const handle = async (message: Msg): Promise<void> => {
+    if (message.reply === undefined || message.reply === '') return;
+    parts.counters.modelsRequests++;
+    const caller = await callerOf(message, parts.auth);
+    if (caller instanceof ProxyError) {
+      respondWithError(message, caller);
+      return;
+    }
+    const allowed = caller.key?.models;
+    const models = visibleModels(router, allowed);
+    const names = new Set(models.map((model) => model.name));
+    const reply: NodeInfo = {
+      worker_id: parts.workerId,
+      node: identity.node,
+      host,
+      version: identity.version,
+      started_at: identity.startedAt,
+      models,
+      health: router.health().filter((row) => names.has(row.model)),
+      in_flight: parts.counters.inFlight,
+      max_in_flight: identity.maxInFlight,
+    };
+    respondQuietly(message, reply);
+  };
+  return connection.subscribe(parts.subjects.nodes, {
+    callback: (error, message) => {
+      if (error !== null) return;
+      // As for cancels: a callback that throws would stop the connection's reader.
+      handle(message).catch((failure: unknown) => parts.logger.error({ err: failure }, 'nodes request failed'));
     },
   });
 }

@@ -11,20 +11,23 @@ import type { Logger } from '../telemetry/logger.js';
  * when in flight falls to the low-water mark. With no other worker, clients
  * get "no responders" at once rather than a worker that falls over.
  *
- * This subscription is ours, not the service framework's: the framework
+ * It subscribes `llm.proxy.request` and, since issue 19, the subject of every model the worker serves
+ * (`llm.proxy.model.<token>`), all in the queue group: leaving and joining is for all of them at once.
+ *
+ * These subscriptions are ours, not the service framework's: the framework
  * treats an endpoint whose subscription closes as a dead service and stops
  * it, so an endpoint cannot be paused. `$SRV` discovery lists the subject in
  * the service metadata (`request_subject`).
  */
 export class RequestIntake {
   readonly #connection: NatsConnection;
-  readonly #subject: string;
+  readonly #subjects: readonly string[];
   readonly #queue: string;
   readonly #onMessage: (message: Msg) => void;
   readonly #maxInFlight: number;
   readonly #lowWater: number;
   readonly #logger: Logger;
-  #subscription: Subscription | undefined;
+  #subscriptions: Subscription[] = [];
   #draining: Array<Promise<void>> = [];
   #paused = false;
   #closed = false;
@@ -32,14 +35,14 @@ export class RequestIntake {
 
   constructor(options: {
     connection: NatsConnection;
-    subject: string;
+    subjects: readonly string[];
     queue: string;
     maxInFlight: number;
     logger: Logger;
     onMessage: (message: Msg) => void;
   }) {
     this.#connection = options.connection;
-    this.#subject = options.subject;
+    this.#subjects = options.subjects;
     this.#queue = options.queue;
     this.#onMessage = options.onMessage;
     this.#maxInFlight = options.maxInFlight;
@@ -52,16 +55,18 @@ export class RequestIntake {
   }
 
   open(): void {
-    this.#subscription = this.#connection.subscribe(this.#subject, {
-      queue: this.#queue,
-      callback: (error, message) => {
-        if (error !== null) {
-          this.#logger.error({ err: error }, 'request subscription error');
-          return;
-        }
-        this.#onMessage(message);
-      },
-    });
+    this.#subscriptions = this.#subjects.map((subject) =>
+      this.#connection.subscribe(subject, {
+        queue: this.#queue,
+        callback: (error, message) => {
+          if (error !== null) {
+            this.#logger.error({ err: error, subject }, 'request subscription error');
+            return;
+          }
+          this.#onMessage(message);
+        },
+      }),
+    );
   }
 
   /** Called after a request started: leave the queue group when full. */
@@ -85,13 +90,15 @@ export class RequestIntake {
   }
 
   #leave(): void {
-    const subscription = this.#subscription;
-    this.#subscription = undefined;
-    if (subscription === undefined || subscription.isClosed()) return;
-    const drained = subscription.drain().catch((error: unknown) => {
-      this.#logger.warn({ err: error }, 'request subscription drain failed');
-    });
-    this.#draining.push(drained);
+    const subscriptions = this.#subscriptions;
+    this.#subscriptions = [];
+    for (const subscription of subscriptions) {
+      if (subscription.isClosed()) continue;
+      const drained = subscription.drain().catch((error: unknown) => {
+        this.#logger.warn({ err: error }, 'request subscription drain failed');
+      });
+      this.#draining.push(drained);
+    }
   }
 
   /** Stop taking requests for good; resolves when every message already sent to us was delivered. */

@@ -10,7 +10,8 @@ import type { Router } from '../router/types.js';
 import type { Logger } from '../telemetry/logger.js';
 import { endRequestSpan, requestTraceContext, startRequestSpan } from '../telemetry/tracing.js';
 import type { UsagePublisher } from '../usage/publisher.js';
-import { admit } from './admission.js';
+import { admit, ServedElsewhere } from './admission.js';
+import { forwardRequest, type ForwardParts } from './forward.js';
 import type { WorkerCounters } from './counters.js';
 import { Delivery } from './delivery.js';
 import type { RequestHooks } from './hooks.js';
@@ -37,6 +38,8 @@ export interface PipelineDependencies {
   heartbeatMs: number;
   /** The worker's instruments; undefined when nothing reads them (then a request records nothing). */
   metrics: GatewayMetrics | undefined;
+  /** Passing on requests for models this worker does not serve (issue 19); undefined: refused as unknown. */
+  forward?: ForwardParts;
 }
 
 /** What the answering stages (one-reply.ts, stream-reply.ts) use. */
@@ -80,7 +83,7 @@ export class RequestPipeline {
 
   constructor(dependencies: PipelineDependencies) {
     const publishUsage = (record: RequestRecord) =>
-      dependencies.publisher.publish(record.usageEvent(dependencies.workerId));
+      dependencies.publisher.publish(record.usageEvent(dependencies.workerId, dependencies.config.worker.node));
     this.#deps = { ...dependencies, delivery: new Delivery(dependencies.connection, publishUsage) };
     this.#done = doneListeners(dependencies);
     // Compiled now, so that the first request does not wait for it (tens of ms).
@@ -132,9 +135,11 @@ export class RequestPipeline {
       record.logger.error({ err: error }, 'request pipeline failed');
       deps.delivery.error(message, record, asProxyError(error), record.stream);
     } finally {
+      // Another worker answers a request handed over, and publishes its event: nothing of it is counted here but that.
+      if (record.handedOver) deps.counters.handedOver();
       // A request with no reply subject still ends, and has its event.
-      deps.delivery.finish(record, record.code);
-      for (const listener of this.#done) {
+      else deps.delivery.finish(record, record.code);
+      for (const listener of record.handedOver ? [] : this.#done) {
         try {
           // Only a listener that returned a promise is waited for (a microtask less for the others).
           const pending = listener(record);
@@ -156,6 +161,14 @@ export class RequestPipeline {
     const deps = this.#deps;
     const admitted = await admit(message, record, headersMalformed, deps, traceContext);
     if (admitted instanceof ProxyError) return deps.delivery.error(message, record, admitted, record.stream);
+    if (admitted instanceof ServedElsewhere) {
+      const forward = deps.forward!;
+      const timeoutMs = admitted.timeoutMs ?? deps.config.worker.default_timeout_ms;
+      return forwardRequest(message, record, admitted.model, timeoutMs, {
+        ...deps,
+        forward: { ...forward, subject: forward.subjectFor(admitted.model) },
+      });
+    }
     const controller = new Cancellation();
     const active: ActiveRequest = { requestId: record.requestId, keyId: record.caller.key?.id, controller };
     this.#active.add(active);

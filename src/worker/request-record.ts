@@ -71,6 +71,8 @@ export class RequestRecord {
   ttftMs: number | null = null;
   stream = false;
   cached = false;
+  /** Passed on to a worker that serves the model (forward.ts): that worker answers and publishes the event. */
+  handedOver = false;
   attempts: AttemptRecord[] = [];
   /** The validated request, once it is one. */
   request: ChatRequest | undefined;
@@ -191,8 +193,8 @@ export class RequestRecord {
     return reply;
   }
 
-  /** The usage event view (DESIGN.md, "Usage event"). */
-  usageEvent(workerId: string): BuiltUsageEvent {
+  /** The usage event view (DESIGN.md, "Usage event"), by the worker `workerId` on `node`. */
+  usageEvent(workerId: string, node?: string): BuiltUsageEvent {
     return buildUsageEvent({
       eventId: this.eventId,
       requestId: this.requestId,
@@ -216,6 +218,7 @@ export class RequestRecord {
       cached: this.cached,
       attempts: this.attempts,
       workerId,
+      node,
     });
   }
 

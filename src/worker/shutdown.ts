@@ -49,6 +49,8 @@ export interface ShutdownParts {
   intake: RequestIntake;
   service: Service;
   cancelSubscription: Subscription;
+  /** `llm.proxy.nodes`: closed with the service, so that a stopping worker's models leave `llm-proxy models` at once. */
+  nodesSubscription?: Subscription;
   pipeline: Pick<RequestPipeline, 'abortAll'>;
   counters: WorkerCounters;
   idle: IdleWatch;
@@ -91,6 +93,8 @@ export function createShutdown(parts: ShutdownParts): Shutdown {
         await parts.intake.close();
         await parts.service.stop().catch(() => undefined);
       }
+      if (parts.nodesSubscription !== undefined && !parts.nodesSubscription.isClosed())
+        parts.nodesSubscription.unsubscribe();
       let aborted = 0;
       if (!(await idle.waitForIdle(drainTimeoutMs))) {
         aborted = counters.inFlight;

@@ -20,7 +20,7 @@ import { estimatePromptTokens } from '../usage/tokens.js';
 import { UsagePublisher } from '../usage/publisher.js';
 import { CallerCheck, KeyDirectory, SecretCheck, secretFromEnv } from '../auth/index.js';
 import { WorkerCounters, workerStats, type WorkerStats } from './counters.js';
-import { addModelsEndpoint, logConnectionStatus, subscribeCancel } from './endpoints.js';
+import { addModelsEndpoint, logConnectionStatus, subscribeCancel, subscribeNodes } from './endpoints.js';
 import { GatewayMetrics } from '../telemetry/metrics.js';
 import type { Readiness } from '../telemetry/process-server.js';
 import { workerReadiness } from './readiness.js';
@@ -29,6 +29,8 @@ import type { RequestHooks } from './hooks.js';
 import { RequestIntake } from './intake.js';
 import { RequestPipeline } from './pipeline.js';
 import { createResponseCache } from '../cache/index.js';
+import { BusModels } from './bus-models.js';
+import { subscribeCachePurge } from './cache-purge.js';
 import { createShutdown, IdleWatch, type ShutdownReport } from './shutdown.js';
 
 export type { ShutdownReport } from './shutdown.js';
@@ -213,7 +215,10 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     cache: () => cache?.store.counters(),
   });
 
+  // The models offered on the bus, as heard from the other workers (forward.ts's error code when none is left).
+  const busModels = new BusModels({ worker_id: workerId, node: config.worker.node, models: [...config.models.keys()] });
   const pipeline = new RequestPipeline({
+    forward: { connection, subjectFor: (model) => subjects.modelFor(model), busModels },
     connection,
     config,
     router,
@@ -232,7 +237,9 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const idle = new IdleWatch(counters);
   const intake = new RequestIntake({
     connection,
-    subject: subjects.request,
+    // The seed's subject, and one per model this worker serves (issue 19: a request sent to its model's
+    // subject reaches only a worker that has the model).
+    subjects: [subjects.request, ...[...config.models.keys()].map((model) => subjects.modelFor(model))],
     queue: QUEUE_GROUPS.workers,
     maxInFlight: config.worker.max_in_flight,
     logger: workerLogger,
@@ -263,7 +270,24 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
 
   const endpointParts = { subjects, auth, counters, workerId, logger: workerLogger };
   addModelsEndpoint(service, router, endpointParts);
+  const nodesSubscription = subscribeNodes(connection, router, endpointParts, {
+    node: config.worker.node,
+    version: VERSION,
+    startedAt,
+    maxInFlight: config.worker.max_in_flight,
+  });
   const cancelSubscription = subscribeCancel(connection, pipeline, endpointParts);
+  busModels.start(connection, subjects, workerLogger);
+  // `llm-proxy cache purge` empties every worker's memory tier too.
+  const purgeSubscription =
+    cache === undefined
+      ? undefined
+      : subscribeCachePurge(connection, subjects.cachePurge, {
+          cache: cache.store,
+          auth,
+          workerId,
+          logger: workerLogger,
+        });
   intake.open();
   await connection.flush();
   let natsConnected = true;
@@ -280,6 +304,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   workerLogger.info(
     {
       version: VERSION,
+      node: config.worker.node,
       server: connection.getServer(),
       request_subject: subjects.request,
       queue: QUEUE_GROUPS.workers,
@@ -296,6 +321,13 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   ];
   if (limiter !== undefined) closers.push({ name: 'the limiter', close: () => limiter.close() });
   if (cache !== undefined) closers.push({ name: 'the response cache', close: () => cache.store.close() });
+  closers.push({
+    name: 'the bus models',
+    close: async () => {
+      busModels.stop();
+      purgeSubscription?.unsubscribe();
+    },
+  });
   if (directory !== undefined) closers.push({ name: 'the key directory', close: () => directory.close() });
   if (ownsProviders) closers.push({ name: 'provider pools', close: () => providerSet.close() });
   const { stop, stopped } = createShutdown({
@@ -304,6 +336,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     intake,
     service,
     cancelSubscription,
+    nodesSubscription,
     pipeline,
     counters,
     idle,

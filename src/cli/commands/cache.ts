@@ -1,7 +1,9 @@
 /**
  * `llm-proxy cache stats|purge`: the shared response cache, as the workers see it (cache.backend).
  */
-import type { NatsConnection } from '@nats-io/nats-core';
+import { errors, type NatsConnection } from '@nats-io/nats-core';
+import { subjectsFor } from '../../contract/subjects.js';
+import { secretHeaders } from '../secret-headers.js';
 import type { Command } from '../command.js';
 import { parseCommandLine, UsageError } from '../command.js';
 import { connectOnce, natsUrlFromEnv } from '../../bus/connect.js';
@@ -14,8 +16,9 @@ const help = `Usage: llm-proxy cache stats [--config FILE] [--json]
 The response cache the workers share (cache.backend: the JetStream KV bucket
 cache.bucket, LLM_CACHE by default, or Redis).
   stats   answers held and their bytes in the shared store
-  purge   removes every cached answer, or one logical model's (--model); workers'
-          memory tiers keep theirs until they expire (cache.ttl_ms)
+  purge   removes every cached answer, or one logical model's (--model), from the
+          shared store and from every running worker's memory tier (llm.proxy.cache.purge;
+          needs LLM_PROXY_SECRET when the workers have one)
 Hits and misses are counted by each worker: llm_proxy_cache_* on its /metrics, and
 cache_hits in \`nats micro stats llm-proxy\`.
 
@@ -25,7 +28,8 @@ Options:
   --json          stats: as JSON
 
 Environment: NATS_URL and NATS credentials (backend nats), REDIS_URL (backend redis).
-With cache.backend: memory each worker has its own cache: there is nothing shared to read or purge.
+With cache.backend: memory each worker has its own cache: stats has nothing shared to read, and
+purge empties the workers' memory only.
 
 Examples:
   llm-proxy cache stats
@@ -49,14 +53,15 @@ async function run(argv: string[]): Promise<number> {
     process.stderr.write('the cache is off in this config (cache.enabled: false)\n');
     return 1;
   }
-  if (config.cache.backend === 'memory') {
+  if (config.cache.backend === 'memory' && action === 'stats') {
     process.stderr.write(
-      'cache.backend is "memory": each worker caches in its own process, so there is nothing shared to read or purge (use nats or redis)\n',
+      'cache.backend is "memory": each worker caches in its own process, so there is nothing shared to read (use nats or redis)\n',
     );
     return 1;
   }
   let connection: NatsConnection | undefined;
-  if (config.cache.backend === 'nats') {
+  // The NATS backend's store, and a purge's broadcast to the workers whatever the backend.
+  if (config.cache.backend === 'nats' || action === 'purge') {
     try {
       connection = await connectOnce({ nats: config.nats, name: 'llm-proxy-cache' });
     } catch (error) {
@@ -67,6 +72,17 @@ async function run(argv: string[]): Promise<number> {
     }
   }
   const warnings: string[] = [];
+  if (action === 'purge' && config.cache.backend === 'memory') {
+    try {
+      process.stdout.write(`${await purgeWorkers(connection!, config.nats.subject_prefix, values.model)}\n`);
+      return 0;
+    } catch (error) {
+      process.stderr.write(`error ${error instanceof Error ? error.message : String(error)}\n`);
+      return 1;
+    } finally {
+      await connection?.close();
+    }
+  }
   const { store } = createResponseCache(config.cache, {
     ...(connection === undefined ? {} : { nats: connection }),
     logger: { warn: (_fields: unknown, message?: string) => void warnings.push(message ?? 'the store failed') },
@@ -79,6 +95,12 @@ async function run(argv: string[]): Promise<number> {
       process.stdout.write(
         `purged ${removed} cached answer${removed === 1 ? '' : 's'}${values.model === undefined ? '' : ` of ${values.model}`} from ${where}\n`,
       );
+      try {
+        process.stdout.write(`${await purgeWorkers(connection!, config.nats.subject_prefix, values.model)}\n`);
+      } catch (error) {
+        process.stderr.write(`error ${error instanceof Error ? error.message : String(error)}\n`);
+        return 1;
+      }
       return 0;
     }
     const stats = (await store.tiers()).shared;
@@ -102,6 +124,46 @@ async function run(argv: string[]): Promise<number> {
     await store.close().catch(() => undefined);
     await connection?.close();
   }
+}
+
+/** How long after the last worker's answer the purge stops gathering; the first must come within PURGE_WAIT_MS. */
+const PURGE_STALL_MS = 300;
+const PURGE_WAIT_MS = 2_000;
+
+/**
+ * Asks every running worker to empty its memory tier (`llm.proxy.cache.purge`, scatter-gather) and says
+ * what they did. Throws when a worker refused (the secret is missing or wrong).
+ */
+async function purgeWorkers(connection: NatsConnection, prefix: string, model: string | undefined): Promise<string> {
+  let workers = 0;
+  let purged = 0;
+  const refusals: string[] = [];
+  try {
+    const answers = await connection.requestMany(
+      subjectsFor(prefix).cachePurge,
+      JSON.stringify(model === undefined ? {} : { model }),
+      { strategy: 'stall', stall: PURGE_STALL_MS, maxWait: PURGE_WAIT_MS, headers: secretHeaders() },
+    );
+    for await (const message of answers) {
+      let body: { purged?: unknown; error?: { message?: unknown } };
+      try {
+        body = message.json();
+      } catch {
+        continue;
+      }
+      if (typeof body.purged === 'number') {
+        workers++;
+        purged += body.purged;
+      } else if (body.error !== undefined) refusals.push(String(body.error.message));
+    }
+  } catch (error) {
+    if (error instanceof errors.NoRespondersError) return 'no worker is running: no memory tier to purge';
+    if (error instanceof errors.RequestError && error.isNoResponders())
+      return 'no worker is running: no memory tier to purge';
+    throw error;
+  }
+  if (refusals.length > 0) throw new Error(`workers refused to purge their memory: ${refusals[0]}`);
+  return `purged ${purged} answer${purged === 1 ? '' : 's'} from the memory of ${workers} worker${workers === 1 ? '' : 's'}`;
 }
 
 export const command: Command = {

@@ -16,7 +16,8 @@ import { loadCheckedConfig } from '../load-config.js';
 const help = `Usage: llm-proxy worker [--config FILE] [--nats URL] [--metrics-port PORT|off]
 
 Starts one llm-proxy worker: it answers chat requests on llm.proxy.request
-(queue group "llm-proxy"; start as many as you like), llm.proxy.models and
+(queue group "llm-proxy"; start as many as you like), llm.proxy.models,
+llm.proxy.nodes (every worker: its node, worker.node, and what it serves) and
 $SRV.PING/INFO/STATS, and publishes one usage event per request to the
 LLM_USAGE JetStream stream. Logs are JSON lines on stdout.
 SIGTERM/SIGINT: stop taking requests, finish those in flight, publish their

@@ -1,0 +1,87 @@
+import type { NatsConnection, Subscription } from '@nats-io/nats-core';
+import type { Subjects } from '../contract/subjects.js';
+import type { Logger } from '../telemetry/logger.js';
+
+/**
+ * The models offered on the bus as far as this worker has heard (issue 19), to tell a model nobody
+ * ever offered (`model_not_found`) from one whose node is gone (`no_provider_available`) when a
+ * request passed on to its model's subject finds no worker.
+ *
+ * A worker that starts publishes a hello on `llm.proxy.nodes.hello` with the models it serves and
+ * `ask: true`; every worker adds what it hears and answers an asking hello with its own. Names are only
+ * ever added (a node that left still counts as having offered its models), bounded in number and
+ * length: the set decides an error code, never where a request goes.
+ */
+export interface NodeHello {
+  worker_id: string;
+  node: string;
+  models: string[];
+  /** Set by a worker that just started: the others answer with their own hello. */
+  ask?: boolean;
+}
+
+const MAX_MODELS = 10_000;
+const MAX_NAME_LENGTH = 256;
+
+export class BusModels {
+  readonly #seen: Set<string>;
+  readonly #own: NodeHello;
+  #subscription: Subscription | undefined;
+
+  constructor(own: NodeHello) {
+    this.#own = { worker_id: own.worker_id, node: own.node, models: [...own.models] };
+    this.#seen = new Set(own.models);
+  }
+
+  has(model: string): boolean {
+    return this.#seen.has(model);
+  }
+
+  get size(): number {
+    return this.#seen.size;
+  }
+
+  /** Listens for hellos and says its own (asking the others for theirs). */
+  start(connection: NatsConnection, subjects: Subjects, logger: Logger): void {
+    this.#subscription = connection.subscribe(subjects.nodesHello, {
+      callback: (error, message) => {
+        if (error !== null) return;
+        const hello = parseHello(message.data);
+        if (hello === undefined) {
+          logger.debug({ subject: message.subject }, 'ignored a malformed node hello');
+          return;
+        }
+        if (hello.worker_id === this.#own.worker_id) return;
+        for (const model of hello.models) {
+          if (this.#seen.size >= MAX_MODELS) break;
+          this.#seen.add(model);
+        }
+        if (hello.ask === true) connection.publish(subjects.nodesHello, JSON.stringify(this.#own));
+      },
+    });
+    connection.publish(subjects.nodesHello, JSON.stringify({ ...this.#own, ask: true }));
+  }
+
+  stop(): void {
+    this.#subscription?.unsubscribe();
+    this.#subscription = undefined;
+  }
+}
+
+function parseHello(data: Uint8Array): NodeHello | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(new TextDecoder().decode(data));
+  } catch {
+    return undefined;
+  }
+  if (value === null || typeof value !== 'object') return undefined;
+  const hello = value as Partial<NodeHello>;
+  if (typeof hello.worker_id !== 'string' || hello.worker_id === '' || hello.worker_id.length > MAX_NAME_LENGTH)
+    return undefined;
+  if (!Array.isArray(hello.models) || hello.models.length > MAX_MODELS) return undefined;
+  const models = hello.models.filter(
+    (model): model is string => typeof model === 'string' && model !== '' && model.length <= MAX_NAME_LENGTH,
+  );
+  return { worker_id: hello.worker_id, node: String(hello.node ?? ''), models, ask: hello.ask === true };
+}

@@ -1,0 +1,176 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect } from '@nats-io/transport-node';
+import { headers, type NatsConnection, type Subscription } from '@nats-io/nats-core';
+import { createClient, LlmProxyError, type ChatRequest, type LlmProxyClient } from '../src/client/index.js';
+import type { UsageEvent } from '../src/contract/usage-event.js';
+import { startFakeOllama, startFakeOpenAI, type FakeProvider } from './fakes/index.js';
+import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
+import { startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
+
+/**
+ * Workers with different model sets on one bus (issue 19): each takes `llm.proxy.request` and its own
+ * models' subjects. A request reaches a worker that serves its model (the typed client sends it to the
+ * model's subject; a worker that gets one on the seed's subject passes it on once), is answered once
+ * and counted once; a model whose node left fails at once.
+ */
+
+let nats: NatsServerHandle;
+let openai: FakeProvider;
+let ollama: FakeProvider;
+let cloud: InProcessWorker;
+let edge: InProcessWorker | undefined;
+let raw: NatsConnection;
+let client: LlmProxyClient;
+let usage: Subscription;
+const events: UsageEvent[] = [];
+
+before(async () => {
+  nats = await startNatsServer();
+  openai = await startFakeOpenAI();
+  ollama = await startFakeOllama();
+  cloud = await startInProcessWorker({ natsUrl: nats.url, config: testConfig({ openai: openai.baseUrl }) });
+  edge = await startInProcessWorker({ natsUrl: nats.url, config: testConfig({ ollama: ollama.baseUrl }) });
+  raw = await connect({ servers: nats.url });
+  client = await createClient({ servers: nats.url, idleTimeoutMs: 5_000 });
+  usage = raw.subscribe('llm.usage.>');
+  void (async () => {
+    for await (const message of usage) events.push(message.json<UsageEvent>());
+  })();
+});
+
+after(async () => {
+  usage?.unsubscribe();
+  await client?.close();
+  await raw?.close();
+  await edge?.stop();
+  await cloud?.stop();
+  await openai?.close();
+  await ollama?.close();
+  await nats?.dispose();
+});
+
+function body(model: string, requestId: string, extra: Partial<ChatRequest> = {}): ChatRequest {
+  return { model, messages: [{ role: 'user', content: 'hi' }], request_id: requestId, ...extra };
+}
+
+async function seed(request: ChatRequest) {
+  const reply = await raw.request('llm.proxy.request', JSON.stringify(request), { timeout: 10_000 });
+  return reply.json<{ content?: string; provider?: string; error?: { code: string; message: string } }>();
+}
+
+async function settle(): Promise<void> {
+  await raw.flush();
+  await new Promise((resolve) => setTimeout(resolve, 300));
+}
+
+test("on the seed's subject, every request is answered by a worker that has its model, once", async () => {
+  const before = { cloud: cloud.worker.stats(), edge: edge!.worker.stats() };
+  const replies = await Promise.all(
+    Array.from({ length: 20 }, (_, index) => seed(body(index % 2 === 0 ? 'local-test' : 'gpt-test', `seed-${index}`))),
+  );
+  for (const [index, reply] of replies.entries()) {
+    assert.equal(reply.error, undefined, `request ${index}: ${JSON.stringify(reply.error)}`);
+    assert.equal(reply.provider, index % 2 === 0 ? 'local' : 'openai');
+  }
+  const forwarded =
+    cloud.worker.stats().forwarded - before.cloud.forwarded + (edge!.worker.stats().forwarded - before.edge.forwarded);
+  assert.ok(forwarded > 0, 'some requests reached a worker without their model and were passed on');
+  await settle();
+  for (let index = 0; index < 20; index += 1) {
+    const mine = events.filter((event) => event.request_id === `seed-${index}`);
+    assert.equal(mine.length, 1, `one usage event for seed-${index}`);
+    assert.equal(mine[0]!.status, 'ok');
+    assert.equal(mine[0]!.worker_id, index % 2 === 0 ? edge!.worker.id : cloud.worker.id);
+  }
+});
+
+test('a stream passed on is relayed whole: chunks in order, one terminal message, one event', async () => {
+  ollama.enqueue({ kind: 'ok', content: 'one two three four five', chunks: 5 });
+  // Asked on the seed's subject until the cloud worker (which has no local-test) is the one that got it.
+  let attempts = 0;
+  const startForwarded = cloud.worker.stats().forwarded;
+  while (cloud.worker.stats().forwarded === startForwarded && attempts < 20) {
+    attempts += 1;
+    const inbox = raw.subscribe(`_INBOX.edge-stream-${attempts}`);
+    raw.publish('llm.proxy.request', JSON.stringify(body('local-test', `stream-${attempts}`, { stream: true })), {
+      reply: `_INBOX.edge-stream-${attempts}`,
+    });
+    const deltas: string[] = [];
+    let terminal: Record<string, unknown> | undefined;
+    for await (const message of inbox) {
+      const mark = message.headers?.get('LLM-Stream');
+      if (mark === 'heartbeat') continue;
+      const value = message.json<Record<string, unknown>>();
+      if (mark === 'chunk') deltas.push(String(value.delta));
+      else {
+        terminal = value;
+        break;
+      }
+    }
+    inbox.unsubscribe();
+    assert.equal(terminal?.done, true, JSON.stringify(terminal));
+    assert.equal(String(terminal?.content), deltas.join(''));
+    if (cloud.worker.stats().forwarded === startForwarded)
+      ollama.enqueue({ kind: 'ok', content: 'one two three four five', chunks: 5 });
+  }
+  assert.ok(cloud.worker.stats().forwarded > startForwarded, 'a stream was passed on');
+  await settle();
+  assert.equal(events.filter((event) => event.request_id === `stream-${attempts}`).length, 1);
+});
+
+test('the typed client sends to the model subject: only workers with the model see it', async () => {
+  const before = cloud.worker.stats().requests;
+  for (let index = 0; index < 10; index += 1) {
+    const reply = await client.chat(body('local-test', `typed-${index}`));
+    assert.equal(reply.provider, 'local');
+  }
+  assert.equal(cloud.worker.stats().requests, before, 'the cloud worker never saw them');
+  const streamed = await client.stream(body('local-test', 'typed-stream', { stream: true })).final;
+  assert.equal(streamed.provider, 'local');
+});
+
+test('an unknown model is model_not_found; a model whose node left is no_provider_available, at once', async () => {
+  const unknown = await seed(body('no-such-model', 'unknown-0'));
+  assert.equal(unknown.error?.code, 'model_not_found');
+  await assert.rejects(client.chat(body('no-such-model', 'unknown-1')), (error: unknown) => {
+    assert.ok(error instanceof LlmProxyError);
+    assert.equal(error.code, 'model_not_found');
+    return true;
+  });
+
+  await edge!.stop();
+  edge = undefined;
+  const started = performance.now();
+  const gone = await seed(body('local-test', 'gone-0'));
+  assert.equal(gone.error?.code, 'no_provider_available', JSON.stringify(gone.error));
+  await assert.rejects(client.chat(body('local-test', 'gone-1')), (error: unknown) => {
+    assert.ok(error instanceof LlmProxyError);
+    assert.equal(error.code, 'no_provider_available');
+    return true;
+  });
+  const stream = client.stream(body('local-test', 'gone-2', { stream: true }));
+  await assert.rejects(
+    stream.final,
+    (error: unknown) => error instanceof LlmProxyError && error.code === 'no_provider_available',
+  );
+  assert.ok(performance.now() - started < 2_000, 'failed at once, not after a timeout');
+  await settle();
+  for (const id of ['gone-0', 'gone-1', 'gone-2']) {
+    const mine = events.filter((event) => event.request_id === id);
+    assert.equal(mine.length, 1, `one event for ${id}`);
+    assert.equal(mine[0]!.error_code, 'no_provider_available');
+  }
+});
+
+test('a request passed on once is never passed on again (LLM-Forwarded)', async () => {
+  const forwarded = headers();
+  forwarded.set('LLM-Forwarded', 'another-worker');
+  const before = cloud.worker.stats().forwarded;
+  const reply = await raw.request('llm.proxy.request', JSON.stringify(body('local-test', 'loop-0')), {
+    timeout: 5_000,
+    headers: forwarded,
+  });
+  assert.equal(reply.json<{ error: { code: string } }>().error.code, 'model_not_found');
+  assert.equal(cloud.worker.stats().forwarded, before);
+});
