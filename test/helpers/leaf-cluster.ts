@@ -35,6 +35,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
 import { waitForServer } from './nats-server.js';
+import { sleep, track, waitForExit } from './child-processes.js';
 import { freePort } from './ports.js';
 
 /** How `dropLink` breaks the link. */
@@ -96,26 +97,6 @@ export interface LeafClusterHandle {
   restoreLink(): Promise<number>;
   /** Kill both servers, close the proxy, remove the temp dir. */
   close(): Promise<void>;
-}
-
-const sleep = (milliseconds: number) => new Promise((resolve) => setTimeout(resolve, milliseconds));
-
-function waitForExit(child: ChildProcess | undefined): Promise<void> {
-  if (child === undefined || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => child.once('exit', () => resolve()));
-}
-
-/** Children still running when the test process exits are killed (a crashed test must not leave servers behind). */
-const living = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function track(child: ChildProcess): void {
-  living.add(child);
-  child.once('exit', () => living.delete(child));
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.once('exit', () => {
-    for (const process_ of living) process_.kill('SIGKILL');
-  });
 }
 
 /** One nats-server process with its config file; restartable on the same ports. */

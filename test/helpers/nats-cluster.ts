@@ -23,6 +23,7 @@ import { basename, join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstreamManager, StorageType, type StreamInfo } from '@nats-io/jetstream';
+import { sleep, track, waitForExit } from './child-processes.js';
 import { freePort } from './ports.js';
 import { waitForServer } from './nats-server.js';
 
@@ -75,26 +76,6 @@ export interface NatsClusterOptions {
   extraConfig?: string;
   /** How long to wait for the cluster to place a replicated stream (default 30 s). */
   readyTimeoutMs?: number;
-}
-
-const sleep = (milliseconds: number) => new Promise((resolve) => setTimeout(resolve, milliseconds));
-
-function waitForExit(child: ChildProcess | undefined): Promise<void> {
-  if (child === undefined || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => child.once('exit', () => resolve()));
-}
-
-/** Children still running when the test process exits are killed (a crashed suite must not leave servers behind). */
-const living = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function track(child: ChildProcess): void {
-  living.add(child);
-  child.once('exit', () => living.delete(child));
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.once('exit', () => {
-    for (const process_ of living) process_.kill('SIGKILL');
-  });
 }
 
 class ClusterNode implements NatsClusterNode {
