@@ -4,6 +4,9 @@ import { connect } from '@nats-io/transport-node';
 import { headers, type NatsConnection, type Subscription } from '@nats-io/nats-core';
 import { createClient, LlmProxyError, type ChatRequest, type LlmProxyClient } from '../src/client/index.js';
 import type { UsageEvent } from '../src/contract/usage-event.js';
+import { startFrontDoor } from '../src/http/front-door.js';
+import { httpSchema } from '../src/config/http-schema.js';
+import { createLogger } from '../src/telemetry/logger.js';
 import { startFakeOllama, startFakeOpenAI, type FakeProvider } from './fakes/index.js';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
@@ -128,6 +131,45 @@ test('the typed client sends to the model subject: only workers with the model s
   assert.equal(cloud.worker.stats().requests, before, 'the cloud worker never saw them');
   const streamed = await client.stream(body('local-test', 'typed-stream', { stream: true })).final;
   assert.equal(streamed.provider, 'local');
+});
+
+test("the HTTP front door lists every worker's models and serves each through its node", async () => {
+  const frontDoor = await startFrontDoor({
+    http: httpSchema.parse({}),
+    connecting: connect({ servers: nats.url }),
+    subjectPrefix: 'llm',
+    secret: undefined,
+    logger: createLogger({ level: 'silent' }),
+    port: 0,
+  });
+  try {
+    for (let tries = 0; tries < 50 && !frontDoor.bus.connected; tries++)
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    const openaiList = (await (await fetch(`${frontDoor.url}/v1/models`)).json()) as { data: Array<{ id: string }> };
+    assert.deepEqual(
+      openaiList.data.map((model) => model.id),
+      ['gpt-test', 'local-test'],
+    );
+    const seedList = (await (await fetch(`${frontDoor.url}/internal/llm/models`)).json()) as {
+      models: Array<{ name: string }>;
+    };
+    assert.deepEqual(
+      seedList.models.map((model) => model.name),
+      ['gpt-test', 'local-test'],
+    );
+    const one = await fetch(`${frontDoor.url}/v1/models/local-test`);
+    assert.equal(one.status, 200);
+    const before = cloud.worker.stats().requests;
+    const answer = await fetch(`${frontDoor.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'local-test', messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    assert.equal(answer.status, 200);
+    assert.equal(cloud.worker.stats().requests, before, 'sent to the model subject: the cloud worker never saw it');
+  } finally {
+    await frontDoor.close();
+  }
 });
 
 test('an unknown model is model_not_found; a model whose node left is no_provider_available, at once', async () => {

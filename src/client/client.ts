@@ -14,7 +14,7 @@ import {
   type ChatRequest,
   type Subjects,
 } from '../contract/index.js';
-import type { ModelsReply } from '../contract/models.js';
+import type { ModelInfo, ModelsReply, NodeInfo } from '../contract/models.js';
 import type { UsageQuery, UsageQueryReply } from '../contract/usage-query.js';
 import { LlmProxyError, errorFromBody, errorFromNats, errorFromServiceHeaders } from './errors.js';
 import { assertFitsMaxPayload, buildEnvelope, buildHeaders, publishCancel, type Envelope } from './request-envelope.js';
@@ -80,6 +80,13 @@ export interface LlmProxyClient {
   stream(request: ChatRequest, options?: StreamOptions): ChatStream;
   /** `llm.proxy.models`: the models the workers route (`health: true` adds each deployment's state). Throws `LlmProxyError`. */
   models(options?: AskOptions & { health?: boolean }): Promise<ModelsReply & { health?: unknown[] }>;
+  /** `llm.proxy.nodes`: every worker on the bus, with its node, host and models (`unionModels` merges them). */
+  nodes(options?: AskOptions): Promise<NodeInfo[]>;
+  /**
+   * The models of every worker on the bus (the union of `nodes()`), or, when no worker answers
+   * `llm.proxy.nodes` (workers older than it, or a NATS user without it), `models()`'s list.
+   */
+  allModels(options?: AskOptions): Promise<ModelInfo[]>;
   /** `llm.proxy.usage`: the aggregators' answer to a usage query. Throws `LlmProxyError`. */
   usage(query: UsageQuery, options?: AskOptions): Promise<UsageQueryReply>;
   /** The subjects in use (from `subjectPrefix`). */
@@ -252,6 +259,54 @@ class NatsLlmProxyClient implements LlmProxyClient {
     return this.#ask(this.#settings.subjects.models, options.health === true ? { health: true } : {}, options);
   }
 
+  /**
+   * Every worker on the bus (issue 19): each answers `llm.proxy.nodes` with its node, host and the models
+   * it serves. Gathered until no answer came for `NODES_STALL_MS` after the last one (the first must come
+   * within `timeoutMs`, default 1 s). A refusal (a wrong secret or key) is thrown when no worker answered;
+   * no worker at all is `no_provider_available`.
+   */
+  async nodes(options: AskOptions = {}): Promise<NodeInfo[]> {
+    const subject = this.#settings.subjects.nodes;
+    const timeoutMs = options.timeoutMs ?? NODES_FIRST_ANSWER_MS;
+    const nodes: NodeInfo[] = [];
+    let refusal: LlmProxyError | undefined;
+    try {
+      const answers = await this.#settings.connection.requestMany(subject, '{}', {
+        strategy: 'stall',
+        stall: NODES_STALL_MS,
+        maxWait: timeoutMs,
+        headers: buildHeaders(this.#settings.secret, options.headers, this.#settings.apiKey),
+      });
+      for await (const message of answers) {
+        let answer: unknown;
+        try {
+          answer = message.json();
+        } catch {
+          continue;
+        }
+        if (isErrorReply(answer)) refusal ??= errorFromBody(answer.error);
+        else if (typeof answer === 'object' && answer !== null && Array.isArray((answer as NodeInfo).models))
+          nodes.push(answer as NodeInfo);
+      }
+    } catch (error) {
+      throw errorFromNats(error, { subject, timeoutMs, requestId: '' });
+    }
+    if (nodes.length === 0 && refusal !== undefined) throw refusal;
+    return nodes;
+  }
+
+  async allModels(options: AskOptions = {}): Promise<ModelInfo[]> {
+    let nodes: NodeInfo[] = [];
+    try {
+      nodes = await this.nodes(options);
+    } catch (error) {
+      // A refusal is the caller's (a wrong key or secret); anything else: ask the way DESIGN.md's front door does.
+      if (error instanceof LlmProxyError && error.code === 'unauthorized') throw error;
+    }
+    if (nodes.length > 0) return unionModels(nodes);
+    return (await this.models(options)).models;
+  }
+
   usage(query: UsageQuery, options: AskOptions = {}): Promise<UsageQueryReply> {
     return this.#ask(this.#settings.subjects.usageQuery, query, options);
   }
@@ -314,4 +369,15 @@ export function routeFor(subjects: Subjects, model: unknown): string[] {
 function isNoResponders(error: unknown): boolean {
   if (error instanceof natsErrors.NoRespondersError) return true;
   return error instanceof natsErrors.RequestError && error.isNoResponders();
+}
+
+/** How long `nodes()` waits for the first worker's answer, and for each next one after the last. */
+const NODES_FIRST_ANSWER_MS = 1_000;
+const NODES_STALL_MS = 150;
+
+/** The models of every node, once each (the first node's description of a model wins), by name. */
+export function unionModels(nodes: readonly NodeInfo[]): ModelInfo[] {
+  const byName = new Map<string, ModelInfo>();
+  for (const node of nodes) for (const model of node.models) if (!byName.has(model.name)) byName.set(model.name, model);
+  return [...byName.values()].sort((a, b) => a.name.localeCompare(b.name));
 }

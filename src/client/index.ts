@@ -4,6 +4,7 @@
  */
 export {
   createClient,
+  unionModels,
   DEFAULT_FIRST_MESSAGE_TIMEOUT_MS,
   DEFAULT_IDLE_TIMEOUT_MS,
   DEFAULT_TIMEOUT_MS,

@@ -78,7 +78,7 @@ export function registerOpenAIRoutes(app: FastifyInstance, bus: BusLink, heartbe
 
   app.get('/v1/models', async (request, reply) => {
     try {
-      return modelList((await bus.client().models({ headers: keyHeaders(request) })).models);
+      return modelList(await bus.client().allModels({ headers: keyHeaders(request) }));
     } catch (error) {
       sendError(reply, OPENAI_DIALECT, error);
     }
@@ -89,7 +89,7 @@ export function registerOpenAIRoutes(app: FastifyInstance, bus: BusLink, heartbe
   app.get<{ Params: { '*': string } }>('/v1/models/*', async (request, reply) => {
     try {
       const id = request.params['*'];
-      const { models } = await bus.client().models({ headers: keyHeaders(request) });
+      const models = await bus.client().allModels({ headers: keyHeaders(request) });
       const model = models.find((candidate) => candidate.name === id);
       if (model === undefined) throw new ProxyError('model_not_found', `the model "${id}" does not exist`);
       return modelObject(model);

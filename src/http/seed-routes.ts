@@ -78,8 +78,8 @@ export function registerSeedRoutes(app: FastifyInstance, bus: BusLink, heartbeat
 
   app.get('/internal/llm/models', async (request, reply) => {
     try {
-      const answer = await bus.client().models({ headers: keyHeaders(request) });
-      return { models: answer.models };
+      // Every worker's models (issue 19: workers on different nodes serve different models).
+      return { models: await bus.client().allModels({ headers: keyHeaders(request) }) };
     } catch (error) {
       sendError(reply, SEED_DIALECT, error);
     }
