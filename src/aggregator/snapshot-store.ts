@@ -1,3 +1,5 @@
+import { jsOptions } from '../bus/jetstream-domain.js';
+import { jetstream } from '@nats-io/jetstream';
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -103,7 +105,10 @@ export class SnapshotStore {
     bucket: string,
     options: SnapshotStoreOptions = {},
   ): Promise<SnapshotStore> {
-    const kv = await new Kvm(connection).create(bucket, { history: 1, replicas: options.replicas ?? 1 });
+    const kv = await new Kvm(jetstream(connection, jsOptions(connection))).create(bucket, {
+      history: 1,
+      replicas: options.replicas ?? 1,
+    });
     const maxPayload = connection.info?.max_payload ?? 1024 * 1024;
     const size = Math.max(
       1024,

@@ -4,6 +4,7 @@
  * Every write is a compare-and-swap on the record's revision: two admins revoking and rotating the
  * same key at once both land, one after the other, or the second one is told.
  */
+import { jsOptions } from '../bus/jetstream-domain.js';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstream } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
@@ -18,7 +19,7 @@ const CAS_ATTEMPTS = 10;
 
 /** The bucket, created when missing (when the caller's permissions allow). */
 export async function openKeysBucket(connection: NatsConnection, bucket: string, timeoutMs = 5_000): Promise<KV> {
-  const kvm = new Kvm(jetstream(connection, { timeout: timeoutMs }));
+  const kvm = new Kvm(jetstream(connection, { ...jsOptions(connection), timeout: timeoutMs }));
   try {
     const kv = await kvm.open(bucket);
     // open() only binds (it asks the server nothing): status() is what fails when the bucket is missing.

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { rememberJetStreamDomain } from './jetstream-domain.js';
 import { connect, type NatsConnection, type NodeConnectionOptions } from '@nats-io/transport-node';
 import { credsAuthenticator, nkeyAuthenticator, type Authenticator } from '@nats-io/nats-core';
 import type { NatsConfig } from '../config/schema.js';
@@ -105,16 +106,22 @@ function tlsOptions(configured: NatsConfig['tls'], env: NodeJS.ProcessEnv): Node
   };
 }
 
+/** The JetStream domain of config or environment (`nats.jetstream_domain`, else `NATS_JETSTREAM_DOMAIN`). */
+function jetstreamDomain(settings: ConnectionSettings): string | undefined {
+  return settings.nats?.jetstream_domain ?? ((settings.env ?? process.env).NATS_JETSTREAM_DOMAIN || undefined);
+}
+
 export async function connectToNats(settings: ConnectionSettings = {}): Promise<NatsConnection> {
-  return connect(connectionOptions(settings));
+  return rememberJetStreamDomain(await connect(connectionOptions(settings)), jetstreamDomain(settings));
 }
 
 /** A short connect for CLI tools: fail fast instead of waiting forever for a server. */
 export async function connectOnce(settings: ConnectionSettings = {}): Promise<NatsConnection> {
-  return connect({
+  const connection = await connect({
     ...connectionOptions(settings),
     waitOnFirstConnect: false,
     maxReconnectAttempts: 0,
     timeout: 3_000,
   });
+  return rememberJetStreamDomain(connection, jetstreamDomain(settings));
 }

@@ -1,3 +1,4 @@
+import { jsOptions } from '../bus/jetstream-domain.js';
 import { createHash, randomBytes } from 'node:crypto';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
@@ -140,7 +141,7 @@ export class NatsKvCache implements CacheStore {
 
   async #create(): Promise<KV> {
     const { connection, bucket, ttlMs } = this.#options;
-    const kvm = new Kvm(jetstream(connection, { timeout: this.#timeoutMs }));
+    const kvm = new Kvm(jetstream(connection, { ...jsOptions(connection), timeout: this.#timeoutMs }));
     for (let attempt = 1; ; attempt += 1) {
       try {
         const kv = await kvm.create(bucket, { history: 1, ttl: ttlMs, timeout: this.#timeoutMs });
@@ -164,7 +165,10 @@ export class NatsKvCache implements CacheStore {
     const wanted = this.#options.ttlMs * 1_000_000;
     const info = status.streamInfo;
     if (info.config.max_age === wanted) return;
-    const jsm = await jetstreamManager(this.#options.connection, { timeout: this.#timeoutMs });
+    const jsm = await jetstreamManager(this.#options.connection, {
+      ...jsOptions(this.#options.connection),
+      timeout: this.#timeoutMs,
+    });
     // The server refuses a duplicate window longer than the max age (it set it to min(2m, max age) at creation).
     await jsm.streams.update(info.config.name, {
       max_age: wanted,
@@ -288,7 +292,10 @@ export class NatsKvCache implements CacheStore {
       async (kv) => {
         let count = 0;
         for await (const _ of await kv.keys(`${prefix}.*`)) count += 1;
-        const jsm = await jetstreamManager(this.#options.connection, { timeout: this.#timeoutMs });
+        const jsm = await jetstreamManager(this.#options.connection, {
+          ...jsOptions(this.#options.connection),
+          timeout: this.#timeoutMs,
+        });
         const stream = `KV_${this.#options.bucket}`;
         if (filter.model === undefined) await jsm.streams.purge(stream);
         else await jsm.streams.purge(stream, { filter: `$KV.${this.#options.bucket}.${prefix}.>` });

@@ -291,6 +291,14 @@ export const natsSchema = z
       .string()
       .regex(/^[^\s.*>]+(\.[^\s.*>]+)*$/, 'must be a subject without wildcards or spaces (e.g. _INBOX.worker)')
       .optional(),
+    /**
+     * JetStream domain of every JetStream and KV call (unset: `NATS_JETSTREAM_DOMAIN`, else the account's own
+     * JetStream): on a leaf node without JetStream, the hub's (`hub` in deploy/nats/hub.conf).
+     */
+    jetstream_domain: z
+      .string()
+      .regex(/^[A-Za-z0-9_-]+$/, 'may only contain letters, digits, "_" and "-"')
+      .optional(),
   })
   .strict();
 

@@ -3,6 +3,7 @@
  * workers and their usage-event queues, the usage stream, the limits store, the deployments' cooldowns,
  * the aggregator and the PostgreSQL usage sinks' lag. Each check gives ok/fail and a one-line detail; nothing here prints or exits.
  */
+import { jsOptions } from '../bus/jetstream-domain.js';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { MsgHdrs, NatsConnection } from '@nats-io/nats-core';
@@ -213,7 +214,11 @@ async function checkWorkers(connection: NatsConnection, timeoutMs: number, maxPe
 async function checkUsageStream(connection: NatsConnection, config: ResolvedConfig, timeoutMs: number) {
   const name = config.nats.usage_stream.name;
   try {
-    const manager = await withTimeout(jetstreamManager(connection, { timeout: timeoutMs }), timeoutMs, 'JetStream');
+    const manager = await withTimeout(
+      jetstreamManager(connection, { ...jsOptions(connection), timeout: timeoutMs }),
+      timeoutMs,
+      'JetStream',
+    );
     const info = await manager.streams.info(name);
     const { messages, last_seq } = info.state;
     return {
@@ -283,7 +288,9 @@ async function checkLimitsStore(options: SystemHealthOptions, timeoutMs: number)
     return result(false, `nats bucket ${limits.nats_bucket}: not checked, no NATS connection`);
   try {
     // As the workers open it (src/limits/nats-store.ts), but without creating it: a missing bucket is news.
-    const kv = await new Kvm(jetstream(connection, { timeout: timeoutMs })).open(limits.nats_bucket);
+    const kv = await new Kvm(jetstream(connection, { ...jsOptions(connection), timeout: timeoutMs })).open(
+      limits.nats_bucket,
+    );
     const status = await withTimeout(kv.status(), timeoutMs, 'bucket status');
     return result(true, `nats bucket ${limits.nats_bucket}: ${status.values} keys`);
   } catch (error) {
@@ -389,7 +396,7 @@ async function checkUsageSink(
   const configured = config.usage_sink.postgres?.url !== undefined || Boolean(env[POSTGRES_URL_ENV]);
   const stream = config.nats.usage_stream.name;
   try {
-    const manager = await withTimeout(jetstreamManager(connection), timeoutMs, 'JetStream');
+    const manager = await withTimeout(jetstreamManager(connection, jsOptions(connection)), timeoutMs, 'JetStream');
     const info = await withTimeout(manager.consumers.info(stream, durable), timeoutMs, `${stream} consumer ${durable}`);
     const lag = info.num_pending + info.num_ack_pending;
     const behind = lag > SINK_MAX_LAG;

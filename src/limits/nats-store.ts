@@ -1,3 +1,4 @@
+import { jsOptions } from '../bus/jetstream-domain.js';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstream } from '@nats-io/jetstream';
 import { isKvConflict } from '../bus/kv-conflict.js';
@@ -128,7 +129,7 @@ const OPEN_ATTEMPTS = 3;
 const OPEN_RETRY_PAUSE_MS = 200;
 
 async function openBucket(options: NatsStoreOptions): Promise<KV> {
-  const kvm = new Kvm(jetstream(options.connection, { timeout: options.timeoutMs }));
+  const kvm = new Kvm(jetstream(options.connection, { ...jsOptions(options.connection), timeout: options.timeoutMs }));
   for (let attempt = 1; ; attempt += 1) {
     try {
       return await kvm.create(options.bucket, { history: 1, ttl: NATS_BUCKET_MAX_AGE_MS, timeout: options.timeoutMs });

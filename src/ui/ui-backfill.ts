@@ -5,6 +5,7 @@
  * Best effort: a NATS user without the right to create consumers (the `ops` role of
  * deploy/nats/nats-server.conf) gets the live events only.
  */
+import { jsOptions } from '../bus/jetstream-domain.js';
 import {
   DeliverPolicy,
   JetStreamApiCodes,
@@ -28,7 +29,7 @@ export async function readLastHour(
   const now = options.now ?? Date.now();
   const limit = options.limit ?? BACKFILL_LIMIT;
   const timeoutMs = options.timeoutMs ?? BACKFILL_TIMEOUT_MS;
-  const manager = await jetstreamManager(connection, { timeout: Math.min(timeoutMs, 5_000) });
+  const manager = await jetstreamManager(connection, { ...jsOptions(connection), timeout: Math.min(timeoutMs, 5_000) });
   let state: StreamState;
   try {
     state = (await manager.streams.info(streamName)).state;
@@ -41,7 +42,7 @@ export async function readLastHour(
   const lastSeq = state.last_seq;
   const startSeq = Math.max(state.first_seq, lastSeq - limit + 1);
   const since = now - 3_600_000;
-  const consumer = await jetstream(connection).consumers.get(streamName, {
+  const consumer = await jetstream(connection, jsOptions(connection)).consumers.get(streamName, {
     deliver_policy: DeliverPolicy.StartSequence,
     opt_start_seq: startSeq,
   });

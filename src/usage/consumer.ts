@@ -1,3 +1,4 @@
+import { jsOptions } from '../bus/jetstream-domain.js';
 import {
   AckPolicy,
   DeliverPolicy,
@@ -94,7 +95,7 @@ export class UsageStreamConsumer {
 
   /** Creates or updates the usage stream (the one place that does), then returns a consumer not yet started. */
   static async open(options: UsageConsumerOptions): Promise<UsageStreamConsumer> {
-    const manager = await jetstreamManager(options.connection);
+    const manager = await jetstreamManager(options.connection, jsOptions(options.connection));
     const stream = await ensureUsageStream(manager, options.usageStream, options.subjectPrefix, options.logger);
     return new UsageStreamConsumer(options, manager, stream);
   }
@@ -150,7 +151,10 @@ export class UsageStreamConsumer {
       });
       this.appliedSeq = from.afterSeq;
     }
-    const consumer = await jetstream(options.connection).consumers.get(name, options.durableName);
+    const consumer = await jetstream(options.connection, jsOptions(options.connection)).consumers.get(
+      name,
+      options.durableName,
+    );
     // Short pull expiry: a replaced or recreated durable is noticed within seconds.
     const messages = await consumer.consume({ max_messages: Math.max(512, options.maxBatch * 2), expires: 5_000 });
     this.messages = messages;

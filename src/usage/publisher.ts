@@ -1,3 +1,4 @@
+import { jsOptions } from '../bus/jetstream-domain.js';
 import { appendFile, mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { InvalidArgumentError, InvalidSubjectError, type NatsConnection } from '@nats-io/nats-core';
@@ -114,7 +115,10 @@ export class UsagePublisher {
 
   /** Create the stream if missing, update it if its settings differ (see `ensureUsageStreamCapturing`). Throws if NATS refuses. */
   async ensureStream(): Promise<void> {
-    const manager = await jetstreamManager(this.#options.connection, { timeout: this.#options.ackTimeoutMs ?? 5_000 });
+    const manager = await jetstreamManager(this.#options.connection, {
+      ...jsOptions(this.#options.connection),
+      timeout: this.#options.ackTimeoutMs ?? 5_000,
+    });
     await ensureUsageStreamCapturing(manager, this.#options.stream, this.#options.streamSubject, this.#options.logger);
     this.#streamReady = true;
   }

@@ -3,6 +3,7 @@
  * usage stream answering, its held usage events below a bound, and some deployment not cooling down.
  * (The system as a whole, seen from the bus, is `llm-proxy health`.)
  */
+import { jsOptions } from '../bus/jetstream-domain.js';
 import { jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Router } from '../router/index.js';
@@ -25,7 +26,10 @@ export interface ReadinessParts {
 
 async function usageStreamCheck(parts: ReadinessParts): Promise<ReadinessCheck> {
   try {
-    const manager = await jetstreamManager(parts.connection, { timeout: STREAM_CHECK_TIMEOUT_MS });
+    const manager = await jetstreamManager(parts.connection, {
+      ...jsOptions(parts.connection),
+      timeout: STREAM_CHECK_TIMEOUT_MS,
+    });
     const info = await manager.streams.info(parts.usageStream);
     return { name: 'usage_stream', ok: true, detail: `${parts.usageStream}: ${info.state.messages} events` };
   } catch (error) {

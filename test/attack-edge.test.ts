@@ -1,0 +1,298 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect } from '@nats-io/transport-node';
+import { createInbox, headers, type Msg, type NatsConnection, type Subscription } from '@nats-io/nats-core';
+import { createResponseCache } from '../src/cache/index.js';
+import { resolveConfig } from '../src/config/index.js';
+import type { UsageEvent } from '../src/contract/usage-event.js';
+import { cacheKeyFor } from '../src/worker/response-cache.js';
+import { startFakeOllama, startFakeOpenAI, type FakeProvider } from './fakes/index.js';
+import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
+import { startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
+
+/**
+ * Hostile tests of issue 19's forwarding (forward.ts, bus-models.ts) and of streamed answers from the
+ * response cache (stream-reply.ts, cache-replay.ts), over a real nats-server.
+ *
+ * `cloud` serves gpt-test (openai fake, cache on), `edge` serves local-test (ollama fake). A request
+ * published on `llm.proxy.model.gpt-test` with a body for `local-test` reaches only `cloud`, which must
+ * pass it on: a deterministic way to exercise the forwarder.
+ */
+
+let nats: NatsServerHandle;
+let openai: FakeProvider;
+let ollama: FakeProvider;
+let cloud: InProcessWorker;
+let edge: InProcessWorker;
+let raw: NatsConnection;
+let usage: Subscription;
+const events: UsageEvent[] = [];
+
+const CLOUD_SUBJECT = 'llm.proxy.model.gpt-test';
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+before(async () => {
+  nats = await startNatsServer();
+  openai = await startFakeOpenAI();
+  ollama = await startFakeOllama();
+  cloud = await startInProcessWorker({
+    natsUrl: nats.url,
+    config: testConfig({ openai: openai.baseUrl }, { cache: { enabled: true, ttl_ms: 60_000 } }),
+  });
+  edge = await startInProcessWorker({ natsUrl: nats.url, config: testConfig({ ollama: ollama.baseUrl }) });
+  raw = await connect({ servers: nats.url });
+  usage = raw.subscribe('llm.usage.>');
+  void (async () => {
+    for await (const message of usage) events.push(message.json<UsageEvent>());
+  })();
+});
+
+after(async () => {
+  usage?.unsubscribe();
+  await raw?.close();
+  await edge?.stop();
+  await cloud?.stop();
+  await openai?.close();
+  await ollama?.close();
+  await nats?.dispose();
+});
+
+type Body = Record<string, unknown>;
+
+function body(model: string, requestId: string, extra: Body = {}): Body {
+  return { model, messages: [{ role: 'user', content: 'hi' }], request_id: requestId, ...extra };
+}
+
+async function ask(subject: string, request: Body, timeout = 10_000): Promise<Body> {
+  const reply = await raw.request(subject, JSON.stringify(request), { timeout });
+  return reply.json<Body>();
+}
+
+interface Streamed {
+  chunks: Body[];
+  terminal: Body | undefined;
+  mark: string | undefined;
+}
+
+/** Reads a stream the raw way; `onChunk` returning 'stop' unsubscribes right there (a client that goes away). */
+async function readStream(
+  subject: string,
+  request: Body,
+  onChunk?: (chunk: Body, seen: number) => unknown,
+  timeoutMs = 10_000,
+): Promise<Streamed> {
+  const inbox = createInbox();
+  const subscription = raw.subscribe(inbox);
+  const timer = setTimeout(() => subscription.unsubscribe(), timeoutMs);
+  const result: Streamed = { chunks: [], terminal: undefined, mark: undefined };
+  raw.publish(subject, JSON.stringify({ ...request, stream: true }), { reply: inbox });
+  for await (const message of subscription as AsyncIterable<Msg>) {
+    const mark = message.headers?.get('LLM-Stream') ?? '';
+    if (mark === 'heartbeat') continue;
+    if (mark === 'chunk') {
+      const chunk = message.json<Body>();
+      result.chunks.push(chunk);
+      if (onChunk?.(chunk, result.chunks.length) === 'stop') {
+        subscription.unsubscribe();
+        break;
+      }
+      continue;
+    }
+    result.terminal = message.json<Body>();
+    result.mark = mark;
+    break;
+  }
+  clearTimeout(timer);
+  subscription.unsubscribe();
+  return result;
+}
+
+/** Exactly one usage event for `requestId` (waits for the first, then a while longer for a second). */
+async function oneEvent(requestId: string): Promise<UsageEvent> {
+  for (let waited = 0; waited < 8_000; waited += 25) {
+    const found = events.filter((event) => event.request_id === requestId);
+    if (found.length > 0) {
+      await sleep(300);
+      const all = events.filter((event) => event.request_id === requestId);
+      assert.equal(all.length, 1, `exactly one usage event for ${requestId}: ${JSON.stringify(all)}`);
+      return all[0]!;
+    }
+    await sleep(25);
+  }
+  throw new Error(`no usage event for ${requestId}`);
+}
+
+async function idle(worker: InProcessWorker): Promise<void> {
+  for (let waited = 0; waited < 5_000 && worker.worker.stats().in_flight > 0; waited += 25) await sleep(25);
+  assert.equal(worker.worker.stats().in_flight, 0, 'in_flight back to 0');
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Forwarding
+
+test('forged node hellos (malformed, huge, many) neither crash nor deafen a worker', async () => {
+  const hello = 'llm.proxy.nodes.hello';
+  const forged: Array<string | Uint8Array> = [
+    '',
+    'not json',
+    'null',
+    '[]',
+    '42',
+    '{"worker_id": 5, "models": ["x"]}',
+    '{"worker_id": "w", "models": "not-a-list"}',
+    '{"worker_id": "w", "models": [1, null, {}, ""]}',
+    '{"worker_id": "w", "models": ["__proto__", "constructor", "hasOwnProperty"]}',
+    JSON.stringify({ worker_id: 'w', models: Array.from({ length: 20_000 }, (_, index) => `m${index}`) }),
+    JSON.stringify({ worker_id: 'w'.repeat(300), models: ['x'] }),
+    JSON.stringify({ worker_id: 'w', node: 'n'.repeat(500_000), models: ['x'] }),
+    new Uint8Array([0xff, 0xfe, 0x00, 0x7b]),
+  ];
+  for (const data of forged) raw.publish(hello, data);
+  // Many asking hellos: every worker answers each (an amplification, bounded by what the sender sends).
+  for (let index = 0; index < 200; index += 1)
+    raw.publish(hello, JSON.stringify({ worker_id: `flood-${index}`, models: [`flood-${index}`], ask: true }));
+  await raw.flush();
+  await sleep(300);
+  const reply = await ask(CLOUD_SUBJECT, body('gpt-test', 'after-hellos'), 5_000);
+  assert.equal(reply.error, undefined, JSON.stringify(reply));
+  const edgeReply = await ask('llm.proxy.model.local-test', body('local-test', 'after-hellos-edge'), 5_000);
+  assert.equal(edgeReply.error, undefined, JSON.stringify(edgeReply));
+});
+
+test('forwarded plain requests and streams: one event each, from the serving worker; nothing left in flight', async () => {
+  const forwardedBefore = cloud.worker.stats().forwarded;
+  const replies = await Promise.all(
+    Array.from({ length: 12 }, (_, index) => ask(CLOUD_SUBJECT, body('local-test', `fwd-plain-${index}`))),
+  );
+  for (const reply of replies) assert.equal(reply.error, undefined, JSON.stringify(reply));
+  ollama.enqueue({ kind: 'ok', content: 'a b c d', chunks: 4 });
+  const stream = await readStream(CLOUD_SUBJECT, body('local-test', 'fwd-stream-0'));
+  assert.equal(stream.mark, 'end', JSON.stringify(stream.terminal));
+  assert.deepEqual(
+    stream.chunks.map((chunk) => chunk.seq),
+    [0, 1, 2, 3],
+  );
+  assert.equal(cloud.worker.stats().forwarded - forwardedBefore, 13);
+  for (let index = 0; index < 12; index += 1) {
+    const event = await oneEvent(`fwd-plain-${index}`);
+    assert.equal(event.worker_id, edge.worker.id);
+    assert.equal(event.status, 'ok');
+  }
+  assert.equal((await oneEvent('fwd-stream-0')).worker_id, edge.worker.id);
+  await idle(cloud);
+  await idle(edge);
+});
+
+test('a cancel on llm.proxy.cancel stops a forwarded stream: upstream aborted, one cancelled event', async () => {
+  const closedBefore = ollama.closedByClient;
+  ollama.enqueue({ kind: 'ok', content: 'w '.repeat(100), chunks: 100, chunkIntervalMs: 50 });
+  const result = await readStream(CLOUD_SUBJECT, body('local-test', 'fwd-cancel-0'), (_chunk, seen) => {
+    if (seen === 2) raw.publish('llm.proxy.cancel', JSON.stringify({ request_id: 'fwd-cancel-0' }));
+  });
+  assert.equal(result.mark, 'error', JSON.stringify(result.terminal));
+  assert.equal((result.terminal?.error as Body | undefined)?.code, 'cancelled');
+  const event = await oneEvent('fwd-cancel-0');
+  assert.equal(event.status, 'cancelled');
+  assert.equal(event.worker_id, edge.worker.id);
+  for (let waited = 0; waited < 3_000 && ollama.closedByClient === closedBefore; waited += 25) await sleep(25);
+  assert.equal(ollama.closedByClient, closedBefore + 1, 'the upstream call was aborted');
+  await idle(cloud);
+  await idle(edge);
+});
+
+test('a client that goes away from a forwarded stream: the serving worker aborts upstream, event cancelled', async () => {
+  const closedBefore = ollama.closedByClient;
+  ollama.enqueue({ kind: 'ok', content: 'w '.repeat(200), chunks: 200, chunkIntervalMs: 50 });
+  const result = await readStream(CLOUD_SUBJECT, body('local-test', 'fwd-gone-0'), (_chunk, seen) =>
+    seen === 2 ? 'stop' : undefined,
+  );
+  assert.equal(result.terminal, undefined);
+  const event = await oneEvent('fwd-gone-0');
+  assert.equal(event.status, 'cancelled');
+  assert.equal(event.worker_id, edge.worker.id);
+  for (let waited = 0; waited < 3_000 && ollama.closedByClient === closedBefore; waited += 25) await sleep(25);
+  assert.equal(ollama.closedByClient, closedBefore + 1, 'the upstream call was aborted');
+  assert.ok(event.latency_ms < 5_000, `aborted soon, not at the end of the answer (${event.latency_ms} ms)`);
+  await idle(cloud);
+  await idle(edge);
+});
+
+test('odd model names on the forwarding path: answered at once, one event, never passed on twice', async () => {
+  const names = ['a.b', 'a b', 'ünïcødé-模型', 'x'.repeat(256), '>', '*', 'llm.proxy.model.>', 'local-test.>', '%2E'];
+  for (const [index, model] of names.entries()) {
+    for (const subject of [CLOUD_SUBJECT, 'llm.proxy.request']) {
+      const id = `odd-${index}-${subject === CLOUD_SUBJECT ? 'c' : 's'}`;
+      const started = performance.now();
+      const reply = await ask(subject, body(model, id), 3_000);
+      assert.equal((reply.error as Body | undefined)?.code, 'model_not_found', `${model}: ${JSON.stringify(reply)}`);
+      assert.ok(performance.now() - started < 1_500, 'at once');
+      const event = await oneEvent(id);
+      assert.equal(event.error_code, 'model_not_found');
+    }
+  }
+  await idle(cloud);
+  await idle(edge);
+});
+
+test('a request with no reply subject for a model served elsewhere: one event, nothing in flight', async () => {
+  raw.publish(CLOUD_SUBJECT, JSON.stringify(body('local-test', 'no-reply-0')));
+  await raw.flush();
+  const event = await oneEvent('no-reply-0');
+  assert.equal(event.status, 'rejected');
+  await idle(cloud);
+  await idle(edge);
+});
+
+test('a forwarded request that arrives already marked LLM-Forwarded with an empty value is passed on once', async () => {
+  const marked = headers();
+  marked.set('LLM-Forwarded', '');
+  const reply = await raw.request(CLOUD_SUBJECT, JSON.stringify(body('local-test', 'empty-mark-0')), {
+    timeout: 5_000,
+    headers: marked,
+  });
+  assert.equal(reply.json<Body>().error, undefined);
+  assert.equal((await oneEvent('empty-mark-0')).worker_id, edge.worker.id);
+});
+
+test('DEFECT: a request that fits max_payload is refused "internal" when it has to be passed on', async () => {
+  // The forwarder adds an `LLM-Forwarded` header: a request within a few dozen bytes of max_payload passes
+  // admission (data <= max_request_bytes) but cannot be republished (forward.ts, the publish in forwardRequest).
+  const maxPayload = raw.info!.max_payload;
+  const request = body('local-test', 'fwd-big-0', { messages: [{ role: 'user', content: '' }] });
+  const overhead = Buffer.byteLength(JSON.stringify(request));
+  (request.messages as Array<{ content: string }>)[0]!.content = 'x'.repeat(maxPayload - overhead - 8);
+  const data = JSON.stringify(request);
+  assert.ok(Buffer.byteLength(data) <= maxPayload);
+  ollama.enqueue({ kind: 'ok', content: 'short' }, { kind: 'ok', content: 'short' });
+  const direct = await raw.request('llm.proxy.model.local-test', data, { timeout: 10_000 });
+  assert.equal(direct.json<Body>().error, undefined, 'served when sent to its model');
+  const reply = await raw.request(CLOUD_SUBJECT, data.replace('fwd-big-0', 'fwd-big-1'), { timeout: 10_000 });
+  assert.equal(reply.json<Body>().error, undefined, `passed on and served: ${reply.string()}`);
+});
+
+test('DEFECT: a hello whose "node" cannot be made a string stops the worker reading the bus', async () => {
+  // Its own server and worker: the defect takes the worker off the bus for good.
+  const server = await startNatsServer();
+  const provider = await startFakeOpenAI();
+  const victim = await startInProcessWorker({ natsUrl: server.url, config: testConfig({ openai: provider.baseUrl }) });
+  const attacker = await connect({ servers: server.url });
+  try {
+    assert.equal((await attacker.request(CLOUD_SUBJECT, JSON.stringify(body('gpt-test', 'pre')))).json<Body>().error, undefined);
+    // JSON can carry an object whose toString is not callable: String(hello.node) throws inside the
+    // subscription callback (bus-models.ts parseHello, called unguarded from the callback in start()),
+    // and a callback that throws stops nats.js's reader for the whole connection.
+    attacker.publish('llm.proxy.nodes.hello', JSON.stringify({ worker_id: 'evil', node: { toString: 1 }, models: [] }));
+    await attacker.flush();
+    await sleep(200);
+    const reply = await attacker
+      .request(CLOUD_SUBJECT, JSON.stringify(body('gpt-test', 'post')), { timeout: 3_000 })
+      .then((message) => message.json<Body>())
+      .catch((error: unknown) => ({ error: String(error) }));
+    assert.equal(reply.error, undefined, `the worker still answers: ${JSON.stringify(reply)}`);
+  } finally {
+    await attacker.close();
+    await server.dispose();
+    await victim.stop({ drainTimeoutMs: 500 });
+    await provider.close();
+  }
+});
