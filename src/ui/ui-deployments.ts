@@ -2,7 +2,7 @@
  * The deployments' state for the operations page: each worker's last answer to
  * `llm.proxy.models {"health": true}`, merged (cooldowns are per worker).
  */
-import type { LlmProxyClient } from '../client/index.js';
+import { unionModels, type LlmProxyClient } from '../client/index.js';
 import type { DeploymentHealth } from '../router/types.js';
 
 export interface DeploymentRow {
@@ -26,23 +26,34 @@ const HEALTH_TTL_MS = 30_000;
 const MAX_HEALTH_WORKERS = 64;
 
 /**
- * The deployments as the workers see them. `llm.proxy.models` is answered by one worker of the queue
- * group, so each poll hears one; the last answer of each worker is kept HEALTH_TTL_MS and merged.
+ * The deployments as the workers see them: each poll hears every worker (`llm.proxy.nodes`; with workers
+ * that do not answer it, one worker of the queue group through `llm.proxy.models`); the last answer of
+ * each worker is kept HEALTH_TTL_MS and merged.
  */
 export class DeploymentBoard {
   readonly #byWorker = new Map<string, { at: number; health: DeploymentHealth[] }>();
   models: string[] = [];
 
   async poll(client: LlmProxyClient, timeoutMs: number): Promise<void> {
+    // Every worker at once (`llm.proxy.nodes`, issue 19); else one worker per poll (`llm.proxy.models`).
+    const nodes = await client.nodes({ timeoutMs }).catch(() => []);
+    if (nodes.length > 0) {
+      this.models = unionModels(nodes).map((model) => model.name);
+      for (const node of nodes) this.#heard(node.worker_id, node.health);
+      return;
+    }
     const reply = (await client.models({ health: true, timeoutMs })) as {
       models: Array<{ name: string }>;
       worker_id?: string;
       health?: DeploymentHealth[];
     };
     this.models = reply.models.map((model) => model.name);
-    const worker = reply.worker_id ?? '';
+    this.#heard(reply.worker_id ?? '', reply.health ?? []);
+  }
+
+  #heard(worker: string, health: DeploymentHealth[]): void {
     this.#byWorker.delete(worker);
-    this.#byWorker.set(worker, { at: Date.now(), health: reply.health ?? [] });
+    this.#byWorker.set(worker, { at: Date.now(), health });
     if (this.#byWorker.size > MAX_HEALTH_WORKERS) this.#byWorker.delete(this.#byWorker.keys().next().value as string);
   }
 
