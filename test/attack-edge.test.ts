@@ -254,7 +254,7 @@ test('a forwarded request that arrives already marked LLM-Forwarded with an empt
   assert.equal((await oneEvent('empty-mark-0')).worker_id, edge.worker.id);
 });
 
-test('DEFECT: a request that fits max_payload is refused "internal" when it has to be passed on', async () => {
+test('a request within a few bytes of max_payload that has to be passed on is payload_too_large, never internal', async () => {
   // The forwarder adds an `LLM-Forwarded` header: a request within a few dozen bytes of max_payload passes
   // admission (data <= max_request_bytes) but cannot be republished (forward.ts, the publish in forwardRequest).
   const maxPayload = raw.info!.max_payload;
@@ -267,17 +267,24 @@ test('DEFECT: a request that fits max_payload is refused "internal" when it has 
   const direct = await raw.request('llm.proxy.model.local-test', data, { timeout: 10_000 });
   assert.equal(direct.json<Body>().error, undefined, 'served when sent to its model');
   const reply = await raw.request(CLOUD_SUBJECT, data.replace('fwd-big-0', 'fwd-big-1'), { timeout: 10_000 });
-  assert.equal(reply.json<Body>().error, undefined, `passed on and served: ${reply.string()}`);
+  // The header the forwarder adds cannot fit: a clear 413 that says how to send it (on its model's subject).
+  const error = reply.json<{ error?: { code: string; status: number; message: string } }>().error;
+  assert.equal(error?.code, 'payload_too_large', reply.string());
+  assert.equal(error?.status, 413);
+  assert.match(error?.message ?? '', /model's subject/);
 });
 
-test('DEFECT: a hello whose "node" cannot be made a string stops the worker reading the bus', async () => {
+test('a hello whose "node" cannot be made a string does not stop the worker reading the bus', async () => {
   // Its own server and worker: the defect takes the worker off the bus for good.
   const server = await startNatsServer();
   const provider = await startFakeOpenAI();
   const victim = await startInProcessWorker({ natsUrl: server.url, config: testConfig({ openai: provider.baseUrl }) });
   const attacker = await connect({ servers: server.url });
   try {
-    assert.equal((await attacker.request(CLOUD_SUBJECT, JSON.stringify(body('gpt-test', 'pre')))).json<Body>().error, undefined);
+    assert.equal(
+      (await attacker.request(CLOUD_SUBJECT, JSON.stringify(body('gpt-test', 'pre')))).json<Body>().error,
+      undefined,
+    );
     // JSON can carry an object whose toString is not callable: String(hello.node) throws inside the
     // subscription callback (bus-models.ts parseHello, called unguarded from the callback in start()),
     // and a callback that throws stops nats.js's reader for the whole connection.
@@ -291,8 +298,203 @@ test('DEFECT: a hello whose "node" cannot be made a string stops the worker read
     assert.equal(reply.error, undefined, `the worker still answers: ${JSON.stringify(reply)}`);
   } finally {
     await attacker.close();
-    await server.dispose();
     await victim.stop({ drainTimeoutMs: 500 });
+    await server.dispose();
     await provider.close();
+  }
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Streamed answers from the response cache
+
+function cacheable(content: string, requestId: string, extra: Body = {}): Body {
+  return { ...body('gpt-test', requestId, { temperature: 0, ...extra }), messages: [{ role: 'user', content }] };
+}
+
+/** What a replay must repeat: the answer's own fields (not the request's id, latency, cost, cache flag). */
+function answerOf(terminal: Body | undefined): Body {
+  const {
+    content,
+    usage: tokens,
+    provider,
+    model,
+    model_resolved,
+    finish_reason,
+    choices,
+    tool_calls,
+  } = terminal ?? {};
+  const { reasoning_content, refusal } = terminal ?? {};
+  return {
+    content,
+    tokens,
+    provider,
+    model,
+    model_resolved,
+    finish_reason,
+    choices,
+    tool_calls,
+    reasoning_content,
+    refusal,
+  };
+}
+
+/** A live stream, then two replays: the same chunks and answer, `cached: true` on the terminal, one upstream call. */
+async function replayedIdentically(content: string, extra: Body, id: string): Promise<Streamed> {
+  const calls = openai.chatRequests.length;
+  const live = await readStream(CLOUD_SUBJECT, cacheable(content, `${id}-live`, extra));
+  assert.equal(live.mark, 'end', JSON.stringify(live.terminal));
+  assert.equal(live.terminal?.cached, false);
+  await sleep(100);
+  for (const replayId of [`${id}-replay-1`, `${id}-replay-2`]) {
+    const replay = await readStream(CLOUD_SUBJECT, cacheable(content, replayId, extra));
+    assert.equal(replay.mark, 'end', JSON.stringify(replay.terminal));
+    assert.equal(replay.terminal?.cached, true, `${replayId}: from the cache`);
+    assert.equal(replay.terminal?.done, true);
+    assert.equal(replay.terminal?.request_id, replayId);
+    assert.deepEqual(replay.chunks, live.chunks, `${replayId}: the same chunks`);
+    assert.deepEqual(answerOf(replay.terminal), answerOf(live.terminal));
+    const event = await oneEvent(replayId);
+    assert.equal(event.cached, true);
+    assert.equal(event.status, 'ok');
+  }
+  assert.equal(openai.chatRequests.length, calls + 1, 'one upstream call');
+  return live;
+}
+
+test('a cacheable stream with n = 2 is replayed with the same chunks (each with its index)', async () => {
+  openai.enqueue({ kind: 'ok', content: 'two ways to say it', usage: { promptTokens: 3, completionTokens: 8 } });
+  const live = await replayedIdentically('n two', { n: 2 }, 'n2');
+  assert.deepEqual(new Set(live.chunks.map((chunk) => chunk.index)), new Set([0, 1]));
+  assert.equal((live.terminal?.choices as unknown[] | undefined)?.length, 2);
+});
+
+test('a stream of tool calls (cache: "force") is replayed with the same tool-call deltas', async () => {
+  openai.enqueue({
+    kind: 'ok',
+    content: null,
+    toolCalls: [
+      { id: 'call_1', name: 'lookup', arguments: '{"city":"Kyiv"}' },
+      { id: 'call_2', name: 'weather', arguments: '{"when":"today"}' },
+    ],
+  });
+  const tools = [{ type: 'function', function: { name: 'lookup', parameters: { type: 'object' } } }];
+  const live = await replayedIdentically('tools please', { tools, cache: 'force' }, 'tools');
+  assert.ok(live.chunks.some((chunk) => Array.isArray(chunk.tool_calls)));
+  assert.equal(live.terminal?.finish_reason, 'tool_calls');
+});
+
+test('a refusal and a reasoning stream are replayed as they were sent', async () => {
+  openai.enqueue({ kind: 'ok', content: null, refusal: 'I cannot help with that request.' });
+  const refused = await replayedIdentically('refuse me', {}, 'refusal');
+  assert.ok(refused.chunks.some((chunk) => typeof chunk.refusal_delta === 'string'));
+  openai.enqueue({ kind: 'ok', content: 'forty-two', reasoningContent: 'let me think about it carefully' });
+  const reasoned = await replayedIdentically('think', {}, 'reasoning');
+  assert.ok(reasoned.chunks.some((chunk) => typeof chunk.reasoning_delta === 'string'));
+});
+
+test('a stream whose client went away mid-way is not stored', async () => {
+  openai.enqueue({ kind: 'ok', content: 'w '.repeat(200), chunks: 200, chunkIntervalMs: 30 });
+  const calls = openai.chatRequests.length;
+  await readStream(CLOUD_SUBJECT, cacheable('leave early', 'leave-0'), (_chunk, seen) =>
+    seen === 3 ? 'stop' : undefined,
+  );
+  assert.equal((await oneEvent('leave-0')).status, 'cancelled');
+  openai.enqueue({ kind: 'ok', content: 'fresh' });
+  const again = await readStream(CLOUD_SUBJECT, cacheable('leave early', 'leave-1'));
+  assert.equal(again.terminal?.cached, false);
+  assert.equal(again.terminal?.content, 'fresh');
+  assert.equal(openai.chatRequests.length, calls + 2);
+  await idle(cloud);
+});
+
+/** Whether every chunk is one the protocol allows (README, "A streamed reply"). */
+function wellFormed(chunk: Body): boolean {
+  if (typeof chunk.seq !== 'number' || typeof chunk.delta !== 'string') return false;
+  for (const field of ['reasoning_delta', 'refusal_delta'])
+    if (chunk[field] !== undefined && typeof chunk[field] !== 'string') return false;
+  if (chunk.tool_calls !== undefined) {
+    if (!Array.isArray(chunk.tool_calls)) return false;
+    for (const call of chunk.tool_calls as unknown[]) {
+      if (call === null || typeof call !== 'object') return false;
+      const { index, function: fn } = call as { index?: unknown; function?: unknown };
+      if (typeof index !== 'number') return false;
+      if (fn !== undefined && (fn === null || typeof fn !== 'object')) return false;
+    }
+  }
+  return true;
+}
+
+const GOOD_REPLY = {
+  content: 'fine',
+  usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 },
+  provider: 'openai',
+  model_resolved: 'gpt-4o-mini',
+  latency_ms: 1,
+  model: 'gpt-test',
+  request_id: 'x',
+  finish_reason: 'stop',
+  cost_usd: 0,
+  cached: false,
+};
+
+/** Damaged answers written straight into LLM_CACHE: each must be a miss (asked upstream), never a broken stream. */
+const DAMAGES: Array<{ name: string; stored: Body; extra?: Body }> = [
+  { name: 'reply.tool_calls a string', stored: { reply: { ...GOOD_REPLY, tool_calls: 'not a list' } } },
+  { name: 'reply.tool_calls [null]', stored: { reply: { ...GOOD_REPLY, tool_calls: [null] } } },
+  { name: 'reply.choices [null, null]', stored: { reply: { ...GOOD_REPLY, choices: [null, null] } } },
+  { name: 'reply.reasoning_content a number', stored: { reply: { ...GOOD_REPLY, reasoning_content: 5 } } },
+  { name: 'reply.refusal an object', stored: { reply: { ...GOOD_REPLY, refusal: { no: 1 } } } },
+  {
+    name: 'a chunk with tool_calls [null]',
+    stored: { reply: GOOD_REPLY, chunks: [{ delta: '', tool_calls: [null] }] },
+  },
+  { name: 'a chunk with tool_calls [42]', stored: { reply: GOOD_REPLY, chunks: [{ delta: '', tool_calls: [42] }] } },
+];
+
+for (const [index, damage] of DAMAGES.entries()) {
+  test(`a stored answer with ${damage.name} is a miss on a stream, not a broken stream`, async () => {
+    const resolved = resolveConfig(testConfig({ openai: openai.baseUrl }, { cache: { enabled: true } }), 'test', {
+      FAKE_OPENAI_KEY: 'x',
+    });
+    const writer = createResponseCache(resolved.cache, { nats: raw });
+    try {
+      const request = cacheable(`damage ${index}`, `damage-${index}`);
+      const stored = { stored_at: Date.now(), model: 'gpt-test', ...damage.stored };
+      await writer.store.set(
+        cacheKeyFor(request as never, resolved.models.get('gpt-test')),
+        stored as unknown as Parameters<typeof writer.store.set>[1],
+      );
+      openai.enqueue({ kind: 'ok', content: 'the real answer' });
+      const result = await readStream(CLOUD_SUBJECT, request);
+      assert.equal(result.mark, 'end', `a clean end: ${JSON.stringify(result.terminal)}`);
+      for (const chunk of result.chunks) assert.ok(wellFormed(chunk), `a well-formed chunk: ${JSON.stringify(chunk)}`);
+      assert.equal(result.terminal?.cached, false, 'the damaged answer is a miss');
+      assert.equal(result.terminal?.content, 'the real answer');
+    } finally {
+      await writer.store.close();
+    }
+  });
+}
+
+test('a plain request is never answered a damaged stored reply (choices [null], tool_calls a string)', async () => {
+  const resolved = resolveConfig(testConfig({ openai: openai.baseUrl }, { cache: { enabled: true } }), 'test', {
+    FAKE_OPENAI_KEY: 'x',
+  });
+  const writer = createResponseCache(resolved.cache, { nats: raw });
+  try {
+    for (const [index, damage] of [{ choices: [null, null] }, { tool_calls: 'not a list' }].entries()) {
+      const request = cacheable(`plain damage ${index}`, `plain-damage-${index}`);
+      await writer.store.set(cacheKeyFor(request as never, resolved.models.get('gpt-test')), {
+        stored_at: Date.now(),
+        model: 'gpt-test',
+        reply: { ...GOOD_REPLY, ...damage },
+      } as unknown as Parameters<typeof writer.store.set>[1]);
+      openai.enqueue({ kind: 'ok', content: 'the real answer' });
+      const reply = await ask(CLOUD_SUBJECT, request);
+      assert.equal(reply.cached, false, `a miss, not ${JSON.stringify(reply)}`);
+      assert.equal(reply.content, 'the real answer');
+    }
+  } finally {
+    await writer.store.close();
   }
 });

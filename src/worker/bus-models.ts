@@ -46,20 +46,29 @@ export class BusModels {
     this.#subscription = connection.subscribe(subjects.nodesHello, {
       callback: (error, message) => {
         if (error !== null) return;
-        const hello = parseHello(message.data);
-        if (hello === undefined) {
-          logger.debug({ subject: message.subject }, 'ignored a malformed node hello');
-          return;
+        // Anything thrown here would stop the connection's reader: a hostile hello must not.
+        try {
+          this.#hear(message.data, connection, subjects, logger, message.subject);
+        } catch (failure) {
+          logger.warn({ err: failure }, 'a node hello could not be handled');
         }
-        if (hello.worker_id === this.#own.worker_id) return;
-        for (const model of hello.models) {
-          if (this.#seen.size >= MAX_MODELS) break;
-          this.#seen.add(model);
-        }
-        if (hello.ask === true) connection.publish(subjects.nodesHello, JSON.stringify(this.#own));
       },
     });
     connection.publish(subjects.nodesHello, JSON.stringify({ ...this.#own, ask: true }));
+  }
+
+  #hear(data: Uint8Array, connection: NatsConnection, subjects: Subjects, logger: Logger, subject: string): void {
+    const hello = parseHello(data);
+    if (hello === undefined) {
+      logger.debug({ subject }, 'ignored a malformed node hello');
+      return;
+    }
+    if (hello.worker_id === this.#own.worker_id) return;
+    for (const model of hello.models) {
+      if (this.#seen.size >= MAX_MODELS) break;
+      this.#seen.add(model);
+    }
+    if (hello.ask === true) connection.publish(subjects.nodesHello, JSON.stringify(this.#own));
   }
 
   stop(): void {
@@ -83,5 +92,6 @@ function parseHello(data: Uint8Array): NodeHello | undefined {
   const models = hello.models.filter(
     (model): model is string => typeof model === 'string' && model !== '' && model.length <= MAX_NAME_LENGTH,
   );
-  return { worker_id: hello.worker_id, node: String(hello.node ?? ''), models, ask: hello.ask === true };
+  const node = typeof hello.node === 'string' ? hello.node.slice(0, MAX_NAME_LENGTH) : '';
+  return { worker_id: hello.worker_id, node, models, ask: hello.ask === true };
 }

@@ -137,6 +137,21 @@ export function streamedAnswer(model: string, reply: ChatReply, chunks: ReplayCh
 const FINISH_REASONS = new Set(['stop', 'length', 'tool_calls', 'content_filter', 'error']);
 const isCount = (value: unknown) => Number.isSafeInteger(value) && (value as number) >= 0;
 const isOptionalString = (value: unknown) => value === undefined || typeof value === 'string';
+const isObject = (value: unknown): value is Record<string, unknown> =>
+  value !== null && typeof value === 'object' && !Array.isArray(value);
+
+/** A reply's tool calls: `{id, function: {name, arguments}}` with strings. */
+function areToolCalls(value: unknown): boolean {
+  if (!Array.isArray(value)) return false;
+  return value.every(
+    (call) =>
+      isObject(call) &&
+      typeof call.id === 'string' &&
+      isObject(call.function) &&
+      typeof call.function.name === 'string' &&
+      typeof call.function.arguments === 'string',
+  );
+}
 
 /**
  * Whether a stored answer can be served: the reply fields the record and the client rely on, and chunks
@@ -154,7 +169,19 @@ export function servable(answer: CachedAnswer): boolean {
     return false;
   if (reply.content !== null && typeof reply.content !== 'string') return false;
   if (!FINISH_REASONS.has(reply.finish_reason as string)) return false;
-  if (reply.choices !== undefined && !Array.isArray(reply.choices)) return false;
+  if (!isOptionalString(reply.reasoning_content) || !isOptionalString(reply.refusal)) return false;
+  if (reply.tool_calls !== undefined && !areToolCalls(reply.tool_calls)) return false;
+  if (reply.choices !== undefined) {
+    if (!Array.isArray(reply.choices)) return false;
+    for (const choice of reply.choices as unknown[]) {
+      if (!isObject(choice) || !isCount(choice.index) || !isObject(choice.message)) return false;
+      const message = choice.message;
+      if (message.content !== null && typeof message.content !== 'string') return false;
+      if (!isOptionalString(message.reasoning_content)) return false;
+      if (message.refusal !== null && !isOptionalString(message.refusal)) return false;
+      if (message.tool_calls !== undefined && !areToolCalls(message.tool_calls)) return false;
+    }
+  }
   if (answer.chunks === undefined) return true;
   for (const value of answer.chunks) {
     if (value === null || typeof value !== 'object' || Array.isArray(value)) return false;
@@ -162,7 +189,12 @@ export function servable(answer: CachedAnswer): boolean {
     if ('seq' in chunk || typeof chunk.delta !== 'string') return false;
     if (!isOptionalString(chunk.reasoning_delta) || !isOptionalString(chunk.refusal_delta)) return false;
     if (chunk.index !== undefined && !isCount(chunk.index)) return false;
-    if (chunk.tool_calls !== undefined && !Array.isArray(chunk.tool_calls)) return false;
+    if (chunk.tool_calls !== undefined) {
+      if (!Array.isArray(chunk.tool_calls)) return false;
+      for (const call of chunk.tool_calls as unknown[])
+        if (!isObject(call) || !isCount(call.index) || (call.function !== undefined && !isObject(call.function)))
+          return false;
+    }
   }
   return true;
 }

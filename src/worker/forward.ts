@@ -168,10 +168,16 @@ export function forwardRequest(
         headers: forwardedHeaders(message.headers, deps.workerId),
       });
     } catch (error) {
-      record.logger.error({ err: error, model }, 'a request could not be passed on');
-      done(
-        deps.delivery.error(message, record, new ProxyError('internal', 'the request could not be passed on'), stream),
-      );
+      // A body near max_payload: the header this worker adds made it too large (nats.js refuses it).
+      const tooLarge = error instanceof Error && error.message.includes('max_payload');
+      if (!tooLarge) record.logger.error({ err: error, model }, 'a request could not be passed on');
+      const refusal = tooLarge
+        ? new ProxyError(
+            'payload_too_large',
+            `the request is too close to the NATS server's max_payload to be passed on to the workers of "${model}": send it on its model's subject (the typed client does)`,
+          )
+        : new ProxyError('internal', 'the request could not be passed on');
+      done(deps.delivery.error(message, record, refusal, stream));
     }
   });
 }
