@@ -59,11 +59,31 @@ test('a 5 MB answer, plain and streamed, is stored whole and served whole by the
   const openai = await startFakeOpenAI();
   const config = testConfig(
     { openai: openai.baseUrl },
-    { cache: { enabled: true, ttl_ms: 60_000, max_entry_bytes: '16MiB', memory_max_bytes: '64MiB' } },
+    // The KV timeout is generous: this test is about wholeness, and a 5 MB write on a loaded CI machine
+    // can take longer than the default 2 s (a timed-out write is a skipped entry, by design).
+    {
+      cache: {
+        enabled: true,
+        ttl_ms: 60_000,
+        max_entry_bytes: '16MiB',
+        memory_max_bytes: '64MiB',
+        store_timeout_ms: 30_000,
+      },
+    },
   );
   const workers: InProcessWorker[] = [];
   const raw = await connect({ servers: nats.url });
-  const client = await createClient({ servers: nats.url, idleTimeoutMs: 10_000 });
+  const client = await createClient({ servers: nats.url, idleTimeoutMs: 30_000 });
+  const resolved = resolveConfig(config, 'test', { FAKE_OPENAI_KEY: 'x' });
+  const reader = createResponseCache(resolved.cache, { nats: raw });
+  // The leader's shared write is not awaited by its reply: wait until it has landed in the KV before
+  // asking the other workers, so the test measures the cache and not the race with the write.
+  const landed = async (request: ChatRequest) => {
+    const key = cacheKeyFor(request, resolved.models.get('gpt-test'));
+    for (const started = Date.now(); Date.now() - started < 30_000; await sleep(50))
+      if ((await reader.store.get(key)) !== undefined) return;
+    assert.fail('the answer never reached the shared cache');
+  };
   try {
     for (let index = 0; index < 3; index += 1) workers.push(await startInProcessWorker({ natsUrl: nats.url, config }));
     const large = 'abcdefghij'.repeat((5 * MiB) / 10);
@@ -71,6 +91,7 @@ test('a 5 MB answer, plain and streamed, is stored whole and served whole by the
     const first = await ask(raw, body('large plain', 'large-0'));
     assert.equal(first.cached, false);
     assert.equal(first.content.length, large.length);
+    await landed(body('large plain', 'large-0'));
     for (let index = 1; index <= 3; index += 1) {
       const again = await ask(raw, body('large plain', `large-${index}`));
       assert.equal(again.cached, true);
@@ -89,6 +110,7 @@ test('a 5 MB answer, plain and streamed, is stored whole and served whole by the
     const live = await collect('large-stream-0');
     assert.equal(live.reply.cached, false);
     assert.equal(live.chunks.map((chunk) => chunk.delta).join(''), large);
+    await landed(body('large stream', 'large-stream-0', { stream: true }));
     for (let index = 1; index <= 3; index += 1) {
       const replay = await collect(`large-stream-${index}`);
       assert.equal(replay.reply.cached, true);
@@ -98,6 +120,7 @@ test('a 5 MB answer, plain and streamed, is stored whole and served whole by the
     }
     assert.equal(openai.chatRequests.length, 2);
   } finally {
+    await reader.store.close();
     await client.close();
     await raw.close();
     for (const worker of workers) await worker.stop();
