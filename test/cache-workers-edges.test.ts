@@ -221,8 +221,10 @@ test('the KV unreachable (the bus up): requests are still served, the outage log
       assert.equal(reply.error, undefined);
       assert.equal(reply.content, 'echo: no cache');
     }
-    // Each worker's memory tier still answers what it served itself; the shared tier never did.
-    assert.ok(openai.chatRequests.length >= 2, 'each worker asked upstream');
+    // Each worker's memory tier still answers what it served itself; the shared tier never did: one
+    // upstream call per worker that got any of the requests (the queue group may give all to one).
+    const serving = workers.filter((worker) => worker.worker.stats().requests > 0).length;
+    assert.equal(openai.chatRequests.length, serving, 'each serving worker asked upstream once');
     for (const worker of workers) {
       const outages = worker.logs.records().filter((record) => String(record.msg).includes('cache store unreachable'));
       assert.ok(outages.length <= 1, `logged once: ${outages.length}`);
