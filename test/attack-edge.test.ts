@@ -7,6 +7,7 @@ import { resolveConfig } from '../src/config/index.js';
 import type { UsageEvent } from '../src/contract/usage-event.js';
 import { cacheKeyFor } from '../src/worker/response-cache.js';
 import { startFakeOllama, startFakeOpenAI, type FakeProvider } from './fakes/index.js';
+import { reply as fixtureReply } from './helpers/cache-fixtures.js';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
 
@@ -424,18 +425,7 @@ function wellFormed(chunk: Body): boolean {
   return true;
 }
 
-const GOOD_REPLY = {
-  content: 'fine',
-  usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 },
-  provider: 'openai',
-  model_resolved: 'gpt-4o-mini',
-  latency_ms: 1,
-  model: 'gpt-test',
-  request_id: 'x',
-  finish_reason: 'stop',
-  cost_usd: 0,
-  cached: false,
-};
+const GOOD_REPLY = fixtureReply('fine');
 
 /** Damaged answers written straight into LLM_CACHE: each must be a miss (asked upstream), never a broken stream. */
 const DAMAGES: Array<{ name: string; stored: Body; extra?: Body }> = [

@@ -7,6 +7,7 @@ import { createClient, type ChatRequest, type StreamChunk } from '../src/client/
 import { resolveConfig } from '../src/config/load.js';
 import { cacheKeyFor } from '../src/worker/response-cache.js';
 import { startFakeOpenAI } from './fakes/index.js';
+import { reply as fixtureReply } from './helpers/cache-fixtures.js';
 import { startNatsServer } from './helpers/nats-server.js';
 import { startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
 
@@ -144,18 +145,7 @@ test('a damaged entry is a miss: removed, logged, replaced by the next answer', 
       { chunks: [{ delta: 42 }] },
     ].entries()) {
       const request = body(`damaged ${index}`, `damaged-${index}`);
-      const good = {
-        content: 'fine',
-        usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 },
-        provider: 'openai',
-        model_resolved: 'gpt-4o-mini',
-        latency_ms: 1,
-        model: 'gpt-test',
-        request_id: 'x',
-        finish_reason: 'stop',
-        cost_usd: 0,
-        cached: false,
-      };
+      const good = fixtureReply('fine');
       const stored = { stored_at: Date.now(), model: 'gpt-test', reply: good, ...damage };
       await writer.store.set(
         cacheKeyFor(request, resolved.models.get('gpt-test')),

@@ -5,17 +5,9 @@
 import { unionModels, type LlmProxyClient } from '../client/index.js';
 import type { DeploymentHealth } from '../router/types.js';
 
-export interface DeploymentRow {
-  model: string;
-  provider: string;
-  physical_name: string;
-  weight: number;
-  state: 'healthy' | 'cooling_down';
+export interface DeploymentRow extends DeploymentHealth {
   /** The latest end of a cooldown any worker reported, or null. */
   cooldown_until: string | null;
-  in_flight: number;
-  ewma_latency_ms: number | null;
-  recent_failures: number;
   /** Workers whose answer is in this row, and of them those cooling it down (cooldowns are per worker). */
   workers: number;
   cooling_on: number;

@@ -28,14 +28,12 @@
  * only when its client port greets with its own `server_name`, and a start that loses a port race
  * is retried on fresh ports (as in nats-server.ts).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
-import { waitForServer } from './nats-server.js';
-import { sleep, track, waitForExit } from './child-processes.js';
+import { NatsServerProcess, sleep } from './child-processes.js';
 import { freePort } from './ports.js';
 
 /** How `dropLink` breaks the link. */
@@ -97,54 +95,6 @@ export interface LeafClusterHandle {
   restoreLink(): Promise<number>;
   /** Kill both servers, close the proxy, remove the temp dir. */
   close(): Promise<void>;
-}
-
-/** One nats-server process with its config file; restartable on the same ports. */
-class ServerProcess {
-  #child: ChildProcess | undefined;
-  #stderr = '';
-
-  constructor(
-    readonly name: string,
-    readonly configPath: string,
-  ) {}
-
-  get running(): boolean {
-    return this.#child !== undefined && this.#child.exitCode === null && this.#child.signalCode === null;
-  }
-
-  logs(): string {
-    return this.#stderr;
-  }
-
-  async launch(port: number, timeoutMs = 10_000): Promise<void> {
-    if (this.running) throw new Error(`${this.name} is already running`);
-    const child = spawn('nats-server', ['-c', this.configPath], { stdio: ['ignore', 'ignore', 'pipe'] });
-    this.#child = child;
-    track(child);
-    child.stderr?.on('data', (chunk: Buffer) => {
-      this.#stderr += chunk.toString();
-      if (this.#stderr.length > 200_000) this.#stderr = this.#stderr.slice(-100_000);
-    });
-    const exited = new Promise<never>((_, reject) =>
-      child.once('exit', (code, signal) =>
-        reject(new Error(`nats-server ${this.name} exited (${code ?? signal}): ${this.#stderr.slice(-2000)}`)),
-      ),
-    );
-    exited.catch(() => undefined);
-    try {
-      await Promise.race([waitForServer(port, this.name, timeoutMs), exited]);
-    } catch (error) {
-      child.kill('SIGKILL');
-      await waitForExit(child);
-      throw error;
-    }
-  }
-
-  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-    this.#child?.kill(signal);
-    await waitForExit(this.#child);
-  }
 }
 
 /** A TCP forwarder from `listenPort` to `targetPort` that can reset, black-hole or refuse what it carries. */
@@ -253,8 +203,8 @@ export async function startLeafCluster(options: LeafClusterOptions = {}): Promis
   const suffix = basename(root)
     .slice('llm-proxy-leaf-'.length)
     .replace(/[^A-Za-z0-9]/g, '');
-  const hub = new ServerProcess(`lpl-${suffix}-hub`, join(root, 'hub.conf'));
-  const leaf = new ServerProcess(`lpl-${suffix}-leaf`, join(root, 'leaf.conf'));
+  const hub = new NatsServerProcess(`lpl-${suffix}-hub`, join(root, 'hub.conf'));
+  const leaf = new NatsServerProcess(`lpl-${suffix}-leaf`, join(root, 'leaf.conf'));
   const ports = { hub: 0, hubLeafnode: 0, hubMonitor: 0, leaf: 0, leafMonitor: 0, proxy: 0 };
   let proxy: LinkProxy | undefined;
 

@@ -16,16 +16,14 @@
  * greets with its own `server_name` (another suite's server may have taken the port meanwhile), and a
  * start that fails that way is retried on fresh ports.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstreamManager, StorageType, type StreamInfo } from '@nats-io/jetstream';
-import { sleep, track, waitForExit } from './child-processes.js';
+import { NatsServerProcess, sleep } from './child-processes.js';
 import { freePort } from './ports.js';
-import { waitForServer } from './nats-server.js';
 
 export interface NatsClusterNode {
   /** `server_name` (what JetStream reports as a stream's `cluster.leader`). */
@@ -84,8 +82,7 @@ class ClusterNode implements NatsClusterNode {
   readonly #configPath: string;
   port = 0;
   clusterPort = 0;
-  #child: ChildProcess | undefined;
-  #stderr = '';
+  readonly #process: NatsServerProcess;
 
   constructor(root: string, name: string) {
     this.name = name;
@@ -93,6 +90,7 @@ class ClusterNode implements NatsClusterNode {
     mkdirSync(dir, { recursive: true });
     this.storeDir = join(dir, 'js');
     this.#configPath = join(dir, 'server.conf');
+    this.#process = new NatsServerProcess(name, this.#configPath);
   }
 
   get url(): string {
@@ -100,11 +98,11 @@ class ClusterNode implements NatsClusterNode {
   }
 
   get running(): boolean {
-    return this.#child !== undefined && this.#child.exitCode === null && this.#child.signalCode === null;
+    return this.#process.running;
   }
 
   logs(): string {
-    return this.#stderr;
+    return this.#process.logs();
   }
 
   writeConfig(clusterName: string, peers: ClusterNode[], extraConfig: string | undefined): void {
@@ -127,39 +125,16 @@ class ClusterNode implements NatsClusterNode {
     writeFileSync(this.#configPath, `${lines.join('\n')}\n`);
   }
 
-  async launch(timeoutMs = 10_000): Promise<void> {
-    if (this.running) throw new Error(`${this.name} is already running`);
-    const child = spawn('nats-server', ['-c', this.#configPath], { stdio: ['ignore', 'ignore', 'pipe'] });
-    this.#child = child;
-    track(child);
-    child.stderr?.on('data', (chunk: Buffer) => {
-      this.#stderr += chunk.toString();
-      // Keep the tail: the last lines say why a node misbehaved.
-      if (this.#stderr.length > 200_000) this.#stderr = this.#stderr.slice(-100_000);
-    });
-    const exited = new Promise<never>((_, reject) =>
-      child.once('exit', (code, signal) =>
-        reject(new Error(`nats-server ${this.name} exited (${code ?? signal}): ${this.#stderr.slice(-2000)}`)),
-      ),
-    );
-    exited.catch(() => undefined);
-    try {
-      await Promise.race([waitForServer(this.port, this.name, timeoutMs), exited]);
-    } catch (error) {
-      child.kill('SIGKILL');
-      await waitForExit(child);
-      throw error;
-    }
+  launch(timeoutMs = 10_000): Promise<void> {
+    return this.#process.launch(this.port, timeoutMs);
   }
 
-  async kill(): Promise<void> {
-    this.#child?.kill('SIGKILL');
-    await waitForExit(this.#child);
+  kill(): Promise<void> {
+    return this.#process.stop('SIGKILL');
   }
 
-  async stop(): Promise<void> {
-    this.#child?.kill('SIGTERM');
-    await waitForExit(this.#child);
+  stop(): Promise<void> {
+    return this.#process.stop('SIGTERM');
   }
 
   restart(): Promise<void> {
