@@ -135,7 +135,8 @@ export const modelSchema = z
      */
     cost_per_1k_cached_prompt: nonNegative.optional(),
     timeout_ms: positiveInt.optional(),
-    fallbacks: z.array(z.string().min(1)).default([]),
+    /** Models of this config, or of other nodes on the bus (a name this config does not define). */
+    fallbacks: z.array(z.string().min(1).max(256)).max(16).default([]),
     context_fallbacks: z.array(z.string().min(1)).default([]),
     routing: z
       .object({ strategy: z.enum(ROUTING_STRATEGIES) })
@@ -344,7 +345,9 @@ export const configSchema = z
       });
       for (const key of ['fallbacks', 'context_fallbacks'] as const) {
         model[key].forEach((target, index) => {
-          if (!(target in config.models)) {
+          // A fallback this config does not define is a model of another node on the bus (issue 19):
+          // taken there when no worker serves this model (forward.ts). A context fallback must be here.
+          if (!(target in config.models) && key === 'context_fallbacks') {
             context.addIssue({
               code: z.ZodIssueCode.custom,
               path: ['models', modelName, key, index],

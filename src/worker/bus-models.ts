@@ -10,31 +10,47 @@ import type { Logger } from '../telemetry/logger.js';
  * A worker that starts publishes a hello on `llm.proxy.nodes.hello` with the models it serves and
  * `ask: true`; every worker adds what it hears and answers an asking hello with its own. Names are only
  * ever added (a node that left still counts as having offered its models), bounded in number and
- * length: the set decides an error code, never where a request goes.
+ * length. A hello also carries its models' `fallbacks`: when no worker serves a model any more, a
+ * request for it is passed on to them (forward.ts), so a node's model can name a model of another node
+ * as its fallback. Only workers may say hello (deploy/nats: the worker role); the last hello about a
+ * model sets its fallbacks.
  */
 export interface NodeHello {
   worker_id: string;
   node: string;
   models: string[];
+  /** The `fallbacks` of those models that have some (model → fallbacks, in order). */
+  fallbacks?: Record<string, string[]>;
   /** Set by a worker that just started: the others answer with their own hello. */
   ask?: boolean;
 }
 
 const MAX_MODELS = 10_000;
 const MAX_NAME_LENGTH = 256;
+const MAX_FALLBACKS = 16;
+const NONE: readonly string[] = [];
 
 export class BusModels {
   readonly #seen: Set<string>;
+  readonly #fallbacks = new Map<string, readonly string[]>();
   readonly #own: NodeHello;
   #subscription: Subscription | undefined;
 
   constructor(own: NodeHello) {
     this.#own = { worker_id: own.worker_id, node: own.node, models: [...own.models] };
+    if (own.fallbacks !== undefined && Object.keys(own.fallbacks).length > 0)
+      this.#own.fallbacks = structuredClone(own.fallbacks);
     this.#seen = new Set(own.models);
+    this.#learn(this.#own);
   }
 
   has(model: string): boolean {
     return this.#seen.has(model);
+  }
+
+  /** The model's fallbacks as its node(s) last said, in order; none when nobody said any. */
+  fallbacksOf(model: string): readonly string[] {
+    return this.#fallbacks.get(model) ?? NONE;
   }
 
   get size(): number {
@@ -68,7 +84,18 @@ export class BusModels {
       if (this.#seen.size >= MAX_MODELS) break;
       this.#seen.add(model);
     }
+    this.#learn(hello);
     if (hello.ask === true) connection.publish(subjects.nodesHello, JSON.stringify(this.#own));
+  }
+
+  /** The hello's fallbacks for the models it names (bounded as the names are). */
+  #learn(hello: NodeHello): void {
+    for (const model of hello.models) {
+      const fallbacks = hello.fallbacks?.[model];
+      if (fallbacks !== undefined && fallbacks.length > 0) {
+        if (this.#fallbacks.size < MAX_MODELS || this.#fallbacks.has(model)) this.#fallbacks.set(model, fallbacks);
+      } else this.#fallbacks.delete(model);
+    }
   }
 
   stop(): void {
@@ -93,5 +120,28 @@ function parseHello(data: Uint8Array): NodeHello | undefined {
     (model): model is string => typeof model === 'string' && model !== '' && model.length <= MAX_NAME_LENGTH,
   );
   const node = typeof hello.node === 'string' ? hello.node.slice(0, MAX_NAME_LENGTH) : '';
-  return { worker_id: hello.worker_id, node, models, ask: hello.ask === true };
+  const parsed: NodeHello = { worker_id: hello.worker_id, node, models, ask: hello.ask === true };
+  const fallbacks = parseFallbacks(hello.fallbacks, models);
+  if (fallbacks !== undefined) parsed.fallbacks = fallbacks;
+  return parsed;
+}
+
+/** Only for the hello's own models; names as a request's model is; at most MAX_FALLBACKS each, never itself. */
+function parseFallbacks(value: unknown, models: string[]): Record<string, string[]> | undefined {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return undefined;
+  const given = value as Record<string, unknown>;
+  const fallbacks: Record<string, string[]> = Object.create(null);
+  for (const model of models) {
+    if (!Object.hasOwn(given, model)) continue;
+    const list = given[model];
+    if (!Array.isArray(list)) continue;
+    const names = list
+      .filter(
+        (name): name is string =>
+          typeof name === 'string' && name !== '' && name.length <= MAX_NAME_LENGTH && name !== model,
+      )
+      .slice(0, MAX_FALLBACKS);
+    if (names.length > 0) fallbacks[model] = [...new Set(names)];
+  }
+  return fallbacks;
 }

@@ -59,6 +59,11 @@ function forwardedHeaders(original: MsgHdrs | undefined, workerId: string): MsgH
   return headers;
 }
 
+/** The request's body naming another model (a fallback); the body was read as JSON by admission already. */
+function withModel(message: Msg, model: string): string {
+  return JSON.stringify({ ...(JSON.parse(message.string()) as Record<string, unknown>), model });
+}
+
 /** Whether a message carries `LLM-Forwarded` (it was passed on once already). */
 export function wasForwarded(message: Msg): boolean {
   try {
@@ -130,6 +135,37 @@ export function forwardRequest(
         }
       });
     };
+    const tried = new Set([model]);
+    const allowed = record.caller.key?.models ?? null;
+    const nextFallback = (): string | undefined => {
+      for (const fallback of busModels.fallbacksOf(model)) {
+        if (tried.has(fallback) || (allowed !== null && !allowed.includes(fallback))) continue;
+        tried.add(fallback);
+        return fallback;
+      }
+      return undefined;
+    };
+    // The model's subject with the body as it came; a fallback's subject with the body naming the fallback.
+    const publishTo = (target: string) => {
+      try {
+        const body = target === model ? message.data : withModel(message, target);
+        connection.publish(deps.forward.subjectFor(target), body, {
+          reply: inbox,
+          headers: forwardedHeaders(message.headers, deps.workerId),
+        });
+      } catch (error) {
+        // A body near max_payload: the header this worker adds made it too large (nats.js refuses it).
+        const tooLarge = error instanceof Error && error.message.includes('max_payload');
+        if (!tooLarge) record.logger.error({ err: error, model: target }, 'a request could not be passed on');
+        const refusal = tooLarge
+          ? new ProxyError(
+              'payload_too_large',
+              `the request is too close to the NATS server's max_payload to be passed on to the workers of "${target}": send it on its model's subject (the typed client does)`,
+            )
+          : new ProxyError('internal', 'the request could not be passed on');
+        done(deps.delivery.error(message, record, refusal, stream));
+      }
+    };
     subscription = connection.subscribe(inbox, {
       callback: (error, reply) => {
         if (subscription === undefined) return;
@@ -140,6 +176,14 @@ export function forwardRequest(
         if (first) {
           first = false;
           if (isNoResponders(reply)) {
+            // Nobody serves it now: its fallbacks, as its node said (bus-models.ts), each once.
+            const fallback = nextFallback();
+            if (fallback !== undefined) {
+              record.logger.info({ model, fallback }, 'no worker serves the model: passed on to its fallback');
+              first = true;
+              publishTo(fallback);
+              return;
+            }
             const offered = busModels.has(model);
             const refusal = offered
               ? new ProxyError('no_provider_available', `no worker on the bus serves model "${model}" now`)
@@ -162,22 +206,6 @@ export function forwardRequest(
       if (subscription !== undefined) handedOver();
     });
     arm(stream ? STREAM_IDLE_MS : timeoutMs + REPLY_GRACE_MS, 'no answer to a forwarded request');
-    try {
-      connection.publish(subject, message.data, {
-        reply: inbox,
-        headers: forwardedHeaders(message.headers, deps.workerId),
-      });
-    } catch (error) {
-      // A body near max_payload: the header this worker adds made it too large (nats.js refuses it).
-      const tooLarge = error instanceof Error && error.message.includes('max_payload');
-      if (!tooLarge) record.logger.error({ err: error, model }, 'a request could not be passed on');
-      const refusal = tooLarge
-        ? new ProxyError(
-            'payload_too_large',
-            `the request is too close to the NATS server's max_payload to be passed on to the workers of "${model}": send it on its model's subject (the typed client does)`,
-          )
-        : new ProxyError('internal', 'the request could not be passed on');
-      done(deps.delivery.error(message, record, refusal, stream));
-    }
+    publishTo(model);
   });
 }

@@ -216,7 +216,16 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   });
 
   // The models offered on the bus, as heard from the other workers (forward.ts's error code when none is left).
-  const busModels = new BusModels({ worker_id: workerId, node: config.worker.node, models: [...config.models.keys()] });
+  const busModels = new BusModels({
+    worker_id: workerId,
+    node: config.worker.node,
+    models: [...config.models.keys()],
+    fallbacks: Object.fromEntries(
+      [...config.models.values()]
+        .filter((model) => model.fallbacks.length > 0)
+        .map((model) => [model.name, model.fallbacks]),
+    ),
+  });
   const pipeline = new RequestPipeline({
     forward: { connection, subjectFor: (model) => subjects.modelFor(model), busModels },
     connection,

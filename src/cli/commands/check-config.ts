@@ -35,7 +35,9 @@ export function summarizeConfig(config: ResolvedConfig): string {
       )
       .join(', ');
     const extras = [
-      model.fallbacks.length > 0 ? `fallbacks ${model.fallbacks.join(', ')}` : '',
+      model.fallbacks.length > 0
+        ? `fallbacks ${model.fallbacks.map((name) => (config.models.has(name) ? name : `${name} (on the bus)`)).join(', ')}`
+        : '',
       model.context_fallbacks.length > 0 ? `context fallbacks ${model.context_fallbacks.join(', ')}` : '',
       `$${model.cost_per_1k_prompt}/$${model.cost_per_1k_completion} per 1k`,
     ].filter((part) => part !== '');

@@ -1,0 +1,181 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection, Subscription } from '@nats-io/nats-core';
+import { stringify } from 'yaml';
+import { createClient, type ChatRequest, type LlmProxyClient, type StreamChunk } from '../src/client/index.js';
+import type { UsageEvent } from '../src/contract/usage-event.js';
+import { startFakeOllama, startFakeOpenAI, type FakeProvider } from './fakes/index.js';
+import { runCli } from './helpers/cli-process.js';
+import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
+import { startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
+
+/**
+ * Fallbacks across nodes (issue 19): a node's model may name, as its fallback, a model its own config
+ * does not define (one of another node). Workers tell each other their models' fallbacks in their
+ * hellos; when no worker serves a model any more, a request for it is passed on to its fallbacks in
+ * order, each once, and answered (and counted, once) by the workers of the first one that has any.
+ */
+
+let nats: NatsServerHandle;
+let openai: FakeProvider;
+let ollama: FakeProvider;
+let cloud: InProcessWorker;
+let edge: InProcessWorker | undefined;
+let raw: NatsConnection;
+let client: LlmProxyClient;
+let usage: Subscription;
+const events: UsageEvent[] = [];
+
+const edgeConfig = () =>
+  testConfig(
+    { ollama: 'http://127.0.0.1:1' },
+    {
+      models: {
+        // `nowhere` is served by no node: skipped; `gpt-test` is the cloud's.
+        'local-test': { provider: 'local', physical_name: 'llama3.2:3b', fallbacks: ['nowhere', 'gpt-test'] },
+        'edge-plain': { provider: 'local', physical_name: 'llama3.2:3b' },
+      },
+    },
+  );
+
+before(async () => {
+  nats = await startNatsServer();
+  openai = await startFakeOpenAI();
+  ollama = await startFakeOllama();
+  cloud = await startInProcessWorker({ natsUrl: nats.url, config: testConfig({ openai: openai.baseUrl }) });
+  const config = edgeConfig();
+  (config.providers as Record<string, { base_url: string }>).local!.base_url = ollama.baseUrl;
+  edge = await startInProcessWorker({ natsUrl: nats.url, config });
+  raw = await connect({ servers: nats.url });
+  client = await createClient({ servers: nats.url, idleTimeoutMs: 5_000 });
+  usage = raw.subscribe('llm.usage.>');
+  void (async () => {
+    for await (const message of usage) events.push(message.json<UsageEvent>());
+  })();
+});
+
+after(async () => {
+  usage?.unsubscribe();
+  await client?.close();
+  await raw?.close();
+  await edge?.stop();
+  await cloud?.stop();
+  await openai?.close();
+  await ollama?.close();
+  await nats?.dispose();
+});
+
+function body(model: string, requestId: string, extra: Partial<ChatRequest> = {}): ChatRequest {
+  return { model, messages: [{ role: 'user', content: 'hi' }], request_id: requestId, ...extra };
+}
+
+type Reply = { model?: string; provider?: string; content?: string; error?: { code: string; message: string } };
+
+async function seed(request: ChatRequest): Promise<Reply> {
+  const reply = await raw.request('llm.proxy.request', JSON.stringify(request), { timeout: 10_000 });
+  return reply.json<Reply>();
+}
+
+async function settle(): Promise<void> {
+  await raw.flush();
+  await new Promise((resolve) => setTimeout(resolve, 300));
+}
+
+test('while its node is up, the model is served there and its fallbacks are not used', async () => {
+  const reply = await seed(body('local-test', 'up-0'));
+  assert.equal(reply.error, undefined, JSON.stringify(reply.error));
+  assert.equal(reply.model, 'local-test');
+  assert.equal(reply.provider, 'local');
+  assert.equal(openai.chatRequests.length, 0);
+});
+
+test("its node gone, the model's fallback on another node answers: seed subject, typed client, stream; one event each", async () => {
+  await edge!.stop();
+  edge = undefined;
+  const started = performance.now();
+  const seeded = await seed(body('local-test', 'gone-seed'));
+  assert.equal(seeded.error, undefined, JSON.stringify(seeded.error));
+  assert.equal(seeded.model, 'gpt-test', 'the reply names the model that served it');
+  assert.equal(seeded.provider, 'openai');
+
+  const typed = await client.chat(body('local-test', 'gone-typed'));
+  assert.equal(typed.model, 'gpt-test');
+
+  const stream = client.stream(body('local-test', 'gone-stream', { stream: true }));
+  const chunks: StreamChunk[] = [];
+  for await (const chunk of stream) chunks.push(chunk);
+  const final = await stream.final;
+  assert.equal(final.model, 'gpt-test');
+  assert.equal(chunks.map((chunk) => chunk.delta).join(''), final.content);
+  assert.ok(performance.now() - started < 5_000, 'no timeout on the way');
+  assert.equal(openai.chatRequests.length, 3);
+  // The fallback's body names the fallback; everything else is the client's.
+  assert.equal((openai.chatRequests[0]!.body as { model: string }).model, 'gpt-4o-mini');
+
+  await settle();
+  for (const id of ['gone-seed', 'gone-typed', 'gone-stream']) {
+    const mine = events.filter((event) => event.request_id === id);
+    assert.equal(mine.length, 1, `one event for ${id}`);
+    assert.equal(mine[0]!.model, 'gpt-test');
+    assert.equal(mine[0]!.status, 'ok');
+  }
+  // The cloud worker passed each on (once to the gone model, then to its fallbacks) and answered it itself.
+  assert.ok(
+    cloud.logs.records().some((record) => record.msg === 'no worker serves the model: passed on to its fallback'),
+  );
+});
+
+test('a gone model without fallbacks is still no_provider_available, at once', async () => {
+  const reply = await seed(body('edge-plain', 'plain-gone'));
+  assert.equal(reply.error?.code, 'no_provider_available');
+});
+
+test('forged hellos cannot make a model its own fallback, nor break the worker', async () => {
+  const forged = [
+    { worker_id: 'forged-1', node: 'x', models: ['loop-a'], fallbacks: { 'loop-a': ['loop-a'] } },
+    { worker_id: 'forged-2', node: 'x', models: ['loop-b'], fallbacks: { 'loop-b': 'not a list', __proto__: ['x'] } },
+    { worker_id: 'forged-3', node: 'x', models: ['loop-c'], fallbacks: { 'loop-c': [42, null, '', 'x'.repeat(300)] } },
+    { worker_id: 'forged-4', node: 'x', models: ['loop-d'], fallbacks: [['loop-d', 'gpt-test']] },
+  ];
+  for (const hello of forged) raw.publish('llm.proxy.nodes.hello', JSON.stringify(hello));
+  await settle();
+  for (const model of ['loop-a', 'loop-b', 'loop-c', 'loop-d']) {
+    const reply = await seed(body(model, `forged-${model}`));
+    assert.equal(reply.error?.code, 'no_provider_available', `${model}: ${JSON.stringify(reply)}`);
+  }
+  assert.equal((await seed(body('gpt-test', 'still-serving'))).model, 'gpt-test');
+});
+
+test('check-config: a fallback this file does not define is a model on the bus; a context fallback must be here', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'llmp-fallbacks-'));
+  try {
+    const good = join(dir, 'edge.yaml');
+    const bad = join(dir, 'bad.yaml');
+    const base = { providers: { local: { type: 'ollama', base_url: 'http://127.0.0.1:11434' } } };
+    writeFileSync(
+      good,
+      stringify({ ...base, models: { edge: { provider: 'local', physical_name: 'q', fallbacks: ['gpt-cloud'] } } }),
+    );
+    writeFileSync(
+      bad,
+      stringify({
+        ...base,
+        models: {
+          edge: { provider: 'local', physical_name: 'q', context_fallbacks: ['gpt-cloud'], fallbacks: ['edge'] },
+        },
+      }),
+    );
+    const [ok, refused] = await Promise.all([runCli(['check-config', good]), runCli(['check-config', bad])]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /fallbacks gpt-cloud \(on the bus\)/);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /models\.edge\.context_fallbacks\.0: unknown model "gpt-cloud"/);
+    assert.match(refused.stderr, /models\.edge\.fallbacks\.0: a model cannot fall back to itself/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
