@@ -7,7 +7,9 @@ import { connect } from '@nats-io/transport-node';
 import type { NatsConnection, Subscription } from '@nats-io/nats-core';
 import { stringify } from 'yaml';
 import { createClient, type ChatRequest, type LlmProxyClient, type StreamChunk } from '../src/client/index.js';
+import { resolveConfig } from '../src/config/load.js';
 import type { UsageEvent } from '../src/contract/usage-event.js';
+import { checkSystemHealth } from '../src/health/system-health.js';
 import { startFakeOllama, startFakeOpenAI, type FakeProvider } from './fakes/index.js';
 import { runCli } from './helpers/cli-process.js';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
@@ -38,7 +40,11 @@ const edgeConfig = () =>
         // `nowhere` is served by no node: skipped; `gpt-test` is the cloud's.
         'local-test': { provider: 'local', physical_name: 'llama3.2:3b', fallbacks: ['nowhere', 'gpt-test'] },
         'edge-plain': { provider: 'local', physical_name: 'llama3.2:3b' },
+        // Nothing listens there: it cools down after one failure (the health test).
+        'edge-broken': { provider: 'dead', physical_name: 'llama3.2:3b' },
       },
+      providers: { dead: { type: 'ollama', base_url: 'http://127.0.0.1:1' } },
+      routing: { retry: { attempts: 1 }, cooldown: { failures: 1 } },
     },
   );
 
@@ -93,6 +99,28 @@ test('while its node is up, the model is served there and its fallbacks are not 
   assert.equal(openai.chatRequests.length, 0);
 });
 
+test("llm-proxy health checks every worker's deployments: a model that only the edge has, cooling down there, fails", async () => {
+  const config = resolveConfig(testConfig({ openai: openai.baseUrl }), 'test', { FAKE_OPENAI_KEY: 'x' });
+  const deploymentsCheck = async () =>
+    (await checkSystemHealth({ connection: raw, config, timeoutMs: 2_000 })).checks.find(
+      (check) => check.name === 'deployments',
+    )!;
+  const healthy = await deploymentsCheck();
+  assert.equal(healthy.ok, true, healthy.detail);
+  assert.deepEqual(healthy.worker_ids, [cloud.worker.id, edge!.worker.id].sort());
+  assert.match(healthy.detail, /^4 models, 4 deployments, 0 cooling down \(as 2 workers see them\)$/);
+
+  const refused = await seed(body('edge-broken', 'broken-0'));
+  assert.ok(refused.error !== undefined);
+  const failing = await deploymentsCheck();
+  assert.equal(failing.ok, false, failing.detail);
+  assert.deepEqual(failing.cooling_down, ['edge-broken']);
+  assert.match(
+    failing.detail,
+    /^every deployment cooling down: edge-broken \(until \d{4}-.*\(as 2 workers see them\)$/,
+  );
+});
+
 test("its node gone, the model's fallback on another node answers: seed subject, typed client, stream; one event each", async () => {
   await edge!.stop();
   edge = undefined;
@@ -144,6 +172,7 @@ test('forged hellos cannot make a model its own fallback, nor break the worker',
   for (const hello of forged) raw.publish('llm.proxy.nodes.hello', JSON.stringify(hello));
   await settle();
   for (const model of ['loop-a', 'loop-b', 'loop-c', 'loop-d']) {
+    // (their hellos named them, so they are models that were offered and are gone)
     const reply = await seed(body(model, `forged-${model}`));
     assert.equal(reply.error?.code, 'no_provider_available', `${model}: ${JSON.stringify(reply)}`);
   }

@@ -9,6 +9,7 @@ import { Kvm } from '@nats-io/kv';
 import type { MsgHdrs, NatsConnection } from '@nats-io/nats-core';
 import type { ResolvedConfig } from '../config/index.js';
 import type { ErrorReply } from '../contract/errors.js';
+import type { NodeInfo } from '../contract/models.js';
 import { subjectsFor } from '../contract/subjects.js';
 import { redactRedisUrl, redisUrlFor } from '../limits/index.js';
 import type { DeploymentHealth } from '../router/types.js';
@@ -68,8 +69,10 @@ export interface HealthCheck {
   last_seq?: number;
   /** limits_store: the backend checked. */
   backend?: string;
-  /** deployments: the worker whose view this is (cooldowns are per worker), and the models with no deployment left. */
+  /** deployments: the worker whose view this is when one answered (cooldowns are per worker), and the models with no deployment left. */
   worker_id?: string;
+  /** deployments: every worker whose deployments were checked. */
+  worker_ids?: string[];
   cooling_down?: string[];
   /** aggregator: how many answered `$SRV.PING`. */
   aggregators?: number;
@@ -302,13 +305,32 @@ async function checkLimitsStore(options: SystemHealthOptions, timeoutMs: number)
   }
 }
 
+/** How long the deployments check waits for more workers' answers after the last one (as `llm-proxy models`). */
+const NODES_STALL_MS = 300;
+
+/**
+ * Every worker's deployments (`llm.proxy.nodes`, issue 19: workers on different nodes serve different
+ * models, so one worker's view is not the system's); a model fails when no worker has a deployment of
+ * it that is not cooling down. Workers that do not answer `llm.proxy.nodes` (older ones, or a refusal):
+ * one worker's answer on `llm.proxy.models`, as before.
+ */
 async function checkDeployments(
   connection: NatsConnection,
   config: ResolvedConfig,
   timeoutMs: number,
   headers: MsgHdrs | undefined,
 ): Promise<HealthCheck> {
-  const subject = subjectsFor(config.nats.subject_prefix).models;
+  const subjects = subjectsFor(config.nats.subject_prefix);
+  const nodes = await gatherNodes(connection, subjects.nodes, timeoutMs, headers);
+  if (nodes.length > 0) {
+    const ids = nodes.map((node) => node.worker_id).sort();
+    const verdict = deploymentsVerdict(
+      nodes.flatMap((node) => node.health),
+      `as ${nodes.length} worker${nodes.length === 1 ? '' : 's'} see${nodes.length === 1 ? 's' : ''} them`,
+    );
+    return { ...verdict, ...(ids.length === 1 ? { worker_id: ids[0]! } : {}), worker_ids: ids };
+  }
+  const subject = subjects.models;
   let reply: WorkerModelsReply | ErrorReply;
   try {
     const answer = await connection.request(subject, JSON.stringify({ health: true }), {
@@ -329,16 +351,51 @@ async function checkDeployments(
       ok: false,
       detail: `${subject}: ${reply.error.code} (${reply.error.status}): ${reply.error.message}`,
     };
+  const verdict = deploymentsVerdict(reply.health ?? [], `as worker ${reply.worker_id} sees them`);
+  return { ...verdict, worker_id: reply.worker_id, worker_ids: [reply.worker_id] };
+}
+
+/** The workers' answers on `llm.proxy.nodes` (none: nobody answered, or every answer was a refusal). */
+async function gatherNodes(
+  connection: NatsConnection,
+  subject: string,
+  timeoutMs: number,
+  headers: MsgHdrs | undefined,
+): Promise<NodeInfo[]> {
+  const nodes: NodeInfo[] = [];
+  try {
+    const answers = await connection.requestMany(subject, '{}', {
+      strategy: 'stall',
+      stall: NODES_STALL_MS,
+      maxWait: timeoutMs,
+      ...(headers === undefined ? {} : { headers }),
+    });
+    for await (const answer of answers) {
+      let node: Partial<NodeInfo>;
+      try {
+        node = answer.json() as Partial<NodeInfo>;
+      } catch {
+        continue;
+      }
+      if (node !== null && typeof node.worker_id === 'string' && Array.isArray(node.health))
+        nodes.push(node as NodeInfo);
+    }
+  } catch {
+    // No responders or a timeout: the caller asks llm.proxy.models instead.
+  }
+  return nodes;
+}
+
+/** Deployment rows (one worker's, or every worker's): a model fails when every row of it is cooling down. */
+function deploymentsVerdict(rows: DeploymentHealth[], seen: string): HealthCheck {
   const byModel = new Map<string, DeploymentHealth[]>();
-  for (const row of reply.health ?? []) byModel.set(row.model, [...(byModel.get(row.model) ?? []), row]);
+  for (const row of rows) byModel.set(row.model, [...(byModel.get(row.model) ?? []), row]);
   const coolingDown = [...byModel]
-    .filter(([, rows]) => rows.every((row) => row.state === 'cooling_down'))
+    .filter(([, modelRows]) => modelRows.every((row) => row.state === 'cooling_down'))
     .map(([model]) => model)
     .sort();
-  const rows = [...byModel.values()].flat();
   const cooling = rows.filter((row) => row.state === 'cooling_down').length;
-  const seen = `as worker ${reply.worker_id} sees them`;
-  const base = { name: 'deployments' as const, worker_id: reply.worker_id, cooling_down: coolingDown };
+  const base = { name: 'deployments' as const, cooling_down: coolingDown };
   if (coolingDown.length > 0) {
     const until = (model: string) =>
       (byModel.get(model) ?? [])

@@ -23,8 +23,9 @@ Checks the system as seen from the bus, each check ok or FAIL with one line:
   usage_stream  the usage stream (nats.usage_stream.name) answers stream info
   limits_store  the KV bucket (backend nats), a PING to Redis (backend redis);
                 nothing to reach for memory or when limits are off
-  deployments   llm.proxy.models {"health": true}: no model with every deployment
-                cooling down (as the answering worker sees them)
+  deployments   llm.proxy.nodes (every worker): no model whose every deployment
+                cools down on every worker that serves it (workers that do not
+                answer it: one worker's llm.proxy.models {"health": true})
   aggregator    $SRV.PING.llm-usage answered (a warning, not a failure, when none does)
   usage_sink    the PostgreSQL sinks' durable consumer: events not yet copied (a warning
                 past 50000, or when a database is configured and no sink has run)
