@@ -226,6 +226,28 @@ describe('coalescer (one worker)', () => {
     assert.ok(Date.now() - started < 2_000);
   });
 
+  test('a waiting caller whose signal aborts stops waiting at once with its reason; the leader goes on', async () => {
+    const coalescer = new Coalescer({ maxWaitMs: 5_000 });
+    const k = key();
+    const leader = coalescer.run(k, async () => {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      return 'the answer';
+    });
+    const controller = new AbortController();
+    const started = Date.now();
+    const waiting = coalescer.run(k, async () => 'never computed', undefined, controller.signal);
+    setTimeout(() => controller.abort(new Error('cancelled by its client')), 20);
+    await assert.rejects(waiting, /cancelled by its client/);
+    assert.ok(Date.now() - started < 300, 'it did not wait for the leader');
+    const aborted = new AbortController();
+    aborted.abort(new Error('already cancelled'));
+    await assert.rejects(
+      coalescer.run(k, async () => 'x', undefined, aborted.signal),
+      /already cancelled/,
+    );
+    assert.deepEqual(await leader, { value: 'the answer', role: 'leader' });
+  });
+
   test("a leader's failure hands over to one of the waiting callers", async () => {
     const coalescer = new Coalescer({ maxWaitMs: 5_000 });
     const k = key();

@@ -2,7 +2,13 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection, Subscription } from '@nats-io/nats-core';
-import { createClient, type ChatRequest, type LlmProxyClient, type StreamChunk } from '../src/client/index.js';
+import {
+  createClient,
+  LlmProxyError,
+  type ChatRequest,
+  type LlmProxyClient,
+  type StreamChunk,
+} from '../src/client/index.js';
 import type { ChatReply } from '../src/contract/reply.js';
 import type { UsageEvent } from '../src/contract/usage-event.js';
 import { startFakeOpenAI, type FakeProvider } from './fakes/index.js';
@@ -166,6 +172,37 @@ test('a stream that failed, or was cancelled, is not cached', async () => {
   assert.equal(after.reply!.cached, false);
   assert.equal(after.reply!.content, 'not cancelled');
   assert.equal(openai.chatRequests.length, calls + 4);
+});
+
+test('a request waiting for an identical one is cancelled at once (stream or not); the one it waited for is unharmed', async () => {
+  const calls = openai.chatRequests.length;
+  openai.enqueue({ kind: 'ok', delayMs: 3_000, content: 'slow and shared', chunks: ['slow ', 'and ', 'shared'] });
+  const started = performance.now();
+  const leader = streamed(request('waited for', 'wait-leader', { stream: true }));
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const waitingStream = streamed(request('waited for', 'wait-stream', { stream: true }));
+  const waitingPlain = client.chat(request('waited for', 'wait-plain')).catch((error: unknown) => error);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  for (const id of ['wait-stream', 'wait-plain'])
+    await observer.request('llm.proxy.cancel', JSON.stringify({ request_id: id }), { timeout: 2_000 });
+  for (const id of ['wait-stream', 'wait-plain']) {
+    const event = await eventFor(id);
+    assert.equal(event.status, 'cancelled', id);
+    assert.equal(event.error_code, 'cancelled', id);
+  }
+  assert.ok(performance.now() - started < 2_500, 'the waiting requests ended before the answer they waited for');
+  const cancelled = await waitingStream;
+  assert.ok(cancelled.error instanceof LlmProxyError && cancelled.error.code === 'cancelled', String(cancelled.error));
+  const plain = await waitingPlain;
+  assert.ok(plain instanceof LlmProxyError && plain.code === 'cancelled', String(plain));
+  const led = await leader;
+  assert.equal(led.error, undefined);
+  assert.deepEqual(
+    led.chunks.map((chunk) => chunk.delta),
+    ['slow ', 'and ', 'shared'],
+  );
+  assert.equal((await eventFor('wait-leader')).status, 'ok');
+  assert.equal(openai.chatRequests.length, calls + 1);
 });
 
 test('identical streams at once: one upstream call, every client gets the same chunks', async () => {

@@ -54,14 +54,37 @@ function keyId(key: CacheKey): string {
 }
 
 const TIMED_OUT = Symbol('timed out');
+const ABORTED = Symbol('aborted');
 
-function waitFor<T>(promise: Promise<T>, ms: number): Promise<T | typeof TIMED_OUT> {
+/** A waiting caller's cancellation (the worker's `CancelSignal`, or an AbortSignal). */
+export interface WaitSignal {
+  readonly aborted: boolean;
+  readonly reason: unknown;
+  addEventListener(type: 'abort', listener: () => void): void;
+  removeEventListener(type: 'abort', listener: () => void): void;
+}
+
+/** The promise's value, or TIMED_OUT after `ms`, or ABORTED as soon as `signal` is (a rejection passes through). */
+function waitFor<T>(
+  promise: Promise<T>,
+  ms: number,
+  signal: WaitSignal | undefined,
+): Promise<T | typeof TIMED_OUT | typeof ABORTED> {
+  if (signal?.aborted === true) return Promise.resolve(ABORTED);
   if (ms <= 0) return Promise.resolve(TIMED_OUT);
   let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<typeof TIMED_OUT>((resolve) => {
+  let onAbort: (() => void) | undefined;
+  const stop = new Promise<typeof TIMED_OUT | typeof ABORTED>((resolve) => {
     timer = setTimeout(() => resolve(TIMED_OUT), ms);
+    if (signal !== undefined) {
+      onAbort = () => resolve(ABORTED);
+      signal.addEventListener('abort', onAbort);
+    }
   });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+  return Promise.race([promise, stop]).finally(() => {
+    clearTimeout(timer);
+    if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort);
+  });
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -83,9 +106,15 @@ export class Coalescer {
    * The value for `key`: computed by this caller, or by another one it waited for. `lookup` (the
    * shared cache's get) is used only with `claims`, to find another worker's answer.
    */
-  run<T>(key: CacheKey, compute: () => Promise<T>, lookup?: () => Promise<T | undefined>): Promise<Coalesced<T>> {
+  run<T>(
+    key: CacheKey,
+    compute: () => Promise<T>,
+    lookup?: () => Promise<T | undefined>,
+    /** The caller's cancellation: a caller waiting for another's answer stops waiting at once (throws its reason). */
+    signal?: WaitSignal,
+  ): Promise<Coalesced<T>> {
     if (this.#options.maxWaitMs <= 0) return compute().then((value) => ({ value, role: 'leader' as const }));
-    return this.#run(key, compute, lookup, Date.now() + this.#options.maxWaitMs);
+    return this.#run(key, compute, lookup, Date.now() + this.#options.maxWaitMs, signal);
   }
 
   async #run<T>(
@@ -93,18 +122,24 @@ export class Coalescer {
     compute: () => Promise<T>,
     lookup: (() => Promise<T | undefined>) | undefined,
     deadline: number,
+    signal: WaitSignal | undefined,
   ): Promise<Coalesced<T>> {
     const id = keyId(key);
     const flight = this.#flights.get(id);
     if (flight !== undefined) {
-      let outcome: T | typeof TIMED_OUT;
+      let outcome: T | typeof TIMED_OUT | typeof ABORTED;
       try {
-        outcome = (await waitFor(flight.promise, deadline - Date.now())) as T | typeof TIMED_OUT;
+        outcome = (await waitFor(flight.promise, deadline - Date.now(), signal)) as
+          | T
+          | typeof TIMED_OUT
+          | typeof ABORTED;
       } catch {
         // The leader failed: the waiting callers elect another within what is left of their wait.
+        if (signal?.aborted === true) throw signal.reason;
         if (Date.now() >= deadline) return { value: await compute(), role: 'alone' };
-        return this.#run(key, compute, lookup, deadline);
+        return this.#run(key, compute, lookup, deadline, signal);
       }
+      if (outcome === ABORTED) throw signal!.reason;
       if (outcome === TIMED_OUT) return { value: await compute(), role: 'alone' };
       return { value: outcome, role: 'joined' };
     }
@@ -115,13 +150,15 @@ export class Coalescer {
       if (!(await claims.claim(key, this.#options.maxWaitMs))) {
         const pollMs = this.#options.pollMs ?? 100;
         while (Date.now() < deadline) {
+          if (signal?.aborted === true) throw signal.reason;
           const found = await lookup();
           if (found !== undefined) {
             role = 'shared';
             return found;
           }
-          await sleep(Math.min(pollMs, Math.max(0, deadline - Date.now())));
+          await waitFor(sleep(Math.min(pollMs, Math.max(0, deadline - Date.now()))), pollMs + 1, signal);
         }
+        if (signal?.aborted === true) throw signal.reason;
         role = 'alone';
         return compute();
       }

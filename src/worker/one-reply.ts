@@ -42,6 +42,7 @@ export async function answerOnce(
           return { stored_at: Date.now(), model: request.model, reply };
         },
         () => lookupAnswer(cache, key, record.logger),
+        signal,
       );
     } catch (error) {
       return failed(message, record, error, deps);

@@ -63,9 +63,12 @@ export async function relayStream(
           return answer;
         },
         () => lookupAnswer(cache, key, record.logger),
+        controller.signal,
       );
     } catch (error) {
       if (error === NO_ANSWER) return liveCode;
+      // Cancelled (or its client gone) while waiting for an identical request's answer.
+      if (controller.signal.aborted) return failStream(writer, record, controller, deps, error);
       throw error;
     }
     if (outcome.role === 'joined' || outcome.role === 'shared')
@@ -173,14 +176,26 @@ async function relayLive(
     const code = writer.end(reply, (outcome) => deps.delivery.finish(record, outcome));
     return code === undefined && reply.finish_reason !== 'error' ? { code, reply } : { code };
   } catch (error) {
-    const proxyError = asProxyError(
-      controller.signal.aborted && controller.signal.reason instanceof ProxyError ? controller.signal.reason : error,
-    );
-    record.failed(deps.config, proxyError, { usage, output: produced() });
-    if (proxyError.code === 'internal') record.logger.error({ err: error }, 'unexpected error while streaming');
-    if (writer.clientGone)
-      record.logger.info({ chunks: writer.chunks }, 'stream client went away; upstream call aborted');
-    if (deps.delivery.finish(record, proxyError.code)) writer.error(toErrorReply(proxyError, record.requestId));
-    return { code: proxyError.code };
+    return { code: failStream(writer, record, controller, deps, error, { usage, output: produced() }) };
   }
+}
+
+/** A stream that ends in an error (the cancellation's reason when cancelled): recorded, then one terminal error message. */
+function failStream(
+  writer: StreamWriter,
+  record: RequestRecord,
+  controller: Cancellation,
+  deps: StageDependencies,
+  error: unknown,
+  partial?: Parameters<RequestRecord['failed']>[2],
+): ErrorCode {
+  const proxyError = asProxyError(
+    controller.signal.aborted && controller.signal.reason instanceof ProxyError ? controller.signal.reason : error,
+  );
+  record.failed(deps.config, proxyError, partial);
+  if (proxyError.code === 'internal') record.logger.error({ err: error }, 'unexpected error while streaming');
+  if (writer.clientGone)
+    record.logger.info({ chunks: writer.chunks }, 'stream client went away; upstream call aborted');
+  if (deps.delivery.finish(record, proxyError.code)) writer.error(toErrorReply(proxyError, record.requestId));
+  return proxyError.code;
 }
