@@ -1,14 +1,15 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from '@nats-io/transport-node';
-import { createInbox, headers, type Msg, type NatsConnection, type Subscription } from '@nats-io/nats-core';
+import { createInbox, headers, type Msg, type NatsConnection } from '@nats-io/nats-core';
 import { createResponseCache } from '../src/cache/index.js';
 import { resolveConfig } from '../src/config/index.js';
 import type { UsageEvent } from '../src/contract/usage-event.js';
 import { cacheKeyFor } from '../src/worker/response-cache.js';
-import { startFakeOllama, startFakeOpenAI, type FakeProvider } from './fakes/index.js';
+import { startFakeOpenAI, type FakeProvider } from './fakes/index.js';
 import { reply as fixtureReply } from './helpers/cache-fixtures.js';
-import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
+import { startNatsServer } from './helpers/nats-server.js';
+import { startTwoNodes, type TwoNodes } from './helpers/two-nodes.js';
 import { startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
 
 /**
@@ -20,43 +21,25 @@ import { startInProcessWorker, testConfig, type InProcessWorker } from './helper
  * pass it on: a deterministic way to exercise the forwarder.
  */
 
-let nats: NatsServerHandle;
 let openai: FakeProvider;
 let ollama: FakeProvider;
 let cloud: InProcessWorker;
 let edge: InProcessWorker;
 let raw: NatsConnection;
-let usage: Subscription;
-const events: UsageEvent[] = [];
+let events: UsageEvent[];
+let bus: TwoNodes;
 
 const CLOUD_SUBJECT = 'llm.proxy.model.gpt-test';
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 before(async () => {
-  nats = await startNatsServer();
-  openai = await startFakeOpenAI();
-  ollama = await startFakeOllama();
-  cloud = await startInProcessWorker({
-    natsUrl: nats.url,
-    config: testConfig({ openai: openai.baseUrl }, { cache: { enabled: true, ttl_ms: 60_000 } }),
+  bus = await startTwoNodes({
+    cloud: (url) => testConfig({ openai: url }, { cache: { enabled: true, ttl_ms: 60_000 } }),
   });
-  edge = await startInProcessWorker({ natsUrl: nats.url, config: testConfig({ ollama: ollama.baseUrl }) });
-  raw = await connect({ servers: nats.url });
-  usage = raw.subscribe('llm.usage.>');
-  void (async () => {
-    for await (const message of usage) events.push(message.json<UsageEvent>());
-  })();
+  ({ openai, ollama, cloud, edge, raw, events } = bus);
 });
 
-after(async () => {
-  usage?.unsubscribe();
-  await raw?.close();
-  await edge?.stop();
-  await cloud?.stop();
-  await openai?.close();
-  await ollama?.close();
-  await nats?.dispose();
-});
+after(() => bus?.close());
 
 type Body = Record<string, unknown>;
 

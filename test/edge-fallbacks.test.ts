@@ -3,17 +3,16 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect } from '@nats-io/transport-node';
-import type { NatsConnection, Subscription } from '@nats-io/nats-core';
+import type { NatsConnection } from '@nats-io/nats-core';
 import { stringify } from 'yaml';
-import { createClient, type ChatRequest, type LlmProxyClient, type StreamChunk } from '../src/client/index.js';
+import type { ChatRequest, LlmProxyClient, StreamChunk } from '../src/client/index.js';
 import { resolveConfig } from '../src/config/load.js';
 import type { UsageEvent } from '../src/contract/usage-event.js';
 import { checkSystemHealth } from '../src/health/system-health.js';
-import { startFakeOllama, startFakeOpenAI, type FakeProvider } from './fakes/index.js';
+import type { FakeProvider } from './fakes/index.js';
 import { runCli } from './helpers/cli-process.js';
-import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
-import { startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
+import { startTwoNodes, type TwoNodes } from './helpers/two-nodes.js';
+import { testConfig, type InProcessWorker } from './helpers/worker.js';
 
 /**
  * Fallbacks across nodes (issue 19): a node's model may name, as its fallback, a model its own config
@@ -22,19 +21,17 @@ import { startInProcessWorker, testConfig, type InProcessWorker } from './helper
  * order, each once, and answered (and counted, once) by the workers of the first one that has any.
  */
 
-let nats: NatsServerHandle;
+let bus: TwoNodes;
 let openai: FakeProvider;
-let ollama: FakeProvider;
 let cloud: InProcessWorker;
 let edge: InProcessWorker | undefined;
 let raw: NatsConnection;
 let client: LlmProxyClient;
-let usage: Subscription;
-const events: UsageEvent[] = [];
+let events: UsageEvent[];
 
-const edgeConfig = () =>
+const edgeConfig = (ollamaUrl: string) =>
   testConfig(
-    { ollama: 'http://127.0.0.1:1' },
+    { ollama: ollamaUrl },
     {
       models: {
         // `nowhere` is served by no node: skipped; `gpt-test` is the cloud's.
@@ -49,31 +46,11 @@ const edgeConfig = () =>
   );
 
 before(async () => {
-  nats = await startNatsServer();
-  openai = await startFakeOpenAI();
-  ollama = await startFakeOllama();
-  cloud = await startInProcessWorker({ natsUrl: nats.url, config: testConfig({ openai: openai.baseUrl }) });
-  const config = edgeConfig();
-  (config.providers as Record<string, { base_url: string }>).local!.base_url = ollama.baseUrl;
-  edge = await startInProcessWorker({ natsUrl: nats.url, config });
-  raw = await connect({ servers: nats.url });
-  client = await createClient({ servers: nats.url, idleTimeoutMs: 5_000 });
-  usage = raw.subscribe('llm.usage.>');
-  void (async () => {
-    for await (const message of usage) events.push(message.json<UsageEvent>());
-  })();
+  bus = await startTwoNodes({ edge: edgeConfig });
+  ({ openai, cloud, edge, raw, client, events } = bus);
 });
 
-after(async () => {
-  usage?.unsubscribe();
-  await client?.close();
-  await raw?.close();
-  await edge?.stop();
-  await cloud?.stop();
-  await openai?.close();
-  await ollama?.close();
-  await nats?.dispose();
-});
+after(() => bus?.close());
 
 function body(model: string, requestId: string, extra: Partial<ChatRequest> = {}): ChatRequest {
   return { model, messages: [{ role: 'user', content: 'hi' }], request_id: requestId, ...extra };

@@ -1,15 +1,16 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from '@nats-io/transport-node';
-import { headers, type NatsConnection, type Subscription } from '@nats-io/nats-core';
-import { createClient, LlmProxyError, type ChatRequest, type LlmProxyClient } from '../src/client/index.js';
+import { headers, type NatsConnection } from '@nats-io/nats-core';
+import { LlmProxyError, type ChatRequest, type LlmProxyClient } from '../src/client/index.js';
 import type { UsageEvent } from '../src/contract/usage-event.js';
 import { startFrontDoor } from '../src/http/front-door.js';
 import { httpSchema } from '../src/config/http-schema.js';
 import { createLogger } from '../src/telemetry/logger.js';
-import { startFakeOllama, startFakeOpenAI, type FakeProvider } from './fakes/index.js';
-import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
-import { startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
+import type { FakeProvider } from './fakes/index.js';
+import type { NatsServerHandle } from './helpers/nats-server.js';
+import { startTwoNodes, type TwoNodes } from './helpers/two-nodes.js';
+import type { InProcessWorker } from './helpers/worker.js';
 
 /**
  * Workers with different model sets on one bus (issue 19): each takes `llm.proxy.request` and its own
@@ -19,39 +20,20 @@ import { startInProcessWorker, testConfig, type InProcessWorker } from './helper
  */
 
 let nats: NatsServerHandle;
-let openai: FakeProvider;
 let ollama: FakeProvider;
 let cloud: InProcessWorker;
 let edge: InProcessWorker | undefined;
 let raw: NatsConnection;
 let client: LlmProxyClient;
-let usage: Subscription;
-const events: UsageEvent[] = [];
+let events: UsageEvent[];
+let bus: TwoNodes;
 
 before(async () => {
-  nats = await startNatsServer();
-  openai = await startFakeOpenAI();
-  ollama = await startFakeOllama();
-  cloud = await startInProcessWorker({ natsUrl: nats.url, config: testConfig({ openai: openai.baseUrl }) });
-  edge = await startInProcessWorker({ natsUrl: nats.url, config: testConfig({ ollama: ollama.baseUrl }) });
-  raw = await connect({ servers: nats.url });
-  client = await createClient({ servers: nats.url, idleTimeoutMs: 5_000 });
-  usage = raw.subscribe('llm.usage.>');
-  void (async () => {
-    for await (const message of usage) events.push(message.json<UsageEvent>());
-  })();
+  bus = await startTwoNodes();
+  ({ nats, ollama, cloud, edge, raw, client, events } = bus);
 });
 
-after(async () => {
-  usage?.unsubscribe();
-  await client?.close();
-  await raw?.close();
-  await edge?.stop();
-  await cloud?.stop();
-  await openai?.close();
-  await ollama?.close();
-  await nats?.dispose();
-});
+after(() => bus?.close());
 
 function body(model: string, requestId: string, extra: Partial<ChatRequest> = {}): ChatRequest {
   return { model, messages: [{ role: 'user', content: 'hi' }], request_id: requestId, ...extra };
