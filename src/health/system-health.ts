@@ -377,8 +377,22 @@ async function gatherNodes(
       } catch {
         continue;
       }
-      if (node !== null && typeof node.worker_id === 'string' && Array.isArray(node.health))
-        nodes.push(node as NodeInfo);
+      if (
+        node === null ||
+        typeof node !== 'object' ||
+        typeof node.worker_id !== 'string' ||
+        !Array.isArray(node.health)
+      )
+        continue;
+      // Rows as a worker writes them; anything else (a broken or foreign responder) is left out.
+      const health = node.health.filter(
+        (row: unknown): row is DeploymentHealth =>
+          row !== null &&
+          typeof row === 'object' &&
+          typeof (row as DeploymentHealth).model === 'string' &&
+          ((row as DeploymentHealth).state === 'healthy' || (row as DeploymentHealth).state === 'cooling_down'),
+      );
+      nodes.push({ ...(node as NodeInfo), health });
     }
   } catch {
     // No responders or a timeout: the caller asks llm.proxy.models instead.

@@ -75,6 +75,8 @@ export class WorkerCounters {
   cancels = 0;
   cancelsRefused = 0;
   forwarded = 0;
+  /** Requests being passed on to another worker now (in `inFlight` too, but not in the intake's capacity). */
+  relaying = 0;
 
   started(): void {
     this.requests++;

@@ -145,26 +145,56 @@ export function forwardRequest(
       }
       return undefined;
     };
-    // The model's subject with the body as it came; a fallback's subject with the body naming the fallback.
-    const publishTo = (target: string) => {
+    const tooLarge = (what: string) =>
+      new ProxyError(
+        'payload_too_large',
+        `the request is too close to the NATS server's max_payload to be passed on to ${what}: send it on its model's subject (the typed client does)`,
+      );
+    // The model's subject with the body as it came; a fallback's subject with the body naming the
+    // fallback. `too_large`: nats.js refused it (a body near max_payload, with the header this worker adds).
+    const publishTo = (target: string): 'sent' | 'too_large' | 'failed' => {
       try {
         const body = target === model ? message.data : withModel(message, target);
         connection.publish(deps.forward.subjectFor(target), body, {
           reply: inbox,
           headers: forwardedHeaders(message.headers, deps.workerId),
         });
+        return 'sent';
       } catch (error) {
-        // A body near max_payload: the header this worker adds made it too large (nats.js refuses it).
-        const tooLarge = error instanceof Error && error.message.includes('max_payload');
-        if (!tooLarge) record.logger.error({ err: error, model: target }, 'a request could not be passed on');
-        const refusal = tooLarge
-          ? new ProxyError(
-              'payload_too_large',
-              `the request is too close to the NATS server's max_payload to be passed on to the workers of "${target}": send it on its model's subject (the typed client does)`,
-            )
-          : new ProxyError('internal', 'the request could not be passed on');
-        done(deps.delivery.error(message, record, refusal, stream));
+        if (error instanceof Error && error.message.includes('max_payload')) return 'too_large';
+        record.logger.error({ err: error, model: target }, 'a request could not be passed on');
+        done(
+          deps.delivery.error(
+            message,
+            record,
+            new ProxyError('internal', 'the request could not be passed on'),
+            stream,
+          ),
+        );
+        return 'failed';
       }
+    };
+    // Nobody serves the model now: its fallbacks, as its node said (bus-models.ts), each once; one the
+    // body cannot reach (near max_payload with its name) is skipped. None left: this worker answers.
+    let skippedTooLarge: string | undefined;
+    const toNextFallback = () => {
+      for (let fallback = nextFallback(); fallback !== undefined; fallback = nextFallback()) {
+        const sent = publishTo(fallback);
+        if (sent === 'failed') return;
+        if (sent === 'sent') {
+          record.logger.info({ model, fallback }, 'no worker serves the model: passed on to its fallback');
+          first = true;
+          return;
+        }
+        skippedTooLarge ??= fallback;
+      }
+      const refusal =
+        skippedTooLarge !== undefined
+          ? tooLarge(`the workers of "${skippedTooLarge}", a fallback of "${model}"`)
+          : busModels.has(model)
+            ? new ProxyError('no_provider_available', `no worker on the bus serves model "${model}" now`)
+            : new ProxyError('model_not_found', `unknown model "${model}"`);
+      done(deps.delivery.error(message, record, refusal, stream));
     };
     subscription = connection.subscribe(inbox, {
       callback: (error, reply) => {
@@ -176,25 +206,15 @@ export function forwardRequest(
         if (first) {
           first = false;
           if (isNoResponders(reply)) {
-            // Nobody serves it now: its fallbacks, as its node said (bus-models.ts), each once.
-            const fallback = nextFallback();
-            if (fallback !== undefined) {
-              record.logger.info({ model, fallback }, 'no worker serves the model: passed on to its fallback');
-              first = true;
-              publishTo(fallback);
-              return;
-            }
-            const offered = busModels.has(model);
-            const refusal = offered
-              ? new ProxyError('no_provider_available', `no worker on the bus serves model "${model}" now`)
-              : new ProxyError('model_not_found', `unknown model "${model}"`);
-            done(deps.delivery.error(message, record, refusal, stream));
+            toNextFallback();
             return;
           }
         }
         relay(reply);
         const mark = reply.headers?.get(HEADERS.stream) ?? '';
-        if (!stream || mark === STREAM_MARKS.end || mark === STREAM_MARKS.error) {
+        // A message without a mark ends a stream too: an error reply of a worker that refused the request
+        // before it read `stream` (its size, its header block).
+        if (!stream || mark === STREAM_MARKS.end || mark === STREAM_MARKS.error || mark === '') {
           handedOver();
           return;
         }
@@ -206,6 +226,7 @@ export function forwardRequest(
       if (subscription !== undefined) handedOver();
     });
     arm(stream ? STREAM_IDLE_MS : timeoutMs + REPLY_GRACE_MS, 'no answer to a forwarded request');
-    publishTo(model);
+    if (publishTo(model) === 'too_large')
+      done(deps.delivery.error(message, record, tooLarge(`the workers of "${model}"`), stream));
   });
 }

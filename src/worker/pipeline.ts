@@ -40,6 +40,8 @@ export interface PipelineDependencies {
   metrics: GatewayMetrics | undefined;
   /** Passing on requests for models this worker does not serve (issue 19); undefined: refused as unknown. */
   forward?: ForwardParts;
+  /** Called when a request turns out to be a relay (it no longer takes one of the worker's `max_in_flight`). */
+  onRelay?: () => void;
 }
 
 /** What the answering stages (one-reply.ts, stream-reply.ts) use. */
@@ -164,10 +166,18 @@ export class RequestPipeline {
     if (admitted instanceof ServedElsewhere) {
       const forward = deps.forward!;
       const timeoutMs = admitted.timeoutMs ?? deps.config.worker.default_timeout_ms;
-      return forwardRequest(message, record, admitted.model, timeoutMs, {
-        ...deps,
-        forward: { ...forward, subject: forward.subjectFor(admitted.model) },
-      });
+      // A relay costs a subscription, not an upstream call: it leaves its place in max_in_flight, so that
+      // a worker full of relays still takes requests (among them, a relayed request's fallback it serves).
+      deps.counters.relaying++;
+      deps.onRelay?.();
+      try {
+        return await forwardRequest(message, record, admitted.model, timeoutMs, {
+          ...deps,
+          forward: { ...forward, subject: forward.subjectFor(admitted.model) },
+        });
+      } finally {
+        deps.counters.relaying--;
+      }
     }
     const controller = new Cancellation();
     const active: ActiveRequest = { requestId: record.requestId, keyId: record.caller.key?.id, controller };

@@ -226,8 +226,11 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
         .map((model) => [model.name, model.fallbacks]),
     ),
   });
+  // What takes a place in max_in_flight: the requests in flight but those passed on to another worker.
+  const busy = () => counters.inFlight - counters.relaying;
   const pipeline = new RequestPipeline({
     forward: { connection, subjectFor: (model) => subjects.modelFor(model), busModels },
+    onRelay: () => intake.finished(busy()),
     connection,
     config,
     router,
@@ -254,13 +257,13 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     logger: workerLogger,
     onMessage: (message) => {
       const handled = pipeline.handle(message);
-      intake.started(counters.inFlight);
+      intake.started(busy());
       void handled
         .catch((failure: unknown) =>
           workerLogger.error({ err: failure }, 'request handling failed outside the pipeline'),
         )
         .finally(() => {
-          intake.finished(counters.inFlight);
+          intake.finished(busy());
           idle.requestDone();
         });
     },
