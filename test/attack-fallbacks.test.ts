@@ -165,6 +165,10 @@ async function idle(...names: Array<keyof typeof workers>): Promise<void> {
     const worker = workers[name];
     for (let waited = 0; waited < 5_000 && worker.worker.stats().in_flight > 0; waited += 25) await sleep(25);
     assert.equal(worker.worker.stats().in_flight, 0, `${name}: in_flight back to 0`);
+    // A worker with max_in_flight 1 left the queue group while busy: wait until it has joined again and
+    // the server has its subscriptions (a flush of its own connection), or the next request finds no one.
+    for (let waited = 0; waited < 5_000 && worker.worker.stats().paused; waited += 25) await sleep(25);
+    await worker.worker.connection.flush();
   }
 }
 
@@ -215,8 +219,10 @@ test('hostile hellos giving served models fallbacks never redirect them', async 
 test("a fallback the forwarding worker serves itself is answered, even when the relay fills the worker's max_in_flight", async () => {
   // solo serves solo-test with max_in_flight 1. The relay of a ghost-s request takes that one slot,
   // the worker leaves the queue group, and its own fallback subject then has no responders.
+  await idle('solo');
   const direct = await ask(subjectOf('solo-test'), body('solo-test', 'solo-direct'));
   assert.equal(direct.error, undefined, 'solo-test itself is served');
+  await idle('solo');
   const reply = await ask(subjectOf('solo-test'), body('ghost-s', 'solo-fallback'));
   assert.equal(reply.error, undefined, `answered by its fallback solo-test, not ${JSON.stringify(reply.error)}`);
   assert.equal(reply.model, 'solo-test');
