@@ -1,7 +1,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from '@nats-io/transport-node';
-import { createInbox, headers, type Msg, type NatsConnection } from '@nats-io/nats-core';
+import { headers, type NatsConnection } from '@nats-io/nats-core';
 import { createResponseCache } from '../src/cache/index.js';
 import { resolveConfig } from '../src/config/index.js';
 import type { UsageEvent } from '../src/contract/usage-event.js';
@@ -9,6 +9,7 @@ import { cacheKeyFor } from '../src/worker/response-cache.js';
 import { startFakeOpenAI, type FakeProvider } from './fakes/index.js';
 import { reply as fixtureReply } from './helpers/cache-fixtures.js';
 import { startNatsServer } from './helpers/nats-server.js';
+import { readRawStream, type RawStream } from './helpers/raw-stream.js';
 import { startTwoNodes, type TwoNodes } from './helpers/two-nodes.js';
 import { startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
 
@@ -52,44 +53,9 @@ async function ask(subject: string, request: Body, timeout = 10_000): Promise<Bo
   return reply.json<Body>();
 }
 
-interface Streamed {
-  chunks: Body[];
-  terminal: Body | undefined;
-  mark: string | undefined;
-}
-
 /** Reads a stream the raw way; `onChunk` returning 'stop' unsubscribes right there (a client that goes away). */
-async function readStream(
-  subject: string,
-  request: Body,
-  onChunk?: (chunk: Body, seen: number) => unknown,
-  timeoutMs = 10_000,
-): Promise<Streamed> {
-  const inbox = createInbox();
-  const subscription = raw.subscribe(inbox);
-  const timer = setTimeout(() => subscription.unsubscribe(), timeoutMs);
-  const result: Streamed = { chunks: [], terminal: undefined, mark: undefined };
-  raw.publish(subject, JSON.stringify({ ...request, stream: true }), { reply: inbox });
-  for await (const message of subscription as AsyncIterable<Msg>) {
-    const mark = message.headers?.get('LLM-Stream') ?? '';
-    if (mark === 'heartbeat') continue;
-    if (mark === 'chunk') {
-      const chunk = message.json<Body>();
-      result.chunks.push(chunk);
-      if (onChunk?.(chunk, result.chunks.length) === 'stop') {
-        subscription.unsubscribe();
-        break;
-      }
-      continue;
-    }
-    result.terminal = message.json<Body>();
-    result.mark = mark;
-    break;
-  }
-  clearTimeout(timer);
-  subscription.unsubscribe();
-  return result;
-}
+const readStream = (subject: string, request: Body, onChunk?: (chunk: Body, seen: number) => unknown) =>
+  readRawStream(raw, subject, request, onChunk);
 
 /** Exactly one usage event for `requestId` (waits for the first, then a while longer for a second). */
 async function oneEvent(requestId: string): Promise<UsageEvent> {
@@ -323,7 +289,7 @@ function answerOf(terminal: Body | undefined): Body {
 }
 
 /** A live stream, then two replays: the same chunks and answer, `cached: true` on the terminal, one upstream call. */
-async function replayedIdentically(content: string, extra: Body, id: string): Promise<Streamed> {
+async function replayedIdentically(content: string, extra: Body, id: string): Promise<RawStream> {
   const calls = openai.chatRequests.length;
   const live = await readStream(CLOUD_SUBJECT, cacheable(content, `${id}-live`, extra));
   assert.equal(live.mark, 'end', JSON.stringify(live.terminal));

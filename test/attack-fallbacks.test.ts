@@ -1,13 +1,14 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from '@nats-io/transport-node';
-import { createInbox, type Msg, type NatsConnection, type Subscription } from '@nats-io/nats-core';
+import { createInbox, type NatsConnection, type Subscription } from '@nats-io/nats-core';
 import { resolveConfig } from '../src/config/index.js';
 import { ProxyError } from '../src/contract/errors.js';
 import type { UsageEvent } from '../src/contract/usage-event.js';
 import { checkSystemHealth } from '../src/health/system-health.js';
 import { startFakeOllama, startFakeOpenAI, type FakeProvider } from './fakes/index.js';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
+import { readRawStream } from './helpers/raw-stream.js';
 import { startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
 
 /**
@@ -108,32 +109,8 @@ async function ask(subject: string, request: Body, timeout = 10_000): Promise<Re
 }
 
 /** Reads a stream; `onChunk` may cancel or return 'stop' (a client that goes away). */
-async function readStream(
-  subject: string,
-  request: Body,
-  onChunk?: (seen: number) => unknown,
-): Promise<{ chunks: number; terminal: Body | undefined; mark: string | undefined }> {
-  const inbox = createInbox();
-  const subscription = raw.subscribe(inbox);
-  const timer = setTimeout(() => subscription.unsubscribe(), 10_000);
-  const result = { chunks: 0, terminal: undefined as Body | undefined, mark: undefined as string | undefined };
-  raw.publish(subject, JSON.stringify({ ...request, stream: true }), { reply: inbox });
-  for await (const message of subscription as AsyncIterable<Msg>) {
-    const mark = message.headers?.get('LLM-Stream') ?? '';
-    if (mark === 'heartbeat') continue;
-    if (mark === 'chunk') {
-      result.chunks += 1;
-      if (onChunk?.(result.chunks) === 'stop') break;
-      continue;
-    }
-    result.terminal = message.json<Body>();
-    result.mark = mark;
-    break;
-  }
-  clearTimeout(timer);
-  subscription.unsubscribe();
-  return result;
-}
+const readStream = (subject: string, request: Body, onChunk?: (seen: number) => unknown) =>
+  readRawStream(raw, subject, request, onChunk === undefined ? undefined : (_chunk, seen) => onChunk(seen));
 
 /** A stream whose client stops listening after `ms` (while nothing but heartbeats came). */
 async function goneStream(subject: string, request: Body, ms: number): Promise<void> {
