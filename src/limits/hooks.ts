@@ -34,6 +34,8 @@ export interface LimitHookOutcome {
   completionTokens: number;
   costUsd: number;
   cached: boolean;
+  /** Passed on to another worker, which admits and counts it: this admission is given back whole. */
+  handedOver?: boolean;
 }
 
 export interface LimitHookLogger {
@@ -175,14 +177,20 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
       if (reservation === undefined) return;
       const span = startLimitsSpan(context.traceContext, 'settle');
       // A cached reply used no upstream tokens and cost nothing: only its place in requests/minute stays.
-      const result = outcome.cached
-        ? await reservation.cancel()
-        : await reservation.settle({
+      const result = outcome.handedOver
+        ? await reservation.refund()
+        : outcome.cached
+          ? await reservation.cancel()
+          : await reservation.settle({
             promptTokens: outcome.promptTokens,
             completionTokens: outcome.completionTokens,
             costUsd: outcome.costUsd,
           });
-      endLimitsSpan(span, !result.stored ? 'not_stored' : outcome.cached ? 'cancelled' : 'settled', limiter.backend);
+      endLimitsSpan(
+        span,
+        !result.stored ? 'not_stored' : outcome.handedOver ? 'refunded' : outcome.cached ? 'cancelled' : 'settled',
+        limiter.backend,
+      );
       if (!result.stored) {
         context.logger.warn(
           { err: result.error, backend: limiter.backend },

@@ -209,6 +209,7 @@ function noReservation(requestId: string, storeError?: Error): Reservation {
     storeError,
     settle: async () => outcome,
     cancel: async () => outcome,
+    refund: async () => outcome,
   };
 }
 
@@ -512,19 +513,19 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
     const holdsTokens = plans.some((plan) => plan.limits.tpm !== undefined);
     const holdsBudget = plans.some((plan) => hasBudget(plan.limits));
 
-    async function finish(tokensUsed: number, microUsdUsed: number): Promise<SettleOutcome> {
+    async function finish(tokensUsed: number, microUsdUsed: number, requestGivenBack = false): Promise<SettleOutcome> {
       if (finished) return { stored: true };
       finished = true;
       // Slices settle locally: what went unused goes back into this worker's slice, the slot is free.
       for (const hold of holds)
         hold.holder.giveBack(hold, {
-          requests: 0,
+          requests: requestGivenBack ? 1 : 0,
           tokens: hold.tokens - tokensUsed,
           microUsd: hold.microUsd - microUsdUsed,
         });
       if (plans.length === 0) return { stored: true };
       const adjustment: Adjustment = {
-        requestsDelta: 0,
+        requestsDelta: requestGivenBack ? -1 : 0,
         tokensDelta: holdsTokens ? tokensUsed - charge.tokens : 0,
         microUsdDelta: holdsBudget ? microUsdUsed - charge.microUsd : 0,
         day: charge.windows.day,
@@ -532,7 +533,12 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
         releaseRequestId: holdsLease ? charge.requestId : undefined,
       };
       // Requests/minute alone has nothing to settle: no round trip.
-      if (adjustment.tokensDelta === 0 && adjustment.microUsdDelta === 0 && adjustment.releaseRequestId === undefined)
+      if (
+        adjustment.requestsDelta === 0 &&
+        adjustment.tokensDelta === 0 &&
+        adjustment.microUsdDelta === 0 &&
+        adjustment.releaseRequestId === undefined
+      )
         return { stored: true };
       try {
         await store.adjust(plans, adjustment, clock());
@@ -555,6 +561,7 @@ export async function createLimiter(config: LimitsConfig, deps: LimiterDeps = {}
         return finish(tokens, toMicroUsd(usage.costUsd, 'nearest'));
       },
       cancel: () => finish(0, 0),
+      refund: () => finish(0, 0, true),
     };
   }
 

@@ -63,6 +63,11 @@ export interface Reservation {
   settle(usage: ActualUsage): Promise<SettleOutcome>;
   /** The request consumed nothing but its place in requests/minute (failed before any upstream usage). Idempotent; never throws. */
   cancel(): Promise<SettleOutcome>;
+  /**
+   * The request is not this admission's to count: it was passed on to another worker, which admits and
+   * counts it itself. Its place in requests/minute is given back too. Idempotent; never throws.
+   */
+  refund(): Promise<SettleOutcome>;
 }
 
 export interface LimiterCounters {

@@ -360,6 +360,8 @@ export type LimitsOutcome =
   | 'error'
   | 'settled'
   | 'cancelled'
+  /** Given back whole: the request was passed on to another worker, which counts it. */
+  | 'refunded'
   | 'not_stored';
 
 /** The refusing scope's kind (`agent`, `key`, `microdao`, `model`) and dimension (`rpm`, `daily_usd`…). */

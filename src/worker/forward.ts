@@ -59,9 +59,87 @@ function forwardedHeaders(original: MsgHdrs | undefined, workerId: string): MsgH
   return headers;
 }
 
-/** The request's body naming another model (a fallback); the body was read as JSON by admission already. */
-function withModel(message: Msg, model: string): string {
-  return JSON.stringify({ ...(JSON.parse(message.string()) as Record<string, unknown>), model });
+/**
+ * The request's body naming another model (a fallback), with what is left of its time when given; the
+ * body was read as JSON by admission already.
+ */
+function withModel(message: Msg, model: string, timeoutMs: number | undefined): string {
+  const body = JSON.parse(message.string()) as Record<string, unknown>;
+  return JSON.stringify({ ...body, model, ...(timeoutMs === undefined ? {} : { timeout_ms: timeoutMs }) });
+}
+
+/** Returned by a route's `none` to leave the request to the caller (nothing was passed on, nothing answered). */
+export const NOT_PASSED = Symbol('not passed on');
+
+/** Where a request is passed on: models tried in order, the first with a worker answering it. */
+export interface ForwardRoute {
+  /** The next model to send it to (each once), or undefined when none is left. */
+  next(): string | undefined;
+  /**
+   * No model had a worker (or could carry the body: the first skipped for its size is named): answers
+   * the client and returns its code, or NOT_PASSED to leave the request to the caller.
+   */
+  none(skippedTooLarge: string | undefined): ErrorCode | undefined | typeof NOT_PASSED;
+  /** For a body rewritten for a fallback: its `timeout_ms` (what is left of the request's time). */
+  timeoutMs?: number;
+}
+
+/** The models of `candidates` a request may go to: not tried yet, and within its key's model list. */
+function candidatesOf(record: RequestRecord, candidates: () => Iterable<string>): () => string | undefined {
+  const tried = new Set<string>();
+  const allowed = record.caller.key?.models ?? null;
+  return () => {
+    for (const candidate of candidates()) {
+      if (tried.has(candidate) || (allowed !== null && !allowed.includes(candidate))) continue;
+      tried.add(candidate);
+      return candidate;
+    }
+    return undefined;
+  };
+}
+
+function tooLarge(what: string): ProxyError {
+  return new ProxyError(
+    'payload_too_large',
+    `the request is too close to the NATS server's max_payload to be passed on to ${what}: send it on its model's subject (the typed client does)`,
+  );
+}
+
+/**
+ * A request for a model this worker does not serve: its model's workers; when none is there, the
+ * model's fallbacks as its node said (bus-models.ts); none of them either: this worker answers
+ * (`no_provider_available` for a model offered on the bus, else `model_not_found`).
+ */
+export function servedElsewhereRoute(
+  message: Msg,
+  record: RequestRecord,
+  model: string,
+  deps: StageDependencies & { forward: ForwardParts },
+): ForwardRoute {
+  const busModels = deps.forward.busModels;
+  return {
+    next: candidatesOf(record, () => [model, ...busModels.fallbacksOf(model)]),
+    none: (skipped) => {
+      const refusal =
+        skipped !== undefined
+          ? tooLarge(
+              skipped === model ? `the workers of "${model}"` : `the workers of "${skipped}", a fallback of "${model}"`,
+            )
+          : busModels.has(model)
+            ? new ProxyError('no_provider_available', `no worker on the bus serves model "${model}" now`)
+            : new ProxyError('model_not_found', `unknown model "${model}"`);
+      return deps.delivery.error(message, record, refusal, record.stream);
+    },
+  };
+}
+
+/**
+ * A request this worker admitted but could not serve (every deployment and local fallback failed): its
+ * model's fallbacks on other nodes (those its config names but does not define), with what is left of
+ * its time. None has a worker: NOT_PASSED (the caller answers with its own error).
+ */
+export function fallbacksElsewhereRoute(record: RequestRecord, fallbacks: string[], timeoutMs: number): ForwardRoute {
+  return { next: candidatesOf(record, () => fallbacks), none: () => NOT_PASSED, timeoutMs };
 }
 
 /** Whether a message carries `LLM-Forwarded` (it was passed on once already). */
@@ -78,32 +156,38 @@ function isNoResponders(message: Msg): boolean {
 }
 
 /**
- * Passes the request on and relays its answer. Resolves with `undefined` once the answer was relayed
- * (or the relay gave up waiting), marking the record handed over; with the error code when this worker
- * answered the client itself.
+ * Passes the request on along `route` and relays its answer. Resolves with `undefined` once the answer
+ * was relayed (or the relay gave up waiting), marking the record handed over; with the error code when
+ * this worker answered the client itself; with NOT_PASSED when the route left it to the caller.
  */
 export function forwardRequest(
   message: Msg,
   record: RequestRecord,
-  model: string,
+  route: ForwardRoute,
   timeoutMs: number,
-  deps: StageDependencies & { forward: ForwardParts & { subject: string } },
-): Promise<ErrorCode | undefined> {
-  const { connection, subject, busModels } = deps.forward;
+  deps: StageDependencies & { forward: ForwardParts },
+): Promise<ErrorCode | undefined | typeof NOT_PASSED> {
+  const connection = deps.forward.connection;
   const clientInbox = message.reply!;
   const inbox = createInbox(inboxPrefixOf(connection));
   const stream = record.stream;
-  return new Promise((resolve) => {
+  const requested = record.request?.model ?? record.requestedModel ?? '';
+  // A relay costs a subscription, not an upstream call: it leaves its place in max_in_flight, so that
+  // a worker full of relays still takes requests (among them, a relayed request's fallback it serves).
+  deps.counters.relaying++;
+  deps.onRelay?.();
+  const relayed = new Promise<ErrorCode | undefined | typeof NOT_PASSED>((resolve) => {
     let subscription: Subscription | undefined;
     let timer: NodeJS.Timeout | undefined;
     let first = true;
+    let target = '';
     // Ended without an answer of this worker's own: the request went to another worker, which answers
     // for it and publishes its event (even when the relay stopped waiting).
     const handedOver = () => {
       record.handedOver = true;
       done(undefined);
     };
-    const done = (code: ErrorCode | undefined) => {
+    const done = (code: ErrorCode | undefined | typeof NOT_PASSED) => {
       clearTimeout(timer);
       subscription?.unsubscribe();
       subscription = undefined;
@@ -112,7 +196,7 @@ export function forwardRequest(
     const arm = (ms: number, what: string) => {
       clearTimeout(timer);
       timer = setTimeout(() => {
-        record.logger.warn({ model, subject }, `${what}: stopped relaying (the client's own timeout applies)`);
+        record.logger.warn({ model: target }, `${what}: stopped relaying (the client's own timeout applies)`);
         handedOver();
       }, ms);
       timer.unref();
@@ -130,39 +214,25 @@ export function forwardRequest(
           ((error as { isNoResponders?: () => boolean }).isNoResponders?.() === true ||
             error.name === 'NoRespondersError');
         if (noResponders && subscription !== undefined) {
-          record.logger.info({ model }, 'the client of a forwarded stream went away: relay stopped');
+          record.logger.info({ model: target }, 'the client of a forwarded stream went away: relay stopped');
           handedOver();
         }
       });
     };
-    const tried = new Set([model]);
-    const allowed = record.caller.key?.models ?? null;
-    const nextFallback = (): string | undefined => {
-      for (const fallback of busModels.fallbacksOf(model)) {
-        if (tried.has(fallback) || (allowed !== null && !allowed.includes(fallback))) continue;
-        tried.add(fallback);
-        return fallback;
-      }
-      return undefined;
-    };
-    const tooLarge = (what: string) =>
-      new ProxyError(
-        'payload_too_large',
-        `the request is too close to the NATS server's max_payload to be passed on to ${what}: send it on its model's subject (the typed client does)`,
-      );
-    // The model's subject with the body as it came; a fallback's subject with the body naming the
-    // fallback. `too_large`: nats.js refused it (a body near max_payload, with the header this worker adds).
-    const publishTo = (target: string): 'sent' | 'too_large' | 'failed' => {
+    // The requested model's subject with the body as it came; another's with the body naming it.
+    // `too_large`: nats.js refused it (a body near max_payload, with the header this worker adds).
+    const publishTo = (to: string): 'sent' | 'too_large' | 'failed' => {
       try {
-        const body = target === model ? message.data : withModel(message, target);
-        connection.publish(deps.forward.subjectFor(target), body, {
+        const body =
+          to === requested && route.timeoutMs === undefined ? message.data : withModel(message, to, route.timeoutMs);
+        connection.publish(deps.forward.subjectFor(to), body, {
           reply: inbox,
           headers: forwardedHeaders(message.headers, deps.workerId),
         });
         return 'sent';
       } catch (error) {
         if (error instanceof Error && error.message.includes('max_payload')) return 'too_large';
-        record.logger.error({ err: error, model: target }, 'a request could not be passed on');
+        record.logger.error({ err: error, model: to }, 'a request could not be passed on');
         done(
           deps.delivery.error(
             message,
@@ -174,27 +244,25 @@ export function forwardRequest(
         return 'failed';
       }
     };
-    // Nobody serves the model now: its fallbacks, as its node said (bus-models.ts), each once; one the
-    // body cannot reach (near max_payload with its name) is skipped. None left: this worker answers.
+    // The route's next model that has a worker (a 503 moves on) and can carry the body; none: the route decides.
     let skippedTooLarge: string | undefined;
-    const toNextFallback = () => {
-      for (let fallback = nextFallback(); fallback !== undefined; fallback = nextFallback()) {
-        const sent = publishTo(fallback);
+    const toNext = () => {
+      for (let to = route.next(); to !== undefined; to = route.next()) {
+        const sent = publishTo(to);
         if (sent === 'failed') return;
         if (sent === 'sent') {
-          record.logger.info({ model, fallback }, 'no worker serves the model: passed on to its fallback');
+          if (target !== '')
+            record.logger.info(
+              { model: target, fallback: to },
+              'no worker serves the model: passed on to its fallback',
+            );
+          target = to;
           first = true;
           return;
         }
-        skippedTooLarge ??= fallback;
+        skippedTooLarge ??= to;
       }
-      const refusal =
-        skippedTooLarge !== undefined
-          ? tooLarge(`the workers of "${skippedTooLarge}", a fallback of "${model}"`)
-          : busModels.has(model)
-            ? new ProxyError('no_provider_available', `no worker on the bus serves model "${model}" now`)
-            : new ProxyError('model_not_found', `unknown model "${model}"`);
-      done(deps.delivery.error(message, record, refusal, stream));
+      done(route.none(skippedTooLarge));
     };
     subscription = connection.subscribe(inbox, {
       callback: (error, reply) => {
@@ -206,7 +274,7 @@ export function forwardRequest(
         if (first) {
           first = false;
           if (isNoResponders(reply)) {
-            toNextFallback();
+            toNext();
             return;
           }
         }
@@ -226,7 +294,9 @@ export function forwardRequest(
       if (subscription !== undefined) handedOver();
     });
     arm(stream ? STREAM_IDLE_MS : timeoutMs + REPLY_GRACE_MS, 'no answer to a forwarded request');
-    if (publishTo(model) === 'too_large')
-      done(deps.delivery.error(message, record, tooLarge(`the workers of "${model}"`), stream));
+    toNext();
+  });
+  return relayed.finally(() => {
+    deps.counters.relaying--;
   });
 }

@@ -57,6 +57,8 @@ export interface RequestOutcome {
   tokensEstimated: boolean;
   costUsd: number;
   cached: boolean;
+  /** Passed on to another worker after admission (a fallback on another node), which counts it itself. */
+  handedOver?: boolean;
 }
 
 export interface RequestHooks {

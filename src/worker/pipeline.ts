@@ -11,7 +11,7 @@ import type { Logger } from '../telemetry/logger.js';
 import { endRequestSpan, requestTraceContext, startRequestSpan } from '../telemetry/tracing.js';
 import type { UsagePublisher } from '../usage/publisher.js';
 import { admit, ServedElsewhere } from './admission.js';
-import { forwardRequest, type ForwardParts } from './forward.js';
+import { forwardRequest, NOT_PASSED, servedElsewhereRoute, type ForwardParts } from './forward.js';
 import type { WorkerCounters } from './counters.js';
 import { Delivery } from './delivery.js';
 import type { RequestHooks } from './hooks.js';
@@ -82,12 +82,15 @@ export class RequestPipeline {
   readonly #deps: StageDependencies;
   readonly #active = new Set<ActiveRequest>();
   readonly #done: DoneListener[];
+  /** For a request passed on after its admission (a fallback on another node): the limits' give-back only. */
+  readonly #handedOver: DoneListener[];
 
   constructor(dependencies: PipelineDependencies) {
     const publishUsage = (record: RequestRecord) =>
       dependencies.publisher.publish(record.usageEvent(dependencies.workerId, dependencies.config.worker.node));
     this.#deps = { ...dependencies, delivery: new Delivery(dependencies.connection, publishUsage) };
     this.#done = doneListeners(dependencies);
+    this.#handedOver = afterRouteListener(dependencies);
     // Compiled now, so that the first request does not wait for it (tens of ms).
     prepareRequestCheck();
   }
@@ -141,7 +144,8 @@ export class RequestPipeline {
       if (record.handedOver) deps.counters.handedOver();
       // A request with no reply subject still ends, and has its event.
       else deps.delivery.finish(record, record.code);
-      for (const listener of record.handedOver ? [] : this.#done) {
+      const listeners = !record.handedOver ? this.#done : record.context === undefined ? [] : this.#handedOver;
+      for (const listener of listeners) {
         try {
           // Only a listener that returned a promise is waited for (a microtask less for the others).
           const pending = listener(record);
@@ -164,20 +168,12 @@ export class RequestPipeline {
     const admitted = await admit(message, record, headersMalformed, deps, traceContext);
     if (admitted instanceof ProxyError) return deps.delivery.error(message, record, admitted, record.stream);
     if (admitted instanceof ServedElsewhere) {
-      const forward = deps.forward!;
+      const forwardDeps = { ...deps, forward: deps.forward! };
       const timeoutMs = admitted.timeoutMs ?? deps.config.worker.default_timeout_ms;
-      // A relay costs a subscription, not an upstream call: it leaves its place in max_in_flight, so that
-      // a worker full of relays still takes requests (among them, a relayed request's fallback it serves).
-      deps.counters.relaying++;
-      deps.onRelay?.();
-      try {
-        return await forwardRequest(message, record, admitted.model, timeoutMs, {
-          ...deps,
-          forward: { ...forward, subject: forward.subjectFor(admitted.model) },
-        });
-      } finally {
-        deps.counters.relaying--;
-      }
+      const route = servedElsewhereRoute(message, record, admitted.model, forwardDeps);
+      // That route answers the client itself when no worker has the model: never NOT_PASSED.
+      const code = await forwardRequest(message, record, route, timeoutMs, forwardDeps);
+      return code === NOT_PASSED ? undefined : code;
     }
     const controller = new Cancellation();
     const active: ActiveRequest = { requestId: record.requestId, keyId: record.caller.key?.id, controller };
@@ -227,17 +223,7 @@ function doneListeners(deps: PipelineDependencies): DoneListener[] {
   const listeners: DoneListener[] = [(record) => deps.counters.finished(record.code)];
   const metrics = deps.metrics;
   if (metrics !== undefined) listeners.push((record) => metrics.recordRequest(requestFacts(record)));
-  const afterRoute = deps.hooks.afterRoute;
-  if (afterRoute !== undefined) {
-    listeners.push(async (record) => {
-      if (record.context === undefined) return;
-      try {
-        await afterRoute(record.context, record.outcome());
-      } catch (error) {
-        record.logger.error({ err: error }, 'afterRoute hook failed');
-      }
-    });
-  }
+  listeners.push(...afterRouteListener(deps));
   const logRequests = deps.config.logging.requests;
   if (logRequests !== 'none') {
     listeners.push((record) => {
@@ -256,4 +242,20 @@ function doneListeners(deps: PipelineDependencies): DoneListener[] {
     });
   }
   return listeners;
+}
+
+/** The `afterRoute` hook (the limits' settle) as a done listener, for a request that passed `beforeRoute`. */
+function afterRouteListener(deps: PipelineDependencies): DoneListener[] {
+  const afterRoute = deps.hooks.afterRoute;
+  if (afterRoute === undefined) return [];
+  return [
+    async (record) => {
+      if (record.context === undefined) return;
+      try {
+        await afterRoute(record.context, record.outcome());
+      } catch (error) {
+        record.logger.error({ err: error }, 'afterRoute hook failed');
+      }
+    },
+  ];
 }

@@ -233,6 +233,7 @@ export class RequestRecord {
       tokensEstimated: this.tokens.estimated,
       costUsd: this.costUsd,
       cached: this.cached,
+      ...(this.handedOver ? { handedOver: true } : {}),
     };
   }
 }
