@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { stringify } from 'yaml';
-import type { ChatRequest, LlmProxyClient, StreamChunk } from '../src/client/index.js';
+import { LlmProxyError, type ChatRequest, type LlmProxyClient, type StreamChunk } from '../src/client/index.js';
+import type { ConfigInput } from '../src/config/index.js';
 import { resolveConfig } from '../src/config/load.js';
 import type { UsageEvent } from '../src/contract/usage-event.js';
 import { checkSystemHealth } from '../src/health/system-health.js';
@@ -29,10 +30,31 @@ let raw: NatsConnection;
 let client: LlmProxyClient;
 let events: UsageEvent[];
 
+// One agent with 3 requests a minute, in the KV both workers share: a request counted twice would show.
+const FB_AGENT = 'agent:fb';
+const limits: ConfigInput['limits'] = {
+  enabled: true,
+  backend: 'nats',
+  default: { rpm: null },
+  agents: { [FB_AGENT]: { rpm: 3 } },
+};
+
+// The cloud's own model whose only deployment is down; its fallback is the edge's model.
+const cloudConfig = (openaiUrl: string) =>
+  testConfig(
+    { openai: openaiUrl },
+    {
+      models: { 'cloud-broken': { provider: 'dead', physical_name: 'gone', fallbacks: ['local-test'] } },
+      providers: { dead: { type: 'ollama', base_url: 'http://127.0.0.1:1' } },
+      limits,
+    },
+  );
+
 const edgeConfig = (ollamaUrl: string) =>
   testConfig(
     { ollama: ollamaUrl },
     {
+      limits,
       models: {
         // `nowhere` is served by no node: skipped; `gpt-test` is the cloud's.
         'local-test': { provider: 'local', physical_name: 'llama3.2:3b', fallbacks: ['nowhere', 'gpt-test'] },
@@ -46,7 +68,7 @@ const edgeConfig = (ollamaUrl: string) =>
   );
 
 before(async () => {
-  bus = await startTwoNodes({ edge: edgeConfig });
+  bus = await startTwoNodes({ cloud: cloudConfig, edge: edgeConfig });
   ({ openai, cloud, edge, raw, client, events } = bus);
 });
 
@@ -85,7 +107,7 @@ test("llm-proxy health checks every worker's deployments: a model that only the 
   const healthy = await deploymentsCheck();
   assert.equal(healthy.ok, true, healthy.detail);
   assert.deepEqual(healthy.worker_ids, [cloud.worker.id, edge!.worker.id].sort());
-  assert.match(healthy.detail, /^4 models, 4 deployments, 0 cooling down \(as 2 workers see them\)$/);
+  assert.match(healthy.detail, /^5 models, 5 deployments, 0 cooling down \(as 2 workers see them\)$/);
 
   const refused = await seed(body('edge-broken', 'broken-0'));
   assert.ok(refused.error !== undefined);
@@ -95,6 +117,43 @@ test("llm-proxy health checks every worker's deployments: a model that only the 
   assert.match(
     failing.detail,
     /^every deployment cooling down: edge-broken \(until \d{4}-.*\(as 2 workers see them\)$/,
+  );
+});
+
+test("the model's node is up but its deployments fail: its fallback on another node answers, counted once", async () => {
+  const ask = (id: string) => client.chat(body('cloud-broken', id, { metadata: { agent_id: FB_AGENT } }));
+  const plain = await ask('up-fb-0');
+  assert.equal(plain.model, 'local-test', 'the reply names the model that served it');
+  assert.equal(plain.provider, 'local');
+  const stream = client.stream(body('cloud-broken', 'up-fb-1', { stream: true, metadata: { agent_id: FB_AGENT } }));
+  const chunks: StreamChunk[] = [];
+  for await (const chunk of stream) chunks.push(chunk);
+  const final = await stream.final;
+  assert.equal(final.model, 'local-test');
+  assert.equal(chunks.map((chunk) => chunk.delta).join(''), final.content);
+  assert.equal((await ask('up-fb-2')).model, 'local-test');
+  // rpm 3: the three above were counted once each (the cloud gave its admission back when it passed them on).
+  await assert.rejects(
+    ask('up-fb-3'),
+    (error: unknown) => error instanceof LlmProxyError && error.code === 'rate_limited',
+  );
+
+  await settle();
+  for (const id of ['up-fb-0', 'up-fb-1', 'up-fb-2']) {
+    const mine = events.filter((event) => event.request_id === id);
+    assert.equal(mine.length, 1, `one event for ${id}`);
+    assert.equal(mine[0]!.worker_id, edge!.worker.id, 'published by the worker that answered');
+    assert.equal(mine[0]!.model, 'local-test');
+    assert.equal(mine[0]!.status, 'ok');
+  }
+  const refused = events.filter((event) => event.request_id === 'up-fb-3');
+  assert.deepEqual(
+    refused.map((event) => [event.worker_id, event.status, event.error_code]),
+    [[cloud.worker.id, 'rejected', 'rate_limited']],
+  );
+  assert.equal(cloud.worker.stats().in_flight, 0);
+  assert.ok(
+    cloud.logs.records().some((record) => record.msg === 'not served here: trying its fallbacks on other nodes'),
   );
 });
 

@@ -71,6 +71,8 @@ export interface LimitHooksOptions {
 export interface LimitHooks {
   beforeRoute(context: LimitHookContext): Promise<void>;
   afterRoute(context: LimitHookContext, outcome: LimitHookOutcome): Promise<void>;
+  /** Passed on to another worker, which counts it: the reservation given back whole (afterRoute then does nothing). */
+  handingOver(context: LimitHookContext): Promise<void>;
 }
 
 const RESERVATION = 'limits.reservation';
@@ -172,6 +174,18 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
       context.state[RESERVATION] = reservation;
     },
 
+    async handingOver(context: LimitHookContext): Promise<void> {
+      const reservation = context.state[RESERVATION] as Reservation | undefined;
+      if (reservation === undefined) return;
+      const result = await reservation.refund();
+      if (!result.stored) {
+        context.logger.warn(
+          { err: result.error, backend: limiter.backend },
+          'limits store unreachable: a request passed on stays counted here too',
+        );
+      }
+    },
+
     async afterRoute(context: LimitHookContext, outcome: LimitHookOutcome): Promise<void> {
       const reservation = context.state[RESERVATION] as Reservation | undefined;
       if (reservation === undefined) return;
@@ -182,10 +196,10 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
         : outcome.cached
           ? await reservation.cancel()
           : await reservation.settle({
-            promptTokens: outcome.promptTokens,
-            completionTokens: outcome.completionTokens,
-            costUsd: outcome.costUsd,
-          });
+              promptTokens: outcome.promptTokens,
+              completionTokens: outcome.completionTokens,
+              costUsd: outcome.costUsd,
+            });
       endLimitsSpan(
         span,
         !result.stored ? 'not_stored' : outcome.handedOver ? 'refunded' : outcome.cached ? 'cancelled' : 'settled',

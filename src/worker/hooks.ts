@@ -64,4 +64,10 @@ export interface RequestOutcome {
 export interface RequestHooks {
   beforeRoute?(context: RequestContext): Promise<void> | void;
   afterRoute?(context: RequestContext, outcome: RequestOutcome): Promise<void> | void;
+  /**
+   * The request is about to be passed on to another worker after `beforeRoute` admitted it (a fallback on
+   * another node), which admits and counts it itself: give back what `beforeRoute` counted, now, before
+   * the other worker counts it. `afterRoute` still runs (with `handedOver`).
+   */
+  handingOver?(context: RequestContext): Promise<void> | void;
 }

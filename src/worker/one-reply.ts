@@ -9,6 +9,8 @@ import type { RequestRecord } from './request-record.js';
 import { cacheKeyFor, isCacheable } from './response-cache.js';
 import { noteFinishReasons } from '../telemetry/tracing.js';
 import { cachedReply, lookupAnswer, storedReply } from './cache-replay.js';
+import { toFallbacksElsewhere } from './fallbacks-elsewhere.js';
+import { NOT_PASSED } from './forward.js';
 
 /**
  * The one-reply stage: a cached answer when the request is cacheable and one is there, else the
@@ -45,7 +47,7 @@ export async function answerOnce(
         signal,
       );
     } catch (error) {
-      return failed(message, record, error, deps);
+      return failedOrElsewhere(message, record, admitted, error, deps);
     }
     if (outcome.role === 'joined' || outcome.role === 'shared')
       return replyFromCache(message, record, outcome.value.reply, traceContext, deps);
@@ -61,7 +63,7 @@ export async function answerOnce(
     noteFinishReasons(traceContext, reply.finish_reason, reply.choices);
     return deps.delivery.reply(message, record, reply);
   } catch (error) {
-    return failed(message, record, error, deps);
+    return failedOrElsewhere(message, record, admitted, error, deps);
   }
 }
 
@@ -91,6 +93,20 @@ async function routed(
     choices: (request.n ?? 1) > 1 ? response.choices?.slice(0, request.n) : undefined,
   });
   return { reply };
+}
+
+/** The router's error answered here, unless the request's fallbacks on other nodes take it (fallbacks-elsewhere.ts). */
+async function failedOrElsewhere(
+  message: Msg,
+  record: RequestRecord,
+  admitted: Admitted,
+  error: unknown,
+  deps: StageDependencies,
+): Promise<ErrorCode | undefined> {
+  const proxyError = asProxyError(error);
+  const passed = await toFallbacksElsewhere(message, record, admitted, proxyError, deps);
+  if (passed !== NOT_PASSED) return passed;
+  return failed(message, record, proxyError, deps);
 }
 
 function failed(message: Msg, record: RequestRecord, error: unknown, deps: StageDependencies): ErrorCode | undefined {

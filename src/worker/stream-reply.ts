@@ -13,6 +13,8 @@ import type { CachedAnswer, Coalesced } from '../cache/index.js';
 import type { ChatReply } from '../contract/reply.js';
 import { ChunkRecorder, lookupAnswer, replayStream, streamedAnswer, type ReplayChunk } from './cache-replay.js';
 import { cacheKeyFor, isCacheable } from './response-cache.js';
+import { toFallbacksElsewhere } from './fallbacks-elsewhere.js';
+import { NOT_PASSED } from './forward.js';
 
 /**
  * The stream stage: a cached answer replayed when the request is cacheable and one is there, else the
@@ -39,7 +41,7 @@ export async function relayStream(
   writer.startHeartbeats();
   try {
     const cache = deps.cache !== undefined && isCacheable(request) ? deps.cache : undefined;
-    if (cache === undefined) return (await relayLive(writer, record, admitted, controller, deps)).code;
+    if (cache === undefined) return (await relayLive(message, writer, record, admitted, controller, deps)).code;
     const key = cacheKeyFor(request, deps.config.models.get(request.model));
     if (request.cache !== 'refresh') {
       const hit = await lookupAnswer(cache, key, record.logger);
@@ -55,7 +57,7 @@ export async function relayStream(
         key,
         async () => {
           const recorder = new ChunkRecorder(deps.config.cache.max_entry_bytes);
-          const live = await relayLive(writer, record, admitted, controller, deps, recorder);
+          const live = await relayLive(message, writer, record, admitted, controller, deps, recorder);
           liveCode = live.code;
           if (live.reply === undefined || recorder.chunks === undefined) throw NO_ANSWER;
           const answer = streamedAnswer(request.model, live.reply, recorder.chunks);
@@ -87,6 +89,7 @@ const NO_ANSWER = Symbol('no answer to share');
  * the reply (for the cache); never throws.
  */
 async function relayLive(
+  message: Msg,
   writer: StreamWriter,
   record: RequestRecord,
   admitted: Admitted,
@@ -176,6 +179,18 @@ async function relayLive(
     const code = writer.end(reply, (outcome) => deps.delivery.finish(record, outcome));
     return code === undefined && reply.finish_reason !== 'error' ? { code, reply } : { code };
   } catch (error) {
+    // Nothing sent yet (fallbacks happen only before the first content): another node's fallback may take it.
+    if (writer.chunks === 0 && !controller.signal.aborted) {
+      const passed = await toFallbacksElsewhere(message, record, admitted, asProxyError(error), {
+        ...deps,
+        onRelay: () => {
+          // The relayed stream's own heartbeats and chunks reach the client: this writer says no more.
+          writer.stop();
+          deps.onRelay?.();
+        },
+      });
+      if (passed !== NOT_PASSED) return { code: passed };
+    }
     return { code: failStream(writer, record, controller, deps, error, { usage, output: produced() }) };
   }
 }

@@ -1,0 +1,59 @@
+import type { Msg } from '@nats-io/nats-core';
+import type { ErrorCode, ProxyError } from '../contract/errors.js';
+import type { Admitted } from './admission.js';
+import { fallbacksElsewhereRoute, forwardRequest, NOT_PASSED, wasForwarded } from './forward.js';
+import type { StageDependencies } from './pipeline.js';
+import type { RequestRecord } from './request-record.js';
+
+/**
+ * A request this worker admitted but could not serve, passed on to its model's fallbacks on other nodes
+ * (issue 19): the `fallbacks` its config names but does not define. Only after an upstream failure
+ * (every deployment and local fallback failed or cooled down; never a fault of the request, a cancel or
+ * its own deadline), only before anything was sent to the client, only once (not a request passed on
+ * already), and only with time left. The fallback's worker admits, answers and counts it; this worker
+ * publishes no event and gives its limits admission back first (hooks.ts `handingOver`).
+ */
+
+/** Router errors that another node's fallback may cure: the upstream's, not the request's. */
+const PASSABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'upstream_error',
+  'upstream_timeout',
+  'no_provider_available',
+  'rate_limited',
+]);
+
+/** With less time left than this, the request is answered here. */
+const MIN_REMAINING_MS = 100;
+
+/** The relay's outcome (as forwardRequest's), or NOT_PASSED: the caller answers with `error` as before. */
+export async function toFallbacksElsewhere(
+  message: Msg,
+  record: RequestRecord,
+  admitted: Admitted,
+  error: ProxyError,
+  deps: StageDependencies,
+): Promise<ErrorCode | undefined | typeof NOT_PASSED> {
+  const forward = deps.forward;
+  if (forward === undefined || !PASSABLE.has(error.code) || wasForwarded(message)) return NOT_PASSED;
+  const config = deps.config;
+  const model = admitted.request.model;
+  const elsewhere = config.models.get(model)?.fallbacks.filter((name) => !config.models.has(name)) ?? [];
+  if (elsewhere.length === 0) return NOT_PASSED;
+  const remainingMs = Math.floor(admitted.plan.deadlineAt - Date.now());
+  if (remainingMs < MIN_REMAINING_MS) return NOT_PASSED;
+  record.logger.info(
+    { model, code: error.code, fallbacks: elsewhere },
+    'not served here: trying its fallbacks on other nodes',
+  );
+  // Given back before the fallback's worker counts it (so the two never count it at once). A request that
+  // then finds no fallback with a worker is answered here with its error, and stays uncounted.
+  if (record.context !== undefined && deps.hooks.handingOver !== undefined) {
+    try {
+      await deps.hooks.handingOver(record.context);
+    } catch (failure) {
+      record.logger.error({ err: failure }, 'handingOver hook failed');
+    }
+  }
+  const route = fallbacksElsewhereRoute(record, elsewhere, remainingMs);
+  return forwardRequest(message, record, route, remainingMs, { ...deps, forward });
+}
