@@ -25,6 +25,10 @@ const otherPart = z
       .regex(/^(?!text$|image_url$)./, 'a text part needs "text", an image_url part needs "image_url.url"'),
   })
   .passthrough();
+
+/** The longest `timeout_ms` a request may ask for (one hour). */
+export const MAX_TIMEOUT_MS = 3_600_000;
+
 export const contentPartSchema = z.union([textPart, imagePart, otherPart]);
 
 const toolCallSchema = z
@@ -125,7 +129,7 @@ export const chatRequestSchema = z
     reasoning_effort: z.enum(['minimal', 'low', 'medium', 'high']).optional(),
     metadata: metadataSchema.optional(),
     request_id: z.string().regex(REQUEST_ID_PATTERN, 'must be 1-128 visible ASCII characters').optional(),
-    timeout_ms: z.number().int().positive().max(3_600_000).optional(),
+    timeout_ms: z.number().int().positive().max(MAX_TIMEOUT_MS).optional(),
     /** auto (default): cacheable requests use the cache; bypass: not at all; refresh: ask upstream, store; force: cache even with tools. */
     cache: z.enum(['auto', 'bypass', 'refresh', 'force']).optional(),
     provider_options: z.record(z.string(), z.unknown()).optional(),

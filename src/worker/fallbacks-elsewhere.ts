@@ -1,5 +1,6 @@
 import type { Msg } from '@nats-io/nats-core';
 import type { ErrorCode, ProxyError } from '../contract/errors.js';
+import { MAX_TIMEOUT_MS } from '../contract/request.js';
 import type { Admitted } from './admission.js';
 import { fallbacksElsewhereRoute, forwardRequest, NOT_PASSED, wasForwarded } from './forward.js';
 import type { StageDependencies } from './pipeline.js';
@@ -32,15 +33,19 @@ export async function toFallbacksElsewhere(
   admitted: Admitted,
   error: ProxyError,
   deps: StageDependencies,
+  /** Called when the first fallback answers (a stream's own writer stops there: the relayed one takes over). */
+  onAnswer?: () => void,
 ): Promise<ErrorCode | undefined | typeof NOT_PASSED> {
   const forward = deps.forward;
   if (forward === undefined || !PASSABLE.has(error.code) || wasForwarded(message)) return NOT_PASSED;
   const config = deps.config;
   const model = admitted.request.model;
-  const elsewhere = config.models.get(model)?.fallbacks.filter((name) => !config.models.has(name)) ?? [];
-  if (elsewhere.length === 0) return NOT_PASSED;
-  const remainingMs = Math.floor(admitted.plan.deadlineAt - Date.now());
-  if (remainingMs < MIN_REMAINING_MS) return NOT_PASSED;
+  // Known before anything is given back: a key's model list leaves out what it may not use.
+  const allowed = record.caller.key?.models ?? null;
+  const elsewhere = (config.models.get(model)?.fallbacks ?? []).filter(
+    (name) => !config.models.has(name) && (allowed === null || allowed.includes(name)),
+  );
+  if (elsewhere.length === 0 || remainingOf(admitted) < MIN_REMAINING_MS) return NOT_PASSED;
   record.logger.info(
     { model, code: error.code, fallbacks: elsewhere },
     'not served here: trying its fallbacks on other nodes',
@@ -54,6 +59,12 @@ export async function toFallbacksElsewhere(
       record.logger.error({ err: failure }, 'handingOver hook failed');
     }
   }
-  const route = fallbacksElsewhereRoute(record, elsewhere, remainingMs);
+  // What is left after the give-back's round trip; never more than a request may ask for.
+  const remainingMs = Math.max(1, Math.min(remainingOf(admitted), MAX_TIMEOUT_MS));
+  const route = fallbacksElsewhereRoute(record, elsewhere, remainingMs, onAnswer);
   return forwardRequest(message, record, route, remainingMs, { ...deps, forward });
+}
+
+function remainingOf(admitted: Admitted): number {
+  return Math.floor(admitted.plan.deadlineAt - Date.now());
 }

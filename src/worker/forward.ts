@@ -82,6 +82,8 @@ export interface ForwardRoute {
   none(skippedTooLarge: string | undefined): ErrorCode | undefined | typeof NOT_PASSED;
   /** For a body rewritten for a fallback: its `timeout_ms` (what is left of the request's time). */
   timeoutMs?: number;
+  /** Called once, when the first message that is not a no-responders arrives (the relay begins). */
+  onAnswer?: () => void;
 }
 
 /** The models of `candidates` a request may go to: not tried yet, and within its key's model list. */
@@ -138,8 +140,18 @@ export function servedElsewhereRoute(
  * model's fallbacks on other nodes (those its config names but does not define), with what is left of
  * its time. None has a worker: NOT_PASSED (the caller answers with its own error).
  */
-export function fallbacksElsewhereRoute(record: RequestRecord, fallbacks: string[], timeoutMs: number): ForwardRoute {
-  return { next: candidatesOf(record, () => fallbacks), none: () => NOT_PASSED, timeoutMs };
+export function fallbacksElsewhereRoute(
+  record: RequestRecord,
+  fallbacks: string[],
+  timeoutMs: number,
+  onAnswer?: () => void,
+): ForwardRoute {
+  return {
+    next: candidatesOf(record, () => fallbacks),
+    none: () => NOT_PASSED,
+    timeoutMs,
+    ...(onAnswer === undefined ? {} : { onAnswer }),
+  };
 }
 
 /** Whether a message carries `LLM-Forwarded` (it was passed on once already). */
@@ -180,6 +192,7 @@ export function forwardRequest(
     let subscription: Subscription | undefined;
     let timer: NodeJS.Timeout | undefined;
     let first = true;
+    let answered = false;
     let target = '';
     // Ended without an answer of this worker's own: the request went to another worker, which answers
     // for it and publishes its event (even when the relay stopped waiting).
@@ -276,6 +289,10 @@ export function forwardRequest(
           if (isNoResponders(reply)) {
             toNext();
             return;
+          }
+          if (!answered) {
+            answered = true;
+            route.onAnswer?.();
           }
         }
         relay(reply);

@@ -57,7 +57,7 @@ export async function relayStream(
         key,
         async () => {
           const recorder = new ChunkRecorder(deps.config.cache.max_entry_bytes);
-          const live = await relayLive(message, writer, record, admitted, controller, deps, recorder);
+          const live = await relayLive(message, writer, record, admitted, controller, deps, recorder, true);
           liveCode = live.code;
           if (live.reply === undefined || recorder.chunks === undefined) throw NO_ANSWER;
           const answer = streamedAnswer(request.model, live.reply, recorder.chunks);
@@ -71,6 +71,10 @@ export async function relayStream(
       if (error === NO_ANSWER) return liveCode;
       // Cancelled (or its client gone) while waiting for an identical request's answer.
       if (controller.signal.aborted) return failStream(writer, record, controller, deps, error);
+      if (error instanceof Elsewhere) {
+        const passed = await passElsewhere(message, writer, record, admitted, error.cause, deps);
+        return passed !== NOT_PASSED ? passed : failStream(writer, record, controller, deps, error.cause);
+      }
       throw error;
     }
     if (outcome.role === 'joined' || outcome.role === 'shared')
@@ -84,6 +88,24 @@ export async function relayStream(
 /** Thrown out of a coalesced stream that produced nothing to share (its own client got the outcome). */
 const NO_ANSWER = Symbol('no answer to share');
 
+/** Thrown out of a coalesced stream whose router failed before sending anything: to be passed on outside it. */
+class Elsewhere {
+  constructor(readonly cause: unknown) {}
+}
+
+/** The stream passed on to its model's fallbacks on other nodes (fallbacks-elsewhere.ts), or NOT_PASSED. */
+function passElsewhere(
+  message: Msg,
+  writer: StreamWriter,
+  record: RequestRecord,
+  admitted: Admitted,
+  error: unknown,
+  deps: StageDependencies,
+): Promise<ErrorCode | undefined | typeof NOT_PASSED> {
+  // Once a fallback answers, its own heartbeats and chunks reach the client: this writer says no more.
+  return toFallbacksElsewhere(message, record, admitted, asProxyError(error), deps, () => writer.stop());
+}
+
 /**
  * The router's stream relayed live. Returns the outcome's code and, for a clean end the client got,
  * the reply (for the cache); never throws.
@@ -96,6 +118,7 @@ async function relayLive(
   controller: Cancellation,
   deps: StageDependencies,
   recorder?: ChunkRecorder,
+  deferElsewhere = false,
 ): Promise<{ code: ErrorCode | undefined; reply?: ChatReply }> {
   const { request, plan } = admitted;
   // Choice 0 is the reply's own fields; the others (`n` > 1) only its `choices`.
@@ -181,14 +204,10 @@ async function relayLive(
   } catch (error) {
     // Nothing sent yet (fallbacks happen only before the first content): another node's fallback may take it.
     if (writer.chunks === 0 && !controller.signal.aborted) {
-      const passed = await toFallbacksElsewhere(message, record, admitted, asProxyError(error), {
-        ...deps,
-        onRelay: () => {
-          // The relayed stream's own heartbeats and chunks reach the client: this writer says no more.
-          writer.stop();
-          deps.onRelay?.();
-        },
-      });
+      // In a coalesced computation that is done outside it (relayStream): identical requests waiting for
+      // an answer to share must not wait for a relay, which has none.
+      if (deferElsewhere) throw new Elsewhere(error);
+      const passed = await passElsewhere(message, writer, record, admitted, error, deps);
       if (passed !== NOT_PASSED) return { code: passed };
     }
     return { code: failStream(writer, record, controller, deps, error, { usage, output: produced() }) };
