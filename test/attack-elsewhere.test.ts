@@ -6,6 +6,7 @@ import { KeyStore } from '../src/auth/index.js';
 import type { ConfigInput } from '../src/config/index.js';
 import type { UsageEvent } from '../src/contract/usage-event.js';
 import { startFakeOllama, startFakeOpenAI, type FakeProvider } from './fakes/index.js';
+import { eventsOnce as eventsOnceIn } from './helpers/events-once.js';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
 
@@ -151,19 +152,8 @@ function coherent(seen: Seen[], what: string): Seen {
   return terminals[0]!;
 }
 
-/** Exactly one usage event for each id (waits for all, then a while longer for seconds). */
-async function eventsOnce(ids: string[]): Promise<UsageEvent[]> {
-  for (let waited = 0; waited < 8_000; waited += 25) {
-    if (ids.every((id) => events.some((event) => event.request_id === id))) break;
-    await sleep(25);
-  }
-  await sleep(300);
-  return ids.map((id) => {
-    const all = events.filter((event) => event.request_id === id);
-    assert.equal(all.length, 1, `exactly one usage event for ${id}: ${JSON.stringify(all)}`);
-    return all[0]!;
-  });
-}
+/** Exactly one usage event for each id. */
+const eventsOnce = (ids: string[]) => eventsOnceIn(events, ids);
 
 async function idle(): Promise<void> {
   for (const [name, worker] of Object.entries(workers)) {

@@ -7,6 +7,7 @@ import { ProxyError } from '../src/contract/errors.js';
 import type { UsageEvent } from '../src/contract/usage-event.js';
 import { checkSystemHealth } from '../src/health/system-health.js';
 import { startFakeOllama, startFakeOpenAI, type FakeProvider } from './fakes/index.js';
+import { eventsOnce as eventsOnceIn } from './helpers/events-once.js';
 import { startNatsServer, type NatsServerHandle } from './helpers/nats-server.js';
 import { readRawStream } from './helpers/raw-stream.js';
 import { startInProcessWorker, testConfig, type InProcessWorker } from './helpers/worker.js';
@@ -121,19 +122,8 @@ async function goneStream(subject: string, request: Body, ms: number): Promise<v
   subscription.unsubscribe();
 }
 
-/** Exactly one usage event for each id (waits for all, then a while longer for seconds). */
-async function eventsOnce(ids: string[]): Promise<UsageEvent[]> {
-  for (let waited = 0; waited < 8_000; waited += 25) {
-    if (ids.every((id) => events.some((event) => event.request_id === id))) break;
-    await sleep(25);
-  }
-  await sleep(300);
-  return ids.map((id) => {
-    const all = events.filter((event) => event.request_id === id);
-    assert.equal(all.length, 1, `exactly one usage event for ${id}: ${JSON.stringify(all)}`);
-    return all[0]!;
-  });
-}
+/** Exactly one usage event for each id. */
+const eventsOnce = (ids: string[]) => eventsOnceIn(events, ids);
 
 const oneEvent = async (requestId: string): Promise<UsageEvent> => (await eventsOnce([requestId]))[0]!;
 
