@@ -23,9 +23,12 @@ import type { RequestRecord } from './request-record.js';
  * chunks, heartbeats and terminal message) is relayed to the client's inbox unchanged. The serving
  * worker publishes the usage event: the forwarder publishes none, so the request is counted once.
  *
- * No worker serves the model: the server answers the publish with a 503 status at once, and this
- * worker answers the client itself (with an event): `no_provider_available` when the model was offered
- * on the bus (its node is gone), else `model_not_found`.
+ * No worker serves the model: the server answers the publish with a 503 status at once, and the
+ * request goes to the model's fallbacks as its node said, each once, with the body naming the fallback
+ * (`servedElsewhereRoute`); none of them either: this worker answers the client itself (with an event),
+ * `no_provider_available` when the model was offered on the bus (its node is gone), else
+ * `model_not_found`. The same relay carries a request this worker admitted but could not serve to its
+ * model's fallbacks on other nodes (`fallbacksElsewhereRoute`, fallbacks-elsewhere.ts).
  *
  * A client that goes away: the serving worker probes the client by sending some messages as requests;
  * those are relayed as requests too, and when the client's inbox has no responders the relay stops
