@@ -342,7 +342,8 @@ test("a request waiting for another worker's identical answer ends at once when 
 test('llm-proxy health with a responder on llm.proxy.nodes that answers garbage rows still reports every worker', async () => {
   const garbage = raw.subscribe('llm.proxy.nodes', {
     callback: (_error, message) => {
-      message.respond(JSON.stringify({ worker_id: 'garbage', health: [null, 42, 'x'] }));
+      // Shaped as a worker's answer (a models list), so that its rows are what must be read with care.
+      message.respond(JSON.stringify({ worker_id: 'garbage', models: [], health: [null, 42, 'x'] }));
     },
   });
   try {

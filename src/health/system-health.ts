@@ -8,6 +8,7 @@ import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { MsgHdrs, NatsConnection } from '@nats-io/nats-core';
 import type { ResolvedConfig } from '../config/index.js';
+import { createClient } from '../client/index.js';
 import type { ErrorReply } from '../contract/errors.js';
 import type { NodeInfo } from '../contract/models.js';
 import { subjectsFor } from '../contract/subjects.js';
@@ -305,9 +306,6 @@ async function checkLimitsStore(options: SystemHealthOptions, timeoutMs: number)
   }
 }
 
-/** How long the deployments check waits for more workers' answers after the last one (as `llm-proxy models`). */
-const NODES_STALL_MS = 300;
-
 /**
  * Every worker's deployments (`llm.proxy.nodes`, issue 19: workers on different nodes serve different
  * models, so one worker's view is not the system's); a model fails when no worker has a deployment of
@@ -321,11 +319,11 @@ async function checkDeployments(
   headers: MsgHdrs | undefined,
 ): Promise<HealthCheck> {
   const subjects = subjectsFor(config.nats.subject_prefix);
-  const nodes = await gatherNodes(connection, subjects.nodes, timeoutMs, headers);
+  const nodes = await gatherNodes(connection, config.nats.subject_prefix, timeoutMs, headers);
   if (nodes.length > 0) {
     const ids = nodes.map((node) => node.worker_id).sort();
     const verdict = deploymentsVerdict(
-      nodes.flatMap((node) => node.health),
+      nodes.flatMap(deploymentRows),
       `as ${nodes.length} worker${nodes.length === 1 ? '' : 's'} see${nodes.length === 1 ? 's' : ''} them`,
     );
     return { ...verdict, ...(ids.length === 1 ? { worker_id: ids[0]! } : {}), worker_ids: ids };
@@ -355,49 +353,34 @@ async function checkDeployments(
   return { ...verdict, worker_id: reply.worker_id, worker_ids: [reply.worker_id] };
 }
 
-/** The workers' answers on `llm.proxy.nodes` (none: nobody answered, or every answer was a refusal). */
+/** The workers' answers on `llm.proxy.nodes`, as the typed client gathers them (none: nobody answered, or only refusals). */
 async function gatherNodes(
   connection: NatsConnection,
-  subject: string,
+  subjectPrefix: string,
   timeoutMs: number,
   headers: MsgHdrs | undefined,
 ): Promise<NodeInfo[]> {
-  const nodes: NodeInfo[] = [];
+  const client = createClient({ connection, subjectPrefix });
+  const extra =
+    headers === undefined ? undefined : Object.fromEntries(headers.keys().map((name) => [name, headers.get(name)]));
   try {
-    const answers = await connection.requestMany(subject, '{}', {
-      strategy: 'stall',
-      stall: NODES_STALL_MS,
-      maxWait: timeoutMs,
-      ...(headers === undefined ? {} : { headers }),
-    });
-    for await (const answer of answers) {
-      let node: Partial<NodeInfo>;
-      try {
-        node = answer.json() as Partial<NodeInfo>;
-      } catch {
-        continue;
-      }
-      if (
-        node === null ||
-        typeof node !== 'object' ||
-        typeof node.worker_id !== 'string' ||
-        !Array.isArray(node.health)
-      )
-        continue;
-      // Rows as a worker writes them; anything else (a broken or foreign responder) is left out.
-      const health = node.health.filter(
-        (row: unknown): row is DeploymentHealth =>
-          row !== null &&
-          typeof row === 'object' &&
-          typeof (row as DeploymentHealth).model === 'string' &&
-          ((row as DeploymentHealth).state === 'healthy' || (row as DeploymentHealth).state === 'cooling_down'),
-      );
-      nodes.push({ ...(node as NodeInfo), health });
-    }
+    return await client.nodes({ timeoutMs, ...(extra === undefined ? {} : { headers: extra }) });
   } catch {
-    // No responders or a timeout: the caller asks llm.proxy.models instead.
+    // No responders, or every worker refused: the caller asks llm.proxy.models instead.
+    return [];
   }
-  return nodes;
+}
+
+/** Rows as a worker writes them; anything else (a broken or foreign responder on llm.proxy.nodes) is left out. */
+function deploymentRows(node: NodeInfo): DeploymentHealth[] {
+  const rows: unknown[] = Array.isArray(node.health) ? node.health : [];
+  return rows.filter(
+    (row): row is DeploymentHealth =>
+      row !== null &&
+      typeof row === 'object' &&
+      typeof (row as DeploymentHealth).model === 'string' &&
+      ((row as DeploymentHealth).state === 'healthy' || (row as DeploymentHealth).state === 'cooling_down'),
+  );
 }
 
 /** Deployment rows (one worker's, or every worker's): a model fails when every row of it is cooling down. */

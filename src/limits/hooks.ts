@@ -34,7 +34,7 @@ export interface LimitHookOutcome {
   completionTokens: number;
   costUsd: number;
   cached: boolean;
-  /** Passed on to another worker, which admits and counts it: this admission is given back whole. */
+  /** Passed on to another worker, which admits and counts it: `handingOver` gave this admission back. */
   handedOver?: boolean;
 }
 
@@ -177,7 +177,9 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
     async handingOver(context: LimitHookContext): Promise<void> {
       const reservation = context.state[RESERVATION] as Reservation | undefined;
       if (reservation === undefined) return;
+      const span = startLimitsSpan(context.traceContext, 'settle');
       const result = await reservation.refund();
+      endLimitsSpan(span, result.stored ? 'refunded' : 'not_stored', limiter.backend);
       if (!result.stored) {
         context.logger.warn(
           { err: result.error, backend: limiter.backend },
@@ -188,23 +190,18 @@ export function createLimitHooks(limiter: Limiter, options: LimitHooksOptions): 
 
     async afterRoute(context: LimitHookContext, outcome: LimitHookOutcome): Promise<void> {
       const reservation = context.state[RESERVATION] as Reservation | undefined;
-      if (reservation === undefined) return;
+      // Passed on to another worker: handingOver gave it all back already.
+      if (reservation === undefined || outcome.handedOver) return;
       const span = startLimitsSpan(context.traceContext, 'settle');
       // A cached reply used no upstream tokens and cost nothing: only its place in requests/minute stays.
-      const result = outcome.handedOver
-        ? await reservation.refund()
-        : outcome.cached
-          ? await reservation.cancel()
-          : await reservation.settle({
-              promptTokens: outcome.promptTokens,
-              completionTokens: outcome.completionTokens,
-              costUsd: outcome.costUsd,
-            });
-      endLimitsSpan(
-        span,
-        !result.stored ? 'not_stored' : outcome.handedOver ? 'refunded' : outcome.cached ? 'cancelled' : 'settled',
-        limiter.backend,
-      );
+      const result = outcome.cached
+        ? await reservation.cancel()
+        : await reservation.settle({
+            promptTokens: outcome.promptTokens,
+            completionTokens: outcome.completionTokens,
+            costUsd: outcome.costUsd,
+          });
+      endLimitsSpan(span, !result.stored ? 'not_stored' : outcome.cached ? 'cancelled' : 'settled', limiter.backend);
       if (!result.stored) {
         context.logger.warn(
           { err: result.error, backend: limiter.backend },

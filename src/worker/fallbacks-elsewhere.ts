@@ -2,7 +2,7 @@ import type { Msg } from '@nats-io/nats-core';
 import type { ErrorCode, ProxyError } from '../contract/errors.js';
 import { MAX_TIMEOUT_MS } from '../contract/request.js';
 import type { Admitted } from './admission.js';
-import { fallbacksElsewhereRoute, forwardRequest, NOT_PASSED, wasForwarded } from './forward.js';
+import { fallbacksElsewhereRoute, forwardRequest, keyAllows, NOT_PASSED, wasForwarded } from './forward.js';
 import type { StageDependencies } from './pipeline.js';
 import type { RequestRecord } from './request-record.js';
 
@@ -41,9 +41,8 @@ export async function toFallbacksElsewhere(
   const config = deps.config;
   const model = admitted.request.model;
   // Known before anything is given back: a key's model list leaves out what it may not use.
-  const allowed = record.caller.key?.models ?? null;
   const elsewhere = (config.models.get(model)?.fallbacks ?? []).filter(
-    (name) => !config.models.has(name) && (allowed === null || allowed.includes(name)),
+    (name) => !config.models.has(name) && keyAllows(record, name),
   );
   if (elsewhere.length === 0 || remainingOf(admitted) < MIN_REMAINING_MS) return NOT_PASSED;
   record.logger.info(

@@ -89,13 +89,18 @@ export interface ForwardRoute {
   onAnswer?: () => void;
 }
 
+/** Whether the request's key (if any) may use `model`: a key's model list applies to fallbacks too. */
+export function keyAllows(record: RequestRecord, model: string): boolean {
+  const allowed = record.caller.key?.models ?? null;
+  return allowed === null || allowed.includes(model);
+}
+
 /** The models of `candidates` a request may go to: not tried yet, and within its key's model list. */
 function candidatesOf(record: RequestRecord, candidates: () => Iterable<string>): () => string | undefined {
   const tried = new Set<string>();
-  const allowed = record.caller.key?.models ?? null;
   return () => {
     for (const candidate of candidates()) {
-      if (tried.has(candidate) || (allowed !== null && !allowed.includes(candidate))) continue;
+      if (tried.has(candidate) || !keyAllows(record, candidate)) continue;
       tried.add(candidate);
       return candidate;
     }

@@ -41,7 +41,7 @@ export async function relayStream(
   writer.startHeartbeats();
   try {
     const cache = deps.cache !== undefined && isCacheable(request) ? deps.cache : undefined;
-    if (cache === undefined) return (await relayLive(message, writer, record, admitted, controller, deps)).code;
+    if (cache === undefined) return (await relayLive(writer, record, admitted, controller, deps)).code;
     const key = cacheKeyFor(request, deps.config.models.get(request.model));
     if (request.cache !== 'refresh') {
       const hit = await lookupAnswer(cache, key, record.logger);
@@ -57,7 +57,7 @@ export async function relayStream(
         key,
         async () => {
           const recorder = new ChunkRecorder(deps.config.cache.max_entry_bytes);
-          const live = await relayLive(message, writer, record, admitted, controller, deps, recorder, true);
+          const live = await relayLive(writer, record, admitted, controller, deps, recorder);
           liveCode = live.code;
           if (live.reply === undefined || recorder.chunks === undefined) throw NO_ANSWER;
           const answer = streamedAnswer(request.model, live.reply, recorder.chunks);
@@ -71,15 +71,21 @@ export async function relayStream(
       if (error === NO_ANSWER) return liveCode;
       // Cancelled (or its client gone) while waiting for an identical request's answer.
       if (controller.signal.aborted) return failStream(writer, record, controller, deps, error);
-      if (error instanceof Elsewhere) {
-        const passed = await passElsewhere(message, writer, record, admitted, error.cause, deps);
-        return passed !== NOT_PASSED ? passed : failStream(writer, record, controller, deps, error.cause);
-      }
       throw error;
     }
     if (outcome.role === 'joined' || outcome.role === 'shared')
       return await replayStream(writer, record, outcome.value, controller.signal, deps);
     return liveCode;
+  } catch (error) {
+    // The router failed before anything was sent: outside any coalesced computation (identical requests
+    // waiting for an answer to share must not wait for a relay, which has none), another node's fallback
+    // may take it.
+    if (!(error instanceof Elsewhere)) throw error;
+    const passed = await toFallbacksElsewhere(message, record, admitted, asProxyError(error.cause), deps, () =>
+      // Once a fallback answers, its own heartbeats and chunks reach the client: this writer says no more.
+      writer.stop(),
+    );
+    return passed !== NOT_PASSED ? passed : failStream(writer, record, controller, deps, error.cause);
   } finally {
     writer.stop();
   }
@@ -88,37 +94,23 @@ export async function relayStream(
 /** Thrown out of a coalesced stream that produced nothing to share (its own client got the outcome). */
 const NO_ANSWER = Symbol('no answer to share');
 
-/** Thrown out of a coalesced stream whose router failed before sending anything: to be passed on outside it. */
+/** Thrown out of relayLive when the router failed before anything was sent: relayStream passes it on. */
 class Elsewhere {
   constructor(readonly cause: unknown) {}
 }
 
-/** The stream passed on to its model's fallbacks on other nodes (fallbacks-elsewhere.ts), or NOT_PASSED. */
-function passElsewhere(
-  message: Msg,
-  writer: StreamWriter,
-  record: RequestRecord,
-  admitted: Admitted,
-  error: unknown,
-  deps: StageDependencies,
-): Promise<ErrorCode | undefined | typeof NOT_PASSED> {
-  // Once a fallback answers, its own heartbeats and chunks reach the client: this writer says no more.
-  return toFallbacksElsewhere(message, record, admitted, asProxyError(error), deps, () => writer.stop());
-}
-
 /**
  * The router's stream relayed live. Returns the outcome's code and, for a clean end the client got,
- * the reply (for the cache); never throws.
+ * the reply (for the cache). Throws only `Elsewhere`: the router failed before the first content, and
+ * the request may still go to its model's fallbacks on other nodes.
  */
 async function relayLive(
-  message: Msg,
   writer: StreamWriter,
   record: RequestRecord,
   admitted: Admitted,
   controller: Cancellation,
   deps: StageDependencies,
   recorder?: ChunkRecorder,
-  deferElsewhere = false,
 ): Promise<{ code: ErrorCode | undefined; reply?: ChatReply }> {
   const { request, plan } = admitted;
   // Choice 0 is the reply's own fields; the others (`n` > 1) only its `choices`.
@@ -203,13 +195,7 @@ async function relayLive(
     return code === undefined && reply.finish_reason !== 'error' ? { code, reply } : { code };
   } catch (error) {
     // Nothing sent yet (fallbacks happen only before the first content): another node's fallback may take it.
-    if (writer.chunks === 0 && !controller.signal.aborted) {
-      // In a coalesced computation that is done outside it (relayStream): identical requests waiting for
-      // an answer to share must not wait for a relay, which has none.
-      if (deferElsewhere) throw new Elsewhere(error);
-      const passed = await passElsewhere(message, writer, record, admitted, error, deps);
-      if (passed !== NOT_PASSED) return { code: passed };
-    }
+    if (writer.chunks === 0 && !controller.signal.aborted) throw new Elsewhere(error);
     return { code: failStream(writer, record, controller, deps, error, { usage, output: produced() }) };
   }
 }
