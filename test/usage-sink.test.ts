@@ -5,12 +5,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import pg from 'pg';
+import type pg from 'pg';
 import { connect } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer } from './helpers/nats-server.js';
-import { createTestDatabase } from './helpers/pg-database.js';
+import { createTestDatabase, testPool } from './helpers/pg-database.js';
 import { handCompute, makeEvents, NOW } from './helpers/usage-events.js';
 import { FIXED_DATES } from './helpers/usage-events.js';
 import { UsageAggregator } from '../src/aggregator/aggregator.js';
@@ -362,7 +362,7 @@ test('bad messages go to usage_dead_letters with the reason and never block the 
 
 test('the schema is migrated once by sinks that start together; a newer schema is refused', async () => {
   const database = await createTestDatabase('llmp_migrate');
-  const pools = Array.from({ length: 4 }, () => new pg.Pool({ connectionString: database.url, max: 1 }));
+  const pools = Array.from({ length: 4 }, () => testPool(database.url, 1));
   try {
     const results = await Promise.all(
       pools.map(async (pool) => {

@@ -23,6 +23,20 @@ export function withDatabase(url: string, database: string): string {
   return parsed.toString();
 }
 
+/**
+ * A pool whose connection errors never become uncaught exceptions: `DROP DATABASE … WITH (FORCE)`
+ * terminates backends that `pool.end()` has asked to close but that have not exited yet, and the
+ * terminated client emits 'error' (as the sink's own pool does, src/sink/pg-pool.ts).
+ */
+export function testPool(url: string, max: number): pg.Pool {
+  const pool = new pg.Pool({ connectionString: url, max });
+  pool.on('error', () => undefined);
+  pool.on('connect', (client) => {
+    client.on('error', () => undefined);
+  });
+  return pool;
+}
+
 export async function createTestDatabase(prefix = 'llmp_test', adminUrl = POSTGRES_ADMIN_URL): Promise<TestDatabase> {
   const name = `${prefix}_${randomBytes(5).toString('hex')}`;
   const admin = new pg.Client({ connectionString: adminUrl });
@@ -33,8 +47,7 @@ export async function createTestDatabase(prefix = 'llmp_test', adminUrl = POSTGR
     await admin.end();
   }
   const url = withDatabase(adminUrl, name);
-  const pool = new pg.Pool({ connectionString: url, max: 2 });
-  pool.on('error', () => undefined);
+  const pool = testPool(url, 2);
   return {
     name,
     url,
