@@ -309,7 +309,7 @@ test('many concurrent requests for a gone model (plain, streamed, no reply subje
 test("a request waiting for another worker's identical answer ends at once when cancelled, or when its stream client goes away", async () => {
   for (const [round, how] of (['cancel', 'gone'] as const).entries()) {
     const question = { model: 'coal-test', temperature: 0, messages: [{ role: 'user', content: `coalesce ${round}` }] };
-    openai.enqueue({ kind: 'ok', delayMs: 2_000, content: `shared ${round}` });
+    openai.enqueue({ kind: 'ok', delayMs: 3_500, content: `shared ${round}` });
     const calls = openai.chatRequests.length;
     // Both workers have max_in_flight 1: the leader takes one, and the waiter can only reach the other.
     const leader = ask(subjectOf('coal-test'), { ...question, request_id: `coal-lead-${round}` });
@@ -325,7 +325,8 @@ test("a request waiting for another worker's identical answer ends at once when 
     if (how === 'cancel') raw.publish('llm.proxy.cancel', JSON.stringify({ request_id: `coal-wait-${round}` }));
     const waited = await oneEvent(`coal-wait-${round}`);
     assert.equal(waited.status, 'cancelled', `${how}: ${JSON.stringify(waited)}`);
-    assert.ok(performance.now() - started < 1_400, `${how}: ended before the answer it waited for`);
+    // The answer comes 3.2 s after `started`: a loaded machine's delays stay well under that.
+    assert.ok(performance.now() - started < 2_500, `${how}: ended before the answer it waited for`);
     if (how === 'cancel') assert.equal(((await waiter) as Reply).error?.code, 'cancelled');
     const led = await leader;
     assert.equal(led.content, `shared ${round}`);
