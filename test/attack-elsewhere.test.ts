@@ -32,7 +32,12 @@ const limits: ConfigInput['limits'] = {
   enabled: true,
   backend: 'nats',
   default: { rpm: null },
-  agents: { 'agent:conc': { concurrent: 1 }, 'agent:tpm': { tpm: 1_000 } },
+  agents: {
+    'agent:conc': { concurrent: 1 },
+    'agent:tpm': { tpm: 1_000 },
+    'agent:rpm': { rpm: 2 },
+    'agent:nowhere-conc': { concurrent: 1 },
+  },
 };
 
 before(async () => {
@@ -250,6 +255,35 @@ test('identical cacheable requests (plain and streamed) whose model falls back e
   assert.deepEqual(late, [], `each answered within 1.5 s: ${JSON.stringify(outcomes)}`);
   for (const event of cachedEvents) assert.equal(event.worker_id, workers.fallback.worker.id, event.request_id);
   openai.clearQueue();
+  await idle();
+});
+
+test('fallbacks elsewhere without any worker: the request is counted where it is answered (requests/minute, concurrency)', async () => {
+  // Its admission is given back before the pass-on; with no fallback taking it, it is admitted again here.
+  const rpm = { metadata: { agent_id: 'agent:rpm' } };
+  const answers = [];
+  for (const index of [0, 1, 2]) answers.push(await ask('a-nowhere', `nowhere-rpm-${index}`, rpm));
+  assert.deepEqual(
+    answers.map((answer) => answer.error?.code),
+    [DEAD, DEAD, 'rate_limited'],
+    'two answered with their own error and counted; the third over the limit',
+  );
+  const counted = await eventsOnce(ids('nowhere-rpm', 3));
+  assert.deepEqual(
+    counted.map((event) => [event!.worker_id, event!.error_code]),
+    [
+      [workers.origin.worker.id, DEAD],
+      [workers.origin.worker.id, DEAD],
+      [workers.origin.worker.id, 'rate_limited'],
+    ],
+  );
+  // The second admission's concurrency slot is freed when the request ends: one after another, each admitted.
+  const conc = { metadata: { agent_id: 'agent:nowhere-conc' } };
+  for (const index of [0, 1, 2]) {
+    const answer = await ask('a-nowhere', `nowhere-conc-${index}`, conc);
+    assert.equal(answer.error?.code, DEAD, `request ${index}: ${JSON.stringify(answer)}`);
+  }
+  await eventsOnce(ids('nowhere-conc', 3));
   await idle();
 });
 

@@ -49,11 +49,12 @@ export async function toFallbacksElsewhere(
     { model, code: error.code, fallbacks: elsewhere },
     'not served here: trying its fallbacks on other nodes',
   );
-  // Given back before the fallback's worker counts it (so the two never count it at once). A request that
-  // then finds no fallback with a worker is answered here with its error, and stays uncounted.
-  if (record.context !== undefined && deps.hooks.handingOver !== undefined) {
+  // Given back before the fallback's worker counts it (so the two never count it at once).
+  const context = record.context;
+  const gaveBack = context !== undefined && deps.hooks.handingOver !== undefined;
+  if (gaveBack) {
     try {
-      await deps.hooks.handingOver(record.context);
+      await deps.hooks.handingOver?.(context);
     } catch (failure) {
       record.logger.error({ err: failure }, 'handingOver hook failed');
     }
@@ -61,7 +62,18 @@ export async function toFallbacksElsewhere(
   // What is left after the give-back's round trip; never more than a request may ask for.
   const remainingMs = Math.max(1, Math.min(remainingOf(admitted), MAX_TIMEOUT_MS));
   const route = fallbacksElsewhereRoute(record, elsewhere, remainingMs, onAnswer);
-  return forwardRequest(message, record, route, remainingMs, { ...deps, forward });
+  const passed = await forwardRequest(message, record, route, remainingMs, { ...deps, forward });
+  // No fallback had a worker: the request is answered here after all, so it is counted here (else a
+  // model whose fallbacks are gone would be a way round requests/minute). Admitted again; a refusal
+  // now changes nothing (its own error is its answer), and afterRoute settles what was admitted.
+  if (gaveBack && !record.handedOver && deps.hooks.beforeRoute !== undefined) {
+    try {
+      await deps.hooks.beforeRoute(context);
+    } catch (refusal) {
+      record.logger.info({ err: refusal }, 'taken back after no other worker took it: not admitted again');
+    }
+  }
+  return passed;
 }
 
 function remainingOf(admitted: Admitted): number {

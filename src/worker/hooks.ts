@@ -67,7 +67,9 @@ export interface RequestHooks {
   /**
    * The request is about to be passed on to another worker after `beforeRoute` admitted it (a fallback on
    * another node), which admits and counts it itself: give back what `beforeRoute` counted, now, before
-   * the other worker counts it. `afterRoute` still runs (with `handedOver`).
+   * the other worker counts it. `afterRoute` still runs (with `handedOver`). When no other worker took
+   * it after all (this worker answers it), `beforeRoute` runs again, its refusal ignored, so that it is
+   * counted where it is answered; `afterRoute` then runs without `handedOver`.
    */
   handingOver?(context: RequestContext): Promise<void> | void;
 }
