@@ -8,7 +8,8 @@ import type { Logger } from '../telemetry/logger.js';
  * request passed on to its model's subject finds no worker.
  *
  * A worker that starts publishes a hello on `llm.proxy.nodes.hello` with the models it serves and
- * `ask: true`; every worker adds what it hears and answers an asking hello with its own. Names are only
+ * `ask: true`; every worker adds what it hears and answers an asking hello with its own (at most once a
+ * second, ANSWER_INTERVAL_MS). Names are only
  * ever added (a node that left still counts as having offered its models), bounded in number and
  * length. A hello also carries its models' `fallbacks`: when no worker serves a model any more, a
  * request for it is passed on to them (forward.ts), so a node's model can name a model of another node
@@ -29,12 +30,19 @@ const MAX_MODELS = 10_000;
 const MAX_NAME_LENGTH = 256;
 const MAX_FALLBACKS = 16;
 const NONE: readonly string[] = [];
+/**
+ * Asking hellos are answered at most once in this time, the last ask of a burst answered at its end:
+ * a flood of asks costs each worker one hello a second, not one per ask.
+ */
+export const ANSWER_INTERVAL_MS = 1_000;
 
 export class BusModels {
   readonly #seen: Set<string>;
   readonly #fallbacks = new Map<string, readonly string[]>();
   readonly #own: NodeHello;
   #subscription: Subscription | undefined;
+  #answeredAt = Number.NEGATIVE_INFINITY;
+  #answerTimer: NodeJS.Timeout | undefined;
 
   constructor(own: NodeHello) {
     this.#own = { worker_id: own.worker_id, node: own.node, models: [...own.models] };
@@ -85,7 +93,21 @@ export class BusModels {
       this.#seen.add(model);
     }
     this.#learn(hello);
-    if (hello.ask === true) connection.publish(subjects.nodesHello, JSON.stringify(this.#own));
+    if (hello.ask === true) this.#answer(connection, subjects);
+  }
+
+  /** Its own hello, now or (asked again within ANSWER_INTERVAL_MS) once at the interval's end. */
+  #answer(connection: NatsConnection, subjects: Subjects): void {
+    if (this.#answerTimer !== undefined) return;
+    const say = () => {
+      this.#answerTimer = undefined;
+      this.#answeredAt = performance.now();
+      if (this.#subscription !== undefined && !connection.isClosed())
+        connection.publish(subjects.nodesHello, JSON.stringify(this.#own));
+    };
+    const wait = this.#answeredAt + ANSWER_INTERVAL_MS - performance.now();
+    if (wait <= 0) say();
+    else this.#answerTimer = setTimeout(say, wait).unref();
   }
 
   /** The hello's fallbacks for the models it names (bounded as the names are). */
@@ -99,6 +121,8 @@ export class BusModels {
   }
 
   stop(): void {
+    clearTimeout(this.#answerTimer);
+    this.#answerTimer = undefined;
     this.#subscription?.unsubscribe();
     this.#subscription = undefined;
   }
